@@ -1,0 +1,328 @@
+"""The site registry: hazard sites with their 防灾明白卡 fields, their devices and channels.
+
+A site is a hazard point; a device belongs to exactly one site; a channel is one measured
+quantity of a device with a kind, a unit and an expected reporting interval. The registry is
+loaded once at start, validated as a whole (every problem named with file and key), and then
+only read: the ingest hot path looks devices and channels up in plain dicts built here.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from config.errors import ConfigError, ConfigProblem, problems_from_validation
+
+
+class Kind(str, Enum):
+    """What a channel measures. The kind decides units, detectors and the InfluxDB measurement."""
+
+    displacement = "displacement"
+    crack = "crack"
+    tilt = "tilt"
+    gnss_e = "gnss_e"
+    gnss_n = "gnss_n"
+    gnss_u = "gnss_u"
+    rain = "rain"
+    pore_pressure = "pore_pressure"
+    groundwater = "groundwater"
+    soil_moisture = "soil_moisture"
+    battery = "battery"
+
+
+#: Units accepted per kind; the first is the one assumed when a channel names none.
+UNITS: dict[Kind, tuple[str, ...]] = {
+    Kind.displacement: ("mm",),
+    Kind.crack: ("mm",),
+    Kind.tilt: ("deg", "mrad", "urad"),
+    Kind.gnss_e: ("mm",),
+    Kind.gnss_n: ("mm",),
+    Kind.gnss_u: ("mm",),
+    Kind.rain: ("mm",),
+    Kind.pore_pressure: ("kPa",),
+    Kind.groundwater: ("m",),
+    Kind.soil_moisture: ("%",),
+    Kind.battery: ("V",),
+}
+
+#: Kinds whose value is a position: velocity and acceleration detectors apply to them.
+DISPLACEMENT_LIKE = frozenset(
+    {Kind.displacement, Kind.crack, Kind.tilt, Kind.gnss_e, Kind.gnss_n, Kind.gnss_u}
+)
+
+#: Plausible physical range per kind; a value outside it is a device fault, not a hazard.
+DEFAULT_RANGE: dict[Kind, tuple[float, float]] = {
+    Kind.displacement: (-1e5, 1e5),
+    Kind.crack: (-1e4, 1e4),
+    Kind.tilt: (-1e6, 1e6),
+    Kind.gnss_e: (-1e6, 1e6),
+    Kind.gnss_n: (-1e6, 1e6),
+    Kind.gnss_u: (-1e6, 1e6),
+    Kind.rain: (0.0, 500.0),
+    Kind.pore_pressure: (-100.0, 1e4),
+    Kind.groundwater: (-1e4, 1e4),
+    Kind.soil_moisture: (0.0, 100.0),
+    Kind.battery: (0.0, 60.0),
+}
+
+HazardType = Annotated[str, Field(pattern=r"^(landslide|collapse|debris_flow|ground_fissure|subsidence|unstable_slope)$")]
+ScaleClass = Annotated[str, Field(pattern=r"^(small|medium|large|extra_large)$")]
+
+_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+"""Site, device and channel codes travel in MQTT topics: no '/', '+', '#', spaces or empties."""
+
+
+def _check_code(value: str, what: str) -> str:
+    if not _CODE.match(value):
+        raise ValueError(
+            f"{what} code {value!r} must be 1-64 characters of letters, digits, '_', '.', '-' "
+            "(it is used as an MQTT topic level)"
+        )
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LevelThresholds(_Strict):
+    """Thresholds per warning level, ascending; a level is reached at value >= its threshold."""
+
+    blue: float | None = None
+    yellow: float | None = None
+    orange: float | None = None
+    red: float | None = None
+
+    @model_validator(mode="after")
+    def _ascending(self) -> "LevelThresholds":
+        seen: list[tuple[str, float]] = [
+            (name, v) for name in ("blue", "yellow", "orange", "red") if (v := getattr(self, name)) is not None
+        ]
+        for (n1, v1), (n2, v2) in zip(seen, seen[1:]):
+            if not v2 > v1:
+                raise ValueError(f"thresholds must rise with the level: {n2} ({v2}) must be above {n1} ({v1})")
+        return self
+
+    def as_list(self) -> list[tuple[int, float]]:
+        """[(level number, threshold)] for the levels that are set, ascending."""
+        return [
+            (lvl, v)
+            for lvl, name in ((1, "blue"), (2, "yellow"), (3, "orange"), (4, "red"))
+            if (v := getattr(self, name)) is not None
+        ]
+
+
+class Policy(_Strict):
+    """Per-site warning policy; every field has a default taken from published practice."""
+
+    # Velocity levels in mm/day (unit/day for tilt), after the Preonzo 2012 early-warning
+    # scheme (Loew et al. 2017): yellow from a few mm/day, orange 72, red 120.
+    velocity_per_day: LevelThresholds = LevelThresholds(blue=1.0, yellow=3.0, orange=72.0, red=120.0)
+    # Time window of the smoothed velocity (least-squares slope over the window, robust to
+    # GNSS noise of a few mm where a raw difference of two readings is not).
+    velocity_window_s: float = Field(default=6 * 3600.0, gt=0)
+    # A level comes down only when the value has left the band by this fraction...
+    hysteresis: float = Field(default=0.1, ge=0, lt=1)
+    # ...and stayed below it for this long (event time).
+    hold_s: float = Field(default=6 * 3600.0, ge=0)
+
+
+class Channel(_Strict):
+    channel: str
+    kind: Kind
+    unit: str | None = None
+    interval_s: float = Field(default=600.0, gt=0, description="expected reporting interval")
+    thresholds: LevelThresholds | None = None
+    velocity_per_day: LevelThresholds | None = None
+    range: tuple[float, float] | None = None
+
+    @field_validator("channel")
+    @classmethod
+    def _code(cls, v: str) -> str:
+        return _check_code(v, "channel")
+
+    @model_validator(mode="after")
+    def _unit(self) -> "Channel":
+        allowed = UNITS[self.kind]
+        if self.unit is None:
+            object.__setattr__(self, "unit", allowed[0])
+        elif self.unit not in allowed:
+            raise ValueError(f"unit {self.unit!r} is not a unit of kind {self.kind.value} (use one of {', '.join(allowed)})")
+        if self.range is not None and not self.range[0] < self.range[1]:
+            raise ValueError(f"range {list(self.range)} must be [low, high] with low < high")
+        if self.velocity_per_day is not None and self.kind not in DISPLACEMENT_LIKE:
+            raise ValueError(f"velocity_per_day applies to displacement-like kinds only, not {self.kind.value}")
+        return self
+
+    @property
+    def valid_range(self) -> tuple[float, float]:
+        return self.range if self.range is not None else DEFAULT_RANGE[self.kind]
+
+
+class Device(_Strict):
+    device: str
+    model: str = ""
+    channels: list[Channel] = Field(min_length=1)
+
+    @field_validator("device")
+    @classmethod
+    def _code(cls, v: str) -> str:
+        return _check_code(v, "device")
+
+    @model_validator(mode="after")
+    def _unique_channels(self) -> "Device":
+        names = [c.channel for c in self.channels]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"channel names repeat within device {self.device}: {', '.join(dup)}")
+        return self
+
+
+class Site(_Strict):
+    """A hazard point and its 防灾明白卡 (disaster-prevention card)."""
+
+    site: str
+    name: str = Field(min_length=1)
+    hazard: HazardType = "landslide"
+    scale: ScaleClass = "medium"
+    admin: str = Field(description="6-digit GB/T 2260 county code")
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    threatened_people: int = Field(default=0, ge=0)
+    threatened_households: int = Field(default=0, ge=0)
+    evacuation_route: str = ""
+    shelter: str = ""
+    responsible: str = ""
+    phone: str = ""
+    policy: Policy = Policy()
+    devices: list[Device] = Field(min_length=1)
+
+    @field_validator("site")
+    @classmethod
+    def _code(cls, v: str) -> str:
+        return _check_code(v, "site")
+
+    @field_validator("admin")
+    @classmethod
+    def _admin(cls, v: str) -> str:
+        if not re.fullmatch(r"\d{6}", v):
+            raise ValueError(f"admin {v!r} must be a 6-digit GB/T 2260 county code, e.g. '420527'")
+        if v.endswith("00"):
+            raise ValueError(f"admin {v!r} is a city or province code; a site belongs to a county (last two digits not 00)")
+        return v
+
+
+class ChannelInfo:
+    """What the ingest hot path needs to know about one channel, precomputed once."""
+
+    __slots__ = ("site", "device", "channel", "kind", "unit", "interval_s", "low", "high", "admin", "spec")
+
+    def __init__(self, site: Site, device: Device, ch: Channel) -> None:
+        self.site = site.site
+        self.admin = site.admin
+        self.device = device.device
+        self.channel = ch.channel
+        self.kind = ch.kind.value
+        self.unit = ch.unit
+        self.interval_s = ch.interval_s
+        self.low, self.high = ch.valid_range
+        self.spec = ch
+
+
+class Registry:
+    """The loaded, validated registry with the lookups ingest and detectors need."""
+
+    def __init__(self, sites: list[Site], source: str = "<memory>") -> None:
+        self.source = source
+        self.sites: dict[str, Site] = {s.site: s for s in sites}
+        #: (site, device) -> {channel: ChannelInfo}
+        self.channels: dict[tuple[str, str], dict[str, ChannelInfo]] = {}
+        #: device -> site, devices are unique across the registry
+        self.device_site: dict[str, str] = {}
+        for s in sites:
+            for d in s.devices:
+                self.device_site[d.device] = s.site
+                self.channels[(s.site, d.device)] = {c.channel: ChannelInfo(s, d, c) for c in d.channels}
+
+    def channel(self, site: str, device: str, channel: str) -> ChannelInfo | None:
+        chans = self.channels.get((site, device))
+        return None if chans is None else chans.get(channel)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "site": s.site,
+                "name": s.name,
+                "admin": s.admin,
+                "lat": s.lat,
+                "lon": s.lon,
+                "hazard": s.hazard,
+                "scale": s.scale,
+                "threatened_people": s.threatened_people,
+                "devices": [
+                    {
+                        "device": d.device,
+                        "channels": [
+                            {"channel": c.channel, "kind": c.kind.value, "unit": c.unit, "interval_s": c.interval_s}
+                            for c in d.channels
+                        ],
+                    }
+                    for d in s.devices
+                ],
+            }
+            for s in self.sites.values()
+        ]
+
+
+class _RegistryFile(_Strict):
+    sites: list[Site] = Field(min_length=1)
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """Read a TOML file, turning every way it can fail into a ConfigError naming the file."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError.single(path, "", f"{what} file not found") from None
+    except IsADirectoryError:
+        raise ConfigError.single(path, "", f"{what} path is a directory, not a TOML file") from None
+    except PermissionError:
+        raise ConfigError.single(path, "", f"{what} file is not readable (permission denied)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError.single(path, "", f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError.single(path, "", f"not UTF-8 text: {exc}") from None
+
+
+def parse_registry(data: dict[str, Any], source: str) -> Registry:
+    try:
+        parsed = _RegistryFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(problems_from_validation(source, exc)) from None
+    problems: list[ConfigProblem] = []
+    seen_sites: dict[str, int] = {}
+    seen_devices: dict[str, str] = {}
+    for i, s in enumerate(parsed.sites):
+        if s.site in seen_sites:
+            problems.append(ConfigProblem(source, f"sites[{i}].site", f"site {s.site!r} is defined twice (also sites[{seen_sites[s.site]}])"))
+        seen_sites.setdefault(s.site, i)
+        for j, d in enumerate(s.devices):
+            if d.device in seen_devices:
+                problems.append(
+                    ConfigProblem(source, f"sites[{i}].devices[{j}].device", f"device {d.device!r} already belongs to site {seen_devices[d.device]}; a device belongs to one site")
+                )
+            seen_devices.setdefault(d.device, s.site)
+    if problems:
+        raise ConfigError(problems)
+    return Registry(parsed.sites, source)
+
+
+def load_registry(path: str | Path) -> Registry:
+    path = Path(path)
+    return parse_registry(read_toml(path, "site registry"), str(path))

@@ -1,0 +1,163 @@
+"""The duty roster: who is on duty for each admin unit, and how to reach them.
+
+Admin units follow GB/T 2260: a 6-digit county code; its first four digits + "00" is the city,
+its first two + "0000" the province; the national level uses "100000". The alert engine walks
+county → city → province → national through these units.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from config.errors import ConfigError, ConfigProblem, problems_from_validation
+from config.registry import Registry, read_toml
+
+Tier = Literal["county", "city", "province", "national"]
+TIERS: tuple[Tier, ...] = ("county", "city", "province", "national")
+NATIONAL = "100000"
+
+
+def tier_of(admin: str) -> Tier:
+    """The tier an admin code names, from its shape."""
+    if admin == NATIONAL:
+        return "national"
+    if admin.endswith("0000"):
+        return "province"
+    if admin.endswith("00"):
+        return "city"
+    return "county"
+
+
+def chain_of(county: str) -> list[tuple[Tier, str]]:
+    """[(tier, admin code)] from the county up to the nation."""
+    return [
+        ("county", county),
+        ("city", county[:4] + "00"),
+        ("province", county[:2] + "0000"),
+        ("national", NATIONAL),
+    ]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Contact(_Strict):
+    name: str = Field(min_length=1)
+    role: str = ""
+    phone: str = ""
+    email: str = ""
+
+
+class Notify(_Strict):
+    """One way to reach a unit. The alert engine's notifiers read these."""
+
+    type: Literal["mqtt", "webhook", "email", "sms", "jsonl"]
+    url: str = ""
+    to: list[str] = []
+    secret: str = ""
+
+    @model_validator(mode="after")
+    def _needs(self) -> "Notify":
+        if self.type in ("webhook", "sms") and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"a {self.type} notifier needs url = 'http://…' or 'https://…'")
+        if self.type == "email" and not self.to:
+            raise ValueError("an email notifier needs to = ['someone@example.org']")
+        return self
+
+
+class Unit(_Strict):
+    admin: str
+    name: str = Field(min_length=1)
+    tier: Tier | None = None
+    contacts: list[Contact] = []
+    notify: list[Notify] = []
+
+    @field_validator("admin")
+    @classmethod
+    def _admin(cls, v: str) -> str:
+        if not re.fullmatch(r"\d{6}", v):
+            raise ValueError(f"admin {v!r} must be a 6-digit GB/T 2260 code (national: {NATIONAL})")
+        return v
+
+    @model_validator(mode="after")
+    def _tier(self) -> "Unit":
+        shape = tier_of(self.admin)
+        if self.tier is None:
+            object.__setattr__(self, "tier", shape)
+        elif self.tier != shape:
+            raise ValueError(f"tier {self.tier!r} does not match admin {self.admin}, which is a {shape} code")
+        return self
+
+
+class _RosterFile(_Strict):
+    units: list[Unit] = Field(min_length=1)
+
+
+class Roster:
+    def __init__(self, units: list[Unit], source: str = "<memory>") -> None:
+        self.source = source
+        self.units: dict[str, Unit] = {u.admin: u for u in units}
+
+    def chain(self, county: str) -> list[tuple[Tier, Unit | None]]:
+        return [(tier, self.units.get(code)) for tier, code in chain_of(county)]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "units": [
+                {
+                    "admin": u.admin,
+                    "tier": u.tier,
+                    "name": u.name,
+                    "contacts": [c.model_dump() for c in u.contacts],
+                    "notify": [n.type for n in u.notify],
+                }
+                for u in self.units.values()
+            ]
+        }
+
+
+def load_roster(path: str | Path) -> Roster:
+    path = Path(path)
+    data = read_toml(path, "duty roster")
+    try:
+        parsed = _RosterFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(problems_from_validation(path, exc)) from None
+    problems = []
+    seen: dict[str, int] = {}
+    for i, u in enumerate(parsed.units):
+        if u.admin in seen:
+            problems.append(ConfigProblem(str(path), f"units[{i}].admin", f"admin {u.admin} is listed twice (also units[{seen[u.admin]}])"))
+        seen.setdefault(u.admin, i)
+    if problems:
+        raise ConfigError(problems)
+    return Roster(parsed.units, str(path))
+
+
+def cross_check(registry: Registry, roster: Roster) -> tuple[list[ConfigProblem], list[ConfigProblem]]:
+    """(errors, warnings) of a registry against a roster.
+
+    A site whose county has nobody on the roster is an error: its warnings would reach no one.
+    A missing higher tier is a warning: escalation would stop there.
+    """
+    errors: list[ConfigProblem] = []
+    warnings: list[ConfigProblem] = []
+    for i, site in enumerate(registry.sites.values()):
+        for tier, code in chain_of(site.admin):
+            if code in roster.units:
+                continue
+            msg = f"site {site.site} is in {tier} {code}, which has no unit in the roster {roster.source}"
+            target = errors if tier == "county" else warnings
+            target.append(
+                ConfigProblem(
+                    registry.source,
+                    f"sites[{i}].admin",
+                    msg + (": its warnings would reach nobody" if tier == "county" else f": escalation stops below {tier}"),
+                )
+            )
+    return errors, warnings

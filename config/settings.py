@@ -1,0 +1,186 @@
+"""Daemon settings: a TOML file plus GEOWARN_* environment variables (the environment wins).
+
+The TOML keys are the environment names without the prefix, in lower case:
+``GEOWARN_MQTT_URL`` ↔ ``mqtt_url = "…"``. A bad value stops the start with the file (or the
+environment variable), the key and the reason.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from config.errors import ConfigError, ConfigProblem, problems_from_validation
+from config.registry import Registry, load_registry, read_toml
+from config.roster import Roster, cross_check, load_roster
+
+ENV_PREFIX = "GEOWARN_"
+
+
+def example_path(name: str) -> Path:
+    """A config file shipped inside the package (the defaults when no file is given)."""
+    return Path(str(resources.files("config").joinpath(name)))
+
+
+class MqttTarget:
+    """A parsed broker URL: mqtt://[user:password@]host[:port] or mqtts://…"""
+
+    __slots__ = ("tls", "host", "port", "username", "password")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise ValueError(f"{url!r} must start with mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise ValueError(f"{url!r} names no host")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"{url!r} has an invalid port") from None
+        self.tls = parts.scheme == "mqtts"
+        self.host = parts.hostname
+        self.port = port or (8883 if self.tls else 1883)
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+
+    def redacted(self) -> str:
+        cred = f"{self.username}:***@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{cred}{self.host}:{self.port}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", case_sensitive=False)
+
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_client_id: str = Field(default="geowarn-ingest", min_length=1, max_length=128)
+    mqtt_protocol: Literal["3.1.1", "5"] = "3.1.1"
+    # MQTT 5 keeps no session unless the client asks for one: a week covers a long outage.
+    mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)
+    mqtt_keepalive_s: int = Field(default=30, ge=5, le=3600)
+    mqtt_ca_file: Path | None = None
+    topic_prefix: str = Field(default="geowarn", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+    data_dir: Path = Path("geowarn-data")
+    sites: Path | None = None
+    roster: Path | None = None
+
+    influx_url: str | None = None
+    influx_token: str = ""
+    influx_org: str = ""
+    influx_bucket: str = ""
+    forward_batch: int = Field(default=5000, ge=1, le=100_000)
+
+    max_future_skew_s: float = Field(default=300.0, ge=0)
+    max_payload_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_readings_per_message: int = Field(default=10_000, ge=1)
+    # "full" fsyncs every commit (survives power loss); "normal" survives process crashes only.
+    journal_sync: Literal["full", "normal"] = "full"
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url(cls, v: str) -> str:
+        MqttTarget(v)
+        return v
+
+    @field_validator("influx_url")
+    @classmethod
+    def _influx_url(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not v.startswith(("http://", "https://")):
+            raise ValueError(f"{v!r} must start with http:// or https://")
+        return v
+
+    @model_validator(mode="after")
+    def _influx_complete(self) -> "Settings":
+        if self.influx_url and not self.influx_bucket:
+            raise ValueError("influx_url is set but influx_bucket is empty (set GEOWARN_INFLUX_BUCKET)")
+        return self
+
+    @property
+    def mqtt(self) -> MqttTarget:
+        return MqttTarget(self.mqtt_url)
+
+    @property
+    def sites_path(self) -> Path:
+        return self.sites if self.sites is not None else example_path("sites.example.toml")
+
+    @property
+    def roster_path(self) -> Path:
+        return self.roster if self.roster is not None else example_path("roster.example.toml")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init kwargs; the environment overrides it.
+        return (env_settings, init_settings)
+
+
+def load_settings(config_file: str | Path | None = None) -> Settings:
+    """Settings from an optional TOML file and the environment, or a ConfigError naming the culprit.
+
+    With no file given, ``GEOWARN_CONFIG`` may name one.
+    """
+    if config_file is None and os.environ.get(ENV_PREFIX + "CONFIG"):
+        config_file = os.environ[ENV_PREFIX + "CONFIG"]
+    file_values: dict[str, Any] = {}
+    source = "<defaults>"
+    if config_file is not None:
+        source = str(config_file)
+        file_values = read_toml(Path(config_file), "settings")
+    env_keys = {k[len(ENV_PREFIX):].lower() for k in os.environ if k.upper().startswith(ENV_PREFIX)}
+    try:
+        return Settings(**file_values)
+    except ValidationError as exc:
+        problems = []
+        for p in problems_from_validation(source, exc):
+            top = p.key.split(".")[0].split("[")[0]
+            if top in env_keys:
+                problems.append(ConfigProblem("environment", ENV_PREFIX + top.upper(), p.reason))
+            else:
+                problems.append(p)
+        raise ConfigError(problems) from None
+
+
+class Loaded:
+    """Everything configuration gives the daemon: settings, registry, roster and warnings."""
+
+    def __init__(self, settings: Settings, registry: Registry, roster: Roster, warnings: list[ConfigProblem]) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.roster = roster
+        self.warnings = warnings
+
+
+def load_all(config_file: str | Path | None = None) -> Loaded:
+    """Settings, registry and roster, validated together; every error found is raised at once."""
+    settings = load_settings(config_file)
+    problems: list[ConfigProblem] = []
+    registry = roster = None
+    try:
+        registry = load_registry(settings.sites_path)
+    except ConfigError as exc:
+        problems += exc.problems
+    try:
+        roster = load_roster(settings.roster_path)
+    except ConfigError as exc:
+        problems += exc.problems
+    warnings: list[ConfigProblem] = []
+    if registry is not None and roster is not None:
+        errors, warnings = cross_check(registry, roster)
+        problems += errors
+    if problems or registry is None or roster is None:
+        raise ConfigError(problems)
+    return Loaded(settings, registry, roster, warnings)
