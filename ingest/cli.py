@@ -1,0 +1,224 @@
+"""The ``geowarn`` command line (DESIGN §8). Each command is a thin shell over the packages:
+it parses arguments, loads configuration, and turns errors into messages and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from config.errors import ConfigError
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_CONFIG = 2
+
+
+def _time_arg(raw: str) -> float:
+    """--since/--until: epoch seconds or RFC 3339 (a date alone means midnight UTC)."""
+    try:
+        return float(raw)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(raw.replace("z", "Z"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is neither epoch seconds nor an RFC 3339 time") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _print_config_error(exc: ConfigError) -> None:
+    print("configuration error:", file=sys.stderr)
+    for p in exc.problems:
+        print(f"  {p}", file=sys.stderr)
+
+
+# -- check-config ------------------------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    import tomllib
+
+    from config.registry import load_registry
+    from config.roster import cross_check, load_roster
+    from config.settings import load_all, load_settings
+
+    try:
+        target = args.file
+        kind = "settings"
+        if target is not None:
+            try:
+                with open(target, "rb") as fh:
+                    top = tomllib.load(fh)
+                kind = "sites" if "sites" in top and isinstance(top["sites"], list) else "roster" if "units" in top else "settings"
+            except (OSError, tomllib.TOMLDecodeError):
+                kind = "settings"  # load_settings names the problem with the file
+        if kind == "settings":
+            loaded = load_all(target)
+            registry, roster, warnings = loaded.registry, loaded.roster, loaded.warnings
+        else:
+            settings = load_settings(None)
+            problems = []
+            registry = roster = None
+            try:
+                registry = load_registry(target if kind == "sites" else settings.sites_path)
+            except ConfigError as exc:
+                problems += exc.problems
+            try:
+                roster = load_roster(target if kind == "roster" else settings.roster_path)
+            except ConfigError as exc:
+                problems += exc.problems
+            warnings = []
+            if registry is not None and roster is not None:
+                errors, warnings = cross_check(registry, roster)
+                problems += errors
+            if problems or registry is None or roster is None:
+                raise ConfigError(problems)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_CONFIG
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"sites": registry.to_json(), "roster": roster.to_json()}, ensure_ascii=False, indent=2))
+    else:
+        n_dev = sum(len(s.devices) for s in registry.sites.values())
+        n_ch = sum(len(c) for c in registry.channels.values())
+        print(f"ok: {len(registry.sites)} sites, {n_dev} devices, {n_ch} channels ({registry.source}); "
+              f"{len(roster.units)} roster units ({roster.source})")
+    return EXIT_OK
+
+
+# -- export ------------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from alerts.log import rfc3339
+    from config.settings import load_settings
+    from ingest.journal import Journal
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_CONFIG
+    data_dir = Path(args.data_dir) if args.data_dir else Path(settings.data_dir)
+    try:
+        journal = Journal(data_dir / "journal.sqlite", readonly=True)
+    except FileNotFoundError:
+        print(f"error: no journal in {data_dir} (set GEOWARN_DATA_DIR or --data-dir)", file=sys.stderr)
+        return EXIT_FAIL
+    try:
+        if args.count:
+            print(journal.count(args.site, args.since, args.until, drill=args.drill))
+            return EXIT_OK
+        out = sys.stdout
+        if args.format == "csv":
+            w = csv.writer(out, lineterminator="\n")
+            w.writerow(["site", "device", "channel", "t", "value"])
+            for site, device, channel, t_ms, value in journal.export(args.site, args.since, args.until, drill=args.drill):
+                w.writerow([site, device, channel, rfc3339(t_ms / 1000.0), repr(value)])
+        else:
+            for site, device, channel, t_ms, value in journal.export(args.site, args.since, args.until, drill=args.drill):
+                out.write(json.dumps({"site": site, "device": device, "channel": channel, "t": rfc3339(t_ms / 1000.0), "value": value}) + "\n")
+    except BrokenPipeError:
+        pass
+    finally:
+        journal.close()
+    return EXIT_OK
+
+
+# -- run ---------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from config.settings import load_all
+    from ingest.daemon import build_app
+
+    _setup_logging(args.verbose)
+    try:
+        loaded = load_all(args.config)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_CONFIG
+    for w in loaded.warnings:
+        logging.getLogger("geowarn").warning("config: %s", w)
+    app = build_app(loaded)
+    stop = threading.Event()
+
+    def _on_signal(signum: int, frame: object) -> None:
+        logging.getLogger("geowarn").info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    app.run(stop)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ingest.demo import run_demo
+
+    return run_demo(duration_s=args.duration, data_dir=args.data_dir, verbose=args.verbose)
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="geowarn", description="Geohazard early-warning service")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="embedded broker + SQLite + a simulated fleet with one slope failing")
+    d.add_argument("--duration", type=float, default=60.0, help="wall-clock seconds for the simulated days (default 60)")
+    d.add_argument("--data-dir", default=None, help="keep the journal and alerts here (default: a temporary folder)")
+    d.add_argument("-v", "--verbose", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("run", help="the ingest daemon")
+    r.add_argument("--config", default=None, help="settings TOML (environment GEOWARN_* overrides it)")
+    r.add_argument("-v", "--verbose", action="store_true")
+    r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("check-config", help="validate settings, sites and roster")
+    c.add_argument("file", nargs="?", default=None, help="a settings, site-registry or roster TOML file")
+    c.add_argument("--json", action="store_true", help="print the resolved registry and roster as JSON")
+    c.set_defaults(func=cmd_check_config)
+
+    e = sub.add_parser("export", help="readings from the store")
+    e.add_argument("--site", default=None)
+    e.add_argument("--since", type=_time_arg, default=None, help="epoch seconds or RFC 3339 (inclusive)")
+    e.add_argument("--until", type=_time_arg, default=None, help="epoch seconds or RFC 3339 (exclusive)")
+    e.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    e.add_argument("--count", action="store_true", help="print only the number of readings")
+    e.add_argument("--drill", action="store_true", help="export the readings of drills instead of real ones")
+    e.add_argument("--config", default=None)
+    e.add_argument("--data-dir", default=None, help="overrides GEOWARN_DATA_DIR")
+    e.set_defaults(func=cmd_export)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""The ingest daemon: the one composition root that wires the pipeline of DESIGN §1.
+
+    paho thread ──inbox──▶ pipeline thread: decode → journal commit → detectors → alerts → ack
+                                             └─▶ dead letters (table + MQTT)
+    forwarder thread: journal → InfluxDB, from its saved position
+
+``build_app(loaded)`` builds everything from configuration; tests build their own apps with
+their own data dirs and brokers. Nothing here is a module-level singleton.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alerts.clock import Clock, WallClock
+from alerts.log import AlertLog, rfc3339
+from config.settings import Loaded
+from detectors.fusion import LevelChange, SiteFusion
+from ingest.codecs import Codec, Decoded, PayloadError
+from ingest.forwarder import Forwarder
+from ingest.journal import DEADLETTER_KEEP_BYTES, Journal, to_ms
+from ingest.mqtt import Inbound, MqttLink
+
+log = logging.getLogger("geowarn.daemon")
+
+#: At most this many messages share one journal transaction (and one fsync).
+MAX_BATCH = 2000
+#: A dead letter on MQTT carries at most this much of the payload.
+DEADLETTER_MQTT_BYTES = 1024
+SITE_LEVELS_KEY = "fusion.site_levels"
+
+
+@dataclass
+class Counters:
+    messages: int = 0
+    readings_stored: int = 0
+    readings_duplicate: int = 0
+    deadletters: int = 0
+    statuses: int = 0
+    stale_acks: int = 0
+    alerts: int = 0
+    deadletter_reasons: dict[str, int] = field(default_factory=dict)
+
+
+class Pipeline:
+    """Decode, store, detect and alert for a batch of inbound messages. Owns the journal writer."""
+
+    def __init__(
+        self,
+        loaded: Loaded,
+        journal: Journal,
+        publish: Any,
+        clock: Clock,
+        on_committed: Any = None,
+    ) -> None:
+        s = loaded.settings
+        self.registry = loaded.registry
+        self.journal = journal
+        self.publish = publish
+        self.clock = clock
+        self.prefix = s.topic_prefix
+        self.codec = Codec(
+            loaded.registry, s.topic_prefix, max_skew_s=s.max_future_skew_s, max_bytes=s.max_payload_bytes, max_readings=s.max_readings_per_message
+        )
+        self.series = journal.series_ids(loaded.registry)
+        self.fusion = SiteFusion(loaded.registry)
+        self.alerts = AlertLog(Path(s.data_dir) / "alerts.jsonl", publish, s.topic_prefix)
+        self.counters = Counters()
+        self.on_committed = on_committed
+        self.last_seq: dict[str, int] = {}
+        self.seq_gaps = 0
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Rebuild detector state from the journal and reconcile with the persisted site levels,
+        so a restart neither re-raises a warning nor forgets one."""
+        persisted: dict[str, int] = self.journal.get_state(SITE_LEVELS_KEY, {}) or {}
+        horizon_s = max(site.policy.velocity_window_s for site in self.registry.sites.values())
+        for info, sid in self.series.items():
+            latest = self.journal.latest_t_ms(sid)
+            if latest is None:
+                continue
+            for t_ms, value in self.journal.recent(sid, latest - int(horizon_s * 1000) - 1):
+                self.fusion.update(info, t_ms / 1000.0, value)
+        for site, level in persisted.items():
+            now_level = self.fusion.level(site)
+            if site in self.registry.sites and now_level < level:
+                # Keep what was announced; the detectors lower it in their own time.
+                self.fusion.set_level(site, level)
+        # A level the journal supports but that was never announced (crash between commit and
+        # alert) is announced now.
+        for site in self.registry.sites:
+            level, before = self.fusion.level(site), int(persisted.get(site, 0))
+            if level > before:
+                self._emit(LevelChange(site, self.clock.now(), level, before, "recomputed from the journal after a restart"))
+        self._save_levels()
+
+    def _save_levels(self) -> None:
+        self.journal.set_state(SITE_LEVELS_KEY, {s: self.fusion.level(s) for s in self.registry.sites})
+
+    def _emit(self, change: LevelChange) -> None:
+        admin = self.registry.sites[change.site].admin
+        event = self.alerts.emit(change, admin)
+        self.counters.alerts += 1
+        log.warning(
+            "%s %s %s level %d (%s)%s: %s",
+            event["t"], event["kind"].upper(), change.site, change.level, event["colour"], " [EXERCISE]" if change.exercise else "", change.reason
+        )
+
+    def _deadletter(self, now_ms: int, topic: str, reason: str, detail: str, payload: bytes, item: Any = None) -> tuple[int, str, str, str, bytes]:
+        self.counters.deadletters += 1
+        self.counters.deadletter_reasons[reason] = self.counters.deadletter_reasons.get(reason, 0) + 1
+        doc: dict[str, Any] = {"topic": topic, "reason": reason, "detail": detail, "received": rfc3339(now_ms / 1000.0)}
+        if item is not None:
+            doc["reading"] = item
+            doc["payload"] = json.dumps(item)[:DEADLETTER_MQTT_BYTES]
+        else:
+            doc["payload"] = payload[:DEADLETTER_MQTT_BYTES].decode("utf-8", "replace")
+            doc["truncated"] = len(payload) > DEADLETTER_MQTT_BYTES
+        try:
+            self.publish(f"{self.prefix}/deadletter", json.dumps(doc, ensure_ascii=False).encode(), False)
+        except Exception as exc:  # the table keeps it; the MQTT copy is a courtesy
+            log.warning("could not publish a dead letter: %s", exc)
+        return (now_ms, topic, reason, detail, payload[:DEADLETTER_KEEP_BYTES] if item is None else json.dumps(item).encode())
+
+    def process(self, items: list[Inbound]) -> list[Decoded]:
+        """Make a batch durable. Returns the decoded messages for detection (after commit)."""
+        now = self.clock.now()
+        now_ms = to_ms(now)
+        rows: list[tuple[int, int, float, int, int]] = []
+        dls: list[tuple[int, str, str, str, bytes]] = []
+        statuses: list[tuple[str, str, int, int, str]] = []
+        decoded: list[Decoded] = []
+        series = self.series
+        for it in items:
+            topic = it.topic.decode("utf-8", "replace")
+            try:
+                d = self.codec.decode(topic, it.payload, now)
+            except PayloadError as exc:
+                dls.append(self._deadletter(now_ms, topic, exc.reason, exc.detail, it.payload))
+                continue
+            except Exception as exc:  # a codec bug must not stop ingest: keep the payload, say why
+                log.exception("codec failed on %s", topic)
+                dls.append(self._deadletter(now_ms, topic, "internal_error", f"{type(exc).__name__}: {exc}", it.payload))
+                continue
+            if d.kind == "status" and d.status is not None:
+                statuses.append((d.site, d.device, to_ms(d.status["t"]), now_ms, json.dumps(d.status)))
+            drill = 1 if d.drill else 0
+            for info, t, v in d.readings:
+                rows.append((series[info], int(round(t * 1000.0)), v, drill, now_ms))
+            for r in d.rejects:
+                dls.append(self._deadletter(now_ms, topic, r.reason, r.detail, it.payload, r.item))
+            if d.seq is not None:
+                last = self.last_seq.get(d.device)
+                if last is not None and d.seq > last + 1:
+                    self.seq_gaps += 1
+                self.last_seq[d.device] = d.seq if last is None else max(last, d.seq)
+            decoded.append(d)
+        inserted = self.journal.append(rows, dls, statuses)
+        c = self.counters
+        c.messages += len(items)
+        c.readings_stored += inserted
+        c.readings_duplicate += len(rows) - inserted
+        c.statuses += len(statuses)
+        if self.on_committed is not None and inserted:
+            self.on_committed()
+        return decoded
+
+    def detect(self, decoded: list[Decoded]) -> None:
+        changed = False
+        fusion = self.fusion
+        for d in decoded:
+            for info, t, v in d.readings:
+                change = fusion.update(info, t, v, d.drill)
+                if change is not None:
+                    self._emit(change)
+                    changed = changed or not change.exercise
+        if changed:
+            self._save_levels()
+
+
+class App:
+    """The running daemon. ``run(stop)`` blocks until ``stop`` is set, then shuts down cleanly."""
+
+    def __init__(self, loaded: Loaded, clock: Clock | None = None) -> None:
+        s = loaded.settings
+        self.loaded = loaded
+        self.clock = clock or WallClock()
+        data_dir = Path(s.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.journal_path = data_dir / "journal.sqlite"
+        self.journal = Journal(self.journal_path, sync=s.journal_sync)
+        prefix = s.topic_prefix
+        self.link = MqttLink(
+            s.mqtt,
+            client_id=s.mqtt_client_id,
+            subscriptions=[f"{prefix}/+/+/data", f"{prefix}/+/+/status"],
+            protocol=s.mqtt_protocol,
+            session_expiry_s=s.mqtt_session_expiry_s,
+            keepalive_s=s.mqtt_keepalive_s,
+            ca_file=str(s.mqtt_ca_file) if s.mqtt_ca_file else None,
+            presence_topic=f"{prefix}/daemon/{s.mqtt_client_id}/state",
+        )
+        self.forwarder: Forwarder | None = None
+        if s.influx_url:
+            self.forwarder = Forwarder(
+                self.journal_path,
+                url=s.influx_url,
+                token=s.influx_token,
+                org=s.influx_org,
+                bucket=s.influx_bucket,
+                batch=s.forward_batch,
+                now=self.clock.now,
+            )
+        self.pipeline = Pipeline(
+            loaded,
+            self.journal,
+            lambda topic, payload, retain: self.link.publish(topic, payload, retain),
+            self.clock,
+            on_committed=self.forwarder.wake if self.forwarder else None,
+        )
+        self.ready = threading.Event()
+
+    def _batch(self, first: Inbound) -> list[Inbound]:
+        items = [first]
+        inbox = self.link.inbox
+        while len(items) < MAX_BATCH:
+            try:
+                items.append(inbox.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _handle(self, items: list[Inbound]) -> None:
+        decoded = self.pipeline.process(items)
+        self.pipeline.detect(decoded)
+        for it in items:
+            if not self.link.ack(it):
+                self.pipeline.counters.stale_acks += 1
+
+    def run(self, stop: threading.Event, drain_s: float = 3.0) -> None:
+        if self.forwarder is not None:
+            self.forwarder.start()
+        self.link.start()
+        self.ready.set()
+        log.info("geowarn daemon running: broker %s, data dir %s", self.loaded.settings.mqtt.redacted(), self.loaded.settings.data_dir)
+        inbox = self.link.inbox
+        try:
+            while not stop.is_set():
+                try:
+                    first = inbox.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                self._handle(self._batch(first))
+            # Stop: finish what is already in hand (commit + ack) while the link is still up.
+            deadline = time.monotonic() + drain_s
+            while time.monotonic() < deadline:
+                try:
+                    first = inbox.get_nowait()
+                except queue.Empty:
+                    break
+                self._handle(self._batch(first))
+        finally:
+            self.link.stop()
+            if self.forwarder is not None:
+                self.forwarder.stop()
+            self.journal.close()
+            log.info("geowarn daemon stopped (%s)", self.pipeline.counters)
+
+
+def build_app(loaded: Loaded, clock: Clock | None = None) -> App:
+    return App(loaded, clock)
+

@@ -1,0 +1,164 @@
+"""The daemon's MQTT link: paho-mqtt 2.x wrapped so that paho's thread only hands messages over.
+
+- ``CallbackAPIVersion.VERSION2``, QoS 1 subscriptions, a persistent session with a stable
+  client id (MQTT 3.1.1 ``clean_session=False``; MQTT 5 ``clean_start=False`` with a
+  session-expiry interval, without which MQTT 5 keeps nothing).
+- Manual acknowledgement: ``ack()`` is called by the pipeline only after the message's readings
+  are committed to the journal. A message that arrived on an earlier connection is never acked
+  on a later one: the broker redelivers it with the same packet id, and acking the stale copy
+  could acknowledge a different message that reuses the id.
+- paho reconnects by itself with exponential backoff (1 s to 30 s) after a broker restart.
+- The inbox is bounded. When it is full paho's thread waits (TCP back-pressure to the broker)
+  rather than dropping: with manual acks the broker's in-flight window bounds the wait anyway,
+  and ``inbox_waits`` counts it so an operator can see it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from config.settings import MqttTarget
+
+log = logging.getLogger("geowarn.mqtt")
+
+
+class Inbound(NamedTuple):
+    topic: bytes
+    payload: bytes
+    mid: int
+    qos: int
+    generation: int
+
+
+class MqttLink:
+    def __init__(
+        self,
+        target: MqttTarget,
+        *,
+        client_id: str,
+        subscriptions: Sequence[str],
+        protocol: str = "3.1.1",
+        session_expiry_s: int = 7 * 24 * 3600,
+        keepalive_s: int = 30,
+        ca_file: str | None = None,
+        inbox_size: int = 50_000,
+        receive_maximum: int = 1000,
+        presence_topic: str | None = None,
+    ) -> None:
+        self.target = target
+        self.subscriptions = list(subscriptions)
+        self.inbox: queue.Queue[Inbound] = queue.Queue(maxsize=inbox_size)
+        self.connected = threading.Event()
+        self.generation = 0
+        self.inbox_waits = 0
+        self.connects = 0
+        self._stopping = False
+        self._v5 = protocol == "5"
+        self._keepalive = keepalive_s
+        self._session_expiry_s = session_expiry_s
+        self._receive_maximum = receive_maximum
+        if self._v5:
+            self.client = mqtt.Client(
+                mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
+            )
+        else:
+            self.client = mqtt.Client(
+                mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True
+            )
+        if target.username is not None:
+            self.client.username_pw_set(target.username, target.password)
+        if target.tls:
+            self.client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        self.client.reconnect_delay_set(1, 30)
+        # Operators (and tests) see whether the daemon is up: "online" retained on connect,
+        # "offline" from the broker when the daemon vanishes or stops.
+        self.presence_topic = presence_topic
+        if presence_topic:
+            self.client.will_set(presence_topic, b"offline", qos=1, retain=True)
+        # Our own publishes (alerts, dead letters) may queue while the broker is away.
+        self.client.max_queued_messages_set(0)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    # -- paho's thread -----------------------------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.error("broker %s refused the connection: %s", self.target.redacted(), reason_code)
+            return
+        self.generation += 1
+        self.connects += 1
+        log.info(
+            "connected to %s (session present: %s)", self.target.redacted(), getattr(flags, "session_present", None)
+        )
+        if self.subscriptions:
+            client.subscribe([(t, 1) for t in self.subscriptions])
+        if self.presence_topic:
+            client.publish(self.presence_topic, b"online", qos=1, retain=True)
+        self.connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        self.connected.clear()
+        if not self._stopping:
+            log.warning("lost the broker %s (%s); reconnecting with backoff", self.target.redacted(), reason_code)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        item = Inbound(msg._topic, msg.payload, msg.mid, msg.qos, self.generation)
+        try:
+            self.inbox.put_nowait(item)
+        except queue.Full:
+            self.inbox_waits += 1
+            while not self._stopping:
+                try:
+                    self.inbox.put(item, timeout=1.0)
+                    return
+                except queue.Full:
+                    continue
+
+    # -- the pipeline's side -----------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self._session_expiry_s
+            props.ReceiveMaximum = self._receive_maximum
+            self.client.connect_async(
+                self.target.host, self.target.port, self._keepalive, clean_start=False, properties=props
+            )
+        else:
+            self.client.connect_async(self.target.host, self.target.port, self._keepalive)
+        self.client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.connected.wait(timeout)
+
+    def ack(self, item: Inbound) -> bool:
+        """Acknowledge a message once it is durable; False if it came on an earlier connection."""
+        if item.qos == 0:
+            return True
+        if item.generation != self.generation:
+            return False
+        self.client.ack(item.mid, item.qos)
+        return True
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> None:
+        self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def stop(self) -> None:
+        self._stopping = True
+        try:
+            if self.presence_topic and self.connected.is_set():
+                self.client.publish(self.presence_topic, b"offline", qos=1, retain=True).wait_for_publish(2.0)
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
