@@ -1,0 +1,1 @@
+"""Warning levels, the alert path from a site's level change to the people who must act."""

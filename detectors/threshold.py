@@ -1,0 +1,35 @@
+"""Per-channel thresholds on the reading itself (pore pressure, groundwater, crack opening…)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from detectors.latch import LevelLatch
+from detectors.verdict import QUIET, Verdict
+
+_NAMES = {1: "blue", 2: "yellow", 3: "orange", 4: "red"}
+
+
+class ThresholdDetector:
+    """Level of the value against ascending thresholds, with hysteresis and a hold time."""
+
+    def __init__(self, thresholds: list[tuple[int, float]], *, hysteresis: float = 0.1, hold_s: float = 0.0, unit: str = "") -> None:
+        self.unit = unit
+        self._latch = LevelLatch(thresholds, hysteresis, hold_s)
+
+    def update(self, t: float, value: float) -> Verdict:
+        level = self._latch.update(t, value)
+        if level == 0:
+            return QUIET
+        thr = dict(self._latch.thresholds)[level]
+        return Verdict(
+            level,
+            f"value {value:.2f} {self.unit} (≥ {_NAMES[level]} threshold {thr:g} {self.unit}, or held)".replace("  ", " "),
+            {"value": value, "threshold": thr},
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"latch": self._latch.snapshot()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._latch.restore(state["latch"])

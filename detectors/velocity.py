@@ -1,0 +1,126 @@
+"""Smoothed velocity of a displacement-like channel, and its level.
+
+The velocity is the least-squares slope of the readings over a sliding event-time window:
+with GNSS noise of a few mm a difference of two readings 10 minutes apart swings by hundreds
+of mm/day, while a 6-hour regression slope of 36 readings is steady to a few mm/day.
+Running sums make each update O(1).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from detectors.latch import LevelLatch
+from detectors.verdict import Verdict
+
+DAY = 86400.0
+_NAMES = {1: "blue", 2: "yellow", 3: "orange", 4: "red"}
+
+
+class VelocityDetector:
+    """Level of |velocity| (unit/day) over a sliding window, with hysteresis and hold time.
+
+    ``min_points`` readings spanning at least ``min_span`` of the window are needed before
+    the detector judges; until then it is warming up and says level 0.
+    """
+
+    def __init__(
+        self,
+        thresholds_per_day: list[tuple[int, float]],
+        *,
+        window_s: float = 6 * 3600.0,
+        hysteresis: float = 0.1,
+        hold_s: float = 0.0,
+        min_points: int = 6,
+        min_span: float = 0.5,
+        unit: str = "mm",
+    ) -> None:
+        if window_s <= 0:
+            raise ValueError(f"window_s must be > 0, got {window_s}")
+        if min_points < 3:
+            raise ValueError(f"min_points must be >= 3, got {min_points}")
+        if not 0 < min_span <= 1:
+            raise ValueError(f"min_span must be in (0, 1], got {min_span}")
+        self.window_s = window_s
+        self.min_points = min_points
+        self.min_span = min_span
+        self.unit = unit
+        self._latch = LevelLatch(thresholds_per_day, hysteresis, hold_s)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pts: deque[tuple[float, float]] = deque()
+        self._t0 = 0.0  # anchor: sums are of t - t0 to keep float precision
+        self._n = 0
+        self._st = self._sv = self._stt = self._stv = 0.0
+        self._last: Verdict = Verdict(0, "warming up", warming_up=True)
+
+    def _add(self, t: float, v: float) -> None:
+        x = t - self._t0
+        self._n += 1
+        self._st += x
+        self._sv += v
+        self._stt += x * x
+        self._stv += x * v
+
+    def _drop(self, t: float, v: float) -> None:
+        x = t - self._t0
+        self._n -= 1
+        self._st -= x
+        self._sv -= v
+        self._stt -= x * x
+        self._stv -= x * v
+
+    def velocity_per_day(self) -> float | None:
+        n = self._n
+        if n < 2:
+            return None
+        denom = n * self._stt - self._st * self._st
+        if denom <= 0:
+            return None
+        return (n * self._stv - self._st * self._sv) / denom * DAY
+
+    def update(self, t: float, value: float) -> Verdict:
+        pts = self._pts
+        if pts and t <= pts[-1][0]:
+            return self._last  # out of order or repeated: the first path judges in arrival order
+        if pts and t - pts[-1][0] > self.window_s:
+            self._reset()  # a gap longer than the window: the old slope says nothing now
+        if not pts:
+            self._t0 = t
+        pts.append((t, value))
+        self._add(t, value)
+        horizon = t - self.window_s
+        while pts[0][0] < horizon:
+            self._drop(*pts.popleft())
+        span = t - pts[0][0]
+        if self._n < self.min_points or span < self.min_span * self.window_s:
+            self._last = Verdict(self._latch.level, "warming up", warming_up=True)
+            return self._last
+        v = self.velocity_per_day()
+        if v is None:
+            return self._last
+        level = self._latch.update(t, abs(v))
+        if level == 0:
+            self._last = Verdict(0, "", {"velocity_per_day": v})
+        else:
+            thr = dict(self._latch.thresholds)[level]
+            self._last = Verdict(
+                level,
+                f"velocity {v:.1f} {self.unit}/day (≥ {_NAMES[level]} {thr:g} {self.unit}/day over {self.window_s / 3600:g} h, or held)",
+                {"velocity_per_day": v, "threshold": thr, "window_s": self.window_s, "points": self._n},
+            )
+        return self._last
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"points": list(self._pts), "latch": self._latch.snapshot()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._reset()
+        for t, v in state["points"]:
+            if not self._pts:
+                self._t0 = t
+            self._pts.append((t, v))
+            self._add(t, v)
+        self._latch.restore(state["latch"])
