@@ -4,6 +4,13 @@ The velocity is the least-squares slope of the readings over a sliding event-tim
 with GNSS noise of a few mm a difference of two readings 10 minutes apart swings by hundreds
 of mm/day, while a 6-hour regression slope of 36 readings is steady to a few mm/day.
 Running sums make each update O(1).
+
+A slope is judged only when it is significant: |v| must exceed ``z`` standard errors of the
+regression slope. This is the noise floor that keeps a stable GNSS point (3 mm noise: a
+6-hour slope wobbles by ~7 mm/day) from ever reaching yellow on noise alone, while a real
+120 mm/day movement is dozens of standard errors away from zero. A level must also be
+supported by ``persist`` consecutive evaluations before it is reached: noise peaks are brief,
+real movement persists.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ class VelocityDetector:
         hold_s: float = 0.0,
         min_points: int = 6,
         min_span: float = 0.5,
+        z: float = 5.0,
+        persist: int = 3,
         unit: str = "mm",
     ) -> None:
         if window_s <= 0:
@@ -45,41 +54,63 @@ class VelocityDetector:
         self.window_s = window_s
         self.min_points = min_points
         self.min_span = min_span
+        if z < 0:
+            raise ValueError(f"z must be >= 0, got {z}")
+        self.z = z
+        if persist < 1:
+            raise ValueError(f"persist must be >= 1, got {persist}")
+        self.persist = persist
         self.unit = unit
         self._latch = LevelLatch(thresholds_per_day, hysteresis, hold_s)
         self._reset()
 
     def _reset(self) -> None:
         self._pts: deque[tuple[float, float]] = deque()
-        self._t0 = 0.0  # anchor: sums are of t - t0 to keep float precision
+        self._t0 = 0.0  # anchors: sums are of t - t0 and v - v0 to keep float precision
+        self._v0 = 0.0
         self._n = 0
-        self._st = self._sv = self._stt = self._stv = 0.0
+        self._st = self._sv = self._stt = self._stv = self._svv = 0.0
+        self._recent: deque[float] = deque(maxlen=self.persist)
         self._last: Verdict = Verdict(0, "warming up", warming_up=True)
 
     def _add(self, t: float, v: float) -> None:
         x = t - self._t0
+        y = v - self._v0
         self._n += 1
         self._st += x
-        self._sv += v
+        self._sv += y
         self._stt += x * x
-        self._stv += x * v
+        self._stv += x * y
+        self._svv += y * y
 
     def _drop(self, t: float, v: float) -> None:
         x = t - self._t0
+        y = v - self._v0
         self._n -= 1
         self._st -= x
-        self._sv -= v
+        self._sv -= y
         self._stt -= x * x
-        self._stv -= x * v
+        self._stv -= x * y
+        self._svv -= y * y
+
+    def fit(self) -> tuple[float, float] | None:
+        """(velocity, its standard error), both per day; None until three points span time."""
+        n = self._n
+        if n < 3:
+            return None
+        sxx = self._stt - self._st * self._st / n
+        if sxx <= 0:
+            return None
+        sxy = self._stv - self._st * self._sv / n
+        syy = self._svv - self._sv * self._sv / n
+        b = sxy / sxx
+        sse = max(0.0, syy - b * sxy)
+        se = (sse / (n - 2) / sxx) ** 0.5
+        return b * DAY, se * DAY
 
     def velocity_per_day(self) -> float | None:
-        n = self._n
-        if n < 2:
-            return None
-        denom = n * self._stt - self._st * self._st
-        if denom <= 0:
-            return None
-        return (n * self._stv - self._st * self._sv) / denom * DAY
+        f = self.fit()
+        return None if f is None else f[0]
 
     def update(self, t: float, value: float) -> Verdict:
         pts = self._pts
@@ -88,7 +119,7 @@ class VelocityDetector:
         if pts and t - pts[-1][0] > self.window_s:
             self._reset()  # a gap longer than the window: the old slope says nothing now
         if not pts:
-            self._t0 = t
+            self._t0, self._v0 = t, value
         pts.append((t, value))
         self._add(t, value)
         horizon = t - self.window_s
@@ -98,29 +129,33 @@ class VelocityDetector:
         if self._n < self.min_points or span < self.min_span * self.window_s:
             self._last = Verdict(self._latch.level, "warming up", warming_up=True)
             return self._last
-        v = self.velocity_per_day()
-        if v is None:
+        f = self.fit()
+        if f is None:
             return self._last
-        level = self._latch.update(t, abs(v))
+        v, se = f
+        # An insignificant slope counts as no movement (it may still let a level come down).
+        self._recent.append(abs(v) if abs(v) > self.z * se else 0.0)
+        level = self._latch.update(t, min(self._recent))
         if level == 0:
-            self._last = Verdict(0, "", {"velocity_per_day": v})
+            self._last = Verdict(0, "", {"velocity_per_day": v, "stderr_per_day": se})
         else:
             thr = dict(self._latch.thresholds)[level]
             self._last = Verdict(
                 level,
                 f"velocity {v:.1f} {self.unit}/day (≥ {_NAMES[level]} {thr:g} {self.unit}/day over {self.window_s / 3600:g} h, or held)",
-                {"velocity_per_day": v, "threshold": thr, "window_s": self.window_s, "points": self._n},
+                {"velocity_per_day": v, "stderr_per_day": se, "threshold": thr, "window_s": self.window_s, "points": self._n},
             )
         return self._last
 
     def snapshot(self) -> dict[str, Any]:
-        return {"points": list(self._pts), "latch": self._latch.snapshot()}
+        return {"points": list(self._pts), "recent": list(self._recent), "latch": self._latch.snapshot()}
 
     def restore(self, state: dict[str, Any]) -> None:
         self._reset()
         for t, v in state["points"]:
             if not self._pts:
-                self._t0 = t
+                self._t0, self._v0 = t, v
             self._pts.append((t, v))
             self._add(t, v)
+        self._recent.extend(state["recent"])
         self._latch.restore(state["latch"])
