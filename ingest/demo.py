@@ -1,0 +1,223 @@
+"""``geowarn demo``: the whole pipeline on one machine, with nothing to install but the package.
+
+An embedded MQTT broker (unless GEOWARN_MQTT_URL names one), the real daemon with a SQLite
+journal, and a simulated fleet for the registry's sites publishing over MQTT in accelerated
+time: two weeks of 10-minute readings in about a minute, with the first site accelerating
+towards failure by Voight's law. Warnings are printed as they arrive on the alerts topic,
+exactly as any subscriber would see them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from alerts.levels import LEVELS
+from config.errors import ConfigError
+from config.settings import ENV_PREFIX, Loaded, MqttTarget, load_all
+from ingest.daemon import build_app
+
+DAY = 86400.0
+STEP_S = 600.0
+SPAN_S = 14 * DAY
+# The demo's event time ends now: readings may not come from the future.
+END_BEFORE_FAILURE_S = 1800.0
+
+_COLOUR_CODES = {"blue": "34", "yellow": "33", "orange": "38;5;208", "red": "31", "none": "32"}
+
+
+def _paint(text: str, colour: str, tty: bool) -> str:
+    return f"\033[1;{_COLOUR_CODES.get(colour, '0')}m{text}\033[0m" if tty else text
+
+
+class _Client:
+    """A plain paho client for the demo's publisher and its alert subscriber."""
+
+    def __init__(self, url: str, client_id: str, topics: list[str] | None = None) -> None:
+        target = MqttTarget(url)
+        self.inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.ready = threading.Event()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        if target.username:
+            self.c.username_pw_set(target.username, target.password)
+        self.c.max_inflight_messages_set(200)
+        topics = topics or []
+
+        def on_connect(c: mqtt.Client, u: Any, f: Any, rc: Any, p: Any) -> None:
+            if topics:
+                c.subscribe([(t, 1) for t in topics])
+            else:
+                self.ready.set()
+
+        self.c.on_connect = on_connect
+        self.c.on_subscribe = lambda c, u, mid, rc, p: self.ready.set()
+        self.c.on_message = lambda c, u, m: self.inbox.put((m.topic, m.payload))
+        self.c.connect(target.host, target.port)
+        self.c.loop_start()
+        if not self.ready.wait(10):
+            raise RuntimeError(f"could not connect to the broker at {target.redacted()}")
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def _print_alert(event: dict[str, Any], names: dict[str, str], tty: bool) -> None:
+    lvl = LEVELS[event["level"]]
+    prev = LEVELS[event["previous_level"]]
+    label = f"{lvl.colour.upper():6} {lvl.zh} {lvl.en}" if event["level"] else "LIFTED"
+    when = event["t"][:16].replace("T", " ")
+    print(
+        f"  {when} UTC  {event['site']:4} {_paint(label, lvl.colour, tty)}  "
+        f"(was {prev.colour})  {names.get(event['site'], '')}\n      {event['reason']}",
+        flush=True,
+    )
+
+
+def run_demo(duration_s: float = 60.0, data_dir: str | None = None, verbose: bool = False) -> int:
+    from ingest.broker import EmbeddedBroker
+    from simulators.fleet import Fleet
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("geowarn", "amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
+    tty = os.isatty(1)
+    if duration_s <= 0:
+        print("error: --duration must be positive")
+        return 2
+    try:
+        base = load_all()
+    except ConfigError as exc:
+        print("configuration error:")
+        for p in exc.problems:
+            print(f"  {p}")
+        return 2
+
+    broker = None
+    if ENV_PREFIX + "MQTT_URL" not in os.environ:
+        broker = EmbeddedBroker()
+        broker.start()
+        mqtt_url = broker.url
+        where = f"embedded broker on {broker.host}:{broker.port}"
+    else:
+        mqtt_url = base.settings.mqtt_url
+        where = f"broker {base.settings.mqtt.redacted()}"
+    data = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="geowarn-demo-"))
+    settings = base.settings.model_copy(
+        update={"mqtt_url": mqtt_url, "data_dir": data, "mqtt_client_id": f"geowarn-demo-{os.getpid()}", "journal_sync": "normal"}
+    )
+    loaded = Loaded(settings, base.registry, base.roster, base.warnings)
+    registry = loaded.registry
+    failing = next(iter(registry.sites))
+    names = {code: s.name for code, s in registry.sites.items()}
+
+    now = time.time()
+    t_f = now + END_BEFORE_FAILURE_S
+    t_start = t_f - SPAN_S
+    steps = int((t_f - END_BEFORE_FAILURE_S - t_start) // STEP_S)
+    fleet = Fleet(registry, t0=t_start, seed=7, failures={failing: t_f}, failure_alpha=1.5)
+
+    print(f"GeoWarn demo — {len(registry.sites)} sites, {len(fleet.devices)} devices, {where}")
+    print(f"  data dir: {data}")
+    print(f"  simulating {SPAN_S / DAY:.0f} days of 10-minute readings in about {duration_s:.0f} s; "
+          f"site {failing} ({names[failing]}) is heading for failure.\n", flush=True)
+
+    app = build_app(loaded)
+    stop = threading.Event()
+    daemon = threading.Thread(target=app.run, args=(stop,), name="geowarn-daemon", daemon=True)
+    daemon.start()
+    if not app.link.wait_connected(15):
+        print("error: the daemon could not connect to the broker")
+        stop.set()
+        return 1
+    watcher = _Client(mqtt_url, f"geowarn-demo-watch-{os.getpid()}", [f"{settings.topic_prefix}/alerts/#", f"{settings.topic_prefix}/deadletter"])
+    pub = _Client(mqtt_url, f"geowarn-demo-fleet-{os.getpid()}")
+
+    events: list[dict[str, Any]] = []
+    deadletters: list[dict[str, Any]] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                topic, payload = watcher.inbox.get_nowait()
+            except queue.Empty:
+                return
+            doc = json.loads(payload)
+            if topic.endswith("/deadletter"):
+                deadletters.append(doc)
+                print(f"  dead letter: {doc['reason']} on {doc['topic']} — {doc['detail']}", flush=True)
+            else:
+                events.append(doc)
+                _print_alert(doc, names, tty)
+
+    published = 0
+    try:
+        # Two hostile messages up front: the daemon rejects them with a reason and goes on.
+        first_site = registry.sites[failing]
+        dev = first_site.devices[0].device
+        other = first_site.devices[1].device if len(first_site.devices) > 1 else dev
+        pub.c.publish(f"{settings.topic_prefix}/{failing}/{dev}/data", b'{"v": 1, "device": "' + dev.encode() + b'", "readings": [{"ch": "nope", "t": 0, "v": "1"}', qos=1)
+        pub.c.publish(
+            f"{settings.topic_prefix}/{failing}/{dev}/data",
+            json.dumps({"v": 1, "device": other, "readings": []}).encode(),
+            qos=1,
+        )
+        published += 2
+        wall0 = time.monotonic()
+        for i in range(steps + 1):
+            t = t_start + i * STEP_S
+            batch = fleet.messages(t)
+            if i % 6 == 0:
+                batch += fleet.status_messages(t)
+            for topic, payload in batch:
+                pub.c.publish(topic, payload, qos=1)
+            published += len(batch)
+            drain()
+            lag = wall0 + duration_s * (i + 1) / (steps + 1) - time.monotonic()
+            if lag > 0:
+                time.sleep(lag)  # pacing the simulated clock against the wall clock
+        # Let the daemon finish what is in flight.
+        deadline = time.monotonic() + 30
+        while app.pipeline.counters.messages < published and time.monotonic() < deadline:
+            drain()
+            time.sleep(0.05)
+        time.sleep(0.3)
+        drain()
+    except KeyboardInterrupt:
+        print("\ninterrupted")
+    finally:
+        stop.set()
+        daemon.join(10)
+        watcher.close()
+        pub.close()
+        if broker is not None:
+            broker.stop()
+
+    c = app.pipeline.counters
+    by_site: dict[str, int] = {}
+    for e in events:
+        if not e["exercise"]:
+            by_site[e["site"]] = max(by_site.get(e["site"], 0), e["level"])
+    reasons = Counter(d["reason"] for d in deadletters)
+    print("\nSummary")
+    print(f"  messages {c.messages} of {published} published, readings stored {c.readings_stored}, "
+          f"duplicates {c.readings_duplicate}, dead letters {c.deadletters} {dict(reasons)}")
+    for code in registry.sites:
+        lvl = LEVELS[by_site.get(code, 0)]
+        print(f"  {code:4} highest level: {_paint(lvl.colour, lvl.colour, tty)} ({lvl.en})  {names[code]}")
+    print(f"  alerts: {data / 'alerts.jsonl'}")
+    print(f"  readings: GEOWARN_DATA_DIR={data} geowarn export --site {failing} --format csv | head")
+    red = by_site.get(failing, 0) == 4
+    if not red:
+        print(f"error: site {failing} never reached red")
+    return 0 if red else 1
