@@ -23,9 +23,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class Daemon:
-    def __init__(self, data_dir: Path, mqtt_url: str, *, extra_env: dict[str, str] | None = None, client_id: str = "geowarn-test") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        mqtt_url: str,
+        *,
+        extra_env: dict[str, str] | None = None,
+        client_id: str = "geowarn-test",
+        presence_url: str | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.mqtt_url = mqtt_url
+        # Where the test listens for the daemon's "online" (a plain listener of a TLS broker).
+        self.presence_url = presence_url or mqtt_url
         self.client_id = client_id
         self.env = dict(os.environ)
         self.env.update(
@@ -47,7 +57,7 @@ class Daemon:
 
     def start(self, timeout: float = 20.0) -> None:
         self.starts += 1
-        presence = _Presence(self.mqtt_url, f"geowarn/daemon/{self.client_id}/state")
+        presence = _Presence(self.presence_url, f"geowarn/daemon/{self.client_id}/state")
         try:
             log = open(self.log_path, "ab")
             self.proc = subprocess.Popen(
