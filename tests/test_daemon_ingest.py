@@ -233,3 +233,62 @@ def test_a_moving_slope_raises_an_alert_on_mqtt_and_in_alerts_jsonl(daemon, mosq
     finally:
         pub.loop_stop()
         rec.close()
+
+
+HOSTILE = [
+    b"",
+    b"\xff\xfe\x00garbage",
+    b"null",
+    b"42",
+    b'"a string"',
+    b"{}",
+    b"[1]",
+    b'{"v": 2, "device": "BSH-EXT1", "readings": []}',
+    b'{"v": true, "device": "BSH-EXT1", "readings": []}',
+    b'{"v": 1, "device": "BSH-EXT1", "readings": {"ch": "disp"}}',
+    b'{"v": 1, "device": "BSH-EXT1", "readings": [], "seq": -1}',
+    b'{"v": 1, "device": "BSH-EXT1", "readings": [], "drill": "yes"}',
+    b'{"v": 1, "device": "BSH-EXT1", "readings": [{"ch": "disp", "t": 1e999, "v": 1}]}',
+    b'{"v": 1, "device": "BSH-EXT1", "readings": [{"ch": "disp", "t": 1764408600, "v": 1e999}]}',
+    b'{"v": 1, "device": "BSH-EXT1", "readings": [{"ch": "disp", "t": 1764408600, "v": ' + b"9" * 5000 + b"}]}",
+    b'{"v": 1, "device": "BSH-EXT1", "readings": [{"ch": "disp", "t": "yesterday", "v": 1}]}',
+    b'{"v": 1, "device": "BSH-EXT1", "readings": [{"ch": "disp", "t": "2026-11-29T09:30:00", "v": 1}]}',
+    b'{"v": 1, "device": "BSH-EXT1", "readings": [{"ch": "disp", "t": 0, "v": 1}]}',
+    b'{"v": 1, "device": "BSH-EXT1", "readings": [{"ch": ["disp"], "t": 1764408600, "v": 1}]}',
+    b'{"v": 1, "device": "BSH-EXT1", "readings": [{"ch": "disp", "t": 1764408600, "v": null}]}',
+    b'{"v": 1, "device": "BSH-EXT1", "readings": [{"ch": "disp", "t": 1764408600, "v": false}]}',
+    b'{"v": 1, "device": "BSH-EXT1", "readings": [[1, 2, 3]]}',
+    b'[{"n": "disp", "v": 1}]',
+    b'[{"bn": "urn:dev:geowarn:BSH-GNSS1:", "n": "disp", "u": "mm", "v": 1}]',
+    b'[{"bn": "urn:dev:geowarn:BSH-EXT1:", "n": "disp", "u": "m", "v": 1}]',
+    b'[{"bn": "urn:dev:geowarn:BSH-EXT1:", "n": "disp", "u": "mm", "vs": "1"}]',
+    b'{"a": ' * 30_000 + b"1" + b"}" * 30_000,  # deep, and under the size limit
+    b"[" * 200_000,
+    b'{"v": 1, "device": "BSH-EXT1", "readings": [' + b",".join([b"{}"] * 10_001) + b"]}",
+    b" " * 2_000_000,  # over the size limit: rejected unread
+]
+
+
+def test_hostile_payloads_are_all_dead_lettered_and_the_daemon_keeps_going(daemon, mosquitto):
+    pub = publisher(mosquitto.url)
+    try:
+        for payload in HOSTILE:
+            pub.publish("geowarn/BSH/BSH-EXT1/data", payload, qos=1).wait_for_publish(10)
+        # Hostile topics too: unknown site and device, wrong last level, extra levels.
+        for topic in ("geowarn/BSH/BSH-EXT1/data/more", "geowarn/BSH/BSH-EXT1/nonsense", "geowarn/ZZZ/BSH-EXT1/status"):
+            pub.publish(topic, native("BSH-EXT1", [("disp", T0, 1.0)]), qos=1).wait_for_publish(10)
+        pub.publish("geowarn/BSH/BSH-EXT1/status", b'{"device": "BSH-EXT1", "battery_v": "12.4"}', qos=1).wait_for_publish(10)
+        pub.publish("geowarn/BSH/BSH-EXT1/data", native("BSH-EXT1", [("disp", T0, 42.0)]), qos=1).wait_for_publish(10)
+        daemon.wait_until(lambda: daemon.count() == 1, timeout=60, message="the good reading after the hostile ones")
+        # Dead letters: one per hostile data payload (the 10 001-reading message is rejected
+        # whole, not reading by reading), plus the status one. The subscriptions only cover
+        # .../data and .../status, so the two malformed topics never reach the daemon;
+        # ZZZ is an unknown site.
+        assert daemon.count("deadletters") == len(HOSTILE) + 2
+        assert daemon.readings() == [("BSH", "BSH-EXT1", "disp", int(T0 * 1000), 42.0)]
+        reasons = {r for (r,) in daemon.query("SELECT reason FROM deadletters")}
+        assert reasons >= {"not_json", "bad_shape", "bad_version", "bad_time", "not_numeric", "too_deep", "too_large", "too_many_readings", "unit_mismatch", "device_mismatch", "unknown_site", "bad_senml"}
+        assert "internal_error" not in reasons
+        assert daemon.terminate() < 5.0
+    finally:
+        pub.loop_stop()
