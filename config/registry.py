@@ -14,7 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from config.errors import ConfigError, ConfigProblem, problems_from_validation
 
@@ -73,12 +73,12 @@ DEFAULT_RANGE: dict[Kind, tuple[float, float]] = {
 HazardType = Annotated[str, Field(pattern=r"^(landslide|collapse|debris_flow|ground_fissure|subsidence|unstable_slope)$")]
 ScaleClass = Annotated[str, Field(pattern=r"^(small|medium|large|extra_large)$")]
 
-_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """Site, device and channel codes travel in MQTT topics: no '/', '+', '#', spaces or empties."""
 
 
 def _check_code(value: str, what: str) -> str:
-    if not _CODE.match(value):
+    if not _CODE.fullmatch(value):
         raise ValueError(
             f"{what} code {value!r} must be 1-64 characters of letters, digits, '_', '.', '-' "
             "(it is used as an MQTT topic level)"
@@ -146,13 +146,19 @@ class Channel(_Strict):
     def _code(cls, v: str) -> str:
         return _check_code(v, "channel")
 
+    @field_validator("unit")
+    @classmethod
+    def _unit_of_kind(cls, v: str | None, info: ValidationInfo) -> str | None:
+        kind = info.data.get("kind")  # absent when kind itself is invalid
+        if v is not None and kind is not None and v not in UNITS[kind]:
+            raise ValueError(f"unit {v!r} is not a unit of kind {kind.value} (use one of {', '.join(UNITS[kind])})")
+        return v
+
     @model_validator(mode="after")
     def _unit(self) -> "Channel":
         allowed = UNITS[self.kind]
         if self.unit is None:
             object.__setattr__(self, "unit", allowed[0])
-        elif self.unit not in allowed:
-            raise ValueError(f"unit {self.unit!r} is not a unit of kind {self.kind.value} (use one of {', '.join(allowed)})")
         if self.range is not None and not self.range[0] < self.range[1]:
             raise ValueError(f"range {list(self.range)} must be [low, high] with low < high")
         if self.velocity_per_day is not None and self.kind not in DISPLACEMENT_LIKE:
@@ -174,13 +180,6 @@ class Device(_Strict):
     def _code(cls, v: str) -> str:
         return _check_code(v, "device")
 
-    @model_validator(mode="after")
-    def _unique_channels(self) -> "Device":
-        names = [c.channel for c in self.channels]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"channel names repeat within device {self.device}: {', '.join(dup)}")
-        return self
 
 
 class Site(_Strict):
@@ -210,7 +209,7 @@ class Site(_Strict):
     @field_validator("admin")
     @classmethod
     def _admin(cls, v: str) -> str:
-        if not re.fullmatch(r"\d{6}", v):
+        if not re.fullmatch(r"[0-9]{6}", v):
             raise ValueError(f"admin {v!r} must be a 6-digit GB/T 2260 county code, e.g. '420527'")
         if v.endswith("00"):
             raise ValueError(f"admin {v!r} is a city or province code; a site belongs to a county (last two digits not 00)")
@@ -318,6 +317,13 @@ def parse_registry(data: dict[str, Any], source: str) -> Registry:
                     ConfigProblem(source, f"sites[{i}].devices[{j}].device", f"device {d.device!r} already belongs to site {seen_devices[d.device]}; a device belongs to one site")
                 )
             seen_devices.setdefault(d.device, s.site)
+            seen_channels: dict[str, int] = {}
+            for k, c in enumerate(d.channels):
+                if c.channel in seen_channels:
+                    problems.append(
+                        ConfigProblem(source, f"sites[{i}].devices[{j}].channels[{k}].channel", f"channel {c.channel!r} is defined twice in device {d.device} (also channels[{seen_channels[c.channel]}])")
+                    )
+                seen_channels.setdefault(c.channel, k)
     if problems:
         raise ConfigError(problems)
     return Registry(parsed.sites, source)

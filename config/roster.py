@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from config.errors import ConfigError, ConfigProblem, problems_from_validation
 from config.registry import Registry, read_toml
@@ -80,17 +80,22 @@ class Unit(_Strict):
     @field_validator("admin")
     @classmethod
     def _admin(cls, v: str) -> str:
-        if not re.fullmatch(r"\d{6}", v):
+        if not re.fullmatch(r"[0-9]{6}", v):
             raise ValueError(f"admin {v!r} must be a 6-digit GB/T 2260 code (national: {NATIONAL})")
+        return v
+
+    @field_validator("tier")
+    @classmethod
+    def _tier_of_admin(cls, v: Tier | None, info: ValidationInfo) -> Tier | None:
+        admin = info.data.get("admin")  # absent when admin itself is invalid
+        if v is not None and admin is not None and v != tier_of(admin):
+            raise ValueError(f"tier {v!r} does not match admin {admin}, which is a {tier_of(admin)} code")
         return v
 
     @model_validator(mode="after")
     def _tier(self) -> "Unit":
-        shape = tier_of(self.admin)
         if self.tier is None:
-            object.__setattr__(self, "tier", shape)
-        elif self.tier != shape:
-            raise ValueError(f"tier {self.tier!r} does not match admin {self.admin}, which is a {shape} code")
+            object.__setattr__(self, "tier", tier_of(self.admin))
         return self
 
 

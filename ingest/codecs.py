@@ -70,10 +70,18 @@ def _is_number(v: Any) -> bool:
     return (type(v) is float or type(v) is int) and not isinstance(v, bool)
 
 
+def _as_float(v: int | float) -> float:
+    """float(v); an integer too large for a float becomes ±inf (not finite, so rejected later)."""
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf if v > 0 else -math.inf
+
+
 def parse_time(raw: Any) -> float:
     """Epoch seconds from epoch seconds or an RFC 3339 string with a zone; ValueError with a reason."""
     if _is_number(raw):
-        t = float(raw)
+        t = _as_float(raw)
     elif isinstance(raw, str):
         if len(raw) > 40 or not _RFC3339.fullmatch(raw):
             raise ValueError(f"time {raw[:40]!r} is not RFC 3339 with a zone (e.g. 2026-11-29T09:30:00Z)")
@@ -140,7 +148,11 @@ class Codec:
         if len(payload) > self.max_bytes:
             raise PayloadError("too_large", f"payload of {len(payload)} bytes exceeds {self.max_bytes}")
         try:
-            doc = json.loads(payload, parse_constant=_reject_constant)
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PayloadError("not_json", f"payload is not UTF-8: {exc.reason}") from None
+        try:
+            doc = json.loads(text, parse_constant=_reject_constant)
         except RecursionError:
             raise PayloadError("too_deep", "payload nesting is too deep") from None
         except UnicodeDecodeError as exc:
@@ -178,7 +190,7 @@ class Codec:
             what = "a numeric string" if isinstance(raw_v, str) else type(raw_v).__name__
             out.rejects.append(Reject("not_numeric", f"value of {name} is {what}, not a JSON number", item))
             return
-        v = float(raw_v)
+        v = _as_float(raw_v)
         if not math.isfinite(v):
             out.rejects.append(Reject("not_finite", f"value of {name} is not finite", item))
             return
@@ -242,7 +254,7 @@ class Codec:
                         raise PayloadError("device_mismatch", f"SenML bn device {m.group(1)[:64]!r} does not match topic device {out.device!r}")
                     bn = rec["bn"]
                 if "bt" in rec:
-                    if not _is_number(rec["bt"]) or not math.isfinite(rec["bt"]):
+                    if not _is_number(rec["bt"]) or not math.isfinite(_as_float(rec["bt"])):
                         raise ValueError("bt must be a number")
                     bt = float(rec["bt"])
                 if "bu" in rec:
@@ -250,7 +262,7 @@ class Codec:
                         raise ValueError("bu must be a string")
                     bu = rec["bu"]
                 if "bv" in rec:
-                    if not _is_number(rec["bv"]) or not math.isfinite(rec["bv"]):
+                    if not _is_number(rec["bv"]) or not math.isfinite(_as_float(rec["bv"])):
                         raise ValueError("bv must be a number")
                     bv = float(rec["bv"])
             except ValueError as exc:
@@ -274,10 +286,10 @@ class Codec:
                 continue
             raw_v = rec.get("v")
             if _is_number(raw_v):
-                raw_v = bv + raw_v
+                raw_v = bv + _as_float(raw_v)
             raw_t = rec.get("t", 0.0)
             if _is_number(raw_t):
-                raw_t = bt + raw_t
+                raw_t = bt + _as_float(raw_t)
                 if raw_t < SENML_RELATIVE_LIMIT:
                     raw_t = now + raw_t
             else:
@@ -294,7 +306,7 @@ class Codec:
         for key in STATUS_NUMERIC:
             if key in doc:
                 v = doc[key]
-                if not _is_number(v) or not math.isfinite(v):
+                if not _is_number(v) or not math.isfinite(_as_float(v)):
                     raise PayloadError("not_numeric", f"status {key} must be a finite number")
                 status[key] = v
         if "fw" in doc:
