@@ -27,6 +27,12 @@ it for the production broker:
 The broker runs on its own asyncio event loop in its own thread, so callers
 can be plain synchronous code (paho-mqtt, the CLI).  ``stop()`` shuts amqtt
 down, closes the loop and joins the thread.
+
+Logging: ``start()`` lowers the ``amqtt`` logger to WARNING unless the
+application already set a level on it.  amqtt's state machines (the
+``transitions`` package) log every client connect/disconnect at INFO on the
+``transitions`` logger; that logger is left alone here -- the application's
+logging setup should raise it to WARNING if it logs at INFO.
 """
 
 from __future__ import annotations
@@ -340,7 +346,8 @@ def _describe(exc: BaseException) -> str:
     parts = [f"{type(exc).__name__}: {exc}"]
     cause = exc.__cause__
     while cause is not None and len(parts) < 4:
-        parts.append(f"{type(cause).__name__}: {cause}")
+        if str(cause) not in parts[-1]:  # amqtt repeats the cause's text in its own message
+            parts.append(f"{type(cause).__name__}: {cause}")
         cause = cause.__cause__
     return " <- ".join(parts)
 
