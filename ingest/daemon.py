@@ -245,15 +245,32 @@ class App:
             if not self.link.ack(it):
                 self.pipeline.counters.stale_acks += 1
 
+    def stats_line(self) -> str:
+        c = self.pipeline.counters
+        line = (
+            f"messages {c.messages}, readings stored {c.readings_stored} (duplicates {c.readings_duplicate}), "
+            f"dead letters {c.deadletters}, alerts {c.alerts}, inbox {self.link.inbox.qsize()}"
+        )
+        if self.forwarder is not None:
+            f = self.forwarder.status()
+            lag = "none" if f.lag_readings == 0 else f"{f.lag_readings} readings, {f.lag_s or 0:.0f} s"
+            line += f"; forwarder lag {lag}" + (f", last error {f.last_error}" if f.last_error else "")
+        return line
+
     def run(self, stop: threading.Event, drain_s: float = 3.0) -> None:
+        stats_every_s = self.loaded.settings.stats_interval_s
         if self.forwarder is not None:
             self.forwarder.start()
         self.link.start()
         self.ready.set()
         log.info("geowarn daemon running: broker %s, data dir %s", self.loaded.settings.mqtt.redacted(), self.loaded.settings.data_dir)
         inbox = self.link.inbox
+        next_stats = time.monotonic() + stats_every_s
         try:
             while not stop.is_set():
+                if time.monotonic() >= next_stats:
+                    log.info("%s", self.stats_line())
+                    next_stats += stats_every_s
                 try:
                     first = inbox.get(timeout=0.2)
                 except queue.Empty:
@@ -272,7 +289,7 @@ class App:
             if self.forwarder is not None:
                 self.forwarder.stop()
             self.journal.close()
-            log.info("geowarn daemon stopped (%s)", self.pipeline.counters)
+            log.info("geowarn daemon stopped: %s", self.stats_line())
 
 
 def build_app(loaded: Loaded, clock: Clock | None = None) -> App:

@@ -186,7 +186,7 @@ def test_forwarder_catches_up_after_victoriametrics_outage_nothing_lost_or_doubl
     d = Daemon(
         tmp_path / "data",
         mosquitto.url,
-        extra_env={"GEOWARN_INFLUX_URL": vm.url, "GEOWARN_INFLUX_BUCKET": "b", "GEOWARN_INFLUX_ORG": "o", "GEOWARN_FORWARD_BATCH": "50"},
+        extra_env={"GEOWARN_INFLUX_URL": vm.url, "GEOWARN_INFLUX_BUCKET": "b", "GEOWARN_INFLUX_ORG": "o", "GEOWARN_FORWARD_BATCH": "50", "GEOWARN_STATS_INTERVAL_S": "0.5"},
     )
     pub = publisher(mosquitto.url)
     try:
@@ -198,8 +198,9 @@ def test_forwarder_catches_up_after_victoriametrics_outage_nothing_lost_or_doubl
         for i in range(100, 600):
             pub.publish("geowarn/BSH/BSH-EXT1/data", native("BSH-EXT1", [("disp", T0 + i, float(i))], seq=i), qos=1).wait_for_publish(10)
         d.wait_until(lambda: d.count() == 600, message="600 readings in the journal")
-        # Let the forwarder fail at least once against the stopped server.
+        # The forwarder fails against the stopped server and reports its lag.
         d.wait_until(lambda: "InfluxDB write failed" in d.log_tail(200), message="a failed write")
+        d.wait_until(lambda: "forwarder lag 500 readings" in d.log_tail(200), message="the lag reported")
         vm.start()
         series = vm.wait_for_samples("displacement_value", 600, timeout=60)
         assert len(series) == 1
