@@ -166,17 +166,23 @@ class Loaded:
         self.warnings = warnings
 
 
-def load_all(config_file: str | Path | None = None) -> Loaded:
-    """Settings, registry and roster, validated together; every error found is raised at once."""
+def load_all(
+    config_file: str | Path | None = None, *, sites_path: str | Path | None = None, roster_path: str | Path | None = None
+) -> Loaded:
+    """Settings, registry and roster, validated together; every error found is raised at once.
+
+    ``sites_path`` / ``roster_path`` override the files the settings name.
+    """
     settings = load_settings(config_file)
     problems: list[ConfigProblem] = []
-    registry = roster = None
+    registry: Registry | None = None
+    roster: Roster | None = None
     try:
-        registry = load_registry(settings.sites_path)
+        registry = load_registry(sites_path or settings.sites_path)
     except ConfigError as exc:
         problems += exc.problems
     try:
-        roster = load_roster(settings.roster_path)
+        roster = load_roster(roster_path or settings.roster_path)
     except ConfigError as exc:
         problems += exc.problems
     warnings: list[ConfigProblem] = []

@@ -56,9 +56,7 @@ def _print_config_error(exc: ConfigError) -> None:
 def cmd_check_config(args: argparse.Namespace) -> int:
     import tomllib
 
-    from config.registry import load_registry
-    from config.roster import cross_check, load_roster
-    from config.settings import load_all, load_settings
+    from config.settings import load_all
 
     try:
         target = args.file
@@ -70,31 +68,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 kind = "sites" if "sites" in top and isinstance(top["sites"], list) else "roster" if "units" in top else "settings"
             except (OSError, tomllib.TOMLDecodeError):
                 kind = "settings"  # load_settings names the problem with the file
-        if kind == "settings":
-            loaded = load_all(target)
-            registry, roster, warnings = loaded.registry, loaded.roster, loaded.warnings
+        if kind == "sites":
+            loaded = load_all(None, sites_path=target)
+        elif kind == "roster":
+            loaded = load_all(None, roster_path=target)
         else:
-            settings = load_settings(None)
-            problems = []
-            registry = roster = None
-            try:
-                registry = load_registry(target if kind == "sites" else settings.sites_path)
-            except ConfigError as exc:
-                problems += exc.problems
-            try:
-                roster = load_roster(target if kind == "roster" else settings.roster_path)
-            except ConfigError as exc:
-                problems += exc.problems
-            warnings = []
-            if registry is not None and roster is not None:
-                errors, warnings = cross_check(registry, roster)
-                problems += errors
-            if problems or registry is None or roster is None:
-                raise ConfigError(problems)
+            loaded = load_all(target)
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_CONFIG
-    for w in warnings:
+    registry, roster = loaded.registry, loaded.roster
+    for w in loaded.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if args.json:
         print(json.dumps({"sites": registry.to_json(), "roster": roster.to_json()}, ensure_ascii=False, indent=2))

@@ -284,7 +284,7 @@ class Codec:
             if info is not None and unit != info.unit:
                 out.rejects.append(Reject("unit_mismatch", f"unit of {name} is {str(unit)[:16]!r}, the registry says {info.unit!r}", rec))
                 continue
-            raw_v = rec.get("v")
+            raw_v: Any = rec.get("v")
             if _is_number(raw_v):
                 raw_v = bv + _as_float(raw_v)
             raw_t = rec.get("t", 0.0)

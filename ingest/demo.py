@@ -61,7 +61,7 @@ class _Client:
 
         self.c.on_connect = on_connect
         self.c.on_subscribe = lambda c, u, mid, rc, p: self.ready.set()
-        self.c.on_message = lambda c, u, m: self.inbox.put((m.topic, m.payload))
+        self.c.on_message = lambda c, u, m: self.inbox.put((m.topic, bytes(m.payload)))
         self.c.connect(target.host, target.port)
         self.c.loop_start()
         if not self.ready.wait(10):

@@ -106,9 +106,8 @@ class Forwarder:
         last = journal.last_id()
         lag_s = None
         if last > position:
-            received = journal.received_ms_of(position + 1) or journal.received_ms_of(
-                (journal.read_after(position, 1) or [(position,)])[0][0]
-            )
+            nxt = journal.read_after(position, 1)
+            received = journal.received_ms_of(nxt[0][0]) if nxt else None
             if received is not None:
                 lag_s = max(0.0, self.now() - received / 1000.0)
         self._status = ForwarderStatus(position, last, last - position, lag_s, self.failures, self.last_error)
@@ -128,7 +127,7 @@ class Forwarder:
                     self._wake.clear()
                     continue
                 try:
-                    write_api.write(bucket=self.bucket, org=self.org, record=to_lines(rows), write_precision=WritePrecision.MS)
+                    write_api.write(bucket=self.bucket, org=self.org, record=to_lines(rows), write_precision=WritePrecision.MS)  # type: ignore[arg-type]
                 except Exception as exc:  # any failure: keep the position, back off, retry the same batch
                     self.failures += 1
                     self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"

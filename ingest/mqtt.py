@@ -113,7 +113,9 @@ class MqttLink:
             log.warning("lost the broker %s (%s); reconnecting with backoff", self.target.redacted(), reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        item = Inbound(msg._topic, msg.payload, msg.mid, msg.qos, self.generation)
+        # The raw topic bytes: paho's .topic raises on invalid UTF-8, and the pipeline
+        # dead-letters such a topic instead of losing it in paho's thread.
+        item = Inbound(msg._topic, bytes(msg.payload), msg.mid, msg.qos, self.generation)
         try:
             self.inbox.put_nowait(item)
         except queue.Full:

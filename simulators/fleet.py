@@ -125,9 +125,9 @@ class Fleet:
                 h0 = (self.t0 / 3600.0 + site.lon / 15.0) % 24.0
                 thermal_phase = math.pi / 2 - 2 * math.pi * (15.0 - h0) / 24.0
                 slope = StableSlope(self.t0, creep, seasonal_phase=seasonal_phase, thermal_phase=thermal_phase)
-            t_f = getattr(slope, "t_f", None)
-            if t_f is not None:
-                self._failures[code] = float(t_f)
+            fails_at: float | None = getattr(slope, "t_f", None)
+            if fails_at is not None:
+                self._failures[code] = float(fails_at)
             weather = Weather(_rng(self.seed, "weather", code), self.t0 - _WEATHER_SPIN_UP_S)
             env = SiteEnvironment(code, slope, weather, lon=site.lon, azimuth_deg=azimuth, dip_deg=dip)
             self._envs[code] = env
