@@ -19,6 +19,13 @@ class Verdict:
         if not 0 <= self.level <= 4:
             raise ValueError(f"level must be 0-4, got {self.level}")
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"level": self.level, "reason": self.reason, "evidence": self.evidence, "warming_up": self.warming_up}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Verdict":
+        return cls(int(d["level"]), str(d["reason"]), dict(d["evidence"]), bool(d["warming_up"]))
+
 
 QUIET = Verdict(0)
 WARMING_UP = Verdict(0, "warming up", warming_up=True)
