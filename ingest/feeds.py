@@ -1,0 +1,168 @@
+"""Recorded feeds (DESIGN §8): read them, and build a site registry from one.
+
+A feed is CSV with the header ``site,device,channel,t,value`` (t as epoch seconds or RFC
+3339) or JSONL with one ``{"topic": ..., "payload": {...}}`` native payload a line. Reading
+a feed never stops at a bad row: the row is reported (line number and reason) and the rest
+is read, as the daemon does with a bad message.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from config.registry import Kind, Registry, parse_registry
+from ingest.codecs import parse_time
+
+CSV_HEADER = ["site", "device", "channel", "t", "value"]
+_KIND_NAME = re.compile(r"^(?P<kind>[a-z_]+?)(\.[A-Za-z0-9_-]+)?$")
+
+
+class FeedError(Exception):
+    """A feed that cannot be read at all (missing, empty, wrong header)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeedRow:
+    site: str
+    device: str
+    channel: str
+    t: float
+    value: float
+    drill: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FeedReject:
+    line: int
+    reason: str
+    text: str
+
+
+def _number(raw: object) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise ValueError(f"value {raw!r} is not a number")
+    v = float(raw)
+    if not math.isfinite(v):
+        raise ValueError(f"value {raw!r} is not finite")
+    return v
+
+
+def read_feed(path: str | Path, rejects: list[FeedReject] | None = None) -> Iterator[FeedRow]:
+    """Rows of a CSV or JSONL feed in file order; bad rows go to ``rejects``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeedError(f"{path}: no such feed file")
+    rej = rejects if rejects is not None else []
+    with open(path, encoding="utf-8", newline="") as fh:
+        first = fh.readline()
+        fh.seek(0)
+        if first.lstrip().startswith("{"):
+            yield from _read_jsonl(fh, rej)
+            return
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None:
+            raise FeedError(f"{path}: empty feed")
+        if [h.strip() for h in header] != CSV_HEADER:
+            raise FeedError(f"{path}: CSV header must be {','.join(CSV_HEADER)}, not {','.join(header)}")
+        for lineno, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != 5:
+                rej.append(FeedReject(lineno, f"expected 5 fields, got {len(row)}", ",".join(row)[:200]))
+                continue
+            site, device, channel, t_raw, v_raw = (x.strip() for x in row)
+            try:
+                t = parse_time(float(t_raw) if _looks_numeric(t_raw) else t_raw)
+                v = _number(v_raw)
+            except ValueError as exc:
+                rej.append(FeedReject(lineno, str(exc), ",".join(row)[:200]))
+                continue
+            yield FeedRow(site, device, channel, t, v)
+
+
+def _looks_numeric(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_jsonl(fh, rej: list[FeedReject]) -> Iterator[FeedRow]:  # type: ignore[no-untyped-def]
+    for lineno, line in enumerate(fh, start=1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+            topic, payload = doc["topic"], doc["payload"]
+            parts = topic.split("/")
+            if len(parts) < 4 or parts[-1] not in ("data", "status"):
+                raise ValueError(f"topic {topic!r} is not …/{{site}}/{{device}}/data")
+            if parts[-1] == "status":
+                continue
+            site, device = parts[-3], parts[-2]
+            drill = bool(payload.get("drill", False))
+            for r in payload["readings"]:
+                try:
+                    yield FeedRow(site, device, str(r["ch"]), parse_time(r["t"]), _number(r["v"]), drill)
+                except (KeyError, TypeError, ValueError) as exc:
+                    rej.append(FeedReject(lineno, f"bad reading: {exc}", json.dumps(r)[:200]))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            rej.append(FeedReject(lineno, f"bad line: {exc}", line[:200]))
+
+
+def kind_of_channel(name: str) -> Kind | None:
+    """The kind a channel name states: ``displacement``, ``gnss_e``, ``rain.bucket2``…"""
+    m = _KIND_NAME.match(name)
+    if not m:
+        return None
+    try:
+        return Kind(m.group("kind"))
+    except ValueError:
+        return None
+
+
+def registry_from_rows(rows: list[FeedRow], source: str = "<feed>") -> Registry:
+    """A registry holding each site, device and channel of a feed; kinds from channel names,
+    expected intervals from the data (median spacing of each channel's readings)."""
+    times: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for r in rows:
+        times[(r.site, r.device, r.channel)].append(r.t)
+    unknown = sorted({ch for (_, _, ch) in times if kind_of_channel(ch) is None})
+    if unknown:
+        kinds = ", ".join(k.value for k in Kind)
+        raise FeedError(
+            f"{source}: channel name(s) {', '.join(unknown)} state no kind; name channels kind[.suffix] ({kinds}) or give --sites FILE"
+        )
+    sites: dict[str, dict[str, list[dict[str, object]]]] = defaultdict(lambda: defaultdict(list))
+    for (site, device, channel), ts in sorted(times.items()):
+        u = np.unique(np.asarray(ts))
+        interval = float(np.median(np.diff(u))) if len(u) > 1 else 600.0
+        kind = kind_of_channel(channel)
+        assert kind is not None  # checked above
+        sites[site][device].append({"channel": channel, "kind": kind.value, "interval_s": max(interval, 1.0)})
+    doc = {
+        "sites": [
+            {
+                "site": site,
+                "name": site,
+                # A feed carries no location or county; replay does not need them.
+                "admin": "999999",
+                "lat": 0.0,
+                "lon": 0.0,
+                "devices": [{"device": d, "channels": chans} for d, chans in devices.items()],
+            }
+            for site, devices in sites.items()
+        ]
+    }
+    return parse_registry(doc, source)
