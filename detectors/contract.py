@@ -51,7 +51,7 @@ class ContractCase:
     name: str
     make: Callable[[], Detector]
     series: Callable[[int], tuple[np.ndarray, np.ndarray]]
-    batch: Callable[[np.ndarray, np.ndarray], Sequence[int]]
+    batch: Callable[[np.ndarray, np.ndarray], Sequence[int] | np.ndarray]
     reaches: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 

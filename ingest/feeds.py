@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -98,7 +99,7 @@ def _looks_numeric(s: str) -> bool:
     return True
 
 
-def _read_jsonl(fh, rej: list[FeedReject]) -> Iterator[FeedRow]:  # type: ignore[no-untyped-def]
+def _read_jsonl(fh: TextIO, rej: list[FeedReject]) -> Iterator[FeedRow]:
     for lineno, line in enumerate(fh, start=1):
         if not line.strip():
             continue

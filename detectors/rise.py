@@ -1,0 +1,379 @@
+"""Rate of rise of pore pressure or groundwater, and its level.
+
+This module owns the rise-rate detector of piezometer and groundwater channels. The rate is
+the least-squares slope of the readings over a sliding event-time window (as in
+``detectors/velocity.py``): a difference of two readings 10 minutes apart turns 0.2 kPa of
+sensor noise into ±40 kPa/day, while a 6-hour regression slope of 36 readings is steady to
+about ±0.5 kPa/day. A slope is judged only when it is significant — larger than ``z``
+standard errors of the regression slope — and a level needs ``persist`` consecutive judged
+slopes, so noise alone never warns.
+
+Only a rise warns. Rain-induced failure goes with rising pore pressure (falling effective
+stress); falling water is recovery and judged here as no movement (rate 0), which may let a
+level come down. Rapid drawdown of a reservoir or river, which destabilises bank slopes, is
+a different hazard with its own thresholds and is not covered here. The value must grow as
+the water rises: a level or a pressure head, not a depth below ground.
+
+Default levels (per-site settings, ``RiseRateDetector.for_kind``):
+
+- groundwater: yellow 0.5, orange 1, red 2 m/day. The water table rises by the net
+  infiltration divided by the specific yield; with a specific yield of 0.1 (silty to sandy
+  colluvium) a day of rainstorm rain (50 mm, the 暴雨 class of GB/T 28592-2012 and our 24 h
+  yellow) raises it by 0.5 m, a heavy-rainstorm day (100 mm, our 24 h orange) by 1 m, and
+  2 m/day is beyond what a day of rain feeds — water from upslope, a burst pipe or a blocked
+  drain. So the ladder mirrors the rain ladder for a typical slope.
+- pore pressure: yellow 5, orange 10, red 20 kPa/day: the same heads (1 m of water is
+  9.81 kPa), so a piezometer and a water-level logger in the same borehole agree.
+
+A gap in the data longer than the window restarts the smoothing (warm-up again; the level
+latch keeps its level so a gap never lowers a level by itself). While warming up the level
+is 0. Running sums make each update O(1); they are re-anchored at the oldest point in the
+window every few window-lengths of time (an O(window) recomputation, amortised O(1)) so
+that the sums of t − t0 stay small and precise however long the detector runs.
+
+>>> det = RiseRateDetector.for_kind("groundwater", interval_s=600.0)
+>>> t0 = 1_700_000_000.0
+>>> # a water table rising 1.2 m/day, read every 10 minutes for 12 hours
+>>> levels = [det.update(t0 + 600.0 * i, 10.0 + 1.2 * i / 144).level for i in range(72)]
+>>> levels[0], levels[-1]
+(0, 3)
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from detectors.contract import ContractCase
+from detectors.latch import LevelLatch
+from detectors.verdict import Verdict
+
+DAY = 86400.0
+HOUR = 3600.0
+_NAMES = {1: "blue", 2: "yellow", 3: "orange", 4: "red"}
+
+#: Default rise-rate levels (unit/day) and units per channel kind; see the module docstring.
+DEFAULT_RISE_PER_DAY: dict[str, tuple[tuple[tuple[int, float], ...], str]] = {
+    "groundwater": (((2, 0.5), (3, 1.0), (4, 2.0)), "m"),
+    "pore_pressure": (((2, 5.0), (3, 10.0), (4, 20.0)), "kPa"),
+}
+
+_WARMING = "warming up: too few readings in the window to judge a slope"
+
+
+class RiseRateDetector:
+    """Level of the significant rate of rise (unit/day) over a sliding window.
+
+    ``thresholds_per_day`` is [(level, rate)] ascending. ``min_points`` readings spanning at
+    least ``min_span`` of the window are needed before the detector judges; until then it
+    is warming up and says level 0. Late or repeated readings (t at or before the last one)
+    and non-finite values are ignored: the previous verdict is returned and nothing changes.
+    """
+
+    def __init__(
+        self,
+        thresholds_per_day: Sequence[tuple[int, float]],
+        *,
+        window_s: float = 6 * HOUR,
+        hysteresis: float = 0.1,
+        hold_s: float = 0.0,
+        min_points: int = 6,
+        min_span: float = 0.5,
+        z: float = 5.0,
+        persist: int = 3,
+        unit: str = "",
+    ) -> None:
+        thresholds = [(int(lvl), float(x)) for lvl, x in thresholds_per_day]
+        if not thresholds or any(not x > 0 for _, x in thresholds):
+            raise ValueError(f"thresholds_per_day must be [(level, rate > 0)], got {thresholds}")
+        LevelLatch(thresholds)  # validates levels 1-4, ascending
+        if not window_s > 0:
+            raise ValueError(f"window_s must be > 0, got {window_s}")
+        if not 0 <= hysteresis < 1:
+            raise ValueError(f"hysteresis must be in [0, 1), got {hysteresis}")
+        if not hold_s >= 0:
+            raise ValueError(f"hold_s must be >= 0, got {hold_s}")
+        if not (isinstance(min_points, int) and min_points >= 3):
+            raise ValueError(f"min_points must be an integer >= 3, got {min_points!r}")
+        if not 0 < min_span <= 1:
+            raise ValueError(f"min_span must be in (0, 1], got {min_span}")
+        if not z >= 0:
+            raise ValueError(f"z must be >= 0, got {z}")
+        if not (isinstance(persist, int) and persist >= 1):
+            raise ValueError(f"persist must be an integer >= 1, got {persist!r}")
+        self.thresholds_per_day = tuple(thresholds)
+        self.window_s = window_s
+        self.hysteresis = hysteresis
+        self.hold_s = hold_s
+        self.min_points = min_points
+        self.min_span = min_span
+        self.z = z
+        self.persist = persist
+        self.unit = unit
+        self._reset()
+
+    @classmethod
+    def for_kind(cls, kind: str, *, interval_s: float = 600.0, hold_s: float = 6 * HOUR, window_s: float = 6 * HOUR) -> RiseRateDetector:
+        """The default detector of a ``pore_pressure`` (kPa) or ``groundwater`` (m) channel.
+
+        The window is never shorter than six reporting intervals, so an hourly logger still
+        fits a slope to six readings.
+        """
+        if kind not in DEFAULT_RISE_PER_DAY:
+            raise ValueError(f"kind must be one of {sorted(DEFAULT_RISE_PER_DAY)}, got {kind!r}")
+        if not interval_s > 0:
+            raise ValueError(f"interval_s must be > 0, got {interval_s}")
+        levels, unit = DEFAULT_RISE_PER_DAY[kind]
+        return cls(levels, window_s=max(window_s, 6 * interval_s), hold_s=hold_s, unit=unit)
+
+    def _reset(self) -> None:
+        self._latch = LevelLatch(list(self.thresholds_per_day), self.hysteresis, self.hold_s)
+        self._last = Verdict(0, _WARMING, {}, True)
+        self._restart()
+
+    def _restart(self) -> None:
+        """Forget the window (start or a gap); the latch keeps its level."""
+        self._pts: deque[tuple[float, float]] = deque()
+        self._recent: deque[float] = deque(maxlen=self.persist)
+        self._t0 = 0.0  # anchors: sums are of t - t0 and v - v0, for precision
+        self._v0 = 0.0
+        self._n = 0
+        self._st = self._sv = self._stt = self._stv = self._svv = 0.0
+
+    def _reanchor(self) -> None:
+        t0, v0 = self._pts[0]
+        self._t0, self._v0 = t0, v0
+        st = sv = stt = stv = svv = 0.0
+        for t, v in self._pts:
+            x = t - t0
+            y = v - v0
+            st += x
+            sv += y
+            stt += x * x
+            stv += x * y
+            svv += y * y
+        self._st, self._sv, self._stt, self._stv, self._svv = st, sv, stt, stv, svv
+
+    def fit(self) -> tuple[float, float] | None:
+        """(rate, its standard error), both per day; None until three points span time."""
+        n = self._n
+        if n < 3:
+            return None
+        sxx = self._stt - self._st * self._st / n
+        if sxx <= 0:
+            return None
+        sxy = self._stv - self._st * self._sv / n
+        syy = self._svv - self._sv * self._sv / n
+        b = sxy / sxx
+        sse = max(0.0, syy - b * sxy)
+        se = (sse / (n - 2) / sxx) ** 0.5
+        return b * DAY, se * DAY
+
+    def update(self, t: float, value: float) -> Verdict:
+        pts = self._pts
+        if pts and not t > pts[-1][0]:
+            return self._last  # late, repeated or NaN time: judged in arrival order, so ignored
+        if not (abs(value) < float("inf") and abs(t) < float("inf")):
+            return self._last  # NaN or infinite: not a reading
+        if pts and t - pts[-1][0] > self.window_s:
+            self._restart()  # a slope across a gap longer than the window says nothing now
+            pts = self._pts
+        if not pts:
+            self._t0, self._v0 = t, value
+        elif t - self._t0 > 4 * self.window_s:
+            self._reanchor()
+        pts.append((t, value))
+        x = t - self._t0
+        y = value - self._v0
+        self._n += 1
+        self._st += x
+        self._sv += y
+        self._stt += x * x
+        self._stv += x * y
+        self._svv += y * y
+        horizon = t - self.window_s
+        while pts[0][0] < horizon:
+            ot, ov = pts.popleft()
+            x = ot - self._t0
+            y = ov - self._v0
+            self._n -= 1
+            self._st -= x
+            self._sv -= y
+            self._stt -= x * x
+            self._stv -= x * y
+            self._svv -= y * y
+        if self._n < self.min_points or t - pts[0][0] < self.min_span * self.window_s:
+            self._last = Verdict(0, _WARMING, {"points": self._n}, True)
+            return self._last
+        f = self.fit()
+        if f is None:
+            return self._last
+        rate, se = f
+        # Only a significant rise counts; a fall or an insignificant slope counts as 0.
+        recent = self._recent
+        recent.append(rate if rate > self.z * se else 0.0)
+        # A level needs `persist` judged slopes in a row: until then the rise counts as 0.
+        level = self._latch.update(t, min(recent) if len(recent) == self.persist else 0.0)
+        evidence: dict[str, Any] = {"rate_per_day": rate, "stderr_per_day": se, "points": self._n, "window_s": self.window_s}
+        if level == 0:
+            self._last = Verdict(0, "", evidence)
+        else:
+            thr = dict(self.thresholds_per_day)[level]
+            evidence["threshold_per_day"] = thr
+            u = f"{self.unit}/day" if self.unit else "/day"
+            self._last = Verdict(
+                level,
+                f"rising {rate:.2f} {u} (≥ {_NAMES[level]} {thr:g} {u} over {self.window_s / 3600:g} h, or held)",
+                evidence,
+            )
+        return self._last
+
+    def snapshot(self) -> dict[str, Any]:
+        # The running sums go in as they are: a restored detector continues bit for bit.
+        return {
+            "points": [list(p) for p in self._pts],
+            "anchor": [self._t0, self._v0],
+            "sums": [self._n, self._st, self._sv, self._stt, self._stv, self._svv],
+            "recent": list(self._recent),
+            "latch": self._latch.snapshot(),
+            "last": {"level": self._last.level, "reason": self._last.reason, "evidence": self._last.evidence, "warming_up": self._last.warming_up},
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._reset()
+        self._pts.extend((float(t), float(v)) for t, v in state["points"])
+        self._t0, self._v0 = (float(a) for a in state["anchor"])
+        n, *sums = state["sums"]
+        self._n = int(n)
+        self._st, self._sv, self._stt, self._stv, self._svv = (float(s) for s in sums)
+        self._recent.extend(float(r) for r in state["recent"])
+        self._latch.restore(state["latch"])
+        self._last = Verdict(**state["last"])
+
+
+# -- batch reference -------------------------------------------------------------------------
+
+
+def _accepted(t: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Indices of the readings a detector takes: finite, and later than every earlier one."""
+    ok = np.isfinite(t) & np.isfinite(v)
+    tt = np.where(ok, t, -np.inf)
+    prev = np.concatenate(([-np.inf], np.maximum.accumulate(tt)[:-1])) if len(t) else tt
+    return np.flatnonzero(ok & (t > prev))
+
+
+def rise_rate_batch(t: Any, v: Any, *, window_s: float = 6 * HOUR, min_points: int = 6, min_span: float = 0.5, z: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """(rate, judged) after each reading: rate is the significant rise per day (else 0);
+    judged is False while warming up and for ignored readings. Each window's regression is
+    computed afresh from centred values."""
+    t = np.asarray(t, dtype=float)
+    v = np.asarray(v, dtype=float)
+    idx = _accepted(t, v)
+    ta, va = t[idx], v[idx]
+    seg = np.concatenate(([0], np.cumsum(np.diff(ta) > window_s))) if len(ta) else np.zeros(0, int)
+    seg_start = np.searchsorted(seg, seg, side="left")
+    lo = np.maximum(np.searchsorted(ta, ta - window_s, side="left"), seg_start)
+    rate = np.zeros(len(t))
+    judged = np.zeros(len(t), dtype=bool)
+    for j in range(len(ta)):
+        x = ta[lo[j] : j + 1]
+        y = va[lo[j] : j + 1]
+        m = len(x)
+        if m < min_points or x[-1] - x[0] < min_span * window_s:
+            continue
+        xc = x - x.mean()
+        yc = y - y.mean()
+        sxx = float(xc @ xc)
+        sxy = float(xc @ yc)
+        b = sxy / sxx
+        se = (max(0.0, float(yc @ yc) - b * sxy) / (m - 2) / sxx) ** 0.5
+        judged[idx[j]] = True
+        rate[idx[j]] = b * DAY if b > z * se else 0.0
+    return rate, judged
+
+
+def rise_batch(t: Any, v: Any, thresholds_per_day: Sequence[tuple[int, float]], *, window_s: float = 6 * HOUR, hysteresis: float = 0.1,
+               hold_s: float = 0.0, min_points: int = 6, min_span: float = 0.5, z: float = 5.0, persist: int = 3) -> np.ndarray:
+    """Batch reference of ``RiseRateDetector``: the level after each reading."""
+    t = np.asarray(t, dtype=float)
+    v = np.asarray(v, dtype=float)
+    rate, judged = rise_rate_batch(t, v, window_s=window_s, min_points=min_points, min_span=min_span, z=z)
+    accepted = np.zeros(len(t), dtype=bool)
+    accepted[_accepted(t, v)] = True
+    lv = [lvl for lvl, _ in thresholds_per_day]
+    thr = [x for _, x in thresholds_per_day]
+    out = np.zeros(len(t), dtype=int)
+    level, since, prev_t, said = 0, None, None, 0
+    recent: list[float] = []
+    for j in range(len(t)):
+        if not accepted[j]:
+            out[j] = said  # an ignored reading gets the previous verdict
+            continue
+        if prev_t is not None and t[j] - prev_t > window_s:
+            recent = []  # the persistence memory goes with the window
+        prev_t = t[j]
+        if not judged[j]:
+            out[j] = said = 0  # warming up says nothing
+            continue
+        recent = (recent + [float(rate[j])])[-persist:]
+        x = min(recent) if len(recent) == persist else 0.0
+        raw = max([lv[i] for i in range(len(lv)) if x >= thr[i]], default=0)
+        band = max([lv[i] for i in range(len(lv)) if x >= thr[i] - hysteresis * abs(thr[i])], default=0)
+        if raw >= level:
+            level, since = raw, None
+        elif band < level:
+            since = t[j] if since is None else since
+            if t[j] - since >= hold_s:
+                level, since = band, (None if band == raw else t[j])
+        else:
+            since = None
+        out[j] = said = level
+    return out
+
+
+# -- contract cases --------------------------------------------------------------------------
+
+T0 = 1_700_000_000.0
+
+
+def _storm_response(seed: int, *, base: float, peak_rate: float, sigma: float, decimals: int) -> tuple[np.ndarray, np.ndarray]:
+    """10-minute readings over 4 days: flat, one rise (a smooth bump peaking at peak_rate
+    per day), a slow recession, and one 10-hour data gap."""
+    rng = np.random.default_rng(seed)
+    n = 4 * 144
+    t = T0 + 600.0 * np.arange(n) + rng.uniform(-60, 60, n)
+    keep = (t < T0 + 2.6 * DAY) | (t > T0 + 2.6 * DAY + 10 * HOUR)
+    t = t[keep]
+    d = (t - T0) / DAY
+    on = 1.0 + rng.uniform(-0.1, 0.1)
+    width = 0.5
+    # rise: a raised-cosine bump of the rate; level = its integral
+    s = np.clip((d - on) / width, 0.0, 1.0)
+    rise = peak_rate * width * (s - np.sin(2 * np.pi * s) / (2 * np.pi)) / 2
+    fall = np.where(d > on + width, -0.2 * peak_rate * (d - on - width), 0.0)
+    v = base + rise + fall + sigma * rng.standard_normal(len(t))
+    return t, np.round(v, decimals)
+
+
+def contract_cases() -> list[ContractCase]:
+    pore, _ = DEFAULT_RISE_PER_DAY["pore_pressure"]
+    gw, _ = DEFAULT_RISE_PER_DAY["groundwater"]
+    return [
+        ContractCase(
+            "rise_pore_pressure_10min",
+            make=lambda: RiseRateDetector.for_kind("pore_pressure", interval_s=600.0, hold_s=2 * HOUR),
+            series=lambda seed: _storm_response(seed, base=110.0, peak_rate=30.0, sigma=0.2, decimals=2),
+            batch=lambda t, v: rise_batch(t, v, pore, hold_s=2 * HOUR).tolist(),
+            reaches=4,
+        ),
+        ContractCase(
+            "rise_groundwater_10min",
+            make=lambda: RiseRateDetector.for_kind("groundwater", interval_s=600.0, hold_s=2 * HOUR),
+            series=lambda seed: _storm_response(seed, base=12.0, peak_rate=1.5, sigma=0.005, decimals=3),
+            batch=lambda t, v: rise_batch(t, v, gw, hold_s=2 * HOUR).tolist(),
+            reaches=3,
+        ),
+    ]
