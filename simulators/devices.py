@@ -483,10 +483,12 @@ def channel_model(
     if kind is Kind.rain:
         return RainGauge(ch, env, rng)
     if kind is Kind.pore_pressure:
-        # Baselines well under the example thresholds (yellow 180 kPa): rain alone rarely warns.
-        return RainResponse(ch, env, rng, baseline=float(rng.uniform(90.0, 130.0)), gain=0.8, timescale_s=2 * DAY, sigma=0.2, decimals=2)
+        # About 1 m of head (9.81 kPa) per 100 mm of rain (specific yield ~0.1): a 50 mm/day
+        # storm raises it ~5 kPa/day, the rise detector's yellow. Baselines sit well under the
+        # example thresholds (yellow 180 kPa).
+        return RainResponse(ch, env, rng, baseline=float(rng.uniform(90.0, 130.0)), gain=0.1, timescale_s=2 * DAY, sigma=0.2, decimals=2)
     if kind is Kind.groundwater:
-        return RainResponse(ch, env, rng, baseline=float(rng.uniform(5.0, 20.0)), gain=0.02, timescale_s=5 * DAY, sigma=0.005, decimals=3)
+        return RainResponse(ch, env, rng, baseline=float(rng.uniform(5.0, 20.0)), gain=0.01, timescale_s=5 * DAY, sigma=0.005, decimals=3)
     if kind is Kind.soil_moisture:
         return SoilMoisture(ch, env, rng)
     if kind is Kind.battery:
