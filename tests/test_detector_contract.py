@@ -13,7 +13,15 @@ import pytest
 from detectors.contract import ContractCase
 from detectors.verdict import Verdict
 
-MODULES = ["detectors.threshold", "detectors.velocity", "detectors.quality", "detectors.rain", "detectors.rise"]
+MODULES = [
+    "detectors.threshold",
+    "detectors.velocity",
+    "detectors.tangent",
+    "detectors.inverse_velocity",
+    "detectors.quality",
+    "detectors.rain",
+    "detectors.rise",
+]
 
 
 def _cases() -> list[ContractCase]:

@@ -1,0 +1,638 @@
+"""The improved tangent angle of the displacement-time curve, and its level.
+
+This module owns the tangent-angle detector (Xu Qiang et al. 2009, "Study on the improved
+tangent angle of displacement-time curve of landslide and its application") and the
+sliding-window slope and frozen reference rate that both this detector and
+``detectors/inverse_velocity.py`` use.
+
+The raw tangent angle of a displacement-time plot depends on the axis scales. Xu Qiang's
+improvement divides the displacement by the steady (constant-velocity, secondary) creep rate
+``v_steady``, which turns displacement into time units, so the angle becomes
+
+    α = arctan(v / v_steady)
+
+and is comparable between slopes: 45° is steady creep, less is decelerating, more is
+accelerating. Xu Qiang's warning levels, followed here (``thresholds_deg``):
+
+    α < 45°        no warning (level 0)      steady or decelerating creep
+    45° ≤ α < 80°  yellow (2), 初加速         initial acceleration
+    80° ≤ α < 85°  orange (3), 中加速         medium acceleration
+    α ≥ 85°        red (4), 加加速/临滑       imminent failure
+
+Xu Qiang also calls the steady stage itself "attention" (blue); every creeping slope is in it,
+so by default there is no blue here: a level means the slope moves faster than it used to.
+A site that wants blue passes e.g. ``((1, 40.0), (2, 45.0), (3, 80.0), (4, 85.0))``.
+
+Choices, and why:
+
+- ``v`` is the least-squares slope over a sliding event-time window (12 h by default), never a
+  difference of raw readings: with 3 mm of GNSS noise a 10-minute difference swings by
+  hundreds of mm/day, a 12-hour regression slope by about 2.5 mm/day.
+- The level judges the angle of the lower confidence bound |v| − ``z``·se (se: the standard
+  error of the regression slope). This is the significance test of ``detectors/velocity.py``
+  generalised: an insignificant slope gives α = 0, and a slope creeping at exactly its steady
+  rate — α = 45° on the point estimate, the edge of yellow — cannot flap into yellow on
+  noise; it must be faster than v_steady by z standard errors. Evidence carries both the
+  judged ``alpha_deg`` and the point estimate ``alpha_point_deg``.
+- ``v_steady`` is the least-squares slope of all readings of the first ``reference_s``
+  (3 days by default), learned once and then FROZEN: a running mean would chase the very
+  acceleration we want to detect, and the angle would drift back to 45°.
+- The noise floor ``min_v_steady`` (10 mm/day by default): on a stable point v_steady ≈ 0 and
+  the ratio explodes, so the denominator is never below the floor. 10 mm/day is four
+  standard errors of a 12-hour slope of a point with 3 mm white noise read every 10 minutes
+  (see ``white_noise_velocity_se``), a margin for the coloured (multipath, atmospheric) noise
+  that real GNSS adds and the significance test does not know about. Below the floor the
+  levels become absolute: yellow at 10, orange at 57, red at 114 mm/day (plus z standard
+  errors, ~12 mm/day for 3 mm GNSS) — close to the velocity ladder's orange 72 and red
+  120 mm/day. A precise sensor (extensometer, 0.1 mm) deserves a lower floor:
+  ``for_channel(noise_mm=...)`` scales it.
+- A daily signal is not noise to the standard error: on a slope creeping faster than the
+  floor, a 1 mm daily thermal or multipath wobble plus an outlier can lift a 12 h slope past
+  v_steady + z·se for a while (seen in simulation as a rare yellow). A site with a strong
+  daily signal should smooth over whole days (``window_s`` = 24 h).
+- Magnitudes: α uses |v| and |v_steady|. The sign of a displacement channel is an installation
+  convention (a GNSS east component of a slope sliding west is negative).
+- A level is reached only when the angle has supported it for ``persist`` consecutive
+  evaluations (noise peaks are brief, real acceleration persists); it comes down through the
+  ``LevelLatch`` band (``hysteresis`` is relative to the angle threshold: the default 0.02 is
+  0.9° at 45° and 1.7° at 85° — the velocity ladder's 0.1 would hold red down to 76.5°, below
+  orange) after ``hold_s`` of event time.
+- A gap in the data longer than the window restarts the smoothing (warming up again, level 0,
+  the persistence memory cleared) but keeps v_steady: the slope's steady rate does not change
+  because a radio link was down. The latch keeps its level across the gap, so a gap never
+  lowers a level by itself.
+- Late or repeated readings (t at or before the last accepted one) and non-finite readings are
+  ignored: the previous verdict is returned and nothing changes.
+
+Running sums make each update O(1); they are re-anchored every few window lengths (an
+O(window) recomputation, amortised O(1)) so they stay precise however long the detector runs.
+
+>>> det = TangentAngleDetector()
+>>> t0 = 1_700_000_000.0
+>>> # 3.5 days of steady creep at 20 mm/day, then 300 mm/day (15x: arctan 15 = 86.2°),
+>>> # read every 10 minutes with ±1 mm of noise
+>>> ts = [t0 + 600.0 * i for i in range(720)]
+>>> d = [(20 * (t - t0) / DAY if t - t0 < 3.5 * DAY else 70 + 300 * (t - t0 - 3.5 * DAY) / DAY) + (-1) ** i for i, t in enumerate(ts)]
+>>> vs = [det.update(t, x) for t, x in zip(ts, d)]
+>>> vs[0].warming_up, vs[431].warming_up, vs[432].warming_up, vs[503].level, vs[-1].level
+(True, True, False, 0, 4)
+>>> round(vs[-1].evidence["alpha_point_deg"], 1), round(vs[-1].evidence["v_steady_per_day"], 1)
+(86.2, 20.0)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from detectors.contract import ContractCase
+from detectors.latch import LevelLatch
+from detectors.verdict import Verdict
+
+DAY = 86400.0
+HOUR = 3600.0
+_NAMES = {1: "blue", 2: "yellow", 3: "orange", 4: "red"}
+_WARMING = "warming up: learning the steady creep rate or filling the smoothing window"
+
+#: Xu Qiang's levels: yellow from 45°, orange from 80°, red from 85°.
+XU_QIANG_DEG: tuple[tuple[int, float], ...] = ((2, 45.0), (3, 80.0), (4, 85.0))
+
+
+def white_noise_velocity_se(noise_mm: float, window_s: float, interval_s: float) -> float:
+    """Standard error (mm/day) of a least-squares slope over ``window_s`` of readings every
+    ``interval_s`` with white noise ``noise_mm``: σ / sqrt(Σ(t − t̄)²), Σ(t − t̄)² = n(n²−1)Δt²/12.
+
+    >>> round(white_noise_velocity_se(3.0, 12 * HOUR, 600.0), 2)   # 72 readings
+    2.45
+    """
+    n = max(3, int(round(window_s / interval_s)))
+    sxx = n * (n * n - 1) / 12.0 * interval_s * interval_s
+    return noise_mm / math.sqrt(sxx) * DAY
+
+
+class SlidingSlope:
+    """Least-squares slope of (t, value) over a sliding event-time window, O(1) per reading.
+
+    Readings older than ``window_s`` before the newest leave the window; a gap longer than the
+    window empties it (``push`` then returns True). The sums are of t − t0 and value − v0 with
+    anchors re-set every few window lengths, so they stay small and precise.
+    """
+
+    __slots__ = ("window_s", "pts", "t0", "v0", "n", "st", "sv", "stt", "stv", "svv")
+
+    def __init__(self, window_s: float) -> None:
+        if not window_s > 0:
+            raise ValueError(f"window_s must be > 0, got {window_s}")
+        self.window_s = float(window_s)
+        self.clear()
+
+    def clear(self) -> None:
+        self.pts: deque[tuple[float, float]] = deque()
+        self.t0 = 0.0
+        self.v0 = 0.0
+        self.n = 0
+        self.st = self.sv = self.stt = self.stv = self.svv = 0.0
+
+    def _reanchor(self) -> None:
+        t0, v0 = self.pts[0]
+        st = sv = stt = stv = svv = 0.0
+        for t, v in self.pts:
+            x = t - t0
+            y = v - v0
+            st += x
+            sv += y
+            stt += x * x
+            stv += x * y
+            svv += y * y
+        self.t0, self.v0 = t0, v0
+        self.st, self.sv, self.stt, self.stv, self.svv = st, sv, stt, stv, svv
+
+    def push(self, t: float, value: float) -> bool:
+        """Add a reading (t after the last one); True when a gap emptied the window first."""
+        pts = self.pts
+        restarted = False
+        if pts and t - pts[-1][0] > self.window_s:
+            self.clear()
+            pts = self.pts
+            restarted = True
+        if not pts:
+            self.t0, self.v0 = t, value
+        elif t - self.t0 > 4.0 * self.window_s:
+            self._reanchor()
+        pts.append((t, value))
+        x = t - self.t0
+        y = value - self.v0
+        self.n += 1
+        self.st += x
+        self.sv += y
+        self.stt += x * x
+        self.stv += x * y
+        self.svv += y * y
+        horizon = t - self.window_s
+        while pts[0][0] < horizon:
+            ot, ov = pts.popleft()
+            x = ot - self.t0
+            y = ov - self.v0
+            self.n -= 1
+            self.st -= x
+            self.sv -= y
+            self.stt -= x * x
+            self.stv -= x * y
+            self.svv -= y * y
+        return restarted
+
+    def span(self) -> float:
+        return self.pts[-1][0] - self.pts[0][0] if self.pts else 0.0
+
+    def fit(self) -> tuple[float, float, float] | None:
+        """(slope per day, its standard error per day, mean time of the window), or None."""
+        n = self.n
+        if n < 3:
+            return None
+        st = self.st
+        sxx = self.stt - st * st / n
+        if not sxx > 0:
+            return None
+        sxy = self.stv - st * self.sv / n
+        syy = self.svv - self.sv * self.sv / n
+        b = sxy / sxx
+        sse = syy - b * sxy
+        se = math.sqrt(sse / (n - 2) / sxx) if sse > 0 else 0.0
+        return b * DAY, se * DAY, self.t0 + st / n
+
+    def centred(self) -> tuple[int, float, float, float, float, float]:
+        """(n, mean t, mean value, Σ(t−t̄)², Σ(t−t̄)(y−ȳ), Σ(y−ȳ)²) of the window; n ≥ 1."""
+        n = self.n
+        st, sv = self.st, self.sv
+        return n, self.t0 + st / n, self.v0 + sv / n, self.stt - st * st / n, self.stv - st * sv / n, self.svv - sv * sv / n
+
+    def snapshot(self) -> dict[str, Any]:
+        # The sums go in as they are, so a restored window continues bit for bit.
+        return {"points": [list(p) for p in self.pts], "anchor": [self.t0, self.v0], "sums": [self.n, self.st, self.sv, self.stt, self.stv, self.svv]}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.clear()
+        self.pts.extend((float(t), float(v)) for t, v in state["points"])
+        self.t0, self.v0 = (float(a) for a in state["anchor"])
+        n, *sums = state["sums"]
+        self.n = int(n)
+        self.st, self.sv, self.stt, self.stv, self.svv = (float(s) for s in sums)
+
+
+class ReferenceRate:
+    """Least-squares slope of the first ``reference_s`` of readings, then frozen.
+
+    It freezes at the first reading at least ``reference_s`` after the first one, provided
+    ``min_points`` readings were seen (a sparse feed keeps learning until it has them). Gaps do
+    not matter: one long regression spans them.
+    """
+
+    __slots__ = ("reference_s", "min_points", "t0", "v0", "n", "st", "sv", "stt", "stv", "svv", "rate", "stderr")
+
+    def __init__(self, reference_s: float, min_points: int) -> None:
+        self.reference_s = float(reference_s)
+        self.min_points = int(min_points)
+        self.t0 = self.v0 = 0.0
+        self.n = 0
+        self.st = self.sv = self.stt = self.stv = self.svv = 0.0
+        self.rate: float | None = None  # per day, once frozen
+        self.stderr: float | None = None
+
+    def add(self, t: float, value: float) -> None:
+        if self.n == 0:
+            self.t0, self.v0 = t, value
+        x = t - self.t0
+        y = value - self.v0
+        self.n += 1
+        self.st += x
+        self.sv += y
+        self.stt += x * x
+        self.stv += x * y
+        self.svv += y * y
+        n = self.n
+        if x >= self.reference_s and n >= self.min_points and n >= 3:
+            sxx = self.stt - self.st * self.st / n
+            if sxx > 0:
+                sxy = self.stv - self.st * self.sv / n
+                b = sxy / sxx
+                sse = self.svv - self.sv * self.sv / n - b * sxy
+                self.rate = b * DAY
+                self.stderr = math.sqrt(sse / (n - 2) / sxx) * DAY if sse > 0 else 0.0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"anchor": [self.t0, self.v0], "sums": [self.n, self.st, self.sv, self.stt, self.stv, self.svv], "rate": self.rate, "stderr": self.stderr}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.t0, self.v0 = (float(a) for a in state["anchor"])
+        n, *sums = state["sums"]
+        self.n = int(n)
+        self.st, self.sv, self.stt, self.stv, self.svv = (float(s) for s in sums)
+        self.rate = None if state["rate"] is None else float(state["rate"])
+        self.stderr = None if state["stderr"] is None else float(state["stderr"])
+
+
+class TangentAngleDetector:
+    """Level of Xu Qiang's improved tangent angle α = arctan(|v| / max(|v_steady|, floor)).
+
+    ``v`` is the least-squares velocity over ``window_s``, judged by its lower bound
+    |v| − z·se; ``v_steady`` is learned over the first ``reference_s`` and frozen;
+    ``min_v_steady`` (unit/day) is the noise floor of the denominator. Warming up (level 0)
+    until v_steady is learned and the window holds ``min_points`` readings spanning
+    ``min_span`` of it. See the module docstring.
+
+    Evidence (judged readings): ``alpha_deg`` (the judged angle, the one the level follows),
+    ``alpha_point_deg``, ``velocity_per_day`` (signed), ``stderr_per_day``,
+    ``v_steady_per_day`` (the denominator, after the floor), ``steady_fit_per_day`` (the
+    learned rate, signed, before the floor) and, from yellow up, ``threshold_deg``.
+    """
+
+    def __init__(
+        self,
+        *,
+        thresholds_deg: Sequence[tuple[int, float]] = XU_QIANG_DEG,
+        window_s: float = 12 * HOUR,
+        reference_s: float = 3 * DAY,
+        min_v_steady: float = 10.0,
+        z: float = 5.0,
+        persist: int = 3,
+        hysteresis: float = 0.02,
+        hold_s: float = 0.0,
+        min_points: int = 12,
+        min_span: float = 0.5,
+        unit: str = "mm",
+    ) -> None:
+        thresholds = [(int(lvl), float(a)) for lvl, a in thresholds_deg]
+        if not thresholds or any(not 0 < a < 90 for _, a in thresholds):
+            raise ValueError(f"thresholds_deg must be [(level 1-4, angle in (0, 90) degrees)] ascending, got {thresholds}")
+        LevelLatch(thresholds)  # validates: levels distinct, ascending, 1-4; angles rising
+        if not window_s > 0:
+            raise ValueError(f"window_s must be > 0, got {window_s}")
+        if not reference_s > 0:
+            raise ValueError(f"reference_s must be > 0, got {reference_s}")
+        if not min_v_steady > 0:
+            raise ValueError(f"min_v_steady must be > 0 (it keeps a stable point's ratio finite), got {min_v_steady}")
+        if not z >= 0:
+            raise ValueError(f"z must be >= 0, got {z}")
+        if not (isinstance(persist, int) and persist >= 1):
+            raise ValueError(f"persist must be an integer >= 1, got {persist!r}")
+        if not 0 <= hysteresis < 1:
+            raise ValueError(f"hysteresis must be in [0, 1), got {hysteresis}")
+        if not hold_s >= 0:
+            raise ValueError(f"hold_s must be >= 0, got {hold_s}")
+        if not (isinstance(min_points, int) and min_points >= 3):
+            raise ValueError(f"min_points must be an integer >= 3, got {min_points!r}")
+        if not 0 < min_span <= 1:
+            raise ValueError(f"min_span must be in (0, 1], got {min_span}")
+        self.thresholds_deg = tuple(thresholds)
+        self.window_s = float(window_s)
+        self.reference_s = float(reference_s)
+        self.min_v_steady = float(min_v_steady)
+        self.z = float(z)
+        self.persist = persist
+        self.hysteresis = float(hysteresis)
+        self.hold_s = float(hold_s)
+        self.min_points = min_points
+        self.min_span = float(min_span)
+        self.unit = unit
+        self._reset()
+
+    @classmethod
+    def for_channel(
+        cls, *, window_s: float = 6 * HOUR, interval_s: float = 600.0, hold_s: float = 0.0, noise_mm: float = 3.0, unit: str = "mm"
+    ) -> TangentAngleDetector:
+        """The default detector of a displacement-like channel read every ``interval_s``.
+
+        ``window_s`` is the channel's velocity window; the tangent smooths over twice that, up
+        to 12 h (never less than ``window_s``): the steady-creep comparison needs a steadier
+        velocity than the velocity ladder. The reference spans max(3 days, 12 intervals); the
+        floor is four white-noise standard errors of the smoothed velocity for ``noise_mm``
+        (3 mm: horizontal GNSS; pass ~0.1 for an extensometer).
+        """
+        if not interval_s > 0:
+            raise ValueError(f"interval_s must be > 0, got {interval_s}")
+        if not window_s > 0:
+            raise ValueError(f"window_s must be > 0, got {window_s}")
+        if not noise_mm > 0:
+            raise ValueError(f"noise_mm must be > 0, got {noise_mm}")
+        window = max(window_s, min(2 * window_s, 12 * HOUR))
+        min_points = max(3, min(12, int(window / interval_s)))
+        return cls(
+            window_s=window,
+            reference_s=max(3 * DAY, 12 * interval_s),
+            min_v_steady=4.0 * white_noise_velocity_se(noise_mm, window, interval_s),
+            hold_s=hold_s,
+            min_points=min_points,
+            unit=unit,
+        )
+
+    def _reset(self) -> None:
+        self._smooth = SlidingSlope(self.window_s)
+        self._ref = ReferenceRate(self.reference_s, self.min_points)
+        self._recent: deque[float] = deque(maxlen=self.persist)
+        self._latch = LevelLatch(list(self.thresholds_deg), self.hysteresis, self.hold_s)
+        self._last_t: float | None = None
+        self._last = Verdict(0, _WARMING, {}, True)
+
+    def steady_rate(self) -> float | None:
+        """The denominator (unit/day): max(|learned v_steady|, min_v_steady); None until learned."""
+        r = self._ref.rate
+        return None if r is None else max(abs(r), self.min_v_steady)
+
+    def update(self, t: float, value: float) -> Verdict:
+        last_t = self._last_t
+        if last_t is not None and not t > last_t:
+            return self._last  # late, repeated or NaN time: judged in arrival order, so ignored
+        if not (abs(t) < math.inf and abs(value) < math.inf):
+            return self._last  # NaN or infinite: not a reading
+        self._last_t = t
+        smooth = self._smooth
+        if smooth.push(t, value):
+            self._recent.clear()  # the persistence memory goes with the window
+        ref = self._ref
+        if ref.rate is None:
+            ref.add(t, value)
+            if ref.rate is None:
+                self._last = Verdict(0, _WARMING, {}, True)
+                return self._last
+        if smooth.n < self.min_points or smooth.span() < self.min_span * self.window_s:
+            self._last = Verdict(0, _WARMING, {}, True)
+            return self._last
+        f = smooth.fit()
+        if f is None:
+            self._last = Verdict(0, _WARMING, {}, True)
+            return self._last
+        v, se, _ = f
+        steady = max(abs(ref.rate), self.min_v_steady)
+        av = abs(v)
+        # Judge the lower confidence bound |v| - z·se: an insignificant slope gives 0, and a
+        # slope creeping at its steady rate cannot flap around 45° on noise.
+        low = av - self.z * se
+        alpha = math.degrees(math.atan(low / steady)) if low > 0 else 0.0
+        recent = self._recent
+        recent.append(alpha)
+        # A level needs `persist` judged angles in a row; until then the latch is not asked.
+        latch = self._latch
+        level = latch.update(t, min(recent)) if len(recent) == self.persist else latch.level
+        evidence: dict[str, Any] = {
+            "alpha_deg": alpha,
+            "alpha_point_deg": math.degrees(math.atan(av / steady)),
+            "velocity_per_day": v,
+            "stderr_per_day": se,
+            "v_steady_per_day": steady,
+            "steady_fit_per_day": ref.rate,
+        }
+        if level == 0:
+            self._last = Verdict(0, "", evidence)
+        else:
+            thr = dict(self.thresholds_deg)[level]
+            evidence["threshold_deg"] = thr
+            u = f"{self.unit}/day"
+            self._last = Verdict(
+                level,
+                f"tangent angle {alpha:.1f}° (velocity {v:.1f} {u}, {av / steady:.1f}× the steady {steady:.2f} {u}; "
+                f"≥ {_NAMES[level]} {thr:g}°, or held)",
+                evidence,
+            )
+        return self._last
+
+    def snapshot(self) -> dict[str, Any]:
+        last = self._last
+        return {
+            "smooth": self._smooth.snapshot(),
+            "reference": self._ref.snapshot(),
+            "recent": list(self._recent),
+            "latch": self._latch.snapshot(),
+            "last_t": self._last_t,
+            "last": {"level": last.level, "reason": last.reason, "evidence": last.evidence, "warming_up": last.warming_up},
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._reset()
+        self._smooth.restore(state["smooth"])
+        self._ref.restore(state["reference"])
+        self._recent.extend(float(a) for a in state["recent"])
+        self._latch.restore(state["latch"])
+        self._last_t = None if state["last_t"] is None else float(state["last_t"])
+        self._last = Verdict(**state["last"])
+
+
+# -- batch reference -------------------------------------------------------------------------
+# Written apart from the streaming classes: each window's regression is computed afresh from
+# centred numpy arrays, the reference with numpy.polyfit, and the latch as a plain loop.
+
+
+def accepted_readings(t: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Indices of the readings a streaming detector takes: finite, and later than all before."""
+    ok = np.isfinite(t) & np.isfinite(v)
+    best = np.maximum.accumulate(np.where(ok, t, -np.inf)) if len(t) else t
+    before = np.concatenate(([-np.inf], best[:-1])) if len(t) else t
+    return np.flatnonzero(ok & (t > before))
+
+
+def batch_smoothed(ta: np.ndarray, va: np.ndarray, window_s: float, min_points: int, min_span: float) -> dict[str, np.ndarray]:
+    """Sliding-window least-squares velocity of accepted readings (strictly increasing t).
+
+    Returns arrays: ``v`` and ``se`` (per day), ``tbar`` (mean time of the window), ``count``
+    (readings in the window), ``ready`` (enough readings spanning enough of the window) and
+    ``restart`` (the reading after a gap longer than the window).
+    """
+    n = len(ta)
+    restart = np.zeros(n, dtype=bool)
+    if n:
+        restart[1:] = np.diff(ta) > window_s
+    seg_start = np.maximum.accumulate(np.where(restart | (np.arange(n) == 0), np.arange(n), 0)) if n else np.zeros(0, int)
+    lo = np.maximum(np.searchsorted(ta, ta - window_s, side="left"), seg_start)
+    v = np.full(n, np.nan)
+    se = np.full(n, np.nan)
+    tbar = np.full(n, np.nan)
+    count = np.arange(n) - lo + 1
+    ready = np.zeros(n, dtype=bool)
+    for j in range(n):
+        x = ta[lo[j] : j + 1]
+        y = va[lo[j] : j + 1]
+        m = len(x)
+        if m < 3:
+            continue
+        xm = x.mean()
+        xc = x - xm
+        yc = y - y.mean()
+        sxx = float(xc @ xc)
+        if not sxx > 0:
+            continue
+        b = float(xc @ yc) / sxx
+        resid = yc - b * xc
+        v[j] = b * DAY
+        se[j] = math.sqrt(float(resid @ resid) / (m - 2) / sxx) * DAY
+        tbar[j] = xm
+        ready[j] = m >= min_points and x[-1] - x[0] >= min_span * window_s
+    return {"v": v, "se": se, "tbar": tbar, "count": count, "ready": ready, "restart": restart}
+
+
+def batch_reference_rate(ta: np.ndarray, va: np.ndarray, reference_s: float, min_points: int) -> tuple[int, float] | None:
+    """(index of the reading that freezes the reference, its rate per day), or None."""
+    if not len(ta):
+        return None
+    idx = np.flatnonzero((ta - ta[0] >= reference_s) & (np.arange(len(ta)) + 1 >= max(3, min_points)))
+    if not len(idx):
+        return None
+    r = int(idx[0])
+    slope = np.polyfit(ta[: r + 1] - ta[0], va[: r + 1] - va[0], 1)[0]
+    return r, float(slope) * DAY
+
+
+def batch_latch(t: float, x: float, state: list[Any], thresholds: Sequence[tuple[int, float]], hysteresis: float, hold_s: float) -> int:
+    """One step of a level latch kept in ``state`` = [level, below_since]: up at once, down
+    after leaving the band for ``hold_s``. A plain re-statement of the LevelLatch rules."""
+    raw = max([lvl for lvl, thr in thresholds if x >= thr], default=0)
+    band = max([lvl for lvl, thr in thresholds if x >= thr - hysteresis * abs(thr)], default=0)
+    level, since = state
+    if raw >= level:
+        state[:] = [raw, None]
+    elif band >= level:
+        state[1] = None
+    else:
+        since = t if since is None else since
+        if t - since >= hold_s:
+            state[:] = [band, None if band == raw else t]
+        else:
+            state[1] = since
+    return int(state[0])
+
+
+def tangent_batch(
+    t: Any,
+    v: Any,
+    *,
+    thresholds_deg: Sequence[tuple[int, float]] = XU_QIANG_DEG,
+    window_s: float = 12 * HOUR,
+    reference_s: float = 3 * DAY,
+    min_v_steady: float = 10.0,
+    z: float = 5.0,
+    persist: int = 3,
+    hysteresis: float = 0.02,
+    hold_s: float = 0.0,
+    min_points: int = 12,
+    min_span: float = 0.5,
+) -> np.ndarray:
+    """Batch reference of ``TangentAngleDetector``: the level after each reading."""
+    t = np.asarray(t, dtype=float)
+    v = np.asarray(v, dtype=float)
+    out = np.zeros(len(t), dtype=int)
+    idx = accepted_readings(t, v)
+    ta, va = t[idx], v[idx]
+    sm = batch_smoothed(ta, va, window_s, min_points, min_span)
+    ref = batch_reference_rate(ta, va, reference_s, min_points)
+    judged = sm["ready"].copy()
+    judged[: (ref[0] if ref else len(ta))] = False
+    steady = max(abs(ref[1]), min_v_steady) if ref else np.inf
+    low = np.abs(sm["v"]) - z * sm["se"]
+    alpha = np.where(judged & (low > 0), np.degrees(np.arctan(np.maximum(low, 0.0) / steady)), 0.0)
+    thresholds = [(int(a), float(b)) for a, b in thresholds_deg]
+    take = np.zeros(len(t), dtype=bool)
+    take[idx] = True
+    pos = np.full(len(t), -1)
+    pos[idx] = np.arange(len(idx))
+    state: list[Any] = [0, None]
+    recent: list[float] = []
+    said = 0
+    for j in range(len(t)):
+        if not take[j]:
+            out[j] = said  # an ignored reading gets the previous verdict
+            continue
+        k = pos[j]
+        if sm["restart"][k]:
+            recent = []
+        if not judged[k]:
+            out[j] = said = 0
+            continue
+        recent = (recent + [float(alpha[k])])[-persist:]
+        said = batch_latch(ta[k], min(recent), state, thresholds, hysteresis, hold_s) if len(recent) == persist else int(state[0])
+        out[j] = said
+    return out
+
+
+# -- contract cases --------------------------------------------------------------------------
+
+
+def _creep_then_failure(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A GNSS component (3 mm noise, 10-min readings, rare multipath outliers) of a slope
+    creeping at 10 mm/day plus Voight accelerating creep (α = 1.5) failing on day 8, at
+    400 mm/day half a day before."""
+    from simulators.slope import VoightFailure
+
+    rng = np.random.default_rng(seed)
+    t0 = 1_764_374_400.0
+    s = VoightFailure.reaching(t0, t0 + 8 * DAY, v_mm_day=400.0, lead_s=DAY / 2, alpha=1.5, creep_mm_day=10.0)
+    t = t0 + 600.0 * np.arange(int(8 * DAY / 600.0) - 1, dtype=np.float64)
+    d = s.displacement(t) + 3.0 * rng.standard_normal(len(t))
+    hit = rng.random(len(t)) < 0.002
+    d[hit] += 30.0 * np.sign(rng.standard_normal(hit.sum()))
+    return t, np.round(d, 2)
+
+
+def _gappy_stable(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 20 mm/day creep with a 1-day data gap, then a jump to ~150 mm/day (ratio 7.5: 82.4°)."""
+    rng = np.random.default_rng(seed)
+    t0 = 1_764_374_400.0
+    t = t0 + 600.0 * np.arange(int(7 * DAY / 600.0))
+    t = t[(t - t0 < 4 * DAY) | (t - t0 >= 5 * DAY)]
+    rate = np.where(t - t0 < 5.5 * DAY, 20.0, 150.0)
+    d = np.cumsum(np.concatenate(([0.0], rate[1:] * np.diff(t) / DAY))) + 3.0 * rng.standard_normal(len(t))
+    return t, d
+
+
+def contract_cases() -> list[ContractCase]:
+    return [
+        ContractCase("tangent/creep-to-failure", TangentAngleDetector, _creep_then_failure, tangent_batch, reaches=4),
+        ContractCase(
+            "tangent/gap-then-orange",
+            lambda: TangentAngleDetector(window_s=6 * HOUR, hold_s=2 * HOUR, persist=2),
+            _gappy_stable,
+            lambda t, v: tangent_batch(t, v, window_s=6 * HOUR, hold_s=2 * HOUR, persist=2),
+            reaches=3,
+        ),
+    ]
