@@ -26,6 +26,8 @@ def rfc3339(t: float) -> str:
 
 
 def kind_of(change: LevelChange) -> str:
+    if change.kind is not None:
+        return change.kind
     if change.level == 0:
         return "lift"
     if change.previous == 0:
@@ -37,7 +39,7 @@ def alert_event(change: LevelChange) -> dict[str, Any]:
     """The DESIGN §8 event. Its id is derived from what happened, so a replay of the same
     readings (or a redelivery after a crash) produces the same id."""
     kind = kind_of(change)
-    ident = uuid.uuid5(_NS, f"{change.site}|{change.t:.3f}|{change.level}|{change.previous}|{int(change.exercise)}")
+    ident = uuid.uuid5(_NS, f"{change.site}|{change.t:.3f}|{kind}|{change.level}|{change.previous}|{int(change.exercise)}|{change.evidence.get('device', '')}")
     return {
         "id": str(ident),
         "t": rfc3339(change.t),

@@ -130,6 +130,11 @@ class Policy(_Strict):
     hysteresis: float = Field(default=0.1, ge=0, lt=1)
     # ...and stayed below it for this long (event time).
     hold_s: float = Field(default=6 * 3600.0, ge=0)
+    # Site fusion: from this level up a warning needs confirmation — `confirm_devices`
+    # independent devices at that level, or a failure forecast within `forecast_confirms_s`.
+    confirm_from_level: int = Field(default=3, ge=1, le=5)
+    confirm_devices: int = Field(default=2, ge=1)
+    forecast_confirms_s: float = Field(default=48 * 3600.0, ge=0)
 
 
 class Channel(_Strict):

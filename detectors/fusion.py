@@ -1,31 +1,40 @@
-"""Site fusion: the channel detectors of every site and one level per site.
+"""Site fusion: every channel's quality guard and detectors, and one level per site.
 
-First pass (to be replaced by the confirmation policy of the detectors issue): the site level
-is the highest channel level. Readings outside a channel's plausible range are suspect and
-never move a level. Drills are judged apart from real data so an exercise can never raise or
-lower a real warning.
+Per reading: the channel's quality guard looks first; a suspect reading (out of range, spike,
+stuck, replayed) is counted and goes no further, so a suspect reading never raises a site.
+Otherwise every detector of the channel judges it; a warming-up verdict carries no
+information, so the channel keeps what its detectors last said (no data, or a restart of
+smoothing after a gap, never lowers a level).
+
+The site level is the highest channel level, under a confirmation policy: orange and red
+need two independent devices at orange or above, or one plus a failure forecast within
+48 hours (both configurable per site). An unconfirmed orange or red is held at yellow, and
+the explanation says so. Drills are judged apart from real data, so an exercise can never
+raise or lower a real warning.
+
+No data is a timer, not a reading: ``tick(now)`` reports devices that fell silent (and their
+return) as their own events; they never change a level.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from config.registry import DISPLACEMENT_LIKE, ChannelInfo, Kind, Registry
+from detectors.contract import Detector
+from detectors.nodata import NoDataMonitor
+from detectors.quality import QualityGuard
 from detectors.threshold import ThresholdDetector
 from detectors.velocity import VelocityDetector
 from detectors.verdict import Verdict
 
-
-class Detector(Protocol):
-    def update(self, t: float, value: float) -> Verdict: ...
-    def snapshot(self) -> dict[str, Any]: ...
-    def restore(self, state: dict[str, Any]) -> None: ...
+_NAMES = {0: "normal", 1: "blue", 2: "yellow", 3: "orange", 4: "red"}
 
 
 @dataclass(frozen=True, slots=True)
 class LevelChange:
-    """A site's fused level moved."""
+    """A site's fused level moved, or (kind nodata/nodata_end) one of its devices went silent."""
 
     site: str
     t: float
@@ -34,48 +43,88 @@ class LevelChange:
     reason: str
     evidence: dict[str, Any] = field(default_factory=dict)
     exercise: bool = False
+    kind: str | None = None  # None: raise/upgrade/downgrade/lift, derived from the levels
 
 
 def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Detector]]:
-    """The first-pass detector set of one channel, from its spec and its site's policy."""
-    site = registry.sites[info.site]
-    policy = site.policy
+    """The detector set of one channel, from its kind, its spec and its site's policy.
+
+    Windows and hold times never go below a few reporting intervals, so a monthly-sampled
+    feed gets a velocity over months rather than a window that never holds two readings.
+    """
+    from detectors.inverse_velocity import InverseVelocityDetector
+    from detectors.rain import RainDetector
+    from detectors.rise import RiseRateDetector
+    from detectors.tangent import TangentAngleDetector
+
+    policy = registry.sites[info.site].policy
     spec = info.spec
+    interval = info.interval_s
+    hold = max(policy.hold_s, 2 * interval)
     out: list[tuple[str, Detector]] = []
     if spec.thresholds is not None and spec.thresholds.as_list():
-        out.append(
-            ("threshold", ThresholdDetector(spec.thresholds.as_list(), hysteresis=policy.hysteresis, hold_s=policy.hold_s, unit=info.unit or ""))
-        )
-    if spec.kind in DISPLACEMENT_LIKE:
+        out.append(("threshold", ThresholdDetector(spec.thresholds.as_list(), hysteresis=policy.hysteresis, hold_s=hold, unit=info.unit or "")))
+    kind = spec.kind
+    if kind in DISPLACEMENT_LIKE:
+        window = max(policy.velocity_window_s, 6 * interval)
         levels = (spec.velocity_per_day or policy.velocity_per_day).as_list()
         if levels:
-            out.append(
-                (
-                    "velocity",
-                    VelocityDetector(
-                        levels, window_s=policy.velocity_window_s, hysteresis=policy.hysteresis, hold_s=policy.hold_s, unit=info.unit or ""
-                    ),
-                )
-            )
+            out.append(("velocity", VelocityDetector(levels, window_s=window, hysteresis=policy.hysteresis, hold_s=hold, unit=info.unit or "")))
+        out.append(("tangent", TangentAngleDetector.for_channel(window_s=window, interval_s=interval, hold_s=hold)))
+        out.append(("forecast", InverseVelocityDetector.for_channel(window_s=window, interval_s=interval)))
+    elif kind is Kind.rain:
+        out.append(("rain", RainDetector.for_channel(interval_s=interval)))
+    elif kind in (Kind.pore_pressure, Kind.groundwater):
+        out.append(("rise", RiseRateDetector.for_kind(kind.value, interval_s=interval, hold_s=hold)))
     return out
 
 
-class _SiteState:
+class _Channel:
+    __slots__ = ("info", "guard", "detectors", "levels", "verdicts", "level", "suspect")
+
+    def __init__(self, info: ChannelInfo, guard: QualityGuard, detectors: list[tuple[str, Detector]]) -> None:
+        self.info = info
+        self.guard = guard
+        self.detectors = detectors
+        self.levels: dict[str, int] = {}
+        self.verdicts: dict[str, Verdict] = {}
+        self.level = 0
+        self.suspect = 0
+
+    def forecast(self) -> dict[str, Any] | None:
+        v = self.verdicts.get("forecast")
+        return None if v is None else v.evidence.get("forecast")
+
+    def lead(self) -> tuple[str, Verdict] | None:
+        best = None
+        for name, v in self.verdicts.items():
+            if best is None or self.levels.get(name, 0) > self.levels.get(best[0], 0):
+                best = (name, v)
+        return best
+
+
+class _Site:
     __slots__ = ("level", "channels")
 
     def __init__(self) -> None:
         self.level = 0
-        self.channels: dict[str, tuple[int, str, dict[str, Any]]] = {}  # "device/channel" -> (level, reason, evidence)
+        self.channels: dict[str, _Channel] = {}
 
 
 class SiteFusion:
-    """Feeds readings to channel detectors and reports each change of a site's level."""
+    """Feeds readings to channel guards and detectors; reports each change of a site's level."""
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
-        self._detectors: dict[tuple[ChannelInfo, bool], list[tuple[str, Detector]]] = {}
-        self._sites: dict[tuple[str, bool], _SiteState] = {}
-        self.suspect = 0  # readings outside the plausible range, counted
+        self._sites: dict[tuple[str, bool], _Site] = {}
+        self.quality: dict[str, int] = {}  # suspect readings by flag
+        intervals: dict[str, float] = {}
+        for chans in registry.channels.values():
+            for info in chans.values():
+                intervals[info.device] = min(intervals.get(info.device, info.interval_s), info.interval_s)
+        self.nodata = NoDataMonitor(intervals)
+
+    # -- levels ------------------------------------------------------------------------------
 
     def level(self, site: str, exercise: bool = False) -> int:
         st = self._sites.get((site, exercise))
@@ -85,42 +134,115 @@ class SiteFusion:
         """Restore a persisted site level (after a restart) without reporting a change."""
         self._site(site, exercise).level = level
 
-    def _site(self, site: str, exercise: bool) -> _SiteState:
+    def _site(self, site: str, exercise: bool) -> _Site:
         st = self._sites.get((site, exercise))
         if st is None:
-            st = self._sites[(site, exercise)] = _SiteState()
+            st = self._sites[(site, exercise)] = _Site()
         return st
 
+    def _channel(self, st: _Site, info: ChannelInfo) -> _Channel:
+        key = f"{info.device}/{info.channel}"
+        ch = st.channels.get(key)
+        if ch is None:
+            guard = QualityGuard.for_kind(info.kind, interval_s=info.interval_s, low=info.low, high=info.high)
+            ch = st.channels[key] = _Channel(info, guard, detectors_for(info, self.registry))
+        return ch
+
+    # -- readings ----------------------------------------------------------------------------
+
     def update(self, info: ChannelInfo, t: float, value: float, exercise: bool = False) -> LevelChange | None:
-        if not info.low <= value <= info.high:
-            self.suspect += 1
-            return None
-        key = (info, exercise)
-        dets = self._detectors.get(key)
-        if dets is None:
-            dets = self._detectors[key] = detectors_for(info, self.registry)
-        if not dets:
-            return None
-        best = Verdict(0)
-        best_name = ""
-        for name, det in dets:
-            v = det.update(t, value)
-            if v.level > best.level:
-                best, best_name = v, name
+        changes = self.update_all(info, t, value, exercise)
+        return changes[-1] if changes else None
+
+    def update_all(self, info: ChannelInfo, t: float, value: float, exercise: bool = False) -> list[LevelChange]:
+        """Judge one reading; returns the events it causes (a device back from silence, a level change)."""
+        out: list[LevelChange] = []
+        if not exercise:
+            back = self.nodata.seen(info.device, t)
+            if back is not None:
+                lvl = self.level(info.site)
+                out.append(
+                    LevelChange(info.site, t, lvl, lvl, f"{info.device}: data again after {back.silent_s / 3600:.1f} h of silence", {"device": info.device, "silent_s": back.silent_s}, False, "nodata_end")
+                )
         st = self._site(info.site, exercise)
-        ch = f"{info.device}/{info.channel}"
-        old = st.channels.get(ch)
-        if old is not None and old[0] == best.level:
+        ch = self._channel(st, info)
+        g = ch.guard.update(t, value)
+        if g.evidence.get("suspect"):
+            ch.suspect += 1
+            flag = str(g.evidence.get("flag", "suspect"))
+            self.quality[flag] = self.quality.get(flag, 0) + 1
+            return out
+        changed = False
+        for name, det in ch.detectors:
+            v = det.update(t, value)
+            if v.warming_up:
+                continue
+            if ch.levels.get(name) != v.level or name == "forecast":
+                changed = changed or ch.levels.get(name) != v.level
+                ch.levels[name] = v.level
+            ch.verdicts[name] = v
+        new_ch = max(ch.levels.values(), default=0)
+        if new_ch == ch.level and not changed:
+            return out
+        ch.level = new_ch
+        change = self._fuse(info.site, st, t, exercise)
+        if change is not None:
+            out.append(change)
+        return out
+
+    def _fuse(self, site: str, st: _Site, t: float, exercise: bool) -> LevelChange | None:
+        policy = self.registry.sites[site].policy
+        raw = max((c.level for c in st.channels.values()), default=0)
+        lead_ch = max(st.channels.values(), key=lambda c: c.level) if st.channels else None
+        level = raw
+        notes: list[str] = []
+        evidence: dict[str, Any] = {}
+        forecast = None
+        for c in st.channels.values():
+            f = c.forecast()
+            if f is not None and f.get("failure_time") is not None and (forecast is None or f["failure_time"] < forecast["failure_time"]):
+                forecast = f
+        if raw >= policy.confirm_from_level:
+            devices = sorted({c.info.device for c in st.channels.values() if c.level >= policy.confirm_from_level})
+            soon = forecast is not None and forecast["failure_time"] - t <= policy.forecast_confirms_s
+            if len(devices) >= policy.confirm_devices:
+                notes.append(f"confirmed by {len(devices)} devices ({', '.join(devices)})")
+            elif soon and forecast is not None:
+                notes.append(f"confirmed by a failure forecast in {(forecast['failure_time'] - t) / 3600:.0f} h")
+            else:
+                level = policy.confirm_from_level - 1
+                notes.append(f"{_NAMES[raw]} not confirmed (only {', '.join(devices)}): held at {_NAMES[level]}")
+            evidence["devices_at_or_above"] = devices
+        if level == st.level:
             return None
-        if old is None and best.level == 0:
-            st.channels[ch] = (0, "", {})
-            return None
-        st.channels[ch] = (best.level, best.reason, dict(best.evidence, detector=best_name))
-        new_level = max(lvl for lvl, _, _ in st.channels.values())
-        if new_level == st.level:
-            return None
-        previous, st.level = st.level, new_level
-        # The channel that now holds the site level explains it.
-        lead, (lvl, reason, evidence) = max(st.channels.items(), key=lambda kv: kv[1][0])
-        why = f"{lead}: {reason}" if lvl else "all channels back to normal"
-        return LevelChange(info.site, t, new_level, previous, why, {"channel": lead, **evidence}, exercise)
+        previous, st.level = st.level, level
+        if lead_ch is not None and lead_ch.level > 0:
+            lead = lead_ch.lead()
+            name, v = lead if lead is not None else ("", Verdict(0))
+            reason = f"{lead_ch.info.device}/{lead_ch.info.channel} {name}: {v.reason}"
+            evidence.update({"channel": f"{lead_ch.info.device}/{lead_ch.info.channel}", "detector": name, **v.evidence})
+        else:
+            reason = "all channels back to normal"
+        if notes:
+            reason += "; " + "; ".join(notes)
+        if forecast is not None:
+            evidence["forecast"] = forecast
+        return LevelChange(site, t, level, previous, reason, evidence, exercise)
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[LevelChange]:
+        """No-data events due at ``now`` (clock time live, event time in replay)."""
+        out = []
+        for ev in self.nodata.due(now):
+            site = self.registry.device_site.get(ev.device)
+            if site is None:
+                continue
+            lvl = self.level(site)
+            out.append(
+                LevelChange(site, ev.t, lvl, lvl, f"{ev.device}: no data for {ev.silent_s / 3600:.1f} h (level held)", {"device": ev.device, "last_seen": ev.last_seen}, False, "nodata")
+            )
+        return out
+
+    def next_deadline(self) -> float | None:
+        return self.nodata.next_deadline()

@@ -88,7 +88,7 @@ class Pipeline:
             if latest is None:
                 continue
             for t_ms, value in self.journal.recent(sid, latest - int(horizon_s * 1000) - 1):
-                self.fusion.update(info, t_ms / 1000.0, value)
+                self.fusion.update_all(info, t_ms / 1000.0, value)
         for site, level in persisted.items():
             now_level = self.fusion.level(site)
             if site in self.registry.sites and now_level < level:
@@ -177,13 +177,19 @@ class Pipeline:
         changed = False
         fusion = self.fusion
         for d in decoded:
-            for info, t, v in d.readings:
-                change = fusion.update(info, t, v, d.drill)
-                if change is not None:
+            # A device's buffered readings are judged in time order.
+            readings = d.readings if len(d.readings) < 2 else sorted(d.readings, key=lambda r: r[1])
+            for info, t, v in readings:
+                for change in fusion.update_all(info, t, v, d.drill):
                     self._emit(change)
                     changed = changed or not change.exercise
         if changed:
             self._save_levels()
+
+    def tick(self, now: float) -> None:
+        """Timers: devices that fell silent."""
+        for change in self.fusion.tick(now):
+            self._emit(change)
 
 
 class App:
@@ -271,6 +277,9 @@ class App:
                 if time.monotonic() >= next_stats:
                     log.info("%s", self.stats_line())
                     next_stats += stats_every_s
+                deadline = self.pipeline.fusion.next_deadline()
+                if deadline is not None and self.clock.now() >= deadline:
+                    self.pipeline.tick(self.clock.now())
                 try:
                     first = inbox.get(timeout=0.2)
                 except queue.Empty:
