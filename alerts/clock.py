@@ -32,3 +32,21 @@ class ManualClock:
 
     def advance(self, dt: float) -> None:
         self.set(self._t + dt)
+
+
+class EventClock:
+    """Event time as the data tells it: the latest reading time observed so far.
+
+    For accelerated runs (the demo, a replay into a live daemon) where the wall clock says
+    nothing about how much simulated time has passed.
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._t = start
+
+    def now(self) -> float:
+        return self._t
+
+    def observe(self, t: float) -> None:
+        if t > self._t:
+            self._t = t

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alerts.clock import Clock, WallClock
+from alerts.clock import Clock, EventClock, WallClock
 from alerts.log import AlertLog, rfc3339
 from config.settings import Loaded
 from detectors.fusion import LevelChange, SiteFusion
@@ -59,12 +59,15 @@ class Pipeline:
         publish: Any,
         clock: Clock,
         on_committed: Any = None,
+        timer_clock: Clock | None = None,
     ) -> None:
         s = loaded.settings
         self.registry = loaded.registry
         self.journal = journal
         self.publish = publish
         self.clock = clock
+        # Timers (no data) run on the wall clock live; an accelerated run passes an EventClock.
+        self.timer_clock = timer_clock or clock
         self.prefix = s.topic_prefix
         self.codec = Codec(
             loaded.registry, s.topic_prefix, max_skew_s=s.max_future_skew_s, max_bytes=s.max_payload_bytes, max_readings=s.max_readings_per_message
@@ -176,6 +179,10 @@ class Pipeline:
     def detect(self, decoded: list[Decoded]) -> None:
         changed = False
         fusion = self.fusion
+        if isinstance(self.timer_clock, EventClock):
+            for d in decoded:
+                if d.readings and not d.drill:
+                    self.timer_clock.observe(max(r[1] for r in d.readings))
         for d in decoded:
             # A device's buffered readings are judged in time order.
             readings = d.readings if len(d.readings) < 2 else sorted(d.readings, key=lambda r: r[1])
@@ -195,7 +202,7 @@ class Pipeline:
 class App:
     """The running daemon. ``run(stop)`` blocks until ``stop`` is set, then shuts down cleanly."""
 
-    def __init__(self, loaded: Loaded, clock: Clock | None = None) -> None:
+    def __init__(self, loaded: Loaded, clock: Clock | None = None, timer_clock: Clock | None = None) -> None:
         s = loaded.settings
         self.loaded = loaded
         self.clock = clock or WallClock()
@@ -231,6 +238,7 @@ class App:
             lambda topic, payload, retain: self.link.publish(topic, payload, retain),
             self.clock,
             on_committed=self.forwarder.wake if self.forwarder else None,
+            timer_clock=timer_clock,
         )
         self.ready = threading.Event()
 
@@ -278,8 +286,9 @@ class App:
                     log.info("%s", self.stats_line())
                     next_stats += stats_every_s
                 deadline = self.pipeline.fusion.next_deadline()
-                if deadline is not None and self.clock.now() >= deadline:
-                    self.pipeline.tick(self.clock.now())
+                now = self.pipeline.timer_clock.now()
+                if deadline is not None and now >= deadline:
+                    self.pipeline.tick(now)
                 try:
                     first = inbox.get(timeout=0.2)
                 except queue.Empty:
@@ -301,6 +310,6 @@ class App:
             log.info("geowarn daemon stopped: %s", self.stats_line())
 
 
-def build_app(loaded: Loaded, clock: Clock | None = None) -> App:
-    return App(loaded, clock)
+def build_app(loaded: Loaded, clock: Clock | None = None, timer_clock: Clock | None = None) -> App:
+    return App(loaded, clock, timer_clock)
 

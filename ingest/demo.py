@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 from alerts.levels import LEVELS
 from config.errors import ConfigError
 from config.settings import ENV_PREFIX, Loaded, MqttTarget, load_all
+from alerts.clock import EventClock
 from ingest.daemon import build_app
 
 DAY = 86400.0
@@ -132,7 +133,8 @@ def run_demo(duration_s: float = 60.0, data_dir: str | None = None, verbose: boo
     print(f"  simulating {SPAN_S / DAY:.0f} days of 10-minute readings in about {duration_s:.0f} s; "
           f"site {failing} ({names[failing]}) is heading for failure.\n", flush=True)
 
-    app = build_app(loaded)
+    # Timers follow the simulated time, not the wall clock: two weeks pass in a minute.
+    app = build_app(loaded, timer_clock=EventClock(t_start))
     stop = threading.Event()
     daemon = threading.Thread(target=app.run, args=(stop,), name="geowarn-daemon", daemon=True)
     daemon.start()

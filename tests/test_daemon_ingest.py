@@ -216,20 +216,29 @@ def test_a_moving_slope_raises_an_alert_on_mqtt_and_in_alerts_jsonl(daemon, mosq
     rec = Recorder(mosquitto.url, ["geowarn/alerts/#"])
     pub = publisher(mosquitto.url)
     try:
-        # The extensometer moves 200 mm/day for 12 h at 10-min readings: above red (120 mm/day).
+        # The extensometer and a GNSS receiver move 200 mm/day for 12 h at 10-min readings:
+        # above red (120 mm/day), confirmed by two independent devices.
         start = T0 - 12 * 3600
         for i in range(73):
             t = start + i * 600
-            pub.publish("geowarn/BSH/BSH-EXT1/data", native("BSH-EXT1", [("disp", t, 200.0 * i * 600 / 86400)], seq=i), qos=1).wait_for_publish(10)
-        daemon.wait_until(lambda: daemon.count() == 73, message="73 readings")
-        topic, payload, _ = rec.take(1)[0]
-        event = json.loads(payload)
+            d = 200.0 * i * 600 / 86400
+            pub.publish("geowarn/BSH/BSH-EXT1/data", native("BSH-EXT1", [("disp", t, d)], seq=i), qos=1).wait_for_publish(10)
+            pub.publish("geowarn/BSH/BSH-GNSS1/data", native("BSH-GNSS1", [("disp_e", t, d * 0.8)], seq=i), qos=1).wait_for_publish(10)
+        daemon.wait_until(lambda: daemon.count() == 146, message="146 readings")
+        # The readings are two days old by the wall clock, so the devices are also reported
+        # silent (kind nodata); the level events are what this test is about.
+        event = {}
+        while event.get("kind") != "raise":
+            topic, payload, _ = rec.take(1)[0]
+            event = json.loads(payload)
         assert topic == "geowarn/alerts/420527/BSH"
         assert event["site"] == "BSH" and event["kind"] == "raise" and event["previous_level"] == 0
         assert event["exercise"] is False
         lines = [json.loads(x) for x in (daemon.data_dir / "alerts.jsonl").read_text().splitlines()]
-        assert lines[0]["id"] == event["id"]
+        assert any(x["id"] == event["id"] for x in lines)
+        lines = [x for x in lines if x["kind"] not in ("nodata", "nodata_end")]
         assert max(x["level"] for x in lines) == 4 and lines[-1]["colour"] == "red"
+        assert "confirmed by 2 devices (BSH-EXT1, BSH-GNSS1)" in lines[-1]["reason"]
         assert set(lines[0]) >= {"id", "t", "site", "level", "colour", "previous_level", "kind", "reason", "forecast", "exercise"}
     finally:
         pub.loop_stop()
