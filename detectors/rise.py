@@ -49,6 +49,7 @@ import numpy as np
 
 from detectors.contract import ContractCase
 from detectors.latch import LevelLatch
+from detectors.slope import SlidingSlope
 from detectors.verdict import Verdict
 
 DAY = 86400.0
@@ -136,77 +137,24 @@ class RiseRateDetector:
 
     def _restart(self) -> None:
         """Forget the window (start or a gap); the latch keeps its level."""
-        self._pts: deque[tuple[float, float]] = deque()
+        self._smooth = SlidingSlope(self.window_s)
         self._recent: deque[float] = deque(maxlen=self.persist)
-        self._t0 = 0.0  # anchors: sums are of t - t0 and v - v0, for precision
-        self._v0 = 0.0
-        self._n = 0
-        self._st = self._sv = self._stt = self._stv = self._svv = 0.0
-
-    def _reanchor(self) -> None:
-        t0, v0 = self._pts[0]
-        self._t0, self._v0 = t0, v0
-        st = sv = stt = stv = svv = 0.0
-        for t, v in self._pts:
-            x = t - t0
-            y = v - v0
-            st += x
-            sv += y
-            stt += x * x
-            stv += x * y
-            svv += y * y
-        self._st, self._sv, self._stt, self._stv, self._svv = st, sv, stt, stv, svv
 
     def fit(self) -> tuple[float, float] | None:
         """(rate, its standard error), both per day; None until three points span time."""
-        n = self._n
-        if n < 3:
-            return None
-        sxx = self._stt - self._st * self._st / n
-        if sxx <= 0:
-            return None
-        sxy = self._stv - self._st * self._sv / n
-        syy = self._svv - self._sv * self._sv / n
-        b = sxy / sxx
-        sse = max(0.0, syy - b * sxy)
-        se = (sse / (n - 2) / sxx) ** 0.5
-        return b * DAY, se * DAY
+        f = self._smooth.fit()
+        return None if f is None else (f[0], f[1])
 
     def update(self, t: float, value: float) -> Verdict:
-        pts = self._pts
-        if pts and not t > pts[-1][0]:
+        smooth = self._smooth
+        if smooth.pts and not t > smooth.pts[-1][0]:
             return self._last  # late, repeated or NaN time: judged in arrival order, so ignored
         if not (abs(value) < float("inf") and abs(t) < float("inf")):
             return self._last  # NaN or infinite: not a reading
-        if pts and t - pts[-1][0] > self.window_s:
-            self._restart()  # a slope across a gap longer than the window says nothing now
-            pts = self._pts
-        if not pts:
-            self._t0, self._v0 = t, value
-        elif t - self._t0 > 4 * self.window_s:
-            self._reanchor()
-        pts.append((t, value))
-        x = t - self._t0
-        y = value - self._v0
-        self._n += 1
-        self._st += x
-        self._sv += y
-        self._stt += x * x
-        self._stv += x * y
-        self._svv += y * y
-        horizon = t - self.window_s
-        while pts[0][0] < horizon:
-            ot, ov = pts.popleft()
-            x = ot - self._t0
-            y = ov - self._v0
-            self._n -= 1
-            self._st -= x
-            self._sv -= y
-            self._stt -= x * x
-            self._stv -= x * y
-            self._svv -= y * y
-        if self._n < self.min_points or t - pts[0][0] < self.min_span * self.window_s:
-            self._last = Verdict(0, _WARMING, {"points": self._n}, True)
+        if smooth.push(t, value):
+            self._recent.clear()  # a slope across a gap longer than the window says nothing now
+        if smooth.n < self.min_points or smooth.span() < self.min_span * self.window_s:
+            self._last = Verdict(0, _WARMING, {"points": smooth.n}, True)
             return self._last
         f = self.fit()
         if f is None:
@@ -217,7 +165,7 @@ class RiseRateDetector:
         recent.append(rate if rate > self.z * se else 0.0)
         # A level needs `persist` judged slopes in a row: until then the rise counts as 0.
         level = self._latch.update(t, min(recent) if len(recent) == self.persist else 0.0)
-        evidence: dict[str, Any] = {"rate_per_day": rate, "stderr_per_day": se, "points": self._n, "window_s": self.window_s}
+        evidence: dict[str, Any] = {"rate_per_day": rate, "stderr_per_day": se, "points": smooth.n, "window_s": self.window_s}
         if level == 0:
             self._last = Verdict(0, "", evidence)
         else:
@@ -232,26 +180,19 @@ class RiseRateDetector:
         return self._last
 
     def snapshot(self) -> dict[str, Any]:
-        # The running sums go in as they are: a restored detector continues bit for bit.
         return {
-            "points": [list(p) for p in self._pts],
-            "anchor": [self._t0, self._v0],
-            "sums": [self._n, self._st, self._sv, self._stt, self._stv, self._svv],
+            "smooth": self._smooth.snapshot(),
             "recent": list(self._recent),
             "latch": self._latch.snapshot(),
-            "last": {"level": self._last.level, "reason": self._last.reason, "evidence": self._last.evidence, "warming_up": self._last.warming_up},
+            "last": self._last.to_dict(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self._reset()
-        self._pts.extend((float(t), float(v)) for t, v in state["points"])
-        self._t0, self._v0 = (float(a) for a in state["anchor"])
-        n, *sums = state["sums"]
-        self._n = int(n)
-        self._st, self._sv, self._stt, self._stv, self._svv = (float(s) for s in sums)
+        self._smooth.restore(state["smooth"])
         self._recent.extend(float(r) for r in state["recent"])
         self._latch.restore(state["latch"])
-        self._last = Verdict(**state["last"])
+        self._last = Verdict.from_dict(state["last"])
 
 
 # -- batch reference -------------------------------------------------------------------------

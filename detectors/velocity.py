@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from detectors.latch import LevelLatch
+from detectors.slope import SlidingSlope
 from detectors.verdict import Verdict
 
 if TYPE_CHECKING:
@@ -70,74 +71,31 @@ class VelocityDetector:
         self._reset()
 
     def _reset(self) -> None:
-        self._pts: deque[tuple[float, float]] = deque()
-        self._t0 = 0.0  # anchors: sums are of t - t0 and v - v0 to keep float precision
-        self._v0 = 0.0
-        self._n = 0
-        self._st = self._sv = self._stt = self._stv = self._svv = 0.0
+        self._smooth = SlidingSlope(self.window_s)
         self._recent: deque[float] = deque(maxlen=self.persist)
         self._last: Verdict = Verdict(0, "warming up", warming_up=True)
 
-    def _add(self, t: float, v: float) -> None:
-        x = t - self._t0
-        y = v - self._v0
-        self._n += 1
-        self._st += x
-        self._sv += y
-        self._stt += x * x
-        self._stv += x * y
-        self._svv += y * y
-
-    def _drop(self, t: float, v: float) -> None:
-        x = t - self._t0
-        y = v - self._v0
-        self._n -= 1
-        self._st -= x
-        self._sv -= y
-        self._stt -= x * x
-        self._stv -= x * y
-        self._svv -= y * y
-
     def fit(self) -> tuple[float, float] | None:
         """(velocity, its standard error), both per day; None until three points span time."""
-        n = self._n
-        if n < 3:
-            return None
-        sxx = self._stt - self._st * self._st / n
-        if sxx <= 0:
-            return None
-        sxy = self._stv - self._st * self._sv / n
-        syy = self._svv - self._sv * self._sv / n
-        b = sxy / sxx
-        sse = max(0.0, syy - b * sxy)
-        se = (sse / (n - 2) / sxx) ** 0.5
-        return b * DAY, se * DAY
+        f = self._smooth.fit()
+        return None if f is None else (f[0], f[1])
 
     def velocity_per_day(self) -> float | None:
         f = self.fit()
         return None if f is None else f[0]
 
     def update(self, t: float, value: float) -> Verdict:
-        pts = self._pts
-        if pts and t <= pts[-1][0]:
-            return self._last  # out of order or repeated: the first path judges in arrival order
-        if pts and t - pts[-1][0] > self.window_s:
-            self._reset()  # a gap longer than the window: the old slope says nothing now
-            pts = self._pts
-        if not pts:
-            self._t0, self._v0 = t, value
-        pts.append((t, value))
-        self._add(t, value)
-        horizon = t - self.window_s
-        while pts[0][0] < horizon:
-            self._drop(*pts.popleft())
-        span = t - pts[0][0]
-        if self._n < self.min_points or span < self.min_span * self.window_s:
-            self._last = Verdict(0, "warming up", {"points": self._n}, warming_up=True)
+        smooth = self._smooth
+        if smooth.pts and t <= smooth.pts[-1][0]:
+            return self._last  # late or repeated: judged in arrival order, ignored
+        if smooth.push(t, value):
+            self._recent.clear()  # a gap longer than the window: the old slope says nothing now
+        if smooth.n < self.min_points or smooth.span() < self.min_span * self.window_s:
+            self._last = Verdict(0, "warming up", {"points": smooth.n}, warming_up=True)
             return self._last
         f = self.fit()
-        if f is None:  # all readings at one instant cannot happen (t strictly increases), but be safe
-            self._last = Verdict(0, "warming up", {"points": self._n}, warming_up=True)
+        if f is None:
+            self._last = Verdict(0, "warming up", {"points": smooth.n}, warming_up=True)
             return self._last
         v, se = f
         # An insignificant slope counts as no movement (it may still let a level come down).
@@ -150,24 +108,19 @@ class VelocityDetector:
             self._last = Verdict(
                 level,
                 f"velocity {v:.1f} {self.unit}/day (≥ {_NAMES[level]} {thr:g} {self.unit}/day over {self.window_s / 3600:g} h, or held)",
-                {"velocity_per_day": v, "stderr_per_day": se, "threshold": thr, "window_s": self.window_s, "points": self._n},
+                {"velocity_per_day": v, "stderr_per_day": se, "threshold": thr, "window_s": self.window_s, "points": smooth.n},
             )
         return self._last
 
     def snapshot(self) -> dict[str, Any]:
-        # The running sums are saved as they are: re-adding the points would round differently.
-        sums = [self._t0, self._v0, self._n, self._st, self._sv, self._stt, self._stv, self._svv]
-        return {"points": [list(p) for p in self._pts], "sums": sums, "recent": list(self._recent), "latch": self._latch.snapshot(), "last": self._last.to_dict()}
+        return {"smooth": self._smooth.snapshot(), "recent": list(self._recent), "latch": self._latch.snapshot(), "last": self._last.to_dict()}
 
     def restore(self, state: dict[str, Any]) -> None:
         self._reset()
-        self._pts.extend((float(t), float(v)) for t, v in state["points"])
-        self._t0, self._v0, n, self._st, self._sv, self._stt, self._stv, self._svv = state["sums"]
-        self._n = int(n)
+        self._smooth.restore(state["smooth"])
         self._recent.extend(state["recent"])
         self._latch.restore(state["latch"])
         self._last = Verdict.from_dict(state["last"])
-
 
 def batch_velocity(
     t: np.ndarray, v: np.ndarray, window_s: float, min_points: int, min_span: float

@@ -392,7 +392,7 @@ def test_rise_rate_survives_long_runs_without_drift():
     v = 15.0 + 0.3 * (t - T0) / DAY
     out = feed(det, t, v)
     assert out[-1].evidence["rate_per_day"] == pytest.approx(0.3, rel=1e-9)
-    assert det._t0 > t[-1] - 5 * det.window_s  # the anchor moved with the data
+    assert det._smooth.t0 > t[-1] - 5 * det.window_s  # the anchor moved with the data
     rate, judged = rise_rate_batch(t, v)
     assert rate[-1] == pytest.approx(0.3, rel=1e-9) and judged[-1]
 
