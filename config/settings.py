@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     forward_batch: int = Field(default=5000, ge=1, le=100_000)
     # How often the daemon logs its counters and the forwarder's lag.
     stats_interval_s: float = Field(default=60.0, gt=0)
+    # How often detector state is snapshotted (and at every clean stop); after a crash the
+    # journal readings stored since the snapshot are replayed into the detectors.
+    snapshot_interval_s: float = Field(default=60.0, gt=0)
 
     max_future_skew_s: float = Field(default=300.0, ge=0)
     max_payload_bytes: int = Field(default=256 * 1024, ge=1024)

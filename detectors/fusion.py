@@ -246,3 +246,54 @@ class SiteFusion:
 
     def next_deadline(self) -> float | None:
         return self.nodata.next_deadline()
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything needed to continue exactly here after a restart (JSON-serialisable)."""
+        sites: dict[str, Any] = {}
+        for (site, exercise), st in self._sites.items():
+            sites[f"{site}|{int(exercise)}"] = {
+                "level": st.level,
+                "channels": {
+                    key: {
+                        "level": ch.level,
+                        "suspect": ch.suspect,
+                        "levels": dict(ch.levels),
+                        "verdicts": {n: v.to_dict() for n, v in ch.verdicts.items()},
+                        "guard": ch.guard.snapshot(),
+                        "detectors": {n: d.snapshot() for n, d in ch.detectors},
+                    }
+                    for key, ch in st.channels.items()
+                },
+            }
+        return {"sites": sites, "quality": dict(self.quality), "nodata": self.nodata.snapshot()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a snapshot. Sites, channels and detectors no longer in the registry
+        are dropped; new ones start fresh (the registry may have changed between runs)."""
+        self._sites.clear()
+        self.quality = dict(state.get("quality", {}))
+        for skey, sd in state.get("sites", {}).items():
+            site, _, ex = skey.rpartition("|")
+            if site not in self.registry.sites:
+                continue
+            st = self._site(site, ex == "1")
+            st.level = int(sd["level"])
+            for key, cd in sd["channels"].items():
+                device, _, channel = key.partition("/")
+                info = self.registry.channel(site, device, channel)
+                if info is None:
+                    continue
+                ch = self._channel(st, info)
+                ch.level = int(cd["level"])
+                ch.suspect = int(cd["suspect"])
+                ch.guard.restore(cd["guard"])
+                names = {n for n, _ in ch.detectors}
+                ch.levels = {n: int(v) for n, v in cd["levels"].items() if n in names}
+                ch.verdicts = {n: Verdict.from_dict(v) for n, v in cd["verdicts"].items() if n in names}
+                for name, det in ch.detectors:
+                    if name in cd["detectors"]:
+                        det.restore(cd["detectors"][name])
+        if "nodata" in state:
+            self.nodata.restore(state["nodata"])

@@ -35,6 +35,7 @@ MAX_BATCH = 2000
 #: A dead letter on MQTT carries at most this much of the payload.
 DEADLETTER_MQTT_BYTES = 1024
 SITE_LEVELS_KEY = "fusion.site_levels"
+SNAPSHOT_KEY = "fusion.snapshot"
 
 
 @dataclass
@@ -81,17 +82,36 @@ class Pipeline:
         self.seq_gaps = 0
         self._warm_up()
 
+    def save_snapshot(self) -> None:
+        """Persist detector and fusion state with the journal position it reflects."""
+        self.journal.set_state(SNAPSHOT_KEY, {"position": self.journal.last_id(), "state": self.fusion.snapshot()})
+
     def _warm_up(self) -> None:
-        """Rebuild detector state from the journal and reconcile with the persisted site levels,
-        so a restart neither re-raises a warning nor forgets one."""
+        """Resume detector state: from the last snapshot plus the journal readings stored after
+        it (exact), or without one from the recent journal. Then reconcile with the persisted
+        site levels, so a restart neither re-raises a warning nor forgets one."""
         persisted: dict[str, int] = self.journal.get_state(SITE_LEVELS_KEY, {}) or {}
-        horizon_s = max(site.policy.velocity_window_s for site in self.registry.sites.values())
-        for info, sid in self.series.items():
-            latest = self.journal.latest_t_ms(sid)
-            if latest is None:
-                continue
-            for t_ms, value in self.journal.recent(sid, latest - int(horizon_s * 1000) - 1):
-                self.fusion.update_all(info, t_ms / 1000.0, value)
+        snap = self.journal.get_state(SNAPSHOT_KEY)
+        if snap is not None:
+            self.fusion.restore(snap["state"])
+            position = int(snap["position"])
+            while True:
+                rows = self.journal.read_after(position, 10_000)
+                if not rows:
+                    break
+                for _id, _kind, site, device, channel, _admin, t_ms, value, drill in rows:
+                    info = self.registry.channel(site, device, channel)
+                    if info is not None:
+                        self.fusion.update_all(info, t_ms / 1000.0, value, bool(drill))
+                position = rows[-1][0]
+        else:
+            horizon_s = max(site.policy.velocity_window_s for site in self.registry.sites.values())
+            for info, sid in self.series.items():
+                latest = self.journal.latest_t_ms(sid)
+                if latest is None:
+                    continue
+                for t_ms, value in self.journal.recent(sid, latest - int(horizon_s * 1000) - 1):
+                    self.fusion.update_all(info, t_ms / 1000.0, value)
         for site, level in persisted.items():
             now_level = self.fusion.level(site)
             if site in self.registry.sites and now_level < level:
@@ -280,11 +300,16 @@ class App:
         log.info("geowarn daemon running: broker %s, data dir %s", self.loaded.settings.mqtt.redacted(), self.loaded.settings.data_dir)
         inbox = self.link.inbox
         next_stats = time.monotonic() + stats_every_s
+        snapshot_every_s = self.loaded.settings.snapshot_interval_s
+        next_snapshot = time.monotonic() + snapshot_every_s
         try:
             while not stop.is_set():
                 if time.monotonic() >= next_stats:
                     log.info("%s", self.stats_line())
                     next_stats += stats_every_s
+                if time.monotonic() >= next_snapshot:
+                    self.pipeline.save_snapshot()
+                    next_snapshot = time.monotonic() + snapshot_every_s
                 deadline = self.pipeline.fusion.next_deadline()
                 now = self.pipeline.timer_clock.now()
                 if deadline is not None and now >= deadline:
@@ -302,6 +327,7 @@ class App:
                 except queue.Empty:
                     break
                 self._handle(self._batch(first))
+            self.pipeline.save_snapshot()
         finally:
             self.link.stop()
             if self.forwarder is not None:
