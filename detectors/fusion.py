@@ -31,6 +31,20 @@ from detectors.verdict import Verdict
 
 _NAMES = {0: "normal", 1: "blue", 2: "yellow", 3: "orange", 4: "red"}
 
+#: Typical reading noise (1 sigma, in the kind's default unit) of each displacement-like kind:
+#: it sets the noise floors of the tangent angle and the forecast's reference velocity.
+NOISE: dict[Kind, float] = {
+    Kind.gnss_e: 3.0,
+    Kind.gnss_n: 3.0,
+    Kind.gnss_u: 6.0,
+    Kind.displacement: 0.3,
+    Kind.crack: 0.1,
+    Kind.tilt: 0.01,
+}
+#: Persistence filters count time, not readings: half an hour of agreeing evaluations at
+#: 10-minute sampling, a single one for daily or monthly readings.
+PERSIST_S = 1800.0
+
 
 @dataclass(frozen=True, slots=True)
 class LevelChange:
@@ -67,11 +81,26 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
     kind = spec.kind
     if kind in DISPLACEMENT_LIKE:
         window = max(policy.velocity_window_s, 6 * interval)
+        persist = max(1, round(PERSIST_S / interval))
+        noise = NOISE[kind]
+        unit = info.unit or ""
         levels = (spec.velocity_per_day or policy.velocity_per_day).as_list()
         if levels:
-            out.append(("velocity", VelocityDetector(levels, window_s=window, hysteresis=policy.hysteresis, hold_s=hold, unit=info.unit or "")))
-        out.append(("tangent", TangentAngleDetector.for_channel(window_s=window, interval_s=interval, hold_s=hold)))
-        out.append(("forecast", InverseVelocityDetector.for_channel(window_s=window, interval_s=interval)))
+            out.append(
+                ("velocity", VelocityDetector(levels, window_s=window, hysteresis=policy.hysteresis, hold_s=hold, unit=unit, persist=persist))
+            )
+        out.append(
+            ("tangent", TangentAngleDetector.for_channel(window_s=window, interval_s=interval, hold_s=hold, noise_mm=noise, unit=unit, persist=persist))
+        )
+        horizons = ((2, policy.forecast_yellow_s), (3, policy.forecast_orange_s), (4, policy.forecast_red_s))
+        out.append(
+            (
+                "forecast",
+                InverseVelocityDetector.for_channel(
+                    window_s=window, interval_s=interval, noise_mm=noise, unit=unit, horizons_s=horizons, alpha=policy.voight_alpha, persist=persist
+                ),
+            )
+        )
     elif kind is Kind.rain:
         out.append(("rain", RainDetector.for_channel(interval_s=interval)))
     elif kind in (Kind.pore_pressure, Kind.groundwater):

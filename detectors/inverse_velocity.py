@@ -221,7 +221,16 @@ class InverseVelocityDetector:
 
     @classmethod
     def for_channel(
-        cls, *, window_s: float = 6 * HOUR, interval_s: float = 600.0, hold_s: float = 6 * HOUR, noise_mm: float = 3.0, unit: str = "mm"
+        cls,
+        *,
+        window_s: float = 6 * HOUR,
+        interval_s: float = 600.0,
+        hold_s: float = 6 * HOUR,
+        noise_mm: float = 3.0,
+        unit: str = "mm",
+        horizons_s: Sequence[tuple[int, float]] = HORIZONS_S,
+        alpha: float = 2.0,
+        persist: int = 3,
     ) -> InverseVelocityDetector:
         """The default detector of a displacement-like channel read every ``interval_s``.
 
@@ -249,6 +258,9 @@ class InverseVelocityDetector:
             hold_s=hold_s,
             min_points=max(3, min(6, int(window_s / interval_s))),
             unit=unit,
+            horizons_s=horizons_s,
+            alpha=alpha,
+            persist=persist,
         )
 
     def _reset(self) -> None:

@@ -222,7 +222,14 @@ class TangentAngleDetector:
 
     @classmethod
     def for_channel(
-        cls, *, window_s: float = 6 * HOUR, interval_s: float = 600.0, hold_s: float = 0.0, noise_mm: float = 3.0, unit: str = "mm"
+        cls,
+        *,
+        window_s: float = 6 * HOUR,
+        interval_s: float = 600.0,
+        hold_s: float = 0.0,
+        noise_mm: float = 3.0,
+        unit: str = "mm",
+        persist: int = 3,
     ) -> TangentAngleDetector:
         """The default detector of a displacement-like channel read every ``interval_s``.
 
@@ -247,6 +254,7 @@ class TangentAngleDetector:
             hold_s=hold_s,
             min_points=min_points,
             unit=unit,
+            persist=persist,
         )
 
     def _reset(self) -> None:
