@@ -1,0 +1,570 @@
+#!/usr/bin/env python3
+"""Drain a QoS 1 backlog from a real Mosquitto: the ingest daemon against a bare paho subscriber.
+
+For every round and every variant the same backlog is queued on the broker for an offline
+persistent session, then the subscriber connects and the drain is timed from its connect until
+every message has been processed and acknowledged:
+
+* ``bare``: a paho-mqtt 2.x client exactly as the daemon configures it (MQTT 3.1.1,
+  ``clean_session=False``, ``manual_ack=True``, QoS 1 subscriptions) whose ``on_message`` acks
+  and counts; done when the count reaches N.
+* ``daemon-full`` / ``daemon-normal``: the real app (``ingest.daemon.build_app``) in-process on
+  a fresh data dir, ``GEOWARN_JOURNAL_SYNC`` = full (the default, fsync per commit) or normal;
+  done when N messages have passed the pipeline's ``_handle`` (committed, detected, acked).
+
+The variants alternate inside each round (bare, daemon-full, daemon-normal, bare, …) so that
+the ratios compare figures taken side by side on the same (noisy) machine.
+
+Checks, any failure exits non-zero: the bare subscriber saw exactly N messages; the daemon's
+journal holds exactly the expected readings and no dead letters; afterwards the broker
+redelivers nothing to either session (everything was acked).
+
+    python3 benchmarks/ingest_backlog.py                    # 100k messages, 3 rounds, inflight 1000 and 20
+    python3 benchmarks/ingest_backlog.py --quick            # smoke test, < 30 s
+    python3 benchmarks/ingest_backlog.py --markdown out.md  # also write the markdown table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import sqlite3
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+import paho.mqtt  # noqa: E402
+import paho.mqtt.client as mqtt  # noqa: E402
+
+from services import Mosquitto  # noqa: E402  (tests/services.py: a real broker on a free port)
+
+TOPIC_PREFIX = "geowarn"
+SUBSCRIPTIONS = [f"{TOPIC_PREFIX}/+/+/data", f"{TOPIC_PREFIX}/+/+/status"]  # what the daemon subscribes
+#: One-reading messages go round-robin to these channels of config/sites.example.toml.
+ONE_READING_CHANNELS = [("BSH", "BSH-EXT1", "disp"), ("BZM", "BZM-EXT1", "disp"), ("XK", "XK-CRK1", "crack")]
+#: Multi-reading messages come from this GNSS receiver (three channels).
+MULTI_DEVICE = ("BSH", "BSH-GNSS1", ("disp_e", "disp_n", "disp_u"))
+VARIANTS = ("bare", "daemon-full", "daemon-normal")
+TARGET_RATIO = 0.8
+TARGET_READINGS_PER_S = 200_000
+
+log = logging.getLogger("bench")
+
+
+class BenchFailure(Exception):
+    """Lost or duplicated data, a drain that did not finish: the run is not a result."""
+
+
+# -- the backlog ------------------------------------------------------------------------------
+
+
+def make_backlog(messages: int, per_message: int, t0: float) -> list[tuple[str, bytes]]:
+    """Native JSON v1 payloads; every reading has its own (device, channel, t), so none is a duplicate.
+
+    Times start at ``t0`` (a few days ago) and step by one second per reading; values are flat
+    (a few hundredths of a mm of noise) so no detector fires and no alert is written.
+    """
+    out: list[tuple[str, bytes]] = []
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    if per_message == 1:
+        for i in range(messages):
+            site, device, channel = ONE_READING_CHANNELS[i % len(ONE_READING_CHANNELS)]
+            doc = {"v": 1, "device": device, "seq": i // len(ONE_READING_CHANNELS),
+                   "readings": [{"ch": channel, "t": t0 + i, "v": 10.0 + 0.01 * (i % 7)}]}
+            out.append((f"{TOPIC_PREFIX}/{site}/{device}/data", dumps(doc).encode()))
+    else:
+        site, device, channels = MULTI_DEVICE
+        topic = f"{TOPIC_PREFIX}/{site}/{device}/data"
+        for m in range(messages):
+            readings = []
+            for j in range(per_message):
+                k = m * per_message + j
+                readings.append({"ch": channels[k % len(channels)], "t": t0 + k, "v": 10.0 + 0.01 * (k % 7)})
+            out.append((topic, dumps({"v": 1, "device": device, "seq": m, "readings": readings}).encode()))
+    return out
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, digit = n >> 7, n & 0x7F
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _utf8(s: str) -> bytes:
+    b = s.encode()
+    return len(b).to_bytes(2, "big") + b
+
+
+def publish_backlog(broker: Mosquitto, backlog: list[tuple[str, bytes]], timeout: float = 600.0, window: int = 10_000) -> float:
+    """Publish at QoS 1 and wait for every PUBACK (the broker has queued each message for the
+    offline sessions before it acks). Returns the seconds it took.
+
+    The publisher writes pre-encoded MQTT 3.1.1 packets on a plain socket: filling the backlog
+    is not what is measured, and paho would take most of a run's time doing it. At most
+    ``window`` messages are unacknowledged at a time (packet ids are 16-bit).
+    """
+    import socket
+    import struct
+
+    t0 = time.perf_counter()
+    sock = socket.create_connection((broker.host, broker.port), timeout=timeout)
+    try:
+        body = _utf8("MQTT") + bytes([4, 0x02]) + struct.pack(">H", 60) + _utf8(f"bench-publisher-{os.getpid()}")
+        sock.sendall(b"\x10" + _varint(len(body)) + body)
+        if sock.recv(4) != b"\x20\x02\x00\x00":
+            raise BenchFailure("publisher: the broker refused the connection")
+        buf = b""
+        sent = acked = 0
+        n = len(backlog)
+
+        def read_acks(block: bool) -> None:
+            nonlocal buf, acked
+            sock.setblocking(block)
+            try:
+                data = sock.recv(1 << 16)
+            except BlockingIOError:
+                return
+            finally:
+                sock.settimeout(timeout)
+            if not data:
+                raise BenchFailure("publisher: the broker closed the connection")
+            buf += data
+            whole = len(buf) // 4 * 4
+            k = whole // 4
+            if buf[0:whole:4] != b"\x40" * k or buf[1:whole:4] != b"\x02" * k:  # only PUBACKs are expected
+                raise BenchFailure(f"publisher: unexpected packet from the broker: {buf[:16]!r}")
+            acked += whole // 4
+            buf = buf[whole:]
+
+        while sent < n:
+            chunk = []
+            for topic, payload in backlog[sent:sent + min(1000, window - (sent - acked))]:
+                mid = sent % 65535 + 1
+                var = _utf8(topic) + struct.pack(">H", mid)
+                chunk.append(b"\x32" + _varint(len(var) + len(payload)) + var + payload)
+                sent += 1
+            if chunk:
+                sock.sendall(b"".join(chunk))
+                read_acks(False)
+            else:
+                read_acks(True)
+        while acked < n:
+            read_acks(True)
+        sock.sendall(b"\xe0\x00")
+    except TimeoutError:
+        raise BenchFailure(f"publisher: no PUBACK for {timeout:.0f} s") from None
+    finally:
+        sock.close()
+    return time.perf_counter() - t0
+
+
+def _session(broker: Mosquitto, client_id: str, subscribe: bool, listen_s: float = 0.0) -> int:
+    """Connect as ``client_id`` with a persistent session; optionally (re)subscribe; count the
+    messages the broker delivers within ``listen_s`` (acking them); disconnect."""
+    subscribed = threading.Event()
+    got = 0
+
+    def on_connect(client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        if subscribe:
+            client.subscribe([(t, 1) for t in SUBSCRIPTIONS])
+        else:
+            subscribed.set()
+
+    def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        nonlocal got
+        got += 1
+        client.ack(msg.mid, msg.qos)
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
+    c.on_connect = on_connect
+    c.on_subscribe = lambda *a: subscribed.set()
+    c.on_message = on_message
+    c.connect(broker.host, broker.port, 30)
+    c.loop_start()
+    try:
+        if not subscribed.wait(10):
+            raise BenchFailure(f"{client_id}: no SUBACK/CONNACK from the broker")
+        if listen_s:
+            time.sleep(listen_s)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    return got
+
+
+def prepare_session(broker: Mosquitto, client_id: str) -> None:
+    """Create the persistent session (with the daemon's subscriptions) the backlog queues for."""
+    _session(broker, client_id, subscribe=True)
+
+
+def leftover(broker: Mosquitto, client_id: str, listen_s: float = 0.5) -> int:
+    """How many messages the broker still had for ``client_id`` (not acked): must be 0."""
+    return _session(broker, client_id, subscribe=False, listen_s=listen_s)
+
+
+# -- the two subscribers ----------------------------------------------------------------------
+
+
+@dataclass
+class Drain:
+    variant: str
+    seconds: float
+    messages: int
+    readings: int
+    cpu_s: float  # CPU time of this process (both of its busy threads) during the drain
+    alerts: int = 0  # alert events the daemon raised (the backlog is meant to raise none)
+
+    @property
+    def cpu_us_per_msg(self) -> float:
+        return self.cpu_s / self.messages * 1e6
+
+    @property
+    def msg_rate(self) -> float:
+        return self.messages / self.seconds
+
+    @property
+    def reading_rate(self) -> float:
+        return self.readings / self.seconds
+
+
+def drain_bare(broker: Mosquitto, client_id: str, n: int, timeout: float) -> tuple[float, float]:
+    done = threading.Event()
+    count = 0
+
+    def on_connect(client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        client.subscribe([(t, 1) for t in SUBSCRIPTIONS])  # as the daemon's link does
+
+    def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        nonlocal count
+        client.ack(msg.mid, msg.qos)
+        count += 1
+        if count >= n:
+            done.set()
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
+    c.on_connect = on_connect
+    c.on_message = on_message
+    t0, c0 = time.perf_counter(), time.process_time()
+    c.connect(broker.host, broker.port, 30)
+    c.loop_start()
+    try:
+        if not done.wait(timeout):
+            raise BenchFailure(f"bare subscriber: {count} of {n} messages after {timeout:.0f} s")
+        took, cpu = time.perf_counter() - t0, time.process_time() - c0
+        time.sleep(0.1)  # anything beyond N would be a duplicate delivery
+    finally:
+        c.disconnect()
+        c.loop_stop()
+    if count != n:
+        raise BenchFailure(f"bare subscriber received {count} messages, expected {n}")
+    return took, cpu
+
+
+def drain_daemon(
+    broker: Mosquitto, client_id: str, data_dir: Path, sync: str, n: int, readings: int, timeout: float
+) -> tuple[float, float, int]:
+    env = {
+        "GEOWARN_MQTT_URL": broker.url,
+        "GEOWARN_DATA_DIR": str(data_dir),
+        "GEOWARN_MQTT_CLIENT_ID": client_id,
+        "GEOWARN_JOURNAL_SYNC": sync,
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        from config.settings import load_all
+        from ingest.daemon import build_app
+
+        app = build_app(load_all())
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    # Count messages that have been through the whole of _handle (commit, detect, ack queued).
+    done = threading.Event()
+    handled = 0
+    handle = app._handle
+
+    def counted(items: list[Any]) -> None:
+        nonlocal handled
+        handle(items)
+        handled += len(items)
+        if handled >= n:
+            done.set()
+
+    app._handle = counted  # type: ignore[method-assign]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            app.run(stop)
+        except BaseException as exc:  # noqa: BLE001 — reported below
+            errors.append(exc)
+            done.set()
+
+    thread = threading.Thread(target=run, name="geowarn-daemon")
+    t0, c0 = time.perf_counter(), time.process_time()
+    thread.start()
+    try:
+        finished = done.wait(timeout)
+        took, cpu = time.perf_counter() - t0, time.process_time() - c0
+        time.sleep(0.1)  # anything beyond N would be a duplicate delivery
+    finally:
+        stop.set()
+        thread.join(30)
+    if errors:
+        raise BenchFailure(f"daemon failed: {errors[0]!r}")
+    if thread.is_alive():
+        raise BenchFailure("daemon did not stop within 30 s")
+    c = app.pipeline.counters
+    if not finished:
+        raise BenchFailure(f"daemon ({sync}): {handled} of {n} messages after {timeout:.0f} s ({c})")
+    conn = sqlite3.connect(f"file:{app.journal_path}?mode=ro", uri=True)
+    try:
+        stored = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+        dead = conn.execute("SELECT count(*) FROM deadletters").fetchone()[0]
+    finally:
+        conn.close()
+    if handled != n or c.messages != n:
+        raise BenchFailure(f"daemon ({sync}) handled {handled} messages (counters {c.messages}), expected {n}")
+    if stored != readings or dead != 0 or c.readings_stored != readings:
+        raise BenchFailure(
+            f"daemon ({sync}): journal holds {stored} readings and {dead} dead letters, expected {readings} and 0 ({c})"
+        )
+    return took, cpu, c.alerts
+
+
+# -- one configuration ------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    name: str
+    messages: int
+    per_message: int
+    inflight: int
+    drains: list[Drain] = field(default_factory=list)
+    publish_s: list[float] = field(default_factory=list)
+
+    def of(self, variant: str) -> list[Drain]:
+        return [d for d in self.drains if d.variant == variant]
+
+    def median(self, variant: str, what: Callable[[Drain], float]) -> float:
+        return statistics.median(what(d) for d in self.of(variant))
+
+    def bare_rate(self) -> float | None:
+        return self.median("bare", lambda d: d.msg_rate) if self.of("bare") else None
+
+    def round_ratios(self, variant: str) -> list[float]:
+        """daemon rate / bare rate of the same round."""
+        bares, others = self.of("bare"), self.of(variant)
+        return [o.msg_rate / b.msg_rate for b, o in zip(bares, others)]
+
+
+def run_case(case: Case, rounds: int, variants: list[str], work: Path, timeout: float) -> None:
+    broker = Mosquitto(
+        work / f"mosquitto-{case.name}",
+        max_inflight_messages=case.inflight,
+        # Mosquitto's default; the fixture's 1 s would rewrite the whole backlog to disk every second.
+        autosave_interval=1800,
+    )
+    broker.start()
+    try:
+        readings = case.messages * case.per_message
+        t_start = time.time() - 4 * 86400.0  # readings a few days old: all in the past, after 2000
+        backlog = make_backlog(case.messages, case.per_message, t_start)
+        for r in range(1, rounds + 1):
+            for variant in variants:
+                # No "/", "+" or "#": the daemon puts its client id into its presence (will) topic.
+                tag = f"{case.name.replace('/', '-')}-{variant}-r{r}"
+                client_id = f"bench-{tag}"
+                prepare_session(broker, client_id)
+                case.publish_s.append(publish_backlog(broker, backlog))
+                alerts = 0
+                if variant == "bare":
+                    took, cpu = drain_bare(broker, client_id, case.messages, timeout)
+                else:
+                    data_dir = work / f"data-{tag}"
+                    took, cpu, alerts = drain_daemon(
+                        broker, client_id, data_dir, variant.split("-", 1)[1], case.messages, readings, timeout
+                    )
+                    shutil.rmtree(data_dir, ignore_errors=True)
+                rest = leftover(broker, client_id)
+                if rest:
+                    raise BenchFailure(f"{variant}: the broker redelivered {rest} unacknowledged messages after the drain")
+                d = Drain(variant, took, case.messages, readings, cpu, alerts)
+                case.drains.append(d)
+                print(
+                    f"  {case.name:<22} round {r}  {variant:<14} {took:7.2f} s  {d.msg_rate:9,.0f} msg/s  {d.reading_rate:10,.0f} readings/s  {d.cpu_us_per_msg:6.1f} CPU µs/msg"
+                    + (f"  ({alerts} alerts)" if alerts else ""),
+                    flush=True,
+                )
+    finally:
+        broker.stop()
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import subprocess
+
+        mosq = subprocess.run([Mosquitto(tempfile.gettempdir()).binary, "-h"], capture_output=True, text=True).stdout.splitlines()[0]
+    except Exception:  # noqa: BLE001
+        mosq = "mosquitto (version unknown)"
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "paho-mqtt": paho.mqtt.__version__,
+        "sqlite": sqlite3.sqlite_version,
+        "broker": mosq,
+    }
+
+
+def markdown(cases: list[Case], rounds: int, argv: list[str]) -> str:
+    m = machine()
+    lines = [
+        f"Command: `{' '.join(['python3 benchmarks/ingest_backlog.py', *argv])}`",
+        "",
+        f"Machine: {m['nproc']} CPUs ({m['cpu']}), Linux {m['kernel']}, Python {m['python']}, "
+        f"paho-mqtt {m['paho-mqtt']}, SQLite {m['sqlite']}, {m['broker']}. Date: {time.strftime('%Y-%m-%d')}.",
+        "",
+        f"Medians of {rounds} round(s); variants alternate inside each round. "
+        "Ratio = daemon msg/s ÷ bare msg/s (ratio of the medians; in brackets the per-round ratios). "
+        "CPU µs/msg = CPU time of the benchmark process (paho's thread and the pipeline thread) during the drain "
+        "÷ messages; the broker's CPU is not included.",
+        "",
+        "| backlog | broker inflight | variant | drain s | msg/s | readings/s | ratio to bare | CPU µs/msg |",
+        "|---|---:|---|---:|---:|---:|---|---:|",
+    ]
+    for case in cases:
+        bare = case.bare_rate()
+        for variant in VARIANTS:
+            if not case.of(variant):
+                continue
+            secs = case.median(variant, lambda d: d.seconds)
+            rate = case.median(variant, lambda d: d.msg_rate)
+            rrate = case.median(variant, lambda d: d.reading_rate)
+            cpu = case.median(variant, lambda d: d.cpu_us_per_msg)
+            ratio = "—"
+            if variant != "bare" and bare:
+                per_round = ", ".join(f"{x:.2f}" for x in case.round_ratios(variant))
+                ratio = f"**{rate / bare:.2f}** ({per_round})"
+            backlog = f"{case.messages:,} × {case.per_message} reading{'s' if case.per_message > 1 else ''}"
+            lines.append(f"| {backlog} | {case.inflight} | {variant} | {secs:.2f} | {rate:,.0f} | {rrate:,.0f} | {ratio} | {cpu:.0f} |")
+    lines.append("")
+    lines.append("Targets:")
+    for case in cases:
+        bare = case.bare_rate()
+        for variant in VARIANTS[1:]:
+            if not case.of(variant):
+                continue
+            rate = case.median(variant, lambda d: d.msg_rate)
+            rrate = case.median(variant, lambda d: d.reading_rate)
+            if case.per_message == 1 and bare:
+                ok = rate / bare >= TARGET_RATIO
+                lines.append(
+                    f"- {case.name}, {variant}: {rate / bare:.2f}× the bare subscriber (target ≥ {TARGET_RATIO}×): {'met' if ok else 'NOT met'}"
+                )
+            elif case.per_message == 50:
+                ok = rrate >= TARGET_READINGS_PER_S
+                lines.append(
+                    f"- {case.name}, {variant}: {rrate:,.0f} readings/s (target ≥ {TARGET_READINGS_PER_S:,}): {'met' if ok else 'NOT met'}"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--messages", type=int, default=100_000, help="one-reading backlog size (default 100000)")
+    p.add_argument("--multi-messages", type=int, default=4_000, help="50-reading backlog size (default 4000)")
+    p.add_argument("--per-message", type=int, default=50, help="readings per message of the multi-reading backlog")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of alternated variants (default 3)")
+    p.add_argument("--inflight", default="1000,20", help="broker max_inflight_messages values, comma-separated (default 1000,20)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"subset of {','.join(VARIANTS)}")
+    p.add_argument("--cases", default="one,multi", help="one (1 reading a message), multi (--per-message readings), or both")
+    p.add_argument("--quick", action="store_true", help="smoke test: 5000 + 200 messages, 1 round, inflight 1000")
+    p.add_argument("--markdown", type=Path, help="also write the markdown table to this file")
+    p.add_argument("--json", type=Path, help="also write every drain as JSON")
+    p.add_argument("--workdir", type=Path, help="where brokers and journals live (default: a temporary folder)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds one drain may take before the run fails")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.messages, a.multi_messages, a.rounds, a.inflight = 5_000, 200, 1, "1000"
+    variants = [v for v in a.variants.split(",") if v]
+    if not variants or any(v not in VARIANTS for v in variants):
+        p.error(f"--variants: choose from {','.join(VARIANTS)}")
+    # SIGTERM unwinds like Ctrl-C, so the brokers this run started are stopped and its folder removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("geowarn").setLevel(logging.ERROR)  # connect/disconnect chatter
+
+    cases: list[Case] = []
+    for inflight in (int(x) for x in a.inflight.split(",") if x):
+        if "one" in a.cases:
+            cases.append(Case(f"1-reading/inflight-{inflight}", a.messages, 1, inflight))
+        if "multi" in a.cases:
+            cases.append(Case(f"{a.per_message}-readings/inflight-{inflight}", a.multi_messages, a.per_message, inflight))
+
+    own_work = a.workdir is None
+    work = Path(tempfile.mkdtemp(prefix="geowarn-bench-")) if own_work else a.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    m = machine()
+    print(f"machine: {m}", flush=True)
+    t0 = time.monotonic()
+    try:
+        for case in cases:
+            run_case(case, a.rounds, variants, work, a.timeout)
+    except BenchFailure as exc:
+        print(f"FAILED: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if own_work:
+            shutil.rmtree(work, ignore_errors=True)
+    table = markdown(cases, a.rounds, argv)
+    print(f"\n(total {time.monotonic() - t0:.0f} s)\n")
+    print(table)
+    if a.markdown:
+        a.markdown.write_text(table)
+    if a.json:
+        a.json.write_text(json.dumps(
+            {"machine": m, "argv": argv, "cases": [
+                {"name": c.name, "messages": c.messages, "per_message": c.per_message, "inflight": c.inflight,
+                 "publish_s": c.publish_s, "drains": [vars(d) for d in c.drains]} for c in cases]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
