@@ -183,11 +183,18 @@ class SiteFusion:
         changes = self.update_all(info, t, value, exercise)
         return changes[-1] if changes else None
 
-    def update_all(self, info: ChannelInfo, t: float, value: float, exercise: bool = False) -> list[LevelChange]:
-        """Judge one reading; returns the events it causes (a device back from silence, a level change)."""
+    def update_all(
+        self, info: ChannelInfo, t: float, value: float, exercise: bool = False, arrived: float | None = None
+    ) -> list[LevelChange]:
+        """Judge one reading; returns the events it causes (a device back from silence, a level change).
+
+        ``arrived``: when the reading reached the daemon (live). Silence is judged by arrival,
+        so a device draining a store-and-forward backlog is not silent; replay judges by event
+        time.
+        """
         out: list[LevelChange] = []
         if not exercise:
-            back = self.nodata.seen(info.device, t)
+            back = self.nodata.seen(info.device, t if arrived is None else max(t, arrived))
             if back is not None:
                 lvl = self.level(info.site)
                 out.append(

@@ -121,11 +121,29 @@ class Codec:
         self.max_skew_s = max_skew_s
         self.max_bytes = max_bytes
         self.max_readings = max_readings
+        # json.loads with parse_constant builds a new decoder per call; one per codec is enough.
+        self._decoder = json.JSONDecoder(parse_constant=_reject_constant)
+        # Topics repeat endlessly (one per device): remember their parse, bounded.
+        self._topics: dict[str, tuple[str, str, str] | PayloadError] = {}
 
     # -- topic -----------------------------------------------------------------------------
 
     def parse_topic(self, topic: str) -> tuple[str, str, str]:
         """(site, device, kind) of a device topic, or PayloadError."""
+        hit = self._topics.get(topic)
+        if hit is None:
+            try:
+                hit = self._parse_topic(topic)
+            except PayloadError as exc:
+                hit = exc
+            if len(self._topics) >= 200_000:
+                self._topics.clear()  # a flood of distinct bogus topics must not grow memory
+            self._topics[topic] = hit
+        if isinstance(hit, PayloadError):
+            raise PayloadError(hit.reason, hit.detail)
+        return hit
+
+    def _parse_topic(self, topic: str) -> tuple[str, str, str]:
         if not topic.startswith(self._prefix_slash):
             raise PayloadError("bad_topic", f"topic {topic[:200]!r} is not under {self._prefix_slash}")
         parts = topic[len(self._prefix_slash):].split("/")
@@ -152,7 +170,7 @@ class Codec:
         except UnicodeDecodeError as exc:
             raise PayloadError("not_json", f"payload is not UTF-8: {exc.reason}") from None
         try:
-            doc = json.loads(text, parse_constant=_reject_constant)
+            doc = self._decoder.decode(text)
         except RecursionError:
             raise PayloadError("too_deep", "payload nesting is too deep") from None
         except UnicodeDecodeError as exc:

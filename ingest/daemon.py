@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -199,15 +198,18 @@ class Pipeline:
     def detect(self, decoded: list[Decoded]) -> None:
         changed = False
         fusion = self.fusion
+        arrived: float | None = None
         if isinstance(self.timer_clock, EventClock):
             for d in decoded:
                 if d.readings and not d.drill:
                     self.timer_clock.observe(max(r[1] for r in d.readings))
+        else:
+            arrived = self.timer_clock.now()
         for d in decoded:
             # A device's buffered readings are judged in time order.
             readings = d.readings if len(d.readings) < 2 else sorted(d.readings, key=lambda r: r[1])
             for info, t, v in readings:
-                for change in fusion.update_all(info, t, v, d.drill):
+                for change in fusion.update_all(info, t, v, d.drill, arrived):
                     self._emit(change)
                     changed = changed or not change.exercise
         if changed:
@@ -262,16 +264,6 @@ class App:
         )
         self.ready = threading.Event()
 
-    def _batch(self, first: Inbound) -> list[Inbound]:
-        items = [first]
-        inbox = self.link.inbox
-        while len(items) < MAX_BATCH:
-            try:
-                items.append(inbox.get_nowait())
-            except queue.Empty:
-                break
-        return items
-
     def _handle(self, items: list[Inbound]) -> None:
         decoded = self.pipeline.process(items)
         self.pipeline.detect(decoded)
@@ -299,6 +291,8 @@ class App:
         self.ready.set()
         log.info("geowarn daemon running: broker %s, data dir %s", self.loaded.settings.mqtt.redacted(), self.loaded.settings.data_dir)
         inbox = self.link.inbox
+        # Start the no-data timers, so a device that never reports is noticed too.
+        self.pipeline.tick(self.pipeline.timer_clock.now())
         next_stats = time.monotonic() + stats_every_s
         snapshot_every_s = self.loaded.settings.snapshot_interval_s
         next_snapshot = time.monotonic() + snapshot_every_s
@@ -314,19 +308,16 @@ class App:
                 now = self.pipeline.timer_clock.now()
                 if deadline is not None and now >= deadline:
                     self.pipeline.tick(now)
-                try:
-                    first = inbox.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                self._handle(self._batch(first))
+                items = inbox.take(MAX_BATCH, 0.2)
+                if items:
+                    self._handle(items)
             # Stop: finish what is already in hand (commit + ack) while the link is still up.
             deadline = time.monotonic() + drain_s
             while time.monotonic() < deadline:
-                try:
-                    first = inbox.get_nowait()
-                except queue.Empty:
+                items = inbox.take(MAX_BATCH, 0.0)
+                if not items:
                     break
-                self._handle(self._batch(first))
+                self._handle(items)
             self.pipeline.save_snapshot()
         finally:
             self.link.stop()
