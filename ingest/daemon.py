@@ -1,8 +1,9 @@
 """The ingest daemon: the one composition root that wires the pipeline of DESIGN §1.
 
-    paho thread ──inbox──▶ pipeline thread: decode → journal commit → detectors → alerts → ack
+    paho thread ──inbox──▶ pipeline thread: decode → journal commit → ack
                                              └─▶ dead letters (table + MQTT)
-    forwarder thread: journal → InfluxDB, from its saved position
+    detection process: journal → quality guards, detectors, fusion → alerts, from its position
+    forwarder thread:  journal → InfluxDB, from its saved position
 
 ``build_app(loaded)`` builds everything from configuration; tests build their own apps with
 their own data dirs and brokers. Nothing here is a module-level singleton.
@@ -18,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alerts.clock import Clock, EventClock, WallClock
-from alerts.log import AlertLog, rfc3339
+from alerts.clock import Clock, WallClock
+from alerts.log import rfc3339
 from config.settings import Loaded
-from detectors.fusion import LevelChange, SiteFusion
 from ingest.codecs import Codec, Decoded, PayloadError
+from ingest.detection import DetectionProcess
 from ingest.forwarder import Forwarder
 from ingest.journal import DEADLETTER_KEEP_BYTES, Journal, to_ms
 from ingest.mqtt import Inbound, MqttLink
@@ -33,8 +34,6 @@ log = logging.getLogger("geowarn.daemon")
 MAX_BATCH = 2000
 #: A dead letter on MQTT carries at most this much of the payload.
 DEADLETTER_MQTT_BYTES = 1024
-SITE_LEVELS_KEY = "fusion.site_levels"
-SNAPSHOT_KEY = "fusion.snapshot"
 
 
 @dataclass
@@ -45,12 +44,12 @@ class Counters:
     deadletters: int = 0
     statuses: int = 0
     stale_acks: int = 0
-    alerts: int = 0
     deadletter_reasons: dict[str, int] = field(default_factory=dict)
 
 
 class Pipeline:
-    """Decode, store, detect and alert for a batch of inbound messages. Owns the journal writer."""
+    """Decode, validate and store a batch of inbound messages; dead-letter the rest. Owns the
+    journal writer. Detection reads the journal in its own process (ingest/detection.py)."""
 
     def __init__(
         self,
@@ -59,82 +58,21 @@ class Pipeline:
         publish: Any,
         clock: Clock,
         on_committed: Any = None,
-        timer_clock: Clock | None = None,
     ) -> None:
         s = loaded.settings
         self.registry = loaded.registry
         self.journal = journal
         self.publish = publish
         self.clock = clock
-        # Timers (no data) run on the wall clock live; an accelerated run passes an EventClock.
-        self.timer_clock = timer_clock or clock
         self.prefix = s.topic_prefix
         self.codec = Codec(
             loaded.registry, s.topic_prefix, max_skew_s=s.max_future_skew_s, max_bytes=s.max_payload_bytes, max_readings=s.max_readings_per_message
         )
         self.series = journal.series_ids(loaded.registry)
-        self.fusion = SiteFusion(loaded.registry)
-        self.alerts = AlertLog(Path(s.data_dir) / "alerts.jsonl", publish, s.topic_prefix)
         self.counters = Counters()
         self.on_committed = on_committed
         self.last_seq: dict[str, int] = {}
         self.seq_gaps = 0
-        self._warm_up()
-
-    def save_snapshot(self) -> None:
-        """Persist detector and fusion state with the journal position it reflects."""
-        self.journal.set_state(SNAPSHOT_KEY, {"position": self.journal.last_id(), "state": self.fusion.snapshot()})
-
-    def _warm_up(self) -> None:
-        """Resume detector state: from the last snapshot plus the journal readings stored after
-        it (exact), or without one from the recent journal. Then reconcile with the persisted
-        site levels, so a restart neither re-raises a warning nor forgets one."""
-        persisted: dict[str, int] = self.journal.get_state(SITE_LEVELS_KEY, {}) or {}
-        snap = self.journal.get_state(SNAPSHOT_KEY)
-        if snap is not None:
-            self.fusion.restore(snap["state"])
-            position = int(snap["position"])
-            while True:
-                rows = self.journal.read_after(position, 10_000)
-                if not rows:
-                    break
-                for _id, _kind, site, device, channel, _admin, t_ms, value, drill in rows:
-                    info = self.registry.channel(site, device, channel)
-                    if info is not None:
-                        self.fusion.update_all(info, t_ms / 1000.0, value, bool(drill))
-                position = rows[-1][0]
-        else:
-            horizon_s = max(site.policy.velocity_window_s for site in self.registry.sites.values())
-            for info, sid in self.series.items():
-                latest = self.journal.latest_t_ms(sid)
-                if latest is None:
-                    continue
-                for t_ms, value in self.journal.recent(sid, latest - int(horizon_s * 1000) - 1):
-                    self.fusion.update_all(info, t_ms / 1000.0, value)
-        for site, level in persisted.items():
-            now_level = self.fusion.level(site)
-            if site in self.registry.sites and now_level < level:
-                # Keep what was announced; the detectors lower it in their own time.
-                self.fusion.set_level(site, level)
-        # A level the journal supports but that was never announced (crash between commit and
-        # alert) is announced now.
-        for site in self.registry.sites:
-            level, before = self.fusion.level(site), int(persisted.get(site, 0))
-            if level > before:
-                self._emit(LevelChange(site, self.clock.now(), level, before, "recomputed from the journal after a restart"))
-        self._save_levels()
-
-    def _save_levels(self) -> None:
-        self.journal.set_state(SITE_LEVELS_KEY, {s: self.fusion.level(s) for s in self.registry.sites})
-
-    def _emit(self, change: LevelChange) -> None:
-        admin = self.registry.sites[change.site].admin
-        event = self.alerts.emit(change, admin)
-        self.counters.alerts += 1
-        log.warning(
-            "%s %s %s level %d (%s)%s: %s",
-            event["t"], event["kind"].upper(), change.site, change.level, event["colour"], " [EXERCISE]" if change.exercise else "", change.reason
-        )
 
     def _deadletter(self, now_ms: int, topic: str, reason: str, detail: str, payload: bytes, item: Any = None) -> tuple[int, str, str, str, bytes]:
         self.counters.deadletters += 1
@@ -153,7 +91,7 @@ class Pipeline:
         return (now_ms, topic, reason, detail, payload[:DEADLETTER_KEEP_BYTES] if item is None else json.dumps(item).encode())
 
     def process(self, items: list[Inbound]) -> list[Decoded]:
-        """Make a batch durable. Returns the decoded messages for detection (after commit)."""
+        """Make a batch durable. Returns the decoded messages."""
         now = self.clock.now()
         now_ms = to_ms(now)
         rows: list[tuple[int, int, float, int, int]] = []
@@ -195,36 +133,15 @@ class Pipeline:
             self.on_committed()
         return decoded
 
-    def detect(self, decoded: list[Decoded]) -> None:
-        changed = False
-        fusion = self.fusion
-        arrived: float | None = None
-        if isinstance(self.timer_clock, EventClock):
-            for d in decoded:
-                if d.readings and not d.drill:
-                    self.timer_clock.observe(max(r[1] for r in d.readings))
-        else:
-            arrived = self.timer_clock.now()
-        for d in decoded:
-            # A device's buffered readings are judged in time order.
-            readings = d.readings if len(d.readings) < 2 else sorted(d.readings, key=lambda r: r[1])
-            for info, t, v in readings:
-                for change in fusion.update_all(info, t, v, d.drill, arrived):
-                    self._emit(change)
-                    changed = changed or not change.exercise
-        if changed:
-            self._save_levels()
-
-    def tick(self, now: float) -> None:
-        """Timers: devices that fell silent."""
-        for change in self.fusion.tick(now):
-            self._emit(change)
-
 
 class App:
-    """The running daemon. ``run(stop)`` blocks until ``stop`` is set, then shuts down cleanly."""
+    """The running daemon. ``run(stop)`` blocks until ``stop`` is set, then shuts down cleanly.
 
-    def __init__(self, loaded: Loaded, clock: Clock | None = None, timer_clock: Clock | None = None) -> None:
+    ``event_time_start``: for accelerated runs (the demo) the detection worker's timers follow
+    the readings' event time from this instant instead of the wall clock.
+    """
+
+    def __init__(self, loaded: Loaded, clock: Clock | None = None, event_time_start: float | None = None) -> None:
         s = loaded.settings
         self.loaded = loaded
         self.clock = clock or WallClock()
@@ -260,13 +177,14 @@ class App:
             lambda topic, payload, retain: self.link.publish(topic, payload, retain),
             self.clock,
             on_committed=self.forwarder.wake if self.forwarder else None,
-            timer_clock=timer_clock,
+        )
+        self.detection = DetectionProcess(
+            loaded, self.journal_path, event_time=event_time_start is not None, start_t=event_time_start or 0.0
         )
         self.ready = threading.Event()
 
     def _handle(self, items: list[Inbound]) -> None:
-        decoded = self.pipeline.process(items)
-        self.pipeline.detect(decoded)
+        self.pipeline.process(items)
         for it in items:
             if not self.link.ack(it):
                 self.pipeline.counters.stale_acks += 1
@@ -275,7 +193,7 @@ class App:
         c = self.pipeline.counters
         line = (
             f"messages {c.messages}, readings stored {c.readings_stored} (duplicates {c.readings_duplicate}), "
-            f"dead letters {c.deadletters}, alerts {c.alerts}, inbox {self.link.inbox.qsize()}"
+            f"dead letters {c.deadletters}, inbox {self.link.inbox.qsize()}"
         )
         if self.forwarder is not None:
             f = self.forwarder.status()
@@ -285,29 +203,19 @@ class App:
 
     def run(self, stop: threading.Event, drain_s: float = 3.0) -> None:
         stats_every_s = self.loaded.settings.stats_interval_s
+        self.detection.start()
         if self.forwarder is not None:
             self.forwarder.start()
         self.link.start()
         self.ready.set()
         log.info("geowarn daemon running: broker %s, data dir %s", self.loaded.settings.mqtt.redacted(), self.loaded.settings.data_dir)
         inbox = self.link.inbox
-        # Start the no-data timers, so a device that never reports is noticed too.
-        self.pipeline.tick(self.pipeline.timer_clock.now())
         next_stats = time.monotonic() + stats_every_s
-        snapshot_every_s = self.loaded.settings.snapshot_interval_s
-        next_snapshot = time.monotonic() + snapshot_every_s
         try:
             while not stop.is_set():
                 if time.monotonic() >= next_stats:
                     log.info("%s", self.stats_line())
                     next_stats += stats_every_s
-                if time.monotonic() >= next_snapshot:
-                    self.pipeline.save_snapshot()
-                    next_snapshot = time.monotonic() + snapshot_every_s
-                deadline = self.pipeline.fusion.next_deadline()
-                now = self.pipeline.timer_clock.now()
-                if deadline is not None and now >= deadline:
-                    self.pipeline.tick(now)
                 items = inbox.take(MAX_BATCH, 0.2)
                 if items:
                     self._handle(items)
@@ -318,15 +226,15 @@ class App:
                 if not items:
                     break
                 self._handle(items)
-            self.pipeline.save_snapshot()
         finally:
             self.link.stop()
             if self.forwarder is not None:
                 self.forwarder.stop()
+            # Detection judges everything committed, snapshots and exits.
+            self.detection.stop()
             self.journal.close()
             log.info("geowarn daemon stopped: %s", self.stats_line())
 
 
-def build_app(loaded: Loaded, clock: Clock | None = None, timer_clock: Clock | None = None) -> App:
-    return App(loaded, clock, timer_clock)
-
+def build_app(loaded: Loaded, clock: Clock | None = None, event_time_start: float | None = None) -> App:
+    return App(loaded, clock, event_time_start)

@@ -25,7 +25,6 @@ import paho.mqtt.client as mqtt
 from alerts.levels import LEVELS
 from config.errors import ConfigError
 from config.settings import ENV_PREFIX, Loaded, MqttTarget, load_all
-from alerts.clock import EventClock
 from ingest.daemon import build_app
 
 DAY = 86400.0
@@ -134,7 +133,7 @@ def run_demo(duration_s: float = 60.0, data_dir: str | None = None, verbose: boo
           f"site {failing} ({names[failing]}) is heading for failure.\n", flush=True)
 
     # Timers follow the simulated time, not the wall clock: two weeks pass in a minute.
-    app = build_app(loaded, timer_clock=EventClock(t_start))
+    app = build_app(loaded, event_time_start=t_start)
     stop = threading.Event()
     daemon = threading.Thread(target=app.run, args=(stop,), name="geowarn-daemon", daemon=True)
     daemon.start()
@@ -199,7 +198,9 @@ def run_demo(duration_s: float = 60.0, data_dir: str | None = None, verbose: boo
         print("\ninterrupted")
     finally:
         stop.set()
-        daemon.join(10)
+        daemon.join(40)
+        time.sleep(0.3)  # the detection worker's last events are on their way to the watcher
+        drain()
         watcher.close()
         pub.close()
         if broker is not None:

@@ -174,6 +174,15 @@ class Journal:
             (position, limit),
         ).fetchall()
 
+    def read_after_received(self, position: int, limit: int) -> list[tuple[int, str, str, str, int, float, int, int]]:
+        """Readings in arrival order after ``position`` for detection:
+        (id, site, device, channel, t_ms, value, drill, received_ms)."""
+        return self.conn.execute(
+            "SELECT r.id, s.site, s.device, s.channel, r.t_ms, r.value, r.drill, r.received_ms "
+            "FROM readings r JOIN series s ON s.id = r.series WHERE r.id > ? ORDER BY r.id LIMIT ?",
+            (position, limit),
+        ).fetchall()
+
     def last_id(self) -> int:
         row = self.conn.execute("SELECT max(id) FROM readings").fetchone()
         return int(row[0] or 0)

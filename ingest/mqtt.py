@@ -90,6 +90,7 @@ class MqttLink:
         inbox_size: int = 50_000,
         receive_maximum: int = 1000,
         presence_topic: str | None = None,
+        clean_session: bool = False,
     ) -> None:
         self.target = target
         self.subscriptions = list(subscriptions)
@@ -108,7 +109,7 @@ class MqttLink:
             )
         else:
             self.client = mqtt.Client(
-                mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True
+                mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session, protocol=mqtt.MQTTv311, manual_ack=True
             )
         if target.username is not None:
             self.client.username_pw_set(target.username, target.password)

@@ -234,7 +234,10 @@ def test_a_moving_slope_raises_an_alert_on_mqtt_and_in_alerts_jsonl(daemon, mosq
         assert topic == "geowarn/alerts/420527/BSH"
         assert event["site"] == "BSH" and event["kind"] == "raise" and event["previous_level"] == 0
         assert event["exercise"] is False
-        lines = [json.loads(x) for x in (daemon.data_dir / "alerts.jsonl").read_text().splitlines()]
+        # Detection runs in its own process: wait for it to judge the last readings.
+        alerts = daemon.data_dir / "alerts.jsonl"
+        daemon.wait_until(lambda: '"colour": "red"' in alerts.read_text(), message="the red event")
+        lines = [json.loads(x) for x in alerts.read_text().splitlines()]
         assert any(x["id"] == event["id"] for x in lines)
         lines = [x for x in lines if x["kind"] not in ("nodata", "nodata_end")]
         assert max(x["level"] for x in lines) == 4 and lines[-1]["colour"] == "red"
