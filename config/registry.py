@@ -134,12 +134,12 @@ class Policy(_Strict):
     # independent devices at that level, or a failure forecast within `forecast_confirms_s`.
     confirm_from_level: int = Field(default=3, ge=1, le=5)
     confirm_devices: int = Field(default=2, ge=1)
-    forecast_confirms_s: float = Field(default=60 * 3600.0, ge=0)
+    forecast_confirms_s: float = Field(default=66 * 3600.0, ge=0)
     # Inverse-velocity forecast: levels by time to failure. Orange and red carry a margin over
     # the 48 h / 12 h they aim at, because a straight line through 1/v forecasts late when
     # Voight's alpha is above 2 (ACCURACY.md shows the bias per alpha).
     forecast_yellow_s: float = Field(default=7 * 86400.0, gt=0)
-    forecast_orange_s: float = Field(default=60 * 3600.0, gt=0)
+    forecast_orange_s: float = Field(default=66 * 3600.0, gt=0)
     forecast_red_s: float = Field(default=15 * 3600.0, gt=0)
     # Voight's alpha for the forecast (2: Fukuzono's straight line in 1/v). A site with a
     # back-analysed alpha should set it: the forecast is then unbiased.

@@ -233,11 +233,17 @@ class SiteFusion:
         level = raw
         notes: list[str] = []
         evidence: dict[str, Any] = {}
-        forecast = None
+        # The earliest forecast decides confirmation (the safe side); the one with the smallest
+        # stated uncertainty is the one reported (a noisy GNSS fit is not the best estimate).
+        forecast = best = None
         for c in st.channels.values():
             f = c.forecast()
-            if f is not None and f.get("failure_time") is not None and (forecast is None or f["failure_time"] < forecast["failure_time"]):
+            if f is None or f.get("failure_time") is None:
+                continue
+            if forecast is None or f["failure_time"] < forecast["failure_time"]:
                 forecast = f
+            if best is None or f.get("uncertainty_s", float("inf")) < best.get("uncertainty_s", float("inf")):
+                best = f
         if raw >= policy.confirm_from_level:
             devices = sorted({c.info.device for c in st.channels.values() if c.level >= policy.confirm_from_level})
             soon = forecast is not None and forecast["failure_time"] - t <= policy.forecast_confirms_s
@@ -261,8 +267,8 @@ class SiteFusion:
             reason = "all channels back to normal"
         if notes:
             reason += "; " + "; ".join(notes)
-        if forecast is not None:
-            evidence["forecast"] = forecast
+        if best is not None:
+            evidence["forecast"] = best
         return LevelChange(site, t, level, previous, reason, evidence, exercise)
 
     # -- timers ------------------------------------------------------------------------------

@@ -252,6 +252,9 @@ class InverseVelocityDetector:
             window_s=window_s,
             reference_s=max(3 * DAY, 12 * interval_s),
             min_v_ref=white_noise_velocity_se(noise_mm, window_s, interval_s),
+            # 2x the reference: a slope already accelerating when instrumented learns a high
+            # reference, and 3x then came only ~2 days before failure (ACCURACY.md).
+            onset_factor=2.0,
             onset_persist=max(2, min(6, int(round(HOUR / interval_s)))),
             fit_window_s=max(DAY, 36 * interval_s, 4 * window_s),
             min_fit_points=max(6, min(18, int(round(3 * HOUR / interval_s)))),
