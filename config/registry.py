@@ -160,6 +160,9 @@ class Channel(_Strict):
     thresholds: LevelThresholds | None = None
     velocity_per_day: LevelThresholds | None = None
     range: tuple[float, float] | None = None
+    # Typical reading noise (1 sigma, in `unit`) when it differs from the kind's usual
+    # (e.g. monthly GPS positions written as kind displacement): sets the detectors' noise floors.
+    noise: float | None = Field(default=None, gt=0)
 
     @field_validator("channel")
     @classmethod

@@ -58,7 +58,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", case_sensitive=False)
 
     mqtt_url: str = "mqtt://127.0.0.1:1883"
-    mqtt_client_id: str = Field(default="geowarn-ingest", min_length=1, max_length=128)
+    # It is also a topic level of the presence topic: no '/', '+', '#' or spaces.
+    mqtt_client_id: str = Field(default="geowarn-ingest", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.-]+$")
     mqtt_protocol: Literal["3.1.1", "5"] = "3.1.1"
     # MQTT 5 keeps no session unless the client asks for one: a week covers a long outage.
     mqtt_session_expiry_s: int = Field(default=7 * 24 * 3600, ge=0)

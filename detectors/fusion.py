@@ -82,7 +82,7 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
     if kind in DISPLACEMENT_LIKE:
         window = max(policy.velocity_window_s, 6 * interval)
         persist = max(1, round(PERSIST_S / interval))
-        noise = NOISE[kind]
+        noise = spec.noise if spec.noise is not None else NOISE[kind]
         unit = info.unit or ""
         levels = (spec.velocity_per_day or policy.velocity_per_day).as_list()
         if levels:

@@ -20,7 +20,7 @@ from typing import TextIO
 
 import numpy as np
 
-from config.registry import Kind, Registry, parse_registry
+from config.registry import DISPLACEMENT_LIKE, Kind, Registry, parse_registry
 from ingest.codecs import parse_time
 
 CSV_HEADER = ["site", "device", "channel", "t", "value"]
@@ -133,12 +133,28 @@ def kind_of_channel(name: str) -> Kind | None:
         return None
 
 
+def estimate_noise(values: list[float]) -> float | None:
+    """Reading noise (1 sigma) of a position series, from its second differences: for white
+    noise Var(x[i+1] - 2x[i] + x[i-1]) = 6 sigma^2. The median absolute value keeps real steps
+    and spikes from dominating; motion that bends the series only makes the estimate larger,
+    which raises the noise floors (the cautious direction for false alarms)."""
+    if len(values) < 8:
+        return None
+    x = np.asarray(values, dtype=float)
+    d2 = np.diff(x, 2)
+    mad = float(np.median(np.abs(d2 - np.median(d2))))
+    sigma = mad * 1.4826 / np.sqrt(6.0)
+    return sigma if sigma > 0 else None
+
+
 def registry_from_rows(rows: list[FeedRow], source: str = "<feed>") -> Registry:
     """A registry holding each site, device and channel of a feed; kinds from channel names,
     expected intervals from the data (median spacing of each channel's readings)."""
     times: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    values: dict[tuple[str, str, str], list[tuple[float, float]]] = defaultdict(list)
     for r in rows:
         times[(r.site, r.device, r.channel)].append(r.t)
+        values[(r.site, r.device, r.channel)].append((r.t, r.value))
     unknown = sorted({ch for (_, _, ch) in times if kind_of_channel(ch) is None})
     if unknown:
         kinds = ", ".join(k.value for k in Kind)
@@ -151,7 +167,12 @@ def registry_from_rows(rows: list[FeedRow], source: str = "<feed>") -> Registry:
         interval = float(np.median(np.diff(u))) if len(u) > 1 else 600.0
         kind = kind_of_channel(channel)
         assert kind is not None  # checked above
-        sites[site][device].append({"channel": channel, "kind": kind.value, "interval_s": max(interval, 1.0)})
+        ch: dict[str, object] = {"channel": channel, "kind": kind.value, "interval_s": max(interval, 1.0)}
+        if kind in DISPLACEMENT_LIKE:
+            noise = estimate_noise([v for _, v in sorted(values[(site, device, channel)])])
+            if noise is not None:
+                ch["noise"] = noise
+        sites[site][device].append(ch)
     doc = {
         "sites": [
             {

@@ -114,15 +114,7 @@ def test_baishuihe_stable_point_is_never_above_blue(point: str) -> None:
 
 
 @needs_baishuihe
-@pytest.mark.parametrize(
-    "point",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="known gap: noise floors come from the kind; GPS fed as `displacement` gets an extensometer's 0.3 mm floor (per-channel noise_mm not in the registry yet; see ACCURACY.md)"))
-        if p in ("ZG94", "ZG119", "ZG120")
-        else p
-        for p in STABLE_POINTS
-    ],
-)
+@pytest.mark.parametrize("point", STABLE_POINTS)
 def test_baishuihe_stable_point_is_never_above_blue_when_its_gps_is_fed_as_kind_displacement(point: str) -> None:
     # The same target with the channels named displacement.dX/dY/dF: the noise the detectors
     # assume must not turn a stable point's GPS scatter into a warning.

@@ -761,3 +761,13 @@ def test_check_config_bad_input_exits_2_with_file_key_reason(check_config: Check
     assert run.stdout == ""
     for fragment in fragments:
         assert fragment.format(**{k: str(v) for k, v in check_config.files.items()}) in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("bad", ["geo+warn", "geo#warn", "geo/warn", "geo warn"])
+def test_a_client_id_that_would_break_the_presence_topic_is_refused(monkeypatch, bad):
+    from config.errors import ConfigError
+    from config.settings import load_settings
+
+    monkeypatch.setenv("GEOWARN_MQTT_CLIENT_ID", bad)
+    with pytest.raises(ConfigError, match="GEOWARN_MQTT_CLIENT_ID"):
+        load_settings(None)

@@ -150,3 +150,14 @@ def test_no_data_is_reported_and_never_lowers_a_level(tmp_path):
     nodata = [e for e in s.events if e["kind"] == "nodata"]
     assert {e["evidence"]["device"] for e in nodata} == {"D1", "D2"}
     assert s.events[-1]["level"] == 4 and not any(e["kind"] in ("downgrade", "lift") for e in s.events)
+
+
+def test_noise_estimated_from_a_feed_matches_the_noise_put_in():
+    from ingest.feeds import estimate_noise
+
+    rng = np.random.default_rng(5)
+    t = np.arange(2000) * 600.0
+    x = 0.5 * t / DAY + rng.normal(0.0, 3.0, len(t))  # a steady creep plus 3 mm white noise
+    sigma = estimate_noise(x.tolist())
+    assert sigma is not None and abs(sigma - 3.0) < 0.3
+    assert estimate_noise([1.0, 2.0, 3.0]) is None  # too short to say
