@@ -178,8 +178,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     summary = replay_rows(rows, registry, out, drill=args.drill, rejects=rejects)
     took = time.perf_counter() - t0
+    notes = out / "notifications.jsonl"
+    n_notes = sum(1 for _ in open(notes, encoding="utf-8")) if notes.exists() else 0
+    n_cap = len(list((out / "cap").glob("*.xml"))) if (out / "cap").exists() else 0
     print(f"replayed {summary.readings} readings ({summary.rejected} rejected) in {took:.2f} s; "
-          f"{len(summary.events)} alert events -> {out / 'alerts.jsonl'}")
+          f"{len(summary.events)} alert events -> {out / 'alerts.jsonl'}; {n_notes} notifications, {n_cap} CAP messages")
     for site in registry.sites:
         print(f"  {site}: highest level {summary.highest.get(site, 0)}")
     return EXIT_OK

@@ -16,6 +16,7 @@ from typing import Any
 from alerts.clock import ManualClock
 from alerts.log import AlertLog
 from config.registry import Registry
+from config.roster import Roster
 from detectors.fusion import LevelChange, SiteFusion
 from ingest.feeds import FeedReject, FeedRow
 
@@ -28,7 +29,23 @@ class ReplaySummary:
     highest: dict[str, int] = field(default_factory=dict)
 
 
-def replay_rows(rows: list[FeedRow], registry: Registry, out_dir: Path, *, drill: bool = False, rejects: list[FeedReject] | None = None) -> ReplaySummary:
+def replay_rows(
+    rows: list[FeedRow],
+    registry: Registry,
+    out_dir: Path,
+    *,
+    drill: bool = False,
+    rejects: list[FeedReject] | None = None,
+    roster: Roster | None = None,
+) -> ReplaySummary:
+    """Fusion and the response chain over ``rows`` in event time: ``alerts.jsonl`` (fusion's
+    level changes), and from the chain ``notifications.jsonl``, ``cap/*.xml`` and
+    ``commands.jsonl`` (nobody acknowledges, so warnings escalate at their deadlines).
+    ``roster`` defaults to the example roster."""
+    from alerts.chain import ResponseChain
+    from config.roster import load_roster
+    from config.settings import example_path
+
     out_dir.mkdir(parents=True, exist_ok=True)
     alerts_path = out_dir / "alerts.jsonl"
     alerts_path.write_text("")
@@ -38,6 +55,7 @@ def replay_rows(rows: list[FeedRow], registry: Registry, out_dir: Path, *, drill
     fusion = SiteFusion(registry)
     ordered = sorted(rows, key=lambda r: r.t)
     clock = ManualClock(ordered[0].t if ordered else 0.0)
+    chain = ResponseChain(registry, roster if roster is not None else load_roster(example_path("roster.example.toml")), out_dir)
 
     def emit(changes: list[LevelChange]) -> None:
         for change in changes:
@@ -45,21 +63,30 @@ def replay_rows(rows: list[FeedRow], registry: Registry, out_dir: Path, *, drill
             summary.events.append(event)
             if not change.exercise:
                 summary.highest[change.site] = max(summary.highest.get(change.site, 0), change.level)
+            chain.feed(change)
 
     for r in ordered:
         info = registry.channel(r.site, r.device, r.channel)
         if info is None:
             rejects.append(FeedReject(0, f"{r.site}/{r.device}/{r.channel} is not in the registry", ""))
             continue
-        # Timers due before this reading fire first, at their own time.
-        deadline = fusion.next_deadline()
-        while deadline is not None and deadline <= r.t:
-            clock.set(max(clock.now(), deadline))
-            emit(fusion.tick(clock.now()))
-            deadline = fusion.next_deadline()
+        # Timers due before this reading fire first, at their own time: fusion's and the
+        # chain's in time order (fusion first on a tie, so a lift beats an escalation).
+        while True:
+            f_due, c_due = fusion.next_deadline(), chain.next_deadline()
+            if f_due is not None and f_due <= r.t and (c_due is None or f_due <= c_due):
+                clock.set(max(clock.now(), f_due))
+                emit(fusion.tick(clock.now()))
+            elif c_due is not None and c_due <= r.t:
+                clock.set(max(clock.now(), c_due))
+                chain.tick(clock.now())
+            else:
+                break
         clock.set(r.t)
         summary.readings += 1
         emit(fusion.update_all(info, r.t, r.value, drill or r.drill))
+    if ordered:
+        chain.run_until(clock.now())
     summary.rejected = len(rejects)
     if rejects:
         with open(out_dir / "rejects.jsonl", "w", encoding="utf-8") as fh:
