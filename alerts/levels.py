@@ -25,7 +25,3 @@ LEVELS: dict[int, LevelInfo] = {
     3: LevelInfo(3, "orange", "警戒级", "Warning", 15 * 60.0, "Severe", "Expected", "Likely", "Prepare"),
     4: LevelInfo(4, "red", "警报级", "Alarm", 5 * 60.0, "Extreme", "Immediate", "Likely", "Evacuate"),
 }
-
-
-def colour(level: int) -> str:
-    return LEVELS[level].colour

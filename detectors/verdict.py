@@ -28,4 +28,3 @@ class Verdict:
 
 
 QUIET = Verdict(0)
-WARMING_UP = Verdict(0, "warming up", warming_up=True)

@@ -22,7 +22,7 @@ from typing import Any
 from alerts.clock import Clock, WallClock
 from alerts.log import rfc3339
 from config.settings import Loaded
-from ingest.codecs import Codec, Decoded, PayloadError
+from ingest.codecs import Codec, PayloadError
 from ingest.detection import DetectionProcess
 from ingest.forwarder import Forwarder
 from ingest.journal import DEADLETTER_KEEP_BYTES, Journal, to_ms
@@ -44,6 +44,7 @@ class Counters:
     deadletters: int = 0
     statuses: int = 0
     stale_acks: int = 0
+    seq_gaps: int = 0  # a device's seq jumped: messages lost between device and broker
     deadletter_reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -72,7 +73,6 @@ class Pipeline:
         self.counters = Counters()
         self.on_committed = on_committed
         self.last_seq: dict[str, int] = {}
-        self.seq_gaps = 0
 
     def _deadletter(self, now_ms: int, topic: str, reason: str, detail: str, payload: bytes, item: Any = None) -> tuple[int, str, str, str, bytes]:
         self.counters.deadletters += 1
@@ -90,14 +90,13 @@ class Pipeline:
             log.warning("could not publish a dead letter: %s", exc)
         return (now_ms, topic, reason, detail, payload[:DEADLETTER_KEEP_BYTES] if item is None else json.dumps(item).encode())
 
-    def process(self, items: list[Inbound]) -> list[Decoded]:
-        """Make a batch durable. Returns the decoded messages."""
+    def process(self, items: list[Inbound]) -> int:
+        """Make a batch durable; returns how many readings were new."""
         now = self.clock.now()
         now_ms = to_ms(now)
         rows: list[tuple[int, int, float, int, int]] = []
         dls: list[tuple[int, str, str, str, bytes]] = []
         statuses: list[tuple[str, str, int, int, str]] = []
-        decoded: list[Decoded] = []
         series = self.series
         for it in items:
             topic = it.topic.decode("utf-8", "replace")
@@ -120,9 +119,8 @@ class Pipeline:
             if d.seq is not None:
                 last = self.last_seq.get(d.device)
                 if last is not None and d.seq > last + 1:
-                    self.seq_gaps += 1
+                    self.counters.seq_gaps += 1
                 self.last_seq[d.device] = d.seq if last is None else max(last, d.seq)
-            decoded.append(d)
         inserted = self.journal.append(rows, dls, statuses)
         c = self.counters
         c.messages += len(items)
@@ -131,7 +129,7 @@ class Pipeline:
         c.statuses += len(statuses)
         if self.on_committed is not None and inserted:
             self.on_committed()
-        return decoded
+        return inserted
 
 
 class App:
@@ -193,7 +191,7 @@ class App:
         c = self.pipeline.counters
         line = (
             f"messages {c.messages}, readings stored {c.readings_stored} (duplicates {c.readings_duplicate}), "
-            f"dead letters {c.deadletters}, inbox {self.link.inbox.qsize()}"
+            f"dead letters {c.deadletters}, seq gaps {c.seq_gaps}, inbox {self.link.inbox.qsize()}"
         )
         if self.forwarder is not None:
             f = self.forwarder.status()

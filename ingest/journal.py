@@ -232,8 +232,3 @@ class Journal:
     def latest_t_ms(self, series: int) -> int | None:
         row = self.conn.execute("SELECT max(t_ms) FROM readings WHERE series=? AND drill = 0", (series,)).fetchone()
         return None if row[0] is None else int(row[0])
-
-    def deadletters(self, limit: int = 100) -> list[tuple[int, str, str, str, bytes]]:
-        return self.conn.execute(
-            "SELECT received_ms, topic, reason, detail, payload FROM deadletters ORDER BY id DESC LIMIT ?", (limit,)
-        ).fetchall()
