@@ -179,10 +179,6 @@ class SiteFusion:
 
     # -- readings ----------------------------------------------------------------------------
 
-    def update(self, info: ChannelInfo, t: float, value: float, exercise: bool = False) -> LevelChange | None:
-        changes = self.update_all(info, t, value, exercise)
-        return changes[-1] if changes else None
-
     def update_all(
         self, info: ChannelInfo, t: float, value: float, exercise: bool = False, arrived: float | None = None
     ) -> list[LevelChange]:
