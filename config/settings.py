@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     max_readings_per_message: int = Field(default=10_000, ge=1)
     # "full" fsyncs every commit (survives power loss); "normal" survives process crashes only.
     journal_sync: Literal["full", "normal"] = "full"
+    # Raw messages stay in the message log this long after the store stage has expanded them
+    # (the evidence of exactly what a device sent); 0 prunes as soon as they are expanded.
+    message_keep_s: float = Field(default=3600.0, ge=0)
 
     @field_validator("mqtt_url")
     @classmethod

@@ -161,10 +161,12 @@ class Codec:
 
     # -- message ---------------------------------------------------------------------------
 
-    def decode(self, topic: str, payload: bytes, now: float) -> Decoded:
+    def decode(self, topic: str, payload: bytes, now: float, size: int | None = None) -> Decoded:
+        """``size``: the payload's size on the wire when ``payload`` is a cut copy of it."""
         site, device, kind = self.parse_topic(topic)
-        if len(payload) > self.max_bytes:
-            raise PayloadError("too_large", f"payload of {len(payload)} bytes exceeds {self.max_bytes}")
+        size = len(payload) if size is None else size
+        if size > self.max_bytes:
+            raise PayloadError("too_large", f"payload of {size} bytes exceeds {self.max_bytes}")
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError as exc:

@@ -189,7 +189,7 @@ def run_demo(duration_s: float = 60.0, data_dir: str | None = None, verbose: boo
                 time.sleep(lag)  # pacing the simulated clock against the wall clock
         # Let the daemon finish what is in flight.
         deadline = time.monotonic() + 30
-        while app.pipeline.counters.messages < published and time.monotonic() < deadline:
+        while (app.counters.messages < published or not app.caught_up()) and time.monotonic() < deadline:
             drain()
             time.sleep(0.05)
         time.sleep(0.3)
@@ -206,15 +206,16 @@ def run_demo(duration_s: float = 60.0, data_dir: str | None = None, verbose: boo
         if broker is not None:
             broker.stop()
 
-    c = app.pipeline.counters
+    c = app.counters
+    stored = _journal_counts(app.journal_path)
     by_site: dict[str, int] = {}
     for e in events:
         if not e["exercise"]:
             by_site[e["site"]] = max(by_site.get(e["site"], 0), e["level"])
     reasons = Counter(d["reason"] for d in deadletters)
     print("\nSummary")
-    print(f"  messages {c.messages} of {published} published, readings stored {c.readings_stored}, "
-          f"duplicates {c.readings_duplicate}, dead letters {c.deadletters} {dict(reasons)}")
+    print(f"  messages {c.messages} of {published} published, readings stored {stored['readings']}, "
+          f"dead letters {stored['deadletters']} {dict(reasons)}")
     for code in registry.sites:
         lvl = LEVELS[by_site.get(code, 0)]
         print(f"  {code:4} highest level: {_paint(lvl.colour, lvl.colour, tty)} ({lvl.en})  {names[code]}")
@@ -224,3 +225,16 @@ def run_demo(duration_s: float = 60.0, data_dir: str | None = None, verbose: boo
     if not red:
         print(f"error: site {failing} never reached red")
     return 0 if red else 1
+
+
+def _journal_counts(path: Path) -> dict[str, int]:
+    from ingest.journal import Journal
+
+    journal = Journal(path, readonly=True)
+    try:
+        return {
+            "readings": journal.count() + journal.count(drill=True),
+            "deadletters": int(journal.conn.execute("SELECT count(*) FROM deadletters").fetchone()[0]),
+        }
+    finally:
+        journal.close()

@@ -14,13 +14,7 @@ second worker (say, an orphan of a killed daemon) from judging the same journal 
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import multiprocessing as mp
-import os
-import signal
-import time
-from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +23,7 @@ from alerts.log import AlertLog
 from config.settings import Loaded
 from detectors.fusion import LevelChange, SiteFusion
 from ingest.journal import Journal
+from ingest.worker import WorkerProcess
 
 log = logging.getLogger("geowarn.detection")
 
@@ -135,81 +130,23 @@ class Detection:
         )
 
 
-def _worker_main(
-    loaded: Loaded, journal_path: str, event_time: bool, start_t: float, stop: MpEvent, ready: MpEvent, parent: int, log_level: int
-) -> None:
-    """The worker process: lock, resume, judge until told to stop (or orphaned), snapshot."""
-    from ingest.mqtt import MqttLink
+class DetectionJob:
+    """The detection worker's job (ingest/worker.py runs it in its own process)."""
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon stops us through `stop`
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    s = loaded.settings
-    lock = open(Path(s.data_dir) / "detection.lock", "w")
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                log.error("another detection worker holds %s; giving up", lock.name)
-                return
-            time.sleep(0.05)  # an orphaned worker is finishing its last batch
-    link = MqttLink(s.mqtt, client_id=f"{s.mqtt_client_id}-detection", subscriptions=[], protocol="3.1.1", keepalive_s=s.mqtt_keepalive_s,
-                    ca_file=str(s.mqtt_ca_file) if s.mqtt_ca_file else None, clean_session=True)
-    link.start()
-    journal = Journal(journal_path)
-    clock: Clock = EventClock(start_t) if event_time else WallClock()
-    det = Detection(loaded, journal, lambda topic, payload, retain: link.publish(topic, payload, retain), clock)
-    ready.set()
-    next_snapshot = time.monotonic() + s.snapshot_interval_s
-    try:
-        while True:
-            stopping = stop.is_set() or os.getppid() != parent
-            n = det.step()
-            if time.monotonic() >= next_snapshot:
-                det.save_snapshot()
-                next_snapshot = time.monotonic() + s.snapshot_interval_s
-            if n == 0:
-                if stopping:
-                    break  # everything committed before the stop has been judged
-                stop.wait(0.05)
-    finally:
-        det.save_snapshot()
-        journal.close()
-        link.stop()
-        lock.close()
+    def __init__(self, loaded: Loaded, publish: Any, journal_path: str, event_time: bool, start_t: float) -> None:
+        self.journal = Journal(journal_path)
+        clock: Clock = EventClock(start_t) if event_time else WallClock()
+        self.detection = Detection(loaded, self.journal, publish, clock)
+
+    def step(self) -> int:
+        return self.detection.step()
+
+    def checkpoint(self) -> None:
+        self.detection.save_snapshot()
+
+    def close(self) -> None:
+        self.journal.close()
 
 
-class DetectionProcess:
-    """Starts and stops the worker process (spawned: paho threads and fork do not mix)."""
-
-    def __init__(self, loaded: Loaded, journal_path: Path, *, event_time: bool = False, start_t: float = 0.0) -> None:
-        ctx = mp.get_context("spawn")
-        self._stop = ctx.Event()
-        self._ready = ctx.Event()
-        self.process = ctx.Process(
-            target=_worker_main,
-            args=(loaded, str(journal_path), event_time, start_t, self._stop, self._ready, os.getpid(), logging.getLogger().getEffectiveLevel()),
-            name="geowarn-detection",
-            daemon=True,
-        )
-
-    def start(self, timeout: float = 120.0) -> None:
-        """Start the worker and wait until it has resumed its state (so it judges every reading
-        committed from now on as new)."""
-        self.process.start()
-        deadline = time.monotonic() + timeout
-        while not self._ready.wait(0.1):
-            if not self.process.is_alive():
-                raise RuntimeError(f"the detection worker exited with code {self.process.exitcode} while starting")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the detection worker did not start within {timeout:.0f} s")
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        self.process.join(timeout)
-        if self.process.is_alive():
-            log.error("detection worker did not stop within %.0f s; terminating it", timeout)
-            self.process.terminate()
-            self.process.join(5)
+def detection_process(loaded: Loaded, journal_path: Path, *, event_time: bool = False, start_t: float = 0.0) -> WorkerProcess:
+    return WorkerProcess("detection", DetectionJob, loaded, str(journal_path), event_time, start_t)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,10 +132,12 @@ class Journal:
         readings: list[tuple[int, int, float, int, int]],
         deadletters: Iterable[tuple[int, str, str, str, bytes]] = (),
         statuses: Iterable[tuple[str, str, int, int, str]] = (),
+        state: Mapping[str, Any] | None = None,
     ) -> int:
         """Store a batch in one transaction; returns how many readings were new.
 
         readings: (series id, t_ms, value, drill 0/1, received_ms); duplicates are ignored.
+        state: keys to set in the same transaction (the store stage's position in the message log).
         """
         conn = self.conn
         conn.execute("BEGIN")
@@ -146,6 +148,8 @@ class Journal:
             inserted = conn.total_changes - before
             conn.executemany(_INSERT_DEADLETTER, deadletters)
             conn.executemany(_INSERT_STATUS, statuses)
+            for key, value in (state or {}).items():
+                self.set_state(key, value)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -1,0 +1,150 @@
+"""The message log and the store stage: what the ack path logs is decoded into the journal
+exactly once, whatever stops where; a dead store worker is replaced by the daemon.
+
+Expected rows are the readings the tests write themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from config.settings import Loaded, load_all
+from daemonproc import publisher
+from ingest.daemon import build_app
+from ingest.messagelog import MessageLog
+from ingest.store import POSITION_KEY, Store
+
+T0 = float(int(time.time()) - 86400)
+TOPIC = b"geowarn/BSH/BSH-EXT1/data"
+
+
+def _loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> Loaded:
+    monkeypatch.setenv("GEOWARN_DATA_DIR", str(tmp_path / "data"))
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return load_all()
+
+
+def _msg(i: int, n: int = 1) -> bytes:
+    return json.dumps({"v": 1, "device": "BSH-EXT1", "seq": i, "readings": [{"ch": "disp", "t": T0 + 60 * (i * n + k), "v": 1.0 + k} for k in range(n)]}).encode()
+
+
+def _rows(journal_path: Path) -> list[tuple[int, float]]:
+    conn = sqlite3.connect(f"file:{journal_path}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT t_ms, value FROM readings ORDER BY t_ms").fetchall()
+    finally:
+        conn.close()
+
+
+def _deadletters(journal_path: Path) -> list[tuple[str, bytes]]:
+    conn = sqlite3.connect(f"file:{journal_path}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT reason, payload FROM deadletters ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def test_the_message_log_keeps_raw_bytes_and_cuts_only_oversized_payloads(tmp_path):
+    log = MessageLog(tmp_path / "m.sqlite", max_payload_bytes=2048, keep_bytes=100)
+    big = b"x" * 5000
+    log.append([(b"a/\xff/b", b"{}"), (TOPIC, big), (TOPIC, b"")], received_ms=1234)
+    log.append([(TOPIC, b"second batch")], received_ms=1300)
+    rows = log.read_after(0, 10)
+    assert [(r.id, r.topic, r.payload, r.size, r.received_ms) for r in rows] == [
+        (1, b"a/\xff/b", b"{}", 2, 1234),
+        (1, TOPIC, b"x" * 100, 5000, 1234),
+        (1, TOPIC, b"", 0, 1234),
+        (2, TOPIC, b"second batch", 12, 1300),
+    ]
+    assert log.read_after(0, 1) == rows[:3]  # whole batches only
+    assert log.read_after(1, 10) == rows[3:]
+
+
+def test_pruning_keeps_the_newest_row_so_positions_never_point_past_new_ids(tmp_path):
+    log = MessageLog(tmp_path / "m.sqlite")
+    for payload in (b"1", b"2", b"3"):
+        log.append([(TOPIC, payload)], received_ms=1000)
+    assert log.prune(upto_id=3, older_than_ms=2000) == 2
+    log.append([(TOPIC, b"4")], received_ms=3000)
+    # A reader at position 3 sees exactly the new message: ids went on from 3, not from 1.
+    assert [r.payload for r in log.read_after(3, 10)] == [b"4"]
+    # Not yet expanded (id > upto), too recent, or the newest: kept.
+    assert log.prune(upto_id=2, older_than_ms=5000) == 0
+    assert log.prune(upto_id=3, older_than_ms=500) == 0
+    assert log.prune(upto_id=3, older_than_ms=5000) == 1  # 3 is no longer the newest
+    assert log.prune(upto_id=4, older_than_ms=5000) == 0
+    assert [r.payload for r in log.read_after(0, 10)] == [b"4"]
+
+
+def test_store_stage_decodes_the_log_into_the_journal_and_resumes_exactly(tmp_path, monkeypatch):
+    loaded = _loaded(tmp_path, monkeypatch, GEOWARN_MAX_PAYLOAD_BYTES="2048")
+    data = Path(loaded.settings.data_dir)
+    published: list[tuple[str, bytes, bool]] = []
+    log = MessageLog(data / "messages.sqlite", max_payload_bytes=2048)
+    log.append([(TOPIC, _msg(i)) for i in range(5)], received_ms=int(time.time() * 1000))
+    log.append([(TOPIC, b"{" + b" " * 100_000 + b"}")], received_ms=int(time.time() * 1000))  # too large: logged cut
+    store = Store(loaded, lambda t, p, r: published.append((t, p, r)), data / "journal.sqlite", data / "messages.sqlite")
+    assert store.step() == 6  # messages
+    assert store.step() == 0
+    store.close()
+    assert _rows(data / "journal.sqlite") == [(int((T0 + 60 * i) * 1000), 1.0) for i in range(5)]
+    dls = _deadletters(data / "journal.sqlite")
+    assert [r for r, _ in dls] == ["too_large"] and len(dls[0][1]) == 64 * 1024  # its head is kept as evidence
+    assert [json.loads(p)["reason"] for t, p, _ in published if t == "geowarn/deadletter"] == ["too_large"]
+
+    # More messages, one a repeat of an old one; a new Store resumes from its position.
+    log.append([(TOPIC, _msg(2)), (TOPIC, _msg(7))], received_ms=int(time.time() * 1000))
+    store = Store(loaded, lambda t, p, r: None, data / "journal.sqlite", data / "messages.sqlite")
+    assert store.position == 2  # batches
+    assert store.step() == 2
+    assert store.pipeline.counters.readings_stored == 1 and store.pipeline.counters.readings_duplicate == 1
+    assert store.journal.get_state(POSITION_KEY) == 3
+    store.close()
+    assert _rows(data / "journal.sqlite") == [(int((T0 + 60 * i) * 1000), 1.0) for i in (0, 1, 2, 3, 4, 7)]
+    assert len(_deadletters(data / "journal.sqlite")) == 1  # the too-large message was not judged twice
+    log.close()
+
+
+@pytest.mark.slow
+def test_a_killed_store_worker_is_replaced_and_nothing_is_lost(tmp_path, monkeypatch, mosquitto):
+    loaded = _loaded(tmp_path, monkeypatch, GEOWARN_MQTT_URL=mosquitto.url, GEOWARN_MQTT_CLIENT_ID="geowarn-store-test")
+    app = build_app(loaded)
+    stop = threading.Event()
+    thread = threading.Thread(target=app.run, args=(stop,))
+    thread.start()
+    pub = publisher(mosquitto.url)
+    try:
+        assert app.ready.wait(60)
+        assert app.link.wait_connected(20)
+        for i in range(50):
+            pub.publish(TOPIC.decode(), _msg(i, 3), qos=1).wait_for_publish(10)
+        _wait(lambda: len(_rows(app.journal_path)) == 150, "the first 150 readings stored")
+        first = app.store.process.pid
+        app.store.process.kill()
+        for i in range(50, 100):
+            pub.publish(TOPIC.decode(), _msg(i, 3), qos=1).wait_for_publish(10)
+        _wait(lambda: len(_rows(app.journal_path)) == 300, "all 300 readings stored after the store worker was killed")
+        assert app.counters.worker_restarts == 1 and app.store.process.pid != first
+        assert app.counters.messages == 100
+    finally:
+        stop.set()
+        thread.join(60)
+        pub.disconnect()
+        pub.loop_stop()
+    assert not thread.is_alive()
+    assert _rows(app.journal_path) == [(int((T0 + 60 * k) * 1000), 1.0 + k % 3) for k in range(300)]
+
+
+def _wait(cond, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
