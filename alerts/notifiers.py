@@ -1,0 +1,585 @@
+"""Notification delivery: one small protocol, the notifiers behind it, and the routing from
+the alert engine's ``Notify`` action to a unit's configured channels.
+
+This module owns what one delivery attempt is (``Notifier.send``), the message handed to it
+(``Outgoing``, frozen and JSON round-trippable so the outbox can store it), the five channels
+of the duty roster (MQTT, webhook, email, SMS gateway, JSONL audit), and the naming of each
+unit's channels (``"<admin>/<type>/<n>"``). It does not retry, time out or count: that is the
+dispatcher's business (``alerts/dispatch.py``), and durability is the outbox's
+(``alerts/outbox.py``). A notifier either returns (delivered) or raises ``NotifierError``
+with a message a duty officer or engineer can act on; ``permanent=True`` says a retry cannot
+help (the receiver rejected this very message), so the dispatcher dead-letters it.
+
+Each notifier's timeout is its own: the injected httpx client's (or the ``timeout`` given),
+smtplib's ``timeout``. The dispatcher only guards against a notifier that ignores it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import smtplib
+import ssl
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from email.message import EmailMessage
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import httpx
+
+from alerts.clock import Clock, WallClock
+from alerts.engine import Notify as NotifyAction
+from alerts.levels import LEVELS
+from config.errors import ConfigError, ConfigProblem
+from config.roster import NATIONAL, Notify, Roster, Unit
+
+__all__ = [
+    "AUDIT_KEY",
+    "EXERCISE_PREFIX",
+    "EmailNotifier",
+    "JsonlNotifier",
+    "MqttNotifier",
+    "Notifier",
+    "NotifierError",
+    "Outgoing",
+    "SmsNotifier",
+    "WebhookNotifier",
+    "build_notifiers",
+    "notifier_key",
+    "outgoing_for",
+    "route",
+    "sign",
+    "unit_notifiers",
+]
+
+#: Every subject of a drill starts with this, so nobody mistakes an exercise for a warning.
+EXERCISE_PREFIX = "[EXERCISE 演练]"
+#: The service-wide JSONL audit notifier: every notification that reaches nobody else, and the
+#: dispatcher's own alarms about failing notifiers, are written here.
+AUDIT_KEY = "audit/jsonl"
+SMS_MAX_CHARS = 280
+
+_COLOUR_ZH = {0: "", 1: "蓝色", 2: "黄色", 3: "橙色", 4: "红色"}
+
+
+class NotifierError(Exception):
+    """A delivery that did not happen. ``permanent``: retrying the same message cannot help
+    (the receiver rejected it as such); otherwise the dispatcher retries with backoff."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message for one notifier. ``id`` is stable (``"<notify id>/<notifier key>"``): the
+    outbox deduplicates on it and receivers can too (webhook ``X-GeoWarn-Id``, email
+    Message-ID)."""
+
+    id: str
+    notifier: str
+    kind: str
+    admin: str
+    site: str | None
+    level: int
+    subject: str
+    text: str
+    body: Mapping[str, Any] = field(hash=False)
+    t: float
+    exercise: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.id or not self.notifier:
+            raise ValueError("Outgoing: id and notifier must be non-empty")
+        if "\n" in self.subject or "\r" in self.subject:
+            raise ValueError(f"Outgoing {self.id}: the subject must be one line")
+        if self.exercise and not self.subject.startswith(EXERCISE_PREFIX):
+            raise ValueError(f"Outgoing {self.id}: an exercise subject must start with {EXERCISE_PREFIX!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["body"] = dict(self.body)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "Outgoing":
+        return cls(
+            id=str(d["id"]),
+            notifier=str(d["notifier"]),
+            kind=str(d["kind"]),
+            admin=str(d["admin"]),
+            site=None if d.get("site") is None else str(d["site"]),
+            level=int(d["level"]),
+            subject=str(d["subject"]),
+            text=str(d["text"]),
+            body=dict(d["body"]),
+            t=float(d["t"]),
+            exercise=bool(d.get("exercise", False)),
+        )
+
+    def dumps(self) -> bytes:
+        """The canonical JSON bytes (sorted keys, UTF-8): what the webhook posts and signs."""
+        return json.dumps(self.to_json(), ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """One way to deliver a message. ``send`` returns once the message is delivered (as far as
+    the channel can tell) or raises ``NotifierError``."""
+
+    name: str
+
+    def send(self, msg: Outgoing) -> None: ...
+
+
+# -- MQTT ---------------------------------------------------------------------------------
+
+
+class MqttNotifier:
+    """Publishes the message as JSON to ``{prefix}/notify/{admin}``, not retained.
+
+    ``publish(topic, payload, retain)`` is the daemon's MQTT link (QoS 1 and waiting for the
+    broker's PUBACK are its business); it should raise when the message was not accepted.
+    """
+
+    def __init__(self, publish: Callable[[str, bytes, bool], None], prefix: str = "geowarn", name: str = "mqtt") -> None:
+        self.publish = publish
+        self.prefix = prefix
+        self.name = name
+
+    def topic(self, admin: str) -> str:
+        return f"{self.prefix}/notify/{admin}"
+
+    def send(self, msg: Outgoing) -> None:
+        topic = self.topic(msg.admin)
+        try:
+            self.publish(topic, msg.dumps(), False)
+        except Exception as exc:  # paho and the link raise many types; converted at this boundary
+            raise NotifierError(f"MQTT publish of {msg.id} to {topic} failed: {exc!r}; is the broker reachable?") from exc
+
+
+# -- webhook ------------------------------------------------------------------------------
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The ``X-GeoWarn-Signature`` value: ``sha256=<hex HMAC-SHA256 of the body bytes>``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _http_error(what: str, msg: Outgoing, url: str, resp: httpx.Response) -> NotifierError:
+    status = resp.status_code
+    snippet = resp.text[:200].replace("\n", " ") if resp.content else ""
+    if 300 <= status < 400:
+        return NotifierError(
+            f"{what} {url} answered {status} (redirect to {resp.headers.get('location', '?')}) for {msg.id}: configure the final URL",
+            permanent=True,
+        )
+    # 408 and 429 say "later"; any other 4xx says this request will never be accepted.
+    permanent = 400 <= status < 500 and status not in (408, 429)
+    hint = "the receiver rejected this message; check its URL, secret and payload format" if permanent else "will retry"
+    return NotifierError(f"{what} {url} answered HTTP {status} for {msg.id}: {snippet!r} ({hint})", permanent=permanent)
+
+
+class WebhookNotifier:
+    """POSTs the message JSON, signed with HMAC-SHA256 so the receiver can check it came from us.
+
+    Headers: ``X-GeoWarn-Id`` (the stable id: a retried delivery carries the same one, so the
+    receiver can drop duplicates), ``X-GeoWarn-Signature: sha256=<hex>`` over the exact body
+    bytes (omitted when no secret is configured), ``X-GeoWarn-Timestamp`` (epoch seconds of
+    this attempt). A 2xx answer is delivery; anything else raises.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        secret: str,
+        client: httpx.Client,
+        *,
+        timeout: float | None = None,
+        clock: Clock | None = None,
+        name: str = "webhook",
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"webhook url must be http:// or https://, got {url!r}")
+        self.url = url
+        self.secret = secret
+        self.client = client
+        self.timeout = timeout
+        self.clock: Clock = clock if clock is not None else WallClock()
+        self.name = name
+
+    def send(self, msg: Outgoing) -> None:
+        body = msg.dumps()
+        headers = {
+            "Content-Type": "application/json; charset=utf-8",
+            "X-GeoWarn-Id": msg.id,
+            "X-GeoWarn-Timestamp": str(int(self.clock.now())),
+        }
+        if self.secret:
+            headers["X-GeoWarn-Signature"] = sign(self.secret, body)
+        kwargs: dict[str, Any] = {} if self.timeout is None else {"timeout": self.timeout}
+        try:
+            resp = self.client.post(self.url, content=body, headers=headers, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise NotifierError(f"webhook {self.url} timed out for {msg.id} ({type(exc).__name__}); is the receiver up?") from exc
+        except httpx.HTTPError as exc:
+            raise NotifierError(f"webhook {self.url} unreachable for {msg.id}: {exc!r}") from exc
+        if not resp.is_success:
+            raise _http_error("webhook", msg, self.url, resp)
+
+
+# -- email --------------------------------------------------------------------------------
+
+_ATEXT = re.compile(r"[^A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]")
+
+
+def message_id(stable_id: str, sender: str) -> str:
+    """An RFC 5322 Message-ID derived from the stable id, so a retried email can be recognised."""
+    local = re.sub(r"\.{2,}", ".", _ATEXT.sub("-", stable_id)).strip(".") or "geowarn"
+    domain = sender.rpartition("@")[2] or "geowarn.invalid"
+    return f"<{local}@{domain}>"
+
+
+class EmailNotifier:
+    """Sends a UTF-8 email over SMTP.
+
+    ``smtp_url``: ``smtp://[user:password@]host[:port]`` (port 25; ``?starttls=1`` upgrades the
+    connection before login) or ``smtps://…`` (TLS from the start, port 465). User and password
+    are percent-escaped as in any URL.
+    """
+
+    def __init__(
+        self,
+        smtp_url: str,
+        sender: str,
+        to: Sequence[str],
+        timeout: float = 30.0,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        name: str = "email",
+    ) -> None:
+        parts = urlsplit(smtp_url)
+        if parts.scheme not in ("smtp", "smtps"):
+            raise ValueError(f"smtp_url must start with smtp:// or smtps://, got {smtp_url!r}")
+        if not parts.hostname:
+            raise ValueError(f"smtp_url {smtp_url!r} names no host")
+        if not to:
+            raise ValueError("an email notifier needs at least one address in to")
+        query = parse_qs(parts.query)
+        self.tls = parts.scheme == "smtps"
+        self.starttls = query.get("starttls", ["0"])[-1].lower() in ("1", "true", "yes")
+        self.host = parts.hostname
+        self.port = parts.port or (465 if self.tls else 25)
+        self.user = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else ""
+        self.sender = sender
+        self.to = list(to)
+        self.timeout = timeout
+        self.ssl_context = ssl_context
+        self.name = name
+
+    def compose(self, msg: Outgoing) -> EmailMessage:
+        em = EmailMessage()
+        em["Subject"] = msg.subject
+        em["From"] = self.sender
+        em["To"] = ", ".join(self.to)
+        em["Date"] = formatdate(msg.t, usegmt=True)
+        em["Message-ID"] = message_id(msg.id, self.sender)
+        em["X-GeoWarn-Id"] = msg.id
+        details = json.dumps(msg.body, ensure_ascii=False, indent=2, sort_keys=True)
+        em.set_content(f"{msg.text}\n\n-- \n{details}\n", charset="utf-8")
+        return em
+
+    def _connect(self) -> smtplib.SMTP:
+        if self.tls:
+            return smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self.ssl_context)
+        return smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+
+    def send(self, msg: Outgoing) -> None:
+        where = f"SMTP {self.host}:{self.port}"
+        em = self.compose(msg)
+        try:
+            with self._connect() as smtp:
+                if self.starttls and not self.tls:
+                    smtp.starttls(context=self.ssl_context)
+                if self.user:
+                    smtp.login(self.user, self.password)
+                refused = smtp.send_message(em)
+        except smtplib.SMTPAuthenticationError as exc:
+            # Not permanent: the message is fine, the credentials are not; it goes out once
+            # they are fixed, and the dispatcher alarms the operators meanwhile.
+            raise NotifierError(f"{where} refused the login of {self.user!r}: {exc.smtp_code} {exc.smtp_error!r}; check smtp_url") from exc
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = [code for code, _ in exc.recipients.values()]
+            raise NotifierError(f"{where} refused every recipient of {msg.id}: {exc.recipients!r}", permanent=all(c >= 500 for c in codes)) from exc
+        except smtplib.SMTPResponseException as exc:
+            raise NotifierError(f"{where} answered {exc.smtp_code} {exc.smtp_error!r} for {msg.id}", permanent=exc.smtp_code >= 500) from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            raise NotifierError(f"{where} unreachable for {msg.id}: {exc!r}") from exc
+        if refused:
+            # Partly delivered: retrying would repeat it to those who got it; report, do not retry.
+            raise NotifierError(f"{where} refused some recipients of {msg.id}: {refused!r}", permanent=True)
+
+
+# -- SMS ----------------------------------------------------------------------------------
+
+DEFAULT_SMS_TEMPLATE: Mapping[str, Any] = {"to": "{phone}", "text": "{text}"}
+
+
+def _fill(template: Any, values: Mapping[str, str]) -> Any:
+    if isinstance(template, str):
+        return template.format_map(values)
+    if isinstance(template, Mapping):
+        return {k: _fill(v, values) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_fill(v, values) for v in template]
+    return template
+
+
+def sms_text(msg: Outgoing, limit: int = SMS_MAX_CHARS) -> str:
+    """The short text of a message: subject, then as much of the text as fits in ``limit``."""
+    full = f"{msg.subject} {msg.text}".strip()
+    return full if len(full) <= limit else full[: limit - 1] + "…"
+
+
+class SmsNotifier:
+    """A generic HTTP SMS gateway: one POST per phone, JSON from ``template``.
+
+    The template is any JSON value whose strings may use ``{phone}``, ``{text}``, ``{id}``,
+    ``{subject}``; the default is ``{"to": "{phone}", "text": "{text}"}`` with text at most 280
+    characters. Each request carries ``X-GeoWarn-Id: <id>/<phone>`` for gateway deduplication,
+    and phones already served for a message are not texted again when the message is retried
+    after a later phone failed (within this process).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        client: httpx.Client,
+        phones: Sequence[str],
+        template: Mapping[str, Any] = DEFAULT_SMS_TEMPLATE,
+        *,
+        timeout: float | None = None,
+        name: str = "sms",
+        remember: int = 10_000,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"SMS gateway url must be http:// or https://, got {url!r}")
+        if not phones:
+            raise ValueError("an SMS notifier needs at least one phone number")
+        self.url = url
+        self.client = client
+        self.phones = [re.sub(r"[\s-]", "", p) for p in phones]
+        self.template = template
+        self.timeout = timeout
+        self.name = name
+        self._remember = remember
+        self._served: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def payload(self, msg: Outgoing, phone: str) -> Any:
+        return _fill(self.template, {"phone": phone, "text": sms_text(msg), "id": msg.id, "subject": msg.subject})
+
+    def send(self, msg: Outgoing) -> None:
+        kwargs: dict[str, Any] = {} if self.timeout is None else {"timeout": self.timeout}
+        for phone in self.phones:
+            with self._lock:
+                if (msg.id, phone) in self._served:
+                    continue
+            try:
+                resp = self.client.post(self.url, json=self.payload(msg, phone), headers={"X-GeoWarn-Id": f"{msg.id}/{phone}"}, **kwargs)
+            except httpx.TimeoutException as exc:
+                raise NotifierError(f"SMS gateway {self.url} timed out for {msg.id} to {phone}") from exc
+            except httpx.HTTPError as exc:
+                raise NotifierError(f"SMS gateway {self.url} unreachable for {msg.id}: {exc!r}") from exc
+            if not resp.is_success:
+                raise _http_error("SMS gateway", msg, self.url, resp)
+            with self._lock:
+                self._served[(msg.id, phone)] = None
+                while len(self._served) > self._remember:
+                    self._served.popitem(last=False)
+
+
+# -- JSONL audit --------------------------------------------------------------------------
+
+
+class JsonlNotifier:
+    """Appends one JSON line per message and fsyncs it: the audit trail of what was sent."""
+
+    def __init__(self, path: str | os.PathLike[str], name: str = "jsonl") -> None:
+        self.path = Path(path)
+        self.name = name
+        self._lock = threading.Lock()
+
+    def send(self, msg: Outgoing) -> None:
+        line = json.dumps(msg.to_json(), ensure_ascii=False, sort_keys=True) + "\n"
+        try:
+            with self._lock:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "a", encoding="utf-8") as fh:
+                    fh.write(line)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        except OSError as exc:
+            raise NotifierError(f"audit file {self.path} not writable for {msg.id}: {exc}; check the disk and permissions") from exc
+
+
+# -- roster → notifiers and routes --------------------------------------------------------
+
+
+def notifier_key(admin: str, type_: str, n: int) -> str:
+    """``"<admin>/<type>/<n>"``: the n-th notifier of that type in the unit's list, from 0."""
+    return f"{admin}/{type_}/{n}"
+
+
+def unit_notifiers(unit: Unit) -> list[tuple[str, Notify]]:
+    """[(key, notify config)] of a unit, in roster order."""
+    seen: dict[str, int] = {}
+    out = []
+    for cfg in unit.notify:
+        n = seen.get(cfg.type, 0)
+        seen[cfg.type] = n + 1
+        out.append((notifier_key(unit.admin, cfg.type, n), cfg))
+    return out
+
+
+def _phones(unit: Unit, cfg: Notify) -> list[str]:
+    return list(cfg.to) if cfg.to else [c.phone for c in unit.contacts if c.phone]
+
+
+def _jsonl_path(data_dir: Path, admin: str, cfg: Notify) -> Path:
+    if cfg.url:
+        p = Path(cfg.url.removeprefix("file://"))
+        return p if p.is_absolute() else data_dir / p
+    return data_dir / "notify" / f"{admin}.jsonl"
+
+
+def build_notifiers(
+    roster: Roster,
+    *,
+    publish: Callable[[str, bytes, bool], None] | None,
+    smtp_url: str | None,
+    sender: str,
+    data_dir: str | os.PathLike[str],
+    client: httpx.Client,
+    prefix: str = "geowarn",
+    smtp_timeout: float = 30.0,
+    clock: Clock | None = None,
+) -> dict[str, Notifier]:
+    """Every unit's notifiers by key, plus the service-wide audit (``AUDIT_KEY``,
+    ``data_dir/notify/audit.jsonl``).
+
+    Raises ``ConfigError`` (at start, not in the dispatcher's thread) for a channel that cannot
+    work: mqtt without a publisher, email without ``smtp_url``, sms without any phone.
+    """
+    data = Path(data_dir)
+    out: dict[str, Notifier] = {AUDIT_KEY: JsonlNotifier(data / "notify" / "audit.jsonl", name=AUDIT_KEY)}
+    problems: list[ConfigProblem] = []
+    for unit in roster.units.values():
+        for i, (key, cfg) in enumerate(unit_notifiers(unit)):
+            where = f"units[admin={unit.admin}].notify[{i}]"
+            if cfg.type == "mqtt":
+                if publish is None:
+                    problems.append(ConfigProblem(roster.source, where, "an mqtt notifier needs the daemon's MQTT link (none given)"))
+                    continue
+                out[key] = MqttNotifier(publish, prefix, name=key)
+            elif cfg.type == "webhook":
+                out[key] = WebhookNotifier(cfg.url, cfg.secret, client, clock=clock, name=key)
+            elif cfg.type == "email":
+                if not smtp_url:
+                    problems.append(ConfigProblem(roster.source, where, "an email notifier needs the daemon's smtp_url (smtp://host:port)"))
+                    continue
+                out[key] = EmailNotifier(smtp_url, sender, cfg.to, smtp_timeout, name=key)
+            elif cfg.type == "sms":
+                phones = _phones(unit, cfg)
+                if not phones:
+                    problems.append(ConfigProblem(roster.source, where, "an sms notifier needs to = ['+86…'] or contacts with a phone"))
+                    continue
+                out[key] = SmsNotifier(cfg.url, client, phones, name=key)
+            else:
+                out[key] = JsonlNotifier(_jsonl_path(data, unit.admin, cfg), name=key)
+    if problems:
+        raise ConfigError(problems)
+    return out
+
+
+def _recipients(unit: Unit, cfg: Notify) -> list[str]:
+    if cfg.type == "email":
+        return list(cfg.to)
+    if cfg.type == "sms":
+        return _phones(unit, cfg)
+    if cfg.type == "webhook":
+        return [cfg.url]
+    return [c.name for c in unit.contacts]
+
+
+def route(notify: NotifyAction | Mapping[str, Any], roster: Roster) -> list[tuple[str, list[str]]]:
+    """[(notifier key, recipients)] for an engine ``Notify`` (or its ``to_dict()``).
+
+    Recipients are what the channel addresses: email addresses, phone numbers, the webhook
+    URL, or the unit's contact names for MQTT and JSONL. A unit missing from the roster, or
+    one without notifiers, still leaves a trace: the audit notifier.
+    """
+    admin = notify.admin if isinstance(notify, NotifyAction) else str(notify["admin"])
+    unit = roster.units.get(admin)
+    if unit is None or not unit.notify:
+        return [(AUDIT_KEY, [])]
+    return [(key, _recipients(unit, cfg)) for key, cfg in unit_notifiers(unit)]
+
+
+def subject_for(kind: str, level: int, site: str | None, exercise: bool, what: str = "") -> str:
+    """One line: exercise mark, level in Chinese and English, site, kind."""
+    info = LEVELS.get(level)
+    parts = [EXERCISE_PREFIX] if exercise else []
+    if info is not None and level > 0:
+        parts.append(f"{_COLOUR_ZH[level]}{info.zh} {info.en} ({info.colour})")
+    if site:
+        parts.append(site)
+    parts.append(kind.replace("_", " ") + (f": {what}" if what else ""))
+    return " ".join(parts).replace("\n", " ")
+
+
+def outgoing_for(notify: NotifyAction, roster: Roster) -> list[Outgoing]:
+    """The messages an engine ``Notify`` becomes: one per notifier of its unit, id
+    ``"<notify id>/<notifier key>"``. The body is the full notification plus the recipients."""
+    if not notify.id:
+        raise ValueError("outgoing_for: the Notify has no id (the engine gives every notification one)")
+    unit = roster.units.get(notify.admin)
+    contacts = [c.model_dump() for c in unit.contacts] if unit is not None else []
+    subject = subject_for(notify.kind, notify.level, notify.site, notify.exercise, notify.warning_id or "")
+    out = []
+    for key, recipients in route(notify, roster):
+        body = {**notify.to_dict(), "contacts": contacts, "delivery": {"notifier": key, "to": recipients}}
+        out.append(
+            Outgoing(
+                id=f"{notify.id}/{key}",
+                notifier=key,
+                kind=notify.kind,
+                admin=notify.admin,
+                site=notify.site,
+                level=notify.level,
+                subject=subject,
+                text=notify.text,
+                body=body,
+                t=notify.t,
+                exercise=notify.exercise,
+            )
+        )
+    return out
+
+
+def operator_keys(notifiers: Mapping[str, Any]) -> list[str]:
+    """The notifiers that reach the operators: the national unit's, then the audit."""
+    keys = sorted(k for k in notifiers if k.startswith(NATIONAL + "/"))
+    if AUDIT_KEY in notifiers:
+        keys.append(AUDIT_KEY)
+    return keys

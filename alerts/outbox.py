@@ -1,0 +1,246 @@
+"""The notification outbox: an SQLite file that makes delivery at-least-once and restart-safe.
+
+This module owns the ``outbox`` table (one row per ``Outgoing`` message, keyed by its stable
+id, with its delivery state pending → sent | dead, attempts, next try and last error) and a
+small ``state`` key/value table beside it, so a caller can commit its own progress (alert
+states, the dispatcher's alarm episodes) in the same transaction as the messages that progress
+produced. Either both are on disk or neither is: a crash in between cannot lose a
+notification or send it twice from a re-run.
+
+``enqueue`` is idempotent (``INSERT OR IGNORE`` on the id): re-enqueuing the same messages
+after a restart adds nothing. Rows that were sent stay (that is what makes the id a
+deduplication key); ``prune`` removes old ones once nobody can re-enqueue them.
+
+The file is its own (WAL, ``synchronous=FULL``: a notification accepted here survives a power
+cut). One connection is shared by the caller's thread and the dispatcher's, behind a lock.
+Times are the caller's clock; nothing here reads one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from alerts.notifiers import Outgoing
+
+__all__ = ["Outbox", "OutboxItem", "DeliveryState"]
+
+DeliveryState = Literal["pending", "sent", "dead"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT PRIMARY KEY,
+    notifier TEXT NOT NULL,
+    created REAL NOT NULL,
+    payload TEXT NOT NULL,          -- Outgoing.to_json(), JSON
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'dead')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL,
+    last_error TEXT,
+    sent_at REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (state, next_try);
+CREATE INDEX IF NOT EXISTS outbox_notifier ON outbox (notifier, state);
+CREATE TABLE IF NOT EXISTS state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL             -- JSON
+);
+"""
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """A message and where its delivery stands."""
+
+    msg: Outgoing
+    state: DeliveryState
+    attempts: int
+    created: float
+    next_try: float
+    last_error: str | None
+    sent_at: float | None
+
+    @property
+    def id(self) -> str:
+        return self.msg.id
+
+    @property
+    def notifier(self) -> str:
+        return self.msg.notifier
+
+
+_COLUMNS = "payload, state, attempts, created, next_try, last_error, sent_at"
+
+
+def _item(row: tuple[Any, ...]) -> OutboxItem:
+    payload, state, attempts, created, next_try, last_error, sent_at = row
+    return OutboxItem(Outgoing.from_json(json.loads(payload)), state, int(attempts), float(created), float(next_try), last_error, sent_at)
+
+
+class Outbox:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        # Autocommit mode: transactions are begun explicitly (BEGIN IMMEDIATE), so a caller's
+        # own writes and the enqueue land in one commit.
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "Outbox":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One commit for everything inside, including ``enqueue``/``set_state`` calls and the
+        caller's own statements on the yielded connection. Nested use joins the outer one;
+        an exception rolls the whole of it back."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._db
+                finally:
+                    self._depth -= 1
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self._db
+            except BaseException:
+                self._depth = 0
+                self._db.execute("ROLLBACK")
+                raise
+            self._depth = 0
+            self._db.execute("COMMIT")
+
+    # -- the caller's state ---------------------------------------------------------------
+
+    def get_state(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set_state(self, key: str, value: Any) -> None:
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value, ensure_ascii=False)),
+            )
+
+    # -- messages -------------------------------------------------------------------------
+
+    def enqueue(self, msgs: Iterable[Outgoing], now: float | None = None) -> int:
+        """Add messages not seen before; return how many were new. ``now`` (default: each
+        message's own ``t``) is when they become due."""
+        rows = [
+            (m.id, m.notifier, m.t if now is None else now, json.dumps(m.to_json(), ensure_ascii=False), m.t if now is None else now)
+            for m in msgs
+        ]
+        with self.transaction():
+            before = self._db.total_changes
+            self._db.executemany(
+                "INSERT OR IGNORE INTO outbox (id, notifier, created, payload, next_try) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            return self._db.total_changes - before
+
+    def get(self, id: str) -> OutboxItem | None:
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM outbox WHERE id = ?", (id,)).fetchone()
+        return None if row is None else _item(row)
+
+    def due(self, now: float, limit: int = 100, skip: Collection[str] = ()) -> list[OutboxItem]:
+        """Pending messages whose next try is at or before ``now``: at most ``limit`` per
+        notifier (so one notifier's backlog cannot starve the others), oldest first, and none
+        for the notifiers in ``skip`` (busy or backing off)."""
+        skip_list = list(skip)
+        marks = ",".join("?" * len(skip_list))
+        not_in = f"AND notifier NOT IN ({marks})" if skip_list else ""
+        sql = f"""
+            SELECT {_COLUMNS} FROM (
+                SELECT *, ROW_NUMBER() OVER (PARTITION BY notifier ORDER BY created, id) AS rn
+                FROM outbox WHERE state = 'pending' AND next_try <= ? {not_in}
+            ) WHERE rn <= ? ORDER BY created, id
+        """
+        with self._lock:
+            rows = self._db.execute(sql, (now, *skip_list, limit)).fetchall()
+        return [_item(r) for r in rows]
+
+    def next_due(self, skip: Collection[str] = ()) -> float | None:
+        """The earliest next try of any pending message (None: nothing pending)."""
+        skip_list = list(skip)
+        not_in = f"AND notifier NOT IN ({','.join('?' * len(skip_list))})" if skip_list else ""
+        with self._lock:
+            row = self._db.execute(f"SELECT MIN(next_try) FROM outbox WHERE state = 'pending' {not_in}", skip_list).fetchone()
+        return None if row[0] is None else float(row[0])
+
+    def _update(self, sql: str, args: tuple[Any, ...]) -> None:
+        with self.transaction():
+            cur = self._db.execute(sql, args)
+            if cur.rowcount != 1:
+                raise KeyError(f"outbox {self.path}: no message with id {args[-1]!r}")
+
+    def mark_sent(self, id: str, now: float) -> None:
+        self._update("UPDATE outbox SET state = 'sent', attempts = attempts + 1, sent_at = ?, last_error = NULL WHERE id = ?", (now, id))
+
+    def mark_failed(self, id: str, now: float, error: str, next_try: float) -> None:
+        """A failed attempt; the message stays pending until ``next_try``. (``now``, when the
+        attempt failed, is taken for symmetry with the other marks; the row keeps no column
+        for it.)"""
+        self._update("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_try = ? WHERE id = ?", (error, next_try, id))
+
+    def mark_dead(self, id: str, now: float, error: str) -> None:
+        """A message that will not be delivered (rejected, or out of attempts): kept, with the
+        reason, for an operator to inspect and ``requeue``."""
+        self._update("UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?, next_try = ? WHERE id = ?", (error, now, id))
+
+    def requeue(self, id: str, now: float) -> None:
+        """Give a dead (or pending) message a fresh start: due at ``now``, attempts reset."""
+        self._update("UPDATE outbox SET state = 'pending', attempts = 0, next_try = ? WHERE id = ? AND state != 'sent'", (now, id))
+
+    def counts(self) -> dict[str, int]:
+        """Messages per delivery state (every state present, 0 when none)."""
+        out = {"pending": 0, "sent": 0, "dead": 0}
+        with self._lock:
+            for state, n in self._db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state"):
+                out[state] = int(n)
+        return out
+
+    def pending_for(self, notifier: str) -> list[OutboxItem]:
+        """The pending messages of one notifier, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM outbox WHERE notifier = ? AND state = 'pending' ORDER BY created, id", (notifier,)
+            ).fetchall()
+        return [_item(r) for r in rows]
+
+    def items(self, state: DeliveryState | None = None) -> list[OutboxItem]:
+        """Every message (or those in one state), oldest first: for inspection and tests."""
+        where, args = ("WHERE state = ?", (state,)) if state is not None else ("", ())
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM outbox {where} ORDER BY created, id", args).fetchall()
+        return [_item(r) for r in rows]
+
+    def prune(self, sent_before: float) -> int:
+        """Delete messages sent before ``sent_before``; return how many. Only safe for ids that
+        can no longer be enqueued again (their source state has moved on), or they would be
+        sent a second time."""
+        with self.transaction():
+            cur = self._db.execute("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?", (sent_before,))
+            return cur.rowcount

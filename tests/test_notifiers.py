@@ -1,0 +1,370 @@
+"""Notifiers against real receivers: HTTP server, aiosmtpd, Mosquitto, files; and the routing
+from the roster."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import queue
+import ssl
+import uuid
+
+import httpx
+import paho.mqtt.client as mqtt
+import pytest
+
+from alerts.clock import ManualClock
+from alerts.engine import Notify as NotifyAction
+from alerts.notifiers import (
+    AUDIT_KEY,
+    EmailNotifier,
+    JsonlNotifier,
+    MqttNotifier,
+    Notifier,
+    NotifierError,
+    Outgoing,
+    SmsNotifier,
+    WebhookNotifier,
+    build_notifiers,
+    outgoing_for,
+    route,
+)
+from config.errors import ConfigError
+from config.roster import Contact, Notify, Roster, Unit
+from receivers import SmtpSink, http_receiver, make_cert, smtp_sink  # noqa: F401  (fixtures)
+from services import free_port
+
+SECRET = "s3cret-县"
+
+
+def _msg(i: int = 1, *, exercise: bool = False, notifier: str = "420527/webhook/0", text: str = "S1 橙色预警 orange warning: 位移加速 displacement accelerating") -> Outgoing:
+    subject = ("[EXERCISE 演练] " if exercise else "") + f"橙色警戒级 Warning (orange) S1 warning: S1-{i}"
+    return Outgoing(
+        id=f"n{i}/{notifier}",
+        notifier=notifier,
+        kind="warning",
+        admin="420527",
+        site="S1",
+        level=3,
+        subject=subject,
+        text=text,
+        body={"type": "notify", "id": f"n{i}", "level": 3, "site": "S1", "text": text},
+        t=1_764_408_600.0 + i,
+        exercise=exercise,
+    )
+
+
+@pytest.fixture
+def client():
+    with httpx.Client(timeout=5.0) as c:
+        yield c
+
+
+# -- the message -------------------------------------------------------------------------
+
+
+def test_outgoing_round_trips_and_guards_its_subject():
+    m = _msg(3)
+    assert Outgoing.from_json(json.loads(json.dumps(m.to_json()))) == m
+    with pytest.raises(ValueError, match="EXERCISE"):
+        Outgoing(**{**m.to_json(), "exercise": True})
+    with pytest.raises(ValueError, match="one line"):
+        Outgoing(**{**m.to_json(), "subject": "two\nlines"})
+    assert _msg(4, exercise=True).subject.startswith("[EXERCISE 演练]")
+
+
+def test_every_notifier_meets_the_protocol(tmp_path, client):
+    for n in (
+        MqttNotifier(lambda topic, payload, retain: None),
+        WebhookNotifier("http://127.0.0.1:9/", "x", client),
+        EmailNotifier("smtp://127.0.0.1:9", "geowarn@example.org", ["a@example.org"]),
+        SmsNotifier("http://127.0.0.1:9/", client, ["+8613800000000"]),
+        JsonlNotifier(tmp_path / "a.jsonl"),
+    ):
+        assert isinstance(n, Notifier)
+
+
+# -- webhook -----------------------------------------------------------------------------
+
+
+def test_webhook_body_is_signed_and_the_receiver_verifies_it(http_receiver, client):
+    clock = ManualClock(1_764_408_700.0)
+    m = _msg(1)
+    WebhookNotifier(http_receiver.url + "/hook", SECRET, client, clock=clock).send(m)
+    (req,) = http_receiver.wait_for(1)
+    # The receiver's check, done as a receiver would: HMAC-SHA256 of the raw body bytes.
+    expected = "sha256=" + hmac.new(SECRET.encode("utf-8"), req.body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(req.headers["x-geowarn-signature"], expected)
+    wrong = "sha256=" + hmac.new(b"not the secret", req.body, hashlib.sha256).hexdigest()
+    assert not hmac.compare_digest(req.headers["x-geowarn-signature"], wrong)
+    assert req.path == "/hook"
+    assert req.headers["x-geowarn-id"] == "n1/420527/webhook/0"
+    assert req.headers["x-geowarn-timestamp"] == "1764408700"
+    assert req.headers["content-type"].startswith("application/json")
+    doc = req.json()
+    assert doc["id"] == "n1/420527/webhook/0" and doc["level"] == 3 and doc["site"] == "S1"
+    assert doc["text"] == m.text and doc["body"]["type"] == "notify"
+
+
+@pytest.mark.parametrize("status, permanent", [(500, False), (503, False), (408, False), (429, False), (400, True), (401, True), (404, True)])
+def test_webhook_errors_say_whether_a_retry_can_help(http_receiver, client, status, permanent):
+    http_receiver.answer(status)
+    with pytest.raises(NotifierError, match=f"HTTP {status}") as err:
+        WebhookNotifier(http_receiver.url, SECRET, client).send(_msg())
+    assert err.value.permanent is permanent
+    assert "n1/420527/webhook/0" in str(err.value)
+
+
+def test_webhook_unreachable_is_transient(client):
+    url = f"http://127.0.0.1:{free_port()}/"
+    with pytest.raises(NotifierError, match="unreachable") as err:
+        WebhookNotifier(url, SECRET, client).send(_msg())
+    assert err.value.permanent is False
+
+
+def test_webhook_timeout_is_its_own(http_receiver, client):
+    http_receiver.hang()
+    with pytest.raises(NotifierError, match="timed out") as err:
+        WebhookNotifier(http_receiver.url, SECRET, client, timeout=0.3).send(_msg())
+    assert err.value.permanent is False
+
+
+# -- email -------------------------------------------------------------------------------
+
+
+def test_email_reaches_the_sink_with_a_utf8_subject(smtp_sink):
+    m = _msg(7, exercise=True, notifier="420527/email/0")
+    EmailNotifier(smtp_sink.url(), "geowarn@zigui.example.org", ["duty@zigui.example.org", "chief@zigui.example.org"], timeout=5).send(m)
+    (mail,) = smtp_sink.wait_for(1)
+    assert mail.mail_from == "geowarn@zigui.example.org"
+    assert mail.rcpt_tos == ["duty@zigui.example.org", "chief@zigui.example.org"]
+    msg = mail.message
+    # The sink decodes the RFC 2047 encoded words back to the Chinese + English subject.
+    assert msg["Subject"] == "[EXERCISE 演练] 橙色警戒级 Warning (orange) S1 warning: S1-7"
+    assert b"=?utf-8?" in mail.raw.lower()  # the wire form is encoded, not raw UTF-8 headers
+    assert msg["Message-ID"] == "<n7/420527/email/0@zigui.example.org>"
+    assert msg["X-GeoWarn-Id"] == "n7/420527/email/0"
+    body = msg.get_body(("plain",)).get_content()
+    assert "位移加速 displacement accelerating" in body
+    assert '"type": "notify"' in body
+
+
+# Loopback only: AUTH without TLS is fine here, and aiosmtpd's warning about it is expected.
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_email_login_from_the_url():
+    sink = SmtpSink(users={"duty officer": "pa:ss@word"}).start()
+    try:
+        EmailNotifier(sink.url(userinfo="duty%20officer:pa%3Ass%40word"), "geowarn@example.org", ["a@example.org"], timeout=5).send(_msg())
+        sink.wait_for(1)
+        assert sink.authenticated == [True]
+        with pytest.raises(NotifierError, match="refused the login") as err:
+            EmailNotifier(sink.url(userinfo="duty%20officer:wrong"), "geowarn@example.org", ["a@example.org"], timeout=5).send(_msg())
+        assert err.value.permanent is False  # fix the password and the message still goes
+    finally:
+        sink.stop()
+
+
+def test_email_starttls(tmp_path):
+    cert, key = make_cert(tmp_path / "certs")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    sink = SmtpSink(users={"u": "p"}, tls_context=server_ctx).start()
+    try:
+        EmailNotifier(sink.url(userinfo="u:p", query="starttls=1"), "geowarn@example.org", ["a@example.org"], timeout=5, ssl_context=client_ctx).send(_msg())
+        (mail,) = sink.wait_for(1)
+        assert sink.authenticated == [True]
+        assert mail.message["X-GeoWarn-Id"] == "n1/420527/webhook/0"
+    finally:
+        sink.stop()
+
+
+def test_email_refused_recipient_is_permanent(smtp_sink):
+    smtp_sink.refuse.add("nobody@example.org")
+    with pytest.raises(NotifierError, match="refused") as err:
+        EmailNotifier(smtp_sink.url(), "geowarn@example.org", ["nobody@example.org"], timeout=5).send(_msg())
+    assert err.value.permanent is True
+
+
+def test_email_unreachable_is_transient():
+    with pytest.raises(NotifierError, match="unreachable") as err:
+        EmailNotifier(f"smtp://127.0.0.1:{free_port()}", "geowarn@example.org", ["a@example.org"], timeout=2).send(_msg())
+    assert err.value.permanent is False
+
+
+# -- SMS ---------------------------------------------------------------------------------
+
+
+def test_sms_posts_one_short_text_per_phone(http_receiver, client):
+    long_text = "滑坡 landslide " * 60
+    m = _msg(2, notifier="420527/sms/0", text=long_text)
+    SmsNotifier(http_receiver.url + "/sms", client, ["+86 717 000 1000", "+86-138-0000-0000"]).send(m)
+    reqs = http_receiver.wait_for(2)
+    assert [r.json()["to"] for r in reqs] == ["+867170001000", "+8613800000000"]
+    for r in reqs:
+        text = r.json()["text"]
+        assert set(r.json()) == {"to", "text"}
+        assert len(text) == 280 and text.endswith("…")
+        assert text.startswith(m.subject)
+    assert [r.headers["x-geowarn-id"] for r in reqs] == ["n2/420527/sms/0/+867170001000", "n2/420527/sms/0/+8613800000000"]
+
+
+def test_sms_template_and_no_repeat_after_a_partial_failure(http_receiver, client):
+    sms = SmsNotifier(http_receiver.url, client, ["111", "222"], {"msisdn": "{phone}", "content": "{text}", "ref": "{id}", "sign": "GeoWarn"})
+    m = _msg(5, notifier="420527/sms/0", text="short")
+    # The first phone gets through, the gateway fails the second: the retry texts only the second.
+    http_receiver.plan(200, 503)
+    with pytest.raises(NotifierError):
+        sms.send(m)
+    sms.send(m)
+    bodies = [r.json() for r in http_receiver.wait_for(3)]
+    assert [b["msisdn"] for b in bodies] == ["111", "222", "222"]
+    assert bodies[0] == {"msisdn": "111", "content": f"{m.subject} short", "ref": m.id, "sign": "GeoWarn"}
+
+
+# -- JSONL -------------------------------------------------------------------------------
+
+
+def test_jsonl_appends_one_line_per_message(tmp_path):
+    path = tmp_path / "audit" / "notify.jsonl"
+    n = JsonlNotifier(path)
+    n.send(_msg(1))
+    n.send(_msg(2, exercise=True))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert [Outgoing.from_json(json.loads(line)) for line in lines] == [_msg(1), _msg(2, exercise=True)]
+    assert "演练" in lines[1]  # written as UTF-8, not \\u escapes
+
+
+def test_jsonl_unwritable_is_an_actionable_error(tmp_path):
+    (tmp_path / "f").write_text("a file, not a folder")
+    with pytest.raises(NotifierError, match="not writable"):
+        JsonlNotifier(tmp_path / "f" / "x.jsonl").send(_msg())
+
+
+# -- MQTT (real Mosquitto) ---------------------------------------------------------------
+
+
+def test_mqtt_publishes_to_the_admin_notify_topic(mosquitto):
+    got: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+    subscribed: queue.Queue[int] = queue.Queue()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4().hex[:8]}")
+    sub.on_message = lambda c, u, msg: got.put(msg)
+    sub.on_subscribe = lambda c, u, mid, rc, props: subscribed.put(mid)
+    sub.connect(mosquitto.host, mosquitto.port)
+    sub.loop_start()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
+    pub.connect(mosquitto.host, mosquitto.port)
+    pub.loop_start()
+    try:
+        sub.subscribe("geowarn/notify/#", qos=1)
+        subscribed.get(timeout=10)
+
+        def publish(topic: str, payload: bytes, retain: bool) -> None:
+            info = pub.publish(topic, payload, qos=1, retain=retain)
+            info.wait_for_publish(timeout=10)
+            if not info.is_published():
+                raise RuntimeError(f"no PUBACK for {topic}")
+
+        m = _msg(9, notifier="420527/mqtt/0")
+        MqttNotifier(publish).send(m)
+        msg = got.get(timeout=10)
+        assert msg.topic == "geowarn/notify/420527"
+        assert msg.retain is False
+        assert Outgoing.from_json(json.loads(msg.payload)) == m
+    finally:
+        for c in (sub, pub):
+            c.loop_stop()
+            c.disconnect()
+
+
+def test_mqtt_publish_failure_becomes_a_notifier_error():
+    def broken(topic: str, payload: bytes, retain: bool) -> None:
+        raise ConnectionError("not connected")
+
+    with pytest.raises(NotifierError, match="broker reachable") as err:
+        MqttNotifier(broken).send(_msg())
+    assert err.value.permanent is False
+
+
+# -- roster → notifiers, routes and messages ---------------------------------------------
+
+
+def _roster(hook_url: str = "http://127.0.0.1:9/hook", sms_url: str = "http://127.0.0.1:9/sms") -> Roster:
+    return Roster(
+        [
+            Unit(
+                admin="420527",
+                name="秭归县 Zigui",
+                contacts=[Contact(name="县值班室", role="duty officer", phone="+86 717 000 1000", email="duty@zigui.example.org")],
+                notify=[
+                    Notify(type="mqtt"),
+                    Notify(type="webhook", url=hook_url, secret=SECRET),
+                    Notify(type="email", to=["duty@zigui.example.org"]),
+                    Notify(type="sms", url=sms_url),
+                    Notify(type="jsonl"),
+                    Notify(type="webhook", url=hook_url + "2"),
+                ],
+            ),
+            Unit(admin="420500", name="宜昌市 Yichang"),
+            Unit(admin="100000", name="national", notify=[Notify(type="jsonl", url="national.jsonl")]),
+        ]
+    )
+
+
+def _notify(admin: str = "420527", exercise: bool = False) -> NotifyAction:
+    return NotifyAction(
+        tier="county", admin=admin, kind="warning", level=3, warning_id="S1-20251129T093000Z", text="S1 orange (level 3, Warning) warning",
+        site="S1", t=1_764_408_600.0, exercise=exercise, deadline=1_764_409_500.0, id="4f1c0e9a-0000-5000-8000-000000000001",
+    )
+
+
+def test_route_names_every_notifier_of_the_unit():
+    roster = _roster()
+    assert route(_notify(), roster) == [
+        ("420527/mqtt/0", ["县值班室"]),
+        ("420527/webhook/0", ["http://127.0.0.1:9/hook"]),
+        ("420527/email/0", ["duty@zigui.example.org"]),
+        ("420527/sms/0", ["+86 717 000 1000"]),
+        ("420527/jsonl/0", ["县值班室"]),
+        ("420527/webhook/1", ["http://127.0.0.1:9/hook2"]),
+    ]
+    assert route(_notify().to_dict(), roster) == route(_notify(), roster)
+    # A unit without notifiers, or none at all: the audit still records it.
+    assert route(_notify("420500"), roster) == [(AUDIT_KEY, [])]
+    assert route(_notify("420599"), roster) == [(AUDIT_KEY, [])]
+
+
+def test_build_notifiers_makes_one_per_route_and_the_audit(tmp_path, client):
+    sent: list[tuple[str, bytes, bool]] = []
+    ns = build_notifiers(_roster(), publish=lambda t, p, r: sent.append((t, p, r)), smtp_url="smtp://127.0.0.1:25", sender="geowarn@example.org", data_dir=tmp_path, client=client)
+    assert sorted(ns) == sorted(
+        [AUDIT_KEY, "420527/mqtt/0", "420527/webhook/0", "420527/email/0", "420527/sms/0", "420527/jsonl/0", "420527/webhook/1", "100000/jsonl/0"]
+    )
+    assert isinstance(ns["420527/sms/0"], SmsNotifier) and ns["420527/sms/0"].phones == ["+867170001000"]
+    assert isinstance(ns["100000/jsonl/0"], JsonlNotifier) and ns["100000/jsonl/0"].path == tmp_path / "national.jsonl"
+    assert isinstance(ns["420527/jsonl/0"], JsonlNotifier) and ns["420527/jsonl/0"].path == tmp_path / "notify" / "420527.jsonl"
+    assert all(n.name == key for key, n in ns.items())
+
+
+def test_build_notifiers_fails_at_start_for_channels_that_cannot_work(tmp_path, client):
+    with pytest.raises(ConfigError) as err:
+        build_notifiers(_roster(), publish=None, smtp_url=None, sender="g@example.org", data_dir=tmp_path, client=client)
+    text = str(err.value)
+    assert "units[admin=420527].notify[0]: an mqtt notifier needs" in text
+    assert "units[admin=420527].notify[2]: an email notifier needs the daemon's smtp_url" in text
+
+
+def test_outgoing_for_gives_stable_ids_and_marks_exercises():
+    roster = _roster()
+    msgs = outgoing_for(_notify(), roster)
+    assert [m.id for m in msgs] == [f"4f1c0e9a-0000-5000-8000-000000000001/{k}" for k, _ in route(_notify(), roster)]
+    assert outgoing_for(_notify(), roster) == msgs  # same Notify, same messages
+    m = msgs[1]
+    assert (m.notifier, m.kind, m.admin, m.site, m.level, m.t) == ("420527/webhook/0", "warning", "420527", "S1", 3, 1_764_408_600.0)
+    assert "橙色" in m.subject and "Warning" in m.subject and "S1" in m.subject and not m.exercise
+    assert m.body["id"] == _notify().id and m.body["delivery"] == {"notifier": "420527/webhook/0", "to": ["http://127.0.0.1:9/hook"]}
+    assert m.body["contacts"][0]["phone"] == "+86 717 000 1000"
+    json.dumps(m.body)  # JSON-able
+    drill = outgoing_for(_notify(exercise=True), roster)
+    assert all(d.subject.startswith("[EXERCISE 演练]") and d.exercise for d in drill)
