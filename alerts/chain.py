@@ -1,9 +1,10 @@
-"""The response chain at run time: fusion's level changes through the alert engine to files.
+"""The response chain at run time: fusion's level changes through the alert engine to actions.
 
-``ResponseChain`` holds one engine state (``SiteAlert``) per site and per exercise flag (a drill
-never touches a real warning), feeds it fusion's ``LevelChange``s and timer ticks, and carries
-out the engine's actions as files in ``out_dir`` (the replay's runtime; the daemon's notifiers
-and outbox are a separate concern):
+``ChainCore`` holds one engine state (``SiteAlert``) per site and per exercise flag (a drill
+never touches a real warning), feeds it fusion's ``LevelChange``s, people's acks and report
+submissions and timer ticks, and produces the daily zero reports of every watched county,
+city and province. What the actions do is the runtime's: ``alerts/live.py`` (the daemon:
+outbox, notifiers, MQTT) or ``ResponseChain`` below (the replay: files in ``out_dir``):
 
 - ``notifications.jsonl``: one line per ``Notify``, with the recipients from the duty roster
   (the contacts of the unit for that tier's admin code; ``[]`` when the roster has no unit);
@@ -18,15 +19,36 @@ deadlines. Time is the caller's (event time in a replay).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from alerts.cap import DEFAULT_SENDER, CapSchema, Reference, build_cap, cap_identifier, cap_reference
-from alerts.engine import AlertPolicy, Cap, Notify, SetSampling, SiteAlert, Tick, Transition, event_from_change, next_deadline, step
+from alerts.engine import (
+    ZERO_REPORT_TIMES,
+    Ack,
+    Action,
+    AlertPolicy,
+    Cap,
+    Event,
+    Notify,
+    ReportSubmitted,
+    SetSampling,
+    SiteAlert,
+    Tick,
+    Transition,
+    event_from_change,
+    next_deadline,
+    next_zero_report,
+    step,
+    zero_report_due,
+)
+from alerts.levels import LEVELS
 from alerts.log import rfc3339
 from config.registry import Registry
-from config.roster import Roster
+from config.roster import Roster, Tier, chain_of
 from detectors.fusion import LevelChange
 
 
@@ -63,37 +85,59 @@ def cap_references(action: Cap, sender: str = DEFAULT_SENDER) -> list[Reference]
     return [cap_reference({"id": ident, "t": rfc3339(sent), "exercise": action.exercise}, sender=sender) for ident, sent in action.references]
 
 
-class ResponseChain:
-    """One alert state per (site, exercise); engine actions become files in ``out_dir``."""
+#: Zero-report statistics of one admin unit over a window: (admin, since, until) -> figures.
+ZeroStats = Callable[[str, float, float], Mapping[str, Any]]
+
+
+class ChainCore:
+    """One alert state per (site, exercise), the daily zero reports, acks and report
+    submissions; what the engine's actions do is the subclass's ``_out``.
+
+    Time is the caller's: the replay's event time or the daemon's clock. ``zero_stats`` gives
+    the figures of a zero report (readings received, devices online); the chain adds the
+    warnings it raised itself. ``zero_reports=False`` turns the daily reports off; ``drill``
+    marks them as exercises (a drill replay).
+    """
 
     def __init__(
         self,
         registry: Registry,
         roster: Roster,
-        out_dir: Path,
         policy: AlertPolicy | None = None,
         *,
         schema: CapSchema | None = None,
         sender: str = DEFAULT_SENDER,
+        tz: str = "Asia/Shanghai",
+        zero_reports: bool = True,
+        zero_stats: ZeroStats | None = None,
+        drill: bool = False,
     ) -> None:
         self.registry = registry
+        self.drill = drill  # a drill run: its zero reports are exercises too
         self.roster = roster
-        self.out_dir = Path(out_dir)
         self.policy = policy if policy is not None else AlertPolicy()
         self.schema = schema if schema is not None else CapSchema.load()
         self.sender = sender
+        self.tz = tz
+        self.zero_reports = zero_reports
+        self.zero_stats = zero_stats
         self.states: dict[tuple[str, bool], SiteAlert] = {}
-        self.cap_count = 0
-        self.notifications = 0
-        self.commands = 0
-        self.cap_dir = self.out_dir / "cap"
-        self.cap_dir.mkdir(parents=True, exist_ok=True)
-        for old in self.cap_dir.glob("*.xml"):  # a replay into the same directory starts afresh
-            old.unlink()
-        self.notifications_path = self.out_dir / "notifications.jsonl"
-        self.commands_path = self.out_dir / "commands.jsonl"
-        self.notifications_path.write_text("")
-        self.commands_path.write_text("")
+        #: When each watched admin unit (counties with sites, their cities and provinces) last
+        #: had its zero report; empty until the chain first sees a time.
+        self.zero_last: dict[str, float | None] = {}
+        #: (t, site, admin, level, warning id) of the real warnings raised or raised higher.
+        self.raised: list[tuple[float, str, str, int, str]] = []
+        self.now: float | None = None
+
+    # -- time -----------------------------------------------------------------------------
+
+    def _advance(self, t: float) -> None:
+        if self.now is None and self.zero_reports:
+            for site in self.registry.sites.values():
+                for tier, admin in chain_of(site.admin):
+                    if tier in ZERO_REPORT_TIMES:
+                        self.zero_last.setdefault(admin, t)  # under watch from now: the next slot is the first
+        self.now = t if self.now is None else max(self.now, t)
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -107,28 +151,64 @@ class ResponseChain:
         return s
 
     def feed(self, change: LevelChange) -> Transition:
-        """Apply one fusion change at its own time (any timer of that state due first)."""
+        """Apply one fusion change at its own time (any timer due before it first)."""
+        self._advance(change.t)
+        self.run_until(change.t)
         key = (change.site, change.exercise)
         s = self.state(change.site, change.exercise, change.t)
-        due = next_deadline(s)
-        while due is not None and due <= change.t:
-            self._apply(key, step(s, Tick(due), self.policy, due))
-            s = self.states[key]
-            nxt = next_deadline(s)
-            due = nxt if nxt is not None and nxt > due else None
         return self._apply(key, step(s, event_from_change(change), self.policy, change.t))
 
+    def event(self, site: str, exercise: bool, ev: Event, now: float) -> Transition:
+        """Apply a person's event (Ack, ReportSubmitted, Shelve, …) to one site's state."""
+        self._advance(now)
+        key = (site, exercise)
+        return self._apply(key, step(self.state(site, exercise, now), ev, self.policy, now))
+
+    def find_warning(self, warning_id: str) -> tuple[str, bool] | None:
+        """The (site, exercise) whose current warning is ``warning_id``."""
+        for key, s in self.states.items():
+            if s.warning_id == warning_id:
+                return key
+        return None
+
+    def find_task(self, task_id: str) -> tuple[str, bool] | None:
+        for key, s in self.states.items():
+            if s.report(task_id) is not None:
+                return key
+        return None
+
+    def ack(self, warning_id: str, by: str, note: str, now: float, level: int | None = None) -> Transition:
+        """Acknowledge a warning; ``KeyError`` when no site has it as its current warning."""
+        key = self.find_warning(warning_id)
+        if key is None:
+            raise KeyError(f"no current warning {warning_id!r}")
+        return self.event(key[0], key[1], Ack(now, by, note, warning_id, level), now)
+
+    def submit_report(self, task_id: str, by: str, now: float) -> Transition:
+        key = self.find_task(task_id)
+        if key is None:
+            raise KeyError(f"no quick-report task {task_id!r}")
+        return self.event(key[0], key[1], ReportSubmitted(now, by, task_id), now)
+
     def tick(self, now: float) -> list[Transition]:
-        """Fire every timer due at ``now``, in site order."""
+        """Fire every timer due at ``now``, in site order, then the zero reports due."""
+        self._advance(now)
         out = []
         for key in sorted(self.states):
             d = next_deadline(self.states[key])
             if d is not None and d <= now:
                 out.append(self._apply(key, step(self.states[key], Tick(now), self.policy, now)))
+        if self.zero_last:
+            for due in zero_report_due(self.zero_last, now, self.tz):
+                self._zero_report(due.tier, due.admin, due.due)
         return out
 
     def next_deadline(self) -> float | None:
         times = [d for d in (next_deadline(s) for s in self.states.values()) if d is not None]
+        if self.zero_last and self.now is not None:
+            z = next_zero_report(self.zero_last, self.now, self.tz)
+            if z is not None:
+                times.append(z)
         return min(times, default=None)
 
     def run_until(self, t: float) -> None:
@@ -141,19 +221,45 @@ class ResponseChain:
                 raise RuntimeError(f"response chain: timer at {d} did not move on after a tick")
             d = nxt
 
+    # -- zero reports -----------------------------------------------------------------------
+
+    def _zero_report(self, tier: Tier, admin: str, due: float) -> None:
+        since = due - 86400.0
+        counties = [c for c in {site.admin for site in self.registry.sites.values()} if any(a == admin for _, a in chain_of(c))]
+        warnings = [w for w in self.raised if since <= w[0] < due and w[2] in counties]
+        figures: dict[str, Any] = dict(self.zero_stats(admin, since, due)) if self.zero_stats is not None else {}
+        sites = sorted(code for code, site in self.registry.sites.items() if site.admin in counties)
+        day = datetime.fromtimestamp(due, ZoneInfo(self.tz)).date().isoformat()
+        lines = [f"{admin} daily zero report 零报告 {day}: {len(sites)} monitored sites ({', '.join(sites)})"]
+        if "readings" in figures:
+            lines.append(f"readings received in 24 h: {figures['readings']}")
+        if "devices" in figures:
+            lines.append(f"devices online: {figures.get('devices_online', 0)} of {figures['devices']}")
+        if warnings:
+            lines.append("warnings in 24 h: " + "; ".join(f"{site} {LEVELS[lvl].colour} at {rfc3339(t)}" for t, site, _, lvl, _ in warnings))
+        else:
+            lines.append("warnings in 24 h: none 无险情")
+        text = "\n".join(lines)
+        if self.drill:
+            text = "[EXERCISE] " + text
+        n = Notify(tier, admin, "zero_report", 0, None, text, "", due, self.drill, id=f"zero-{admin}-{day}" + ("-exercise" if self.drill else ""))
+        self.zero_last[admin] = due
+        self._out(None, (n,), {"zero": {"admin": admin, "day": day, "sites": sites, "warnings": len(warnings), **figures}})
+
     # -- outputs --------------------------------------------------------------------------
 
     def _apply(self, key: tuple[str, bool], tr: Transition) -> Transition:
         self.states[key] = tr.state
         for action in tr.actions:
-            if isinstance(action, Notify):
-                self._notify(action)
-            elif isinstance(action, Cap):
-                self._cap(action)
-            elif isinstance(action, SetSampling):
-                self._append(self.commands_path, {**action.to_dict(), "t": rfc3339(action.t), "t_epoch": action.t})
-                self.commands += 1
+            if isinstance(action, Notify) and action.kind in ("warning", "realarm") and not action.exercise and action.tier == "county":
+                self.raised.append((action.t, action.site, tr.state.admin, action.level, action.warning_id or ""))
+        del self.raised[: max(0, len(self.raised) - 10_000)]
+        self._out(key, tr.actions, {})
         return tr
+
+    def _out(self, key: tuple[str, bool] | None, actions: tuple[Action, ...], extra: Mapping[str, Any]) -> None:
+        """Carry out actions (and persist ``key``'s new state, where the runtime persists)."""
+        raise NotImplementedError
 
     def recipients(self, admin: str) -> list[dict[str, str]]:
         unit = self.roster.units.get(admin)
@@ -161,7 +267,43 @@ class ResponseChain:
             return []
         return [{"name": c.name, "role": c.role, "email": c.email, "phone": c.phone} for c in unit.contacts]
 
-    def _notify(self, n: Notify) -> None:
+    def cap_xml(self, action: Cap) -> tuple[str, bytes]:
+        """(identifier, XML) of a CAP action, validated (an invalid message is a bug, never sent)."""
+        event = cap_event(action)
+        xml = build_cap(event, self.registry.sites[action.site], sender=self.sender, references=cap_references(action, self.sender) or None)
+        self.schema.validate(xml)  # raises CapError
+        return cap_identifier(event), xml
+
+
+class ResponseChain(ChainCore):
+    """The replay's runtime: engine actions become files in ``out_dir``."""
+
+    def __init__(self, registry: Registry, roster: Roster, out_dir: Path, policy: AlertPolicy | None = None, **kw: Any) -> None:
+        super().__init__(registry, roster, policy, **kw)
+        self.out_dir = Path(out_dir)
+        self.cap_count = 0
+        self.notifications = 0
+        self.commands = 0
+        self.cap_dir = self.out_dir / "cap"
+        self.cap_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.cap_dir.glob("*.xml"):  # a replay into the same directory starts afresh
+            old.unlink()
+        self.notifications_path = self.out_dir / "notifications.jsonl"
+        self.commands_path = self.out_dir / "commands.jsonl"
+        self.notifications_path.write_text("")
+        self.commands_path.write_text("")
+
+    def _out(self, key: tuple[str, bool] | None, actions: tuple[Action, ...], extra: Mapping[str, Any]) -> None:
+        for action in actions:
+            if isinstance(action, Notify):
+                self._notify(action, extra)
+            elif isinstance(action, Cap):
+                self._cap(action)
+            elif isinstance(action, SetSampling):
+                self._append(self.commands_path, {**action.to_dict(), "t": rfc3339(action.t), "t_epoch": action.t})
+                self.commands += 1
+
+    def _notify(self, n: Notify, extra: Mapping[str, Any]) -> None:
         line: dict[str, Any] = {
             "id": n.id,
             "t": rfc3339(n.t),
@@ -179,16 +321,14 @@ class ResponseChain:
             "task_id": n.task_id,
             "device": n.device,
             "history": [[rfc3339(e.t), e.rule, e.level, e.status, e.detail] for e in n.history],
+            **extra,
         }
         self._append(self.notifications_path, line)
         self.notifications += 1
 
     def _cap(self, action: Cap) -> None:
-        event = cap_event(action)
-        xml = build_cap(event, self.registry.sites[action.site], sender=self.sender, references=cap_references(action, self.sender) or None)
-        self.schema.validate(xml)  # raises CapError: an invalid message is a bug, never sent
+        ident, xml = self.cap_xml(action)
         self.cap_count += 1
-        ident = cap_identifier(event)
         (self.cap_dir / f"{self.cap_count:04d}-{ident}.xml").write_bytes(xml)
 
     @staticmethod

@@ -108,6 +108,7 @@ NotifyKind = Literal[
     "unshelved",
     "out_of_service",
     "return_to_service",
+    "zero_report",
 ]
 CapType = Literal["Alert", "Update", "Cancel"]
 ScaleClass = Literal["small", "medium", "large", "extra_large"]

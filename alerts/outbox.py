@@ -136,6 +136,18 @@ class Outbox:
             row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
 
+    def states(self, prefix: str) -> list[tuple[str, Any]]:
+        """Every (key, value) of the state table whose key starts with ``prefix``."""
+        with self._lock:
+            rows = self._db.execute("SELECT key, value FROM state WHERE key >= ? AND key < ? ORDER BY key", (prefix, prefix + "\uffff")).fetchall()
+        return [(k, json.loads(v)) for k, v in rows]
+
+    def first_with_prefix(self, prefix: str) -> "OutboxItem | None":
+        """The first message (by id) whose id starts with ``prefix``."""
+        with self._lock:
+            row = self._db.execute("SELECT id FROM outbox WHERE id >= ? AND id < ? ORDER BY id LIMIT 1", (prefix, prefix + "\uffff")).fetchone()
+        return None if row is None else self.get(row[0])
+
     def set_state(self, key: str, value: Any) -> None:
         with self.transaction():
             self._db.execute(

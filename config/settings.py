@@ -91,6 +91,35 @@ class Settings(BaseSettings):
     # (the evidence of exactly what a device sent); 0 prunes as soon as they are expanded.
     message_keep_s: float = Field(default=3600.0, ge=0)
 
+    # The response chain. smtp_url: where email notifiers send (smtp[s]://[user:pass@]host[:port]
+    # [?starttls=1]); timezone: the zero reports' local hours (county 09:00, city 10:00,
+    # province 12:00); alert_policy: overrides of alerts.engine.AlertPolicy (first tiers, ack
+    # deadlines, sampling, report deadlines), checked when the daemon starts.
+    smtp_url: str | None = None
+    smtp_from: str = "geowarn@localhost"
+    timezone: str = "Asia/Shanghai"
+    alert_policy: dict[str, Any] = Field(default_factory=dict)
+    # Seconds a notifier may take for one message before it counts as failed.
+    notify_timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (an IANA name such as Asia/Shanghai)") from None
+        return v
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, v: str | None) -> str | None:
+        if v and urlsplit(v).scheme not in ("smtp", "smtps"):
+            raise ValueError("smtp_url must start with smtp:// or smtps://")
+        return v or None
+
     @field_validator("mqtt_url")
     @classmethod
     def _mqtt_url(cls, v: str) -> str:
@@ -196,6 +225,12 @@ def load_all(
     if registry is not None and roster is not None:
         errors, warnings = cross_check(registry, roster)
         problems += errors
+    if roster is not None and not settings.smtp_url:
+        for unit in roster.units.values():
+            for i, cfg in enumerate(unit.notify):
+                if cfg.type == "email":
+                    problems.append(ConfigProblem(roster.source, f"units[admin={unit.admin}].notify[{i}]",
+                                                  "an email notifier needs GEOWARN_SMTP_URL (smtp_url = 'smtp://host:port') in the settings"))
     if problems or registry is None or roster is None:
         raise ConfigError(problems)
     return Loaded(settings, registry, roster, warnings)

@@ -139,12 +139,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     try:
         loaded = load_all(args.config)
+        for w in loaded.warnings:
+            logging.getLogger("geowarn").warning("config: %s", w)
+        app = build_app(loaded)
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_CONFIG
-    for w in loaded.warnings:
-        logging.getLogger("geowarn").warning("config: %s", w)
-    app = build_app(loaded)
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: object) -> None:
@@ -234,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--config", default=None)
     e.add_argument("--data-dir", default=None, help="overrides GEOWARN_DATA_DIR")
     e.set_defaults(func=cmd_export)
+
+    from ingest.requests import add_request_parsers
+
+    add_request_parsers(sub)
     return p
 
 

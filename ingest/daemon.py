@@ -24,7 +24,7 @@ from typing import Any
 
 from alerts.clock import Clock, WallClock
 from config.settings import Loaded
-from ingest.detection import detection_process
+from ingest.detection import alert_policy, detection_process
 from ingest.forwarder import Forwarder
 from ingest.journal import DEADLETTER_KEEP_BYTES, Journal, to_ms
 from ingest.messagelog import MessageLog
@@ -55,6 +55,7 @@ class App:
 
     def __init__(self, loaded: Loaded, clock: Clock | None = None, event_time_start: float | None = None) -> None:
         s = loaded.settings
+        alert_policy(loaded)  # a bad [alert_policy] stops the start here, not inside the worker
         self.loaded = loaded
         self.clock = clock or WallClock()
         data_dir = Path(s.data_dir)

@@ -14,6 +14,8 @@ second worker (say, an orphan of a killed daemon) from judging the same journal 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -35,8 +37,10 @@ BATCH = 5000
 class Detection:
     """Fusion over the journal. Used in-process by tests and by the worker process below."""
 
-    def __init__(self, loaded: Loaded, journal: Journal, publish: Any, clock: Clock) -> None:
+    def __init__(self, loaded: Loaded, journal: Journal, publish: Any, clock: Clock, chain: Any = None) -> None:
         s = loaded.settings
+        #: The response chain (alerts.live.LiveChain) fed every level change; None: alerts.jsonl only.
+        self.chain = chain
         self.registry = loaded.registry
         self.journal = journal
         self.clock = clock
@@ -113,6 +117,10 @@ class Detection:
         if deadline is not None and now >= deadline:
             for change in self.fusion.tick(now):
                 self._emit(change)
+        if self.chain is not None:
+            due = self.chain.next_deadline()
+            if due is not None and now >= due:
+                self.chain.run_until(now)
         return n
 
     def save_snapshot(self) -> None:
@@ -124,6 +132,11 @@ class Detection:
     def _emit(self, change: LevelChange) -> None:
         event = self.alerts.emit(change, self.registry.sites[change.site].admin)
         self.emitted += 1
+        if self.chain is not None:
+            # The chain's timers (ack deadlines) run on the daemon's clock: a level raised by a
+            # backlog of old readings gets its full ack deadline from now, not from the past.
+            now = max(self.clock.now(), self.chain.now or 0.0)
+            self.chain.feed(dataclasses.replace(change, t=now))
         log.warning(
             "%s %s %s level %d (%s)%s: %s",
             event["t"], event["kind"].upper(), change.site, change.level, event["colour"], " [EXERCISE]" if change.exercise else "", change.reason,
@@ -131,22 +144,110 @@ class Detection:
 
 
 class DetectionJob:
-    """The detection worker's job (ingest/worker.py runs it in its own process)."""
+    """The detection worker's job (ingest/worker.py runs it in its own process): fusion over the
+    journal, the response chain with its outbox and notifiers, and people's requests (acks,
+    quick reports) from ``{prefix}/ack`` and ``{prefix}/report``."""
 
-    def __init__(self, loaded: Loaded, publish: Any, journal_path: str, event_time: bool, start_t: float) -> None:
+    REQUESTS = ("ack", "report")
+
+    def __init__(self, loaded: Loaded, link: Any, journal_path: str, event_time: bool, start_t: float) -> None:
+        import httpx
+
+        from alerts.dispatch import Dispatcher, DispatcherThread
+        from alerts.live import CAP_KEY, COMMAND_KEY, LiveChain, TopicNotifier
+        from alerts.notifiers import build_notifiers
+        from alerts.outbox import Outbox
+
+        s = loaded.settings
+        self.link = link
+        self.prefix = s.topic_prefix
         self.journal = Journal(journal_path)
-        clock: Clock = EventClock(start_t) if event_time else WallClock()
-        self.detection = Detection(loaded, self.journal, publish, clock)
+        self.clock: Clock = EventClock(start_t) if event_time else WallClock()
+        data_dir = Path(s.data_dir)
+        self.outbox = Outbox(data_dir / "outbox.sqlite")
+        self.http = httpx.Client(timeout=s.notify_timeout_s)
+        notifiers = build_notifiers(
+            loaded.roster, publish=link.publish_confirmed, smtp_url=s.smtp_url, sender=s.smtp_from, data_dir=data_dir,
+            client=self.http, prefix=s.topic_prefix, smtp_timeout=s.notify_timeout_s, clock=self.clock,
+        )
+        notifiers[CAP_KEY] = TopicNotifier(link.publish_confirmed, CAP_KEY)
+        notifiers[COMMAND_KEY] = TopicNotifier(link.publish_confirmed, COMMAND_KEY)
+        self.dispatcher = Dispatcher(self.outbox, notifiers, self.clock, timeout_s=s.notify_timeout_s)
+        self.dispatch_thread = DispatcherThread(self.dispatcher)
+        self.chain = LiveChain(
+            loaded.registry, loaded.roster, self.outbox, data_dir, alert_policy(loaded),
+            prefix=s.topic_prefix, tz=s.timezone, zero_stats=lambda admin, since, until: zero_stats(self.journal, loaded, admin, since, until),
+            wake=self.dispatch_thread.wake,
+        )
+        self.detection = Detection(loaded, self.journal, lambda topic, payload, retain: link.publish(topic, payload, retain), self.clock, self.chain)
+        self.dispatch_thread.start()
+
+    @classmethod
+    def subscriptions(cls, prefix: str) -> list[str]:
+        return [f"{prefix}/{kind}" for kind in cls.REQUESTS]
 
     def step(self) -> int:
-        return self.detection.step()
+        return self.detection.step() + self._requests()
+
+    def _requests(self) -> int:
+        from alerts.live import Request, Result
+
+        items = self.link.inbox.take(100, 0.0)
+        for it in items:
+            kind = it.topic.decode("utf-8", "replace").rsplit("/", 1)[-1]
+            try:
+                req = Request.parse(kind, it.payload)
+            except ValueError as exc:
+                result = Result("", False, f"bad {kind} request: {exc}")
+            else:
+                result = self.chain.handle(req, max(self.clock.now(), self.chain.now or 0.0))
+            log.warning("%s request %s: %s", kind, "accepted" if result.ok else "REFUSED", result.detail)
+            self.link.publish(f"{self.prefix}/{kind}/result", json.dumps(result.to_json(), ensure_ascii=False).encode(), False)
+            self.link.ack(it)  # after the chain committed what the request changed
+        return len(items)
 
     def checkpoint(self) -> None:
         self.detection.save_snapshot()
 
     def close(self) -> None:
+        self.dispatch_thread.stop()
+        self.dispatcher.close()
+        self.outbox.close()
+        self.http.close()
         self.journal.close()
 
 
+def alert_policy(loaded: Loaded) -> Any:
+    """The AlertPolicy from the settings' ``alert_policy`` overrides; ConfigError naming the key."""
+    from pydantic import ValidationError
+
+    from alerts.engine import AlertPolicy
+    from config.errors import ConfigError, problems_from_validation
+
+    try:
+        return AlertPolicy(**loaded.settings.alert_policy)
+    except ValidationError as exc:
+        raise ConfigError(problems_from_validation("settings (GEOWARN_ALERT_POLICY / [alert_policy])", exc, "alert_policy")) from None
+
+
+def zero_stats(journal: Journal, loaded: Loaded, admin: str, since: float, until: float) -> dict[str, int]:
+    """Readings received and devices online (≥ 1 reading) over a window, for the sites under ``admin``."""
+    from config.roster import chain_of
+
+    sites = [code for code, site in loaded.registry.sites.items() if any(a == admin for _, a in chain_of(site.admin))]
+    devices = sum(len(loaded.registry.sites[code].devices) for code in sites)
+    if not sites:
+        return {"readings": 0, "devices": 0, "devices_online": 0}
+    marks = ",".join("?" * len(sites))
+    rows = journal.conn.execute(
+        f"SELECT s.site, s.device, count(*) FROM readings r JOIN series s ON s.id = r.series "
+        f"WHERE s.site IN ({marks}) AND r.t_ms >= ? AND r.t_ms < ? AND r.drill = 0 GROUP BY s.site, s.device",
+        (*sites, int(since * 1000), int(until * 1000)),
+    ).fetchall()
+    return {"readings": sum(r[2] for r in rows), "devices": devices, "devices_online": len(rows)}
+
+
 def detection_process(loaded: Loaded, journal_path: Path, *, event_time: bool = False, start_t: float = 0.0) -> WorkerProcess:
-    return WorkerProcess("detection", DetectionJob, loaded, str(journal_path), event_time, start_t)
+    return WorkerProcess(
+        "detection", DetectionJob, loaded, str(journal_path), event_time, start_t, subscriptions=DetectionJob.subscriptions(loaded.settings.topic_prefix)
+    )

@@ -96,6 +96,8 @@ class MqttLink:
         self.subscriptions = list(subscriptions)
         self.inbox = Inbox(inbox_size)
         self.connected = threading.Event()
+        #: Set when the broker has confirmed this connection's subscriptions.
+        self.subscribed = threading.Event()
         self.generation = 0
         self.connects = 0
         self._stopping = False
@@ -126,6 +128,7 @@ class MqttLink:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
 
     # -- paho's thread -----------------------------------------------------------------------
 
@@ -144,8 +147,12 @@ class MqttLink:
             client.publish(self.presence_topic, b"online", qos=1, retain=True)
         self.connected.set()
 
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        self.subscribed.set()
+
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         if not self._stopping:
             log.warning("lost the broker %s (%s); reconnecting with backoff", self.target.redacted(), reason_code)
 
@@ -185,6 +192,16 @@ class MqttLink:
 
     def publish(self, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> None:
         self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def publish_confirmed(self, topic: str, payload: bytes, retain: bool = False, timeout_s: float = 10.0) -> None:
+        """Publish at QoS 1 and wait for the broker's PUBACK; raise when it does not come (the
+        outbox retries a notification that raised)."""
+        if not self.connected.is_set():
+            raise ConnectionError(f"not connected to {self.target.redacted()}")
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
+        info.wait_for_publish(timeout_s)
+        if not info.is_published():
+            raise TimeoutError(f"no PUBACK from {self.target.redacted()} within {timeout_s:.0f} s")
 
     def stop(self) -> None:
         self._stopping = True

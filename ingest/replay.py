@@ -55,7 +55,10 @@ def replay_rows(
     fusion = SiteFusion(registry)
     ordered = sorted(rows, key=lambda r: r.t)
     clock = ManualClock(ordered[0].t if ordered else 0.0)
-    chain = ResponseChain(registry, roster if roster is not None else load_roster(example_path("roster.example.toml")), out_dir)
+    chain = ResponseChain(
+        registry, roster if roster is not None else load_roster(example_path("roster.example.toml")), out_dir, drill=drill,
+        zero_stats=_feed_zero_stats(ordered, registry),
+    )
 
     def emit(changes: list[LevelChange]) -> None:
         for change in changes:
@@ -93,3 +96,23 @@ def replay_rows(
             for rej in rejects:
                 fh.write(json.dumps({"line": rej.line, "reason": rej.reason, "text": rej.text}, ensure_ascii=False) + "\n")
     return summary
+
+
+def _feed_zero_stats(ordered: list[FeedRow], registry: Registry) -> Any:
+    """The zero reports' figures from the feed itself: readings and devices with a reading in
+    the window, for the sites under an admin unit."""
+    from bisect import bisect_left
+
+    from config.roster import chain_of
+
+    times: dict[tuple[str, str], list[float]] = {}
+    for r in ordered:  # already in time order
+        times.setdefault((r.site, r.device), []).append(r.t)
+
+    def stats(admin: str, since: float, until: float) -> dict[str, int]:
+        sites = {code for code, site in registry.sites.items() if any(a == admin for _, a in chain_of(site.admin))}
+        devices = [(code, d.device) for code in sites for d in registry.sites[code].devices]
+        counts = [bisect_left(times.get(key, []), until) - bisect_left(times.get(key, []), since) for key in devices]
+        return {"readings": sum(counts), "devices": len(devices), "devices_online": sum(1 for c in counts if c > 0)}
+
+    return stats

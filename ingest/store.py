@@ -137,6 +137,10 @@ class Store:
         self._next_prune = time.monotonic() + PRUNE_EVERY_S
         self._next_stats = time.monotonic() + self.stats_every_s
 
+    @classmethod
+    def in_worker(cls, loaded: Loaded, link: Any, journal_path: str, log_path: str) -> "Store":
+        return cls(loaded, lambda topic, payload, retain: link.publish(topic, payload, retain), journal_path, log_path)
+
     def step(self) -> int:
         """Store the next batch of logged messages; returns how many messages were read."""
         batch = self.messages.read_after(self.position, BATCH)
@@ -173,7 +177,7 @@ class Store:
 
 
 def store_process(loaded: Loaded, journal_path: Path, log_path: Path) -> WorkerProcess:
-    return WorkerProcess("store", Store, loaded, str(journal_path), str(log_path))
+    return WorkerProcess("store", Store.in_worker, loaded, str(journal_path), str(log_path))
 
 
 def stored_position(journal: Journal) -> int:

@@ -4,7 +4,8 @@ What they share lives here: spawning (paho threads and fork do not mix), a file 
 second worker of the same kind (say, the orphan of a killed daemon) never works on the same
 files at once, a ready event the daemon waits for, a stop event, and exit when the parent
 daemon is gone. Each worker has its own MQTT link for what it publishes (dead letters, alert
-events), with a clean session: it subscribes to nothing.
+events, notifications); a worker that also takes requests (acks) subscribes with a persistent
+session of its own, so requests sent while it restarts wait for it at the broker.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Job(Protocol):
     def close(self) -> None: ...
 
 
-#: Builds the job inside the worker process: (loaded settings, publish, *args) -> Job.
+#: Builds the job inside the worker process: (loaded settings, MQTT link, *args) -> Job.
 JobFactory = Callable[..., Job]
 
 
@@ -58,7 +59,15 @@ def take_lock(path: Path, wait_s: float = 30.0) -> IO[str] | None:
 
 
 def _worker_main(
-    name: str, factory: JobFactory, loaded: Loaded, args: tuple[Any, ...], stop: MpEvent, ready: MpEvent, parent: int, log_level: int
+    name: str,
+    factory: JobFactory,
+    loaded: Loaded,
+    args: tuple[Any, ...],
+    subscriptions: list[str],
+    stop: MpEvent,
+    ready: MpEvent,
+    parent: int,
+    log_level: int,
 ) -> None:
     """The worker process: lock, build the job, step until told to stop (or orphaned), checkpoint."""
     from ingest.mqtt import MqttLink
@@ -73,10 +82,10 @@ def _worker_main(
     if lock is None:
         log.error("another %s worker holds %s; giving up", name, Path(s.data_dir) / f"{name}.lock")
         return
-    link = MqttLink(s.mqtt, client_id=f"{s.mqtt_client_id}-{name}", subscriptions=[], protocol="3.1.1", keepalive_s=s.mqtt_keepalive_s,
-                    ca_file=str(s.mqtt_ca_file) if s.mqtt_ca_file else None, clean_session=True)
+    link = MqttLink(s.mqtt, client_id=f"{s.mqtt_client_id}-{name}", subscriptions=subscriptions, protocol="3.1.1", keepalive_s=s.mqtt_keepalive_s,
+                    ca_file=str(s.mqtt_ca_file) if s.mqtt_ca_file else None, clean_session=not subscriptions)
     link.start()
-    job = factory(loaded, lambda topic, payload, retain: link.publish(topic, payload, retain), *args)
+    job = factory(loaded, link, *args)
     ready.set()
     next_checkpoint = time.monotonic() + s.snapshot_interval_s
     try:
@@ -104,8 +113,9 @@ def _worker_main(
 class WorkerProcess:
     """Starts and stops one worker process (spawned: paho threads and fork do not mix)."""
 
-    def __init__(self, name: str, factory: JobFactory, loaded: Loaded, *args: Any) -> None:
+    def __init__(self, name: str, factory: JobFactory, loaded: Loaded, *args: Any, subscriptions: list[str] | None = None) -> None:
         self.name = name
+        self._subscriptions = list(subscriptions or [])
         self._factory = factory
         self._loaded = loaded
         self._args = args
@@ -118,7 +128,7 @@ class WorkerProcess:
         self._ready = ctx.Event()
         self.process = ctx.Process(
             target=_worker_main,
-            args=(self.name, self._factory, self._loaded, self._args, self._stop, self._ready, os.getpid(), logging.getLogger().getEffectiveLevel()),
+            args=(self.name, self._factory, self._loaded, self._args, self._subscriptions, self._stop, self._ready, os.getpid(), logging.getLogger().getEffectiveLevel()),
             name=f"geowarn-{self.name}",
             daemon=True,
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +132,18 @@ def test_replay_of_a_slope_that_accelerates_peaks_and_stops_runs_the_chain(feed,
     lifted = next(n["t"] for n in first if n["kind"] == "cancel")
     assert any(c["site"] == "BSH" and c["interval_s"] is None and c["t"] == lifted for c in cmds), "the lift restores normal sampling"
 
+    # Daily zero reports, every day of the feed, for both counties, their city and province,
+    # at 09:00 / 10:00 / 12:00 Shanghai time (01:00 / 02:00 / 04:00 UTC).
+    zero = [n for n in _lines(out / "notifications.jsonl") if n["kind"] == "zero_report"]
+    days = {n["t"][:10] for n in zero}
+    assert len(days) >= 2
+    whole = [day for day in sorted(days)[1:-1]]  # days wholly inside the feed
+    assert whole
+    for day in whole:
+        mine_today = {(n["admin"], n["t"][11:19]) for n in zero if n["t"][:10] == day}
+        assert mine_today == {("420527", "01:00:00"), ("420526", "01:00:00"), ("420500", "02:00:00"), ("420000", "04:00:00")}
+    assert all("readings received in 24 h" in n["text"] for n in zero)
+
 
 def test_the_same_replay_as_a_drill_is_only_exercise(feed, schema, tmp_path):
     reg = load_registry(example_path("sites.example.toml"))
@@ -153,7 +165,7 @@ def test_the_same_replay_as_a_drill_is_only_exercise(feed, schema, tmp_path):
 def test_a_site_with_no_roster_unit_is_still_notified_up_its_chain_with_no_recipients(tmp_path):
     rows = [FeedRow("S1", "D1", "displacement", T0 + i * 600.0, float(i)) for i in range(3)]
     reg = registry_from_rows(rows)
-    chain = ResponseChain(reg, load_roster(example_path("roster.example.toml")), tmp_path)
+    chain = ResponseChain(reg, load_roster(example_path("roster.example.toml")), tmp_path, zero_reports=False)
     chain.feed(LevelChange("S1", T0, 2, 0, "test: yellow"))
     assert chain.next_deadline() == T0 + 3600.0
     chain.run_until(T0 + 3 * 3600.0)
@@ -167,3 +179,33 @@ def test_a_site_with_no_roster_unit_is_still_notified_up_its_chain_with_no_recip
     assert [bool(n["recipients"]) for n in notes] == [False, False, False, True]
     assert chain.next_deadline() is None
     assert [p.name for p in sorted((tmp_path / "cap").glob("*.xml"))] == ["0001-geowarn-S1-20231114T221320Z.1.xml"]
+
+
+def test_daily_zero_reports_go_to_county_city_and_province_at_their_local_hours(tmp_path):
+    # T0 is 2023-11-14T22:13:20Z = 2023-11-15 06:13:20 in Asia/Shanghai (UTC+8, no DST).
+    rows = [FeedRow("S1", "D1", "displacement", T0 + i * 600.0, float(i)) for i in range(3)]
+    reg = registry_from_rows(rows)
+    seen: list[tuple[str, float, float]] = []
+
+    def stats(admin: str, since: float, until: float) -> dict[str, int]:
+        seen.append((admin, since, until))
+        return {"readings": 144, "devices": 2, "devices_online": 1}
+
+    chain = ResponseChain(reg, load_roster(example_path("roster.example.toml")), tmp_path, zero_stats=stats)
+    chain.feed(LevelChange("S1", T0, 1, 0, "test: blue"))
+    chain.run_until(T0 + 30 * 3600.0)  # to 2023-11-16 12:13:20 local
+    zero = [n for n in _lines(tmp_path / "notifications.jsonl") if n["kind"] == "zero_report"]
+    day1 = datetime(2023, 11, 15, tzinfo=timezone.utc)
+    expected = [
+        ("999999", "county", day1 + timedelta(hours=1)),  # 09:00 +08
+        ("999900", "city", day1 + timedelta(hours=2)),  # 10:00 +08
+        ("990000", "province", day1 + timedelta(hours=4)),  # 12:00 +08
+    ]
+    expected += [(a, tier, t + timedelta(days=1)) for a, tier, t in expected]
+    assert [(n["admin"], n["tier"], n["t"]) for n in zero] == [(a, tier, t.strftime("%Y-%m-%dT%H:%M:%S.000Z")) for a, tier, t in expected]
+    assert [n["id"] for n in zero[:3]] == ["zero-999999-2023-11-15", "zero-999900-2023-11-15", "zero-990000-2023-11-15"]
+    assert all(n["level"] == 0 and not n["exercise"] for n in zero)
+    # The first county report covers the blue warning of 06:13; the next day's reports none.
+    assert "S1 blue" in zero[0]["text"] and "devices online: 1 of 2" in zero[0]["text"] and "144" in zero[0]["text"]
+    assert "none" in zero[3]["text"]
+    assert seen[0] == ("999999", day1.timestamp() + 3600 - 86400, day1.timestamp() + 3600)

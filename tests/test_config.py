@@ -22,6 +22,8 @@ from config.registry import DISPLACEMENT_LIKE, Kind, Registry, load_registry
 from config.roster import Roster, chain_of, cross_check, load_roster, tier_of
 from config.settings import MqttTarget, Settings, example_path, load_settings
 
+REPO = Path(__file__).resolve().parents[1]
+
 EXAMPLE_SITES = example_path("sites.example.toml")
 EXAMPLE_ROSTER = example_path("roster.example.toml")
 
@@ -771,3 +773,31 @@ def test_a_client_id_that_would_break_the_presence_topic_is_refused(monkeypatch,
     monkeypatch.setenv("GEOWARN_MQTT_CLIENT_ID", bad)
     with pytest.raises(ConfigError, match="GEOWARN_MQTT_CLIENT_ID"):
         load_settings(None)
+
+
+def test_an_email_notifier_without_smtp_url_is_a_config_error_naming_the_unit(tmp_path, monkeypatch):
+    from config.errors import ConfigError
+    from config.settings import example_path, load_all
+
+    roster = tmp_path / "roster.toml"
+    text = example_path("roster.example.toml").read_text(encoding="utf-8")
+    roster.write_text(text.replace('notify = [{ type = "mqtt" }, { type = "jsonl" }]', 'notify = [{ type = "email", to = ["duty@example.org"] }]', 1), encoding="utf-8")
+    monkeypatch.delenv("GEOWARN_SMTP_URL", raising=False)
+    with pytest.raises(ConfigError) as err:
+        load_all(roster_path=roster)
+    assert [(p.file, p.key) for p in err.value.problems] == [(str(roster), "units[admin=420527].notify[0]")]
+    assert "GEOWARN_SMTP_URL" in err.value.problems[0].reason
+    monkeypatch.setenv("GEOWARN_SMTP_URL", "smtp://127.0.0.1:2525")
+    assert load_all(roster_path=roster).settings.smtp_url == "smtp://127.0.0.1:2525"
+
+
+def test_a_bad_alert_policy_or_time_zone_stops_the_daemon_start_with_key_and_reason(tmp_path):
+    env = {**os.environ, "GEOWARN_DATA_DIR": str(tmp_path / "d"), "GEOWARN_MQTT_URL": "mqtt://127.0.0.1:1",
+           "GEOWARN_ALERT_POLICY": '{"ack_deadline_s": {"2": -5}}'}
+    run = subprocess.run([sys.executable, "-m", "ingest.cli", "run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr
+    assert "alert_policy.ack_deadline_s" in run.stderr and "must be > 0" in run.stderr
+    env["GEOWARN_ALERT_POLICY"] = "{}"
+    env["GEOWARN_TIMEZONE"] = "Mars/Olympus"
+    run = subprocess.run([sys.executable, "-m", "ingest.cli", "run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "GEOWARN_TIMEZONE" in run.stderr and "Mars/Olympus" in run.stderr, run.stderr

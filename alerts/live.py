@@ -1,0 +1,251 @@
+"""The response chain in the daemon: engine actions into the outbox, state persisted with them.
+
+``LiveChain`` is the live runtime of ``ChainCore`` (alerts/chain.py). Every transition is
+carried out in ONE outbox transaction: the messages its actions produce (a notification per
+notifier of the unit, the CAP message for ``{prefix}/cap/{admin}``, the ``set_sampling``
+commands for the site's devices) and the site's new engine state. So a restart in the middle
+of an escalation resumes from the saved state and re-sends nothing that was sent (ids are
+stable, the outbox ignores a repeat), and nothing decided is lost before it is queued.
+
+CAP messages are validated against the OASIS schema and also written to ``DATA_DIR/cap/``
+(named by their identifier, so writing one again changes nothing).
+
+Acks and quick-report submissions arrive as ``Request``s (from ``{prefix}/ack`` and
+``{prefix}/report`` on MQTT; ``geowarn ack`` and ``geowarn report submit`` publish there) and
+are answered with a ``Result`` the caller publishes on ``…/result``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alerts.chain import ChainCore, ZeroStats
+from alerts.engine import Action, AlertPolicy, Cap, Notify, SetSampling, SiteAlert
+from alerts.notifiers import EXERCISE_PREFIX, Outgoing, outgoing_for, subject_for
+from alerts.outbox import Outbox
+from config.registry import Registry
+from config.roster import Roster
+
+log = logging.getLogger("geowarn.chain")
+
+#: Outbox notifier keys of the daemon's own MQTT publications (see ``TopicNotifier``).
+CAP_KEY = "mqtt/cap"
+COMMAND_KEY = "mqtt/cmd"
+
+_STATE_PREFIX = "alert/"
+_ZERO_KEY = "chain/zero_last"
+_RAISED_KEY = "chain/raised"
+_NOW_KEY = "chain/now"
+
+
+@dataclass(frozen=True)
+class Request:
+    """A person's action: ``ack`` of a warning (by warning id or by a notification's id) or
+    ``report`` (a quick report submitted, by task id)."""
+
+    kind: str  # "ack" | "report"
+    target: str
+    by: str
+    note: str = ""
+    request_id: str = ""
+    level: int | None = None
+
+    @classmethod
+    def parse(cls, kind: str, payload: bytes) -> "Request":
+        """From an MQTT payload; ``ValueError`` with the reason when it is not one."""
+        try:
+            doc = json.loads(payload)
+        except ValueError as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ValueError("a request is a JSON object")
+        target = doc.get("id") if kind == "ack" else doc.get("task_id", doc.get("id"))
+        by = doc.get("by")
+        if not isinstance(target, str) or not target:
+            raise ValueError("missing the id of the warning (or notification / task)")
+        if not isinstance(by, str) or not by.strip():
+            raise ValueError("missing by: who acknowledges / submits")
+        level = doc.get("level")
+        if level is not None and (not isinstance(level, int) or not 1 <= level <= 4):
+            raise ValueError("level must be 1-4")
+        note = doc.get("note", "")
+        return cls(kind, target, by.strip(), note if isinstance(note, str) else str(note), str(doc.get("request", "")), level)
+
+
+@dataclass(frozen=True)
+class Result:
+    request_id: str
+    ok: bool
+    detail: str
+    rule: str = ""
+    site: str = ""
+    warning_id: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"request": self.request_id, "ok": self.ok, "detail": self.detail, "rule": self.rule, "site": self.site, "warning_id": self.warning_id}
+
+
+class LiveChain(ChainCore):
+    def __init__(
+        self,
+        registry: Registry,
+        roster: Roster,
+        outbox: Outbox,
+        data_dir: Path,
+        policy: AlertPolicy | None = None,
+        *,
+        prefix: str = "geowarn",
+        tz: str = "Asia/Shanghai",
+        zero_stats: ZeroStats | None = None,
+        wake: Any = None,
+    ) -> None:
+        super().__init__(registry, roster, policy, tz=tz, zero_stats=zero_stats)
+        self.outbox = outbox
+        self.prefix = prefix
+        self.cap_dir = Path(data_dir) / "cap"
+        self.cap_dir.mkdir(parents=True, exist_ok=True)
+        self.wake = wake
+        self._restore()
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        for _key, value in self.outbox.states(_STATE_PREFIX):
+            s = SiteAlert.from_dict(value)
+            if s.site in self.registry.sites:
+                self.states[(s.site, s.exercise)] = s
+        zero = self.outbox.get_state(_ZERO_KEY)
+        if zero:
+            self.zero_last.update({k: v for k, v in zero.items()})
+        self.raised = [(float(t), str(site), str(admin), int(lvl), str(wid)) for t, site, admin, lvl, wid in self.outbox.get_state(_RAISED_KEY, [])]
+        self.now = self.outbox.get_state(_NOW_KEY)
+        if self.states:
+            log.info("response chain resumed: %d site states, %d open warnings", len(self.states), sum(1 for s in self.states.values() if s.announced > 0))
+
+    @staticmethod
+    def _state_key(key: tuple[str, bool]) -> str:
+        return f"{_STATE_PREFIX}{key[0]}|{'exercise' if key[1] else 'real'}"
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def warning_of_notification(self, notification_id: str) -> str | None:
+        """The warning id a notification (an engine ``Notify`` id, or one of its outbox ids) was about."""
+        item = self.outbox.get(notification_id) or self.outbox.first_with_prefix(notification_id + "/")
+        if item is None:
+            return None
+        wid = item.msg.body.get("warning_id")
+        return wid if isinstance(wid, str) else None
+
+    def handle(self, req: Request, now: float) -> Result:
+        """Apply an ack or a report submission; never raises for a bad request."""
+        try:
+            if req.kind == "report":
+                tr = self.submit_report(req.target, req.by, now)
+                return Result(req.request_id, True, f"quick report {req.target} submitted by {req.by}", tr.rule, tr.state.site, tr.state.warning_id or "")
+            wid = req.target if self.find_warning(req.target) is not None else self.warning_of_notification(req.target)
+            if wid is None or self.find_warning(wid) is None:
+                return Result(req.request_id, False, f"{req.target!r} is neither a current warning nor a notification of one")
+            tr = self.ack(wid, req.by, req.note, now, req.level)
+        except (KeyError, ValueError) as exc:
+            return Result(req.request_id, False, str(exc).strip("'\""))
+        ok = tr.rule != "ignored"
+        return Result(req.request_id, ok, f"{tr.rule}: " + "; ".join(e.detail for e in tr.state.history[-1:]), tr.rule, tr.state.site, wid)
+
+    # -- outputs -------------------------------------------------------------------------------
+
+    def _out(self, key: tuple[str, bool] | None, actions: tuple[Action, ...], extra: Mapping[str, Any]) -> None:
+        msgs: list[Outgoing] = []
+        for action in actions:
+            if isinstance(action, Notify):
+                if extra:
+                    action_body = {"zero": dict(extra.get("zero", {}))}
+                    msgs += [Outgoing(m.id, m.notifier, m.kind, m.admin, m.site or None, m.level, m.subject, m.text, {**m.body, **action_body}, m.t, m.exercise) for m in outgoing_for(action, self.roster)]
+                else:
+                    msgs += outgoing_for(action, self.roster)
+            elif isinstance(action, Cap):
+                msgs.append(self._cap(action))
+            elif isinstance(action, SetSampling):
+                msgs += self._commands(action)
+        with self.outbox.transaction():
+            self.outbox.enqueue(msgs, self.now)
+            if key is not None:
+                self.outbox.set_state(self._state_key(key), self.states[key].to_dict())
+            self.outbox.set_state(_ZERO_KEY, self.zero_last)
+            self.outbox.set_state(_RAISED_KEY, [list(r) for r in self.raised[-1000:]])
+            self.outbox.set_state(_NOW_KEY, self.now)
+        if msgs and self.wake is not None:
+            self.wake()
+
+    def _cap(self, action: Cap) -> Outgoing:
+        ident, xml = self.cap_xml(action)
+        path = self.cap_dir / f"{ident}.xml"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_bytes(xml)
+            tmp.replace(path)
+        subject = subject_for("cap", action.level, action.site, action.exercise, action.msg_type)
+        return Outgoing(
+            id=f"{ident}/{CAP_KEY}",
+            notifier=CAP_KEY,
+            kind="cap",
+            admin=action.admin,
+            site=action.site,
+            level=action.level,
+            subject=subject,
+            text=f"CAP {action.msg_type} {ident}",
+            body={"topic": f"{self.prefix}/cap/{action.admin}", "payload": xml.decode("utf-8"), "identifier": ident, "msg_type": action.msg_type},
+            t=action.t,
+            exercise=action.exercise,
+        )
+
+    def _commands(self, action: SetSampling) -> list[Outgoing]:
+        """One ``set_sampling`` per device of the site; None restores each device's normal
+        interval (its fastest channel's expected interval)."""
+        site = self.registry.sites[action.site]
+        out = []
+        for dev in site.devices:
+            interval = action.interval_s if action.interval_s is not None else min(ch.interval_s for ch in dev.channels)
+            payload = {"cmd": "set_sampling", "interval_s": interval, "reason": action.reason, "exercise": action.exercise, "id": action.id}
+            subject = (EXERCISE_PREFIX + " " if action.exercise else "") + f"set_sampling {dev.device} {interval:g} s"
+            out.append(
+                Outgoing(
+                    id=f"{action.id}/{dev.device}/{COMMAND_KEY}",
+                    notifier=COMMAND_KEY,
+                    kind="set_sampling",
+                    admin=site.admin,
+                    site=action.site,
+                    level=0,
+                    subject=subject,
+                    text=action.reason,
+                    body={"topic": f"{self.prefix}/{action.site}/{dev.device}/cmd", "payload": json.dumps(payload)},
+                    t=action.t,
+                    exercise=action.exercise,
+                )
+            )
+        return out
+
+
+class TopicNotifier:
+    """Publishes ``body["payload"]`` to ``body["topic"]``: the daemon's own MQTT messages (CAP,
+    device commands) go through the outbox like any notification, so a broker outage delays
+    them instead of losing them."""
+
+    def __init__(self, publish: Any, name: str) -> None:
+        self.publish = publish
+        self.name = name
+
+    def send(self, msg: Outgoing) -> None:
+        from alerts.notifiers import NotifierError
+
+        topic, payload = msg.body.get("topic"), msg.body.get("payload")
+        if not isinstance(topic, str) or not isinstance(payload, str):
+            raise NotifierError(f"{msg.id}: no topic/payload to publish", permanent=True)
+        try:
+            self.publish(topic, payload.encode("utf-8"), False)
+        except Exception as exc:  # converted at this boundary; the dispatcher retries
+            raise NotifierError(f"MQTT publish of {msg.id} to {topic} failed: {exc!r}") from exc

@@ -1,0 +1,120 @@
+"""``geowarn ack`` and ``geowarn report submit``: a duty officer's requests to the running daemon.
+
+Both publish a JSON request at QoS 1 on ``{prefix}/ack`` or ``{prefix}/report`` (the topics
+any other client may use too) and wait for the daemon's answer on ``…/result`` with the same
+request id. The daemon's detection worker holds a persistent session on those topics, so a
+request sent while it restarts is applied when it is back; the command then says it is queued.
+
+Exit codes: 0 accepted, 1 refused (unknown id, already lifted…), 2 configuration error,
+3 no answer within ``--wait`` seconds (queued at the broker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import queue
+import sys
+import uuid
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+EXIT_NO_ANSWER = 3
+
+
+def send_request(url: str, prefix: str, kind: str, doc: dict[str, Any], wait_s: float, ca_file: str | None = None) -> dict[str, Any] | None:
+    """Publish one request and wait for its result (None: no answer in time)."""
+    from config.settings import MqttTarget
+
+    target = MqttTarget(url)
+    request_id = doc.setdefault("request", uuid.uuid4().hex)
+    answers: queue.Queue[dict[str, Any]] = queue.Queue()
+    subscribed: queue.Queue[bool] = queue.Queue()
+
+    def on_connect(client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        client.subscribe(f"{prefix}/{kind}/result", qos=1)
+
+    def on_subscribe(client: mqtt.Client, userdata: Any, mid: int, rcs: Any, props: Any) -> None:
+        subscribed.put(True)
+
+    def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            answer = json.loads(msg.payload)
+        except ValueError:
+            return
+        if isinstance(answer, dict) and answer.get("request") == request_id:
+            answers.put(answer)
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"geowarn-cli-{request_id[:12]}")
+    if target.username is not None:
+        c.username_pw_set(target.username, target.password)
+    if target.tls:
+        c.tls_set(ca_certs=ca_file)
+    c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+    c.connect(target.host, target.port, 30)
+    c.loop_start()
+    try:
+        subscribed.get(timeout=10)  # subscribe to the answer before asking
+        c.publish(f"{prefix}/{kind}", json.dumps(doc, ensure_ascii=False).encode(), qos=1).wait_for_publish(10)
+        try:
+            return answers.get(timeout=wait_s)
+        except queue.Empty:
+            return None
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+def _run(args: argparse.Namespace, kind: str, doc: dict[str, Any]) -> int:
+    from config.errors import ConfigError
+    from config.settings import load_settings
+
+    try:
+        s = load_settings(args.config)
+    except ConfigError as exc:
+        for p in exc.problems:
+            print(f"configuration error: {p}", file=sys.stderr)
+        return 2
+    try:
+        answer = send_request(s.mqtt_url, s.topic_prefix, kind, doc, args.wait, str(s.mqtt_ca_file) if s.mqtt_ca_file else None)
+    except (OSError, queue.Empty) as exc:
+        print(f"error: cannot reach the broker {s.mqtt.redacted()}: {exc}", file=sys.stderr)
+        return 1
+    if answer is None:
+        print(f"no answer from the daemon within {args.wait:g} s; the request is queued at the broker and applies when the daemon runs")
+        return EXIT_NO_ANSWER
+    print(("accepted: " if answer.get("ok") else "refused: ") + str(answer.get("detail", "")))
+    return 0 if answer.get("ok") else 1
+
+
+def cmd_ack(args: argparse.Namespace) -> int:
+    doc: dict[str, Any] = {"id": args.id, "by": args.by, "note": args.note}
+    if args.level is not None:
+        doc["level"] = args.level
+    return _run(args, "ack", doc)
+
+
+def cmd_report_submit(args: argparse.Namespace) -> int:
+    return _run(args, "report", {"task_id": args.id, "by": args.by, "note": args.note})
+
+
+def add_request_parsers(sub: Any) -> None:
+    a = sub.add_parser("ack", help="acknowledge a warning (by warning id or notification id); stops its escalation")
+    a.add_argument("id", help="the warning id (or the id of a notification about it)")
+    a.add_argument("--by", required=True, help="your name: acknowledgements are signed")
+    a.add_argument("--note", default="", help="what you are doing about it")
+    a.add_argument("--level", type=int, choices=(1, 2, 3, 4), default=None, help="the level you acknowledge (default: the current one)")
+    a.add_argument("--wait", type=float, default=15.0, help="seconds to wait for the daemon's answer")
+    a.add_argument("--config", default=None)
+    a.set_defaults(func=cmd_ack)
+
+    r = sub.add_parser("report", help="quick reports (速报)")
+    rsub = r.add_subparsers(dest="report_command", required=True)
+    rs = rsub.add_parser("submit", help="mark a quick-report task as submitted; stops its reminders and escalation")
+    rs.add_argument("id", help="the quick-report task id (from the report_due notification)")
+    rs.add_argument("--by", required=True)
+    rs.add_argument("--note", default="")
+    rs.add_argument("--wait", type=float, default=15.0)
+    rs.add_argument("--config", default=None)
+    rs.set_defaults(func=cmd_report_submit)
