@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from alerts.chain import ChainCore, ZeroStats
-from alerts.engine import Action, AlertPolicy, Cap, Notify, SetSampling, SiteAlert
+from alerts.engine import Action, AlertPolicy, Cap, Event, Notify, SetSampling, Shelve, SiteAlert, Unshelve
 from alerts.notifiers import EXERCISE_PREFIX, Outgoing, outgoing_for, subject_for
 from alerts.outbox import Outbox
 from config.registry import Registry
@@ -42,18 +42,23 @@ _ZERO_KEY = "chain/zero_last"
 _RAISED_KEY = "chain/raised"
 _NOW_KEY = "chain/now"
 
+#: The request topics ({prefix}/{kind}) the detection worker answers on {prefix}/{kind}/result.
+REQUEST_KINDS = ("ack", "report", "shelve", "unshelve")
+
 
 @dataclass(frozen=True)
 class Request:
-    """A person's action: ``ack`` of a warning (by warning id or by a notification's id) or
-    ``report`` (a quick report submitted, by task id)."""
+    """A person's action: ``ack`` of a warning (by warning id or by a notification's id),
+    ``report`` (a quick report submitted, by task id), ``shelve`` a site for maintenance until
+    a time (its level is followed, nothing is announced) or ``unshelve`` it."""
 
-    kind: str  # "ack" | "report"
+    kind: str  # "ack" | "report" | "shelve" | "unshelve"
     target: str
     by: str
     note: str = ""
     request_id: str = ""
     level: int | None = None
+    until: float | None = None
 
     @classmethod
     def parse(cls, kind: str, payload: bytes) -> "Request":
@@ -64,17 +69,28 @@ class Request:
             raise ValueError(f"not JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise ValueError("a request is a JSON object")
-        target = doc.get("id") if kind == "ack" else doc.get("task_id", doc.get("id"))
+        if kind not in REQUEST_KINDS:
+            raise ValueError(f"unknown request {kind!r} (one of {', '.join(REQUEST_KINDS)})")
+        target = {"ack": doc.get("id"), "report": doc.get("task_id", doc.get("id"))}.get(kind, doc.get("site"))
         by = doc.get("by")
         if not isinstance(target, str) or not target:
-            raise ValueError("missing the id of the warning (or notification / task)")
+            raise ValueError("missing the site" if kind in ("shelve", "unshelve") else "missing the id of the warning (or notification / task)")
+        until = doc.get("until")
+        if kind == "shelve":
+            if isinstance(until, str):
+                from ingest.codecs import parse_time
+
+                until = parse_time(until)
+            if not isinstance(until, (int, float)) or isinstance(until, bool):
+                raise ValueError("shelve needs until: epoch seconds or an RFC 3339 time")
         if not isinstance(by, str) or not by.strip():
             raise ValueError("missing by: who acknowledges / submits")
         level = doc.get("level")
         if level is not None and (not isinstance(level, int) or not 1 <= level <= 4):
             raise ValueError("level must be 1-4")
         note = doc.get("note", "")
-        return cls(kind, target, by.strip(), note if isinstance(note, str) else str(note), str(doc.get("request", "")), level)
+        return cls(kind, target, by.strip(), note if isinstance(note, str) else str(note), str(doc.get("request", "")), level,
+                   float(until) if kind == "shelve" and until is not None else None)
 
 
 @dataclass(frozen=True)
@@ -147,6 +163,12 @@ class LiveChain(ChainCore):
             if req.kind == "report":
                 tr = self.submit_report(req.target, req.by, now)
                 return Result(req.request_id, True, f"quick report {req.target} submitted by {req.by}", tr.rule, tr.state.site, tr.state.warning_id or "")
+            if req.kind in ("shelve", "unshelve"):
+                if req.target not in self.registry.sites:
+                    return Result(req.request_id, False, f"unknown site {req.target!r}")
+                ev: Event = Shelve(now, req.by, req.until or 0.0, req.note) if req.kind == "shelve" else Unshelve(now, req.by)
+                tr = self.event(req.target, False, ev, now)
+                return Result(req.request_id, tr.rule != "ignored", f"{tr.rule}: " + "; ".join(e.detail for e in tr.state.history[-1:]), tr.rule, req.target, tr.state.warning_id or "")
             wid = req.target if self.find_warning(req.target) is not None else self.warning_of_notification(req.target)
             if wid is None or self.find_warning(wid) is None:
                 return Result(req.request_id, False, f"{req.target!r} is neither a current warning nor a notification of one")

@@ -148,7 +148,7 @@ class DetectionJob:
     journal, the response chain with its outbox and notifiers, and people's requests (acks,
     quick reports) from ``{prefix}/ack`` and ``{prefix}/report``."""
 
-    REQUESTS = ("ack", "report")
+    from alerts.live import REQUEST_KINDS as REQUESTS
 
     def __init__(self, loaded: Loaded, link: Any, journal_path: str, event_time: bool, start_t: float) -> None:
         import httpx

@@ -1,0 +1,97 @@
+"""LiveChain in-process: requests (ack by warning or notification id, quick report, shelve),
+persistence across a restart, and what lands in the outbox. Real SQLite files, no broker."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alerts.live import CAP_KEY, COMMAND_KEY, LiveChain, Request
+from alerts.outbox import Outbox
+from config.registry import load_registry
+from config.roster import load_roster
+from config.settings import example_path
+from detectors.fusion import LevelChange
+
+T0 = 1_764_400_000.0  # 2025-11-29T07:06:40Z
+
+
+@pytest.fixture
+def parts(tmp_path):
+    reg = load_registry(example_path("sites.example.toml"))
+    roster = load_roster(example_path("roster.example.toml"))
+    return reg, roster, tmp_path
+
+
+def _chain(parts) -> LiveChain:
+    reg, roster, tmp = parts
+    return LiveChain(reg, roster, Outbox(tmp / "outbox.sqlite"), tmp, zero_stats=None)
+
+
+def _req(kind: str, **doc) -> Request:
+    return Request.parse(kind, json.dumps(doc).encode())
+
+
+def test_a_warning_queues_notifications_cap_and_commands_and_an_ack_by_notification_id_stops_escalation(parts):
+    chain = _chain(parts)
+    chain.feed(LevelChange("BSH", T0, 2, 0, "velocity 10 mm/day"))
+    items = chain.outbox.items()
+    kinds = {(i.msg.notifier, i.msg.kind) for i in items}
+    # Yellow: county and city (mqtt + jsonl each, example roster), one CAP, a command per BSH device.
+    assert {("420527/mqtt/0", "warning"), ("420527/jsonl/0", "warning"), ("420500/mqtt/0", "warning"), ("420500/jsonl/0", "warning")} <= kinds
+    assert sum(1 for i in items if i.msg.notifier == CAP_KEY) == 1
+    assert sorted(i.msg.body["topic"] for i in items if i.msg.notifier == COMMAND_KEY) == [
+        f"geowarn/BSH/{d}/cmd" for d in sorted(["BSH-GNSS1", "BSH-GNSS2", "BSH-EXT1", "BSH-RG1", "BSH-PZ1"])
+    ]
+    assert list((parts[2] / "cap").glob("*.xml"))
+    note = next(i for i in items if i.msg.notifier == "420527/mqtt/0")
+    wid = note.msg.body["warning_id"]
+    assert chain.next_deadline() == pytest.approx(T0 + 3600.0)
+
+    refused = chain.handle(_req("ack", id="nope", by="Wang"), T0 + 60)
+    assert not refused.ok and "neither a current warning" in refused.detail
+    done = chain.handle(_req("ack", id=note.id.split("/", 1)[0], by="Wang", note="patrol sent", request="r1"), T0 + 120)
+    assert done.ok and done.rule == "ack" and done.warning_id == wid and done.request_id == "r1"
+    assert chain.next_deadline() is None or chain.next_deadline() > T0 + 86400 / 2  # no ack deadline left
+
+    # A restart: a new LiveChain on the same outbox has the acknowledged state, queues nothing new.
+    before = len(chain.outbox.items())
+    chain.outbox.close()
+    again = _chain(parts)
+    assert again.states[("BSH", False)].status == "acknowledged" and again.states[("BSH", False)].warning_id == wid
+    again.run_until(T0 + 2 * 3600.0)
+    assert len([i for i in again.outbox.items() if i.msg.kind == "escalation"]) == 0
+    assert len(again.outbox.items()) >= before
+
+
+def test_bad_requests_are_refused_with_a_reason(parts):
+    for kind, payload, reason in [
+        ("ack", b"not json", "not JSON"),
+        ("ack", b'{"by": "x"}', "missing the id"),
+        ("ack", b'{"id": "w", "by": " "}', "missing by"),
+        ("shelve", b'{"site": "BSH", "by": "x"}', "until"),
+        ("reboot", b'{"id": "w", "by": "x"}', "unknown request"),
+    ]:
+        with pytest.raises(ValueError, match=reason):
+            Request.parse(kind, payload)
+
+
+def test_shelving_a_site_silences_it_until_unshelved_and_an_orange_opens_a_quick_report(parts):
+    chain = _chain(parts)
+    shelved = chain.handle(_req("shelve", site="BSH", by="Li", until=T0 + 7200, note="replacing the GNSS antenna"), T0)
+    assert shelved.ok and shelved.rule == "shelve"
+    assert not chain.handle(_req("shelve", site="NOPE", by="Li", until=T0 + 7200), T0).ok
+    n = len(chain.outbox.items())
+    chain.feed(LevelChange("BSH", T0 + 60, 2, 0, "velocity"))
+    assert not [i for i in chain.outbox.items()[n:] if i.msg.kind == "warning"], "a shelved site announces nothing"
+    assert chain.handle(_req("unshelve", site="BSH", by="Li"), T0 + 120).ok
+
+    (parts[2] / "x").mkdir()
+    other = _chain((parts[0], parts[1], parts[2] / "x"))
+    other.feed(LevelChange("BZM", T0, 3, 0, "velocity 80 mm/day, confirmed"))
+    task = other.states[("BZM", False)].reports[0]
+    assert task.due == pytest.approx(T0 + 12 * 3600.0)  # BZM is medium: 12 h
+    ok = other.handle(_req("report", task_id=task.task_id, by="County office"), T0 + 3600)
+    assert ok.ok and other.states[("BZM", False)].report(task.task_id).submitted == pytest.approx(T0 + 3600)
+    assert not other.handle(_req("report", task_id="no-task", by="x"), T0 + 3700).ok
