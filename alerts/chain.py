@@ -47,6 +47,7 @@ from alerts.engine import (
 )
 from alerts.levels import LEVELS
 from alerts.log import rfc3339
+from alerts.reports import quick_report_draft
 from config.registry import Registry
 from config.roster import Roster, Tier, chain_of
 from detectors.fusion import LevelChange
@@ -244,21 +245,30 @@ class ChainCore:
             text = "[EXERCISE] " + text
         n = Notify(tier, admin, "zero_report", 0, None, text, "", due, self.drill, id=f"zero-{admin}-{day}" + ("-exercise" if self.drill else ""))
         self.zero_last[admin] = due
-        self._out(None, (n,), {"zero": {"admin": admin, "day": day, "sites": sites, "warnings": len(warnings), **figures}})
+        self._out(None, (n,), {n.id: {"zero": {"admin": admin, "day": day, "sites": sites, "warnings": len(warnings), **figures}}})
 
     # -- outputs --------------------------------------------------------------------------
 
     def _apply(self, key: tuple[str, bool], tr: Transition) -> Transition:
         self.states[key] = tr.state
+        extras: dict[str, Mapping[str, Any]] = {}
         for action in tr.actions:
-            if isinstance(action, Notify) and action.kind in ("warning", "realarm") and not action.exercise and action.tier == "county":
+            if not isinstance(action, Notify):
+                continue
+            if action.kind in ("warning", "realarm") and not action.exercise and action.tier == "county":
                 self.raised.append((action.t, action.site, tr.state.admin, action.level, action.warning_id or ""))
+            if action.kind in ("report_due", "report_overdue") and action.task_id is not None:
+                task = tr.state.report(action.task_id)
+                if task is not None:
+                    extras[action.id] = {"draft": quick_report_draft(self.registry.sites[action.site], tr.state, task)}
         del self.raised[: max(0, len(self.raised) - 10_000)]
-        self._out(key, tr.actions, {})
+        self._out(key, tr.actions, extras)
         return tr
 
-    def _out(self, key: tuple[str, bool] | None, actions: tuple[Action, ...], extra: Mapping[str, Any]) -> None:
-        """Carry out actions (and persist ``key``'s new state, where the runtime persists)."""
+    def _out(self, key: tuple[str, bool] | None, actions: tuple[Action, ...], extras: Mapping[str, Mapping[str, Any]]) -> None:
+        """Carry out actions (and persist ``key``'s new state, where the runtime persists);
+        ``extras`` adds fields to the notification with that id (a zero report's figures, a
+        quick report's draft)."""
         raise NotImplementedError
 
     def recipients(self, admin: str) -> list[dict[str, str]]:
@@ -293,10 +303,10 @@ class ResponseChain(ChainCore):
         self.notifications_path.write_text("")
         self.commands_path.write_text("")
 
-    def _out(self, key: tuple[str, bool] | None, actions: tuple[Action, ...], extra: Mapping[str, Any]) -> None:
+    def _out(self, key: tuple[str, bool] | None, actions: tuple[Action, ...], extras: Mapping[str, Mapping[str, Any]]) -> None:
         for action in actions:
             if isinstance(action, Notify):
-                self._notify(action, extra)
+                self._notify(action, extras.get(action.id, {}))
             elif isinstance(action, Cap):
                 self._cap(action)
             elif isinstance(action, SetSampling):

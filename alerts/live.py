@@ -17,6 +17,7 @@ are answered with a ``Result`` the caller publishes on ``…/result``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping
@@ -180,13 +181,13 @@ class LiveChain(ChainCore):
 
     # -- outputs -------------------------------------------------------------------------------
 
-    def _out(self, key: tuple[str, bool] | None, actions: tuple[Action, ...], extra: Mapping[str, Any]) -> None:
+    def _out(self, key: tuple[str, bool] | None, actions: tuple[Action, ...], extras: Mapping[str, Mapping[str, Any]]) -> None:
         msgs: list[Outgoing] = []
         for action in actions:
             if isinstance(action, Notify):
+                extra = extras.get(action.id)
                 if extra:
-                    action_body = {"zero": dict(extra.get("zero", {}))}
-                    msgs += [Outgoing(m.id, m.notifier, m.kind, m.admin, m.site or None, m.level, m.subject, m.text, {**m.body, **action_body}, m.t, m.exercise) for m in outgoing_for(action, self.roster)]
+                    msgs += [dataclasses.replace(m, body={**m.body, **extra}) for m in outgoing_for(action, self.roster)]
                 else:
                     msgs += outgoing_for(action, self.roster)
             elif isinstance(action, Cap):

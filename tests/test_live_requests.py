@@ -92,6 +92,18 @@ def test_shelving_a_site_silences_it_until_unshelved_and_an_orange_opens_a_quick
     other.feed(LevelChange("BZM", T0, 3, 0, "velocity 80 mm/day, confirmed"))
     task = other.states[("BZM", False)].reports[0]
     assert task.due == pytest.approx(T0 + 12 * 3600.0)  # BZM is medium: 12 h
+    # The report_due notification carries a draft from the site card (config/sites.example.toml).
+    due = next(i for i in other.outbox.items() if i.msg.kind == "report_due" and i.msg.notifier == "420527/mqtt/0")
+    draft = due.msg.body["draft"]
+    assert draft["task_id"] == task.task_id and draft["site"] == "BZM" and draft["scale"] == "medium"
+    assert draft["threatened"] == {"people": 156, "households": 41}
+    assert draft["shelter"] == "归州镇文化广场 Guizhou town square" and draft["responsible"]["phone"] == "+86 717 000 0202"
+    assert draft["trigger_and_trend"] == "velocity 80 mm/day, confirmed" and draft["colour"] == "orange"
+    other.handle(_req("ack", id=task.warning_id, by="Zhao", note="road closed"), T0 + 1800)
     ok = other.handle(_req("report", task_id=task.task_id, by="County office"), T0 + 3600)
+    from alerts.reports import quick_report_draft
+
+    later = quick_report_draft(parts[0].sites["BZM"], other.states[("BZM", False)], task)
+    assert later["measures_taken"] == ["2025-11-29T07:36:40.000Z Zhao: road closed"]
     assert ok.ok and other.states[("BZM", False)].report(task.task_id).submitted == pytest.approx(T0 + 3600)
     assert not other.handle(_req("report", task_id="no-task", by="x"), T0 + 3700).ok
