@@ -236,8 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_export)
 
     from ingest.requests import add_request_parsers
+    from simulators.cli import add_plot_parser, add_simulate_parser
 
     add_request_parsers(sub)
+
+    add_simulate_parser(sub)
+    add_plot_parser(sub)
     return p
 
 

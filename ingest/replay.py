@@ -37,10 +37,12 @@ def replay_rows(
     drill: bool = False,
     rejects: list[FeedReject] | None = None,
     roster: Roster | None = None,
+    plots: bool = True,
 ) -> ReplaySummary:
     """Fusion and the response chain over ``rows`` in event time: ``alerts.jsonl`` (fusion's
     level changes), and from the chain ``notifications.jsonl``, ``cap/*.xml`` and
-    ``commands.jsonl`` (nobody acknowledges, so warnings escalate at their deadlines).
+    ``commands.jsonl`` (nobody acknowledges, so warnings escalate at their deadlines), and
+    with ``plots`` a PNG per site in ``plots/``.
     ``roster`` defaults to the example roster."""
     from alerts.chain import ResponseChain
     from config.roster import load_roster
@@ -91,6 +93,11 @@ def replay_rows(
     if ordered:
         chain.run_until(clock.now())
     summary.rejected = len(rejects)
+    if plots and ordered:
+        # A PNG per site (simulators.plots): displacement, velocity, inverse velocity, rain, levels.
+        from simulators.plots import plot_replay
+
+        plot_replay(ordered, registry, summary.events, out_dir / "plots")
     if rejects:
         with open(out_dir / "rejects.jsonl", "w", encoding="utf-8") as fh:
             for rej in rejects:

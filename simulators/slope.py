@@ -6,6 +6,8 @@ parameters from their seed, so a seed reproduces the whole run. Two models live 
 - ``VoightFailure``: steady creep plus accelerating (tertiary) creep that ends in failure at
   ``t_f``, following Voight's law dv/dt = A·v^α.
 - ``StableSlope``: tiny creep plus a seasonal and a daily (thermal) oscillation.
+- ``SeasonalSlope``: step-like motion of a reservoir landslide, driven by stored rain and
+  reservoir drawdown (``reservoir_level``).
 
 Conventions shared by every model:
 
@@ -19,6 +21,7 @@ Conventions shared by every model:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Protocol, overload
 
 import numpy as np
@@ -270,3 +273,99 @@ class StableSlope:
             f"StableSlope(t0={self.t0}, creep_mm_day={self.creep_mm_day}, seasonal_amp_mm={self.seasonal_amp_mm}, "
             f"thermal_amp_mm={self.thermal_amp_mm})"
         )
+
+
+def reservoir_level(t: ArrayLike, *, high_m: float = 175.0, low_m: float = 145.0, drawdown_start_doy: float = 120.0, drawdown_days: float = 45.0) -> FloatArray:
+    """Water level (m a.s.l.) of a Three Gorges-like reservoir on day-of-year of ``t``.
+
+    Piecewise linear over the year: full (``high_m``) after the autumn impoundment, a slow
+    winter release to mid-level by ``drawdown_start_doy``, the fast flood-season drawdown to
+    ``low_m`` over ``drawdown_days``, low through the summer floods, and refilling in
+    September–October (as in ../shared/data three_gorges_baishuihe_bazimen).
+    """
+    arr = np.asarray(t, dtype=np.float64)
+    doy = (arr / DAY) % 365.25
+    ds = min(drawdown_start_doy, 200.0)
+    de = min(ds + drawdown_days, 240.0)
+    mid = low_m + 0.5 * (high_m - low_m)
+    knots_x = [0.0, 30.0, ds, de, 245.0, 300.0, 365.25]
+    knots_y = [high_m - 2.0, high_m - 4.0, mid, low_m, low_m, high_m, high_m - 2.0]
+    return np.interp(doy, knots_x, knots_y)
+
+
+class SeasonalSlope:
+    """Step-like motion of a reservoir landslide (Baishuihe, Bazimen): fast in the flood
+    season, nearly still in winter.
+
+    velocity (mm/day) = base + rain_gain · stored rain (mm, a linear reservoir of
+    ``rain_timescale_s``) + drawdown_gain · max(0, −dh/dt) (m/day of reservoir drawdown).
+
+    Displacement integrates the velocity on a ``step_s`` grid from ``t0`` to ``t_end``
+    (trapezoids; beyond ``t_end`` it continues at the last velocity). ``stored_rain`` is the
+    site's rain reservoir: a vectorised function of time.
+    """
+
+    def __init__(
+        self,
+        t0: float,
+        t_end: float,
+        stored_rain: Callable[[FloatArray, float], FloatArray],
+        *,
+        base_mm_day: float = 0.3,
+        rain_gain_mm_day_per_mm: float = 0.08,
+        rain_timescale_s: float = 5 * DAY,
+        drawdown_gain_mm_per_m: float = 25.0,
+        reservoir: dict[str, float] | None = None,
+        step_s: float = 600.0,
+    ) -> None:
+        if not t_end > t0:
+            raise ValueError(f"t_end ({t_end}) must be after t0 ({t0})")
+        for name, value in (("base_mm_day", base_mm_day), ("rain_gain_mm_day_per_mm", rain_gain_mm_day_per_mm), ("drawdown_gain_mm_per_m", drawdown_gain_mm_per_m)):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        self.t0 = float(t0)
+        self.t_end = float(t_end)
+        self.base_mm_day = base_mm_day
+        self.rain_gain = rain_gain_mm_day_per_mm
+        self.rain_timescale_s = rain_timescale_s
+        self.drawdown_gain = drawdown_gain_mm_per_m
+        self._stored = stored_rain
+        self._res = dict(reservoir or {})
+        n = max(2, int(math.ceil((self.t_end - self.t0) / step_s)) + 1)
+        self._grid = np.linspace(self.t0, self.t0 + (n - 1) * step_s, n)
+        v = self._velocity_raw(self._grid)
+        dt_day = np.diff(self._grid) / DAY
+        self._disp = np.concatenate([[0.0], np.cumsum(0.5 * (v[1:] + v[:-1]) * dt_day)])
+        self._v = v
+
+    def level(self, t: ArrayLike) -> FloatArray:
+        return reservoir_level(t, **self._res)
+
+    def _velocity_raw(self, t: FloatArray) -> FloatArray:
+        h1 = self.level(t - 0.5 * DAY)
+        h2 = self.level(t + 0.5 * DAY)
+        drawdown = np.maximum(0.0, h1 - h2)  # m/day
+        return self.base_mm_day + self.rain_gain * self._stored(t, self.rain_timescale_s) + self.drawdown_gain * drawdown
+
+    @overload
+    def displacement(self, t: float) -> float: ...
+    @overload
+    def displacement(self, t: FloatArray) -> FloatArray: ...
+    def displacement(self, t: ArrayLike) -> float | FloatArray:
+        arr, scalar = _to_array(t)
+        d = np.interp(arr, self._grid, self._disp, left=0.0)
+        beyond = arr > self._grid[-1]
+        if np.any(beyond):
+            d = np.where(beyond, self._disp[-1] + self._v[-1] * (arr - self._grid[-1]) / DAY, d)
+        return _out(d, scalar)
+
+    @overload
+    def velocity(self, t: float) -> float: ...
+    @overload
+    def velocity(self, t: FloatArray) -> FloatArray: ...
+    def velocity(self, t: ArrayLike) -> float | FloatArray:
+        arr, scalar = _to_array(t)
+        return _out(np.interp(arr, self._grid, self._v), scalar)
+
+    def __repr__(self) -> str:
+        return f"SeasonalSlope(t0={self.t0}, t_end={self.t_end}, base_mm_day={self.base_mm_day}, drawdown_gain_mm_per_m={self.drawdown_gain})"

@@ -1,0 +1,627 @@
+"""The vectorised simulation engine behind ``geowarn simulate``.
+
+A ``Simulation`` turns a ``Scenario`` and a site registry into the messages its devices
+send: native JSON v1 data messages (several buffered readings per message) and status
+heartbeats, with the scenario's faults injected (``simulators.faults``). It never touches a
+broker, a file or a clock: ``emit_until(t)`` returns every message due up to event time
+``t``, in the order the broker would see them; ``set_sampling`` changes a device's interval
+from the next sample on (devices obey ``set_sampling`` commands). File writing, live
+publishing and pacing live in ``simulators.publish``.
+
+Speed: every channel of a device computes all its readings up to ``t`` in a handful of numpy
+calls (the slope, rain and noise are vectorised); Python touches each reading once, only to
+format it. Randomness: each site, channel and device-fault stream has its own generator
+seeded from (seed, names) by a stable hash, so the same seed gives byte-identical output.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import heapq
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from alerts.log import rfc3339
+from config.registry import Channel, Kind, Registry
+from simulators.devices import RAIN_TIP_MM
+from simulators.scenario import FaultSpec, Scenario, SlopeSpec, StormSpec, WeatherSpec
+from simulators.slope import DAY, SeasonalSlope, Slope, StableSlope, VoightFailure
+
+FloatArray = NDArray[np.float64]
+FIRMWARE = "geowarn-sim-2"
+_SPIN_UP_S = 14 * DAY
+"""Rain starts before the run so groundwater and soil moisture are not bone dry at start."""
+BATTERY_CUTOFF_V = 10.5
+
+
+def stable_rng(seed: int, *parts: str) -> np.random.Generator:
+    """A generator seeded from ``seed`` and names (blake2b: stable across processes)."""
+    digest = hashlib.blake2b("\x1f".join((str(seed), *parts)).encode(), digest_size=16).digest()
+    return np.random.Generator(np.random.PCG64(int.from_bytes(digest, "little")))
+
+
+# -- rain ----------------------------------------------------------------------------------
+
+
+class Rain:
+    """A site's rain as piecewise-constant segments: random storms plus design storms.
+
+    Every query is vectorised and exact for the piecewise-constant rate: cumulative rain is
+    piecewise linear between breakpoints (``np.interp``), and the linear-reservoir response
+    (pore pressure, groundwater) is propagated exactly from breakpoint to breakpoint.
+    """
+
+    def __init__(self, rng: np.random.Generator, t_from: float, t_to: float, spec: WeatherSpec, storms: list[tuple[float, StormSpec]]) -> None:
+        starts: list[float] = []
+        ends: list[float] = []
+        rates: list[float] = []  # mm/s
+        if spec.storms_per_day > 0:
+            t = t_from + float(rng.exponential(DAY / spec.storms_per_day))
+            while t < t_to:
+                dur = float(rng.exponential(spec.mean_storm_h * 3600.0))
+                rate = float(rng.exponential(spec.mean_intensity_mm_h / 3600.0))
+                starts.append(t)
+                ends.append(t + dur)
+                rates.append(rate)
+                t = t + dur + float(rng.exponential(DAY / spec.storms_per_day))
+        for at, storm in storms:
+            # Triangular hyetograph, cut into 12 constant pieces; the mean intensity is kept.
+            d = storm.duration_h * 3600.0
+            n = 12
+            shapes = []
+            for k in range(n):
+                mid = (k + 0.5) / n
+                if mid < storm.peak:
+                    shapes.append(mid / storm.peak)
+                else:
+                    shapes.append((1.0 - mid) / (1.0 - storm.peak) if storm.peak < 1 else mid)
+            # Scaled so the storm's depth is exactly mean intensity × duration.
+            norm = storm.mean_intensity_mm_h / 3600.0 / (sum(shapes) / n)
+            for k in range(n):
+                starts.append(at + d * k / n)
+                ends.append(at + d * (k + 1) / n)
+                rates.append(norm * shapes[k])
+        self.t_from = float(t_from)
+        self.storms = [(s, e, r * 3600.0) for s, e, r in zip(starts, ends, rates)]
+        bp = np.unique(np.asarray([t_from, t_to, *starts, *ends], dtype=np.float64))
+        total = np.zeros(len(bp))  # rate from bp[k] to bp[k+1]
+        for s, e, r in zip(starts, ends, rates):
+            total[(bp >= s) & (bp < e)] += r
+        self._bp = bp
+        self._rate = total
+        self._cum = np.concatenate([[0.0], np.cumsum(total[:-1] * np.diff(bp))])
+        self._stored: dict[float, FloatArray] = {}
+        self._bp_list = bp.tolist()
+        self._rate_list = total.tolist()
+
+    def cumulative(self, t: FloatArray) -> FloatArray:
+        """Rain (mm) fallen since ``t_from``."""
+        k = np.maximum(np.searchsorted(self._bp, t, side="right") - 1, 0)
+        return self._cum[k] + self._rate[k] * np.maximum(0.0, t - self._bp[k])
+
+    def intensity(self, t: FloatArray) -> FloatArray:
+        """Rain rate (mm/h)."""
+        k = np.searchsorted(self._bp, t, side="right") - 1
+        return np.where(k >= 0, self._rate[np.maximum(k, 0)] * 3600.0, 0.0)
+
+    def intensity_at(self, t: float) -> float:
+        """``intensity`` for one time (no numpy call: heartbeats ask one at a time)."""
+        k = bisect.bisect_right(self._bp_list, t) - 1
+        return self._rate_list[k] * 3600.0 if k >= 0 else 0.0
+
+    def stored(self, t: FloatArray, timescale_s: float) -> FloatArray:
+        """Rain (mm) weighted by exp(−age/timescale): ds/dt = r − s/τ, exact per segment."""
+        at_bp = self._stored.get(timescale_s)
+        if at_bp is None:
+            decay = np.exp(-np.diff(self._bp) / timescale_s)
+            vals = [0.0]
+            for i in range(len(decay)):
+                vals.append(vals[-1] * decay[i] + self._rate[i] * timescale_s * (1.0 - decay[i]))
+            at_bp = np.asarray(vals)
+            self._stored[timescale_s] = at_bp
+        idx = np.maximum(np.searchsorted(self._bp, t, side="right") - 1, 0)
+        dt = np.maximum(0.0, t - self._bp[idx])
+        e = np.exp(-dt / timescale_s)
+        return at_bp[idx] * e + self._rate[idx] * timescale_s * (1.0 - e)
+
+
+# -- sites and channels --------------------------------------------------------------------
+
+
+class SiteState:
+    """The truth of one site: slope, sliding direction, rain, sun."""
+
+    def __init__(self, code: str, lon: float, slope: Slope, rain: Rain, azimuth_deg: float, dip_deg: float) -> None:
+        self.code = code
+        self.lon = lon
+        self.slope = slope
+        self.rain = rain
+        self.azimuth_deg = azimuth_deg
+        az, dip = math.radians(azimuth_deg), math.radians(dip_deg)
+        self.enu = (math.cos(dip) * math.sin(az), math.cos(dip) * math.cos(az), -math.sin(dip))
+
+    def sun(self, t: FloatArray) -> FloatArray:
+        h = (t / 3600.0 + self.lon / 15.0) % 24.0
+        s = np.maximum(0.0, np.sin(np.pi * (h - 6.0) / 12.0))
+        return s * np.where(self.rain.intensity(t) > 0, 0.3, 1.0)
+
+    def battery_v(self, t: FloatArray, rest_v: float) -> FloatArray:
+        # Same physics as simulators.devices.Power: sag through the night, charge by day.
+        h = (t / 3600.0 + self.lon / 15.0) % 24.0
+        night_h = np.where((h >= 6.0) & (h < 18.0), 0.0, (h - 18.0) % 24.0)
+        return rest_v - 0.02 * night_h + 1.6 * self.sun(t)
+
+    def sun_at(self, t: float) -> float:
+        h = (t / 3600.0 + self.lon / 15.0) % 24.0
+        s = max(0.0, math.sin(math.pi * (h - 6.0) / 12.0))
+        return s * (0.3 if self.rain.intensity_at(t) > 0 else 1.0)
+
+    def battery_at(self, t: float, rest_v: float) -> float:
+        h = (t / 3600.0 + self.lon / 15.0) % 24.0
+        night_h = 0.0 if 6.0 <= h < 18.0 else (h - 18.0) % 24.0
+        return rest_v - 0.02 * night_h + 1.6 * self.sun_at(t)
+
+    def temp_c(self, t: float) -> float:
+        h = (t / 3600.0 + self.lon / 15.0) % 24.0
+        return 16.0 + 7.0 * math.sin(2.0 * math.pi * (h - 9.0) / 24.0)
+
+
+_TILT_SCALE = {"mrad": 1.0, "urad": 1000.0, "deg": 180.0 / math.pi / 1000.0}
+_TILT_DECIMALS = {"mrad": 4, "urad": 1, "deg": 6}
+
+
+_LINEAR, _GNSS, _STORED, _SOIL, _BATTERY, _RAIN = range(6)
+
+
+class SimChannel:
+    """One channel: its kind's model with device-specific constants, and its sample clock.
+
+    Every displacement-like kind reads ``baseline + gain · slope displacement + σ·noise``
+    (GNSS projects the motion on its axis and adds multipath outliers; a tiltmeter turns it
+    into rotation); pore pressure and groundwater read ``baseline + gain · stored rain``.
+    """
+
+    __slots__ = ("name", "kind", "unit", "decimals", "interval_s", "normal_s", "anchor", "k", "model", "gain", "baseline", "sigma", "timescale_s", "outlier_prob", "fmt", "scale")
+
+    def __init__(self, ch: Channel, site: SiteState, rng: np.random.Generator, *, axis: int, heading_deg: float) -> None:
+        self.name = ch.channel
+        self.kind = ch.kind
+        self.unit = ch.unit or ""
+        self.interval_s = float(ch.interval_s)
+        self.normal_s = float(ch.interval_s)
+        self.anchor = 0.0
+        self.k = 0
+        self.gain = 1.0
+        self.baseline = 0.0
+        self.sigma = 0.0
+        self.timescale_s = 1.0
+        self.outlier_prob = 0.0
+        self.model = _LINEAR
+        kind = ch.kind
+        if kind in (Kind.gnss_e, Kind.gnss_n, Kind.gnss_u):
+            axis_i = {Kind.gnss_e: 0, Kind.gnss_n: 1, Kind.gnss_u: 2}[kind]
+            self.model = _GNSS
+            self.gain = site.enu[axis_i]
+            # 3 mm horizontal, twice that vertical: the usual GNSS ratio.
+            self.sigma = 3.0 * (2.0 if kind is Kind.gnss_u else 1.0)
+            self.outlier_prob = 0.002
+            self.decimals = 2
+        elif kind is Kind.displacement:
+            self.sigma, self.decimals = 0.1, 2
+        elif kind is Kind.crack:
+            # A crack meter reads the crack's width, not a displacement from zero.
+            self.baseline, self.sigma, self.decimals = round(float(rng.uniform(5.0, 25.0)), 2), 0.1, 2
+        elif kind is Kind.tilt:
+            unit = ch.unit or "mrad"
+            scale = _TILT_SCALE[unit]
+            self.gain = 0.1 * math.cos(math.radians(heading_deg + 90.0 * axis - site.azimuth_deg)) * scale
+            self.sigma = 0.002 * scale
+            self.decimals = _TILT_DECIMALS[unit]
+        elif kind is Kind.rain:
+            self.model, self.decimals = _RAIN, 1
+        elif kind is Kind.pore_pressure:
+            # About 1 m of head (9.81 kPa) per 100 mm of rain (specific yield ~0.1).
+            self.model = _STORED
+            self.baseline, self.gain, self.timescale_s, self.sigma, self.decimals = float(rng.uniform(90.0, 130.0)), 0.1, 2 * DAY, 0.2, 2
+        elif kind is Kind.groundwater:
+            self.model = _STORED
+            self.baseline, self.gain, self.timescale_s, self.sigma, self.decimals = float(rng.uniform(5.0, 20.0)), 0.01, 5 * DAY, 0.005, 3
+        elif kind is Kind.soil_moisture:
+            self.model = _SOIL
+            self.baseline, self.gain, self.timescale_s, self.sigma, self.decimals = 18.0, 45.0, 2 * DAY, 0.3, 1
+        elif kind is Kind.battery:
+            self.model = _BATTERY
+            self.baseline, self.sigma, self.decimals = float(rng.uniform(12.3, 12.6)), 0.01, 2
+        else:  # pragma: no cover - Kind is closed
+            raise ValueError(f"no simulator model for channel kind {kind!r}")
+        self.fmt = f"%.{self.decimals}f"
+        self.scale = 10.0**self.decimals
+
+    def next_sample(self) -> float:
+        return self.anchor + self.k * self.interval_s
+
+    def retime(self, interval_s: float, now: float) -> None:
+        """Sample every ``interval_s`` from the next sample on (the one due keeps its time)."""
+        nxt = self.next_sample()
+        self.anchor, self.k, self.interval_s = nxt if nxt > now else now + interval_s, 0, interval_s
+
+
+def channel_values(site: SiteState, chans: list[SimChannel], ts: FloatArray, rng: np.random.Generator) -> FloatArray:
+    """Readings (n samples × m channels) at true times ``ts``, quantised per channel."""
+    n, m = len(ts), len(chans)
+    z = rng.standard_normal((n, m))
+    out = np.empty((n, m))
+    disp: FloatArray | None = None
+    gnss: list[int] = []
+    for j, c in enumerate(chans):
+        model = c.model
+        if model == _LINEAR or model == _GNSS:
+            if disp is None:
+                disp = site.slope.displacement(ts)
+            out[:, j] = c.baseline + c.gain * disp + c.sigma * z[:, j]
+            if model == _GNSS:
+                gnss.append(j)
+        elif model == _STORED:
+            out[:, j] = c.baseline + c.gain * site.rain.stored(ts, c.timescale_s) + c.sigma * z[:, j]
+        elif model == _SOIL:
+            s = site.rain.stored(ts, c.timescale_s)
+            out[:, j] = np.clip(c.baseline + (c.gain - c.baseline) * (1.0 - np.exp(-s / 20.0)) + c.sigma * z[:, j], 0.0, 100.0)
+        elif model == _BATTERY:
+            out[:, j] = site.battery_v(ts, c.baseline) + c.sigma * z[:, j]
+        else:  # rain: whole tips of the bucket since the previous sample
+            prev = ts - c.interval_s
+            tips = np.floor(site.rain.cumulative(ts) / RAIN_TIP_MM + 1e-9) - np.floor(site.rain.cumulative(prev) / RAIN_TIP_MM + 1e-9)
+            out[:, j] = np.maximum(tips, 0.0) * RAIN_TIP_MM
+    if gnss:
+        u = rng.random((n, len(gnss)))
+        for col, j in enumerate(gnss):
+            hit = u[:, col] < chans[j].outlier_prob
+            if hit.any():
+                # Multipath: an outlier of 5-15 sigma either way.
+                w = rng.random(int(hit.sum()))
+                out[hit, j] += (5.0 + 10.0 * np.abs(2.0 * w - 1.0)) * chans[j].sigma * np.where(w >= 0.5, 1.0, -1.0)
+    scale = np.asarray([c.scale for c in chans])
+    return np.round(out * scale) / scale
+
+
+# -- devices and messages ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Message:
+    """One MQTT message: ``t`` is when the device sends it (event time)."""
+
+    t: float
+    topic: str
+    payload: bytes
+    device: int  # index in Simulation.devices, for ordering
+    kind: str  # "data" | "status"
+    #: For data messages: the readings as (channel, t text, value text), for CSV feeds.
+    rows: list[tuple[str, str, str]] = field(default_factory=list)
+    site: str = ""
+    device_code: str = ""
+    malformed: bool = False
+
+
+class SimDevice:
+    """A device: channels, sample and report clocks, heartbeat clock, faults, sequence."""
+
+    def __init__(self, index: int, site: SiteState, code: str, channels: list[SimChannel], *, prefix: str, phase: float, readings_per_message: int, status_s: float, signal_dbm: float, silent_at: float | None) -> None:
+        self.index = index
+        self.site = site
+        self.code = code
+        self.channels = channels
+        self.data_topic = f"{prefix}/{site.code}/{code}/data"
+        self.status_topic = f"{prefix}/{site.code}/{code}/status"
+        self.rpm = readings_per_message
+        self.status_s = status_s
+        self.signal_dbm = signal_dbm
+        self.silent_at = silent_at
+        self.seq = 0
+        self.phase = phase
+        self.next_report = 0.0
+        self.next_status = 0.0
+        self.rest_v = next((c.baseline for c in channels if c.kind is Kind.battery), 12.45)
+        self.faults: list[Any] = []  # simulators.faults.DeviceFault
+        self.held: list[tuple[int, Message]] = []
+        #: The device's own random stream (noise, outliers, heartbeats); set by the Simulation.
+        self.rng = np.random.default_rng(0)
+        self._sampling_s = 0.0
+        self._report_s = 0.0
+        self.retimed()
+
+    @property
+    def sampling_s(self) -> float:
+        """The fastest channel's interval (what the heartbeat reports as ``sampling_s``)."""
+        return self._sampling_s
+
+    @property
+    def report_s(self) -> float:
+        return self._report_s
+
+    def retimed(self) -> None:
+        self._sampling_s = min(c.interval_s for c in self.channels)
+        self._report_s = self.rpm * self._sampling_s
+
+    def next_due(self) -> float:
+        return min(self.next_report, self.next_status)
+
+
+def _t_text(t: float) -> str:
+    return repr(round(float(t), 3))
+
+
+class Simulation:
+    """Every device of a registry under a scenario, from ``t0`` for ``duration_s``."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        registry: Registry,
+        *,
+        seed: int | None = None,
+        t0: float | None = None,
+        duration_s: float | None = None,
+        drill: bool = False,
+        strict_sites: bool = True,
+    ) -> None:
+        from simulators.faults import resolve_faults
+
+        self.scenario = scenario
+        self.registry = registry
+        self.seed = scenario.seed if seed is None else int(seed)
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        self.t0 = scenario.start if t0 is None else float(t0)
+        self.duration_s = scenario.duration if duration_s is None else float(duration_s)
+        if not self.duration_s > 0:
+            raise ValueError(f"duration must be > 0 s, got {self.duration_s}")
+        self.t_end = self.t0 + self.duration_s
+        self.drill = drill
+        self.prefix = scenario.topic_prefix
+        self._drill_text = "true" if drill else "false"
+        known = set(registry.sites)
+        self.strict_sites = strict_sites
+        if strict_sites:
+            for named in [s.site for s in scenario.slopes] + [s.site for s in scenario.storms]:
+                if named != "*" and named not in known:
+                    raise ValueError(f"scenario {scenario.name!r} names site {named!r}, which is not in the registry ({', '.join(sorted(known))})")
+        self.sites: dict[str, SiteState] = {}
+        self.failures: dict[str, float] = {}
+        self.devices: list[SimDevice] = []
+        dd = scenario.devices
+        for code, site in registry.sites.items():
+            rng = stable_rng(self.seed, "site", code)
+            azimuth = float(rng.uniform(0.0, 360.0))
+            dip = float(rng.uniform(15.0, 35.0))
+            storms = [(self.t0 + s.at, s) for s in scenario.storms if s.site in ("*", code)]
+            rain = Rain(stable_rng(self.seed, "weather", code), self.t0 - _SPIN_UP_S, self.t_end + DAY, scenario.weather, storms)
+            spec = scenario.slope_for(code)
+            slope = self._slope(spec, rng, site.lon, rain)
+            fails = getattr(slope, "t_f", None)
+            if fails is not None:
+                self.failures[code] = float(fails)
+            state = SiteState(code, site.lon, slope, rain, azimuth, dip)
+            self.sites[code] = state
+            silent_at = float(fails) if fails is not None and dd.silent_after_failure else None
+            for dev in site.devices:
+                drng = stable_rng(self.seed, "device", code, dev.device)
+                heading = float(drng.uniform(0.0, 360.0))
+                signal = float(drng.uniform(-95.0, -65.0))
+                seen: dict[Kind, int] = {}
+                chans: list[SimChannel] = []
+                for ch in dev.channels:
+                    axis = seen.get(ch.kind, 0)
+                    seen[ch.kind] = axis + 1
+                    if dd.sampling_s is not None:
+                        ch = ch.model_copy(update={"interval_s": dd.sampling_s})
+                    chans.append(SimChannel(ch, state, drng, axis=axis, heading_deg=heading))
+                fastest = min(c.interval_s for c in chans)
+                # Devices are not synchronised: each starts at its own whole second.
+                phase = float(math.floor(drng.uniform(0.0, fastest)))
+                d = SimDevice(len(self.devices), state, dev.device, chans, prefix=self.prefix, phase=phase, readings_per_message=dd.readings_per_message, status_s=dd.status_s, signal_dbm=signal, silent_at=silent_at)
+                d.rng = drng
+                for c in chans:
+                    c.anchor, c.k = self.t0 + phase, 0
+                d.next_report = self.t0 + phase + (d.rpm - 1) * fastest
+                d.next_status = self.t0 + phase
+                self.devices.append(d)
+        self._by_code = {(d.site.code, d.code): d for d in self.devices}
+        self.fault_truth = resolve_faults(self, scenario.faults)
+        self._heap = [(d.next_due(), d.index) for d in self.devices]
+        heapq.heapify(self._heap)
+
+    def _slope(self, spec: SlopeSpec, rng: np.random.Generator, lon: float, rain: Rain) -> Slope:
+        creep = float(rng.uniform(0.005, 0.05))
+        seasonal_phase = float(rng.uniform(0.0, 2 * math.pi))
+        if spec.model == "voight":
+            assert spec.failure_at is not None  # validated by SlopeSpec
+            t_f = self.t0 + spec.failure_at
+            return VoightFailure.reaching(self.t0, t_f, v_mm_day=spec.red_mm_day, lead_s=spec.red_lead, alpha=spec.alpha, creep_mm_day=spec.creep_mm_day)
+        if spec.model == "seasonal":
+            return SeasonalSlope(
+                self.t0,
+                self.t_end + DAY,
+                rain.stored,
+                base_mm_day=spec.base_mm_day,
+                rain_gain_mm_day_per_mm=spec.rain_gain_mm_day_per_mm,
+                rain_timescale_s=spec.rain_timescale,
+                drawdown_gain_mm_per_m=spec.drawdown_gain_mm_per_m,
+                reservoir={"high_m": spec.reservoir_high_m, "low_m": spec.reservoir_low_m, "drawdown_start_doy": spec.drawdown_start_doy, "drawdown_days": spec.drawdown_days},
+            )
+        # Thermal expansion peaks mid-afternoon local solar time (15:00).
+        h0 = (self.t0 / 3600.0 + lon / 15.0) % 24.0
+        thermal_phase = math.pi / 2 - 2 * math.pi * (15.0 - h0) / 24.0
+        return StableSlope(self.t0, creep, spec.seasonal_amp_mm, spec.thermal_amp_mm, seasonal_phase=seasonal_phase, thermal_phase=thermal_phase)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def device(self, site: str, device: str) -> SimDevice | None:
+        return self._by_code.get((site, device))
+
+    def set_sampling(self, site: str, device: str, interval_s: float | None, now: float) -> SimDevice:
+        """Obey ``set_sampling``: every channel samples every ``interval_s`` (None: back to
+        its normal interval) from its next sample on; reports follow the new pace."""
+        d = self._by_code.get((site, device))
+        if d is None:
+            raise KeyError(f"no simulated device {site}/{device}")
+        if interval_s is not None and not (math.isfinite(interval_s) and interval_s > 0):
+            raise ValueError(f"interval_s must be > 0 s, got {interval_s}")
+        for c in d.channels:
+            c.retime(c.normal_s if interval_s is None else float(interval_s), now)
+        d.retimed()
+        nxt = min(c.next_sample() for c in d.channels)
+        d.next_report = max(now, nxt + (d.rpm - 1) * d.sampling_s)
+        # The device confirms at once with a heartbeat carrying its new interval.
+        d.next_status = now
+        heapq.heappush(self._heap, (d.next_due(), d.index))
+        return d
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def next_due(self) -> float:
+        """Event time of the next message (inf when every device is done)."""
+        while self._heap:
+            t, i = self._heap[0]
+            if t == self.devices[i].next_due():
+                return t
+            heapq.heappop(self._heap)  # stale entry
+        return math.inf
+
+    def emit_until(self, t: float) -> list[Message]:
+        """Every message due up to event time ``t`` (and not after the run's end), in send order."""
+        t = min(t, self.t_end)
+        out: list[Message] = []
+        due: list[SimDevice] = []
+        seen: set[int] = set()
+        while self._heap and self._heap[0][0] <= t:
+            tt, i = heapq.heappop(self._heap)
+            d = self.devices[i]
+            if tt != d.next_due() or d.index in seen:
+                continue  # a stale entry, or a device already taken
+            seen.add(d.index)
+            due.append(d)
+        for d in due:
+            self._device_until(d, t, out)
+            nd = d.next_due()
+            if nd <= self.t_end:
+                heapq.heappush(self._heap, (nd, d.index))
+        out.sort(key=lambda m: (m.t, m.device, m.kind))
+        return out
+
+    def flush(self) -> list[Message]:
+        """Messages still held back (out-of-order delivery) at the end of the run."""
+        out = [m for d in self.devices for _, m in d.held]
+        for d in self.devices:
+            d.held.clear()
+        out.sort(key=lambda m: (m.t, m.device))
+        return out
+
+    def _device_until(self, d: SimDevice, t: float, out: list[Message]) -> None:
+        from simulators.faults import apply_message_faults, apply_reading_faults, battery_dead_at, offline, status_battery
+
+        # Reports due up to t.
+        reports: list[float] = []
+        while d.next_report <= t:
+            reports.append(d.next_report)
+            d.next_report += d.report_s
+        if reports:
+            t_last = reports[-1]
+            rep = np.asarray(reports)
+            silent_at = d.silent_at
+            dead = battery_dead_at(d)
+            if dead is not None and (silent_at is None or dead < silent_at):
+                silent_at = dead
+            per_report: list[list[tuple[str, str, str]]] = [[] for _ in reports]
+            # Channels on the same sample clock are computed together (one numpy pass).
+            groups: dict[tuple[float, int, float], list[SimChannel]] = {}
+            for c in d.channels:
+                groups.setdefault((c.anchor, c.k, c.interval_s), []).append(c)
+            for (anchor, k, interval), chans in groups.items():
+                first = anchor + k * interval
+                if first > t_last:
+                    continue
+                n = int(math.floor((t_last - first) / interval + 1e-9)) + 1
+                for c in chans:
+                    c.k += n
+                ts = anchor + (k + np.arange(n, dtype=np.float64)) * interval
+                if silent_at is not None:
+                    ts = ts[ts < silent_at]
+                    if not len(ts):
+                        continue
+                vs = channel_values(d.site, chans, ts, d.rng)
+                t_rep, vs = apply_reading_faults(d, chans, ts, vs)
+                t_text = [repr(x) for x in np.round(t_rep, 3).tolist()]
+                cols = [[c.fmt % x for x in vs[:, j].tolist()] for j, c in enumerate(chans)]
+                names = [c.name for c in chans]
+                idx = np.searchsorted(rep, ts - 1e-6, side="left").tolist()
+                for i, j in enumerate(idx):
+                    tt = t_text[i]
+                    bucket = per_report[j]
+                    for ci, name in enumerate(names):
+                        bucket.append((name, tt, cols[ci][i]))
+            for T, rows in zip(reports, per_report):
+                if not rows:
+                    continue
+                seq = d.seq
+                d.seq += 1
+                if offline(d, T, seq):
+                    continue  # a gap: lost on the way, the sequence number shows it
+                payload = self._data_payload(d.code, seq, rows)
+                msg = Message(T, d.data_topic, payload, d.index, "data", rows, d.site.code, d.code)
+                apply_message_faults(self, d, msg, seq, out)
+        while d.next_status <= t:
+            ts_ = d.next_status
+            # Heartbeats stay on their own grid even after an extra confirmation heartbeat.
+            grid = self.t0 + d.phase
+            d.next_status = grid + d.status_s * (math.floor((ts_ - grid) / d.status_s + 1e-9) + 1)
+            if d.silent_at is not None and ts_ >= d.silent_at:
+                continue
+            batt = status_battery(d, ts_)
+            if batt is None or offline(d, ts_):
+                continue
+            out.append(Message(ts_, d.status_topic, self._status_payload(d, ts_, batt), d.index, "status", [], d.site.code, d.code))
+
+    def _data_payload(self, device: str, seq: int, rows: list[tuple[str, str, str]]) -> bytes:
+        readings = ", ".join(f'{{"ch": "{ch}", "t": {t}, "v": {v}}}' for ch, t, v in rows)
+        return f'{{"v": 1, "device": "{device}", "seq": {seq}, "drill": {self._drill_text}, "readings": [{readings}]}}'.encode()
+
+    def _status_payload(self, d: SimDevice, t: float, battery_v: float) -> bytes:
+        sun = d.site.sun_at(t)
+        z = d.rng.standard_normal(3).tolist()
+        doc = {
+            "device": d.code,
+            "t": round(t, 3),
+            "battery_v": round(battery_v, 2),
+            "solar_v": round(16.0 + 5.0 * sun + 0.05 * float(z[0]), 2) if sun > 0 else 0.0,
+            "signal_dbm": int(round(d.signal_dbm + 3.0 * float(z[1]))),
+            "temp_c": round(d.site.temp_c(t) + 0.3 * float(z[2]), 1),
+            "sampling_s": d.sampling_s,
+            "fw": FIRMWARE,
+        }
+        if self.drill:
+            doc["drill"] = True
+        return json.dumps(doc).encode()
+
+    # -- ground truth -----------------------------------------------------------------------
+
+    def truth(self) -> dict[str, Any]:
+        """The ground truth of the run: failure times, injected faults, the run's frame."""
+        return {
+            "scenario": self.scenario.name,
+            "seed": self.seed,
+            "start": rfc3339(self.t0),
+            "end": rfc3339(self.t_end),
+            "drill": self.drill,
+            "failures": {site: rfc3339(t) for site, t in sorted(self.failures.items())},
+            "failures_epoch": dict(sorted(self.failures.items())),
+            "faults": self.fault_truth,
+            "sites": {code: type(s.slope).__name__ for code, s in self.sites.items()},
+            "devices": len(self.devices),
+        }
