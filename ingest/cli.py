@@ -162,12 +162,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from config.registry import load_registry
     from ingest.feeds import FeedError, FeedReject, read_feed, registry_from_rows
-    from ingest.replay import replay_rows
+    from ingest.replay import read_ack_script, replay_rows
 
     rejects: list[FeedReject] = []
     try:
         rows = list(read_feed(args.feed, rejects))
         registry = load_registry(args.sites) if args.sites else registry_from_rows(rows, str(args.feed))
+        acks = read_ack_script(args.acks) if args.acks else None
     except FeedError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAIL
@@ -176,7 +177,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     out = Path(args.out)
     t0 = time.perf_counter()
-    summary = replay_rows(rows, registry, out, drill=args.drill, rejects=rejects)
+    summary = replay_rows(rows, registry, out, drill=args.drill, rejects=rejects, acks=acks)
     took = time.perf_counter() - t0
     notes = out / "notifications.jsonl"
     n_notes = sum(1 for _ in open(notes, encoding="utf-8")) if notes.exists() else 0
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", required=True, help="output folder: alerts.jsonl, rejects.jsonl")
     rp.add_argument("--sites", default=None, help="site registry; default: built from the feed (kinds from channel names)")
     rp.add_argument("--drill", action="store_true", help="mark everything as an exercise")
+    rp.add_argument("--acks", default=None, help='ack script, JSONL: {"t": …, "site": "BSH" (or "id": warning id), "by": "NAME", "note": "…"} a line; outcomes in DIR/acks.jsonl')
     rp.set_defaults(func=cmd_replay)
 
     c = sub.add_parser("check-config", help="validate settings, sites and roster")
@@ -239,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     from simulators.cli import add_plot_parser, add_simulate_parser
 
     add_request_parsers(sub)
+    from ingest.tokens_cli import add_token_parsers
+    add_token_parsers(sub)
 
     add_simulate_parser(sub)
     add_plot_parser(sub)

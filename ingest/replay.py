@@ -14,11 +14,54 @@ from pathlib import Path
 from typing import Any
 
 from alerts.clock import ManualClock
-from alerts.log import AlertLog
+from alerts.log import AlertLog, rfc3339
 from config.registry import Registry
 from config.roster import Roster
 from detectors.fusion import LevelChange, SiteFusion
-from ingest.feeds import FeedReject, FeedRow
+from ingest.feeds import FeedError, FeedReject, FeedRow
+
+
+@dataclass(frozen=True)
+class ScriptedAck:
+    """One line of an ack script: at ``t`` (event time), ``by`` acknowledges the current
+    warning of ``site`` (or the warning ``id``)."""
+
+    t: float
+    by: str
+    site: str = ""
+    id: str = ""
+    note: str = ""
+    level: int | None = None
+    exercise: bool | None = None  # None: the replay's own (--drill)
+
+
+def read_ack_script(path: str | Path) -> list[ScriptedAck]:
+    """An ack script: JSONL, one ``{"t": epoch|RFC 3339, "site" or "id", "by", "note"?,
+    "level"?}`` a line; ``FeedError`` names the line and what is wrong."""
+    from ingest.codecs import parse_time
+
+    out = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            doc = json.loads(line)
+            if not isinstance(doc, dict):
+                raise ValueError("a line is a JSON object")
+            by = doc.get("by")
+            if not isinstance(by, str) or not by.strip():
+                raise ValueError("by (who acknowledges) is required")
+            if not (isinstance(doc.get("site"), str) or isinstance(doc.get("id"), str)):
+                raise ValueError("give site (its current warning) or id (a warning id)")
+            level = doc.get("level")
+            if level is not None and (not isinstance(level, int) or not 1 <= level <= 4):
+                raise ValueError("level must be 1-4")
+            ex = doc.get("exercise")
+            out.append(ScriptedAck(parse_time(doc.get("t")), by.strip(), doc.get("site", ""), doc.get("id", ""), str(doc.get("note", "")), level,
+                                   ex if isinstance(ex, bool) else None))
+        except ValueError as exc:
+            raise FeedError(f"{path}:{n}: {exc}") from None
+    return out
 
 
 @dataclass
@@ -38,12 +81,14 @@ def replay_rows(
     rejects: list[FeedReject] | None = None,
     roster: Roster | None = None,
     plots: bool = True,
+    acks: list["ScriptedAck"] | None = None,
 ) -> ReplaySummary:
     """Fusion and the response chain over ``rows`` in event time: ``alerts.jsonl`` (fusion's
     level changes), and from the chain ``notifications.jsonl``, ``cap/*.xml`` and
     ``commands.jsonl`` (nobody acknowledges, so warnings escalate at their deadlines), and
     with ``plots`` a PNG per site in ``plots/``.
-    ``roster`` defaults to the example roster."""
+    ``roster`` defaults to the example roster. ``acks`` (an ack script) acknowledge at their
+    own event time; each outcome goes to ``acks.jsonl``."""
     from alerts.chain import ResponseChain
     from config.roster import load_roster
     from config.settings import example_path
@@ -70,28 +115,54 @@ def replay_rows(
                 summary.highest[change.site] = max(summary.highest.get(change.site, 0), change.level)
             chain.feed(change)
 
+    script = sorted(acks or [], key=lambda a: a.t)
+    acks_path = out_dir / "acks.jsonl"
+    if script:
+        acks_path.write_text("")
+
+    def acknowledge(a: ScriptedAck) -> None:
+        exercise = drill if a.exercise is None else a.exercise
+        state = chain.states.get((a.site, exercise)) if a.site else None
+        wid = a.id or (state.warning_id if state is not None else None)
+        if wid is None:
+            outcome = {"ok": False, "rule": "refused", "detail": f"no warning at {a.site} to acknowledge"}
+        else:
+            try:
+                tr = chain.ack(wid, a.by, a.note, a.t, a.level)
+                outcome = {"ok": tr.rule != "ignored", "rule": tr.rule, "detail": tr.state.history[-1].detail if tr.state.history else ""}
+            except KeyError as exc:
+                outcome = {"ok": False, "rule": "refused", "detail": str(exc).strip("'\"")}
+        with open(acks_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"t": rfc3339(a.t), "site": a.site, "warning_id": wid, "by": a.by, "note": a.note, **outcome}, ensure_ascii=False) + "\n")
+
+    def run_until(t: float) -> None:
+        """Timers and scripted acks due up to ``t``, each at its own time: fusion's, then the
+        chain's, then the acks (fusion first on a tie, so a lift beats an escalation)."""
+        while True:
+            f_due, c_due = fusion.next_deadline(), chain.next_deadline()
+            a_due = script[0].t if script else None
+            first = min((d for d in (f_due, c_due, a_due) if d is not None), default=None)
+            if first is None or first > t:
+                return
+            clock.set(max(clock.now(), first))
+            if f_due == first:
+                emit(fusion.tick(clock.now()))
+            elif c_due == first:
+                chain.tick(clock.now())
+            else:
+                acknowledge(script.pop(0))
+
     for r in ordered:
         info = registry.channel(r.site, r.device, r.channel)
         if info is None:
             rejects.append(FeedReject(0, f"{r.site}/{r.device}/{r.channel} is not in the registry", ""))
             continue
-        # Timers due before this reading fire first, at their own time: fusion's and the
-        # chain's in time order (fusion first on a tie, so a lift beats an escalation).
-        while True:
-            f_due, c_due = fusion.next_deadline(), chain.next_deadline()
-            if f_due is not None and f_due <= r.t and (c_due is None or f_due <= c_due):
-                clock.set(max(clock.now(), f_due))
-                emit(fusion.tick(clock.now()))
-            elif c_due is not None and c_due <= r.t:
-                clock.set(max(clock.now(), c_due))
-                chain.tick(clock.now())
-            else:
-                break
+        run_until(r.t)
         clock.set(r.t)
         summary.readings += 1
         emit(fusion.update_all(info, r.t, r.value, drill or r.drill))
     if ordered:
-        chain.run_until(clock.now())
+        run_until(max([clock.now()] + [a.t for a in script]))
     summary.rejected = len(rejects)
     if plots and ordered:
         # A PNG per site (simulators.plots): displacement, velocity, inverse velocity, rain, levels.

@@ -209,3 +209,44 @@ def test_daily_zero_reports_go_to_county_city_and_province_at_their_local_hours(
     assert "S1 blue" in zero[0]["text"] and "devices online: 1 of 2" in zero[0]["text"] and "144" in zero[0]["text"]
     assert "none" in zero[3]["text"]
     assert seen[0] == ("999999", day1.timestamp() + 3600 - 86400, day1.timestamp() + 3600)
+
+
+def test_an_ack_script_acknowledges_at_its_event_time_and_stops_that_escalation(feed, tmp_path):
+    reg = load_registry(example_path("sites.example.toml"))
+    plain = tmp_path / "plain"
+    replay_rows(feed, reg, plain, plots=False)
+    notes = [n for n in _lines(plain / "notifications.jsonl") if n["site"] == "BSH"]
+    first = next(n for n in notes if n["kind"] == "warning")
+    wid = first["warning_id"]
+    escalated = [n for n in notes if n["warning_id"] == wid and n["kind"] == "escalation" and n["level"] == first["level"]]
+    assert escalated, "without an ack the first level escalates"
+
+    def ts(x: str) -> float:
+        return datetime.fromisoformat(x.replace("Z", "+00:00")).timestamp()
+
+    at = ts(first["t"]) + 600.0  # ten minutes after the warning, well within its 1 h deadline
+    script = tmp_path / "acks.jsonl"
+    script.write_text(
+        json.dumps({"t": at, "site": "BSH", "by": "王值班", "note": "patrol sent"}) + "\n"
+        + json.dumps({"t": at, "site": "XK", "by": "王值班"}) + "\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "acked"
+    from ingest.replay import read_ack_script
+
+    replay_rows(feed, reg, out, plots=False, acks=read_ack_script(script))
+    outcomes = _lines(out / "acks.jsonl")
+    assert [(o["site"], o["ok"], o["rule"]) for o in outcomes] == [("BSH", True, "ack"), ("XK", False, "refused")]
+    assert outcomes[0]["warning_id"] == wid
+    after = [n for n in _lines(out / "notifications.jsonl") if n["warning_id"] == wid]
+    assert not [n for n in after if n["kind"] == "escalation" and n["level"] == first["level"]]
+
+
+def test_a_bad_ack_script_names_the_line(tmp_path):
+    from ingest.feeds import FeedError
+    from ingest.replay import read_ack_script
+
+    script = tmp_path / "acks.jsonl"
+    script.write_text('{"t": 1764400000, "site": "BSH", "by": "a"}\n{"t": 1764400000, "site": "BSH"}\n', encoding="utf-8")
+    with pytest.raises(FeedError, match=r"acks.jsonl:2: by \(who acknowledges\) is required"):
+        read_ack_script(script)
