@@ -111,8 +111,8 @@ def cap_time(t: str | float, tz: str = DEFAULT_TZ) -> str:
             raise CapError(f"time {t!r} has no UTC offset; CAP needs an absolute time")
         dt = dt.astimezone(zone)
     else:
-        if not math.isfinite(t):
-            raise CapError(f"time {t!r} is not a finite epoch time")
+        if not math.isfinite(t) or not 0 <= t < 253402300799:
+            raise CapError(f"time {t!r} is not an epoch time between 1970 and 9999")
         dt = datetime.fromtimestamp(t, zone)
     text = dt.replace(microsecond=0).isoformat()
     return text[:-6] + "-00:00" if text.endswith("+00:00") else text
@@ -370,7 +370,9 @@ def _decimal(x: float, places: int) -> str:
 
 
 def _finite(x: Any) -> TypeGuard[float]:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    """A usable epoch time: a finite number that a date-time can hold (a forecast from a
+    near-flat fit can lie millennia away; such a time is no forecast at all)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and 0 <= x < 253402300799
 
 
 def _zone(tz: str) -> ZoneInfo:

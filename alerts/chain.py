@@ -129,15 +129,19 @@ class ChainCore:
         #: (t, site, admin, level, warning id) of the real warnings raised or raised higher.
         self.raised: list[tuple[float, str, str, int, str]] = []
         self.now: float | None = None
+        self._watching = False
 
     # -- time -----------------------------------------------------------------------------
 
     def _advance(self, t: float) -> None:
-        if self.now is None and self.zero_reports:
+        if not self._watching and self.zero_reports:
+            # Every unit with sites is under watch; one added since the last run (a new county
+            # in the registry) from now on: its next slot is its first report.
             for site in self.registry.sites.values():
                 for tier, admin in chain_of(site.admin):
                     if tier in ZERO_REPORT_TIMES:
-                        self.zero_last.setdefault(admin, t)  # under watch from now: the next slot is the first
+                        self.zero_last.setdefault(admin, t)
+            self._watching = True
         self.now = t if self.now is None else max(self.now, t)
 
     # -- inputs ---------------------------------------------------------------------------
@@ -245,12 +249,11 @@ class ChainCore:
             text = "[EXERCISE] " + text
         n = Notify(tier, admin, "zero_report", 0, None, text, "", due, self.drill, id=f"zero-{admin}-{day}" + ("-exercise" if self.drill else ""))
         self.zero_last[admin] = due
-        self._out(None, (n,), {n.id: {"zero": {"admin": admin, "day": day, "sites": sites, "warnings": len(warnings), **figures}}})
+        self._out(None, None, (n,), {n.id: {"zero": {"admin": admin, "day": day, "sites": sites, "warnings": len(warnings), **figures}}})
 
     # -- outputs --------------------------------------------------------------------------
 
     def _apply(self, key: tuple[str, bool], tr: Transition) -> Transition:
-        self.states[key] = tr.state
         extras: dict[str, Mapping[str, Any]] = {}
         for action in tr.actions:
             if not isinstance(action, Notify):
@@ -262,11 +265,16 @@ class ChainCore:
                 if task is not None:
                     extras[action.id] = {"draft": quick_report_draft(self.registry.sites[action.site], tr.state, task)}
         del self.raised[: max(0, len(self.raised) - 10_000)]
-        self._out(key, tr.actions, extras)
+        self._out(key, tr.state, tr.actions, extras)
+        # Only once the runtime has carried the actions out (live: committed them with the
+        # state): a failure leaves memory where the disk is.
+        self.states[key] = tr.state
         return tr
 
-    def _out(self, key: tuple[str, bool] | None, actions: tuple[Action, ...], extras: Mapping[str, Mapping[str, Any]]) -> None:
-        """Carry out actions (and persist ``key``'s new state, where the runtime persists);
+    def _out(
+        self, key: tuple[str, bool] | None, state: SiteAlert | None, actions: tuple[Action, ...], extras: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        """Carry out actions (and persist ``key``'s new ``state``, where the runtime persists);
         ``extras`` adds fields to the notification with that id (a zero report's figures, a
         quick report's draft)."""
         raise NotImplementedError
@@ -303,7 +311,9 @@ class ResponseChain(ChainCore):
         self.notifications_path.write_text("")
         self.commands_path.write_text("")
 
-    def _out(self, key: tuple[str, bool] | None, actions: tuple[Action, ...], extras: Mapping[str, Mapping[str, Any]]) -> None:
+    def _out(
+        self, key: tuple[str, bool] | None, state: SiteAlert | None, actions: tuple[Action, ...], extras: Mapping[str, Mapping[str, Any]]
+    ) -> None:
         for action in actions:
             if isinstance(action, Notify):
                 self._notify(action, extras.get(action.id, {}))

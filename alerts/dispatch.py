@@ -48,6 +48,9 @@ __all__ = ["Backoff", "Dispatcher", "DispatcherThread", "NotifierStats"]
 
 log = logging.getLogger(__name__)
 
+#: A lane that could not record an outcome in the outbox rests this long (clock seconds).
+UNRECORDED_RETRY_S = 5.0
+
 
 @dataclass(frozen=True)
 class Backoff:
@@ -153,6 +156,8 @@ class Dispatcher:
         self._lock = threading.Lock()  # lanes and stats; never held while calling the outbox
         self._run_lock = threading.Lock()
         self._orphans: set[str] = set()  # notifier keys in the outbox that nothing sends to
+        #: Delivered messages the outbox could not mark as sent yet: id -> when.
+        self._unrecorded: dict[str, float] = {}
         self._stopping = False
         #: Called (from a lane's thread) when a lane finishes: the DispatcherThread's wake.
         self.on_lane_done: Callable[[], None] | None = None
@@ -164,13 +169,16 @@ class Dispatcher:
 
     # -- the public surface -------------------------------------------------------------------
 
-    def run_once(self, now: float | None = None) -> int:
-        """Send what is due at ``now`` (default: the clock's now); wait at most ``timeout_s``
-        for it; raise or clear alarms. Returns how many messages were delivered meanwhile."""
+    def run_once(self, now: float | None = None, *, wait: bool = True) -> int:
+        """Send what is due at ``now`` (default: the clock's now); with ``wait``, wait at most
+        ``timeout_s`` for it (the background thread does not wait: a slow lane must not hold
+        new work for idle ones); raise or clear alarms. Returns how many messages were
+        delivered meanwhile."""
         with self._run_lock:
             at = self.clock.now() if now is None else now
             before = self._total_sent()
-            items = self.outbox.due(at, self.batch, skip=self._skip(at))
+            self._record_unrecorded()
+            items = [i for i in self.outbox.due(at, self.batch, skip=self._skip(at)) if i.id not in self._unrecorded]
             groups: dict[str, list[OutboxItem]] = {}
             for item in items:
                 groups.setdefault(item.notifier, []).append(item)
@@ -183,7 +191,7 @@ class Dispatcher:
                 self._start(lane, group)
                 started.append(lane)
             deadline = time.monotonic() + self.timeout_s
-            for lane in started:
+            for lane in started if wait else ():
                 lane.done.wait(max(0.0, deadline - time.monotonic()))
             self._count_stuck(at)
             self._alarms(self.clock.now() if now is None else now)
@@ -264,7 +272,21 @@ class Dispatcher:
                     if self._failed(lane, item, f"notifier bug: {exc!r}", False):
                         break
                 else:
-                    self._sent(lane, item)
+                    try:
+                        self._sent(lane, item)
+                    except Exception:
+                        # Delivered but not recorded (disk full, database locked): never send
+                        # it again from this process; record it when the outbox works again.
+                        log.exception("delivered %s but could not record it in the outbox", item.id)
+                        with self._lock:
+                            self._unrecorded[item.id] = self.clock.now()
+                            lane.retry_at = self.clock.now() + UNRECORDED_RETRY_S
+                        break
+        except Exception:
+            # _failed could not record a failure: rest the lane instead of looping on the item.
+            log.exception("notifier lane %s could not record an outcome in the outbox", lane.key)
+            with self._lock:
+                lane.retry_at = self.clock.now() + UNRECORDED_RETRY_S
         finally:
             with self._lock:
                 lane.send_started = None
@@ -273,6 +295,15 @@ class Dispatcher:
             callback = self.on_lane_done
             if callback is not None:
                 callback()
+
+    def _record_unrecorded(self) -> None:
+        for msg_id, t in list(self._unrecorded.items()):
+            try:
+                self.outbox.mark_sent(msg_id, t)
+            except Exception as exc:  # still failing: keep it in memory, try next round
+                log.error("still cannot record %s as sent: %s", msg_id, exc)
+                return
+            del self._unrecorded[msg_id]
 
     def _sent(self, lane: _Lane, item: OutboxItem) -> None:
         now = self.clock.now()
@@ -468,7 +499,7 @@ class DispatcherThread:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                self.dispatcher.run_once()
+                self.dispatcher.run_once(wait=False)
                 wait = self.dispatcher.next_wait(self.max_idle_s)
             except Exception:
                 # The outbox file may be briefly unavailable (disk full, locked); keep the thread

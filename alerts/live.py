@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,9 @@ COMMAND_KEY = "mqtt/cmd"
 _STATE_PREFIX = "alert/"
 _ZERO_KEY = "chain/zero_last"
 _RAISED_KEY = "chain/raised"
-_NOW_KEY = "chain/now"
+
+#: 9999-12-31T23:59:59Z: later times cannot be written in CAP, RFC 3339 or ISO 8601.
+LATEST_T = 253402300799.0
 
 #: The request topics ({prefix}/{kind}) the detection worker answers on {prefix}/{kind}/result.
 REQUEST_KINDS = ("ack", "report", "shelve", "unshelve")
@@ -61,12 +64,23 @@ class Request:
     level: int | None = None
     until: float | None = None
 
+    @staticmethod
+    def request_id_of(payload: bytes) -> str:
+        """The caller's request id, even from a request that is otherwise invalid (so the
+        refusal reaches whoever asked)."""
+        try:
+            doc = json.loads(payload)
+        except (ValueError, RecursionError):
+            return ""
+        rid = doc.get("request") if isinstance(doc, dict) else None
+        return rid if isinstance(rid, str) else ""
+
     @classmethod
     def parse(cls, kind: str, payload: bytes) -> "Request":
         """From an MQTT payload; ``ValueError`` with the reason when it is not one."""
         try:
             doc = json.loads(payload)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ValueError(f"not JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise ValueError("a request is a JSON object")
@@ -84,6 +98,12 @@ class Request:
                 until = parse_time(until)
             if not isinstance(until, (int, float)) or isinstance(until, bool):
                 raise ValueError("shelve needs until: epoch seconds or an RFC 3339 time")
+            try:
+                until = float(until)
+            except OverflowError:
+                raise ValueError("until is out of range") from None
+            if not (math.isfinite(until) and 0 < until < LATEST_T):
+                raise ValueError("until must be a time between 1970 and 9999")
         if not isinstance(by, str) or not by.strip():
             raise ValueError("missing by: who acknowledges / submits")
         level = doc.get("level")
@@ -140,7 +160,6 @@ class LiveChain(ChainCore):
         if zero:
             self.zero_last.update({k: v for k, v in zero.items()})
         self.raised = [(float(t), str(site), str(admin), int(lvl), str(wid)) for t, site, admin, lvl, wid in self.outbox.get_state(_RAISED_KEY, [])]
-        self.now = self.outbox.get_state(_NOW_KEY)
         if self.states:
             log.info("response chain resumed: %d site states, %d open warnings", len(self.states), sum(1 for s in self.states.values() if s.announced > 0))
 
@@ -181,7 +200,9 @@ class LiveChain(ChainCore):
 
     # -- outputs -------------------------------------------------------------------------------
 
-    def _out(self, key: tuple[str, bool] | None, actions: tuple[Action, ...], extras: Mapping[str, Mapping[str, Any]]) -> None:
+    def _out(
+        self, key: tuple[str, bool] | None, state: SiteAlert | None, actions: tuple[Action, ...], extras: Mapping[str, Mapping[str, Any]]
+    ) -> None:
         msgs: list[Outgoing] = []
         for action in actions:
             if isinstance(action, Notify):
@@ -191,16 +212,22 @@ class LiveChain(ChainCore):
                 else:
                     msgs += outgoing_for(action, self.roster)
             elif isinstance(action, Cap):
-                msgs.append(self._cap(action))
+                try:
+                    msgs.append(self._cap(action))
+                except Exception:
+                    # A CAP message that cannot be built or is invalid is a bug; the duty units
+                    # must still get the notifications of this transition.
+                    log.exception("CAP %s for %s not built; the notifications go out without it", action.msg_type, action.identifier)
             elif isinstance(action, SetSampling):
                 msgs += self._commands(action)
         with self.outbox.transaction():
-            self.outbox.enqueue(msgs, self.now)
-            if key is not None:
-                self.outbox.set_state(self._state_key(key), self.states[key].to_dict())
+            # Due at once, whatever the chain's time: a clock that was ahead must not hold a
+            # red warning back until real time catches up.
+            self.outbox.enqueue(msgs, due=0.0)
+            if key is not None and state is not None:
+                self.outbox.set_state(self._state_key(key), state.to_dict())
             self.outbox.set_state(_ZERO_KEY, self.zero_last)
             self.outbox.set_state(_RAISED_KEY, [list(r) for r in self.raised[-1000:]])
-            self.outbox.set_state(_NOW_KEY, self.now)
         if msgs and self.wake is not None:
             self.wake()
 

@@ -390,23 +390,31 @@ class SmsNotifier:
         return _fill(self.template, {"phone": phone, "text": sms_text(msg), "id": msg.id, "subject": msg.subject})
 
     def send(self, msg: Outgoing) -> None:
+        """Text every phone; one phone the gateway refuses does not stop the others. Raises
+        when any phone was not served (permanent only if every failure was permanent)."""
         kwargs: dict[str, Any] = {} if self.timeout is None else {"timeout": self.timeout}
+        failures: list[NotifierError] = []
         for phone in self.phones:
             with self._lock:
                 if (msg.id, phone) in self._served:
                     continue
             try:
                 resp = self.client.post(self.url, json=self.payload(msg, phone), headers={"X-GeoWarn-Id": f"{msg.id}/{phone}"}, **kwargs)
-            except httpx.TimeoutException as exc:
-                raise NotifierError(f"SMS gateway {self.url} timed out for {msg.id} to {phone}") from exc
+            except httpx.TimeoutException:
+                failures.append(NotifierError(f"SMS gateway {self.url} timed out for {msg.id} to {phone}"))
+                continue
             except httpx.HTTPError as exc:
-                raise NotifierError(f"SMS gateway {self.url} unreachable for {msg.id}: {exc!r}") from exc
+                failures.append(NotifierError(f"SMS gateway {self.url} unreachable for {msg.id}: {exc!r}"))
+                continue
             if not resp.is_success:
-                raise _http_error("SMS gateway", msg, self.url, resp)
+                failures.append(_http_error("SMS gateway", msg, self.url, resp))
+                continue
             with self._lock:
                 self._served[(msg.id, phone)] = None
                 while len(self._served) > self._remember:
                     self._served.popitem(last=False)
+        if failures:
+            raise NotifierError("; ".join(str(f) for f in failures), permanent=all(f.permanent for f in failures))
 
 
 # -- JSONL audit --------------------------------------------------------------------------

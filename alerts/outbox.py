@@ -88,7 +88,7 @@ class Outbox:
         self.path = os.fspath(path)
         # Autocommit mode: transactions are begun explicitly (BEGIN IMMEDIATE), so a caller's
         # own writes and the enqueue land in one commit.
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
         self._lock = threading.RLock()
         self._depth = 0
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -157,13 +157,14 @@ class Outbox:
 
     # -- messages -------------------------------------------------------------------------
 
-    def enqueue(self, msgs: Iterable[Outgoing], now: float | None = None) -> int:
+    def enqueue(self, msgs: Iterable[Outgoing], now: float | None = None, *, due: float | None = None) -> int:
         """Add messages not seen before; return how many were new. ``now`` (default: each
-        message's own ``t``) is when they become due."""
-        rows = [
-            (m.id, m.notifier, m.t if now is None else now, json.dumps(m.to_json(), ensure_ascii=False), m.t if now is None else now)
-            for m in msgs
-        ]
+        message's own ``t``) is when they were created and, unless ``due`` says otherwise,
+        when they become due."""
+        rows = []
+        for m in msgs:
+            created = m.t if now is None else now
+            rows.append((m.id, m.notifier, created, json.dumps(m.to_json(), ensure_ascii=False), created if due is None else due))
         with self.transaction():
             before = self._db.total_changes
             self._db.executemany(

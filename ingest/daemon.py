@@ -35,6 +35,8 @@ log = logging.getLogger("geowarn.daemon")
 
 #: At most this many messages share one message-log transaction (and one fsync).
 MAX_BATCH = 2000
+#: ... and at most about this many payload bytes.
+MAX_BATCH_BYTES = 64 * 1024 * 1024
 #: How often the daemon checks that its worker processes are alive.
 WATCH_EVERY_S = 1.0
 
@@ -92,9 +94,22 @@ class App:
             loaded, self.journal_path, event_time=event_time_start is not None, start_t=event_time_start or 0.0
         )
         self.ready = threading.Event()
+        self._restart_at: dict[str, float] = {}
+        self._restart_pause: dict[str, float] = {}
+        self._last_restart: dict[str, float] = {}
 
     def _handle(self, items: list[Inbound]) -> None:
-        self.messages.append([(it.topic, it.payload) for it in items], to_ms(self.clock.now()))
+        now_ms = to_ms(self.clock.now())
+        chunk: list[tuple[bytes, bytes]] = []
+        size = 0
+        for it in items:
+            # A row stays far below SQLite's 1 GB blob limit whatever max_payload_bytes says.
+            if chunk and size + len(it.payload) > MAX_BATCH_BYTES:
+                self.messages.append(chunk, now_ms)
+                chunk, size = [], 0
+            chunk.append((it.topic, it.payload))
+            size += len(it.payload)
+        self.messages.append(chunk, now_ms)
         c = self.counters
         c.messages += len(items)
         ack = self.link.ack
@@ -125,10 +140,21 @@ class App:
         return line
 
     def _watch_workers(self) -> None:
+        """Replace a dead worker, without waiting for it and with a growing pause between
+        restarts of a worker that keeps dying (a crash loop must not spin or stop ingest)."""
+        now = time.monotonic()
         for worker in (self.store, self.detection):
-            if not worker.alive():
-                self.counters.worker_restarts += 1
+            if worker.alive() or now < self._restart_at.get(worker.name, 0.0):
+                continue
+            pause = self._restart_pause.get(worker.name, 1.0)
+            self._restart_pause[worker.name] = min(pause * 2, 60.0) if now - self._last_restart.get(worker.name, -1e9) < 120 else 1.0
+            self._last_restart[worker.name] = now
+            self._restart_at[worker.name] = now + self._restart_pause[worker.name]
+            self.counters.worker_restarts += 1
+            try:
                 worker.restart()
+            except Exception:  # spawning failed (no memory, no processes): try again later
+                log.exception("could not restart the %s worker", worker.name)
 
     def run(self, stop: threading.Event, drain_s: float = 3.0) -> None:
         stats_every_s = self.loaded.settings.stats_interval_s

@@ -31,6 +31,7 @@ log = logging.getLogger("geowarn.detection")
 
 SITE_LEVELS_KEY = "fusion.site_levels"
 SNAPSHOT_KEY = "fusion.snapshot"
+EMITTED_KEY = "fusion.emitted_through"
 BATCH = 5000
 
 
@@ -53,14 +54,22 @@ class Detection:
     # -- start -------------------------------------------------------------------------------
 
     def _resume(self) -> None:
-        """From the last snapshot (exact), or without one from the recent journal; then
-        reconcile with the levels already announced."""
+        """From the last snapshot (exact), or without one from the recent journal.
+
+        With a snapshot: the readings judged before the crash (up to the position whose
+        changes were last announced, EMITTED_KEY) are replayed silently to rebuild the state;
+        every reading after it is judged anew and its changes announced, so a lift or a raise
+        that happened while detection was down comes out with its own reason and evidence.
+        """
         persisted: dict[str, int] = self.journal.get_state(SITE_LEVELS_KEY, {}) or {}
         snap = self.journal.get_state(SNAPSHOT_KEY)
         if snap is not None:
             self.fusion.restore(snap["state"])
             self.position = int(snap["position"])
-            while self._consume(emit=False):
+            emitted = int(self.journal.get_state(EMITTED_KEY, 0) or 0)
+            while self.position < emitted and self._consume(emit=False, upto=emitted):
+                pass
+            while self._consume():
                 pass
         else:
             horizon_s = max(site.policy.velocity_window_s for site in self.registry.sites.values())
@@ -72,27 +81,32 @@ class Detection:
                 for t_ms, value in self.journal.recent(sid, latest - int(horizon_s * 1000) - 1):
                     self.fusion.update_all(info, t_ms / 1000.0, value)
             self.position = self.journal.last_id()
-        for site, level in persisted.items():
-            if site in self.registry.sites and self.fusion.level(site) < level:
-                # Keep what was announced; the detectors lower it in their own time.
-                self.fusion.set_level(site, level)
-        # A level the journal supports but never announced (a crash between commit and alert).
-        for site in self.registry.sites:
-            level, before = self.fusion.level(site), int(persisted.get(site, 0))
-            if level > before:
-                self._emit(LevelChange(site, self.clock.now(), level, before, "recomputed from the journal after a restart"))
+            for site, level in persisted.items():
+                if site in self.registry.sites and self.fusion.level(site) < level:
+                    # Without a snapshot the recent window is all we know: keep what was
+                    # announced; the detectors lower it in their own time.
+                    self.fusion.set_level(site, level)
+            for site in self.registry.sites:
+                level, before = self.fusion.level(site), int(persisted.get(site, 0))
+                if level > before:
+                    self._emit(LevelChange(site, self.clock.now(), level, before, "recomputed from the journal after a restart"))
         self._save_levels()
-        self.fusion.nodata.due(self.clock.now())  # start the timers: a device that never reports is noticed too
+        if self.chain is not None:
+            self.chain.tick(self.clock.now())  # the chain's clock starts: its timers and zero reports run from now
+        # Timers due now (devices silent while detection was down) are announced, not dropped.
+        for change in self.fusion.tick(self.clock.now()):
+            self._emit(change)
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def _consume(self, emit: bool = True) -> int:
-        """Judge the next batch of journal readings; returns how many were read."""
-        rows = self.journal.read_after_received(self.position, BATCH)
+    def _consume(self, emit: bool = True, upto: int | None = None) -> int:
+        """Judge the next batch of journal readings (up to id ``upto``); returns how many were read."""
+        limit = BATCH if upto is None else max(0, min(BATCH, upto - self.position))
+        rows = self.journal.read_after_received(self.position, limit) if limit else []
         if not rows:
             return 0
         wall = not isinstance(self.clock, EventClock)
-        changed = False
+        changed = announced = False
         for _id, site, device, channel, t_ms, value, drill, received_ms in rows:
             info = self.registry.channel(site, device, channel)
             if info is None:
@@ -103,10 +117,14 @@ class Detection:
             for change in self.fusion.update_all(info, t, value, bool(drill), received_ms / 1000.0 if wall else None):
                 if emit:
                     self._emit(change)
+                    announced = True
                     changed = changed or (not change.exercise and change.kind is None)
         self.position = rows[-1][0]
         if changed:
             self._save_levels()
+        if announced:
+            # How far changes have been announced: a restart replays silently only up to here.
+            self.journal.set_state(EMITTED_KEY, self.position)
         return len(rows)
 
     def step(self) -> int:
@@ -135,8 +153,8 @@ class Detection:
         if self.chain is not None:
             # The chain's timers (ack deadlines) run on the daemon's clock: a level raised by a
             # backlog of old readings gets its full ack deadline from now, not from the past.
-            now = max(self.clock.now(), self.chain.now or 0.0)
-            self.chain.feed(dataclasses.replace(change, t=now))
+            # (The engine treats a clock behind its state's time as standing still.)
+            self.chain.feed(dataclasses.replace(change, t=self.clock.now()))
         log.warning(
             "%s %s %s level %d (%s)%s: %s",
             event["t"], event["kind"].upper(), change.site, change.level, event["colour"], " [EXERCISE]" if change.exercise else "", change.reason,
@@ -198,9 +216,13 @@ class DetectionJob:
             try:
                 req = Request.parse(kind, it.payload)
             except ValueError as exc:
-                result = Result("", False, f"bad {kind} request: {exc}")
+                result = Result(Request.request_id_of(it.payload), False, f"bad {kind} request: {exc}")
             else:
-                result = self.chain.handle(req, max(self.clock.now(), self.chain.now or 0.0))
+                try:
+                    result = self.chain.handle(req, self.clock.now())
+                except Exception as exc:  # a request must never crash-loop the worker: refuse it, say why
+                    log.exception("%s request failed", kind)
+                    result = Result(req.request_id, False, f"{kind} failed: {type(exc).__name__}: {exc}")
             log.warning("%s request %s: %s", kind, "accepted" if result.ok else "REFUSED", result.detail)
             self.link.publish(f"{self.prefix}/{kind}/result", json.dumps(result.to_json(), ensure_ascii=False).encode(), False)
             self.link.ack(it)  # after the chain committed what the request changed
@@ -210,8 +232,11 @@ class DetectionJob:
         self.detection.save_snapshot()
 
     def close(self) -> None:
-        self.dispatch_thread.stop()
+        # Let sends in flight finish and be recorded before the outbox closes: a delivered
+        # message left pending would be sent again by the next start.
         self.dispatcher.close()
+        self.dispatcher.wait_idle(self.dispatcher.timeout_s)
+        self.dispatch_thread.stop()
         self.outbox.close()
         self.http.close()
         self.journal.close()

@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import sqlite3
 import struct
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS batches (
     id          INTEGER PRIMARY KEY,      -- arrival order: the store stage's position
     received_ms INTEGER NOT NULL,
@@ -71,6 +76,10 @@ class MessageLog:
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute(f"PRAGMA synchronous = {sync.upper()}")
         self.conn.executescript(SCHEMA)
+        # An identity for this log file: a reader's saved position means nothing in a new
+        # file (deleted, restored from a backup), whose ids start again from 1.
+        self.conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('log_id', ?)", (uuid.uuid4().hex,))
+        self.log_id = str(self.conn.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()[0])
 
     def close(self) -> None:
         self.conn.close()

@@ -21,6 +21,10 @@ from detectors.fusion import LevelChange, SiteFusion
 from ingest.feeds import FeedError, FeedReject, FeedRow
 
 
+#: Scripted acks may lie this far before the first or after the last reading of the feed.
+ACK_MARGIN_S = 86400.0
+
+
 @dataclass(frozen=True)
 class ScriptedAck:
     """One line of an ack script: at ``t`` (event time), ``by`` acknowledges the current
@@ -119,6 +123,15 @@ def replay_rows(
     acks_path = out_dir / "acks.jsonl"
     if script:
         acks_path.write_text("")
+    if script and ordered:
+        # An ack far outside the feed is a typo (milliseconds for seconds, a wrong year):
+        # refused, or the replay would run timers for centuries to reach it.
+        lo, hi = ordered[0].t - ACK_MARGIN_S, ordered[-1].t + ACK_MARGIN_S
+        with open(acks_path, "a", encoding="utf-8") as fh:
+            for a in [a for a in script if not lo <= a.t <= hi]:
+                fh.write(json.dumps({"t": a.t, "site": a.site, "warning_id": a.id or None, "by": a.by, "note": a.note, "ok": False, "rule": "refused",
+                                     "detail": "outside the feed's time span (± 1 day)"}, ensure_ascii=False) + "\n")
+        script = [a for a in script if lo <= a.t <= hi]
 
     def acknowledge(a: ScriptedAck) -> None:
         exercise = drill if a.exercise is None else a.exercise

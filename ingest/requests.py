@@ -6,7 +6,8 @@ request id. The daemon's detection worker holds a persistent session on those to
 request sent while it restarts is applied when it is back; the command then says it is queued.
 
 Exit codes: 0 accepted, 1 refused (unknown id, already lifted…), 2 configuration error,
-3 no answer within ``--wait`` seconds (queued at the broker).
+3 no answer within ``--wait`` seconds (the broker has the request; it applies when the daemon
+runs), 4 the broker was not reachable (nothing was sent).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 EXIT_NO_ANSWER = 3
+EXIT_UNREACHABLE = 4
 
 
 def send_request(url: str, prefix: str, kind: str, doc: dict[str, Any], wait_s: float, ca_file: str | None = None) -> dict[str, Any] | None:
@@ -56,7 +58,10 @@ def send_request(url: str, prefix: str, kind: str, doc: dict[str, Any], wait_s: 
     c.loop_start()
     try:
         subscribed.get(timeout=10)  # subscribe to the answer before asking
-        c.publish(f"{prefix}/{kind}", json.dumps(doc, ensure_ascii=False).encode(), qos=1).wait_for_publish(10)
+        info = c.publish(f"{prefix}/{kind}", json.dumps(doc, ensure_ascii=False).encode(), qos=1)
+        info.wait_for_publish(10)
+        if not info.is_published():
+            raise OSError("the broker did not acknowledge the request (PUBACK) within 10 s")
         try:
             return answers.get(timeout=wait_s)
         except queue.Empty:
@@ -79,8 +84,8 @@ def _run(args: argparse.Namespace, kind: str, doc: dict[str, Any]) -> int:
     try:
         answer = send_request(s.mqtt_url, s.topic_prefix, kind, doc, args.wait, str(s.mqtt_ca_file) if s.mqtt_ca_file else None)
     except (OSError, queue.Empty) as exc:
-        print(f"error: cannot reach the broker {s.mqtt.redacted()}: {exc}", file=sys.stderr)
-        return 1
+        print(f"error: cannot reach the broker {s.mqtt.redacted()}: {exc or 'no SUBACK'}; nothing was sent", file=sys.stderr)
+        return EXIT_UNREACHABLE
     if answer is None:
         print(f"no answer from the daemon within {args.wait:g} s; the request is queued at the broker and applies when the daemon runs")
         return EXIT_NO_ANSWER

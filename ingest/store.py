@@ -29,6 +29,8 @@ log = logging.getLogger("geowarn.store")
 
 #: The journal key of the store stage's position in the message log.
 POSITION_KEY = "store.message_position"
+#: The identity of the message log that position is in.
+LOG_ID_KEY = "store.message_log_id"
 #: Message-log batches (of up to 2000 messages each) per journal transaction.
 BATCH = 4
 #: A dead letter on MQTT carries at most this much of the payload.
@@ -132,6 +134,16 @@ class Store:
         self.messages = MessageLog(log_path, sync=s.journal_sync, max_payload_bytes=s.max_payload_bytes, keep_bytes=DEADLETTER_KEEP_BYTES)
         self.pipeline = Pipeline(loaded, self.journal, publish)
         self.position = int(self.journal.get_state(POSITION_KEY, 0) or 0)
+        saved_log = self.journal.get_state(LOG_ID_KEY)
+        last = self.messages.last_id()
+        if (saved_log is not None and saved_log != self.messages.log_id) or self.position > last:
+            # A different or rolled-back message log: its ids started again. Decode all of it
+            # (storing is idempotent) rather than skip what lies below the old position.
+            log.error("message log %s is not the one the journal's position %d refers to (log %s, last id %d); decoding it from the start",
+                      self.messages.log_id, self.position, saved_log, last)
+            self.position = 0
+        self.journal.set_state(LOG_ID_KEY, self.messages.log_id)
+        self.journal.set_state(POSITION_KEY, self.position)
         self.keep_ms = int(s.message_keep_s * 1000)
         self.stats_every_s = s.stats_interval_s
         self._next_prune = time.monotonic() + PRUNE_EVERY_S

@@ -28,7 +28,7 @@ log = logging.getLogger("geowarn.worker")
 Publish = Callable[[str, bytes, bool], None]
 
 #: Scheduling priority of worker processes relative to the daemon (higher = yields more).
-WORKER_NICENESS = 5
+WORKER_NICENESS = 10
 
 
 class Job(Protocol):
@@ -78,7 +78,8 @@ def _worker_main(
     os.nice(WORKER_NICENESS)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     s = loaded.settings
-    lock = take_lock(Path(s.data_dir) / f"{name}.lock")
+    # An orphan of a killed daemon finishes its batch and exits when it sees its parent gone.
+    lock = take_lock(Path(s.data_dir) / f"{name}.lock", wait_s=120.0)
     if lock is None:
         log.error("another %s worker holds %s; giving up", name, Path(s.data_dir) / f"{name}.lock")
         return
@@ -88,6 +89,7 @@ def _worker_main(
     job = factory(loaded, link, *args)
     ready.set()
     next_checkpoint = time.monotonic() + s.snapshot_interval_s
+    clean = False
     try:
         while True:
             # Read the stop flag before the step: a step that finds nothing after the stop was
@@ -101,9 +103,11 @@ def _worker_main(
                 if stopping:
                     break
                 stop.wait(0.05)
+        clean = True
     finally:
         try:
-            job.checkpoint()
+            if clean:  # after an exception the job's state may be half a step ahead of its position
+                job.checkpoint()
         finally:
             job.close()
             link.stop()
@@ -146,12 +150,13 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.process.is_alive()
 
-    def restart(self, timeout: float = 120.0) -> None:
-        """Start a new worker after this one died: it resumes from its own saved position."""
-        log.error("the %s worker died (exit code %s); starting a new one", self.name, self.process.exitcode)
+    def restart(self) -> None:
+        """Start a new worker after this one died, without waiting for it to be ready (the
+        caller's loop must not stall): it resumes from its own saved position."""
+        log.error("the %s worker died (exit code %s); starting a new one (restart %d)", self.name, self.process.exitcode, self.restarts + 1)
         self.restarts += 1
         self._spawn()
-        self.start(timeout)
+        self.process.start()
 
     def stop(self, timeout: float = 60.0) -> None:
         """Ask the worker to finish what is committed, checkpoint and exit."""

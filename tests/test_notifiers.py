@@ -223,6 +223,20 @@ def test_sms_template_and_no_repeat_after_a_partial_failure(http_receiver, clien
     assert bodies[0] == {"msisdn": "111", "content": f"{m.subject} short", "ref": m.id, "sign": "GeoWarn"}
 
 
+def test_sms_one_refused_phone_does_not_stop_the_others(http_receiver, client):
+    sms = SmsNotifier(http_receiver.url, client, ["111", "222", "333"])
+    m = _msg(6, notifier="420527/sms/0", text="red")
+    http_receiver.plan(200, 400, 200)  # the gateway refuses 222 as malformed
+    with pytest.raises(NotifierError) as err:
+        sms.send(m)
+    assert err.value.permanent and "400" in str(err.value)
+    assert [r.json()["to"] for r in http_receiver.wait_for(3)] == ["111", "222", "333"]
+    http_receiver.plan(503)
+    with pytest.raises(NotifierError) as err:  # 222 again: refused by a busy gateway this time
+        sms.send(m)
+    assert not err.value.permanent
+
+
 # -- JSONL -------------------------------------------------------------------------------
 
 

@@ -148,3 +148,29 @@ def _wait(cond, what: str, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def test_a_new_message_log_is_decoded_from_the_start_not_skipped(tmp_path, monkeypatch):
+    loaded = _loaded(tmp_path, monkeypatch)
+    data = Path(loaded.settings.data_dir)
+    log = MessageLog(data / "messages.sqlite")
+    for i in range(5):
+        log.append([(TOPIC, _msg(i))], received_ms=int(time.time() * 1000))
+    log.close()
+    store = Store(loaded, lambda t, p, r: None, data / "journal.sqlite", data / "messages.sqlite")
+    while store.step():
+        pass
+    assert store.position == 5
+    store.close()
+    # The log file is lost (or restored from an old backup): its ids start again from 1.
+    for name in ("messages.sqlite", "messages.sqlite-wal", "messages.sqlite-shm"):
+        (data / name).unlink(missing_ok=True)
+    log = MessageLog(data / "messages.sqlite")
+    for i in range(5, 8):
+        log.append([(TOPIC, _msg(i))], received_ms=int(time.time() * 1000))
+    store = Store(loaded, lambda t, p, r: None, data / "journal.sqlite", data / "messages.sqlite")
+    assert store.position == 0
+    assert store.step() == 3
+    store.close()
+    log.close()
+    assert _rows(data / "journal.sqlite") == [(int((T0 + 60 * i) * 1000), 1.0) for i in range(8)]
