@@ -3,7 +3,9 @@
 A feed is CSV with the header ``site,device,channel,t,value`` (t as epoch seconds or RFC
 3339) or JSONL with one ``{"topic": ..., "payload": {...}}`` native payload a line. Reading
 a feed never stops at a bad row: the row is reported (line number and reason) and the rest
-is read, as the daemon does with a bad message.
+is read, as the daemon does with a bad message. A JSONL payload is held to the same
+station-facing rules as the daemon's codec where a feed can check them: its ``device`` must be
+the topic's device.
 """
 
 from __future__ import annotations
@@ -112,6 +114,14 @@ def _read_jsonl(fh: TextIO, rej: list[FeedReject]) -> Iterator[FeedRow]:
             if parts[-1] == "status":
                 continue
             site, device = parts[-3], parts[-2]
+            # As the live daemon does (DESIGN §3): a device cannot speak for another, so a
+            # payload naming a device other than its topic's is rejected whole, never counted
+            # for the topic's device.
+            named = payload.get("device")
+            if named != device:
+                # The daemon's reason code first, as on its dead-letter topic.
+                rej.append(FeedReject(lineno, f"device_mismatch: payload device {str(named)[:64]!r} does not match topic device {device!r}", line[:200]))
+                continue
             drill = bool(payload.get("drill", False))
             for r in payload["readings"]:
                 try:

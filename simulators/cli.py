@@ -61,6 +61,7 @@ def add_simulate_parser(subparsers: "argparse._SubParsersAction[argparse.Argumen
     s.add_argument("--start", default=None, help="event time of the start: 'scenario' (default for --out), 'now' (live: the last reading is sent now + duration/speed), epoch seconds or RFC 3339")
     s.add_argument("--topic-prefix", default=None, help="topic prefix (default: the scenario's, normally geowarn)")
     s.add_argument("--client-id", default=None, help="MQTT client id")
+    s.add_argument("--fast", action="store_true", help="publish with the pipelining MQTT 3.1.1 client (plain TCP, about 5x paho) instead of paho-mqtt")
     s.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     s.set_defaults(func=run_simulate)
     return s
@@ -119,7 +120,7 @@ def run_simulate(args: argparse.Namespace) -> int:
             print("error: --replay needs --broker URL", file=sys.stderr)
             return EXIT_FAIL
         try:
-            n = replay_feed(args.replay, args.broker, speed=args.speed, prefix=args.topic_prefix or "geowarn", drill=args.drill, progress=progress, client_id=args.client_id)
+            n = replay_feed(args.replay, args.broker, speed=args.speed, prefix=args.topic_prefix or "geowarn", drill=args.drill, progress=progress, client_id=args.client_id, fast=args.fast)
         except (OSError, ValueError, PublishError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_FAIL
@@ -173,7 +174,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         return EXIT_OK
     record = FeedWriter(args.out) if args.out is not None else None
     try:
-        run = LiveRun(sim, args.broker, speed=args.speed, client_id=args.client_id, record=record, progress=progress)
+        run = LiveRun(sim, args.broker, speed=args.speed, client_id=args.client_id, record=record, progress=progress, fast=args.fast)
         run.on_command = lambda e: print(f"command: {json.dumps(e)}", file=sys.stderr, flush=True)
         stats = run.run()
     except (PublishError, OSError, ValueError) as exc:

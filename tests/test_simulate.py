@@ -21,11 +21,13 @@ import pytest
 
 from config.registry import load_registry
 from daemonproc import REPO
+from services import free_port
 from ingest.codecs import parse_time
 from ingest.feeds import read_feed
 from ingest.replay import replay_rows
 from simulators.engine import Rain, Simulation
-from simulators.publish import LiveRun, count_feed_messages, write_feed, write_truth
+from simulators.fastmqtt import FastPublisher, PublishError
+from simulators.publish import FeedWriter, LiveRun, count_feed_messages, write_feed, write_truth
 from simulators.scenario import WeatherSpec, load_scenario, parse_duration, parse_scenario
 from simulators.slope import DAY, SeasonalSlope
 
@@ -246,14 +248,21 @@ def test_storm_rain_totals_follow_the_intensity_duration_law(tmp_path):
 
 
 @pytest.mark.slow
-def test_live_publish_reaches_a_subscriber(mosquitto, tmp_path):
+@pytest.mark.parametrize("fast", [False, True], ids=["paho", "fast"])
+def test_live_publish_reaches_a_subscriber(mosquitto, tmp_path, fast):
     sub = Subscriber(mosquitto.url, ["geowarn/#"])
+    feed = tmp_path / "sent.jsonl"
+    record = FeedWriter(feed)
     try:
         sc = load_scenario("stable")
         sim = Simulation(sc, sc.registry(), duration_s=3 * 3600.0)
-        stats = LiveRun(sim, mosquitto.url, speed=float("inf"), progress=False).run()
+        stats = LiveRun(sim, mosquitto.url, speed=float("inf"), progress=False, record=record, fast=fast).run()
+        record.close()
         got = sub.take(stats.messages, timeout=30)
         assert len(got) == stats.messages > 0
+        # Exactly what was published, in the order it was published (one connection, QoS 1).
+        sent = [(x["topic"], json.dumps(x["payload"]).encode()) for x in map(json.loads, feed.read_text().splitlines())]
+        assert [(t, json.dumps(json.loads(p)).encode()) for t, p in got] == sent
         topics = {t for t, _ in got}
         assert "geowarn/BSH/BSH-GNSS1/data" in topics and "geowarn/BSH/BSH-GNSS1/status" in topics
         assert all(json.loads(p)["device"] == t.split("/")[2] for t, p in got)
@@ -262,12 +271,57 @@ def test_live_publish_reaches_a_subscriber(mosquitto, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_device_obeys_set_sampling_and_reports_the_new_interval(mosquitto):
+def test_the_fast_publisher_wraps_packet_ids_and_counts_every_puback(mosquitto):
+    # More messages than packet ids (65 535), through a small in-flight window: every id is
+    # reused and every PUBACK must still match a message in flight.
+    sub = Subscriber(mosquitto.url, ["wrap/#"])
+    pub = FastPublisher(mosquitto.url, "wrap-test", max_unacked=500)
+    n = 70_000
+    try:
+        for i in range(n):
+            pub.publish(f"wrap/{i % 7}", b"%d" % i)
+        assert pub.wait_acked(60)
+        assert pub.published == pub.acked == n
+        got = sub.take(n, timeout=60)
+        assert [int(p) for _, p in got] == list(range(n))
+        assert all(t == f"wrap/{int(p) % 7}" for t, p in got)
+    finally:
+        pub.close()
+        sub.close()
+
+
+def test_the_fast_publisher_reports_what_it_cannot_do(mosquitto):
+    with pytest.raises(PublishError, match="cannot connect"):
+        FastPublisher(f"mqtt://127.0.0.1:{free_port()}", "nobody-there")
+    with pytest.raises(PublishError, match="TLS"):
+        FastPublisher(f"mqtts://127.0.0.1:{mosquitto.port}", "tls")
+    with pytest.raises(ValueError, match="max_unacked"):
+        FastPublisher(mosquitto.url, "huge-window", max_unacked=70_000)
+
+
+@pytest.mark.slow
+def test_the_fast_publisher_fails_loudly_when_the_broker_goes_away(mosquitto):
+    pub = FastPublisher(mosquitto.url, "goes-away")
+    try:
+        pub.publish("x/y", b"1")
+        assert pub.wait_acked(10)
+        mosquitto.kill()
+        with pytest.raises(PublishError, match="closed the connection|lost"):
+            for _ in range(100_000):
+                pub.publish("x/y", b"2" * 100)
+            pub.wait_acked(10)
+    finally:
+        pub.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fast", [False, True], ids=["paho", "fast"])
+def test_a_device_obeys_set_sampling_and_reports_the_new_interval(mosquitto, fast):
     sub = Subscriber(mosquitto.url, ["geowarn/BSH/BSH-GNSS1/#"])
     sc = load_scenario("stable")
     # One simulated hour per wall second: the command lands while the run goes on.
     sim = Simulation(sc, sc.registry(), t0=time.time() - 6 * 3600.0, duration_s=6 * 3600.0)
-    run = LiveRun(sim, mosquitto.url, speed=3600.0, progress=False)
+    run = LiveRun(sim, mosquitto.url, speed=3600.0, progress=False, fast=fast)
     done = threading.Event()
     th = threading.Thread(target=lambda: (run.run(), done.set()), daemon=True)
     th.start()
@@ -290,8 +344,8 @@ def test_a_device_obeys_set_sampling_and_reports_the_new_interval(mosquitto):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
-def test_replay_of_a_feed_republishes_every_message(mosquitto, tmp_path, fmt):
+@pytest.mark.parametrize("fmt,fast", [("jsonl", False), ("csv", False), ("jsonl", True)], ids=["jsonl", "csv", "jsonl-fast"])
+def test_replay_of_a_feed_republishes_every_message(mosquitto, tmp_path, fmt, fast):
     feed = tmp_path / f"f.{fmt}"
     sc = load_scenario("faults")
     sim = Simulation(sc, sc.registry(), duration_s=4 * 3600.0)
@@ -300,7 +354,7 @@ def test_replay_of_a_feed_republishes_every_message(mosquitto, tmp_path, fmt):
     expected = count_feed_messages(feed)
     sub = Subscriber(mosquitto.url, ["geowarn/#"])
     try:
-        proc = _geowarn("simulate", "--replay", str(feed), "--broker", mosquitto.url, "--speed", "inf")
+        proc = _geowarn("simulate", "--replay", str(feed), "--broker", mosquitto.url, "--speed", "inf", *(["--fast"] if fast else []))
         assert proc.returncode == 0, proc.stderr
         assert f"replayed {expected} messages" in proc.stdout
         assert "100%" in proc.stderr  # the progress bar
