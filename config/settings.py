@@ -101,6 +101,21 @@ class Settings(BaseSettings):
     alert_policy: dict[str, Any] = Field(default_factory=dict)
     # Seconds a notifier may take for one message before it counts as failed.
     notify_timeout_s: float = Field(default=30.0, gt=0)
+    # The duty-officer API and console (alerts/api.py): "host:port" to listen on, or "off".
+    # Loopback by default: put a TLS-terminating reverse proxy in front to reach it from outside.
+    http: str = "127.0.0.1:8080"
+
+    @field_validator("http")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        v = v.strip()
+        if v.lower() in ("off", ""):
+            return "off"
+        host, sep, port = v.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{v!r} must be host:port (e.g. 127.0.0.1:8080, [::1]:8080) or off")
+        return v
 
     @field_validator("timezone")
     @classmethod

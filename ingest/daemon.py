@@ -97,6 +97,14 @@ class App:
         self._restart_at: dict[str, float] = {}
         self._restart_pause: dict[str, float] = {}
         self._last_restart: dict[str, float] = {}
+        # The duty-officer API and console (alerts/api.py) run here as a uvicorn thread: they
+        # read the SQLite files and send people's actions over MQTT like any client, so they
+        # need none of the workers' memory and never touch the ack loop below.
+        self.http: Any = None
+        if s.http != "off":
+            from alerts.api import ApiServer
+
+            self.http = ApiServer(loaded, data_dir, self.main_stats, self.clock.now)
 
     def _handle(self, items: list[Inbound]) -> None:
         now_ms = to_ms(self.clock.now())
@@ -139,6 +147,15 @@ class App:
             line += f"; forwarder lag {lag}" + (f", last error {f.last_error}" if f.last_error else "")
         return line
 
+    def main_stats(self) -> Any:
+        """This process's counters for /metrics, called from the HTTP thread: plain values only,
+        never the ack path's SQLite connections (alerts/metrics.py reads the files itself)."""
+        from alerts.metrics import MainStats
+
+        c, f = self.counters, self.forwarder.status() if self.forwarder is not None else None
+        return MainStats(c.messages, c.messages - c.stale_acks, f is not None, f.lag_readings if f else 0,
+                         (f.lag_s or 0.0) if f else 0.0, c.worker_restarts)
+
     def _watch_workers(self) -> None:
         """Replace a dead worker, without waiting for it and with a growing pause between
         restarts of a worker that keeps dying (a crash loop must not spin or stop ingest)."""
@@ -163,6 +180,8 @@ class App:
         if self.forwarder is not None:
             self.forwarder.start()
         self.link.start()
+        if self.http is not None:
+            self.http.start()
         self.ready.set()
         log.info("geowarn daemon running: broker %s, data dir %s", self.loaded.settings.mqtt.redacted(), self.loaded.settings.data_dir)
         inbox = self.link.inbox
@@ -188,6 +207,8 @@ class App:
                     break
                 self._handle(items)
         finally:
+            if self.http is not None:
+                self.http.stop()
             self.link.stop()
             # The store stage stores everything logged, then detection judges everything
             # stored, snapshots and exits; the forwarder sends what it can until then.

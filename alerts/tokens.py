@@ -1,0 +1,240 @@
+"""API tokens and the audit trail of the duty-officer API (``DATA_DIR/tokens.sqlite``).
+
+This module owns who may use the API and the record of what they did:
+
+- ``tokens``: one row per token, bound to a tier and an admin unit (GB/T 2260), with a name,
+  when it was created and when it was revoked. Only the SHA-256 of the secret is stored: a
+  copy of the file (a backup, a support bundle) gives nobody a working token. The secret is
+  shown once, by ``geowarn token create``.
+- the scope rule (``Token.covers``): a county token covers its county, a city token the
+  counties whose code starts with its first four digits, a province token its first two,
+  the national token everything — the same walk as ``config.roster.chain_of``, read upwards.
+- ``audit``: every action taken through the API and every refused attempt (no token, a
+  revoked or unknown one, another jurisdiction's), with who (token name), when, what, from
+  where (client address) and the outcome. Rows are only ever appended.
+
+The secrets are 256-bit random strings, so a plain (unsalted, fast) hash is enough: there is
+nothing to brute-force, unlike a password. Lookups compare hashes, never secrets.
+
+Errors: ``TokenError`` (and its subclass ``UnknownToken``) with a message an operator can act
+on; the CLI and the API convert them at their boundary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import sqlite3
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from config.roster import NATIONAL, TIERS, Tier, tier_of
+
+__all__ = ["AuditEntry", "Token", "TokenError", "TokenStore", "UnknownToken", "covers", "hash_secret"]
+
+#: Every secret starts with this, so a leaked one is recognisable in logs and by scanners.
+SECRET_PREFIX = "gwt_"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    id      INTEGER PRIMARY KEY,
+    name    TEXT NOT NULL,
+    hash    TEXT NOT NULL UNIQUE,      -- SHA-256 hex of the secret; the secret is never stored
+    tier    TEXT NOT NULL CHECK (tier IN ('county', 'city', 'province', 'national')),
+    admin   TEXT NOT NULL,
+    created REAL NOT NULL,
+    revoked REAL
+);
+-- A name identifies one live token (revoke by name); a revoked token's name may be reused.
+CREATE UNIQUE INDEX IF NOT EXISTS tokens_live_name ON tokens (name) WHERE revoked IS NULL;
+CREATE TABLE IF NOT EXISTS audit (
+    id       INTEGER PRIMARY KEY,
+    t        REAL NOT NULL,
+    who      TEXT NOT NULL,           -- the token's name, or '-' when none was valid
+    token_id INTEGER,
+    action   TEXT NOT NULL,           -- e.g. 'POST /api/warnings/{id}/ack'
+    target   TEXT NOT NULL,           -- warning id, site, task id, path
+    client   TEXT NOT NULL,           -- client address as the server saw it
+    outcome  TEXT NOT NULL,           -- ok | refused | failed | unauthorised | forbidden
+    detail   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_t ON audit (t);
+"""
+
+Outcome = Literal["ok", "refused", "failed", "unauthorised", "forbidden"]
+
+
+class TokenError(ValueError):
+    """A token cannot be created, found or revoked; the message says why."""
+
+
+class UnknownToken(TokenError):
+    pass
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def covers(tier: Tier, admin: str, county: str) -> bool:
+    """Whether a unit (tier, admin code) is responsible for a county, by GB/T 2260 prefixes."""
+    if tier == "national":
+        return True
+    if tier == "province":
+        return county[:2] == admin[:2]
+    if tier == "city":
+        return county[:4] == admin[:4]
+    return county == admin
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    id: int
+    name: str
+    tier: Tier
+    admin: str
+    created: float
+    revoked: float | None = None
+
+    def covers(self, county: str) -> bool:
+        return covers(self.tier, self.admin, county)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "tier": self.tier, "admin": self.admin, "created": self.created, "revoked": self.revoked}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    t: float
+    who: str
+    token_id: int | None
+    action: str
+    target: str
+    client: str
+    outcome: str
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "t": self.t, "who": self.who, "token_id": self.token_id, "action": self.action,
+            "target": self.target, "client": self.client, "outcome": self.outcome, "detail": self.detail,
+        }
+
+
+def check_unit(tier: str, admin: str) -> Tier:
+    """The tier, after checking that the admin code is of that tier; ``TokenError`` if not."""
+    if tier not in TIERS:
+        raise TokenError(f"tier {tier!r} must be one of {', '.join(TIERS)}")
+    if not re.fullmatch(r"[0-9]{6}", admin):
+        raise TokenError(f"admin {admin!r} must be a 6-digit GB/T 2260 code (national: {NATIONAL})")
+    shape = tier_of(admin)
+    if shape != tier:
+        raise TokenError(f"admin {admin} is a {shape} code, not a {tier} one (county: 6 digits, city: xxxx00, province: xx0000, national: {NATIONAL})")
+    return shape
+
+
+_TOKEN_COLS = "id, name, tier, admin, created, revoked"
+
+
+def _token(row: tuple[Any, ...]) -> Token:
+    return Token(int(row[0]), str(row[1]), row[2], str(row[3]), float(row[4]), None if row[5] is None else float(row[5]))
+
+
+class TokenStore:
+    """The token table and the audit trail. Thread-safe (one connection behind a lock): the
+    API's request threads share it."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # An audit row must survive a power cut as surely as the action it records.
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "TokenStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- tokens ------------------------------------------------------------------------------
+
+    def create(self, tier: str, admin: str, name: str, now: float) -> tuple[Token, str]:
+        """A new token and its secret (shown once; only its hash is kept)."""
+        name = name.strip()
+        if not name:
+            raise TokenError("a token needs a name (who or what uses it, e.g. 'zigui-duty')")
+        if name.isdigit():
+            raise TokenError(f"name {name!r} would be mistaken for a token id; use letters too")
+        checked = check_unit(tier, admin)
+        secret = SECRET_PREFIX + secrets.token_urlsafe(32)
+        with self._lock:
+            try:
+                cur = self._db.execute(
+                    "INSERT INTO tokens (name, hash, tier, admin, created) VALUES (?, ?, ?, ?, ?)",
+                    (name, hash_secret(secret), checked, admin, now),
+                )
+            except sqlite3.IntegrityError:
+                raise TokenError(f"a live token named {name!r} exists already; revoke it first or choose another name") from None
+        return Token(int(cur.lastrowid or 0), name, checked, admin, now), secret
+
+    def verify(self, secret: str) -> Token | None:
+        """The live token with this secret (None: unknown or revoked)."""
+        if not secret:
+            return None
+        with self._lock:
+            row = self._db.execute(f"SELECT {_TOKEN_COLS} FROM tokens WHERE hash = ? AND revoked IS NULL", (hash_secret(secret),)).fetchone()
+        return None if row is None else _token(row)
+
+    def is_live(self, token_id: int) -> bool:
+        """Still valid (long-lived streams re-check their token with this)."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM tokens WHERE id = ? AND revoked IS NULL", (token_id,)).fetchone() is not None
+
+    def list_tokens(self, include_revoked: bool = True) -> list[Token]:
+        where = "" if include_revoked else "WHERE revoked IS NULL"
+        with self._lock:
+            rows = self._db.execute(f"SELECT {_TOKEN_COLS} FROM tokens {where} ORDER BY id").fetchall()
+        return [_token(r) for r in rows]
+
+    def revoke(self, name_or_id: str, now: float) -> Token:
+        """Revoke the live token with this name (or id); ``UnknownToken`` when there is none."""
+        with self._lock:
+            if name_or_id.isdigit():
+                row = self._db.execute(f"SELECT {_TOKEN_COLS} FROM tokens WHERE id = ? AND revoked IS NULL", (int(name_or_id),)).fetchone()
+            else:
+                row = self._db.execute(f"SELECT {_TOKEN_COLS} FROM tokens WHERE name = ? AND revoked IS NULL", (name_or_id,)).fetchone()
+            if row is None:
+                raise UnknownToken(f"no live token with name or id {name_or_id!r} (see geowarn token list)")
+            self._db.execute("UPDATE tokens SET revoked = ? WHERE id = ?", (now, row[0]))
+        t = _token(row)
+        return Token(t.id, t.name, t.tier, t.admin, t.created, now)
+
+    # -- audit -------------------------------------------------------------------------------
+
+    def audit(self, t: float, token: Token | None, action: str, target: str, client: str, outcome: Outcome, detail: str = "") -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO audit (t, who, token_id, action, target, client, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (t, token.name if token else "-", token.id if token else None, action, target, client, outcome, detail),
+            )
+
+    def audit_entries(self, limit: int = 1000, since: float | None = None) -> list[AuditEntry]:
+        """The latest entries, oldest first."""
+        args: tuple[Any, ...] = (since if since is not None else float("-inf"), limit)
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, t, who, token_id, action, target, client, outcome, detail FROM audit WHERE t >= ? ORDER BY id DESC LIMIT ?", args
+            ).fetchall()
+        return [AuditEntry(int(r[0]), float(r[1]), r[2], r[3], r[4], r[5], r[6], r[7], r[8]) for r in reversed(rows)]

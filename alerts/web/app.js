@@ -1,0 +1,510 @@
+// GeoWarn duty console: plain JavaScript, no framework, no CDN (it must work on a network
+// cut off from the internet). Everything shown comes from /api with the officer's bearer
+// token; live updates arrive as server-sent events read through fetch() (EventSource cannot
+// send an Authorization header, and a token in the URL would end up in logs).
+// All text goes in through textContent, never innerHTML: site names and notes are data.
+"use strict";
+
+const LEVEL = {
+  0: { colour: "none", zh: "正常", en: "Normal" },
+  1: { colour: "blue", zh: "蓝色 注意级", en: "Blue · Attention" },
+  2: { colour: "yellow", zh: "黄色 警示级", en: "Yellow · Caution" },
+  3: { colour: "orange", zh: "橙色 警戒级", en: "Orange · Warning" },
+  4: { colour: "red", zh: "红色 警报级", en: "Red · Alarm" },
+};
+
+const TEXT = {
+  zh: {
+    console: "值班台", offline: "未连接", live: "实时", logout: "退出", login_title: "值班员登录",
+    login_help: "输入管理员发放的令牌（geowarn token create）。令牌只保存在本浏览器标签页中。", login: "登录",
+    bad_token: "令牌无效或已吊销", active_warnings: "当前预警", sites: "监测点", site: "监测点", level: "等级",
+    status: "状态", devices_online: "设备在线", readings_24h: "24小时读数", last_reading: "最新读数", back: "← 返回列表",
+    timeline: "预警与上报时间线", charts: "监测曲线", device_health: "设备状态", device: "设备", model: "型号", online: "在线",
+    battery: "电池", signal: "信号", ack_title: "确认预警", ack_hint: "确认后，本级以上的逐级上报将停止。请写明您采取的措施。",
+    your_name: "您的姓名", note: "处置说明", cancel: "取消", ack_confirm: "确认并停止上报", ack: "确认预警…",
+    no_warnings: "当前无预警。", raised: "发布于", ago: "前", notified: "已通知", exercise: "演练",
+    s_unacknowledged: "未确认", s_acknowledged: "已确认", s_rtn_unacknowledged: "已恢复·未确认", s_shelved: "维护挂起",
+    s_normal: "正常", s_out_of_service: "停用", card: "防灾明白卡", hazard: "灾种", scale: "规模", people: "威胁人数",
+    households: "户", route: "撤离路线", shelter: "避险场所", responsible: "监测责任人", phone: "电话", admin: "行政区",
+    esc_running: "逐级上报进行中：未确认，{t} 将上报至上一级", esc_running_top: "未确认：已上报至最高一级",
+    esc_stopped: "上报已停止：{by} 于 {t} 确认", displacement: "位移", velocity: "速率", inv_velocity: "速率倒数（1/v）",
+    forecast: "预测破坏时间", rain: "降雨", per_day: "/天", none: "无", yes: "在线", no: "离线",
+    need_name_note: "请填写姓名和处置说明", accepted: "已确认", tiers: { county: "县", city: "市", province: "省", national: "国家" },
+    rules: {
+      raise: "发布预警", upgrade: "预警升级", upgrade_realarm: "升级重新告警", downgrade: "预警降级", downgrade_after_hold: "保持期后降级",
+      lift: "解除预警", lift_after_hold: "保持期后解除", rtn_unack: "恢复正常·待确认", ack: "已确认", ack_again: "再次确认",
+      ack_stale: "确认的等级已过时", ack_rtn: "确认恢复", escalate_unacked: "未确认·逐级上报", nodata_hold: "无数据·保持等级",
+      data_back: "数据恢复", report_opened: "速报任务", report_reminder: "速报提醒", report_overdue: "速报逾期", report_submitted: "速报已提交",
+      shelve: "维护挂起", unshelve: "解除挂起", shelve_expired: "挂起到期", lower_held: "降级保持中", lower_cancelled: "取消降级",
+    },
+    kinds: { warning: "预警通知", escalation: "上报通知", realarm: "重新告警", downgrade: "降级通知", cancel: "解除通知", report_due: "速报通知", report_overdue: "速报逾期", nodata: "无数据", data_back: "数据恢复", shelved: "挂起通知", unshelved: "解除挂起" },
+    deliv: { sent: "已送达", pending: "待发送", dead: "失败" },
+  },
+  en: {
+    console: "Duty console", offline: "offline", live: "live", logout: "Sign out", login_title: "Duty officer sign-in",
+    login_help: "Enter the token you were given (geowarn token create). It is kept in this browser tab only.", login: "Sign in",
+    bad_token: "Unknown or revoked token", active_warnings: "Active warnings", sites: "Sites", site: "Site", level: "Level",
+    status: "Status", devices_online: "Devices online", readings_24h: "Readings (24 h)", last_reading: "Latest reading", back: "← Back to list",
+    timeline: "Warning and escalation timeline", charts: "Monitoring charts", device_health: "Device health", device: "Device", model: "Model",
+    online: "Online", battery: "Battery", signal: "Signal", ack_title: "Acknowledge warning",
+    ack_hint: "Acknowledging stops the escalation to the tiers above. Say what you are doing about it.",
+    your_name: "Your name", note: "Action taken", cancel: "Cancel", ack_confirm: "Acknowledge and stop escalation", ack: "Acknowledge…",
+    no_warnings: "No warnings.", raised: "raised", ago: "ago", notified: "notified", exercise: "EXERCISE",
+    s_unacknowledged: "UNACKNOWLEDGED", s_acknowledged: "acknowledged", s_rtn_unacknowledged: "back to normal, unacknowledged",
+    s_shelved: "shelved (maintenance)", s_normal: "normal", s_out_of_service: "out of service", card: "Disaster-prevention card (防灾明白卡)",
+    hazard: "Hazard", scale: "Scale", people: "People threatened", households: "households", route: "Evacuation route", shelter: "Shelter",
+    responsible: "Responsible person", phone: "Phone", admin: "County",
+    esc_running: "Escalating: not acknowledged; the next tier is told at {t}", esc_running_top: "Not acknowledged: every tier has been told",
+    esc_stopped: "Escalation stopped: acknowledged by {by} at {t}", displacement: "Displacement", velocity: "Velocity",
+    inv_velocity: "Inverse velocity (1/v)", forecast: "forecast failure time", rain: "Rain", per_day: "/day", none: "none", yes: "online", no: "offline",
+    need_name_note: "Name and action taken are both required", accepted: "Acknowledged",
+    tiers: { county: "county", city: "city", province: "province", national: "national" },
+    rules: {
+      raise: "Warning raised", upgrade: "Level raised", upgrade_realarm: "Raised, re-alarmed", downgrade: "Level lowered", downgrade_after_hold: "Lowered after hold",
+      lift: "Warning lifted", lift_after_hold: "Lifted after hold", rtn_unack: "Back to normal, unacknowledged", ack: "Acknowledged", ack_again: "Acknowledged again",
+      ack_stale: "Ack of an old level", ack_rtn: "Return to normal acknowledged", escalate_unacked: "Escalated (not acknowledged)", nodata_hold: "No data, level held",
+      data_back: "Data back", report_opened: "Quick report due", report_reminder: "Quick report reminder", report_overdue: "Quick report overdue", report_submitted: "Quick report submitted",
+      shelve: "Shelved", unshelve: "Unshelved", shelve_expired: "Shelving expired", lower_held: "Lower level held", lower_cancelled: "Lowering cancelled",
+    },
+    kinds: { warning: "warning", escalation: "escalation", realarm: "re-alarm", downgrade: "downgrade", cancel: "cancel", report_due: "quick report due", report_overdue: "quick report overdue", nodata: "no data", data_back: "data back", shelved: "shelved", unshelved: "unshelved" },
+    deliv: { sent: "sent", pending: "pending", dead: "failed" },
+  },
+};
+
+const state = {
+  lang: localStorage.getItem("geowarn.lang") || "zh",
+  token: sessionStorage.getItem("geowarn.token") || "",
+  me: null,
+  warnings: [],
+  sites: [],
+  site: null,        // the open site page's code
+  siteDoc: null,
+  timelineFor: null, // the warning id whose timeline is shown
+  ackTarget: null,
+  abort: null,
+};
+
+// -- helpers ------------------------------------------------------------------------------
+
+function t(key) { return TEXT[state.lang][key] ?? key; }
+function fmt(key, vars) { return t(key).replace(/\{(\w+)\}/g, (_, k) => vars[k] ?? ""); }
+function $(sel) { return document.querySelector(sel); }
+function el(tag, attrs, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") e.className = v;
+    else if (k === "text") e.textContent = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const kid of kids.flat()) if (kid !== null && kid !== undefined) e.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
+  return e;
+}
+const SVG = "http://www.w3.org/2000/svg";
+function sv(tag, attrs, ...kids) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) if (v !== null && v !== undefined) e.setAttribute(k, String(v));
+  for (const kid of kids) e.append(kid instanceof Node ? kid : document.createTextNode(String(kid)));
+  return e;
+}
+function levelName(n) { const l = LEVEL[n] || LEVEL[0]; return state.lang === "zh" ? l.zh : l.en; }
+function clock(ts) {
+  if (ts === null || ts === undefined) return "–";
+  const d = new Date(ts * 1000);
+  const p = (x) => String(x).padStart(2, "0");
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}
+function ago(ts) {
+  if (!ts) return "–";
+  let s = Math.max(0, Math.floor(Date.now() / 1000 - ts));
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60); s %= 60;
+  const zh = state.lang === "zh";
+  if (h >= 48) return zh ? `${Math.floor(h / 24)} 天` : `${Math.floor(h / 24)} d`;
+  if (h > 0) return zh ? `${h} 小时 ${m} 分` : `${h} h ${m} min`;
+  if (m > 0) return zh ? `${m} 分 ${s} 秒` : `${m} min ${s} s`;
+  return zh ? `${s} 秒` : `${s} s`;
+}
+function statusBadge(status) { return el("span", { class: "badge status", "data-status": status, text: t("s_" + status) }); }
+function levelBadge(n) { return el("span", { class: `badge lvl-${n}`, text: levelName(n) }); }
+
+async function api(path, opts = {}) {
+  const res = await fetch(path, { ...opts, headers: { ...(opts.headers || {}), Authorization: `Bearer ${state.token}`, "Content-Type": "application/json" } });
+  if (res.status === 401) { signOut(t("bad_token")); throw new Error("401"); }
+  const body = res.headers.get("content-type")?.includes("json") ? await res.json() : await res.text();
+  if (!res.ok && res.status !== 409 && res.status !== 202) throw new Error(typeof body === "object" ? (body.detail?.[0]?.msg || body.detail || res.statusText) : body);
+  return { status: res.status, body };
+}
+
+// -- language -----------------------------------------------------------------------------
+
+function applyLang() {
+  document.documentElement.lang = state.lang === "zh" ? "zh-CN" : "en";
+  for (const e of document.querySelectorAll("[data-i18n]")) e.textContent = t(e.dataset.i18n);
+  $("#lang").textContent = state.lang === "zh" ? "EN" : "中文";
+  $("#live .txt").textContent = t($("#live").dataset.state);
+  render();
+}
+
+// -- sign-in ------------------------------------------------------------------------------
+
+async function signIn(token) {
+  state.token = token;
+  try {
+    const { body } = await api("/api/me");
+    state.me = body;
+  } catch (e) {
+    return;
+  }
+  sessionStorage.setItem("geowarn.token", token);
+  $("#login").hidden = true;
+  $("#app").hidden = false;
+  $("#logout").hidden = false;
+  $("#who").textContent = `${state.me.name} · ${t("tiers")[state.me.tier]} ${state.me.admin}`;
+  await refreshLists();
+  route();
+  liveLoop();
+}
+
+function signOut(message) {
+  state.token = "";
+  sessionStorage.removeItem("geowarn.token");
+  if (state.abort) state.abort.abort();
+  $("#app").hidden = true;
+  $("#logout").hidden = true;
+  $("#who").textContent = "";
+  $("#login").hidden = false;
+  $("#login-error").textContent = message || "";
+  setLive("offline");
+}
+
+// -- live updates -------------------------------------------------------------------------
+
+function setLive(s) {
+  const e = $("#live");
+  e.dataset.state = s;
+  e.querySelector(".txt").textContent = t(s);
+}
+
+async function liveLoop() {
+  const token = state.token;
+  while (state.token && state.token === token) {
+    state.abort = new AbortController();
+    try {
+      const res = await fetch("/api/events", { headers: { Authorization: `Bearer ${token}` }, signal: state.abort.signal });
+      if (res.status === 401) { signOut(t("bad_token")); return; }
+      if (!res.ok) throw new Error(res.statusText);
+      setLive("live");
+      const reader = res.body.getReader();
+      const dec = new TextDecoder();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += dec.decode(value, { stream: true });
+        let i;
+        while ((i = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          onEvent(block);
+        }
+      }
+    } catch (e) {
+      if (!state.token) return;
+    }
+    setLive("offline");
+    // Reconnect after a pause: the server may be restarting.
+    await new Promise((r) => setTimeout(r, 2000));
+  }
+}
+
+function onEvent(block) {
+  let event = "message", data = "";
+  for (const line of block.split("\n")) {
+    if (line.startsWith("event:")) event = line.slice(6).trim();
+    else if (line.startsWith("data:")) data += line.slice(5).trim();
+  }
+  if (event !== "update" || !data) return;
+  const doc = JSON.parse(data);
+  state.warnings = doc.warnings;
+  for (const s of state.sites) if (doc.levels[s.site] !== undefined) s.level = doc.levels[s.site];
+  render();
+  if (state.site) loadSite(state.site);
+  else refreshSites();
+}
+
+// -- lists --------------------------------------------------------------------------------
+
+async function refreshLists() {
+  const [w, s] = await Promise.all([api("/api/warnings"), api("/api/sites")]);
+  state.warnings = w.body;
+  state.sites = s.body;
+  render();
+}
+async function refreshSites() {
+  state.sites = (await api("/api/sites")).body;
+  renderSites();
+}
+
+function render() {
+  if (!state.me) return;
+  renderWarnings();
+  renderSites();
+  if (state.site && state.siteDoc) renderSite();
+}
+
+function warningCard(w) {
+  const next = w.status === "unacknowledged" && w.ack_deadline ? ` · ${fmt("esc_running", { t: clock(w.ack_deadline) })}` : "";
+  const tiers = [...new Set(w.notified.map((n) => `${t("tiers")[n.tier] || n.tier} ${n.admin}`))].join(", ");
+  return el("div", { class: "warning", "data-id": w.id, "data-site": w.site, "data-status": w.status, "data-level": w.level, "data-active": String(w.active),
+                     onclick: () => { location.hash = `#/site/${encodeURIComponent(w.site)}`; } },
+    el("div", { class: `bar lvl-${w.level}` }),
+    el("div", { class: "main" },
+      el("div", { class: "title" }, levelBadge(w.level), " ", w.site_name, " ", w.exercise ? el("span", { class: "badge exercise", text: t("exercise") }) : null),
+      el("div", { class: "meta", text: `${w.site} · ${t("admin")} ${w.admin} · ${t("raised")} ${clock(w.since)} · ${t("notified")}: ${tiers || t("none")}${next}` }),
+      el("div", { class: "reason", text: w.reason })),
+    el("div", { class: "side" }, statusBadge(w.status), el("span", { class: "since", "data-since": w.since, text: ago(w.since) }),
+      w.active && w.status === "unacknowledged" ? el("button", { type: "button", class: "danger ack-btn", text: t("ack"),
+        onclick: (ev) => { ev.stopPropagation(); openAck(w); } }) : null));
+}
+
+function renderWarnings() {
+  const box = $("#warnings");
+  const active = state.warnings.filter((w) => w.active);
+  $("#count").textContent = `(${active.length})`;
+  box.replaceChildren(...(state.warnings.length ? state.warnings.map(warningCard) : [el("div", { class: "empty", text: t("no_warnings") })]));
+}
+
+function renderSites() {
+  const rows = state.sites.map((s) => el("tr", { class: "link", "data-site": s.site, onclick: () => { location.hash = `#/site/${encodeURIComponent(s.site)}`; } },
+    el("td", {}, el("b", { text: s.site }), " ", s.name), el("td", {}, levelBadge(s.level)), el("td", {}, statusBadge(s.status)),
+    el("td", { text: `${s.devices_online} / ${s.devices}` }), el("td", { text: s.readings_24h }), el("td", { text: s.last_t ? clock(s.last_t) : "–" })));
+  $("#sites tbody").replaceChildren(...rows);
+}
+
+// -- the site page ------------------------------------------------------------------------
+
+function route() {
+  const m = location.hash.match(/^#\/site\/(.+)$/);
+  state.site = m ? decodeURIComponent(m[1]) : null;
+  $("#view-list").hidden = !!state.site;
+  $("#view-site").hidden = !state.site;
+  if (state.site) { state.siteDoc = null; loadSite(state.site, true); }
+  else refreshLists();
+}
+
+let loading = null;
+async function loadSite(site, withCharts = false) {
+  // Coalesce bursts of live updates into one reload at a time.
+  if (loading) { loading.again = true; loading.charts ||= withCharts; return; }
+  loading = { again: false, charts: withCharts };
+  try {
+    do {
+      const charts = loading.charts;
+      loading.again = false; loading.charts = false;
+      const { body } = await api(`/api/sites/${encodeURIComponent(site)}`);
+      if (state.site !== site) return;
+      state.siteDoc = body;
+      const w = body.warnings.find((x) => x.active) || body.warnings[0];
+      state.timeline = w ? (await api(`/api/warnings/${encodeURIComponent(w.id)}/timeline`)).body : null;
+      renderSite();
+      if (charts || !state.chartsDrawn) { await drawCharts(site, body.card, w); state.chartsDrawn = true; }
+    } while (loading.again);
+  } finally {
+    loading = null;
+  }
+}
+
+function renderSite() {
+  const d = state.siteDoc;
+  if (!d) return;
+  const c = d.card;
+  $("#site-title").replaceChildren(levelBadge(Math.max(d.level, ...d.warnings.filter((w) => w.active).map((w) => w.level), 0)), " ", c.name, " ", el("small", { text: c.site }));
+  const w = d.warnings.find((x) => x.active) || d.warnings[0];
+  const wbox = $("#site-warning");
+  if (!w) wbox.replaceChildren(el("div", { class: "empty", text: t("no_warnings") }));
+  else {
+    wbox.replaceChildren(el("div", { class: "panel warning-panel", "data-id": w.id, "data-status": w.status },
+      el("div", { class: "head" }, levelBadge(w.level), statusBadge(w.status), w.exercise ? el("span", { class: "badge exercise", text: t("exercise") }) : null,
+        el("span", { class: "title", text: `${t("raised")} ${clock(w.since)}` }), el("span", { class: "since", "data-since": w.since, text: ago(w.since) }),
+        el("span", { class: "spacer" }),
+        w.active && w.status === "unacknowledged" ? el("button", { id: "ack-open", type: "button", text: t("ack"), onclick: () => openAck(w) }) : null),
+      el("p", { text: w.reason }),
+      w.forecast && w.forecast.failure_time ? el("p", { text: `${t("forecast")}: ${clock(w.forecast.failure_time)}` }) : null));
+  }
+  renderTimeline(w);
+  // 防灾明白卡
+  $("#card").replaceChildren(el("h3", { text: t("card") }), el("dl", {},
+    el("dt", { text: t("people") }), el("dd", {}, el("span", { class: "people", text: c.threatened_people }), ` · ${c.threatened_households} ${t("households")}`),
+    el("dt", { text: t("route") }), el("dd", { text: c.evacuation_route || "–" }),
+    el("dt", { text: t("shelter") }), el("dd", { text: c.shelter || "–" }),
+    el("dt", { text: t("responsible") }), el("dd", { text: c.responsible || "–" }),
+    el("dt", { text: t("phone") }), el("dd", {}, c.phone ? el("a", { href: `tel:${c.phone.replace(/\s/g, "")}`, text: c.phone }) : "–"),
+    el("dt", { text: t("hazard") }), el("dd", { text: `${c.hazard} · ${c.scale}` }),
+    el("dt", { text: t("admin") }), el("dd", { text: `${c.admin} · ${c.lat.toFixed(4)}, ${c.lon.toFixed(4)}` })));
+  // Device health
+  $("#devices tbody").replaceChildren(...d.devices.map((dev) => el("tr", { "data-device": dev.device },
+    el("td", { text: dev.device }), el("td", { text: dev.model }),
+    el("td", { class: dev.online ? "ok" : "bad", text: dev.online ? t("yes") : t("no") }),
+    el("td", { text: dev.last_t ? `${clock(dev.last_t)}` : "–" }),
+    el("td", { text: dev.status && dev.status.battery_v !== undefined ? `${dev.status.battery_v} V` : "–" }),
+    el("td", { text: dev.status && dev.status.signal_dbm !== undefined ? `${dev.status.signal_dbm} dBm` : "–" }))));
+}
+
+function renderTimeline(w) {
+  const tl = state.timeline;
+  const esc = $("#esc-state");
+  if (!w || !tl) { esc.dataset.state = "none"; $("#timeline").replaceChildren(); return; }
+  const lastAck = w.acks.length ? w.acks[w.acks.length - 1] : null;
+  if (w.active && w.status === "acknowledged" && lastAck) { esc.dataset.state = "stopped"; esc.textContent = fmt("esc_stopped", { by: lastAck.by, t: clock(lastAck.t) }); }
+  else if (w.active && w.status === "unacknowledged") { esc.dataset.state = "running"; esc.textContent = w.ack_deadline ? fmt("esc_running", { t: clock(w.ack_deadline) }) : t("esc_running_top"); }
+  else { esc.dataset.state = "none"; esc.textContent = ""; }
+  const items = [];
+  for (const h of tl.history) {
+    items.push({ t: h.t, node: el("li", { class: "tl-entry", "data-rule": h.rule },
+      el("span", { class: "when", text: clock(h.t) }), el("span", { class: "what", text: t("rules")[h.rule] || h.rule }), " ", levelBadge(h.level),
+      el("div", { class: "detail", text: h.detail })) });
+  }
+  for (const n of tl.notifications) {
+    items.push({ t: n.t + 0.001, node: el("li", { class: "tl-note", "data-kind": n.kind, "data-admin": n.admin },
+      el("span", { class: "when", text: clock(n.t) }), el("span", { text: `→ ${t("tiers")[n.tier] || n.tier || ""} ${n.admin}: ${t("kinds")[n.kind] || n.kind}` }),
+      el("span", { class: "deliv" }, ...n.deliveries.map((dl) => el("span", { class: dl.state, title: dl.last_error || "", text: ` ${dl.notifier.split("/").slice(1).join("/")}:${t("deliv")[dl.state] || dl.state}` })))) });
+  }
+  items.sort((a, b) => b.t - a.t);
+  $("#timeline").replaceChildren(...items.map((i) => i.node));
+}
+
+// -- acknowledgement: one deliberate action -----------------------------------------------
+
+function openAck(w) {
+  state.ackTarget = w;
+  $("#ack-summary").replaceChildren(levelBadge(w.level), ` ${w.site_name} · ${t("raised")} ${clock(w.since)}`);
+  $("#ack-error").textContent = "";
+  $("#ack-confirm").disabled = false;
+  $("#ack-name").value = localStorage.getItem("geowarn.name") || "";
+  $("#ack-note").value = "";
+  $("#ack-dialog").showModal();
+  ($("#ack-name").value ? $("#ack-note") : $("#ack-name")).focus();
+}
+
+async function submitAck(ev) {
+  ev.preventDefault();
+  const w = state.ackTarget;
+  const name = $("#ack-name").value.trim(), note = $("#ack-note").value.trim();
+  if (!w) return;
+  if (!name || !note) { $("#ack-error").textContent = t("need_name_note"); return; }
+  $("#ack-confirm").disabled = true;
+  try {
+    const { status, body } = await api(`/api/warnings/${encodeURIComponent(w.id)}/ack`, { method: "POST", body: JSON.stringify({ name, note }) });
+    if (status === 200) {
+      localStorage.setItem("geowarn.name", name);
+      $("#ack-dialog").close();
+      if (state.site) loadSite(state.site); else refreshLists();
+    } else {
+      $("#ack-error").textContent = body.detail || String(status);
+      $("#ack-confirm").disabled = false;
+    }
+  } catch (e) {
+    $("#ack-error").textContent = e.message;
+    $("#ack-confirm").disabled = false;
+  }
+}
+
+// -- charts (inline SVG) ------------------------------------------------------------------
+
+const PALETTE = ["#79c0ff", "#d2a8ff", "#7ee787", "#ffa657", "#ff7b72", "#e3b341", "#a5d6ff"];
+const DISP = ["displacement", "crack", "gnss_e", "gnss_n", "gnss_u", "tilt"];
+
+// Velocity per day: least-squares slope over the site's velocity window ending at each point,
+// as the detectors smooth it (a raw difference of two noisy GNSS readings means nothing).
+function velocity(points, windowS) {
+  const out = [];
+  let j = 0;
+  for (let i = 0; i < points.length; i++) {
+    const t1 = points[i][0];
+    while (points[j][0] < t1 - windowS) j++;
+    const n = i - j + 1;
+    if (n < 3 || t1 - points[j][0] < windowS * 0.5) continue;
+    let st = 0, sv_ = 0, stt = 0, stv = 0;
+    for (let k = j; k <= i; k++) { const x = (points[k][0] - t1) / 86400; st += x; sv_ += points[k][1]; stt += x * x; stv += x * points[k][1]; }
+    const den = n * stt - st * st;
+    if (den > 0) out.push([t1, (n * stv - st * sv_) / den]);
+  }
+  return out;
+}
+
+function lineChart(title, series, opts = {}) {
+  const W = 640, H = 230, L = 58, R = 12, T = 10, B = 28;
+  const all = series.flatMap((s) => s.points);
+  const box = el("div", { class: "chart", "data-chart": opts.id || title }, el("h3", { text: title }));
+  if (!all.length) { box.append(el("div", { class: "legend", text: t("none") })); return box; }
+  let x0 = Math.min(...all.map((p) => p[0])), x1 = Math.max(...all.map((p) => p[0]));
+  for (const m of opts.markers || []) { x0 = Math.min(x0, m.t); x1 = Math.max(x1, m.t); }
+  let y0 = Math.min(...all.map((p) => p[1]), opts.yMin ?? Infinity), y1 = Math.max(...all.map((p) => p[1]));
+  // A steady series (a constant velocity) would otherwise fill the chart with its rounding
+  // noise: show at least ±5 % of its magnitude.
+  const mag = Math.max(Math.abs(y0), Math.abs(y1));
+  if (y1 - y0 < mag * 0.1 || y1 === y0) { const mid = (y0 + y1) / 2, half = Math.max(mag * 0.05, 0.5); y0 = mid - half; y1 = mid + half; }
+  if (x1 === x0) x1 += 1;
+  const pad = (y1 - y0) * 0.06; y1 += pad; y0 -= pad;
+  if (opts.yMin !== undefined) y0 = Math.max(y0, opts.yMin);
+  const X = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
+  const Y = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
+  const svg = sv("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title });
+  svg.append(sv("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B }), sv("line", { class: "axis", x1: L, y1: T, x2: L, y2: H - B }));
+  for (let i = 0; i <= 4; i++) {
+    const yv = y0 + ((y1 - y0) * i) / 4, xv = x0 + ((x1 - x0) * i) / 4;
+    svg.append(sv("text", { class: "tick", x: L - 6, y: Y(yv) + 4, "text-anchor": "end" }, Math.abs(yv) >= 100 ? yv.toFixed(0) : yv.toPrecision(3)));
+    svg.append(sv("line", { class: "axis", x1: L, y1: Y(yv), x2: W - R, y2: Y(yv), "stroke-opacity": 0.35 }));
+    const d = new Date(xv * 1000);
+    svg.append(sv("text", { class: "tick", x: X(xv), y: H - 8, "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" },
+      `${d.getMonth() + 1}-${d.getDate()} ${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`));
+  }
+  series.forEach((s, i) => {
+    if (!s.points.length) return;
+    svg.append(sv("polyline", { fill: "none", stroke: s.colour || PALETTE[i % PALETTE.length], "stroke-width": 1.6,
+      points: s.points.map((p) => `${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(" ") }));
+  });
+  for (const m of opts.markers || []) {
+    svg.append(sv("line", { class: "forecast", x1: X(m.t), y1: T, x2: X(m.t), y2: H - B }));
+    svg.append(sv("text", { class: "tick", x: X(m.t) - 4, y: T + 12, "text-anchor": "end", fill: "#ff7b72" }, m.label));
+    if (m.from) svg.append(sv("line", { class: "forecast", x1: X(m.from[0]), y1: Y(m.from[1]), x2: X(m.t), y2: Y(0) }));
+  }
+  box.append(svg, el("div", { class: "legend" }, ...series.map((s, i) => el("span", { style: `color:${s.colour || PALETTE[i % PALETTE.length]}`, text: `■ ${s.name}  ` }))));
+  return box;
+}
+
+async function drawCharts(site, card, w) {
+  const { body } = await api(`/api/sites/${encodeURIComponent(site)}/series?hours=72`);
+  if (state.site !== site) return;
+  const disp = body.channels.filter((c) => DISP.includes(c.kind));
+  const rain = body.channels.filter((c) => c.kind === "rain");
+  const win = card.velocity_window_s || 21600;
+  const vel = disp.map((c) => ({ name: `${c.device}/${c.channel} (${c.unit}${t("per_day")})`, points: velocity(c.points, win) }));
+  const inv = disp.map((c, i) => ({ name: `${c.device}/${c.channel} (d/${c.unit})`, points: vel[i].points.filter((p) => Math.abs(p[1]) > 1e-3).map((p) => [p[0], 1 / Math.abs(p[1])]) }));
+  const markers = [];
+  if (w && w.forecast && w.forecast.failure_time) {
+    const lastInv = inv.flatMap((s) => s.points.slice(-1)).sort((a, b) => b[0] - a[0])[0];
+    markers.push({ t: w.forecast.failure_time, label: t("forecast"), from: lastInv });
+  }
+  $("#charts").replaceChildren(
+    lineChart(t("displacement"), disp.map((c) => ({ name: `${c.device}/${c.channel} (${c.unit})`, points: c.points })), { id: "displacement" }),
+    lineChart(t("velocity"), vel, { id: "velocity" }),
+    lineChart(t("inv_velocity"), inv, { id: "inverse_velocity", markers, yMin: 0 }),
+    lineChart(t("rain"), rain.map((c) => ({ name: `${c.device}/${c.channel} (${c.unit})`, points: c.points, colour: "#58a6ff" })), { id: "rain" }));
+}
+
+// -- start --------------------------------------------------------------------------------
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#lang").addEventListener("click", () => { state.lang = state.lang === "zh" ? "en" : "zh"; localStorage.setItem("geowarn.lang", state.lang); applyLang(); if (state.site) drawCharts(state.site, state.siteDoc.card, (state.siteDoc.warnings || [])[0]); });
+  $("#logout").addEventListener("click", () => signOut(""));
+  $("#login-form").addEventListener("submit", (ev) => { ev.preventDefault(); $("#login-error").textContent = ""; signIn($("#login-token").value.trim()); });
+  $("#ack-form").addEventListener("submit", submitAck);
+  $("#ack-cancel").addEventListener("click", () => $("#ack-dialog").close());
+  window.addEventListener("hashchange", () => { if (state.me) { state.chartsDrawn = false; route(); } });
+  // The "time since raised" counters tick every second without asking the server.
+  setInterval(() => { for (const e of document.querySelectorAll("[data-since]")) e.textContent = ago(Number(e.dataset.since)); }, 1000);
+  applyLang();
+  if (state.token) signIn(state.token); else $("#login").hidden = false;
+});
