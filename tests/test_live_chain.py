@@ -70,7 +70,8 @@ def _ack(daemon: Daemon, mqtt_url: str, ident: str) -> subprocess.CompletedProce
     )
 
 
-def test_a_warning_escalates_until_acknowledged_and_a_restart_repeats_nothing(tmp_path, mosquitto):
+@pytest.mark.parametrize("stop", ["sigterm", "sigkill"])
+def test_a_warning_escalates_until_acknowledged_and_a_restart_repeats_nothing(tmp_path, mosquitto, stop):
     daemon = Daemon(tmp_path / "data", mosquitto.url, extra_env={"GEOWARN_ALERT_POLICY": POLICY})
     daemon.start()
     rec = Recorder(mosquitto.url, ["geowarn/notify/#", "geowarn/cap/#", "geowarn/BSH/+/cmd"])
@@ -91,8 +92,10 @@ def test_a_warning_escalates_until_acknowledged_and_a_restart_repeats_nothing(tm
         assert time.monotonic() - raised >= ACK_S * 0.8
 
         # A restart in the middle of the escalation: nothing repeated, the next step still comes.
-        daemon.terminate()
-        daemon.start()
+        # SIGKILL: the daemon's workers notice their parent is gone and exit; the new ones
+        # resume from what was committed (the engine state with the escalation recorded).
+        daemon.terminate() if stop == "sigterm" else daemon.kill()
+        daemon.start(timeout=60)
         notes.until(lambda s: ("escalation", "100000") in [(n["kind"], n["admin"]) for n in s], ACK_S + 30, "escalation to national")
 
         # The county acknowledges by the id of the notification it received.
