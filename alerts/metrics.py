@@ -38,6 +38,7 @@ __all__ = ["GeoWarnCollector", "MainStats", "make_registry", "open_ro"]
 
 #: The journal key of the store stage's position in the message log (ingest/store.py).
 STORE_POSITION_KEY = "store.message_position"
+DETECTION_STATS_KEY = "detection.stats"  # ingest/detection.py STATS_KEY
 #: A device is online when its newest reading arrived within this many of its shortest
 #: reporting intervals: the no-data rule of DESIGN §5 (silent for three intervals).
 ONLINE_INTERVALS = 3.0
@@ -110,6 +111,10 @@ class GeoWarnCollector(Collector):
         devices = GaugeMetricFamily("geowarn_devices", "devices in the site registry")
         online = GaugeMetricFamily("geowarn_devices_online", f"devices whose newest reading arrived within {ONLINE_INTERVALS:g} reporting intervals")
         ratio = GaugeMetricFamily("geowarn_device_online_ratio", "devices online / devices in the registry")
+        # Detection's own figures, saved by its worker at each checkpoint (snapshot interval).
+        judged = CounterMetricFamily("geowarn_detection_readings", "readings judged by the detectors and fusion (as of the last checkpoint)")
+        judging = CounterMetricFamily("geowarn_detection_seconds", "time spent judging readings: detectors, fusion and the response chain (as of the last checkpoint)")
+        behind = GaugeMetricFamily("geowarn_detection_lag_readings", "journal readings after detection's last checkpoint")
         total = sum(len(s.devices) for s in self.registry.sites.values())
         n_online = stored_batch = last_batch = 0
         if conn is None:
@@ -124,6 +129,12 @@ class GeoWarnCollector(Collector):
                 n_online = self._online(conn)
                 row = conn.execute("SELECT value FROM state WHERE key = ?", (STORE_POSITION_KEY,)).fetchone()
                 stored_batch = int(json.loads(row[0])) if row else 0
+                row = conn.execute("SELECT value FROM state WHERE key = ?", (DETECTION_STATS_KEY,)).fetchone()
+                if row:
+                    det = json.loads(row[0])
+                    judged.add_metric([], float(det.get("readings", 0)))
+                    judging.add_metric([], float(det.get("seconds", 0.0)))
+                    behind.add_metric([], float(max(0, int(conn.execute("SELECT coalesce(max(id), 0) FROM readings").fetchone()[0]) - int(det.get("position", 0)))))
             finally:
                 conn.close()
         log_conn = open_ro(self.data_dir / "messages.sqlite")
@@ -137,7 +148,7 @@ class GeoWarnCollector(Collector):
         devices.add_metric([], float(total))
         online.add_metric([], float(n_online))
         ratio.add_metric([], n_online / total if total else 0.0)
-        yield from (stored, dead, lag, devices, online, ratio)
+        yield from (stored, dead, lag, devices, online, ratio, judged, judging, behind)
 
     def _online(self, conn: sqlite3.Connection) -> int:
         """Devices with a channel whose newest reading (by event time, through the readings_key

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,9 @@ log = logging.getLogger("geowarn.detection")
 SITE_LEVELS_KEY = "fusion.site_levels"
 SNAPSHOT_KEY = "fusion.snapshot"
 EMITTED_KEY = "fusion.emitted_through"
+#: Cumulative detection figures for /metrics: readings judged, seconds spent judging them,
+#: the position reached (saved at every checkpoint).
+STATS_KEY = "detection.stats"
 BATCH = 5000
 
 
@@ -49,6 +53,9 @@ class Detection:
         self.alerts = AlertLog(Path(s.data_dir) / "alerts.jsonl", publish, s.topic_prefix)
         self.emitted = 0
         self.position = 0
+        saved = self.journal.get_state(STATS_KEY) or {}
+        self.judged = int(saved.get("readings", 0))  # cumulative across restarts, as a counter should be
+        self.judging_s = float(saved.get("seconds", 0.0))
         self._resume()
 
     # -- start -------------------------------------------------------------------------------
@@ -129,7 +136,11 @@ class Detection:
 
     def step(self) -> int:
         """One round: a batch of readings, then the timers. Returns readings judged."""
+        t0 = time.perf_counter()
         n = self._consume()
+        if n:
+            self.judged += n
+            self.judging_s += time.perf_counter() - t0
         now = self.clock.now()
         deadline = self.fusion.next_deadline()
         if deadline is not None and now >= deadline:
@@ -143,6 +154,7 @@ class Detection:
 
     def save_snapshot(self) -> None:
         self.journal.set_state(SNAPSHOT_KEY, {"position": self.position, "state": self.fusion.snapshot()})
+        self.journal.set_state(STATS_KEY, {"readings": self.judged, "seconds": self.judging_s, "position": self.position})
 
     def _save_levels(self) -> None:
         self.journal.set_state(SITE_LEVELS_KEY, {s: self.fusion.level(s) for s in self.registry.sites})

@@ -92,7 +92,7 @@ def console(tmp_path, mosquitto) -> Iterator[Console]:
     port = free_port()
     data = tmp_path / "data"
     data.mkdir()
-    daemon = Daemon(data, mosquitto.url, extra_env={"GEOWARN_ALERT_POLICY": POLICY, "GEOWARN_HTTP": f"127.0.0.1:{port}"})
+    daemon = Daemon(data, mosquitto.url, extra_env={"GEOWARN_ALERT_POLICY": POLICY, "GEOWARN_HTTP": f"127.0.0.1:{port}", "GEOWARN_SNAPSHOT_INTERVAL_S": "1"})
     con = Console(daemon, f"http://127.0.0.1:{port}")  # tokens first: the daemon reads the same file
     daemon.start()
     try:
@@ -219,6 +219,10 @@ def test_scoped_ack_through_the_api_stops_escalation_and_everything_is_audited(c
     for unit in ("420527", "420500", "420000"):
         assert value("geowarn_notifications", notifier=f"{unit}/mqtt/0", state="sent") >= 1
     assert value("geowarn_store_lag_batches") == 0
+    # Detection's figures come from its checkpoint (every second here): every stored reading judged.
+    assert value("geowarn_detection_readings_total") == SLOPE_MESSAGES
+    assert value("geowarn_detection_seconds_total") > 0
+    assert value("geowarn_detection_lag_readings") == 0
 
 
 def test_the_api_server_starts_stops_and_a_busy_port_does_not_stop_the_daemon(tmp_path, mosquitto):
