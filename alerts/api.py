@@ -475,6 +475,7 @@ class ShelveIn(BaseModel):
     note: str = Field(min_length=1, max_length=2000, description="why (e.g. which device is being serviced)")
     until: float | str | None = Field(default=None, description="epoch seconds or RFC 3339; or give minutes")
     minutes: float | None = Field(default=None, gt=0, le=7 * 24 * 60)
+    device: str | None = Field(default=None, max_length=64, description="one device of the site under maintenance (its readings are stored, not judged; its silence raises nothing) instead of the whole site")
 
     @field_validator("name", "note")
     @classmethod
@@ -487,6 +488,7 @@ class ShelveIn(BaseModel):
 class UnshelveIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     note: str = Field(default="", max_length=2000)
+    device: str | None = Field(default=None, max_length=64, description="end one device's maintenance instead of the site's shelving")
 
 
 def _client(request: Request) -> str:
@@ -702,12 +704,18 @@ def create_api(
                 audit(request, token, site, "refused", "shelve without until or minutes")
                 raise HTTPException(422, "give until (epoch seconds or RFC 3339) or minutes")
             until = now() + body.minutes * 60.0
-        return act(request, token, "shelve", site, {"site": site, "by": signed(body.name, token), "until": until, "note": body.note})
+        doc = {"site": site, "by": signed(body.name, token), "until": until, "note": body.note}
+        if body.device:
+            doc["device"] = body.device
+        return act(request, token, "shelve", site if not body.device else f"{site}/{body.device}", doc)
 
     @app.post("/api/sites/{site}/unshelve", tags=["actions"])
     def unshelve(site: str, body: UnshelveIn, request: Request, token: Auth) -> JSONResponse:
         site_or_404(request, token, site)
-        return act(request, token, "unshelve", site, {"site": site, "by": signed(body.name, token), "note": body.note})
+        doc = {"site": site, "by": signed(body.name, token), "note": body.note}
+        if body.device:
+            doc["device"] = body.device
+        return act(request, token, "unshelve", site if not body.device else f"{site}/{body.device}", doc)
 
     # -- live updates ----------------------------------------------------------------------
 

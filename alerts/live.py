@@ -63,6 +63,8 @@ class Request:
     request_id: str = ""
     level: int | None = None
     until: float | None = None
+    #: shelve/unshelve: one device of the site under maintenance instead of the whole site.
+    device: str = ""
 
     @staticmethod
     def request_id_of(payload: bytes) -> str:
@@ -110,8 +112,11 @@ class Request:
         if level is not None and (not isinstance(level, int) or not 1 <= level <= 4):
             raise ValueError("level must be 1-4")
         note = doc.get("note", "")
+        device = doc.get("device") or ""
+        if not isinstance(device, str):
+            raise ValueError("device must be a device code")
         return cls(kind, target, by.strip(), note if isinstance(note, str) else str(note), str(doc.get("request", "")), level,
-                   float(until) if kind == "shelve" and until is not None else None)
+                   float(until) if kind == "shelve" and until is not None else None, device)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from alerts.clock import Clock, EventClock, WallClock
-from alerts.log import AlertLog
+from alerts.log import AlertLog, rfc3339
 from config.settings import Loaded
 from detectors.fusion import LevelChange, SiteFusion
 from ingest.journal import Journal
@@ -33,6 +33,8 @@ log = logging.getLogger("geowarn.detection")
 SITE_LEVELS_KEY = "fusion.site_levels"
 SNAPSHOT_KEY = "fusion.snapshot"
 EMITTED_KEY = "fusion.emitted_through"
+#: Devices under maintenance: {device: [since, until, by, note]} (times by the daemon's clock).
+MAINTENANCE_KEY = "detection.maintenance"
 #: Cumulative detection figures for /metrics: readings judged, seconds spent judging them,
 #: the position reached (saved at every checkpoint).
 STATS_KEY = "detection.stats"
@@ -53,6 +55,11 @@ class Detection:
         self.alerts = AlertLog(Path(s.data_dir) / "alerts.jsonl", publish, s.topic_prefix)
         self.emitted = 0
         self.position = 0
+        #: device -> (since, until): its readings (by arrival) are stored but not judged, and its
+        #: silence raises nothing, while a technician works on it.
+        self.maintenance: dict[str, tuple[float, float]] = {
+            d: (float(v[0]), float(v[1])) for d, v in (self.journal.get_state(MAINTENANCE_KEY) or {}).items()
+        }
         saved = self.journal.get_state(STATS_KEY) or {}
         self.judged = int(saved.get("readings", 0))  # cumulative across restarts, as a counter should be
         self.judging_s = float(saved.get("seconds", 0.0))
@@ -114,11 +121,16 @@ class Detection:
             return 0
         wall = not isinstance(self.clock, EventClock)
         changed = announced = False
+        maintenance = self.maintenance
         for _id, site, device, channel, t_ms, value, drill, received_ms in rows:
             info = self.registry.channel(site, device, channel)
             if info is None:
                 continue
             t = t_ms / 1000.0
+            if maintenance and device in maintenance:
+                since, until = maintenance[device]
+                if since <= (received_ms / 1000.0 if wall else t) < until:
+                    continue  # a technician is moving it: stored, not judged
             if not wall and not drill:
                 self.clock.observe(t)  # type: ignore[attr-defined]
             for change in self.fusion.update_all(info, t, value, bool(drill), received_ms / 1000.0 if wall else None):
@@ -159,7 +171,31 @@ class Detection:
     def _save_levels(self) -> None:
         self.journal.set_state(SITE_LEVELS_KEY, {s: self.fusion.level(s) for s in self.registry.sites})
 
+    def under_maintenance(self, device: str, now: float) -> bool:
+        span = self.maintenance.get(device)
+        return span is not None and span[0] <= now < span[1]
+
+    def set_maintenance(self, site: str, device: str, now: float, until: float | None, by: str, note: str) -> str:
+        """Put ``device`` under maintenance until ``until`` (None: end it now); returns what
+        was done. ``ValueError`` when the device is not at the site."""
+        if (site, device) not in self.registry.channels:
+            raise ValueError(f"device {device!r} is not at site {site!r}")
+        if until is None:
+            if self.maintenance.pop(device, None) is None:
+                return f"{device} was not under maintenance"
+            done = f"{device} back in service by {by}: {note}".rstrip(": ")
+        else:
+            if not until > now:
+                raise ValueError("until must be in the future")
+            self.maintenance[device] = (now, until)
+            done = f"{device} under maintenance by {by} until {rfc3339(until)}: {note}".rstrip(": ")
+        self.journal.set_state(MAINTENANCE_KEY, {d: [a, b] for d, (a, b) in self.maintenance.items()})
+        log.warning("%s", done)
+        return done
+
     def _emit(self, change: LevelChange) -> None:
+        if change.kind in ("nodata", "nodata_end") and self.under_maintenance(str(change.evidence.get("device", "")), self.clock.now()):
+            return  # a device switched off for maintenance is silent on purpose
         event = self.alerts.emit(change, self.registry.sites[change.site].admin)
         self.emitted += 1
         if self.chain is not None:
@@ -231,7 +267,14 @@ class DetectionJob:
                 result = Result(Request.request_id_of(it.payload), False, f"bad {kind} request: {exc}")
             else:
                 try:
-                    result = self.chain.handle(req, self.clock.now())
+                    if req.kind in ("shelve", "unshelve") and req.device:
+                        try:
+                            done = self.detection.set_maintenance(req.target, req.device, self.clock.now(), req.until if req.kind == "shelve" else None, req.by, req.note)
+                            result = Result(req.request_id, True, done, f"device_{req.kind}", req.target)
+                        except ValueError as exc:
+                            result = Result(req.request_id, False, str(exc), "", req.target)
+                    else:
+                        result = self.chain.handle(req, self.clock.now())
                 except Exception as exc:  # a request must never crash-loop the worker: refuse it, say why
                     log.exception("%s request failed", kind)
                     result = Result(req.request_id, False, f"{kind} failed: {type(exc).__name__}: {exc}")
