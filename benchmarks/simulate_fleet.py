@@ -7,6 +7,9 @@ Measurements, each the median of ``--rounds`` rounds (issue 5, item 4):
   battery channel, 10-minute samples, hourly heartbeats) for ``--hour`` seconds of event time,
   written as JSONL and as CSV. Timed from building the synthetic registry to the closed file
   (what ``geowarn simulate --stations N --duration 1h --out FEED`` does). Target: < 10 s.
+* ``generate only``: the same fleet's messages generated in memory (``Simulation.emit_until``
+  over the whole run, the one pass a live run at speed inf makes for this size), timed
+  without building the registry and the simulation; no broker.
 * ``publish only``: the same fleet's messages generated first, then only the publishing
   timed, from the first PUBLISH until the broker has acknowledged every message (QoS 1, one
   process, one connection): paho-mqtt 2 (``simulators.publish.Publisher``) and the pipelining
@@ -178,6 +181,13 @@ def live_round(broker: Mosquitto, stations: int, duration: float, kind: str) -> 
     return t0, stats.wall_s
 
 
+def generate_round(stations: int, duration: float) -> tuple[float, int]:
+    sim = fleet(stations, duration)
+    t0 = time.perf_counter()
+    n = len(sim.emit_until(sim.t_end)) + len(sim.flush())
+    return time.perf_counter() - t0, n
+
+
 def feed_round(stations: int, duration: float, path: Path) -> tuple[float, int, int]:
     t0 = time.perf_counter()
     sim = fleet(stations, duration)
@@ -221,6 +231,10 @@ def main() -> int:
             med = statistics.median(times)
             rows.append(f"| feed {fmt} | {size}: {msgs} msgs, {readings} readings | {med:.2f} s | {readings / med:,.0f} readings/s | - | < 10 s: {'yes' if med < 10 else 'NO'} |")
             print(rows[-1], flush=True)
+        gen = [generate_round(args.stations, args.hour) for _ in range(args.rounds)]
+        took = statistics.median(t for t, _ in gen)
+        rows.append(f"| generate only (in memory) | {size}: {gen[0][1]} msgs | {took:.2f} s | {gen[0][1] / took:,.0f} msg/s | - | - |")
+        print(rows[-1], flush=True)
         broker = Mosquitto(d / "mosquitto", max_inflight_messages=1000)
         broker.start()
         try:

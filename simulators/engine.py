@@ -8,20 +8,27 @@ broker, a file or a clock: ``emit_until(t)`` returns every message due up to eve
 from the next sample on (devices obey ``set_sampling`` commands). File writing, live
 publishing and pacing live in ``simulators.publish``.
 
-Speed: every channel of a device computes all its readings up to ``t`` in a handful of numpy
-calls (the slope, rain and noise are vectorised); Python touches each reading once, only to
-format it. Randomness: each site, channel and device-fault stream has its own generator
-seeded from (seed, names) by a stable hash, so the same seed gives byte-identical output.
+Speed: a pass (``emit_until``) computes the readings of every due device together
+(``_Batch``): each device draws its noise from its own generator, then one numpy expression
+per channel model covers all readings of the pass, with one call per site into its slope and
+rain; Python then touches each sample once, to write it into its payload with one
+%-formatting (payload templates are shared by devices of the same template), and the rows
+of CSV feeds are only written out when asked for. Randomness: each site, channel and
+device-fault stream has its own generator seeded from (seed, names) by a stable hash, so the
+same seed gives byte-identical output (for the same passes: a device's draws per pass
+depend on how many of its samples the pass holds).
 """
 
 from __future__ import annotations
 
 import bisect
+import gc
 import hashlib
 import heapq
 import json
 import math
-from dataclasses import dataclass, field
+import operator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -137,8 +144,9 @@ class Rain:
 class SiteState:
     """The truth of one site: slope, sliding direction, rain, sun."""
 
-    def __init__(self, code: str, lon: float, slope: Slope, rain: Rain, azimuth_deg: float, dip_deg: float) -> None:
+    def __init__(self, code: str, lon: float, slope: Slope, rain: Rain, azimuth_deg: float, dip_deg: float, index: int = 0) -> None:
         self.code = code
+        self.index = index  # in the Simulation's list of sites
         self.lon = lon
         self.slope = slope
         self.rain = rain
@@ -171,6 +179,14 @@ class SiteState:
         h = (t / 3600.0 + self.lon / 15.0) % 24.0
         return 16.0 + 7.0 * math.sin(2.0 * math.pi * (h - 9.0) / 24.0)
 
+    def heartbeat(self, t: float, rest_v: float) -> tuple[float, float, float]:
+        """(``battery_at``, ``sun_at``, ``temp_c``) at ``t``, computed together."""
+        h = (t / 3600.0 + self.lon / 15.0) % 24.0
+        s = max(0.0, math.sin(math.pi * (h - 6.0) / 12.0))
+        sun = s * (0.3 if self.rain.intensity_at(t) > 0 else 1.0)
+        night_h = 0.0 if 6.0 <= h < 18.0 else (h - 18.0) % 24.0
+        return rest_v - 0.02 * night_h + 1.6 * sun, sun, 16.0 + 7.0 * math.sin(2.0 * math.pi * (h - 9.0) / 24.0)
+
 
 _TILT_SCALE = {"mrad": 1.0, "urad": 1000.0, "deg": 180.0 / math.pi / 1000.0}
 _TILT_DECIMALS = {"mrad": 4, "urad": 1, "deg": 6}
@@ -187,7 +203,7 @@ class SimChannel:
     into rotation); pore pressure and groundwater read ``baseline + gain · stored rain``.
     """
 
-    __slots__ = ("name", "kind", "unit", "decimals", "interval_s", "normal_s", "anchor", "k", "model", "gain", "baseline", "sigma", "timescale_s", "outlier_prob", "fmt", "scale")
+    __slots__ = ("name", "kind", "unit", "decimals", "interval_s", "normal_s", "anchor", "k", "model", "gain", "baseline", "sigma", "timescale_s", "outlier_prob", "fmt", "scale", "uid", "col")
 
     def __init__(self, ch: Channel, site: SiteState, rng: np.random.Generator, *, axis: int, heading_deg: float) -> None:
         self.name = ch.channel
@@ -242,6 +258,10 @@ class SimChannel:
             raise ValueError(f"no simulator model for channel kind {kind!r}")
         self.fmt = f"%.{self.decimals}f"
         self.scale = 10.0**self.decimals
+        #: Index in the Simulation's table of channel constants (``_ChannelTable``).
+        self.uid = 0
+        #: (name, value format): how the channel's readings are written.
+        self.col = (self.name, self.fmt)
 
     def next_sample(self) -> float:
         return self.anchor + self.k * self.interval_s
@@ -252,70 +272,287 @@ class SimChannel:
         self.anchor, self.k, self.interval_s = nxt if nxt > now else now + interval_s, 0, interval_s
 
 
-def channel_values(site: SiteState, chans: list[SimChannel], ts: FloatArray, rng: np.random.Generator) -> FloatArray:
-    """Readings (n samples × m channels) at true times ``ts``, quantised per channel."""
-    n, m = len(ts), len(chans)
-    z = rng.standard_normal((n, m))
-    out = np.empty((n, m))
-    disp: FloatArray | None = None
-    gnss: list[int] = []
-    for j, c in enumerate(chans):
-        model = c.model
-        if model == _LINEAR or model == _GNSS:
-            if disp is None:
-                disp = site.slope.displacement(ts)
-            out[:, j] = c.baseline + c.gain * disp + c.sigma * z[:, j]
-            if model == _GNSS:
-                gnss.append(j)
-        elif model == _STORED:
-            out[:, j] = c.baseline + c.gain * site.rain.stored(ts, c.timescale_s) + c.sigma * z[:, j]
-        elif model == _SOIL:
-            s = site.rain.stored(ts, c.timescale_s)
-            out[:, j] = np.clip(c.baseline + (c.gain - c.baseline) * (1.0 - np.exp(-s / 20.0)) + c.sigma * z[:, j], 0.0, 100.0)
-        elif model == _BATTERY:
-            out[:, j] = site.battery_v(ts, c.baseline) + c.sigma * z[:, j]
-        else:  # rain: whole tips of the bucket since the previous sample
-            prev = ts - c.interval_s
-            tips = np.floor(site.rain.cumulative(ts) / RAIN_TIP_MM + 1e-9) - np.floor(site.rain.cumulative(prev) / RAIN_TIP_MM + 1e-9)
-            out[:, j] = np.maximum(tips, 0.0) * RAIN_TIP_MM
-    if gnss:
-        u = rng.random((n, len(gnss)))
+def _grouped(keys: NDArray[np.intp], fn: Callable[[int, NDArray[np.intp]], FloatArray]) -> FloatArray:
+    """``fn(key, idx)`` once per distinct key, ``idx`` the positions holding it; the results
+    scattered back to those positions (one call per site instead of one per device)."""
+    n = len(keys)
+    out = np.empty(n)
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    cut = (np.flatnonzero(sk[1:] != sk[:-1]) + 1).tolist()
+    for a, b in zip([0, *cut], [*cut, n]):
+        idx = order[a:b]
+        out[idx] = fn(int(sk[a]), idx)
+    return out
+
+
+class _ChannelTable:
+    """The constants of every channel of a Simulation as arrays, indexed by ``SimChannel.uid``."""
+
+    def __init__(self, chans: list[SimChannel]) -> None:
+        for i, c in enumerate(chans):
+            c.uid = i
+        self.chans = chans  # their intervals change (set_sampling): read when needed
+        self.model = np.asarray([c.model for c in chans], dtype=np.intp)
+        self.baseline = np.asarray([c.baseline for c in chans], dtype=np.float64)
+        self.gain = np.asarray([c.gain for c in chans], dtype=np.float64)
+        self.sigma = np.asarray([c.sigma for c in chans], dtype=np.float64)
+        self.timescale_s = np.asarray([c.timescale_s for c in chans], dtype=np.float64)
+        self.scale = np.asarray([c.scale for c in chans], dtype=np.float64)
+        self.outlier_prob = max((c.outlier_prob for c in chans if c.model == _GNSS), default=0.0)
+
+
+class _Shape:
+    """What devices built from one template share about a sample group: how many channels,
+    which are GNSS, and how its readings are written."""
+
+    __slots__ = ("m", "gnss", "cols", "parts")
+
+    def __init__(self, chans: list[SimChannel]) -> None:
+        self.m = len(chans)
+        self.gnss = [j for j, c in enumerate(chans) if c.model == _GNSS]
+        #: (name, value format) per channel, for the rows of CSV feeds.
+        self.cols: _Cols = tuple(c.col for c in chans)
+        #: One sample's readings in a native v1 payload as a %-template of the values, split
+        #: where the time goes: ``time_text.join(parts) % values``.
+        text = ", ".join('{"ch": "' + name.replace("%", "%%") + '", "t": \x00, "v": ' + fmt + "}" for name, fmt in self.cols)
+        self.parts = text.split("\x00")
+
+
+class _Group:
+    """Channels of one device on one sample clock: they are sampled together."""
+
+    __slots__ = ("chans", "uids", "shape")
+
+    def __init__(self, chans: list[SimChannel], shape: _Shape) -> None:
+        self.chans = chans
+        self.uids = [c.uid for c in chans]
+        self.shape = shape
+
+
+class _Batch:
+    """The readings of one ``emit_until`` pass, computed for every due device at once.
+
+    Each device adds its sample groups (channels on one sample clock: ``n`` samples × ``m``
+    channels) in turn and draws their noise and multipath outliers from its own generator,
+    in the order it always has, so a device's readings never depend on which other devices
+    are due. ``compute`` then evaluates every reading in one vectorised pass: one numpy
+    expression per channel model over all readings, and per site only the calls into its
+    slope and rain. Readings are laid out group by group, each sample-major (an ``n × m``
+    matrix), so a group's readings are ``values[r_ofs : r_ofs + n·m]``.
+    """
+
+    __slots__ = ("anchor", "k", "interval", "gn", "gm", "gsite", "uids", "z", "bump_at", "bump", "pending", "samples", "readings", "t")
+
+    def __init__(self) -> None:
+        # Per group: its sample clock (anchor, k, interval), samples n, channels m, site.
+        self.anchor: list[float] = []
+        self.k: list[int] = []
+        self.interval: list[float] = []
+        self.gn: list[int] = []
+        self.gm: list[int] = []
+        self.gsite: list[int] = []
+        self.uids: list[int] = []  # the groups' channels, in order
+        self.z: list[FloatArray] = []  # the groups' noise, in reading order
+        self.bump_at: list[NDArray[np.intp]] = []
+        self.bump: list[FloatArray] = []
+        self.pending: list[tuple[np.random.Generator, FloatArray, list[SimChannel], list[int], int, int]] = []
+        self.samples = 0
+        self.readings = 0
+        #: Every group's true sample times, in order (set by ``compute``).
+        self.t: FloatArray = np.empty(0)
+
+    def add(self, site: int, g: _Group, anchor: float, k: int, interval: float, n: int, rng: np.random.Generator, *, last: bool) -> tuple[int, int]:
+        """Register ``n`` samples of group ``g`` at true times ``anchor + (k + i)·interval``;
+        returns (sample offset, reading offset). ``last``: nothing else is drawn from ``rng``
+        until ``compute`` (the device's last group)."""
+        sh = g.shape
+        m = sh.m
+        t_ofs, r_ofs = self.samples, self.readings
+        self.anchor.append(anchor)
+        self.k.append(k)
+        self.interval.append(interval)
+        self.gn.append(n)
+        self.gm.append(m)
+        self.gsite.append(site)
+        self.uids += g.uids
+        self.z.append(rng.standard_normal(n * m))
+        if sh.gnss:
+            u = rng.random((n, len(sh.gnss)))
+            if last:
+                self.pending.append((rng, u, g.chans, sh.gnss, r_ofs, m))
+            else:
+                self._outliers(rng, u, g.chans, sh.gnss, r_ofs, m)
+        self.samples += n
+        self.readings += n * m
+        return t_ofs, r_ofs
+
+    def _outliers(self, rng: np.random.Generator, u: FloatArray, chans: list[SimChannel], gnss: list[int], r_ofs: int, m: int) -> None:
         for col, j in enumerate(gnss):
             hit = u[:, col] < chans[j].outlier_prob
             if hit.any():
                 # Multipath: an outlier of 5-15 sigma either way.
                 w = rng.random(int(hit.sum()))
-                out[hit, j] += (5.0 + 10.0 * np.abs(2.0 * w - 1.0)) * chans[j].sigma * np.where(w >= 0.5, 1.0, -1.0)
-    scale = np.asarray([c.scale for c in chans])
-    return np.round(out * scale) / scale
+                self.bump_at.append(r_ofs + np.flatnonzero(hit) * m + j)
+                self.bump.append((5.0 + 10.0 * np.abs(2.0 * w - 1.0)) * chans[j].sigma * np.where(w >= 0.5, 1.0, -1.0))
+
+    def resolve(self, top: float) -> None:
+        """The outliers of the groups left pending: one test over all of them (``top``: the
+        highest outlier probability), then the draws of each hit from its device's generator,
+        as if drawn right after its group."""
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        u = np.concatenate([p[1].ravel() for p in pending])
+        low = np.flatnonzero(u < top)
+        if not len(low):
+            return
+        ends = np.cumsum([p[1].size for p in pending])
+        for e in sorted(set(np.searchsorted(ends, low, side="right").tolist())):
+            self._outliers(*pending[e])
+
+    def compute(self, table: _ChannelTable, sites: list[SiteState]) -> FloatArray:
+        """Every reading added, quantised per channel (in the layout described above)."""
+        self.resolve(table.outlier_prob)
+        if not self.readings:
+            return np.empty(0)
+        gn = np.asarray(self.gn, dtype=np.intp)
+        gm = np.asarray(self.gm, dtype=np.intp)
+        t_ofs = np.cumsum(gn) - gn
+        # The sample times, exactly as anchor + (k + np.arange(n)) * interval per group.
+        rep = np.repeat(np.arange(len(gn)), gn)
+        i_t = (np.arange(self.samples) - t_ofs[rep]).astype(np.float64)
+        T = np.asarray(self.anchor)[rep] + (np.asarray(self.k, dtype=np.float64)[rep] + i_t) * np.asarray(self.interval)[rep]
+        self.t = T
+        Z = np.concatenate(self.z)
+        size = gn * gm
+        gid = np.repeat(np.arange(len(gn)), size)
+        local = np.arange(self.readings) - (np.cumsum(size) - size)[gid]
+        m_r = gm[gid]
+        i_r = local // m_r
+        t_all = T[t_ofs[gid] + i_r]
+        uid_all = np.asarray(self.uids, dtype=np.intp)[(np.cumsum(gm) - gm)[gid] + (local - i_r * m_r)]
+        s_all = np.asarray(self.gsite, dtype=np.intp)[gid]
+        model = table.model[uid_all]
+        out = np.empty(self.readings)
+        for kind in np.unique(model).tolist():
+            sel = np.flatnonzero(model == kind)
+            uid = uid_all[sel]
+            ts = t_all[sel]
+            at = s_all[sel]
+            if kind == _RAIN:  # whole tips of the bucket since the previous sample
+                prev = ts - np.asarray([table.chans[i].interval_s for i in uid.tolist()], dtype=np.float64)
+                cum = _grouped(at, lambda s, i: sites[s].rain.cumulative(ts[i]))
+                cum_prev = _grouped(at, lambda s, i: sites[s].rain.cumulative(prev[i]))
+                tips = np.floor(cum / RAIN_TIP_MM + 1e-9) - np.floor(cum_prev / RAIN_TIP_MM + 1e-9)
+                out[sel] = np.maximum(tips, 0.0) * RAIN_TIP_MM
+                continue
+            baseline = table.baseline[uid]
+            noise = table.sigma[uid] * Z[sel]
+            if kind == _LINEAR or kind == _GNSS:
+                disp = _grouped(at, lambda s, i: sites[s].slope.displacement(ts[i]))
+                out[sel] = baseline + table.gain[uid] * disp + noise
+            elif kind == _BATTERY:
+                out[sel] = _grouped(at, lambda s, i: sites[s].battery_v(ts[i], baseline[i])) + noise
+            else:  # stored rain: pore pressure, groundwater, soil moisture
+                uniq, inv = np.unique(table.timescale_s[uid], return_inverse=True)
+                taus = uniq.tolist()
+                nt = len(taus)
+                stored = _grouped(at * nt + inv.reshape(-1), lambda k, i: sites[k // nt].rain.stored(ts[i], taus[k % nt]))
+                gain = table.gain[uid]
+                if kind == _STORED:
+                    out[sel] = baseline + gain * stored + noise
+                else:
+                    out[sel] = np.clip(baseline + (gain - baseline) * (1.0 - np.exp(-stored / 20.0)) + noise, 0.0, 100.0)
+        if self.bump:
+            hit = np.concatenate(self.bump_at)
+            out[hit] += np.concatenate(self.bump)
+        scale = table.scale[uid_all]
+        return np.round(out * scale) / scale
 
 
 # -- devices and messages ------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Message:
-    """One MQTT message: ``t`` is when the device sends it (event time)."""
+_Cols = tuple[tuple[str, str], ...]
+"""A sample group's channels as (name, %-format of the value)."""
+_Samples = list[tuple[_Cols, str, tuple[float, ...]]]
+"""A data message's samples, unformatted: (channels, reading time text, values)."""
 
-    t: float
-    topic: str
-    payload: bytes
-    device: int  # index in Simulation.devices, for ordering
-    kind: str  # "data" | "status"
-    #: For data messages: the readings as (channel, t text, value text), for CSV feeds.
-    rows: list[tuple[str, str, str]] = field(default_factory=list)
-    site: str = ""
-    device_code: str = ""
-    malformed: bool = False
+
+class Message:
+    """One MQTT message: ``t`` is when the device sends it (event time).
+
+    ``device`` is the index in ``Simulation.devices`` (for ordering), ``kind`` "data" or
+    "status". ``rows``: for data messages, the readings as (channel, t text, value text), for
+    CSV feeds; built on first use (publishing never needs them).
+    """
+
+    __slots__ = ("t", "topic", "payload", "device", "kind", "_rows", "_samples", "site", "device_code", "malformed")
+
+    def __init__(
+        self,
+        t: float,
+        topic: str,
+        payload: bytes,
+        device: int,
+        kind: str,
+        rows: list[tuple[str, str, str]] | None = None,
+        site: str = "",
+        device_code: str = "",
+        malformed: bool = False,
+        *,
+        samples: _Samples | None = None,
+    ) -> None:
+        self.t = t
+        self.topic = topic
+        self.payload = payload
+        self.device = device
+        self.kind = kind
+        self._rows = rows
+        self._samples = samples
+        self.site = site
+        self.device_code = device_code
+        self.malformed = malformed
+
+    @property
+    def rows(self) -> list[tuple[str, str, str]]:
+        if self._rows is None:
+            samples = self._samples or []
+            self._rows = [(name, tt, fmt % v) for cols, tt, vs in samples for (name, fmt), v in zip(cols, vs)]
+            self._samples = None
+        return self._rows
+
+    @rows.setter
+    def rows(self, rows: list[tuple[str, str, str]]) -> None:
+        self._rows, self._samples = rows, None
+
+    def __repr__(self) -> str:
+        return f"Message(t={self.t!r}, topic={self.topic!r}, kind={self.kind!r}, payload={self.payload[:60]!r}...)"
 
 
 class SimDevice:
     """A device: channels, sample and report clocks, heartbeat clock, faults, sequence."""
 
-    def __init__(self, index: int, site: SiteState, code: str, channels: list[SimChannel], *, prefix: str, phase: float, readings_per_message: int, status_s: float, signal_dbm: float, silent_at: float | None) -> None:
+    def __init__(
+        self,
+        index: int,
+        site: SiteState,
+        code: str,
+        channels: list[SimChannel],
+        *,
+        prefix: str,
+        phase: float,
+        readings_per_message: int,
+        status_s: float,
+        signal_dbm: float,
+        silent_at: float | None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
         self.index = index
         self.site = site
         self.code = code
+        self.code_json = json.dumps(code)
         self.channels = channels
         self.data_topic = f"{prefix}/{site.code}/{code}/data"
         self.status_topic = f"{prefix}/{site.code}/{code}/status"
@@ -330,8 +567,10 @@ class SimDevice:
         self.rest_v = next((c.baseline for c in channels if c.kind is Kind.battery), 12.45)
         self.faults: list[Any] = []  # simulators.faults.DeviceFault
         self.held: list[tuple[int, Message]] = []
-        #: The device's own random stream (noise, outliers, heartbeats); set by the Simulation.
-        self.rng = np.random.default_rng(0)
+        #: Channels grouped by sample clock (None: to be worked out again, after a retime).
+        self.clock_groups: list[_Group] | None = None
+        #: The device's own random stream (noise, outliers, heartbeats).
+        self.rng = rng if rng is not None else np.random.default_rng(0)
         self._sampling_s = 0.0
         self._report_s = 0.0
         self.retimed()
@@ -346,6 +585,7 @@ class SimDevice:
         return self._report_s
 
     def retimed(self) -> None:
+        self.clock_groups = None
         self._sampling_s = min(c.interval_s for c in self.channels)
         self._report_s = self.rpm * self._sampling_s
 
@@ -353,8 +593,10 @@ class SimDevice:
         return min(self.next_report, self.next_status)
 
 
-def _t_text(t: float) -> str:
-    return repr(round(float(t), 3))
+_Plan = tuple[list[float], list[tuple[_Group, int, int, int]]]
+"""A device's part of one pass: its report times and its sample groups (group, samples,
+offsets of the samples and readings in the pass's ``_Batch``)."""
+_SEND_ORDER = operator.attrgetter("t", "device", "kind")
 
 
 class Simulation:
@@ -386,6 +628,7 @@ class Simulation:
         self.drill = drill
         self.prefix = scenario.topic_prefix
         self._drill_text = "true" if drill else "false"
+        self._drill_tail = ', "drill": true}' if drill else "}"
         known = set(registry.sites)
         self.strict_sites = strict_sites
         if strict_sites:
@@ -395,6 +638,7 @@ class Simulation:
         self.sites: dict[str, SiteState] = {}
         self.failures: dict[str, float] = {}
         self.devices: list[SimDevice] = []
+        self._site_list: list[SiteState] = []
         dd = scenario.devices
         for code, site in registry.sites.items():
             rng = stable_rng(self.seed, "site", code)
@@ -407,8 +651,9 @@ class Simulation:
             fails = getattr(slope, "t_f", None)
             if fails is not None:
                 self.failures[code] = float(fails)
-            state = SiteState(code, site.lon, slope, rain, azimuth, dip)
+            state = SiteState(code, site.lon, slope, rain, azimuth, dip, index=len(self._site_list))
             self.sites[code] = state
+            self._site_list.append(state)
             silent_at = float(fails) if fails is not None and dd.silent_after_failure else None
             for dev in site.devices:
                 drng = stable_rng(self.seed, "device", code, dev.device)
@@ -425,14 +670,15 @@ class Simulation:
                 fastest = min(c.interval_s for c in chans)
                 # Devices are not synchronised: each starts at its own whole second.
                 phase = float(math.floor(drng.uniform(0.0, fastest)))
-                d = SimDevice(len(self.devices), state, dev.device, chans, prefix=self.prefix, phase=phase, readings_per_message=dd.readings_per_message, status_s=dd.status_s, signal_dbm=signal, silent_at=silent_at)
-                d.rng = drng
+                d = SimDevice(len(self.devices), state, dev.device, chans, prefix=self.prefix, phase=phase, readings_per_message=dd.readings_per_message, status_s=dd.status_s, signal_dbm=signal, silent_at=silent_at, rng=drng)
                 for c in chans:
                     c.anchor, c.k = self.t0 + phase, 0
                 d.next_report = self.t0 + phase + (d.rpm - 1) * fastest
                 d.next_status = self.t0 + phase
                 self.devices.append(d)
         self._by_code = {(d.site.code, d.code): d for d in self.devices}
+        self._table = _ChannelTable([c for d in self.devices for c in d.channels])
+        self._shapes: dict[tuple[tuple[tuple[str, str], int], ...], _Shape] = {}
         self.fault_truth = resolve_faults(self, scenario.faults)
         self._heap = [(d.next_due(), d.index) for d in self.devices]
         heapq.heapify(self._heap)
@@ -507,12 +753,30 @@ class Simulation:
                 continue  # a stale entry, or a device already taken
             seen.add(d.index)
             due.append(d)
-        for d in due:
-            self._device_until(d, t, out)
-            nd = d.next_due()
-            if nd <= self.t_end:
-                heapq.heappush(self._heap, (nd, d.index))
-        out.sort(key=lambda m: (m.t, m.device, m.kind))
+        # The pass makes many small objects that all live on: the cycle collector would only
+        # walk the whole heap over and over (half the time of a large pass), so it waits.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            # Three steps: every due device plans its reports and draws its noise, all the
+            # readings are computed at once, then each device's messages are put together.
+            batch = _Batch()
+            plans = [self._plan(d, t, batch) for d in due]
+            values = batch.compute(self._table, self._site_list)
+            t_list = batch.t.tolist()
+            t_text = [repr(x) for x in np.round(batch.t, 3).tolist()]
+            v_all = tuple(values.tolist())
+            for d, plan in zip(due, plans):
+                if plan is not None:
+                    self._reports(d, plan, batch.t, t_list, t_text, values, v_all, out)
+                self._statuses(d, t, out)
+                nd = d.next_due()
+                if nd <= self.t_end:
+                    heapq.heappush(self._heap, (nd, d.index))
+            out.sort(key=_SEND_ORDER)
+        finally:
+            if paused:
+                gc.enable()
         return out
 
     def flush(self) -> list[Message]:
@@ -523,59 +787,104 @@ class Simulation:
         out.sort(key=lambda m: (m.t, m.device))
         return out
 
-    def _device_until(self, d: SimDevice, t: float, out: list[Message]) -> None:
-        from simulators.faults import apply_message_faults, apply_reading_faults, battery_dead_at, offline, status_battery
-
-        # Reports due up to t.
+    def _plan(self, d: SimDevice, t: float, batch: _Batch) -> _Plan | None:
+        """Advance ``d``'s report and sample clocks to ``t``; its samples go into ``batch``."""
         reports: list[float] = []
         while d.next_report <= t:
             reports.append(d.next_report)
             d.next_report += d.report_s
-        if reports:
-            t_last = reports[-1]
-            rep = np.asarray(reports)
-            silent_at = d.silent_at
+        if not reports:
+            return None
+        t_last = reports[-1]
+        silent_at = d.silent_at
+        if d.faults:
+            from simulators.faults import battery_dead_at
+
             dead = battery_dead_at(d)
             if dead is not None and (silent_at is None or dead < silent_at):
                 silent_at = dead
-            per_report: list[list[tuple[str, str, str]]] = [[] for _ in reports]
-            # Channels on the same sample clock are computed together (one numpy pass).
-            groups: dict[tuple[float, int, float], list[SimChannel]] = {}
+        groups: list[tuple[_Group, int, int, int]] = []
+        clock_groups = d.clock_groups
+        if clock_groups is None:
+            # Channels on the same sample clock are computed together. They stay together
+            # until the device is retimed: they advance by the same number of samples.
+            clocks: dict[tuple[float, int, float], list[SimChannel]] = {}
             for c in d.channels:
-                groups.setdefault((c.anchor, c.k, c.interval_s), []).append(c)
-            for (anchor, k, interval), chans in groups.items():
-                first = anchor + k * interval
-                if first > t_last:
+                clocks.setdefault((c.anchor, c.k, c.interval_s), []).append(c)
+            clock_groups = d.clock_groups = [_Group(chans, self._shape(chans)) for chans in clocks.values()]
+        last = len(clock_groups) == 1
+        site = d.site.index
+        for g in clock_groups:
+            c0 = g.chans[0]
+            anchor, k, interval = c0.anchor, c0.k, c0.interval_s
+            first = anchor + k * interval
+            if first > t_last:
+                continue
+            n = int(math.floor((t_last - first) / interval + 1e-9)) + 1
+            for c in g.chans:
+                c.k += n
+            if silent_at is not None:
+                # The samples before the device fell silent (a prefix: times only grow).
+                n = int(np.count_nonzero(anchor + (k + np.arange(n, dtype=np.float64)) * interval < silent_at))
+                if not n:
                     continue
-                n = int(math.floor((t_last - first) / interval + 1e-9)) + 1
-                for c in chans:
-                    c.k += n
-                ts = anchor + (k + np.arange(n, dtype=np.float64)) * interval
-                if silent_at is not None:
-                    ts = ts[ts < silent_at]
-                    if not len(ts):
-                        continue
-                vs = channel_values(d.site, chans, ts, d.rng)
-                t_rep, vs = apply_reading_faults(d, chans, ts, vs)
-                t_text = [repr(x) for x in np.round(t_rep, 3).tolist()]
-                cols = [[c.fmt % x for x in vs[:, j].tolist()] for j, c in enumerate(chans)]
-                names = [c.name for c in chans]
-                idx = np.searchsorted(rep, ts - 1e-6, side="left").tolist()
-                for i, j in enumerate(idx):
-                    tt = t_text[i]
-                    bucket = per_report[j]
-                    for ci, name in enumerate(names):
-                        bucket.append((name, tt, cols[ci][i]))
-            for T, rows in zip(reports, per_report):
-                if not rows:
-                    continue
-                seq = d.seq
-                d.seq += 1
-                if offline(d, T, seq):
-                    continue  # a gap: lost on the way, the sequence number shows it
-                payload = self._data_payload(d.code, seq, rows)
-                msg = Message(T, d.data_topic, payload, d.index, "data", rows, d.site.code, d.code)
-                apply_message_faults(self, d, msg, seq, out)
+            t_ofs, r_ofs = batch.add(site, g, anchor, k, interval, n, d.rng, last=last)
+            groups.append((g, n, t_ofs, r_ofs))
+        return reports, groups
+
+    def _shape(self, chans: list[SimChannel]) -> _Shape:
+        key = tuple((c.col, c.model) for c in chans)
+        shape = self._shapes.get(key)
+        if shape is None:
+            shape = self._shapes[key] = _Shape(chans)
+        return shape
+
+    def _reports(self, d: SimDevice, plan: _Plan, t_all: FloatArray, t_list: list[float], t_text: list[str], values: FloatArray, v_all: tuple[float, ...], out: list[Message]) -> None:
+        """``d``'s data messages of this pass, with its faults applied, into ``out``."""
+        reports, groups = plan
+        texts: list[list[str]] = [[] for _ in reports]
+        samples: list[_Samples] = [[] for _ in reports]
+        one = len(reports) == 1
+        for g, n, t_ofs, r_ofs in groups:
+            m, cols, parts = g.shape.m, g.shape.cols, g.shape.parts
+            if d.faults:
+                from simulators.faults import apply_reading_faults
+
+                t_rep, vs = apply_reading_faults(d, g.chans, t_all[t_ofs : t_ofs + n], values[r_ofs : r_ofs + n * m].reshape(n, m))
+                tt_text = [repr(x) for x in np.round(t_rep, 3).tolist()]
+                vals: tuple[float, ...] = tuple(vs.ravel().tolist())
+                pos, tpos = 0, 0
+            else:
+                tt_text, vals, pos, tpos = t_text, v_all, r_ofs, t_ofs
+            for i in range(n):
+                row = vals[pos : pos + m]
+                pos += m
+                tt = tt_text[tpos + i]
+                # The sample belongs to the first report at or after it.
+                j = 0 if one else bisect.bisect_left(reports, t_list[t_ofs + i] - 1e-6)
+                texts[j].append(tt.join(parts) % row)
+                samples[j].append((cols, tt, row))
+        head = f'{{"v": 1, "device": "{d.code}", "seq": '
+        tail = f', "drill": {self._drill_text}, "readings": ['
+        for T, text, sample in zip(reports, texts, samples):
+            if not text:
+                continue
+            seq = d.seq
+            d.seq += 1
+            payload = f"{head}{seq}{tail}{text[0] if len(text) == 1 else ', '.join(text)}]}}".encode()
+            if not d.faults:
+                out.append(Message(T, d.data_topic, payload, d.index, "data", None, d.site.code, d.code, samples=sample))
+                continue
+            from simulators.faults import apply_message_faults, offline
+
+            if offline(d, T, seq):
+                continue  # a gap: lost on the way, the sequence number shows it
+            msg = Message(T, d.data_topic, payload, d.index, "data", None, d.site.code, d.code, samples=sample)
+            apply_message_faults(self, d, msg, seq, out)
+
+    def _statuses(self, d: SimDevice, t: float, out: list[Message]) -> None:
+        """``d``'s heartbeats due up to ``t`` into ``out``."""
+        site = d.site
         while d.next_status <= t:
             ts_ = d.next_status
             # Heartbeats stay on their own grid even after an extra confirmation heartbeat.
@@ -583,31 +892,24 @@ class Simulation:
             d.next_status = grid + d.status_s * (math.floor((ts_ - grid) / d.status_s + 1e-9) + 1)
             if d.silent_at is not None and ts_ >= d.silent_at:
                 continue
-            batt = status_battery(d, ts_)
-            if batt is None or offline(d, ts_):
-                continue
-            out.append(Message(ts_, d.status_topic, self._status_payload(d, ts_, batt), d.index, "status", [], d.site.code, d.code))
+            batt, sun, temp = site.heartbeat(ts_, d.rest_v)
+            if d.faults:
+                from simulators.faults import offline, status_battery
 
-    def _data_payload(self, device: str, seq: int, rows: list[tuple[str, str, str]]) -> bytes:
-        readings = ", ".join(f'{{"ch": "{ch}", "t": {t}, "v": {v}}}' for ch, t, v in rows)
-        return f'{{"v": 1, "device": "{device}", "seq": {seq}, "drill": {self._drill_text}, "readings": [{readings}]}}'.encode()
-
-    def _status_payload(self, d: SimDevice, t: float, battery_v: float) -> bytes:
-        sun = d.site.sun_at(t)
-        z = d.rng.standard_normal(3).tolist()
-        doc = {
-            "device": d.code,
-            "t": round(t, 3),
-            "battery_v": round(battery_v, 2),
-            "solar_v": round(16.0 + 5.0 * sun + 0.05 * float(z[0]), 2) if sun > 0 else 0.0,
-            "signal_dbm": int(round(d.signal_dbm + 3.0 * float(z[1]))),
-            "temp_c": round(d.site.temp_c(t) + 0.3 * float(z[2]), 1),
-            "sampling_s": d.sampling_s,
-            "fw": FIRMWARE,
-        }
-        if self.drill:
-            doc["drill"] = True
-        return json.dumps(doc).encode()
+                fault_batt = status_battery(d, ts_)
+                if fault_batt is None or offline(d, ts_):
+                    continue
+                batt = fault_batt
+            # Exactly what json.dumps gives for the heartbeat's dict (these keys in this
+            # order, floats by repr), written out directly: this is a hot path.
+            z0, z1, z2 = d.rng.standard_normal(3).tolist()
+            solar = round(16.0 + 5.0 * sun + 0.05 * z0, 2) if sun > 0 else 0.0
+            text = (
+                f'{{"device": {d.code_json}, "t": {round(ts_, 3)!r}, "battery_v": {round(batt, 2)!r}, "solar_v": {solar!r}, '
+                f'"signal_dbm": {int(round(d.signal_dbm + 3.0 * z1))}, "temp_c": {round(temp + 0.3 * z2, 1)!r}, "sampling_s": {d.sampling_s!r}, '
+                f'"fw": "{FIRMWARE}"{self._drill_tail}'
+            )
+            out.append(Message(ts_, d.status_topic, text.encode(), d.index, "status", [], site.code, d.code))
 
     # -- ground truth -----------------------------------------------------------------------
 

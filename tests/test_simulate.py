@@ -183,6 +183,25 @@ def test_payloads_follow_the_native_v1_contract_and_devices_buffer(tmp_path):
     assert day and night and min(day) > max(night)
 
 
+@pytest.mark.parametrize("drill", [False, True])
+def test_payloads_are_written_as_json_dumps_would_and_rows_are_their_readings(drill):
+    # The engine writes payloads from templates, not with json.dumps: a heartbeat must be byte
+    # for byte what json.dumps gives for its fields, and the CSV rows of a data message (built
+    # only when asked for) exactly its readings.
+    sc = load_scenario("storm")
+    sim = Simulation(sc, sc.registry(), duration_s=12 * 3600, drill=drill)
+    msgs = sim.emit_until(sim.t0 + 5 * 3600) + sim.emit_until(sim.t_end) + sim.flush()
+    assert {m.kind for m in msgs} == {"data", "status"}
+    for m in msgs:
+        doc = json.loads(m.payload)
+        assert doc.get("drill", False) is drill
+        if m.kind == "status":
+            assert m.payload == json.dumps(doc).encode() and m.rows == []
+        else:
+            assert doc["device"] == m.device_code and m.topic == f"geowarn/{m.site}/{m.device_code}/data"
+            assert [(r["ch"], r["t"], r["v"]) for r in doc["readings"]] == [(ch, float(t), float(v)) for ch, t, v in m.rows]
+
+
 def test_failure_replayed_gives_red_before_the_true_failure(tmp_path):
     feed = tmp_path / "failure.csv"
     proc = _geowarn("simulate", "--scenario", "failure", "--out", str(feed), "--no-progress")
