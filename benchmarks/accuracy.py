@@ -60,6 +60,7 @@ import numpy as np  # noqa: E402
 
 from config.registry import Policy, Registry, parse_registry  # noqa: E402
 from detectors.fusion import SiteFusion, detectors_for  # noqa: E402
+from detectors.inverse_velocity import ALPHA_PRIOR_SD  # noqa: E402
 from detectors.rain import RainDetector  # noqa: E402
 from detectors.velocity import VelocityDetector  # noqa: E402
 from ingest.feeds import FeedRow, registry_from_rows  # noqa: E402
@@ -252,6 +253,7 @@ class FailureResult:
     forecast_signed: float | None  # (t_f' − t_f) / (t_f − t_red): > 0 late
     forecast_r2: float | None  # fit quality of the forecast at the first red
     forecast_unc_h: float | None  # its stated uncertainty
+    forecast_alpha: float | None  # the Voight α it used (estimated, or the prior's 2)
     red_lowered: bool  # the level came down from red before the failure
 
 
@@ -273,7 +275,7 @@ def score_failure(run: SimRun) -> FailureResult:
         return next((e for e in changes if e["level"] >= level), None)
 
     y, o, r = first(2), first(3), first(4)
-    err = signed = r2 = unc = None
+    err = signed = r2 = unc = f_alpha = None
     lowered = False
     if r is not None:
         t_r = event_time(r)
@@ -282,6 +284,7 @@ def score_failure(run: SimRun) -> FailureResult:
             signed = (float(f["failure_time"]) - t_f) / (t_f - t_r)
             err = abs(signed)
             r2 = f.get("r2")
+            f_alpha = f.get("alpha")
             unc = None if f.get("uncertainty_s") is None else float(f["uncertainty_s"]) / HOUR
         lowered = any(event_time(e) > t_r and e["level"] < 4 for e in changes)
     return FailureResult(
@@ -301,6 +304,7 @@ def score_failure(run: SimRun) -> FailureResult:
         forecast_signed=signed,
         forecast_r2=r2,
         forecast_unc_h=unc,
+        forecast_alpha=f_alpha,
         red_lowered=lowered,
     )
 
@@ -391,7 +395,7 @@ def failure_case_rows(results: list[FailureResult]) -> list[list[str]]:
             fmt(r.red_lead_h),
             r.red_by,
             "no forecast" if r.forecast_err is None and r.red_lead_h is not None else ("—" if r.forecast_signed is None else f"{100 * r.forecast_signed:+.0f} %"),
-            "—" if r.forecast_r2 is None else f"{r.forecast_r2:.2f} / ± {fmt(r.forecast_unc_h)} h",
+            "—" if r.forecast_r2 is None else f"{r.forecast_r2:.2f} / ± {fmt(r.forecast_unc_h)} h / {fmt(r.forecast_alpha, 2)}",
             "yes" if r.red_lowered else "",
         ]
         for r in results
@@ -410,7 +414,7 @@ CASE_HEADER = [
     "red lead (h)",
     "red from",
     "forecast error at red (+ late)",
-    "its R² / stated uncertainty",
+    "its R² / stated uncertainty / α used",
     "red lowered before t_f",
 ]
 
@@ -956,7 +960,8 @@ def _policy_text(policy: Policy) -> str:
     return (
         f"orange and red need {policy.confirm_devices} devices at orange or above, or a failure forecast within "
         f"{policy.forecast_confirms_s / h:g} h; the forecast's levels: yellow ≤ {policy.forecast_yellow_s / h:g} h, orange ≤ "
-        f"{policy.forecast_orange_s / h:g} h, red ≤ {policy.forecast_red_s / h:g} h to failure, α = {policy.voight_alpha:g}"
+        f"{policy.forecast_orange_s / h:g} h, red ≤ {policy.forecast_red_s / h:g} h to failure, Voight's α estimated from each "
+        f"channel's data around a prior of {policy.voight_alpha:g} ± {ALPHA_PRIOR_SD:g}"
     )
 
 
@@ -988,9 +993,11 @@ def section_failures(plan: Plan, jobs: int) -> Section:
         "(the earliest of the site's channels); error = |forecast − t_f| / (t_f − t at the first red).\n",
         table(FAILURE_HEADER, failure_bin_rows(fails, ALPHA_BINS)),
         "",
-        "The forecast is a straight line through 1/v (α = 2 assumed): for α < 2 it comes early (signed error < 0, the safe "
-        "side), for α > 2 late. Which detector made the first orange and red, per slope (\"(forecast)\": confirmed by a "
-        "failure forecast; \"(2+ devices)\": by two devices at orange or above):\n",
+        "The forecast is the straight line through v^(1−α), with Voight's α estimated from the channel's own velocities and "
+        f"combined with a prior of {policy.voight_alpha:g} ± {ALPHA_PRIOR_SD:g} (`detectors/inverse_velocity.py`, \"Estimating α\"): "
+        "a poorly determined α leans back to the Fukuzono line (α = 2), which is early for α < 2 (signed error < 0, the safe "
+        "side) and late for α > 2. Which detector made the first orange and red, per slope (\"(forecast)\": confirmed by a "
+        "failure forecast; \"(2+ devices)\": by two devices at orange or above), and the α the reported forecast used:\n",
         "<details><summary>per slope</summary>\n",
         table(CASE_HEADER, failure_case_rows(fails)),
         "\n</details>\n",
@@ -1100,11 +1107,27 @@ def failure_findings(results: list[FailureResult], label: str, policy: Policy) -
             + ")."
         )
         if clean:
+            line = [r for r in clean if r.forecast_alpha == policy.voight_alpha]
+            leaned = [r for r in clean if r not in line]
+            if leaned:
+                lead = [r.red_lead_h for r in leaned if r.red_lead_h is not None]
+                text += (
+                    f" {len(leaned)} of them with a clean fit (R² ≥ 0.95) and α estimated (α {', '.join(f'{r.alpha:.2f}' for r in leaned)}; "
+                    f"used {', '.join(fmt(r.forecast_alpha, 2) for r in leaned)}), with the first red {fmt(min(lead, default=None))}–"
+                    f"{fmt(max(lead, default=None))} h before failure: that early the fit window's α is still poorly determined, "
+                    f"so the estimate leans on the prior α = {policy.voight_alpha:g} and keeps part of the straight 1/v line's "
+                    "bias (early for α < 2, the safe side)."
+                )
+            if line:
+                text += (
+                    f" {len(line)} of them (α {', '.join(f'{r.alpha:.2f}' for r in line)}) on the plain α = {policy.voight_alpha:g} "
+                    "line: no α was estimated at the first red, because a data gap lay in the fit window (velocities smoothed "
+                    "across a gap would sway α; `has_hole` in `detectors/inverse_velocity.py`), so the line's bias for another α "
+                    "stands."
+                )
             text += (
-                f" {len(clean)} of them with a clean fit (R² ≥ 0.95): the known bias of the 1/v straight line "
-                f"(α = {policy.voight_alpha:g} assumed) for another α, as the table per α bin shows; no fix in the detector "
-                "without knowing α (estimating α from noisy GNSS is unstable, `detectors/inverse_velocity.py`); a site with a "
-                "back-analysed α sets `Policy.voight_alpha`."
+                " Suggested fixes: a site with a back-analysed α sets `Policy.voight_alpha` (the prior's centre); estimate α "
+                "over a longer stretch since the onset than the 1-day fit window (sharper early, and a gap weighs less)."
             )
         if noisy:
             text += (

@@ -25,6 +25,7 @@ from config.registry import DISPLACEMENT_LIKE, ChannelInfo, Kind, Registry
 from detectors.contract import Detector
 from detectors.nodata import NoDataMonitor
 from detectors.quality import QualityGuard
+from detectors.slope import SharedWindows, SlopeWindows
 from detectors.threshold import ThresholdDetector
 from detectors.velocity import VelocityDetector
 from detectors.verdict import Verdict
@@ -65,6 +66,10 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
 
     Windows and hold times never go below a few reporting intervals, so a monthly-sampled
     feed gets a velocity over months rather than a window that never holds two readings.
+
+    A displacement-like channel's rate detectors share one ``SlopeWindows`` (the readings are
+    kept, and each window's sums updated, once per channel); it comes first in the list as the
+    stage ``"windows"``, which pushes the reading, never judges, and snapshots the windows.
     """
     from detectors.inverse_velocity import InverseVelocityDetector
     from detectors.rain import RainDetector
@@ -85,19 +90,36 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
         noise = spec.noise if spec.noise is not None else NOISE[kind]
         unit = info.unit or ""
         levels = (spec.velocity_per_day or policy.velocity_per_day).as_list()
+        shared = SlopeWindows()
+        out.append(("windows", SharedWindows(shared)))
         if levels:
             out.append(
-                ("velocity", VelocityDetector(levels, window_s=window, hysteresis=policy.hysteresis, hold_s=hold, unit=unit, persist=persist))
+                (
+                    "velocity",
+                    VelocityDetector(levels, window_s=window, hysteresis=policy.hysteresis, hold_s=hold, unit=unit, persist=persist, windows=shared),
+                )
             )
         out.append(
-            ("tangent", TangentAngleDetector.for_channel(window_s=window, interval_s=interval, hold_s=hold, noise_mm=noise, unit=unit, persist=persist))
+            (
+                "tangent",
+                TangentAngleDetector.for_channel(
+                    window_s=window, interval_s=interval, hold_s=hold, noise_mm=noise, unit=unit, persist=persist, windows=shared
+                ),
+            )
         )
         horizons = ((2, policy.forecast_yellow_s), (3, policy.forecast_orange_s), (4, policy.forecast_red_s))
         out.append(
             (
                 "forecast",
                 InverseVelocityDetector.for_channel(
-                    window_s=window, interval_s=interval, noise_mm=noise, unit=unit, horizons_s=horizons, alpha=policy.voight_alpha, persist=persist
+                    window_s=window,
+                    interval_s=interval,
+                    noise_mm=noise,
+                    unit=unit,
+                    horizons_s=horizons,
+                    alpha=policy.voight_alpha,
+                    persist=persist,
+                    windows=shared,
                 ),
             )
         )

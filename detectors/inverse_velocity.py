@@ -54,12 +54,27 @@ Known bias (Rose & Hungr 2007, IJRMMS 44:308-320; Carlà et al. 2017, Landslides
 for α ≠ 2 the inverse velocity is curved — convex for α < 2, concave for α > 2 — and even a
 perfect tangent to it hits zero at (α − 1)·(t_f − t) instead of t_f − t: the straight line is
 early by 2 − α of the remaining time for α < 2 (the safe side) and late by α − 2 for α > 2,
-and a fit over a window of the past adds to both. Measured with the defaults (α = 2), 3 mm
-noise, median error of the first red forecast over 10 failures: α 1.7: −55 %, 1.8: −42 %,
-1.9: −21 %, 2.0: −1 %, 2.1: +25 %, 2.2: +61 % (red then comes ~7.5 h instead of 12 h before
-failure). Estimating α from GNSS-noise data was tried (a grid of α, judged by residuals in
-velocity) and is unstable — the α–t_f trade-off is flat — so a site that knows its α from
-back-analysis passes it (``alpha``).
+and a fit over a window of the past adds to both. Measured with α = 2 assumed, 3 mm noise,
+median error of the first red forecast over 10 failures: α 1.7: −55 %, 1.8: −42 %, 1.9: −21 %,
+2.0: −1 %, 2.1: +25 %, 2.2: +61 % (red then comes ~7.5 h instead of 12 h before failure).
+
+Estimating α (``estimate_alpha``, on by default). Voight's law integrates to
+v^(1−α) = A·(α − 1)·(t_f − t): for the right α that is a straight line. Once the α = 2 line has
+made a forecast (enough points, span and R²), each α of a grid (1.3–3.0 by 0.05) gets its line
+through the fit window's velocities, judged by the residuals in log velocity (one scale for
+every α); the best grid point is refined by the parabola through its neighbours, and the
+curvature of that parabola gives α's standard error (inflated, like the forecast's, by the
+readings per smoothing window). The α–t_f trade-off is flat on noisy data — a GNSS point with
+3 mm of noise a day before failure gives α ± 0.3 to ± 1 — so the estimate is combined with a
+prior centred on ``alpha`` (2, Fukuzono's, unless the site knows better) with spread
+``alpha_prior_sd`` (0.3), by precision weighting: a poorly determined α leans back to the
+Fukuzono line, a sharp one (a 0.1 mm extensometer near failure: ± 0.02–0.1) overrules it. When
+the best α lies on the grid's edge, or the profile is not curved there, α is not determined
+and the forecast stays the ``alpha`` line. The forecast then comes from the line at the
+combined α; its uncertainty adds the spread of t_f over α's combined standard error to the
+line's own. Evidence says which (``forecast["method"]``: "fukuzono", "voight (alpha given)" or
+"voight (alpha estimated)", with ``alpha``, ``alpha_estimate`` and ``alpha_stderr``). The
+extra work (a 35 × fit-window numpy pass) is done only while a forecast stands.
 
 Gaps: a gap longer than the smoothing window restarts the smoothing (warming up, level 0;
 the lag history, any onset run and the persistence memory are cleared), but keeps the
@@ -75,8 +90,10 @@ previous verdict is returned and nothing changes.
 >>> for i in range(1333):   # 10-minute readings, no noise, up to 18 h before failure
 ...     verdict = det.update(t0 + 600.0 * i, slope.displacement(t0 + 600.0 * i))
 >>> f = verdict.evidence["forecast"]
->>> verdict.level, abs(f["failure_time"] - slope.t_f) < 0.01 * 18 * HOUR, f["r2"] > 0.999
+>>> verdict.level, abs(f["failure_time"] - slope.t_f) < 0.02 * 18 * HOUR, f["r2"] > 0.999
 (3, True, True)
+>>> f["method"], round(f["alpha"], 2)
+('voight (alpha estimated)', 2.0)
 """
 
 from __future__ import annotations
@@ -90,21 +107,24 @@ import numpy as np
 
 from detectors.contract import ContractCase
 from detectors.latch import LevelLatch
+from detectors.compact import pack, pack_times, unpack
 from detectors.tangent import (
     ReferenceRate,
     SlidingSlope,
+    SlopeWindows,
     accepted_readings,
     batch_latch,
     batch_reference_rate,
     batch_smoothed,
     white_noise_velocity_se,
 )
-from detectors.verdict import Verdict
+from detectors.verdict import Verdict, new_verdict
 
 DAY = 86400.0
 HOUR = 3600.0
 _NAMES = {1: "blue", 2: "yellow", 3: "orange", 4: "red"}
 _WARMING = "warming up: learning the reference velocity or filling the smoothing window"
+_WARMING_VERDICT = Verdict(0, _WARMING, {}, True)
 
 #: Default time-to-failure horizons (seconds): yellow within 7 days, orange 48 h, red 12 h.
 HORIZONS_S: tuple[tuple[int, float], ...] = ((2, 7 * DAY), (3, 2 * DAY), (4, 12 * HOUR))
@@ -121,14 +141,93 @@ def _check_horizons(horizons_s: Sequence[tuple[int, float]]) -> list[tuple[int, 
     return hs
 
 
+#: Voight's α is searched on this grid (Voight 1989 and later back-analyses: mostly 1.5–2.5)...
+ALPHA_GRID = np.round(np.arange(1.3, 3.0 + 1e-9, 0.05), 10)
+ALPHA_STEP = 0.05
+#: ...and believed with this spread around the given α (2, Fukuzono's) before the data speak:
+#: a poorly determined estimate leans back to it, a sharp one (a precise extensometer near
+#: failure: ± 0.02–0.1) overrules it.
+ALPHA_PRIOR_SD = 0.3
+#: A fit window with a hole in time longer than this many typical steps estimates no α.
+HOLE_FACTOR = 3.0
+
+
+def voight_line(x: np.ndarray, v: np.ndarray, alpha: float) -> tuple[float, float, float] | None:
+    """Least-squares line of v^(1−α) on x: (t_f, its delta-method standard error, R²), or None
+    when the line does not fall (no failure ahead)."""
+    y = v ** (1.0 - alpha)
+    n = len(x)
+    xm, ym = float(x.mean()), float(y.mean())
+    xc, yc = x - xm, y - ym
+    sxx, sxy, syy = float(xc @ xc), float(xc @ yc), float(yc @ yc)
+    if not (sxx > 0 and syy > 0 and n > 2):
+        return None
+    b = sxy / sxx
+    if not b < 0:
+        return None
+    t_f = xm - ym / b
+    s2 = max(0.0, syy - b * sxy) / (n - 2)
+    var = s2 / (b * b) * (1.0 / n + (t_f - xm) ** 2 / sxx)
+    return t_f, math.sqrt(var), sxy * sxy / (sxx * syy)
+
+
+def has_hole(x: Sequence[float]) -> bool:
+    """Whether the fit window's times have a hole of more than ``HOLE_FACTOR`` typical steps.
+
+    Velocities smoothed over a window that straddles a data gap are placed at the window's
+    mean time, right for a straight line but not for a curve; the line through them barely
+    notices, while α, read from the curvature, swings (a 2.3 h gap on a simulated α = 2.03
+    failure took the estimate to 2.25 and the forecast 29 % early). So no α is estimated
+    while such velocities are in the fit window.
+    """
+    steps = sorted(b - a for a, b in zip(x, x[1:]))
+    return bool(steps) and steps[-1] > HOLE_FACTOR * steps[len(steps) // 2]
+
+
+def estimate_alpha(x: np.ndarray, v: np.ndarray, per_window: int) -> tuple[float, float] | None:
+    """Voight's α from velocities ``v`` at times ``x``: (estimate, standard error), or None.
+
+    For each α of ``ALPHA_GRID`` the line v^(1−α) = a + b·x is fitted and judged by its
+    residuals in log velocity (one scale for every α); the minimum is refined by the parabola
+    through its neighbours, whose curvature gives the standard error (inflated by
+    ``per_window``, the readings that share one smoothing window). None when the minimum lies
+    on the grid's edge or the profile is not curved upwards there: α is not determined.
+    """
+    n = len(x)
+    if n < 4:
+        return None
+    g = ALPHA_GRID[:, None]
+    y = v[None, :] ** (1.0 - g)
+    xm = float(x.mean())
+    xc = x - xm
+    b = (y @ xc) / float(xc @ xc)
+    a = y.mean(axis=1) - b * xm
+    pred = a[:, None] + b[:, None] * x[None, :]
+    ok = (b < 0) & (pred > 0).all(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.log(v)[None, :] + np.log(np.where(pred > 0, pred, 1.0)) / (g - 1.0)
+    sse = np.where(ok, (r * r).sum(axis=1), np.inf)
+    k = int(np.argmin(sse))
+    if k == 0 or k == len(ALPHA_GRID) - 1 or not np.isfinite(sse[k - 1 : k + 2]).all():
+        return None
+    s0, s1, s2 = float(sse[k - 1]), float(sse[k]), float(sse[k + 1])
+    curv = (s0 - 2.0 * s1 + s2) / (ALPHA_STEP * ALPHA_STEP)
+    if not curv > 0:
+        return None
+    a_hat = float(ALPHA_GRID[k]) - ALPHA_STEP * (s2 - s0) / (2.0 * (s0 - 2.0 * s1 + s2))
+    var = 2.0 * (s1 / (n - 3)) / curv * per_window
+    return a_hat, math.sqrt(var)
+
+
 class InverseVelocityDetector:
     """Failure-time forecast from the inverse velocity since the onset of acceleration.
 
     Evidence: ``velocity_per_day``, ``stderr_per_day``, ``v_ref_per_day`` (the reference
     after its floor), ``accelerating`` (an onset is being followed), ``fit_r2``/``fit_points``
     (the current fit, or None), ``time_to_failure_s`` and ``forecast`` — None, or
-    {"failure_time", "r2", "uncertainty_s", "points", "onset"} (epoch seconds) when the fit
-    has enough points and span and R² ≥ ``r2_min``; from yellow up also ``horizon_s``.
+    {"failure_time", "r2", "uncertainty_s", "points", "onset", "alpha", "alpha_estimate",
+    "alpha_stderr", "method"} (epoch seconds) when the fit has enough points and span and
+    R² ≥ ``r2_min``; from yellow up also ``horizon_s``.
     Warming-up verdicts carry no evidence. See the module docstring.
     """
 
@@ -148,6 +247,8 @@ class InverseVelocityDetector:
         min_fit_span_s: float | None = None,
         r2_min: float = 0.8,
         alpha: float = 2.0,
+        estimate_alpha: bool = True,
+        alpha_prior_sd: float = ALPHA_PRIOR_SD,
         z: float = 5.0,
         persist: int = 3,
         hysteresis: float = 0.1,
@@ -155,6 +256,7 @@ class InverseVelocityDetector:
         min_points: int = 6,
         min_span: float = 0.5,
         unit: str = "mm",
+        windows: SlopeWindows | None = None,
     ) -> None:
         hs = _check_horizons(horizons_s)
         if not window_s > 0:
@@ -183,6 +285,8 @@ class InverseVelocityDetector:
             raise ValueError(f"r2_min must be in [0, 1], got {r2_min}")
         if not 1 < alpha < 10:
             raise ValueError(f"alpha must be in (1, 10) (Voight's law accelerates to failure only for alpha > 1), got {alpha}")
+        if not alpha_prior_sd > 0:
+            raise ValueError(f"alpha_prior_sd must be > 0 (the spread of α around `alpha` before the data speak), got {alpha_prior_sd}")
         if not z >= 0:
             raise ValueError(f"z must be >= 0, got {z}")
         if not (isinstance(persist, int) and persist >= 1):
@@ -195,6 +299,8 @@ class InverseVelocityDetector:
             raise ValueError(f"min_points must be an integer >= 3, got {min_points!r}")
         if not 0 < min_span <= 1:
             raise ValueError(f"min_span must be in (0, 1], got {min_span}")
+        self.estimate_alpha = bool(estimate_alpha)
+        self.alpha_prior_sd = float(alpha_prior_sd)
         self.horizons_s = tuple(hs)
         self.window_s = float(window_s)
         self.reference_s = float(reference_s)
@@ -217,6 +323,10 @@ class InverseVelocityDetector:
         self.unit = unit
         # The latch judges x = −(time to failure): levels rise as the failure comes closer.
         self._latch_thresholds = [(lvl, -h) for lvl, h in hs]
+        self._own = windows is None
+        self._windows = SlopeWindows() if windows is None else windows
+        self._ts = self._windows.ts  # the same list for the windows' lifetime
+        self._smooth = self._windows.view(self.window_s)
         self._reset()
 
     @classmethod
@@ -230,7 +340,9 @@ class InverseVelocityDetector:
         unit: str = "mm",
         horizons_s: Sequence[tuple[int, float]] = HORIZONS_S,
         alpha: float = 2.0,
+        estimate_alpha: bool = True,
         persist: int = 3,
+        windows: SlopeWindows | None = None,
     ) -> InverseVelocityDetector:
         """The default detector of a displacement-like channel read every ``interval_s``.
 
@@ -263,17 +375,20 @@ class InverseVelocityDetector:
             unit=unit,
             horizons_s=horizons_s,
             alpha=alpha,
+            estimate_alpha=estimate_alpha,
             persist=persist,
+            windows=windows,
         )
 
     def _reset(self) -> None:
-        self._smooth = SlidingSlope(self.window_s)
+        if self._own:
+            self._windows.clear()
         self._ref = ReferenceRate(self.reference_s, self.min_points)
         self._fit = SlidingSlope(self.fit_window_s)  # (window mean time, |v|^(1−α)) since onset
         self._latch = LevelLatch(self._latch_thresholds, self.hysteresis, self.hold_s)
         self._onset: float | None = None
         self._last_t: float | None = None
-        self._last = Verdict(0, _WARMING, {}, True)
+        self._last = _WARMING_VERDICT
         self._restart()
 
     def _restart(self) -> None:
@@ -289,6 +404,39 @@ class InverseVelocityDetector:
         self._onset = None
         self._fit.clear()
 
+    def _voight(self, per_window: int) -> dict[str, Any] | None:
+        """The forecast with α estimated from the fit window, or None to keep the given α.
+
+        See "Estimating α" in the module docstring. ``per_window``: readings per smoothing
+        window, the inflation for neighbouring velocities that are not independent.
+        """
+        x, y = self._fit.points()
+        if has_hole(x):
+            return None
+        v = np.asarray(y) ** (-1.0 / (self.alpha - 1.0))  # back to |v| (per day)
+        est = estimate_alpha(np.asarray(x), v, per_window)
+        if est is None:
+            return None
+        a_hat, a_sd = est
+        w_data, w_prior = 1.0 / (a_sd * a_sd), 1.0 / (self.alpha_prior_sd * self.alpha_prior_sd)
+        a = (a_hat * w_data + self.alpha * w_prior) / (w_data + w_prior)
+        a_post_sd = 1.0 / math.sqrt(w_data + w_prior)
+        fit = voight_line(np.asarray(x), v, a)
+        lo, hi = voight_line(np.asarray(x), v, a - ALPHA_STEP), voight_line(np.asarray(x), v, a + ALPHA_STEP)
+        if fit is None or lo is None or hi is None:
+            return None
+        t_f, tf_sd, r2 = fit
+        dtf = (hi[0] - lo[0]) / (2 * ALPHA_STEP)
+        return {
+            "failure_time": t_f,
+            "r2": r2,
+            "uncertainty_s": math.sqrt(tf_sd * tf_sd * per_window + (dtf * a_post_sd) ** 2),
+            "alpha": a,
+            "alpha_estimate": a_hat,
+            "alpha_stderr": a_sd,
+            "method": "voight (alpha estimated)",
+        }
+
     def update(self, t: float, value: float) -> Verdict:
         last_t = self._last_t
         if last_t is not None and not t > last_t:
@@ -296,22 +444,27 @@ class InverseVelocityDetector:
         if not (abs(t) < math.inf and abs(value) < math.inf):
             return self._last  # NaN or infinite: not a reading
         self._last_t = t
+        ts = self._ts
+        if not ts or t > ts[-1]:  # else another detector of the channel has pushed this reading
+            self._windows.push(t, value)
         smooth = self._smooth
-        if smooth.push(t, value):
+        if smooth.restarted:
             self._restart()
         ref = self._ref
-        if ref.rate is None:
+        rate = ref.rate
+        if rate is None:
             ref.add(t, value)
-            if ref.rate is None:
-                self._last = Verdict(0, _WARMING, {}, True)
-                return self._last
-        f = smooth.fit() if smooth.n >= self.min_points and smooth.span() >= self.min_span * self.window_s else None
+            rate = ref.rate
+            if rate is None:
+                self._last = _WARMING_VERDICT
+                return _WARMING_VERDICT
+        f = smooth.fit() if smooth.n >= self.min_points and t - smooth.first >= self.min_span * self.window_s else None
         if f is None:
-            self._last = Verdict(0, _WARMING, {}, True)
-            return self._last
+            self._last = _WARMING_VERDICT
+            return _WARMING_VERDICT
         v, se, tbar = f
         av = abs(v)
-        v_ref = max(abs(ref.rate), self.min_v_ref)
+        v_ref = max(abs(rate), self.min_v_ref)
 
         hist = self._hist
         hist.append((t, av))
@@ -328,7 +481,7 @@ class InverseVelocityDetector:
                     for _, x, y in run:
                         fit.push(x, y)
                     run.clear()
-            else:
+            elif self._run:
                 self._run.clear()
         elif av <= self.release * v_ref:
             self._drop()  # back to the reference: the acceleration is over
@@ -338,10 +491,10 @@ class InverseVelocityDetector:
         forecast: dict[str, Any] | None = None
         ttf: float | None = None
         r2: float | None = None
-        n = fit.n
+        n = 0 if self._onset is None else fit.n
         # Neighbouring smoothed velocities share most of their window, so a fit needs a span
         # of time as well as a count of points before its slope says anything.
-        if self._onset is not None and n >= self.min_fit_points and fit.span() >= self.min_fit_span_s:
+        if n >= self.min_fit_points and fit.span() >= self.min_fit_span_s:
             n, xbar, ybar, sxx, sxy, syy = fit.centred()
             b = sxy / sxx if sxx > 0 else 0.0
             if not b < 0:
@@ -353,14 +506,30 @@ class InverseVelocityDetector:
                     t_f = xbar - ybar / b
                     s2 = max(0.0, syy - b * sxy) / (n - 2)
                     var = s2 / (b * b) * (1.0 / n + (t_f - xbar) ** 2 / sxx) * smooth.n
-                    ttf = t_f - t
-                    forecast = {"failure_time": t_f, "r2": r2, "uncertainty_s": math.sqrt(var), "points": n, "onset": self._onset}
+                    forecast = {
+                        "failure_time": t_f,
+                        "r2": r2,
+                        "uncertainty_s": math.sqrt(var),
+                        "points": n,
+                        "onset": self._onset,
+                        "alpha": self.alpha,
+                        "alpha_estimate": None,
+                        "alpha_stderr": None,
+                        "method": "fukuzono" if self.alpha == 2.0 else "voight (alpha given)",
+                    }
+                    if self.estimate_alpha:
+                        voight = self._voight(smooth.n)
+                        if voight is not None:
+                            forecast.update(voight)
+                    ttf = forecast["failure_time"] - t
 
         recent = self._recent
         recent.append(ttf)
         latch = self._latch
         if len(recent) < self.persist:
             level = latch.level  # a level needs `persist` forecasts in a row; until then no change
+        elif ttf is None and latch.level == 0:
+            level = 0  # no forecast now, nothing latched: the latch would say 0 (quiet path)
         else:
             worst = -math.inf if None in recent else -max(r for r in recent if r is not None)
             level = latch.update(t, worst)
@@ -375,7 +544,7 @@ class InverseVelocityDetector:
             "forecast": forecast,
         }
         if level == 0:
-            self._last = Verdict(0, "", evidence)
+            self._last = new_verdict(0, "", evidence)
             return self._last
         h = dict(self.horizons_s)[level]
         evidence["horizon_s"] = h
@@ -386,36 +555,39 @@ class InverseVelocityDetector:
                 f"inverse-velocity failure forecast in {ttf / HOUR:.1f} h (± {forecast['uncertainty_s'] / HOUR:.1f} h, "  # type: ignore[operator]
                 f"R² {forecast['r2']:.2f}, {forecast['points']} points since the onset; ≤ {_NAMES[level]} {h / HOUR:g} h, or held)"
             )
-        self._last = Verdict(level, why, evidence)
+        self._last = new_verdict(level, why, evidence)
         return self._last
 
     def snapshot(self) -> dict[str, Any]:
-        last = self._last
-        return {
-            "smooth": self._smooth.snapshot(),
+        state = {
             "reference": self._ref.snapshot(),
             "fit": self._fit.snapshot(),
             "onset": self._onset,
-            "hist": [list(h) for h in self._hist],
+            "hist_t": pack_times([h[0] for h in self._hist]),
+            "hist_v": pack([h[1] for h in self._hist]),
             "run": [list(r) for r in self._run],
             "recent": list(self._recent),
             "latch": self._latch.snapshot(),
             "last_t": self._last_t,
-            "last": {"level": last.level, "reason": last.reason, "evidence": last.evidence, "warming_up": last.warming_up},
+            "last": self._last.to_dict(),
         }
+        if self._own:
+            state["smooth"] = self._windows.snapshot()
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
         self._reset()
-        self._smooth.restore(state["smooth"])
+        if self._own:
+            self._windows.restore(state["smooth"])
         self._ref.restore(state["reference"])
         self._fit.restore(state["fit"])
         self._onset = None if state["onset"] is None else float(state["onset"])
-        self._hist.extend((float(a), float(b)) for a, b in state["hist"])
+        self._hist.extend(zip(unpack(state["hist_t"]), unpack(state["hist_v"])))
         self._run.extend((float(a), float(b), float(c)) for a, b, c in state["run"])
         self._recent.extend(None if r is None else float(r) for r in state["recent"])
         self._latch.restore(state["latch"])
         self._last_t = None if state["last_t"] is None else float(state["last_t"])
-        self._last = Verdict(**state["last"])
+        self._last = Verdict.from_dict(state["last"])
 
 
 # -- batch reference -------------------------------------------------------------------------
@@ -441,6 +613,8 @@ def forecast_batch(
     min_fit_span_s: float | None = None,
     r2_min: float = 0.8,
     alpha: float = 2.0,
+    estimate_alpha: bool = True,
+    alpha_prior_sd: float = ALPHA_PRIOR_SD,
     z: float = 5.0,
     persist: int = 3,
     hysteresis: float = 0.1,
@@ -475,7 +649,7 @@ def forecast_batch(
     hist_v: list[float] = []
     run: list[tuple[float, float]] = []
     onset: float | None = None
-    pts: list[tuple[float, float]] = []  # (t̄, y) in the fit
+    pts: list[tuple[float, float, float]] = []  # (t̄, y, |v|) in the fit
     recent: list[float | None] = []
     said, said_tf = 0, None
     for j in range(len(t)):
@@ -501,14 +675,14 @@ def forecast_batch(
                     onset = run[0][0]
                     for rt, rx in run:
                         sp = float(speed[np.searchsorted(ta, rt)])
-                        pts.append((rx, 1.0 / sp if alpha == 2.0 else sp ** (1.0 - alpha)))
+                        pts.append((rx, 1.0 / sp if alpha == 2.0 else sp ** (1.0 - alpha), sp))
                     run = []
             else:
                 run = []
         elif av <= release * v_ref:
             onset, pts = None, []
         else:
-            pts.append((xbar_w, y_now))
+            pts.append((xbar_w, y_now, av))
         # the fit window: a gap in t̄ longer than it starts afresh; older points leave it
         if pts:
             xs = np.array([p[0] for p in pts])
@@ -529,6 +703,9 @@ def forecast_batch(
                 r2 = float(xc @ yc) ** 2 / (float(xc @ xc) * float(yc @ yc))
                 if r2 >= r2_min:
                     tf = float(x.mean() - y.mean() / b)
+                    if estimate_alpha:
+                        sp_pts = np.array([p[2] for p in pts])
+                        tf = _batch_voight_tf(x, sp_pts, alpha, alpha_prior_sd, int(sm["count"][k]), tf)
         recent = (recent + [None if tf is None else tf - now])[-persist:]
         if len(recent) < persist:
             said = int(latch[0])
@@ -538,6 +715,38 @@ def forecast_batch(
         levels[j], failure[j] = said, tf
         said_tf = tf
     return levels, failure
+
+
+def _batch_voight_tf(x: np.ndarray, sp: np.ndarray, alpha0: float, prior_sd: float, per_window: int, fallback: float) -> float:
+    """Batch restatement of the α estimate and the forecast it gives: a plain loop of
+    ``numpy.polyfit`` lines over the grid, a quadratic through the best three, the
+    precision-weighted mean with the prior, a last ``polyfit`` at that α."""
+    gaps = np.sort(np.diff(x))
+    if len(gaps) and gaps[-1] > 3.0 * gaps[len(gaps) // 2]:  # the upper median, as has_hole
+        return fallback  # a data gap in the fit window: velocities around it would sway α
+    grid = [1.3 + 0.05 * i for i in range(35)]
+    sse = []
+    for a in grid:
+        b, c = np.polyfit(x, sp ** (1.0 - a), 1)
+        line = c + b * x
+        if b >= 0 or np.any(line <= 0):
+            sse.append(math.inf)
+            continue
+        resid = np.log(sp) + np.log(line) / (a - 1.0)  # log v − log v̂, v̂ = line^(−1/(α−1))
+        sse.append(float(resid @ resid))
+    k = int(np.argmin(sse))
+    if k in (0, len(grid) - 1) or not all(math.isfinite(e) for e in sse[k - 1 : k + 2]):
+        return fallback
+    q2, q1, _ = np.polyfit(grid[k - 1 : k + 2], sse[k - 1 : k + 2], 2)
+    if not q2 > 0:
+        return fallback
+    a_hat = -q1 / (2 * q2)
+    var = sse[k] / (len(x) - 3) / q2 * per_window  # 2·s²/SSE'' with SSE'' = 2·q2
+    a = (a_hat / var + alpha0 / prior_sd**2) / (1 / var + 1 / prior_sd**2)
+    fits = [np.polyfit(x, sp ** (1.0 - aa), 1) for aa in (a, a - 0.05, a + 0.05)]
+    if any(not f[0] < 0 for f in fits):
+        return fallback
+    return float(-fits[0][1] / fits[0][0])
 
 
 # -- contract cases --------------------------------------------------------------------------

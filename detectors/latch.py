@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -17,6 +18,8 @@ class LevelLatch:
     (4, 4, 4, 2)
     """
 
+    __slots__ = ("thresholds", "hysteresis", "hold_s", "level", "_below_since", "_lowest")
+
     def __init__(self, thresholds: list[tuple[int, float]], hysteresis: float = 0.1, hold_s: float = 0.0) -> None:
         levels = [lvl for lvl, _ in thresholds]
         if levels != sorted(set(levels)) or any(not 1 <= lvl <= 4 for lvl in levels):
@@ -29,6 +32,7 @@ class LevelLatch:
         if hold_s < 0:
             raise ValueError(f"hold_s must be >= 0, got {hold_s}")
         self.thresholds = list(thresholds)
+        self._lowest = values[0] if values else math.inf
         self.hysteresis = hysteresis
         self.hold_s = hold_s
         self._reset()
@@ -53,6 +57,8 @@ class LevelLatch:
         return level
 
     def update(self, t: float, x: float) -> int:
+        if x < self._lowest and self.level == 0:
+            return 0  # the usual case, quiet and staying quiet (at level 0 nothing is pending)
         raw = self.raw(x)
         if raw >= self.level:
             self.level = raw

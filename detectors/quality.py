@@ -101,6 +101,7 @@ from typing import Any
 
 import numpy as np
 
+from detectors.compact import pack, unpack
 from detectors.contract import ContractCase
 from detectors.verdict import Verdict
 
@@ -171,11 +172,18 @@ class _Window:
         return _median_sorted(sorted([abs(x - med) for x in self.sorted]))
 
 
-def _verdict_state(v: Verdict) -> dict[str, Any]:
+def _verdict_state(v: Verdict) -> dict[str, Any] | str:
+    # The two shared verdicts go in by name: most snapshots hold nothing else.
+    if v == _OK:
+        return "ok"
+    if v == _WARMING:
+        return "warming"
     return {"reason": v.reason, "evidence": v.evidence, "warming_up": v.warming_up}
 
 
-def _verdict_from(state: dict[str, Any]) -> Verdict:
+def _verdict_from(state: dict[str, Any] | str) -> Verdict:
+    if isinstance(state, str):
+        return {"ok": _OK, "warming": _WARMING}[state]
     return Verdict(0, state["reason"], dict(state["evidence"]), bool(state["warming_up"]))
 
 
@@ -378,12 +386,18 @@ class StuckGuard:
     def update(self, t: float, value: float) -> Verdict:
         t = float(t)
         value = float(value)
-        if self._t is not None and t <= self._t:
+        last_t = self._t
+        if last_t is not None and t <= last_t:
             return self._last  # out of order or repeated: ignored (ClockGuard reports it)
-        self._t = t
         if not math.isfinite(value):
+            self._t = t
             self._last = _suspect("nonfinite", f"value {value} is not a number")
             return self._last
+        return self._judge(t, value, last_t)
+
+    def _judge(self, t: float, value: float, last_t: float | None) -> Verdict:
+        """A finite reading after the last one (``QualityGuard`` has checked both)."""
+        self._t = t
         lo = min(self._lo, value)
         hi = max(self._hi, value)
         if self._n and hi - lo <= self.tolerance:
@@ -531,10 +545,15 @@ class SpikeGuard:
         last_t = self._t
         if last_t is not None and t <= last_t:
             return self._last  # out of order or repeated: ignored (ClockGuard reports it)
-        self._t = t
         if not math.isfinite(value):
+            self._t = t
             self._last = _suspect("nonfinite", f"value {value} is not a number")
             return self._last
+        return self._judge(t, value, last_t)
+
+    def _judge(self, t: float, value: float, last_t: float | None) -> Verdict:
+        """A finite reading after the last one (``QualityGuard`` has checked both)."""
+        self._t = t
         win = self._win
         held = self._held
         if self.max_gap_s is not None and last_t is not None and t - last_t > self.max_gap_s:
@@ -600,7 +619,7 @@ class SpikeGuard:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "window": list(self._win.order),
+            "window": pack(self._win.order),
             "held": [list(x) for x in self._held.items],
             "side": self._held.side,
             "t": self._t,
@@ -609,7 +628,7 @@ class SpikeGuard:
 
     def restore(self, state: dict[str, Any]) -> None:
         self._reset()
-        for x in state["window"]:
+        for x in unpack(state["window"]):
             self._win.append(x)
         self._held.items = [list(x) for x in state["held"]]
         self._held.side = int(state["side"])
@@ -756,10 +775,15 @@ class StepBackGuard:
         last_t = self._t
         if last_t is not None and t <= last_t:
             return self._last  # out of order or repeated: ignored (ClockGuard reports it)
-        self._t = t
         if not math.isfinite(value):
+            self._t = t
             self._last = _suspect("nonfinite", f"value {value} is not a number")
             return self._last
+        return self._judge(t, value, last_t)
+
+    def _judge(self, t: float, value: float, last_t: float | None) -> Verdict:
+        """A finite reading after the last one (``QualityGuard`` has checked both)."""
+        self._t = t
         held = self._held
         if self._v is None:
             self._origin = self._lo = self._hi = self._v = value
@@ -853,7 +877,7 @@ class StepBackGuard:
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "steps": list(self._steps.order),
+            "steps": pack(self._steps.order),
             "held": [list(x) for x in self._held.items],
             "t": self._t,
             "v": self._v,
@@ -865,7 +889,7 @@ class StepBackGuard:
 
     def restore(self, state: dict[str, Any]) -> None:
         self._reset()
-        for x in state["steps"]:
+        for x in unpack(state["steps"]):
             self._steps.append(x)
         self._held.items = [list(x) for x in state["held"]]
         self._t, self._v = state["t"], state["v"]
@@ -1055,7 +1079,8 @@ class QualityGuard:
             if spike_window is None
             else SpikeGuard(spike_window, spike_k, min_mad, min_points=spike_min_points, accept_after=accept_after, max_gap_s=max_gap_s)
         )
-        self._judges = [g for g in (self.stuck, self.step_back, self.spike) if g is not None]
+        self._judges: list[StuckGuard | StepBackGuard | SpikeGuard] = [g for g in (self.stuck, self.step_back, self.spike) if g is not None]
+        self._max_step = math.inf if max_gap_s is None else max_gap_s
         self._reset()
 
     @classmethod
@@ -1094,18 +1119,29 @@ class QualityGuard:
     def update(self, t: float, value: float) -> Verdict:
         t = float(t)
         value = float(value)
-        c = self.clock.update(t, value)
+        clock = self.clock
+        last = clock._t
+        if last is not None and t > last and t - last <= self._max_step:
+            clock._t, clock._v = t, value  # the usual reading, in order and without a gap: ClockGuard's _OK
+            c = _OK
+        else:
+            c = clock.update(t, value)
+            if c.evidence["suspect"]:
+                return c
         ce = c.evidence
-        if ce["suspect"]:
-            return c
         if not self.low <= value <= self.high:
             r = self.range.update(t, value)
             return r if c is _OK else Verdict(0, r.reason, {**r.evidence, "gap_s": ce["gap_s"]})
+        # The clock has put t after every sub-guard's last reading; a finite value may skip
+        # their own order and finiteness checks (an infinite one passes only an infinite range).
+        finite = abs(value) < math.inf
         first: Verdict | None = None
         warming = False
         accepted: Verdict | None = None
         for g in self._judges:
-            v = g.update(t, value)
+            v = g._judge(t, value, g._t) if finite else g.update(t, value)
+            if v is _OK:
+                continue
             e = v.evidence
             if e["suspect"]:
                 if first is None:

@@ -147,7 +147,8 @@ class RiseRateDetector:
 
     def update(self, t: float, value: float) -> Verdict:
         smooth = self._smooth
-        if smooth.pts and not t > smooth.pts[-1][0]:
+        last_t = smooth.last_t
+        if last_t is not None and not t > last_t:
             return self._last  # late, repeated or NaN time: judged in arrival order, so ignored
         if not (abs(value) < float("inf") and abs(t) < float("inf")):
             return self._last  # NaN or infinite: not a reading

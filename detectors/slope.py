@@ -1,12 +1,23 @@
 """The sliding least-squares slope every rate detector shares (velocity, tangent angle,
 inverse velocity, rise rate): one O(1) implementation with precise anchored sums, instead
-of one per detector."""
+of one per detector.
+
+``SlopeWindows`` keeps a channel's readings once, for the longest of several windows, with
+one set of running sums per window (a ``SlopeView``): the velocity ladder and the failure
+forecast smooth over the same window and read the same view; the tangent angle's longer
+window is a second view over the same readings. A detector given a ``SlopeWindows`` pushes
+each reading into it; the second detector to push the same reading finds it there and the
+push is a no-op, so the readings are stored, and the sums updated, once per channel.
+``SlidingSlope`` is the one-window case with the old interface.
+"""
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from typing import Any
+
+from detectors.compact import pack, pack_times, unpack
+from detectors.verdict import Verdict
 
 DAY = 86400.0
 HOUR = 3600.0
@@ -24,35 +35,43 @@ def white_noise_velocity_se(noise_mm: float, window_s: float, interval_s: float)
     return noise_mm / math.sqrt(sxx) * DAY
 
 
-class SlidingSlope:
-    """Least-squares slope of (t, value) over a sliding event-time window, O(1) per reading.
+class SlopeView:
+    """Running least-squares sums of the readings of the last ``window_s`` of a ``SlopeWindows``.
 
     Readings older than ``window_s`` before the newest leave the window; a gap longer than the
-    window empties it (``push`` then returns True). The sums are of t − t0 and value − v0 with
-    anchors re-set every few window lengths, so they stay small and precise.
+    window empties it (``restarted`` is then True until the next reading). The sums are of
+    t − t0 and value − v0 with anchors re-set every few window lengths, so they stay small and
+    precise.
     """
 
-    __slots__ = ("window_s", "pts", "t0", "v0", "n", "st", "sv", "stt", "stv", "svv")
+    __slots__ = ("window_s", "lo", "t0", "v0", "n", "st", "sv", "stt", "stv", "svv", "restarted", "first", "_owner", "_fit", "_fitted")
 
-    def __init__(self, window_s: float) -> None:
+    def __init__(self, owner: SlopeWindows, window_s: float) -> None:
         if not window_s > 0:
             raise ValueError(f"window_s must be > 0, got {window_s}")
+        self._owner = owner
         self.window_s = float(window_s)
-        self.clear()
+        self._clear(owner.base + len(owner.ts))
 
-    def clear(self) -> None:
-        self.pts: deque[tuple[float, float]] = deque()
-        self.t0 = 0.0
-        self.v0 = 0.0
+    def _clear(self, lo: int) -> None:
+        self.lo = lo  # absolute index (see SlopeWindows.base) of the oldest reading in the window
+        self.t0 = self.v0 = 0.0
         self.n = 0
         self.st = self.sv = self.stt = self.stv = self.svv = 0.0
+        self.restarted = False
+        self.first = 0.0  # t of the oldest reading in the window (when n > 0)
+        self._fit: tuple[float, float, float] | None = None
+        self._fitted = False
 
     def _reanchor(self) -> None:
-        t0, v0 = self.pts[0]
+        o = self._owner
+        k = self.lo - o.base
+        ts, vs = o.ts, o.vs
+        t0, v0 = ts[k], vs[k]
         st = sv = stt = stv = svv = 0.0
-        for t, v in self.pts:
-            x = t - t0
-            y = v - v0
+        for i in range(k, len(ts) - 1):  # the newest reading is not in the sums yet
+            x = ts[i] - t0
+            y = vs[i] - v0
             st += x
             sv += y
             stt += x * x
@@ -61,45 +80,29 @@ class SlidingSlope:
         self.t0, self.v0 = t0, v0
         self.st, self.sv, self.stt, self.stv, self.svv = st, sv, stt, stv, svv
 
-    def push(self, t: float, value: float) -> bool:
-        """Add a reading (t after the last one); True when a gap emptied the window first."""
-        pts = self.pts
-        restarted = False
-        if pts and t - pts[-1][0] > self.window_s:
-            self.clear()
-            pts = self.pts
-            restarted = True
-        if not pts:
-            self.t0, self.v0 = t, value
-        elif t - self.t0 > 4.0 * self.window_s:
-            self._reanchor()
-        pts.append((t, value))
-        x = t - self.t0
-        y = value - self.v0
-        self.n += 1
-        self.st += x
-        self.sv += y
-        self.stt += x * x
-        self.stv += x * y
-        self.svv += y * y
-        horizon = t - self.window_s
-        while pts[0][0] < horizon:
-            ot, ov = pts.popleft()
-            x = ot - self.t0
-            y = ov - self.v0
-            self.n -= 1
-            self.st -= x
-            self.sv -= y
-            self.stt -= x * x
-            self.stv -= x * y
-            self.svv -= y * y
-        return restarted
+    def _restart(self, t: float, value: float, prev: float | None) -> None:
+        """The owner appended (t, value) after a gap longer than the window (or first)."""
+        o = self._owner
+        self._clear(o.base + len(o.ts) - 1)
+        self.restarted = prev is not None
+        self.t0, self.v0 = t, value
+        self.first = t
+        self.n = 1  # one reading: x = y = 0, the sums stay 0
 
     def span(self) -> float:
-        return self.pts[-1][0] - self.pts[0][0] if self.pts else 0.0
+        return self._owner.ts[-1] - self.first if self.n else 0.0
 
     def fit(self) -> tuple[float, float, float] | None:
-        """(slope per day, its standard error per day, mean time of the window), or None."""
+        """(slope per day, its standard error per day, mean time of the window), or None.
+
+        Worked out once per reading, however many detectors read this view."""
+        if self._fitted:
+            return self._fit
+        self._fit = f = self._solve()
+        self._fitted = True
+        return f
+
+    def _solve(self) -> tuple[float, float, float] | None:
         n = self.n
         if n < 3:
             return None
@@ -120,14 +123,220 @@ class SlidingSlope:
         st, sv = self.st, self.sv
         return n, self.t0 + st / n, self.v0 + sv / n, self.stt - st * st / n, self.stv - st * sv / n, self.svv - sv * sv / n
 
+
+class SlopeWindows:
+    """A channel's readings (t strictly increasing) over the longest of several sliding
+    windows, and a ``SlopeView`` per window. See the module docstring.
+
+    The readings are two flat lists; ``base`` is the absolute index of their first element,
+    so views keep absolute indices and old readings are cut off in blocks, not one by one.
+
+    >>> w = SlopeWindows()
+    >>> short, long = w.view(2.0), w.view(4.0)
+    >>> for t in range(6):
+    ...     _ = w.push(float(t), 10.0 * t)
+    >>> short.n, long.n, round(short.fit()[0] / DAY, 9), w.push(5.0, 0.0)
+    (3, 5, 10.0, False)
+    """
+
+    __slots__ = ("ts", "vs", "base", "views")
+
+    def __init__(self) -> None:
+        self.ts: list[float] = []
+        self.vs: list[float] = []
+        self.base = 0
+        self.views: list[SlopeView] = []
+
+    def view(self, window_s: float) -> SlopeView:
+        """The view of ``window_s`` (made on first asking, before any reading)."""
+        for v in self.views:
+            if v.window_s == window_s:
+                return v
+        if self.ts:
+            raise ValueError("views must be made before the first reading")
+        v = SlopeView(self, window_s)
+        self.views.append(v)
+        self.views.sort(key=lambda x: -x.window_s)  # the longest first: it reaches furthest back
+        return v
+
+    @property
+    def last_t(self) -> float | None:
+        return self.ts[-1] if self.ts else None
+
+    def clear(self) -> None:
+        self.ts.clear()
+        self.vs.clear()
+        self.base = 0
+        for v in self.views:
+            v._clear(0)
+
+    def push(self, t: float, value: float) -> bool:
+        """Add a reading; False (and nothing changes) when t is not after the newest one —
+        for a shared window, typically because another detector pushed this reading."""
+        ts = self.ts
+        prev = ts[-1] if ts else None
+        if prev is not None and not t > prev:
+            return False
+        self._append(t, value, prev)
+        return True
+
+    def _append(self, t: float, value: float, prev: float | None) -> None:
+        ts = self.ts
+        vs = self.vs
+        ts.append(t)
+        vs.append(value)
+        base = self.base
+        # Each view's sums, inline (this is the per-reading hot path of every rate detector).
+        for w in self.views:
+            w._fitted = False
+            window = w.window_s
+            if prev is None or t - prev > window:
+                w._restart(t, value, prev)
+                continue
+            w.restarted = False
+            if t - w.t0 > 4.0 * window:
+                w._reanchor()  # from the window before this reading, as the sums were
+            t0, v0 = w.t0, w.v0
+            x = t - t0
+            y = value - v0
+            n = w.n + 1
+            st = w.st + x
+            sv = w.sv + y
+            stt = w.stt + x * x
+            stv = w.stv + x * y
+            svv = w.svv + y * y
+            horizon = t - window
+            lo = w.lo
+            if ts[lo - base] < horizon:
+                while ts[lo - base] < horizon:
+                    x = ts[lo - base] - t0
+                    y = vs[lo - base] - v0
+                    n -= 1
+                    st -= x
+                    sv -= y
+                    stt -= x * x
+                    stv -= x * y
+                    svv -= y * y
+                    lo += 1
+                w.lo = lo
+                w.first = ts[lo - base]
+            w.n, w.st, w.sv, w.stt, w.stv, w.svv = n, st, sv, stt, stv, svv
+        # Drop the readings no window needs any more (the longest reaches furthest back: a gap
+        # restarts the shorter windows first), a block at a time.
+        drop = self.views[0].lo - base
+        if drop > 64 and 2 * drop > len(ts):
+            del ts[:drop]
+            del vs[:drop]
+            self.base = base + drop
+
     def snapshot(self) -> dict[str, Any]:
         # The sums go in as they are, so a restored window continues bit for bit.
-        return {"points": [list(p) for p in self.pts], "anchor": [self.t0, self.v0], "sums": [self.n, self.st, self.sv, self.stt, self.stv, self.svv]}
+        keep = (self.views[0].lo if self.views else self.base + len(self.ts)) - self.base
+        return {
+            "t": pack_times(self.ts[keep:]),
+            "v": pack(self.vs[keep:]),
+            "views": {
+                repr(v.window_s): pack([v.lo - self.base - keep, v.t0, v.v0, v.n, v.st, v.sv, v.stt, v.stv, v.svv]) for v in self.views
+            },
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.clear()
-        self.pts.extend((float(t), float(v)) for t, v in state["points"])
-        self.t0, self.v0 = (float(a) for a in state["anchor"])
-        n, *sums = state["sums"]
-        self.n = int(n)
-        self.st, self.sv, self.stt, self.stv, self.svv = (float(s) for s in sums)
+        self.ts[:] = unpack(state["t"])
+        self.vs[:] = unpack(state["v"])
+        self.base = 0
+        views = state["views"]
+        for v in self.views:
+            lo, v.t0, v.v0, n, v.st, v.sv, v.stt, v.stv, v.svv = unpack(views[repr(v.window_s)])
+            v.lo, v.n, v.restarted, v._fitted = int(lo), int(n), False, False
+            if v.n:
+                v.first = self.ts[v.lo]
+
+
+class SlidingSlope:
+    """Least-squares slope of (t, value) over a sliding event-time window, O(1) per reading.
+
+    One window of its own readings: ``SlopeWindows`` with a single ``SlopeView``. ``push``
+    returns True when a gap longer than the window emptied it first.
+    """
+
+    __slots__ = ("window_s", "_w", "_v")
+
+    def __init__(self, window_s: float) -> None:
+        if not window_s > 0:
+            raise ValueError(f"window_s must be > 0, got {window_s}")
+        self.window_s = float(window_s)
+        self._w = SlopeWindows()
+        self._v = self._w.view(self.window_s)
+
+    @property
+    def n(self) -> int:
+        return self._v.n
+
+    @property
+    def t0(self) -> float:
+        """The time the sums are anchored at (re-set every few window lengths)."""
+        return self._v.t0
+
+    @property
+    def last_t(self) -> float | None:
+        ts = self._w.ts
+        return ts[-1] if ts else None
+
+    def clear(self) -> None:
+        self._w.clear()
+
+    def push(self, t: float, value: float) -> bool:
+        """Add a reading (t after the last one); True when a gap emptied the window first."""
+        w = self._w
+        w._append(t, value, w.ts[-1] if w.ts else None)
+        return self._v.restarted
+
+    def span(self) -> float:
+        return self._v.span()
+
+    def fit(self) -> tuple[float, float, float] | None:
+        """(slope per day, its standard error per day, mean time of the window), or None."""
+        return self._v.fit()
+
+    def centred(self) -> tuple[int, float, float, float, float, float]:
+        """(n, mean t, mean value, Σ(t−t̄)², Σ(t−t̄)(y−ȳ), Σ(y−ȳ)²) of the window; n ≥ 1."""
+        return self._v.centred()
+
+    def points(self) -> tuple[list[float], list[float]]:
+        """(t, value) of the readings in the window."""
+        w, k = self._w, self._v.lo - self._w.base
+        return w.ts[k:], w.vs[k:]
+
+    def snapshot(self) -> dict[str, Any]:
+        return self._w.snapshot()
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._w.restore(state)
+
+
+_SILENT = Verdict(0, "shared smoothing windows: no judgement of their own", {}, True)
+
+
+class SharedWindows:
+    """A channel's ``SlopeWindows`` as the first stage of its detector list.
+
+    It pushes each finite reading and never judges (its verdict is always warming up, which
+    site fusion passes over); its snapshot carries the windows once for all the detectors
+    that read them (their own snapshots leave the windows out).
+    """
+
+    __slots__ = ("windows",)
+
+    def __init__(self, windows: SlopeWindows) -> None:
+        self.windows = windows
+
+    def update(self, t: float, value: float) -> Verdict:
+        if abs(t) < math.inf and abs(value) < math.inf:
+            self.windows.push(t, value)
+        return _SILENT
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.windows.snapshot()
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.windows.restore(state)

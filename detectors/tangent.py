@@ -91,13 +91,17 @@ import numpy as np
 
 from detectors.contract import ContractCase
 from detectors.latch import LevelLatch
-from detectors.slope import SlidingSlope, white_noise_velocity_se
-from detectors.verdict import Verdict
+from detectors.compact import pack, unpack
+from detectors.slope import SlidingSlope, SlopeWindows, white_noise_velocity_se
+from detectors.verdict import Verdict, new_verdict
+
+__all__ = ["ReferenceRate", "SlidingSlope", "SlopeWindows", "TangentAngleDetector", "white_noise_velocity_se"]
 
 DAY = 86400.0
 HOUR = 3600.0
 _NAMES = {1: "blue", 2: "yellow", 3: "orange", 4: "red"}
 _WARMING = "warming up: learning the steady creep rate or filling the smoothing window"
+_WARMING_VERDICT = Verdict(0, _WARMING, {}, True)
 
 #: Xu Qiang's levels: yellow from 45°, orange from 80°, red from 85°.
 XU_QIANG_DEG: tuple[tuple[int, float], ...] = ((2, 45.0), (3, 80.0), (4, 85.0))
@@ -144,13 +148,14 @@ class ReferenceRate:
                 self.stderr = math.sqrt(sse / (n - 2) / sxx) * DAY if sse > 0 else 0.0
 
     def snapshot(self) -> dict[str, Any]:
-        return {"anchor": [self.t0, self.v0], "sums": [self.n, self.st, self.sv, self.stt, self.stv, self.svv], "rate": self.rate, "stderr": self.stderr}
+        if self.rate is not None:  # frozen: the sums are done with
+            return {"rate": self.rate, "stderr": self.stderr}
+        return {"sums": pack([self.t0, self.v0, self.n, self.st, self.sv, self.stt, self.stv, self.svv]), "rate": None, "stderr": None}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.t0, self.v0 = (float(a) for a in state["anchor"])
-        n, *sums = state["sums"]
-        self.n = int(n)
-        self.st, self.sv, self.stt, self.stv, self.svv = (float(s) for s in sums)
+        if "sums" in state:
+            self.t0, self.v0, n, self.st, self.sv, self.stt, self.stv, self.svv = unpack(state["sums"])
+            self.n = int(n)
         self.rate = None if state["rate"] is None else float(state["rate"])
         self.stderr = None if state["stderr"] is None else float(state["stderr"])
 
@@ -184,6 +189,7 @@ class TangentAngleDetector:
         min_points: int = 12,
         min_span: float = 0.5,
         unit: str = "mm",
+        windows: SlopeWindows | None = None,
     ) -> None:
         thresholds = [(int(lvl), float(a)) for lvl, a in thresholds_deg]
         if not thresholds or any(not 0 < a < 90 for _, a in thresholds):
@@ -218,6 +224,12 @@ class TangentAngleDetector:
         self.min_points = min_points
         self.min_span = float(min_span)
         self.unit = unit
+        self._u = f"{unit}/day"
+        self._said = {lvl: (thr, f"≥ {_NAMES[lvl]} {thr:g}°, or held)") for lvl, thr in self.thresholds_deg}
+        self._own = windows is None
+        self._windows = SlopeWindows() if windows is None else windows
+        self._ts = self._windows.ts  # the same list for the windows' lifetime
+        self._smooth = self._windows.view(self.window_s)
         self._reset()
 
     @classmethod
@@ -230,6 +242,7 @@ class TangentAngleDetector:
         noise_mm: float = 3.0,
         unit: str = "mm",
         persist: int = 3,
+        windows: SlopeWindows | None = None,
     ) -> TangentAngleDetector:
         """The default detector of a displacement-like channel read every ``interval_s``.
 
@@ -255,15 +268,17 @@ class TangentAngleDetector:
             min_points=min_points,
             unit=unit,
             persist=persist,
+            windows=windows,
         )
 
     def _reset(self) -> None:
-        self._smooth = SlidingSlope(self.window_s)
+        if self._own:
+            self._windows.clear()
         self._ref = ReferenceRate(self.reference_s, self.min_points)
         self._recent: deque[float] = deque(maxlen=self.persist)
         self._latch = LevelLatch(list(self.thresholds_deg), self.hysteresis, self.hold_s)
         self._last_t: float | None = None
-        self._last = Verdict(0, _WARMING, {}, True)
+        self._last = _WARMING_VERDICT
 
     def steady_rate(self) -> float | None:
         """The denominator (unit/day): max(|learned v_steady|, min_v_steady); None until learned."""
@@ -277,24 +292,26 @@ class TangentAngleDetector:
         if not (abs(t) < math.inf and abs(value) < math.inf):
             return self._last  # NaN or infinite: not a reading
         self._last_t = t
+        ts = self._ts
+        if not ts or t > ts[-1]:  # else another detector of the channel has pushed this reading
+            self._windows.push(t, value)
         smooth = self._smooth
-        if smooth.push(t, value):
+        if smooth.restarted:
             self._recent.clear()  # the persistence memory goes with the window
         ref = self._ref
-        if ref.rate is None:
+        rate = ref.rate
+        if rate is None:
             ref.add(t, value)
-            if ref.rate is None:
-                self._last = Verdict(0, _WARMING, {}, True)
-                return self._last
-        if smooth.n < self.min_points or smooth.span() < self.min_span * self.window_s:
-            self._last = Verdict(0, _WARMING, {}, True)
-            return self._last
-        f = smooth.fit()
+            rate = ref.rate
+            if rate is None:
+                self._last = _WARMING_VERDICT
+                return _WARMING_VERDICT
+        f = smooth.fit() if smooth.n >= self.min_points and t - smooth.first >= self.min_span * self.window_s else None
         if f is None:
-            self._last = Verdict(0, _WARMING, {}, True)
-            return self._last
+            self._last = _WARMING_VERDICT
+            return _WARMING_VERDICT
         v, se, _ = f
-        steady = max(abs(ref.rate), self.min_v_steady)
+        steady = max(abs(rate), self.min_v_steady)
         av = abs(v)
         # Judge the lower confidence bound |v| - z·se: an insignificant slope gives 0, and a
         # slope creeping at its steady rate cannot flap around 45° on noise.
@@ -311,41 +328,40 @@ class TangentAngleDetector:
             "velocity_per_day": v,
             "stderr_per_day": se,
             "v_steady_per_day": steady,
-            "steady_fit_per_day": ref.rate,
+            "steady_fit_per_day": rate,
         }
         if level == 0:
-            self._last = Verdict(0, "", evidence)
+            self._last = new_verdict(0, "", evidence)
         else:
-            thr = dict(self.thresholds_deg)[level]
+            thr, tail = self._said[level]
             evidence["threshold_deg"] = thr
-            u = f"{self.unit}/day"
-            self._last = Verdict(
-                level,
-                f"tangent angle {alpha:.1f}° (velocity {v:.1f} {u}, {av / steady:.1f}× the steady {steady:.2f} {u}; "
-                f"≥ {_NAMES[level]} {thr:g}°, or held)",
-                evidence,
+            u = self._u
+            self._last = new_verdict(
+                level, f"tangent angle {alpha:.1f}° (velocity {v:.1f} {u}, {av / steady:.1f}× the steady {steady:.2f} {u}; {tail}", evidence
             )
         return self._last
 
     def snapshot(self) -> dict[str, Any]:
-        last = self._last
-        return {
-            "smooth": self._smooth.snapshot(),
+        state = {
             "reference": self._ref.snapshot(),
             "recent": list(self._recent),
             "latch": self._latch.snapshot(),
             "last_t": self._last_t,
-            "last": {"level": last.level, "reason": last.reason, "evidence": last.evidence, "warming_up": last.warming_up},
+            "last": self._last.to_dict(),
         }
+        if self._own:
+            state["smooth"] = self._windows.snapshot()
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
         self._reset()
-        self._smooth.restore(state["smooth"])
+        if self._own:
+            self._windows.restore(state["smooth"])
         self._ref.restore(state["reference"])
         self._recent.extend(float(a) for a in state["recent"])
         self._latch.restore(state["latch"])
         self._last_t = None if state["last_t"] is None else float(state["last_t"])
-        self._last = Verdict(**state["last"])
+        self._last = Verdict.from_dict(state["last"])
 
 
 # -- batch reference -------------------------------------------------------------------------

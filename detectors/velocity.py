@@ -15,14 +15,15 @@ real movement persists.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from detectors.latch import LevelLatch
-from detectors.slope import SlidingSlope
-from detectors.verdict import Verdict
+from detectors.slope import SlopeWindows
+from detectors.verdict import Verdict, new_verdict
 
 if TYPE_CHECKING:
     from detectors.contract import ContractCase
@@ -36,6 +37,10 @@ class VelocityDetector:
 
     ``min_points`` readings spanning at least ``min_span`` of the window are needed before
     the detector judges; until then it is warming up and says level 0.
+
+    ``windows``: the channel's shared ``SlopeWindows`` (site fusion passes one to every rate
+    detector of a channel, and snapshots it once); None gives the detector windows of its
+    own, which its snapshot then carries.
     """
 
     def __init__(
@@ -50,6 +55,7 @@ class VelocityDetector:
         z: float = 5.0,
         persist: int = 3,
         unit: str = "mm",
+        windows: SlopeWindows | None = None,
     ) -> None:
         if window_s <= 0:
             raise ValueError(f"window_s must be > 0, got {window_s}")
@@ -68,11 +74,21 @@ class VelocityDetector:
         self.persist = persist
         self.unit = unit
         self._latch = LevelLatch(thresholds_per_day, hysteresis, hold_s)
+        # The constant part of each level's reason, made once rather than per reading.
+        self._said = {
+            lvl: (thr, f" {unit}/day (≥ {_NAMES[lvl]} {thr:g} {unit}/day over {window_s / 3600:g} h, or held)") for lvl, thr in thresholds_per_day
+        }
+        self._own = windows is None
+        self._windows = SlopeWindows() if windows is None else windows
+        self._ts = self._windows.ts  # the same list for the windows' lifetime
+        self._smooth = self._windows.view(window_s)
         self._reset()
 
     def _reset(self) -> None:
-        self._smooth = SlidingSlope(self.window_s)
+        if self._own:
+            self._windows.clear()
         self._recent: deque[float] = deque(maxlen=self.persist)
+        self._last_t: float | None = None
         self._last: Verdict = Verdict(0, "warming up", warming_up=True)
 
     def fit(self) -> tuple[float, float] | None:
@@ -85,41 +101,52 @@ class VelocityDetector:
         return None if f is None else f[0]
 
     def update(self, t: float, value: float) -> Verdict:
-        smooth = self._smooth
-        if smooth.pts and t <= smooth.pts[-1][0]:
+        last_t = self._last_t
+        if last_t is not None and not t > last_t:
             return self._last  # late or repeated: judged in arrival order, ignored
-        if smooth.push(t, value):
+        if not (abs(t) < math.inf and abs(value) < math.inf):
+            return self._last  # NaN or infinite: not a reading
+        self._last_t = t
+        ts = self._ts
+        if not ts or t > ts[-1]:  # else another detector of the channel has pushed this reading
+            self._windows.push(t, value)
+        smooth = self._smooth
+        if smooth.restarted:
             self._recent.clear()  # a gap longer than the window: the old slope says nothing now
-        if smooth.n < self.min_points or smooth.span() < self.min_span * self.window_s:
-            self._last = Verdict(0, "warming up", {"points": smooth.n}, warming_up=True)
-            return self._last
-        f = self.fit()
+        n = smooth.n
+        f = smooth.fit() if n >= self.min_points and t - smooth.first >= self.min_span * self.window_s else None
         if f is None:
-            self._last = Verdict(0, "warming up", {"points": smooth.n}, warming_up=True)
+            self._last = new_verdict(0, "warming up", {"points": n}, True)
             return self._last
-        v, se = f
+        v, se, _ = f
         # An insignificant slope counts as no movement (it may still let a level come down).
-        self._recent.append(abs(v) if abs(v) > self.z * se else 0.0)
-        level = self._latch.update(t, min(self._recent))
+        recent = self._recent
+        recent.append(abs(v) if abs(v) > self.z * se else 0.0)
+        level = self._latch.update(t, min(recent))
         if level == 0:
-            self._last = Verdict(0, "", {"velocity_per_day": v, "stderr_per_day": se})
+            self._last = new_verdict(0, "", {"velocity_per_day": v, "stderr_per_day": se})
         else:
-            thr = dict(self._latch.thresholds)[level]
-            self._last = Verdict(
+            thr, tail = self._said[level]
+            self._last = new_verdict(
                 level,
-                f"velocity {v:.1f} {self.unit}/day (≥ {_NAMES[level]} {thr:g} {self.unit}/day over {self.window_s / 3600:g} h, or held)",
-                {"velocity_per_day": v, "stderr_per_day": se, "threshold": thr, "window_s": self.window_s, "points": smooth.n},
+                f"velocity {v:.1f}{tail}",
+                {"velocity_per_day": v, "stderr_per_day": se, "threshold": thr, "window_s": self.window_s, "points": n},
             )
         return self._last
 
     def snapshot(self) -> dict[str, Any]:
-        return {"smooth": self._smooth.snapshot(), "recent": list(self._recent), "latch": self._latch.snapshot(), "last": self._last.to_dict()}
+        state: dict[str, Any] = {"recent": list(self._recent), "latch": self._latch.snapshot(), "last_t": self._last_t, "last": self._last.to_dict()}
+        if self._own:
+            state["smooth"] = self._windows.snapshot()
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
         self._reset()
-        self._smooth.restore(state["smooth"])
-        self._recent.extend(state["recent"])
+        if self._own:
+            self._windows.restore(state["smooth"])
+        self._recent.extend(float(r) for r in state["recent"])
         self._latch.restore(state["latch"])
+        self._last_t = state["last_t"]
         self._last = Verdict.from_dict(state["last"])
 
 def batch_velocity(

@@ -31,7 +31,7 @@ from ingest.worker import WorkerProcess
 log = logging.getLogger("geowarn.detection")
 
 SITE_LEVELS_KEY = "fusion.site_levels"
-SNAPSHOT_KEY = "fusion.snapshot"
+SNAPSHOT_KEY = "fusion.snapshot.v2"  # v2: compact detector state, shared windows (v1 snapshots are ignored)
 EMITTED_KEY = "fusion.emitted_through"
 #: Devices under maintenance: {device: [since, until, by, note]} (times by the daemon's clock).
 MAINTENANCE_KEY = "detection.maintenance"

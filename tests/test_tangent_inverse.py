@@ -20,8 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detectors import inverse_velocity, tangent
+from detectors.compact import unpack
 from detectors.inverse_velocity import InverseVelocityDetector, forecast_batch, voight_gnss
-from detectors.tangent import SlidingSlope, TangentAngleDetector, tangent_batch, white_noise_velocity_se
+from detectors.tangent import SlidingSlope, SlopeWindows, TangentAngleDetector, tangent_batch, white_noise_velocity_se
 from simulators.slope import StableSlope, VoightFailure
 
 DAY = 86400.0
@@ -235,7 +236,7 @@ def test_noise_free_alpha_2_recovers_the_failure_time():
     # remaining time; what is left is the smoothing window's curvature bias, W²/(20 τ²) of
     # the velocity for α = 2 (early, the safe side): under 1 % from 16 h before failure.
     slope = VoightFailure(T0, T0 + 10 * DAY, alpha=2.0, v0_mm_day=5.0, creep_mm_day=0.0)
-    t, out = run_to_forecasts(InverseVelocityDetector(), slope)
+    t, out = run_to_forecasts(InverseVelocityDetector(estimate_alpha=False), slope)
     made = [(a, x.evidence["forecast"]) for a, x in zip(t, out) if x.evidence.get("forecast")]
     assert made and made[0][1]["onset"] < slope.t_f - 2 * DAY
     for a, f in made:
@@ -248,7 +249,7 @@ def test_noise_free_alpha_2_recovers_the_failure_time():
     assert 11 * HOUR <= tau <= 12 * HOUR
     assert abs(red[1].evidence["forecast"]["failure_time"] - slope.t_f) <= 0.015 * tau
     # with a 3 h smoothing window the bias is a quarter: within 1 % down to 8 h
-    t, out = run_to_forecasts(InverseVelocityDetector(window_s=3 * HOUR), slope)
+    t, out = run_to_forecasts(InverseVelocityDetector(window_s=3 * HOUR, estimate_alpha=False), slope)
     for a, x in zip(t, out):
         f = x.evidence.get("forecast")
         if f and slope.t_f - a >= 8 * HOUR:
@@ -259,7 +260,7 @@ def test_noise_free_alpha_2_recovers_the_failure_time():
 def test_noise_free_voight_generalisation(alpha):
     # v^(1−α) = A(α−1)·(t_f − t) is the straight line for any α: with alpha given, t_f again
     slope = VoightFailure(T0, T0 + 10 * DAY, alpha=alpha, v0_mm_day=5.0, creep_mm_day=0.0)
-    t, out = run_to_forecasts(InverseVelocityDetector(alpha=alpha), slope)
+    t, out = run_to_forecasts(InverseVelocityDetector(alpha=alpha, estimate_alpha=False), slope)
     made = [(a, x.evidence["forecast"]) for a, x in zip(t, out) if x.evidence.get("forecast") and slope.t_f - a >= 16 * HOUR]
     assert len(made) > 50
     for a, f in made:
@@ -281,7 +282,7 @@ def test_noisy_first_red_within_25_percent_when_alpha_is_known(alpha):
     errs = []
     for seed in range(20):
         t, d, t_f = voight_gnss(seed, alpha=alpha)
-        e = first_red_error(InverseVelocityDetector(alpha=alpha), t, d, t_f)
+        e = first_red_error(InverseVelocityDetector(alpha=alpha, estimate_alpha=False), t, d, t_f)
         assert e is not None, f"seed {seed}: red never came"
         errs.append(e)
     errs = np.array(errs)
@@ -291,7 +292,7 @@ def test_noisy_first_red_within_25_percent_when_alpha_is_known(alpha):
 
 
 def test_noisy_fukuzono_default_on_alpha_2():
-    errs = [first_red_error(InverseVelocityDetector(), *voight_gnss(seed, alpha=2.0)) for seed in range(20)]
+    errs = [first_red_error(InverseVelocityDetector(estimate_alpha=False), *voight_gnss(seed, alpha=2.0)) for seed in range(20)]
     assert all(e is not None and abs(e) <= 0.25 for e in errs[:10])
     assert np.mean(np.abs(errs) <= 0.25) >= 0.9
 
@@ -300,7 +301,7 @@ def test_noisy_fukuzono_default_on_alpha_2():
 def test_fukuzono_bias_follows_the_sign_of_alpha_minus_2(alpha):
     # A straight line through a curved 1/v: even its tangent reaches zero at (α − 1)·τ, so
     # the linear forecast is early for α < 2 (at least 30 % at 1.7) and late for α > 2.
-    errs = np.array([first_red_error(InverseVelocityDetector(), *voight_gnss(seed, alpha=alpha)) for seed in range(8)])
+    errs = np.array([first_red_error(InverseVelocityDetector(estimate_alpha=False), *voight_gnss(seed, alpha=alpha)) for seed in range(8)])
     if alpha < 2:
         assert np.all(errs < -(2 - alpha) + 0.05)
     else:
@@ -314,7 +315,7 @@ def test_uncertainty_is_conservative():
     for alpha in (1.8, 2.0, 2.2):
         for seed in range(10):
             t, d, t_f = voight_gnss(seed, alpha=alpha)
-            det = InverseVelocityDetector(alpha=alpha)
+            det = InverseVelocityDetector(alpha=alpha, estimate_alpha=False)
             for a, b in zip(t.tolist(), d.tolist()):
                 x = det.update(a, b)
                 if x.level == 4:
@@ -389,9 +390,13 @@ def test_forecast_evidence_shape():
     fs = [x.evidence["forecast"] for x in out if x.evidence.get("forecast")]
     assert fs
     for f in fs:
-        assert set(f) == {"failure_time", "r2", "uncertainty_s", "points", "onset"}
-        assert all(type(f[k]) is float for k in ("failure_time", "r2", "uncertainty_s", "onset")) and type(f["points"]) is int
+        assert set(f) == {"failure_time", "r2", "uncertainty_s", "points", "onset", "alpha", "alpha_estimate", "alpha_stderr", "method"}
+        assert all(type(f[k]) is float for k in ("failure_time", "r2", "uncertainty_s", "onset", "alpha")) and type(f["points"]) is int
         assert f["points"] >= 18 and 0.8 <= f["r2"] <= 1.0 and f["uncertainty_s"] > 0
+        if f["method"] == "voight (alpha estimated)":
+            assert type(f["alpha_estimate"]) is float and f["alpha_stderr"] > 0 and 1.3 <= f["alpha"] <= 3.0
+        else:
+            assert f["method"] == "fukuzono" and f["alpha"] == 2.0 and f["alpha_estimate"] is None
     for x in out:
         json.loads(json.dumps(x.evidence, allow_nan=False))
         if x.level:
@@ -405,7 +410,7 @@ def test_snapshot_restore_mid_forecast():
     det = InverseVelocityDetector()
     feed(det, t[:cut], d[:cut])
     state = json.loads(json.dumps(det.snapshot()))
-    assert state["onset"] is not None and state["fit"]["points"]
+    assert state["onset"] is not None and unpack(state["fit"]["v"])  # mid-fit, not between fits
     again = InverseVelocityDetector()
     again.restore(state)
     assert feed(again, t[cut:], d[cut:]) == whole[cut:]
@@ -559,3 +564,57 @@ def test_contract_late_and_repeated_readings_are_ignored(case):
     det.update(float(t[mid // 2]), float(v[mid // 2]) + 1e6)
     det.update(float(t[mid - 1]), float(v[mid - 1]) + 1e6)
     assert json.dumps(det.snapshot(), sort_keys=True) == before
+
+
+# -- shared windows and Voight's α estimated ---------------------------------------------------
+
+
+def test_shared_windows_give_each_view_a_fresh_regression_of_its_own_window():
+    # two views over one store of readings, through gaps longer than the short window only
+    rng = np.random.default_rng(7)
+    t = T0 + STEP * np.arange(2000, dtype=float)
+    t[700:] += 8 * HOUR  # restarts the 6 h view, not the 12 h one
+    t[1400:] += 13 * HOUR  # restarts both
+    y = 50.0 + 0.02 * np.arange(2000) + rng.standard_normal(2000)
+    w = SlopeWindows()
+    short, long_ = w.view(6 * HOUR), w.view(12 * HOUR)
+    for i, (a, b) in enumerate(zip(t.tolist(), y.tolist())):
+        assert w.push(a, b) and not w.push(a, b + 1.0)  # a second push of the same t is a no-op
+        for view, width in ((short, 6 * HOUR), (long_, 12 * HOUR)):
+            seg = np.flatnonzero(np.diff(t[: i + 1]) > width)
+            start = int(seg[-1]) + 1 if len(seg) else 0
+            sel = np.arange(start, i + 1)
+            sel = sel[t[sel] >= a - width]
+            assert view.n == len(sel)
+            if len(sel) >= 3 and i % 37 == 0:
+                assert view.fit()[0] == pytest.approx(np.polyfit(t[sel] - t[sel][0], y[sel], 1)[0] * DAY, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("alpha", [1.7, 2.2])
+def test_noise_free_alpha_is_estimated_and_the_forecast_follows_it(alpha):
+    # The default detector is not told α: noise-free Voight failures with α 1.7 and 2.2, where
+    # the α = 2 line is 30 % early or 20 % late, are forecast within 4 % of the remaining time
+    # from 12 h before failure, and the estimate lands within 0.05 of α (the smoothing
+    # window's curvature bias is what is left).
+    slope = VoightFailure(T0, T0 + 10 * DAY, alpha=alpha, v0_mm_day=5.0, creep_mm_day=0.0)
+    t, out = run_to_forecasts(InverseVelocityDetector(), slope)
+    made = [(a, x.evidence["forecast"]) for a, x in zip(t, out) if x.evidence.get("forecast") and slope.t_f - a >= 12 * HOUR]
+    assert len(made) > 50
+    for a, f in made:
+        assert f["method"] == "voight (alpha estimated)"
+        assert abs(f["failure_time"] - slope.t_f) <= 0.04 * (slope.t_f - a)
+    assert abs(made[-1][1]["alpha"] - alpha) < 0.05
+
+
+def test_noisy_gnss_alpha_stays_near_the_fukuzono_line():
+    # 3 mm GNSS noise on α = 2 failures: the combined α never strays far from 2 (the prior
+    # holds a poorly determined estimate), and the first red is within 25 % of the remaining
+    # time, as with the line alone (test_noisy_fukuzono_default_on_alpha_2)
+    errs = []
+    for seed in range(10):
+        t, d, t_f = voight_gnss(seed, alpha=2.0)
+        out = feed(InverseVelocityDetector(), t, d)
+        fs = [x.evidence["forecast"] for x in out if x.evidence.get("forecast")]
+        assert fs and all(abs(f["alpha"] - 2.0) <= 0.3 for f in fs)
+        errs.append(first_red_error(InverseVelocityDetector(), t, d, t_f))
+    assert all(e is not None for e in errs) and np.mean(np.abs(errs) <= 0.25) >= 0.9
