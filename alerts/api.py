@@ -52,7 +52,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field
 
 from alerts.levels import LEVELS
 from alerts.metrics import MainStats, make_registry, open_ro
@@ -445,44 +445,33 @@ class Views:
 # -- the app --------------------------------------------------------------------------------
 
 
-class AckIn(BaseModel):
-    name: str = Field(min_length=1, max_length=200, description="who acknowledges (signed into the warning's history)")
-    note: str = Field(min_length=1, max_length=2000, description="what is being done about it")
-    level: int | None = Field(default=None, ge=1, le=4, description="the level acknowledged (default: the one announced)")
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be blank")
+    return v.strip()
 
-    @field_validator("name", "note")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be blank")
-        return v.strip()
+
+#: A name or note a person must actually write: blank or spaces-only is refused, edges trimmed.
+NonBlank = Annotated[str, AfterValidator(_not_blank)]
+
+
+class AckIn(BaseModel):
+    name: NonBlank = Field(min_length=1, max_length=200, description="who acknowledges (signed into the warning's history)")
+    note: NonBlank = Field(min_length=1, max_length=2000, description="what is being done about it")
+    level: int | None = Field(default=None, ge=1, le=4, description="the level acknowledged (default: the one announced)")
 
 
 class ReportIn(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: NonBlank = Field(min_length=1, max_length=200)
     note: str = Field(default="", max_length=4000, description="the quick report's content or where it was filed")
-
-    @field_validator("name")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be blank")
-        return v.strip()
 
 
 class ShelveIn(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
-    note: str = Field(min_length=1, max_length=2000, description="why (e.g. which device is being serviced)")
+    name: NonBlank = Field(min_length=1, max_length=200)
+    note: NonBlank = Field(min_length=1, max_length=2000, description="why (e.g. which device is being serviced)")
     until: float | str | None = Field(default=None, description="epoch seconds or RFC 3339; or give minutes")
     minutes: float | None = Field(default=None, gt=0, le=7 * 24 * 60)
     device: str | None = Field(default=None, max_length=64, description="one device of the site under maintenance (its readings are stored, not judged; its silence raises nothing) instead of the whole site")
-
-    @field_validator("name", "note")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("must not be blank")
-        return v.strip()
 
 
 class UnshelveIn(BaseModel):
