@@ -398,8 +398,12 @@ class StuckGuard:
     def _judge(self, t: float, value: float, last_t: float | None) -> Verdict:
         """A finite reading after the last one (``QualityGuard`` has checked both)."""
         self._t = t
-        lo = min(self._lo, value)
-        hi = max(self._hi, value)
+        lo = self._lo
+        hi = self._hi
+        if value < lo:
+            lo = value
+        elif value > hi:
+            hi = value
         if self._n and hi - lo <= self.tolerance:
             self._lo, self._hi = lo, hi
             self._n += 1
@@ -569,8 +573,12 @@ class SpikeGuard:
         h = n // 2
         med = srt[h] if n % 2 else (srt[h - 1] + srt[h]) / 2.0
         dev = value - med
-        if abs(dev) <= self._sure:
-            win.append(value)
+        if -self._sure <= dev <= self._sure:
+            order = win.order  # _Window.append, inline (the usual reading)
+            if len(order) == win.size:
+                del srt[bisect_left(srt, order.popleft())]
+            order.append(value)
+            insort(srt, value)
             if held.items:
                 held.items = []
             self._last = _OK
@@ -811,10 +819,14 @@ class StepBackGuard:
         med = srt[h] if n % 2 else (srt[h - 1] + srt[h]) / 2.0
         dev = step - med
         thr = self._sure
-        if abs(dev) > thr:
+        if not -thr <= dev <= thr:
             thr = self.k * MAD_SCALE * max(steps.mad(med), self.min_mad)
-        if abs(dev) <= thr:
-            steps.append(step)
+        if -thr <= dev <= thr:
+            order = steps.order  # _Window.append, inline (the usual reading)
+            if len(order) == steps.size:
+                del srt[bisect_left(srt, order.popleft())]
+            order.append(step)
+            insort(srt, step)
             if held.items:
                 held.items = []
             self._v = value
@@ -1134,7 +1146,7 @@ class QualityGuard:
             return r if c is _OK else Verdict(0, r.reason, {**r.evidence, "gap_s": ce["gap_s"]})
         # The clock has put t after every sub-guard's last reading; a finite value may skip
         # their own order and finiteness checks (an infinite one passes only an infinite range).
-        finite = abs(value) < math.inf
+        finite = value - value == 0.0  # x − x is NaN for ±inf (and NaN)
         first: Verdict | None = None
         warming = False
         accepted: Verdict | None = None

@@ -14,6 +14,7 @@ push is a no-op, so the readings are stored, and the sums updated, once per chan
 from __future__ import annotations
 
 import math
+from math import sqrt
 from typing import Any
 
 from detectors.compact import pack, pack_times, unpack
@@ -98,24 +99,23 @@ class SlopeView:
         Worked out once per reading, however many detectors read this view."""
         if self._fitted:
             return self._fit
-        self._fit = f = self._solve()
         self._fitted = True
-        return f
-
-    def _solve(self) -> tuple[float, float, float] | None:
         n = self.n
         if n < 3:
+            self._fit = None
             return None
         st = self.st
+        sv = self.sv
         sxx = self.stt - st * st / n
         if not sxx > 0:
+            self._fit = None
             return None
-        sxy = self.stv - st * self.sv / n
-        syy = self.svv - self.sv * self.sv / n
+        sxy = self.stv - st * sv / n
+        syy = self.svv - sv * sv / n
         b = sxy / sxx
         sse = syy - b * sxy
-        se = math.sqrt(sse / (n - 2) / sxx) if sse > 0 else 0.0
-        return b * DAY, se * DAY, self.t0 + st / n
+        self._fit = f = (b * DAY, sqrt(sse / (n - 2) / sxx) * DAY if sse > 0 else 0.0, self.t0 + st / n)
+        return f
 
     def centred(self) -> tuple[int, float, float, float, float, float]:
         """(n, mean t, mean value, Σ(t−t̄)², Σ(t−t̄)(y−ȳ), Σ(y−ȳ)²) of the window; n ≥ 1."""
@@ -331,8 +331,13 @@ class SharedWindows:
         self.windows = windows
 
     def update(self, t: float, value: float) -> Verdict:
-        if abs(t) < math.inf and abs(value) < math.inf:
-            self.windows.push(t, value)
+        if t - t == 0.0 and value - value == 0.0:  # finite (x − x is NaN for ±inf and NaN)
+            w = self.windows
+            ts = w.ts
+            if not ts:
+                w._append(t, value, None)
+            elif t > ts[-1]:  # SlopeWindows.push, inline
+                w._append(t, value, ts[-1])
         return _SILENT
 
     def snapshot(self) -> dict[str, Any]:

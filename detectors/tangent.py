@@ -84,6 +84,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from math import atan, degrees
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,7 +94,7 @@ from detectors.contract import ContractCase
 from detectors.latch import LevelLatch
 from detectors.compact import pack, unpack
 from detectors.slope import SlidingSlope, SlopeWindows, white_noise_velocity_se
-from detectors.verdict import Verdict, new_verdict
+from detectors.verdict import Verdict
 
 __all__ = ["ReferenceRate", "SlidingSlope", "SlopeWindows", "TangentAngleDetector", "white_noise_velocity_se"]
 
@@ -102,6 +103,7 @@ HOUR = 3600.0
 _NAMES = {1: "blue", 2: "yellow", 3: "orange", 4: "red"}
 _WARMING = "warming up: learning the steady creep rate or filling the smoothing window"
 _WARMING_VERDICT = Verdict(0, _WARMING, {}, True)
+_new = tuple.__new__  # a Verdict without the level check: levels here come from a LevelLatch
 
 #: Xu Qiang's levels: yellow from 45°, orange from 80°, red from 85°.
 XU_QIANG_DEG: tuple[tuple[int, float], ...] = ((2, 45.0), (3, 80.0), (4, 85.0))
@@ -223,6 +225,7 @@ class TangentAngleDetector:
         self.hold_s = float(hold_s)
         self.min_points = min_points
         self.min_span = float(min_span)
+        self._min_span_s = self.min_span * self.window_s
         self.unit = unit
         self._u = f"{unit}/day"
         self._said = {lvl: (thr, f"≥ {_NAMES[lvl]} {thr:g}°, or held)") for lvl, thr in self.thresholds_deg}
@@ -277,6 +280,7 @@ class TangentAngleDetector:
         self._ref = ReferenceRate(self.reference_s, self.min_points)
         self._recent: deque[float] = deque(maxlen=self.persist)
         self._latch = LevelLatch(list(self.thresholds_deg), self.hysteresis, self.hold_s)
+        self._steady: float | None = None  # the denominator, once the reference is frozen
         self._last_t: float | None = None
         self._last = _WARMING_VERDICT
 
@@ -289,8 +293,8 @@ class TangentAngleDetector:
         last_t = self._last_t
         if last_t is not None and not t > last_t:
             return self._last  # late, repeated or NaN time: judged in arrival order, so ignored
-        if not (abs(t) < math.inf and abs(value) < math.inf):
-            return self._last  # NaN or infinite: not a reading
+        if not (t - t == 0.0 and value - value == 0.0):
+            return self._last  # NaN or infinite (x − x is 0 only for a finite x): not a reading
         self._last_t = t
         ts = self._ts
         if not ts or t > ts[-1]:  # else another detector of the channel has pushed this reading
@@ -298,46 +302,52 @@ class TangentAngleDetector:
         smooth = self._smooth
         if smooth.restarted:
             self._recent.clear()  # the persistence memory goes with the window
-        ref = self._ref
-        rate = ref.rate
-        if rate is None:
-            ref.add(t, value)
-            rate = ref.rate
-            if rate is None:
-                self._last = _WARMING_VERDICT
-                return _WARMING_VERDICT
-        f = smooth.fit() if smooth.n >= self.min_points and t - smooth.first >= self.min_span * self.window_s else None
+        steady = self._steady
+        if steady is None:
+            ref = self._ref
+            if ref.rate is None:
+                ref.add(t, value)
+                if ref.rate is None:
+                    self._last = _WARMING_VERDICT
+                    return _WARMING_VERDICT
+            steady = self._steady = max(abs(ref.rate), self.min_v_steady)  # frozen from now on
+        f = smooth.fit() if smooth.n >= self.min_points and t - smooth.first >= self._min_span_s else None
         if f is None:
             self._last = _WARMING_VERDICT
             return _WARMING_VERDICT
         v, se, _ = f
-        steady = max(abs(rate), self.min_v_steady)
-        av = abs(v)
+        av = v if v >= 0.0 else -v
         # Judge the lower confidence bound |v| - z·se: an insignificant slope gives 0, and a
         # slope creeping at its steady rate cannot flap around 45° on noise.
         low = av - self.z * se
-        alpha = math.degrees(math.atan(low / steady)) if low > 0 else 0.0
+        alpha = degrees(atan(low / steady)) if low > 0 else 0.0
         recent = self._recent
         recent.append(alpha)
         # A level needs `persist` judged angles in a row; until then the latch is not asked.
         latch = self._latch
-        level = latch.update(t, min(recent)) if len(recent) == self.persist else latch.level
+        if len(recent) < self.persist:
+            level = latch.level
+        else:
+            x = min(recent)
+            # The latch's own quiet path, inline: nothing latched and x below every threshold.
+            level = 0 if latch.level == 0 and x < latch._lowest else latch.update(t, x)
         evidence: dict[str, Any] = {
             "alpha_deg": alpha,
-            "alpha_point_deg": math.degrees(math.atan(av / steady)),
+            "alpha_point_deg": degrees(atan(av / steady)),
             "velocity_per_day": v,
             "stderr_per_day": se,
             "v_steady_per_day": steady,
-            "steady_fit_per_day": rate,
+            "steady_fit_per_day": self._ref.rate,
         }
         if level == 0:
-            self._last = new_verdict(0, "", evidence)
+            self._last = _new(Verdict, (0, "", evidence, False))
         else:
             thr, tail = self._said[level]
             evidence["threshold_deg"] = thr
             u = self._u
-            self._last = new_verdict(
-                level, f"tangent angle {alpha:.1f}° (velocity {v:.1f} {u}, {av / steady:.1f}× the steady {steady:.2f} {u}; {tail}", evidence
+            self._last = _new(
+                Verdict,
+                (level, f"tangent angle {alpha:.1f}° (velocity {v:.1f} {u}, {av / steady:.1f}× the steady {steady:.2f} {u}; {tail}", evidence, False),
             )
         return self._last
 

@@ -23,7 +23,9 @@ import numpy as np
 
 from detectors.latch import LevelLatch
 from detectors.slope import SlopeWindows
-from detectors.verdict import Verdict, new_verdict
+from detectors.verdict import Verdict
+
+_new = tuple.__new__  # a Verdict without the level check: levels here come from a LevelLatch
 
 if TYPE_CHECKING:
     from detectors.contract import ContractCase
@@ -66,6 +68,7 @@ class VelocityDetector:
         self.window_s = window_s
         self.min_points = min_points
         self.min_span = min_span
+        self._min_span_s = min_span * window_s
         if z < 0:
             raise ValueError(f"z must be >= 0, got {z}")
         self.z = z
@@ -104,8 +107,8 @@ class VelocityDetector:
         last_t = self._last_t
         if last_t is not None and not t > last_t:
             return self._last  # late or repeated: judged in arrival order, ignored
-        if not (abs(t) < math.inf and abs(value) < math.inf):
-            return self._last  # NaN or infinite: not a reading
+        if not (t - t == 0.0 and value - value == 0.0):
+            return self._last  # NaN or infinite (x − x is 0 only for a finite x): not a reading
         self._last_t = t
         ts = self._ts
         if not ts or t > ts[-1]:  # else another detector of the channel has pushed this reading
@@ -114,23 +117,31 @@ class VelocityDetector:
         if smooth.restarted:
             self._recent.clear()  # a gap longer than the window: the old slope says nothing now
         n = smooth.n
-        f = smooth.fit() if n >= self.min_points and t - smooth.first >= self.min_span * self.window_s else None
+        f = smooth.fit() if n >= self.min_points and t - smooth.first >= self._min_span_s else None
         if f is None:
-            self._last = new_verdict(0, "warming up", {"points": n}, True)
+            self._last = _new(Verdict, (0, "warming up", {"points": n}, True))
             return self._last
         v, se, _ = f
         # An insignificant slope counts as no movement (it may still let a level come down).
         recent = self._recent
-        recent.append(abs(v) if abs(v) > self.z * se else 0.0)
-        level = self._latch.update(t, min(recent))
+        speed = v if v >= 0.0 else -v
+        recent.append(speed if speed > self.z * se else 0.0)
+        x = min(recent)
+        latch = self._latch
+        # The latch's own quiet path, inline: nothing latched and x below every threshold.
+        level = 0 if latch.level == 0 and x < latch._lowest else latch.update(t, x)
         if level == 0:
-            self._last = new_verdict(0, "", {"velocity_per_day": v, "stderr_per_day": se})
+            self._last = _new(Verdict, (0, "", {"velocity_per_day": v, "stderr_per_day": se}, False))
         else:
             thr, tail = self._said[level]
-            self._last = new_verdict(
-                level,
-                f"velocity {v:.1f}{tail}",
-                {"velocity_per_day": v, "stderr_per_day": se, "threshold": thr, "window_s": self.window_s, "points": n},
+            self._last = _new(
+                Verdict,
+                (
+                    level,
+                    f"velocity {v:.1f}{tail}",
+                    {"velocity_per_day": v, "stderr_per_day": se, "threshold": thr, "window_s": self.window_s, "points": n},
+                    False,
+                ),
             )
         return self._last
 
