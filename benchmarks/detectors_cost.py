@@ -14,13 +14,23 @@ which is what site fusion's snapshot holds for the channel's detectors.
 ``--baseline DIR``: the same bank from another checkout (e.g. ``git worktree add /tmp/old
 HEAD``), run in a child process per round, interleaved with this tree's rounds, so both
 see the same machine load. Each round of either tree runs in a fresh process.
+
+``--instructions``: also count the machine instructions per reading under valgrind
+(``callgrind``; Debian package ``valgrind``): the count of a run of 1500 readings minus that of
+500, after the same 1500 readings of warm-up, divided by 1000. Unlike CPU time it does not
+depend on what else the machine runs, so it compares two trees exactly; hash randomisation,
+address-space randomisation and BLAS threads are switched off so that a rerun gives the same
+count. About a minute per kind and tree.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -117,14 +127,51 @@ def _child(root: str, kind: str, readings: int) -> tuple[float, int]:
     return float(out[0]), int(out[1])
 
 
+IR_WARMUP = 1500
+
+
+def _ir_child(kind: str, n: int) -> None:
+    """Under valgrind: warm a bank up, then feed ``n`` more readings (see ``--instructions``)."""
+    reg = _registry()
+    series = _series(IR_WARMUP + n)
+    t, v = series[kind]
+    tl, vl = t.tolist(), v.tolist()
+    guard, dets = _bank(reg, kind)
+    _feed(guard, dets, tl[:IR_WARMUP], vl[:IR_WARMUP])
+    _feed(guard, dets, tl[IR_WARMUP:], vl[IR_WARMUP:])
+
+
+def _instructions(root: str, kind: str) -> int:
+    """Instructions per reading of ``root``'s bank for ``kind`` (see ``--instructions``)."""
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    counts = []
+    for n in (500, 1500):
+        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__, "--root", root, "--ir", kind, str(n)]
+        if shutil.which("setarch"):
+            cmd = ["setarch", platform.machine(), "-R", *cmd]
+        err = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stderr
+        m = re.search(r"Collected : (\d+)", err)
+        if m is None:
+            raise RuntimeError(f"no instruction count in valgrind's output:\n{err[-2000:]}")
+        counts.append(int(m.group(1)))
+    return round((counts[1] - counts[0]) / 1000)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--readings", type=int, default=20_000)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--baseline", metavar="DIR", help="another checkout to measure side by side (child processes)")
+    ap.add_argument("--instructions", action="store_true", help="also count instructions per reading under valgrind (deterministic)")
     ap.add_argument("--root", help=argparse.SUPPRESS)
     ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--ir", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.ir:  # child under valgrind
+        _ir_child(args.ir[0], int(args.ir[1]))
+        return 0
+    if args.instructions and not shutil.which("valgrind"):
+        ap.error("--instructions needs valgrind (apt-get install valgrind)")
     reg = _registry()
     series = _series(args.readings)
     if args.one:  # child: one round of one kind, then the state size
@@ -149,19 +196,31 @@ def main() -> int:
     )
     if args.baseline:
         print(f"# baseline: {args.baseline} (interleaved rounds, each in a fresh process)")
-        print("| kind | baseline median µs/reading (min) | this tree median µs/reading (min) | baseline state (bytes) | this tree state (bytes) |")
-        print("|---|---|---|---|---|")
+        head = "| kind | baseline median µs/reading (min) | this tree median µs/reading (min) | ratio of medians (per round) | baseline state (bytes) | this tree state (bytes) |"
+        print(head + (" baseline instructions/reading | this tree instructions/reading | ratio |" if args.instructions else ""))
+        print("|---" * (6 + 3 * args.instructions) + "|")
         for k in KINDS:
             _, size = _state(reg, series, k)
             xs, bs = per[k], base[k]
-            print(f"| {k} | {statistics.median(bs):.1f} ({min(bs):.1f}) | {statistics.median(xs):.1f} ({min(xs):.1f}) | {base_state[k]} | {size} |")
+            rounds = ", ".join(f"{x / b:.2f}" for x, b in zip(xs, bs))
+            row = (
+                f"| {k} | {statistics.median(bs):.1f} ({min(bs):.1f}) | {statistics.median(xs):.1f} ({min(xs):.1f}) | "
+                f"{statistics.median(xs) / statistics.median(bs):.2f} ({rounds}) | {base_state[k]} | {size} |"
+            )
+            if args.instructions:
+                bi, xi = _instructions(args.baseline, k), _instructions(here, k)
+                row += f" {bi:,} | {xi:,} | {xi / bi:.2f} |"
+            print(row)
         return 0
-    print("| kind | stages | median µs/reading | min | max | state after 7 days (bytes) |")
-    print("|---|---|---|---|---|---|")
+    print("| kind | stages | median µs/reading | min | max | state after 7 days (bytes) |" + (" instructions/reading |" if args.instructions else ""))
+    print("|---" * (6 + args.instructions) + "|")
     for k in KINDS:
         names, size = _state(reg, series, k)
         xs = per[k]
-        print(f"| {k} | {names} | {statistics.median(xs):.1f} | {min(xs):.1f} | {max(xs):.1f} | {size} |")
+        row = f"| {k} | {names} | {statistics.median(xs):.1f} | {min(xs):.1f} | {max(xs):.1f} | {size} |"
+        if args.instructions:
+            row += f" {_instructions(here, k):,} |"
+        print(row)
     return 0
 
 

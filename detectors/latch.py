@@ -18,7 +18,7 @@ class LevelLatch:
     (4, 4, 4, 2)
     """
 
-    __slots__ = ("thresholds", "hysteresis", "hold_s", "level", "_below_since", "_lowest")
+    __slots__ = ("thresholds", "hysteresis", "hold_s", "level", "_below_since", "_lowest", "_bands")
 
     def __init__(self, thresholds: list[tuple[int, float]], hysteresis: float = 0.1, hold_s: float = 0.0) -> None:
         levels = [lvl for lvl, _ in thresholds]
@@ -33,6 +33,10 @@ class LevelLatch:
             raise ValueError(f"hold_s must be >= 0, got {hold_s}")
         self.thresholds = list(thresholds)
         self._lowest = values[0] if values else math.inf
+        # The values at which each level is exactly what the thresholds say (raw == level):
+        # there a reading keeps the level and clears any pending hold, whatever came before.
+        bounds = [-math.inf, *values, math.inf]
+        self._bands = {lvl: (bounds[i], bounds[i + 1]) for i, lvl in enumerate([0, *levels])}
         self.hysteresis = hysteresis
         self.hold_s = hold_s
         self._reset()
@@ -57,8 +61,13 @@ class LevelLatch:
         return level
 
     def update(self, t: float, x: float) -> int:
-        if x < self._lowest and self.level == 0:
-            return 0  # the usual case, quiet and staying quiet (at level 0 nothing is pending)
+        level = self.level
+        lo, hi = self._bands[level]
+        if lo <= x < hi:
+            # The usual case: the value is in the current level's own band (quiet and staying
+            # quiet, or holding steady at a level), so raw == level and nothing is pending.
+            self._below_since = None
+            return level
         raw = self.raw(x)
         if raw >= self.level:
             self.level = raw
