@@ -104,6 +104,10 @@ _NAMES = {1: "blue", 2: "yellow", 3: "orange", 4: "red"}
 _WARMING = "warming up: learning the steady creep rate or filling the smoothing window"
 _WARMING_VERDICT = Verdict(0, _WARMING, {}, True)
 _new = tuple.__new__  # a Verdict without the level check: levels here come from a LevelLatch
+#: The verdict on a slope whose velocity is within z standard errors of zero (the judged
+#: angle is 0), nothing latched: a stable point's usual reading. One shared value rather
+#: than the evidence of every such reading (building it was a fifth of a channel's cost).
+_STILL = Verdict(0, "", {"alpha_deg": 0.0, "significant": False}, False)
 
 #: Xu Qiang's levels: yellow from 45°, orange from 80°, red from 85°.
 XU_QIANG_DEG: tuple[tuple[int, float], ...] = ((2, 45.0), (3, 80.0), (4, 85.0))
@@ -174,7 +178,10 @@ class TangentAngleDetector:
     Evidence (judged readings): ``alpha_deg`` (the judged angle, the one the level follows),
     ``alpha_point_deg``, ``velocity_per_day`` (signed), ``stderr_per_day``,
     ``v_steady_per_day`` (the denominator, after the floor), ``steady_fit_per_day`` (the
-    learned rate, signed, before the floor) and, from yellow up, ``threshold_deg``.
+    learned rate, signed, before the floor) and, from yellow up, ``threshold_deg``. A reading
+    at level 0 whose velocity is not significant (|v| ≤ z·se, so the judged angle is 0) gets
+    only ``alpha_deg`` = 0 and ``significant`` = False: a stable point's usual reading has
+    nothing more to tell, and that verdict is one shared value.
     """
 
     def __init__(
@@ -331,6 +338,9 @@ class TangentAngleDetector:
             x = min(recent)
             # The latch's own quiet path, inline: nothing latched and x below every threshold.
             level = 0 if latch.level == 0 and x < latch._lowest else latch.update(t, x)
+        if level == 0 and low <= 0:
+            self._last = _STILL  # the slope is within its noise: nothing to tell
+            return _STILL
         evidence: dict[str, Any] = {
             "alpha_deg": alpha,
             "alpha_point_deg": degrees(atan(av / steady)),

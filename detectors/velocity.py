@@ -26,6 +26,9 @@ from detectors.slope import SlopeWindows
 from detectors.verdict import Verdict
 
 _new = tuple.__new__  # a Verdict without the level check: levels here come from a LevelLatch
+#: The verdict on a slope within z standard errors of zero, nothing latched: a stable
+#: point's usual reading. One shared value rather than new evidence for every such reading.
+_STILL = Verdict(0, "", {"significant": False}, False)
 
 if TYPE_CHECKING:
     from detectors.contract import ContractCase
@@ -43,6 +46,10 @@ class VelocityDetector:
     ``windows``: the channel's shared ``SlopeWindows`` (site fusion passes one to every rate
     detector of a channel, and snapshots it once); None gives the detector windows of its
     own, which its snapshot then carries.
+
+    Evidence: ``velocity_per_day`` and ``stderr_per_day``, and from blue up ``threshold``,
+    ``window_s`` and ``points``. A level-0 reading whose slope is not significant gets only
+    ``significant`` = False (one shared verdict: a stable point's usual reading).
     """
 
     def __init__(
@@ -125,12 +132,16 @@ class VelocityDetector:
         # An insignificant slope counts as no movement (it may still let a level come down).
         recent = self._recent
         speed = v if v >= 0.0 else -v
-        recent.append(speed if speed > self.z * se else 0.0)
+        significant = speed > self.z * se
+        recent.append(speed if significant else 0.0)
         x = min(recent)
         latch = self._latch
         # The latch's own quiet path, inline: nothing latched and x below every threshold.
         level = 0 if latch.level == 0 and x < latch._lowest else latch.update(t, x)
         if level == 0:
+            if not significant:
+                self._last = _STILL  # the slope is within its noise: nothing to tell
+                return _STILL
             self._last = _new(Verdict, (0, "", {"velocity_per_day": v, "stderr_per_day": se}, False))
         else:
             thr, tail = self._said[level]
