@@ -30,7 +30,7 @@ Seeds are fixed and results do not depend on the number of worker processes: the
 gives the same figures (only the header's date, machine, commit and run time change).
 
     python3 benchmarks/accuracy.py                  # full run, rewrites ACCURACY.md (4–5 min on 2 CPUs)
-    python3 benchmarks/accuracy.py --quick          # small subset (< 60 s), markdown to stdout
+    python3 benchmarks/accuracy.py --quick          # small subset (a few minutes), markdown to stdout
     python3 benchmarks/accuracy.py --quick --out /tmp/a.md --jobs 1
 """
 
@@ -961,9 +961,9 @@ def _policy_text(policy: Policy) -> str:
     h = HOUR
     return (
         f"orange and red need {policy.confirm_devices} devices at orange or above, or a failure forecast within "
-        f"{policy.forecast_confirms_s / h:g} h; the forecast's levels: yellow ≤ {policy.forecast_yellow_s / h:g} h, orange ≤ "
+        f"{policy.forecast_confirms_s / h:g} h whose fit has R² ≥ {policy.forecast_confirm_r2:g}; the forecast's levels: yellow ≤ {policy.forecast_yellow_s / h:g} h, orange ≤ "
         f"{policy.forecast_orange_s / h:g} h, red ≤ {policy.forecast_red_s / h:g} h to failure, Voight's α estimated from each "
-        f"channel's data around a prior of {policy.voight_alpha:g} ± {ALPHA_PRIOR_SD:g}"
+        f"channel's velocities since the onset of acceleration around a prior of {policy.voight_alpha:g} ± {ALPHA_PRIOR_SD:g}"
     )
 
 
@@ -995,7 +995,8 @@ def section_failures(plan: Plan, jobs: int) -> Section:
         "(the earliest of the site's channels); error = |forecast − t_f| / (t_f − t at the first red).\n",
         table(FAILURE_HEADER, failure_bin_rows(fails, ALPHA_BINS)),
         "",
-        "The forecast is the straight line through v^(1−α), with Voight's α estimated from the channel's own velocities and "
+        "The forecast is the straight line through v^(1−α), with Voight's α estimated from the channel's own velocities since the "
+        "onset of acceleration (up to 5 fit windows back, velocities from windows with a data gap off their centre left out) and "
         f"combined with a prior of {policy.voight_alpha:g} ± {ALPHA_PRIOR_SD:g} (`detectors/inverse_velocity.py`, \"Estimating α\"): "
         "a poorly determined α leans back to the Fukuzono line (α = 2), which is early for α < 2 (signed error < 0, the safe "
         "side) and late for α > 2. Which detector made the first orange and red, per slope (\"(forecast)\": confirmed by a "
@@ -1116,28 +1117,23 @@ def failure_findings(results: list[FailureResult], label: str, policy: Policy) -
                 text += (
                     f" {len(leaned)} of them with a clean fit (R² ≥ 0.95) and α estimated (α {', '.join(f'{r.alpha:.2f}' for r in leaned)}; "
                     f"used {', '.join(fmt(r.forecast_alpha, 2) for r in leaned)}), with the first red {fmt(min(lead, default=None))}–"
-                    f"{fmt(max(lead, default=None))} h before failure: that early the fit window's α is still poorly determined, "
-                    f"so the estimate leans on the prior α = {policy.voight_alpha:g} and keeps part of the straight 1/v line's "
-                    "bias (early for α < 2, the safe side)."
+                    f"{fmt(max(lead, default=None))} h before failure: the velocities since the onset still left α poorly "
+                    f"determined, so the estimate leans on the prior α = {policy.voight_alpha:g} and keeps part of the straight "
+                    "line's bias (early for α < 2, the safe side)."
                 )
             if line:
                 text += (
                     f" {len(line)} of them (α {', '.join(f'{r.alpha:.2f}' for r in line)}) on the plain α = {policy.voight_alpha:g} "
-                    "line: no α was estimated at the first red, because a data gap lay in the fit window (velocities smoothed "
-                    "across a gap would sway α; `has_hole` in `detectors/inverse_velocity.py`), so the line's bias for another α "
-                    "stands."
+                    "line: no α was determined at the first red (fewer than 4 centred velocities since the onset, the best α on "
+                    "the grid's edge, or a flat profile; `estimate_alpha` in `detectors/inverse_velocity.py`), so the line's "
+                    "bias for another α stands."
                 )
-            text += (
-                " Suggested fixes: a site with a back-analysed α sets `Policy.voight_alpha` (the prior's centre); estimate α "
-                "over a longer stretch since the onset than the 1-day fit window (sharper early, and a gap weighs less)."
-            )
+            text += " Suggested fix: a site with a back-analysed α sets `Policy.voight_alpha` (the prior's centre)."
         if noisy:
             text += (
                 f" {len(noisy)} of them (α {', '.join(f'{r.alpha:.2f}' for r in noisy)}) carry a forecast with R² below 0.95, a "
-                "GNSS fit, while the extensometer's are 0.99 or better: the site reports, and confirms with, the earliest of its "
-                "channels' forecasts whatever their fit (`SiteFusion._fuse`). Suggested fix: report the forecast with the "
-                "smallest stated uncertainty (or an inverse-variance mean of the channels' forecasts) and keep the earliest "
-                "for the level only."
+                "GNSS fit, while the extensometer's are 0.99 or better: the site reports the channel forecast with the smallest "
+                "stated uncertainty (`SiteFusion._fuse`), which was a GNSS one here."
             )
         out.append(text)
     return out
@@ -1603,7 +1599,7 @@ def report(plan: Plan, quick: bool, jobs: int, argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a small subset (< 60 s): 5 failures, 2 stable sites × 30 days, the real records")
+    ap.add_argument("--quick", action="store_true", help="a small subset (a few minutes): 5 failures, 2 stable sites × 30 days, the real records")
     ap.add_argument("--out", type=Path, default=None, help="the markdown file to write (default: ACCURACY.md at the repository root; with --quick, standard output)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes for the simulations (default: all CPUs)")
     args = ap.parse_args(argv)

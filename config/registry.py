@@ -135,6 +135,13 @@ class Policy(_Strict):
     confirm_from_level: int = Field(default=3, ge=1, le=5)
     confirm_devices: int = Field(default=2, ge=1)
     forecast_confirms_s: float = Field(default=66 * 3600.0, ge=0)
+    # ...and only a clean forecast confirms: its fit's R² at least this. A forecast stands in
+    # for a second device, so it must show a clear tertiary-creep trend; a passing wobble of a
+    # slope already moving fast (a reservoir-drawdown step) fits a line only roughly (R² ≤ 0.94
+    # in the bundled `seasonal` scenario) and may still raise the channel, but not the site.
+    # A noisy GNSS fit rarely reaches 0.95 even near failure: a GNSS-only site is then
+    # confirmed by two devices (or lower this).
+    forecast_confirm_r2: float = Field(default=0.95, ge=0, le=1)
     # Inverse-velocity forecast: levels by time to failure. Orange and red carry a margin over
     # the 48 h / 12 h they aim at, because a straight line through 1/v forecasts late when
     # Voight's alpha is above 2 (ACCURACY.md shows the bias per alpha).

@@ -59,26 +59,46 @@ median error of the first red forecast over 10 failures: α 1.7: −55 %, 1.8: �
 2.0: −1 %, 2.1: +25 %, 2.2: +61 % (red then comes ~7.5 h instead of 12 h before failure).
 
 Estimating α (``estimate_alpha``, on by default). Voight's law integrates to
-v^(1−α) = A·(α − 1)·(t_f − t): for the right α that is a straight line. Once the α = 2 line has
-made a forecast (enough points, span and R²), each α of a grid (1.3–3.0 by 0.05) gets its line
-through the fit window's velocities, judged by the residuals in log velocity (one scale for
-every α); the best grid point is refined by the parabola through its neighbours, and the
-curvature of that parabola gives α's standard error (inflated, like the forecast's, by the
-readings per smoothing window). The α–t_f trade-off is flat on noisy data — a GNSS point with
-3 mm of noise a day before failure gives α ± 0.3 to ± 1 — so the estimate is combined with a
-prior centred on ``alpha`` (2, Fukuzono's, unless the site knows better) with spread
-``alpha_prior_sd`` (0.3), by precision weighting: a poorly determined α leans back to the
-Fukuzono line, a sharp one (a 0.1 mm extensometer near failure: ± 0.02–0.1) overrules it. When
-the best α lies on the grid's edge, or the profile is not curved there, α is not determined
-and the forecast stays the ``alpha`` line. The forecast then comes from the line at the
-combined α; its uncertainty adds the spread of t_f over α's combined standard error to the
-line's own. Evidence says which (``forecast["method"]``: "fukuzono", "voight (alpha given)" or
-"voight (alpha estimated)", with ``alpha``, ``alpha_estimate`` and ``alpha_stderr``). The
-extra work (a 35 × fit-window numpy pass) is done only while a forecast stands.
+v^(1−α) = A·(α − 1)·(t_f − t): for the right α that is a straight line. α is a property of the
+material's tertiary creep and holds from the onset of acceleration to failure (Voight 1989:
+one α describes a whole accelerating sequence; Bell, Naylor & Main 2011, GJI 185:718-723 and
+Bell & Kilburn 2012, Bull. Volcanol. 74:325-339: fit the whole sequence since the onset,
+weighting each point by its own error, not a recent window of the linearised rates; Segalini,
+Valletta & Carri 2018, Landslides 15:707-715: the fit starts at the onset of acceleration,
+found from the velocities themselves). So α is read from the velocities since the onset, not
+from the 1-day fit window: a day of velocities changes by a factor 1.2-1.5 at 2-3 days before
+failure, too little to show the curvature that α is, while the stretch since the onset
+spans a factor of several. The stretch keeps one velocity per ``window_s``/6 (``_keep``;
+neighbours share most of a smoothing window anyway), back at most ``alpha_window_s`` (5 fit
+windows), and leaves out velocities from a lopsided smoothing window (``lopsided``: a data gap
+off the window's centre, where the slope is the velocity at a time other than the window's
+mean and would sway α); the fit itself keeps them, its line barely notices. Once the α = 2
+line has made a forecast (enough points, span and R²), each α of a grid (1.3–3.0 by 0.05)
+gets its line through those velocities, fitted and judged in velocity (weights v^(2α): a
+smoothed velocity's error is the same at any speed, so the slow start of the stretch must not
+lead, as it would in 1/v); the best grid point is refined by the parabola through its
+neighbours, and the curvature of that parabola gives α's standard error (inflated by the 6
+kept velocities per smoothing window). The α–t_f trade-off is flat on noisy data, so the
+estimate is combined with a prior centred on ``alpha`` (2, Fukuzono's, unless the site knows
+better) with spread ``alpha_prior_sd`` (0.3), by precision weighting: a poorly determined α
+(a GNSS point with 3 mm of noise, or the first hours after an onset) leans back to the
+Fukuzono line, a sharp one (a 0.1 mm extensometer two days before failure: ± 0.01–0.05)
+overrules it. When the best α lies on the grid's edge, or the profile is not curved there, α
+is not determined and the forecast stays the ``alpha`` line. The forecast then comes from the
+line at the combined α through the fit window (the last day: it follows a change of trend);
+its uncertainty adds the spread of t_f over α's combined standard error to the line's own.
+Evidence says which (``forecast["method"]``: "fukuzono", "voight (alpha given)" or "voight
+(alpha estimated)", with ``alpha``, ``alpha_estimate`` and ``alpha_stderr``). On the 40
+simulated failures of ACCURACY.md (α 1.7-2.2, gaps of 1-6 h) the forecast at the first red is
+within 5 % of the remaining time (it was within 35 % from the fit window alone, whose α a
+gap made it give up on). The extra work (a 35 × stretch numpy pass, ≤ 30 velocities a day)
+is done only while a forecast stands.
 
 Gaps: a gap longer than the smoothing window restarts the smoothing (warming up, level 0;
 the lag history, any onset run and the persistence memory are cleared), but keeps the
-reference and an established fit — its points age out of ``fit_window_s`` by themselves.
+reference, an established fit and α's velocities — they age out of ``fit_window_s`` and
+``alpha_window_s`` by themselves; a shorter gap only leaves α's velocities out while it lies
+off the centre of the smoothing window.
 The latch keeps its level, so a gap never lowers a level by itself. Late or repeated
 readings (t at or before the last accepted one) and non-finite readings are ignored: the
 previous verdict is returned and nothing changes.
@@ -125,6 +145,11 @@ HOUR = 3600.0
 _NAMES = {1: "blue", 2: "yellow", 3: "orange", 4: "red"}
 _WARMING = "warming up: learning the reference velocity or filling the smoothing window"
 _WARMING_VERDICT = Verdict(0, _WARMING, {}, True)
+_new = tuple.__new__  # a Verdict without the level check: levels here come from a LevelLatch
+#: The verdict on a slope within z standard errors of zero, with no acceleration being
+#: fitted and nothing latched: a stable point's usual reading. One shared value rather than
+#: new evidence for every such reading.
+_STILL = Verdict(0, "", {"significant": False, "accelerating": False, "forecast": None, "time_to_failure_s": None}, False)
 
 #: Default time-to-failure horizons (seconds): yellow within 7 days, orange 48 h, red 12 h.
 HORIZONS_S: tuple[tuple[int, float], ...] = ((2, 7 * DAY), (3, 2 * DAY), (4, 12 * HOUR))
@@ -148,8 +173,15 @@ ALPHA_STEP = 0.05
 #: a poorly determined estimate leans back to it, a sharp one (a precise extensometer near
 #: failure: ± 0.02–0.1) overrules it.
 ALPHA_PRIOR_SD = 0.3
-#: A fit window with a hole in time longer than this many typical steps estimates no α.
-HOLE_FACTOR = 3.0
+#: α is read from the velocities since the onset, one kept per 1/ALPHA_PER_WINDOW of the
+#: smoothing window (their standard error is inflated by this count: they overlap)...
+ALPHA_PER_WINDOW = 6
+#: ...over at most this many fit windows (``alpha_window_s``, by default)...
+ALPHA_FIT_WINDOWS = 5
+#: ...leaving out a velocity whose window is lopsided in time (a data gap inside it, off its
+#: centre): the window's mean time is off the midpoint of its first and last reading by more
+#: than this fraction of their span.
+SKEW_TOL = 0.03
 
 
 def voight_line(x: np.ndarray, v: np.ndarray, alpha: float) -> tuple[float, float, float] | None:
@@ -171,41 +203,53 @@ def voight_line(x: np.ndarray, v: np.ndarray, alpha: float) -> tuple[float, floa
     return t_f, math.sqrt(var), sxy * sxy / (sxx * syy)
 
 
-def has_hole(x: Sequence[float]) -> bool:
-    """Whether the fit window's times have a hole of more than ``HOLE_FACTOR`` typical steps.
+def lopsided(tbar: float, first: float, last: float) -> bool:
+    """Whether a smoothing window with readings from ``first`` to ``last`` and mean time
+    ``tbar`` is lopsided: a data gap inside it, off its centre.
 
-    Velocities smoothed over a window that straddles a data gap are placed at the window's
-    mean time, right for a straight line but not for a curve; the line through them barely
-    notices, while α, read from the curvature, swings (a 2.3 h gap on a simulated α = 2.03
-    failure took the estimate to 2.25 and the forecast 29 % early). So no α is estimated
-    while such velocities are in the fit window.
+    A regression slope over readings spread evenly (or symmetrically) about their mean time
+    is the velocity at that time, exactly for a quadratic path; with a gap off the centre it
+    is the velocity at a time off the mean (by the readings' third moment over twice their
+    second), a curve is then misread, and α, read from the curvature, swings (a 2.3 h gap on
+    a simulated α = 2.03 failure took an estimate from one day of velocities to 2.25 and the
+    forecast 29 % early). The mean's distance from the midpoint shows such a gap (a gap of
+    length g at one end moves it by g/2), and costs nothing to compute. Such velocities are
+    left out of the α estimate; the line through them barely notices, so they stay in the fit.
     """
-    steps = sorted(b - a for a, b in zip(x, x[1:]))
-    return bool(steps) and steps[-1] > HOLE_FACTOR * steps[len(steps) // 2]
+    return abs(tbar - 0.5 * (first + last)) > SKEW_TOL * (last - first)
 
 
 def estimate_alpha(x: np.ndarray, v: np.ndarray, per_window: int) -> tuple[float, float] | None:
     """Voight's α from velocities ``v`` at times ``x``: (estimate, standard error), or None.
 
     For each α of ``ALPHA_GRID`` the line v^(1−α) = a + b·x is fitted and judged by its
-    residuals in log velocity (one scale for every α); the minimum is refined by the parabola
-    through its neighbours, whose curvature gives the standard error (inflated by
-    ``per_window``, the readings that share one smoothing window). None when the minimum lies
-    on the grid's edge or the profile is not curved upwards there: α is not determined.
+    residuals in velocity, v − v̂ (one scale for every α). A smoothed velocity's error is
+    about the same at any speed (white reading noise through a fixed window), so the line is
+    fitted by weighted least squares with the weights that make its residuals velocity
+    residuals to first order, v^(2α) (var v^(1−α) = (α−1)²·v^(−2α)·σ_v²): an unweighted line
+    in v^(1−α) would lean on the slow, relatively noisy start of a long stretch (for α = 2,
+    1/v of a GNSS velocity that is 5 standard errors above zero is ±20 %). The minimum is
+    refined by the parabola through its neighbours, whose curvature gives the standard error
+    (inflated by ``per_window``, the velocities that share one smoothing window). None when
+    the minimum lies on the grid's edge or the profile is not curved upwards there: α is not
+    determined.
     """
     n = len(x)
     if n < 4:
         return None
     g = ALPHA_GRID[:, None]
+    u = v / float(v.max())  # weights are relative: scaled to stay within floating point
     y = v[None, :] ** (1.0 - g)
-    xm = float(x.mean())
-    xc = x - xm
-    b = (y @ xc) / float(xc @ xc)
-    a = y.mean(axis=1) - b * xm
-    pred = a[:, None] + b[:, None] * x[None, :]
+    w = u[None, :] ** (2.0 * g)
+    sw = w.sum(axis=1)
+    xm = (w @ x) / sw
+    ym = (w * y).sum(axis=1) / sw
+    xc = x[None, :] - xm[:, None]
+    b = (w * xc * (y - ym[:, None])).sum(axis=1) / (w * xc * xc).sum(axis=1)
+    pred = ym[:, None] + b[:, None] * xc
     ok = (b < 0) & (pred > 0).all(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = np.log(v)[None, :] + np.log(np.where(pred > 0, pred, 1.0)) / (g - 1.0)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        r = v[None, :] - np.where(pred > 0, pred, 1.0) ** (1.0 / (1.0 - g))
     sse = np.where(ok, (r * r).sum(axis=1), np.inf)
     k = int(np.argmin(sse))
     if k == 0 or k == len(ALPHA_GRID) - 1 or not np.isfinite(sse[k - 1 : k + 2]).all():
@@ -228,7 +272,10 @@ class InverseVelocityDetector:
     {"failure_time", "r2", "uncertainty_s", "points", "onset", "alpha", "alpha_estimate",
     "alpha_stderr", "method"} (epoch seconds) when the fit has enough points and span and
     R² ≥ ``r2_min``; from yellow up also ``horizon_s``.
-    Warming-up verdicts carry no evidence. See the module docstring.
+    Warming-up verdicts carry no evidence. A level-0 reading with no acceleration followed
+    and a slope within its noise (|v| ≤ z·se) gets one shared verdict: ``significant`` =
+    False, ``accelerating`` = False, ``forecast`` and ``time_to_failure_s`` None.
+    See the module docstring.
     """
 
     def __init__(
@@ -249,6 +296,7 @@ class InverseVelocityDetector:
         alpha: float = 2.0,
         estimate_alpha: bool = True,
         alpha_prior_sd: float = ALPHA_PRIOR_SD,
+        alpha_window_s: float | None = None,
         z: float = 5.0,
         persist: int = 3,
         hysteresis: float = 0.1,
@@ -287,6 +335,9 @@ class InverseVelocityDetector:
             raise ValueError(f"alpha must be in (1, 10) (Voight's law accelerates to failure only for alpha > 1), got {alpha}")
         if not alpha_prior_sd > 0:
             raise ValueError(f"alpha_prior_sd must be > 0 (the spread of α around `alpha` before the data speak), got {alpha_prior_sd}")
+        alpha_span = ALPHA_FIT_WINDOWS * fit_window_s if alpha_window_s is None else alpha_window_s
+        if not alpha_span >= fit_window_s:
+            raise ValueError(f"alpha_window_s must be >= fit_window_s={fit_window_s} (None: {ALPHA_FIT_WINDOWS} fit windows), got {alpha_window_s}")
         if not z >= 0:
             raise ValueError(f"z must be >= 0, got {z}")
         if not (isinstance(persist, int) and persist >= 1):
@@ -301,6 +352,8 @@ class InverseVelocityDetector:
             raise ValueError(f"min_span must be in (0, 1], got {min_span}")
         self.estimate_alpha = bool(estimate_alpha)
         self.alpha_prior_sd = float(alpha_prior_sd)
+        self.alpha_window_s = float(alpha_span)
+        self._alpha_step_s = float(window_s) / ALPHA_PER_WINDOW
         self.horizons_s = tuple(hs)
         self.window_s = float(window_s)
         self.reference_s = float(reference_s)
@@ -320,6 +373,7 @@ class InverseVelocityDetector:
         self.hold_s = float(hold_s)
         self.min_points = min_points
         self.min_span = float(min_span)
+        self._min_span_s = self.min_span * self.window_s
         self.unit = unit
         # The latch judges x = −(time to failure): levels rise as the failure comes closer.
         self._latch_thresholds = [(lvl, -h) for lvl, h in hs]
@@ -387,6 +441,8 @@ class InverseVelocityDetector:
         self._fit = SlidingSlope(self.fit_window_s)  # (window mean time, |v|^(1−α)) since onset
         self._latch = LevelLatch(self._latch_thresholds, self.hysteresis, self.hold_s)
         self._onset: float | None = None
+        self._trend: deque[tuple[float, float]] = deque()  # (t̄, |v|) since the onset, for α
+        self._v_ref: float | None = None  # max(|reference rate|, floor), once the reference is frozen
         self._last_t: float | None = None
         self._last = _WARMING_VERDICT
         self._restart()
@@ -403,20 +459,32 @@ class InverseVelocityDetector:
     def _drop(self) -> None:
         self._onset = None
         self._fit.clear()
+        self._trend.clear()
+
+    def _keep(self, tbar: float, av: float, first: float, last: float) -> None:
+        """Keep a velocity since the onset for α: one per ``window_s / ALPHA_PER_WINDOW``, none
+        from a lopsided window, none older than ``alpha_window_s``."""
+        trend = self._trend
+        if lopsided(tbar, first, last) or (trend and tbar < trend[-1][0] + self._alpha_step_s):
+            return
+        trend.append((tbar, av))
+        while trend[0][0] < tbar - self.alpha_window_s:
+            trend.popleft()
 
     def _voight(self, per_window: int) -> dict[str, Any] | None:
-        """The forecast with α estimated from the fit window, or None to keep the given α.
+        """The forecast with α estimated from the velocities since the onset, or None to keep
+        the given α.
 
         See "Estimating α" in the module docstring. ``per_window``: readings per smoothing
-        window, the inflation for neighbouring velocities that are not independent.
+        window, the inflation of the fit window's line for neighbouring velocities that are
+        not independent.
         """
-        x, y = self._fit.points()
-        if has_hole(x):
-            return None
-        v = np.asarray(y) ** (-1.0 / (self.alpha - 1.0))  # back to |v| (per day)
-        est = estimate_alpha(np.asarray(x), v, per_window)
+        trend = self._trend
+        est = estimate_alpha(np.array([p[0] for p in trend]), np.array([p[1] for p in trend]), ALPHA_PER_WINDOW)
         if est is None:
             return None
+        x, y = self._fit.points()
+        v = np.asarray(y) ** (-1.0 / (self.alpha - 1.0))  # back to |v| (per day)
         a_hat, a_sd = est
         w_data, w_prior = 1.0 / (a_sd * a_sd), 1.0 / (self.alpha_prior_sd * self.alpha_prior_sd)
         a = (a_hat * w_data + self.alpha * w_prior) / (w_data + w_prior)
@@ -441,8 +509,8 @@ class InverseVelocityDetector:
         last_t = self._last_t
         if last_t is not None and not t > last_t:
             return self._last  # late, repeated or NaN time: judged in arrival order, so ignored
-        if not (abs(t) < math.inf and abs(value) < math.inf):
-            return self._last  # NaN or infinite: not a reading
+        if not (t - t == 0.0 and value - value == 0.0):
+            return self._last  # NaN or infinite (x − x is 0 only for a finite x): not a reading
         self._last_t = t
         ts = self._ts
         if not ts or t > ts[-1]:  # else another detector of the channel has pushed this reading
@@ -450,21 +518,21 @@ class InverseVelocityDetector:
         smooth = self._smooth
         if smooth.restarted:
             self._restart()
-        ref = self._ref
-        rate = ref.rate
-        if rate is None:
-            ref.add(t, value)
-            rate = ref.rate
-            if rate is None:
-                self._last = _WARMING_VERDICT
-                return _WARMING_VERDICT
-        f = smooth.fit() if smooth.n >= self.min_points and t - smooth.first >= self.min_span * self.window_s else None
+        v_ref = self._v_ref
+        if v_ref is None:
+            ref = self._ref
+            if ref.rate is None:
+                ref.add(t, value)
+                if ref.rate is None:
+                    self._last = _WARMING_VERDICT
+                    return _WARMING_VERDICT
+            v_ref = self._v_ref = max(abs(ref.rate), self.min_v_ref)  # frozen from now on
+        f = smooth.fit() if smooth.n >= self.min_points and t - smooth.first >= self._min_span_s else None
         if f is None:
             self._last = _WARMING_VERDICT
             return _WARMING_VERDICT
         v, se, tbar = f
-        av = abs(v)
-        v_ref = max(abs(rate), self.min_v_ref)
+        av = v if v >= 0.0 else -v
 
         hist = self._hist
         hist.append((t, av))
@@ -487,6 +555,7 @@ class InverseVelocityDetector:
             self._drop()  # back to the reference: the acceleration is over
         else:
             fit.push(tbar, self._y(av))
+            self._keep(tbar, av, smooth.first, t)
 
         forecast: dict[str, Any] | None = None
         ttf: float | None = None
@@ -533,18 +602,22 @@ class InverseVelocityDetector:
         else:
             worst = -math.inf if None in recent else -max(r for r in recent if r is not None)
             level = latch.update(t, worst)
+        accelerating = self._onset is not None
+        if level == 0 and not accelerating and not av > self.z * se:
+            self._last = _STILL  # the slope is within its noise: nothing to tell
+            return _STILL
         evidence: dict[str, Any] = {
             "velocity_per_day": v,
             "stderr_per_day": se,
             "v_ref_per_day": v_ref,
-            "accelerating": self._onset is not None,
+            "accelerating": accelerating,
             "fit_r2": r2,
-            "fit_points": n if self._onset is not None else 0,
+            "fit_points": n if accelerating else 0,
             "time_to_failure_s": ttf,
             "forecast": forecast,
         }
         if level == 0:
-            self._last = new_verdict(0, "", evidence)
+            self._last = _new(Verdict, (0, "", evidence, False))
             return self._last
         h = dict(self.horizons_s)[level]
         evidence["horizon_s"] = h
@@ -563,6 +636,8 @@ class InverseVelocityDetector:
             "reference": self._ref.snapshot(),
             "fit": self._fit.snapshot(),
             "onset": self._onset,
+            "trend_t": pack_times([p[0] for p in self._trend]),
+            "trend_v": pack([p[1] for p in self._trend]),
             "hist_t": pack_times([h[0] for h in self._hist]),
             "hist_v": pack([h[1] for h in self._hist]),
             "run": [list(r) for r in self._run],
@@ -582,6 +657,7 @@ class InverseVelocityDetector:
         self._ref.restore(state["reference"])
         self._fit.restore(state["fit"])
         self._onset = None if state["onset"] is None else float(state["onset"])
+        self._trend.extend(zip(unpack(state["trend_t"]), unpack(state["trend_v"])))
         self._hist.extend(zip(unpack(state["hist_t"]), unpack(state["hist_v"])))
         self._run.extend((float(a), float(b), float(c)) for a, b, c in state["run"])
         self._recent.extend(None if r is None else float(r) for r in state["recent"])
@@ -615,6 +691,7 @@ def forecast_batch(
     alpha: float = 2.0,
     estimate_alpha: bool = True,
     alpha_prior_sd: float = ALPHA_PRIOR_SD,
+    alpha_window_s: float | None = None,
     z: float = 5.0,
     persist: int = 3,
     hysteresis: float = 0.1,
@@ -628,6 +705,7 @@ def forecast_batch(
     v = np.asarray(v, dtype=float)
     lag = window_s if accel_lag_s is None else accel_lag_s
     fit_span = 2 * window_s if min_fit_span_s is None else min_fit_span_s
+    alpha_span = ALPHA_FIT_WINDOWS * fit_window_s if alpha_window_s is None else alpha_window_s
     idx = accepted_readings(t, v)
     ta, va = t[idx], v[idx]
     sm = batch_smoothed(ta, va, window_s, min_points, min_span)
@@ -650,6 +728,7 @@ def forecast_batch(
     run: list[tuple[float, float]] = []
     onset: float | None = None
     pts: list[tuple[float, float, float]] = []  # (t̄, y, |v|) in the fit
+    kept: list[tuple[float, float]] = []  # (t̄, |v|) since the onset, for α
     recent: list[float | None] = []
     said, said_tf = 0, None
     for j in range(len(t)):
@@ -680,9 +759,15 @@ def forecast_batch(
             else:
                 run = []
         elif av <= release * v_ref:
-            onset, pts = None, []
+            onset, pts, kept = None, [], []
         else:
             pts.append((xbar_w, y_now, av))
+            # α's velocities: a window's first reading is count − 1 readings back; its mean time
+            # must sit near the midpoint of its first and last reading (no gap off its centre)
+            w_first = float(ta[k - int(sm["count"][k]) + 1])
+            centred = abs(xbar_w - (w_first + now) / 2) <= 0.03 * (now - w_first)
+            if centred and (not kept or xbar_w >= kept[-1][0] + window_s / 6):
+                kept = [q for q in kept if q[0] >= xbar_w - alpha_span] + [(xbar_w, av)]
         # the fit window: a gap in t̄ longer than it starts afresh; older points leave it
         if pts:
             xs = np.array([p[0] for p in pts])
@@ -698,14 +783,16 @@ def forecast_batch(
             yc = y - y.mean()
             b = float(xc @ yc) / float(xc @ xc)
             if not b < 0:
-                onset, pts = None, []
+                onset, pts, kept = None, [], []
             else:
                 r2 = float(xc @ yc) ** 2 / (float(xc @ xc) * float(yc @ yc))
                 if r2 >= r2_min:
                     tf = float(x.mean() - y.mean() / b)
                     if estimate_alpha:
                         sp_pts = np.array([p[2] for p in pts])
-                        tf = _batch_voight_tf(x, sp_pts, alpha, alpha_prior_sd, int(sm["count"][k]), tf)
+                        kx = np.array([q[0] for q in kept])
+                        kv = np.array([q[1] for q in kept])
+                        tf = _batch_voight_tf(x, sp_pts, kx, kv, alpha, alpha_prior_sd, tf)
         recent = (recent + [None if tf is None else tf - now])[-persist:]
         if len(recent) < persist:
             said = int(latch[0])
@@ -717,22 +804,23 @@ def forecast_batch(
     return levels, failure
 
 
-def _batch_voight_tf(x: np.ndarray, sp: np.ndarray, alpha0: float, prior_sd: float, per_window: int, fallback: float) -> float:
-    """Batch restatement of the α estimate and the forecast it gives: a plain loop of
-    ``numpy.polyfit`` lines over the grid, a quadratic through the best three, the
-    precision-weighted mean with the prior, a last ``polyfit`` at that α."""
-    gaps = np.sort(np.diff(x))
-    if len(gaps) and gaps[-1] > 3.0 * gaps[len(gaps) // 2]:  # the upper median, as has_hole
-        return fallback  # a data gap in the fit window: velocities around it would sway α
+def _batch_voight_tf(x: np.ndarray, sp: np.ndarray, kx: np.ndarray, kv: np.ndarray, alpha0: float, prior_sd: float, fallback: float) -> float:
+    """Batch restatement of the α estimate and the forecast it gives: α from the velocities
+    kept since the onset (``kx``, ``kv``) by a plain loop of ``numpy.polyfit`` lines over the
+    grid, a quadratic through the best three, the precision-weighted mean with the prior;
+    then a last ``polyfit`` at that α through the fit window's velocities (``x``, ``sp``)."""
+    if len(kx) < 4:
+        return fallback
     grid = [1.3 + 0.05 * i for i in range(35)]
     sse = []
     for a in grid:
-        b, c = np.polyfit(x, sp ** (1.0 - a), 1)
-        line = c + b * x
+        # polyfit's w multiplies the residuals: 1/σ of v^(1−α), σ_v the same for every velocity
+        b, c = np.polyfit(kx, kv ** (1.0 - a), 1, w=(kv / kv.max()) ** a)
+        line = c + b * kx
         if b >= 0 or np.any(line <= 0):
             sse.append(math.inf)
             continue
-        resid = np.log(sp) + np.log(line) / (a - 1.0)  # log v − log v̂, v̂ = line^(−1/(α−1))
+        resid = kv - line ** (-1.0 / (a - 1.0))  # v − v̂
         sse.append(float(resid @ resid))
     k = int(np.argmin(sse))
     if k in (0, len(grid) - 1) or not all(math.isfinite(e) for e in sse[k - 1 : k + 2]):
@@ -741,7 +829,7 @@ def _batch_voight_tf(x: np.ndarray, sp: np.ndarray, alpha0: float, prior_sd: flo
     if not q2 > 0:
         return fallback
     a_hat = -q1 / (2 * q2)
-    var = sse[k] / (len(x) - 3) / q2 * per_window  # 2·s²/SSE'' with SSE'' = 2·q2
+    var = sse[k] / (len(kx) - 3) / q2 * 6  # 2·s²/SSE'' with SSE'' = 2·q2; 6 kept per smoothing window
     a = (a_hat / var + alpha0 / prior_sd**2) / (1 / var + 1 / prior_sd**2)
     fits = [np.polyfit(x, sp ** (1.0 - aa), 1) for aa in (a, a - 0.05, a + 0.05)]
     if any(not f[0] < 0 for f in fits):

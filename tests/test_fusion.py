@@ -77,3 +77,41 @@ def test_snapshot_and_restore_mid_stream_gives_the_same_events():
     b += _ramp(second, reg, devices, 150.0, T0 + 230 * 600.0, 170)
     assert [(e.t, e.level, e.previous, e.reason) for e in a] == [(e.t, e.level, e.previous, e.reason) for e in b]
     assert second.level("S") == whole.level("S") == 4
+
+
+def _voight_extensometer(fusion, reg):
+    """One extensometer (0.1 mm noise) on an α = 2 failure; the site's events up to 20 h before."""
+    import numpy as np
+
+    from simulators.slope import VoightFailure
+
+    slope = VoightFailure.reaching(T0, T0 + 10 * DAY, alpha=2.0)
+    rng = np.random.default_rng(1)
+    info = reg.channel("S", "X1", "d")
+    events = []
+    t = T0
+    while t < slope.t_f - 20 * 3600.0:
+        events += fusion.update_all(info, t, float(slope.displacement(t)) + 0.1 * float(rng.standard_normal()))
+        t += 600.0
+    return events
+
+
+def test_a_clean_forecast_confirms_one_device():
+    # A real approach to failure on a precise extensometer keeps to the inverse-velocity line
+    # (R² close to 1): its forecast within 66 h stands in for the second device.
+    reg = _registry(confirm_devices=2)
+    f = SiteFusion(reg)
+    events = _voight_extensometer(f, reg)
+    assert f.level("S") >= 3
+    assert any("confirmed by a failure forecast" in e.reason for e in events if e.level >= 3)
+
+
+def test_a_forecast_below_the_r2_bar_confirms_nothing_and_says_why():
+    # The same slope with the bar set above any real fit (R² 1 exactly: noisy data never get
+    # there): the forecast still raises its channel to orange or above, the site stays at yellow.
+    reg = _registry(confirm_devices=2, forecast_confirm_r2=1.0)
+    f = SiteFusion(reg)
+    events = _voight_extensometer(f, reg)
+    assert f.level("S") == 2
+    assert max(e.level for e in events) == 2
+    assert f.snapshot()["sites"]["S|0"]["channels"]["X1/d"]["levels"]["forecast"] >= 3
