@@ -168,11 +168,12 @@ class _Channel:
 
 
 class _Site:
-    __slots__ = ("level", "channels")
+    __slots__ = ("level", "channels", "held")
 
     def __init__(self) -> None:
         self.level = 0
         self.channels: dict[str, _Channel] = {}
+        self.held = False  # a channel is above the site level, for want of confirmation
 
 
 class SiteFusion:
@@ -249,10 +250,10 @@ class SiteFusion:
                 ch.levels[name] = v.level
             ch.verdicts[name] = v
         new_ch = max(ch.levels.values(), default=0)
-        # A channel above its site is held there for want of confirmation; a forecast that
-        # turns clean (or comes within the window) confirms without any level changing, so a
-        # held channel's every reading asks again.
-        if new_ch == ch.level and not changed and new_ch <= st.level:
+        # While a channel is held above its site for want of confirmation, every reading of
+        # the site asks again: a forecast that turns clean (or comes within the window), on
+        # this channel or another, confirms without any level changing.
+        if new_ch == ch.level and not changed and not st.held:
             return out
         ch.level = new_ch
         change = self._fuse(info.site, st, t, exercise)
@@ -298,6 +299,7 @@ class SiteFusion:
                         f"(R² {rough['r2']:.2f} < {policy.forecast_confirm_r2:g})"
                     )
             evidence["devices_at_or_above"] = devices
+        st.held = raw > level
         if level == st.level:
             return None
         previous, st.level = st.level, level
@@ -365,6 +367,7 @@ class SiteFusion:
                 continue
             st = self._site(site, ex == "1")
             st.level = int(sd["level"])
+            st.held = True  # not in the snapshot: the first reading works it out again
             for key, cd in sd["channels"].items():
                 device, _, channel = key.partition("/")
                 info = self.registry.channel(site, device, channel)

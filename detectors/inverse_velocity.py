@@ -657,7 +657,8 @@ class InverseVelocityDetector:
         self._ref.restore(state["reference"])
         self._fit.restore(state["fit"])
         self._onset = None if state["onset"] is None else float(state["onset"])
-        self._trend.extend(zip(unpack(state["trend_t"]), unpack(state["trend_v"])))
+        if "trend_t" in state:  # a snapshot from before α was read since the onset has none
+            self._trend.extend(zip(unpack(state["trend_t"]), unpack(state["trend_v"])))
         self._hist.extend(zip(unpack(state["hist_t"]), unpack(state["hist_v"])))
         self._run.extend((float(a), float(b), float(c)) for a, b, c in state["run"])
         self._recent.extend(None if r is None else float(r) for r in state["recent"])

@@ -6,6 +6,9 @@ import math
 from typing import Any
 
 
+_NO_BAND = (math.inf, -math.inf)  # contains no value
+
+
 class LevelLatch:
     """Maps a scalar to a level 0-4 with a dead band and a hold time, in event time.
 
@@ -62,7 +65,8 @@ class LevelLatch:
 
     def update(self, t: float, x: float) -> int:
         level = self.level
-        lo, hi = self._bands[level]
+        # A restored level the thresholds no longer have (the policy changed) has no band.
+        lo, hi = self._bands.get(level, _NO_BAND)
         if lo <= x < hi:
             # The usual case: the value is in the current level's own band (quiet and staying
             # quiet, or holding steady at a level), so raw == level and nothing is pending.

@@ -115,3 +115,28 @@ def test_a_forecast_below_the_r2_bar_confirms_nothing_and_says_why():
     assert f.level("S") == 2
     assert max(e.level for e in events) == 2
     assert f.snapshot()["sites"]["S|0"]["channels"]["X1/d"]["levels"]["forecast"] >= 3
+
+
+def test_a_latched_level_the_new_policy_no_longer_has_still_comes_down():
+    # A snapshot latched blue; the site's policy then dropped blue. The latch must go on
+    # judging (down to 0, or up), not fail on the level it no longer knows.
+    from detectors.latch import LevelLatch
+
+    old = LevelLatch([(1, 1.0), (2, 3.0), (3, 72.0), (4, 120.0)])
+    assert old.update(0.0, 2.0) == 1
+    new = LevelLatch([(2, 3.0), (3, 72.0), (4, 120.0)])
+    new.restore(old.snapshot())
+    assert new.update(10.0, 0.5) == 0
+    assert new.update(20.0, 5.0) == 2
+
+
+def test_a_forecast_snapshot_from_before_the_alpha_trend_restores():
+    # Snapshots saved before the forecast kept its velocities since the onset ("trend_t",
+    # "trend_v") must still restore: the daemon resumes from them after an upgrade.
+    from detectors.inverse_velocity import InverseVelocityDetector
+
+    state = InverseVelocityDetector().snapshot()
+    del state["trend_t"], state["trend_v"]
+    d = InverseVelocityDetector()
+    d.restore(state)
+    assert d.snapshot()["trend_t"] == InverseVelocityDetector().snapshot()["trend_t"]
