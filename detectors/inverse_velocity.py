@@ -520,13 +520,10 @@ class InverseVelocityDetector:
             self._restart()
         v_ref = self._v_ref
         if v_ref is None:
-            ref = self._ref
-            if ref.rate is None:
-                ref.add(t, value)
-                if ref.rate is None:
-                    self._last = _WARMING_VERDICT
-                    return _WARMING_VERDICT
-            v_ref = self._v_ref = max(abs(ref.rate), self.min_v_ref)  # frozen from now on
+            v_ref = self._v_ref = self._ref.learn(t, value, self.min_v_ref)
+            if v_ref is None:
+                self._last = _WARMING_VERDICT
+                return _WARMING_VERDICT
         f = smooth.fit() if smooth.n >= self.min_points and t - smooth.first >= self._min_span_s else None
         if f is None:
             self._last = _WARMING_VERDICT

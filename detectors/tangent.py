@@ -153,6 +153,16 @@ class ReferenceRate:
                 self.rate = b * DAY
                 self.stderr = math.sqrt(sse / (n - 2) / sxx) * DAY if sse > 0 else 0.0
 
+    def learn(self, t: float, value: float, floor: float) -> float | None:
+        """Add a reading while still learning; once frozen, max(|rate|, ``floor``), the
+        denominator the tangent angle and the forecast compare a velocity with (they cache it:
+        it never changes again)."""
+        if self.rate is None:
+            self.add(t, value)
+            if self.rate is None:
+                return None
+        return max(abs(self.rate), floor)
+
     def snapshot(self) -> dict[str, Any]:
         if self.rate is not None:  # frozen: the sums are done with
             return {"rate": self.rate, "stderr": self.stderr}
@@ -311,13 +321,10 @@ class TangentAngleDetector:
             self._recent.clear()  # the persistence memory goes with the window
         steady = self._steady
         if steady is None:
-            ref = self._ref
-            if ref.rate is None:
-                ref.add(t, value)
-                if ref.rate is None:
-                    self._last = _WARMING_VERDICT
-                    return _WARMING_VERDICT
-            steady = self._steady = max(abs(ref.rate), self.min_v_steady)  # frozen from now on
+            steady = self._steady = self._ref.learn(t, value, self.min_v_steady)
+            if steady is None:
+                self._last = _WARMING_VERDICT
+                return _WARMING_VERDICT
         f = smooth.fit() if smooth.n >= self.min_points and t - smooth.first >= self._min_span_s else None
         if f is None:
             self._last = _WARMING_VERDICT
