@@ -41,8 +41,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lxml import etree
 
-from alerts.levels import LEVELS
-from config.registry import Site
+from geowarn.core.levels import LEVELS
+from geowarn.config.registry import Site
 
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
 #: Placeholder sender (``.invalid`` is a reserved TLD): deployments set their own, globally

@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from alerts.cap import DEFAULT_SENDER, CapSchema, Reference, build_cap, cap_identifier, cap_reference
-from alerts.engine import (
-    ZERO_REPORT_TIMES,
+from geowarn.alerts.cap import DEFAULT_SENDER, CapSchema, Reference, build_cap, cap_identifier, cap_reference
+from geowarn.alerts.zero_reports import ZERO_REPORT_TIMES, next_zero_report, zero_report_due
+from geowarn.alerts.model import (
     Ack,
     Action,
-    AlertPolicy,
     Cap,
     Event,
     Notify,
@@ -40,17 +39,15 @@ from alerts.engine import (
     Tick,
     Transition,
     event_from_change,
-    next_deadline,
-    next_zero_report,
-    step,
-    zero_report_due,
 )
-from alerts.levels import LEVELS
-from alerts.log import rfc3339
-from alerts.reports import quick_report_draft
-from config.registry import Registry
-from config.roster import Roster, Tier, chain_of
-from detectors.fusion import LevelChange
+from geowarn.alerts.policy import AlertPolicy
+from geowarn.alerts.machine import next_deadline, step
+from geowarn.core.levels import LEVELS
+from geowarn.core.timefmt import rfc3339
+from geowarn.alerts.reports import quick_report_draft
+from geowarn.config.registry import Registry
+from geowarn.config.roster import Roster, Tier, chain_of
+from geowarn.core.events import LevelChange
 
 
 def cap_event(action: Cap) -> dict[str, Any]:

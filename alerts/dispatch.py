@@ -39,10 +39,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from alerts.clock import Clock
-from alerts.notifiers import Notifier, NotifierError, Outgoing, operator_keys
-from alerts.outbox import Outbox, OutboxItem
-from config.roster import NATIONAL
+from geowarn.core.clock import Clock
+from geowarn.alerts.notifiers import Notifier, NotifierError, Outgoing, operator_keys
+from geowarn.alerts.outbox import Outbox, OutboxItem
+from geowarn.config.roster import NATIONAL
 
 __all__ = ["Backoff", "Dispatcher", "DispatcherThread", "NotifierStats"]
 

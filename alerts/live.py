@@ -26,12 +26,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alerts.chain import ChainCore, ZeroStats
-from alerts.engine import Action, AlertPolicy, Cap, Event, Notify, SetSampling, Shelve, SiteAlert, Unshelve
-from alerts.notifiers import EXERCISE_PREFIX, Outgoing, outgoing_for, subject_for
-from alerts.outbox import Outbox
-from config.registry import Registry
-from config.roster import Roster
+from geowarn.alerts.chain import ChainCore, ZeroStats
+from geowarn.alerts.model import (
+    Action,
+    Cap,
+    Event,
+    Notify,
+    SetSampling,
+    Shelve,
+    SiteAlert,
+    Unshelve,
+)
+from geowarn.alerts.policy import AlertPolicy
+from geowarn.alerts.notifiers import EXERCISE_PREFIX, Outgoing, outgoing_for, subject_for
+from geowarn.alerts.outbox import Outbox
+from geowarn.config.registry import Registry
+from geowarn.config.roster import Roster
 
 log = logging.getLogger("geowarn.chain")
 
@@ -95,7 +105,7 @@ class Request:
         until = doc.get("until")
         if kind == "shelve":
             if isinstance(until, str):
-                from ingest.codecs import parse_time
+                from geowarn.core.timefmt import parse_time
 
                 until = parse_time(until)
             if not isinstance(until, (int, float)) or isinstance(until, bool):
@@ -295,7 +305,7 @@ class TopicNotifier:
         self.name = name
 
     def send(self, msg: Outgoing) -> None:
-        from alerts.notifiers import NotifierError
+        from geowarn.alerts.notifiers import NotifierError
 
         topic, payload = msg.body.get("topic"), msg.body.get("payload")
         if not isinstance(topic, str) or not isinstance(payload, str):

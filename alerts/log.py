@@ -15,14 +15,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from alerts.levels import LEVELS
-from detectors.fusion import LevelChange
+from geowarn.core.levels import LEVELS
+from geowarn.core.events import LevelChange
+from geowarn.core.timefmt import rfc3339
 
 _NS = uuid.UUID("6f1d2c1e-4b7a-4f53-9d55-3a5e0c2b9a10")
-
-
-def rfc3339(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def kind_of(change: LevelChange) -> str:

@@ -35,11 +35,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
 
-from alerts.clock import Clock, WallClock
-from alerts.engine import Notify as NotifyAction
-from alerts.levels import LEVELS
-from config.errors import ConfigError, ConfigProblem
-from config.roster import NATIONAL, Notify, Roster, Unit
+from geowarn.core.clock import Clock, WallClock
+from geowarn.alerts.model import Notify as NotifyAction
+from geowarn.core.levels import LEVELS
+from geowarn.config.errors import ConfigError, ConfigProblem
+from geowarn.config.roster import NATIONAL, Notify, Roster, Unit
 
 __all__ = [
     "AUDIT_KEY",

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from alerts.notifiers import Outgoing
+from geowarn.alerts.notifiers import Outgoing
 
 __all__ = ["Outbox", "OutboxItem", "DeliveryState"]
 

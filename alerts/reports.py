@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from alerts.engine import ReportTask, SiteAlert
-from alerts.levels import LEVELS
-from alerts.log import rfc3339
-from config.registry import Site
+from geowarn.alerts.model import ReportTask, SiteAlert
+from geowarn.core.levels import LEVELS
+from geowarn.core.timefmt import rfc3339
+from geowarn.config.registry import Site
 
 
 def quick_report_draft(site: Site, state: SiteAlert, task: ReportTask) -> dict[str, Any]:

@@ -60,15 +60,15 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from config.registry import Policy, Registry, parse_registry  # noqa: E402
-from detectors.fusion import SiteFusion, detectors_for  # noqa: E402
-from detectors.inverse_velocity import ALPHA_PRIOR_SD  # noqa: E402
-from detectors.rain import RainDetector  # noqa: E402
-from detectors.velocity import VelocityDetector  # noqa: E402
-from ingest.feeds import FeedRow, registry_from_rows  # noqa: E402
-from ingest.replay import replay_rows  # noqa: E402
-from simulators.devices import Extensometer, GnssComponent, SiteEnvironment, Weather  # noqa: E402
-from simulators.slope import DAY, StableSlope, VoightFailure  # noqa: E402
+from geowarn.config.registry import Policy, Registry, parse_registry
+from geowarn.detectors.fusion import SiteFusion, detectors_for
+from geowarn.detectors.inverse_velocity import ALPHA_PRIOR_SD
+from geowarn.detectors.rain import RainDetector
+from geowarn.detectors.velocity import VelocityDetector
+from geowarn.ingest.feeds import FeedRow, registry_from_rows
+from geowarn.service.replay import replay_rows
+from geowarn.simulators.devices import Extensometer, GnssComponent, SiteEnvironment, Weather
+from geowarn.simulators.slope import DAY, StableSlope, VoightFailure
 
 DATA = REPO.parent / "shared" / "data"
 HOUR = 3600.0
@@ -1493,11 +1493,11 @@ def run_scenario(name: str, seed: int, work: Path) -> dict[str, Any]:
     registry written beside it; the expectations come from ``FEED.csv.truth.json`` alone."""
     import json
 
-    from config.registry import load_registry
-    from ingest.feeds import read_feed
+    from geowarn.config.registry import load_registry
+    from geowarn.ingest.feeds import read_feed
 
     feed = work / f"{name}-{seed}.csv"
-    subprocess.run([sys.executable, "-m", "ingest.cli", "simulate", "--scenario", name, "--seed", str(seed), "--out", str(feed), "--no-progress"],
+    subprocess.run([sys.executable, "-m", "geowarn.service.cli", "simulate", "--scenario", name, "--seed", str(seed), "--out", str(feed), "--no-progress"],
                    cwd=REPO, check=True, capture_output=True, text=True)
     truth = json.loads(Path(f"{feed}.truth.json").read_text(encoding="utf-8"))
     registry = load_registry(Path(f"{feed}.sites.toml"))

@@ -46,9 +46,9 @@ if "--root" in sys.argv:  # a child measuring another checkout: import its packa
 else:
     sys.path.insert(0, str(ROOT))
 
-from config.registry import parse_registry  # noqa: E402
-from detectors.fusion import detectors_for  # noqa: E402
-from detectors.quality import QualityGuard  # noqa: E402
+from geowarn.config.registry import parse_registry
+from geowarn.detectors.fusion import detectors_for
+from geowarn.detectors.quality import QualityGuard
 
 T0 = 1.7e9
 STEP = 600.0

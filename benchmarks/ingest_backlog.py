@@ -293,8 +293,8 @@ def drain_daemon(
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        from config.settings import load_all
-        from ingest.daemon import build_app
+        from geowarn.config.settings import load_all
+        from geowarn.service.daemon import build_app
 
         app = build_app(load_all())
     finally:

@@ -49,9 +49,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from services import Mosquitto  # noqa: E402  (tests/services.py: a real broker on a free port)
-from simulators.engine import Simulation  # noqa: E402
-from simulators.publish import LiveRun, open_publisher, write_feed  # noqa: E402
-from simulators.scenario import load_scenario  # noqa: E402
+from geowarn.simulators.engine import Simulation
+from geowarn.simulators.publish import LiveRun, open_publisher, write_feed
+from geowarn.simulators.scenario import load_scenario
 
 KINDS = ("paho", "fast")
 _MASK = (1 << 64) - 1

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from config.errors import ConfigError, ConfigProblem, problems_from_validation
+from geowarn.config.errors import ConfigError, ConfigProblem, problems_from_validation
 
 
 class Kind(str, Enum):

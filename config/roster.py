@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from config.errors import ConfigError, ConfigProblem, problems_from_validation
-from config.registry import Registry, read_toml
+from geowarn.config.errors import ConfigError, ConfigProblem, problems_from_validation
+from geowarn.config.registry import Registry, read_toml
 
 Tier = Literal["county", "city", "province", "national"]
 TIERS: tuple[Tier, ...] = ("county", "city", "province", "national")

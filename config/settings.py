@@ -16,16 +16,16 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from config.errors import ConfigError, ConfigProblem, problems_from_validation
-from config.registry import Registry, load_registry, read_toml
-from config.roster import Roster, cross_check, load_roster
+from geowarn.config.errors import ConfigError, ConfigProblem, problems_from_validation
+from geowarn.config.registry import Registry, load_registry, read_toml
+from geowarn.config.roster import Roster, cross_check, load_roster
 
 ENV_PREFIX = "GEOWARN_"
 
 
 def example_path(name: str) -> Path:
     """A config file shipped inside the package (the defaults when no file is given)."""
-    return Path(str(resources.files("config").joinpath(name)))
+    return Path(str(resources.files(__package__).joinpath(name)))
 
 
 class MqttTarget:
@@ -93,7 +93,7 @@ class Settings(BaseSettings):
 
     # The response chain. smtp_url: where email notifiers send (smtp[s]://[user:pass@]host[:port]
     # [?starttls=1]); timezone: the zero reports' local hours (county 09:00, city 10:00,
-    # province 12:00); alert_policy: overrides of alerts.engine.AlertPolicy (first tiers, ack
+    # province 12:00); alert_policy: overrides of geowarn.alerts.policy.AlertPolicy (first tiers, ack
     # deadlines, sampling, report deadlines), checked when the daemon starts.
     smtp_url: str | None = None
     smtp_from: str = "geowarn@localhost"

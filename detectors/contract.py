@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from detectors.verdict import Verdict
+from geowarn.detectors.verdict import Verdict
 
 
 class Detector(Protocol):

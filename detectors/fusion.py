@@ -34,14 +34,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from config.registry import DISPLACEMENT_LIKE, ChannelInfo, Kind, Registry
-from detectors.contract import Detector
-from detectors.nodata import NoDataMonitor
-from detectors.quality import QualityGuard
-from detectors.slope import SharedWindows, SlopeWindows
-from detectors.threshold import ThresholdDetector
-from detectors.velocity import VelocityDetector
-from detectors.verdict import Verdict
+from geowarn.config.registry import DISPLACEMENT_LIKE, ChannelInfo, Kind, Registry
+from geowarn.core.events import LevelChange
+from geowarn.detectors.contract import Detector
+from geowarn.detectors.nodata import NoDataMonitor
+from geowarn.detectors.quality import QualityGuard
+from geowarn.detectors.slope import SharedWindows, SlopeWindows
+from geowarn.detectors.threshold import ThresholdDetector
+from geowarn.detectors.velocity import VelocityDetector
+from geowarn.detectors.verdict import Verdict
 
 _NAMES = {0: "normal", 1: "blue", 2: "yellow", 3: "orange", 4: "red"}
 
@@ -60,20 +61,6 @@ NOISE: dict[Kind, float] = {
 PERSIST_S = 1800.0
 
 
-@dataclass(frozen=True, slots=True)
-class LevelChange:
-    """A site's fused level moved, or (kind nodata/nodata_end) one of its devices went silent."""
-
-    site: str
-    t: float
-    level: int
-    previous: int
-    reason: str
-    evidence: dict[str, Any] = field(default_factory=dict)
-    exercise: bool = False
-    kind: str | None = None  # None: raise/upgrade/downgrade/lift, derived from the levels
-
-
 def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Detector]]:
     """The detector set of one channel, from its kind, its spec and its site's policy.
 
@@ -84,10 +71,10 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
     kept, and each window's sums updated, once per channel); it comes first in the list as the
     stage ``"windows"``, which pushes the reading, never judges, and snapshots the windows.
     """
-    from detectors.inverse_velocity import InverseVelocityDetector
-    from detectors.rain import RainDetector
-    from detectors.rise import RiseRateDetector
-    from detectors.tangent import TangentAngleDetector
+    from geowarn.detectors.inverse_velocity import InverseVelocityDetector
+    from geowarn.detectors.rain import RainDetector
+    from geowarn.detectors.rise import RiseRateDetector
+    from geowarn.detectors.tangent import TangentAngleDetector
 
     policy = registry.sites[info.site].policy
     spec = info.spec

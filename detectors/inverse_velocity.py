@@ -125,10 +125,10 @@ from typing import Any
 
 import numpy as np
 
-from detectors.contract import ContractCase
-from detectors.latch import LevelLatch
-from detectors.compact import pack, pack_times, unpack
-from detectors.tangent import (
+from geowarn.detectors.contract import ContractCase
+from geowarn.detectors.latch import LevelLatch
+from geowarn.detectors.compact import pack, pack_times, unpack
+from geowarn.detectors.tangent import (
     ReferenceRate,
     SlidingSlope,
     SlopeWindows,
@@ -138,7 +138,7 @@ from detectors.tangent import (
     batch_smoothed,
     white_noise_velocity_se,
 )
-from detectors.verdict import Verdict, new_verdict
+from geowarn.detectors.verdict import Verdict, new_verdict
 
 DAY = 86400.0
 HOUR = 3600.0
@@ -841,7 +841,7 @@ def _batch_voight_tf(x: np.ndarray, sp: np.ndarray, kx: np.ndarray, kv: np.ndarr
 def voight_gnss(seed: int, *, alpha: float = 2.0, days: float = 10.0, sigma_mm: float = 3.0, interval_s: float = 600.0) -> tuple[np.ndarray, np.ndarray, float]:
     """A GNSS component (``sigma_mm`` white noise) of a Voight failure on day ``days``, at the
     red velocity (120 mm/day) one day before: (t, displacement, t_f)."""
-    from simulators.slope import VoightFailure
+    from geowarn.simulators.slope import VoightFailure
 
     rng = np.random.default_rng(seed)
     t0 = 1_764_374_400.0

@@ -101,9 +101,9 @@ from typing import Any
 
 import numpy as np
 
-from detectors.compact import pack, unpack
-from detectors.contract import ContractCase
-from detectors.verdict import Verdict
+from geowarn.detectors.compact import pack, unpack
+from geowarn.detectors.contract import ContractCase
+from geowarn.detectors.verdict import Verdict
 
 #: 1/Φ⁻¹(3/4): scales a MAD to a consistent estimate of the Gaussian standard deviation.
 MAD_SCALE = 1.4826

@@ -96,9 +96,9 @@ from typing import Any
 
 import numpy as np
 
-from detectors.contract import ContractCase
-from detectors.latch import LevelLatch
-from detectors.verdict import Verdict
+from geowarn.detectors.contract import ContractCase
+from geowarn.detectors.latch import LevelLatch
+from geowarn.detectors.verdict import Verdict
 
 HOUR = 3600.0
 DAY = 86400.0

@@ -47,10 +47,10 @@ from typing import Any
 
 import numpy as np
 
-from detectors.contract import ContractCase
-from detectors.latch import LevelLatch
-from detectors.slope import SlidingSlope
-from detectors.verdict import Verdict
+from geowarn.detectors.contract import ContractCase
+from geowarn.detectors.latch import LevelLatch
+from geowarn.detectors.slope import SlidingSlope
+from geowarn.detectors.verdict import Verdict
 
 DAY = 86400.0
 HOUR = 3600.0

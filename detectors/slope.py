@@ -17,8 +17,8 @@ import math
 from math import sqrt
 from typing import Any
 
-from detectors.compact import pack, pack_times, unpack
-from detectors.verdict import Verdict
+from geowarn.detectors.compact import pack, pack_times, unpack
+from geowarn.detectors.verdict import Verdict
 
 DAY = 86400.0
 HOUR = 3600.0

@@ -90,11 +90,11 @@ from typing import Any
 
 import numpy as np
 
-from detectors.contract import ContractCase
-from detectors.latch import LevelLatch
-from detectors.compact import pack, unpack
-from detectors.slope import SlidingSlope, SlopeWindows, white_noise_velocity_se
-from detectors.verdict import Verdict
+from geowarn.detectors.contract import ContractCase
+from geowarn.detectors.latch import LevelLatch
+from geowarn.detectors.compact import pack, unpack
+from geowarn.detectors.slope import SlidingSlope, SlopeWindows, white_noise_velocity_se
+from geowarn.detectors.verdict import Verdict
 
 __all__ = ["ReferenceRate", "SlidingSlope", "SlopeWindows", "TangentAngleDetector", "white_noise_velocity_se"]
 
@@ -533,7 +533,7 @@ def _creep_then_failure(seed: int) -> tuple[np.ndarray, np.ndarray]:
     """A GNSS component (3 mm noise, 10-min readings, rare multipath outliers) of a slope
     creeping at 10 mm/day plus Voight accelerating creep (α = 1.5) failing on day 8, at
     400 mm/day half a day before."""
-    from simulators.slope import VoightFailure
+    from geowarn.simulators.slope import VoightFailure
 
     rng = np.random.default_rng(seed)
     t0 = 1_764_374_400.0

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from detectors.latch import LevelLatch
-from detectors.verdict import QUIET, Verdict
+from geowarn.detectors.latch import LevelLatch
+from geowarn.detectors.verdict import QUIET, Verdict
 
 if TYPE_CHECKING:
-    from detectors.contract import ContractCase
+    from geowarn.detectors.contract import ContractCase
 
 _NAMES = {1: "blue", 2: "yellow", 3: "orange", 4: "red"}
 
@@ -41,7 +41,7 @@ class ThresholdDetector:
 def contract_cases() -> list["ContractCase"]:
     import numpy as np
 
-    from detectors.contract import ContractCase, reference_latch
+    from geowarn.detectors.contract import ContractCase, reference_latch
 
     levels = [(2, 180.0), (3, 220.0), (4, 260.0)]
 

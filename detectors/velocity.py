@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from detectors.latch import LevelLatch
-from detectors.slope import SlopeWindows
-from detectors.verdict import Verdict
+from geowarn.detectors.latch import LevelLatch
+from geowarn.detectors.slope import SlopeWindows
+from geowarn.detectors.verdict import Verdict
 
 _new = tuple.__new__  # a Verdict without the level check: levels here come from a LevelLatch
 #: The verdict on a slope within z standard errors of zero, nothing latched: a stable
@@ -31,7 +31,7 @@ _new = tuple.__new__  # a Verdict without the level check: levels here come from
 _STILL = Verdict(0, "", {"significant": False}, False)
 
 if TYPE_CHECKING:
-    from detectors.contract import ContractCase
+    from geowarn.detectors.contract import ContractCase
 
 DAY = 86400.0
 _NAMES = {1: "blue", 2: "yellow", 3: "orange", 4: "red"}
@@ -194,7 +194,7 @@ def batch_velocity(
 
 
 def contract_cases() -> list["ContractCase"]:
-    from detectors.contract import ContractCase, reference_latch
+    from geowarn.detectors.contract import ContractCase, reference_latch
 
     levels = [(1, 1.0), (2, 3.0), (3, 72.0), (4, 120.0)]
     window_s, min_points, min_span = 6 * 3600.0, 6, 0.5

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from config.registry import ChannelInfo, Registry
+from geowarn.config.registry import ChannelInfo, Registry
+from geowarn.core.timefmt import as_float as _as_float, is_number as _is_number, parse_time
 
 #: SenML times below 2**28 are relative to "now" (RFC 8428 §4.5.3).
 SENML_RELATIVE_LIMIT = 2.0**28
@@ -24,7 +25,6 @@ EARLIEST_T = 946684800.0
 #: Status fields that must be finite numbers when present.
 STATUS_NUMERIC = ("battery_v", "solar_v", "signal_dbm", "temp_c", "sampling_s")
 
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 _SENML_BN = re.compile(r"urn:dev:geowarn:([^:]+):")
 
 
@@ -63,37 +63,6 @@ class Decoded:
 def _reject_constant(name: str) -> float:
     # json accepts NaN/Infinity literals by default; they are not JSON and not readings.
     raise ValueError(f"{name} is not a JSON number")
-
-
-def _is_number(v: Any) -> bool:
-    # bool is an int subclass in Python; true/false are not readings. A numeric string is not a number.
-    return (type(v) is float or type(v) is int) and not isinstance(v, bool)
-
-
-def _as_float(v: int | float) -> float:
-    """float(v); an integer too large for a float becomes ±inf (not finite, so rejected later)."""
-    try:
-        return float(v)
-    except OverflowError:
-        return math.inf if v > 0 else -math.inf
-
-
-def parse_time(raw: Any) -> float:
-    """Epoch seconds from epoch seconds or an RFC 3339 string with a zone; ValueError with a reason."""
-    if _is_number(raw):
-        t = _as_float(raw)
-    elif isinstance(raw, str):
-        if len(raw) > 40 or not _RFC3339.fullmatch(raw):
-            raise ValueError(f"time {raw[:40]!r} is not RFC 3339 with a zone (e.g. 2026-11-29T09:30:00Z)")
-        try:
-            t = datetime.fromisoformat(raw.replace("z", "Z")).timestamp()
-        except ValueError:
-            raise ValueError(f"time {raw!r} is not a valid date") from None
-    else:
-        raise ValueError(f"time must be epoch seconds or an RFC 3339 string, not {type(raw).__name__}")
-    if not math.isfinite(t):
-        raise ValueError("time is not finite")
-    return t
 
 
 class Codec:

@@ -22,8 +22,8 @@ from typing import TextIO
 
 import numpy as np
 
-from config.registry import DISPLACEMENT_LIKE, Kind, Registry, parse_registry
-from ingest.codecs import parse_time
+from geowarn.config.registry import DISPLACEMENT_LIKE, Kind, Registry, parse_registry
+from geowarn.core.timefmt import parse_time
 
 CSV_HEADER = ["site", "device", "channel", "t", "value"]
 _KIND_NAME = re.compile(r"^(?P<kind>[a-z_]+?)(\.[A-Za-z0-9_-]+)?$")

@@ -23,7 +23,7 @@ from pathlib import Path
 from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 
-from ingest.journal import Journal
+from geowarn.ingest.journal import Journal
 
 log = logging.getLogger("geowarn.forwarder")
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from config.registry import ChannelInfo, Registry
+from geowarn.config.registry import ChannelInfo, Registry
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (

@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
-from config.settings import MqttTarget
+from geowarn.config.settings import MqttTarget
 
 log = logging.getLogger("geowarn.mqtt")
 

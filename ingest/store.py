@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alerts.log import rfc3339
-from config.settings import Loaded
-from ingest.codecs import Codec, PayloadError
-from ingest.journal import DEADLETTER_KEEP_BYTES, Journal, to_ms
-from ingest.messagelog import Logged, MessageLog
-from ingest.worker import WorkerProcess
+from geowarn.core.timefmt import rfc3339
+from geowarn.config.settings import Loaded
+from geowarn.ingest.codecs import Codec, PayloadError
+from geowarn.ingest.journal import DEADLETTER_KEEP_BYTES, Journal, to_ms
+from geowarn.ingest.messagelog import Logged, MessageLog
 
 log = logging.getLogger("geowarn.store")
 
@@ -186,10 +185,6 @@ class Store:
         log.info("%s", self.stats_line())
         self.messages.close()
         self.journal.close()
-
-
-def store_process(loaded: Loaded, journal_path: Path, log_path: Path) -> WorkerProcess:
-    return WorkerProcess("store", Store.in_worker, loaded, str(journal_path), str(log_path))
 
 
 def stored_position(journal: Journal) -> int:

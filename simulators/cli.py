@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from config.errors import ConfigError
+from geowarn.config.errors import ConfigError
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -20,7 +20,7 @@ EXIT_CONFIG = 2
 
 
 def _duration(raw: str) -> float:
-    from simulators.scenario import parse_duration
+    from geowarn.simulators.scenario import parse_duration
 
     try:
         value = parse_duration(raw)
@@ -86,8 +86,8 @@ def _print_config_error(exc: ConfigError) -> None:
 
 
 def _start_arg(raw: str | None, live: bool, duration: float, speed: float, scenario_start: float) -> float:
-    from simulators.publish import live_start
-    from simulators.scenario import _parse_instant
+    from geowarn.simulators.publish import live_start
+    from geowarn.simulators.scenario import _parse_instant
 
     if raw is None:
         raw = "now" if live else "scenario"
@@ -102,7 +102,7 @@ def _start_arg(raw: str | None, live: bool, duration: float, speed: float, scena
 
 
 def run_simulate(args: argparse.Namespace) -> int:
-    from simulators.scenario import bundled_scenarios, load_scenario, sites_toml, synthetic_sites
+    from geowarn.simulators.scenario import bundled_scenarios, load_scenario, sites_toml, synthetic_sites
 
     if args.list:
         for name, path in bundled_scenarios().items():
@@ -114,7 +114,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         return EXIT_OK
     progress = not args.no_progress
     if args.replay is not None:
-        from simulators.publish import PublishError, replay_feed
+        from geowarn.simulators.publish import PublishError, replay_feed
 
         if args.broker is None:
             print("error: --replay needs --broker URL", file=sys.stderr)
@@ -143,8 +143,16 @@ def run_simulate(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_CONFIG
-    from simulators.engine import Simulation
-    from simulators.publish import FeedWriter, LiveRun, PublishError, feed_format, sites_path, write_feed, write_truth
+    from geowarn.simulators.engine import Simulation
+    from geowarn.simulators.publish import (
+        FeedWriter,
+        LiveRun,
+        PublishError,
+        feed_format,
+        sites_path,
+        write_feed,
+        write_truth,
+    )
 
     duration = args.duration if args.duration is not None else scenario.duration
     try:
@@ -196,10 +204,10 @@ def run_simulate(args: argparse.Namespace) -> int:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from config.registry import load_registry
-    from ingest.feeds import FeedError, read_feed, registry_from_rows
-    from simulators.plots import plot_site, read_alerts
-    from simulators.publish import sites_path, truth_path
+    from geowarn.config.registry import load_registry
+    from geowarn.ingest.feeds import FeedError, read_feed, registry_from_rows
+    from geowarn.simulators.plots import plot_site, read_alerts
+    from geowarn.simulators.publish import sites_path, truth_path
 
     try:
         rows = [r for r in read_feed(args.feed) if r.site == args.site]

@@ -19,8 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
-from config.registry import Channel, Kind
-from simulators.slope import DAY, Slope
+from geowarn.config.registry import Channel, Kind
+from geowarn.simulators.slope import DAY, Slope
 
 RAIN_TIP_MM = 0.2
 """Volume of one tipping-bucket tip; rain readings are whole multiples of it."""

@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from alerts.log import rfc3339
-from config.registry import Channel, Kind, Registry
-from simulators.devices import RAIN_TIP_MM
-from simulators.scenario import FaultSpec, Scenario, SlopeSpec, StormSpec, WeatherSpec
-from simulators.slope import DAY, SeasonalSlope, Slope, StableSlope, VoightFailure
+from geowarn.core.timefmt import rfc3339
+from geowarn.config.registry import Channel, Kind, Registry
+from geowarn.simulators.devices import RAIN_TIP_MM
+from geowarn.simulators.scenario import FaultSpec, Scenario, SlopeSpec, StormSpec, WeatherSpec
+from geowarn.simulators.slope import DAY, SeasonalSlope, Slope, StableSlope, VoightFailure
 
 FloatArray = NDArray[np.float64]
 FIRMWARE = "geowarn-sim-2"
@@ -613,7 +613,7 @@ class Simulation:
         drill: bool = False,
         strict_sites: bool = True,
     ) -> None:
-        from simulators.faults import resolve_faults
+        from geowarn.simulators.faults import resolve_faults
 
         self.scenario = scenario
         self.registry = registry
@@ -798,7 +798,7 @@ class Simulation:
         t_last = reports[-1]
         silent_at = d.silent_at
         if d.faults:
-            from simulators.faults import battery_dead_at
+            from geowarn.simulators.faults import battery_dead_at
 
             dead = battery_dead_at(d)
             if dead is not None and (silent_at is None or dead < silent_at):
@@ -848,7 +848,7 @@ class Simulation:
         for g, n, t_ofs, r_ofs in groups:
             m, cols, parts = g.shape.m, g.shape.cols, g.shape.parts
             if d.faults:
-                from simulators.faults import apply_reading_faults
+                from geowarn.simulators.faults import apply_reading_faults
 
                 t_rep, vs = apply_reading_faults(d, g.chans, t_all[t_ofs : t_ofs + n], values[r_ofs : r_ofs + n * m].reshape(n, m))
                 tt_text = [repr(x) for x in np.round(t_rep, 3).tolist()]
@@ -875,7 +875,7 @@ class Simulation:
             if not d.faults:
                 out.append(Message(T, d.data_topic, payload, d.index, "data", None, d.site.code, d.code, samples=sample))
                 continue
-            from simulators.faults import apply_message_faults, offline
+            from geowarn.simulators.faults import apply_message_faults, offline
 
             if offline(d, T, seq):
                 continue  # a gap: lost on the way, the sequence number shows it
@@ -894,7 +894,7 @@ class Simulation:
                 continue
             batt, sun, temp = site.heartbeat(ts_, d.rest_v)
             if d.faults:
-                from simulators.faults import offline, status_battery
+                from geowarn.simulators.faults import offline, status_battery
 
                 fault_batt = status_battery(d, ts_)
                 if fault_batt is None or offline(d, ts_):

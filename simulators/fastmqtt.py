@@ -29,7 +29,7 @@ import selectors
 import socket
 import time
 
-from config.settings import MqttTarget
+from geowarn.config.settings import MqttTarget
 
 #: Packet types (MQTT 3.1.1 §2.2.1), as the first byte's high nibble.
 _CONNACK, _PUBLISH, _PUBACK, _SUBACK, _PINGRESP = 2, 3, 4, 9, 13

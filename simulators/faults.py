@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from alerts.log import rfc3339
-from simulators.scenario import FaultSpec
+from geowarn.core.timefmt import rfc3339
+from geowarn.simulators.scenario import FaultSpec
 
 if TYPE_CHECKING:
-    from simulators.engine import Message, SimChannel, SimDevice, Simulation
+    from geowarn.simulators.engine import Message, SimChannel, SimDevice, Simulation
 
 BATTERY_CUTOFF_V = 10.5
 _MAX_LISTED = 500
@@ -68,7 +68,7 @@ class DeviceFault:
 def resolve_faults(sim: "Simulation", specs: list[FaultSpec]) -> list[dict[str, Any]]:
     """Attach each fault to its devices; return the ground-truth records (filled in as the
     run goes)."""
-    from simulators.engine import stable_rng
+    from geowarn.simulators.engine import stable_rng
 
     records: list[dict[str, Any]] = []
     by_code: dict[str, list[SimDevice]] = {}
@@ -249,6 +249,6 @@ def apply_message_faults(sim: "Simulation", d: "SimDevice", msg: "Message", seq:
 
 
 def _copy(msg: "Message") -> "Message":
-    from simulators.engine import Message
+    from geowarn.simulators.engine import Message
 
     return Message(msg.t, msg.topic, msg.payload, msg.device, msg.kind, list(msg.rows), msg.site, msg.device_code, msg.malformed)

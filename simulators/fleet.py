@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from config.registry import Kind, Registry
-from simulators.devices import ChannelModel, Draws, Power, SiteEnvironment, Weather, channel_model
-from simulators.slope import DAY, Slope, StableSlope, VoightFailure
+from geowarn.config.registry import Kind, Registry
+from geowarn.simulators.devices import ChannelModel, Draws, Power, SiteEnvironment, Weather, channel_model
+from geowarn.simulators.slope import DAY, Slope, StableSlope, VoightFailure
 
 FIRMWARE = "geowarn-sim-1"
 _WEATHER_SPIN_UP_S = 14 * DAY

@@ -25,9 +25,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 
-from config.registry import DISPLACEMENT_LIKE, Kind, Registry  # noqa: E402
-from ingest.codecs import parse_time  # noqa: E402
-from ingest.feeds import FeedRow, kind_of_channel  # noqa: E402
+from geowarn.config.registry import DISPLACEMENT_LIKE, Kind, Registry
+from geowarn.core.timefmt import parse_time
+from geowarn.ingest.feeds import FeedRow, kind_of_channel
 
 DAY = 86400.0
 LEVEL_COLOURS = {1: "#1f77b4", 2: "#f2c200", 3: "#ff7f0e", 4: "#d62728"}

@@ -33,10 +33,10 @@ from typing import IO, Any, Protocol
 
 import paho.mqtt.client as mqtt
 
-from config.settings import MqttTarget
-from ingest.codecs import parse_time
-from simulators.engine import Message, Simulation
-from simulators.fastmqtt import FastPublisher, PublishError
+from geowarn.config.settings import MqttTarget
+from geowarn.core.timefmt import parse_time
+from geowarn.simulators.engine import Message, Simulation
+from geowarn.simulators.fastmqtt import FastPublisher, PublishError
 
 #: At speed inf a live run generates this many messages' worth of event time per slice
 #: (about 1 kB each in memory): big slices keep the publisher fed, since generation costs

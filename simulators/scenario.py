@@ -22,8 +22,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from config.errors import ConfigError, problems_from_validation
-from config.registry import Kind, Registry, load_registry, parse_registry
+from geowarn.config.errors import ConfigError, problems_from_validation
+from geowarn.config.registry import Kind, Registry, load_registry, parse_registry
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 _DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(min|s|m|h|d|w)?\s*")
@@ -256,7 +256,7 @@ class Scenario(_Strict):
         if stations is not None:
             return parse_registry(synthetic_sites(self.template, stations), f"<{stations} synthetic stations>")
         if self.sites == "example":
-            from config.settings import example_path
+            from geowarn.config.settings import example_path
 
             return load_registry(example_path("sites.example.toml"))
         path = Path(self.sites)
@@ -328,7 +328,7 @@ def sites_toml(doc: dict[str, Any]) -> str:
 
 
 def _bundled_dir() -> Path:
-    return Path(str(resources.files("simulators").joinpath("scenarios")))
+    return Path(str(resources.files(__package__).joinpath("scenarios")))
 
 
 def bundled_scenarios() -> dict[str, Path]:

@@ -61,7 +61,7 @@ class Daemon:
         try:
             log = open(self.log_path, "ab")
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ingest.cli", "run"], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
+                [sys.executable, "-m", "geowarn.service.cli", "run"], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
             log.close()
             deadline = time.monotonic() + timeout
@@ -140,7 +140,7 @@ class Daemon:
 
 class _Presence:
     def __init__(self, url: str, topic: str) -> None:
-        from config.settings import MqttTarget
+        from geowarn.config.settings import MqttTarget
 
         target = MqttTarget(url)
         self.q: queue.Queue[bytes] = queue.Queue()
@@ -173,7 +173,7 @@ class Recorder:
     """A subscriber that records every message on some topics (alerts, dead letters)."""
 
     def __init__(self, url: str, topics: list[str]) -> None:
-        from config.settings import MqttTarget
+        from geowarn.config.settings import MqttTarget
 
         target = MqttTarget(url)
         self.messages: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
@@ -207,7 +207,7 @@ class Recorder:
 
 
 def publisher(url: str, client_id: str = "test-publisher") -> mqtt.Client:
-    from config.settings import MqttTarget
+    from geowarn.config.settings import MqttTarget
 
     target = MqttTarget(url)
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)

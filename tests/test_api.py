@@ -23,7 +23,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from alerts.tokens import TokenStore, hash_secret
+from geowarn.console.tokens import TokenStore, hash_secret
 from daemonproc import REPO, Daemon, publisher
 from services import free_port
 
@@ -50,7 +50,7 @@ def yellow_slope(url: str) -> None:
 
 def create_token(data_dir: Path, tier: str, admin: str, name: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "ingest.cli", "token", "create", "--tier", tier, "--admin", admin, "--name", name, "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "geowarn.service.cli", "token", "create", "--tier", tier, "--admin", admin, "--name", name, "--data-dir", str(data_dir)],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     assert done.returncode == 0, done.stderr
@@ -231,11 +231,11 @@ def test_the_api_server_starts_stops_and_a_busy_port_does_not_stop_the_daemon(tm
     import socket
     import threading
 
-    from alerts.api import ApiServer
-    from alerts.metrics import MainStats
-    from config.registry import load_registry
-    from config.roster import load_roster
-    from config.settings import Loaded, Settings, example_path
+    from geowarn.console.api import ApiServer
+    from geowarn.console.metrics import MainStats
+    from geowarn.config.registry import load_registry
+    from geowarn.config.roster import load_roster
+    from geowarn.config.settings import Loaded, Settings, example_path
 
     registry, roster = load_registry(example_path("sites.example.toml")), load_roster(example_path("roster.example.toml"))
 

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
 
-from alerts.cap import CapError, CapSchema, build_cap, cap_reference, cap_time, validate_cap, xsd_path
-from alerts.log import alert_event
-from config.registry import Site
-from detectors.fusion import LevelChange
+from geowarn.alerts.cap import CapError, CapSchema, build_cap, cap_reference, cap_time, validate_cap, xsd_path
+from geowarn.alerts.log import alert_event
+from geowarn.config.registry import Site
+from geowarn.core.events import LevelChange
 
 NS = {"cap": "urn:oasis:names:tc:emergency:cap:1.2"}
 SENDER = "geowarn@example.invalid"

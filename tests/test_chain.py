@@ -12,16 +12,16 @@ import numpy as np
 import pytest
 from lxml import etree
 
-from alerts.cap import CAP_NS, CapSchema
-from alerts.chain import ResponseChain
-from config.registry import load_registry
-from config.roster import load_roster
-from config.settings import example_path
-from detectors.fusion import LevelChange
-from ingest.feeds import FeedRow, read_feed, registry_from_rows
-from ingest.replay import replay_rows
-from simulators.fleet import Fleet
-from simulators.slope import VoightFailure
+from geowarn.alerts.cap import CAP_NS, CapSchema
+from geowarn.alerts.chain import ResponseChain
+from geowarn.config.registry import load_registry
+from geowarn.config.roster import load_roster
+from geowarn.config.settings import example_path
+from geowarn.core.events import LevelChange
+from geowarn.ingest.feeds import FeedRow, read_feed, registry_from_rows
+from geowarn.service.replay import replay_rows
+from geowarn.simulators.fleet import Fleet
+from geowarn.simulators.slope import VoightFailure
 
 DAY = 86400.0
 T0 = 1.7e9
@@ -232,7 +232,7 @@ def test_an_ack_script_acknowledges_at_its_event_time_and_stops_that_escalation(
         encoding="utf-8",
     )
     out = tmp_path / "acked"
-    from ingest.replay import read_ack_script
+    from geowarn.service.replay import read_ack_script
 
     replay_rows(feed, reg, out, plots=False, acks=read_ack_script(script))
     outcomes = _lines(out / "acks.jsonl")
@@ -243,8 +243,8 @@ def test_an_ack_script_acknowledges_at_its_event_time_and_stops_that_escalation(
 
 
 def test_a_bad_ack_script_names_the_line(tmp_path):
-    from ingest.feeds import FeedError
-    from ingest.replay import read_ack_script
+    from geowarn.ingest.feeds import FeedError
+    from geowarn.service.replay import read_ack_script
 
     script = tmp_path / "acks.jsonl"
     script.write_text('{"t": 1764400000, "site": "BSH", "by": "a"}\n{"t": 1764400000, "site": "BSH"}\n', encoding="utf-8")

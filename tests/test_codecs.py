@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from config.registry import Registry, load_registry
-from config.settings import example_path
-from ingest.codecs import EARLIEST_T, Codec, Decoded, PayloadError, Reject
+from geowarn.config.registry import Registry, load_registry
+from geowarn.config.settings import example_path
+from geowarn.ingest.codecs import EARLIEST_T, Codec, Decoded, PayloadError, Reject
 
 NOW = 1795946400.0  # 2026-11-29T10:00:00Z, checked against timegm below
 

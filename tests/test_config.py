@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from config.errors import ConfigError, ConfigProblem
-from config.registry import DISPLACEMENT_LIKE, Kind, Registry, load_registry
-from config.roster import Roster, chain_of, cross_check, load_roster, tier_of
-from config.settings import MqttTarget, Settings, example_path, load_settings
+from geowarn.config.errors import ConfigError, ConfigProblem
+from geowarn.config.registry import DISPLACEMENT_LIKE, Kind, Registry, load_registry
+from geowarn.config.roster import Roster, chain_of, cross_check, load_roster, tier_of
+from geowarn.config.settings import MqttTarget, Settings, example_path, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -636,7 +636,7 @@ def test_settings_file_not_toml_or_missing(tmp_path: Path) -> None:
 
 # -- geowarn check-config ----------------------------------------------------------------------
 #
-# Each case is one real `python -m ingest.cli check-config` process. They are independent, so the
+# Each case is one real `python -m geowarn.service.cli check-config` process. They are independent, so the
 # module fixture starts them all at once and the tests read their results: interpreter start-up
 # dominates, and running them side by side keeps this suite fast.
 
@@ -682,7 +682,7 @@ def check_config(tmp_path_factory: pytest.TempPathFactory) -> CheckConfig:
     clean = {k: v for k, v in os.environ.items() if not k.upper().startswith("GEOWARN_")}
     procs = {
         name: subprocess.Popen(
-            [sys.executable, "-m", "ingest.cli", "check-config", *args],
+            [sys.executable, "-m", "geowarn.service.cli", "check-config", *args],
             cwd=d, env={**clean, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
         )
         for name, (args, env) in cases.items()
@@ -767,8 +767,8 @@ def test_check_config_bad_input_exits_2_with_file_key_reason(check_config: Check
 
 @pytest.mark.parametrize("bad", ["geo+warn", "geo#warn", "geo/warn", "geo warn"])
 def test_a_client_id_that_would_break_the_presence_topic_is_refused(monkeypatch, bad):
-    from config.errors import ConfigError
-    from config.settings import load_settings
+    from geowarn.config.errors import ConfigError
+    from geowarn.config.settings import load_settings
 
     monkeypatch.setenv("GEOWARN_MQTT_CLIENT_ID", bad)
     with pytest.raises(ConfigError, match="GEOWARN_MQTT_CLIENT_ID"):
@@ -776,8 +776,8 @@ def test_a_client_id_that_would_break_the_presence_topic_is_refused(monkeypatch,
 
 
 def test_an_email_notifier_without_smtp_url_is_a_config_error_naming_the_unit(tmp_path, monkeypatch):
-    from config.errors import ConfigError
-    from config.settings import example_path, load_all
+    from geowarn.config.errors import ConfigError
+    from geowarn.config.settings import example_path, load_all
 
     roster = tmp_path / "roster.toml"
     text = example_path("roster.example.toml").read_text(encoding="utf-8")
@@ -794,10 +794,10 @@ def test_an_email_notifier_without_smtp_url_is_a_config_error_naming_the_unit(tm
 def test_a_bad_alert_policy_or_time_zone_stops_the_daemon_start_with_key_and_reason(tmp_path):
     env = {**os.environ, "GEOWARN_DATA_DIR": str(tmp_path / "d"), "GEOWARN_MQTT_URL": "mqtt://127.0.0.1:1",
            "GEOWARN_ALERT_POLICY": '{"ack_deadline_s": {"2": -5}}'}
-    run = subprocess.run([sys.executable, "-m", "ingest.cli", "run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    run = subprocess.run([sys.executable, "-m", "geowarn.service.cli", "run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2, run.stderr
     assert "alert_policy.ack_deadline_s" in run.stderr and "must be > 0" in run.stderr
     env["GEOWARN_ALERT_POLICY"] = "{}"
     env["GEOWARN_TIMEZONE"] = "Mars/Olympus"
-    run = subprocess.run([sys.executable, "-m", "ingest.cli", "run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    run = subprocess.run([sys.executable, "-m", "geowarn.service.cli", "run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "GEOWARN_TIMEZONE" in run.stderr and "Mars/Olympus" in run.stderr, run.stderr

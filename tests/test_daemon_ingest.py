@@ -122,18 +122,18 @@ def test_mosquitto_pub_in_both_formats_shows_up_in_export(daemon, mosquitto):
     daemon.wait_until(lambda: daemon.count() == 2, message="2 readings")
     env = dict(daemon.env)
     out = subprocess.run(
-        [sys.executable, "-m", "ingest.cli", "export", "--format", "csv", "--site", "XK"], cwd=REPO, env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "geowarn.service.cli", "export", "--format", "csv", "--site", "XK"], cwd=REPO, env=env, capture_output=True, text=True, check=True
     ).stdout
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(T0))
     assert out.splitlines() == ["site,device,channel,t,value", f"XK,XK-CRK1,crack,{stamp},7.25", f"XK,XK-TLT1,tilt_x,{stamp},0.125"]
     jl = subprocess.run(
-        [sys.executable, "-m", "ingest.cli", "export", "--format", "jsonl", "--since", str(T0), "--until", str(T0 + 1)], cwd=REPO, env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "geowarn.service.cli", "export", "--format", "jsonl", "--since", str(T0), "--until", str(T0 + 1)], cwd=REPO, env=env, capture_output=True, text=True, check=True
     ).stdout
     assert [json.loads(line) for line in jl.splitlines()] == [
         {"site": "XK", "device": "XK-CRK1", "channel": "crack", "t": stamp, "value": 7.25},
         {"site": "XK", "device": "XK-TLT1", "channel": "tilt_x", "t": stamp, "value": 0.125},
     ]
-    count = subprocess.run([sys.executable, "-m", "ingest.cli", "export", "--count", "--site", "BSH"], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    count = subprocess.run([sys.executable, "-m", "geowarn.service.cli", "export", "--count", "--site", "BSH"], cwd=REPO, env=env, capture_output=True, text=True, check=True)
     assert count.stdout.strip() == "0"
 
 
@@ -312,9 +312,9 @@ def test_a_restart_mid_warning_neither_repeats_nor_forgets_a_warning(tmp_path, m
     """The same readings through a daemon that is stopped halfway give the same level events
     as an uninterrupted replay of them (the replay shares the fusion code; restart
     invariance is what is tested)."""
-    from config.settings import load_all
-    from ingest.feeds import FeedRow
-    from ingest.replay import replay_rows
+    from geowarn.config.settings import load_all
+    from geowarn.ingest.feeds import FeedRow
+    from geowarn.service.replay import replay_rows
 
     d = Daemon(tmp_path / "data", mosquitto.url, extra_env={"GEOWARN_SNAPSHOT_INTERVAL_S": "0.5"})
     d.start()

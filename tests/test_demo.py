@@ -16,7 +16,7 @@ def test_demo_shows_red_for_the_failing_slope_and_nothing_for_stable_ones(tmp_pa
     env = {k: v for k, v in os.environ.items() if not k.startswith("GEOWARN_")}
     data = tmp_path / "demo-data"
     proc = subprocess.run(
-        [sys.executable, "-m", "ingest.cli", "demo", "--duration", "15", "--data-dir", str(data)],
+        [sys.executable, "-m", "geowarn.service.cli", "demo", "--duration", "15", "--data-dir", str(data)],
         cwd=tmp_path,  # any working directory
         env=env,
         capture_output=True,

@@ -10,17 +10,17 @@ import json
 import numpy as np
 import pytest
 
-from detectors.contract import ContractCase
-from detectors.verdict import Verdict
+from geowarn.detectors.contract import ContractCase
+from geowarn.detectors.verdict import Verdict
 
 MODULES = [
-    "detectors.threshold",
-    "detectors.velocity",
-    "detectors.tangent",
-    "detectors.inverse_velocity",
-    "detectors.quality",
-    "detectors.rain",
-    "detectors.rise",
+    "geowarn.detectors.threshold",
+    "geowarn.detectors.velocity",
+    "geowarn.detectors.tangent",
+    "geowarn.detectors.inverse_velocity",
+    "geowarn.detectors.quality",
+    "geowarn.detectors.rain",
+    "geowarn.detectors.rise",
 ]
 
 

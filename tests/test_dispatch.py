@@ -12,10 +12,10 @@ import time
 import httpx
 import pytest
 
-from alerts.clock import ManualClock
-from alerts.dispatch import Backoff, Dispatcher, DispatcherThread
-from alerts.notifiers import AUDIT_KEY, JsonlNotifier, Outgoing, WebhookNotifier
-from alerts.outbox import Outbox
+from geowarn.core.clock import ManualClock
+from geowarn.alerts.dispatch import Backoff, Dispatcher, DispatcherThread
+from geowarn.alerts.notifiers import AUDIT_KEY, JsonlNotifier, Outgoing, WebhookNotifier
+from geowarn.alerts.outbox import Outbox
 from receivers import HttpReceiver, http_receiver  # noqa: F401  (fixture)
 
 T0 = 1_764_408_600.0
@@ -135,7 +135,7 @@ def test_a_permanent_rejection_is_dead_lettered(http_receiver, client, outbox, c
     d = Dispatcher(outbox, {COUNTY: WebhookNotifier(http_receiver.url, SECRET, client)}, clock)
     http_receiver.answer(400)
     outbox.enqueue([_msg(1), _msg(2)], now=T0)
-    with caplog.at_level(logging.ERROR, logger="alerts.dispatch"):
+    with caplog.at_level(logging.ERROR, logger="geowarn.alerts.dispatch"):
         assert d.run_once() == 0
     # Rejected messages do not stop the lane: both tried once, both dead.
     assert http_receiver.ids() == [_msg(1).id, _msg(2).id]
@@ -215,7 +215,7 @@ def test_a_failing_notifier_is_escalated_once_per_episode(http_receiver, client,
         http_receiver.answer(503)
         m1 = _msg(1)
         outbox.enqueue([m1], now=T0)
-        with caplog.at_level(logging.ERROR, logger="alerts.dispatch"):
+        with caplog.at_level(logging.ERROR, logger="geowarn.alerts.dispatch"):
             fail_rounds(d, 2, m1)
             assert _kinds(outbox, "notifier_failing") == []
             fail_rounds(d, 1, m1)

@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as mqtt
 import pytest
 
-from ingest.broker import EmbeddedBroker
+from geowarn.service.broker import EmbeddedBroker
 
 TIMEOUT = 10.0  # generous upper bound for any single wait on a 2-core CI box
 DATA_FILTER = "geowarn/+/+/data"

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from alerts.engine import (
+from geowarn.alerts.model import (
     ACKED,
     NORMAL,
     OUT_OF_SERVICE,
@@ -27,7 +27,6 @@ from alerts.engine import (
     SHELVED,
     UNACK,
     Ack,
-    AlertPolicy,
     Cap,
     DataBack,
     LevelIn,
@@ -43,14 +42,13 @@ from alerts.engine import (
     Transition,
     Unshelve,
     event_from_change,
-    next_deadline,
-    next_zero_report,
-    step,
     warning_id_for,
-    zero_report_due,
 )
-from config.roster import TIERS, chain_of
-from detectors.fusion import LevelChange
+from geowarn.alerts.policy import AlertPolicy
+from geowarn.alerts.machine import next_deadline, step
+from geowarn.alerts.zero_reports import next_zero_report, zero_report_due
+from geowarn.config.roster import TIERS, chain_of
+from geowarn.core.events import LevelChange
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 MIN = 60.0

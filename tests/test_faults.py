@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ingest.codecs import parse_time
-from ingest.feeds import FeedReject, read_feed
-from simulators.engine import BATTERY_CUTOFF_V, Simulation
-from simulators.publish import write_feed, write_truth
-from simulators.scenario import FAULT_KINDS, load_scenario, parse_scenario
+from geowarn.core.timefmt import parse_time
+from geowarn.ingest.feeds import FeedReject, read_feed
+from geowarn.simulators.engine import BATTERY_CUTOFF_V, Simulation
+from geowarn.simulators.publish import write_feed, write_truth
+from geowarn.simulators.scenario import FAULT_KINDS, load_scenario, parse_scenario
 
 
 @pytest.fixture(scope="module")

@@ -34,17 +34,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from config.registry import Registry, load_registry
-from config.settings import example_path
+from geowarn.config.registry import Registry, load_registry
+from geowarn.config.settings import example_path
 from daemonproc import REPO, Daemon, Recorder
 from services import Mosquitto
-from detectors.quality import SUSPECT_FLAGS, QualityGuard, batch_quality_flags
-from ingest.codecs import parse_time
-from ingest.feeds import FeedReject, read_feed
-from ingest.replay import replay_rows
-from simulators.engine import Simulation
-from simulators.publish import FeedWriter, LiveRun, write_truth
-from simulators.scenario import load_scenario
+from geowarn.detectors.quality import SUSPECT_FLAGS, QualityGuard, batch_quality_flags
+from geowarn.core.timefmt import parse_time
+from geowarn.ingest.feeds import FeedReject, read_feed
+from geowarn.service.replay import replay_rows
+from geowarn.simulators.engine import Simulation
+from geowarn.simulators.publish import FeedWriter, LiveRun, write_truth
+from geowarn.simulators.scenario import load_scenario
 
 pytestmark = pytest.mark.slow
 
@@ -169,7 +169,7 @@ def test_every_injected_fault_is_handled_by_the_live_daemon(tmp_path: Path, mosq
 
         # -- nothing lost, nothing twice: the journal is exactly the good readings ---------
         out = subprocess.run(
-            [sys.executable, "-m", "ingest.cli", "export", "--format", "jsonl"], cwd=REPO, env=daemon.env, capture_output=True, text=True, check=True
+            [sys.executable, "-m", "geowarn.service.cli", "export", "--format", "jsonl"], cwd=REPO, env=daemon.env, capture_output=True, text=True, check=True
         ).stdout
         exported = [json.loads(x) for x in out.splitlines()]
         got = Counter((e["site"], e["device"], e["channel"], int(round(parse_time(e["t"]) * 1000)), e["value"]) for e in exported)
@@ -189,7 +189,7 @@ def test_every_injected_fault_is_handled_by_the_live_daemon(tmp_path: Path, mosq
             assert len({k[3] for k in got if k[1] == fault["device"]} & times) == len(times)
 
         # -- quality flags: the guards' batch reference over each channel in journal order --
-        from ingest.detection import SNAPSHOT_KEY
+        from geowarn.service.detection import SNAPSHOT_KEY
 
         snap = json.loads(daemon.query("SELECT value FROM state WHERE key = ?", (SNAPSHOT_KEY,))[0][0])["state"]
         expected_flags: Counter[str] = Counter()

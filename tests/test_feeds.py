@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ingest.feeds import FeedReject, read_feed
-from simulators.engine import Simulation
-from simulators.publish import write_feed, write_truth
-from simulators.scenario import load_scenario
+from geowarn.ingest.feeds import FeedReject, read_feed
+from geowarn.simulators.engine import Simulation
+from geowarn.simulators.publish import write_feed, write_truth
+from geowarn.simulators.scenario import load_scenario
 
 
 def _line(topic: str, payload: object) -> str:

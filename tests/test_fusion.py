@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from config.registry import parse_registry
-from detectors.fusion import SiteFusion
+from geowarn.config.registry import parse_registry
+from geowarn.detectors.fusion import SiteFusion
 
 DAY = 86400.0
 T0 = 1.7e9
@@ -83,7 +83,7 @@ def _voight_extensometer(fusion, reg):
     """One extensometer (0.1 mm noise) on an α = 2 failure; the site's events up to 20 h before."""
     import numpy as np
 
-    from simulators.slope import VoightFailure
+    from geowarn.simulators.slope import VoightFailure
 
     slope = VoightFailure.reaching(T0, T0 + 10 * DAY, alpha=2.0)
     rng = np.random.default_rng(1)
@@ -120,7 +120,7 @@ def test_a_forecast_below_the_r2_bar_confirms_nothing_and_says_why():
 def test_a_latched_level_the_new_policy_no_longer_has_still_comes_down():
     # A snapshot latched blue; the site's policy then dropped blue. The latch must go on
     # judging (down to 0, or up), not fail on the level it no longer knows.
-    from detectors.latch import LevelLatch
+    from geowarn.detectors.latch import LevelLatch
 
     old = LevelLatch([(1, 1.0), (2, 3.0), (3, 72.0), (4, 120.0)])
     assert old.update(0.0, 2.0) == 1
@@ -133,7 +133,7 @@ def test_a_latched_level_the_new_policy_no_longer_has_still_comes_down():
 def test_a_forecast_snapshot_from_before_the_alpha_trend_restores():
     # Snapshots saved before the forecast kept its velocities since the onset ("trend_t",
     # "trend_v") must still restore: the daemon resumes from them after an upgrade.
-    from detectors.inverse_velocity import InverseVelocityDetector
+    from geowarn.detectors.inverse_velocity import InverseVelocityDetector
 
     state = InverseVelocityDetector().snapshot()
     del state["trend_t"], state["trend_v"]

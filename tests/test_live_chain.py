@@ -17,7 +17,7 @@ import time
 import pytest
 from lxml import etree
 
-from alerts.cap import CAP_NS, CapSchema
+from geowarn.alerts.cap import CAP_NS, CapSchema
 from daemonproc import REPO, Daemon, Recorder, publisher
 
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ class Notes:
 
 def _ack(daemon: Daemon, mqtt_url: str, ident: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "ingest.cli", "ack", ident, "--by", "王值班 Wang (county duty)", "--note", "patrol sent, residents warned", "--wait", "20"],
+        [sys.executable, "-m", "geowarn.service.cli", "ack", ident, "--by", "王值班 Wang (county duty)", "--note", "patrol sent, residents warned", "--wait", "20"],
         cwd=REPO, env={**daemon.env, "GEOWARN_MQTT_URL": mqtt_url}, capture_output=True, text=True, timeout=60,
     )
 

@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from alerts.live import CAP_KEY, COMMAND_KEY, LiveChain, Request
-from alerts.outbox import Outbox
-from config.registry import load_registry
-from config.roster import load_roster
-from config.settings import example_path
-from detectors.fusion import LevelChange
+from geowarn.alerts.live import CAP_KEY, COMMAND_KEY, LiveChain, Request
+from geowarn.alerts.outbox import Outbox
+from geowarn.config.registry import load_registry
+from geowarn.config.roster import load_roster
+from geowarn.config.settings import example_path
+from geowarn.core.events import LevelChange
 
 T0 = 1_764_400_000.0  # 2025-11-29T07:06:40Z
 
@@ -101,7 +101,7 @@ def test_shelving_a_site_silences_it_until_unshelved_and_an_orange_opens_a_quick
     assert draft["trigger_and_trend"] == "velocity 80 mm/day, confirmed" and draft["colour"] == "orange"
     other.handle(_req("ack", id=task.warning_id, by="Zhao", note="road closed"), T0 + 1800)
     ok = other.handle(_req("report", task_id=task.task_id, by="County office"), T0 + 3600)
-    from alerts.reports import quick_report_draft
+    from geowarn.alerts.reports import quick_report_draft
 
     later = quick_report_draft(parts[0].sites["BZM"], other.states[("BZM", False)], task)
     assert later["measures_taken"] == ["2025-11-29T07:36:40.000Z Zhao: road closed"]
@@ -110,7 +110,7 @@ def test_shelving_a_site_silences_it_until_unshelved_and_an_orange_opens_a_quick
 
 
 def test_a_county_added_to_the_registry_later_gets_its_zero_reports(parts, tmp_path):
-    from config.registry import Registry
+    from geowarn.config.registry import Registry
 
     reg, roster, tmp = parts
     only_zigui = Registry([site for site in reg.sites.values() if site.admin == "420527"])

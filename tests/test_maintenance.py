@@ -9,7 +9,7 @@ import time
 import pytest
 
 from daemonproc import Daemon, publisher
-from ingest.requests import send_request
+from geowarn.service.requests import send_request
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,9 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 
-from alerts.clock import ManualClock
-from alerts.engine import Notify as NotifyAction
-from alerts.notifiers import (
+from geowarn.core.clock import ManualClock
+from geowarn.alerts.model import Notify as NotifyAction
+from geowarn.alerts.notifiers import (
     AUDIT_KEY,
     EmailNotifier,
     JsonlNotifier,
@@ -30,8 +30,8 @@ from alerts.notifiers import (
     outgoing_for,
     route,
 )
-from config.errors import ConfigError
-from config.roster import Contact, Notify, Roster, Unit
+from geowarn.config.errors import ConfigError
+from geowarn.config.roster import Contact, Notify, Roster, Unit
 from receivers import SmtpSink, http_receiver, make_cert, smtp_sink  # noqa: F401  (fixtures)
 from services import free_port
 

@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
-from alerts.notifiers import Outgoing
-from alerts.outbox import Outbox
+from geowarn.alerts.notifiers import Outgoing
+from geowarn.alerts.outbox import Outbox
 
 T0 = 1_764_408_600.0
 

@@ -14,14 +14,14 @@ import sys
 import numpy as np
 import pytest
 
-from config.registry import load_registry
+from geowarn.config.registry import load_registry
 from daemonproc import REPO
-from ingest.feeds import read_feed
-from ingest.replay import replay_rows
-from simulators.engine import Simulation
-from simulators.plots import fukuzono_fit, rolling_velocity
-from simulators.publish import write_feed, write_truth
-from simulators.scenario import parse_scenario
+from geowarn.ingest.feeds import read_feed
+from geowarn.service.replay import replay_rows
+from geowarn.simulators.engine import Simulation
+from geowarn.simulators.plots import fukuzono_fit, rolling_velocity
+from geowarn.simulators.publish import write_feed, write_truth
+from geowarn.simulators.scenario import parse_scenario
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 WIDTH, HEIGHT = 11 * 90, 10 * 90  # figsize (11 in, 10 in) at 90 dpi
@@ -71,10 +71,10 @@ def test_plot_command_draws_one_site(short_failure, tmp_path):
     sites = tmp_path / "sites.toml"
     sites.write_bytes(open(registry.source, "rb").read())
     out = tmp_path / "bsh.png"
-    proc = subprocess.run([sys.executable, "-m", "ingest.cli", "plot", str(feed), "--site", "BSH", "--sites", str(sites), "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "geowarn.service.cli", "plot", str(feed), "--site", "BSH", "--sites", str(sites), "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert _png_size(out) == (WIDTH, HEIGHT) and out.stat().st_size > 20_000
-    bad = subprocess.run([sys.executable, "-m", "ingest.cli", "plot", str(feed), "--site", "NOPE", "--sites", str(sites)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run([sys.executable, "-m", "geowarn.service.cli", "plot", str(feed), "--site", "NOPE", "--sites", str(sites)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and "NOPE" in bad.stderr
 
 

@@ -21,9 +21,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detectors import nodata, quality
-from detectors.nodata import NoDataEvent, NoDataMonitor
-from detectors.quality import (
+from geowarn.detectors import nodata, quality
+from geowarn.detectors.nodata import NoDataEvent, NoDataMonitor
+from geowarn.detectors.quality import (
     ClockGuard,
     QualityGuard,
     RangeGuard,
@@ -261,7 +261,7 @@ def test_for_kind_defaults():
 
 
 def test_for_kind_kinds_match_the_registry():
-    from config.registry import Kind
+    from geowarn.config.registry import Kind
 
     assert set(quality.KINDS) == {k.value for k in Kind}
     for k in Kind:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detectors import rain, rise
-from detectors.rain import (
+from geowarn.detectors import rain, rise
+from geowarn.detectors.rain import (
     DAY,
     HOUR,
     AntecedentRain,
@@ -26,7 +26,7 @@ from detectors.rain import (
     intensity_threshold,
     rolling_rain_mm,
 )
-from detectors.rise import RiseRateDetector, rise_rate_batch
+from geowarn.detectors.rise import RiseRateDetector, rise_rate_batch
 
 T0 = 1_700_000_000.0
 MIDNIGHT = 1_699_920_000.0  # 2023-11-14 00:00 UTC, a whole number of days since the epoch

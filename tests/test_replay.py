@@ -10,12 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from config.registry import load_registry
-from config.settings import example_path
+from geowarn.config.registry import load_registry
+from geowarn.config.settings import example_path
 from daemonproc import REPO
-from ingest.feeds import FeedError, read_feed, registry_from_rows
-from ingest.replay import replay_rows
-from simulators.fleet import Fleet
+from geowarn.ingest.feeds import FeedError, read_feed, registry_from_rows
+from geowarn.service.replay import replay_rows
+from geowarn.simulators.fleet import Fleet
 
 DAY = 86400.0
 T0 = 1.7e9
@@ -55,7 +55,7 @@ def test_replay_of_a_failing_slope_reaches_red_before_failure_and_stable_sites_s
 
 
 def _rfc(t: float) -> str:
-    from alerts.log import rfc3339
+    from geowarn.core.timefmt import rfc3339
 
     return rfc3339(t)
 
@@ -104,7 +104,7 @@ def test_bad_rows_are_reported_with_line_numbers_and_the_rest_replayed(tmp_path)
         f"S1,D1,displacement,{T0 + 1800},4.0\n"
     )
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "ingest.cli", "replay", str(feed), "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "geowarn.service.cli", "replay", str(feed), "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "replayed 2 readings (4 rejected)" in proc.stdout
     rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
@@ -117,7 +117,7 @@ def test_replay_cli_with_sites_and_drill_marks_every_event_as_exercise(tmp_path)
     _fleet_feed(feed, days=8.0)
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "ingest.cli", "replay", str(feed), "--out", str(out), "--sites", str(example_path("sites.example.toml")), "--drill"],
+        [sys.executable, "-m", "geowarn.service.cli", "replay", str(feed), "--out", str(out), "--sites", str(example_path("sites.example.toml")), "--drill"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -153,7 +153,7 @@ def test_no_data_is_reported_and_never_lowers_a_level(tmp_path):
 
 
 def test_noise_estimated_from_a_feed_matches_the_noise_put_in():
-    from ingest.feeds import estimate_noise
+    from geowarn.ingest.feeds import estimate_noise
 
     rng = np.random.default_rng(5)
     t = np.arange(2000) * 600.0

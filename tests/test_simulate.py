@@ -19,23 +19,23 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
-from config.registry import load_registry
+from geowarn.config.registry import load_registry
 from daemonproc import REPO
 from services import free_port
-from ingest.codecs import parse_time
-from ingest.feeds import read_feed
-from ingest.replay import replay_rows
-from simulators.engine import Rain, Simulation
-from simulators.fastmqtt import FastPublisher, PublishError
-from simulators.publish import FeedWriter, LiveRun, count_feed_messages, write_feed, write_truth
-from simulators.scenario import WeatherSpec, load_scenario, parse_duration, parse_scenario
-from simulators.slope import DAY, SeasonalSlope
+from geowarn.core.timefmt import parse_time
+from geowarn.ingest.feeds import read_feed
+from geowarn.service.replay import replay_rows
+from geowarn.simulators.engine import Rain, Simulation
+from geowarn.simulators.fastmqtt import FastPublisher, PublishError
+from geowarn.simulators.publish import FeedWriter, LiveRun, count_feed_messages, write_feed, write_truth
+from geowarn.simulators.scenario import WeatherSpec, load_scenario, parse_duration, parse_scenario
+from geowarn.simulators.slope import DAY, SeasonalSlope
 
 BUNDLED = ["failure", "storm", "stable", "seasonal", "faults"]
 
 
 def _geowarn(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ingest.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "geowarn.service.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 class Subscriber:

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from scipy.integrate import quad
 
-from config.registry import DEFAULT_RANGE, Channel, Kind, load_registry, parse_registry
-from config.settings import example_path
-from simulators.devices import (
+from geowarn.config.registry import DEFAULT_RANGE, Channel, Kind, load_registry, parse_registry
+from geowarn.config.settings import example_path
+from geowarn.simulators.devices import (
     RAIN_TIP_MM,
     GnssComponent,
     Power,
@@ -27,8 +27,8 @@ from simulators.devices import (
     Weather,
     channel_model,
 )
-from simulators.fleet import Fleet
-from simulators.slope import DAY, StableSlope, VoightFailure
+from geowarn.simulators.fleet import Fleet
+from geowarn.simulators.slope import DAY, StableSlope, VoightFailure
 
 T0 = 1_764_374_400.0  # 2025-11-29T00:00:00Z
 HOUR = 3600.0

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import Loaded, load_all
+from geowarn.config.settings import Loaded, load_all
 from daemonproc import publisher
-from ingest.daemon import build_app
-from ingest.messagelog import MessageLog
-from ingest.store import POSITION_KEY, Store
+from geowarn.service.daemon import build_app
+from geowarn.ingest.messagelog import MessageLog
+from geowarn.ingest.store import POSITION_KEY, Store
 
 T0 = float(int(time.time()) - 86400)
 TOPIC = b"geowarn/BSH/BSH-EXT1/data"

@@ -19,11 +19,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detectors import inverse_velocity, tangent
-from detectors.compact import unpack
-from detectors.inverse_velocity import InverseVelocityDetector, forecast_batch, voight_gnss
-from detectors.tangent import SlidingSlope, SlopeWindows, TangentAngleDetector, tangent_batch, white_noise_velocity_se
-from simulators.slope import StableSlope, VoightFailure
+from geowarn.detectors import inverse_velocity, tangent
+from geowarn.detectors.compact import unpack
+from geowarn.detectors.inverse_velocity import InverseVelocityDetector, forecast_batch, voight_gnss
+from geowarn.detectors.tangent import (
+    SlidingSlope,
+    SlopeWindows,
+    TangentAngleDetector,
+    tangent_batch,
+    white_noise_velocity_se,
+)
+from geowarn.simulators.slope import StableSlope, VoightFailure
 
 DAY = 86400.0
 HOUR = 3600.0

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from alerts.tokens import SECRET_PREFIX, TokenError, TokenStore, UnknownToken, covers, hash_secret
+from geowarn.console.tokens import SECRET_PREFIX, TokenError, TokenStore, UnknownToken, covers, hash_secret
 from daemonproc import REPO
 
 
@@ -98,7 +98,7 @@ def test_audit_rows_are_appended_in_order(tmp_path):
 
 
 def _cli(data_dir, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ingest.cli", "token", *args, "--data-dir", str(data_dir)],
+    return subprocess.run([sys.executable, "-m", "geowarn.service.cli", "token", *args, "--data-dir", str(data_dir)],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from config.errors import ConfigError
+from geowarn.config.errors import ConfigError
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -56,7 +56,7 @@ def _print_config_error(exc: ConfigError) -> None:
 def cmd_check_config(args: argparse.Namespace) -> int:
     import tomllib
 
-    from config.settings import load_all
+    from geowarn.config.settings import load_all
 
     try:
         target = args.file
@@ -94,9 +94,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from alerts.log import rfc3339
-    from config.settings import load_settings
-    from ingest.journal import Journal
+    from geowarn.core.timefmt import rfc3339
+    from geowarn.config.settings import load_settings
+    from geowarn.ingest.journal import Journal
 
     try:
         settings = load_settings(args.config)
@@ -133,8 +133,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from config.settings import load_all
-    from ingest.daemon import build_app
+    from geowarn.config.settings import load_all
+    from geowarn.service.daemon import build_app
 
     _setup_logging(args.verbose)
     try:
@@ -160,9 +160,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     import time
 
-    from config.registry import load_registry
-    from ingest.feeds import FeedError, FeedReject, read_feed, registry_from_rows
-    from ingest.replay import read_ack_script, replay_rows
+    from geowarn.config.registry import load_registry
+    from geowarn.ingest.feeds import FeedError, FeedReject, read_feed, registry_from_rows
+    from geowarn.service.replay import read_ack_script, replay_rows
 
     rejects: list[FeedReject] = []
     try:
@@ -190,7 +190,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ingest.demo import run_demo
+    from geowarn.service.demo import run_demo
 
     return run_demo(duration_s=args.duration, data_dir=args.data_dir, verbose=args.verbose)
 
@@ -237,11 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data-dir", default=None, help="overrides GEOWARN_DATA_DIR")
     e.set_defaults(func=cmd_export)
 
-    from ingest.requests import add_request_parsers
-    from simulators.cli import add_plot_parser, add_simulate_parser
+    from geowarn.service.requests import add_request_parsers
+    from geowarn.simulators.cli import add_plot_parser, add_simulate_parser
 
     add_request_parsers(sub)
-    from ingest.tokens_cli import add_token_parsers
+    from geowarn.service.tokens_cli import add_token_parsers
     add_token_parsers(sub)
 
     add_simulate_parser(sub)

@@ -21,12 +21,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alerts.clock import Clock, EventClock, WallClock
-from alerts.log import AlertLog, rfc3339
-from config.settings import Loaded
-from detectors.fusion import LevelChange, SiteFusion
-from ingest.journal import Journal
-from ingest.worker import WorkerProcess
+from geowarn.core.clock import Clock, EventClock, WallClock
+from geowarn.alerts.log import AlertLog
+from geowarn.core.timefmt import rfc3339
+from geowarn.config.settings import Loaded
+from geowarn.core.events import LevelChange
+from geowarn.detectors.fusion import SiteFusion
+from geowarn.ingest.journal import Journal
+from geowarn.service.worker import WorkerProcess
 
 log = logging.getLogger("geowarn.detection")
 
@@ -214,15 +216,15 @@ class DetectionJob:
     journal, the response chain with its outbox and notifiers, and people's requests (acks,
     quick reports) from ``{prefix}/ack`` and ``{prefix}/report``."""
 
-    from alerts.live import REQUEST_KINDS as REQUESTS
+    from geowarn.alerts.live import REQUEST_KINDS as REQUESTS
 
     def __init__(self, loaded: Loaded, link: Any, journal_path: str, event_time: bool, start_t: float) -> None:
         import httpx
 
-        from alerts.dispatch import Dispatcher, DispatcherThread
-        from alerts.live import CAP_KEY, COMMAND_KEY, LiveChain, TopicNotifier
-        from alerts.notifiers import build_notifiers
-        from alerts.outbox import Outbox
+        from geowarn.alerts.dispatch import Dispatcher, DispatcherThread
+        from geowarn.alerts.live import CAP_KEY, COMMAND_KEY, LiveChain, TopicNotifier
+        from geowarn.alerts.notifiers import build_notifiers
+        from geowarn.alerts.outbox import Outbox
 
         s = loaded.settings
         self.link = link
@@ -256,7 +258,7 @@ class DetectionJob:
         return self.detection.step() + self._requests()
 
     def _requests(self) -> int:
-        from alerts.live import Request, Result
+        from geowarn.alerts.live import Request, Result
 
         items = self.link.inbox.take(100, 0.0)
         for it in items:
@@ -301,8 +303,8 @@ def alert_policy(loaded: Loaded) -> Any:
     """The AlertPolicy from the settings' ``alert_policy`` overrides; ConfigError naming the key."""
     from pydantic import ValidationError
 
-    from alerts.engine import AlertPolicy
-    from config.errors import ConfigError, problems_from_validation
+    from geowarn.alerts.policy import AlertPolicy
+    from geowarn.config.errors import ConfigError, problems_from_validation
 
     try:
         return AlertPolicy(**loaded.settings.alert_policy)
@@ -312,7 +314,7 @@ def alert_policy(loaded: Loaded) -> Any:
 
 def zero_stats(journal: Journal, loaded: Loaded, admin: str, since: float, until: float) -> dict[str, int]:
     """Readings received and devices online (≥ 1 reading) over a window, for the sites under ``admin``."""
-    from config.roster import chain_of
+    from geowarn.config.roster import chain_of
 
     sites = [code for code, site in loaded.registry.sites.items() if any(a == admin for _, a in chain_of(site.admin))]
     devices = sum(len(loaded.registry.sites[code].devices) for code in sites)

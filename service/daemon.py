@@ -22,14 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alerts.clock import Clock, WallClock
-from config.settings import Loaded
-from ingest.detection import alert_policy, detection_process
-from ingest.forwarder import Forwarder
-from ingest.journal import DEADLETTER_KEEP_BYTES, Journal, to_ms
-from ingest.messagelog import MessageLog
-from ingest.mqtt import Inbound, MqttLink
-from ingest.store import store_process, stored_position
+from geowarn.core.clock import Clock, WallClock
+from geowarn.config.settings import Loaded
+from geowarn.service.detection import alert_policy, detection_process
+from geowarn.ingest.forwarder import Forwarder
+from geowarn.ingest.journal import DEADLETTER_KEEP_BYTES, Journal, to_ms
+from geowarn.ingest.messagelog import MessageLog
+from geowarn.ingest.mqtt import Inbound, MqttLink
+from geowarn.ingest.store import Store, stored_position
+from geowarn.service.worker import WorkerProcess
 
 log = logging.getLogger("geowarn.daemon")
 
@@ -89,7 +90,7 @@ class App:
                 batch=s.forward_batch,
                 now=self.clock.now,
             )
-        self.store = store_process(loaded, self.journal_path, self.log_path)
+        self.store = WorkerProcess("store", Store.in_worker, loaded, str(self.journal_path), str(self.log_path))
         self.detection = detection_process(
             loaded, self.journal_path, event_time=event_time_start is not None, start_t=event_time_start or 0.0
         )
@@ -102,7 +103,7 @@ class App:
         # need none of the workers' memory and never touch the ack loop below.
         self.http: Any = None
         if s.http != "off":
-            from alerts.api import ApiServer
+            from geowarn.console.api import ApiServer
 
             self.http = ApiServer(loaded, data_dir, self.main_stats, self.clock.now)
 
@@ -150,7 +151,7 @@ class App:
     def main_stats(self) -> Any:
         """This process's counters for /metrics, called from the HTTP thread: plain values only,
         never the ack path's SQLite connections (alerts/metrics.py reads the files itself)."""
-        from alerts.metrics import MainStats
+        from geowarn.console.metrics import MainStats
 
         c, f = self.counters, self.forwarder.status() if self.forwarder is not None else None
         return MainStats(c.messages, c.messages - c.stale_acks, f is not None, f.lag_readings if f else 0,

@@ -30,7 +30,7 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from config.registry import Registry
+from geowarn.config.registry import Registry
 
 log = logging.getLogger("geowarn.metrics")
 

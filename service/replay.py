@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alerts.clock import ManualClock
-from alerts.log import AlertLog, rfc3339
-from config.registry import Registry
-from config.roster import Roster
-from detectors.fusion import LevelChange, SiteFusion
-from ingest.feeds import FeedError, FeedReject, FeedRow
+from geowarn.core.clock import ManualClock
+from geowarn.alerts.log import AlertLog
+from geowarn.core.timefmt import rfc3339
+from geowarn.config.registry import Registry
+from geowarn.config.roster import Roster
+from geowarn.core.events import LevelChange
+from geowarn.detectors.fusion import SiteFusion
+from geowarn.ingest.feeds import FeedError, FeedReject, FeedRow
 
 
 #: Scripted acks may lie this far before the first or after the last reading of the feed.
@@ -42,7 +44,7 @@ class ScriptedAck:
 def read_ack_script(path: str | Path) -> list[ScriptedAck]:
     """An ack script: JSONL, one ``{"t": epoch|RFC 3339, "site" or "id", "by", "note"?,
     "level"?}`` a line; ``FeedError`` names the line and what is wrong."""
-    from ingest.codecs import parse_time
+    from geowarn.core.timefmt import parse_time
 
     out = []
     for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
@@ -93,9 +95,9 @@ def replay_rows(
     with ``plots`` a PNG per site in ``plots/``.
     ``roster`` defaults to the example roster. ``acks`` (an ack script) acknowledge at their
     own event time; each outcome goes to ``acks.jsonl``."""
-    from alerts.chain import ResponseChain
-    from config.roster import load_roster
-    from config.settings import example_path
+    from geowarn.alerts.chain import ResponseChain
+    from geowarn.config.roster import load_roster
+    from geowarn.config.settings import example_path
 
     out_dir.mkdir(parents=True, exist_ok=True)
     alerts_path = out_dir / "alerts.jsonl"
@@ -179,7 +181,7 @@ def replay_rows(
     summary.rejected = len(rejects)
     if plots and ordered:
         # A PNG per site (simulators.plots): displacement, velocity, inverse velocity, rain, levels.
-        from simulators.plots import plot_replay
+        from geowarn.simulators.plots import plot_replay
 
         plot_replay(ordered, registry, summary.events, out_dir / "plots")
     if rejects:
@@ -194,7 +196,7 @@ def _feed_zero_stats(ordered: list[FeedRow], registry: Registry) -> Any:
     the window, for the sites under an admin unit."""
     from bisect import bisect_left
 
-    from config.roster import chain_of
+    from geowarn.config.roster import chain_of
 
     times: dict[tuple[str, str], list[float]] = {}
     for r in ordered:  # already in time order

@@ -31,7 +31,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from config.roster import NATIONAL, TIERS, Tier, tier_of
+from geowarn.config.roster import NATIONAL, TIERS, Tier, tier_of
 
 __all__ = ["AuditEntry", "Token", "TokenError", "TokenStore", "UnknownToken", "covers", "hash_secret"]
 

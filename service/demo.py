@@ -22,10 +22,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from alerts.levels import LEVELS
-from config.errors import ConfigError
-from config.settings import ENV_PREFIX, Loaded, MqttTarget, load_all
-from ingest.daemon import build_app
+from geowarn.core.levels import LEVELS
+from geowarn.config.errors import ConfigError
+from geowarn.config.settings import ENV_PREFIX, Loaded, MqttTarget, load_all
+from geowarn.service.daemon import build_app
 
 DAY = 86400.0
 STEP_S = 600.0
@@ -85,8 +85,8 @@ def _print_alert(event: dict[str, Any], names: dict[str, str], tty: bool) -> Non
 
 
 def run_demo(duration_s: float = 60.0, data_dir: str | None = None, verbose: bool = False) -> int:
-    from ingest.broker import EmbeddedBroker
-    from simulators.fleet import Fleet
+    from geowarn.service.broker import EmbeddedBroker
+    from geowarn.simulators.fleet import Fleet
 
     logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("geowarn", "amqtt", "transitions"):
@@ -228,7 +228,7 @@ def run_demo(duration_s: float = 60.0, data_dir: str | None = None, verbose: boo
 
 
 def _journal_counts(path: Path) -> dict[str, int]:
-    from ingest.journal import Journal
+    from geowarn.ingest.journal import Journal
 
     journal = Journal(path, readonly=True)
     try:

@@ -17,14 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from config.roster import TIERS
+from geowarn.config.roster import TIERS
 
 TOKENS_FILE = "tokens.sqlite"
 
 
 def _store(args: argparse.Namespace) -> Any:
-    from alerts.tokens import TokenStore
-    from config.settings import load_settings
+    from geowarn.console.tokens import TokenStore
+    from geowarn.config.settings import load_settings
 
     data_dir = Path(args.data_dir) if args.data_dir else load_settings(args.config).data_dir
     return TokenStore(data_dir / TOKENS_FILE)
@@ -37,8 +37,8 @@ def _iso(t: float | None) -> str:
 
 
 def _with_store(args: argparse.Namespace, action: Any) -> int:
-    from alerts.tokens import TokenError
-    from config.errors import ConfigError
+    from geowarn.console.tokens import TokenError
+    from geowarn.config.errors import ConfigError
 
     try:
         store = _store(args)

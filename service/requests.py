@@ -27,7 +27,7 @@ EXIT_UNREACHABLE = 4
 
 def send_request(url: str, prefix: str, kind: str, doc: dict[str, Any], wait_s: float, ca_file: str | None = None) -> dict[str, Any] | None:
     """Publish one request and wait for its result (None: no answer in time)."""
-    from config.settings import MqttTarget
+    from geowarn.config.settings import MqttTarget
 
     target = MqttTarget(url)
     request_id = doc.setdefault("request", uuid.uuid4().hex)
@@ -72,8 +72,8 @@ def send_request(url: str, prefix: str, kind: str, doc: dict[str, Any], wait_s: 
 
 
 def _run(args: argparse.Namespace, kind: str, doc: dict[str, Any]) -> int:
-    from config.errors import ConfigError
-    from config.settings import load_settings
+    from geowarn.config.errors import ConfigError
+    from geowarn.config.settings import load_settings
 
     try:
         s = load_settings(args.config)

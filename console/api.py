@@ -54,11 +54,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 from pydantic import AfterValidator, BaseModel, Field
 
-from alerts.levels import LEVELS
-from alerts.metrics import MainStats, make_registry, open_ro
-from alerts.tokens import Outcome, Token, TokenStore
-from config.registry import Registry
-from config.settings import Loaded, MqttTarget
+from geowarn.core.levels import LEVELS
+from geowarn.console.metrics import MainStats, make_registry, open_ro
+from geowarn.console.tokens import Outcome, Token, TokenStore
+from geowarn.config.registry import Registry
+from geowarn.config.settings import Loaded, MqttTarget
 
 log = logging.getLogger("geowarn.api")
 
@@ -753,7 +753,7 @@ def create_api(
 
     # -- the console -------------------------------------------------------------------------
 
-    web = Path(str(resources.files("alerts").joinpath(WEB_DIR)))
+    web = Path(str(resources.files(__package__).joinpath(WEB_DIR)))
     app.mount("/static", StaticFiles(directory=web), name="static")
 
     @app.get("/", include_in_schema=False)

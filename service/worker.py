@@ -21,7 +21,7 @@ from multiprocessing.synchronize import Event as MpEvent
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from config.settings import Loaded
+from geowarn.config.settings import Loaded
 
 log = logging.getLogger("geowarn.worker")
 
@@ -70,7 +70,7 @@ def _worker_main(
     log_level: int,
 ) -> None:
     """The worker process: lock, build the job, step until told to stop (or orphaned), checkpoint."""
-    from ingest.mqtt import MqttLink
+    from geowarn.ingest.mqtt import MqttLink
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon stops us through `stop`
     # The ack path comes first: when the CPUs are saturated (a backlog after an outage), the
