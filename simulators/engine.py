@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import bisect
 import gc
-import hashlib
 import heapq
 import json
 import math
@@ -37,7 +36,8 @@ from numpy.typing import NDArray
 from geowarn.core.timefmt import rfc3339
 from geowarn.config.registry import Channel, Kind, Registry
 from geowarn.simulators.devices import RAIN_TIP_MM
-from geowarn.simulators.scenario import FaultSpec, Scenario, SlopeSpec, StormSpec, WeatherSpec
+from geowarn.simulators.seeds import stable_rng
+from geowarn.simulators.scenario import Scenario, SlopeSpec, StormSpec, WeatherSpec
 from geowarn.simulators.slope import DAY, SeasonalSlope, Slope, StableSlope, VoightFailure
 
 FloatArray = NDArray[np.float64]
@@ -45,12 +45,6 @@ FIRMWARE = "geowarn-sim-2"
 _SPIN_UP_S = 14 * DAY
 """Rain starts before the run so groundwater and soil moisture are not bone dry at start."""
 BATTERY_CUTOFF_V = 10.5
-
-
-def stable_rng(seed: int, *parts: str) -> np.random.Generator:
-    """A generator seeded from ``seed`` and names (blake2b: stable across processes)."""
-    digest = hashlib.blake2b("\x1f".join((str(seed), *parts)).encode(), digest_size=16).digest()
-    return np.random.Generator(np.random.PCG64(int.from_bytes(digest, "little")))
 
 
 # -- rain ----------------------------------------------------------------------------------

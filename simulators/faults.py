@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 
 from geowarn.core.timefmt import rfc3339
 from geowarn.simulators.scenario import FaultSpec
+from geowarn.simulators.seeds import stable_rng
 
 if TYPE_CHECKING:
     from geowarn.simulators.engine import Message, SimChannel, SimDevice, Simulation
@@ -68,8 +69,6 @@ class DeviceFault:
 def resolve_faults(sim: "Simulation", specs: list[FaultSpec]) -> list[dict[str, Any]]:
     """Attach each fault to its devices; return the ground-truth records (filled in as the
     run goes)."""
-    from geowarn.simulators.engine import stable_rng
-
     records: list[dict[str, Any]] = []
     by_code: dict[str, list[SimDevice]] = {}
     for d in sim.devices:
@@ -249,6 +248,4 @@ def apply_message_faults(sim: "Simulation", d: "SimDevice", msg: "Message", seq:
 
 
 def _copy(msg: "Message") -> "Message":
-    from geowarn.simulators.engine import Message
-
-    return Message(msg.t, msg.topic, msg.payload, msg.device, msg.kind, list(msg.rows), msg.site, msg.device_code, msg.malformed)
+    return type(msg)(msg.t, msg.topic, msg.payload, msg.device, msg.kind, list(msg.rows), msg.site, msg.device_code, msg.malformed)
