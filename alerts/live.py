@@ -43,7 +43,7 @@ from geowarn.alerts.outbox import Outbox
 from geowarn.config.registry import Registry
 from geowarn.config.roster import Roster
 
-log = logging.getLogger("geowarn.chain")
+log = logging.getLogger(__name__)
 
 #: Outbox notifier keys of the daemon's own MQTT publications (see ``TopicNotifier``).
 CAP_KEY = "mqtt/cap"

@@ -60,7 +60,7 @@ from geowarn.console.tokens import Outcome, Token, TokenStore
 from geowarn.config.registry import Registry
 from geowarn.config.settings import Loaded, MqttTarget
 
-log = logging.getLogger("geowarn.api")
+log = logging.getLogger(__name__)
 
 __all__ = ["ApiServer", "MqttRequester", "RequestUnavailable", "Requester", "Views", "create_api"]
 

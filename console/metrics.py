@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from geowarn.config.registry import Registry
 
-log = logging.getLogger("geowarn.metrics")
+log = logging.getLogger(__name__)
 
 __all__ = ["GeoWarnCollector", "MainStats", "make_registry", "open_ro"]
 

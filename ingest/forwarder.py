@@ -25,7 +25,7 @@ from influxdb_client.client.write_api import SYNCHRONOUS
 
 from geowarn.ingest.journal import Journal
 
-log = logging.getLogger("geowarn.forwarder")
+log = logging.getLogger(__name__)
 
 POSITION_KEY = "forwarder.influx.position"
 

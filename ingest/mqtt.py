@@ -31,7 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 
 from geowarn.config.settings import MqttTarget
 
-log = logging.getLogger("geowarn.mqtt")
+log = logging.getLogger(__name__)
 
 
 class Inbound(NamedTuple):

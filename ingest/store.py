@@ -24,7 +24,7 @@ from geowarn.ingest.codecs import Codec, PayloadError
 from geowarn.ingest.journal import DEADLETTER_KEEP_BYTES, Journal, to_ms
 from geowarn.ingest.messagelog import Logged, MessageLog
 
-log = logging.getLogger("geowarn.store")
+log = logging.getLogger(__name__)
 
 #: The journal key of the store stage's position in the message log.
 POSITION_KEY = "store.message_position"

@@ -11,10 +11,13 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 
 from geowarn.config.errors import ConfigError
+from geowarn.core.timefmt import parse_instant
+from geowarn.service.logs import kv
+
+log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -22,26 +25,20 @@ EXIT_CONFIG = 2
 
 
 def _time_arg(raw: str) -> float:
-    """--since/--until: epoch seconds or RFC 3339 (a date alone means midnight UTC)."""
+    """--since/--until: epoch seconds or RFC 3339 (no zone, or a date alone, means UTC)."""
     try:
-        return float(raw)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(raw.replace("z", "Z"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{raw!r} is neither epoch seconds nor an RFC 3339 time") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
+        return parse_instant(raw, assume_utc=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from geowarn.service.logs import configure_logging
+
+    try:
+        configure_logging(logging.DEBUG if verbose else logging.INFO)
+    except ValueError as exc:  # a bad GEOWARN_LOG_FORMAT stops the start, saying why
+        raise SystemExit(f"configuration error: {exc}") from None
 
 
 def _print_config_error(exc: ConfigError) -> None:
@@ -140,7 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         loaded = load_all(args.config)
         for w in loaded.warnings:
-            logging.getLogger("geowarn").warning("config: %s", w)
+            log.warning("config: %s", w)
         app = build_app(loaded)
     except ConfigError as exc:
         _print_config_error(exc)
@@ -148,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: object) -> None:
-        logging.getLogger("geowarn").info("signal %d: stopping", signum)
+        log.info("signal received, stopping", extra=kv(signal=signum))
         stop.set()
 
     signal.signal(signal.SIGTERM, _on_signal)
@@ -198,8 +195,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------------------------
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("geowarn")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="geowarn", description="Geohazard early-warning service")
+    p.add_argument("--version", action="version", version=f"geowarn {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="embedded broker + SQLite + a simulated fleet with one slope failing")

@@ -32,7 +32,7 @@ from geowarn.ingest.mqtt import Inbound, MqttLink
 from geowarn.ingest.store import Store, stored_position
 from geowarn.service.worker import WorkerProcess
 
-log = logging.getLogger("geowarn.daemon")
+log = logging.getLogger(__name__)
 
 #: At most this many messages share one message-log transaction (and one fsync).
 MAX_BATCH = 2000

@@ -86,11 +86,10 @@ def _print_alert(event: dict[str, Any], names: dict[str, str], tty: bool) -> Non
 
 def run_demo(duration_s: float = 60.0, data_dir: str | None = None, verbose: bool = False) -> int:
     from geowarn.service.broker import EmbeddedBroker
+    from geowarn.service.logs import CHATTY, configure_logging
     from geowarn.simulators.fleet import Fleet
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("geowarn", "amqtt", "transitions"):
-        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.ERROR)
+    configure_logging(logging.INFO if verbose else logging.ERROR, quiet=CHATTY)
     tty = os.isatty(1)
     if duration_s <= 0:
         print("error: --duration must be positive")

@@ -30,7 +30,7 @@ from geowarn.detectors.fusion import SiteFusion
 from geowarn.ingest.journal import Journal
 from geowarn.service.worker import WorkerProcess
 
-log = logging.getLogger("geowarn.detection")
+log = logging.getLogger(__name__)
 
 SITE_LEVELS_KEY = "fusion.site_levels"
 SNAPSHOT_KEY = "fusion.snapshot.v2"  # v2: compact detector state, shared windows (v1 snapshots are ignored)

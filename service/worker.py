@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from geowarn.config.settings import Loaded
+from geowarn.service.logs import configure_logging
 
-log = logging.getLogger("geowarn.worker")
+log = logging.getLogger(__name__)
 
 Publish = Callable[[str, bytes, bool], None]
 
@@ -76,7 +77,7 @@ def _worker_main(
     # The ack path comes first: when the CPUs are saturated (a backlog after an outage), the
     # workers lag a little behind the message log rather than the broker's queue growing.
     os.nice(WORKER_NICENESS)
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    configure_logging(log_level)  # the daemon checked GEOWARN_LOG_FORMAT before spawning us
     s = loaded.settings
     # An orphan of a killed daemon finishes its batch and exits when it sees its parent gone.
     lock = take_lock(Path(s.data_dir) / f"{name}.lock", wait_s=120.0)

@@ -87,7 +87,7 @@ def _print_config_error(exc: ConfigError) -> None:
 
 def _start_arg(raw: str | None, live: bool, duration: float, speed: float, scenario_start: float) -> float:
     from geowarn.simulators.publish import live_start
-    from geowarn.simulators.scenario import _parse_instant
+    from geowarn.core.timefmt import parse_instant
 
     if raw is None:
         raw = "now" if live else "scenario"
@@ -96,7 +96,7 @@ def _start_arg(raw: str | None, live: bool, duration: float, speed: float, scena
     if raw == "now":
         return live_start(duration, speed)
     try:
-        return _parse_instant(float(raw)) if raw.replace(".", "", 1).isdigit() else _parse_instant(raw)
+        return parse_instant(raw)
     except ValueError as exc:
         raise ValueError(f"--start: {exc}") from None
 

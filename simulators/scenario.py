@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import re
 import tomllib
-from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from geowarn.core.timefmt import parse_instant
 from geowarn.config.errors import ConfigError, problems_from_validation
 from geowarn.config.registry import Kind, Registry, load_registry, parse_registry
 
@@ -56,25 +56,8 @@ def parse_duration(raw: object) -> float:
     return total
 
 
-def _parse_instant(raw: object) -> float:
-    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        return float(raw)
-    if isinstance(raw, datetime):
-        dt = raw
-    elif isinstance(raw, str):
-        try:
-            dt = datetime.fromisoformat(raw.replace("z", "Z"))
-        except ValueError:
-            raise ValueError(f"{raw!r} is neither epoch seconds nor an RFC 3339 time") from None
-    else:
-        raise ValueError(f"{raw!r} is neither epoch seconds nor an RFC 3339 time")
-    if dt.tzinfo is None:
-        raise ValueError(f"{raw!r} has no time zone; write it in UTC with 'Z'")
-    return dt.astimezone(timezone.utc).timestamp()
-
-
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
-Instant = Annotated[float, BeforeValidator(_parse_instant)]
+Instant = Annotated[float, BeforeValidator(parse_instant)]
 
 
 class _Strict(BaseModel):
