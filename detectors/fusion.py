@@ -31,7 +31,6 @@ return) as their own events; they never change a level.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from geowarn.config.registry import DISPLACEMENT_LIKE, ChannelInfo, Kind, Registry

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from geowarn.detectors.latch import LevelLatch
 from geowarn.detectors.verdict import QUIET, Verdict
-
-if TYPE_CHECKING:
-    from geowarn.detectors.contract import ContractCase
 
 _NAMES = {1: "blue", 2: "yellow", 3: "orange", 4: "red"}
 
@@ -36,25 +33,3 @@ class ThresholdDetector:
 
     def restore(self, state: dict[str, Any]) -> None:
         self._latch.restore(state["latch"])
-
-
-def contract_cases() -> list["ContractCase"]:
-    import numpy as np
-
-    from geowarn.detectors.contract import ContractCase, reference_latch
-
-    levels = [(2, 180.0), (3, 220.0), (4, 260.0)]
-
-    def make() -> ThresholdDetector:
-        return ThresholdDetector(levels, hysteresis=0.05, hold_s=7200.0, unit="kPa")
-
-    def series(seed: int) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng(seed)
-        t = 1.7e9 + np.arange(0, 4 * 86400.0, 600.0)
-        base = 150.0 + 130.0 * np.sin(np.pi * (t - t[0]) / (t[-1] - t[0]))  # up to 280 and back
-        return t, base + rng.normal(0.0, 4.0, len(t))
-
-    def batch(t: "np.ndarray", v: "np.ndarray") -> list[int]:
-        return reference_latch(t, list(v), levels, 0.05, 7200.0)
-
-    return [ContractCase("threshold", make, series, batch, reaches=4)]

@@ -1,5 +1,6 @@
 """The shared contract suite (STYLE habit 3, river's checks): every detector's
-``contract_cases()`` is run through the same checks. See ``detectors/contract.py``."""
+``contract_cases()`` (``tests/oracles/``) is run through the same checks. See
+``detectors/contract.py``."""
 
 from __future__ import annotations
 
@@ -10,17 +11,17 @@ import json
 import numpy as np
 import pytest
 
-from geowarn.detectors.contract import ContractCase
 from geowarn.detectors.verdict import Verdict
+from oracles.contract import ContractCase
 
 MODULES = [
-    "geowarn.detectors.threshold",
-    "geowarn.detectors.velocity",
-    "geowarn.detectors.tangent",
-    "geowarn.detectors.inverse_velocity",
-    "geowarn.detectors.quality",
-    "geowarn.detectors.rain",
-    "geowarn.detectors.rise",
+    "oracles.threshold",
+    "oracles.velocity",
+    "oracles.tangent",
+    "oracles.inverse_velocity",
+    "oracles.quality",
+    "oracles.rain",
+    "oracles.rise",
 ]
 
 

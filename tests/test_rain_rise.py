@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geowarn.detectors import rain, rise
 from geowarn.detectors.rain import (
     DAY,
     HOUR,
@@ -24,9 +23,11 @@ from geowarn.detectors.rain import (
     RainDetector,
     RainSums,
     intensity_threshold,
-    rolling_rain_mm,
 )
-from geowarn.detectors.rise import RiseRateDetector, rise_rate_batch
+from geowarn.detectors.rise import RiseRateDetector
+from oracles import rain, rise
+from oracles.rain import rolling_rain_mm
+from oracles.rise import rise_rate_batch
 
 T0 = 1_700_000_000.0
 MIDNIGHT = 1_699_920_000.0  # 2023-11-14 00:00 UTC, a whole number of days since the epoch

@@ -19,17 +19,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geowarn.detectors import inverse_velocity, tangent
+from geowarn.detectors import inverse_velocity
 from geowarn.detectors.compact import unpack
-from geowarn.detectors.inverse_velocity import InverseVelocityDetector, forecast_batch, voight_gnss
+from geowarn.detectors.inverse_velocity import InverseVelocityDetector
 from geowarn.detectors.tangent import (
     SlidingSlope,
     SlopeWindows,
     TangentAngleDetector,
-    tangent_batch,
     white_noise_velocity_se,
 )
 from geowarn.simulators.slope import StableSlope, VoightFailure
+from oracles import inverse_velocity as inverse_velocity_oracle
+from oracles import tangent as tangent_oracle
+from oracles.inverse_velocity import forecast_batch, voight_gnss
+from oracles.tangent import tangent_batch
 
 DAY = 86400.0
 HOUR = 3600.0
@@ -509,7 +512,7 @@ def test_streaming_equals_batch_on_hostile_input(ops):
 
 # -- the shared contract checks, for these modules ---------------------------------------------
 
-CASES = tangent.contract_cases() + inverse_velocity.contract_cases()
+CASES = tangent_oracle.contract_cases() + inverse_velocity_oracle.contract_cases()
 IDS = [c.name for c in CASES]
 
 
