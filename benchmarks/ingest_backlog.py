@@ -8,7 +8,7 @@ every message has been processed and acknowledged:
 * ``bare``: a paho-mqtt 2.x client exactly as the daemon configures it (MQTT 3.1.1,
   ``clean_session=False``, ``manual_ack=True``, QoS 1 subscriptions) whose ``on_message`` acks
   and counts; done when the count reaches N.
-* ``daemon-full`` / ``daemon-normal``: the real app (``ingest.daemon.build_app``) in-process on
+* ``daemon-full`` / ``daemon-normal``: the real app (``geowarn.service.daemon.build_app``) in-process on
   a fresh data dir, ``GEOWARN_JOURNAL_SYNC`` = full (the default, fsync per commit) or normal;
   done when N messages have passed the pipeline's ``_handle`` (committed, detected, acked).
 
@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+# geowarn.* comes from the installed package (pip install -e .); tests/ lends its service fixtures.
+sys.path.insert(0, str(REPO / "tests"))
 
 import paho.mqtt  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402

@@ -46,7 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+# geowarn.* comes from the installed package (pip install -e .); tests/ lends its service fixtures.
+sys.path.insert(0, str(REPO / "tests"))
 
 from services import Mosquitto  # noqa: E402  (tests/services.py: a real broker on a free port)
 from geowarn.simulators.engine import Simulation
