@@ -35,6 +35,7 @@ from typing import Any
 
 from geowarn.config.registry import DISPLACEMENT_LIKE, ChannelInfo, Kind, Registry
 from geowarn.core.events import LevelChange
+from geowarn.core.levels import LEVELS
 from geowarn.detectors.contract import Detector
 from geowarn.detectors.nodata import NoDataMonitor
 from geowarn.detectors.quality import QualityGuard
@@ -43,7 +44,11 @@ from geowarn.detectors.threshold import ThresholdDetector
 from geowarn.detectors.velocity import VelocityDetector
 from geowarn.detectors.verdict import Verdict
 
-_NAMES = {0: "normal", 1: "blue", 2: "yellow", 3: "orange", 4: "red"}
+
+def _name(level: int) -> str:
+    """A level's colour in an explanation; level 0 reads "normal" there, not "none"."""
+    return "normal" if level == 0 else LEVELS[level].colour
+
 
 #: Typical reading noise (1 sigma, in the kind's default unit) of each displacement-like kind:
 #: it sets the noise floors of the tangent angle and the forecast's reference velocity.
@@ -278,7 +283,7 @@ class SiteFusion:
                 notes.append(f"confirmed by a failure forecast in {(forecast['failure_time'] - t) / 3600:.0f} h")
             else:
                 level = policy.confirm_from_level - 1
-                notes.append(f"{_NAMES[raw]} not confirmed (only {', '.join(devices)}): held at {_NAMES[level]}")
+                notes.append(f"{_name(raw)} not confirmed (only {', '.join(devices)}): held at {_name(level)}")
                 if rough is not None and rough["failure_time"] - t <= policy.forecast_confirms_s:
                     notes.append(
                         f"the failure forecast in {(rough['failure_time'] - t) / 3600:.0f} h fits its line too roughly to confirm "

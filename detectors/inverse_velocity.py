@@ -126,6 +126,7 @@ from typing import Any
 
 import numpy as np
 
+from geowarn.core.levels import LEVELS
 from geowarn.detectors.latch import LevelLatch
 from geowarn.detectors.compact import pack, pack_times, unpack
 from geowarn.detectors.tangent import ReferenceRate, SlidingSlope, SlopeWindows, white_noise_velocity_se
@@ -133,7 +134,6 @@ from geowarn.detectors.verdict import Verdict, new_verdict
 
 DAY = 86400.0
 HOUR = 3600.0
-_NAMES = {1: "blue", 2: "yellow", 3: "orange", 4: "red"}
 _WARMING = "warming up: learning the reference velocity or filling the smoothing window"
 _WARMING_VERDICT = Verdict(0, _WARMING, {}, True)
 _new = tuple.__new__  # a Verdict without the level check: levels here come from a LevelLatch
@@ -610,11 +610,11 @@ class InverseVelocityDetector:
         h = dict(self.horizons_s)[level]
         evidence["horizon_s"] = h
         if forecast is None:
-            why = f"failure forecast withdrawn or not yet confirmed; {_NAMES[level]} held"
+            why = f"failure forecast withdrawn or not yet confirmed; {LEVELS[level].colour} held"
         else:
             why = (
                 f"inverse-velocity failure forecast in {ttf / HOUR:.1f} h (± {forecast['uncertainty_s'] / HOUR:.1f} h, "  # type: ignore[operator]
-                f"R² {forecast['r2']:.2f}, {forecast['points']} points since the onset; ≤ {_NAMES[level]} {h / HOUR:g} h, or held)"
+                f"R² {forecast['r2']:.2f}, {forecast['points']} points since the onset; ≤ {LEVELS[level].colour} {h / HOUR:g} h, or held)"
             )
         self._last = new_verdict(level, why, evidence)
         return self._last

@@ -94,12 +94,12 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from geowarn.core.levels import LEVELS
 from geowarn.detectors.latch import LevelLatch
 from geowarn.detectors.verdict import Verdict
 
 HOUR = 3600.0
 DAY = 86400.0
-_NAMES = {1: "blue", 2: "yellow", 3: "orange", 4: "red"}
 
 Ladder = tuple[tuple[int, float], ...]
 
@@ -349,7 +349,7 @@ class RainSums(_RainMethod):
             return ""
         lvl = self._levels[i]
         thr = dict(self.windows[i][1])[lvl]
-        return f"{self._labels[i]} rain {self._x[i]:.1f} mm (≥ {_NAMES[lvl]} {thr:g} mm, or held)"
+        return f"{self._labels[i]} rain {self._x[i]:.1f} mm (≥ {LEVELS[lvl].colour} {thr:g} mm, or held)"
 
     def _state(self) -> dict[str, Any]:
         # The longest window's deque holds every entry the shorter ones hold.
@@ -482,10 +482,10 @@ class IntensityDuration(_RainMethod):
         lvl = self._latch.level
         mult = dict(self.levels)[lvl]
         if not self._judged():
-            return f"I–D level {_NAMES[lvl]} held: a recent rain event was above {mult:g}× the I–D threshold"
+            return f"I–D level {LEVELS[lvl].colour} held: a recent rain event was above {mult:g}× the I–D threshold"
         return (
             f"rain event {self._d_h:.1f} h at {self._i:.1f} mm/h = {self._ratio:.2f}× the I–D threshold "
-            f"{self._curve:.1f} mm/h (≥ {_NAMES[lvl]} {mult:g}×, or held)"
+            f"{self._curve:.1f} mm/h (≥ {LEVELS[lvl].colour} {mult:g}×, or held)"
         )
 
     def _state(self) -> dict[str, Any]:
@@ -595,7 +595,7 @@ class AntecedentRain(_RainMethod):
     def _reason(self) -> str:
         lvl = self._latch.level
         thr = dict(self.thresholds)[lvl]
-        return f"effective rain {self._x:.1f} mm (Σ {self.k:g}^i·R_i over {self.days} days; ≥ {_NAMES[lvl]} {thr:g} mm, or held)"
+        return f"effective rain {self._x:.1f} mm (Σ {self.k:g}^i·R_i over {self.days} days; ≥ {LEVELS[lvl].colour} {thr:g} mm, or held)"
 
     def _state(self) -> dict[str, Any]:
         return {"day": self._day, "today": self._today, "hist": list(self._hist), "past": self._past, "x": self._x, "latch": self._latch.snapshot()}

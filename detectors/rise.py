@@ -45,13 +45,13 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from geowarn.core.levels import LEVELS
 from geowarn.detectors.latch import LevelLatch
 from geowarn.detectors.slope import SlidingSlope
 from geowarn.detectors.verdict import Verdict
 
 DAY = 86400.0
 HOUR = 3600.0
-_NAMES = {1: "blue", 2: "yellow", 3: "orange", 4: "red"}
 
 #: Default rise-rate levels (unit/day) and units per channel kind; see the module docstring.
 DEFAULT_RISE_PER_DAY: dict[str, tuple[tuple[tuple[int, float], ...], str]] = {
@@ -172,7 +172,7 @@ class RiseRateDetector:
             u = f"{self.unit}/day" if self.unit else "/day"
             self._last = Verdict(
                 level,
-                f"rising {rate:.2f} {u} (≥ {_NAMES[level]} {thr:g} {u} over {self.window_s / 3600:g} h, or held)",
+                f"rising {rate:.2f} {u} (≥ {LEVELS[level].colour} {thr:g} {u} over {self.window_s / 3600:g} h, or held)",
                 evidence,
             )
         return self._last

@@ -88,6 +88,7 @@ from math import atan, degrees
 from collections.abc import Sequence
 from typing import Any
 
+from geowarn.core.levels import LEVELS
 from geowarn.detectors.latch import LevelLatch
 from geowarn.detectors.compact import pack, unpack
 from geowarn.detectors.slope import SlidingSlope, SlopeWindows, white_noise_velocity_se
@@ -97,7 +98,6 @@ __all__ = ["ReferenceRate", "SlidingSlope", "SlopeWindows", "TangentAngleDetecto
 
 DAY = 86400.0
 HOUR = 3600.0
-_NAMES = {1: "blue", 2: "yellow", 3: "orange", 4: "red"}
 _WARMING = "warming up: learning the steady creep rate or filling the smoothing window"
 _WARMING_VERDICT = Verdict(0, _WARMING, {}, True)
 _new = tuple.__new__  # a Verdict without the level check: levels here come from a LevelLatch
@@ -242,7 +242,7 @@ class TangentAngleDetector:
         self._min_span_s = self.min_span * self.window_s
         self.unit = unit
         self._u = f"{unit}/day"
-        self._said = {lvl: (thr, f"≥ {_NAMES[lvl]} {thr:g}°, or held)") for lvl, thr in self.thresholds_deg}
+        self._said = {lvl: (thr, f"≥ {LEVELS[lvl].colour} {thr:g}°, or held)") for lvl, thr in self.thresholds_deg}
         self._own = windows is None
         self._windows = SlopeWindows() if windows is None else windows
         self._ts = self._windows.ts  # the same list for the windows' lifetime

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from geowarn.core.levels import LEVELS
 from geowarn.detectors.latch import LevelLatch
 from geowarn.detectors.verdict import QUIET, Verdict
 
-_NAMES = {1: "blue", 2: "yellow", 3: "orange", 4: "red"}
 
 
 class ThresholdDetector:
@@ -24,7 +24,7 @@ class ThresholdDetector:
         thr = dict(self._latch.thresholds)[level]
         return Verdict(
             level,
-            f"value {value:.2f} {self.unit} (≥ {_NAMES[level]} threshold {thr:g} {self.unit}, or held)".replace("  ", " "),
+            f"value {value:.2f} {self.unit} (≥ {LEVELS[level].colour} threshold {thr:g} {self.unit}, or held)".replace("  ", " "),
             {"value": value, "threshold": thr},
         )
 

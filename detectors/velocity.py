@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from geowarn.core.levels import LEVELS
 from geowarn.detectors.latch import LevelLatch
 from geowarn.detectors.slope import SlopeWindows
 from geowarn.detectors.verdict import Verdict
@@ -28,7 +29,6 @@ _new = tuple.__new__  # a Verdict without the level check: levels here come from
 _STILL = Verdict(0, "", {"significant": False}, False)
 
 DAY = 86400.0
-_NAMES = {1: "blue", 2: "yellow", 3: "orange", 4: "red"}
 
 
 class VelocityDetector:
@@ -80,7 +80,7 @@ class VelocityDetector:
         self._latch = LevelLatch(thresholds_per_day, hysteresis, hold_s)
         # The constant part of each level's reason, made once rather than per reading.
         self._said = {
-            lvl: (thr, f" {unit}/day (≥ {_NAMES[lvl]} {thr:g} {unit}/day over {window_s / 3600:g} h, or held)") for lvl, thr in thresholds_per_day
+            lvl: (thr, f" {unit}/day (≥ {LEVELS[lvl].colour} {thr:g} {unit}/day over {window_s / 3600:g} h, or held)") for lvl, thr in thresholds_per_day
         }
         self._own = windows is None
         self._windows = SlopeWindows() if windows is None else windows
