@@ -3,7 +3,7 @@
     python3 benchmarks/detectors_cost.py [--readings N] [--rounds R] [--baseline DIR]
 
 For each channel kind the bank is exactly what site fusion builds (quality guard + every
-stage of the kind, from ``detectors.fusion.detectors_for``), fed a realistic 10-minute
+stage of the kind, from ``geowarn.detectors.fusion.detectors_for``), fed a realistic 10-minute
 series: a stable GNSS component with 3 mm noise, an extensometer, a rain gauge, a
 piezometer. Time per reading is the median over rounds of (CPU time / readings) — CPU time of
 the process, so the time the machine's other tenants hold the cores is not counted; rounds
@@ -13,7 +13,10 @@ which is what site fusion's snapshot holds for the channel's detectors.
 
 ``--baseline DIR``: the same bank from another checkout (e.g. ``git worktree add /tmp/old
 HEAD``), run in a child process per round, interleaved with this tree's rounds, so both
-see the same machine load. Each round of either tree runs in a fresh process.
+see the same machine load. Each round of either tree runs in a fresh process. The checkout
+may have either layout: ``geowarn.detectors`` mapped from ``detectors/`` (as now), or the
+top-level ``detectors``/``config`` packages of before the namespace move. Either tree's bank
+is imported from its own folders, never from the installed geowarn.
 
 ``--instructions``: also count the machine instructions per reading under valgrind
 (``callgrind``; Debian package ``valgrind``): the count of a run of 1500 readings minus that of
@@ -26,6 +29,9 @@ count. About a minute per kind and tree.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.machinery
+import importlib.util
 import json
 import os
 import platform
@@ -41,14 +47,32 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if "--root" in sys.argv:  # a child measuring another checkout: import its packages
-    sys.path.insert(0, sys.argv[sys.argv.index("--root") + 1])
-else:
-    sys.path.insert(0, str(ROOT))
 
-from geowarn.config.registry import parse_registry
-from geowarn.detectors.fusion import detectors_for
-from geowarn.detectors.quality import QualityGuard
+
+def _use_checkout(root: str) -> str:
+    """Make the detector bank import from the checkout at ``root``; the prefix of its modules.
+
+    Two layouts are understood. Since the namespace move, setuptools maps each top folder into
+    ``geowarn.*`` (``detectors/`` is ``geowarn.detectors``): then ``geowarn`` is made a package
+    whose path is the checkout itself, ahead of any installed (editable) geowarn, so that
+    ``geowarn.detectors`` is ``<root>/detectors``. Before it, ``detectors``, ``config``… were
+    top-level packages: then ``root`` goes first on ``sys.path``.
+    """
+    pyproject = Path(root) / "pyproject.toml"
+    if pyproject.exists() and '"geowarn.detectors"' in pyproject.read_text():
+        spec = importlib.machinery.ModuleSpec("geowarn", None, is_package=True)
+        spec.submodule_search_locations = [str(Path(root).resolve())]
+        sys.modules["geowarn"] = importlib.util.module_from_spec(spec)
+        return "geowarn."
+    sys.path.insert(0, str(Path(root).resolve()))
+    return ""
+
+
+# A child measuring another checkout (--root DIR) imports that checkout's bank; else this tree's.
+_PREFIX = _use_checkout(sys.argv[sys.argv.index("--root") + 1] if "--root" in sys.argv else str(ROOT))
+parse_registry = importlib.import_module(_PREFIX + "config.registry").parse_registry
+detectors_for = importlib.import_module(_PREFIX + "detectors.fusion").detectors_for
+QualityGuard = importlib.import_module(_PREFIX + "detectors.quality").QualityGuard
 
 T0 = 1.7e9
 STEP = 600.0
