@@ -54,11 +54,7 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 from geowarn.config.registry import Policy, Registry, parse_registry
 from geowarn.detectors.fusion import SiteFusion, detectors_for
@@ -69,6 +65,10 @@ from geowarn.ingest.feeds import FeedRow, registry_from_rows
 from geowarn.service.replay import replay_rows
 from geowarn.simulators.devices import Extensometer, GnssComponent, SiteEnvironment, Weather
 from geowarn.simulators.slope import DAY, StableSlope, VoightFailure
+
+# geowarn is installed (pip install -e .): its packages are geowarn.*, not the repository's
+# folders, so the repository is not put on sys.path (its config/ would shadow a library).
+REPO = Path(__file__).resolve().parents[1]
 
 DATA = REPO.parent / "shared" / "data"
 HOUR = 3600.0
