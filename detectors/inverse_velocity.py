@@ -127,6 +127,7 @@ from typing import Any
 import numpy as np
 
 from geowarn.core.levels import LEVELS
+from geowarn.detectors.base import StreamingDetector, check_int, check_latch, check_slope, check_window
 from geowarn.detectors.latch import LevelLatch
 from geowarn.detectors.compact import pack, pack_times, unpack
 from geowarn.detectors.tangent import ReferenceRate, SlidingSlope, SlopeWindows, white_noise_velocity_se
@@ -254,7 +255,7 @@ def estimate_alpha(x: np.ndarray, v: np.ndarray, per_window: int) -> tuple[float
     return a_hat, math.sqrt(var)
 
 
-class InverseVelocityDetector:
+class InverseVelocityDetector(StreamingDetector):
     """Failure-time forecast from the inverse velocity since the onset of acceleration.
 
     Evidence: ``velocity_per_day``, ``stderr_per_day``, ``v_ref_per_day`` (the reference
@@ -298,25 +299,20 @@ class InverseVelocityDetector:
         windows: SlopeWindows | None = None,
     ) -> None:
         hs = _check_horizons(horizons_s)
-        if not window_s > 0:
-            raise ValueError(f"window_s must be > 0, got {window_s}")
-        if not reference_s > 0:
-            raise ValueError(f"reference_s must be > 0, got {reference_s}")
+        check_window("window_s", window_s)
+        check_window("reference_s", reference_s)
         if not min_v_ref > 0:
             raise ValueError(f"min_v_ref must be > 0, got {min_v_ref}")
         if not onset_factor >= 1:
             raise ValueError(f"onset_factor must be >= 1 (an onset is faster than the reference), got {onset_factor}")
-        if not (isinstance(onset_persist, int) and onset_persist >= 1):
-            raise ValueError(f"onset_persist must be an integer >= 1, got {onset_persist!r}")
+        check_int("onset_persist", onset_persist, 1)
         lag = window_s if accel_lag_s is None else accel_lag_s
         if not lag > 0:
             raise ValueError(f"accel_lag_s must be > 0 (or None: the smoothing window), got {accel_lag_s}")
         if not 0 < release <= onset_factor:
             raise ValueError(f"release must be in (0, onset_factor={onset_factor}], got {release}")
-        if not fit_window_s > 0:
-            raise ValueError(f"fit_window_s must be > 0, got {fit_window_s}")
-        if not (isinstance(min_fit_points, int) and min_fit_points >= 3):
-            raise ValueError(f"min_fit_points must be an integer >= 3, got {min_fit_points!r}")
+        check_window("fit_window_s", fit_window_s)
+        check_int("min_fit_points", min_fit_points, 3)
         fit_span = 2 * window_s if min_fit_span_s is None else min_fit_span_s
         if not 0 <= fit_span < fit_window_s:
             raise ValueError(f"min_fit_span_s must be in [0, fit_window_s={fit_window_s}) (None: twice window_s), got {fit_span} (min_fit_span_s={min_fit_span_s})")
@@ -329,18 +325,10 @@ class InverseVelocityDetector:
         alpha_span = ALPHA_FIT_WINDOWS * fit_window_s if alpha_window_s is None else alpha_window_s
         if not alpha_span >= fit_window_s:
             raise ValueError(f"alpha_window_s must be >= fit_window_s={fit_window_s} (None: {ALPHA_FIT_WINDOWS} fit windows), got {alpha_window_s}")
-        if not z >= 0:
-            raise ValueError(f"z must be >= 0, got {z}")
-        if not (isinstance(persist, int) and persist >= 1):
-            raise ValueError(f"persist must be an integer >= 1, got {persist!r}")
-        if not 0 <= hysteresis < 1:
-            raise ValueError(f"hysteresis must be in [0, 1), got {hysteresis}")
-        if not hold_s >= 0:
-            raise ValueError(f"hold_s must be >= 0, got {hold_s}")
-        if not (isinstance(min_points, int) and min_points >= 3):
-            raise ValueError(f"min_points must be an integer >= 3, got {min_points!r}")
-        if not 0 < min_span <= 1:
-            raise ValueError(f"min_span must be in (0, 1], got {min_span}")
+        check_int("persist", persist, 1)
+        check_latch(hysteresis, hold_s)
+        check_int("min_points", min_points, 3)
+        check_slope(min_span, z)
         self.estimate_alpha = bool(estimate_alpha)
         self.alpha_prior_sd = float(alpha_prior_sd)
         self.alpha_window_s = float(alpha_span)

@@ -99,6 +99,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from geowarn.detectors.base import StreamingDetector, check_int
 from geowarn.detectors.compact import pack, unpack
 from geowarn.detectors.verdict import Verdict
 
@@ -188,11 +189,6 @@ def _flag_of(v: Verdict) -> str | None:
     return v.evidence.get("flag")
 
 
-def _check_int(name: str, value: Any, lo: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{name} must be an integer >= {lo}, got {value!r}")
-
-
 def _check_positive_or_none(name: str, value: float | None) -> None:
     if value is not None and not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{name} must be a finite number > 0, or None for off, got {value!r}")
@@ -208,7 +204,7 @@ def _check_nonneg(name: str, value: float) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-class ClockGuard:
+class ClockGuard(StreamingDetector):
     """Time travel and gaps, judged against the last accepted t.
 
     A reading with t earlier than the last accepted t is ``out_of_order``; the same t again is
@@ -266,7 +262,7 @@ class ClockGuard:
 # --------------------------------------------------------------------------------------------
 
 
-class RangeGuard:
+class RangeGuard(StreamingDetector):
     """A value outside [low, high] — or NaN/inf — is a device fault, not a hazard.
 
     Stateless, so it judges every reading whatever its t.
@@ -309,7 +305,7 @@ class RangeGuard:
 # --------------------------------------------------------------------------------------------
 
 
-class StuckGuard:
+class StuckGuard(StreamingDetector):
     """The same value, within ``tolerance``, for ``stuck_n`` consecutive readings.
 
     A run is a stretch whose values all lie within a band of width ``tolerance``
@@ -323,7 +319,7 @@ class StuckGuard:
     """
 
     def __init__(self, stuck_n: int, tolerance: float = 0.0) -> None:
-        _check_int("stuck_n", stuck_n, 2)
+        check_int("stuck_n", stuck_n, 2)
         _check_nonneg("tolerance", tolerance)
         self.stuck_n = stuck_n
         self.tolerance = tolerance
@@ -407,7 +403,7 @@ class _Held:
 # --------------------------------------------------------------------------------------------
 
 
-class SpikeGuard:
+class SpikeGuard(StreamingDetector):
     """Hampel identifier on the trailing window of accepted readings.
 
     A reading is a ``spike`` when |value − median| > k · 1.4826 · max(MAD, ``min_mad``) over the
@@ -438,14 +434,14 @@ class SpikeGuard:
         accept_after: int = 3,
         max_gap_s: float | None = None,
     ) -> None:
-        _check_int("window", window, 3)
-        _check_int("min_points", min_points, 3)
+        check_int("window", window, 3)
+        check_int("min_points", min_points, 3)
         if min_points > window:
             raise ValueError(f"min_points must be <= window ({window}), got {min_points}")
         if not (k > 0 and math.isfinite(k)):
             raise ValueError(f"k must be a finite number > 0, got {k!r}")
         _check_nonneg("min_mad", min_mad)
-        _check_int("accept_after", accept_after, 2)
+        check_int("accept_after", accept_after, 2)
         _check_positive_or_none("max_gap_s", max_gap_s)
         self.window = window
         self.k = k
@@ -564,7 +560,7 @@ class SpikeGuard:
 # --------------------------------------------------------------------------------------------
 
 
-class StepBackGuard:
+class StepBackGuard(StreamingDetector):
     """A jump back into the range a cumulative displacement has already travelled.
 
     Steps are differences of consecutive accepted readings. Once ``min_points`` steps are known,
@@ -597,14 +593,14 @@ class StepBackGuard:
         accept_after: int = 3,
         max_gap_s: float | None = None,
     ) -> None:
-        _check_int("window", window, 3)
-        _check_int("min_points", min_points, 3)
+        check_int("window", window, 3)
+        check_int("min_points", min_points, 3)
         if min_points > window:
             raise ValueError(f"min_points must be <= window ({window}), got {min_points}")
         if not (k > 0 and math.isfinite(k)):
             raise ValueError(f"k must be a finite number > 0, got {k!r}")
         _check_nonneg("min_mad", min_mad)
-        _check_int("accept_after", accept_after, 2)
+        check_int("accept_after", accept_after, 2)
         _check_positive_or_none("max_gap_s", max_gap_s)
         self.window = window
         self.k = k
@@ -796,7 +792,7 @@ SPIKE_MAX_INTERVAL_S = 86400.0
 STUCK_MIN_READINGS = 5
 
 
-class QualityGuard:
+class QualityGuard(StreamingDetector):
     """All guards of one channel in a fixed order; the first flag wins.
 
     Order: clock (out_of_order / duplicate / duplicate_conflict) → range → stuck → step_back →

@@ -95,6 +95,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from geowarn.core.levels import LEVELS
+from geowarn.detectors.base import StreamingDetector, check_latch
 from geowarn.detectors.latch import LevelLatch
 from geowarn.detectors.verdict import Verdict
 
@@ -153,10 +154,7 @@ def _ladder(levels: Sequence[tuple[int, float]], what: str) -> Ladder:
 
 
 def _check_common(hysteresis: float, hold_s: float, max_interval_s: float) -> None:
-    if not 0 <= hysteresis < 1:
-        raise ValueError(f"hysteresis must be in [0, 1), got {hysteresis}")
-    if not hold_s >= 0:
-        raise ValueError(f"hold_s must be >= 0, got {hold_s}")
+    check_latch(hysteresis, hold_s)
     if not max_interval_s > 0:
         raise ValueError(f"max_interval_s must be > 0, got {max_interval_s}")
 
@@ -165,7 +163,7 @@ def _verdict_state(v: Verdict) -> dict[str, Any]:
     return {"level": v.level, "reason": v.reason, "evidence": v.evidence, "warming_up": v.warming_up}
 
 
-class _RainMethod:
+class _RainMethod(StreamingDetector):
     """The reading model shared by the rain detectors: order, first reading, intervals, counts.
 
     Subclasses implement ``_reset_state``, ``_step(t, ts, q) -> level`` for a reading of q

@@ -46,6 +46,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from geowarn.core.levels import LEVELS
+from geowarn.detectors.base import StreamingDetector, check_int, check_latch, check_slope, check_window
 from geowarn.detectors.latch import LevelLatch
 from geowarn.detectors.slope import SlidingSlope
 from geowarn.detectors.verdict import Verdict
@@ -62,7 +63,7 @@ DEFAULT_RISE_PER_DAY: dict[str, tuple[tuple[tuple[int, float], ...], str]] = {
 _WARMING = "warming up: too few readings in the window to judge a slope"
 
 
-class RiseRateDetector:
+class RiseRateDetector(StreamingDetector):
     """Level of the significant rate of rise (unit/day) over a sliding window.
 
     ``thresholds_per_day`` is [(level, rate)] ascending. ``min_points`` readings spanning at
@@ -88,20 +89,11 @@ class RiseRateDetector:
         if not thresholds or any(not x > 0 for _, x in thresholds):
             raise ValueError(f"thresholds_per_day must be [(level, rate > 0)], got {thresholds}")
         LevelLatch(thresholds)  # validates levels 1-4, ascending
-        if not window_s > 0:
-            raise ValueError(f"window_s must be > 0, got {window_s}")
-        if not 0 <= hysteresis < 1:
-            raise ValueError(f"hysteresis must be in [0, 1), got {hysteresis}")
-        if not hold_s >= 0:
-            raise ValueError(f"hold_s must be >= 0, got {hold_s}")
-        if not (isinstance(min_points, int) and min_points >= 3):
-            raise ValueError(f"min_points must be an integer >= 3, got {min_points!r}")
-        if not 0 < min_span <= 1:
-            raise ValueError(f"min_span must be in (0, 1], got {min_span}")
-        if not z >= 0:
-            raise ValueError(f"z must be >= 0, got {z}")
-        if not (isinstance(persist, int) and persist >= 1):
-            raise ValueError(f"persist must be an integer >= 1, got {persist!r}")
+        check_window("window_s", window_s)
+        check_latch(hysteresis, hold_s)
+        check_int("min_points", min_points, 3)
+        check_slope(min_span, z)
+        check_int("persist", persist, 1)
         self.thresholds_per_day = tuple(thresholds)
         self.window_s = window_s
         self.hysteresis = hysteresis

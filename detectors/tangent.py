@@ -89,6 +89,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from geowarn.core.levels import LEVELS
+from geowarn.detectors.base import StreamingDetector, check_int, check_latch, check_slope, check_window
 from geowarn.detectors.latch import LevelLatch
 from geowarn.detectors.compact import pack, unpack
 from geowarn.detectors.slope import SlidingSlope, SlopeWindows, white_noise_velocity_se
@@ -173,7 +174,7 @@ class ReferenceRate:
         self.stderr = None if state["stderr"] is None else float(state["stderr"])
 
 
-class TangentAngleDetector:
+class TangentAngleDetector(StreamingDetector):
     """Level of Xu Qiang's improved tangent angle α = arctan(|v| / max(|v_steady|, floor)).
 
     ``v`` is the least-squares velocity over ``window_s``, judged by its lower bound
@@ -211,24 +212,14 @@ class TangentAngleDetector:
         if not thresholds or any(not 0 < a < 90 for _, a in thresholds):
             raise ValueError(f"thresholds_deg must be [(level 1-4, angle in (0, 90) degrees)] ascending, got {thresholds}")
         LevelLatch(thresholds)  # validates: levels distinct, ascending, 1-4; angles rising
-        if not window_s > 0:
-            raise ValueError(f"window_s must be > 0, got {window_s}")
-        if not reference_s > 0:
-            raise ValueError(f"reference_s must be > 0, got {reference_s}")
+        check_window("window_s", window_s)
+        check_window("reference_s", reference_s)
         if not min_v_steady > 0:
             raise ValueError(f"min_v_steady must be > 0 (it keeps a stable point's ratio finite), got {min_v_steady}")
-        if not z >= 0:
-            raise ValueError(f"z must be >= 0, got {z}")
-        if not (isinstance(persist, int) and persist >= 1):
-            raise ValueError(f"persist must be an integer >= 1, got {persist!r}")
-        if not 0 <= hysteresis < 1:
-            raise ValueError(f"hysteresis must be in [0, 1), got {hysteresis}")
-        if not hold_s >= 0:
-            raise ValueError(f"hold_s must be >= 0, got {hold_s}")
-        if not (isinstance(min_points, int) and min_points >= 3):
-            raise ValueError(f"min_points must be an integer >= 3, got {min_points!r}")
-        if not 0 < min_span <= 1:
-            raise ValueError(f"min_span must be in (0, 1], got {min_span}")
+        check_int("persist", persist, 1)
+        check_latch(hysteresis, hold_s)
+        check_int("min_points", min_points, 3)
+        check_slope(min_span, z)
         self.thresholds_deg = tuple(thresholds)
         self.window_s = float(window_s)
         self.reference_s = float(reference_s)

@@ -5,17 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from geowarn.core.levels import LEVELS
+from geowarn.detectors.base import StreamingDetector
 from geowarn.detectors.latch import LevelLatch
 from geowarn.detectors.verdict import QUIET, Verdict
 
 
 
-class ThresholdDetector:
+class ThresholdDetector(StreamingDetector):
     """Level of the value against ascending thresholds, with hysteresis and a hold time."""
 
     def __init__(self, thresholds: list[tuple[int, float]], *, hysteresis: float = 0.1, hold_s: float = 0.0, unit: str = "") -> None:
+        self.thresholds = thresholds
+        self.hysteresis = hysteresis
+        self.hold_s = hold_s
         self.unit = unit
-        self._latch = LevelLatch(thresholds, hysteresis, hold_s)
+        self._reset()  # the latch validates the thresholds, the hysteresis and the hold time
+
+    def _reset(self) -> None:
+        self._latch = LevelLatch(self.thresholds, self.hysteresis, self.hold_s)
 
     def update(self, t: float, value: float) -> Verdict:
         level = self._latch.update(t, value)
@@ -32,4 +39,5 @@ class ThresholdDetector:
         return {"latch": self._latch.snapshot()}
 
     def restore(self, state: dict[str, Any]) -> None:
+        self._reset()
         self._latch.restore(state["latch"])

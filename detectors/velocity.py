@@ -19,6 +19,7 @@ from collections import deque
 from typing import Any
 
 from geowarn.core.levels import LEVELS
+from geowarn.detectors.base import StreamingDetector, check_int, check_slope, check_window
 from geowarn.detectors.latch import LevelLatch
 from geowarn.detectors.slope import SlopeWindows
 from geowarn.detectors.verdict import Verdict
@@ -31,7 +32,7 @@ _STILL = Verdict(0, "", {"significant": False}, False)
 DAY = 86400.0
 
 
-class VelocityDetector:
+class VelocityDetector(StreamingDetector):
     """Level of |velocity| (unit/day) over a sliding window, with hysteresis and hold time.
 
     ``min_points`` readings spanning at least ``min_span`` of the window are needed before
@@ -60,24 +61,21 @@ class VelocityDetector:
         unit: str = "mm",
         windows: SlopeWindows | None = None,
     ) -> None:
-        if window_s <= 0:
-            raise ValueError(f"window_s must be > 0, got {window_s}")
-        if min_points < 3:
-            raise ValueError(f"min_points must be >= 3, got {min_points}")
-        if not 0 < min_span <= 1:
-            raise ValueError(f"min_span must be in (0, 1], got {min_span}")
+        check_window("window_s", window_s)
+        check_int("min_points", min_points, 3)
+        check_slope(min_span, z)
+        check_int("persist", persist, 1)
+        LevelLatch(thresholds_per_day, hysteresis, hold_s)  # validates the levels, hysteresis and hold time
+        self.thresholds_per_day = thresholds_per_day
         self.window_s = window_s
+        self.hysteresis = hysteresis
+        self.hold_s = hold_s
         self.min_points = min_points
         self.min_span = min_span
         self._min_span_s = min_span * window_s
-        if z < 0:
-            raise ValueError(f"z must be >= 0, got {z}")
         self.z = z
-        if persist < 1:
-            raise ValueError(f"persist must be >= 1, got {persist}")
         self.persist = persist
         self.unit = unit
-        self._latch = LevelLatch(thresholds_per_day, hysteresis, hold_s)
         # The constant part of each level's reason, made once rather than per reading.
         self._said = {
             lvl: (thr, f" {unit}/day (≥ {LEVELS[lvl].colour} {thr:g} {unit}/day over {window_s / 3600:g} h, or held)") for lvl, thr in thresholds_per_day
@@ -92,6 +90,7 @@ class VelocityDetector:
         if self._own:
             self._windows.clear()
         self._recent: deque[float] = deque(maxlen=self.persist)
+        self._latch = LevelLatch(self.thresholds_per_day, self.hysteresis, self.hold_s)
         self._last_t: float | None = None
         self._last: Verdict = Verdict(0, "warming up", warming_up=True)
 

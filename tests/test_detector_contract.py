@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 
+from geowarn.detectors.base import StreamingDetector
 from geowarn.detectors.verdict import Verdict
 from oracles.contract import ContractCase
 
@@ -116,3 +117,30 @@ def test_late_and_repeated_readings_are_ignored(case: ContractCase):
     det.update(float(t[mid // 2]), float(v[mid // 2]) + 1e6)  # late
     det.update(float(t[mid - 1]), float(v[mid - 1]) + 1e6)  # repeated time
     assert json.dumps(det.snapshot(), sort_keys=True) == before
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_parameters_are_public_attributes(case: ContractCase):
+    # river's habit: every constructor parameter is kept under its own name; only a shared
+    # resource handed in (a channel's SlopeWindows) is private state.
+    det = case.make()
+    assert isinstance(det, StreamingDetector)
+    names = [p for p in inspect.signature(type(det).__init__).parameters if p != "self"]
+    private = [p for p in names if not hasattr(det, p)]
+    assert private in ([], ["windows"])
+    assert names and sorted(det.params()) == sorted(set(names) - set(private))
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_reset_makes_a_fresh_detector(case: ContractCase):
+    # All mutable state is created by _reset(): a detector reset half-way through the series
+    # has the snapshot of a fresh one and then says what a fresh one says.
+    t, v = case.series(0)
+    mid = len(t) // 2
+    det, fresh = case.make(), case.make()
+    _run(det, t[:mid], v[:mid])
+    fed, new = json.dumps(det.snapshot(), sort_keys=True), json.dumps(fresh.snapshot(), sort_keys=True)
+    assert fed != new or new == "{}"  # only a stateless guard (RangeGuard) has nothing to reset
+    det._reset()
+    assert json.dumps(det.snapshot(), sort_keys=True) == json.dumps(fresh.snapshot(), sort_keys=True)
+    assert _run(det, t[mid:], v[mid:]) == _run(fresh, t[mid:], v[mid:])
