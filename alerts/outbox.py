@@ -14,6 +14,9 @@ deduplication key); ``prune`` removes old ones once nobody can re-enqueue them.
 The file is its own (WAL, ``synchronous=FULL``: a notification accepted here survives a power
 cut). One connection is shared by the caller's thread and the dispatcher's, behind a lock.
 Times are the caller's clock; nothing here reads one.
+
+The outbox's SQL lives here and nowhere else: other stages (the console, metrics) read the file
+through ``OutboxReader`` — read-only, one short-lived connection per call.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from geowarn.alerts.notifiers import Outgoing
+from geowarn.core.sqlite import ChangeWatch, Schema, open_db, open_readonly
 
-__all__ = ["Outbox", "OutboxItem", "DeliveryState"]
+__all__ = ["DeliveryState", "OUTBOX_FILE", "OUTBOX_SCHEMA", "Outbox", "OutboxItem", "OutboxReader"]
 
 DeliveryState = Literal["pending", "sent", "dead"]
 
@@ -52,6 +56,11 @@ CREATE TABLE IF NOT EXISTS state (
     value TEXT NOT NULL             -- JSON
 );
 """
+
+#: The outbox's file in the data directory.
+OUTBOX_FILE = "outbox.sqlite"
+#: Migration 1 is the schema from before versions were kept (idempotent).
+OUTBOX_SCHEMA = Schema("outbox", (_SCHEMA,))
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,7 @@ class OutboxItem:
 
 
 _COLUMNS = "payload, state, attempts, created, next_try, last_error, sent_at"
+_STATES = "SELECT key, value FROM state WHERE key >= ? AND key < ? ORDER BY key"
 
 
 def _item(row: tuple[Any, ...]) -> OutboxItem:
@@ -88,12 +98,9 @@ class Outbox:
         self.path = os.fspath(path)
         # Autocommit mode: transactions are begun explicitly (BEGIN IMMEDIATE), so a caller's
         # own writes and the enqueue land in one commit.
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        self._db = open_db(self.path, OUTBOX_SCHEMA, sync="full")
         self._lock = threading.RLock()
         self._depth = 0
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -139,7 +146,7 @@ class Outbox:
     def states(self, prefix: str) -> list[tuple[str, Any]]:
         """Every (key, value) of the state table whose key starts with ``prefix``."""
         with self._lock:
-            rows = self._db.execute("SELECT key, value FROM state WHERE key >= ? AND key < ? ORDER BY key", (prefix, prefix + "\uffff")).fetchall()
+            rows = self._db.execute(_STATES, (prefix, prefix + "\uffff")).fetchall()
         return [(k, json.loads(v)) for k, v in rows]
 
     def first_with_prefix(self, prefix: str) -> "OutboxItem | None":
@@ -257,3 +264,69 @@ class Outbox:
         with self.transaction():
             cur = self._db.execute("DELETE FROM outbox WHERE state = 'sent' AND sent_at < ?", (sent_before,))
             return cur.rowcount
+
+
+class OutboxReader:
+    """What other stages (the console, metrics) may know of an outbox, without its SQL.
+
+    Every call opens its own short-lived read-only connection (request threads share
+    nothing, and nothing here can write); while the file does not exist yet, calls give
+    empty answers. Other SQLite errors reach the caller.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection | None]:
+        try:
+            conn = open_readonly(self.path, OUTBOX_SCHEMA, busy_timeout_s=10.0)
+        except FileNotFoundError:
+            yield None
+            return
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def watch(self) -> ChangeWatch:
+        """A poller's view of whether the file changed (any state, message or delivery
+        change is a commit to it); the caller closes it."""
+        return ChangeWatch(self.path, OUTBOX_SCHEMA)
+
+    def states(self, prefix: str) -> list[tuple[str, Any]]:
+        """Every (key, value) of the callers' state table whose key starts with ``prefix``
+        (the response chain keeps each site's alert state under one)."""
+        with self._read() as conn:
+            rows = [] if conn is None else conn.execute(_STATES, (prefix, prefix + "\uffff")).fetchall()
+        return [(k, json.loads(v)) for k, v in rows]
+
+    def about_warning(self, warning_id: str) -> list[OutboxItem]:
+        """Every message whose body names this warning, oldest first."""
+        with self._read() as conn:
+            rows = [] if conn is None else conn.execute(
+                f"SELECT {_COLUMNS} FROM outbox WHERE json_extract(payload, '$.body.warning_id') = ? ORDER BY created, id", (warning_id,)
+            ).fetchall()
+        return [_item(r) for r in rows]
+
+    def counts_by_notifier(self) -> dict[tuple[str, str], int]:
+        """Messages per (notifier, delivery state), in that order; absent pairs are absent."""
+        with self._read() as conn:
+            if conn is None:
+                return {}
+            rows = conn.execute("SELECT notifier, state, count(*) FROM outbox GROUP BY notifier, state ORDER BY notifier, state").fetchall()
+        return {(str(notifier), str(state)): int(n) for notifier, state, n in rows}
+
+    def notifications_by_level(self, kind: str, *, exercise: bool = False) -> dict[int, int]:
+        """Engine notifications of one kind per level. One notification is delivered by
+        several notifiers (ids ``<notify id>/<notifier>``), so distinct notification ids are
+        counted, not outbox rows."""
+        with self._read() as conn:
+            if conn is None:
+                return {}
+            rows = conn.execute(
+                "SELECT json_extract(payload, '$.level'), count(DISTINCT substr(id, 1, instr(id, '/') - 1)) FROM outbox "
+                "WHERE json_extract(payload, '$.kind') = ? AND json_extract(payload, '$.exercise') = ? GROUP BY 1",
+                (kind, 1 if exercise else 0),
+            ).fetchall()
+        return {int(level): int(n) for level, n in rows if level is not None}

@@ -32,8 +32,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from geowarn.config.roster import NATIONAL, TIERS, Tier, tier_of
+from geowarn.core.sqlite import Schema, open_db
 
-__all__ = ["AuditEntry", "Token", "TokenError", "TokenStore", "UnknownToken", "covers", "hash_secret"]
+__all__ = ["AuditEntry", "TOKENS_FILE", "TOKENS_SCHEMA", "Token", "TokenError", "TokenStore", "UnknownToken", "covers", "hash_secret"]
+
+#: The tokens' file in the data directory (the daemon's API and ``geowarn token`` share it).
+TOKENS_FILE = "tokens.sqlite"
 
 #: Every secret starts with this, so a leaked one is recognisable in logs and by scanners.
 SECRET_PREFIX = "gwt_"
@@ -63,6 +67,8 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_t ON audit (t);
 """
+#: Migration 1 is the schema from before versions were kept (idempotent).
+TOKENS_SCHEMA = Schema("tokens", (_SCHEMA,))
 
 Outcome = Literal["ok", "refused", "failed", "unauthorised", "forbidden"]
 
@@ -150,13 +156,9 @@ class TokenStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        # An audit row must survive a power cut as surely as the action it records: FULL.
+        self._db = open_db(self.path, TOKENS_SCHEMA, sync="full")
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # An audit row must survive a power cut as surely as the action it records.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
         with self._lock:

@@ -7,6 +7,10 @@ storing it twice stores it once.
 
 One ``Journal`` object is one SQLite connection and belongs to one thread; the daemon opens one
 for the pipeline and one for the forwarder (WAL lets them work side by side).
+
+The journal's SQL lives here and nowhere else: other stages read it through ``JournalReader``
+(the console, metrics), which opens a short-lived read-only connection per call. The file's
+name (``JOURNAL_FILE``) and the state keys other processes read are defined here too.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from geowarn.config.registry import ChannelInfo, Registry
+from geowarn.core.sqlite import Schema, Sync, open_db, open_readonly
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -60,6 +67,17 @@ CREATE TABLE IF NOT EXISTS state (
 );
 """
 
+#: The journal's file in the data directory.
+JOURNAL_FILE = "journal.sqlite"
+#: Migration 1 is the schema from before versions were kept (idempotent, so a file of that
+#: time migrates by being stamped). Append new migrations; never edit a released one.
+JOURNAL_SCHEMA = Schema("journal", (SCHEMA,))
+
+#: State keys written by the detection worker (service/detection.py) and read by the console
+#: and metrics, which may not import the service: one spelling, kept by the file's owner.
+SITE_LEVELS_KEY = "fusion.site_levels"
+DETECTION_STATS_KEY = "detection.stats"
+
 #: How much of a rejected payload the dead-letter table keeps.
 DEADLETTER_KEEP_BYTES = 64 * 1024
 
@@ -73,20 +91,10 @@ def to_ms(t: float) -> int:
 
 
 class Journal:
-    def __init__(self, path: str | Path, *, sync: Literal["full", "normal"] = "full", readonly: bool = False) -> None:
+    def __init__(self, path: str | Path, *, sync: Sync = "full", readonly: bool = False) -> None:
         self.path = Path(path)
-        if readonly:
-            if not self.path.exists():
-                raise FileNotFoundError(f"no journal at {self.path}")
-            self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA busy_timeout = 30000")
-        if not readonly:
-            self.conn.execute("PRAGMA journal_mode = WAL")
-            self.conn.execute(f"PRAGMA synchronous = {sync.upper()}")
-            self.conn.executescript(SCHEMA)
+        # readonly: ``geowarn export`` and the demo read a journal a daemon may be writing.
+        self.conn = open_readonly(self.path, JOURNAL_SCHEMA) if readonly else open_db(self.path, JOURNAL_SCHEMA, sync=sync)
         self._series: dict[tuple[str, str, str], int] = {}
 
     def close(self) -> None:
@@ -236,3 +244,161 @@ class Journal:
     def latest_t_ms(self, series: int) -> int | None:
         row = self.conn.execute("SELECT max(t_ms) FROM readings WHERE series=? AND drill = 0", (series,)).fetchone()
         return None if row[0] is None else int(row[0])
+
+
+# -- the read side for other stages ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChannelActivity:
+    """A channel's newest real (not drill) reading and how many readings it had in a window
+    before it; ``last_t_ms`` is None when the channel has none."""
+
+    device: str
+    channel: str
+    kind: str
+    last_t_ms: int | None
+    last_received_ms: int | None
+    recent: int
+
+
+@dataclass(frozen=True)
+class ChannelPoints:
+    """A channel's real readings over a window, thinned for a chart: (t_ms, value)."""
+
+    device: str
+    channel: str
+    kind: str
+    points: list[tuple[int, float]]
+
+
+class JournalReader:
+    """What other stages (the console, metrics) may know of a journal, without its SQL.
+
+    Every call opens its own short-lived read-only connection, so request threads share
+    nothing and can never write. While the file does not exist yet (a daemon that has just
+    started) calls give empty answers; other SQLite errors reach the caller, which decides
+    whether a half-read page or a scrape should say so.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection | None]:
+        try:
+            conn = open_readonly(self.path, JOURNAL_SCHEMA, busy_timeout_s=10.0)
+        except FileNotFoundError:
+            yield None
+            return
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def readable(self) -> bool:
+        """The file can be opened and queried (True while it does not exist yet: nothing is
+        wrong with a journal the store worker has not created)."""
+        try:
+            with self._read() as conn:
+                if conn is not None:
+                    conn.execute("SELECT 1 FROM state LIMIT 1").fetchall()
+        except sqlite3.Error:
+            return False
+        return True
+
+    def state(self, key: str, default: Any = None) -> Any:
+        with self._read() as conn:
+            row = None if conn is None else conn.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def site_levels(self) -> dict[str, int]:
+        """Each site's fused level as the detection worker last saved it."""
+        return {str(k): int(v) for k, v in (self.state(SITE_LEVELS_KEY) or {}).items()}
+
+    def readings_stored(self) -> int:
+        """Readings stored so far: ``readings.id`` is the arrival order and rows are never
+        deleted, so max(id) is the count without scanning the table."""
+        with self._read() as conn:
+            return 0 if conn is None else int(conn.execute("SELECT coalesce(max(id), 0) FROM readings").fetchone()[0])
+
+    def deadletter_counts(self) -> dict[str, int]:
+        """Dead letters by reason, reasons in order."""
+        with self._read() as conn:
+            if conn is None:
+                return {}
+            return {str(r): int(n) for r, n in conn.execute("SELECT reason, count(*) FROM deadletters GROUP BY reason ORDER BY reason")}
+
+    def newest_arrivals_ms(self) -> dict[tuple[str, str, str], int]:
+        """Per (site, device, channel): when its newest reading by event time (drill or not)
+        arrived. One seek per series through the readings_key index."""
+        with self._read() as conn:
+            if conn is None:
+                return {}
+            out: dict[tuple[str, str, str], int] = {}
+            for sid, site, device, channel in conn.execute("SELECT id, site, device, channel FROM series").fetchall():
+                row = conn.execute("SELECT received_ms FROM readings WHERE series = ? ORDER BY t_ms DESC LIMIT 1", (sid,)).fetchone()
+                if row is not None:
+                    out[(site, device, channel)] = int(row[0])
+            return out
+
+    def site_activity(self, site: str, window_ms: int) -> list[ChannelActivity]:
+        """Each channel of a site (by device, channel) with its newest real reading and the
+        count of real readings in the ``window_ms`` before that one — counted back from the
+        channel's own newest reading, so a replayed feed shows its data too."""
+        with self._read() as conn:
+            if conn is None:
+                return []
+            out = []
+            for sid, device, channel, kind in self._series(conn, site):
+                row = conn.execute("SELECT t_ms, received_ms FROM readings WHERE series = ? AND drill = 0 ORDER BY t_ms DESC LIMIT 1", (sid,)).fetchone()
+                if row is None:
+                    out.append(ChannelActivity(device, channel, kind, None, None, 0))
+                    continue
+                n = conn.execute("SELECT count(*) FROM readings WHERE series = ? AND t_ms > ? AND drill = 0", (sid, row[0] - window_ms)).fetchone()[0]
+                out.append(ChannelActivity(device, channel, kind, int(row[0]), int(row[1]), int(n)))
+            return out
+
+    def latest_statuses(self, site: str, devices: Iterable[str]) -> dict[str, tuple[str, int]]:
+        """Each device's latest status heartbeat as stored: (raw status text, t_ms)."""
+        with self._read() as conn:
+            if conn is None:
+                return {}
+            out = {}
+            for device in devices:
+                # Newest first by arrival (id): one short backward scan per device.
+                row = conn.execute("SELECT status, t_ms FROM device_status WHERE site = ? AND device = ? ORDER BY id DESC LIMIT 1", (site, device)).fetchone()
+                if row is not None:
+                    out[device] = (str(row[0]), int(row[1]))
+            return out
+
+    def site_points(self, site: str, window_ms: int, max_points: int) -> list[ChannelPoints]:
+        """Each channel's real readings over the ``window_ms`` before the site's newest one,
+        thinned to at most about ``max_points`` (every n-th, and the last): a chart only
+        shows the shape. Channels without readings in the window are left out."""
+        with self._read() as conn:
+            if conn is None:
+                return []
+            series = self._series(conn, site)
+            newest = 0
+            for sid, *_ in series:
+                row = conn.execute("SELECT max(t_ms) FROM readings WHERE series = ? AND drill = 0", (sid,)).fetchone()
+                newest = max(newest, int(row[0] or 0))
+            since = newest - window_ms
+            out = []
+            for sid, device, channel, kind in series:
+                n = int(conn.execute("SELECT count(*) FROM readings WHERE series = ? AND drill = 0 AND t_ms >= ?", (sid, since)).fetchone()[0])
+                if n == 0:
+                    continue
+                stride = max(1, -(-n // max_points))
+                rows = conn.execute(
+                    "SELECT t_ms, value FROM (SELECT t_ms, value, row_number() OVER (ORDER BY t_ms) AS rn FROM readings "
+                    "WHERE series = ? AND drill = 0 AND t_ms >= ?) WHERE (rn - 1) % ? = 0 OR rn = ? ORDER BY t_ms",
+                    (sid, since, stride, n),
+                ).fetchall()
+                out.append(ChannelPoints(device, channel, kind, [(int(t), float(v)) for t, v in rows]))
+            return out
+
+    @staticmethod
+    def _series(conn: sqlite3.Connection, site: str) -> list[tuple[int, str, str, str]]:
+        return conn.execute("SELECT id, device, channel, kind FROM series WHERE site = ? ORDER BY device, channel", (site,)).fetchall()

@@ -13,17 +13,19 @@ It has its own file, not a table in the journal, so that the ack path is the onl
 matters here and never waits for the store stage's reading inserts (SQLite has one writer per
 file). The store stage prunes what it has expanded once it is older than ``keep_s``.
 
-One ``MessageLog`` is one SQLite connection and belongs to one thread.
+One ``MessageLog`` is one SQLite connection and belongs to one thread. Other stages read the
+log through ``MessageLogReader`` (read-only, short-lived connections), never its SQL.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import struct
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
+
+from geowarn.core.sqlite import Schema, Sync, open_db, open_readonly
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -37,6 +39,11 @@ CREATE TABLE IF NOT EXISTS batches (
     data        BLOB    NOT NULL          -- the messages, framed (see _frame)
 );
 """
+
+#: The message log's file in the data directory.
+MESSAGES_FILE = "messages.sqlite"
+#: Migration 1 is the schema from before versions were kept (idempotent).
+MESSAGES_SCHEMA = Schema("message log", (SCHEMA,))
 
 _INSERT = "INSERT INTO batches (received_ms, count, data) VALUES (?, ?, ?)"
 #: Per message: topic length, stored payload length, size on the wire; then topic and payload.
@@ -66,16 +73,11 @@ def _unframe(batch_id: int, received_ms: int, data: bytes) -> list[Logged]:
 
 
 class MessageLog:
-    def __init__(self, path: str | Path, *, sync: Literal["full", "normal"] = "full", max_payload_bytes: int = 1 << 20, keep_bytes: int = 64 * 1024) -> None:
+    def __init__(self, path: str | Path, *, sync: Sync = "full", max_payload_bytes: int = 1 << 20, keep_bytes: int = 64 * 1024) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_payload_bytes = max_payload_bytes
         self.keep_bytes = keep_bytes
-        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA busy_timeout = 30000")
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.execute(f"PRAGMA synchronous = {sync.upper()}")
-        self.conn.executescript(SCHEMA)
+        self.conn = open_db(self.path, MESSAGES_SCHEMA, sync=sync)
         # An identity for this log file: a reader's saved position means nothing in a new
         # file (deleted, restored from a backup), whose ids start again from 1.
         self.conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('log_id', ?)", (uuid.uuid4().hex,))
@@ -132,3 +134,22 @@ class MessageLog:
             "DELETE FROM batches WHERE id <= ? AND id < ? AND received_ms < ?", (upto_id, last, older_than_ms)
         )
         return cur.rowcount
+
+
+class MessageLogReader:
+    """What other stages (metrics) may know of the message log: read-only, one short-lived
+    connection per call, and empty answers while the file does not exist yet."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def last_id(self) -> int:
+        """The newest batch's id (0: none yet): how far the ack path has logged."""
+        try:
+            conn = open_readonly(self.path, MESSAGES_SCHEMA, busy_timeout_s=10.0)
+        except FileNotFoundError:
+            return 0
+        try:
+            return int(conn.execute("SELECT coalesce(max(id), 0) FROM batches").fetchone()[0])
+        finally:
+            conn.close()

@@ -93,7 +93,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from geowarn.core.timefmt import rfc3339
     from geowarn.config.settings import load_settings
-    from geowarn.ingest.journal import Journal
+    from geowarn.ingest.journal import JOURNAL_FILE, Journal
 
     try:
         settings = load_settings(args.config)
@@ -102,7 +102,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     data_dir = Path(args.data_dir) if args.data_dir else Path(settings.data_dir)
     try:
-        journal = Journal(data_dir / "journal.sqlite", readonly=True)
+        journal = Journal(data_dir / JOURNAL_FILE, readonly=True)
     except FileNotFoundError:
         print(f"error: no journal in {data_dir} (set GEOWARN_DATA_DIR or --data-dir)", file=sys.stderr)
         return EXIT_FAIL

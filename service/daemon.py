@@ -26,8 +26,8 @@ from geowarn.core.clock import Clock, WallClock
 from geowarn.config.settings import Loaded
 from geowarn.service.detection import alert_policy, detection_process
 from geowarn.ingest.forwarder import Forwarder
-from geowarn.ingest.journal import DEADLETTER_KEEP_BYTES, Journal, to_ms
-from geowarn.ingest.messagelog import MessageLog
+from geowarn.ingest.journal import DEADLETTER_KEEP_BYTES, JOURNAL_FILE, Journal, to_ms
+from geowarn.ingest.messagelog import MESSAGES_FILE, MessageLog
 from geowarn.ingest.mqtt import Inbound, MqttLink
 from geowarn.ingest.store import Store, stored_position
 from geowarn.service.worker import WorkerProcess
@@ -63,8 +63,8 @@ class App:
         self.clock = clock or WallClock()
         data_dir = Path(s.data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.journal_path = data_dir / "journal.sqlite"
-        self.log_path = data_dir / "messages.sqlite"
+        self.journal_path = data_dir / JOURNAL_FILE
+        self.log_path = data_dir / MESSAGES_FILE
         self.messages = MessageLog(self.log_path, sync=s.journal_sync, max_payload_bytes=s.max_payload_bytes, keep_bytes=DEADLETTER_KEEP_BYTES)
         self.journal = Journal(self.journal_path, sync=s.journal_sync)  # created here, written by the store worker
         self.counters = Counters()

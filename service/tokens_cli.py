@@ -1,6 +1,6 @@
 """``geowarn token create|list|revoke``: the API tokens of duty officers and services.
 
-Tokens live in ``DATA_DIR/tokens.sqlite`` (alerts/tokens.py), hashed; the running daemon's
+Tokens live in ``DATA_DIR/tokens.sqlite`` (console/tokens.py), hashed; the running daemon's
 API reads the same file, so a token created or revoked here takes effect at the next request
 without a restart. ``create`` prints the secret once, as the last word of its output, so a
 script can take it with ``| awk '{print $NF}'``.
@@ -19,11 +19,9 @@ from typing import Any
 
 from geowarn.config.roster import TIERS
 
-TOKENS_FILE = "tokens.sqlite"
-
 
 def _store(args: argparse.Namespace) -> Any:
-    from geowarn.console.tokens import TokenStore
+    from geowarn.console.tokens import TOKENS_FILE, TokenStore
     from geowarn.config.settings import load_settings
 
     data_dir = Path(args.data_dir) if args.data_dir else load_settings(args.config).data_dir
