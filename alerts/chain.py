@@ -1,10 +1,11 @@
-"""The response chain at run time: fusion's level changes through the alert engine to actions.
+"""The response chain: fusion's level changes through the alert engine to actions.
 
-``ChainCore`` holds one engine state (``SiteAlert``) per site and per exercise flag (a drill
+``ResponseChain`` holds one engine state (``SiteAlert``) per site and per exercise flag (a drill
 never touches a real warning), feeds it fusion's ``LevelChange``s, people's acks and report
 submissions and timer ticks, and produces the daily zero reports of every watched county,
-city and province. What the actions do is the runtime's: ``alerts/live.py`` (the daemon:
-outbox, notifiers, MQTT) or ``ResponseChain`` below (the replay: files in ``out_dir``):
+city and province. What the actions do is not the chain's: it hands every transition to a
+``ChainSink``. The daemon's sink is ``alerts.live.OutboxSink`` (outbox, notifiers, MQTT, state
+persisted with the messages); the replay's is ``ReplayFiles`` below (files in ``out_dir``):
 
 - ``notifications.jsonl``: one line per ``Notify``, with the recipients from the duty roster
   (the contacts of the unit for that tier's admin code; ``[]`` when the roster has no unit);
@@ -12,17 +13,19 @@ outbox, notifiers, MQTT) or ``ResponseChain`` below (the replay: files in ``out_
   validated against the OASIS schema before it is written (an invalid one raises ``CapError``);
 - ``commands.jsonl``: one line per ``SetSampling``.
 
-Nothing here acknowledges: in a replay nobody answers, so warnings escalate at the engine's
-deadlines. Time is the caller's (event time in a replay).
+The zero reports' figures come from ``zero_stats_of`` over any ``ReadingCounts`` (the journal
+live, the feed in a replay), so both count the same way.
+
+Nothing here acknowledges on its own. Time is the caller's (event time in a replay).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from geowarn.alerts.cap import DEFAULT_SENDER, CapSchema, Reference, build_cap, cap_identifier, cap_reference
@@ -87,9 +90,51 @@ def cap_references(action: Cap, sender: str = DEFAULT_SENDER) -> list[Reference]
 ZeroStats = Callable[[str, float, float], Mapping[str, Any]]
 
 
-class ChainCore:
+class ReadingCounts(Protocol):
+    """Where the readings are counted for a zero report: the journal live, the feed in a replay."""
+
+    def readings_by_device(self, sites: Collection[str], since: float, until: float) -> Mapping[tuple[str, str], int]:
+        """Real (not drill) readings with event time in [since, until), by (site, device)."""
+        ...
+
+
+def zero_stats_of(registry: Registry, counts: ReadingCounts) -> ZeroStats:
+    """The one way a zero report's figures are worked out, live and in a replay: readings
+    received and devices online (at least one reading) over the window, for the registry's
+    devices of the sites under ``admin`` (a device no longer in the registry is not counted)."""
+
+    def stats(admin: str, since: float, until: float) -> dict[str, int]:
+        sites = [code for code, site in registry.sites.items() if any(a == admin for _, a in chain_of(site.admin))]
+        devices = [(code, d.device) for code in sites for d in registry.sites[code].devices]
+        by_device = counts.readings_by_device(sites, since, until) if sites else {}
+        n = [by_device.get(key, 0) for key in devices]
+        return {"readings": sum(n), "devices": len(devices), "devices_online": sum(1 for c in n if c > 0)}
+
+    return stats
+
+
+class ChainSink(Protocol):
+    """What carries out a transition's actions: the runtime's part of the chain."""
+
+    def carry_out(
+        self,
+        chain: "ResponseChain",
+        key: tuple[str, bool] | None,
+        state: SiteAlert | None,
+        actions: tuple[Action, ...],
+        extras: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        """Carry out ``actions`` (and persist ``key``'s new ``state``, where the runtime
+        persists; ``key`` is None for a zero report). ``extras`` adds fields to the
+        notification with that id (a zero report's figures, a quick report's draft). The
+        chain keeps the new state only once this returns: a failure leaves memory where the
+        disk is."""
+        ...
+
+
+class ResponseChain:
     """One alert state per (site, exercise), the daily zero reports, acks and report
-    submissions; what the engine's actions do is the subclass's ``_out``.
+    submissions; what the engine's actions do is the ``sink``'s.
 
     Time is the caller's: the replay's event time or the daemon's clock. ``zero_stats`` gives
     the figures of a zero report (readings received, devices online); the chain adds the
@@ -101,6 +146,7 @@ class ChainCore:
         self,
         registry: Registry,
         roster: Roster,
+        sink: ChainSink,
         policy: AlertPolicy | None = None,
         *,
         schema: CapSchema | None = None,
@@ -111,6 +157,7 @@ class ChainCore:
         drill: bool = False,
     ) -> None:
         self.registry = registry
+        self.sink = sink
         self.drill = drill  # a drill run: its zero reports are exercises too
         self.roster = roster
         self.policy = policy if policy is not None else AlertPolicy()
@@ -246,7 +293,7 @@ class ChainCore:
             text = "[EXERCISE] " + text
         n = Notify(tier, admin, "zero_report", 0, None, text, "", due, self.drill, id=f"zero-{admin}-{day}" + ("-exercise" if self.drill else ""))
         self.zero_last[admin] = due
-        self._out(None, None, (n,), {n.id: {"zero": {"admin": admin, "day": day, "sites": sites, "warnings": len(warnings), **figures}}})
+        self.sink.carry_out(self, None, None, (n,), {n.id: {"zero": {"admin": admin, "day": day, "sites": sites, "warnings": len(warnings), **figures}}})
 
     # -- outputs --------------------------------------------------------------------------
 
@@ -262,19 +309,11 @@ class ChainCore:
                 if task is not None:
                     extras[action.id] = {"draft": quick_report_draft(self.registry.sites[action.site], tr.state, task)}
         del self.raised[: max(0, len(self.raised) - 10_000)]
-        self._out(key, tr.state, tr.actions, extras)
-        # Only once the runtime has carried the actions out (live: committed them with the
+        self.sink.carry_out(self, key, tr.state, tr.actions, extras)
+        # Only once the sink has carried the actions out (live: committed them with the
         # state): a failure leaves memory where the disk is.
         self.states[key] = tr.state
         return tr
-
-    def _out(
-        self, key: tuple[str, bool] | None, state: SiteAlert | None, actions: tuple[Action, ...], extras: Mapping[str, Mapping[str, Any]]
-    ) -> None:
-        """Carry out actions (and persist ``key``'s new ``state``, where the runtime persists);
-        ``extras`` adds fields to the notification with that id (a zero report's figures, a
-        quick report's draft)."""
-        raise NotImplementedError
 
     def recipients(self, admin: str) -> list[dict[str, str]]:
         unit = self.roster.units.get(admin)
@@ -290,37 +329,44 @@ class ChainCore:
         return cap_identifier(event), xml
 
 
-class ResponseChain(ChainCore):
-    """The replay's runtime: engine actions become files in ``out_dir``."""
+class ReplayFiles:
+    """The replay's sink: engine actions become files in ``out_dir`` (notifications.jsonl,
+    cap/NNNN-<identifier>.xml, commands.jsonl). A replay into the same directory starts afresh."""
 
-    def __init__(self, registry: Registry, roster: Roster, out_dir: Path, policy: AlertPolicy | None = None, **kw: Any) -> None:
-        super().__init__(registry, roster, policy, **kw)
+    def __init__(self, out_dir: Path) -> None:
         self.out_dir = Path(out_dir)
         self.cap_count = 0
         self.notifications = 0
         self.commands = 0
         self.cap_dir = self.out_dir / "cap"
         self.cap_dir.mkdir(parents=True, exist_ok=True)
-        for old in self.cap_dir.glob("*.xml"):  # a replay into the same directory starts afresh
+        for old in self.cap_dir.glob("*.xml"):
             old.unlink()
         self.notifications_path = self.out_dir / "notifications.jsonl"
         self.commands_path = self.out_dir / "commands.jsonl"
         self.notifications_path.write_text("")
         self.commands_path.write_text("")
 
-    def _out(
-        self, key: tuple[str, bool] | None, state: SiteAlert | None, actions: tuple[Action, ...], extras: Mapping[str, Mapping[str, Any]]
+    def carry_out(
+        self,
+        chain: ResponseChain,
+        key: tuple[str, bool] | None,
+        state: SiteAlert | None,
+        actions: tuple[Action, ...],
+        extras: Mapping[str, Mapping[str, Any]],
     ) -> None:
         for action in actions:
             if isinstance(action, Notify):
-                self._notify(action, extras.get(action.id, {}))
+                self._notify(chain, action, extras.get(action.id, {}))
             elif isinstance(action, Cap):
-                self._cap(action)
+                ident, xml = chain.cap_xml(action)
+                self.cap_count += 1
+                (self.cap_dir / f"{self.cap_count:04d}-{ident}.xml").write_bytes(xml)
             elif isinstance(action, SetSampling):
                 self._append(self.commands_path, {**action.to_dict(), "t": rfc3339(action.t), "t_epoch": action.t})
                 self.commands += 1
 
-    def _notify(self, n: Notify, extra: Mapping[str, Any]) -> None:
+    def _notify(self, chain: ResponseChain, n: Notify, extra: Mapping[str, Any]) -> None:
         line: dict[str, Any] = {
             "id": n.id,
             "t": rfc3339(n.t),
@@ -328,7 +374,7 @@ class ResponseChain(ChainCore):
             "level": n.level,
             "tier": n.tier,
             "kind": n.kind,
-            "recipients": self.recipients(n.admin),
+            "recipients": chain.recipients(n.admin),
             "exercise": n.exercise,
             "warning_id": n.warning_id,
             "admin": n.admin,
@@ -342,11 +388,6 @@ class ResponseChain(ChainCore):
         }
         self._append(self.notifications_path, line)
         self.notifications += 1
-
-    def _cap(self, action: Cap) -> None:
-        ident, xml = self.cap_xml(action)
-        self.cap_count += 1
-        (self.cap_dir / f"{self.cap_count:04d}-{ident}.xml").write_bytes(xml)
 
     @staticmethod
     def _append(path: Path, doc: Mapping[str, Any]) -> None:

@@ -1,18 +1,21 @@
-"""The response chain in the daemon: engine actions into the outbox, state persisted with them.
+"""The response chain in the daemon: engine actions into the outbox, state persisted with them,
+and people's requests.
 
-``LiveChain`` is the live runtime of ``ChainCore`` (alerts/chain.py). Every transition is
-carried out in ONE outbox transaction: the messages its actions produce (a notification per
-notifier of the unit, the CAP message for ``{prefix}/cap/{admin}``, the ``set_sampling``
-commands for the site's devices) and the site's new engine state. So a restart in the middle
-of an escalation resumes from the saved state and re-sends nothing that was sent (ids are
-stable, the outbox ignores a repeat), and nothing decided is lost before it is queued.
+``OutboxSink`` is the daemon's ``ChainSink`` (alerts/chain.py). Every transition is carried out
+in ONE outbox transaction: the messages its actions produce (a notification per notifier of the
+unit, the CAP message for ``{prefix}/cap/{admin}``, the ``set_sampling`` commands for the
+site's devices) and the site's new engine state. So a restart in the middle of an escalation
+resumes from the saved state and re-sends nothing that was sent (ids are stable, the outbox
+ignores a repeat), and nothing decided is lost before it is queued.
 
 CAP messages are validated against the OASIS schema and also written to ``DATA_DIR/cap/``
 (named by their identifier, so writing one again changes nothing).
 
-Acks and quick-report submissions arrive as ``Request``s (from ``{prefix}/ack`` and
-``{prefix}/report`` on MQTT; ``geowarn ack`` and ``geowarn report submit`` publish there) and
-are answered with a ``Result`` the caller publishes on ``…/result``.
+``LiveChain`` is the chain as the daemon runs it: a ``ResponseChain`` on an ``OutboxSink``,
+resumed from the outbox, plus the answers to people's requests. Acks, quick-report
+submissions and shelving arrive as ``Request``s (from ``{prefix}/ack``, ``{prefix}/report``,
+``{prefix}/shelve`` and ``{prefix}/unshelve`` on MQTT; ``geowarn ack`` and ``geowarn report
+submit`` publish there) and are answered with a ``Result`` the caller publishes on ``…/result``.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geowarn.alerts.chain import ChainCore, ZeroStats
+from geowarn.alerts.chain import ResponseChain, ZeroStats
 from geowarn.alerts.model import (
     Action,
     Cap,
@@ -142,112 +145,76 @@ class Result:
         return {"request": self.request_id, "ok": self.ok, "detail": self.detail, "rule": self.rule, "site": self.site, "warning_id": self.warning_id}
 
 
-class LiveChain(ChainCore):
-    def __init__(
-        self,
-        registry: Registry,
-        roster: Roster,
-        outbox: Outbox,
-        data_dir: Path,
-        policy: AlertPolicy | None = None,
-        *,
-        prefix: str = "geowarn",
-        tz: str = "Asia/Shanghai",
-        zero_stats: ZeroStats | None = None,
-        wake: Any = None,
-    ) -> None:
-        super().__init__(registry, roster, policy, tz=tz, zero_stats=zero_stats)
+class OutboxSink:
+    """The daemon's chain sink: a transition's messages and the chain's state in one outbox
+    transaction, then the dispatcher woken (``wake``)."""
+
+    def __init__(self, outbox: Outbox, cap_dir: Path, prefix: str = "geowarn", wake: Any = None) -> None:
         self.outbox = outbox
         self.prefix = prefix
-        self.cap_dir = Path(data_dir) / "cap"
+        self.cap_dir = Path(cap_dir)
         self.cap_dir.mkdir(parents=True, exist_ok=True)
         self.wake = wake
-        self._restore()
 
     # -- persistence -------------------------------------------------------------------------
 
-    def _restore(self) -> None:
+    def resume(self, chain: ResponseChain) -> None:
+        """Put the state saved with the messages back into ``chain`` (a restart)."""
         for _key, value in self.outbox.states(_STATE_PREFIX):
             s = SiteAlert.from_dict(value)
-            if s.site in self.registry.sites:
-                self.states[(s.site, s.exercise)] = s
+            if s.site in chain.registry.sites:
+                chain.states[(s.site, s.exercise)] = s
         zero = self.outbox.get_state(_ZERO_KEY)
         if zero:
-            self.zero_last.update({k: v for k, v in zero.items()})
-        self.raised = [(float(t), str(site), str(admin), int(lvl), str(wid)) for t, site, admin, lvl, wid in self.outbox.get_state(_RAISED_KEY, [])]
-        if self.states:
-            log.info("response chain resumed: %d site states, %d open warnings", len(self.states), sum(1 for s in self.states.values() if s.announced > 0))
+            chain.zero_last.update({k: v for k, v in zero.items()})
+        chain.raised = [(float(t), str(site), str(admin), int(lvl), str(wid)) for t, site, admin, lvl, wid in self.outbox.get_state(_RAISED_KEY, [])]
+        if chain.states:
+            log.info("response chain resumed: %d site states, %d open warnings", len(chain.states), sum(1 for s in chain.states.values() if s.announced > 0))
 
     @staticmethod
     def _state_key(key: tuple[str, bool]) -> str:
         return f"{_STATE_PREFIX}{key[0]}|{'exercise' if key[1] else 'real'}"
 
-    # -- requests ------------------------------------------------------------------------------
-
-    def warning_of_notification(self, notification_id: str) -> str | None:
-        """The warning id a notification (an engine ``Notify`` id, or one of its outbox ids) was about."""
-        item = self.outbox.get(notification_id) or self.outbox.first_with_prefix(notification_id + "/")
-        if item is None:
-            return None
-        wid = item.msg.body.get("warning_id")
-        return wid if isinstance(wid, str) else None
-
-    def handle(self, req: Request, now: float) -> Result:
-        """Apply an ack or a report submission; never raises for a bad request."""
-        try:
-            if req.kind == "report":
-                tr = self.submit_report(req.target, req.by, now)
-                return Result(req.request_id, True, f"quick report {req.target} submitted by {req.by}", tr.rule, tr.state.site, tr.state.warning_id or "")
-            if req.kind in ("shelve", "unshelve"):
-                if req.target not in self.registry.sites:
-                    return Result(req.request_id, False, f"unknown site {req.target!r}")
-                ev: Event = Shelve(now, req.by, req.until or 0.0, req.note) if req.kind == "shelve" else Unshelve(now, req.by)
-                tr = self.event(req.target, False, ev, now)
-                return Result(req.request_id, tr.rule != "ignored", f"{tr.rule}: " + "; ".join(e.detail for e in tr.state.history[-1:]), tr.rule, req.target, tr.state.warning_id or "")
-            wid = req.target if self.find_warning(req.target) is not None else self.warning_of_notification(req.target)
-            if wid is None or self.find_warning(wid) is None:
-                return Result(req.request_id, False, f"{req.target!r} is neither a current warning nor a notification of one")
-            tr = self.ack(wid, req.by, req.note, now, req.level)
-        except (KeyError, ValueError) as exc:
-            return Result(req.request_id, False, str(exc).strip("'\""))
-        ok = tr.rule != "ignored"
-        return Result(req.request_id, ok, f"{tr.rule}: " + "; ".join(e.detail for e in tr.state.history[-1:]), tr.rule, tr.state.site, wid)
-
     # -- outputs -------------------------------------------------------------------------------
 
-    def _out(
-        self, key: tuple[str, bool] | None, state: SiteAlert | None, actions: tuple[Action, ...], extras: Mapping[str, Mapping[str, Any]]
+    def carry_out(
+        self,
+        chain: ResponseChain,
+        key: tuple[str, bool] | None,
+        state: SiteAlert | None,
+        actions: tuple[Action, ...],
+        extras: Mapping[str, Mapping[str, Any]],
     ) -> None:
         msgs: list[Outgoing] = []
         for action in actions:
             if isinstance(action, Notify):
                 extra = extras.get(action.id)
                 if extra:
-                    msgs += [dataclasses.replace(m, body={**m.body, **extra}) for m in outgoing_for(action, self.roster)]
+                    msgs += [dataclasses.replace(m, body={**m.body, **extra}) for m in outgoing_for(action, chain.roster)]
                 else:
-                    msgs += outgoing_for(action, self.roster)
+                    msgs += outgoing_for(action, chain.roster)
             elif isinstance(action, Cap):
                 try:
-                    msgs.append(self._cap(action))
+                    msgs.append(self._cap(chain, action))
                 except Exception:
                     # A CAP message that cannot be built or is invalid is a bug; the duty units
                     # must still get the notifications of this transition.
                     log.exception("CAP %s for %s not built; the notifications go out without it", action.msg_type, action.identifier)
             elif isinstance(action, SetSampling):
-                msgs += self._commands(action)
+                msgs += self._commands(chain.registry, action)
         with self.outbox.transaction():
             # Due at once, whatever the chain's time: a clock that was ahead must not hold a
             # red warning back until real time catches up.
             self.outbox.enqueue(msgs, due=0.0)
             if key is not None and state is not None:
                 self.outbox.set_state(self._state_key(key), state.to_dict())
-            self.outbox.set_state(_ZERO_KEY, self.zero_last)
-            self.outbox.set_state(_RAISED_KEY, [list(r) for r in self.raised[-1000:]])
+            self.outbox.set_state(_ZERO_KEY, chain.zero_last)
+            self.outbox.set_state(_RAISED_KEY, [list(r) for r in chain.raised[-1000:]])
         if msgs and self.wake is not None:
             self.wake()
 
-    def _cap(self, action: Cap) -> Outgoing:
-        ident, xml = self.cap_xml(action)
+    def _cap(self, chain: ResponseChain, action: Cap) -> Outgoing:
+        ident, xml = chain.cap_xml(action)
         path = self.cap_dir / f"{ident}.xml"
         if not path.exists():
             tmp = path.with_suffix(".tmp")
@@ -268,10 +235,10 @@ class LiveChain(ChainCore):
             exercise=action.exercise,
         )
 
-    def _commands(self, action: SetSampling) -> list[Outgoing]:
+    def _commands(self, registry: Registry, action: SetSampling) -> list[Outgoing]:
         """One ``set_sampling`` per device of the site; None restores each device's normal
         interval (its fastest channel's expected interval)."""
-        site = self.registry.sites[action.site]
+        site = registry.sites[action.site]
         out = []
         for dev in site.devices:
             interval = action.interval_s if action.interval_s is not None else min(ch.interval_s for ch in dev.channels)
@@ -293,6 +260,65 @@ class LiveChain(ChainCore):
                 )
             )
         return out
+
+
+class LiveChain:
+    """The daemon's response chain: ``chain`` (a ``ResponseChain`` on an ``OutboxSink``,
+    resumed from the outbox) and the answers to people's requests (``handle``).
+
+    The detection worker's judge feeds ``chain`` and runs its timers; this class only adds
+    what a person can ask of it.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        roster: Roster,
+        outbox: Outbox,
+        data_dir: Path,
+        policy: AlertPolicy | None = None,
+        *,
+        prefix: str = "geowarn",
+        tz: str = "Asia/Shanghai",
+        zero_stats: ZeroStats | None = None,
+        wake: Any = None,
+    ) -> None:
+        self.outbox = outbox
+        self.sink = OutboxSink(outbox, Path(data_dir) / "cap", prefix, wake)
+        self.chain = ResponseChain(registry, roster, self.sink, policy, tz=tz, zero_stats=zero_stats)
+        self.sink.resume(self.chain)
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def warning_of_notification(self, notification_id: str) -> str | None:
+        """The warning id a notification (an engine ``Notify`` id, or one of its outbox ids) was about."""
+        item = self.outbox.get(notification_id) or self.outbox.first_with_prefix(notification_id + "/")
+        if item is None:
+            return None
+        wid = item.msg.body.get("warning_id")
+        return wid if isinstance(wid, str) else None
+
+    def handle(self, req: Request, now: float) -> Result:
+        """Apply an ack, a report submission or a site's (un)shelving; never raises for a bad request."""
+        chain = self.chain
+        try:
+            if req.kind == "report":
+                tr = chain.submit_report(req.target, req.by, now)
+                return Result(req.request_id, True, f"quick report {req.target} submitted by {req.by}", tr.rule, tr.state.site, tr.state.warning_id or "")
+            if req.kind in ("shelve", "unshelve"):
+                if req.target not in chain.registry.sites:
+                    return Result(req.request_id, False, f"unknown site {req.target!r}")
+                ev: Event = Shelve(now, req.by, req.until or 0.0, req.note) if req.kind == "shelve" else Unshelve(now, req.by)
+                tr = chain.event(req.target, False, ev, now)
+                return Result(req.request_id, tr.rule != "ignored", f"{tr.rule}: " + "; ".join(e.detail for e in tr.state.history[-1:]), tr.rule, req.target, tr.state.warning_id or "")
+            wid = req.target if chain.find_warning(req.target) is not None else self.warning_of_notification(req.target)
+            if wid is None or chain.find_warning(wid) is None:
+                return Result(req.request_id, False, f"{req.target!r} is neither a current warning nor a notification of one")
+            tr = chain.ack(wid, req.by, req.note, now, req.level)
+        except (KeyError, ValueError) as exc:
+            return Result(req.request_id, False, str(exc).strip("'\""))
+        ok = tr.rule != "ignored"
+        return Result(req.request_id, ok, f"{tr.rule}: " + "; ".join(e.detail for e in tr.state.history[-1:]), tr.rule, tr.state.site, wid)
 
 
 class TopicNotifier:

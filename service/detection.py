@@ -1,10 +1,15 @@
 """Detection as a journal consumer in its own process (stages 3–5 of DESIGN §1).
 
-The ingest pipeline makes readings durable and acknowledges them; this worker reads the
-journal after its saved position, runs site fusion (quality guards, detectors, no-data
-timers) and emits alert events. Running in a separate process it has the second core to
-itself, so the cost of the detectors never slows acknowledgement, and a burst only makes
-detection lag for a moment (its lag is logged).
+The ingest pipeline makes readings durable and acknowledges them; this worker is the journal
+source of the event-time judge (service/judge.py, the same judge ``geowarn replay`` runs): it
+reads the journal after its saved position and hands each reading to the judge, which runs
+site fusion (quality guards, detectors, no-data timers), writes alert events and drives the
+response chain. Running in a separate process it has the second core to itself, so the cost
+of the detectors never slows acknowledgement, and a burst only makes detection lag for a
+moment (its lag is logged).
+
+What is live-only stays here: devices under maintenance, the fusion snapshot and positions,
+people's requests (``DetectionJob``) and the wiring of the outbox, notifiers and dispatcher.
 
 Its state is a fusion snapshot saved with the journal position it reflects, every
 ``snapshot_interval_s`` and at every stop; after a crash it restores the snapshot and reads
@@ -14,20 +19,20 @@ second worker (say, an orphan of a killed daemon) from judging the same journal 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from geowarn.core.clock import Clock, EventClock, WallClock
+from geowarn.alerts.chain import ResponseChain
 from geowarn.alerts.log import AlertLog
-from geowarn.core.timefmt import rfc3339
 from geowarn.config.settings import Loaded
+from geowarn.core.clock import Clock, EventClock, WallClock
 from geowarn.core.events import LevelChange
-from geowarn.detectors.fusion import SiteFusion
+from geowarn.core.timefmt import rfc3339
 from geowarn.ingest.journal import Journal
+from geowarn.service.judge import Judge
 from geowarn.service.worker import WorkerProcess
 
 log = logging.getLogger(__name__)
@@ -44,18 +49,22 @@ BATCH = 5000
 
 
 class Detection:
-    """Fusion over the journal. Used in-process by tests and by the worker process below."""
+    """The judge over the journal. Used in-process by tests and by the worker process below."""
 
-    def __init__(self, loaded: Loaded, journal: Journal, publish: Any, clock: Clock, chain: Any = None) -> None:
+    def __init__(self, loaded: Loaded, journal: Journal, publish: Any, clock: Clock, chain: ResponseChain | None = None) -> None:
         s = loaded.settings
-        #: The response chain (alerts.live.LiveChain) fed every level change; None: alerts.jsonl only.
-        self.chain = chain
         self.registry = loaded.registry
         self.journal = journal
         self.clock = clock
-        self.fusion = SiteFusion(loaded.registry)
-        self.alerts = AlertLog(Path(s.data_dir) / "alerts.jsonl", publish, s.topic_prefix)
-        self.emitted = 0
+        #: With an event clock (the demo, a recorded feed into a live daemon) timers run before
+        #: each reading, as in a replay; with the wall clock after each batch.
+        self.event_time = isinstance(clock, EventClock)
+        #: ``chain`` (alerts.live.LiveChain.chain) is fed every level change; None: alerts.jsonl only.
+        self.judge = Judge(
+            loaded.registry, AlertLog(Path(s.data_dir) / "alerts.jsonl", publish, s.topic_prefix), clock, chain,
+            held=self._held, announced=self._log_change,
+        )
+        self.fusion = self.judge.fusion
         self.position = 0
         #: device -> (since, until): its readings (by arrival) are stored but not judged, and its
         #: silence raises nothing, while a technician works on it.
@@ -105,15 +114,17 @@ class Detection:
             for site in self.registry.sites:
                 level, before = self.fusion.level(site), int(persisted.get(site, 0))
                 if level > before:
-                    self._emit(LevelChange(site, self.clock.now(), level, before, "recomputed from the journal after a restart"))
+                    self.judge.announce(LevelChange(site, self.clock.now(), level, before, "recomputed from the journal after a restart"))
         self._save_levels()
-        if self.chain is not None:
-            self.chain.tick(self.clock.now())  # the chain's clock starts: its timers and zero reports run from now
-        # Timers due now (devices silent while detection was down) are announced, not dropped.
-        for change in self.fusion.tick(self.clock.now()):
-            self._emit(change)
+        # The chain's clock starts: its timers and zero reports run from now. Timers due now
+        # (devices silent while detection was down) are announced, not dropped.
+        self.judge.start()
 
     # -- the loop ----------------------------------------------------------------------------
+
+    @property
+    def emitted(self) -> int:
+        return self.judge.emitted
 
     def _consume(self, emit: bool = True, upto: int | None = None) -> int:
         """Judge the next batch of journal readings (up to id ``upto``); returns how many were read."""
@@ -121,7 +132,8 @@ class Detection:
         rows = self.journal.read_after_received(self.position, limit) if limit else []
         if not rows:
             return 0
-        wall = not isinstance(self.clock, EventClock)
+        event_time = self.event_time
+        judge = self.judge
         changed = announced = False
         maintenance = self.maintenance
         for _id, site, device, channel, t_ms, value, drill, received_ms in rows:
@@ -131,13 +143,15 @@ class Detection:
             t = t_ms / 1000.0
             if maintenance and device in maintenance:
                 since, until = maintenance[device]
-                if since <= (received_ms / 1000.0 if wall else t) < until:
+                if since <= (t if event_time else received_ms / 1000.0) < until:
                     continue  # a technician is moving it: stored, not judged
-            if not wall and not drill:
-                self.clock.observe(t)  # type: ignore[attr-defined]
-            for change in self.fusion.update_all(info, t, value, bool(drill), received_ms / 1000.0 if wall else None):
+            if event_time and not drill:
                 if emit:
-                    self._emit(change)
+                    judge.at(t)  # a drill never moves real time on
+                else:
+                    self.clock.observe(t)  # type: ignore[attr-defined]
+            for change in judge.reading(info, t, value, bool(drill), None if event_time else received_ms / 1000.0, announce=emit):
+                if emit:
                     announced = True
                     changed = changed or (not change.exercise and change.kind is None)
         self.position = rows[-1][0]
@@ -149,21 +163,13 @@ class Detection:
         return len(rows)
 
     def step(self) -> int:
-        """One round: a batch of readings, then the timers. Returns readings judged."""
+        """One round: a batch of readings, then the timers due by the clock. Returns readings judged."""
         t0 = time.perf_counter()
         n = self._consume()
         if n:
             self.judged += n
             self.judging_s += time.perf_counter() - t0
-        now = self.clock.now()
-        deadline = self.fusion.next_deadline()
-        if deadline is not None and now >= deadline:
-            for change in self.fusion.tick(now):
-                self._emit(change)
-        if self.chain is not None:
-            due = self.chain.next_deadline()
-            if due is not None and now >= due:
-                self.chain.run_until(now)
+        self.judge.at(self.clock.now())
         return n
 
     def save_snapshot(self) -> None:
@@ -195,16 +201,12 @@ class Detection:
         log.warning("%s", done)
         return done
 
-    def _emit(self, change: LevelChange) -> None:
-        if change.kind in ("nodata", "nodata_end") and self.under_maintenance(str(change.evidence.get("device", "")), self.clock.now()):
-            return  # a device switched off for maintenance is silent on purpose
-        event = self.alerts.emit(change, self.registry.sites[change.site].admin)
-        self.emitted += 1
-        if self.chain is not None:
-            # The chain's timers (ack deadlines) run on the daemon's clock: a level raised by a
-            # backlog of old readings gets its full ack deadline from now, not from the past.
-            # (The engine treats a clock behind its state's time as standing still.)
-            self.chain.feed(dataclasses.replace(change, t=self.clock.now()))
+    def _held(self, change: LevelChange, now: float) -> bool:
+        # A device switched off for maintenance is silent on purpose.
+        return change.kind in ("nodata", "nodata_end") and self.under_maintenance(str(change.evidence.get("device", "")), now)
+
+    @staticmethod
+    def _log_change(change: LevelChange, event: dict[str, Any]) -> None:
         log.warning(
             "%s %s %s level %d (%s)%s: %s",
             event["t"], event["kind"].upper(), change.site, change.level, event["colour"], " [EXERCISE]" if change.exercise else "", change.reason,
@@ -221,6 +223,7 @@ class DetectionJob:
     def __init__(self, loaded: Loaded, link: Any, journal_path: str, event_time: bool, start_t: float) -> None:
         import httpx
 
+        from geowarn.alerts.chain import zero_stats_of
         from geowarn.alerts.dispatch import Dispatcher, DispatcherThread
         from geowarn.alerts.live import CAP_KEY, COMMAND_KEY, LiveChain, TopicNotifier
         from geowarn.alerts.notifiers import build_notifiers
@@ -244,10 +247,9 @@ class DetectionJob:
         self.dispatch_thread = DispatcherThread(self.dispatcher)
         self.chain = LiveChain(
             loaded.registry, loaded.roster, self.outbox, data_dir, alert_policy(loaded),
-            prefix=s.topic_prefix, tz=s.timezone, zero_stats=lambda admin, since, until: zero_stats(self.journal, loaded, admin, since, until),
-            wake=self.dispatch_thread.wake,
+            prefix=s.topic_prefix, tz=s.timezone, zero_stats=zero_stats_of(loaded.registry, self.journal), wake=self.dispatch_thread.wake,
         )
-        self.detection = Detection(loaded, self.journal, lambda topic, payload, retain: link.publish(topic, payload, retain), self.clock, self.chain)
+        self.detection = Detection(loaded, self.journal, lambda topic, payload, retain: link.publish(topic, payload, retain), self.clock, self.chain.chain)
         self.dispatch_thread.start()
 
     @classmethod
@@ -310,23 +312,6 @@ def alert_policy(loaded: Loaded) -> Any:
         return AlertPolicy(**loaded.settings.alert_policy)
     except ValidationError as exc:
         raise ConfigError(problems_from_validation("settings (GEOWARN_ALERT_POLICY / [alert_policy])", exc, "alert_policy")) from None
-
-
-def zero_stats(journal: Journal, loaded: Loaded, admin: str, since: float, until: float) -> dict[str, int]:
-    """Readings received and devices online (≥ 1 reading) over a window, for the sites under ``admin``."""
-    from geowarn.config.roster import chain_of
-
-    sites = [code for code, site in loaded.registry.sites.items() if any(a == admin for _, a in chain_of(site.admin))]
-    devices = sum(len(loaded.registry.sites[code].devices) for code in sites)
-    if not sites:
-        return {"readings": 0, "devices": 0, "devices_online": 0}
-    marks = ",".join("?" * len(sites))
-    rows = journal.conn.execute(
-        f"SELECT s.site, s.device, count(*) FROM readings r JOIN series s ON s.id = r.series "
-        f"WHERE s.site IN ({marks}) AND r.t_ms >= ? AND r.t_ms < ? AND r.drill = 0 GROUP BY s.site, s.device",
-        (*sites, int(since * 1000), int(until * 1000)),
-    ).fetchall()
-    return {"readings": sum(r[2] for r in rows), "devices": devices, "devices_online": len(rows)}
 
 
 def detection_process(loaded: Loaded, journal_path: Path, *, event_time: bool = False, start_t: float = 0.0) -> WorkerProcess:

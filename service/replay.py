@@ -1,26 +1,31 @@
-"""``geowarn replay``: the live daemon's detectors, fusion and alert path over a recorded feed,
-in event time, as fast as it can.
+"""``geowarn replay``: the live daemon's judge (service/judge.py: detectors, fusion, alert log,
+response chain) over a recorded feed, in event time, as fast as it can.
 
-Readings are replayed in event-time order (a feed may hold a channel's readings out of order;
-the replay sorts them, which is what the live daemon would have seen had every device's clock
-and link been perfect). Timers (no data) run on a clock set to event time.
+This module owns the replay's source and sinks: feed rows in event-time order (a feed may hold
+a channel's readings out of order; the replay sorts them, which is what the live daemon would
+have seen had every device's clock and link been perfect), an ack script as timed input, the
+chain's files (``alerts.chain.ReplayFiles``), the zero reports' counts from the feed itself
+(``FeedCounts``), plots and rejects. Timers run on a clock set to event time.
 """
 
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geowarn.core.clock import ManualClock
+from geowarn.alerts.chain import ResponseChain
 from geowarn.alerts.log import AlertLog
-from geowarn.core.timefmt import rfc3339
 from geowarn.config.registry import Registry
 from geowarn.config.roster import Roster
+from geowarn.core.clock import EventClock
 from geowarn.core.events import LevelChange
-from geowarn.detectors.fusion import SiteFusion
+from geowarn.core.timefmt import rfc3339
 from geowarn.ingest.feeds import FeedError, FeedReject, FeedRow
+from geowarn.service.judge import Judge
 
 
 #: Scripted acks may lie this far before the first or after the last reading of the feed.
@@ -89,13 +94,14 @@ def replay_rows(
     plots: bool = True,
     acks: list["ScriptedAck"] | None = None,
 ) -> ReplaySummary:
-    """Fusion and the response chain over ``rows`` in event time: ``alerts.jsonl`` (fusion's
-    level changes), and from the chain ``notifications.jsonl``, ``cap/*.xml`` and
-    ``commands.jsonl`` (nobody acknowledges, so warnings escalate at their deadlines), and
-    with ``plots`` a PNG per site in ``plots/``.
+    """The judge over ``rows`` in event time: ``alerts.jsonl`` (fusion's level changes), and
+    from the chain ``notifications.jsonl``, ``cap/*.xml`` and ``commands.jsonl`` (nobody
+    acknowledges, so warnings escalate at their deadlines), and with ``plots`` a PNG per site
+    in ``plots/``. The chain's clock starts at the first reading, as a daemon's starts when it
+    does: the daily zero reports are due from there on.
     ``roster`` defaults to the example roster. ``acks`` (an ack script) acknowledge at their
     own event time; each outcome goes to ``acks.jsonl``."""
-    from geowarn.alerts.chain import ResponseChain
+    from geowarn.alerts.chain import ReplayFiles, zero_stats_of
     from geowarn.config.roster import load_roster
     from geowarn.config.settings import example_path
 
@@ -104,22 +110,16 @@ def replay_rows(
     alerts_path.write_text("")
     summary = ReplaySummary()
     rejects = list(rejects or [])
-    log = AlertLog(alerts_path, None)
-    fusion = SiteFusion(registry)
     ordered = sorted(rows, key=lambda r: r.t)
-    clock = ManualClock(ordered[0].t if ordered else 0.0)
     chain = ResponseChain(
-        registry, roster if roster is not None else load_roster(example_path("roster.example.toml")), out_dir, drill=drill,
-        zero_stats=_feed_zero_stats(ordered, registry),
+        registry, roster if roster is not None else load_roster(example_path("roster.example.toml")), ReplayFiles(out_dir), drill=drill,
+        zero_stats=zero_stats_of(registry, FeedCounts(ordered)),
     )
 
-    def emit(changes: list[LevelChange]) -> None:
-        for change in changes:
-            event = log.emit(change, registry.sites[change.site].admin)
-            summary.events.append(event)
-            if not change.exercise:
-                summary.highest[change.site] = max(summary.highest.get(change.site, 0), change.level)
-            chain.feed(change)
+    def announced(change: LevelChange, event: dict[str, Any]) -> None:
+        summary.events.append(event)
+        if not change.exercise:
+            summary.highest[change.site] = max(summary.highest.get(change.site, 0), change.level)
 
     script = sorted(acks or [], key=lambda a: a.t)
     acks_path = out_dir / "acks.jsonl"
@@ -135,49 +135,21 @@ def replay_rows(
                                      "detail": "outside the feed's time span (± 1 day)"}, ensure_ascii=False) + "\n")
         script = [a for a in script if lo <= a.t <= hi]
 
-    def acknowledge(a: ScriptedAck) -> None:
-        exercise = drill if a.exercise is None else a.exercise
-        state = chain.states.get((a.site, exercise)) if a.site else None
-        wid = a.id or (state.warning_id if state is not None else None)
-        if wid is None:
-            outcome = {"ok": False, "rule": "refused", "detail": f"no warning at {a.site} to acknowledge"}
-        else:
-            try:
-                tr = chain.ack(wid, a.by, a.note, a.t, a.level)
-                outcome = {"ok": tr.rule != "ignored", "rule": tr.rule, "detail": tr.state.history[-1].detail if tr.state.history else ""}
-            except KeyError as exc:
-                outcome = {"ok": False, "rule": "refused", "detail": str(exc).strip("'\"")}
-        with open(acks_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps({"t": rfc3339(a.t), "site": a.site, "warning_id": wid, "by": a.by, "note": a.note, **outcome}, ensure_ascii=False) + "\n")
-
-    def run_until(t: float) -> None:
-        """Timers and scripted acks due up to ``t``, each at its own time: fusion's, then the
-        chain's, then the acks (fusion first on a tie, so a lift beats an escalation)."""
-        while True:
-            f_due, c_due = fusion.next_deadline(), chain.next_deadline()
-            a_due = script[0].t if script else None
-            first = min((d for d in (f_due, c_due, a_due) if d is not None), default=None)
-            if first is None or first > t:
-                return
-            clock.set(max(clock.now(), first))
-            if f_due == first:
-                emit(fusion.tick(clock.now()))
-            elif c_due == first:
-                chain.tick(clock.now())
-            else:
-                acknowledge(script.pop(0))
-
+    clock = EventClock(ordered[0].t if ordered else 0.0)
+    scripted = AckScript(script, chain, acks_path, drill)
+    judge = Judge(registry, AlertLog(alerts_path, None), clock, chain, announced=announced, timers=scripted)
+    if ordered:
+        judge.start(silence_from_now=False)
     for r in ordered:
         info = registry.channel(r.site, r.device, r.channel)
         if info is None:
             rejects.append(FeedReject(0, f"{r.site}/{r.device}/{r.channel} is not in the registry", ""))
             continue
-        run_until(r.t)
-        clock.set(r.t)
+        judge.at(r.t)
         summary.readings += 1
-        emit(fusion.update_all(info, r.t, r.value, drill or r.drill))
+        judge.reading(info, r.t, r.value, drill or r.drill)
     if ordered:
-        run_until(max([clock.now()] + [a.t for a in script]))
+        judge.at(max([clock.now()] + [a.t for a in scripted.script]))
     summary.rejected = len(rejects)
     if plots and ordered:
         # A PNG per site (simulators.plots): displacement, velocity, inverse velocity, rain, levels.
@@ -191,21 +163,53 @@ def replay_rows(
     return summary
 
 
-def _feed_zero_stats(ordered: list[FeedRow], registry: Registry) -> Any:
-    """The zero reports' figures from the feed itself: readings and devices with a reading in
-    the window, for the sites under an admin unit."""
-    from bisect import bisect_left
+class AckScript:
+    """An ack script as the judge's timed input: each ack at its own event time, its outcome
+    appended to ``acks.jsonl``."""
 
-    from geowarn.config.roster import chain_of
+    def __init__(self, script: list[ScriptedAck], chain: ResponseChain, path: Path, drill: bool) -> None:
+        self.script = list(script)  # in time order
+        self.chain = chain
+        self.path = path
+        self.drill = drill
 
-    times: dict[tuple[str, str], list[float]] = {}
-    for r in ordered:  # already in time order
-        times.setdefault((r.site, r.device), []).append(r.t)
+    def next_deadline(self) -> float | None:
+        return self.script[0].t if self.script else None
 
-    def stats(admin: str, since: float, until: float) -> dict[str, int]:
-        sites = {code for code, site in registry.sites.items() if any(a == admin for _, a in chain_of(site.admin))}
-        devices = [(code, d.device) for code in sites for d in registry.sites[code].devices]
-        counts = [bisect_left(times.get(key, []), until) - bisect_left(times.get(key, []), since) for key in devices]
-        return {"readings": sum(counts), "devices": len(devices), "devices_online": sum(1 for c in counts if c > 0)}
+    def fire(self, now: float) -> None:
+        a = self.script.pop(0)
+        chain = self.chain
+        exercise = self.drill if a.exercise is None else a.exercise
+        state = chain.states.get((a.site, exercise)) if a.site else None
+        wid = a.id or (state.warning_id if state is not None else None)
+        if wid is None:
+            outcome = {"ok": False, "rule": "refused", "detail": f"no warning at {a.site} to acknowledge"}
+        else:
+            try:
+                tr = chain.ack(wid, a.by, a.note, a.t, a.level)
+                outcome = {"ok": tr.rule != "ignored", "rule": tr.rule, "detail": tr.state.history[-1].detail if tr.state.history else ""}
+            except KeyError as exc:
+                outcome = {"ok": False, "rule": "refused", "detail": str(exc).strip("'\"")}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"t": rfc3339(a.t), "site": a.site, "warning_id": wid, "by": a.by, "note": a.note, **outcome}, ensure_ascii=False) + "\n")
 
-    return stats
+
+class FeedCounts:
+    """The feed's readings counted for the zero reports (``alerts.chain.ReadingCounts``), as
+    the journal counts them live: real readings by (site, device) in an event-time window."""
+
+    def __init__(self, ordered: list[FeedRow]) -> None:
+        self._times: dict[tuple[str, str], list[float]] = {}
+        for r in ordered:  # already in time order
+            if not r.drill:
+                self._times.setdefault((r.site, r.device), []).append(r.t)
+
+    def readings_by_device(self, sites: Collection[str], since: float, until: float) -> Mapping[tuple[str, str], int]:
+        wanted = set(sites)
+        out = {}
+        for key, times in self._times.items():
+            if key[0] in wanted:
+                n = bisect_left(times, until) - bisect_left(times, since)
+                if n:
+                    out[key] = n
+        return out

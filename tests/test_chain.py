@@ -13,7 +13,7 @@ import pytest
 from lxml import etree
 
 from geowarn.alerts.cap import CAP_NS, CapSchema
-from geowarn.alerts.chain import ResponseChain
+from geowarn.alerts.chain import ReplayFiles, ResponseChain
 from geowarn.config.registry import load_registry
 from geowarn.config.roster import load_roster
 from geowarn.config.settings import example_path
@@ -165,7 +165,7 @@ def test_the_same_replay_as_a_drill_is_only_exercise(feed, schema, tmp_path):
 def test_a_site_with_no_roster_unit_is_still_notified_up_its_chain_with_no_recipients(tmp_path):
     rows = [FeedRow("S1", "D1", "displacement", T0 + i * 600.0, float(i)) for i in range(3)]
     reg = registry_from_rows(rows)
-    chain = ResponseChain(reg, load_roster(example_path("roster.example.toml")), tmp_path, zero_reports=False)
+    chain = ResponseChain(reg, load_roster(example_path("roster.example.toml")), ReplayFiles(tmp_path), zero_reports=False)
     chain.feed(LevelChange("S1", T0, 2, 0, "test: yellow"))
     assert chain.next_deadline() == T0 + 3600.0
     chain.run_until(T0 + 3 * 3600.0)
@@ -191,7 +191,7 @@ def test_daily_zero_reports_go_to_county_city_and_province_at_their_local_hours(
         seen.append((admin, since, until))
         return {"readings": 144, "devices": 2, "devices_online": 1}
 
-    chain = ResponseChain(reg, load_roster(example_path("roster.example.toml")), tmp_path, zero_stats=stats)
+    chain = ResponseChain(reg, load_roster(example_path("roster.example.toml")), ReplayFiles(tmp_path), zero_stats=stats)
     chain.feed(LevelChange("S1", T0, 1, 0, "test: blue"))
     chain.run_until(T0 + 30 * 3600.0)  # to 2023-11-16 12:13:20 local
     zero = [n for n in _lines(tmp_path / "notifications.jsonl") if n["kind"] == "zero_report"]

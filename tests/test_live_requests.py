@@ -35,7 +35,7 @@ def _req(kind: str, **doc) -> Request:
 
 def test_a_warning_queues_notifications_cap_and_commands_and_an_ack_by_notification_id_stops_escalation(parts):
     chain = _chain(parts)
-    chain.feed(LevelChange("BSH", T0, 2, 0, "velocity 10 mm/day"))
+    chain.chain.feed(LevelChange("BSH", T0, 2, 0, "velocity 10 mm/day"))
     items = chain.outbox.items()
     kinds = {(i.msg.notifier, i.msg.kind) for i in items}
     # Yellow: county and city (mqtt + jsonl each, example roster), one CAP, a command per BSH device.
@@ -47,20 +47,20 @@ def test_a_warning_queues_notifications_cap_and_commands_and_an_ack_by_notificat
     assert list((parts[2] / "cap").glob("*.xml"))
     note = next(i for i in items if i.msg.notifier == "420527/mqtt/0")
     wid = note.msg.body["warning_id"]
-    assert chain.next_deadline() == pytest.approx(T0 + 3600.0)
+    assert chain.chain.next_deadline() == pytest.approx(T0 + 3600.0)
 
     refused = chain.handle(_req("ack", id="nope", by="Wang"), T0 + 60)
     assert not refused.ok and "neither a current warning" in refused.detail
     done = chain.handle(_req("ack", id=note.id.split("/", 1)[0], by="Wang", note="patrol sent", request="r1"), T0 + 120)
     assert done.ok and done.rule == "ack" and done.warning_id == wid and done.request_id == "r1"
-    assert chain.next_deadline() is None or chain.next_deadline() > T0 + 86400 / 2  # no ack deadline left
+    assert chain.chain.next_deadline() is None or chain.chain.next_deadline() > T0 + 86400 / 2  # no ack deadline left
 
     # A restart: a new LiveChain on the same outbox has the acknowledged state, queues nothing new.
     before = len(chain.outbox.items())
     chain.outbox.close()
     again = _chain(parts)
-    assert again.states[("BSH", False)].status == "acknowledged" and again.states[("BSH", False)].warning_id == wid
-    again.run_until(T0 + 2 * 3600.0)
+    assert again.chain.states[("BSH", False)].status == "acknowledged" and again.chain.states[("BSH", False)].warning_id == wid
+    again.chain.run_until(T0 + 2 * 3600.0)
     assert len([i for i in again.outbox.items() if i.msg.kind == "escalation"]) == 0
     assert len(again.outbox.items()) == before
 
@@ -83,14 +83,14 @@ def test_shelving_a_site_silences_it_until_unshelved_and_an_orange_opens_a_quick
     assert shelved.ok and shelved.rule == "shelve"
     assert not chain.handle(_req("shelve", site="NOPE", by="Li", until=T0 + 7200), T0).ok
     n = len(chain.outbox.items())
-    chain.feed(LevelChange("BSH", T0 + 60, 2, 0, "velocity"))
+    chain.chain.feed(LevelChange("BSH", T0 + 60, 2, 0, "velocity"))
     assert not [i for i in chain.outbox.items()[n:] if i.msg.kind == "warning"], "a shelved site announces nothing"
     assert chain.handle(_req("unshelve", site="BSH", by="Li"), T0 + 120).ok
 
     (parts[2] / "x").mkdir()
     other = _chain((parts[0], parts[1], parts[2] / "x"))
-    other.feed(LevelChange("BZM", T0, 3, 0, "velocity 80 mm/day, confirmed"))
-    task = other.states[("BZM", False)].reports[0]
+    other.chain.feed(LevelChange("BZM", T0, 3, 0, "velocity 80 mm/day, confirmed"))
+    task = other.chain.states[("BZM", False)].reports[0]
     assert task.due == pytest.approx(T0 + 12 * 3600.0)  # BZM is medium: 12 h
     # The report_due notification carries a draft from the site card (config/sites.example.toml).
     due = next(i for i in other.outbox.items() if i.msg.kind == "report_due" and i.msg.notifier == "420527/mqtt/0")
@@ -103,9 +103,9 @@ def test_shelving_a_site_silences_it_until_unshelved_and_an_orange_opens_a_quick
     ok = other.handle(_req("report", task_id=task.task_id, by="County office"), T0 + 3600)
     from geowarn.alerts.reports import quick_report_draft
 
-    later = quick_report_draft(parts[0].sites["BZM"], other.states[("BZM", False)], task)
+    later = quick_report_draft(parts[0].sites["BZM"], other.chain.states[("BZM", False)], task)
     assert later["measures_taken"] == ["2025-11-29T07:36:40.000Z Zhao: road closed"]
-    assert ok.ok and other.states[("BZM", False)].report(task.task_id).submitted == pytest.approx(T0 + 3600)
+    assert ok.ok and other.chain.states[("BZM", False)].report(task.task_id).submitted == pytest.approx(T0 + 3600)
     assert not other.handle(_req("report", task_id="no-task", by="x"), T0 + 3700).ok
 
 
@@ -115,13 +115,13 @@ def test_a_county_added_to_the_registry_later_gets_its_zero_reports(parts, tmp_p
     reg, roster, tmp = parts
     only_zigui = Registry([site for site in reg.sites.values() if site.admin == "420527"])
     first = LiveChain(only_zigui, roster, Outbox(tmp / "outbox.sqlite"), tmp)
-    first.tick(T0)
-    assert "420526" not in first.zero_last
+    first.chain.tick(T0)
+    assert "420526" not in first.chain.zero_last
     first.outbox.close()
     # Xingshan (420526, site XK) joins; the chain resumes and watches it from now on.
     again = LiveChain(reg, roster, Outbox(tmp / "outbox.sqlite"), tmp)
-    again.tick(T0 + 60)  # the daemon starts the chain's clock at its start
-    again.run_until(T0 + 2 * 86400.0)
+    again.chain.tick(T0 + 60)  # the daemon starts the chain's clock at its start
+    again.chain.run_until(T0 + 2 * 86400.0)
     zero = {(i.msg.admin, i.msg.body.get("zero", {}).get("day")) for i in again.outbox.items() if i.msg.kind == "zero_report"}
     assert ("420526", "2025-11-30") in zero and ("420527", "2025-11-30") in zero
 
