@@ -6,21 +6,22 @@ twice in memory, each scrape reads the durable truth the processes already keep 
 
 - the main process's own counters (messages received and acknowledged, store lag, forwarder
   lag), handed in as a callable because they live in that process's memory;
-- ``journal.sqlite``: readings stored, dead letters by reason, device online ratio;
-- ``outbox.sqlite``: notifications by notifier and delivery state, escalations, open
-  warnings by level (the response chain's persisted site states).
+- the journal (``JournalReader``): readings stored, dead letters by reason, device online
+  ratio, detection's checkpointed figures; the message log (``MessageLogReader``): store lag;
+- the outbox (``OutboxReader``): notifications by notifier and delivery state, escalations,
+  open warnings by level (the response chain's persisted site states).
 
 The store and detection workers are other processes; reading their files instead of their
 memory means a worker restart never resets a metric. The collector is registered in a
 registry the caller passes (``make_registry``), never the global one, so tests and several
 daemons in one process do not collide.
 
-A file that does not exist yet (a daemon that has just started) gives zeros, not an error.
+Every file is read through its owner's reader, never with SQL of our own. A file that does
+not exist yet (a daemon that has just started) gives zeros, not an error.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -30,15 +31,19 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+# The response chain keeps each site's alert state in the outbox under this prefix (alerts/live.py).
+from geowarn.alerts.live import _STATE_PREFIX as ALERT_STATE_PREFIX
+from geowarn.alerts.outbox import OUTBOX_FILE, OutboxReader
 from geowarn.config.registry import Registry
+from geowarn.core.sqlite import SchemaError
+from geowarn.ingest.journal import DETECTION_STATS_KEY, JOURNAL_FILE, JournalReader
+from geowarn.ingest.messagelog import MESSAGES_FILE, MessageLogReader
+from geowarn.ingest.store import POSITION_KEY as STORE_POSITION_KEY
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GeoWarnCollector", "MainStats", "make_registry", "open_ro"]
+__all__ = ["GeoWarnCollector", "MainStats", "make_registry"]
 
-#: The journal key of the store stage's position in the message log (ingest/store.py).
-STORE_POSITION_KEY = "store.message_position"
-DETECTION_STATS_KEY = "detection.stats"  # ingest/detection.py STATS_KEY
 #: A device is online when its newest reading arrived within this many of its shortest
 #: reporting intervals: the no-data rule of DESIGN §5 (silent for three intervals).
 ONLINE_INTERVALS = 3.0
@@ -54,16 +59,6 @@ class MainStats:
     forwarder_lag_readings: int = 0
     forwarder_lag_s: float = 0.0
     worker_restarts: int = 0
-
-
-def open_ro(path: Path) -> sqlite3.Connection | None:
-    """A read-only connection (None when the file does not exist yet). Read-only so that the
-    API and the metrics can never write into another stage's file."""
-    if not path.exists():
-        return None
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout = 10000")
-    return conn
 
 
 class GeoWarnCollector(Collector):
@@ -83,7 +78,7 @@ class GeoWarnCollector(Collector):
         try:
             yield from self._journal()
             yield from self._outbox()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, SchemaError) as exc:
             # A scrape during a schema change or a locked file: report it instead of failing
             # the whole scrape, so the main process's metrics still arrive.
             log.warning("metrics: reading the SQLite files failed: %s", exc)
@@ -105,7 +100,6 @@ class GeoWarnCollector(Collector):
     # -- journal ---------------------------------------------------------------------------
 
     def _journal(self) -> Iterator[Metric]:
-        conn = open_ro(self.data_dir / "journal.sqlite")
         stored = CounterMetricFamily("geowarn_readings_stored", "readings stored in the journal (duplicates stored once)")
         dead = CounterMetricFamily("geowarn_deadletters", "messages or readings rejected, by reason", labels=["reason"])
         devices = GaugeMetricFamily("geowarn_devices", "devices in the site registry")
@@ -116,33 +110,19 @@ class GeoWarnCollector(Collector):
         judging = CounterMetricFamily("geowarn_detection_seconds", "time spent judging readings: detectors, fusion and the response chain (as of the last checkpoint)")
         behind = GaugeMetricFamily("geowarn_detection_lag_readings", "journal readings after detection's last checkpoint")
         total = sum(len(s.devices) for s in self.registry.sites.values())
-        n_online = stored_batch = last_batch = 0
-        if conn is None:
-            stored.add_metric([], 0.0)
-        else:
-            try:
-                # readings.id is the arrival order and rows are never deleted: max(id) is the
-                # count without scanning the table.
-                stored.add_metric([], float(conn.execute("SELECT coalesce(max(id), 0) FROM readings").fetchone()[0]))
-                for reason, n in conn.execute("SELECT reason, count(*) FROM deadletters GROUP BY reason ORDER BY reason"):
-                    dead.add_metric([str(reason)], float(n))
-                n_online = self._online(conn)
-                row = conn.execute("SELECT value FROM state WHERE key = ?", (STORE_POSITION_KEY,)).fetchone()
-                stored_batch = int(json.loads(row[0])) if row else 0
-                row = conn.execute("SELECT value FROM state WHERE key = ?", (DETECTION_STATS_KEY,)).fetchone()
-                if row:
-                    det = json.loads(row[0])
-                    judged.add_metric([], float(det.get("readings", 0)))
-                    judging.add_metric([], float(det.get("seconds", 0.0)))
-                    behind.add_metric([], float(max(0, int(conn.execute("SELECT coalesce(max(id), 0) FROM readings").fetchone()[0]) - int(det.get("position", 0)))))
-            finally:
-                conn.close()
-        log_conn = open_ro(self.data_dir / "messages.sqlite")
-        if log_conn is not None:
-            try:
-                last_batch = int(log_conn.execute("SELECT coalesce(max(id), 0) FROM batches").fetchone()[0])
-            finally:
-                log_conn.close()
+        journal = JournalReader(self.data_dir / JOURNAL_FILE)
+        n_stored = journal.readings_stored()
+        stored.add_metric([], float(n_stored))
+        for reason, n in journal.deadletter_counts().items():
+            dead.add_metric([reason], float(n))
+        n_online = self._online(journal.newest_arrivals_ms())
+        stored_batch = int(journal.state(STORE_POSITION_KEY, 0) or 0)
+        det = journal.state(DETECTION_STATS_KEY)
+        if det:
+            judged.add_metric([], float(det.get("readings", 0)))
+            judging.add_metric([], float(det.get("seconds", 0.0)))
+            behind.add_metric([], float(max(0, n_stored - int(det.get("position", 0)))))
+        last_batch = MessageLogReader(self.data_dir / MESSAGES_FILE).last_id()
         lag = GaugeMetricFamily("geowarn_store_lag_batches", "message-log batches (of up to 2000 messages) not yet decoded into the journal")
         lag.add_metric([], float(max(0, last_batch - stored_batch)))
         devices.add_metric([], float(total))
@@ -150,21 +130,16 @@ class GeoWarnCollector(Collector):
         ratio.add_metric([], n_online / total if total else 0.0)
         yield from (stored, dead, lag, devices, online, ratio, judged, judging, behind)
 
-    def _online(self, conn: sqlite3.Connection) -> int:
-        """Devices with a channel whose newest reading (by event time, through the readings_key
-        index: one seek per series) arrived recently. Arrival time, not event time, so a
-        device replaying a backlog counts as online."""
+    def _online(self, arrivals_ms: dict[tuple[str, str, str], int]) -> int:
+        """Devices with a channel whose newest reading (by event time) arrived recently.
+        Arrival time, not event time, so a device replaying a backlog counts as online."""
         now_ms = self.now() * 1000.0
-        series = {(site, device, channel): sid for sid, site, device, channel in conn.execute("SELECT id, site, device, channel FROM series")}
         n = 0
         for (site, device), chans in self.registry.channels.items():
             window_ms = ONLINE_INTERVALS * min(c.interval_s for c in chans.values()) * 1000.0
             for ch in chans:
-                sid = series.get((site, device, ch))
-                if sid is None:
-                    continue
-                row = conn.execute("SELECT received_ms FROM readings WHERE series = ? ORDER BY t_ms DESC LIMIT 1", (sid,)).fetchone()
-                if row is not None and now_ms - row[0] <= window_ms:
+                received_ms = arrivals_ms.get((site, device, ch))
+                if received_ms is not None and now_ms - received_ms <= window_ms:
                     n += 1
                     break
         return n
@@ -172,7 +147,7 @@ class GeoWarnCollector(Collector):
     # -- outbox ----------------------------------------------------------------------------
 
     def _outbox(self) -> Iterator[Metric]:
-        conn = open_ro(self.data_dir / "outbox.sqlite")
+        outbox = OutboxReader(self.data_dir / OUTBOX_FILE)
         notes = GaugeMetricFamily("geowarn_notifications", "outbox messages by notifier and delivery state (pending, sent, dead)", labels=["notifier", "state"])
         esc = CounterMetricFamily("geowarn_escalations", "warnings escalated to the next tier for want of an acknowledgement, by level", labels=["level"])
         open_w = GaugeMetricFamily("geowarn_open_warnings", "real (not exercise) warnings currently announced, by level", labels=["level"])
@@ -180,29 +155,19 @@ class GeoWarnCollector(Collector):
         by_level = {lvl: 0 for lvl in (1, 2, 3, 4)}
         un_level = {lvl: 0 for lvl in (1, 2, 3, 4)}
         esc_level = {lvl: 0 for lvl in (1, 2, 3, 4)}
-        if conn is not None:
-            try:
-                for notifier, state, n in conn.execute("SELECT notifier, state, count(*) FROM outbox GROUP BY notifier, state ORDER BY notifier, state"):
-                    notes.add_metric([str(notifier), str(state)], float(n))
-                # One escalation is one engine notification, delivered by several notifiers
-                # (ids "<notify id>/<notifier>"): count the distinct notification ids.
-                for level, n in conn.execute(
-                    "SELECT json_extract(payload, '$.level'), count(DISTINCT substr(id, 1, instr(id, '/') - 1)) FROM outbox "
-                    "WHERE json_extract(payload, '$.kind') = 'escalation' AND json_extract(payload, '$.exercise') = 0 GROUP BY 1"
-                ):
-                    if level in esc_level:
-                        esc_level[int(level)] = int(n)
-                for key, value in conn.execute("SELECT key, value FROM state WHERE key >= 'alert/' AND key < 'alert0'"):
-                    if not str(key).endswith("|real"):
-                        continue
-                    s = json.loads(value)
-                    announced = int(s.get("announced", 0))
-                    if announced in by_level:
-                        by_level[announced] += 1
-                        if s.get("status") in ("unacknowledged", "rtn_unacknowledged"):
-                            un_level[announced] += 1
-            finally:
-                conn.close()
+        for (notifier, state), n in outbox.counts_by_notifier().items():
+            notes.add_metric([notifier, state], float(n))
+        for level, n in outbox.notifications_by_level("escalation").items():
+            if level in esc_level:
+                esc_level[level] = n
+        for _key, st in outbox.states(ALERT_STATE_PREFIX):
+            if st.get("exercise"):
+                continue
+            announced = int(st.get("announced", 0))
+            if announced in by_level:
+                by_level[announced] += 1
+                if st.get("status") in ("unacknowledged", "rtn_unacknowledged"):
+                    un_level[announced] += 1
         for lvl in (1, 2, 3, 4):
             open_w.add_metric([str(lvl)], float(by_level[lvl]))
             unacked.add_metric([str(lvl)], float(un_level[lvl]))

@@ -1,0 +1,53 @@
+"""Site routes: the sites in the caller's jurisdiction, one site's card and device health, and
+its readings for the charts."""
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from geowarn.console.routes.context import Auth, Ctx
+from geowarn.console.views import colour
+
+router = APIRouter(tags=["sites"])
+
+
+@router.get("/api/sites")
+def sites(token: Auth, ctx: Ctx) -> list[dict[str, Any]]:
+    """Sites in the token's jurisdiction with their latest level, warning status, readings
+    summary (last 24 h of data) and devices online."""
+    views = ctx.views
+    levels = views.site_levels()
+    states = {str(s["site"]): s for s in views.states() if not s.get("exercise")}
+    t = ctx.now()
+    out = []
+    for code, card in ctx.registry.sites.items():
+        if not token.covers(card.admin):
+            continue
+        st = states.get(code, {})
+        lvl = max(int(levels.get(code, 0)), int(st.get("level", 0)))
+        summary = views.site_summary(code, t)
+        out.append({
+            **views.card(code), "level": lvl, "colour": colour(lvl), "status": st.get("status", "normal"),
+            "warning_id": st.get("warning_id") if int(st.get("announced", 0)) > 0 else None,
+            "readings_24h": summary["readings_24h"], "last_t": summary["last_t"],
+            "devices": len(card.devices), "devices_online": summary["devices_online"],
+        })
+    out.sort(key=lambda s: (-s["level"], s["site"]))
+    return out
+
+
+@router.get("/api/sites/{site}")
+def site_detail(site: str, request: Request, token: Auth, ctx: Ctx) -> dict[str, Any]:
+    """The site's 防灾明白卡, device health and its current warning (real and exercise)."""
+    ctx.site_or_404(request, token, site)
+    views = ctx.views
+    warnings = [w.doc for w in views.warnings() if w.doc["site"] == site]
+    levels = views.site_levels()
+    return {"card": views.card(site), "level": levels.get(site, 0), **views.site_summary(site, ctx.now()), "warnings": warnings}
+
+
+@router.get("/api/sites/{site}/series")
+def site_series(site: str, request: Request, token: Auth, ctx: Ctx, hours: float = 72.0) -> dict[str, Any]:
+    """Each channel's readings over the last ``hours`` before its newest one (for charts)."""
+    ctx.site_or_404(request, token, site)
+    return ctx.views.series(site, max(1.0, min(hours, 24 * 90.0)))

@@ -1,0 +1,251 @@
+"""What the console shows, read from the daemon's files through their owners' readers.
+
+This module owns the read side of the duty-officer API: ``Views`` turns the journal
+(``JournalReader``: readings, device status, fused levels), the outbox (``OutboxReader``: each
+site's persisted alert state, every notification and its delivery state) and ``alerts.jsonl``
+(the history) into the documents the API returns. It writes nothing and holds no SQL: each
+store answers for its own tables, so a schema change stays inside the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# The response chain keeps each site's alert state in the outbox under this prefix (alerts/live.py).
+from geowarn.alerts.live import _STATE_PREFIX as ALERT_STATE_PREFIX
+from geowarn.alerts.outbox import OUTBOX_FILE, OutboxReader
+from geowarn.config.registry import Registry
+from geowarn.core.levels import LEVELS
+from geowarn.core.sqlite import ChangeWatch
+from geowarn.ingest.journal import JOURNAL_FILE, JournalReader
+
+__all__ = ["ALERTS_FILE", "MAX_POINTS", "Views", "WarningView", "colour"]
+
+#: Points per channel sent to the charts (the console draws SVG; more would not be visible).
+MAX_POINTS = 600
+#: The alert-event history the detection worker appends (alerts/log.py).
+ALERTS_FILE = "alerts.jsonl"
+#: The console's "readings in the last 24 h", counted back from each channel's newest reading.
+SUMMARY_WINDOW_MS = 86_400_000
+#: A device is online when its newest reading arrived within this many reporting intervals
+#: (the no-data rule of DESIGN §5).
+ONLINE_INTERVALS = 3
+
+
+def colour(level: int) -> str:
+    return LEVELS[level].colour if level in LEVELS else "none"
+
+
+@dataclass(frozen=True)
+class WarningView:
+    """One site's current (or last) warning, as the console shows it."""
+
+    doc: dict[str, Any]
+    admin: str
+
+
+class Views:
+    """Read-only views over the daemon's files. The readers open a short-lived read-only
+    connection per call, so request threads share nothing and never write. A store whose
+    tables are not there yet (a daemon that has just started) reads as empty."""
+
+    def __init__(self, data_dir: Path, registry: Registry) -> None:
+        self.data_dir = Path(data_dir)
+        self.registry = registry
+        self.journal = JournalReader(self.data_dir / JOURNAL_FILE)
+        self.outbox = OutboxReader(self.data_dir / OUTBOX_FILE)
+        self.alerts_path = self.data_dir / ALERTS_FILE
+
+    # -- engine states -------------------------------------------------------------------
+
+    def states(self) -> list[dict[str, Any]]:
+        """Every persisted site state (``SiteAlert.to_dict()``), real and exercise."""
+        try:
+            return [value for _key, value in self.outbox.states(ALERT_STATE_PREFIX)]
+        except sqlite3.OperationalError:
+            return []  # the worker has not created its tables yet
+
+    def site_levels(self) -> dict[str, int]:
+        try:
+            return self.journal.site_levels()
+        except sqlite3.OperationalError:
+            return {}
+
+    def healthy(self) -> bool:
+        """The journal can be read (the liveness probe's question)."""
+        return self.journal.readable()
+
+    def outbox_watch(self) -> ChangeWatch:
+        """Says when the outbox changed: states, new notifications, delivery states."""
+        return self.outbox.watch()
+
+    def warning_doc(self, s: Mapping[str, Any]) -> dict[str, Any]:
+        announced = int(s.get("announced", 0))
+        level = int(s.get("level", 0))
+        shown = announced or level
+        site = self.registry.sites.get(str(s["site"]))
+        status = str(s.get("status", "normal"))
+        evidence = dict(s.get("evidence") or {})
+        notices = s.get("notices") or []
+        return {
+            "id": s.get("warning_id"),
+            "site": s["site"],
+            "site_name": site.name if site else s["site"],
+            "admin": s["admin"],
+            "exercise": bool(s.get("exercise")),
+            "level": shown,
+            "current_level": level,
+            "announced": announced,
+            "colour": colour(shown),
+            "label_zh": LEVELS[shown].zh if shown in LEVELS else "",
+            "label_en": LEVELS[shown].en if shown in LEVELS else "",
+            "since": s.get("raised"),
+            "level_since": s.get("since"),
+            "status": status,
+            "active": announced > 0 or status == "rtn_unacknowledged",
+            "acknowledged": status == "acknowledged" or (announced > 0 and int(s.get("acked_level", 0)) >= announced),
+            "ack_deadline": s.get("ack_deadline"),
+            "reason": s.get("reason", ""),
+            "evidence": evidence,
+            "forecast": evidence.get("forecast"),
+            "notified": [{"tier": n[0], "admin": n[1], "level": n[2], "t": n[3], "deadline": n[4], "kind": n[5]} for n in notices],
+            "acks": [{"by": a[0], "note": a[1], "t": a[2], "level": a[3]} for a in (s.get("acks") or [])],
+            "reports": list(s.get("reports") or []),
+            "shelved_until": s.get("shelved_until"),
+            "silent_devices": list(s.get("silent") or []),
+        }
+
+    def warnings(self) -> list[WarningView]:
+        """Every site state that has had a warning: active first, unacknowledged first, then by
+        level (highest first), then the most recently raised."""
+        out = [WarningView(self.warning_doc(s), str(s["admin"])) for s in self.states() if s.get("warning_id")]
+        out.sort(key=lambda w: (not w.doc["active"], w.doc["acknowledged"], -w.doc["level"], -(w.doc["since"] or 0.0)))
+        return out
+
+    def find_warning(self, warning_id: str) -> WarningView | None:
+        return next((w for w in self.warnings() if w.doc["id"] == warning_id), None)
+
+    def find_task(self, task_id: str) -> WarningView | None:
+        return next((w for w in self.warnings() if any(r.get("task_id") == task_id for r in w.doc["reports"])), None)
+
+    def history(self, limit: int) -> list[dict[str, Any]]:
+        """The last alert events of ``alerts.jsonl`` (newest first), read from the end."""
+        if not self.alerts_path.exists():
+            return []
+        with open(self.alerts_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            chunk = min(size, max(64 * 1024, limit * 2048))
+            fh.seek(size - chunk)
+            lines = fh.read().splitlines()
+        if chunk < size:
+            lines = lines[1:]  # the first line is probably cut
+        out = []
+        for line in reversed(lines):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a line being written right now
+            if len(out) >= limit:
+                break
+        return out
+
+    # -- timeline ------------------------------------------------------------------------
+
+    def timeline(self, warning_id: str) -> dict[str, Any]:
+        """The engine's history of a warning and every notification about it, grouped by
+        notification (one engine notification, delivered by each notifier of the unit)."""
+        w = self.find_warning(warning_id)
+        history = []
+        if w is not None:
+            for s in self.states():
+                if s.get("warning_id") == warning_id:
+                    history = [{"t": e[0], "rule": e[1], "level": e[2], "status": e[3], "detail": e[4]} for e in s.get("history") or []]
+        notes: dict[str, dict[str, Any]] = {}
+        try:
+            items = self.outbox.about_warning(warning_id)
+        except sqlite3.OperationalError:
+            items = []
+        for item in items:
+            msg = item.msg
+            key = item.id.split("/", 1)[0]
+            n = notes.setdefault(key, {
+                "id": key, "t": msg.t, "kind": msg.kind, "tier": msg.body.get("tier"), "admin": msg.admin,
+                "level": msg.level, "subject": msg.subject, "text": msg.text, "deadline": msg.body.get("deadline"),
+                "deliveries": [],
+            })
+            n["deliveries"].append({"notifier": msg.notifier, "state": item.state, "attempts": item.attempts, "last_error": item.last_error, "sent_at": item.sent_at})
+        return {
+            "warning": w.doc if w is not None else None,
+            "history": history,
+            "notifications": sorted(notes.values(), key=lambda n: (n["t"], n["id"])),
+        }
+
+    # -- sites, readings, devices --------------------------------------------------------
+
+    def site_summary(self, site: str, now: float) -> dict[str, Any]:
+        """Readings and device health of one site: per device its newest reading (event time and
+        arrival), online by the no-data rule, and its latest status heartbeat."""
+        card = self.registry.sites[site]
+        devices: dict[str, dict[str, Any]] = {
+            d.device: {"device": d.device, "model": d.model, "channels": [c.channel for c in d.channels], "last_t": None,
+                       "last_received": None, "online": False, "status": None, "status_t": None,
+                       "interval_s": min(c.interval_s for c in d.channels)}
+            for d in card.devices
+        }
+        readings_24h = 0
+        last_t: float | None = None
+        try:
+            activity = self.journal.site_activity(site, SUMMARY_WINDOW_MS)
+            statuses = self.journal.latest_statuses(site, list(devices))
+        except sqlite3.OperationalError:
+            activity, statuses = [], {}  # no tables yet: a daemon that has just started
+        for ch in activity:
+            if ch.last_t_ms is None or ch.last_received_ms is None or ch.device not in devices:
+                continue
+            d = devices[ch.device]
+            t, rec = ch.last_t_ms / 1000.0, ch.last_received_ms / 1000.0
+            d["last_t"] = max(d["last_t"] or t, t)
+            d["last_received"] = max(d["last_received"] or rec, rec)
+            last_t = max(last_t or t, t)
+            readings_24h += ch.recent
+        for device, d in devices.items():
+            if device in statuses:
+                raw, t_ms = statuses[device]
+                try:
+                    d["status"] = json.loads(raw)
+                except ValueError:
+                    d["status"] = {"raw": raw}
+                d["status_t"] = t_ms / 1000.0
+            d["online"] = d["last_received"] is not None and now - d["last_received"] <= ONLINE_INTERVALS * d["interval_s"]
+        return {"readings_24h": readings_24h, "last_t": last_t, "devices": list(devices.values()),
+                "devices_online": sum(1 for d in devices.values() if d["online"])}
+
+    def card(self, site: str) -> dict[str, Any]:
+        s = self.registry.sites[site]
+        return {
+            "site": s.site, "name": s.name, "hazard": s.hazard, "scale": s.scale, "admin": s.admin, "lat": s.lat, "lon": s.lon,
+            "threatened_people": s.threatened_people, "threatened_households": s.threatened_households,
+            "evacuation_route": s.evacuation_route, "shelter": s.shelter, "responsible": s.responsible, "phone": s.phone,
+            "velocity_window_s": s.policy.velocity_window_s,
+        }
+
+    def series(self, site: str, hours: float) -> dict[str, Any]:
+        """Each channel's readings over the last ``hours`` before the site's newest reading,
+        thinned to at most MAX_POINTS (every n-th: the charts only show the shape)."""
+        out: list[dict[str, Any]] = []
+        try:
+            channels = self.journal.site_points(site, int(hours * 3_600_000), MAX_POINTS)
+        except sqlite3.OperationalError:
+            channels = []
+        for ch in channels:
+            info = self.registry.channel(site, ch.device, ch.channel)
+            out.append({"device": ch.device, "channel": ch.channel, "kind": ch.kind, "unit": info.unit if info else "",
+                        "points": [[t / 1000.0, v] for t, v in ch.points]})
+        return {"site": site, "hours": hours, "channels": out}
