@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from geowarn.config.registry import ChannelInfo, Registry
-from geowarn.core.sqlite import Schema, Sync, open_db, open_readonly
+from geowarn.core.sqlite import Schema, SchemaError, Sync, open_db, open_readonly
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -245,19 +245,6 @@ class Journal:
         row = self.conn.execute("SELECT max(t_ms) FROM readings WHERE series=? AND drill = 0", (series,)).fetchone()
         return None if row[0] is None else int(row[0])
 
-    def readings_by_device(self, sites: Iterable[str], since: float, until: float) -> dict[tuple[str, str], int]:
-        """Real (not drill) readings with event time in [since, until), by (site, device), for
-        the zero reports (``alerts.chain.ReadingCounts``; a replay counts its feed the same way)."""
-        sites = list(sites)
-        if not sites:
-            return {}
-        rows = self.conn.execute(
-            f"SELECT s.site, s.device, count(*) FROM readings r JOIN series s ON s.id = r.series "
-            f"WHERE s.site IN ({','.join('?' * len(sites))}) AND r.t_ms >= ? AND r.t_ms < ? AND r.drill = 0 GROUP BY s.site, s.device",
-            (*sites, to_ms(since), to_ms(until)),
-        ).fetchall()
-        return {(site, device): int(n) for site, device, n in rows}
-
 
 # -- the read side for other stages ------------------------------------------------------------
 
@@ -311,12 +298,13 @@ class JournalReader:
 
     def readable(self) -> bool:
         """The file can be opened and queried (True while it does not exist yet: nothing is
-        wrong with a journal the store worker has not created)."""
+        wrong with a journal the store worker has not created; False for one written by a
+        newer GeoWarn)."""
         try:
             with self._read() as conn:
                 if conn is not None:
                     conn.execute("SELECT 1 FROM state LIMIT 1").fetchall()
-        except sqlite3.Error:
+        except (sqlite3.Error, SchemaError):
             return False
         return True
 

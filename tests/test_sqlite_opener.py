@@ -102,6 +102,7 @@ def test_a_file_from_a_newer_geowarn_is_refused_and_left_alone(tmp_path):
         assert str(path) in message and "7" in message and "newer" in message
     with pytest.raises(NewerSchemaError):
         Journal(path)
+    assert JournalReader(path).readable() is False  # the console's /healthz says so, not a 500
     assert _version(path) == 7
     with sqlite3.connect(path) as raw:
         assert raw.execute("SELECT count(*) FROM sqlite_master WHERE name = 'site'").fetchone()[0] == 0
