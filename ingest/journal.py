@@ -245,6 +245,19 @@ class Journal:
         row = self.conn.execute("SELECT max(t_ms) FROM readings WHERE series=? AND drill = 0", (series,)).fetchone()
         return None if row[0] is None else int(row[0])
 
+    def readings_by_device(self, sites: Iterable[str], since: float, until: float) -> dict[tuple[str, str], int]:
+        """Real (not drill) readings with event time in [since, until), by (site, device), for
+        the zero reports (``alerts.chain.ReadingCounts``; a replay counts its feed the same way)."""
+        sites = list(sites)
+        if not sites:
+            return {}
+        rows = self.conn.execute(
+            f"SELECT s.site, s.device, count(*) FROM readings r JOIN series s ON s.id = r.series "
+            f"WHERE s.site IN ({','.join('?' * len(sites))}) AND r.t_ms >= ? AND r.t_ms < ? AND r.drill = 0 GROUP BY s.site, s.device",
+            (*sites, to_ms(since), to_ms(until)),
+        ).fetchall()
+        return {(site, device): int(n) for site, device, n in rows}
+
 
 # -- the read side for other stages ------------------------------------------------------------
 
