@@ -1,8 +1,8 @@
 """Alert events from site level changes: one JSON line each in alerts.jsonl, and the retained
-``{prefix}/alerts/{admin}/{site}`` MQTT message.
+``{prefix}/alerts/{admin}/{site}`` MQTT message (DESIGN §8 format).
 
-First pass: the alert-engine issue puts a state machine with acknowledgement and escalation
-between the level change and these outputs; the event format (DESIGN §8) stays.
+The event-time judge (service/judge.py) writes every level change here, live and in replay,
+before it feeds the response chain; acknowledgement and escalation are the chain's.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ What differs between live and replay is plugged in, not composed twice:
   alert log's publisher;
 - the clock. With an ``EventClock`` (replay; a live daemon fed a recorded feed, the demo) the
   judge moves the clock itself, to each timer's deadline and then to the reading, so a timer
-  acts at its own event time. With the wall clock, ``at(now)`` fires what is due at the
-  clock's now (the source calls it after each batch, so a reading in hand is seen before its
-  device is declared silent).
+  acts at its own event time. With the wall clock the source calls ``at(now)`` after each
+  batch (so a reading in hand is seen before its device is declared silent); no-data events
+  then carry the clock's now and the chain's timers still fire each at its own deadline.
 """
 
 from __future__ import annotations
@@ -114,10 +114,12 @@ class Judge:
                     self.announce(change)
             elif c_due == first:
                 assert chain is not None
-                chain.tick(when)
+                # At its own deadline even when the wall clock is past it: after an outage each
+                # overdue escalation goes out in turn, as it would have on time.
+                chain.tick(first)
                 nxt = chain.next_deadline()
                 if nxt is not None and nxt <= first:  # the engine must move its timers on; never spin
-                    raise RuntimeError(f"response chain: timer at {first} did not move on after a tick at {when}")
+                    raise RuntimeError(f"response chain: timer at {first} did not move on after a tick")
             else:
                 assert timers is not None
                 timers.fire(when)
