@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 CAP_KEY = "mqtt/cap"
 COMMAND_KEY = "mqtt/cmd"
 
-_STATE_PREFIX = "alert/"
+STATE_PREFIX = "alert/"
 _ZERO_KEY = "chain/zero_last"
 _RAISED_KEY = "chain/raised"
 
@@ -160,7 +160,7 @@ class OutboxSink:
 
     def resume(self, chain: ResponseChain) -> None:
         """Put the state saved with the messages back into ``chain`` (a restart)."""
-        for _key, value in self.outbox.states(_STATE_PREFIX):
+        for _key, value in self.outbox.states(STATE_PREFIX):
             s = SiteAlert.from_dict(value)
             if s.site in chain.registry.sites:
                 chain.states[(s.site, s.exercise)] = s
@@ -173,7 +173,7 @@ class OutboxSink:
 
     @staticmethod
     def _state_key(key: tuple[str, bool]) -> str:
-        return f"{_STATE_PREFIX}{key[0]}|{'exercise' if key[1] else 'real'}"
+        return f"{STATE_PREFIX}{key[0]}|{'exercise' if key[1] else 'real'}"
 
     # -- outputs -------------------------------------------------------------------------------
 

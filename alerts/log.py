@@ -11,13 +11,15 @@ import json
 import os
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from geowarn.core.levels import LEVELS
 from geowarn.core.events import LevelChange
 from geowarn.core.timefmt import rfc3339
+
+#: The alert log's file in a data or output folder (DESIGN §8).
+ALERTS_FILE = "alerts.jsonl"
 
 _NS = uuid.UUID("6f1d2c1e-4b7a-4f53-9d55-3a5e0c2b9a10")
 

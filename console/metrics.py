@@ -32,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 # The response chain keeps each site's alert state in the outbox under this prefix (alerts/live.py).
-from geowarn.alerts.live import _STATE_PREFIX as ALERT_STATE_PREFIX
+from geowarn.alerts.live import STATE_PREFIX as ALERT_STATE_PREFIX
 from geowarn.alerts.outbox import OUTBOX_FILE, OutboxReader
 from geowarn.config.registry import Registry
 from geowarn.core.sqlite import SchemaError

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 # The response chain keeps each site's alert state in the outbox under this prefix (alerts/live.py).
-from geowarn.alerts.live import _STATE_PREFIX as ALERT_STATE_PREFIX
+from geowarn.alerts.live import STATE_PREFIX as ALERT_STATE_PREFIX
+from geowarn.alerts.log import ALERTS_FILE
 from geowarn.alerts.outbox import OUTBOX_FILE, OutboxReader
 from geowarn.config.registry import Registry
 from geowarn.core.levels import LEVELS
@@ -30,7 +31,6 @@ __all__ = ["ALERTS_FILE", "MAX_POINTS", "Views", "WarningView", "colour"]
 #: Points per channel sent to the charts (the console draws SVG; more would not be visible).
 MAX_POINTS = 600
 #: The alert-event history the detection worker appends (alerts/log.py).
-ALERTS_FILE = "alerts.jsonl"
 #: The console's "readings in the last 24 h", counted back from each channel's newest reading.
 SUMMARY_WINDOW_MS = 86_400_000
 #: A device is online when its newest reading arrived within this many reporting intervals

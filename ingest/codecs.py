@@ -12,7 +12,6 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from geowarn.config.registry import ChannelInfo, Registry

@@ -93,6 +93,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from geowarn.core.timefmt import rfc3339
     from geowarn.config.settings import load_settings
+    from geowarn.core.sqlite import SchemaError
     from geowarn.ingest.journal import JOURNAL_FILE, Journal
 
     try:
@@ -105,6 +106,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         journal = Journal(data_dir / JOURNAL_FILE, readonly=True)
     except FileNotFoundError:
         print(f"error: no journal in {data_dir} (set GEOWARN_DATA_DIR or --data-dir)", file=sys.stderr)
+        return EXIT_FAIL
+    except SchemaError as exc:  # e.g. a journal written by a newer GeoWarn
+        print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAIL
     try:
         if args.count:

@@ -227,13 +227,7 @@ def run_demo(duration_s: float = 60.0, data_dir: str | None = None, verbose: boo
 
 
 def _journal_counts(path: Path) -> dict[str, int]:
-    from geowarn.ingest.journal import Journal
+    from geowarn.ingest.journal import JournalReader
 
-    journal = Journal(path, readonly=True)
-    try:
-        return {
-            "readings": journal.count() + journal.count(drill=True),
-            "deadletters": int(journal.conn.execute("SELECT count(*) FROM deadletters").fetchone()[0]),
-        }
-    finally:
-        journal.close()
+    reader = JournalReader(path)
+    return {"readings": reader.readings_stored(), "deadletters": sum(reader.deadletter_counts().values())}

@@ -26,25 +26,22 @@ from pathlib import Path
 from typing import Any
 
 from geowarn.alerts.chain import ResponseChain
-from geowarn.alerts.log import AlertLog
+from geowarn.alerts.log import ALERTS_FILE, AlertLog
+from geowarn.alerts.outbox import OUTBOX_FILE
 from geowarn.config.settings import Loaded
 from geowarn.core.clock import Clock, EventClock, WallClock
 from geowarn.core.events import LevelChange
 from geowarn.core.timefmt import rfc3339
-from geowarn.ingest.journal import Journal
+from geowarn.ingest.journal import DETECTION_STATS_KEY, SITE_LEVELS_KEY, Journal
 from geowarn.service.judge import Judge
 from geowarn.service.worker import WorkerProcess
 
 log = logging.getLogger(__name__)
 
-SITE_LEVELS_KEY = "fusion.site_levels"
 SNAPSHOT_KEY = "fusion.snapshot.v2"  # v2: compact detector state, shared windows (v1 snapshots are ignored)
 EMITTED_KEY = "fusion.emitted_through"
 #: Devices under maintenance: {device: [since, until, by, note]} (times by the daemon's clock).
 MAINTENANCE_KEY = "detection.maintenance"
-#: Cumulative detection figures for /metrics: readings judged, seconds spent judging them,
-#: the position reached (saved at every checkpoint).
-STATS_KEY = "detection.stats"
 BATCH = 5000
 
 
@@ -61,7 +58,7 @@ class Detection:
         self.event_time = isinstance(clock, EventClock)
         #: ``chain`` (alerts.live.LiveChain.chain) is fed every level change; None: alerts.jsonl only.
         self.judge = Judge(
-            loaded.registry, AlertLog(Path(s.data_dir) / "alerts.jsonl", publish, s.topic_prefix), clock, chain,
+            loaded.registry, AlertLog(Path(s.data_dir) / ALERTS_FILE, publish, s.topic_prefix), clock, chain,
             held=self._held, announced=self._log_change,
         )
         self.fusion = self.judge.fusion
@@ -71,7 +68,7 @@ class Detection:
         self.maintenance: dict[str, tuple[float, float]] = {
             d: (float(v[0]), float(v[1])) for d, v in (self.journal.get_state(MAINTENANCE_KEY) or {}).items()
         }
-        saved = self.journal.get_state(STATS_KEY) or {}
+        saved = self.journal.get_state(DETECTION_STATS_KEY) or {}
         self.judged = int(saved.get("readings", 0))  # cumulative across restarts, as a counter should be
         self.judging_s = float(saved.get("seconds", 0.0))
         self._resume()
@@ -174,7 +171,7 @@ class Detection:
 
     def save_snapshot(self) -> None:
         self.journal.set_state(SNAPSHOT_KEY, {"position": self.position, "state": self.fusion.snapshot()})
-        self.journal.set_state(STATS_KEY, {"readings": self.judged, "seconds": self.judging_s, "position": self.position})
+        self.journal.set_state(DETECTION_STATS_KEY, {"readings": self.judged, "seconds": self.judging_s, "position": self.position})
 
     def _save_levels(self) -> None:
         self.journal.set_state(SITE_LEVELS_KEY, {s: self.fusion.level(s) for s in self.registry.sites})
@@ -235,7 +232,7 @@ class DetectionJob:
         self.journal = Journal(journal_path)
         self.clock: Clock = EventClock(start_t) if event_time else WallClock()
         data_dir = Path(s.data_dir)
-        self.outbox = Outbox(data_dir / "outbox.sqlite")
+        self.outbox = Outbox(data_dir / OUTBOX_FILE)
         self.http = httpx.Client(timeout=s.notify_timeout_s)
         notifiers = build_notifiers(
             loaded.roster, publish=link.publish_confirmed, smtp_url=s.smtp_url, sender=s.smtp_from, data_dir=data_dir,

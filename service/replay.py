@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from geowarn.alerts.chain import ResponseChain
-from geowarn.alerts.log import AlertLog
+from geowarn.alerts.log import ALERTS_FILE, AlertLog
 from geowarn.config.registry import Registry
 from geowarn.config.roster import Roster
 from geowarn.core.clock import EventClock
@@ -106,7 +106,7 @@ def replay_rows(
     from geowarn.config.settings import example_path
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    alerts_path = out_dir / "alerts.jsonl"
+    alerts_path = out_dir / ALERTS_FILE
     alerts_path.write_text("")
     summary = ReplaySummary()
     rejects = list(rejects or [])

@@ -12,7 +12,7 @@ from the recorded feed and its truth file only (never from the daemon's output):
   readings (nothing lost, nothing twice), read with `geowarn export`;
 - stuck values, spikes and late (out-of-order) readings → quality flags: the detection
   worker's fusion snapshot (journal state ``ingest.detection.SNAPSHOT_KEY``) counts them per flag, and the
-  counts equal the guards' batch reference (``detectors.quality.batch_quality_flags``) run
+  counts equal the guards' batch reference (``tests/oracles/quality.py batch_quality_flags``) run
   over each channel as the journal orders it; no site level moves;
 - gaps and the battery death → no-data. Live, all 40 h arrive within seconds, and silence is
   judged by arrival (a device draining a backlog is not silent), so no-data would come only
@@ -38,7 +38,8 @@ from geowarn.config.registry import Registry, load_registry
 from geowarn.config.settings import example_path
 from daemonproc import REPO, Daemon, Recorder
 from services import Mosquitto
-from geowarn.detectors.quality import SUSPECT_FLAGS, QualityGuard, batch_quality_flags
+from geowarn.detectors.quality import SUSPECT_FLAGS, QualityGuard
+from oracles.quality import batch_quality_flags
 from geowarn.core.timefmt import parse_time
 from geowarn.ingest.feeds import FeedReject, read_feed
 from geowarn.service.replay import replay_rows
