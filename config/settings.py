@@ -11,7 +11,7 @@ import os
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -52,6 +52,21 @@ class MqttTarget:
     def redacted(self) -> str:
         cred = f"{self.username}:***@" if self.username else ""
         return f"{'mqtts' if self.tls else 'mqtt'}://{cred}{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The URL again, credentials included (for a command that takes a URL)."""
+        cred = ""
+        if self.username is not None:
+            cred = quote(self.username, safe="") + (":" + quote(self.password, safe="") if self.password is not None else "") + "@"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{cred}{host}:{self.port}"
+
+    def with_username(self, username: str) -> "MqttTarget":
+        other = MqttTarget.__new__(MqttTarget)
+        other.tls, other.host, other.port, other.password = self.tls, self.host, self.port, self.password
+        other.username = username
+        return other
 
 
 class Settings(BaseSettings):
@@ -159,6 +174,19 @@ class Settings(BaseSettings):
     @property
     def mqtt(self) -> MqttTarget:
         return MqttTarget(self.mqtt_url)
+
+    def mqtt_for(self, client_id: str) -> MqttTarget:
+        """The broker target for one of the daemon's connections (``{id}-store``, ``{id}-api``…).
+
+        A broker from ``geowarn broker-config`` binds client ids to usernames
+        (``use_username_as_clientid``), so each connection must log in as its own client id.
+        When the URL's username is ``mqtt_client_id`` each connection does, with the URL's
+        password; any other URL (another username, or none) is used as it is.
+        """
+        target = self.mqtt
+        if target.username is not None and target.username == self.mqtt_client_id:
+            return target.with_username(client_id)
+        return target
 
     @property
     def sites_path(self) -> Path:

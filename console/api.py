@@ -130,7 +130,7 @@ class ApiServer:
         self.data_dir = Path(data_dir)
         self.stopping = threading.Event()
         self.tokens = TokenStore(self.data_dir / TOKENS_FILE)
-        self.requester = MqttRequester(s.mqtt, s.topic_prefix, f"{s.mqtt_client_id}-api", str(s.mqtt_ca_file) if s.mqtt_ca_file else None)
+        self.requester = MqttRequester(s.mqtt_for(f"{s.mqtt_client_id}-api"), s.topic_prefix, f"{s.mqtt_client_id}-api", str(s.mqtt_ca_file) if s.mqtt_ca_file else None)
         self.metrics = make_registry(self.data_dir, loaded.registry, main, now)
         self.app = create_api(loaded, self.data_dir, self.requester, self.tokens, self.metrics, now=now, stopping=self.stopping)
         # log_config=None: keep the daemon's logging as it is; access_log off: the audit table

@@ -13,9 +13,13 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from typing import TYPE_CHECKING
 from geowarn.config.errors import ConfigError
 from geowarn.core.timefmt import parse_instant
 from geowarn.service.logs import kv
+
+if TYPE_CHECKING:
+    from geowarn.config.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +88,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         n_ch = sum(len(c) for c in registry.channels.values())
         print(f"ok: {len(registry.sites)} sites, {n_dev} devices, {n_ch} channels ({registry.source}); "
               f"{len(roster.units)} roster units ({roster.source})")
+    _check_broker(loaded.settings, quiet=args.json)
     return EXIT_OK
+
+
+def _check_broker(settings: "Settings", quiet: bool) -> None:
+    """Say loudly when the configured broker lets anybody in (one short anonymous CONNECT)."""
+    from geowarn.service.brokerprobe import ANONYMOUS_WARNING, probe_anonymous
+
+    target = settings.mqtt
+    result = probe_anonymous(target, str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None)
+    if result.verdict == "open":
+        print(f"warning: {target.redacted()}: {ANONYMOUS_WARNING}", file=sys.stderr)
+    elif not quiet:  # --json keeps stdout for the JSON
+        verdict = "refuses anonymous connections" if result.verdict == "closed" else f"not checked for anonymous access ({result.detail})"
+        print(f"broker {target.redacted()}: {verdict}")
 
 
 # -- export ------------------------------------------------------------------------------------
@@ -154,6 +172,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    from geowarn.service.brokerprobe import warn_in_background
+
+    warn_in_background(loaded.settings)  # a WARNING when the broker is open; the start never waits for it
     app.run(stop)
     return EXIT_OK
 
@@ -254,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_request_parsers(sub)
     from geowarn.service.tokens_cli import add_token_parsers
     add_token_parsers(sub)
+    from geowarn.service.brokerconf import add_broker_config_parser
+    add_broker_config_parser(sub)
 
     add_simulate_parser(sub)
     add_plot_parser(sub)

@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace, kind: str, doc: dict[str, Any]) -> int:
             print(f"configuration error: {p}", file=sys.stderr)
         return 2
     try:
-        answer = send_request(s.mqtt_url, s.topic_prefix, kind, doc, args.wait, str(s.mqtt_ca_file) if s.mqtt_ca_file else None)
+        answer = send_request(s.mqtt_for(f"{s.mqtt_client_id}-cli").url, s.topic_prefix, kind, doc, args.wait, str(s.mqtt_ca_file) if s.mqtt_ca_file else None)
     except (OSError, queue.Empty) as exc:
         print(f"error: cannot reach the broker {s.mqtt.redacted()}: {exc or 'no SUBACK'}; nothing was sent", file=sys.stderr)
         return EXIT_UNREACHABLE

@@ -84,7 +84,7 @@ def _worker_main(
     if lock is None:
         log.error("another %s worker holds %s; giving up", name, Path(s.data_dir) / f"{name}.lock")
         return
-    link = MqttLink(s.mqtt, client_id=f"{s.mqtt_client_id}-{name}", subscriptions=subscriptions, protocol="3.1.1", keepalive_s=s.mqtt_keepalive_s,
+    link = MqttLink(s.mqtt_for(f"{s.mqtt_client_id}-{name}"), client_id=f"{s.mqtt_client_id}-{name}", subscriptions=subscriptions, protocol="3.1.1", keepalive_s=s.mqtt_keepalive_s,
                     ca_file=str(s.mqtt_ca_file) if s.mqtt_ca_file else None, clean_session=not subscriptions)
     link.start()
     job = factory(loaded, link, *args)

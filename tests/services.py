@@ -218,6 +218,10 @@ class Mosquitto(_Server):
     * ``max_inflight_messages`` is configurable (mosquitto's own default is 20).
 
     ``extra_config`` lines are appended to the generated ``mosquitto.conf``.
+
+    ``config_file``: run that configuration as it is instead (e.g. one ``geowarn broker-config``
+    wrote: its own accounts, ACL, TLS and persistence); ``port`` must be one of its listeners,
+    the one readiness is checked on. The other options are then unused.
     """
 
     name = "mosquitto"
@@ -230,13 +234,17 @@ class Mosquitto(_Server):
         max_inflight_messages: int = 100,
         autosave_interval: int = 1,
         extra_config: str = "",
+        config_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.binary = _find_binary("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+        if config_file is not None and port is None:
+            raise ValueError("a given config_file needs the port of one of its listeners")
+        self.config_file = Path(config_file).resolve() if config_file is not None else None
         super().__init__(data_dir, port)
         self.max_inflight_messages = max_inflight_messages
         self.autosave_interval = autosave_interval
         self.extra_config = extra_config
-        self.config_path = self.data_dir / "mosquitto.conf"
+        self.config_path = self.config_file or self.data_dir / "mosquitto.conf"
         self.persistence_path = self.data_dir / "mosquitto.db"
 
     @property
@@ -277,7 +285,8 @@ class Mosquitto(_Server):
         return "\n".join(lines) + "\n"
 
     def _argv(self) -> list[str]:
-        self.config_path.write_text(self.config_text())
+        if self.config_file is None:
+            self.config_path.write_text(self.config_text())
         return [self.binary, "-c", str(self.config_path)]
 
     def _ready(self) -> bool:
