@@ -12,8 +12,8 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-
 from typing import TYPE_CHECKING
+
 from geowarn.config.errors import ConfigError
 from geowarn.core.timefmt import parse_instant
 from geowarn.service.logs import kv
