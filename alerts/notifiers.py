@@ -6,7 +6,15 @@ This module owns what one delivery attempt is (``Notifier.send``), the message h
 of the duty roster (MQTT, webhook, email, SMS gateway, JSONL audit), and the naming of each
 unit's channels (``"<admin>/<type>/<n>"``). It does not retry, time out or count: that is the
 dispatcher's business (``alerts/dispatch.py``), and durability is the outbox's
-(``alerts/outbox.py``). A notifier either returns (delivered) or raises ``NotifierError``
+(``alerts/outbox.py``).
+
+What leaves the box is each channel's own: email, SMS and the unit's webhook get the full
+message (the contacts included: they are the unit's own channels), while the MQTT notifier
+publishes ``public_payload`` — no phone numbers, no e-mail addresses — because a broker topic
+is read by whoever may subscribe to it, and the outbox may hold messages queued before that
+rule existed.
+
+A notifier either returns (delivered) or raises ``NotifierError``
 with a message a duty officer or engineer can act on; ``permanent=True`` says a retry cannot
 help (the receiver rejected this very message), so the dispatcher dead-letters it.
 
@@ -55,6 +63,7 @@ __all__ = [
     "build_notifiers",
     "notifier_key",
     "outgoing_for",
+    "public_payload",
     "route",
     "sign",
     "unit_notifiers",
@@ -144,8 +153,51 @@ class Notifier(Protocol):
 # -- MQTT ---------------------------------------------------------------------------------
 
 
+_PHONE_KEYS = frozenset({"phone", "phones", "email", "emails", "mobile", "tel"})
+# Free text (an ack note, a reason) may carry contact data too. E-mail addresses are
+# unambiguous; phones are matched only in shapes no GeoWarn number or id takes: "+<country>…",
+# an 11-digit Chinese mobile number, a "0xx(x)-xxxxxxx(x)" landline, never inside a word (a
+# hex id) or a decimal number.
+_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_PHONE = re.compile(
+    r"\+\d[\d ()-]{6,}\d"
+    r"|(?<![A-Za-z0-9_.-])1[3-9]\d{9}(?![A-Za-z0-9_.])"
+    r"|(?<![A-Za-z0-9_.-])0\d{2,3}-\d{7,8}(?![A-Za-z0-9_.])"
+)
+REDACTED = "[redacted]"
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return _PHONE.sub(REDACTED, _EMAIL.sub(REDACTED, value))
+    if isinstance(value, Mapping):
+        return {k: _scrub(v) for k, v in value.items() if str(k).lower() not in _PHONE_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def public_payload(msg: Outgoing) -> bytes:
+    """The message as published on MQTT: no personal contact data.
+
+    The body's ``contacts`` keep each contact's name and role only (the unit sees who is on
+    duty, as on its own roster; a name alone reaches nobody), ``delivery.to`` keeps those
+    names, and every ``phone``/``email`` key (e.g. the site's responsible person in a quick
+    report draft) is dropped; e-mail addresses and phone numbers in free text are replaced by
+    ``[redacted]``. Email, SMS and webhooks still get the full message.
+    """
+    body = dict(msg.body)
+    if "contacts" in body:
+        body["contacts"] = [
+            {"name": str(c.get("name", "")), "role": str(c.get("role", ""))} for c in body["contacts"] if isinstance(c, Mapping)
+        ]
+    doc = _scrub({**msg.to_json(), "body": body})
+    return json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
 class MqttNotifier:
-    """Publishes the message as JSON to ``{prefix}/notify/{admin}``, not retained.
+    """Publishes the message as JSON to ``{prefix}/notify/{admin}``, not retained, without
+    personal contact data (``public_payload``).
 
     ``publish(topic, payload, retain)`` is the daemon's MQTT link (QoS 1 and waiting for the
     broker's PUBACK are its business); it should raise when the message was not accepted.
@@ -162,7 +214,7 @@ class MqttNotifier:
     def send(self, msg: Outgoing) -> None:
         topic = self.topic(msg.admin)
         try:
-            self.publish(topic, msg.dumps(), False)
+            self.publish(topic, public_payload(msg), False)
         except Exception as exc:  # paho and the link raise many types; converted at this boundary
             raise NotifierError(f"MQTT publish of {msg.id} to {topic} failed: {exc!r}; is the broker reachable?") from exc
 
@@ -170,9 +222,20 @@ class MqttNotifier:
 # -- webhook ------------------------------------------------------------------------------
 
 
-def sign(secret: str, body: bytes) -> str:
-    """The ``X-GeoWarn-Signature`` value: ``sha256=<hex HMAC-SHA256 of the body bytes>``."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+#: The scheme label of ``X-GeoWarn-Signature``. Until 2026-12 the header was
+#: ``sha256=<HMAC of the body>``, which a recorded delivery could replay for ever.
+SIGNATURE_SCHEME = "v1"
+
+
+def sign(secret: str, msg_id: str, timestamp: str, body: bytes) -> str:
+    """The ``X-GeoWarn-Signature`` value: ``v1=<hex HMAC-SHA256(secret, "<id>.<timestamp>.<body>")>``.
+
+    Id and timestamp are the ``X-GeoWarn-Id`` and ``X-GeoWarn-Timestamp`` headers, exactly as
+    sent; the body is the exact bytes posted. Signing the timestamp lets a receiver reject an
+    old (replayed) delivery; signing the id ties the signature to the message it dedups on.
+    """
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return f"{SIGNATURE_SCHEME}=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
 
 
 def _http_error(what: str, msg: Outgoing, url: str, resp: httpx.Response) -> NotifierError:
@@ -193,9 +256,11 @@ class WebhookNotifier:
     """POSTs the message JSON, signed with HMAC-SHA256 so the receiver can check it came from us.
 
     Headers: ``X-GeoWarn-Id`` (the stable id: a retried delivery carries the same one, so the
-    receiver can drop duplicates), ``X-GeoWarn-Signature: sha256=<hex>`` over the exact body
-    bytes (omitted when no secret is configured), ``X-GeoWarn-Timestamp`` (epoch seconds of
-    this attempt). A 2xx answer is delivery; anything else raises.
+    receiver can drop duplicates), ``X-GeoWarn-Timestamp`` (epoch seconds of this attempt) and
+    ``X-GeoWarn-Signature: v1=<hex>`` over ``<id>.<timestamp>.<body>`` (``sign``), so the
+    receiver can reject a delivery older than a few minutes. Without a secret nothing is signed,
+    which the roster must ask for (``unsigned = true``). A 2xx answer is delivery; anything
+    else raises.
     """
 
     def __init__(
@@ -207,9 +272,14 @@ class WebhookNotifier:
         timeout: float | None = None,
         clock: Clock | None = None,
         name: str = "webhook",
+        unsigned: bool = False,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"webhook url must be http:// or https://, got {url!r}")
+        if not secret and not unsigned:
+            raise ValueError(f"webhook {url}: no secret to sign with; pass unsigned=True to send unsigned bodies on purpose")
+        if secret and unsigned:
+            raise ValueError(f"webhook {url}: unsigned=True and a secret contradict each other")
         self.url = url
         self.secret = secret
         self.client = client
@@ -219,13 +289,14 @@ class WebhookNotifier:
 
     def send(self, msg: Outgoing) -> None:
         body = msg.dumps()
+        timestamp = str(int(self.clock.now()))
         headers = {
             "Content-Type": "application/json; charset=utf-8",
             "X-GeoWarn-Id": msg.id,
-            "X-GeoWarn-Timestamp": str(int(self.clock.now())),
+            "X-GeoWarn-Timestamp": timestamp,
         }
         if self.secret:
-            headers["X-GeoWarn-Signature"] = sign(self.secret, body)
+            headers["X-GeoWarn-Signature"] = sign(self.secret, msg.id, timestamp, body)
         kwargs: dict[str, Any] = {} if self.timeout is None else {"timeout": self.timeout}
         try:
             resp = self.client.post(self.url, content=body, headers=headers, **kwargs)
@@ -501,7 +572,10 @@ def build_notifiers(
                     continue
                 out[key] = MqttNotifier(publish, prefix, name=key)
             elif cfg.type == "webhook":
-                out[key] = WebhookNotifier(cfg.url, cfg.secret, client, clock=clock, name=key)
+                if not cfg.secret and not cfg.unsigned:
+                    problems.append(ConfigProblem(roster.source, where, "a webhook needs secret = '…' to sign its deliveries (or unsigned = true)"))
+                    continue
+                out[key] = WebhookNotifier(cfg.url, cfg.secret, client, clock=clock, name=key, unsigned=cfg.unsigned and not cfg.secret)
             elif cfg.type == "email":
                 if not smtp_url:
                     problems.append(ConfigProblem(roster.source, where, "an email notifier needs the daemon's smtp_url (smtp://host:port)"))

@@ -54,12 +54,18 @@ class Contact(_Strict):
 
 
 class Notify(_Strict):
-    """One way to reach a unit. The alert engine's notifiers read these."""
+    """One way to reach a unit. The alert engine's notifiers read these.
+
+    A webhook signs every delivery with ``secret`` (HMAC-SHA256, see alerts/notifiers.py);
+    ``unsigned = true`` says on purpose that it has none (``load_roster`` refuses a webhook with
+    neither: a receiver could not tell GeoWarn's warnings from anybody's).
+    """
 
     type: Literal["mqtt", "webhook", "email", "sms", "jsonl"]
     url: str = ""
     to: list[str] = []
     secret: str = ""
+    unsigned: bool = False
 
     @model_validator(mode="after")
     def _needs(self) -> "Notify":
@@ -139,9 +145,28 @@ def load_roster(path: str | Path) -> Roster:
         if u.admin in seen:
             problems.append(ConfigProblem(str(path), f"units[{i}].admin", f"admin {u.admin} is listed twice (also units[{seen[u.admin]}])"))
         seen.setdefault(u.admin, i)
+        problems += _signing_problems(str(path), u)
     if problems:
         raise ConfigError(problems)
     return Roster(parsed.units, str(path))
+
+
+def _signing_problems(file: str, unit: Unit) -> list[ConfigProblem]:
+    """A webhook signs its deliveries unless the roster says, on purpose, that it cannot."""
+    out = []
+    for j, n in enumerate(unit.notify):
+        key = f"units[admin={unit.admin}].notify[{j}]"
+        if n.unsigned and n.type != "webhook":
+            out.append(ConfigProblem(file, key, f"unsigned = true applies to webhooks only, not to {n.type}"))
+        elif n.type == "webhook" and n.unsigned and n.secret:
+            out.append(ConfigProblem(file, key, "unsigned = true and a secret contradict each other; remove one"))
+        elif n.type == "webhook" and not n.unsigned and not n.secret:
+            out.append(ConfigProblem(
+                file, key,
+                f"the webhook to {n.url} has no secret: its receiver could not tell GeoWarn's warnings from forged ones; "
+                "set secret = '<a long random string shared with the receiver>' or, to send unsigned bodies on purpose, unsigned = true",
+            ))
+    return out
 
 
 def cross_check(registry: Registry, roster: Roster) -> tuple[list[ConfigProblem], list[ConfigProblem]]:

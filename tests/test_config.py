@@ -388,6 +388,38 @@ def test_roster_notifier_needs_its_address(tmp_path: Path, notify: str, words: s
     assert words in problem.reason
 
 
+WEBHOOK_CASES = [
+    ("no-secret", '{ type = "webhook", url = "https://hooks.example.org/geowarn" }', ["https://hooks.example.org/geowarn", "no secret", "secret = ", "unsigned = true"]),
+    ("empty-secret", '{ type = "webhook", url = "https://hooks.example.org/geowarn", secret = "" }', ["no secret", "unsigned = true"]),
+    ("unsigned-and-secret", '{ type = "webhook", url = "https://hooks.example.org/geowarn", secret = "s3cret", unsigned = true }', ["contradict"]),
+    ("unsigned-not-a-webhook", '{ type = "mqtt", unsigned = true }', ["webhooks only", "mqtt"]),
+]
+
+
+@pytest.mark.parametrize("notify, words", [c[1:] for c in WEBHOOK_CASES], ids=[c[0] for c in WEBHOOK_CASES])
+def test_a_webhook_without_a_secret_is_refused_unless_the_roster_says_unsigned(tmp_path: Path, notify: str, words: list[str]) -> None:
+    path = write(tmp_path, "roster.toml", mutate(ROSTER, '{ type = "mqtt" }', notify))
+    with pytest.raises(ConfigError) as exc:
+        load_roster(path)
+    # The file, the unit (by its admin code, as the other notifier errors name it) and the reason.
+    assert problems(exc) == [(str(path), "units[admin=420527].notify[0]")]
+    for word in words:
+        assert word in exc.value.problems[0].reason
+
+
+@pytest.mark.parametrize(
+    "notify, unsigned, secret",
+    [
+        ('{ type = "webhook", url = "https://hooks.example.org/geowarn", secret = "s3cret" }', False, "s3cret"),
+        ('{ type = "webhook", url = "https://hooks.example.org/geowarn", unsigned = true }', True, ""),
+    ],
+)
+def test_a_signed_or_deliberately_unsigned_webhook_loads(tmp_path: Path, notify: str, unsigned: bool, secret: str) -> None:
+    roster = load_roster(write(tmp_path, "roster.toml", mutate(ROSTER, '{ type = "mqtt" }', notify)))
+    (n,) = roster.units["420527"].notify
+    assert (n.type, n.unsigned, n.secret) == ("webhook", unsigned, secret)
+
+
 def test_roster_not_toml_and_missing(tmp_path: Path) -> None:
     path = write(tmp_path, "roster.toml", "units = [")
     with pytest.raises(ConfigError) as exc:
@@ -665,6 +697,7 @@ def check_config(tmp_path_factory: pytest.TempPathFactory) -> CheckConfig:
         "roster_no_county": write(d, "roster-no-county.toml", _drop_unit("420526")),
         "bad_sites": write(d, "bad-sites.toml", mutate(SITES, "lat = 30.99", "lat = 95")),
         "not_toml": write(d, "junk.toml", "this is not toml"),
+        "webhook_no_secret": write(d, "roster-webhook.toml", mutate(ROSTER, '{ type = "mqtt" }', '{ type = "webhook", url = "https://hooks.example.org/geowarn" }')),
     }
     f["settings"] = write(d, "geowarn.toml", f"sites = {json.dumps(str(f['sites']))}\nroster = {json.dumps(str(f['roster']))}\n")
     f["bad_settings"] = write(d, "bad-geowarn.toml", f"mqtt_keepalive_s = 1\nsites = {json.dumps(str(f['sites']))}\n")
@@ -676,6 +709,7 @@ def check_config(tmp_path_factory: pytest.TempPathFactory) -> CheckConfig:
         "bad_sites": ([str(f["bad_sites"]), "--json"], {}),
         "roster_no_county": ([str(f["roster_no_county"]), "--json"], {}),
         "not_toml": ([str(f["not_toml"]), "--json"], {}),
+        "webhook_no_secret": ([str(f["webhook_no_secret"]), "--json"], {}),
         # A bad file value and a bad environment value: both reported, each by its own name.
         "bad_settings": ([str(f["bad_settings"]), "--json"], {"GEOWARN_MQTT_URL": "tcp://broker"}),
     }
@@ -754,6 +788,7 @@ def test_check_config_with_a_settings_file(check_config: CheckConfig) -> None:
         ("bad_sites", ["{bad_sites}: sites[0].lat: ", "90"]),
         ("roster_no_county", [f"{EXAMPLE_SITES}: sites[2].admin: ", "420526", "{roster_no_county}", "nobody"]),
         ("not_toml", ["{not_toml}: ", "TOML"]),
+        ("webhook_no_secret", ["{webhook_no_secret}: units[admin=420527].notify[0]: ", "no secret", "unsigned = true"]),
         ("bad_settings", ["{bad_settings}: mqtt_keepalive_s: ", "environment: GEOWARN_MQTT_URL: ", "mqtt://"]),
     ],
 )

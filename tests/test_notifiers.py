@@ -3,12 +3,16 @@ from the roster."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
 import queue
+import re
 import ssl
 import uuid
+from pathlib import Path
+from typing import Any
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -31,7 +35,9 @@ from geowarn.alerts.notifiers import (
     route,
 )
 from geowarn.config.errors import ConfigError
-from geowarn.config.roster import Contact, Notify, Roster, Unit
+from geowarn.config.registry import load_registry
+from geowarn.config.roster import Contact, Notify, Roster, Unit, load_roster
+from geowarn.config.settings import example_path
 from receivers import SmtpSink, http_receiver, make_cert, smtp_sink  # noqa: F401  (fixtures)
 from services import free_port
 
@@ -88,16 +94,26 @@ def test_every_notifier_meets_the_protocol(tmp_path, client):
 # -- webhook -----------------------------------------------------------------------------
 
 
+def _v1(secret: str, msg_id: str, timestamp: str, body: bytes) -> str:
+    """The documented formula, computed here and not by the code under test:
+    ``v1=<hex HMAC-SHA256(secret, "<id>.<timestamp>.<body>")>``."""
+    return "v1=" + hmac.new(secret.encode("utf-8"), msg_id.encode("utf-8") + b"." + timestamp.encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
+
+
 def test_webhook_body_is_signed_and_the_receiver_verifies_it(http_receiver, client):
     clock = ManualClock(1_764_408_700.0)
     m = _msg(1)
     WebhookNotifier(http_receiver.url + "/hook", SECRET, client, clock=clock).send(m)
     (req,) = http_receiver.wait_for(1)
-    # The receiver's check, done as a receiver would: HMAC-SHA256 of the raw body bytes.
-    expected = "sha256=" + hmac.new(SECRET.encode("utf-8"), req.body, hashlib.sha256).hexdigest()
-    assert hmac.compare_digest(req.headers["x-geowarn-signature"], expected)
-    wrong = "sha256=" + hmac.new(b"not the secret", req.body, hashlib.sha256).hexdigest()
-    assert not hmac.compare_digest(req.headers["x-geowarn-signature"], wrong)
+    # The receiver's check, done as a receiver would: HMAC-SHA256 over id, timestamp and raw body.
+    sig, msg_id, ts = req.headers["x-geowarn-signature"], req.headers["x-geowarn-id"], req.headers["x-geowarn-timestamp"]
+    assert hmac.compare_digest(sig, _v1(SECRET, msg_id, ts, req.body))
+    assert not hmac.compare_digest(sig, _v1("not the secret", msg_id, ts, req.body))
+    # The timestamp and the id are signed: a replay under a fresh timestamp, or the body under
+    # another message's id, does not verify; nor does the old body-only signature.
+    assert not hmac.compare_digest(sig, _v1(SECRET, msg_id, str(int(ts) + 600), req.body))
+    assert not hmac.compare_digest(sig, _v1(SECRET, "n2/420527/webhook/0", ts, req.body))
+    assert sig != "sha256=" + hmac.new(SECRET.encode("utf-8"), req.body, hashlib.sha256).hexdigest()
     assert req.path == "/hook"
     assert req.headers["x-geowarn-id"] == "n1/420527/webhook/0"
     assert req.headers["x-geowarn-timestamp"] == "1764408700"
@@ -105,6 +121,46 @@ def test_webhook_body_is_signed_and_the_receiver_verifies_it(http_receiver, clie
     doc = req.json()
     assert doc["id"] == "n1/420527/webhook/0" and doc["level"] == 3 and doc["site"] == "S1"
     assert doc["text"] == m.text and doc["body"]["type"] == "notify"
+
+
+def _readme_verify() -> Any:
+    """The verification snippet the README gives receivers, run as written."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "def verify(" in b]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    return namespace["verify"]
+
+
+def test_the_readme_snippet_accepts_a_fresh_delivery_and_rejects_old_or_altered_ones(http_receiver, client):
+    verify = _readme_verify()
+    clock = ManualClock(1_764_408_700.0)
+    hook = WebhookNotifier(http_receiver.url, SECRET, client, clock=clock)
+    hook.send(_msg(1))
+    clock.advance(30)
+    hook.send(_msg(1))  # a retry: same id, new timestamp and signature
+    first, retry = http_receiver.wait_for(2)
+    headers = httpx.Headers(first.headers)
+    assert verify(SECRET, headers, first.body, now=1_764_408_700.0 + 10)
+    assert verify(SECRET, httpx.Headers(retry.headers), retry.body, now=1_764_408_730.0)
+    assert first.headers["x-geowarn-id"] == retry.headers["x-geowarn-id"] and first.headers["x-geowarn-signature"] != retry.headers["x-geowarn-signature"]
+    # Older than 5 minutes (a replay), or from a clock far ahead: refused.
+    assert not verify(SECRET, headers, first.body, now=1_764_408_700.0 + 301)
+    assert not verify(SECRET, headers, first.body, now=1_764_408_700.0 - 301)
+    # Replayed with a fresh timestamp header, altered, or checked with another secret: refused.
+    assert not verify(SECRET, httpx.Headers({**first.headers, "x-geowarn-timestamp": "1764409000"}), first.body, now=1_764_409_000.0)
+    assert not verify(SECRET, headers, first.body.replace(b'"level":3', b'"level":1'), now=1_764_408_700.0)
+    assert not verify("another secret", headers, first.body, now=1_764_408_700.0)
+
+
+def test_an_unsigned_webhook_must_be_asked_for(http_receiver, client):
+    with pytest.raises(ValueError, match="no secret"):
+        WebhookNotifier(http_receiver.url, "", client)
+    with pytest.raises(ValueError, match="contradict"):
+        WebhookNotifier(http_receiver.url, SECRET, client, unsigned=True)
+    WebhookNotifier(http_receiver.url, "", client, unsigned=True).send(_msg(1))
+    (req,) = http_receiver.wait_for(1)
+    assert "x-geowarn-signature" not in req.headers and req.headers["x-geowarn-id"] == "n1/420527/webhook/0"
 
 
 @pytest.mark.parametrize("status, permanent", [(500, False), (503, False), (408, False), (429, False), (400, True), (401, True), (404, True)])
@@ -292,6 +348,85 @@ def test_mqtt_publishes_to_the_admin_notify_topic(mosquitto):
             c.disconnect()
 
 
+def _digits(text: str) -> str:
+    return re.sub(r"\D", "", text)
+
+
+def test_mqtt_notify_payload_carries_no_phone_or_email_of_the_example_roster(mosquitto):
+    """A real notification for Zigui built from the bundled roster and sites, with a quick-report
+    draft (the site's responsible person and phone) and an ack note giving a mobile number,
+    published through real Mosquitto: no phone number or e-mail address of the example
+    configuration reaches the topic; the rest of the message does."""
+    from geowarn.alerts.model import AckInfo, Entry, ReportTask, SiteAlert
+    from geowarn.alerts.reports import quick_report_draft
+
+    roster = load_roster(example_path("roster.example.toml"))
+    registry = load_registry(example_path("sites.example.toml"))
+    secrets_ = {c.phone for u in roster.units.values() for c in u.contacts if c.phone}
+    secrets_ |= {c.email for u in roster.units.values() for c in u.contacts if c.email}
+    secrets_ |= {s.phone for s in registry.sites.values() if s.phone}
+    assert len(secrets_) >= 8  # the example has phones and e-mail addresses to leak
+    note = "已通知村民，联系 13800138000 或 duty.wang@zigui.example.org"
+    t0 = 1_764_408_600.0
+    state = SiteAlert(site="BSH", admin="420527", scale="large", level=3, status="acknowledged", warning_id="BSH-20251129T093000Z", raised=t0,
+                      acks=(AckInfo("王值班 [zigui-duty]", note, t0 + 60, 3),),
+                      history=(Entry(t0, "raise", 3, "unacknowledged", "orange"), Entry(t0 + 60, "ack", 3, "acknowledged", f"by 王值班 [zigui-duty]: {note}")))
+    task = ReportTask("BSH-20251129T093000Z.report", "BSH-20251129T093000Z", 3, t0, t0 + 4 * 3600, None)
+    notify = NotifyAction(tier="county", admin="420527", kind="report_due", level=3, warning_id="BSH-20251129T093000Z", text="BSH quick report due",
+                          site="BSH", t=t0 + 61, exercise=False, deadline=None, task_id=task.task_id, id="4f1c0e9a-0000-5000-8000-13800138000a")
+    # As alerts/live.py queues it: the draft merged into every notifier's message.
+    extra = {"draft": quick_report_draft(registry.sites["BSH"], state, task)}
+    msgs = {m.notifier: dataclasses.replace(m, body={**m.body, **extra}) for m in outgoing_for(notify, roster)}
+    m = msgs["420527/mqtt/0"]
+    assert json.dumps(m.body, ensure_ascii=False).count("+86 717 000 1000") == 1  # the outbox's copy is whole
+
+    got: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+    subscribed: queue.Queue[int] = queue.Queue()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{uuid.uuid4().hex[:8]}")
+    sub.on_message = lambda c, u, msg: got.put(msg)
+    sub.on_subscribe = lambda c, u, mid, rc, props: subscribed.put(mid)
+    sub.connect(mosquitto.host, mosquitto.port)
+    sub.loop_start()
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{uuid.uuid4().hex[:8]}")
+    pub.connect(mosquitto.host, mosquitto.port)
+    pub.loop_start()
+    try:
+        sub.subscribe("geowarn/notify/#", qos=1)
+        subscribed.get(timeout=10)
+
+        def publish(topic: str, payload: bytes, retain: bool) -> None:
+            pub.publish(topic, payload, qos=1, retain=retain).wait_for_publish(timeout=10)
+
+        MqttNotifier(publish).send(m)
+        received = got.get(timeout=10)
+    finally:
+        for c in (sub, pub):
+            c.loop_stop()
+            c.disconnect()
+
+    raw = received.payload.decode("utf-8")
+    for secret in sorted(secrets_):
+        assert secret not in raw, secret
+        if "@" not in secret:
+            assert _digits(secret) not in _digits(raw), secret
+    # The note's number and address are gone; the same digits inside an id are not a phone.
+    assert raw.count("13800138000") == raw.count("13800138000a") >= 1 and "duty.wang@zigui.example.org" not in raw
+    assert not re.search(r"[\w.+-]+@[\w-]+\.[\w.-]+", raw), "an e-mail address on the bus"
+    doc = json.loads(raw)
+    # What the unit needs is all there: which warning, how bad, what to do, who is on duty.
+    assert received.topic == "geowarn/notify/420527"
+    assert (doc["id"], doc["kind"], doc["level"], doc["site"], doc["admin"]) == (m.id, "report_due", 3, "BSH", "420527")
+    assert doc["body"]["id"] == notify.id and doc["body"]["warning_id"] == "BSH-20251129T093000Z" and doc["body"]["task_id"] == task.task_id
+    assert doc["body"]["contacts"] == [{"name": "县值班室 County duty office", "role": "duty officer"}]
+    assert doc["body"]["draft"]["responsible"] == {"name": "王建国 (群测群防员)"}
+    assert doc["body"]["draft"]["threatened"] == extra["draft"]["threatened"] and doc["subject"] == m.subject
+    assert "[redacted]" in doc["body"]["draft"]["acks"][0]["note"] and "已通知村民" in doc["body"]["draft"]["acks"][0]["note"]
+    # The unit's own channels still get what they need.
+    assert "+86 717 000 1000" in json.dumps(msgs["420527/jsonl/0"].body, ensure_ascii=False)
+    email = EmailNotifier("smtp://127.0.0.1:9", "geowarn@example.org", ["duty@zigui.example.org"]).compose(m)
+    assert "+86 717 000 1000" in email.get_content() and "+86 717 000 0101" in email.get_content()
+
+
 def test_mqtt_publish_failure_becomes_a_notifier_error():
     def broken(topic: str, payload: bytes, retain: bool) -> None:
         raise ConnectionError("not connected")
@@ -317,7 +452,7 @@ def _roster(hook_url: str = "http://127.0.0.1:9/hook", sms_url: str = "http://12
                     Notify(type="email", to=["duty@zigui.example.org"]),
                     Notify(type="sms", url=sms_url),
                     Notify(type="jsonl"),
-                    Notify(type="webhook", url=hook_url + "2"),
+                    Notify(type="webhook", url=hook_url + "2", unsigned=True),
                 ],
             ),
             Unit(admin="420500", name="宜昌市 Yichang"),
@@ -367,6 +502,10 @@ def test_build_notifiers_fails_at_start_for_channels_that_cannot_work(tmp_path, 
     text = str(err.value)
     assert "units[admin=420527].notify[0]: an mqtt notifier needs" in text
     assert "units[admin=420527].notify[2]: an email notifier needs the daemon's smtp_url" in text
+    # A roster made in code is held to the file's rule: a webhook signs unless told not to.
+    unsigned = Roster([Unit(admin="420527", name="Zigui", notify=[Notify(type="webhook", url="http://127.0.0.1:9/hook")])])
+    with pytest.raises(ConfigError, match=r"units\[admin=420527\]\.notify\[0\]: a webhook needs secret"):
+        build_notifiers(unsigned, publish=None, smtp_url=None, sender="g@example.org", data_dir=tmp_path, client=client)
 
 
 def test_outgoing_for_gives_stable_ids_and_marks_exercises():
