@@ -93,6 +93,13 @@ def room_of(module: str) -> str:
     return module.split(".")[1]
 
 
+def test_every_package_folder_is_listed_for_the_build() -> None:
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    listed = set(pyproject["tool"]["setuptools"]["packages"])
+    found = {m for m, path in modules().items() if path.name == "__init__.py"}
+    assert found == listed
+
+
 def test_every_room_has_a_floor_and_the_card_folders_are_mapped() -> None:
     rooms = {room_of(pkg) for pkg in package_dirs()}
     assert rooms == set(FLOORS)
@@ -192,6 +199,10 @@ def test_the_wheel_installs_one_top_level_package(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert {t for t in tops if not t.endswith(".dist-info")} == {"geowarn"}
+    # Every module of every room is in it (a sub-package missing from pyproject's list is not).
+    shipped = {n.removesuffix(".py").replace("/", ".") for n in names if n.endswith(".py")}
+    missing = {m if not modules()[m].name == "__init__.py" else m + ".__init__" for m in modules()} - shipped
+    assert not missing, f"modules left out of the wheel: {sorted(missing)}"
     # Package data travels with its room.
     for data in ("geowarn/config/sites.example.toml", "geowarn/console/web/index.html", "geowarn/alerts/schemas/CAP-v1.2-schema.xsd"):
         assert data in names
