@@ -16,6 +16,9 @@ resumed from the outbox, plus the answers to people's requests. Acks, quick-repo
 submissions and shelving arrive as ``Request``s (from ``{prefix}/ack``, ``{prefix}/report``,
 ``{prefix}/shelve`` and ``{prefix}/unshelve`` on MQTT; ``geowarn ack`` and ``geowarn report
 submit`` publish there) and are answered with a ``Result`` the caller publishes on ``…/result``.
+On the bus they are signed (alerts/control.py): the detection worker lets a request through to
+``Request.from_doc`` only when its MAC, age and nonce pass, and signs its answer.
+``Request.by`` is the identity the signer vouches for; ``Request.name`` is what the person typed.
 """
 
 from __future__ import annotations
@@ -78,6 +81,18 @@ class Request:
     until: float | None = None
     #: shelve/unshelve: one device of the site under maintenance instead of the whole site.
     device: str = ""
+    #: The name the person typed (the console's name field, ``geowarn ack --by``): free text,
+    #: kept with the note. ``by`` is the signer's authenticated identity: the API token's
+    #: name, the CLI's OS user.
+    name: str = ""
+
+    @property
+    def signed_note(self) -> str:
+        """The note as the warning's history keeps it: the typed name in front when it says
+        more than ``by``."""
+        if not self.name or self.name == self.by:
+            return self.note
+        return f"{self.name}: {self.note}" if self.note else self.name
 
     @staticmethod
     def request_id_of(payload: bytes) -> str:
@@ -97,6 +112,12 @@ class Request:
             doc = json.loads(payload)
         except (ValueError, RecursionError) as exc:
             raise ValueError(f"not JSON: {exc}") from None
+        return cls.from_doc(kind, doc)
+
+    @classmethod
+    def from_doc(cls, kind: str, doc: Any) -> "Request":
+        """From a decoded request (the document the control gate admitted); ``ValueError``
+        with the reason when it is not one."""
         if not isinstance(doc, dict):
             raise ValueError("a request is a JSON object")
         if kind not in REQUEST_KINDS:
@@ -128,8 +149,11 @@ class Request:
         device = doc.get("device") or ""
         if not isinstance(device, str):
             raise ValueError("device must be a device code")
+        name = doc.get("name") or ""
+        if not isinstance(name, str):
+            raise ValueError("name must be text")
         return cls(kind, target, by.strip(), note if isinstance(note, str) else str(note), str(doc.get("request", "")), level,
-                   float(until) if kind == "shelve" and until is not None else None, device)
+                   float(until) if kind == "shelve" and until is not None else None, device, name.strip())
 
 
 @dataclass(frozen=True)
@@ -308,13 +332,13 @@ class LiveChain:
             if req.kind in ("shelve", "unshelve"):
                 if req.target not in chain.registry.sites:
                     return Result(req.request_id, False, f"unknown site {req.target!r}")
-                ev: Event = Shelve(now, req.by, req.until or 0.0, req.note) if req.kind == "shelve" else Unshelve(now, req.by)
+                ev: Event = Shelve(now, req.by, req.until or 0.0, req.signed_note) if req.kind == "shelve" else Unshelve(now, req.by)
                 tr = chain.event(req.target, False, ev, now)
                 return Result(req.request_id, tr.rule != "ignored", f"{tr.rule}: " + "; ".join(e.detail for e in tr.state.history[-1:]), tr.rule, req.target, tr.state.warning_id or "")
             wid = req.target if chain.find_warning(req.target) is not None else self.warning_of_notification(req.target)
             if wid is None or chain.find_warning(wid) is None:
                 return Result(req.request_id, False, f"{req.target!r} is neither a current warning nor a notification of one")
-            tr = chain.ack(wid, req.by, req.note, now, req.level)
+            tr = chain.ack(wid, req.by, req.signed_note, now, req.level)
         except (KeyError, ValueError) as exc:
             return Result(req.request_id, False, str(exc).strip("'\""))
         ok = tr.rule != "ignored"

@@ -47,6 +47,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from geowarn.config.settings import Loaded
 from geowarn.console.metrics import MainStats, make_registry
+from geowarn.alerts.control import load_or_create_key
 from geowarn.console.requester import MqttRequester, Requester, RequestUnavailable
 from geowarn.console.routes import actions, events, operations, sites, warnings
 from geowarn.console.routes.context import Context
@@ -130,7 +131,7 @@ class ApiServer:
         self.data_dir = Path(data_dir)
         self.stopping = threading.Event()
         self.tokens = TokenStore(self.data_dir / TOKENS_FILE)
-        self.requester = MqttRequester(s.mqtt_for(f"{s.mqtt_client_id}-api"), s.topic_prefix, f"{s.mqtt_client_id}-api", str(s.mqtt_ca_file) if s.mqtt_ca_file else None)
+        self.requester = MqttRequester(s.mqtt_for(f"{s.mqtt_client_id}-api"), s.topic_prefix, f"{s.mqtt_client_id}-api", str(s.mqtt_ca_file) if s.mqtt_ca_file else None, key=load_or_create_key(self.data_dir))
         self.metrics = make_registry(self.data_dir, loaded.registry, main, now)
         self.app = create_api(loaded, self.data_dir, self.requester, self.tokens, self.metrics, now=now, stopping=self.stopping)
         # log_config=None: keep the daemon's logging as it is; access_log off: the audit table

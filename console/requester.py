@@ -6,6 +6,12 @@ use, ``MqttRequester`` (one long-lived MQTT client that publishes a request on
 ``RequestUnavailable`` (the broker is unreachable; the API answers 503). The request kinds and
 their documents are the detection worker's (``alerts/live.py``); the console sends the same
 request ``geowarn ack`` does, so the engine never learns which door a person used.
+
+Requests are signed with the control key and only a verified answer to this very request is
+taken (alerts/control.py): anyone on the broker can publish on ``…/result``, and a forged
+answer must not change what the API tells the duty officer or writes in the audit. An answer
+that does not verify is ignored (counted in ``ignored``); the API then waits on until the
+real answer or the timeout.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ import json
 import logging
 import queue
 import threading
+import time
 import uuid
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 
+from geowarn.alerts.control import ControlKey
 from geowarn.alerts.live import REQUEST_KINDS
 from geowarn.config.settings import MqttTarget
 
@@ -46,10 +54,14 @@ class MqttRequester:
     #: The request kinds the detection worker answers (its own list: one spelling).
     KINDS = REQUEST_KINDS
 
-    def __init__(self, target: MqttTarget, prefix: str, client_id: str, ca_file: str | None = None) -> None:
+    def __init__(self, target: MqttTarget, prefix: str, client_id: str, ca_file: str | None = None, *, key: ControlKey) -> None:
         self.prefix = prefix
         self._target = target
-        self._waiting: dict[str, queue.Queue[dict[str, Any]]] = {}
+        self.key = key
+        #: Answers to a waiting request that did not verify (forged, or another key's).
+        self.ignored = 0
+        # request id -> (kind, the signed request, where its answer goes)
+        self._waiting: dict[str, tuple[str, dict[str, Any], queue.Queue[dict[str, Any]]]] = {}
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
@@ -97,9 +109,16 @@ class MqttRequester:
         if not isinstance(answer, dict):
             return
         with self._lock:
-            q = self._waiting.get(str(answer.get("request", "")))
-        if q is not None:
+            waiting = self._waiting.get(str(answer.get("request", "")))
+        if waiting is None:
+            return
+        kind, signed, q = waiting
+        if msg.topic == f"{self.prefix}/{kind}/result" and self.key.answers(kind, answer, signed):
             q.put(answer)
+        else:
+            with self._lock:
+                self.ignored += 1
+            log.warning("an answer to %s request %s on %s does not verify: ignored (forged, or signed with another control key)", kind, signed["request"], msg.topic)
 
     def request(self, kind: str, doc: dict[str, Any], wait_s: float) -> dict[str, Any] | None:
         if kind not in self.KINDS:
@@ -107,12 +126,13 @@ class MqttRequester:
         # Subscribed before asking, or the answer could pass by unseen.
         if not self._subscribed.wait(min(wait_s, 5.0)):
             raise RequestUnavailable(f"the MQTT broker {self._target.redacted()} is not reachable; nothing was sent, try again")
-        request_id = doc.setdefault("request", uuid.uuid4().hex)
+        request_id = str(doc.setdefault("request", uuid.uuid4().hex))
+        signed = self.key.sign_request(kind, doc, time.time())
         answers: queue.Queue[dict[str, Any]] = queue.Queue()
         with self._lock:
-            self._waiting[request_id] = answers
+            self._waiting[request_id] = (kind, signed, answers)
         try:
-            info = self._client.publish(f"{self.prefix}/{kind}", json.dumps(doc, ensure_ascii=False).encode(), qos=1)
+            info = self._client.publish(f"{self.prefix}/{kind}", json.dumps(signed, ensure_ascii=False).encode(), qos=1)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 raise RequestUnavailable(f"publishing the {kind} request failed ({mqtt.error_string(info.rc)}); nothing was sent, try again")
             try:

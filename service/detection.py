@@ -10,6 +10,9 @@ moment (its lag is logged).
 
 What is live-only stays here: devices under maintenance, the fusion snapshot and positions,
 people's requests (``DetectionJob``) and the wiring of the outbox, notifiers and dispatcher.
+Requests pass the control gate first (alerts/control.py): unsigned, stale or replayed ones
+are refused, answered (signed) and audited in the API's audit table; the nonces seen are
+kept in the journal's state (``NONCES_KEY``) so a restart forgets none.
 
 Its state is a fusion snapshot saved with the journal position it reflects, every
 ``snapshot_interval_s`` and at every stop; after a crash it restores the snapshot and reads
@@ -42,6 +45,11 @@ SNAPSHOT_KEY = "fusion.snapshot.v2"  # v2: compact detector state, shared window
 EMITTED_KEY = "fusion.emitted_through"
 #: Devices under maintenance: {device: [since, until, by, note]} (times by the daemon's clock).
 MAINTENANCE_KEY = "detection.maintenance"
+#: The control gate's nonces seen within its window: {nonce: ts}.
+NONCES_KEY = "control.nonces"
+#: Audit rows a minute for refused requests; beyond, one row counts the rest (a flood of
+#: forgeries must not become a flood of fsync'd rows).
+AUDIT_PER_MINUTE = 20
 BATCH = 5000
 
 
@@ -232,6 +240,15 @@ class DetectionJob:
         self.journal = Journal(journal_path)
         self.clock: Clock = EventClock(start_t) if event_time else WallClock()
         data_dir = Path(s.data_dir)
+        from geowarn.alerts.control import Gate, load_or_create_key
+
+        # Made here on the first start unless the API made it first (both read the same file).
+        self.gate = Gate(load_or_create_key(data_dir), lambda: self.journal.get_state(NONCES_KEY), lambda v: self.journal.set_state(NONCES_KEY, v))
+        from geowarn.console.tokens import TOKENS_FILE
+
+        self.tokens_path = data_dir / TOKENS_FILE  # refusals go to the API's audit table
+        self._tokens: Any = None
+        self._audit_minute: tuple[float, int, int] = (0.0, 0, 0)  # (start, rows written, rows counted only)
         self.outbox = Outbox(data_dir / OUTBOX_FILE)
         self.http = httpx.Client(timeout=s.notify_timeout_s)
         notifiers = build_notifiers(
@@ -257,32 +274,75 @@ class DetectionJob:
         return self.detection.step() + self._requests()
 
     def _requests(self) -> int:
+        from geowarn.alerts.control import Refused
         from geowarn.alerts.live import Request, Result
 
         items = self.link.inbox.take(100, 0.0)
         for it in items:
             kind = it.topic.decode("utf-8", "replace").rsplit("/", 1)[-1]
+            # The control plane's window is wall time, whatever clock the chain runs on (the
+            # demo's event clock): the signer stamps its request with its wall clock.
+            now = time.time()
             try:
-                req = Request.parse(kind, it.payload)
-            except ValueError as exc:
-                result = Result(Request.request_id_of(it.payload), False, f"bad {kind} request: {exc}")
+                admitted = self.gate.admit(kind, it.payload, now)
+            except Refused as refusal:
+                result = Result(Request.request_id_of(it.payload), False, f"{kind} request refused: {refusal.reason}", f"refused_{refusal.code}")
+                reply_to, by = refusal.reply_to, "-"
+                self._audit_refusal(kind, _target_of(kind, it.payload), result.detail, now)
             else:
-                try:
-                    if req.kind in ("shelve", "unshelve") and req.device:
-                        try:
-                            done = self.detection.set_maintenance(req.target, req.device, self.clock.now(), req.until if req.kind == "shelve" else None, req.by, req.note)
-                            result = Result(req.request_id, True, done, f"device_{req.kind}", req.target)
-                        except ValueError as exc:
-                            result = Result(req.request_id, False, str(exc), "", req.target)
-                    else:
-                        result = self.chain.handle(req, self.clock.now())
-                except Exception as exc:  # a request must never crash-loop the worker: refuse it, say why
-                    log.exception("%s request failed", kind)
-                    result = Result(req.request_id, False, f"{kind} failed: {type(exc).__name__}: {exc}")
-            log.warning("%s request %s: %s", kind, "accepted" if result.ok else "REFUSED", result.detail)
-            self.link.publish(f"{self.prefix}/{kind}/result", json.dumps(result.to_json(), ensure_ascii=False).encode(), False)
+                reply_to = admitted.mac
+                result, by = self._apply(kind, admitted.doc)
+            log.warning("%s request %s (by %s): %s", kind, "accepted" if result.ok else "REFUSED", by, result.detail)
+            # Signed, and bound to the request it answers only when that one was authentic,
+            # fresh and new: the asker trusts nothing else (alerts/control.py).
+            answer = self.gate.key.sign_result(kind, {**result.to_json(), "reply_to": reply_to}, now)
+            self.link.publish(f"{self.prefix}/{kind}/result", json.dumps(answer, ensure_ascii=False).encode(), False)
             self.link.ack(it)  # after the chain committed what the request changed
         return len(items)
+
+    def _apply(self, kind: str, doc: dict[str, Any]) -> tuple[Any, str]:
+        """Carry out an admitted request: its Result and who asked."""
+        from geowarn.alerts.live import Request, Result
+
+        try:
+            req = Request.from_doc(kind, doc)
+        except ValueError as exc:
+            return Result(str(doc.get("request", "")), False, f"bad {kind} request: {exc}"), "-"
+        try:
+            if req.kind in ("shelve", "unshelve") and req.device:
+                try:
+                    done = self.detection.set_maintenance(req.target, req.device, self.clock.now(), req.until if req.kind == "shelve" else None, req.by, req.signed_note)
+                    return Result(req.request_id, True, done, f"device_{req.kind}", req.target), req.by
+                except ValueError as exc:
+                    return Result(req.request_id, False, str(exc), "", req.target), req.by
+            return self.chain.handle(req, self.clock.now()), req.by
+        except Exception as exc:  # a request must never crash-loop the worker: refuse it, say why
+            log.exception("%s request failed", kind)
+            return Result(req.request_id, False, f"{kind} failed: {type(exc).__name__}: {exc}"), req.by
+
+    def _audit_refusal(self, kind: str, target: str, detail: str, now: float) -> None:
+        """A row in the API's audit table (console/tokens.py) for a request the gate refused:
+        who "-" (nobody proved who they are), client "mqtt". Past AUDIT_PER_MINUTE a minute
+        refusals are counted and written as one row when the next minute starts."""
+        from geowarn.console.tokens import TokenStore
+
+        start, written, counted = self._audit_minute
+        try:
+            if self._tokens is None:
+                self._tokens = TokenStore(self.tokens_path)
+            if now - start >= 60.0:
+                if counted:
+                    self._tokens.audit(now, None, f"MQTT {self.prefix}/*", "-", "mqtt", "refused",
+                                       f"{counted} more requests refused in the minute from {rfc3339(start)}; the daemon's log has each")
+                start, written, counted = now, 0, 0
+            if written < AUDIT_PER_MINUTE:
+                self._tokens.audit(now, None, f"MQTT {self.prefix}/{kind}", target, "mqtt", "refused", detail)
+                written += 1
+            else:
+                counted += 1
+        except Exception:  # the refusal stands and is logged; a broken audit file must not stop requests
+            log.exception("could not audit a refused %s request", kind)
+        self._audit_minute = (start, written, counted)
 
     def checkpoint(self) -> None:
         self.detection.save_snapshot()
@@ -296,6 +356,22 @@ class DetectionJob:
         self.outbox.close()
         self.http.close()
         self.journal.close()
+        if self._tokens is not None:
+            self._tokens.close()
+
+
+def _target_of(kind: str, payload: bytes) -> str:
+    """What a (refused) request was about, for its audit row: warning, task or site."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError):
+        return "-"
+    if not isinstance(doc, dict):
+        return "-"
+    value = {"ack": doc.get("id"), "report": doc.get("task_id", doc.get("id"))}.get(kind, doc.get("site"))
+    device = doc.get("device") if kind in ("shelve", "unshelve") else None
+    target = str(value)[:200] if isinstance(value, str) and value else "-"
+    return f"{target}/{device[:64]}" if isinstance(device, str) and device else target
 
 
 def alert_policy(loaded: Loaded) -> Any:
@@ -312,6 +388,11 @@ def alert_policy(loaded: Loaded) -> Any:
 
 
 def detection_process(loaded: Loaded, journal_path: Path, *, event_time: bool = False, start_t: float = 0.0) -> WorkerProcess:
+    from geowarn.alerts.control import load_or_create_key
+
+    # The control key is made (or a bad one refused, ConfigError) here, at the daemon's start,
+    # not inside the worker where the error would only show as a worker that failed to start.
+    load_or_create_key(loaded.settings.data_dir)
     return WorkerProcess(
         "detection", DetectionJob, loaded, str(journal_path), event_time, start_t, subscriptions=DetectionJob.subscriptions(loaded.settings.topic_prefix)
     )

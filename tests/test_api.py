@@ -160,7 +160,8 @@ def test_scoped_ack_through_the_api_stops_escalation_and_everything_is_audited(c
     time.sleep(ACK_S * 1.5)  # waiting for something NOT to happen: only time can tell
     tl = _timeline(zigui, wid)
     assert _escalations(tl) == ["420000"], tl["notifications"]
-    assert tl["history"][-1]["rule"] == "ack" and "王值班 Wang [zigui-duty]" in tl["history"][-1]["detail"]
+    # by is the token's name (the identity the API signs for); the typed name is kept with the note.
+    assert tl["history"][-1]["rule"] == "ack" and tl["history"][-1]["detail"].startswith("by zigui-duty at level 2: 王值班 Wang: patrol sent")
 
     # Shelve and unshelve a site of the county for maintenance (same MQTT request path).
     shelved = zigui.post("/api/sites/BZM/shelve", json={"name": "王", "note": "GNSS1 antenna replaced", "minutes": 30})

@@ -51,8 +51,10 @@ def test_a_warning_queues_notifications_cap_and_commands_and_an_ack_by_notificat
 
     refused = chain.handle(_req("ack", id="nope", by="Wang"), T0 + 60)
     assert not refused.ok and "neither a current warning" in refused.detail
-    done = chain.handle(_req("ack", id=note.id.split("/", 1)[0], by="Wang", note="patrol sent", request="r1"), T0 + 120)
+    done = chain.handle(_req("ack", id=note.id.split("/", 1)[0], by="zigui-duty", name="王值班 Wang", note="patrol sent", request="r1"), T0 + 120)
     assert done.ok and done.rule == "ack" and done.warning_id == wid and done.request_id == "r1"
+    # by is the signer's identity; the name typed travels with the note.
+    assert done.detail == "ack: by zigui-duty at level 2: 王值班 Wang: patrol sent"
     assert chain.chain.next_deadline() is None or chain.chain.next_deadline() > T0 + 86400 / 2  # no ack deadline left
 
     # A restart: a new LiveChain on the same outbox has the acknowledged state, queues nothing new.

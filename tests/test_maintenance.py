@@ -9,6 +9,7 @@ import time
 import pytest
 
 from daemonproc import Daemon, publisher
+from geowarn.alerts.control import KEY_FILE, load_key
 from geowarn.service.requests import send_request
 
 pytestmark = pytest.mark.slow
@@ -31,11 +32,12 @@ def test_a_device_under_maintenance_is_stored_not_judged(tmp_path, mosquitto):
     daemon = Daemon(tmp_path / "data", mosquitto.url, extra_env={"GEOWARN_HTTP": "off", "GEOWARN_SNAPSHOT_INTERVAL_S": "0.2"})
     daemon.start()
     pub = publisher(mosquitto.url)
+    key = load_key(daemon.data_dir / KEY_FILE)  # made by the detection worker at its first start
     try:
         ok = send_request(mosquitto.url, "geowarn", "shelve", {"site": "BSH", "device": "BSH-EXT1", "by": "技术员 Liu", "until": time.time() + 3600,
-                                                              "note": "re-anchoring the extensometer"}, 20)
+                                                              "note": "re-anchoring the extensometer"}, 20, key=key)
         assert ok is not None and ok["ok"] and ok["rule"] == "device_shelve" and "BSH-EXT1 under maintenance" in ok["detail"]
-        bad = send_request(mosquitto.url, "geowarn", "shelve", {"site": "BSH", "device": "XK-CRK1", "by": "Liu", "until": time.time() + 3600}, 20)
+        bad = send_request(mosquitto.url, "geowarn", "shelve", {"site": "BSH", "device": "XK-CRK1", "by": "Liu", "until": time.time() + 3600}, 20, key=key)
         assert bad is not None and not bad["ok"] and "not at site" in bad["detail"]
 
         # While it is being moved, the extensometer shows 10 mm/day for 12 h: yellow if judged.
@@ -49,9 +51,9 @@ def test_a_device_under_maintenance_is_stored_not_judged(tmp_path, mosquitto):
         daemon.wait_until(lambda: _judged_through(daemon) >= 73, message="detection past the 73 readings")
         assert not [e for e in _events(daemon) if e["kind"] not in ("nodata", "nodata_end")]
 
-        back = send_request(mosquitto.url, "geowarn", "unshelve", {"site": "BSH", "device": "BSH-EXT1", "by": "Liu"}, 20)
+        back = send_request(mosquitto.url, "geowarn", "unshelve", {"site": "BSH", "device": "BSH-EXT1", "by": "Liu"}, 20, key=key)
         assert back is not None and back["ok"] and "back in service" in back["detail"]
-        again = send_request(mosquitto.url, "geowarn", "unshelve", {"site": "BSH", "device": "BSH-EXT1", "by": "Liu"}, 20)
+        again = send_request(mosquitto.url, "geowarn", "unshelve", {"site": "BSH", "device": "BSH-EXT1", "by": "Liu"}, 20, key=key)
         assert again is not None and "was not under maintenance" in again["detail"]
         # Back in service, the same creep goes on for 12 h more and is judged: yellow.
         creep(73, 73)

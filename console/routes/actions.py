@@ -4,6 +4,9 @@ one of its devices.
 Every action is checked against the caller's jurisdiction, sent to the detection worker as the
 same MQTT request ``geowarn ack`` publishes (``Context.act``), and audited with its outcome.
 The request bodies are validated here: a name or note a person must write cannot be blank.
+The request's ``by`` is the caller's token name, the identity the API vouches for when it
+signs the request (alerts/control.py); the name typed in the body travels as ``name`` and is
+kept with the note, never as ``by``.
 """
 
 from typing import Annotated, Any
@@ -28,7 +31,7 @@ NonBlank = Annotated[str, AfterValidator(_not_blank)]
 
 
 class AckIn(BaseModel):
-    name: NonBlank = Field(min_length=1, max_length=200, description="who acknowledges (signed into the warning's history)")
+    name: NonBlank = Field(min_length=1, max_length=200, description="who acknowledges, kept with the note (the ack is signed with the token's name)")
     note: NonBlank = Field(min_length=1, max_length=2000, description="what is being done about it")
     level: int | None = Field(default=None, ge=1, le=4, description="the level acknowledged (default: the one announced)")
 
@@ -56,7 +59,7 @@ class UnshelveIn(BaseModel):
 def ack(warning_id: str, body: AckIn, request: Request, token: Auth, ctx: Ctx) -> JSONResponse:
     """Acknowledge a warning: stops its escalation at the acknowledged level."""
     ctx.warning_or_404(request, token, warning_id)
-    doc: dict[str, Any] = {"id": warning_id, "by": ctx.signed(body.name, token), "note": body.note}
+    doc: dict[str, Any] = {"id": warning_id, "by": token.name, "name": body.name, "note": body.note}
     if body.level is not None:
         doc["level"] = body.level
     return ctx.act(request, token, "ack", warning_id, doc)
@@ -70,7 +73,7 @@ def report_submit(task_id: str, body: ReportIn, request: Request, token: Auth, c
         ctx.audit(request, token, task_id, "refused", "unknown quick-report task")
         raise HTTPException(404, f"no quick-report task {task_id!r}")
     ctx.require(request, token, w.admin, task_id)
-    return ctx.act(request, token, "report", task_id, {"task_id": task_id, "by": ctx.signed(body.name, token), "note": body.note})
+    return ctx.act(request, token, "report", task_id, {"task_id": task_id, "by": token.name, "name": body.name, "note": body.note})
 
 
 @router.post("/api/sites/{site}/shelve")
@@ -84,7 +87,7 @@ def shelve(site: str, body: ShelveIn, request: Request, token: Auth, ctx: Ctx) -
             ctx.audit(request, token, site, "refused", "shelve without until or minutes")
             raise HTTPException(422, "give until (epoch seconds or RFC 3339) or minutes")
         until = ctx.now() + body.minutes * 60.0
-    doc = {"site": site, "by": ctx.signed(body.name, token), "until": until, "note": body.note}
+    doc = {"site": site, "by": token.name, "name": body.name, "until": until, "note": body.note}
     if body.device:
         doc["device"] = body.device
     return ctx.act(request, token, "shelve", site if not body.device else f"{site}/{body.device}", doc)
@@ -93,7 +96,7 @@ def shelve(site: str, body: ShelveIn, request: Request, token: Auth, ctx: Ctx) -
 @router.post("/api/sites/{site}/unshelve")
 def unshelve(site: str, body: UnshelveIn, request: Request, token: Auth, ctx: Ctx) -> JSONResponse:
     ctx.site_or_404(request, token, site)
-    doc = {"site": site, "by": ctx.signed(body.name, token), "note": body.note}
+    doc = {"site": site, "by": token.name, "name": body.name.strip(), "note": body.note}
     if body.device:
         doc["device"] = body.device
     return ctx.act(request, token, "unshelve", site if not body.device else f"{site}/{body.device}", doc)
