@@ -14,7 +14,7 @@ This module owns the mapping from an alert event (``alerts/log.py``) plus its si
   (see ``cap_reference``);
 - ``status`` Exercise for drills, never Actual;
 - one ``<info>`` in zh-CN and one in en-US, with severity/urgency/certainty/responseType from
-  the level (``alerts.levels.LEVELS``), and a circle around the site as ``<area>``.
+  the level (``geowarn.core.levels.LEVELS``), and a circle around the site as ``<area>``.
 
 The schema is the OASIS CAP 1.2 XSD, vendored unchanged with its notice in
 ``alerts/schemas/``; it is loaded once into a ``CapSchema`` that the composition root (or a test fixture) holds.

@@ -4,7 +4,7 @@ targets of the accuracy issue. Writes ``ACCURACY.md`` (every figure in it comes 
 
 Everything runs through the public path the daemon uses: readings become ``FeedRow``s, the
 registry is built with ``config.registry.parse_registry`` (simulations) or
-``ingest.feeds.registry_from_rows`` (real records), and ``ingest.replay.replay_rows`` runs the
+``geowarn.ingest.feeds.registry_from_rows`` (real records), and ``geowarn.service.replay.replay_rows`` runs the
 quality guards, detectors and site fusion in event time and writes ``alerts.jsonl``. The
 quality counters of the Baishuihe section come from driving ``detectors.fusion.SiteFusion``
 directly with the same readings (``replay_rows`` keeps its fusion to itself); the script checks

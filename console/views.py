@@ -30,7 +30,6 @@ __all__ = ["ALERTS_FILE", "MAX_POINTS", "Views", "WarningView", "colour"]
 
 #: Points per channel sent to the charts (the console draws SVG; more would not be visible).
 MAX_POINTS = 600
-#: The alert-event history the detection worker appends (alerts/log.py).
 #: The console's "readings in the last 24 h", counted back from each channel's newest reading.
 SUMMARY_WINDOW_MS = 86_400_000
 #: A device is online when its newest reading arrived within this many reporting intervals

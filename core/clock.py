@@ -17,7 +17,7 @@ class WallClock:
 
 
 class ManualClock:
-    """A clock that moves only when told to: replay sets it to event time, tests advance it."""
+    """A clock that moves only when told to: tests set and advance it."""
 
     def __init__(self, start: float = 0.0) -> None:
         self._t = start

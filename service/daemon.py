@@ -98,7 +98,7 @@ class App:
         self._restart_at: dict[str, float] = {}
         self._restart_pause: dict[str, float] = {}
         self._last_restart: dict[str, float] = {}
-        # The duty-officer API and console (alerts/api.py) run here as a uvicorn thread: they
+        # The duty-officer API and console (console/api.py) run here as a uvicorn thread: they
         # read the SQLite files and send people's actions over MQTT like any client, so they
         # need none of the workers' memory and never touch the ack loop below.
         self.http: Any = None
@@ -150,7 +150,7 @@ class App:
 
     def main_stats(self) -> Any:
         """This process's counters for /metrics, called from the HTTP thread: plain values only,
-        never the ack path's SQLite connections (alerts/metrics.py reads the files itself)."""
+        never the ack path's SQLite connections (console/metrics.py reads them through the stores' readers)."""
         from geowarn.console.metrics import MainStats
 
         c, f = self.counters, self.forwarder.status() if self.forwarder is not None else None

@@ -1,6 +1,6 @@
 """``geowarn simulate`` and ``geowarn plot`` (DESIGN §8): thin shells over the simulators.
 
-``ingest.cli`` registers them with ``add_simulate_parser`` and ``add_plot_parser``.
+``geowarn.service.cli`` registers them with ``add_simulate_parser`` and ``add_plot_parser``.
 """
 
 from __future__ import annotations

@@ -62,8 +62,8 @@ class Fleet:
     ``StableSlope``. ``slopes`` replaces the model of any site outright (its ``t_f``, if it
     has one, then counts as that site's failure in ``truth``).
 
-    >>> from config.registry import load_registry
-    >>> from config.settings import example_path
+    >>> from geowarn.config.registry import load_registry
+    >>> from geowarn.config.settings import example_path
     >>> fleet = Fleet(load_registry(example_path("sites.example.toml")), t0=1.7e9, failures={"BSH": 1.7e9 + 20 * DAY})
     >>> topic, payload = fleet.messages(1.7e9)[0]
     >>> topic

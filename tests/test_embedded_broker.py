@@ -1,4 +1,4 @@
-"""Real-network tests of ingest.broker.EmbeddedBroker (amqtt) with paho-mqtt 2.x clients.
+"""Real-network tests of geowarn.service.broker.EmbeddedBroker (amqtt) with paho-mqtt 2.x clients.
 
 No mocks: every test starts an amqtt broker on 127.0.0.1:<free port> and talks
 MQTT 3.1.1 to it.  Waiting is done on queues/events with timeouts.  Where a test
@@ -9,7 +9,7 @@ own class).
 
 Some tests pin down amqtt 0.12 behaviour that differs from the MQTT 3.1.1 spec
 (documented in each test).  If an amqtt upgrade fixes one of them, the test
-fails on purpose: update the test and the module docstring of ingest/broker.py.
+fails on purpose: update the test and the module docstring of service/broker.py.
 """
 
 from __future__ import annotations

@@ -11,13 +11,13 @@ from the recorded feed and its truth file only (never from the daemon's output):
 - duplicates stored once, out-of-order messages stored: the journal is exactly the set of good
   readings (nothing lost, nothing twice), read with `geowarn export`;
 - stuck values, spikes and late (out-of-order) readings → quality flags: the detection
-  worker's fusion snapshot (journal state ``ingest.detection.SNAPSHOT_KEY``) counts them per flag, and the
+  worker's fusion snapshot (journal state ``geowarn.service.detection.SNAPSHOT_KEY``) counts them per flag, and the
   counts equal the guards' batch reference (``tests/oracles/quality.py batch_quality_flags``) run
   over each channel as the journal orders it; no site level moves;
 - gaps and the battery death → no-data. Live, all 40 h arrive within seconds, and silence is
   judged by arrival (a device draining a backlog is not silent), so no-data would come only
   half an hour of wall time later: it is checked by replaying the same feed with
-  ``ingest.replay.replay_rows``, where silence is judged in event time.
+  ``geowarn.service.replay.replay_rows``, where silence is judged in event time.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""API tokens (alerts/tokens.py) and ``geowarn token create|list|revoke``.
+"""API tokens (console/tokens.py) and ``geowarn token create|list|revoke``.
 
 The scope table is worked out by hand from GB/T 2260 (county 420527 Zigui and 420526
 Xingshan are in city 420500 Yichang, province 420000 Hubei; 110105 is Beijing Chaoyang).
