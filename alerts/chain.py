@@ -174,6 +174,8 @@ class ResponseChain:
         self.raised: list[tuple[float, str, str, int, str]] = []
         self.now: float | None = None
         self._watching = False
+        #: (zero_last as it was, the now asked at, the answer): see ``_next_zero_report``.
+        self._zero_next: tuple[dict[str, float | None], float, float] | None = None
 
     # -- time -----------------------------------------------------------------------------
 
@@ -255,10 +257,21 @@ class ResponseChain:
     def next_deadline(self) -> float | None:
         times = [d for d in (next_deadline(s) for s in self.states.values()) if d is not None]
         if self.zero_last and self.now is not None:
-            z = next_zero_report(self.zero_last, self.now, self.tz)
+            z = self._next_zero_report(self.now)
             if z is not None:
                 times.append(z)
         return min(times, default=None)
+
+    def _next_zero_report(self, now: float) -> float | None:
+        """``next_zero_report`` remembered: the judge asks before every reading, and each ask
+        costs local-time arithmetic per watched unit (thousands on a national roster). The
+        answer holds while no unit's report is sent and ``now`` stays before it."""
+        cached = self._zero_next
+        if cached is not None and cached[1] <= now < cached[2] and cached[0] == self.zero_last:
+            return cached[2]
+        z = next_zero_report(self.zero_last, now, self.tz)
+        self._zero_next = (dict(self.zero_last), now, z) if z is not None and z > now else None
+        return z
 
     def run_until(self, t: float) -> None:
         """Tick every timer due up to ``t``, in time order, each at its own time."""

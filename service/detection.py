@@ -150,9 +150,11 @@ class Detection:
                 since, until = maintenance[device]
                 if since <= (t if event_time else received_ms / 1000.0) < until:
                     continue  # a technician is moving it: stored, not judged
-            if event_time and not drill:
+            if event_time:
+                # Every reading moves event time, a drill's too, exactly as replay does: a drill
+                # feed's warnings escalate at their own deadlines, not all at the feed's start.
                 if emit:
-                    judge.at(t)  # a drill never moves real time on
+                    judge.at(t)
                 else:
                     self.clock.observe(t)  # type: ignore[attr-defined]
             for change in judge.reading(info, t, value, bool(drill), None if event_time else received_ms / 1000.0, announce=emit):
@@ -219,7 +221,7 @@ class Detection:
 
 
 class DetectionJob:
-    """The detection worker's job (ingest/worker.py runs it in its own process): fusion over the
+    """The detection worker's job (service/worker.py runs it in its own process): fusion over the
     journal, the response chain with its outbox and notifiers, and people's requests (acks,
     quick reports) from ``{prefix}/ack`` and ``{prefix}/report``."""
 
