@@ -7,6 +7,7 @@ environment variable), the key and the reason.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from importlib import resources
 from pathlib import Path
@@ -26,6 +27,17 @@ ENV_PREFIX = "GEOWARN_"
 def example_path(name: str) -> Path:
     """A config file shipped inside the package (the defaults when no file is given)."""
     return Path(str(resources.files(__package__).joinpath(name)))
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_network(text: str) -> IPNetwork:
+    """An address (a /32 or /128) or a CIDR network; ``ValueError`` naming the entry."""
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{text.strip()!r} is not an IP address or network (e.g. 127.0.0.1, 10.0.0.0/8, ::1)") from None
 
 
 class MqttTarget:
@@ -119,6 +131,9 @@ class Settings(BaseSettings):
     # The duty-officer API and console (alerts/api.py): "host:port" to listen on, or "off".
     # Loopback by default: put a TLS-terminating reverse proxy in front to reach it from outside.
     http: str = "127.0.0.1:8080"
+    # Reverse proxies whose X-Forwarded-For the API believes: comma-separated addresses or
+    # CIDRs (a TOML list also works). Default none: the TCP peer is the client.
+    trusted_proxies: str = ""
 
     @field_validator("http")
     @classmethod
@@ -131,6 +146,12 @@ class Settings(BaseSettings):
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError(f"{v!r} must be host:port (e.g. 127.0.0.1:8080, [::1]:8080) or off")
         return v
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _trusted_proxies(cls, v: Any) -> str:
+        items = [str(x) for x in v] if isinstance(v, (list, tuple)) else str(v or "").split(",")
+        return ",".join(str(parse_network(x)) for x in items if x.strip())
 
     @field_validator("timezone")
     @classmethod
@@ -174,6 +195,10 @@ class Settings(BaseSettings):
     @property
     def mqtt(self) -> MqttTarget:
         return MqttTarget(self.mqtt_url)
+
+    @property
+    def trusted_proxy_networks(self) -> tuple[IPNetwork, ...]:
+        return tuple(parse_network(x) for x in self.trusted_proxies.split(",") if x)
 
     def mqtt_for(self, client_id: str) -> MqttTarget:
         """The broker target for one of the daemon's connections (``{id}-store``, ``{id}-api``…).

@@ -26,6 +26,11 @@ Two rules shape it:
 ``/healthz`` and ``/metrics`` need no token (a load balancer and Prometheus scrape them);
 the console's static files neither (they hold no data; the page asks for a token).
 
+Every response carries the headers of ``console/security.py`` (a Content-Security-Policy
+under which the page loads nothing from elsewhere, nosniff, no framing, no referrer). There
+is no Swagger UI at ``/docs``: it runs a CDN's script on the origin whose pages hold the
+officers' tokens, and a duty network may have no internet; ``/openapi.json`` stays.
+
 Exceptions: ``RequestUnavailable`` (the broker is unreachable) becomes 503 at the boundary;
 ``TokenError`` never reaches HTTP (tokens are created by the CLI).
 """
@@ -36,12 +41,12 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
-from fastapi import FastAPI
-from fastapi.responses import FileResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client.registry import CollectorRegistry
 
@@ -51,6 +56,7 @@ from geowarn.alerts.control import load_or_create_key
 from geowarn.console.requester import MqttRequester, Requester, RequestUnavailable
 from geowarn.console.routes import actions, events, operations, sites, warnings
 from geowarn.console.routes.context import Context
+from geowarn.console.security import SECURITY_HEADERS, Network, SecurityHeaders
 from geowarn.console.tokens import TOKENS_FILE, TokenStore
 from geowarn.console.views import Views
 
@@ -61,6 +67,8 @@ __all__ = ["ApiServer", "MqttRequester", "RequestUnavailable", "Requester", "Vie
 #: How long an action waits for the detection worker's answer before it reports "queued".
 ANSWER_WAIT_S = 15.0
 WEB_DIR = "web"
+#: How often ended bursts of failed token attempts are written to the audit.
+FAILED_TOKEN_AUDIT_S = 5.0
 
 
 def create_api(
@@ -73,14 +81,26 @@ def create_api(
     now: Callable[[], float] = time.time,
     stopping: threading.Event | None = None,
     answer_wait_s: float = ANSWER_WAIT_S,
+    trusted_proxies: Sequence[Network] = (),
 ) -> FastAPI:
-    """The FastAPI app: the API under ``/api``, the console at ``/``, ``/healthz``, ``/metrics``."""
+    """The FastAPI app: the API under ``/api``, the console at ``/``, ``/healthz``, ``/metrics``.
+
+    ``trusted_proxies``: the peers whose ``X-Forwarded-For`` names the client (default none)."""
     app = FastAPI(
         title="GeoWarn duty-officer API",
         version="1",
         description="Warnings, sites and the response chain of a GeoWarn daemon. Every /api call needs "
         "`Authorization: Bearer <token>` (create one with `geowarn token create`).",
+        docs_url=None,
+        redoc_url=None,
     )
+    app.add_middleware(SecurityHeaders)
+
+    # An unhandled error is answered outside every middleware: give it the headers itself.
+    async def internal_error(request: Request, exc: Exception) -> PlainTextResponse:
+        return PlainTextResponse("Internal Server Error", status_code=500, headers=dict(SECURITY_HEADERS))
+
+    app.add_exception_handler(Exception, internal_error)
     # The routes' one shared object, handed to them by the Ctx dependency.
     app.state.geowarn = Context(
         registry=loaded.registry,
@@ -91,6 +111,7 @@ def create_api(
         now=now,
         stopping=stopping or threading.Event(),
         answer_wait_s=answer_wait_s,
+        trusted_proxies=tuple(trusted_proxies),
     )
     # In this order: it is the order of the OpenAPI document and of route matching.
     for module in (operations, sites, warnings, actions, events):
@@ -133,13 +154,32 @@ class ApiServer:
         self.tokens = TokenStore(self.data_dir / TOKENS_FILE)
         self.requester = MqttRequester(s.mqtt_for(f"{s.mqtt_client_id}-api"), s.topic_prefix, f"{s.mqtt_client_id}-api", str(s.mqtt_ca_file) if s.mqtt_ca_file else None, key=load_or_create_key(self.data_dir))
         self.metrics = make_registry(self.data_dir, loaded.registry, main, now)
-        self.app = create_api(loaded, self.data_dir, self.requester, self.tokens, self.metrics, now=now, stopping=self.stopping)
+        self.app = create_api(
+            loaded, self.data_dir, self.requester, self.tokens, self.metrics, now=now, stopping=self.stopping,
+            trusted_proxies=s.trusted_proxy_networks,
+        )
         # log_config=None: keep the daemon's logging as it is; access_log off: the audit table
         # records what matters, and request lines would drown the daemon's own log.
-        config = uvicorn.Config(self.app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=3)
+        # proxy_headers off: uvicorn would believe X-Forwarded-For from any loopback peer;
+        # the API decides that itself, from GEOWARN_TRUSTED_PROXIES (console/security.py).
+        config = uvicorn.Config(
+            self.app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=3, proxy_headers=False
+        )
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
+        self._auditor: threading.Thread | None = None
         self._sock: socket.socket | None = None
+
+    def _audit_failed_tokens(self, final: bool = False) -> None:
+        ctx: Context = self.app.state.geowarn
+        try:
+            ctx.audit_failed_tokens(final)
+        except Exception:  # a full disk must not end the auditor; logged with its traceback
+            log.exception("could not write failed token attempts to the audit")
+
+    def _audit_loop(self) -> None:
+        while not self.stopping.wait(FAILED_TOKEN_AUDIT_S):
+            self._audit_failed_tokens()
 
     def start(self, timeout: float = 10.0) -> bool:
         host, port = parse_bind(self.bind)
@@ -159,13 +199,15 @@ class ApiServer:
         self.requester.start()
         self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, name="geowarn-http", daemon=True)
         self._thread.start()
+        self._auditor = threading.Thread(target=self._audit_loop, name="geowarn-http-audit", daemon=True)
+        self._auditor.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 log.error("duty-officer API did not start on %s", self.bind)
                 return False
             time.sleep(0.02)  # uvicorn offers no event for "started"; poll its flag with a deadline
-        log.info("duty-officer API and console on http://%s/ (OpenAPI at /docs)", self.bind)
+        log.info("duty-officer API and console on http://%s/ (OpenAPI at /openapi.json)", self.bind)
         return True
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -173,7 +215,10 @@ class ApiServer:
         self.server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._auditor is not None:
+            self._auditor.join(timeout)
         if self._sock is not None:
             self._sock.close()
         self.requester.stop()
+        self._audit_failed_tokens(final=True)  # no burst is lost at a clean stop
         self.tokens.close()

@@ -5,7 +5,9 @@ A county officer signs in with a Zigui token; a simulated slope at BSH raises a 
 warning, which appears in the open page without a reload (server-sent events); the page
 shows the escalation to the province in the timeline; the officer acknowledges it in the
 page (a dialog, name and note required) and the timeline shows the escalation stopped — and
-no escalation to national follows. A screenshot is kept as a test artifact (in
+no escalation to national follows. All of it under the server's Content-Security-Policy (no
+inline script or style, nothing external): the page reports no violation, and the policy is
+shown to be in force by one deliberate violation at the end. A screenshot is kept as a test artifact (in
 the test's tmp dir); ``GEOWARN_UPDATE_SCREENSHOT=1`` also copies it to ``docs/console.png``
 for the README (a test run must not change the repository by itself).
 
@@ -67,6 +69,11 @@ def test_a_county_officer_sees_the_warning_live_acknowledges_it_and_escalation_s
 
         driver.get(console.base + "/")
         wait("#login-token", 20, "the sign-in form")
+        # Every CSP violation the page commits from here on (it has no reload, see below).
+        driver.execute_script(
+            "window.__csp = []; document.addEventListener('securitypolicyviolation', "
+            "e => window.__csp.push(`${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`))"
+        )
         driver.find_element(By.ID, "login-token").send_keys(console.zigui)
         driver.find_element(By.ID, "login-submit").click()
         wait('#live[data-state="live"]', 20, "the live event stream")
@@ -107,7 +114,9 @@ def test_a_county_officer_sees_the_warning_live_acknowledges_it_and_escalation_s
 
         wait('#esc-state[data-state="stopped"]', 30, "the escalation stopped banner")
         wait('#timeline li.tl-entry[data-rule="ack"]', 10, "the ack in the timeline")
-        assert "王值班 Wang" in driver.find_element(By.ID, "esc-state").text
+        # by is the token's name (the identity the API signs for); the name typed is kept with the note.
+        assert "zigui-duty" in driver.find_element(By.ID, "esc-state").text
+        assert "王值班 Wang" in driver.find_element(By.CSS_SELECTOR, '#timeline li.tl-entry[data-rule="ack"]').text
 
         # Longer than a deadline: no escalation to national appears.
         time.sleep(ACK_S * 1.5)  # waiting for something NOT to happen: only time can tell
@@ -122,6 +131,10 @@ def test_a_county_officer_sees_the_warning_live_acknowledges_it_and_escalation_s
         assert "Disaster-prevention card" in driver.find_element(By.ID, "card").text
         driver.find_element(By.ID, "lang").click()  # back to Chinese for the screenshot
 
+        # The whole session ran under the policy without breaking it (the charts' legend colours
+        # included) ...
+        assert driver.execute_script("return window.__csp") == [], "the console broke its own Content-Security-Policy"
+
         # The artifact, and the README's picture.
         height = driver.execute_script("return document.documentElement.scrollHeight")
         driver.set_window_size(1440, min(max(int(height), 1200), 2400))
@@ -133,6 +146,11 @@ def test_a_county_officer_sees_the_warning_live_acknowledges_it_and_escalation_s
             docs = REPO / "docs"
             docs.mkdir(exist_ok=True)
             shutil.copyfile(shot, docs / "console.png")
+
+        # ... and the policy is really in force: an inline style attribute is refused and reported.
+        driver.execute_script("document.body.setAttribute('style', 'outline: 3px solid red')")
+        WebDriverWait(driver, 5, poll_frequency=0.1).until(lambda d: d.execute_script("return window.__csp.length") > 0)
+        assert driver.execute_script("return window.__csp")[0].startswith("style-src")
     finally:
         driver.quit()
 

@@ -3,6 +3,9 @@
 This module owns the door rules (DESIGN §2, console): who the caller is (``auth``: a bearer
 token, else 401), what they may reach (``Context.require``: their jurisdiction, else 403), and
 the audit row written for every action and every refused attempt before the answer goes out.
+Who "the caller" is on the network is ``client_of``: the TCP peer, or the address a trusted
+proxy forwarded (console/security.py). Failed token attempts are counted per client address
+(429 beyond the limit) and audited as one row per burst (``Context.audit_failed_tokens``).
 ``Context`` is built once per app by ``create_api`` and kept on ``app.state``; routes take it
 as the ``Ctx`` dependency and the caller's token as ``Auth``, so they are plain functions with
 no closures over the app.
@@ -10,9 +13,10 @@ no closures over the app.
 
 # No ``from __future__ import annotations``: FastAPI reads the dependencies' annotations at
 # run time.
+import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
@@ -21,20 +25,28 @@ from prometheus_client.registry import CollectorRegistry
 
 from geowarn.config.registry import Registry
 from geowarn.console.requester import Requester, RequestUnavailable
+from geowarn.console.security import FailedTokenLimiter, Network, client_address
 from geowarn.console.tokens import Outcome, Token, TokenStore
 from geowarn.console.views import Views, WarningView
 
 __all__ = ["Auth", "Context", "Ctx", "auth", "context"]
 
 
-def client_of(request: Request) -> str:
-    return request.client.host if request.client is not None else "-"
+log = logging.getLogger(__name__)
+
+
+def client_of(request: Request, trusted: Sequence[Network] = ()) -> str:
+    """The client's address: the TCP peer, or what a proxy in ``trusted`` forwarded."""
+    peer = request.client.host if request.client is not None else None
+    return client_address(peer, request.headers.getlist("x-forwarded-for"), trusted)
 
 
 @dataclass(frozen=True)
 class Context:
     """One app's shared parts. ``stopping`` ends the event streams when the server stops;
-    ``answer_wait_s`` is how long an action waits for the detection worker's answer."""
+    ``answer_wait_s`` is how long an action waits for the detection worker's answer;
+    ``trusted_proxies`` are the peers whose X-Forwarded-For is believed; ``failed_tokens``
+    counts failed token attempts per client address."""
 
     registry: Registry
     views: Views
@@ -44,12 +56,27 @@ class Context:
     now: Callable[[], float]
     stopping: threading.Event
     answer_wait_s: float
+    trusted_proxies: tuple[Network, ...] = ()
+    failed_tokens: FailedTokenLimiter = field(default_factory=FailedTokenLimiter)
+
+    def client(self, request: Request) -> str:
+        return client_of(request, self.trusted_proxies)
 
     def audit(self, request: Request, token: Token | None, target: str, outcome: Outcome, detail: str = "") -> None:
         # The route's template (…/{warning_id}/ack), not the URL: the audit groups by action.
         route = request.scope.get("route")
         action = f"{request.method} {getattr(route, 'path', request.url.path)}"
-        self.tokens.audit(self.now(), token, action, target, client_of(request), outcome, detail)
+        self.tokens.audit(self.now(), token, action, target, self.client(request), outcome, detail)
+
+    def audit_failed_tokens(self, final: bool = False) -> int:
+        """One audit row per burst of failed token attempts that has ended (all of them when
+        ``final``: the server is stopping); the number of rows written."""
+        lim = self.failed_tokens
+        bursts = lim.closed(None if final else self.now())
+        for b in bursts:
+            target = max(b.paths, key=lambda p: b.paths[p]) if b.paths else "-"
+            self.tokens.audit(b.first, None, "failed tokens", target, b.client, "unauthorised", b.summary(lim.limit, lim.window_s))
+        return len(bursts)
 
     def require(self, request: Request, token: Token, county: str, target: str) -> None:
         if not token.covers(county):
@@ -106,14 +133,32 @@ Ctx = Annotated[Context, Depends(context)]
 
 
 def auth(request: Request, ctx: Ctx) -> Token:
-    """The caller's live token, from ``Authorization: Bearer …``; 401 (audited) without one."""
+    """The caller's live token, from ``Authorization: Bearer …``; else 401, or 429 once the
+    client address has failed too often.
+
+    A request without any token is audited at once (one row: a browser before sign-in, a
+    misconfigured probe). A wrong token is counted against the client's address and audited
+    with the rest of its burst (``Context.audit_failed_tokens``), so a flood of guesses costs
+    no fsync per attempt. A live token always passes, even from a limited address.
+    """
     scheme, _, secret = request.headers.get("authorization", "").partition(" ")
     token = ctx.tokens.verify(secret.strip()) if scheme.lower() == "bearer" else None
-    if token is None:
-        reason = "no bearer token" if not secret else "unknown or revoked token"
-        ctx.audit(request, None, request.url.path, "unauthorised", reason)
-        raise HTTPException(401, f"{reason}: send Authorization: Bearer <token> (geowarn token create)", headers={"WWW-Authenticate": "Bearer"})
-    return token
+    if token is not None:
+        return token
+    if not secret:
+        ctx.audit(request, None, request.url.path, "unauthorised", "no bearer token")
+        raise HTTPException(401, "no bearer token: send Authorization: Bearer <token> (geowarn token create)", headers={"WWW-Authenticate": "Bearer"})
+    client = ctx.client(request)
+    retry_after = ctx.failed_tokens.failure(client, request.url.path, ctx.now())
+    if retry_after is not None:
+        if ctx.failed_tokens.failures_in_window(client) == ctx.failed_tokens.limit + 1:
+            log.warning("too many failed token attempts from %s: answering 429 for %d s", client, retry_after)
+        raise HTTPException(
+            429,
+            f"too many failed token attempts from {client}; try again in {retry_after} s",
+            headers={"Retry-After": str(retry_after), "WWW-Authenticate": "Bearer"},
+        )
+    raise HTTPException(401, "unknown or revoked token: send Authorization: Bearer <token> (geowarn token create)", headers={"WWW-Authenticate": "Bearer"})
 
 
 Auth = Annotated[Token, Depends(auth)]

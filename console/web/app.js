@@ -3,6 +3,8 @@
 // token; live updates arrive as server-sent events read through fetch() (EventSource cannot
 // send an Authorization header, and a token in the URL would end up in logs).
 // All text goes in through textContent, never innerHTML: site names and notes are data.
+// The server's Content-Security-Policy allows no inline script or style (console/security.py):
+// no style="" attributes and no on* attributes here; colours go through element.style.
 "use strict";
 
 const LEVEL = {
@@ -470,7 +472,12 @@ function lineChart(title, series, opts = {}) {
     svg.append(sv("text", { class: "tick", x: X(m.t) - 4, y: T + 12, "text-anchor": "end", fill: "#ff7b72" }, m.label));
     if (m.from) svg.append(sv("line", { class: "forecast", x1: X(m.from[0]), y1: Y(m.from[1]), x2: X(m.t), y2: Y(0) }));
   }
-  box.append(svg, el("div", { class: "legend" }, ...series.map((s, i) => el("span", { style: `color:${s.colour || PALETTE[i % PALETTE.length]}`, text: `■ ${s.name}  ` }))));
+  // The colour through the CSSOM, not a style attribute: the page's CSP allows no inline style.
+  box.append(svg, el("div", { class: "legend" }, ...series.map((s, i) => {
+    const key = el("span", { text: `■ ${s.name}  ` });
+    key.style.color = s.colour || PALETTE[i % PALETTE.length];
+    return key;
+  })));
   return box;
 }
 
