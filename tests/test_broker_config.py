@@ -366,6 +366,15 @@ def test_the_daemon_runs_end_to_end_on_generated_credentials_over_tls(tmp_path: 
         note = json.loads(payload)
         assert topic == "geowarn/notify/420527" and note["level"] == 2 and note["site"] == "BSH"
         assert {row[1] for row in daemon.readings()} == {"BSH-EXT1"}  # nothing stored for BSH-GNSS1
+        # `geowarn ack` on the operator's account (operator.env) is answered over the broker; so is
+        # one on the daemon's host with geowarn.env (the {id}-cli account). Both sign with the
+        # control key of DATA_DIR.
+        op_env = read_env(locked.out / "operator.env")
+        ack = _cli(["ack", note["id"].split("/", 1)[0], "--note", "patrol sent", "--wait", "30"],
+                   {**op_env, "GEOWARN_DATA_DIR": str(daemon.data_dir)})
+        assert ack.returncode == 0 and ack.stdout.startswith("accepted"), ack.stdout + ack.stderr
+        again = _cli(["ack", "no-such-warning", "--wait", "30"], {**env, "GEOWARN_DATA_DIR": str(daemon.data_dir)})
+        assert again.returncode == 1 and again.stdout.startswith("refused"), again.stdout + again.stderr
         daemon.wait_until(lambda: "refuses anonymous" in daemon.log_tail(400), 20, "the anonymous probe's verdict")
         log = daemon.log_tail(400)
         assert "ANONYMOUS" not in log
@@ -376,6 +385,11 @@ def test_the_daemon_runs_end_to_end_on_generated_credentials_over_tls(tmp_path: 
 
 
 # -- run and check-config warn on an open broker --------------------------------------------------
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "geowarn.service.cli", *args], cwd=REPO, env=_clean_env(**env),
+                          capture_output=True, text=True, timeout=90)
 
 
 def _check_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
