@@ -3,7 +3,8 @@
 Both publish a JSON request at QoS 1 on ``{prefix}/ack`` or ``{prefix}/report`` (the topics
 any other client may use too) and wait for the daemon's answer on ``…/result`` with the same
 request id. The daemon's detection worker holds a persistent session on those topics, so a
-request sent while it restarts is applied when it is back; the command then says it is queued.
+request sent while it restarts is applied when it is back (within the control plane's 5-minute
+window; later it is refused as stale); the command then says it is queued.
 
 Requests are signed with the control key in ``DATA_DIR/control.key`` (alerts/control.py), so
 only someone who can read that file (the daemon's user: ``sudo -u geowarn geowarn ack …``)
@@ -28,7 +29,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from geowarn.alerts.control import ControlKey
+from geowarn.alerts.control import WINDOW_S, ControlKey
 
 EXIT_NO_ANSWER = 3
 EXIT_UNREACHABLE = 4
@@ -110,7 +111,8 @@ def _run(args: argparse.Namespace, kind: str, doc: dict[str, Any]) -> int:
         print(f"error: cannot reach the broker {s.mqtt.redacted()}: {exc or 'no SUBACK'}; nothing was sent", file=sys.stderr)
         return EXIT_UNREACHABLE
     if answer is None:
-        print(f"no answer from the daemon within {args.wait:g} s; the request is queued at the broker and applies when the daemon runs")
+        print(f"no answer from the daemon within {args.wait:g} s; the request is queued at the broker and applies if the daemon runs "
+              f"within {WINDOW_S / 60:g} minutes of now (later it is refused as stale: send it again)")
         if ignored:
             print(
                 f"warning: {len(ignored)} answer(s) to this request did not verify and were ignored (forged, or the daemon uses another "

@@ -325,6 +325,17 @@ def test_the_cli_acks_as_the_os_user_and_its_request_replayed_after_a_restart_is
 
         captured = next(d for t, d in bus.seen if t == "geowarn/ack" and d.get("id") == wid)
         assert captured["by"] == user and captured["name"] == "王值班 Wang"
+
+        # Another installation's key (another data dir): the daemon refuses the request, and the
+        # CLI cannot verify that answer either, so it reports no answer and says why.
+        other = {**env, "GEOWARN_DATA_DIR": str(daemon.data_dir.parent / "elsewhere")}
+        foreign = subprocess.run(
+            [sys.executable, "-m", "geowarn.service.cli", "ack", wid, "--note", "from elsewhere", "--wait", "3"],
+            cwd=REPO, env=other, capture_output=True, text=True, timeout=60,
+        )
+        assert foreign.returncode == 3, foreign.stdout + foreign.stderr
+        assert "did not verify" in foreign.stderr and "signature does not verify" in foreign.stderr, foreign.stderr
+        assert len([h for h in _timeline(zigui, wid)["history"] if h["rule"] == "ack"]) == 1
         # A restart inside the window: the nonces come back from the journal.
         daemon.terminate()
         daemon.start()
