@@ -43,6 +43,7 @@ from geowarn.core.clock import Clock
 from geowarn.alerts.notifiers import Notifier, NotifierError, Outgoing, operator_keys
 from geowarn.alerts.outbox import Outbox, OutboxItem
 from geowarn.config.roster import NATIONAL
+from geowarn.core.logfields import kv
 
 __all__ = ["Backoff", "Dispatcher", "DispatcherThread", "NotifierStats"]
 
@@ -243,7 +244,7 @@ class Dispatcher:
     def _orphan(self, key: str) -> None:
         if key not in self._orphans:
             self._orphans.add(key)
-            log.warning("outbox holds messages for notifier %s, which is not configured (roster changed?); they stay pending", key)
+            log.warning("outbox holds messages for a notifier that is not configured (roster changed?); they stay pending", extra=kv(notifier=key))
 
     def _start(self, lane: _Lane, items: list[OutboxItem]) -> None:
         with self._lock:
@@ -268,7 +269,7 @@ class Dispatcher:
                 except Exception as exc:
                     # A bug in a notifier must not take the dispatcher down with it: logged with
                     # its traceback, counted, and retried like any transient failure.
-                    log.exception("notifier %s crashed on %s", lane.key, item.id)
+                    log.exception("notifier crashed", extra=kv(notifier=lane.key, message=item.id))
                     if self._failed(lane, item, f"notifier bug: {exc!r}", False):
                         break
                 else:
@@ -277,14 +278,14 @@ class Dispatcher:
                     except Exception:
                         # Delivered but not recorded (disk full, database locked): never send
                         # it again from this process; record it when the outbox works again.
-                        log.exception("delivered %s but could not record it in the outbox", item.id)
+                        log.exception("delivered but could not record it in the outbox", extra=kv(message=item.id))
                         with self._lock:
                             self._unrecorded[item.id] = self.clock.now()
                             lane.retry_at = self.clock.now() + UNRECORDED_RETRY_S
                         break
         except Exception:
             # _failed could not record a failure: rest the lane instead of looping on the item.
-            log.exception("notifier lane %s could not record an outcome in the outbox", lane.key)
+            log.exception("notifier lane could not record an outcome in the outbox", extra=kv(notifier=lane.key))
             with self._lock:
                 lane.retry_at = self.clock.now() + UNRECORDED_RETRY_S
         finally:
@@ -301,7 +302,7 @@ class Dispatcher:
             try:
                 self.outbox.mark_sent(msg_id, t)
             except Exception as exc:  # still failing: keep it in memory, try next round
-                log.error("still cannot record %s as sent: %s", msg_id, exc)
+                log.error("still cannot record a message as sent", extra=kv(message=msg_id, error=exc))
                 return
             del self._unrecorded[msg_id]
 
@@ -341,7 +342,7 @@ class Dispatcher:
         else:
             rest = now + self.backoff.delay(attempts, item.id)
             self.outbox.mark_failed(item.id, now, error, rest)
-            log.warning("notifier %s: attempt %d of %s failed, next at +%.1f s: %s", lane.key, attempts, item.id, rest - now, error)
+            log.warning("delivery attempt failed", extra=kv(notifier=lane.key, message=item.id, attempt=attempts, retry_in_s=round(rest - now, 1), error=error))
         with self._lock:
             lane.retry_at = rest
         return True
@@ -350,7 +351,7 @@ class Dispatcher:
         self.outbox.mark_dead(item.id, now, error)
         with self._lock:
             lane.stats.dead += 1
-        log.error("notifier %s: %s (%s, %s) dead-lettered: %s; requeue it once the cause is fixed", lane.key, item.id, item.msg.kind, item.msg.site, error)
+        log.error("message dead-lettered; requeue it once the cause is fixed", extra=kv(notifier=lane.key, message=item.id, kind=item.msg.kind, site=item.msg.site, error=error))
 
     def _count_stuck(self, at: float) -> None:
         tick = time.monotonic()
@@ -365,7 +366,7 @@ class Dispatcher:
                         s.failing_since = at
                     s.last_error = f"a send has been running for more than {self.timeout_s:g} s; its own timeout did not fire (hung receiver?)"
                     s.last_error_at = at
-                    log.warning("notifier %s: %s", lane.key, s.last_error)
+                    log.warning("notifier stuck", extra=kv(notifier=lane.key, error=s.last_error))
 
     def _total_sent(self) -> int:
         with self._lock:
@@ -418,11 +419,12 @@ class Dispatcher:
             return
         if failing:
             log.error(
-                "notifier %s is failing: %d attempts in a row since %s, last error: %s; %d messages waiting; operators told via %s",
-                key, snap.consecutive_failures, snap.failing_since, snap.last_error, pending, ", ".join(targets) or "nobody (no healthy operator notifier!)",
+                "notifier is failing; operators told",
+                extra=kv(notifier=key, attempts_in_a_row=snap.consecutive_failures, failing_since=snap.failing_since, error=snap.last_error,
+                         waiting=pending, told_via=", ".join(targets) or "nobody (no healthy operator notifier!)"),
             )
         else:
-            log.warning("notifier %s recovered (episode %d); %d messages still waiting", key, episode, pending)
+            log.warning("notifier recovered", extra=kv(notifier=key, episode=episode, waiting=pending))
 
     @staticmethod
     def _alarm_msg(kind: str, key: str, episode: int, op: str, s: NotifierStats, pending: int, now: float) -> Outgoing:
@@ -491,7 +493,7 @@ class DispatcherThread:
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():
-                log.error("%s did not stop within %.0f s", self.name, timeout)
+                log.error("dispatcher thread did not stop in time", extra=kv(thread=self.name, timeout_s=timeout))
             self._thread = None
         self.dispatcher.close()
 
@@ -504,6 +506,6 @@ class DispatcherThread:
             except Exception:
                 # The outbox file may be briefly unavailable (disk full, locked); keep the thread
                 # alive and try again, loudly.
-                log.exception("%s: dispatch round failed; retrying in %.0f s", self.name, self.max_idle_s)
+                log.exception("dispatch round failed; retrying", extra=kv(thread=self.name, retry_in_s=self.max_idle_s))
                 wait = self.max_idle_s
             self._wake.wait(wait)

@@ -24,6 +24,7 @@ from influxdb_client import InfluxDBClient, WritePrecision
 from influxdb_client.client.write_api import SYNCHRONOUS
 
 from geowarn.ingest.journal import Journal
+from geowarn.core.logfields import kv
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class Forwarder:
                     self.failures += 1
                     self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
                     if self.failures == 1 or self.failures % 20 == 0:
-                        log.warning("InfluxDB write failed (%d so far), retrying in %.1f s: %s", self.failures, backoff, self.last_error)
+                        log.warning("InfluxDB write failed; retrying", extra=kv(failures=self.failures, retry_in_s=round(backoff, 1), error=self.last_error))
                     self._refresh_status(journal, position)
                     self._stop.wait(backoff)
                     backoff = min(self.max_backoff_s, backoff * 2)

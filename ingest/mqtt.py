@@ -30,6 +30,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
 from geowarn.config.settings import MqttTarget
+from geowarn.core.logfields import kv
 
 log = logging.getLogger(__name__)
 
@@ -134,13 +135,11 @@ class MqttLink:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
-            log.error("broker %s refused the connection: %s", self.target.redacted(), reason_code)
+            log.error("broker refused the connection", extra=kv(broker=self.target.redacted(), reason=reason_code))
             return
         self.generation += 1
         self.connects += 1
-        log.info(
-            "connected to %s (session present: %s)", self.target.redacted(), getattr(flags, "session_present", None)
-        )
+        log.info("connected to the broker", extra=kv(broker=self.target.redacted(), session_present=getattr(flags, "session_present", None)))
         if self.subscriptions:
             client.subscribe([(t, 1) for t in self.subscriptions])
         if self.presence_topic:
@@ -154,7 +153,7 @@ class MqttLink:
         self.connected.clear()
         self.subscribed.clear()
         if not self._stopping:
-            log.warning("lost the broker %s (%s); reconnecting with backoff", self.target.redacted(), reason_code)
+            log.warning("lost the broker; reconnecting with backoff", extra=kv(broker=self.target.redacted(), reason=reason_code))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # The raw topic bytes: paho's .topic raises on invalid UTF-8, and the pipeline

@@ -23,6 +23,7 @@ from geowarn.config.settings import Loaded
 from geowarn.ingest.codecs import Codec, PayloadError
 from geowarn.ingest.journal import DEADLETTER_KEEP_BYTES, Journal, to_ms
 from geowarn.ingest.messagelog import Logged, MessageLog
+from geowarn.core.logfields import kv
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class Pipeline:
         try:
             self.publish(f"{self.prefix}/deadletter", json.dumps(doc, ensure_ascii=False).encode(), False)
         except Exception as exc:  # the table keeps it; the MQTT copy is a courtesy
-            log.warning("could not publish a dead letter: %s", exc)
+            log.warning("could not publish a dead letter", extra=kv(error=exc))
         return (now_ms, topic, reason, detail, payload[:DEADLETTER_KEEP_BYTES] if item is None else json.dumps(item).encode())
 
     def process(self, messages: list[Logged]) -> int:
@@ -98,7 +99,7 @@ class Pipeline:
                 dls.append(self._deadletter(now_ms, topic, exc.reason, exc.detail, m.payload, m.size))
                 continue
             except Exception as exc:  # a codec bug must not stop ingest: keep the payload, say why
-                log.exception("codec failed on %s", topic)
+                log.exception("codec failed", extra=kv(topic=topic))
                 dls.append(self._deadletter(now_ms, topic, "internal_error", f"{type(exc).__name__}: {exc}", m.payload, m.size))
                 continue
             if d.kind == "status" and d.status is not None:
@@ -138,8 +139,8 @@ class Store:
         if (saved_log is not None and saved_log != self.messages.log_id) or self.position > last:
             # A different or rolled-back message log: its ids started again. Decode all of it
             # (storing is idempotent) rather than skip what lies below the old position.
-            log.error("message log %s is not the one the journal's position %d refers to (log %s, last id %d); decoding it from the start",
-                      self.messages.log_id, self.position, saved_log, last)
+            log.error("the message log is not the one the journal's position refers to; decoding it from the start",
+                      extra=kv(log=self.messages.log_id, position=self.position, position_log=saved_log, last_id=last))
             self.position = 0
         self.journal.set_state(LOG_ID_KEY, self.messages.log_id)
         self.journal.set_state(POSITION_KEY, self.position)

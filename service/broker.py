@@ -46,6 +46,7 @@ import socket
 import struct
 import threading
 import time
+from geowarn.core.logfields import kv
 from types import TracebackType
 from typing import Any
 
@@ -328,7 +329,7 @@ async def _shutdown_amqtt(broker: Any) -> None:
         if shutdown.done():
             break
         if time.monotonic() > deadline:
-            log.warning("embedded MQTT broker did not shut down within %g s; cancelling", _SHUTDOWN_TIMEOUT)
+            log.warning("embedded MQTT broker did not shut down in time; cancelling", extra=kv(timeout_s=_SHUTDOWN_TIMEOUT))
             shutdown.cancel()
             await asyncio.gather(shutdown, return_exceptions=True)
             return

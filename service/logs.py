@@ -3,7 +3,8 @@ processes, the demo).
 
 Modules log through ``logging.getLogger(__name__)``, so every logger sits under ``geowarn.``
 and one setting quiets or raises them all. A message is a fixed sentence; what varies goes in
-key=value fields (``log.info("worker exited", extra=kv(worker="store", code=1))``), which the
+key=value fields (``log.info("worker exited", extra=kv(worker="store", code=1))``, ``kv`` from
+``geowarn.core.logfields``), which the
 text format appends as ``worker=store code=1`` and the JSON format keeps as keys, so a log
 shipper can index them without parsing sentences.
 
@@ -20,24 +21,17 @@ import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
+from geowarn.core.logfields import fields_of as _fields
+from geowarn.core.logfields import kv
 from geowarn.core.timefmt import rfc3339
+
+__all__ = ["CHATTY", "FORMATS", "FORMAT_ENV", "JsonFormatter", "TextFormatter", "configure_logging", "kv", "log_format"]
 
 FORMAT_ENV = "GEOWARN_LOG_FORMAT"
 FORMATS = ("text", "json")
 #: Third-party loggers the demo keeps quiet along with GeoWarn's own.
 CHATTY = ("amqtt", "transitions")
 
-_FIELDS = "geowarn_fields"
-
-
-def kv(**fields: Any) -> dict[str, Any]:
-    """``extra=`` for a log call: context as key=value fields instead of words in the sentence."""
-    return {_FIELDS: fields}
-
-
-def _fields(record: logging.LogRecord) -> Mapping[str, Any]:
-    fields = getattr(record, _FIELDS, None)
-    return fields if isinstance(fields, Mapping) else {}
 
 
 def _text_value(v: Any) -> str:

@@ -23,6 +23,7 @@ from typing import IO, Any, Protocol
 
 from geowarn.config.settings import Loaded
 from geowarn.service.logs import configure_logging
+from geowarn.core.logfields import kv
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def _worker_main(
     # An orphan of a killed daemon finishes its batch and exits when it sees its parent gone.
     lock = take_lock(Path(s.data_dir) / f"{name}.lock", wait_s=120.0)
     if lock is None:
-        log.error("another %s worker holds %s; giving up", name, Path(s.data_dir) / f"{name}.lock")
+        log.error("another worker of this kind holds the lock; giving up", extra=kv(worker=name, lock=Path(s.data_dir) / f"{name}.lock"))
         return
     link = MqttLink(s.mqtt_for(f"{s.mqtt_client_id}-{name}"), client_id=f"{s.mqtt_client_id}-{name}", subscriptions=subscriptions, protocol="3.1.1", keepalive_s=s.mqtt_keepalive_s,
                     ca_file=str(s.mqtt_ca_file) if s.mqtt_ca_file else None, clean_session=not subscriptions)
@@ -154,7 +155,7 @@ class WorkerProcess:
     def restart(self) -> None:
         """Start a new worker after this one died, without waiting for it to be ready (the
         caller's loop must not stall): it resumes from its own saved position."""
-        log.error("the %s worker died (exit code %s); starting a new one (restart %d)", self.name, self.process.exitcode, self.restarts + 1)
+        log.error("worker died; starting a new one", extra=kv(worker=self.name, exit_code=self.process.exitcode, restart=self.restarts + 1))
         self.restarts += 1
         self._spawn()
         self.process.start()
@@ -164,6 +165,6 @@ class WorkerProcess:
         self._stop.set()
         self.process.join(timeout)
         if self.process.is_alive():
-            log.error("%s worker did not stop within %.0f s; terminating it", self.name, timeout)
+            log.error("worker did not stop in time; terminating it", extra=kv(worker=self.name, timeout_s=timeout))
             self.process.terminate()
             self.process.join(5)

@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 
+from geowarn.core.logfields import fields_of
 from geowarn.core.clock import ManualClock
 from geowarn.alerts.dispatch import Backoff, Dispatcher, DispatcherThread
 from geowarn.alerts.notifiers import AUDIT_KEY, JsonlNotifier, Outgoing, WebhookNotifier
@@ -221,7 +222,7 @@ def test_a_failing_notifier_is_escalated_once_per_episode(http_receiver, client,
             fail_rounds(d, 1, m1)
         ep1 = [f"notifier_failing/{COUNTY}/1/{NATIONAL}", f"notifier_failing/{COUNTY}/1/{AUDIT_KEY}"]
         assert sorted(_kinds(outbox, "notifier_failing")) == sorted(ep1)
-        assert any(r.levelno == logging.ERROR and f"notifier {COUNTY} is failing" in r.getMessage() for r in caplog.records)
+        assert any(r.levelno == logging.ERROR and "notifier is failing" in r.getMessage() and fields_of(r)["notifier"] == COUNTY for r in caplog.records)
         assert d.counters()[COUNTY]["alarmed"] is True
 
         fail_rounds(d, 4, m1)  # still failing: no second alarm
