@@ -155,16 +155,6 @@ def _csv_bytes(header: Sequence[str], rows: Iterable[Sequence[str]]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def _read_passwd(path: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            user, sep, h = line.partition(":")
-            if sep:
-                out[user] = h
-    return out
-
-
 def _broker_owner(user: str) -> tuple[int, int] | None:
     """(uid, gid) to give the files the broker reads, when we are root and it is not: Mosquitto 2
     drops to its ``user`` right after reading mosquitto.conf, before it reads passwd, acl and keys."""
@@ -349,23 +339,20 @@ def generate(
         result.accounts.append(Account(role, scope, user, password))
     result.dropped = sorted(set(old) - {u for _, _, u in wanted})
 
-    # passwd: reuse a hash whose password did not change (hashing a national network's quarter of
-    # a million accounts again on every run is slow); a changed password gets a fresh salt.
-    old_hashes = _read_passwd(out / "passwd")
-    lines = []
-    service_password = next(a.password for a in result.accounts if a.role == "service")
-    entries = [(a.username, a.password) for a in result.accounts] + [(u, service_password) for u in service_users[1:]]
-    for user, password in entries:
-        h = old_hashes.get(user)
-        unchanged = h is not None and old.get(user if user not in service_users else cid) == password
-        lines.append(f"{user}:{h if unchanged else hash_password(password)}")
-    _write_private(out / "passwd", ("\n".join(lines) + "\n").encode(), owner=owner)
-    _write_private(out / "acl", _acl(result.accounts, service_users, prefix).encode(), owner=owner)
-
+    # The plain passwords first: they are the record a re-run starts from. Stopped between here
+    # and passwd, the broker still has the old hashes and the next run writes the new ones.
     _write_private(out / "devices.csv", _csv_bytes(
         ["device", "username", "password"], [(a.username, a.username, a.password) for a in result.accounts if a.role == "device"]))
     _write_private(out / "accounts.csv", _csv_bytes(
         ["role", "scope", "username", "password"], [(a.role, a.scope, a.username, a.password) for a in result.accounts if a.role != "device"]))
+
+    # passwd is hashed afresh every run (about 75 µs an account: 20 s for a national network),
+    # so it can never disagree with the CSV files.
+    service_password = next(a.password for a in result.accounts if a.role == "service")
+    entries = [(a.username, a.password) for a in result.accounts] + [(u, service_password) for u in service_users[1:]]
+    lines = [f"{user}:{hash_password(password)}" for user, password in entries]
+    _write_private(out / "passwd", ("\n".join(lines) + "\n").encode(), owner=owner)
+    _write_private(out / "acl", _acl(result.accounts, service_users, prefix).encode(), owner=owner)
 
     # TLS, then the URLs the env files give.
     if tls_listen is not None:
