@@ -108,7 +108,7 @@ class Context:
             self.audit(request, token, target, "failed", str(exc))
             raise HTTPException(503, str(exc)) from None
         if answer is None:
-            detail = f"no answer from the detection worker within {self.answer_wait_s:g} s; the request is queued at the broker and applies when it runs"
+            detail = f"no answer from the detection worker within {self.answer_wait_s:g} s; the request is queued at the broker and applies if the worker runs within 5 minutes (later it is refused as stale)"
             self.audit(request, token, target, "failed", "queued: " + detail)
             return JSONResponse({"ok": None, "queued": True, "detail": detail}, status_code=202)
         ok = bool(answer.get("ok"))
