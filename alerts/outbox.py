@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from geowarn.alerts.notifiers import Outgoing
-from geowarn.core.sqlite import ChangeWatch, Schema, open_db, open_readonly
+from geowarn.core.sqlite import ChangeWatch, Schema, open_db, reading
 
 __all__ = ["DeliveryState", "OUTBOX_FILE", "OUTBOX_SCHEMA", "Outbox", "OutboxItem", "OutboxReader"]
 
@@ -279,15 +279,8 @@ class OutboxReader:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection | None]:
-        try:
-            conn = open_readonly(self.path, OUTBOX_SCHEMA, busy_timeout_s=10.0)
-        except FileNotFoundError:
-            yield None
-            return
-        try:
+        with reading(self.path, OUTBOX_SCHEMA, busy_timeout_s=10.0) as conn:
             yield conn
-        finally:
-            conn.close()
 
     def watch(self) -> ChangeWatch:
         """A poller's view of whether the file changed (any state, message or delivery

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["ChangeWatch", "NewerSchemaError", "Schema", "SchemaError", "Sync", "open_db", "open_readonly", "user_version"]
+__all__ = ["ChangeWatch", "NewerSchemaError", "Schema", "SchemaError", "Sync", "open_db", "open_readonly", "reading", "user_version"]
 
 Sync = Literal["full", "normal"]
 
@@ -167,6 +169,21 @@ def open_readonly(path: str | Path, schema: Schema, *, busy_timeout_s: float = B
         conn.close()
         raise
     return conn
+
+
+@contextmanager
+def reading(path: str | Path, schema: Schema, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Iterator[sqlite3.Connection | None]:
+    """One reader call's connection: read-only, closed on leaving; ``None`` while the file does
+    not exist yet (a store its owner has not created is empty, not an error)."""
+    try:
+        conn = open_readonly(path, schema, busy_timeout_s=busy_timeout_s)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        yield conn
+    finally:
+        conn.close()
 
 
 class ChangeWatch:

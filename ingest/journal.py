@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from geowarn.config.registry import ChannelInfo, Registry
-from geowarn.core.sqlite import Schema, SchemaError, Sync, open_db, open_readonly
+from geowarn.core.sqlite import Schema, SchemaError, Sync, open_db, open_readonly, reading
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -299,15 +299,8 @@ class JournalReader:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection | None]:
-        try:
-            conn = open_readonly(self.path, JOURNAL_SCHEMA, busy_timeout_s=10.0)
-        except FileNotFoundError:
-            yield None
-            return
-        try:
+        with reading(self.path, JOURNAL_SCHEMA, busy_timeout_s=10.0) as conn:
             yield conn
-        finally:
-            conn.close()
 
     def readable(self) -> bool:
         """The file can be opened and queried (True while it does not exist yet: nothing is
