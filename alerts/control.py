@@ -231,6 +231,13 @@ def os_identity() -> str:
 # -- the worker's gate ---------------------------------------------------------------------------
 
 
+def _finite(x: float) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
 class Refused(Exception):
     """A request the gate does not let through. ``code``: unsigned, forged, stale, replayed,
     bad, busy; ``reply_to``: the request's MAC when it was authentic and not a replay (the asker
@@ -280,7 +287,7 @@ class Gate:
             raise Refused("forged", "the signature does not verify (not signed with this daemon's control key, or altered)")
         mac = str(doc["mac"])
         ts, nonce = doc.get("ts"), doc.get("nonce")
-        if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not math.isfinite(ts):
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not _finite(ts):
             raise Refused("bad", "a signed request needs ts (epoch seconds)", mac)
         if not isinstance(nonce, str) or not 16 <= len(nonce) <= 128:
             raise Refused("bad", "a signed request needs a nonce (16-128 characters)", mac)

@@ -116,6 +116,12 @@ def test_the_gate_refuses_unsigned_altered_stale_and_replayed_requests_across_a_
     assert r.code == "forged"  # another installation's key
     r = _refusal(gate, "ack", b"[1, 2]", now)
     assert r.code == "bad"
+    for ts in (10**400, "now", True):  # signed, but no usable time: refused, not a crash
+        doc = {"id": "W1", "by": "x", "ts": ts, "nonce": "ab" * 16}
+        doc["mac"] = key._mac("request", "ack", doc)
+        assert _refusal(gate, "ack", doc, now).code == "bad"
+    # Infinity cannot be encoded canonically (allow_nan=False), so no MAC can cover it.
+    assert _refusal(gate, "ack", b'{"id": "W1", "by": "x", "ts": 1e400, "nonce": "abababababababababab", "mac": "00"}', now).code == "forged"
 
     # Five minutes and one second either way: stale, and the refusal answers its (authentic) asker.
     late = key.sign_request("ack", {"id": "W1", "by": "x", "request": "r3"}, now - 301)
