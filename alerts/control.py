@@ -100,7 +100,7 @@ class ControlKey:
             return False
         try:
             expected = self._mac(domain, kind, doc)
-        except ValueError:
+        except (ValueError, RecursionError):  # NaN/inf, or nested too deep to encode: nothing signed it
             return False
         return hmac.compare_digest(expected, mac)
 
