@@ -144,3 +144,32 @@ def test_reset_makes_a_fresh_detector(case: ContractCase):
     det._reset()
     assert json.dumps(det.snapshot(), sort_keys=True) == json.dumps(fresh.snapshot(), sort_keys=True)
     assert _run(det, t[mid:], v[mid:]) == _run(fresh, t[mid:], v[mid:])
+
+
+def _shared_defaults(reference, detector) -> tuple[dict, dict]:
+    import inspect
+
+    ref = {n: p.default for n, p in inspect.signature(reference).parameters.items() if p.default is not inspect.Parameter.empty}
+    det = {n: p.default for n, p in inspect.signature(detector.__init__).parameters.items() if p.default is not inspect.Parameter.empty}
+    shared = set(ref) & set(det)
+    return {n: ref[n] for n in shared}, {n: det[n] for n in shared}
+
+
+@pytest.mark.parametrize(
+    "reference, detector",
+    [
+        ("oracles.inverse_velocity:forecast_batch", "geowarn.detectors.inverse_velocity:InverseVelocityDetector"),
+        ("oracles.rise:rise_rate_batch", "geowarn.detectors.rise:RiseRateDetector"),
+        ("oracles.tangent:tangent_batch", "geowarn.detectors.tangent:TangentAngleDetector"),
+    ],
+)
+def test_a_batch_reference_keeps_its_detectors_defaults(reference: str, detector: str) -> None:
+    """The batch references are written apart from the detectors on purpose, defaults included;
+    this is what keeps the two from drifting apart when a default is tuned."""
+    def load(spec: str):
+        module, _, name = spec.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+    ref, det = _shared_defaults(load(reference), load(detector))
+    assert len(ref) >= 4, "the signatures share too few parameters for the check to mean anything"
+    assert ref == det
