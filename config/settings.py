@@ -128,7 +128,7 @@ class Settings(BaseSettings):
     alert_policy: dict[str, Any] = Field(default_factory=dict)
     # Seconds a notifier may take for one message before it counts as failed.
     notify_timeout_s: float = Field(default=30.0, gt=0)
-    # The duty-officer API and console (alerts/api.py): "host:port" to listen on, or "off".
+    # The duty-officer API and console (console/api.py): "host:port" to listen on, or "off".
     # Loopback by default: put a TLS-terminating reverse proxy in front to reach it from outside.
     http: str = "127.0.0.1:8080"
     # Reverse proxies whose X-Forwarded-For the API believes: comma-separated addresses or
