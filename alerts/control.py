@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from geowarn.config.errors import ConfigError
+from geowarn.core.logfields import kv
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ def load_or_create_key(data_dir: str | os.PathLike[str]) -> ControlKey:
             os.close(fd)
         try:
             os.link(tmp, path)
-            log.warning("control key created: %s (requests to the daemon are signed with it; keep it mode 0600)", path)
+            log.warning("control key created: requests to the daemon are signed with it; keep it mode 0600", extra=kv(path=path))
         except FileExistsError:
             pass  # another process made it first: use theirs
     finally:

@@ -48,6 +48,7 @@ from geowarn.alerts.notifiers import EXERCISE_PREFIX, Outgoing, outgoing_for, su
 from geowarn.alerts.outbox import Outbox
 from geowarn.config.registry import Registry
 from geowarn.config.roster import Roster
+from geowarn.core.logfields import kv
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ class OutboxSink:
             chain.zero_last.update({k: v for k, v in zero.items()})
         chain.raised = [(float(t), str(site), str(admin), int(lvl), str(wid)) for t, site, admin, lvl, wid in self.outbox.get_state(_RAISED_KEY, [])]
         if chain.states:
-            log.info("response chain resumed: %d site states, %d open warnings", len(chain.states), sum(1 for s in chain.states.values() if s.announced > 0))
+            log.info("response chain resumed", extra=kv(site_states=len(chain.states), open_warnings=sum(1 for s in chain.states.values() if s.announced > 0)))
 
     @staticmethod
     def _state_key(key: tuple[str, bool]) -> str:
@@ -223,7 +224,7 @@ class OutboxSink:
                 except Exception:
                     # A CAP message that cannot be built or is invalid is a bug; the duty units
                     # must still get the notifications of this transition.
-                    log.exception("CAP %s for %s not built; the notifications go out without it", action.msg_type, action.identifier)
+                    log.exception("CAP message not built; the notifications go out without it", extra=kv(msg_type=action.msg_type, identifier=action.identifier))
             elif isinstance(action, SetSampling):
                 msgs += self._commands(chain.registry, action)
         with self.outbox.transaction():

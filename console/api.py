@@ -59,6 +59,7 @@ from geowarn.console.routes.context import Context
 from geowarn.console.security import SECURITY_HEADERS, Network, SecurityHeaders
 from geowarn.console.tokens import TOKENS_FILE, TokenStore
 from geowarn.console.views import Views
+from geowarn.core.logfields import kv
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ class ApiServer:
         except OSError as exc:
             sock.close()
             # The console must never keep warnings from being raised: ingest goes on without it.
-            log.error("duty-officer API NOT started: cannot listen on %s (%s); set GEOWARN_HTTP to a free host:port", self.bind, exc)
+            log.error("duty-officer API NOT started: cannot listen; set GEOWARN_HTTP to a free host:port", extra=kv(bind=self.bind, error=exc))
             return False
         sock.listen(128)
         sock.set_inheritable(False)
@@ -204,10 +205,10 @@ class ApiServer:
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
-                log.error("duty-officer API did not start on %s", self.bind)
+                log.error("duty-officer API did not start", extra=kv(bind=self.bind))
                 return False
             time.sleep(0.02)  # uvicorn offers no event for "started"; poll its flag with a deadline
-        log.info("duty-officer API and console on http://%s/ (OpenAPI at /openapi.json)", self.bind)
+        log.info("duty-officer API and console listening (OpenAPI at /openapi.json)", extra=kv(url=f"http://{self.bind}/"))
         return True
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -39,6 +39,7 @@ from geowarn.core.sqlite import SchemaError
 from geowarn.ingest.journal import DETECTION_STATS_KEY, JOURNAL_FILE, JournalReader
 from geowarn.ingest.messagelog import MESSAGES_FILE, MessageLogReader
 from geowarn.ingest.store import POSITION_KEY as STORE_POSITION_KEY
+from geowarn.core.logfields import kv
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class GeoWarnCollector(Collector):
         except (sqlite3.Error, SchemaError) as exc:
             # A scrape during a schema change or a locked file: report it instead of failing
             # the whole scrape, so the main process's metrics still arrive.
-            log.warning("metrics: reading the SQLite files failed: %s", exc)
+            log.warning("metrics: reading the SQLite files failed", extra=kv(error=exc))
             g = GaugeMetricFamily("geowarn_metrics_read_errors", "1 when the last scrape could not read a GeoWarn SQLite file")
             g.add_metric([], 1.0)
             yield g

@@ -29,6 +29,7 @@ import paho.mqtt.client as mqtt
 from geowarn.alerts.control import ControlKey
 from geowarn.alerts.live import REQUEST_KINDS
 from geowarn.config.settings import MqttTarget
+from geowarn.core.logfields import kv
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ class MqttRequester:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
         if rc.is_failure:
-            log.error("API MQTT connection refused: %s", rc)
+            log.error("API MQTT connection refused", extra=kv(reason=rc))
             return
         client.subscribe([(f"{self.prefix}/{k}/result", 1) for k in self.KINDS])
 
@@ -118,7 +119,7 @@ class MqttRequester:
         else:
             with self._lock:
                 self.ignored += 1
-            log.warning("an answer to %s request %s on %s does not verify: ignored (forged, or signed with another control key)", kind, signed["request"], msg.topic)
+            log.warning("an answer does not verify: ignored (forged, or signed with another control key)", extra=kv(kind=kind, request=signed["request"], topic=msg.topic))
 
     def request(self, kind: str, doc: dict[str, Any], wait_s: float) -> dict[str, Any] | None:
         if kind not in self.KINDS:

@@ -165,25 +165,24 @@ class Store:
             self.messages.prune(self.position, int(time.time() * 1000) - self.keep_ms)
         if now >= self._next_stats:
             self._next_stats = now + self.stats_every_s
-            log.info("%s", self.stats_line())
+            log.info("store figures", extra=kv(**self.stats()))
         return len(batch)
 
     def lag(self) -> int:
         """Messages logged but not yet stored."""
         return max(0, self.messages.last_id() - self.position)
 
-    def stats_line(self) -> str:
+    def stats(self) -> dict[str, int]:
+        """The store stage's figures so far, as log fields."""
         c = self.pipeline.counters
-        return (
-            f"store: messages {c.messages}, readings stored {c.readings_stored} (duplicates {c.readings_duplicate}), "
-            f"dead letters {c.deadletters}, seq gaps {c.seq_gaps}, lag {self.lag()} messages"
-        )
+        return {"messages": c.messages, "readings_stored": c.readings_stored, "duplicates": c.readings_duplicate,
+                "dead_letters": c.deadletters, "seq_gaps": c.seq_gaps, "lag_messages": self.lag()}
 
     def checkpoint(self) -> None:
         pass  # the position is committed with every batch
 
     def close(self) -> None:
-        log.info("%s", self.stats_line())
+        log.info("store stopped", extra=kv(**self.stats()))
         self.messages.close()
         self.journal.close()
 

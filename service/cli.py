@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from geowarn.config.errors import ConfigError
 from geowarn.core.timefmt import parse_instant
-from geowarn.service.logs import kv
+from geowarn.core.logfields import kv
 
 if TYPE_CHECKING:
     from geowarn.config.settings import Settings
@@ -159,7 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         loaded = load_all(args.config)
         for w in loaded.warnings:
-            log.warning("config: %s", w)
+            log.warning("configuration warning", extra=kv(warning=w))
         app = build_app(loaded)
     except ConfigError as exc:
         _print_config_error(exc)

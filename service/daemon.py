@@ -31,6 +31,7 @@ from geowarn.ingest.messagelog import MESSAGES_FILE, MessageLog
 from geowarn.ingest.mqtt import Inbound, MqttLink
 from geowarn.ingest.store import Store, stored_position
 from geowarn.service.worker import WorkerProcess
+from geowarn.core.logfields import kv
 
 log = logging.getLogger(__name__)
 
@@ -136,17 +137,21 @@ class App:
         """Everything logged so far is in the journal."""
         return self.stored_position() >= self.messages.last_id()
 
-    def stats_line(self) -> str:
+    def stats(self) -> dict[str, Any]:
+        """The ack path's figures so far (and the forwarder's, when there is one), as log fields."""
         c = self.counters
-        line = (
-            f"messages {c.messages} logged and acked, store lag {max(0, self.messages.last_id() - self.stored_position())} messages, "
-            f"stale acks {c.stale_acks}, inbox {self.link.inbox.qsize()}"
-        )
+        out: dict[str, Any] = {
+            "messages_acked": c.messages,
+            "store_lag_messages": max(0, self.messages.last_id() - self.stored_position()),
+            "stale_acks": c.stale_acks,
+            "inbox": self.link.inbox.qsize(),
+        }
         if self.forwarder is not None:
             f = self.forwarder.status()
-            lag = "none" if f.lag_readings == 0 else f"{f.lag_readings} readings, {f.lag_s or 0:.0f} s"
-            line += f"; forwarder lag {lag}" + (f", last error {f.last_error}" if f.last_error else "")
-        return line
+            out.update(forwarder_lag_readings=f.lag_readings, forwarder_lag_s=round(f.lag_s or 0.0))
+            if f.last_error:
+                out["forwarder_error"] = f.last_error
+        return out
 
     def main_stats(self) -> Any:
         """This process's counters for /metrics, called from the HTTP thread: plain values only,
@@ -172,7 +177,7 @@ class App:
             try:
                 worker.restart()
             except Exception:  # spawning failed (no memory, no processes): try again later
-                log.exception("could not restart the %s worker", worker.name)
+                log.exception("could not restart a worker", extra=kv(worker=worker.name))
 
     def run(self, stop: threading.Event, drain_s: float = 3.0) -> None:
         stats_every_s = self.loaded.settings.stats_interval_s
@@ -184,7 +189,7 @@ class App:
         if self.http is not None:
             self.http.start()
         self.ready.set()
-        log.info("geowarn daemon running: broker %s, data dir %s", self.loaded.settings.mqtt.redacted(), self.loaded.settings.data_dir)
+        log.info("geowarn daemon running", extra=kv(broker=self.loaded.settings.mqtt.redacted(), data_dir=self.loaded.settings.data_dir))
         inbox = self.link.inbox
         next_stats = time.monotonic() + stats_every_s
         next_watch = time.monotonic() + WATCH_EVERY_S
@@ -192,7 +197,7 @@ class App:
             while not stop.is_set():
                 now = time.monotonic()
                 if now >= next_stats:
-                    log.info("%s", self.stats_line())
+                    log.info("daemon figures", extra=kv(**self.stats()))
                     next_stats += stats_every_s
                 if now >= next_watch:
                     self._watch_workers()
@@ -217,7 +222,7 @@ class App:
             self.detection.stop()
             if self.forwarder is not None:
                 self.forwarder.stop()
-            log.info("geowarn daemon stopped: %s", self.stats_line())
+            log.info("geowarn daemon stopped", extra=kv(**self.stats()))
             self.messages.close()
             self.journal.close()
 

@@ -38,6 +38,7 @@ from geowarn.core.timefmt import rfc3339
 from geowarn.ingest.journal import DETECTION_STATS_KEY, SITE_LEVELS_KEY, Journal
 from geowarn.service.judge import Judge
 from geowarn.service.worker import WorkerProcess
+from geowarn.core.logfields import kv
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ class Detection:
             self.maintenance[device] = (now, until)
             done = f"{device} under maintenance by {by} until {rfc3339(until)}: {note}".rstrip(": ")
         self.journal.set_state(MAINTENANCE_KEY, {d: [a, b] for d, (a, b) in self.maintenance.items()})
-        log.warning("%s", done)
+        log.warning("maintenance changed", extra=kv(site=site, device=device, by=by, until=rfc3339(until) if until else None, note=note))
         return done
 
     def _held(self, change: LevelChange, now: float) -> bool:
@@ -215,8 +216,8 @@ class Detection:
     @staticmethod
     def _log_change(change: LevelChange, event: dict[str, Any]) -> None:
         log.warning(
-            "%s %s %s level %d (%s)%s: %s",
-            event["t"], event["kind"].upper(), change.site, change.level, event["colour"], " [EXERCISE]" if change.exercise else "", change.reason,
+            "site level changed",
+            extra=kv(t=event["t"], kind=event["kind"], site=change.site, level=change.level, colour=event["colour"], exercise=change.exercise, reason=change.reason),
         )
 
 
@@ -294,7 +295,7 @@ class DetectionJob:
             else:
                 reply_to = admitted.mac
                 result, by = self._apply(kind, admitted.doc)
-            log.warning("%s request %s (by %s): %s", kind, "accepted" if result.ok else "REFUSED", by, result.detail)
+            log.warning("request accepted" if result.ok else "request REFUSED", extra=kv(kind=kind, by=by, detail=result.detail))
             # Signed, and bound to the request it answers only when that one was authentic,
             # fresh and new: the asker trusts nothing else (alerts/control.py).
             answer = self.gate.key.sign_result(kind, {**result.to_json(), "reply_to": reply_to}, now)
@@ -319,7 +320,7 @@ class DetectionJob:
                     return Result(req.request_id, False, str(exc), "", req.target), req.by
             return self.chain.handle(req, self.clock.now()), req.by
         except Exception as exc:  # a request must never crash-loop the worker: refuse it, say why
-            log.exception("%s request failed", kind)
+            log.exception("request failed", extra=kv(kind=kind))
             return Result(req.request_id, False, f"{kind} failed: {type(exc).__name__}: {exc}"), req.by
 
     def _audit_refusal(self, kind: str, target: str, detail: str, now: float) -> None:
@@ -343,7 +344,7 @@ class DetectionJob:
             else:
                 counted += 1
         except Exception:  # the refusal stands and is logged; a broken audit file must not stop requests
-            log.exception("could not audit a refused %s request", kind)
+            log.exception("could not audit a refused request", extra=kv(kind=kind))
         self._audit_minute = (start, written, counted)
 
     def checkpoint(self) -> None:

@@ -28,6 +28,7 @@ from geowarn.console.requester import Requester, RequestUnavailable
 from geowarn.console.security import FailedTokenLimiter, Network, client_address
 from geowarn.console.tokens import Outcome, Token, TokenStore
 from geowarn.console.views import Views, WarningView
+from geowarn.core.logfields import kv
 
 __all__ = ["Auth", "Context", "Ctx", "auth", "context"]
 
@@ -152,7 +153,7 @@ def auth(request: Request, ctx: Ctx) -> Token:
     retry_after = ctx.failed_tokens.failure(client, request.url.path, ctx.now())
     if retry_after is not None:
         if ctx.failed_tokens.failures_in_window(client) == ctx.failed_tokens.limit + 1:
-            log.warning("too many failed token attempts from %s: answering 429 for %d s", client, retry_after)
+            log.warning("too many failed token attempts: answering 429", extra=kv(client=client, retry_after_s=retry_after))
         raise HTTPException(
             429,
             f"too many failed token attempts from {client}; try again in {retry_after} s",
