@@ -200,7 +200,7 @@ def test_forwarder_catches_up_after_victoriametrics_outage_nothing_lost_or_doubl
         d.wait_until(lambda: d.count() == 600, message="600 readings in the journal")
         # The forwarder fails against the stopped server and reports its lag.
         d.wait_until(lambda: "InfluxDB write failed" in d.log_tail(200), message="a failed write")
-        d.wait_until(lambda: "forwarder lag 500 readings" in d.log_tail(200), message="the lag reported")
+        d.wait_until(lambda: "forwarder_lag_readings=500" in d.log_tail(200), message="the lag reported")
         vm.start()
         series = vm.wait_for_samples("displacement_value", 600, timeout=60)
         assert len(series) == 1
