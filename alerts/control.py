@@ -15,9 +15,15 @@ down): the broker only carries the messages, the key decides.
   signed), ``nonce`` (128 random bits) and ``mac``: HMAC-SHA256 with the key over the
   canonical encoding (below) of everything else. ``by`` inside it is the identity the signer
   vouches for (the API's token name, the CLI's OS user), never a name someone typed.
-- **The gate** (``Gate``, in the detection worker): a request without a valid MAC is refused;
+- **The gate** (``Gate``, in the detection worker): a payload over ``MAX_REQUEST_BYTES``
+  is refused before it is parsed (anyone can publish on an open broker; a person's request is
+  a few hundred bytes); a request without a valid MAC is refused;
   a signed one older or newer than ``WINDOW_S`` (5 min) by the worker's wall clock is refused
-  as stale; a nonce seen within the window is refused as replayed. Nonces are remembered
+  as stale; a nonce seen within the window is refused as replayed. A nonce is forgotten once
+  its request is out of the window, and the gate remembers the newest ``ts`` it ever forgot
+  (``forgotten_until``, saved with the nonces): a request signed at or before it is refused
+  as stale whatever the clock says now, so a wall clock stepped back (NTP) cannot bring a
+  forgotten request back into the window. Nonces are remembered
   for the window in state the caller persists (the journal's state table), and recorded
   before the request is applied: after a restart inside the window a captured request is
   still refused, and a request is never applied twice (a redelivery after a crash between
@@ -45,6 +51,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable, Mapping
@@ -57,7 +64,10 @@ from geowarn.core.logfields import kv
 
 log = logging.getLogger(__name__)
 
-__all__ = ["KEY_FILE", "WINDOW_S", "ControlKey", "Gate", "Refused", "load_key", "load_or_create_key", "os_identity"]
+__all__ = [
+    "KEY_FILE", "MAX_REQUEST_BYTES", "WINDOW_S", "ControlKey", "Gate", "Refused",
+    "decode_request", "load_key", "load_or_create_key", "os_identity", "request_id_of",
+]
 
 #: The control key's file in the data directory.
 KEY_FILE = "control.key"
@@ -66,6 +76,14 @@ KEY_BYTES = 32
 WINDOW_S = 300.0
 #: Nonces kept at most (a bound on the state, far above what people can type in a window).
 MAX_NONCES = 100_000
+#: The largest request payload the gate parses. A person's request (an ack with a note) is a
+#: few hundred bytes; anything far larger is refused unread, so a flood of big payloads on an
+#: open broker costs the worker no parsing.
+MAX_REQUEST_BYTES = 16 * 1024
+#: A request id echoed on ``…/result`` must look like one (the API and CLI use uuid4 hex).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+#: Where the gate saves the newest forgotten ``ts``, among the nonces (a nonce is 16+ characters).
+_FORGOTTEN_KEY = "~forgotten"
 
 _DOMAIN = "geowarn-control-v1"
 _SIGNATURE_FIELDS = ("ts", "nonce", "mac")
@@ -240,8 +258,8 @@ def _finite(x: float) -> bool:
 
 
 class Refused(Exception):
-    """A request the gate does not let through. ``code``: unsigned, forged, stale, replayed,
-    bad, busy; ``reply_to``: the request's MAC when it was authentic and not a replay (the asker
+    """A request the gate does not let through. ``code``: too_large, unsigned, forged, stale,
+    replayed, bad, busy; ``reply_to``: the request's MAC when it was authentic and not a replay (the asker
     will take this refusal as its answer), else ""."""
 
     def __init__(self, code: str, reason: str, reply_to: str = "") -> None:
@@ -259,11 +277,29 @@ class Admitted:
     mac: str
 
 
-class Gate:
-    """The detection worker's check of every request: signature, age, nonce.
+def decode_request(payload: bytes) -> Any:
+    """A request payload decoded once, or ``Refused`` ("too_large" unread, "bad" not JSON)."""
+    if len(payload) > MAX_REQUEST_BYTES:
+        raise Refused("too_large", f"request of {len(payload)} bytes refused unread (at most {MAX_REQUEST_BYTES})")
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError):
+        raise Refused("bad", "not JSON") from None
 
-    ``load``/``save`` read and write the nonces seen ({nonce: ts}); the worker keeps them in
-    the journal's state table, so a restart inside the window forgets none.
+
+def request_id_of(doc: Any) -> str:
+    """The caller's request id (``request``), to echo on ``…/result`` even when the request is
+    refused; "" when there is none or it does not look like an id (anyone may publish one)."""
+    rid = doc.get("request") if isinstance(doc, dict) else None
+    return rid if isinstance(rid, str) and _REQUEST_ID.fullmatch(rid) else ""
+
+
+class Gate:
+    """The detection worker's check of every request: size, signature, age, nonce.
+
+    ``load``/``save`` read and write the nonces seen ({nonce: ts}, plus the newest ts forgotten
+    under ``"~forgotten"``); the worker keeps them in the journal's state table, so a restart
+    inside the window forgets none.
     """
 
     def __init__(self, key: ControlKey, load: Callable[[], Any], save: Callable[[dict[str, float]], None], window_s: float = WINDOW_S) -> None:
@@ -271,15 +307,18 @@ class Gate:
         self.window_s = window_s
         self._save = save
         saved = load() or {}
-        self.nonces: dict[str, float] = {str(n): float(t) for n, t in saved.items()} if isinstance(saved, dict) else {}
+        saved = saved if isinstance(saved, dict) else {}
+        #: Requests signed at or before this were forgotten: refused as stale, whatever the clock.
+        self.forgotten_until = float(saved.pop(_FORGOTTEN_KEY, -math.inf))
+        self.nonces: dict[str, float] = {str(n): float(t) for n, t in saved.items()}
 
     def admit(self, kind: str, payload: bytes, now: float) -> Admitted:
         """The request's document, or ``Refused`` saying why not. A nonce let through is
         saved before this returns."""
-        try:
-            doc = json.loads(payload)
-        except (ValueError, RecursionError):
-            raise Refused("bad", "not JSON") from None
+        return self.admit_doc(kind, decode_request(payload), now)
+
+    def admit_doc(self, kind: str, doc: Any, now: float) -> Admitted:
+        """``admit`` for a payload already decoded with ``decode_request``."""
         if not isinstance(doc, dict):
             raise Refused("bad", "a request is a JSON object")
         if "mac" not in doc:
@@ -294,6 +333,9 @@ class Gate:
             raise Refused("bad", "a signed request needs a nonce (16-128 characters)", mac)
         if abs(now - ts) > self.window_s:
             raise Refused("stale", f"stale request: signed {now - ts:+.0f} s from the daemon's clock (allowed ±{self.window_s:g} s)", mac)
+        if ts <= self.forgotten_until:
+            # Its nonce may have been forgotten already: only a clock stepped back puts it in the window again.
+            raise Refused("stale", "stale request: signed before requests the daemon no longer remembers (its clock was set back?)", mac)
         if nonce in self.nonces:
             raise Refused("replayed", "replayed request: this nonce was used already")
         self._remember(nonce, float(ts), now, mac)
@@ -301,11 +343,18 @@ class Gate:
 
     def _remember(self, nonce: str, ts: float, now: float, mac: str) -> None:
         horizon = now - self.window_s
-        # Beyond the window a request is stale whatever its nonce: forget what can no longer pass.
-        self.nonces = {n: t for n, t in self.nonces.items() if t >= horizon}
+        # Beyond the window a request is stale whatever its nonce: forget what can no longer
+        # pass, and remember how far we forgot (the clock may be set back later).
+        kept = {n: t for n, t in self.nonces.items() if t >= horizon}
+        if len(kept) < len(self.nonces):
+            self.forgotten_until = max(self.forgotten_until, max(t for t in self.nonces.values() if t < horizon))
+        self.nonces = kept
         if len(self.nonces) >= MAX_NONCES:
             # Only key holders add nonces; forgetting one early would let it be replayed, so
             # a flood of them is refused instead until the window moves on.
             raise Refused("busy", f"more than {MAX_NONCES} requests within {self.window_s:g} s; try again later", mac)
         self.nonces[nonce] = ts
-        self._save(self.nonces)
+        saved = dict(self.nonces)
+        if self.forgotten_until > -math.inf:
+            saved[_FORGOTTEN_KEY] = self.forgotten_until
+        self._save(saved)

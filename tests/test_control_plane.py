@@ -145,6 +145,50 @@ def test_the_gate_refuses_unsigned_altered_stale_and_replayed_requests_across_a_
     journal.close()
 
 
+def test_a_request_forgotten_by_the_gate_is_not_admitted_again_when_the_clock_is_set_back(tmp_path):
+    # The tester's scenario: admitted at T, its nonce pruned when another request comes at
+    # T+301, then the worker's wall clock is stepped back 10 s (NTP): T+291 is inside T's window.
+    key = ControlKey(os.urandom(32))
+    T = 1_800_000_000.0
+    journal, gate = _journal_gate(tmp_path / "journal.sqlite", key)
+    first = key.sign_request("ack", {"id": "W1", "by": "alice"}, T)
+    assert gate.admit("ack", json.dumps(first).encode(), T).mac == first["mac"]
+    gate.admit("ack", json.dumps(key.sign_request("ack", {"id": "W2", "by": "alice"}, T + 301)).encode(), T + 301)
+    assert first["nonce"] not in gate.nonces  # forgotten: the case the clock step exploits
+    r = _refusal(gate, "ack", first, T + 291)
+    assert (r.code, r.reply_to) == ("stale", first["mac"]) and "set back" in r.reason
+    # ... and after a restart (what was forgotten is saved with the nonces).
+    journal.close()
+    journal, again = _journal_gate(tmp_path / "journal.sqlite", key)
+    assert _refusal(again, "ack", first, T + 291).code == "stale"
+    # A new request signed after the step back is let through: the clock going back does not
+    # lock people out, and a clock that ran ahead for a while did not either.
+    fresh = key.sign_request("ack", {"id": "W1", "by": "alice"}, T + 292)
+    assert again.admit("ack", json.dumps(fresh).encode(), T + 292).mac == fresh["mac"]
+    journal.close()
+
+
+def test_the_gate_refuses_an_oversized_payload_unread_and_echoes_only_a_sane_request_id():
+    from geowarn.alerts.control import MAX_REQUEST_BYTES, decode_request, request_id_of
+
+    key = ControlKey(os.urandom(32))
+    gate = Gate(key, dict, lambda v: None)
+    big = json.dumps({"request": "R" * 1_000_000, "id": "W1", "mac": "0" * 64}).encode()
+    r = _refusal(gate, "ack", big, 1_800_000_000.0)
+    assert r.code == "too_large" and str(MAX_REQUEST_BYTES) in r.reason and r.reply_to == ""
+    with pytest.raises(Refused) as caught:
+        decode_request(b"x" * (MAX_REQUEST_BYTES + 1))
+    assert caught.value.code == "too_large"
+    # A signed request of ordinary size (a long note) still passes.
+    doc = key.sign_request("ack", {"id": "W1", "by": "x", "note": "n" * 8000}, 1_800_000_000.0)
+    assert gate.admit_doc("ack", decode_request(json.dumps(doc).encode()), 1_800_000_000.0).mac == doc["mac"]
+    assert request_id_of({"request": "0f" * 16}) == "0f" * 16
+    assert request_id_of({"request": "forged-1"}) == "forged-1"
+    for bad in ("R" * 65, "", "a b", "x\n", 5, None, ["r"]):
+        assert request_id_of({"request": bad}) == ""
+    assert request_id_of([1]) == ""
+
+
 def test_results_are_trusted_only_when_signed_and_bound_to_the_request(tmp_path):
     key = load_or_create_key(tmp_path)
     now = time.time()
