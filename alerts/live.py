@@ -98,13 +98,13 @@ class Request:
     @staticmethod
     def request_id_of(payload: bytes) -> str:
         """The caller's request id, even from a request that is otherwise invalid (so the
-        refusal reaches whoever asked)."""
+        refusal reaches whoever asked); "" when it is not id-shaped (at most 64 characters)."""
+        from geowarn.alerts.control import Refused, decode_request, request_id_of
+
         try:
-            doc = json.loads(payload)
-        except (ValueError, RecursionError):
+            return request_id_of(decode_request(payload))
+        except Refused:  # too large to read, or not JSON
             return ""
-        rid = doc.get("request") if isinstance(doc, dict) else None
-        return rid if isinstance(rid, str) else ""
 
     @classmethod
     def parse(cls, kind: str, payload: bytes) -> "Request":

@@ -51,6 +51,10 @@ NONCES_KEY = "control.nonces"
 #: Audit rows a minute for refused requests; beyond, one row counts the rest (a flood of
 #: forgeries must not become a flood of fsync'd rows).
 AUDIT_PER_MINUTE = 20
+#: Requests answered per step at most, and about how long they may take: requests share the
+#: detection worker's loop with the judging of readings, which must go on during a flood.
+REQUESTS_PER_STEP = 20
+REQUEST_BUDGET_S = 0.2
 BATCH = 5000
 
 
@@ -277,21 +281,32 @@ class DetectionJob:
         return self.detection.step() + self._requests()
 
     def _requests(self) -> int:
-        from geowarn.alerts.control import Refused
-        from geowarn.alerts.live import Request, Result
+        """Answer the requests waiting, at most ``REQUESTS_PER_STEP`` of them or
+        ``REQUEST_BUDGET_S`` of work, so that a flood on an open broker delays the judging of
+        readings by a step at most: the rest wait in the inbox for the next step."""
+        from geowarn.alerts.control import Refused, decode_request, request_id_of
+        from geowarn.alerts.live import Result
 
-        items = self.link.inbox.take(100, 0.0)
-        for it in items:
+        deadline = time.perf_counter() + REQUEST_BUDGET_S
+        handled = 0
+        while handled < REQUESTS_PER_STEP and (handled == 0 or time.perf_counter() < deadline):
+            items = self.link.inbox.take(1, 0.0)
+            if not items:
+                break
+            it = items[0]
+            handled += 1
             kind = it.topic.decode("utf-8", "replace").rsplit("/", 1)[-1]
             # The control plane's window is wall time, whatever clock the chain runs on (the
             # demo's event clock): the signer stamps its request with its wall clock.
             now = time.time()
+            doc: Any = None
             try:
-                admitted = self.gate.admit(kind, it.payload, now)
+                doc = decode_request(it.payload)  # bounded, and parsed once for all below
+                admitted = self.gate.admit_doc(kind, doc, now)
             except Refused as refusal:
-                result = Result(Request.request_id_of(it.payload), False, f"{kind} request refused: {refusal.reason}", f"refused_{refusal.code}")
+                result = Result(request_id_of(doc), False, f"{kind} request refused: {refusal.reason}", f"refused_{refusal.code}")
                 reply_to, by = refusal.reply_to, "-"
-                self._audit_refusal(kind, _target_of(kind, it.payload), result.detail, now)
+                self._audit_refusal(kind, _target_of(kind, doc), result.detail, now)
             else:
                 reply_to = admitted.mac
                 result, by = self._apply(kind, admitted.doc)
@@ -301,7 +316,7 @@ class DetectionJob:
             answer = self.gate.key.sign_result(kind, {**result.to_json(), "reply_to": reply_to}, now)
             self.link.publish(f"{self.prefix}/{kind}/result", json.dumps(answer, ensure_ascii=False).encode(), False)
             self.link.ack(it)  # after the chain committed what the request changed
-        return len(items)
+        return handled
 
     def _apply(self, kind: str, doc: dict[str, Any]) -> tuple[Any, str]:
         """Carry out an admitted request: its Result and who asked."""
@@ -363,12 +378,9 @@ class DetectionJob:
             self._tokens.close()
 
 
-def _target_of(kind: str, payload: bytes) -> str:
-    """What a (refused) request was about, for its audit row: warning, task or site."""
-    try:
-        doc = json.loads(payload)
-    except (ValueError, RecursionError):
-        return "-"
+def _target_of(kind: str, doc: Any) -> str:
+    """What a (refused) request was about, for its audit row: warning, task or site ("-" for
+    a payload that was not a JSON object, or not read at all)."""
     if not isinstance(doc, dict):
         return "-"
     value = {"ack": doc.get("id"), "report": doc.get("task_id", doc.get("id"))}.get(kind, doc.get("site"))

@@ -396,3 +396,46 @@ def test_the_cli_acks_as_the_os_user_and_its_request_replayed_after_a_restart_is
         assert len([h for h in _timeline(zigui, wid)["history"] if h["rule"] == "ack"]) == 1
     finally:
         bus.close()
+
+
+@pytest.mark.slow
+def test_a_flood_of_hostile_requests_neither_delays_a_real_request_nor_stops_judging(tmp_path, mosquitto):
+    """The tester's stall: 6 MB unsigned acks (a 1 MB request id, 200k keys) and small
+    hostile ones ahead of a real signed request and of readings that raise a warning."""
+    data = tmp_path / "data"
+    daemon = Daemon(data, mosquitto.url, extra_env={"GEOWARN_ALERT_POLICY": POLICY, "GEOWARN_HTTP": "off"})
+    daemon.start()
+    bus = Bus(mosquitto.url, ["geowarn/ack/result", "geowarn/shelve/result", "geowarn/alerts/#"], "flood-watch")
+    flood = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="atk-stall")
+    flood.connect(MqttTarget(mosquitto.url).host, MqttTarget(mosquitto.url).port, 30)
+    flood.loop_start()
+    try:
+        key = load_key(data / KEY_FILE)
+        huge = {f"k{i:07d}": [i, "x"] for i in range(200_000)}
+        huge.update(mac="0" * 64, request="R" * 1_000_000, id="BSH-20261206T205156Z-4")
+        payload = json.dumps(huge).encode()
+        hostile = [payload] * 10 + [b"[" * 8000 + b"]" * 8000] * 20 + [json.dumps({"request": "Q" * 5000, "id": "x"}).encode()] * 20
+        infos = [flood.publish("geowarn/ack", p, qos=1) for p in hostile]
+        for info in infos:
+            info.wait_for_publish(30)
+        real = key.sign_request("shelve", {"site": "XK", "by": "tester", "until": time.time() + 3600, "request": "real-1"}, time.time())
+        t0 = time.monotonic()
+        bus.publish("geowarn/shelve", real)
+        yellow_slope(mosquitto.url)
+        _, answer = bus.wait(lambda t, d: t == "geowarn/shelve/result" and d.get("request") == "real-1", 30, "the answer to the real request")
+        answered_s = time.monotonic() - t0
+        assert answer["ok"] is True and answer["reply_to"] == real["mac"] and key.verify_result("shelve", answer)
+        assert answered_s < 5.0, f"the real request waited {answered_s:.1f} s behind the flood"
+        # The readings published after it are judged: BSH's yellow is announced.
+        wait_for(lambda: any(t == "geowarn/alerts/420527/BSH" and d.get("level") == 2 for t, d in bus.seen), 60, "BSH's yellow from the readings", daemon)
+        refusals = [d for t, d in bus.seen if t == "geowarn/ack/result"]
+        assert len(refusals) == len(hostile), daemon.log_tail()
+        assert sum(1 for d in refusals if d["rule"] == "refused_too_large") == 10
+        # No refusal echoes a huge id back onto the bus.
+        assert all(d["request"] == "" for d in refusals)
+        assert max(len(json.dumps(d)) for d in refusals) < 1000
+    finally:
+        flood.disconnect()
+        flood.loop_stop()
+        bus.close()
+        daemon.close()
