@@ -32,6 +32,7 @@ import re
 import smtplib
 import ssl
 import threading
+import unicodedata
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -153,25 +154,93 @@ class Notifier(Protocol):
 # -- MQTT ---------------------------------------------------------------------------------
 
 
-_PHONE_KEYS = frozenset({"phone", "phones", "email", "emails", "mobile", "tel"})
-# Free text (an ack note, a reason) may carry contact data too. E-mail addresses are
-# unambiguous; phones are matched only in shapes no GeoWarn number or id takes: "+<country>…",
-# an 11-digit Chinese mobile number, a "0xx(x)-xxxxxxx(x)" landline, never inside a word (a
-# hex id) or a decimal number.
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+# A key that names contact data is dropped with its value: any key containing one of these
+# (case-insensitive: PhoneNumber, contact_phone, e_mail, 手机, 电话, 邮箱) or made of one of the
+# short words ("tel", "fax": as whole words only, not "hotel" or "telemetry").
+_CONTACT_KEY_PARTS = ("phone", "mobile", "mail", "手机", "电话", "邮箱", "座机", "联系方式")
+_CONTACT_KEY_WORDS = frozenset({"tel", "fax", "cell"})
+_KEY_WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])")
+# Keys whose values GeoWarn makes (ids, signatures): never redacted, whatever digits they hold.
+_ID_KEYS = frozenset({"id", "identifier", "mac", "nonce", "reply_to", "request"})
+# Free text (an ack note, a reason) may carry contact data too, matched after NFKC (full-width
+# digits, "＠", "＋" count as their ASCII forms). E-mail: anything@domain.tld, letters of any
+# script (值班@例子.中国). Phones: a run of 7 or more digits, separators ( .-()+) allowed
+# between them, that does not touch a Latin letter, digit or "_" on either side (nor follows
+# "letter-" or "letter."): so ids such as BSH-20261202T220000Z-4, hex ids and times such as
+# 2026-12-02T22:00:00Z survive, while 138 0013 8000, (0717)6251234 and +86.717.000.1000 do
+# not. A mobile number glued to a word (x13800138000) is caught by its own shape.
+_EMAIL = re.compile(r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)+")
 _PHONE = re.compile(
-    r"\+\d[\d ()-]{6,}\d"
-    r"|(?<![A-Za-z0-9_.-])1[3-9]\d{9}(?![A-Za-z0-9_.])"
-    r"|(?<![A-Za-z0-9_.-])0\d{2,3}-\d{7,8}(?![A-Za-z0-9_.])"
+    r"(?<![A-Za-z0-9_])(?<![A-Za-z0-9_][.-])[+(]?\d(?:[ .()+-]{0,2}\d)+(?![A-Za-z0-9_])"
+    r"|(?<![0-9])(?:86)?1[3-9]\d{9}(?![A-Za-z0-9_])"
 )
+_DATE = re.compile(r"\d{4}[-./]\d{1,2}[-./]\d{1,2}(?!\d)")
+_DECIMAL = re.compile(r"\d+\.\d+")
+MIN_PHONE_DIGITS = 7
 REDACTED = "[redacted]"
+
+
+def _contact_key(key: Any) -> bool:
+    k = str(key)
+    low = k.lower()
+    if any(part in low for part in _CONTACT_KEY_PARTS):
+        return True
+    return any(w.lower() in _CONTACT_KEY_WORDS for w in _KEY_WORD.findall(k))
+
+
+def _id_key(key: Any) -> bool:
+    k = str(key).lower()
+    return k in _ID_KEYS or k.endswith("_id")
+
+
+def _phone_like(run: str) -> bool:
+    digits = sum(c.isdigit() for c in run)
+    if digits < MIN_PHONE_DIGITS:
+        return False
+    if _DATE.match(run) or _DECIMAL.fullmatch(run):
+        return False  # 2026-12-02 22, 1234567.5: a time or a measurement, not a number to call
+    return True
+
+
+def _normalised(text: str) -> tuple[str, list[int]]:
+    """``text`` in NFKC, character by character, with each output position's index in ``text``."""
+    out: list[str] = []
+    where: list[int] = []
+    for i, c in enumerate(text):
+        n = unicodedata.normalize("NFKC", c) if not c.isascii() else c
+        out.append(n)
+        where.extend([i] * len(n))
+    return "".join(out), where
+
+
+def redact_text(text: str) -> str:
+    """``text`` with e-mail addresses and phone numbers replaced by ``[redacted]``; the rest of
+    it as it was (full-width punctuation included)."""
+    norm, where = _normalised(text)
+    spans = [m.span() for m in _EMAIL.finditer(norm)]
+    spans += [m.span() for m in _PHONE.finditer(norm) if _phone_like(m.group())]
+    if not spans:
+        return text
+    merged: list[list[int]] = []
+    for a, b in sorted(spans):
+        a, b = where[a], where[b - 1] + 1  # back to the original's positions
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    out, last = [], 0
+    for a, b in merged:
+        out += [text[last:a], REDACTED]
+        last = b
+    out.append(text[last:])
+    return "".join(out)
 
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
-        return _PHONE.sub(REDACTED, _EMAIL.sub(REDACTED, value))
+        return redact_text(value)
     if isinstance(value, Mapping):
-        return {k: _scrub(v) for k, v in value.items() if str(k).lower() not in _PHONE_KEYS}
+        return {k: (v if _id_key(k) and isinstance(v, str) else _scrub(v)) for k, v in value.items() if not _contact_key(k)}
     if isinstance(value, (list, tuple)):
         return [_scrub(v) for v in value]
     return value
@@ -182,9 +251,11 @@ def public_payload(msg: Outgoing) -> bytes:
 
     The body's ``contacts`` keep each contact's name and role only (the unit sees who is on
     duty, as on its own roster; a name alone reaches nobody), ``delivery.to`` keeps those
-    names, and every ``phone``/``email`` key (e.g. the site's responsible person in a quick
-    report draft) is dropped; e-mail addresses and phone numbers in free text are replaced by
-    ``[redacted]``. Email, SMS and webhooks still get the full message.
+    names, and every key that names contact data (``phone``, ``PhoneNumber``, ``contact_phone``,
+    ``email``, ``tel``, ``手机``, ``电话``, ``邮箱``…; e.g. the site's responsible person in a quick
+    report draft) is dropped; e-mail addresses and phone numbers in free text, in any width or
+    script, are replaced by ``[redacted]``. Ids (``id``, ``*_id``, ``identifier``) are left as
+    they are. Email, SMS and webhooks still get the full message.
     """
     body = dict(msg.body)
     if "contacts" in body:

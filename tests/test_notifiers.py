@@ -521,3 +521,54 @@ def test_outgoing_for_gives_stable_ids_and_marks_exercises():
     json.dumps(m.body)  # JSON-able
     drill = outgoing_for(_notify(exercise=True), roster)
     assert all(d.subject.startswith("[EXERCISE 演练]") and d.exercise for d in drill)
+
+
+# -- redaction of contact data on MQTT (the tester's cases) ------------------------------------
+
+_CONTACT_TEXT = [
+    "call 138 0013 8000 now", "call 138-0013-8000", "电话１３８００１３８０００", "值班 0717 6251234", "(0717)6251234",
+    "07176251234", "0717-6251234", "tel:13800138000", "x13800138000", "值班@例子.中国", "duty＠zigui.example.org",
+    "duty@zigui.example.org", "Duty+ops@Zigui.Example.ORG", "+86 717 000 1000", "+86.717.000.1000", "86 717 000 1000",
+    "8613800138000", "＋８６ ７１７ ０００ １０００",
+]
+
+
+@pytest.mark.parametrize("text", _CONTACT_TEXT)
+def test_phone_numbers_and_email_addresses_in_free_text_are_redacted_on_mqtt(text):
+    from geowarn.alerts.notifiers import Outgoing, public_payload
+
+    msg = Outgoing("n1/mqtt", "mqtt", "warning", "420527", "BSH", 2, "subj", "text", {"note": text}, 0.0)
+    note = json.loads(public_payload(msg))["body"]["note"]
+    assert "[redacted]" in note and not any(c.isdigit() or c == "@" or c == "＠" for c in note.replace("[redacted]", "")), note
+
+
+def test_contact_keys_are_dropped_whatever_their_spelling():
+    from geowarn.alerts.notifiers import Outgoing, public_payload
+
+    responsible = {"name": "Li", "Phone": "13800138000", "PhoneNumber": "0717 6251234", "contact_phone": "0717 6251234",
+                   "手机": "138 0013 8000", "办公电话": "0717 6251234", "邮箱": "li@example.org", "E_Mail": "li@example.org",
+                   "MOBILE": "1", "tel": "1", "Tel": "1", "fax": "1", "hotel": "Guizhou", "telemetry": "on"}
+    msg = Outgoing("n1/mqtt", "mqtt", "report_due", "420527", "BZM", 3, "subj", "text",
+                   {"draft": {"responsible": responsible}, "contacts": [{"name": "duty 138 0013 8000", "role": "x", "phone": "+86 1"}]}, 0.0)
+    body = json.loads(public_payload(msg))["body"]
+    assert body["draft"]["responsible"] == {"name": "Li", "hotel": "Guizhou", "telemetry": "on"}
+    assert body["contacts"] == [{"name": "duty [redacted]", "role": "x"}]
+
+
+def test_ids_times_and_measurements_survive_redaction():
+    from geowarn.alerts.notifiers import Outgoing, public_payload, redact_text
+
+    wid = "BSH-20261202T220000Z-4"
+    keep = [
+        f"{wid} acknowledged by 王值班: patrol sent，已通知村民（全体）", f"task {wid}/report/1", "until 2026-12-02T22:00:00Z",
+        "until 2026-12-02 22:00", "velocity 1234567.5 mm/day", "30.1234567,110.7654321", "levels 1 2 3 4", "n1/mqtt",
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    ]
+    for text in keep:
+        assert redact_text(text) == text
+    nid = f"{wid}/notify/420527/mqtt/0"
+    msg = Outgoing(nid, "mqtt", "warning", "420527", "BSH", 2, f"[yellow] BSH {wid}", f"warning {wid}",
+                   {"warning_id": wid, "task_id": "13800138000", "identifier": "13800138000", "id": "86-13800138000"}, 0.0)
+    doc = json.loads(public_payload(msg))
+    assert doc["id"] == nid and doc["subject"] == f"[yellow] BSH {wid}" and doc["text"] == f"warning {wid}"
+    assert doc["body"] == {"warning_id": wid, "task_id": "13800138000", "identifier": "13800138000", "id": "86-13800138000"}
