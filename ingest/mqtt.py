@@ -8,6 +8,12 @@
   on a later one: the broker redelivers it with the same packet id, and acking the stale copy
   could acknowledge a different message that reuses the id.
 - paho reconnects by itself with exponential backoff (1 s to 30 s) after a broker restart.
+- A session taken over: another client connecting with our client id makes the broker drop
+  us, we reconnect and drop it, and the two swap the session (and its queued messages) about
+  once a second. MQTT 5 says so (DISCONNECT reason 142, "Session taken over"); on MQTT 3.1.1
+  the broker only closes the socket, so ``TAKEOVER_DROPS`` losses within ``TAKEOVER_SPAN_S``,
+  each shortly after a successful connect, count as one. Either is logged as an ERROR that
+  names the likely cause (at most every ``TAKEOVER_LOG_EVERY_S``), not only as reconnects.
 - The inbox is bounded. When it is full paho's thread waits (TCP back-pressure to the broker)
   rather than dropping: with manual acks the broker's in-flight window bounds the wait anyway,
   and ``Inbox.waits`` counts it so an operator can see it. It is a deque and an event rather
@@ -77,6 +83,47 @@ class Inbox:
         return len(self._q)
 
 
+#: MQTT 5 DISCONNECT reason: another connection with the same client id took the session.
+SESSION_TAKEN_OVER = 142
+#: On MQTT 3.1.1: this many connections lost, each within ``TAKEOVER_AFTER_CONNECT_S`` of
+#: being made, within ``TAKEOVER_SPAN_S``, look like a takeover rather than a flaky network.
+TAKEOVER_DROPS = 3
+TAKEOVER_AFTER_CONNECT_S = 5.0
+TAKEOVER_SPAN_S = 60.0
+TAKEOVER_LOG_EVERY_S = 300.0
+
+
+class TakeoverWatch:
+    """Tells a session takeover from ordinary reconnects (pure: times are passed in)."""
+
+    def __init__(self) -> None:
+        self._connected_at: float | None = None
+        self._quick_drops: deque[float] = deque()
+        self._logged_at = -float("inf")
+        self.takeovers = 0
+
+    def connected(self, now: float) -> None:
+        self._connected_at = now
+
+    def dropped(self, now: float, reason: int | None) -> bool:
+        """A connection was lost (not by us); True when this should be reported as a takeover now."""
+        since, self._connected_at = self._connected_at, None
+        suspect = reason == SESSION_TAKEN_OVER
+        if not suspect and since is not None and now - since <= TAKEOVER_AFTER_CONNECT_S:
+            q = self._quick_drops
+            q.append(now)
+            while q and now - q[0] > TAKEOVER_SPAN_S:
+                q.popleft()
+            suspect = len(q) >= TAKEOVER_DROPS
+        if not suspect:
+            return False
+        self.takeovers += 1
+        if now - self._logged_at < TAKEOVER_LOG_EVERY_S:
+            return False
+        self._logged_at = now
+        return True
+
+
 class MqttLink:
     def __init__(
         self,
@@ -103,6 +150,8 @@ class MqttLink:
         self.connects = 0
         self._stopping = False
         self._v5 = protocol == "5"
+        self.client_id = client_id
+        self.takeover = TakeoverWatch()
         self._keepalive = keepalive_s
         self._session_expiry_s = session_expiry_s
         self._receive_maximum = receive_maximum
@@ -139,6 +188,7 @@ class MqttLink:
             return
         self.generation += 1
         self.connects += 1
+        self.takeover.connected(time.monotonic())
         log.info("connected to the broker", extra=kv(broker=self.target.redacted(), session_present=getattr(flags, "session_present", None)))
         if self.subscriptions:
             client.subscribe([(t, 1) for t in self.subscriptions])
@@ -154,6 +204,15 @@ class MqttLink:
         self.subscribed.clear()
         if not self._stopping:
             log.warning("lost the broker; reconnecting with backoff", extra=kv(broker=self.target.redacted(), reason=reason_code))
+            value = getattr(reason_code, "value", None)
+            if self.takeover.dropped(time.monotonic(), value if isinstance(value, int) else None):
+                log.error(
+                    "the broker keeps handing this link's session to another client: something else connects with "
+                    "the same client id (a second daemon on this configuration, or anyone on an open broker) and takes "
+                    "the messages meant for it; lock the broker down with `geowarn broker-config` "
+                    "(README: Securing the broker), and give each daemon its own GEOWARN_MQTT_CLIENT_ID",
+                    extra=kv(broker=self.target.redacted(), client_id=self.client_id, reason=reason_code, takeovers=self.takeover.takeovers),
+                )
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # The raw topic bytes: paho's .topic raises on invalid UTF-8, and the pipeline

@@ -102,3 +102,98 @@ def test_mqtt5_session_expiry_keeps_the_backlog_across_a_sigkill(tmp_path, mosqu
     finally:
         pub.loop_stop()
         d.close()
+
+
+# -- session takeover ------------------------------------------------------------------------
+
+
+def _rival(url: str, client_id: str, protocol: int) -> "mqtt.Client":
+    """Someone on an open broker connecting with our client id, reconnecting when dropped (as
+    paho does by itself): the two clients take the session from each other over and over."""
+    import paho.mqtt.client as mqtt
+
+    from geowarn.config.settings import MqttTarget
+
+    target = MqttTarget(url)
+    kwargs = {"clean_session": False} if protocol == mqtt.MQTTv311 else {}
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, **kwargs)
+    c.reconnect_delay_set(1, 1)
+    c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("geowarn/+", 1)
+    c.connect_async(target.host, target.port, 30)
+    c.loop_start()
+    return c
+
+
+def test_a_client_taking_the_detection_workers_session_is_reported_as_an_error(tmp_path, mosquitto):
+    """The tester's steal.py: a client with ``{mqtt_client_id}-detection`` swallowed signed
+    requests while the daemon logged only reconnects (MQTT 3.1.1: the broker just closes)."""
+    import paho.mqtt.client as mqtt
+
+    d = Daemon(tmp_path / "data", mosquitto.url, client_id="geowarn-test")
+    d.start()
+    rival = _rival(mosquitto.url, "geowarn-test-detection", mqtt.MQTTv311)
+    try:
+        deadline = time.monotonic() + 45
+        while "ERROR" not in d.log_tail(200) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        errors = [line for line in d.log_tail(400).splitlines() if " ERROR " in line]
+        assert errors, d.log_tail(60)
+        assert "same client id" in errors[0] and "geowarn broker-config" in errors[0] and "client_id=geowarn-test-detection" in errors[0]
+        assert len(errors) == 1  # said once, not once a second
+    finally:
+        rival.disconnect()
+        rival.loop_stop()
+        d.close()
+
+
+def test_an_mqtt5_session_taken_over_is_reported_at_once(mosquitto, caplog):
+    import logging
+
+    import paho.mqtt.client as mqtt
+
+    from geowarn.config.settings import MqttTarget
+    from geowarn.ingest.mqtt import MqttLink
+
+    link = MqttLink(MqttTarget(mosquitto.url), client_id="geowarn-v5", subscriptions=["geowarn/ack"], protocol="5")
+    caplog.set_level(logging.WARNING, logger="geowarn.ingest.mqtt")
+    link.start()
+    rival = None
+    try:
+        assert link.wait_connected(10)
+        rival = _rival(mosquitto.url, "geowarn-v5", mqtt.MQTTv5)
+        deadline = time.monotonic() + 15
+        while not [r for r in caplog.records if r.levelno == logging.ERROR] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert errors and "same client id" in errors[0].getMessage() and "geowarn broker-config" in errors[0].getMessage()
+    finally:
+        if rival is not None:
+            rival.disconnect()
+            rival.loop_stop()
+        link.stop()
+
+
+def test_takeover_watch_tells_a_takeover_from_a_flaky_network():
+    from geowarn.ingest.mqtt import SESSION_TAKEN_OVER, TakeoverWatch
+
+    w = TakeoverWatch()
+    # Drops long after each connect (a broker restart now and then): never a takeover.
+    t = 0.0
+    for _ in range(10):
+        w.connected(t)
+        assert not w.dropped(t + 30.0, 128)
+        t += 31.0
+    # Three drops within a minute, each a second after connecting: reported once...
+    w.connected(t)
+    assert not w.dropped(t + 1, 128)
+    w.connected(t + 2)
+    assert not w.dropped(t + 3, 128)
+    w.connected(t + 4)
+    assert w.dropped(t + 5, 128)
+    w.connected(t + 6)
+    assert not w.dropped(t + 7, 128)  # ... not again within 5 minutes
+    assert w.takeovers == 2
+    # MQTT 5 says so: reported at the first drop (after the quiet period).
+    w2 = TakeoverWatch()
+    w2.connected(0.0)
+    assert w2.dropped(100.0, SESSION_TAKEN_OVER)
