@@ -21,7 +21,9 @@ Two rules shape it:
 - **Scope and audit at the door.** Every ``/api`` request needs a bearer token
   (console/tokens.py); lists are filtered to the token's jurisdiction, and reaching for
   something outside it is 403. Every action and every refused attempt is written to the audit
-  table (who, when, what, from where, outcome) before the answer goes out.
+  table (who, when, what, from where, outcome) before the answer goes out — except failed
+  token attempts, one row per burst of them (console/security.py), so a flood costs no fsync
+  per request.
 
 ``/healthz`` and ``/metrics`` need no token (a load balancer and Prometheus scrape them);
 the console's static files neither (they hold no data; the page asks for a token).

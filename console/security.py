@@ -11,11 +11,14 @@ This module owns three small rules of the HTTP surface (issue 12, item 5):
 - **The client address** (``client_address``): the TCP peer, unless the peer is one of
   ``GEOWARN_TRUSTED_PROXIES``; only then is ``X-Forwarded-For`` read, right to left, skipping
   the trusted hops. Anybody can send the header; only a proxy we run may be believed.
-- **Failed token attempts** (``FailedTokenLimiter``): per client address, at most ``limit``
-  unknown or revoked tokens per ``window_s``; beyond that the answer is 429 with Retry-After.
-  The attempts of one burst (failures no more than ``window_s`` apart, at most ``max_burst_s``
-  long) become ONE audit row when the burst ends, instead of an fsync'd row per attempt: a
-  flood of bad tokens must neither fill the disk nor hide the actions the audit is for.
+- **Failed token attempts** (``FailedTokenLimiter``): per client (an IPv4 address, an IPv6
+  /64: ``limiter_key``), at most ``limit`` requests without a token or with an unknown or
+  revoked one per ``window_s``; beyond that the answer is 429 with Retry-After. The attempts
+  of one burst (failures no more than ``window_s`` apart, at most ``max_burst_s`` long) become
+  ONE audit row when the burst ends, instead of an fsync'd row per attempt: a flood of bad
+  tokens must neither fill the disk nor hide the actions the audit is for. What the limiter
+  keeps is bounded too (clients, targets per burst, text length, rows per audit round), since
+  it lives in the ingest process.
 
 A live token is never refused because its address is rate-limited: secrets are 256-bit
 random strings, so the limit protects the disk and the audit, not the secrets, and a duty
@@ -30,6 +33,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,15 +41,20 @@ from typing import Any
 from geowarn.core.timefmt import rfc3339
 
 __all__ = [
+    "AUDIT_TEXT_CHARS",
+    "BURST_PATHS",
     "CONTENT_SECURITY_POLICY",
     "FAILED_TOKEN_LIMIT",
     "FAILED_TOKEN_WINDOW_S",
     "SECURITY_HEADERS",
     "Burst",
     "FailedTokenLimiter",
+    "MANY",
     "Network",
     "SecurityHeaders",
+    "bounded",
     "client_address",
+    "limiter_key",
 ]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -55,6 +64,15 @@ FAILED_TOKEN_LIMIT = 10
 FAILED_TOKEN_WINDOW_S = 60.0
 #: A burst that never pauses is still audited this often.
 FAILED_TOKEN_MAX_BURST_S = 600.0
+#: A path (or any text a caller puts in a URL) is kept at most this long, in the audit and in
+#: the limiter's memory: a URL may be 8 KB, and the audit is a record, not a copy of the attack.
+AUDIT_TEXT_CHARS = 200
+#: Distinct targets one burst remembers; attempts on any further one are only counted.
+BURST_PATHS = 20
+#: Clients an aggregate burst names in its audit row.
+BURST_SAMPLE = 5
+#: The ``client`` of an aggregate burst (many addresses merged).
+MANY = "*"
 
 #: Only our own files, only our own origin. No 'unsafe-inline': the page has no inline script or
 #: style (app.js sets colours through the CSSOM, which CSP does not govern). img-src allows
@@ -163,24 +181,86 @@ def client_address(peer: str | None, forwarded_for: Iterable[str], trusted: Sequ
 # -- failed token attempts -------------------------------------------------------------------
 
 
+def bounded(text: str, limit: int = AUDIT_TEXT_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (the cut marked with …): what a caller put in a URL
+    reaches the audit and the limiter's memory at most this long."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def limiter_key(client: str) -> str:
+    """The address the limit counts: an IPv4 address itself, an IPv6 address its /64.
+
+    One IPv6 subscriber routinely holds a whole /64 (SLAAC, privacy addresses), so counting
+    single IPv6 addresses would give one client 2^64 fresh allowances. Anything that is not an
+    address (a Unix socket, ``-``) counts as itself, cut to a bounded length."""
+    addr = _ip(client)
+    if isinstance(addr, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((int(addr) >> 64 << 64, 64)))
+    if addr is not None:
+        return str(addr)
+    return bounded(client, 100)
+
+
 @dataclass
 class Burst:
-    """Failed token attempts of one client address, no more than the limiter's window apart."""
+    """Failed token attempts of one client (``limiter_key``), no more than the limiter's window
+    apart — or, with ``client`` ``MANY``, the merged bursts of ``addresses`` clients that a
+    flood pushed out of the limiter's table or past one audit round's rows.
+
+    ``paths`` counts attempts per target ("GET /api/sites/{site}": the route template, not
+    the URL), at most ``BURST_PATHS`` distinct ones, each at most ``AUDIT_TEXT_CHARS`` long;
+    attempts on any further target are counted in ``other_paths``. A burst's memory is bounded
+    whatever the URLs were."""
 
     client: str
     first: float
     last: float
     failures: int = 0
+    missing: int = 0  # of which sent no token at all
     limited: int = 0  # of which answered 429
     paths: dict[str, int] = field(default_factory=dict)
+    other_paths: int = 0
+    addresses: int = 1
+    sample: list[str] = field(default_factory=list)  # a few of the merged clients (MANY only)
+
+    def count(self, path: str, n: int = 1) -> None:
+        if path in self.paths or len(self.paths) < BURST_PATHS:
+            self.paths[path] = self.paths.get(path, 0) + n
+        else:
+            self.other_paths += n
+
+    def absorb(self, other: Burst) -> None:
+        """Merge ``other`` into this aggregate."""
+        self.first, self.last = min(self.first, other.first), max(self.last, other.last)
+        self.failures += other.failures
+        self.missing += other.missing
+        self.limited += other.limited
+        self.addresses += other.addresses
+        for path, n in other.paths.items():
+            self.count(path, n)
+        self.other_paths += other.other_paths
+        for client in other.sample or [other.client]:
+            if len(self.sample) < BURST_SAMPLE and client not in self.sample:
+                self.sample.append(client)
+
+    def target(self) -> str:
+        """The target attempted most often (what the audit row's ``target`` shows)."""
+        return max(self.paths, key=self.paths.__getitem__) if self.paths else "-"  # a tie: the first seen
 
     def summary(self, limit: int, window_s: float) -> str:
         paths = ", ".join(f"{p} ×{n}" for p, n in sorted(self.paths.items(), key=lambda kv: (-kv[1], kv[0]))[:5])
-        more = len(self.paths) - 5
+        rest = sum(sorted(self.paths.values(), reverse=True)[5:]) + self.other_paths
+        who = ""
+        if self.client == MANY:
+            who = (
+                f"from {self.addresses} client addresses (e.g. {', '.join(self.sample)}) whose bursts were merged: "
+                f"more at once than the limiter tracks or one audit round writes; "
+            )
         return (
-            f"{self.failures} failed token attempt{'s' if self.failures != 1 else ''} (unknown or revoked) "
+            f"{self.failures} failed token attempt{'s' if self.failures != 1 else ''} "
+            f"({self.missing} without a token, {self.failures - self.missing} unknown or revoked) {who}"
             f"from {rfc3339(self.first)} to {rfc3339(self.last)}; {self.limited} answered 429 "
-            f"(limit {limit} per {window_s:g} s); paths: {paths}" + (f" and {more} more" if more > 0 else "")
+            f"(limit {limit} per {window_s:g} s); paths: {paths}" + (f" and {rest} attempts on others" if rest > 0 else "")
         )
 
 
@@ -192,9 +272,17 @@ class _Client:
 
 
 class FailedTokenLimiter:
-    """Counts failed token attempts per client address; thread-safe (the API's request threads
+    """Counts failed token attempts (no token, or an unknown or revoked one) per client
+    (``limiter_key``: an IPv4 address, an IPv6 /64); thread-safe (the API's request threads
     share it). ``failure`` says whether to answer 429; ``closed`` hands over the bursts that
-    have ended, each exactly once, for the audit."""
+    have ended, each exactly once, for the audit.
+
+    Everything it holds is bounded, since it lives in the ingest process and a flood is what it
+    is for: at most ``max_clients`` clients (the one that failed longest ago is evicted), each
+    burst's paths as ``Burst`` says, and at most ``max_rows`` bursts per ``closed`` call. Evicted
+    bursts, and ended ones beyond ``max_rows``, are merged into one aggregate burst (client
+    ``MANY``), handed over like a burst of its own: a flood from many addresses is a few audit
+    rows, not one per address."""
 
     def __init__(
         self,
@@ -202,6 +290,7 @@ class FailedTokenLimiter:
         window_s: float = FAILED_TOKEN_WINDOW_S,
         max_burst_s: float = FAILED_TOKEN_MAX_BURST_S,
         max_clients: int = 10_000,
+        max_rows: int = 50,
     ) -> None:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
@@ -211,38 +300,67 @@ class FailedTokenLimiter:
             raise ValueError(f"max_burst_s ({max_burst_s}) must be at least window_s ({window_s})")
         if max_clients < 1:
             raise ValueError(f"max_clients must be at least 1, got {max_clients}")
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         self.limit = limit
         self.window_s = window_s
         self.max_burst_s = max_burst_s
         self.max_clients = max_clients
+        self.max_rows = max_rows
         self._reset()
 
     def _reset(self) -> None:
-        self._clients: dict[str, _Client] = {}
+        # Least recently failed first: eviction takes the front in O(1), not a scan per request.
+        self._clients: OrderedDict[str, _Client] = OrderedDict()
         self._done: list[Burst] = []
+        self._merged: Burst | None = None
+        # When the aggregate was opened: its own clock for max_burst_s, since the bursts merged
+        # into it may have begun long before.
+        self._merged_since = 0.0
         self._lock = threading.Lock()
 
-    def failure(self, client: str, path: str, now: float) -> int | None:
-        """Record one failed attempt; the Retry-After seconds when it is over the limit (429),
-        else None (401)."""
+    def _merge(self, burst: Burst, now: float) -> None:
+        if self._merged is None:
+            self._merged = Burst(MANY, burst.first, burst.last, addresses=0)
+            self._merged_since = now
+        self._merged.absorb(burst)
+
+    def _retire(self, burst: Burst, now: float) -> None:
+        if burst.failures == 0:  # a successor nobody joined has nothing to say
+            return
+        if len(self._done) < self.max_rows:
+            self._done.append(burst)
+        else:
+            self._merge(burst, now)
+
+    def failure(self, client: str, path: str, now: float, missing: bool = False) -> int | None:
+        """Record one failed attempt on ``path`` (cut to ``AUDIT_TEXT_CHARS``; give the route
+        template), ``missing`` when no token was sent; the Retry-After seconds when it is over
+        the limit (429), else None (401)."""
+        key = limiter_key(client)
+        path = bounded(path)
         with self._lock:
-            c = self._clients.get(client)
-            if c is not None and (now - c.burst.last > self.window_s or now - c.burst.first > self.max_burst_s):
-                self._done.append(c.burst)
-                c.burst = Burst(client, now, now)
-            if c is None:
+            c = self._clients.get(key)
+            if c is not None:
+                self._clients.move_to_end(key)
+                if now - c.burst.last > self.window_s or now - c.burst.first > self.max_burst_s:
+                    self._retire(c.burst, now)
+                    c.burst = Burst(key, now, now)
+            else:
                 if len(self._clients) >= self.max_clients:
-                    # Evict the quietest client: its burst is audited now rather than never.
-                    oldest = min(self._clients, key=lambda k: self._clients[k].burst.last)
-                    self._done.append(self._clients.pop(oldest).burst)
-                c = self._clients[client] = _Client(now, 0, Burst(client, now, now))
+                    # More clients failing at once than the table holds: a flood from many
+                    # addresses. The evicted one's burst joins the aggregate, not a row of its own.
+                    _, evicted = self._clients.popitem(last=False)
+                    self._merge(evicted.burst, now)
+                c = self._clients[key] = _Client(now, 0, Burst(key, now, now))
             if now - c.window_start >= self.window_s:
                 c.window_start, c.in_window = now, 0
             c.in_window += 1
             b = c.burst
             b.failures += 1
+            b.missing += missing
             b.last = now
-            b.paths[path] = b.paths.get(path, 0) + 1
+            b.count(path)
             if c.in_window <= self.limit:
                 return None
             b.limited += 1
@@ -252,21 +370,31 @@ class FailedTokenLimiter:
         """How many attempts the client has failed in its current window (limit + 1: the
         first one refused with 429)."""
         with self._lock:
-            c = self._clients.get(client)
+            c = self._clients.get(limiter_key(client))
             return 0 if c is None else c.in_window
+
+    def tracked(self) -> int:
+        """How many clients the limiter holds now (at most ``max_clients``)."""
+        with self._lock:
+            return len(self._clients)
 
     def closed(self, now: float | None = None) -> list[Burst]:
         """The bursts that have ended by ``now`` (quiet for a window, or as long as
-        ``max_burst_s``); with ``now=None``, every burst (the server is stopping)."""
+        ``max_burst_s``), at most ``max_rows`` plus the aggregate; with ``now=None``, every
+        burst (the server is stopping)."""
         with self._lock:
-            out, self._done = self._done, []
+            at = math.inf if now is None else now
             for key, c in list(self._clients.items()):
                 if now is None or now - c.burst.last > self.window_s:
-                    out.append(c.burst)
+                    self._retire(c.burst, at)
                     del self._clients[key]
                 elif now - c.burst.first > self.max_burst_s:
                     # Still going: audit what it did so far; its window (the 429s) goes on.
-                    out.append(c.burst)
+                    self._retire(c.burst, at)
                     c.burst = Burst(key, now, now)
-            # A successor nobody joined has nothing to say.
-            return [b for b in out if b.failures > 0]
+            out, self._done = self._done, []
+            m = self._merged
+            if m is not None and (now is None or now - m.last > self.window_s or now - self._merged_since > self.max_burst_s):
+                out.append(m)
+                self._merged = None
+            return out

@@ -8,9 +8,13 @@ daemon (started as tests/test_api.py starts it) and a real Mosquitto.
 - ``X-Forwarded-For`` is believed only from a peer in ``GEOWARN_TRUSTED_PROXIES``. The daemon
   trusts 127.0.0.2 here; the test's clients bind their own loopback source address
   (127.0.0.1, 127.0.0.2, …), so "untrusted peer" and "trusted proxy" are real TCP peers.
-- Failed token attempts from one address: the first ``FAILED_TOKEN_LIMIT`` per window are 401,
-  then 429 with Retry-After; a live token from the same address still works; the burst is ONE
-  audit row (written when the burst ends — here, when the daemon stops).
+- Failed token attempts — no token, ``Bearer`` with nothing after it, or an unknown or revoked
+  token — from one client (an IPv4 address, an IPv6 /64): the first ``FAILED_TOKEN_LIMIT`` per
+  window are 401, then 429 with Retry-After; a live token from the same address still works;
+  the burst is ONE audit row (written when the burst ends — here, when the daemon stops), which
+  names each attempt by its route's template, never by its URL (the tester's 8 KB paths).
+- What the limiter keeps is bounded (targets per burst, their length, clients, rows per audit
+  round); a flood from more addresses than it tracks is one aggregate row, not a row each.
 """
 
 from __future__ import annotations
@@ -25,7 +29,16 @@ import httpx
 import pytest
 
 from daemonproc import Daemon
-from geowarn.console.security import FAILED_TOKEN_LIMIT, FAILED_TOKEN_WINDOW_S, FailedTokenLimiter, client_address
+from geowarn.console.security import (
+    AUDIT_TEXT_CHARS,
+    BURST_PATHS,
+    FAILED_TOKEN_LIMIT,
+    FAILED_TOKEN_WINDOW_S,
+    MANY,
+    FailedTokenLimiter,
+    client_address,
+    limiter_key,
+)
 from services import free_port
 from test_api import Console, wait_for
 
@@ -168,7 +181,7 @@ def test_the_console_page_needs_nothing_inline_and_nothing_external(secured: Con
 
 def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(secured: Console) -> None:
     spoof = {"X-Forwarded-For": "203.0.113.7"}
-    # No token: refused and audited (one row each), under the address the server believes.
+    # No token: refused, and counted (then audited) under the address the server believes.
     assert from_address(secured, "127.0.0.1").get("/api/warnings/probe-direct", headers=spoof).status_code == 401
     assert from_address(secured, PROXY).get("/api/warnings/probe-proxied", headers=spoof).status_code == 401
     # Through two proxies we trust (the nearest one is the peer): the hop before them is the client.
@@ -184,12 +197,14 @@ def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(secured: Console)
     assert untrusted_xingshan.post("/api/sites/BSH/shelve", json={"name": "李", "note": "n", "minutes": 5}, headers=spoof).status_code == 403
 
     rows = {(a.target, a.client, a.outcome) for a in secured.audit()}
-    assert ("/api/warnings/probe-direct", "127.0.0.1", "unauthorised") in rows
-    assert ("/api/warnings/probe-proxied", "203.0.113.7", "unauthorised") in rows
-    assert ("/api/warnings/probe-two-hops", "198.51.100.23", "unauthorised") in rows
-    assert ("/api/warnings/probe-forged", "203.0.113.8", "unauthorised") in rows
     assert ("BSH", "203.0.113.7", "forbidden") in rows and ("BSH", "127.0.0.5", "forbidden") in rows
-    assert not any(client == "203.0.113.7" and target == "/api/warnings/probe-direct" for target, client, _ in rows)
+    # The token-less probes are one burst per believed client, audited when the bursts end.
+    secured.daemon.terminate()
+    bursts = {a.client: a for a in secured.audit() if a.action == "failed tokens"}
+    assert sorted(bursts) == ["127.0.0.1", "198.51.100.23", "203.0.113.7", "203.0.113.8"]
+    for b in bursts.values():
+        assert (b.target, b.outcome) == ("GET /api/warnings/{warning_id}", "unauthorised")
+        assert "1 failed token attempt (1 without a token, 0 unknown or revoked)" in b.detail, b.detail
 
 
 def test_failed_tokens_are_rate_limited_per_address_and_audited_once_per_burst(secured: Console) -> None:
@@ -219,10 +234,55 @@ def test_failed_tokens_are_rate_limited_per_address_and_audited_once_per_burst(s
     (row,) = rows
     assert (row.who, row.token_id, row.outcome) == ("-", None, "unauthorised")
     assert f"{n} failed token attempts" in row.detail and "4 answered 429" in row.detail, row.detail
-    assert "/api/sites/guess-0 ×5" in row.detail, row.detail
+    assert row.target == "GET /api/sites/{site}" and f"GET /api/sites/{{site}} ×{n}" in row.detail, row.detail
+    assert "guess" not in row.detail  # the route's template, not the URLs the client chose
     others = sorted((a.client, a.outcome) for a in secured.audit() if a.client in ("127.0.0.4", "198.51.100.50"))
     assert others == [("127.0.0.4", "unauthorised"), ("198.51.100.50", "unauthorised")]
     assert "2 failed token attempts" in next(a.detail for a in secured.audit() if a.client == "198.51.100.50")
+
+
+def test_requests_without_a_token_are_limited_and_audited_per_burst_not_per_request(secured: Console) -> None:
+    """The tester's flood: no Authorization header, or ``Bearer`` with nothing after it (or
+    another scheme), on unique 8 KB paths. Each used to be an fsync'd audit row holding its URL."""
+    flooder = from_address(secured, "127.0.0.6")
+    before = len(secured.audit())
+    headers = [{}, {"Authorization": "Bearer"}, {"Authorization": "Basic Z2Vvd2Fybg=="}]  # not a bearer token either
+    n = FAILED_TOKEN_LIMIT + 30
+    answers = [flooder.get(f"/api/warnings/{i}-{'A' * 8000}", headers=headers[i % 3]) for i in range(n)]
+    assert [r.status_code for r in answers] == [401] * FAILED_TOKEN_LIMIT + [429] * 30
+    assert answers[0].json()["detail"].startswith("no bearer token")
+    for r in answers[FAILED_TOKEN_LIMIT:]:
+        assert 1 <= int(r.headers["retry-after"]) <= FAILED_TOKEN_WINDOW_S and r.headers["www-authenticate"] == "Bearer"
+        assert_locked_down(r)
+    # A token-less POST counts against the same address.
+    assert flooder.post("/api/warnings/x/ack", json={"name": "a", "note": "b"}).status_code == 429
+    # Not one row while the burst goes on ...
+    assert len(secured.audit()) == before
+    # ... a live token from the same address still works ...
+    assert from_address(secured, "127.0.0.6", secured.zigui).get("/api/me").status_code == 200
+    # ... and the burst is one row once it ends, with every attempt counted and no URL kept.
+    secured.daemon.terminate()
+    (row,) = [a for a in secured.audit() if a.client == "127.0.0.6"]
+    assert (row.who, row.action, row.target, row.outcome) == ("-", "failed tokens", "GET /api/warnings/{warning_id}", "unauthorised")
+    assert f"{n + 1} failed token attempts ({n + 1} without a token, 0 unknown or revoked)" in row.detail, row.detail
+    assert "31 answered 429" in row.detail and f"GET /api/warnings/{{warning_id}} ×{n}" in row.detail, row.detail
+    assert "POST /api/warnings/{warning_id}/ack ×1" in row.detail and "AAAA" not in row.detail
+    assert max(len(a.target) + len(a.detail) for a in secured.audit()) < 1000
+
+
+def test_ipv6_clients_are_limited_per_64_not_per_address(secured: Console) -> None:
+    """Rotating addresses inside one /64 (what any IPv6 subscriber can do) gains nothing. The
+    IPv6 clients come through the trusted proxy, as from a dual-stack front end."""
+    proxy = from_address(secured, PROXY, "gwt_guess")
+    rotating = [proxy.get("/api/sites", headers={"X-Forwarded-For": f"2001:db8:7:7:{i:x}::{i + 1:x}"}) for i in range(FAILED_TOKEN_LIMIT + 3)]
+    assert [r.status_code for r in rotating] == [401] * FAILED_TOKEN_LIMIT + [429] * 3
+    assert "from 2001:db8:7:7::/64" in rotating[-1].json()["detail"]
+    # The next /64 is another client.
+    assert proxy.get("/api/sites", headers={"X-Forwarded-For": "2001:db8:7:8::1"}).status_code == 401
+    secured.daemon.terminate()
+    bursts = {a.client: a.detail for a in secured.audit() if a.action == "failed tokens"}
+    assert sorted(bursts) == ["2001:db8:7:7::/64", "2001:db8:7:8::/64"]
+    assert f"{FAILED_TOKEN_LIMIT + 3} failed token attempts" in bursts["2001:db8:7:7::/64"] and "3 answered 429" in bursts["2001:db8:7:7::/64"]
 
 
 # -- the rules underneath, with exact times -----------------------------------------------------
@@ -245,6 +305,73 @@ def test_a_burst_ends_after_a_quiet_window_or_at_its_maximum_length() -> None:
     assert [(x.first, x.failures) for x in lim.closed(None)] == [(31.0, 2)]  # a stop ends every burst
     with pytest.raises(ValueError, match="limit"):
         FailedTokenLimiter(limit=0)
+
+
+def test_a_burst_keeps_a_bounded_number_of_bounded_paths() -> None:
+    """6000 attempts on distinct 12 KB paths (the tester grew the ingest process by 72 MB so):
+    the burst keeps 20 targets of at most 200 characters and counts the rest."""
+    import tracemalloc
+
+    lim = FailedTokenLimiter(limit=10_000)
+    tracemalloc.start()
+    try:
+        held = tracemalloc.get_traced_memory()[0]
+        for i in range(6000):
+            lim.failure("192.0.2.1", f"GET /{i}/" + "A" * 12_000, i * 0.001)
+        grown = tracemalloc.get_traced_memory()[0] - held
+    finally:
+        tracemalloc.stop()
+    assert grown < 100_000, grown  # unbounded: 6000 × 12 KB = 72 MB
+    (b,) = lim.closed(None)
+    assert (b.failures, len(b.paths), b.other_paths) == (6000, BURST_PATHS, 6000 - BURST_PATHS)
+    assert {len(p) for p in b.paths} == {AUDIT_TEXT_CHARS} and all(p.endswith("…") for p in b.paths)
+    assert list(b.paths)[:2] == ["GET /0/" + "A" * (AUDIT_TEXT_CHARS - 8) + "…", "GET /1/" + "A" * (AUDIT_TEXT_CHARS - 8) + "…"]
+    assert b.target() == list(b.paths)[0]  # a tie: the first seen
+    summary = b.summary(lim.limit, lim.window_s)
+    assert summary.endswith(f" and {6000 - 5} attempts on others") and len(summary) < 6 * AUDIT_TEXT_CHARS + 400, summary
+
+
+def test_a_flood_from_many_addresses_is_one_aggregate_row_not_one_per_address() -> None:
+    lim = FailedTokenLimiter(limit=2, window_s=10.0, max_burst_s=30.0, max_clients=3, max_rows=2)
+    for i in range(10):
+        lim.failure(f"198.51.100.{i}", "GET /api/sites", float(i), missing=True)
+    assert lim.tracked() == 3  # .7, .8, .9; the seven before them were evicted
+    lim.failure("198.51.100.7", "GET /api/me", 9.5)
+    lim.failure("198.51.100.10", "GET /api/sites", 9.6, missing=True)  # evicts .8, which failed longest ago
+    assert lim.tracked() == 3
+    assert lim.closed(15.0) == []  # nobody quiet for a window yet, the aggregate neither
+    # At 20 all three tracked bursts have ended: two rows (max_rows), the third joins the
+    # aggregate of the evicted, which is handed over as one more row.
+    out = lim.closed(20.0)
+    assert [(b.client, b.failures, b.missing, b.addresses) for b in out] == [
+        ("198.51.100.9", 1, 1, 1),
+        ("198.51.100.7", 2, 1, 1),
+        (MANY, 9, 9, 9),
+    ]
+    merged = out[-1]
+    assert (merged.first, merged.last, merged.paths) == (0.0, 9.6, {"GET /api/sites": 9})
+    assert merged.sample == [f"198.51.100.{i}" for i in range(5)]
+    assert "9 failed token attempts (9 without a token, 0 unknown or revoked) from 9 client addresses (e.g. 198.51.100.0, " in merged.summary(2, 10.0)
+    assert lim.closed(100.0) == [] and lim.tracked() == 0
+    # A flood that never pauses is still one aggregate row per max_burst_s.
+    for t in range(0, 40):
+        lim.failure(f"203.0.113.{t}", "GET /api/sites", 200.0 + t)
+        if t == 35:
+            (agg,) = [b for b in lim.closed(235.0) if b.client == MANY]
+            assert (agg.addresses, agg.first) == (33, 200.0)  # opened at 203 (the first eviction), handed over 32 s later
+    with pytest.raises(ValueError, match="max_rows"):
+        FailedTokenLimiter(max_rows=0)
+
+
+def test_ipv6_clients_are_keyed_by_their_64() -> None:
+    assert limiter_key("2001:db8:1:2:aaaa::5") == limiter_key("2001:db8:1:2::ffff") == "2001:db8:1:2::/64"
+    assert limiter_key("2001:db8:1:3::1") == "2001:db8:1:3::/64"
+    assert limiter_key("::ffff:192.0.2.1") == limiter_key("192.0.2.1") == "192.0.2.1"
+    assert limiter_key("-") == "-"
+    lim = FailedTokenLimiter(limit=3)
+    assert [lim.failure(f"2001:db8:1:2::{i}", "GET /api/me", float(i)) is None for i in range(5)] == [True, True, True, False, False]
+    assert lim.failure("2001:db8:1:3::1", "GET /api/me", 5.0) is None
+    assert lim.failure("192.0.2.1", "GET /api/me", 5.0) is None and lim.failure("192.0.2.2", "GET /api/me", 5.0) is None
 
 
 def test_client_address_walks_forwarded_for_from_the_right() -> None:

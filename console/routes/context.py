@@ -4,8 +4,10 @@ This module owns the door rules (DESIGN §2, console): who the caller is (``auth
 token, else 401), what they may reach (``Context.require``: their jurisdiction, else 403), and
 the audit row written for every action and every refused attempt before the answer goes out.
 Who "the caller" is on the network is ``client_of``: the TCP peer, or the address a trusted
-proxy forwarded (console/security.py). Failed token attempts are counted per client address
-(429 beyond the limit) and audited as one row per burst (``Context.audit_failed_tokens``).
+proxy forwarded (console/security.py). Failed token attempts — no token, or an unknown or
+revoked one — are counted per client (429 beyond the limit) and audited as one row per burst
+(``Context.audit_failed_tokens``). Whatever a caller puts in a URL reaches the audit as a route
+template or cut to ``AUDIT_TEXT_CHARS``.
 ``Context`` is built once per app by ``create_api`` and kept on ``app.state``; routes take it
 as the ``Ctx`` dependency and the caller's token as ``Auth``, so they are plain functions with
 no closures over the app.
@@ -25,7 +27,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from geowarn.config.registry import Registry
 from geowarn.console.requester import Requester, RequestUnavailable
-from geowarn.console.security import FailedTokenLimiter, Network, client_address
+from geowarn.console.security import FailedTokenLimiter, Network, bounded, client_address, limiter_key
 from geowarn.console.tokens import Outcome, Token, TokenStore
 from geowarn.console.views import Views, WarningView
 from geowarn.core.logfields import kv
@@ -47,7 +49,7 @@ class Context:
     """One app's shared parts. ``stopping`` ends the event streams when the server stops;
     ``answer_wait_s`` is how long an action waits for the detection worker's answer;
     ``trusted_proxies`` are the peers whose X-Forwarded-For is believed; ``failed_tokens``
-    counts failed token attempts per client address."""
+    counts failed token attempts per client."""
 
     registry: Registry
     views: Views
@@ -63,11 +65,16 @@ class Context:
     def client(self, request: Request) -> str:
         return client_of(request, self.trusted_proxies)
 
-    def audit(self, request: Request, token: Token | None, target: str, outcome: Outcome, detail: str = "") -> None:
-        # The route's template (…/{warning_id}/ack), not the URL: the audit groups by action.
+    @staticmethod
+    def action(request: Request) -> str:
+        """"GET /api/sites/{site}": the route's template, not the URL (the audit groups by
+        action, and a URL may be kilobytes an attacker chose)."""
         route = request.scope.get("route")
-        action = f"{request.method} {getattr(route, 'path', request.url.path)}"
-        self.tokens.audit(self.now(), token, action, target, self.client(request), outcome, detail)
+        return f"{request.method} {bounded(getattr(route, 'path', request.url.path))}"
+
+    def audit(self, request: Request, token: Token | None, target: str, outcome: Outcome, detail: str = "") -> None:
+        # target is often a path parameter, as long as the caller made it: cut.
+        self.tokens.audit(self.now(), token, self.action(request), bounded(target), self.client(request), outcome, detail)
 
     def audit_failed_tokens(self, final: bool = False) -> int:
         """One audit row per burst of failed token attempts that has ended (all of them when
@@ -75,8 +82,7 @@ class Context:
         lim = self.failed_tokens
         bursts = lim.closed(None if final else self.now())
         for b in bursts:
-            target = max(b.paths, key=lambda p: b.paths[p]) if b.paths else "-"
-            self.tokens.audit(b.first, None, "failed tokens", target, b.client, "unauthorised", b.summary(lim.limit, lim.window_s))
+            self.tokens.audit(b.first, None, "failed tokens", b.target(), b.client, "unauthorised", b.summary(lim.limit, lim.window_s))
         return len(bursts)
 
     def require(self, request: Request, token: Token, county: str, target: str) -> None:
@@ -135,22 +141,23 @@ Ctx = Annotated[Context, Depends(context)]
 
 def auth(request: Request, ctx: Ctx) -> Token:
     """The caller's live token, from ``Authorization: Bearer …``; else 401, or 429 once the
-    client address has failed too often.
+    client has failed too often.
 
-    A request without any token is audited at once (one row: a browser before sign-in, a
-    misconfigured probe). A wrong token is counted against the client's address and audited
-    with the rest of its burst (``Context.audit_failed_tokens``), so a flood of guesses costs
-    no fsync per attempt. A live token always passes, even from a limited address.
+    A request without a bearer token (no header, ``Bearer`` with nothing after it, another
+    scheme) and one with an unknown or revoked token are the same failure: counted against the
+    client (``limiter_key``) and audited with the rest of its burst
+    (``Context.audit_failed_tokens``), under the route's template. Neither costs an fsync per
+    attempt, and neither is stored as the URL it came with. A live token always passes, even
+    from a limited address.
     """
     scheme, _, secret = request.headers.get("authorization", "").partition(" ")
-    token = ctx.tokens.verify(secret.strip()) if scheme.lower() == "bearer" else None
+    secret = secret.strip()
+    token = ctx.tokens.verify(secret) if scheme.lower() == "bearer" and secret else None
     if token is not None:
         return token
-    if not secret:
-        ctx.audit(request, None, request.url.path, "unauthorised", "no bearer token")
-        raise HTTPException(401, "no bearer token: send Authorization: Bearer <token> (geowarn token create)", headers={"WWW-Authenticate": "Bearer"})
-    client = ctx.client(request)
-    retry_after = ctx.failed_tokens.failure(client, request.url.path, ctx.now())
+    missing = scheme.lower() != "bearer" or not secret
+    client = limiter_key(ctx.client(request))
+    retry_after = ctx.failed_tokens.failure(client, ctx.action(request), ctx.now(), missing=missing)
     if retry_after is not None:
         if ctx.failed_tokens.failures_in_window(client) == ctx.failed_tokens.limit + 1:
             log.warning("too many failed token attempts: answering 429", extra=kv(client=client, retry_after_s=retry_after))
@@ -159,6 +166,8 @@ def auth(request: Request, ctx: Ctx) -> Token:
             f"too many failed token attempts from {client}; try again in {retry_after} s",
             headers={"Retry-After": str(retry_after), "WWW-Authenticate": "Bearer"},
         )
+    if missing:
+        raise HTTPException(401, "no bearer token: send Authorization: Bearer <token> (geowarn token create)", headers={"WWW-Authenticate": "Bearer"})
     raise HTTPException(401, "unknown or revoked token: send Authorization: Bearer <token> (geowarn token create)", headers={"WWW-Authenticate": "Bearer"})
 
 
