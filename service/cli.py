@@ -7,6 +7,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -156,6 +157,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from geowarn.service.daemon import build_app
 
     _setup_logging(args.verbose)
+    # Everything the daemon and its workers (spawned: they inherit it) write is theirs alone:
+    # the outbox holds duty officers' phones and e-mails, notify/*.jsonl, the audit.
+    os.umask(0o077)
     try:
         loaded = load_all(args.config)
         for w in loaded.warnings:

@@ -50,6 +50,27 @@ class Counters:
     worker_restarts: int = 0
 
 
+def private_data_dir(data_dir: Path) -> None:
+    """Make ``data_dir`` mode 0700 when it does not exist yet; warn when an existing one may be
+    read by group or others. It holds the outbox (duty officers' phones and e-mails), the
+    notifications, the audit and the control key."""
+    import stat
+
+    try:
+        data_dir.mkdir(mode=0o700, parents=True)
+        data_dir.chmod(0o700)  # whatever the umask of whoever started us
+        return
+    except FileExistsError:
+        pass
+    mode = stat.S_IMODE(data_dir.stat().st_mode)
+    if mode & 0o077:
+        log.warning(
+            "the data directory may be read by group or others: it holds duty officers' phone numbers and e-mail "
+            "addresses (outbox), notifications and the audit; chmod -R go= it (the daemon makes new files private)",
+            extra=kv(data_dir=data_dir, mode=f"{mode:04o}"),
+        )
+
+
 class App:
     """The running daemon. ``run(stop)`` blocks until ``stop`` is set, then shuts down cleanly.
 
@@ -63,7 +84,7 @@ class App:
         self.loaded = loaded
         self.clock = clock or WallClock()
         data_dir = Path(s.data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_data_dir(data_dir)
         self.journal_path = data_dir / JOURNAL_FILE
         self.log_path = data_dir / MESSAGES_FILE
         self.messages = MessageLog(self.log_path, sync=s.journal_sync, max_payload_bytes=s.max_payload_bytes, keep_bytes=DEADLETTER_KEEP_BYTES)

@@ -75,6 +75,9 @@ def _worker_main(
     from geowarn.ingest.mqtt import MqttLink
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon stops us through `stop`
+    # What a worker writes (journal, outbox, notify/*.jsonl, CAP files) is the daemon's user's
+    # alone, even when the daemon was built without `geowarn run` (its umask is inherited too).
+    os.umask(0o077)
     # The ack path comes first: when the CPUs are saturated (a backlog after an outage), the
     # workers lag a little behind the message log rather than the broker's queue growing.
     os.nice(WORKER_NICENESS)
