@@ -294,3 +294,38 @@ def test_the_api_server_starts_stops_and_a_busy_port_does_not_stop_the_daemon(tm
         server.stop()
         reader.join(10)
     assert not reader.is_alive() and time.monotonic() - t0 < 8, "stop() left an event stream open"
+
+
+def test_an_action_the_worker_does_not_answer_is_202_queued_and_not_confirmed(tmp_path, mosquitto):
+    """No detection worker on the broker: the action is published but nobody answers. The API
+    must not promise it applies (on an open broker a client holding the worker's client id can
+    swallow it): 202, "queued", NOT confirmed, and audited as such."""
+    import dataclasses
+
+    from geowarn.console.api import ApiServer
+    from geowarn.console.metrics import MainStats
+    from geowarn.config.registry import load_registry
+    from geowarn.config.roster import load_roster
+    from geowarn.config.settings import Loaded, Settings, example_path
+
+    port = free_port()
+    settings = Settings(mqtt_url=mosquitto.url, data_dir=tmp_path / "data", http=f"127.0.0.1:{port}")
+    loaded = Loaded(settings, load_registry(example_path("sites.example.toml")), load_roster(example_path("roster.example.toml")), [])
+    server = ApiServer(loaded, tmp_path / "data", MainStats)
+    server.app.state.geowarn = dataclasses.replace(server.app.state.geowarn, answer_wait_s=1.0)  # not 15 s of waiting
+    assert server.start() is True
+    try:
+        with TokenStore(tmp_path / "data" / "tokens.sqlite") as store:
+            _, secret = store.create("county", "420527", "zigui-duty", time.time())
+        r = httpx.post(f"http://127.0.0.1:{port}/api/sites/BSH/shelve", json={"name": "王", "note": "antenna", "minutes": 5},
+                       headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+    finally:
+        server.stop()
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert (body["ok"], body["queued"]) == (None, True)
+    assert "queued at the broker but NOT confirmed" in body["detail"] and "check the warning's (or site's) state" in body["detail"]
+    assert "applies" not in body["detail"]
+    with TokenStore(tmp_path / "data" / "tokens.sqlite") as store:
+        (row,) = [a for a in store.audit_entries() if a.action == "POST /api/sites/{site}/shelve"]
+    assert (row.who, row.target, row.outcome) == ("zigui-duty", "BSH", "failed") and row.detail == "queued: " + body["detail"]

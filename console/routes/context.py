@@ -115,7 +115,12 @@ class Context:
             self.audit(request, token, target, "failed", str(exc))
             raise HTTPException(503, str(exc)) from None
         if answer is None:
-            detail = f"no answer from the detection worker within {self.answer_wait_s:g} s; the request is queued at the broker and applies if the worker runs within 5 minutes (later it is refused as stale)"
+            # Not "it will apply": on a broker anyone may join, a client holding the worker's
+            # client id can take the request off the queue. Only the warning's state can tell.
+            detail = (
+                f"no answer from the detection worker within {self.answer_wait_s:g} s: the request is queued at the broker but NOT confirmed; "
+                "check the warning's (or site's) state before relying on it (the worker refuses it as stale once it is 5 minutes old)"
+            )
             self.audit(request, token, target, "failed", "queued: " + detail)
             return JSONResponse({"ok": None, "queued": True, "detail": detail}, status_code=202)
         ok = bool(answer.get("ok"))
