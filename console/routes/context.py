@@ -128,12 +128,6 @@ class Context:
         body = {k: answer.get(k) for k in ("ok", "detail", "rule", "site", "warning_id")}
         return JSONResponse(body, status_code=200 if ok else 409)
 
-    @staticmethod
-    def signed(name: str, token: Token) -> str:
-        # The engine's history names the person and the token they used: the ack is traceable
-        # to a credential even when a name is mistyped.
-        return f"{name} [{token.name}]"
-
 
 def context(request: Request) -> Context:
     """The app's ``Context`` (set by ``create_api``)."""
