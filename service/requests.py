@@ -111,8 +111,8 @@ def _run(args: argparse.Namespace, kind: str, doc: dict[str, Any]) -> int:
         print(f"error: cannot reach the broker {s.mqtt.redacted()}: {exc or 'no SUBACK'}; nothing was sent", file=sys.stderr)
         return EXIT_UNREACHABLE
     if answer is None:
-        print(f"no answer from the daemon within {args.wait:g} s; the request is queued at the broker and applies if the daemon runs "
-              f"within {WINDOW_S / 60:g} minutes of now (later it is refused as stale: send it again)")
+        print(f"no answer from the daemon within {args.wait:g} s: the request is queued at the broker but NOT confirmed; check the "
+              f"warning's (or site's) state before relying on it (the daemon refuses it as stale once it is {WINDOW_S / 60:g} minutes old)")
         if ignored:
             print(
                 f"warning: {len(ignored)} answer(s) to this request did not verify and were ignored (forged, or the daemon uses another "
