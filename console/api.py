@@ -48,11 +48,12 @@ from importlib import resources
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client.registry import CollectorRegistry
 
 from geowarn.config.settings import Loaded
+from geowarn.core.sqlite import SchemaError
 from geowarn.console.metrics import MainStats, make_registry
 from geowarn.alerts.control import load_or_create_key
 from geowarn.console.requester import MqttRequester, Requester, RequestUnavailable
@@ -104,6 +105,13 @@ def create_api(
         return PlainTextResponse("Internal Server Error", status_code=500, headers=dict(SECURITY_HEADERS))
 
     app.add_exception_handler(Exception, internal_error)
+
+    # A store this GeoWarn cannot read (one written by a newer version after a downgrade) is an
+    # operator's problem with a clear cause: say which file and why, as /healthz does, not a 500.
+    async def unreadable_store(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    app.add_exception_handler(SchemaError, unreadable_store)
     # The routes' one shared object, handed to them by the Ctx dependency.
     app.state.geowarn = Context(
         registry=loaded.registry,

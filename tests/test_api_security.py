@@ -403,3 +403,39 @@ def test_the_settings_validate_trusted_proxies(monkeypatch: pytest.MonkeyPatch) 
     (p,) = exc.value.problems
     assert (p.file, p.key) == ("environment", "GEOWARN_TRUSTED_PROXIES") and "proxy.example.org" in p.reason
 
+
+
+def test_a_journal_from_a_newer_geowarn_is_a_503_naming_the_file_not_a_500(tmp_path) -> None:
+    """After a downgrade the console cannot read the journal: every page says why."""
+    import sqlite3
+    import time
+
+    from geowarn.config.settings import Loaded, load_all
+    from geowarn.console.api import ApiServer
+    from geowarn.console.metrics import MainStats
+    from geowarn.console.tokens import TOKENS_FILE, TokenStore
+    from geowarn.ingest.journal import JOURNAL_FILE, Journal
+
+    data = tmp_path / "data"
+    data.mkdir()
+    Journal(data / JOURNAL_FILE).close()
+    with sqlite3.connect(data / JOURNAL_FILE) as raw:
+        raw.execute("PRAGMA user_version = 99")
+    store = TokenStore(data / TOKENS_FILE)
+    _, secret = store.create("county", "420527", "zigui-duty", time.time())
+    port = free_port()
+    base = load_all()
+    loaded = Loaded(base.settings.model_copy(update={"data_dir": data, "http": f"127.0.0.1:{port}", "mqtt_url": "mqtt://127.0.0.1:9"}),
+                    base.registry, base.roster, base.warnings)
+    server = ApiServer(loaded, data, MainStats)
+    assert server.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {secret}"}, timeout=30) as c:
+            assert c.get("/healthz").json()["ok"] is False  # the liveness probe's own contract
+            for path in ("/api/sites", "/api/sites/BSH"):
+                r = c.get(path)
+                assert r.status_code == 503, (path, r.status_code, r.text)
+                assert str(data / JOURNAL_FILE) in r.json()["detail"] and "newer" in r.json()["detail"]
+                assert r.headers["X-Content-Type-Options"] == "nosniff"
+    finally:
+        server.stop()
