@@ -40,13 +40,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
 import socket
-import struct
 import threading
 import time
 from geowarn.core.logfields import kv
+from geowarn.service.brokerprobe import connack_code, probe_client_id
 from types import TracebackType
 from typing import Any
 
@@ -289,24 +287,13 @@ class EmbeddedBroker:
 
         (A bare TCP connect/close would make amqtt log an ERROR and leak a socket.)
         """
-        client_id = f"geowarn-probe-{os.getpid()}-{secrets.token_hex(4)}"
-        body = (
-            _mqtt_str("MQTT")
-            + bytes([4, 0xC2])  # protocol level 4 (3.1.1); flags: username, password, clean session
-            + struct.pack("!H", 30)  # keep-alive seconds
-            + _mqtt_str(client_id)
-            + _mqtt_str(self.USERNAME)
-            + _mqtt_str(self.PASSWORD)
-        )
-        connect = b"\x10" + _remaining_length(len(body)) + body
         with socket.create_connection((self._host, self.port), timeout=timeout) as sock:
-            sock.sendall(connect)
-            connack = _recv_exact(sock, 4)
-            if connack[:2] != b"\x20\x02":
-                raise RuntimeError(f"expected CONNACK, got {connack.hex()}")
-            if connack[3] != 0:
-                raise RuntimeError(f"CONNACK refused the probe, return code {connack[3]}")
-            sock.sendall(b"\xe0\x00")  # DISCONNECT
+            try:
+                code = connack_code(sock, probe_client_id(), self.USERNAME, self.PASSWORD, keepalive_s=30)
+            except (ValueError, ConnectionError) as exc:
+                raise RuntimeError(str(exc)) from None
+            if code != 0:
+                raise RuntimeError(f"CONNACK refused the probe, return code {code}")
 
 
 async def _shutdown_amqtt(broker: Any) -> None:
@@ -378,25 +365,3 @@ def _cancel_remaining_tasks(loop: asyncio.AbstractEventLoop) -> None:
     loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
 
 
-def _mqtt_str(value: str) -> bytes:
-    data = value.encode("utf-8")
-    return struct.pack("!H", len(data)) + data
-
-
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        n, digit = divmod(n, 128)
-        out.append(digit | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise RuntimeError(f"connection closed after {len(buf)} of {n} bytes")
-        buf += chunk
-    return buf

@@ -10,6 +10,7 @@ reads the CONNACK and disconnects; it never waits longer than its timeout. The a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -20,7 +21,7 @@ import threading
 from typing import NamedTuple
 
 from geowarn.config.settings import MqttTarget, Settings
-from geowarn.service.logs import kv
+from geowarn.core.logfields import kv
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,16 @@ def _mqtt_str(value: str) -> bytes:
     return struct.pack("!H", len(data)) + data
 
 
+def _remaining_length(n: int) -> bytes:
+    """MQTT's variable-length integer (7 bits a byte, high bit = more)."""
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
     buf = b""
     while len(buf) < n:
@@ -54,11 +65,35 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
+def connack_code(sock: socket.socket, client_id: str, username: str | None = None, password: str | None = None, keepalive_s: int = 10) -> int:
+    """Send an MQTT 3.1.1 CONNECT (clean session) on ``sock`` and return the CONNACK's return
+    code; on 0 say DISCONNECT, so the broker logs a clean goodbye. ValueError when the answer
+    is not a CONNACK; ConnectionError when the broker just closes the socket.
+
+    Hand-written rather than through paho: a probe must be one short, synchronous exchange
+    (the daemon's start, the embedded broker's readiness), with no network thread to stop."""
+    flags = 0x02 | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
+    body = _mqtt_str("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive_s) + _mqtt_str(client_id)
+    if username is not None:
+        body += _mqtt_str(username)
+    if password is not None:
+        body += _mqtt_str(password)
+    sock.sendall(b"\x10" + _remaining_length(len(body)) + body)
+    connack = _recv_exact(sock, 4)
+    if connack[:2] != b"\x20\x02":
+        raise ValueError(f"not an MQTT CONNACK: {connack.hex()}")
+    if connack[3] == 0:
+        with contextlib.suppress(OSError):
+            sock.sendall(b"\xe0\x00")  # DISCONNECT
+    return connack[3]
+
+
+def probe_client_id() -> str:
+    return f"geowarn-probe-{os.getpid()}-{secrets.token_hex(4)}"
+
+
 def probe_anonymous(target: MqttTarget, ca_file: str | None = None, timeout_s: float = 2.0) -> Probe:
     """CONNECT without a username; CONNACK 0 means the broker is open."""
-    client_id = f"geowarn-probe-{os.getpid()}-{secrets.token_hex(4)}"
-    body = _mqtt_str("MQTT") + bytes([4, 0x02]) + struct.pack("!H", 10) + _mqtt_str(client_id)  # 3.1.1, clean session
-    connect = b"\x10" + bytes([len(body)]) + body  # < 128 bytes: one length byte
     try:
         raw = socket.create_connection((target.host, target.port), timeout=timeout_s)
     except OSError as exc:
@@ -69,21 +104,16 @@ def probe_anonymous(target: MqttTarget, ca_file: str | None = None, timeout_s: f
             ctx = ssl.create_default_context(cafile=ca_file)
             sock = ctx.wrap_socket(raw, server_hostname=target.host)
         sock.settimeout(timeout_s)
-        sock.sendall(connect)
-        connack = _recv_exact(sock, 4)
-        if connack[:2] != b"\x20\x02":
-            return Probe("unknown", f"not an MQTT CONNACK: {connack.hex()}")
-        if connack[3] == 0:
-            try:
-                sock.sendall(b"\xe0\x00")  # DISCONNECT, so the broker logs a clean goodbye
-            except OSError:
-                pass
+        code = connack_code(sock, probe_client_id())
+        if code == 0:
             return Probe("open", "CONNACK 0 to a CONNECT without username")
-        return Probe("closed", f"CONNACK return code {connack[3]} to a CONNECT without username")
-    except (OSError, ssl.SSLError) as exc:
+        return Probe("closed", f"CONNACK return code {code} to a CONNECT without username")
+    except ValueError as exc:
+        return Probe("unknown", str(exc))
+    except ConnectionError as exc:
         # Mosquitto may also just close the socket on a refused client.
-        if isinstance(exc, ConnectionError) and "closed" in str(exc):
-            return Probe("closed", str(exc))
+        return Probe("closed", str(exc)) if "closed" in str(exc) else Probe("unknown", f"{type(exc).__name__}: {exc}")
+    except (OSError, ssl.SSLError) as exc:
         return Probe("unknown", f"{type(exc).__name__}: {exc}")
     finally:
         raw.close()
