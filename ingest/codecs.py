@@ -31,6 +31,7 @@ class PayloadError(Exception):
     """A whole message rejected; ``reason`` is a short machine-readable code, ``detail`` for people."""
 
     def __init__(self, reason: str, detail: str) -> None:
+        detail = clean(detail)
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -43,6 +44,10 @@ class Reject:
     reason: str
     detail: str
     item: Any  # the offending reading object as received
+
+    def __post_init__(self) -> None:
+        # Details quote names from the payload; they go to SQLite and MQTT as text.
+        object.__setattr__(self, "detail", clean(self.detail))
 
 
 @dataclass(slots=True)
@@ -57,6 +62,17 @@ class Decoded:
     drill: bool = False
     seq: int | None = None
     status: dict[str, Any] | None = None
+
+
+def clean(text: str) -> str:
+    """``text`` safe for everything downstream (SQLite, UTF-8 encoding, MQTT, logs): JSON lets a
+    payload spell a lone surrogate (``"\\ud800"``), which no UTF-8 encoder accepts, so it is
+    escaped (``\\ud800``); every other character is kept."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _reject_constant(name: str) -> float:
@@ -298,7 +314,7 @@ class Codec:
                     raise PayloadError("not_numeric", f"status {key} must be a finite number")
                 status[key] = v
         if "fw" in doc:
-            status["fw"] = str(doc["fw"])[:64]
+            status["fw"] = clean(str(doc["fw"])[:64])
         try:
             status["t"] = self._check_time(doc["t"], now) if "t" in doc else now
         except ValueError as exc:
