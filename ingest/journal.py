@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +156,45 @@ class Journal:
             inserted = conn.total_changes - before
             conn.executemany(_INSERT_DEADLETTER, deadletters)
             conn.executemany(_INSERT_STATUS, statuses)
+            for key, value in (state or {}).items():
+                self.set_state(key, value)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return inserted
+
+    def append_each(
+        self,
+        parts: Sequence[tuple[list[tuple[int, int, float, int, int]], list[tuple[int, str, str, str, bytes]], list[tuple[str, str, int, int, str]]]],
+        state: Mapping[str, Any] | None,
+        refuse: Callable[[int, Exception], tuple[int, str, str, str, bytes]],
+    ) -> int:
+        """``append`` for a batch that failed as a whole: each message's part (readings, dead
+        letters, statuses) in its own savepoint, one transaction for all. A part that cannot be
+        written is rolled back and replaced by the dead letter ``refuse(index, exception)``, so
+        one message the journal cannot take does not stop the batch. Errors of the database
+        itself (disk full, locked: ``sqlite3.OperationalError``) are not the message's fault
+        and are raised. Returns how many readings were new."""
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            inserted = 0
+            for i, (readings, deadletters, statuses) in enumerate(parts):
+                conn.execute("SAVEPOINT message")
+                try:
+                    mark = conn.total_changes
+                    conn.executemany(_INSERT_READING, readings)
+                    new = conn.total_changes - mark
+                    conn.executemany(_INSERT_DEADLETTER, deadletters)
+                    conn.executemany(_INSERT_STATUS, statuses)
+                    inserted += new
+                except sqlite3.OperationalError:
+                    raise
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO message")
+                    conn.execute(_INSERT_DEADLETTER, refuse(i, exc))
+                conn.execute("RELEASE message")
             for key, value in (state or {}).items():
                 self.set_state(key, value)
             conn.execute("COMMIT")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 from geowarn.core.timefmt import rfc3339
 from geowarn.config.settings import Loaded
-from geowarn.ingest.codecs import Codec, PayloadError
+from geowarn.ingest.codecs import Codec, PayloadError, Reject, clean
 from geowarn.ingest.journal import DEADLETTER_KEEP_BYTES, Journal, to_ms
 from geowarn.ingest.messagelog import Logged, MessageLog
 from geowarn.core.logfields import kv
@@ -37,6 +38,12 @@ BATCH = 4
 DEADLETTER_MQTT_BYTES = 1024
 #: How often the message log is pruned.
 PRUNE_EVERY_S = 10.0
+#: How many of a message's rejected readings its dead letter quotes (items and details).
+DEADLETTER_QUOTE = 5
+#: The reason of a message that failed processing itself (a bug, or a row the journal refused).
+POISON = "poison"
+
+_Part = tuple[list[tuple[int, int, float, int, int]], list[tuple[int, str, str, str, bytes]], list[tuple[str, str, int, int, str]]]
 
 
 @dataclass
@@ -67,60 +74,108 @@ class Pipeline:
         self.counters = Counters()
         self.last_seq: dict[str, int] = {}
 
-    def _deadletter(self, now_ms: int, topic: str, reason: str, detail: str, payload: bytes, size: int, item: Any = None) -> tuple[int, str, str, str, bytes]:
+    def _deadletter(self, now_ms: int, topic: str, reason: str, detail: str, payload: bytes, size: int,
+                    items: list[Any] | None = None, rejected: dict[str, int] | None = None) -> tuple[int, str, str, str, bytes]:
+        """One dead letter: a whole message (``items`` None) or the rejected readings of one
+        (the first few ``items``, the count per reason in ``rejected``)."""
+        topic, reason, detail = clean(topic), clean(reason), clean(detail)
         self.counters.deadletters += 1
         self.counters.deadletter_reasons[reason] = self.counters.deadletter_reasons.get(reason, 0) + 1
         doc: dict[str, Any] = {"topic": topic, "reason": reason, "detail": detail, "received": rfc3339(now_ms / 1000.0)}
-        if item is not None:
-            doc["reading"] = item
-            doc["payload"] = json.dumps(item)[:DEADLETTER_MQTT_BYTES]
+        if items:
+            kept = json.dumps(items[0] if len(items) == 1 else items).encode()[:DEADLETTER_KEEP_BYTES]
+            doc["reading"] = items[0]
+            doc["payload"] = json.dumps(items[0])[:DEADLETTER_MQTT_BYTES]
+            doc["rejected"] = rejected or {reason: 1}
+            doc["readings"] = items
         else:
+            kept = payload[:DEADLETTER_KEEP_BYTES]
             doc["payload"] = payload[:DEADLETTER_MQTT_BYTES].decode("utf-8", "replace")
             doc["truncated"] = size > DEADLETTER_MQTT_BYTES
         try:
-            self.publish(f"{self.prefix}/deadletter", json.dumps(doc, ensure_ascii=False).encode(), False)
+            # backslashreplace: a lone surrogate in a quoted reading becomes its JSON escape.
+            self.publish(f"{self.prefix}/deadletter", json.dumps(doc, ensure_ascii=False).encode("utf-8", "backslashreplace"), False)
         except Exception as exc:  # the table keeps it; the MQTT copy is a courtesy
             log.warning("could not publish a dead letter", extra=kv(error=exc))
-        return (now_ms, topic, reason, detail, payload[:DEADLETTER_KEEP_BYTES] if item is None else json.dumps(item).encode())
+        return (now_ms, topic, reason, detail, kept)
+
+    def _rejects(self, now_ms: int, topic: str, m: Logged, rejects: list[Reject], good: int) -> tuple[int, str, str, str, bytes]:
+        """The one dead letter of a message's rejected readings, however many: the cost of a
+        bad message is bounded, not one row and one MQTT message per bad reading."""
+        counts: dict[str, int] = {}
+        for r in rejects:
+            counts[r.reason] = counts.get(r.reason, 0) + 1
+        reason = max(counts, key=counts.__getitem__)  # the commonest; the first seen on a tie
+        if len(rejects) == 1:
+            detail = rejects[0].detail
+        else:
+            tally = ", ".join(f"{k} {n}" for k, n in sorted(counts.items(), key=lambda kn: -kn[1]))
+            quoted = "; ".join(r.detail for r in rejects[:DEADLETTER_QUOTE])
+            detail = f"{len(rejects)} of {len(rejects) + good} readings rejected ({tally}); first: {quoted}"[:2000]
+        return self._deadletter(now_ms, topic, reason, detail, m.payload, m.size, [r.item for r in rejects[:DEADLETTER_QUOTE]], counts)
+
+    def _poison(self, m: Logged, topic: str, exc: Exception) -> tuple[int, str, str, str, bytes]:
+        return self._deadletter(m.received_ms, topic, POISON, f"{type(exc).__name__}: {str(exc)[:500]}", m.payload, m.size)
+
+    def _message(self, m: Logged, topic: str) -> _Part:
+        """One message's readings, dead letters and status. Raises only on a bug."""
+        rows: list[tuple[int, int, float, int, int]] = []
+        statuses: list[tuple[str, str, int, int, str]] = []
+        now_ms = m.received_ms
+        try:
+            d = self.codec.decode(topic, m.payload, now_ms / 1000.0, m.size)
+        except PayloadError as exc:
+            return rows, [self._deadletter(now_ms, topic, exc.reason, exc.detail, m.payload, m.size)], statuses
+        if d.kind == "status" and d.status is not None:
+            statuses.append((d.site, d.device, to_ms(d.status["t"]), now_ms, json.dumps(d.status)))
+        drill = 1 if d.drill else 0
+        series = self.series
+        for info, t, v in d.readings:
+            rows.append((series[info], int(round(t * 1000.0)), v, drill, now_ms))
+        dls = [self._rejects(now_ms, topic, m, d.rejects, len(d.readings))] if d.rejects else []
+        if d.seq is not None:
+            last = self.last_seq.get(d.device)
+            if last is not None and d.seq > last + 1:
+                self.counters.seq_gaps += 1
+            self.last_seq[d.device] = d.seq if last is None else max(last, d.seq)
+        return rows, dls, statuses
 
     def process(self, messages: list[Logged]) -> int:
         """Store a batch and move the position past it, in one transaction; returns how many
         readings were new. Future-skew is judged against each message's arrival time."""
-        rows: list[tuple[int, int, float, int, int]] = []
-        dls: list[tuple[int, str, str, str, bytes]] = []
-        statuses: list[tuple[str, str, int, int, str]] = []
-        series = self.series
+        parts: list[_Part] = []
+        topics: list[str] = []
         for m in messages:
-            now_ms = m.received_ms
-            topic = m.topic.decode("utf-8", "replace")
+            topic = clean(m.topic.decode("utf-8", "replace"))
+            topics.append(topic)
             try:
-                d = self.codec.decode(topic, m.payload, now_ms / 1000.0, m.size)
-            except PayloadError as exc:
-                dls.append(self._deadletter(now_ms, topic, exc.reason, exc.detail, m.payload, m.size))
-                continue
-            except Exception as exc:  # a codec bug must not stop ingest: keep the payload, say why
-                log.exception("codec failed", extra=kv(topic=topic))
-                dls.append(self._deadletter(now_ms, topic, "internal_error", f"{type(exc).__name__}: {exc}", m.payload, m.size))
-                continue
-            if d.kind == "status" and d.status is not None:
-                statuses.append((d.site, d.device, to_ms(d.status["t"]), now_ms, json.dumps(d.status)))
-            drill = 1 if d.drill else 0
-            for info, t, v in d.readings:
-                rows.append((series[info], int(round(t * 1000.0)), v, drill, now_ms))
-            for r in d.rejects:
-                dls.append(self._deadletter(now_ms, topic, r.reason, r.detail, m.payload, m.size, r.item))
-            if d.seq is not None:
-                last = self.last_seq.get(d.device)
-                if last is not None and d.seq > last + 1:
-                    self.counters.seq_gaps += 1
-                self.last_seq[d.device] = d.seq if last is None else max(last, d.seq)
+                parts.append(self._message(m, topic))
+            except Exception as exc:  # a bug met by one message must not stop the stage (no restart loop)
+                log.exception("a message could not be processed; dead-lettered as poison", extra=kv(topic=topic, error=type(exc).__name__))
+                parts.append(([], [self._poison(m, topic, exc)], []))
+        rows = [r for p in parts for r in p[0]]
         state = {POSITION_KEY: messages[-1].id} if messages else None
-        inserted = self.journal.append(rows, dls, statuses, state)
+        try:
+            inserted = self.journal.append(rows, [x for p in parts for x in p[1]], [x for p in parts for x in p[2]], state)
+        except sqlite3.OperationalError:
+            raise  # the database's trouble (disk full, locked), not a message's
+        except Exception:
+            # One message the journal cannot take: find it, write everything else.
+            log.exception("a batch could not be written; writing it message by message")
+
+            def refuse(i: int, exc: Exception) -> tuple[int, str, str, str, bytes]:
+                log.error("a message could not be written; dead-lettered as poison", extra=kv(topic=topics[i], error=type(exc).__name__))
+                rows_lost = parts[i][0]
+                del rows_lost[:]  # not stored: not counted below
+                return self._poison(messages[i], topics[i], exc)
+
+            inserted = self.journal.append_each(parts, state, refuse)
+            rows = [r for p in parts for r in p[0]]
         c = self.counters
         c.messages += len(messages)
         c.readings_stored += inserted
         c.readings_duplicate += len(rows) - inserted
-        c.statuses += len(statuses)
+        c.statuses += sum(len(p[2]) for p in parts)
         return inserted
 
 
