@@ -15,9 +15,10 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
-from multiprocessing.synchronize import Event as MpEvent
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -46,18 +47,91 @@ class Job(Protocol):
 JobFactory = Callable[..., Job]
 
 
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22): with the
+    PID it names one process, never a later one that reuses the PID. None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        return int(stat[stat.rindex(")") + 2 :].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2 :].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _stale_holder(lock: IO[str]) -> tuple[int, str] | None:
+    """The holder recorded in a held lock file, and why it should not hold it, if it should not:
+    its parent (the daemon that started it) is gone, so nothing will ever stop it."""
+    lock.seek(0)
+    try:
+        pid, start, parent = (int(x) for x in lock.read().split()[:3])
+    except ValueError:
+        return None  # the holder has not written its record yet
+    if pid == os.getpid() or _start_time(pid) != start:
+        return None  # the recorded process is gone: whoever holds the lock now writes its record next
+    if _parent_of(pid) != parent:
+        return pid, f"its daemon (pid {parent}) is gone"
+    return None
+
+
 def take_lock(path: Path, wait_s: float = 30.0) -> IO[str] | None:
-    lock = open(path, "w")
+    """Take the worker's lock, waiting up to ``wait_s`` for another worker of this kind to
+    finish; a holder whose daemon is gone is killed (an orphan that would hold it forever).
+    The holder writes "PID start-time parent-PID" into the file, so the next one can tell."""
+    # Opened without truncating: the holder's record must survive a contender opening the file.
+    lock = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+")
     deadline = time.monotonic() + wait_s
     while True:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return lock
         except BlockingIOError:
+            stale = _stale_holder(lock)
+            if stale is not None:
+                log.error("an orphaned worker holds the lock; killing it", extra=kv(lock=path, pid=stale[0], why=stale[1]))
+                try:
+                    os.kill(stale[0], signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             if time.monotonic() > deadline:
                 lock.close()
                 return None
             time.sleep(0.05)  # an orphaned worker is finishing its last batch
+            continue
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()} {_start_time(os.getpid()) or 0} {os.getppid()}\n")
+        lock.flush()
+        return lock
+
+
+#: prctl(2) option: the signal this process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """Be killed by the kernel the moment the parent daemon dies, whatever this process is doing
+    (blocked on a lock, starting up); on Linux only. Exits now if the parent is already gone
+    (it may have died before this line ran)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+                log.warning("prctl(PR_SET_PDEATHSIG) failed; relying on the orphan check", extra=kv(errno=ctypes.get_errno()))
+        except (OSError, AttributeError):
+            log.warning("no prctl; relying on the orphan check")
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def _worker_main(
@@ -66,12 +140,18 @@ def _worker_main(
     loaded: Loaded,
     args: tuple[Any, ...],
     subscriptions: list[str],
-    stop: MpEvent,
-    ready: MpEvent,
+    stop: Connection,
+    ready: Connection,
     parent: int,
     log_level: int,
 ) -> None:
-    """The worker process: lock, build the job, step until told to stop (or orphaned), checkpoint."""
+    """The worker process: lock, build the job, step until told to stop (or orphaned), checkpoint.
+
+    ``stop`` and ``ready`` are pipes, not multiprocessing events: an event is a semaphore the
+    daemon holds while it waits or sets, and a daemon killed inside one left the worker blocked
+    on it forever (holding its lock). A pipe only breaks: ``stop`` becomes readable when the
+    daemon asks us to stop (a byte) or dies (end of file)."""
+    die_with_parent(parent)
     from geowarn.ingest.mqtt import MqttLink
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon stops us through `stop`
@@ -92,14 +172,18 @@ def _worker_main(
                     ca_file=str(s.mqtt_ca_file) if s.mqtt_ca_file else None, clean_session=not subscriptions)
     link.start()
     job = factory(loaded, link, *args)
-    ready.set()
+    try:
+        ready.send_bytes(b"r")
+    except OSError:  # the daemon is gone
+        pass
+    ready.close()
     next_checkpoint = time.monotonic() + s.snapshot_interval_s
     clean = False
     try:
         while True:
             # Read the stop flag before the step: a step that finds nothing after the stop was
             # asked for has seen everything committed before it.
-            stopping = stop.is_set() or os.getppid() != parent
+            stopping = stop.poll() or os.getppid() != parent
             n = job.step()
             if time.monotonic() >= next_checkpoint:
                 job.checkpoint()
@@ -107,7 +191,7 @@ def _worker_main(
             if n == 0:
                 if stopping:
                     break
-                stop.wait(0.05)
+                stop.poll(0.05)
         clean = True
     finally:
         try:
@@ -133,24 +217,37 @@ class WorkerProcess:
 
     def _spawn(self) -> None:
         ctx = mp.get_context("spawn")
-        self._stop = ctx.Event()
-        self._ready = ctx.Event()
+        # Each end stays with one process: the worker sees end of file on `stop` when we die.
+        self._stop_r, self._stop = ctx.Pipe(duplex=False)
+        self._ready, self._ready_w = ctx.Pipe(duplex=False)
         self.process = ctx.Process(
             target=_worker_main,
-            args=(self.name, self._factory, self._loaded, self._args, self._subscriptions, self._stop, self._ready, os.getpid(), logging.getLogger().getEffectiveLevel()),
+            args=(self.name, self._factory, self._loaded, self._args, self._subscriptions, self._stop_r, self._ready_w, os.getpid(), logging.getLogger().getEffectiveLevel()),
             name=f"geowarn-{self.name}",
             daemon=True,
         )
 
     def start(self, timeout: float = 120.0) -> None:
         """Start the worker and wait until it has resumed its state."""
-        self.process.start()
+        self._launch()
         deadline = time.monotonic() + timeout
-        while not self._ready.wait(0.1):
+        while True:
+            if self._ready.poll(0.1):
+                try:
+                    self._ready.recv_bytes()
+                    return
+                except EOFError:  # it closed its end without saying ready: it exited
+                    self.process.join(5)
+                    raise RuntimeError(f"the {self.name} worker exited with code {self.process.exitcode} while starting") from None
             if not self.process.is_alive():
                 raise RuntimeError(f"the {self.name} worker exited with code {self.process.exitcode} while starting")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the {self.name} worker did not start within {timeout:.0f} s")
+
+    def _launch(self) -> None:
+        self.process.start()
+        self._stop_r.close()  # the worker's ends, now that it has its own copies
+        self._ready_w.close()
 
     def alive(self) -> bool:
         return self.process.is_alive()
@@ -161,11 +258,14 @@ class WorkerProcess:
         log.error("worker died; starting a new one", extra=kv(worker=self.name, exit_code=self.process.exitcode, restart=self.restarts + 1))
         self.restarts += 1
         self._spawn()
-        self.process.start()
+        self._launch()
 
     def stop(self, timeout: float = 60.0) -> None:
         """Ask the worker to finish what is committed, checkpoint and exit."""
-        self._stop.set()
+        try:
+            self._stop.send_bytes(b"s")
+        except OSError:  # the worker is gone already
+            pass
         self.process.join(timeout)
         if self.process.is_alive():
             log.error("worker did not stop in time; terminating it", extra=kv(worker=self.name, timeout_s=timeout))
