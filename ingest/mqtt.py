@@ -14,6 +14,10 @@
   the broker only closes the socket, so ``TAKEOVER_DROPS`` losses within ``TAKEOVER_SPAN_S``,
   each shortly after a successful connect, count as one. Either is logged as an ERROR that
   names the likely cause (at most every ``TAKEOVER_LOG_EVERY_S``), not only as reconnects.
+- A lost session: a reconnect answered with session-present false after an earlier connect
+  of the same persistent session means the broker forgot it (crashed before saving, or runs
+  without persistence) and what it queued for us; an ERROR "possible loss" and
+  ``sessions_lost`` say so.
 - The inbox is bounded. When it is full paho's thread waits (TCP back-pressure to the broker)
   rather than dropping: with manual acks the broker's in-flight window bounds the wait anyway,
   and ``Inbox.waits`` counts it so an operator can see it. It is a deque and an event rather
@@ -152,6 +156,9 @@ class MqttLink:
         self._v5 = protocol == "5"
         self.client_id = client_id
         self.takeover = TakeoverWatch()
+        #: Reconnects on which the broker had forgotten our persistent session (possible loss).
+        self.sessions_lost = 0
+        self._persistent = (session_expiry_s > 0) if protocol == "5" else not clean_session
         self._keepalive = keepalive_s
         self._session_expiry_s = session_expiry_s
         self._receive_maximum = receive_maximum
@@ -189,7 +196,18 @@ class MqttLink:
         self.generation += 1
         self.connects += 1
         self.takeover.connected(time.monotonic())
-        log.info("connected to the broker", extra=kv(broker=self.target.redacted(), session_present=getattr(flags, "session_present", None)))
+        present = getattr(flags, "session_present", None)
+        log.info("connected to the broker", extra=kv(broker=self.target.redacted(), session_present=present))
+        if self._persistent and self.connects > 1 and present is False:
+            # The broker had our session a moment ago and now does not: it crashed before saving
+            # it, or runs without persistence. What it had queued for us is gone.
+            self.sessions_lost += 1
+            log.error(
+                "the broker lost this link's persistent session (session present false on a reconnect): possible loss "
+                "of the messages it held for us; run Mosquitto with persistence and autosave_on_changes "
+                "(`geowarn broker-config`, README: Broker settings)",
+                extra=kv(broker=self.target.redacted(), client_id=self.client_id, sessions_lost=self.sessions_lost),
+            )
         if self.subscriptions:
             client.subscribe([(t, 1) for t in self.subscriptions])
         if self.presence_topic:

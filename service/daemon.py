@@ -166,6 +166,7 @@ class App:
             "store_lag_messages": max(0, self.messages.last_id() - self.stored_position()),
             "stale_acks": c.stale_acks,
             "inbox": self.link.inbox.qsize(),
+            "sessions_lost": self.link.sessions_lost,
         }
         if self.forwarder is not None:
             f = self.forwarder.status()
