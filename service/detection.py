@@ -271,6 +271,10 @@ class DetectionJob:
             prefix=s.topic_prefix, tz=s.timezone, zero_stats=zero_stats_of(loaded.registry, self.journal), wake=self.dispatch_thread.wake,
         )
         self.detection = Detection(loaded, self.journal, lambda topic, payload, retain: link.publish(topic, payload, retain), self.clock, self.chain.chain)
+        # The start's catch-up announced what happened while detection was down (devices fallen
+        # silent, levels recomputed): a snapshot now, or a crash before the first periodic one
+        # announces it all again (no data for every device).
+        self.detection.save_snapshot()
         self.dispatch_thread.start()
 
     @classmethod

@@ -164,3 +164,61 @@ def test_a_lock_held_by_an_orphaned_worker_is_taken_back(tmp_path, mosquitto):
             psutil.Process(orphan).kill()
         except psutil.NoSuchProcess:
             pass
+
+
+# -- a snapshot right after start-up catch-up (issue 13, item 6) ---------------------------
+
+
+def _nodata_events(d: Daemon) -> list[str]:
+    import json
+
+    path = d.data_dir / "alerts.jsonl"
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        ev = json.loads(line)
+        if ev.get("kind") == "nodata":
+            out.append(str(ev.get("evidence", {}).get("device") or ev.get("device") or ev))
+    return out
+
+
+def test_a_crash_after_start_up_catch_up_does_not_announce_no_data_again(tmp_path, mosquitto):
+    """Devices fell silent while the daemon was down: the start announces no data for each, once.
+    A SIGKILL before the first periodic snapshot used to make the next start announce it all
+    again (12 extra notifications)."""
+    import re
+
+    from geowarn.config.settings import example_path
+
+    sites = tmp_path / "sites.toml"  # every device due every 5 s: silent after 15 s
+    sites.write_text(re.sub(r"interval_s = \d+", "interval_s = 5", example_path("sites.example.toml").read_text()))
+    d = Daemon(tmp_path / "data", mosquitto.url, extra_env={"GEOWARN_SITES": str(sites), "GEOWARN_SNAPSHOT_INTERVAL_S": "600"})
+    try:
+        d.start()
+        d.terminate()  # a clean stop saves a snapshot: every device still in time
+        assert _nodata_events(d) == []
+        time.sleep(16)  # the daemon is down while the devices fall silent
+        d.start()
+        d.wait_until(lambda: len(_nodata_events(d)) > 0, timeout=10, message="no data announced by the start")
+        time.sleep(1.0)  # let the start's announcements finish being written
+        first = sorted(_nodata_events(d))
+        assert len(first) == len(set(first)), first
+        # A crash of the whole daemon, workers included (power loss, OOM, systemd's SIGKILL of
+        # the control group), long before the periodic snapshot (600 s).
+        assert d.proc is not None
+        tree = [psutil.Process(d.proc.pid), *psutil.Process(d.proc.pid).children(recursive=True)]
+        for p in tree:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:  # a worker already gone with its daemon
+                pass
+        d.proc.wait(10)
+        d.proc = None
+        d.start()
+        time.sleep(3.0)  # the start's catch-up announces at once; give it ample time
+        again = sorted(_nodata_events(d))
+        assert again == first, f"no data announced again after the crash: {len(again) - len(first)} extra"
+        d.terminate()
+    finally:
+        d.close()
