@@ -1,9 +1,10 @@
 """Worker processes of the daemon: the store stage and detection each run in their own process.
 
 What they share lives here: spawning (paho threads and fork do not mix), a file lock so that a
-second worker of the same kind (say, the orphan of a killed daemon) never works on the same
-files at once, a ready event the daemon waits for, a stop event, and exit when the parent
-daemon is gone. Each worker has its own MQTT link for what it publishes (dead letters, alert
+second worker of the same kind never works on the same files at once (its file names the
+holder, so an orphan of a killed daemon is found and killed), ready and stop pipes (a daemon
+killed at any instant leaves nothing the worker can block on), and death with the daemon
+(``PR_SET_PDEATHSIG`` on Linux, and the orphan check). Each worker has its own MQTT link for what it publishes (dead letters, alert
 events, notifications); a worker that also takes requests (acks) subscribes with a persistent
 session of its own, so requests sent while it restarts wait for it at the broker.
 """
@@ -90,12 +91,14 @@ def take_lock(path: Path, wait_s: float = 30.0) -> IO[str] | None:
     # Opened without truncating: the holder's record must survive a contender opening the file.
     lock = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+")
     deadline = time.monotonic() + wait_s
+    killed: set[int] = set()
     while True:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             stale = _stale_holder(lock)
-            if stale is not None:
+            if stale is not None and stale[0] not in killed:
+                killed.add(stale[0])
                 log.error("an orphaned worker holds the lock; killing it", extra=kv(lock=path, pid=stale[0], why=stale[1]))
                 try:
                     os.kill(stale[0], signal.SIGKILL)
