@@ -284,6 +284,17 @@ class Journal:
         row = self.conn.execute("SELECT max(t_ms) FROM readings WHERE series=? AND drill = 0", (series,)).fetchone()
         return None if row[0] is None else int(row[0])
 
+    def newest_t_ms(self, series: int) -> int | None:
+        """The newest event time stored for a series, drills included (they share the key)."""
+        row = self.conn.execute("SELECT max(t_ms) FROM readings WHERE series=?", (series,)).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def stored_value(self, series: int, t_ms: int) -> float | None:
+        """The value stored under a reading's key, if any: tells a repeated reading (a
+        redelivery, harmless) from a conflicting one (same key, another value)."""
+        row = self.conn.execute("SELECT value FROM readings WHERE series=? AND t_ms=?", (series, t_ms)).fetchone()
+        return None if row is None else float(row[0])
+
     def readings_by_device(self, sites: Iterable[str], since: float, until: float) -> dict[tuple[str, str], int]:
         """Real (not drill) readings with event time in [since, until), by (site, device), for
         the zero reports (``alerts.chain.ReadingCounts``; a replay counts its feed the same way)."""

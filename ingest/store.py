@@ -42,6 +42,8 @@ PRUNE_EVERY_S = 10.0
 DEADLETTER_QUOTE = 5
 #: The reason of a message that failed processing itself (a bug, or a row the journal refused).
 POISON = "poison"
+#: The reason of a reading whose key (device, channel, time) is stored with another value.
+CONFLICT = "conflict"
 
 _Part = tuple[list[tuple[int, int, float, int, int]], list[tuple[int, str, str, str, bytes]], list[tuple[str, str, int, int, str]]]
 
@@ -54,6 +56,7 @@ class Counters:
     deadletters: int = 0
     statuses: int = 0
     seq_gaps: int = 0  # a device's seq jumped: messages lost between device and broker
+    readings_conflict: int = 0  # same key as a stored reading, another value: dead-lettered
     deadletter_reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -73,6 +76,12 @@ class Pipeline:
         self.series = journal.series_ids(loaded.registry)
         self.counters = Counters()
         self.last_seq: dict[str, int] = {}
+        # Per series, an event time at or above the newest stored one: a reading after it
+        # cannot repeat a stored one, so the in-order stream costs no lookup. Never too low
+        # (raised before a batch is written), so no conflict is missed.
+        self._newest: dict[int, int] = {}
+        # The keys and values of the batch being processed (not in the journal yet).
+        self._batch: dict[tuple[int, int], float] = {}
 
     def _deadletter(self, now_ms: int, topic: str, reason: str, detail: str, payload: bytes, size: int,
                     items: list[Any] | None = None, rejected: dict[str, int] | None = None) -> tuple[int, str, str, str, bytes]:
@@ -117,6 +126,30 @@ class Pipeline:
     def _poison(self, m: Logged, topic: str, exc: Exception) -> tuple[int, str, str, str, bytes]:
         return self._deadletter(m.received_ms, topic, POISON, f"{type(exc).__name__}: {str(exc)[:500]}", m.payload, m.size)
 
+    def _conflict(self, row: tuple[int, int, float, int, int], channel: str, t: float) -> Reject | None:
+        """A reading whose key is already taken by another value (in the journal or earlier
+        in this batch) as a reject; None when it is new or an exact repeat, which the
+        journal's idempotent insert ignores: a redelivery must not make dead letters."""
+        sid, t_ms, value = row[0], row[1], row[2]
+        key = (sid, t_ms)
+        stored = self._batch.get(key)
+        if stored is None:
+            newest = self._newest.get(sid)
+            if newest is None:
+                newest = self.journal.newest_t_ms(sid)
+                newest = -(1 << 62) if newest is None else newest
+            if t_ms <= newest:
+                stored = self.journal.stored_value(sid, t_ms)
+            self._newest[sid] = max(newest, t_ms)
+        if stored is None:
+            self._batch[key] = value
+            return None
+        if stored == value:
+            return None
+        self.counters.readings_conflict += 1
+        return Reject(CONFLICT, f"{channel} at {rfc3339(t)}: stored {stored!r}, new {value!r}; the stored value is kept",
+                      {"ch": channel, "t": rfc3339(t), "v": value})
+
     def _message(self, m: Logged, topic: str) -> _Part:
         """One message's readings, dead letters and status. Raises only on a bug."""
         rows: list[tuple[int, int, float, int, int]] = []
@@ -130,9 +163,15 @@ class Pipeline:
             statuses.append((d.site, d.device, to_ms(d.status["t"]), now_ms, json.dumps(d.status)))
         drill = 1 if d.drill else 0
         series = self.series
+        rejects = list(d.rejects)
         for info, t, v in d.readings:
-            rows.append((series[info], int(round(t * 1000.0)), v, drill, now_ms))
-        dls = [self._rejects(now_ms, topic, m, d.rejects, len(d.readings))] if d.rejects else []
+            row = (series[info], int(round(t * 1000.0)), v, drill, now_ms)
+            conflict = self._conflict(row, info.channel, t)
+            if conflict is None:
+                rows.append(row)
+            else:
+                rejects.append(conflict)
+        dls = [self._rejects(now_ms, topic, m, rejects, len(rows))] if rejects else []
         if d.seq is not None:
             last = self.last_seq.get(d.device)
             if last is not None and d.seq > last + 1:
@@ -145,6 +184,7 @@ class Pipeline:
         readings were new. Future-skew is judged against each message's arrival time."""
         parts: list[_Part] = []
         topics: list[str] = []
+        self._batch = {}
         for m in messages:
             topic = clean(m.topic.decode("utf-8", "replace"))
             topics.append(topic)
@@ -231,7 +271,7 @@ class Store:
         """The store stage's figures so far, as log fields."""
         c = self.pipeline.counters
         return {"messages": c.messages, "readings_stored": c.readings_stored, "duplicates": c.readings_duplicate,
-                "dead_letters": c.deadletters, "seq_gaps": c.seq_gaps, "lag_messages": self.lag()}
+                "dead_letters": c.deadletters, "conflicts": c.readings_conflict, "seq_gaps": c.seq_gaps, "lag_messages": self.lag()}
 
     def checkpoint(self) -> None:
         pass  # the position is committed with every batch
