@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     # Raw messages stay in the message log this long after the store stage has expanded them
     # (the evidence of exactly what a device sent); 0 prunes as soon as they are expanded.
     message_keep_s: float = Field(default=3600.0, ge=0)
+    # Dead letters and device status rows are kept this many days after arrival, then pruned
+    # by the store stage a few hundred rows per transaction (a device's newest status stays).
+    deadletter_keep_days: float = Field(default=30.0, gt=0, le=36500)
+    status_keep_days: float = Field(default=30.0, gt=0, le=36500)
 
     # The response chain. smtp_url: where email notifiers send (smtp[s]://[user:pass@]host[:port]
     # [?starttls=1]); timezone: the zero reports' local hours (county 09:00, city 10:00,

@@ -67,11 +67,19 @@ CREATE TABLE IF NOT EXISTS state (
 );
 """
 
+#: Retention prunes by arrival time in small batches; a device's newest status must stay
+#: findable without a scan.
+MIGRATION_2 = """
+CREATE INDEX IF NOT EXISTS deadletters_received ON deadletters (received_ms);
+CREATE INDEX IF NOT EXISTS device_status_received ON device_status (received_ms);
+CREATE INDEX IF NOT EXISTS device_status_device ON device_status (site, device, id);
+"""
+
 #: The journal's file in the data directory.
 JOURNAL_FILE = "journal.sqlite"
 #: Migration 1 is the schema from before versions were kept (idempotent, so a file of that
 #: time migrates by being stamped). Append new migrations; never edit a released one.
-JOURNAL_SCHEMA = Schema("journal", (SCHEMA,))
+JOURNAL_SCHEMA = Schema("journal", (SCHEMA, MIGRATION_2))
 
 #: State keys written by the detection worker (service/detection.py) and read by the console
 #: and metrics, which may not import the service: one spelling, kept by the file's owner.
@@ -202,6 +210,31 @@ class Journal:
             conn.execute("ROLLBACK")
             raise
         return inserted
+
+    # -- retention -------------------------------------------------------------------------
+
+    def prune_deadletters(self, older_than_ms: int, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest dead letters that arrived before
+        ``older_than_ms``, in one short transaction; returns how many."""
+        cur = self.conn.execute(
+            "DELETE FROM deadletters WHERE id IN "
+            "(SELECT id FROM deadletters WHERE received_ms < ? ORDER BY received_ms LIMIT ?)",
+            (older_than_ms, limit),
+        )
+        return int(cur.rowcount)
+
+    def prune_statuses(self, older_than_ms: int, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest device status rows that arrived before
+        ``older_than_ms``, except each device's newest (the console shows it however old);
+        one short transaction; returns how many."""
+        cur = self.conn.execute(
+            "DELETE FROM device_status WHERE id IN "
+            "(SELECT d.id FROM device_status d WHERE d.received_ms < ? AND EXISTS "
+            "(SELECT 1 FROM device_status n WHERE n.site = d.site AND n.device = d.device AND n.id > d.id) "
+            "ORDER BY d.received_ms LIMIT ?)",
+            (older_than_ms, limit),
+        )
+        return int(cur.rowcount)
 
     # -- state -----------------------------------------------------------------------------
 

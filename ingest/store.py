@@ -15,6 +15,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,14 @@ LOG_ID_KEY = "store.message_log_id"
 BATCH = 4
 #: A dead letter on MQTT carries at most this much of the payload.
 DEADLETTER_MQTT_BYTES = 1024
-#: How often the message log is pruned.
+#: How often the message log, dead letters and device status are pruned.
 PRUNE_EVERY_S = 10.0
+#: Rows (message-log batches: ids) one pruning transaction deletes at most, and how many such
+#: transactions one pass runs: the writers of those files (the ack path, the forwarder and
+#: detection) never wait long, and a large backlog is worked off over several passes.
+PRUNE_ROWS = 500
+PRUNE_LOG_IDS = 100
+PRUNE_TRANSACTIONS = 20
 #: How many of a message's rejected readings its dead letter quotes (items and details).
 DEADLETTER_QUOTE = 5
 #: The reason of a message that failed processing itself (a bug, or a row the journal refused).
@@ -223,8 +230,10 @@ class Store:
     """The store stage over one message log and one journal. Used in-process by tests and by
     the worker process below."""
 
-    def __init__(self, loaded: Loaded, publish: Any, journal_path: str | Path, log_path: str | Path) -> None:
+    def __init__(self, loaded: Loaded, publish: Any, journal_path: str | Path, log_path: str | Path, *,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic) -> None:
         s = loaded.settings
+        self.clock, self.monotonic = clock, monotonic
         self.journal = Journal(journal_path, sync=s.journal_sync)
         self.messages = MessageLog(log_path, sync=s.journal_sync, max_payload_bytes=s.max_payload_bytes, keep_bytes=DEADLETTER_KEEP_BYTES)
         self.pipeline = Pipeline(loaded, self.journal, publish)
@@ -240,9 +249,11 @@ class Store:
         self.journal.set_state(LOG_ID_KEY, self.messages.log_id)
         self.journal.set_state(POSITION_KEY, self.position)
         self.keep_ms = int(s.message_keep_s * 1000)
+        self.deadletter_keep_ms = int(s.deadletter_keep_days * 86_400_000)
+        self.status_keep_ms = int(s.status_keep_days * 86_400_000)
         self.stats_every_s = s.stats_interval_s
-        self._next_prune = time.monotonic() + PRUNE_EVERY_S
-        self._next_stats = time.monotonic() + self.stats_every_s
+        self._next_prune = monotonic() + PRUNE_EVERY_S
+        self._next_stats = monotonic() + self.stats_every_s
 
     @classmethod
     def in_worker(cls, loaded: Loaded, link: Any, journal_path: str, log_path: str) -> "Store":
@@ -254,14 +265,50 @@ class Store:
         if batch:
             self.pipeline.process(batch)
             self.position = batch[-1].id
-        now = time.monotonic()
+        now = self.monotonic()
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_EVERY_S
-            self.messages.prune(self.position, int(time.time() * 1000) - self.keep_ms)
+            self.prune(int(self.clock() * 1000))
         if now >= self._next_stats:
             self._next_stats = now + self.stats_every_s
             log.info("store figures", extra=kv(**self.stats()))
         return len(batch)
+
+    def prune(self, now_ms: int) -> dict[str, int]:
+        """One retention pass: expanded raw messages older than ``message_keep_s``, dead
+        letters and device status rows older than their keep days. At most
+        ``PRUNE_TRANSACTIONS`` short transactions per table; what is left waits for the next
+        pass. Returns how many rows went, per table."""
+        out = {"messages": self._prune_log(now_ms - self.keep_ms), "deadletters": 0, "statuses": 0}
+        for name, prune, keep_ms in (("deadletters", self.journal.prune_deadletters, self.deadletter_keep_ms),
+                                     ("statuses", self.journal.prune_statuses, self.status_keep_ms)):
+            for _ in range(PRUNE_TRANSACTIONS):
+                n = prune(now_ms - keep_ms, PRUNE_ROWS)
+                out[name] += n
+                if n < PRUNE_ROWS:
+                    break
+        if out["deadletters"] or out["statuses"]:
+            log.info("pruned the journal", extra=kv(**out))
+        return out
+
+    def _prune_log(self, older_than_ms: int) -> int:
+        """The message log's part, ``PRUNE_LOG_IDS`` batch ids per transaction from its oldest
+        row: its file is the ack path's, whose append must not wait behind one long DELETE.
+        Pruning always takes a prefix of the ids (arrival order), so the rows left are
+        contiguous and a transaction that deletes less than its range has met the young ones."""
+        first = self.messages.read_after(0, 1)
+        if not first:
+            return 0
+        upto, total = first[0].id - 1, 0
+        for _ in range(PRUNE_TRANSACTIONS):
+            if upto >= self.position:
+                break
+            start, upto = upto, min(self.position, upto + PRUNE_LOG_IDS)
+            n = self.messages.prune(upto, older_than_ms)
+            total += n
+            if n < upto - start:
+                break
+        return total
 
     def lag(self) -> int:
         """Messages logged but not yet stored."""

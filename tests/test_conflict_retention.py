@@ -125,3 +125,110 @@ def test_redelivery_after_a_crash_makes_no_dead_letters(tmp_path, monkeypatch):
     assert _query(data / "journal.sqlite", "SELECT count(*) FROM deadletters") == [(0,)]
     assert c.readings_stored == 0 and c.readings_duplicate == 120
     assert _query(data / "journal.sqlite", "SELECT count(*) FROM readings") == [(60,)]
+
+
+# -- retention --------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """Wall and monotonic time the test moves by hand."""
+
+    def __init__(self, wall: float) -> None:
+        self.wall, self.mono = wall, 1000.0
+
+    def advance(self, s: float) -> None:
+        self.wall += s
+        self.mono += s
+
+
+def _status(device: str, t: float) -> tuple[bytes, bytes]:
+    return f"geowarn/BSH/{device}/status".encode(), json.dumps({"device": device, "t": t, "battery_v": 12.4}).encode()
+
+
+def test_dead_letters_and_statuses_are_pruned_by_age_in_small_batches(tmp_path, monkeypatch):
+    from geowarn.ingest import store as store_mod
+
+    monkeypatch.setattr(store_mod, "PRUNE_ROWS", 100)
+    monkeypatch.setattr(store_mod, "PRUNE_TRANSACTIONS", 3)
+    loaded = _loaded(tmp_path, monkeypatch, GEOWARN_DEADLETTER_KEEP_DAYS="30", GEOWARN_STATUS_KEEP_DAYS="7")
+    data = Path(loaded.settings.data_dir)
+    journal = data / "journal.sqlite"
+    log = MessageLog(data / "messages.sqlite")
+    now = time.time()
+    old, mid, young = int((now - 40 * 86400) * 1000), int((now - 10 * 86400) * 1000), int((now - 3600) * 1000)
+    log.append([(TOPIC, b"not json %d" % i) for i in range(700)], received_ms=old)  # 700 dead letters, 40 days old
+    log.append([_status("BSH-EXT1", now - 40 * 86400 + k) for k in range(5)], received_ms=old)
+    log.append([_status("BSH-GNSS1", now - 40 * 86400)], received_ms=old)  # its only status: kept however old
+    log.append([(TOPIC, b"not json either")] + [_status("BSH-EXT1", now - 10 * 86400)], received_ms=mid)
+    log.append([(TOPIC, b"young")] + [_status("BSH-EXT1", now - 3600)], received_ms=young)
+    clock = FakeClock(now)
+    store = _store(loaded, clock=lambda: clock.wall, monotonic=lambda: clock.mono)
+    _drain(store)
+    assert _query(journal, "SELECT count(*) FROM deadletters") == [(702,)]
+    assert _query(journal, "SELECT count(*) FROM device_status") == [(8,)]
+
+    assert store.step() == 0  # not yet time to prune
+    assert _query(journal, "SELECT count(*) FROM deadletters") == [(702,)]
+    counts = []
+    for _ in range(4):
+        clock.advance(store_mod.PRUNE_EVERY_S)
+        store.step()
+        counts.append(_query(journal, "SELECT count(*) FROM deadletters")[0][0])
+    # At most 3 transactions of 100 rows per pass: the 700 old ones go over three passes.
+    assert counts == [402, 102, 2, 2]
+    assert _query(journal, "SELECT detail FROM deadletters ORDER BY id")[1][0].startswith("payload is not JSON")
+    statuses = _query(journal, "SELECT device, received_ms FROM device_status ORDER BY id")
+    # EXT1: older than 7 days gone but its newest; GNSS1's only (40-day-old) status stays.
+    assert statuses == [("BSH-GNSS1", old), ("BSH-EXT1", young)]
+
+    # A month later the young dead letters go too; a device's newest status never does.
+    clock.advance(31 * 86400)
+    store.step()
+    assert _query(journal, "SELECT count(*) FROM deadletters") == [(0,)]
+    assert _query(journal, "SELECT count(*) FROM device_status") == [(2,)]
+    store.close()
+    log.close()
+
+
+def test_the_message_log_is_pruned_a_few_ids_per_transaction(tmp_path, monkeypatch):
+    from geowarn.ingest import store as store_mod
+
+    monkeypatch.setattr(store_mod, "PRUNE_LOG_IDS", 50)
+    monkeypatch.setattr(store_mod, "PRUNE_TRANSACTIONS", 2)
+    loaded = _loaded(tmp_path, monkeypatch, GEOWARN_MESSAGE_KEEP_S="60")
+    data = Path(loaded.settings.data_dir)
+    log = MessageLog(data / "messages.sqlite")
+    now = time.time()
+    for i in range(250):
+        log.append([(TOPIC, _msg(i, [(T0 + 60 * i, 1.0)]))], received_ms=int((now - 3600) * 1000))
+    clock = FakeClock(now)
+    store = _store(loaded, clock=lambda: clock.wall, monotonic=lambda: clock.mono)
+    _drain(store)
+    assert store.position == 250
+    left = []
+    for _ in range(3):
+        clock.advance(store_mod.PRUNE_EVERY_S)
+        store.step()
+        left.append(len(log.read_after(0, 1000)))
+    assert left == [150, 50, 1]  # 100 ids a pass; the newest row always stays
+    # A new batch: the old last one is no longer the newest and goes; the young one stays.
+    log.append([(TOPIC, _msg(300, [(T0 + 60 * 300, 1.0)]))], received_ms=int(clock.wall * 1000))
+    clock.advance(store_mod.PRUNE_EVERY_S)
+    store.step()
+    assert [m.id for m in log.read_after(0, 1000)] == [251]
+    log.append([(TOPIC, _msg(301, [(T0 + 60 * 301, 1.0)]))], received_ms=int(clock.wall * 1000))
+    clock.advance(store_mod.PRUNE_EVERY_S)
+    store.step()
+    assert [m.id for m in log.read_after(0, 1000)] == [251, 252]  # younger than message_keep_s
+    store.close()
+    log.close()
+    assert _query(data / "journal.sqlite", "SELECT count(*) FROM readings") == [(252,)]
+
+
+@pytest.mark.parametrize("key", ["GEOWARN_DEADLETTER_KEEP_DAYS", "GEOWARN_STATUS_KEEP_DAYS"])
+def test_keep_days_must_be_positive(tmp_path, monkeypatch, key):
+    from geowarn.config.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        _loaded(tmp_path, monkeypatch, **{key: "0"})
+    assert key in str(err.value)
