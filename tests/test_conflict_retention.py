@@ -232,3 +232,27 @@ def test_keep_days_must_be_positive(tmp_path, monkeypatch, key):
     with pytest.raises(ConfigError) as err:
         _loaded(tmp_path, monkeypatch, **{key: "0"})
     assert key in str(err.value)
+
+
+@pytest.mark.slow
+def test_the_daemon_dead_letters_a_conflict_and_ignores_a_repeat(tmp_path, mosquitto):
+    from daemonproc import Daemon, Recorder, publisher
+
+    d = Daemon(tmp_path / "data", mosquitto.url)
+    d.start()
+    dead = Recorder(mosquitto.url, ["geowarn/deadletter"])
+    pub = publisher(mosquitto.url)
+    try:
+        for payload in (_msg(1, [(T0, 1.5)]), _msg(1, [(T0, 1.5)]), _msg(2, [(T0, 7.25), (T0 + 60, 2.0)])):
+            pub.publish(TOPIC.decode(), payload, qos=1).wait_for_publish(10)
+        d.wait_until(lambda: d.count() == 2 and d.count("deadletters") == 1, message="two readings and one dead letter")
+        [(topic, raw, _)] = dead.take(1)
+        doc = json.loads(raw)
+        assert doc["reason"] == "conflict" and "1.5" in doc["detail"] and "7.25" in doc["detail"]
+        assert [(t, v) for *_, t, v in d.readings()] == [(int(T0 * 1000), 1.5), (int(T0 * 1000) + 60_000, 2.0)]
+        assert d.query("SELECT reason FROM deadletters") == [("conflict",)]
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        dead.close()
+        d.close()
