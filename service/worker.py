@@ -120,19 +120,26 @@ def take_lock(path: Path, wait_s: float = 30.0) -> IO[str] | None:
 _PR_SET_PDEATHSIG = 1
 
 
+def _parent_death_signal(sig: int) -> None:
+    """``prctl(PR_SET_PDEATHSIG, sig)``: the kernel sends ``sig`` when the parent dies (0: none)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+            log.warning("prctl(PR_SET_PDEATHSIG) failed; relying on the orphan check", extra=kv(errno=ctypes.get_errno()))
+    except (OSError, AttributeError):
+        log.warning("no prctl; relying on the orphan check")
+
+
 def die_with_parent(parent: int) -> None:
     """Be killed by the kernel the moment the parent daemon dies, whatever this process is doing
     (blocked on a lock, starting up); on Linux only. Exits now if the parent is already gone
-    (it may have died before this line ran)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-                log.warning("prctl(PR_SET_PDEATHSIG) failed; relying on the orphan check", extra=kv(errno=ctypes.get_errno()))
-        except (OSError, AttributeError):
-            log.warning("no prctl; relying on the orphan check")
+    (it may have died before this line ran). Disarmed once the worker is running: see
+    ``_worker_main``."""
+    _parent_death_signal(signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(0)
 
@@ -180,6 +187,11 @@ def _worker_main(
     except OSError:  # the daemon is gone
         pass
     ready.close()
+    # Running, an orphan must not be killed mid-batch: between a batch's announcements
+    # (alerts.jsonl, the outbox) and the position saved after them, a kill would make the next
+    # worker announce them again. From here the daemon's death is end of file on `stop`, and
+    # the loop below finishes its batch, checkpoints and exits.
+    _parent_death_signal(0)
     next_checkpoint = time.monotonic() + s.snapshot_interval_s
     clean = False
     try:

@@ -14,7 +14,7 @@ from geowarn.alerts.notifiers import Outgoing
 from geowarn.alerts.outbox import OUTBOX_SCHEMA, Outbox, OutboxReader
 from geowarn.console.tokens import TOKENS_SCHEMA, TokenStore
 from geowarn.core.sqlite import ChangeWatch, NewerSchemaError, Schema, open_db, open_readonly, user_version
-from geowarn.ingest.journal import Journal, JournalReader
+from geowarn.ingest.journal import JOURNAL_SCHEMA, Journal, JournalReader
 from geowarn.ingest.messagelog import MESSAGES_SCHEMA, MessageLog
 
 V1 = "CREATE TABLE IF NOT EXISTS site (code TEXT PRIMARY KEY);"
@@ -168,7 +168,8 @@ def test_an_old_journal_opens_keeps_its_data_and_takes_writes(tmp_path):
 
     journal = Journal(path)
     try:
-        assert _version(path) == 1
+        # Stamped as migration 1 (the schema of its time) and migrated on to the newest.
+        assert _version(path) == len(JOURNAL_SCHEMA.migrations) == 2
         assert journal.count() == 2 and journal.count(drill=True) == 1
         assert journal.get_state("fusion.site_levels") == {"S1": 2}
         assert journal.append([(1, 4000, 3.5, 0, 4100)], state={"k": 1}) == 1
