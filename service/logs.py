@@ -40,6 +40,12 @@ def _text_value(v: Any) -> str:
     return json.dumps(s, ensure_ascii=False) if (not s or any(c in s for c in ' ="\n\t')) else s
 
 
+def _writable(line: str) -> str:
+    """A lone surrogate (from a hostile topic or payload) would make the UTF-8 stream refuse
+    the whole line; write it as its escape instead."""
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
@@ -48,9 +54,9 @@ class TextFormatter(logging.Formatter):
         line = super().format(record)
         fields = _fields(record)
         if not fields:
-            return line
+            return _writable(line)
         head, sep, tail = line.partition("\n")  # fields stay on the message line, before a traceback
-        return head + "".join(f" {k}={_text_value(v)}" for k, v in fields.items()) + sep + tail
+        return _writable(head + "".join(f" {k}={_text_value(v)}" for k, v in fields.items()) + sep + tail)
 
 
 class JsonFormatter(logging.Formatter):
@@ -65,7 +71,7 @@ class JsonFormatter(logging.Formatter):
             doc.setdefault(k, v)
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False, default=str)
+        return _writable(json.dumps(doc, ensure_ascii=False, default=str))
 
 
 def log_format(environ: Mapping[str, str] | None = None) -> str:

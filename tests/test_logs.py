@@ -103,3 +103,16 @@ def test_the_daemon_and_its_workers_log_one_json_object_a_line(tmp_path, mosquit
     loggers = {d["logger"] for d in docs}
     assert {"geowarn.service.daemon", "geowarn.ingest.store"} <= loggers
     assert all(set(d) >= {"t", "level", "logger", "msg"} for d in docs)
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_lone_surrogate_in_a_field_is_written_escaped_not_lost(fmt: str) -> None:
+    """A hostile topic reaches log fields; the UTF-8 stream must not refuse the whole line."""
+    raw = io.BytesIO()
+    out = io.TextIOWrapper(raw, encoding="utf-8")
+    configure_logging(logging.INFO, stream=out, fmt=fmt)
+    logging.getLogger("geowarn.ingest.store").warning("codec failed", extra=kv(topic="geowarn/\ud800/d/data"))
+    out.flush()
+    line = raw.getvalue().decode("utf-8")
+    assert "codec failed" in line
+    assert "\\ud800" in line
