@@ -27,10 +27,36 @@ warning.
 
 No data is a timer, not a reading: ``tick(now)`` reports devices that fell silent (and their
 return) as their own events; they never change a level.
+
+Clocks (live only, when ``arrived`` is given). The quality guard judges order against the
+last accepted event time, so one reading stamped ahead of the true time — anything up to the
+codec's future-skew allowance (300 s) — would make every true reading stamped before it "out
+of order": a store-and-forward backlog, or a feed published with backdated times, would go
+unjudged and the slope behind it stay at level 0. So a reading stamped more than
+``AHEAD_TOLERANCE_S`` ahead of its arrival is *held* and judged only once the clock reaches
+its time (``tick`` at that deadline, or the first reading that arrives after it): the true
+readings stamped before it are judged first, in order, and the held one is then judged like
+any other (the spike and step-back guards see it, in its place). It can delay, never blind.
+Held readings are bounded per channel (``MAX_HELD``; past it, the reading stamped furthest
+ahead is refused and counted, ``quality["ahead_overflow"]``) and are part of the snapshot,
+so a restart loses none. Replay (``arrived`` None) judges in event time exactly as before.
+The normal reading costs one float comparison (and one dict lookup for its device's health).
+
+Clock health. A device whose readings keep arriving out of order, stamped ahead of their
+arrival, or as conflicting duplicates has a clock (or a logger) that is wrong, and a duty
+officer should hear of it once: when ``CLOCK_TROUBLE_AT`` of its last ``CLOCK_WINDOW``
+readings were such, fusion reports a ``clock`` event, and ``clock_ok`` once its last
+``CLOCK_WINDOW`` readings are clean again. They change no level. They are timed in event
+time (the channel's last accepted time; for a reading held for being early, its arrival),
+so live and replay agree on everything but "ahead", which only a live daemon can see. Per
+device counts (``clock_health()``) go to the console, ``/metrics`` and the zero report; only
+devices that ever had a bad time stamp take any memory.
 """
 
 from __future__ import annotations
 
+import heapq
+import math
 from typing import Any
 
 from geowarn.config.registry import DISPLACEMENT_LIKE, ChannelInfo, Kind, Registry
@@ -60,6 +86,24 @@ NOISE: dict[Kind, float] = {
     Kind.crack: 0.1,
     Kind.tilt: 0.01,
 }
+#: A reading stamped more than this ahead of its arrival is held until the clock reaches its
+#: time (see the module docstring). Small: a reading judged at once can put at most this much
+#: of a backlog behind it out of order; an NTP-synced logger's clock is well within it.
+AHEAD_TOLERANCE_S = 2.0
+#: Readings held per channel at most. A channel reporting every few minutes holds one at a
+#: time even with its clock at the full 300 s allowance; a flood of early readings cannot
+#: grow the daemon's memory.
+MAX_HELD = 16
+#: Clock health: a ``clock`` event when this many of a device's last ``CLOCK_WINDOW`` readings
+#: came out of order, ahead of their arrival or as conflicting duplicates; ``clock_ok`` when
+#: none of its last ``CLOCK_WINDOW`` did.
+CLOCK_WINDOW = 50
+CLOCK_TROUBLE_AT = 3
+#: The kinds of bad time stamp counted per device, in the order of ``_Health.counts``.
+CLOCK_FAULTS = ("out_of_order", "ahead", "conflict")
+_FAULT_OF_FLAG = {"out_of_order": 0, "duplicate_conflict": 2}
+_WINDOW_MASK = (1 << CLOCK_WINDOW) - 1
+
 #: Persistence filters count time, not readings: half an hour of agreeing evaluations at
 #: 10-minute sampling, a single one for daily or monthly readings.
 PERSIST_S = 1800.0
@@ -135,7 +179,7 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
 
 
 class _Channel:
-    __slots__ = ("info", "guard", "detectors", "levels", "verdicts", "level", "suspect")
+    __slots__ = ("info", "guard", "detectors", "levels", "verdicts", "level", "suspect", "held")
 
     def __init__(self, info: ChannelInfo, guard: QualityGuard, detectors: list[tuple[str, Detector]]) -> None:
         self.info = info
@@ -145,6 +189,7 @@ class _Channel:
         self.verdicts: dict[str, Verdict] = {}
         self.level = 0
         self.suspect = 0
+        self.held = 0  # readings of this channel waiting in SiteFusion._held
 
     def forecast(self) -> dict[str, Any] | None:
         v = self.verdicts.get("forecast")
@@ -156,6 +201,38 @@ class _Channel:
             if best is None or self.levels.get(name, 0) > self.levels.get(best[0], 0):
                 best = (name, v)
         return best
+
+
+class _Health:
+    """One device's recent time stamps: per kind of fault a bit per reading (1: that fault),
+    newest in the lowest bit, ``CLOCK_WINDOW`` bits."""
+
+    __slots__ = ("site", "masks", "seen", "trouble", "counts")
+
+    def __init__(self, site: str) -> None:
+        self.site = site
+        self.masks = [0, 0, 0]  # by CLOCK_FAULTS
+        self.seen = 0  # readings since tracking began, up to CLOCK_WINDOW
+        self.trouble = False
+        self.counts = [0, 0, 0]  # cumulative, by CLOCK_FAULTS
+
+    def in_window(self) -> list[int]:
+        return [m.bit_count() for m in self.masks]
+
+    def bad(self) -> int:
+        m0, m1, m2 = self.masks
+        return (m0 | m1 | m2).bit_count()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"site": self.site, "masks": list(self.masks), "seen": self.seen, "trouble": self.trouble, "counts": list(self.counts)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> _Health:
+        h = cls(str(d["site"]))
+        h.masks = [int(x) & _WINDOW_MASK for x in d["masks"]]
+        h.seen, h.trouble = int(d["seen"]), bool(d["trouble"])
+        h.counts = [int(x) for x in d["counts"]]
+        return h
 
 
 class _Site:
@@ -179,6 +256,13 @@ class SiteFusion:
             for info in chans.values():
                 intervals[info.device] = min(intervals.get(info.device, info.interval_s), info.interval_s)
         self.nodata = NoDataMonitor(intervals)
+        #: Readings stamped ahead of their arrival, waiting for the clock to reach their time:
+        #: a heap of (t, seq, info, value, exercise, arrived); seq keeps arrival order on a tie.
+        self._held: list[tuple[float, int, ChannelInfo, float, bool, float]] = []
+        self._held_next = math.inf  # the earliest held t (inf: none), one comparison per reading
+        self._seq = 0
+        #: Clock health of the devices that ever sent a bad time stamp (see the module docstring).
+        self._health: dict[str, _Health] = {}
 
     # -- levels ------------------------------------------------------------------------------
 
@@ -209,20 +293,39 @@ class SiteFusion:
     def update_all(
         self, info: ChannelInfo, t: float, value: float, exercise: bool = False, arrived: float | None = None
     ) -> list[LevelChange]:
-        """Judge one reading; returns the events it causes (a device back from silence, a level change).
+        """Judge one reading; returns the events it causes (a device back from silence, a level
+        change, a clock health event; a held reading judged now that the clock has passed it).
 
         ``arrived``: when the reading reached the daemon (live). Silence is judged by arrival,
-        so a device draining a store-and-forward backlog is not silent; replay judges by event
-        time.
+        so a device draining a store-and-forward backlog is not silent; a reading stamped more
+        than ``AHEAD_TOLERANCE_S`` after its arrival is held until the clock reaches its time.
+        Replay (None) judges by event time.
         """
         out: list[LevelChange] = []
+        if arrived is not None:
+            if arrived >= self._held_next:
+                self._release(arrived, out)
+            if t > arrived + AHEAD_TOLERANCE_S:
+                self._hold(info, t, value, exercise, arrived, out)
+                return out
+        self._judge(info, t, value, exercise, arrived, out, False)
+        return out
+
+    def _seen(self, info: ChannelInfo, t: float, when: float, out: list[LevelChange]) -> None:
+        back = self.nodata.seen(info.device, when)
+        if back is not None:
+            lvl = self.level(info.site)
+            out.append(
+                LevelChange(info.site, t, lvl, lvl, f"{info.device}: data again after {back.silent_s / 3600:.1f} h of silence", {"device": info.device, "silent_s": back.silent_s}, False, "nodata_end")
+            )
+
+    def _judge(
+        self, info: ChannelInfo, t: float, value: float, exercise: bool, arrived: float | None, out: list[LevelChange], tallied: bool
+    ) -> None:
+        """The guards, then the detectors, then fusion. ``tallied``: the reading's clock health
+        was counted already (a held reading, counted as "ahead" when it arrived)."""
         if not exercise:
-            back = self.nodata.seen(info.device, t if arrived is None else max(t, arrived))
-            if back is not None:
-                lvl = self.level(info.site)
-                out.append(
-                    LevelChange(info.site, t, lvl, lvl, f"{info.device}: data again after {back.silent_s / 3600:.1f} h of silence", {"device": info.device, "silent_s": back.silent_s}, False, "nodata_end")
-                )
+            self._seen(info, t, t if arrived is None else max(t, arrived), out)
         st = self._site(info.site, exercise)
         ch = self._channel(st, info)
         g = ch.guard.update(t, value)
@@ -230,7 +333,13 @@ class SiteFusion:
             ch.suspect += 1
             flag = str(g.evidence.get("flag", "suspect"))
             self.quality[flag] = self.quality.get(flag, 0) + 1
-            return out
+            if not exercise and not tallied:
+                fault = _FAULT_OF_FLAG.get(flag)
+                # Timed at the channel's last accepted time: event time, as in a replay.
+                self._tally(info, fault, float(g.evidence.get("last_t", t)) if fault is not None else t, out)
+            return
+        if self._health and not exercise and not tallied:
+            self._tally(info, None, t, out)
         changed = False
         for name, det in ch.detectors:
             v = det.update(t, value)
@@ -245,12 +354,106 @@ class SiteFusion:
         # the site asks again: a forecast that turns clean (or comes within the window), on
         # this channel or another, confirms without any level changing.
         if new_ch == ch.level and not changed and not st.held:
-            return out
+            return
         ch.level = new_ch
         change = self._fuse(info.site, st, t, exercise)
         if change is not None:
             out.append(change)
-        return out
+
+    # -- clocks ------------------------------------------------------------------------------
+
+    def _hold(self, info: ChannelInfo, t: float, value: float, exercise: bool, arrived: float, out: list[LevelChange]) -> None:
+        """Keep a reading stamped ahead of its arrival until the clock reaches its time."""
+        if not exercise:
+            self._seen(info, arrived, arrived, out)  # the device is talking: not silent
+            self._tally(info, 1, arrived, out)
+        st = self._site(info.site, exercise)
+        ch = self._channel(st, info)
+        if ch.held >= MAX_HELD:
+            # A flood of early readings: refuse the one stamped furthest ahead (the least
+            # credible), counted, never the true readings it would have put out of order.
+            self.quality["ahead_overflow"] = self.quality.get("ahead_overflow", 0) + 1
+            ch.suspect += 1
+            mine = [i for i, e in enumerate(self._held) if e[2] == info]
+            far = max(mine, key=lambda i: self._held[i][0])
+            if self._held[far][0] <= t:
+                return
+            self._held[far] = self._held[-1]
+            self._held.pop()
+            heapq.heapify(self._held)
+            ch.held -= 1
+        self._seq += 1
+        heapq.heappush(self._held, (t, self._seq, info, value, exercise, arrived))
+        ch.held += 1
+        self.quality["ahead"] = self.quality.get("ahead", 0) + 1
+        self._held_next = self._held[0][0]
+
+    def _release(self, now: float, out: list[LevelChange]) -> None:
+        """Judge the held readings whose time the clock has reached, in time order."""
+        held = self._held
+        while held and held[0][0] <= now:
+            t, _, info, value, exercise, arrived = heapq.heappop(held)
+            self._channel(self._site(info.site, exercise), info).held -= 1
+            self._judge(info, t, value, exercise, arrived, out, True)
+        self._held_next = held[0][0] if held else math.inf
+
+    def _tally(self, info: ChannelInfo, fault: int | None, t: float, out: list[LevelChange]) -> None:
+        """Count one reading of ``info.device`` (``fault``: its index in CLOCK_FAULTS, None:
+        a good time stamp); report the device's clock trouble when it starts and ends."""
+        device = info.device
+        h = self._health.get(device)
+        if h is None:
+            if fault is None:
+                return
+            h = self._health[device] = _Health(info.site)
+        masks = h.masks
+        if fault is None and not h.trouble and not (masks[0] or masks[1] or masks[2]):
+            return  # a clean window stays clean: nothing to shift (and CLOCK_WINDOW readings were seen)
+        for i in range(3):
+            masks[i] = ((masks[i] << 1) | (i == fault)) & _WINDOW_MASK
+        if h.seen < CLOCK_WINDOW:
+            h.seen += 1
+        if fault is not None:
+            h.counts[fault] += 1
+        bad = h.bad()
+        if not h.trouble and bad >= CLOCK_TROUBLE_AT:
+            h.trouble = True
+            out.append(self._clock_event(device, h, t, bad, "clock"))
+        elif h.trouble and bad == 0:
+            h.trouble = False
+            out.append(self._clock_event(device, h, t, bad, "clock_ok"))
+
+    def _clock_event(self, device: str, h: _Health, t: float, bad: int, kind: str) -> LevelChange:
+        n = h.in_window()
+        evidence = {"device": device, "readings": h.seen, **dict(zip(CLOCK_FAULTS, n))}
+        if kind == "clock":
+            words = (f"{n[0]} out of order", f"{n[1]} stamped ahead of their arrival", f"{n[2]} conflicting with a reading already stored")
+            parts = ", ".join(w for w, k in zip(words, n) if k)
+            reason = (
+                f"{device}: {bad} of its last {h.seen} readings came with a wrong time ({parts}) — its clock may be wrong. "
+                "Readings stamped ahead are judged when their time comes; readings out of order are not judged"
+            )
+        else:
+            reason = f"{device}: its last {CLOCK_WINDOW} readings came in order and on time — its clock looks right again"
+        lvl = self.level(h.site)
+        return LevelChange(h.site, t, lvl, lvl, reason, evidence, False, kind)
+
+    def clock_health(self) -> dict[str, Any]:
+        """Per device with any bad time stamp: its counts (cumulative and in the window) and
+        whether it is in clock trouble; totals over all devices; readings held right now."""
+        devices: dict[str, Any] = {}
+        totals = dict.fromkeys(CLOCK_FAULTS, 0)
+        for device, h in sorted(self._health.items()):
+            counts = dict(zip(CLOCK_FAULTS, h.counts))
+            for k, v in counts.items():
+                totals[k] += v
+            devices[device] = {"site": h.site, "trouble": h.trouble, "total": counts, "recent": dict(zip(CLOCK_FAULTS, h.in_window())), "readings": h.seen}
+        return {
+            "totals": totals,
+            "devices_in_trouble": sum(1 for h in self._health.values() if h.trouble),
+            "held": len(self._held),
+            "devices": devices,
+        }
 
     def _fuse(self, site: str, st: _Site, t: float, exercise: bool) -> LevelChange | None:
         policy = self.registry.sites[site].policy
@@ -310,8 +513,11 @@ class SiteFusion:
     # -- timers ------------------------------------------------------------------------------
 
     def tick(self, now: float) -> list[LevelChange]:
-        """No-data events due at ``now`` (clock time live, event time in replay)."""
-        out = []
+        """Held readings whose time has come, then no-data events due at ``now`` (clock time
+        live, event time in replay)."""
+        out: list[LevelChange] = []
+        if now >= self._held_next:
+            self._release(now, out)
         for ev in self.nodata.due(now):
             site = self.registry.device_site.get(ev.device)
             if site is None:
@@ -323,7 +529,10 @@ class SiteFusion:
         return out
 
     def next_deadline(self) -> float | None:
-        return self.nodata.next_deadline()
+        due = self.nodata.next_deadline()
+        if self._held and (due is None or self._held_next < due):
+            return self._held_next
+        return due
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -345,7 +554,9 @@ class SiteFusion:
                     for key, ch in st.channels.items()
                 },
             }
-        return {"sites": sites, "quality": dict(self.quality), "nodata": self.nodata.snapshot()}
+        held = [[info.site, int(exercise), info.device, info.channel, t, value, arrived] for t, _, info, value, exercise, arrived in sorted(self._held)]
+        health = {device: h.to_json() for device, h in self._health.items()}
+        return {"sites": sites, "quality": dict(self.quality), "nodata": self.nodata.snapshot(), "held": held, "health": health}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a snapshot. Sites, channels and detectors no longer in the registry
@@ -376,3 +587,14 @@ class SiteFusion:
                         det.restore(cd["detectors"][name])
         if "nodata" in state:
             self.nodata.restore(state["nodata"])
+        self._held, self._seq = [], 0
+        for site, ex, device, channel, t, value, arrived in state.get("held", []):
+            info = self.registry.channel(site, device, channel)
+            if info is None:
+                continue
+            self._seq += 1
+            self._held.append((float(t), self._seq, info, float(value), bool(ex), float(arrived)))
+            self._channel(self._site(site, bool(ex)), info).held += 1
+        heapq.heapify(self._held)
+        self._held_next = self._held[0][0] if self._held else math.inf
+        self._health = {d: _Health.from_json(h) for d, h in state.get("health", {}).items() if d in self.registry.device_site}
