@@ -121,6 +121,12 @@ class Settings(BaseSettings):
     # by the store stage a few hundred rows per transaction (a device's newest status stays).
     deadletter_keep_days: float = Field(default=30.0, gt=0, le=36500)
     status_keep_days: float = Field(default=30.0, gt=0, le=36500)
+    # A warning (log, /metrics geowarn_disk_low, /healthz "disk") when the data directory's
+    # free space falls below the smaller of these: a percentage of its file system and a
+    # number of bytes (0 in either: never warn). When the disk is full the daemon stops
+    # acknowledging messages (the broker keeps them) until it can write again.
+    disk_warn_free_percent: float = Field(default=5.0, ge=0, le=100)
+    disk_warn_free_bytes: int = Field(default=500 * 1024 * 1024, ge=0)
 
     # The response chain. smtp_url: where email notifiers send (smtp[s]://[user:pass@]host[:port]
     # [?starttls=1]); timezone: the zero reports' local hours (county 09:00, city 10:00,

@@ -86,10 +86,12 @@ def create_api(
     stopping: threading.Event | None = None,
     answer_wait_s: float = ANSWER_WAIT_S,
     trusted_proxies: Sequence[Network] = (),
+    main: Callable[[], MainStats] | None = None,
 ) -> FastAPI:
     """The FastAPI app: the API under ``/api``, the console at ``/``, ``/healthz``, ``/metrics``.
 
-    ``trusted_proxies``: the peers whose ``X-Forwarded-For`` names the client (default none)."""
+    ``trusted_proxies``: the peers whose ``X-Forwarded-For`` names the client (default none).
+    ``main``: the daemon's own figures, whose degraded parts make ``/healthz`` answer 503."""
     app = FastAPI(
         title="GeoWarn duty-officer API",
         version="1",
@@ -124,6 +126,8 @@ def create_api(
         answer_wait_s=answer_wait_s,
         trusted_proxies=tuple(trusted_proxies),
     )
+    # The daemon's health for /healthz (console/routes/operations.py), read at each request.
+    app.state.geowarn_main = main
     # In this order: it is the order of the OpenAPI document and of route matching.
     for module in (operations, sites, warnings, actions, events):
         app.include_router(module.router)
@@ -167,7 +171,7 @@ class ApiServer:
         self.metrics = make_registry(self.data_dir, loaded.registry, main, now)
         self.app = create_api(
             loaded, self.data_dir, self.requester, self.tokens, self.metrics, now=now, stopping=self.stopping,
-            trusted_proxies=s.trusted_proxy_networks,
+            trusted_proxies=s.trusted_proxy_networks, main=main,
         )
         # log_config=None: keep the daemon's logging as it is; access_log off: the audit table
         # records what matters, and request lines would drown the daemon's own log.

@@ -60,6 +60,13 @@ class MainStats:
     forwarder_lag_readings: int = 0
     forwarder_lag_s: float = 0.0
     worker_restarts: int = 0
+    # Degraded mode (service/daemon.py): each part that writes ("ack", "store", "detection")
+    # with why it cannot write ("" when it can), and the data directory's free space (None:
+    # not measured).
+    degraded: tuple[tuple[str, str], ...] = ()
+    disk_free_bytes: int | None = None
+    disk_total_bytes: int | None = None
+    disk_warn_below_bytes: int | None = None
 
 
 class GeoWarnCollector(Collector):
@@ -95,10 +102,26 @@ class GeoWarnCollector(Collector):
         yield CounterMetricFamily("geowarn_messages_acked", "MQTT messages acknowledged to the broker after they were durable", value=m.messages_acked)
         yield CounterMetricFamily("geowarn_worker_restarts", "store/detection worker processes restarted after dying", value=m.worker_restarts)
         if m.forwarder_enabled:
+        yield from self._health(m)
             yield GaugeMetricFamily("geowarn_forwarder_lag_readings", "journal readings not yet accepted by InfluxDB", value=m.forwarder_lag_readings)
             yield GaugeMetricFamily("geowarn_forwarder_lag_seconds", "age of the oldest reading not yet forwarded", value=m.forwarder_lag_s)
 
     # -- journal ---------------------------------------------------------------------------
+    @staticmethod
+    def _health(m: MainStats) -> Iterator[Metric]:
+        """Degraded mode and free space: alert on ``max(geowarn_degraded) > 0`` (nothing is
+        being acknowledged or stored) and on ``geowarn_disk_low`` (it soon will not be)."""
+        degraded = GaugeMetricFamily("geowarn_degraded", "1 while a part of the daemon cannot write (disk full, I/O error) and retries; "
+                                     "the ack part then acknowledges nothing", labels=["part"])
+        for part, reason in m.degraded:
+            degraded.add_metric([part], 1.0 if reason else 0.0)
+        yield degraded
+        if m.disk_free_bytes is not None:
+            yield GaugeMetricFamily("geowarn_disk_free_bytes", "free space of the data directory's file system", value=m.disk_free_bytes)
+            yield GaugeMetricFamily("geowarn_disk_total_bytes", "size of the data directory's file system", value=m.disk_total_bytes or 0)
+            low = m.disk_warn_below_bytes is not None and m.disk_free_bytes < m.disk_warn_below_bytes
+            yield GaugeMetricFamily("geowarn_disk_low", "1 while the data directory's free space is below the warning threshold", value=1.0 if low else 0.0)
+
 
     def _journal(self) -> Iterator[Metric]:
         stored = CounterMetricFamily("geowarn_readings_stored", "readings stored in the journal (duplicates stored once)")

@@ -87,7 +87,8 @@ class MessageLog:
         self.conn.close()
 
     def append(self, messages: Sequence[tuple[bytes, bytes]], received_ms: int) -> None:
-        """Make (topic, payload) messages durable in one transaction.
+        """Make (topic, payload) messages durable in one transaction, or raise and keep none of
+        them (``sqlite3.OperationalError`` on a full disk: the caller holds them and retries).
 
         An oversized payload is kept only in part (enough for its dead letter): it will be
         rejected anyway, and it must not make the log grow by whatever a client sends.
@@ -110,7 +111,10 @@ class MessageLog:
             conn.execute(_INSERT, (received_ms, len(messages), b"".join(parts)))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # A failed COMMIT (disk full) may have ended the transaction already: a ROLLBACK
+            # then raises "no transaction is active" and would hide the real cause.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     def read_after(self, position: int, max_batches: int) -> list[Logged]:

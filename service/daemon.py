@@ -9,6 +9,14 @@ Each stage keeps its own position in what it reads and moves it in the same tran
 what it writes, so any process may die at any moment and the next one resumes exactly. A
 worker process that dies is started again (and logged); the ack path never waits for it.
 
+Degrade, don't die: when the message log cannot be written (disk full, I/O error) the ack
+thread keeps the messages it took in hand, unacknowledged, takes no more (the broker keeps
+them: its in-flight window stops the flow), and retries writing them until it can; the
+workers do the same on their side (service/worker.py) and report it. Meanwhile the console
+keeps serving, ``/healthz`` answers 503 with the reasons, ``geowarn_degraded`` is 1 and a log
+line says so every minute. The data directory's free space is watched and a warning raised
+before it runs out (``disk_warn_free_percent`` / ``disk_warn_free_bytes``).
+
 ``build_app(loaded)`` builds everything from configuration; tests build their own apps with
 their own data dirs and brokers. Nothing here is a module-level singleton.
 """
@@ -16,6 +24,7 @@ their own data dirs and brokers. Nothing here is a module-level singleton.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -30,7 +39,7 @@ from geowarn.ingest.journal import DEADLETTER_KEEP_BYTES, JOURNAL_FILE, Journal,
 from geowarn.ingest.messagelog import MESSAGES_FILE, MessageLog
 from geowarn.ingest.mqtt import Inbound, MqttLink
 from geowarn.ingest.store import Store, stored_position
-from geowarn.service.worker import WorkerProcess
+from geowarn.service.worker import WorkerProcess, describe_error, is_write_error
 from geowarn.core.logfields import kv
 
 log = logging.getLogger(__name__)
@@ -41,6 +50,18 @@ MAX_BATCH = 2000
 MAX_BATCH_BYTES = 64 * 1024 * 1024
 #: How often the daemon checks that its worker processes are alive.
 WATCH_EVERY_S = 1.0
+#: After a failed message-log write the messages in hand are written again after this pause,
+#: doubled up to the maximum.
+WRITE_RETRY_FIRST_S = 0.5
+WRITE_RETRY_MAX_S = 5.0
+#: While degraded the daemon says so in its log this often.
+DEGRADED_LOG_EVERY_S = 60.0
+#: How often the data directory's free space is measured, and how often a low-space warning
+#: is repeated while it lasts.
+DISK_CHECK_EVERY_S = 5.0
+DISK_LOG_EVERY_S = 600.0
+#: The parts that report whether they can write, in the order /healthz and /metrics list them.
+PARTS = ("ack", "store", "detection")
 
 
 @dataclass
@@ -48,6 +69,28 @@ class Counters:
     messages: int = 0  # durable in the message log and acknowledged
     stale_acks: int = 0  # arrived on an earlier connection: the broker redelivers them
     worker_restarts: int = 0
+    write_errors: int = 0  # message-log writes that failed (the messages were kept and retried)
+
+
+@dataclass(frozen=True)
+class Disk:
+    """The data directory's file system at the last look."""
+
+    free_bytes: int
+    total_bytes: int
+    warn_below_bytes: int
+
+    @property
+    def low(self) -> bool:
+        return self.free_bytes < self.warn_below_bytes
+
+
+def disk_of(path: Path, warn_percent: float, warn_bytes: int) -> Disk:
+    """Free space for unprivileged writers (``f_bavail``) and the warning threshold: the smaller
+    of ``warn_percent`` of the file system and ``warn_bytes`` (either 0: never warn)."""
+    st = os.statvfs(path)
+    total = st.f_blocks * st.f_frsize
+    return Disk(st.f_bavail * st.f_frsize, total, int(min(total * warn_percent / 100.0, warn_bytes)))
 
 
 def private_data_dir(data_dir: Path) -> None:
@@ -117,6 +160,19 @@ class App:
             loaded, self.journal_path, event_time=event_time_start is not None, start_t=event_time_start or 0.0
         )
         self.ready = threading.Event()
+        # Degraded mode (see the module's docstring). The ack thread owns these; the HTTP
+        # thread reads only ``_health``, a tuple replaced whole.
+        self._pending: list[Inbound] = []  # taken from the inbox, not yet durable, not acked
+        self._pending_ms = 0
+        self._retry_at = 0.0
+        self._retry_pause = WRITE_RETRY_FIRST_S
+        self._ack_error: str | None = None
+        self._degraded_since: float | None = None
+        self._next_degraded_log = 0.0
+        self._disk: Disk | None = None
+        self._next_disk = 0.0
+        self._next_disk_log = 0.0
+        self._health: tuple[tuple[tuple[str, str], ...], Disk | None] = (tuple((p, "") for p in PARTS), None)
         self._restart_at: dict[str, float] = {}
         self._restart_pause: dict[str, float] = {}
         self._last_restart: dict[str, float] = {}
@@ -130,25 +186,114 @@ class App:
             self.http = ApiServer(loaded, data_dir, self.main_stats, self.clock.now)
 
     def _handle(self, items: list[Inbound]) -> None:
-        now_ms = to_ms(self.clock.now())
-        chunk: list[tuple[bytes, bytes]] = []
-        size = 0
-        for it in items:
-            # A row stays far below SQLite's 1 GB blob limit whatever max_payload_bytes says.
-            if chunk and size + len(it.payload) > MAX_BATCH_BYTES:
-                self.messages.append(chunk, now_ms)
-                chunk, size = [], 0
-            chunk.append((it.topic, it.payload))
-            size += len(it.payload)
-        self.messages.append(chunk, now_ms)
+        """Make a batch taken from the inbox durable and acknowledge it; what cannot be written
+        now stays in hand (``_pending``) for ``_flush`` to retry."""
+        self._pending = items
+        self._pending_ms = to_ms(self.clock.now())
+        self._flush()
+
+    def _flush(self) -> bool:
+        """Write the messages in hand to the message log and acknowledge them, chunk by chunk
+        (each chunk is acknowledged once it is durable, so a retry never logs it twice). On a
+        write error the rest stays in hand, unacknowledged, and False is returned."""
+        gen = self.link.generation
+        # One that came on an earlier connection was not acknowledged; the broker sends it
+        # again on this one (persistent session), so logging our copy too would log it twice.
+        pending = [it for it in self._pending if it.qos == 0 or it.generation == gen]
         c = self.counters
-        c.messages += len(items)
         ack = self.link.ack
-        for it in items:
-            if not ack(it):
-                c.stale_acks += 1
+        while pending:
+            n, size = 0, 0
+            for it in pending:
+                # A row stays far below SQLite's 1 GB blob limit whatever max_payload_bytes says.
+                if n and size + len(it.payload) > MAX_BATCH_BYTES:
+                    break
+                n += 1
+                size += len(it.payload)
+            chunk = pending[:n]
+            try:
+                self.messages.append([(it.topic, it.payload) for it in chunk], self._pending_ms)
+            except Exception as exc:
+                if not is_write_error(exc):
+                    raise
+                self._pending = pending
+                self._write_failed(exc)
+                return False
+            del pending[:n]
+            c.messages += len(chunk)
+            for it in chunk:
+                if not ack(it):
+                    c.stale_acks += 1
+        self._pending = []
+        if self._ack_error is not None:
+            log.warning("the message log is written again; acknowledging messages again", extra=kv(retries=c.write_errors))
+            self._ack_error = None
+            self._retry_pause = WRITE_RETRY_FIRST_S
+            self._update_health()
         if self.forwarder is not None:
             self.forwarder.wake()
+        return True
+
+    def _write_failed(self, exc: BaseException) -> None:
+        reason = describe_error(exc)
+        self.counters.write_errors += 1
+        if self._ack_error is None:
+            log.error("cannot write the message log; holding the messages unacknowledged (the broker keeps them) and retrying",
+                      extra=kv(error=reason, held=len(self._pending)))
+        self._ack_error = reason
+        self._retry_at = time.monotonic() + self._retry_pause
+        self._retry_pause = min(self._retry_pause * 2, WRITE_RETRY_MAX_S)
+        self._check_disk(force=True)
+        self._update_health()
+
+    # -- health: degraded parts and free space -------------------------------------------------
+
+    def degraded(self) -> dict[str, str]:
+        """The parts that cannot write now, with why (empty: all can)."""
+        return {part: reason for part, reason in self._health[0] if reason}
+
+    def _update_health(self) -> None:
+        """Gather the ack path's and the workers' reports; log the change, and every minute
+        while degraded."""
+        reasons = {"ack": self._ack_error or "", "store": self.store.degraded or "", "detection": self.detection.degraded or ""}
+        self._health = (tuple((p, reasons[p]) for p in PARTS), self._disk)
+        now = time.monotonic()
+        bad = {p: r for p, r in reasons.items() if r}
+        if bad and self._degraded_since is None:
+            self._degraded_since = now
+            self._next_degraded_log = now + DEGRADED_LOG_EVERY_S
+            log.error("daemon DEGRADED: cannot write; /healthz answers 503 until it can", extra=kv(**bad, **self._disk_fields()))
+        elif bad and now >= self._next_degraded_log:
+            self._next_degraded_log = now + DEGRADED_LOG_EVERY_S
+            log.error("daemon still DEGRADED: cannot write", extra=kv(for_s=round(now - (self._degraded_since or now)), held=len(self._pending),
+                                                                     **bad, **self._disk_fields()))
+        elif not bad and self._degraded_since is not None:
+            log.warning("daemon no longer degraded: writing works again", extra=kv(degraded_s=round(now - self._degraded_since)))
+            self._degraded_since = None
+
+    def _disk_fields(self) -> dict[str, Any]:
+        d = self._disk
+        return {} if d is None else {"disk_free_bytes": d.free_bytes, "disk_total_bytes": d.total_bytes}
+
+    def _check_disk(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._next_disk:
+            return
+        self._next_disk = now + DISK_CHECK_EVERY_S
+        s = self.loaded.settings
+        try:
+            disk = disk_of(Path(s.data_dir), s.disk_warn_free_percent, s.disk_warn_free_bytes)
+        except OSError as exc:
+            log.warning("cannot measure the data directory's free space", extra=kv(error=exc))
+            return
+        was_low = self._disk is not None and self._disk.low
+        self._disk = disk
+        if disk.low and (not was_low or now >= self._next_disk_log):
+            self._next_disk_log = now + DISK_LOG_EVERY_S
+            log.warning("the data directory is running out of space: free some, or the daemon stops acknowledging messages when it is full",
+                        extra=kv(data_dir=s.data_dir, free_bytes=disk.free_bytes, total_bytes=disk.total_bytes, warn_below_bytes=disk.warn_below_bytes))
+        elif was_low and not disk.low:
+            log.info("the data directory has enough free space again", extra=kv(data_dir=s.data_dir, free_bytes=disk.free_bytes))
 
     def stored_position(self) -> int:
         """How many logged messages the store stage has put into the journal (by log id)."""
@@ -168,6 +313,10 @@ class App:
             "inbox": self.link.inbox.qsize(),
             "sessions_lost": self.link.sessions_lost,
         }
+        if self._pending:
+            out["held_unacked"] = len(self._pending)
+        if c.write_errors:
+            out["write_errors"] = c.write_errors
         if self.forwarder is not None:
             f = self.forwarder.status()
             out.update(forwarder_lag_readings=f.lag_readings, forwarder_lag_s=round(f.lag_s or 0.0))
@@ -181,8 +330,11 @@ class App:
         from geowarn.console.metrics import MainStats
 
         c, f = self.counters, self.forwarder.status() if self.forwarder is not None else None
+        parts, disk = self._health
         return MainStats(c.messages, c.messages - c.stale_acks, f is not None, f.lag_readings if f else 0,
-                         (f.lag_s or 0.0) if f else 0.0, c.worker_restarts)
+                         (f.lag_s or 0.0) if f else 0.0, c.worker_restarts, degraded=parts,
+                         disk_free_bytes=disk.free_bytes if disk else None, disk_total_bytes=disk.total_bytes if disk else None,
+                         disk_warn_below_bytes=disk.warn_below_bytes if disk else None)
 
     def _watch_workers(self) -> None:
         """Replace a dead worker, without waiting for it and with a growing pause between
@@ -200,6 +352,10 @@ class App:
                 worker.restart()
             except Exception:  # spawning failed (no memory, no processes): try again later
                 log.exception("could not restart a worker", extra=kv(worker=worker.name))
+        for worker in (self.store, self.detection):
+            worker.health()
+        self._check_disk()
+        self._update_health()
 
     def run(self, stop: threading.Event, drain_s: float = 3.0) -> None:
         stats_every_s = self.loaded.settings.stats_interval_s
@@ -210,6 +366,8 @@ class App:
         self.link.start()
         if self.http is not None:
             self.http.start()
+        self._check_disk(force=True)
+        self._update_health()
         self.ready.set()
         log.info("geowarn daemon running", extra=kv(broker=self.loaded.settings.mqtt.redacted(), data_dir=self.loaded.settings.data_dir))
         inbox = self.link.inbox
@@ -224,12 +382,21 @@ class App:
                 if now >= next_watch:
                     self._watch_workers()
                     next_watch = now + WATCH_EVERY_S
+                if self._pending:
+                    # Degraded: take nothing more until what is in hand is durable.
+                    wait = self._retry_at - time.monotonic()
+                    if wait > 0:
+                        stop.wait(min(wait, 0.2))
+                    else:
+                        self._flush()
+                    continue
                 items = inbox.take(MAX_BATCH, 0.2)
                 if items:
                     self._handle(items)
-            # Stop: finish what is already in hand (commit + ack) while the link is still up.
+            # Stop: finish what is already in hand (commit + ack) while the link is still up;
+            # what cannot be written stays unacknowledged at the broker.
             deadline = time.monotonic() + drain_s
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and (not self._pending or self._flush()):
                 items = inbox.take(MAX_BATCH, 0.0)
                 if not items:
                     break

@@ -7,15 +7,23 @@ killed at any instant leaves nothing the worker can block on), and death with th
 (``PR_SET_PDEATHSIG`` on Linux, and the orphan check). Each worker has its own MQTT link for what it publishes (dead letters, alert
 events, notifications); a worker that also takes requests (acks) subscribes with a persistent
 session of its own, so requests sent while it restarts wait for it at the broker.
+
+A write error (disk full, I/O error: ``is_write_error``) does not end a worker: it closes its
+job and link, waits, and builds them again from their saved positions — what a restart would
+do, without the crash loop — until writing works again. Meanwhile it tells the daemon it is
+degraded through a health pipe (not a file: the disk may be full), and the daemon says so on
+``/healthz`` and ``/metrics``.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import multiprocessing as mp
 import os
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +41,31 @@ Publish = Callable[[str, bytes, bool], None]
 
 #: Scheduling priority of worker processes relative to the daemon (higher = yields more).
 WORKER_NICENESS = 10
+#: After a write error a worker rebuilds its job after this pause, doubled up to the maximum.
+WRITE_RETRY_FIRST_S = 1.0
+WRITE_RETRY_MAX_S = 10.0
+#: While a worker stays degraded it logs this often (the first error is logged at once).
+DEGRADED_LOG_EVERY_S = 60.0
+
+#: OS errors that mean "the storage refuses writes", not a bug: no space, quota, I/O error,
+#: read-only file system, file too large.
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG})
+
+
+def is_write_error(exc: BaseException) -> bool:
+    """The storage's trouble rather than the code's: SQLite's operational errors (disk full,
+    disk I/O error, locked, read-only, cannot open) and OS errors of ``_STORAGE_ERRNOS``.
+    What raises one of these is retried later, never dropped and never a reason to exit."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return True
+    if type(exc) is sqlite3.DatabaseError:  # "database disk image is malformed" and the like
+        return True
+    return isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short, one-line cause for logs and ``/healthz``."""
+    return f"{type(exc).__name__}: {str(exc)[:300]}".replace("\n", " ")
 
 
 class Job(Protocol):
@@ -154,6 +187,7 @@ def _worker_main(
     ready: Connection,
     parent: int,
     log_level: int,
+    health: Connection,
 ) -> None:
     """The worker process: lock, build the job, step until told to stop (or orphaned), checkpoint.
 
@@ -162,8 +196,6 @@ def _worker_main(
     on it forever (holding its lock). A pipe only breaks: ``stop`` becomes readable when the
     daemon asks us to stop (a byte) or dies (end of file)."""
     die_with_parent(parent)
-    from geowarn.ingest.mqtt import MqttLink
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the daemon stops us through `stop`
     # What a worker writes (journal, outbox, notify/*.jsonl, CAP files) is the daemon's user's
     # alone, even when the daemon was built without `geowarn run` (its umask is inherited too).
@@ -178,10 +210,17 @@ def _worker_main(
     if lock is None:
         log.error("another worker of this kind holds the lock; giving up", extra=kv(worker=name, lock=Path(s.data_dir) / f"{name}.lock"))
         return
-    link = MqttLink(s.mqtt_for(f"{s.mqtt_client_id}-{name}"), client_id=f"{s.mqtt_client_id}-{name}", subscriptions=subscriptions, protocol="3.1.1", keepalive_s=s.mqtt_keepalive_s,
-                    ca_file=str(s.mqtt_ca_file) if s.mqtt_ca_file else None, clean_session=not subscriptions)
-    link.start()
-    job = factory(loaded, link, *args)
+
+    def connect() -> Any:
+        from geowarn.ingest.mqtt import MqttLink
+
+        link = MqttLink(s.mqtt_for(f"{s.mqtt_client_id}-{name}"), client_id=f"{s.mqtt_client_id}-{name}", subscriptions=subscriptions, protocol="3.1.1", keepalive_s=s.mqtt_keepalive_s,
+                        ca_file=str(s.mqtt_ca_file) if s.mqtt_ca_file else None, clean_session=not subscriptions)
+        link.start()
+        return link
+
+    link: Any = connect()
+    job: Job | None = factory(loaded, link, *args)
     try:
         ready.send_bytes(b"r")
     except OSError:  # the daemon is gone
@@ -194,28 +233,121 @@ def _worker_main(
     _parent_death_signal(0)
     next_checkpoint = time.monotonic() + s.snapshot_interval_s
     clean = False
+    degraded: Degraded | None = None
     try:
         while True:
             # Read the stop flag before the step: a step that finds nothing after the stop was
             # asked for has seen everything committed before it.
             stopping = stop.poll() or os.getppid() != parent
-            n = job.step()
-            if time.monotonic() >= next_checkpoint:
-                job.checkpoint()
-                next_checkpoint = time.monotonic() + s.snapshot_interval_s
+            try:
+                if job is None:  # degraded: dropped after a write error
+                    if stopping:
+                        break  # nothing in hand: what is not written is in the message log or at the broker
+                    if degraded is not None and not degraded.due():
+                        stop.poll(min(0.5, degraded.wait()))
+                        continue
+                    link = connect()
+                    job = factory(loaded, link, *args)
+                n = job.step()
+                if time.monotonic() >= next_checkpoint:
+                    job.checkpoint()
+                    next_checkpoint = time.monotonic() + s.snapshot_interval_s
+            except Exception as exc:
+                if not is_write_error(exc):
+                    raise
+                # The job's state may be half a step ahead of its saved position: drop it and
+                # build it again from what is durable, as a new process would.
+                if degraded is None:
+                    degraded = Degraded(name, health)
+                degraded.failed(exc)
+                job, link = _discard(job, link)
+                continue
+            if degraded is not None:
+                degraded.recovered()
+                degraded = None
             if n == 0:
                 if stopping:
                     break
                 stop.poll(0.05)
         clean = True
+    except BaseException:
+        # The cause of the restart that follows, in the daemon's log (the daemon logs the exit).
+        log.exception("worker failed; exiting (the daemon starts a new one)", extra=kv(worker=name))
+        raise
     finally:
         try:
-            if clean:  # after an exception the job's state may be half a step ahead of its position
-                job.checkpoint()
+            if clean and job is not None:  # after an exception the job's state may be half a step ahead of its position
+                try:
+                    job.checkpoint()
+                except Exception as exc:
+                    if not is_write_error(exc):
+                        raise
+                    log.error("could not checkpoint at the stop; the next start resumes from the last saved position",
+                              extra=kv(worker=name, error=describe_error(exc)))
         finally:
-            job.close()
-            link.stop()
+            _discard(job, link)
             lock.close()
+            health.close()
+
+
+def _discard(job: Job | None, link: Any) -> tuple[None, None]:
+    """Close a job and its link after a write error, whatever they raise on the way."""
+    if job is not None:
+        try:
+            job.close()
+        except Exception as exc:  # closing files on a full disk may fail too; the next build reopens them
+            log.warning("closing the job failed", extra=kv(error=describe_error(exc)))
+    if link is not None:
+        try:
+            link.stop()
+        except Exception as exc:
+            log.warning("stopping the MQTT link failed", extra=kv(error=describe_error(exc)))
+    return None, None
+
+
+class Degraded:
+    """A worker that cannot write: when to try again, what to log, and what the daemon is told
+    through the health pipe (the reason, or an empty message when writing works again)."""
+
+    def __init__(self, name: str, health: Connection) -> None:
+        self.name = name
+        self.health = health
+        self.since = time.monotonic()
+        self.pause = WRITE_RETRY_FIRST_S
+        self.retry_at = 0.0
+        self.next_log = 0.0
+        self.failures = 0
+
+    def failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        reason = describe_error(exc)
+        self.failures += 1
+        if self.failures == 1:
+            log.error("worker cannot write; degraded, retrying until it can (nothing is acknowledged that is not durable)",
+                      extra=kv(worker=self.name, error=reason))
+            self.next_log = now + DEGRADED_LOG_EVERY_S
+        elif now >= self.next_log:
+            log.error("worker still cannot write; degraded", extra=kv(worker=self.name, error=reason, for_s=round(now - self.since), tries=self.failures))
+            self.next_log = now + DEGRADED_LOG_EVERY_S
+        self._tell(reason)
+        self.retry_at = now + self.pause
+        self.pause = min(self.pause * 2, WRITE_RETRY_MAX_S)
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.retry_at
+
+    def wait(self) -> float:
+        return max(0.0, self.retry_at - time.monotonic())
+
+    def recovered(self) -> None:
+        log.warning("worker writes again; no longer degraded", extra=kv(worker=self.name, degraded_s=round(time.monotonic() - self.since), tries=self.failures))
+        self._tell("")
+
+    def _tell(self, reason: str) -> None:
+        try:
+            self.health.send_bytes(reason.encode("utf-8", "backslashreplace"))
+        except OSError:  # the daemon is gone; the orphan check ends us
+            pass
 
 
 class WorkerProcess:
@@ -228,6 +360,8 @@ class WorkerProcess:
         self._loaded = loaded
         self._args = args
         self.restarts = 0
+        #: Why the worker cannot write (its last report on the health pipe); None: it can.
+        self.degraded: str | None = None
         self._spawn()
 
     def _spawn(self) -> None:
@@ -235,9 +369,12 @@ class WorkerProcess:
         # Each end stays with one process: the worker sees end of file on `stop` when we die.
         self._stop_r, self._stop = ctx.Pipe(duplex=False)
         self._ready, self._ready_w = ctx.Pipe(duplex=False)
+        self._health, self._health_w = ctx.Pipe(duplex=False)
+        self.degraded = None
         self.process = ctx.Process(
             target=_worker_main,
-            args=(self.name, self._factory, self._loaded, self._args, self._subscriptions, self._stop_r, self._ready_w, os.getpid(), logging.getLogger().getEffectiveLevel()),
+            args=(self.name, self._factory, self._loaded, self._args, self._subscriptions, self._stop_r, self._ready_w, os.getpid(), logging.getLogger().getEffectiveLevel(),
+                  self._health_w),
             name=f"geowarn-{self.name}",
             daemon=True,
         )
@@ -263,14 +400,38 @@ class WorkerProcess:
         self.process.start()
         self._stop_r.close()  # the worker's ends, now that it has its own copies
         self._ready_w.close()
+        self._health_w.close()
 
     def alive(self) -> bool:
         return self.process.is_alive()
 
+    def health(self) -> str | None:
+        """Read what the worker reported since the last call (never blocks): why it cannot
+        write, or None when it can."""
+        try:
+            while self._health.poll():
+                self.degraded = self._health.recv_bytes().decode("utf-8", "replace") or None
+        except (EOFError, OSError):  # the worker is gone: the restart says so
+            pass
+        return self.degraded
+
+    def exit_cause(self) -> str:
+        """Why the process ended, in words: its exit code or the signal that killed it."""
+        code = self.process.exitcode
+        if code is None:
+            return "still running"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exited with code {code}" + (" (an unhandled error: its traceback is logged above)" if code == 1 else "")
+
     def restart(self) -> None:
         """Start a new worker after this one died, without waiting for it to be ready (the
         caller's loop must not stall): it resumes from its own saved position."""
-        log.error("worker died; starting a new one", extra=kv(worker=self.name, exit_code=self.process.exitcode, restart=self.restarts + 1))
+        log.error("worker died; starting a new one", extra=kv(worker=self.name, cause=self.exit_cause(), exit_code=self.process.exitcode,
+                                                              degraded=self.degraded, restart=self.restarts + 1))
         self.restarts += 1
         self._spawn()
         self._launch()

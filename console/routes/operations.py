@@ -3,8 +3,8 @@ scrape them), and ``/api/me`` (who the console is logged in as)."""
 
 from typing import Any
 
-from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from geowarn.console.routes.context import Auth, Ctx
@@ -12,12 +12,34 @@ from geowarn.console.routes.context import Auth, Ctx
 router = APIRouter()
 
 
-@router.get("/healthz", tags=["operations"])
-def healthz(ctx: Ctx) -> dict[str, Any]:
-    """Liveness: the API answers and can read the journal (no token needed)."""
+@router.get("/healthz", tags=["operations"], responses={503: {"description": "degraded: a part of the daemon cannot write"}})
+def healthz(ctx: Ctx, request: Request) -> Any:
+    """Liveness: the API answers and can read the journal (no token needed).
+
+    503 while the daemon is degraded (a part cannot write: disk full, I/O error), with each
+    part's reason in ``degraded`` and all of them in ``reason``; ``disk`` tells the data
+    directory's free space (low space alone is a warning, not a 503)."""
     # A requester that cannot tell (a test's) counts as connected.
     connected = getattr(ctx.requester, "connected", True)
-    return {"ok": ctx.views.healthy(), "mqtt": bool(connected), "t": ctx.now()}
+    body: dict[str, Any] = {"ok": ctx.views.healthy(), "mqtt": bool(connected), "t": ctx.now()}
+    main = getattr(request.app.state, "geowarn_main", None)
+    if main is None:  # an API without a daemon behind it (tests, tools)
+        return body
+    m = main()
+    degraded = {part: reason for part, reason in m.degraded if reason}
+    body["degraded"] = degraded
+    if m.disk_free_bytes is not None:
+        body["disk"] = {
+            "free_bytes": m.disk_free_bytes,
+            "total_bytes": m.disk_total_bytes,
+            "warn_below_bytes": m.disk_warn_below_bytes,
+            "low": m.disk_warn_below_bytes is not None and m.disk_free_bytes < m.disk_warn_below_bytes,
+        }
+    if degraded:
+        body["ok"] = False
+        body["reason"] = "; ".join(f"{part} cannot write: {reason}" for part, reason in degraded.items())
+        return JSONResponse(body, status_code=503)
+    return body
 
 
 @router.get("/metrics", tags=["operations"], response_class=Response)
