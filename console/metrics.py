@@ -101,12 +101,11 @@ class GeoWarnCollector(Collector):
         yield CounterMetricFamily("geowarn_messages_received", "MQTT data/status messages received and logged by the ack path", value=m.messages_received)
         yield CounterMetricFamily("geowarn_messages_acked", "MQTT messages acknowledged to the broker after they were durable", value=m.messages_acked)
         yield CounterMetricFamily("geowarn_worker_restarts", "store/detection worker processes restarted after dying", value=m.worker_restarts)
-        if m.forwarder_enabled:
         yield from self._health(m)
+        if m.forwarder_enabled:
             yield GaugeMetricFamily("geowarn_forwarder_lag_readings", "journal readings not yet accepted by InfluxDB", value=m.forwarder_lag_readings)
             yield GaugeMetricFamily("geowarn_forwarder_lag_seconds", "age of the oldest reading not yet forwarded", value=m.forwarder_lag_s)
 
-    # -- journal ---------------------------------------------------------------------------
     @staticmethod
     def _health(m: MainStats) -> Iterator[Metric]:
         """Degraded mode and free space: alert on ``max(geowarn_degraded) > 0`` (nothing is
@@ -122,6 +121,7 @@ class GeoWarnCollector(Collector):
             low = m.disk_warn_below_bytes is not None and m.disk_free_bytes < m.disk_warn_below_bytes
             yield GaugeMetricFamily("geowarn_disk_low", "1 while the data directory's free space is below the warning threshold", value=1.0 if low else 0.0)
 
+    # -- journal ---------------------------------------------------------------------------
 
     def _journal(self) -> Iterator[Metric]:
         stored = CounterMetricFamily("geowarn_readings_stored", "readings stored in the journal (duplicates stored once)")
