@@ -11,6 +11,7 @@ neither loses nor doubles a reading. Detection and the forwarder read the journa
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import sqlite3
@@ -49,6 +50,8 @@ PRUNE_TRANSACTIONS = 20
 DEADLETTER_QUOTE = 5
 #: The reason of a message that failed processing itself (a bug, or a row the journal refused).
 POISON = "poison"
+#: How many times a message whose processing raises is tried before it is quarantined.
+POISON_TRIES = 3
 #: The reason of a reading whose key (device, channel, time) is stored with another value.
 CONFLICT = "conflict"
 
@@ -130,8 +133,9 @@ class Pipeline:
             detail = f"{len(rejects)} of {len(rejects) + good} readings rejected ({tally}); first: {quoted}"[:2000]
         return self._deadletter(now_ms, topic, reason, detail, m.payload, m.size, [r.item for r in rejects[:DEADLETTER_QUOTE]], counts)
 
-    def _poison(self, m: Logged, topic: str, exc: Exception) -> tuple[int, str, str, str, bytes]:
-        return self._deadletter(m.received_ms, topic, POISON, f"{type(exc).__name__}: {str(exc)[:500]}", m.payload, m.size)
+    def _poison(self, m: Logged, topic: str, exc: Exception, tries: int = 1) -> tuple[int, str, str, str, bytes]:
+        after = f" (after {tries} tries)" if tries > 1 else ""
+        return self._deadletter(m.received_ms, topic, POISON, f"{type(exc).__name__}{after}: {str(exc)[:500]}", m.payload, m.size)
 
     def _conflict(self, row: tuple[int, int, float, int, int], channel: str, t: float) -> Reject | None:
         """A reading whose key is already taken by another value (in the journal or earlier
@@ -188,42 +192,102 @@ class Pipeline:
 
     def process(self, messages: list[Logged]) -> int:
         """Store a batch and move the position past it, in one transaction; returns how many
-        readings were new. Future-skew is judged against each message's arrival time."""
-        parts: list[_Part] = []
-        topics: list[str] = []
-        self._batch = {}
-        for m in messages:
-            topic = clean(m.topic.decode("utf-8", "replace"))
-            topics.append(topic)
-            try:
-                parts.append(self._message(m, topic))
-            except Exception as exc:  # a bug met by one message must not stop the stage (no restart loop)
-                log.exception("a message could not be processed; dead-lettered as poison", extra=kv(topic=topic, error=type(exc).__name__))
-                parts.append(([], [self._poison(m, topic, exc)], []))
-        rows = [r for p in parts for r in p[0]]
-        state = {POSITION_KEY: messages[-1].id} if messages else None
-        try:
-            inserted = self.journal.append(rows, [x for p in parts for x in p[1]], [x for p in parts for x in p[2]], state)
-        except sqlite3.OperationalError:
-            raise  # the database's trouble (disk full, locked), not a message's
-        except Exception:
-            # One message the journal cannot take: find it, write everything else.
-            log.exception("a batch could not be written; writing it message by message")
+        readings were new. Future-skew is judged against each message's arrival time.
 
-            def refuse(i: int, exc: Exception) -> tuple[int, str, str, str, bytes]:
-                log.error("a message could not be written; dead-lettered as poison", extra=kv(topic=topics[i], error=type(exc).__name__))
-                rows_lost = parts[i][0]
-                del rows_lost[:]  # not stored: not counted below
-                return self._poison(messages[i], topics[i], exc)
-
-            inserted = self.journal.append_each(parts, state, refuse)
+        A message whose processing raises is tried ``POISON_TRIES`` times, then quarantined (a
+        ``poison`` dead letter naming the exception); one the journal refuses is quarantined
+        and the batch decoded again without it, so that neither leaves keys behind that make
+        a later reading a false ``conflict``. Dead letters go out on MQTT only once they are
+        committed. ``sqlite3.OperationalError`` (disk full, I/O error: the database's trouble,
+        not a message's) is raised with nothing written, for the caller to retry the batch."""
+        quarantined: dict[int, tuple[Exception, int]] = {}  # message index -> (last error, tries)
+        counters = copy.deepcopy(self.counters)
+        while True:
+            outgoing: list[tuple[str, bytes, bool]] = []
+            parts = self._decode(messages, quarantined, outgoing)
             rows = [r for p in parts for r in p[0]]
+            state = {POSITION_KEY: messages[-1].id} if messages else None
+            try:
+                inserted = self.journal.append(rows, [x for p in parts for x in p[1]], [x for p in parts for x in p[2]], state)
+                break
+            except sqlite3.OperationalError:
+                self.counters = counters
+                raise
+            except Exception:
+                log.exception("a batch could not be written; looking for the message the journal refuses")
+            # One message the journal cannot take: find it (each message in its own savepoint,
+            # all rolled back at the first refusal), quarantine it and decode the batch again.
+            try:
+                inserted = self.journal.append_each(parts, state, _refuse)
+                break  # it went in this time, message by message
+            except sqlite3.OperationalError:
+                self.counters = counters
+                raise
+            except _Refused as refused:
+                i = refused.index
+                log.error("a message could not be written; quarantined as poison", extra=kv(topic=clean(messages[i].topic.decode("utf-8", "replace")), error=type(refused.error).__name__))
+                quarantined[i] = (refused.error, 1)
+                self.counters = copy.deepcopy(counters)
+        for topic, payload, retain in outgoing:
+            try:
+                self.publish(topic, payload, retain)
+            except Exception as exc:  # the table keeps it; the MQTT copy is a courtesy
+                log.warning("could not publish a dead letter", extra=kv(error=exc))
         c = self.counters
         c.messages += len(messages)
         c.readings_stored += inserted
         c.readings_duplicate += len(rows) - inserted
         c.statuses += sum(len(p[2]) for p in parts)
         return inserted
+
+    def _decode(self, messages: list[Logged], quarantined: dict[int, tuple[Exception, int]], outgoing: list[tuple[str, bytes, bool]]) -> list[_Part]:
+        """Each message's part of the batch; what would be published is collected in ``outgoing``."""
+        publish, self.publish = self.publish, lambda topic, payload, retain: outgoing.append((topic, payload, retain))
+        try:
+            parts: list[_Part] = []
+            self._batch = {}
+            for i, m in enumerate(messages):
+                topic = clean(m.topic.decode("utf-8", "replace"))
+                if i in quarantined:
+                    exc, tries = quarantined[i]
+                    parts.append(([], [self._poison(m, topic, exc, tries)], []))
+                    continue
+                for tries in range(1, POISON_TRIES + 1):
+                    keys, sent = len(self._batch), len(outgoing)
+                    try:
+                        parts.append(self._message(m, topic))
+                        break
+                    except sqlite3.OperationalError:
+                        raise  # reading the journal failed: not this message's fault
+                    except Exception as exc:  # a bug met by one message must not stop the stage (no restart loop)
+                        # Undo the try: its keys in the batch (a later reading of one would be a
+                        # false conflict) and its dead letters.
+                        for key in list(self._batch)[keys:]:
+                            del self._batch[key]
+                        del outgoing[sent:]
+                        if tries < POISON_TRIES:
+                            log.warning("a message could not be processed; trying it again", extra=kv(topic=topic, error=type(exc).__name__, tries=tries))
+                            continue
+                        log.exception("a message still could not be processed; quarantined as poison", extra=kv(topic=topic, error=type(exc).__name__, tries=tries))
+                        quarantined[i] = (exc, tries)
+                        parts.append(([], [self._poison(m, topic, exc, tries)], []))
+            return parts
+        finally:
+            self.publish = publish
+
+
+class _Refused(Exception):
+    """The journal refused message ``index`` of a batch (raised from ``append_each``'s refuse
+    callback: the whole transaction is rolled back)."""
+
+    def __init__(self, index: int, error: Exception) -> None:
+        super().__init__(index, error)
+        self.index = index
+        self.error = error
+
+
+def _refuse(i: int, exc: Exception) -> tuple[int, str, str, str, bytes]:
+    raise _Refused(i, exc)
 
 
 class Store:

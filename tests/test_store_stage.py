@@ -6,6 +6,7 @@ Expected rows are the readings the tests write themselves.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -174,3 +175,89 @@ def test_a_new_message_log_is_decoded_from_the_start_not_skipped(tmp_path, monke
     store.close()
     log.close()
     assert _rows(data / "journal.sqlite") == [(int((T0 + 60 * i) * 1000), 1.0) for i in range(8)]
+
+
+# -- a message whose processing fails: retried, then quarantined (issue 13, item 1) ------------
+
+
+class _Failing:
+    """The real codec, failing the way a bug met by one message would: for a payload holding
+    ``marker`` the first ``failures`` decodes (every one when None) raise RuntimeError after
+    handing over the message's first reading — so the store has already seen its key."""
+
+    def __init__(self, codec, marker: bytes, failures: int | None = None) -> None:
+        self.codec, self.marker, self.failures = codec, marker, failures
+        self.tries = 0
+
+    def decode(self, topic, payload, now, size):
+        d = self.codec.decode(topic, payload, now, size)
+        if self.marker not in payload:
+            return d
+        self.tries += 1
+        if self.failures is not None and self.tries > self.failures:
+            return d
+
+        def first_then_fail():
+            yield d.readings[0]
+            raise RuntimeError("a bug met by this message")
+
+        return dataclasses.replace(d, readings=first_then_fail())
+
+
+def _reading(seq: int, t: float, v: float) -> bytes:
+    return json.dumps({"v": 1, "device": "BSH-EXT1", "seq": seq, "readings": [{"ch": "disp", "t": t, "v": v}]}).encode()
+
+
+def _store_with(tmp_path, monkeypatch, messages: list[bytes], marker: bytes, failures: int | None):
+    loaded = _loaded(tmp_path, monkeypatch)
+    data = Path(loaded.settings.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    log = MessageLog(data / "messages.sqlite")
+    log.append([(TOPIC, m) for m in messages], received_ms=int(time.time() * 1000))
+    log.close()
+    published: list[tuple[str, bytes, bool]] = []
+    store = Store(loaded, lambda t, p, r: published.append((t, p, r)), data / "journal.sqlite", data / "messages.sqlite")
+    codec = _Failing(store.pipeline.codec, marker, failures)
+    store.pipeline.codec = codec
+    return store, codec, published, data / "journal.sqlite"
+
+
+def test_a_message_that_fails_once_is_tried_again_not_quarantined(tmp_path, monkeypatch):
+    messages = [_reading(1, T0, 1.0), _reading(2, T0 + 60, 2.0), _reading(3, T0 + 120, 3.0)]
+    store, codec, published, journal = _store_with(tmp_path, monkeypatch, messages, b'"seq": 2', failures=2)
+    assert store.step() == 3
+    store.close()
+    assert codec.tries == 3
+    assert _rows(journal) == [(int(T0 * 1000), 1.0), (int((T0 + 60) * 1000), 2.0), (int((T0 + 120) * 1000), 3.0)]
+    assert _deadletters(journal) == [] and published == []
+
+
+def test_a_message_that_keeps_failing_is_quarantined_once_as_poison_and_the_stage_moves_on(tmp_path, monkeypatch):
+    messages = [_reading(1, T0, 1.0), _reading(2, T0 + 60, 2.0), _reading(3, T0 + 120, 3.0)]
+    store, codec, published, journal = _store_with(tmp_path, monkeypatch, messages, b'"seq": 2', failures=None)
+    assert store.step() == 3
+    assert store.step() == 0  # the position moved past it: never tried again
+    store.close()
+    assert codec.tries == 3  # POISON_TRIES, each in this one step: the stage did not stall
+    assert _rows(journal) == [(int(T0 * 1000), 1.0), (int((T0 + 120) * 1000), 3.0)]
+    conn = sqlite3.connect(f"file:{journal}?mode=ro", uri=True)
+    try:
+        dls = conn.execute("SELECT reason, detail FROM deadletters").fetchall()
+    finally:
+        conn.close()
+    assert len(dls) == 1 and dls[0][0] == "poison" and dls[0][1].startswith("RuntimeError"), dls
+    sent = [json.loads(p) for t, p, _ in published if t == "geowarn/deadletter"]
+    assert [d["reason"] for d in sent] == ["poison"]
+
+
+def test_a_quarantined_message_leaves_no_key_behind_to_make_a_later_reading_a_conflict(tmp_path, monkeypatch):
+    # The poison message hands over its reading at T0 (value 9.0) before it fails; the next
+    # message of the same batch has the true reading at T0. It must be stored, not refused as
+    # a conflict with a value that was never stored.
+    messages = [_reading(1, T0, 9.0), _reading(2, T0, 1.0)]
+    store, codec, published, journal = _store_with(tmp_path, monkeypatch, messages, b'"v": 9.0', failures=None)
+    assert store.step() == 2
+    store.close()
+    assert _rows(journal) == [(int(T0 * 1000), 1.0)]
+    assert [r for r, _ in _deadletters(journal)] == ["poison"]
+    assert store.pipeline.counters.readings_conflict == 0
