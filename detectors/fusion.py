@@ -62,6 +62,7 @@ from typing import Any
 from geowarn.config.registry import DISPLACEMENT_LIKE, ChannelInfo, Kind, Registry
 from geowarn.core.events import LevelChange
 from geowarn.core.levels import LEVELS
+from geowarn.detectors.clockhealth import CLOCK_FAULTS, CLOCK_TROUBLE_AT, CLOCK_WINDOW
 from geowarn.detectors.contract import Detector
 from geowarn.detectors.nodata import NoDataMonitor
 from geowarn.detectors.quality import QualityGuard
@@ -94,13 +95,7 @@ AHEAD_TOLERANCE_S = 2.0
 #: time even with its clock at the full 300 s allowance; a flood of early readings cannot
 #: grow the daemon's memory.
 MAX_HELD = 16
-#: Clock health: a ``clock`` event when this many of a device's last ``CLOCK_WINDOW`` readings
-#: came out of order, ahead of their arrival or as conflicting duplicates; ``clock_ok`` when
-#: none of its last ``CLOCK_WINDOW`` did.
-CLOCK_WINDOW = 50
-CLOCK_TROUBLE_AT = 3
-#: The kinds of bad time stamp counted per device, in the order of ``_Health.counts``.
-CLOCK_FAULTS = ("out_of_order", "ahead", "conflict")
+# Clock health thresholds (CLOCK_WINDOW, CLOCK_TROUBLE_AT) and names: detectors/clockhealth.py.
 _FAULT_OF_FLAG = {"out_of_order": 0, "duplicate_conflict": 2}
 _WINDOW_MASK = (1 << CLOCK_WINDOW) - 1
 

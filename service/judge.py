@@ -19,6 +19,13 @@ What differs between live and replay is plugged in, not composed twice:
   acts at its own event time. With the wall clock the source calls ``at(now)`` after each
   batch (so a reading in hand is seen before its device is declared silent); no-data events
   then carry the clock's now and the chain's timers still fire each at its own deadline.
+
+Live, the source passes each reading's arrival time: fusion holds a reading stamped ahead of
+its arrival until the clock reaches its time (a fusion timer like no data), so one early
+time stamp cannot put the true readings behind it out of order. Replay passes none and
+judges in event time. Clock health events (``clock``, ``clock_ok``: a device whose readings
+keep arriving out of order or ahead) go to the alert log like no-data events, but not to the
+response chain: they change no level.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from geowarn.alerts.log import AlertLog
 from geowarn.config.registry import ChannelInfo, Registry
 from geowarn.core.clock import Clock, EventClock
 from geowarn.core.events import LevelChange
+from geowarn.detectors.clockhealth import CLOCK_KINDS
 from geowarn.detectors.fusion import SiteFusion
 
 
@@ -145,7 +153,9 @@ class Judge:
             return None
         event = self.alerts.emit(change, self.registry.sites[change.site].admin)
         self.emitted += 1
-        if self.chain is not None:
+        # A device's clock health is news for the duty officer's log and console, not a
+        # warning: the alert engine has no event for it, and it changes no level.
+        if self.chain is not None and change.kind not in CLOCK_KINDS:
             # The chain's timers (ack deadlines) run on the judge's clock: a level raised live
             # by a backlog of old readings gets its full ack deadline from now, not from the
             # past. In event time the two are the same instant. (The engine treats a clock
