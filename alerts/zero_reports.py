@@ -1,15 +1,27 @@
 """Daily zero reports (零报告): when each tier's report for its admin units is due, in local
-time (county 09:00, city 10:00, province 12:00, as in the national relief plan). Pure functions."""
+time (county 09:00, city 10:00, province 12:00, as in the national relief plan), and the
+devices' clock health a report carries. Pure functions.
+
+A zero report's figures come from ``alerts.chain.zero_stats_of`` (readings, devices online);
+``with_clock_health`` adds the devices of the unit whose clock looks wrong at the report's
+time (detection's clock health, detectors/clockhealth.py): ``devices_clock_trouble`` and
+their names in ``clock_trouble``. Only when there are some: a clean day's report is as before.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime, time, timedelta, tzinfo
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
+from geowarn.config.registry import Registry
+from geowarn.config.roster import Tier, chain_of, tier_of
 
-from geowarn.config.roster import Tier, tier_of
+#: A zero report's figures for (admin, since, until); alerts.chain.ZeroStats.
+Figures = Callable[[str, float, float], Mapping[str, Any]]
+#: Devices named in a zero report's ``clock_trouble`` at most (the count is always whole).
+CLOCK_TROUBLE_NAMED = 20
 
 # -- daily zero reports ---------------------------------------------------------------------
 
@@ -83,3 +95,27 @@ def next_zero_report(
             t = _slot(day, times[tier], zone)
         best = t if best is None else min(best, t)
     return best
+
+
+# -- devices' clocks --------------------------------------------------------------------------
+
+
+def with_clock_health(stats: Figures, registry: Registry, health: Callable[[], Mapping[str, Any] | None]) -> Figures:
+    """``stats`` plus the unit's devices whose clock looks wrong, from ``health()`` (the
+    detection worker's last ``SiteFusion.clock_health()``; None: nothing known yet)."""
+
+    def figures(admin: str, since: float, until: float) -> dict[str, Any]:
+        out = dict(stats(admin, since, until))
+        doc = health() or {}
+        sites = registry.sites
+        bad = sorted(
+            device
+            for device, h in doc.get("devices", {}).items()
+            if h.get("trouble") and h.get("site") in sites and any(a == admin for _, a in chain_of(sites[h["site"]].admin))
+        )
+        if bad:
+            out["devices_clock_trouble"] = len(bad)
+            out["clock_trouble"] = bad[:CLOCK_TROUBLE_NAMED]
+        return out
+
+    return figures

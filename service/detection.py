@@ -14,6 +14,13 @@ Requests pass the control gate first (alerts/control.py): unsigned, stale or rep
 are refused, answered (signed) and audited in the API's audit table; the nonces seen are
 kept in the journal's state (``NONCES_KEY``) so a restart forgets none.
 
+Each reading goes to the judge with its arrival time (``received_ms``): fusion holds a reading
+stamped ahead of its arrival until the clock reaches its time (a fusion timer, run by
+``judge.at(now)`` after each batch), so a reading stamped early cannot blind its channel; held
+readings are in the snapshot. Devices' clock health (``SiteFusion.clock_health()``) is saved in
+the journal's state under ``CLOCK_HEALTH_KEY`` for the console, ``/metrics`` and the zero
+report, at each snapshot and whenever a device's clock health changes.
+
 Its state is a fusion snapshot saved with the journal position it reflects, every
 ``snapshot_interval_s`` and at every stop; after a crash it restores the snapshot and reads
 on from that position, so it neither repeats nor forgets a warning. A file lock keeps a
@@ -35,6 +42,7 @@ from geowarn.config.settings import Loaded
 from geowarn.core.clock import Clock, EventClock, WallClock
 from geowarn.core.events import LevelChange
 from geowarn.core.timefmt import rfc3339
+from geowarn.detectors.clockhealth import CLOCK_HEALTH_KEY, CLOCK_KINDS
 from geowarn.ingest.journal import DETECTION_STATS_KEY, SITE_LEVELS_KEY, Journal
 from geowarn.service.judge import Judge
 from geowarn.service.worker import WorkerProcess
@@ -144,7 +152,7 @@ class Detection:
             return 0
         event_time = self.event_time
         judge = self.judge
-        changed = announced = False
+        changed = announced = clock = False
         maintenance = self.maintenance
         for _id, site, device, channel, t_ms, value, drill, received_ms in rows:
             info = self.registry.channel(site, device, channel)
@@ -166,9 +174,12 @@ class Detection:
                 if emit:
                     announced = True
                     changed = changed or (not change.exercise and change.kind is None)
+                clock = clock or change.kind in CLOCK_KINDS
         self.position = rows[-1][0]
         if changed:
             self._save_levels()
+        if clock:
+            self.save_clock_health()
         if announced:
             # How far changes have been announced: a restart replays silently only up to here.
             self.journal.set_state(EMITTED_KEY, self.position)
@@ -187,6 +198,12 @@ class Detection:
     def save_snapshot(self) -> None:
         self.journal.set_state(SNAPSHOT_KEY, {"position": self.position, "state": self.fusion.snapshot()})
         self.journal.set_state(DETECTION_STATS_KEY, {"readings": self.judged, "seconds": self.judging_s, "position": self.position})
+        self.save_clock_health()
+
+    def save_clock_health(self) -> None:
+        """Devices' clock health for the console, ``/metrics`` and the zero report (they read it
+        from the journal's state: this worker is another process)."""
+        self.journal.set_state(CLOCK_HEALTH_KEY, self.fusion.clock_health())
 
     def _save_levels(self) -> None:
         self.journal.set_state(SITE_LEVELS_KEY, {s: self.fusion.level(s) for s in self.registry.sites})
@@ -214,8 +231,8 @@ class Detection:
         return done
 
     def _held(self, change: LevelChange, now: float) -> bool:
-        # A device switched off for maintenance is silent on purpose.
-        return change.kind in ("nodata", "nodata_end") and self.under_maintenance(str(change.evidence.get("device", "")), now)
+        # A device switched off for maintenance is silent on purpose; its clock may be reset.
+        return change.kind in ("nodata", "nodata_end", *CLOCK_KINDS) and self.under_maintenance(str(change.evidence.get("device", "")), now)
 
     @staticmethod
     def _log_change(change: LevelChange, event: dict[str, Any]) -> None:
@@ -236,6 +253,7 @@ class DetectionJob:
         import httpx
 
         from geowarn.alerts.chain import zero_stats_of
+        from geowarn.alerts.zero_reports import with_clock_health
         from geowarn.alerts.dispatch import Dispatcher, DispatcherThread
         from geowarn.alerts.live import CAP_KEY, COMMAND_KEY, LiveChain, TopicNotifier
         from geowarn.alerts.notifiers import build_notifiers
@@ -268,7 +286,8 @@ class DetectionJob:
         self.dispatch_thread = DispatcherThread(self.dispatcher)
         self.chain = LiveChain(
             loaded.registry, loaded.roster, self.outbox, data_dir, alert_policy(loaded),
-            prefix=s.topic_prefix, tz=s.timezone, zero_stats=zero_stats_of(loaded.registry, self.journal), wake=self.dispatch_thread.wake,
+            prefix=s.topic_prefix, tz=s.timezone, zero_stats=with_clock_health(zero_stats_of(loaded.registry, self.journal), loaded.registry, lambda: self.journal.get_state(CLOCK_HEALTH_KEY)),
+            wake=self.dispatch_thread.wake,
         )
         self.detection = Detection(loaded, self.journal, lambda topic, payload, retain: link.publish(topic, payload, retain), self.clock, self.chain.chain)
         # The start's catch-up announced what happened while detection was down (devices fallen
