@@ -127,6 +127,33 @@ class Settings(BaseSettings):
     # acknowledging messages (the broker keeps them) until it can write again.
     disk_warn_free_percent: float = Field(default=5.0, ge=0, le=100)
     disk_warn_free_bytes: int = Field(default=500 * 1024 * 1024, ge=0)
+    # ... and, oldest first, while their table is over this size (estimated from the rows'
+    # bytes; a flood of bad messages must not fill the disk). A device's newest status stays.
+    deadletter_keep_mb: float = Field(default=256.0, ge=1, le=1_000_000)
+    status_keep_mb: float = Field(default=64.0, ge=1, le=1_000_000)
+    # Readings stay in the journal forever unless this is set (e.g. when InfluxDB keeps them):
+    # then they go this many days after arrival, but never before the forwarder has sent them
+    # nor before detection has judged them and snapshotted past them, and never the readings
+    # within a site's velocity window of its channel's newest one. At least 2 days: the zero
+    # reports count yesterday's readings from the journal.
+    journal_keep_days: float | None = Field(default=None, ge=2, le=36500)
+    # The API's audit trail (DATA_DIR/tokens.sqlite) is evidence: kept this long, and pruned,
+    # oldest first, while the file's used pages are over audit_keep_mb.
+    audit_keep_days: float = Field(default=400.0, ge=1, le=36500)
+    audit_keep_mb: float = Field(default=256.0, ge=1, le=1_000_000)
+
+    @field_validator("journal_keep_days", mode="before")
+    @classmethod
+    def _journal_keep_days(cls, v: Any) -> Any:
+        # "off" (or empty) keeps readings forever, as leaving the key out does.
+        if isinstance(v, str):
+            if v.strip().lower() in ("", "off"):
+                return None
+            try:
+                return float(v)
+            except ValueError:
+                raise ValueError(f"{v!r} must be a number of days (at least 2) or off") from None
+        return v
 
     # The response chain. smtp_url: where email notifiers send (smtp[s]://[user:pass@]host[:port]
     # [?starttls=1]); timezone: the zero reports' local hours (county 09:00, city 10:00,

@@ -166,7 +166,7 @@ class ApiServer:
         self.bind = s.http
         self.data_dir = Path(data_dir)
         self.stopping = threading.Event()
-        self.tokens = TokenStore(self.data_dir / TOKENS_FILE)
+        self.tokens = TokenStore(self.data_dir / TOKENS_FILE, keep_days=s.audit_keep_days, keep_mb=s.audit_keep_mb)  # prunes the audit
         self.requester = MqttRequester(s.mqtt_for(f"{s.mqtt_client_id}-api"), s.topic_prefix, f"{s.mqtt_client_id}-api", str(s.mqtt_ca_file) if s.mqtt_ca_file else None, key=load_or_create_key(self.data_dir))
         self.metrics = make_registry(self.data_dir, loaded.registry, main, now)
         self.app = create_api(

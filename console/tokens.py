@@ -11,7 +11,10 @@ This module owns who may use the API and the record of what they did:
   the national token everything — the same walk as ``config.roster.chain_of``, read upwards.
 - ``audit``: every action taken through the API and every refused attempt (no token, a
   revoked or unknown one, another jurisdiction's), with who (token name), when, what, from
-  where (client address) and the outcome. Rows are only ever appended.
+  where (client address) and the outcome. Rows are only ever appended; a store opened with
+  ``keep_days`` / ``keep_mb`` (the daemon's API: ``audit_keep_days``, ``audit_keep_mb``) prunes
+  the oldest — older than the keep days, or while the file's used pages exceed the cap — in a
+  bounded pass when it opens and at most every ``AUDIT_PRUNE_EVERY_S`` as it writes.
 
 The secrets are 256-bit random strings, so a plain (unsalted, fast) hash is enough: there is
 nothing to brute-force, unlike a password. Lookups compare hashes, never secrets.
@@ -23,16 +26,22 @@ on; the CLI and the API convert them at their boundary.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import secrets
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from geowarn.config.roster import NATIONAL, TIERS, Tier, tier_of
+from geowarn.core.logfields import kv
 from geowarn.core.sqlite import Schema, open_db
+
+log = logging.getLogger(__name__)
 
 __all__ = ["AuditEntry", "TOKENS_FILE", "TOKENS_SCHEMA", "Token", "TokenError", "TokenStore", "UnknownToken", "covers", "hash_secret"]
 
@@ -69,6 +78,13 @@ CREATE INDEX IF NOT EXISTS audit_t ON audit (t);
 """
 #: Migration 1 is the schema from before versions were kept (idempotent).
 TOKENS_SCHEMA = Schema("tokens", (_SCHEMA,))
+
+#: Audit retention: a pass runs when the store opens and then at most this often, on a write;
+#: it deletes at most AUDIT_PRUNE_TRANSACTIONS × AUDIT_PRUNE_ROWS rows, one short transaction
+#: (and one hold of the store's lock) at a time, so a request thread is delayed a few ms.
+AUDIT_PRUNE_EVERY_S = 60.0
+AUDIT_PRUNE_ROWS = 500
+AUDIT_PRUNE_TRANSACTIONS = 10
 
 Outcome = Literal["ok", "refused", "failed", "unauthorised", "forbidden"]
 
@@ -154,11 +170,21 @@ class TokenStore:
     """The token table and the audit trail. Thread-safe (one connection behind a lock): the
     API's request threads share it."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, keep_days: float | None = None, keep_mb: float | None = None,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        """``keep_days`` / ``keep_mb``: the audit's retention (None: keep). Only the process
+        that owns the file's writing for the daemon (the API) passes them; ``geowarn token``
+        and the detection worker's refusals just append."""
         self.path = os.fspath(path)
         # An audit row must survive a power cut as surely as the action it records: FULL.
         self._db = open_db(self.path, TOKENS_SCHEMA, sync="full")
         self._lock = threading.Lock()
+        self.keep_s = None if keep_days is None else keep_days * 86400.0
+        self.keep_bytes = None if keep_mb is None else int(keep_mb * 1024 * 1024)
+        self._monotonic = monotonic
+        self._next_prune = monotonic() + AUDIT_PRUNE_EVERY_S
+        if self.keep_s is not None or self.keep_bytes is not None:
+            self.prune_audit(time.time())
 
     def close(self) -> None:
         with self._lock:
@@ -231,6 +257,64 @@ class TokenStore:
                 "INSERT INTO audit (t, who, token_id, action, target, client, outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (t, token.name if token else "-", token.id if token else None, action, target, client, outcome, detail),
             )
+            due = (self.keep_s is not None or self.keep_bytes is not None) and self._monotonic() >= self._next_prune
+            if due:
+                self._next_prune = self._monotonic() + AUDIT_PRUNE_EVERY_S
+        if due:
+            try:
+                self.prune_audit(t)
+            except sqlite3.Error:  # the row is written; retention tries again next time
+                log.exception("could not prune the audit trail")
+
+    def used_bytes(self) -> int:
+        """The bytes of the file's pages in use (not on the free list): the audit is nearly all
+        of this file, and SQLite keeps both counts in the header, so this reads no table."""
+        with self._lock:
+            return self._used_bytes()
+
+    def _used_bytes(self) -> int:
+        pages = int(self._db.execute("PRAGMA page_count").fetchone()[0]) - int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+        return pages * int(self._db.execute("PRAGMA page_size").fetchone()[0])
+
+    def _delete_oldest(self, before: float | None) -> int:
+        """One transaction: up to AUDIT_PRUNE_ROWS of the oldest rows (older than ``before``,
+        when given); never the newest row, whose id SQLite would hand out again."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._db.execute(
+                    "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE id < (SELECT max(id) FROM audit) AND t < ? ORDER BY id LIMIT ?)",
+                    (float("inf") if before is None else before, AUDIT_PRUNE_ROWS),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return int(cur.rowcount)
+
+    def prune_audit(self, now: float) -> tuple[int, int]:
+        """One bounded retention pass: rows older than ``keep_days``, then the oldest while
+        the file's used pages exceed ``keep_mb``. Returns the rows deleted (by age, by size);
+        what is left waits for the next pass."""
+        by_age = by_size = 0
+        budget = AUDIT_PRUNE_TRANSACTIONS
+        if self.keep_s is not None:
+            while budget > 0:
+                budget -= 1
+                n = self._delete_oldest(now - self.keep_s)
+                by_age += n
+                if n < AUDIT_PRUNE_ROWS:
+                    break
+        if self.keep_bytes is not None:
+            while budget > 0 and self.used_bytes() > self.keep_bytes:
+                budget -= 1
+                n = self._delete_oldest(None)
+                by_size += n
+                if n == 0:
+                    break
+        if by_age or by_size:
+            log.info("pruned the audit trail", extra=kv(by_age=by_age, by_size=by_size, used_mb=round(self.used_bytes() / 1048576, 1)))
+        return by_age, by_size
 
     def audit_entries(self, limit: int = 1000, since: float | None = None) -> list[AuditEntry]:
         """The latest entries, oldest first."""

@@ -123,3 +123,78 @@ def test_cli_create_prints_the_token_last_and_list_never_shows_it(tmp_path):
     assert again.returncode == 1 and "no live token" in again.stderr
     with TokenStore(tmp_path / "tokens.sqlite") as store:
         assert store.verify(secret) is None
+
+
+# -- audit retention ---------------------------------------------------------------------------
+
+
+class _Mono:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _audit_rows(path) -> list[tuple]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT id, t FROM audit ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def test_the_audit_is_pruned_by_age_when_the_api_opens_it_and_as_it_writes(tmp_path):
+    import time
+
+    from geowarn.console import tokens as tokens_mod
+
+    path = tmp_path / "tokens.sqlite"
+    now = time.time()
+    with TokenStore(path) as plain:  # geowarn token, the detection worker: they only append
+        for days in (500, 450, 401, 399, 10):
+            plain.audit(now - days * 86400, None, "POST /api/x", "t", "127.0.0.1", "ok")
+        plain.audit(now - 402 * 86400, None, "POST /api/x", "t", "127.0.0.1", "ok")  # newest by id, old by time
+    assert len(_audit_rows(path)) == 6
+    mono = _Mono()
+    with TokenStore(path, keep_days=400, keep_mb=256, monotonic=mono) as api:
+        # Opening prunes what is older than 400 days, except the newest row (its id would be
+        # handed out again): 500, 450 and 401 days go.
+        assert [round((now - t) / 86400) for _, t in _audit_rows(path)] == [399, 10, 402]
+        api.audit(now, None, "POST /api/y", "t", "127.0.0.1", "ok")
+        assert len(_audit_rows(path)) == 4  # not yet due
+        mono.t += tokens_mod.AUDIT_PRUNE_EVERY_S
+        # Two days on: the 399-day row is 401 days old, and the 402-day one no longer the newest.
+        api.audit(now + 2 * 86400, None, "POST /api/y", "t", "127.0.0.1", "ok")
+        assert [round((now - t) / 86400) for _, t in _audit_rows(path)] == [10, 0, -2]
+    # A store opened without retention never prunes.
+    with TokenStore(path) as plain:
+        plain.audit(now + 900 * 86400, None, "POST /api/z", "t", "127.0.0.1", "ok")
+    assert len(_audit_rows(path)) == 4
+
+
+def test_the_audit_file_stays_under_its_size_cap_oldest_first(tmp_path):
+    import time
+
+    from geowarn.console import tokens as tokens_mod
+
+    path = tmp_path / "tokens.sqlite"
+    now = time.time()
+    mono = _Mono()
+    detail = "refused: " + "d" * 1000
+    with TokenStore(path, keep_days=400, keep_mb=1, monotonic=mono) as api:
+        for i in range(6000):  # ~6 MB of young rows
+            api.audit(now + i, None, "POST /api/warnings/{id}/ack", f"w{i}", "10.0.0.1", "refused", detail)
+            if i % 500 == 499:
+                mono.t += tokens_mod.AUDIT_PRUNE_EVERY_S
+        for _ in range(3):
+            mono.t += tokens_mod.AUDIT_PRUNE_EVERY_S
+            api.audit(now + 6000, None, "GET /api/audit", "-", "10.0.0.1", "ok")
+        conn = sqlite3.connect(path)
+        pages, free, size = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count", "page_size"))
+        conn.close()
+        assert (pages - free) * size <= 1024 * 1024
+        ids = [i for i, _ in _audit_rows(path)]
+        # The newest stay, contiguous up to the last: the oldest went first, and ~1 MB of
+        # 1 kB rows is several hundred of them.
+        assert ids == list(range(ids[0], 6004)) and len(ids) > 500, (ids[:3], len(ids))
