@@ -89,9 +89,30 @@ DETECTION_STATS_KEY = "detection.stats"
 #: How much of a rejected payload the dead-letter table keeps.
 DEADLETTER_KEEP_BYTES = 64 * 1024
 
+#: The bytes a row of a pruned table is counted as: its text and blob bytes plus a fixed
+#: allowance for the integers, the record header and its index entries. An estimate of what
+#: the row occupies in the file, cheap to compute for the rows of one id range.
+ROW_OVERHEAD = 48
+ROW_SIZE = {
+    "deadletters": f"({ROW_OVERHEAD} + length(CAST(topic AS BLOB)) + length(CAST(reason AS BLOB)) "
+                   "+ length(CAST(detail AS BLOB)) + coalesce(length(payload), 0))",
+    "device_status": f"({ROW_OVERHEAD} + 2 * (length(CAST(site AS BLOB)) + length(CAST(device AS BLOB))) "
+                     "+ length(CAST(status AS BLOB)))",
+}
+
 _INSERT_READING = "INSERT OR IGNORE INTO readings (series, t_ms, value, drill, received_ms) VALUES (?, ?, ?, ?, ?)"
 _INSERT_DEADLETTER = "INSERT INTO deadletters (received_ms, topic, reason, detail, payload) VALUES (?, ?, ?, ?, ?)"
 _INSERT_STATUS = "INSERT INTO device_status (site, device, t_ms, received_ms, status) VALUES (?, ?, ?, ?, ?)"
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """What one pruning transaction deleted (rows, their bytes as ``ROW_SIZE`` counts them)
+    and the newest id left in the table (0 when empty)."""
+
+    rows: int
+    bytes: int
+    newest_id: int
 
 
 def to_ms(t: float) -> int:
@@ -212,29 +233,109 @@ class Journal:
         return inserted
 
     # -- retention -------------------------------------------------------------------------
+    #
+    # Each call is one short transaction (BEGIN IMMEDIATE: take the write lock at once rather
+    # than fail to upgrade a read), so the store stage's own appends, detection's and the
+    # forwarder's state writes never wait behind more than ``limit`` rows. Deleting frees pages
+    # that later inserts reuse: the file stops growing at its high-water mark, it does not
+    # shrink (no VACUUM: it would hold the writer for the whole file).
 
-    def prune_deadletters(self, older_than_ms: int, limit: int) -> int:
+    def _delete_ids(self, table: str, select: str, args: Sequence[Any], excess_bytes: int | None = None) -> Pruned:
+        """Delete the rows ``select`` yields as (id, size), oldest first, in one transaction;
+        with ``excess_bytes``, only until that many bytes have gone. ``table`` is one of ours."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            ids: list[tuple[int]] = []
+            gone = 0
+            for rid, size in conn.execute(select, args):
+                if excess_bytes is not None and gone >= excess_bytes:
+                    break
+                ids.append((int(rid),))
+                gone += int(size)
+            if ids:
+                conn.executemany(f"DELETE FROM {table} WHERE id = ?", ids)
+            newest = conn.execute(f"SELECT coalesce(max(id), 0) FROM {table}").fetchone()[0]
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return Pruned(len(ids), gone, int(newest))
+
+    def table_size(self, table: str, after_id: int) -> tuple[int, int, int]:
+        """(rows, bytes, newest id) of the rows of ``deadletters`` or ``device_status`` with
+        an id above ``after_id``: a rowid range, so measuring what arrived since the last look
+        reads only that. Bytes as ``ROW_SIZE`` estimates them."""
+        row = self.conn.execute(
+            f"SELECT count(*), coalesce(sum({ROW_SIZE[table]}), 0), coalesce(max(id), 0) FROM {table} WHERE id > ?", (after_id,)
+        ).fetchone()
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def prune_deadletters(self, older_than_ms: int, limit: int) -> Pruned:
         """Delete up to ``limit`` of the oldest dead letters that arrived before
-        ``older_than_ms``, in one short transaction; returns how many."""
-        cur = self.conn.execute(
-            "DELETE FROM deadletters WHERE id IN "
-            "(SELECT id FROM deadletters WHERE received_ms < ? ORDER BY received_ms LIMIT ?)",
+        ``older_than_ms``, in one short transaction."""
+        return self._delete_ids(
+            "deadletters",
+            f"SELECT id, {ROW_SIZE['deadletters']} FROM deadletters WHERE received_ms < ? ORDER BY received_ms LIMIT ?",
             (older_than_ms, limit),
         )
-        return int(cur.rowcount)
 
-    def prune_statuses(self, older_than_ms: int, limit: int) -> int:
+    def prune_deadletters_by_size(self, excess_bytes: int, limit: int) -> Pruned:
+        """Delete the oldest dead letters (by arrival: id) until ``excess_bytes`` have gone,
+        at most ``limit`` rows, in one short transaction."""
+        return self._delete_ids(
+            "deadletters", f"SELECT id, {ROW_SIZE['deadletters']} FROM deadletters ORDER BY id LIMIT ?", (limit,), excess_bytes
+        )
+
+    #: A status row that is not its device's newest (the console shows that one however old).
+    _NOT_NEWEST = "EXISTS (SELECT 1 FROM device_status n WHERE n.site = d.site AND n.device = d.device AND n.id > d.id)"
+
+    def prune_statuses(self, older_than_ms: int, limit: int) -> Pruned:
         """Delete up to ``limit`` of the oldest device status rows that arrived before
-        ``older_than_ms``, except each device's newest (the console shows it however old);
-        one short transaction; returns how many."""
-        cur = self.conn.execute(
-            "DELETE FROM device_status WHERE id IN "
-            "(SELECT d.id FROM device_status d WHERE d.received_ms < ? AND EXISTS "
-            "(SELECT 1 FROM device_status n WHERE n.site = d.site AND n.device = d.device AND n.id > d.id) "
-            "ORDER BY d.received_ms LIMIT ?)",
+        ``older_than_ms``, except each device's newest; one short transaction."""
+        return self._delete_ids(
+            "device_status",
+            f"SELECT d.id, {ROW_SIZE['device_status']} FROM device_status d WHERE d.received_ms < ? AND {self._NOT_NEWEST} "
+            "ORDER BY d.received_ms LIMIT ?",
             (older_than_ms, limit),
         )
-        return int(cur.rowcount)
+
+    def prune_statuses_by_size(self, excess_bytes: int, limit: int) -> Pruned:
+        """Delete the oldest device status rows (by arrival) until ``excess_bytes`` have gone,
+        except each device's newest; at most ``limit`` rows, one short transaction."""
+        return self._delete_ids(
+            "device_status",
+            f"SELECT d.id, {ROW_SIZE['device_status']} FROM device_status d WHERE {self._NOT_NEWEST} ORDER BY d.id LIMIT ?",
+            (limit,), excess_bytes,
+        )
+
+    def first_reading_id(self) -> int:
+        row = self.conn.execute("SELECT min(id) FROM readings").fetchone()
+        return int(row[0] or 0)
+
+    def prune_readings(self, after_id: int, upto_id: int, older_than_ms: int, horizon_ms: int) -> tuple[int, int]:
+        """Delete the readings with ``after_id < id <= upto_id`` that arrived before
+        ``older_than_ms`` — stopping at the first that did not — except those within
+        ``horizon_ms`` of their series' newest event time (what detection re-reads when it
+        starts without a snapshot). One short transaction; returns (rows deleted, the id the
+        range was worked up to: ``upto_id`` unless a young reading ended it)."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            young = conn.execute(
+                "SELECT min(id) FROM readings WHERE id > ? AND id <= ? AND received_ms >= ?", (after_id, upto_id, older_than_ms)
+            ).fetchone()[0]
+            end = upto_id if young is None else int(young) - 1
+            cur = conn.execute(
+                "DELETE FROM readings WHERE id > ? AND id <= ? AND "
+                "t_ms < (SELECT max(m.t_ms) FROM readings m WHERE m.series = readings.series) - ?",
+                (after_id, end, horizon_ms),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return int(cur.rowcount), end
 
     # -- state -----------------------------------------------------------------------------
 
@@ -407,8 +508,9 @@ class JournalReader:
         return {str(k): int(v) for k, v in (self.state(SITE_LEVELS_KEY) or {}).items()}
 
     def readings_stored(self) -> int:
-        """Readings stored so far: ``readings.id`` is the arrival order and rows are never
-        deleted, so max(id) is the count without scanning the table."""
+        """Readings stored so far: ``readings.id`` is the arrival order and retention never
+        deletes the newest reading (its id would be given again), so max(id) is the count
+        ever stored, without scanning the table."""
         with self._read() as conn:
             return 0 if conn is None else int(conn.execute("SELECT coalesce(max(id), 0) FROM readings").fetchone()[0])
 

@@ -26,6 +26,7 @@ from geowarn.config.settings import Loaded
 from geowarn.ingest.codecs import Codec, PayloadError, Reject, clean
 from geowarn.ingest.journal import DEADLETTER_KEEP_BYTES, Journal, to_ms
 from geowarn.ingest.messagelog import Logged, MessageLog
+from geowarn.ingest.retention import Policy, Retention
 from geowarn.core.logfields import kv
 
 log = logging.getLogger(__name__)
@@ -313,8 +314,10 @@ class Store:
         self.journal.set_state(LOG_ID_KEY, self.messages.log_id)
         self.journal.set_state(POSITION_KEY, self.position)
         self.keep_ms = int(s.message_keep_s * 1000)
-        self.deadletter_keep_ms = int(s.deadletter_keep_days * 86_400_000)
-        self.status_keep_ms = int(s.status_keep_days * 86_400_000)
+        # Dead letters, status and readings; a readings retention keeps each series' longest
+        # detection window, which detection re-reads when it starts without a snapshot.
+        horizon_s = max((site.policy.velocity_window_s for site in loaded.registry.sites.values()), default=0.0)
+        self.retention = Retention(self.journal, Policy.from_settings(s, horizon_s))
         self.stats_every_s = s.stats_interval_s
         self._next_prune = monotonic() + PRUNE_EVERY_S
         self._next_stats = monotonic() + self.stats_every_s
@@ -339,19 +342,14 @@ class Store:
         return len(batch)
 
     def prune(self, now_ms: int) -> dict[str, int]:
-        """One retention pass: expanded raw messages older than ``message_keep_s``, dead
-        letters and device status rows older than their keep days. At most
-        ``PRUNE_TRANSACTIONS`` short transactions per table; what is left waits for the next
-        pass. Returns how many rows went, per table."""
-        out = {"messages": self._prune_log(now_ms - self.keep_ms), "deadletters": 0, "statuses": 0}
-        for name, prune, keep_ms in (("deadletters", self.journal.prune_deadletters, self.deadletter_keep_ms),
-                                     ("statuses", self.journal.prune_statuses, self.status_keep_ms)):
-            for _ in range(PRUNE_TRANSACTIONS):
-                n = prune(now_ms - keep_ms, PRUNE_ROWS)
-                out[name] += n
-                if n < PRUNE_ROWS:
-                    break
-        if out["deadletters"] or out["statuses"]:
+        """One retention pass: expanded raw messages older than ``message_keep_s``; dead
+        letters and device status by age and size, and readings when ``journal_keep_days`` is
+        set (``ingest/retention.py`` says what may go). At most ``PRUNE_TRANSACTIONS`` short
+        transactions per table; what is left waits for the next pass. Returns how many rows
+        went, per table."""
+        out = {"messages": self._prune_log(now_ms - self.keep_ms)}
+        out.update(self.retention.run(now_ms, PRUNE_ROWS, PRUNE_TRANSACTIONS))
+        if out["deadletters"] or out["statuses"] or out["readings"]:
             log.info("pruned the journal", extra=kv(**out))
         return out
 
