@@ -261,3 +261,37 @@ def test_a_quarantined_message_leaves_no_key_behind_to_make_a_later_reading_a_co
     assert _rows(journal) == [(int(T0 * 1000), 1.0)]
     assert [r for r, _ in _deadletters(journal)] == ["poison"]
     assert store.pipeline.counters.readings_conflict == 0
+
+
+def test_a_worker_restart_is_logged_with_its_cause_and_counted_on_metrics(tmp_path, mosquitto):
+    """Worker restarts are a rare event to alert on (issue 13, item 1): the daemon logs each at
+    error level with why the worker ended, and /metrics counts them."""
+    import os
+    import signal
+
+    import httpx
+
+    from daemonproc import Daemon
+    from services import free_port
+
+    port = free_port()
+    data = tmp_path / "data"
+    daemon = Daemon(data, mosquitto.url, extra_env={"GEOWARN_HTTP": f"127.0.0.1:{port}"})
+    try:
+        daemon.start()
+        pid = int((data / "store.lock").read_text().split()[0])  # the holder's record: "PID start parent"
+        os.kill(pid, signal.SIGKILL)
+        daemon.wait_until(lambda: "worker died; starting a new one" in daemon.log_path.read_text(errors="replace"), 30, "the restart")
+        line = next(x for x in daemon.log_path.read_text(errors="replace").splitlines() if "worker died; starting a new one" in x)
+        assert " ERROR " in line and "worker=store" in line and 'cause="killed by SIGKILL"' in line, line
+
+        def restarts() -> float:
+            for x in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
+                if x.startswith("geowarn_worker_restarts_total "):
+                    return float(x.split()[1])
+            return -1.0
+
+        daemon.wait_until(lambda: restarts() == 1.0, 10, "geowarn_worker_restarts_total 1")
+        daemon.terminate(30)
+    finally:
+        daemon.close()
