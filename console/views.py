@@ -3,7 +3,8 @@
 This module owns the read side of the duty-officer API: ``Views`` turns the journal
 (``JournalReader``: readings, device status, fused levels), the outbox (``OutboxReader``: each
 site's persisted alert state, every notification and its delivery state) and ``alerts.jsonl``
-(the history) into the documents the API returns. It writes nothing and holds no SQL: each
+(the history) into the documents the API returns. Devices' clock health is what the
+detection worker last saved in the journal's state (detectors/clockhealth.py). It writes nothing and holds no SQL: each
 store answers for its own tables, so a schema change stays inside the store.
 """
 
@@ -24,6 +25,7 @@ from geowarn.alerts.outbox import OUTBOX_FILE, OutboxReader
 from geowarn.config.registry import Registry
 from geowarn.core.levels import LEVELS
 from geowarn.core.sqlite import ChangeWatch
+from geowarn.detectors.clockhealth import CLOCK_HEALTH_KEY
 from geowarn.ingest.journal import JOURNAL_FILE, JournalReader
 
 __all__ = ["ALERTS_FILE", "MAX_POINTS", "Views", "WarningView", "colour"]
@@ -188,14 +190,33 @@ class Views:
 
     # -- sites, readings, devices --------------------------------------------------------
 
+    def clock_health(self) -> dict[str, Any]:
+        """Detection's last ``SiteFusion.clock_health()``: per device with any wrong time stamp
+        its counts (in total and among its recent readings) and whether its clock looks wrong;
+        totals; readings held now for being stamped ahead of their arrival."""
+        try:
+            doc = self.journal.state(CLOCK_HEALTH_KEY)
+        except sqlite3.OperationalError:
+            doc = None
+        return doc or {"totals": {}, "devices_in_trouble": 0, "held": 0, "devices": {}}
+
+    def deadletters_conflict(self) -> int:
+        """Messages the store stage refused for a conflicting duplicate (reason ``conflict``)."""
+        try:
+            return int(self.journal.deadletter_counts().get("conflict", 0))
+        except sqlite3.OperationalError:
+            return 0
+
     def site_summary(self, site: str, now: float) -> dict[str, Any]:
         """Readings and device health of one site: per device its newest reading (event time and
-        arrival), online by the no-data rule, and its latest status heartbeat."""
+        arrival), online by the no-data rule, its latest status heartbeat, and its clock
+        (``clock``: None when every time stamp it sent was right)."""
         card = self.registry.sites[site]
+        clocks = self.clock_health()["devices"]
         devices: dict[str, dict[str, Any]] = {
             d.device: {"device": d.device, "model": d.model, "channels": [c.channel for c in d.channels], "last_t": None,
                        "last_received": None, "online": False, "status": None, "status_t": None,
-                       "interval_s": min(c.interval_s for c in d.channels)}
+                       "interval_s": min(c.interval_s for c in d.channels), "clock": clocks.get(d.device)}
             for d in card.devices
         }
         readings_24h = 0

@@ -1,5 +1,5 @@
 """Site routes: the sites in the caller's jurisdiction, one site's card and device health, and
-its readings for the charts."""
+its readings for the charts; the devices whose clocks look wrong."""
 
 from typing import Any
 
@@ -51,3 +51,22 @@ def site_series(site: str, request: Request, token: Auth, ctx: Ctx, hours: float
     """Each channel's readings over the last ``hours`` before its newest one (for charts)."""
     ctx.site_or_404(request, token, site)
     return ctx.views.series(site, max(1.0, min(hours, 24 * 90.0)))
+
+
+@router.get("/api/clock")
+def clock_health(token: Auth, ctx: Ctx) -> dict[str, Any]:
+    """Devices in the token's jurisdiction that sent readings out of order, stamped ahead of
+    their arrival or conflicting with a stored one: per device its counts, in total and among
+    its recent readings, and ``trouble`` while its clock looks wrong (a ``clock`` event was
+    raised and not yet cleared). Conflicting duplicates the store stage refused are counted,
+    for all devices, in ``deadletters_conflict`` (and in ``/metrics``)."""
+    doc = ctx.views.clock_health()
+    sites = ctx.registry.sites
+    devices = {
+        d: {"device": d, **h} for d, h in doc.get("devices", {}).items() if h.get("site") in sites and token.covers(sites[h["site"]].admin)
+    }
+    return {
+        "devices": sorted(devices.values(), key=lambda h: (not h.get("trouble"), h["device"])),
+        "devices_in_trouble": sum(1 for h in devices.values() if h.get("trouble")),
+        "deadletters_conflict": ctx.views.deadletters_conflict(),
+    }

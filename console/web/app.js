@@ -31,6 +31,7 @@ const TEXT = {
     esc_running: "逐级上报进行中：未确认，{t} 将上报至上一级", esc_running_top: "未确认：已上报至最高一级",
     esc_stopped: "上报已停止：{by} 于 {t} 确认", displacement: "位移", velocity: "速率", inv_velocity: "速率倒数（1/v）",
     forecast: "预测破坏时间", rain: "降雨", per_day: "/天", none: "无", yes: "在线", no: "离线",
+    clock_col: "时钟", clock_ok_cell: "正常", clock_bad: "可能有误", clock_counts: "近期: {ooo} 乱序 · {ahead} 超前 · {conflict} 冲突",
     need_name_note: "请填写姓名和处置说明", accepted: "已确认", tiers: { county: "县", city: "市", province: "省", national: "国家" },
     rules: {
       raise: "发布预警", upgrade: "预警升级", upgrade_realarm: "升级重新告警", downgrade: "预警降级", downgrade_after_hold: "保持期后降级",
@@ -39,7 +40,7 @@ const TEXT = {
       data_back: "数据恢复", report_opened: "速报任务", report_reminder: "速报提醒", report_overdue: "速报逾期", report_submitted: "速报已提交",
       shelve: "维护挂起", unshelve: "解除挂起", shelve_expired: "挂起到期", lower_held: "降级保持中", lower_cancelled: "取消降级",
     },
-    kinds: { warning: "预警通知", escalation: "上报通知", realarm: "重新告警", downgrade: "降级通知", cancel: "解除通知", report_due: "速报通知", report_overdue: "速报逾期", nodata: "无数据", data_back: "数据恢复", shelved: "挂起通知", unshelved: "解除挂起" },
+    kinds: { warning: "预警通知", escalation: "上报通知", realarm: "重新告警", downgrade: "降级通知", cancel: "解除通知", report_due: "速报通知", report_overdue: "速报逾期", nodata: "无数据", data_back: "数据恢复", shelved: "挂起通知", unshelved: "解除挂起", clock: "时钟异常", clock_ok: "时钟恢复" },
     deliv: { sent: "已送达", pending: "待发送", dead: "失败" },
   },
   en: {
@@ -59,6 +60,7 @@ const TEXT = {
     esc_running: "Escalating: not acknowledged; the next tier is told at {t}", esc_running_top: "Not acknowledged: every tier has been told",
     esc_stopped: "Escalation stopped: acknowledged by {by} at {t}", displacement: "Displacement", velocity: "Velocity",
     inv_velocity: "Inverse velocity (1/v)", forecast: "forecast failure time", rain: "Rain", per_day: "/day", none: "none", yes: "online", no: "offline",
+    clock_col: "Clock", clock_ok_cell: "ok", clock_bad: "may be wrong", clock_counts: "recent: {ooo} out of order · {ahead} ahead · {conflict} conflicting",
     need_name_note: "Name and action taken are both required", accepted: "Acknowledged",
     tiers: { county: "county", city: "city", province: "province", national: "national" },
     rules: {
@@ -68,7 +70,7 @@ const TEXT = {
       data_back: "Data back", report_opened: "Quick report due", report_reminder: "Quick report reminder", report_overdue: "Quick report overdue", report_submitted: "Quick report submitted",
       shelve: "Shelved", unshelve: "Unshelved", shelve_expired: "Shelving expired", lower_held: "Lower level held", lower_cancelled: "Lowering cancelled",
     },
-    kinds: { warning: "warning", escalation: "escalation", realarm: "re-alarm", downgrade: "downgrade", cancel: "cancel", report_due: "quick report due", report_overdue: "quick report overdue", nodata: "no data", data_back: "data back", shelved: "shelved", unshelved: "unshelved" },
+    kinds: { warning: "warning", escalation: "escalation", realarm: "re-alarm", downgrade: "downgrade", cancel: "cancel", report_due: "quick report due", report_overdue: "quick report overdue", nodata: "no data", data_back: "data back", shelved: "shelved", unshelved: "unshelved", clock: "clock wrong", clock_ok: "clock right again" },
     deliv: { sent: "sent", pending: "pending", dead: "failed" },
   },
 };
@@ -350,7 +352,18 @@ function renderSite() {
     el("td", { class: dev.online ? "ok" : "bad", text: dev.online ? t("yes") : t("no") }),
     el("td", { text: dev.last_t ? `${clock(dev.last_t)}` : "–" }),
     el("td", { text: dev.status && dev.status.battery_v !== undefined ? `${dev.status.battery_v} V` : "–" }),
-    el("td", { text: dev.status && dev.status.signal_dbm !== undefined ? `${dev.status.signal_dbm} dBm` : "–" }))));
+    el("td", { text: dev.status && dev.status.signal_dbm !== undefined ? `${dev.status.signal_dbm} dBm` : "–" }),
+    clockCell(dev.clock))));
+}
+
+// A device's clock: ok, or "may be wrong" with its recent readings out of order / ahead of
+// their arrival / conflicting (detection's clock health; see /api/clock).
+function clockCell(c) {
+  if (!c) return el("td", { class: "ok", "data-clock": "ok", text: t("clock_ok_cell") });
+  const r = c.recent || {};
+  const counts = fmt("clock_counts", { ooo: r.out_of_order || 0, ahead: r.ahead || 0, conflict: r.conflict || 0 });
+  return el("td", { class: c.trouble ? "bad" : "ok", "data-clock": c.trouble ? "trouble" : "ok", title: counts,
+    text: c.trouble ? `${t("clock_bad")} (${counts})` : t("clock_ok_cell") });
 }
 
 function renderTimeline(w) {
