@@ -86,6 +86,7 @@ class GeoWarnCollector(Collector):
         try:
             yield from self._journal()
             yield from self._outbox()
+            yield from self._clock()
         except (sqlite3.Error, SchemaError) as exc:
             # A scrape during a schema change or a locked file: report it instead of failing
             # the whole scrape, so the main process's metrics still arrive.
@@ -197,6 +198,23 @@ class GeoWarnCollector(Collector):
             unacked.add_metric([str(lvl)], float(un_level[lvl]))
             esc.add_metric([str(lvl)], float(esc_level[lvl]))
         yield from (notes, esc, open_w, unacked)
+
+    # -- devices' clocks (detection's clock health, issue 13 item 2) -------------------------
+
+    def _clock(self) -> Iterator[Metric]:
+        """Readings with a wrong time, by kind (three labels, not one per device: a national
+        fleet has 250k devices), the devices whose clock looks wrong now, and the readings held
+        for being stamped ahead of their arrival. As of detection's last checkpoint."""
+        from geowarn.detectors.clockhealth import CLOCK_FAULTS, CLOCK_HEALTH_KEY
+
+        doc = JournalReader(self.data_dir / JOURNAL_FILE).state(CLOCK_HEALTH_KEY) or {}
+        totals = doc.get("totals", {})
+        faults = CounterMetricFamily("geowarn_clock_faults", "readings whose time stamp was wrong, by kind (out_of_order, ahead of arrival, conflict)", labels=["kind"])
+        for kind in CLOCK_FAULTS:
+            faults.add_metric([kind], float(totals.get(kind, 0)))
+        yield faults
+        yield GaugeMetricFamily("geowarn_devices_clock_trouble", "devices whose recent readings came out of order or ahead of their arrival too often (clock health event raised)", value=float(doc.get("devices_in_trouble", 0)))
+        yield GaugeMetricFamily("geowarn_readings_held", "readings stamped ahead of their arrival, held until the clock reaches their time", value=float(doc.get("held", 0)))
 
 
 def make_registry(data_dir: Path, registry: Registry, main: Callable[[], MainStats], now: Callable[[], float]) -> CollectorRegistry:
