@@ -19,6 +19,9 @@ channel is one "out of order".
 from __future__ import annotations
 
 import json
+import time
+
+import pytest
 
 from geowarn.config.registry import parse_registry
 from geowarn.detectors.fusion import CLOCK_TROUBLE_AT, CLOCK_WINDOW, MAX_HELD, SiteFusion
@@ -176,3 +179,132 @@ def test_a_flood_of_early_readings_is_bounded_and_refuses_the_furthest_ahead():
     f.tick(now + 300.0)
     assert f.clock_health()["held"] == 0
     assert f.quality.get("out_of_order", 0) == 0
+
+
+# -- end to end: a real daemon on a real Mosquitto --------------------------------------------
+
+
+def _publish(pub, seq: int, t: float, v: float) -> None:
+    doc = {"v": 1, "device": "BSH-EXT1", "seq": seq, "readings": [{"ch": "disp", "t": t, "v": v}]}
+    pub.publish("geowarn/BSH/BSH-EXT1/data", json.dumps(doc).encode(), qos=1).wait_for_publish(10)
+
+
+def _alert_events(data) -> list[dict]:
+    path = data / "alerts.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_the_daemon_raises_yellow_behind_an_early_reading_and_reports_the_clock(tmp_path, mosquitto):
+    """One reading of BSH's extensometer stamped now+290 s, then its store-and-forward backlog:
+    12 h of a 10 mm/day slope ending now (73 readings, published in a few seconds). Before the
+    fix the whole backlog was out of order and BSH stayed at level 0. Then the device's clock
+    stays ahead: three more readings stamped 290 s ahead. Its last CLOCK_WINDOW = 50 readings
+    are then 47 of the backlog and those 3 (the first early one has left the window): 3 wrong
+    in time, CLOCK_TROUBLE_AT, and the clock event reaches the alert log, the console's API and
+    /metrics, where 4 readings ahead are counted in all."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from daemonproc import Daemon, publisher
+    from services import free_port
+    from test_api import create_token, wait_for
+
+    port = free_port()
+    data = tmp_path / "data"
+    data.mkdir()
+    daemon = Daemon(data, mosquitto.url, extra_env={"GEOWARN_HTTP": f"127.0.0.1:{port}", "GEOWARN_SNAPSHOT_INTERVAL_S": "1"})
+    token = create_token(data, "county", "420527", "zigui-duty")
+    base = f"http://127.0.0.1:{port}"
+    daemon.start()
+    pub = publisher(mosquitto.url, client_id="clock-attack")
+    api = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    try:
+        wait_for(lambda: httpx.get(base + "/healthz", timeout=5).status_code == 200, 20, "the API", daemon)
+        now = float(int(time.time()))
+        start = now - 72 * 600.0
+        rate = 10.0 / DAY  # mm per second
+
+        _publish(pub, 0, now + 290.0, rate * (now + 290.0 - start))
+        for i in range(73):
+            t = start + i * 600.0
+            _publish(pub, 1 + i, t, rate * (t - start))
+        daemon.wait_until(lambda: daemon.count() == 74, 30, "74 readings stored")
+
+        def yellow():
+            return [e for e in _alert_events(data) if e["site"] == "BSH" and e["kind"] == "raise" and e["level"] == YELLOW]
+
+        [raised] = wait_for(yellow, 60, "BSH raised to yellow", daemon)
+        assert raised["evidence"]["channel"] == "BSH-EXT1/disp"
+        assert not [e for e in _alert_events(data) if e["kind"] == "clock"]  # one early reading: not yet a pattern
+
+        # The device's clock stays ahead: its next readings, a second apart, 291 s and more
+        # ahead of the true now (each a time of its own, or the store would take it for a repeat).
+        for k in range(3):
+            t = now + 291.0 + k
+            _publish(pub, 74 + k, t, rate * (t - start))
+        daemon.wait_until(lambda: daemon.count() == 77, 30, "77 readings stored")
+
+        def clock_events():
+            return [e for e in _alert_events(data) if e["kind"] == "clock"]
+
+        [ev] = wait_for(clock_events, 30, "the clock event in the alert log", daemon)
+        assert ev["site"] == "BSH" and ev["evidence"]["device"] == "BSH-EXT1"
+        assert (ev["evidence"]["ahead"], ev["evidence"]["out_of_order"], ev["evidence"]["readings"]) == (3, 0, 50)
+        assert ev["reason"].startswith("BSH-EXT1: 3 of its last 50 readings") and "clock may be wrong" in ev["reason"]
+        assert ev["level"] == ev["previous_level"] == YELLOW  # a clock event changes no level
+
+        def in_api():
+            doc = api.get("/api/clock").json()
+            return doc if doc["devices_in_trouble"] == 1 else None
+
+        doc = wait_for(in_api, 30, "BSH-EXT1 in /api/clock", daemon)
+        [dev] = doc["devices"]
+        assert dev["device"] == "BSH-EXT1" and dev["trouble"] is True
+        assert dev["total"] == {"out_of_order": 0, "ahead": 4, "conflict": 0}
+        assert dev["recent"] == {"out_of_order": 0, "ahead": 3, "conflict": 0}
+        site = api.get("/api/sites/BSH").json()
+        clocks = {d["device"]: d["clock"] for d in site["devices"]}
+        assert clocks["BSH-EXT1"]["trouble"] is True
+        assert all(c is None for d, c in clocks.items() if d != "BSH-EXT1")
+        # Another county's token does not see Zigui's devices.
+        other = create_token(data, "county", "420526", "xingshan-duty")
+        assert httpx.get(base + "/api/clock", headers={"Authorization": f"Bearer {other}"}, timeout=30).json()["devices"] == []
+
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(httpx.get(base + "/metrics", timeout=30).text)
+            for s in fam.samples
+        }
+        assert samples[("geowarn_devices_clock_trouble", ())] == 1.0
+        assert samples[("geowarn_clock_faults_total", (("kind", "ahead"),))] == 4.0
+        assert samples[("geowarn_clock_faults_total", (("kind", "out_of_order"),))] == 0.0
+        assert samples[("geowarn_readings_held", ())] >= 3.0  # the three just sent wait for their time
+        assert "BSH-EXT1" not in httpx.get(base + "/metrics", timeout=30).text  # no label per device
+        daemon.terminate()
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        api.close()
+        daemon.close()
+
+
+def test_a_zero_report_names_the_units_devices_whose_clock_looks_wrong_and_no_others():
+    from geowarn.alerts.zero_reports import with_clock_health
+
+    reg = _registry()  # site S in county 420527 (Zigui), city 420500 (Yichang)
+    plain = {"readings": 7, "devices": 1, "devices_online": 1}
+
+    def stats(admin, since, until):
+        return dict(plain)
+
+    doc = {"devices": {"X1": {"site": "S", "trouble": True}, "GONE": {"site": "NOWHERE", "trouble": True}}}
+    figures = with_clock_health(stats, reg, lambda: doc)
+    assert figures("420527", 0.0, DAY) == {**plain, "devices_clock_trouble": 1, "clock_trouble": ["X1"]}
+    assert figures("420500", 0.0, DAY) == {**plain, "devices_clock_trouble": 1, "clock_trouble": ["X1"]}
+    assert figures("420526", 0.0, DAY) == plain  # Xingshan: not its device
+    # A clock that recovered, or nothing saved yet: the report is as it always was.
+    assert with_clock_health(stats, reg, lambda: {"devices": {"X1": {"site": "S", "trouble": False}}})("420527", 0.0, DAY) == plain
+    assert with_clock_health(stats, reg, lambda: None)("420527", 0.0, DAY) == plain
