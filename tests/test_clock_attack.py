@@ -308,3 +308,44 @@ def test_a_zero_report_names_the_units_devices_whose_clock_looks_wrong_and_no_ot
     # A clock that recovered, or nothing saved yet: the report is as it always was.
     assert with_clock_health(stats, reg, lambda: {"devices": {"X1": {"site": "S", "trouble": False}}})("420527", 0.0, DAY) == plain
     assert with_clock_health(stats, reg, lambda: None)("420527", 0.0, DAY) == plain
+
+
+@pytest.mark.slow
+def test_a_held_reading_survives_a_killed_daemon_and_is_judged_when_its_time_comes(tmp_path, mosquitto):
+    """A reading stamped 20 s ahead is held; the daemon is SIGKILLed while it waits. After the
+    restart it is still waiting (not lost, not judged early), and once its time has come the
+    channel's guard has judged it, with nothing out of order: a reading stored never vanishes
+    from judgment."""
+    from daemonproc import Daemon, publisher
+
+    data = tmp_path / "data"
+    daemon = Daemon(data, mosquitto.url, extra_env={"GEOWARN_HTTP": "off", "GEOWARN_SNAPSHOT_INTERVAL_S": "1"})
+    daemon.start()
+    pub = publisher(mosquitto.url, client_id="clock-restart")
+
+    def state(key):
+        rows = daemon.query("SELECT value FROM state WHERE key = ?", (key,))
+        return json.loads(rows[0][0]) if rows else None
+
+    def channel():
+        snap = state("fusion.snapshot.v2")
+        return None if snap is None else snap["state"]["sites"].get("BSH|0", {}).get("channels", {}).get("BSH-EXT1/disp")
+
+    try:
+        now = float(int(time.time()))
+        _publish(pub, 0, now - 600.0, 1.0)
+        _publish(pub, 1, now + 20.0, 1.0)
+        daemon.wait_until(lambda: (state("detection.clock_health") or {}).get("held") == 1 and channel() is not None, 15, "the early reading held, in a snapshot")
+        assert channel()["guard"]["clock"]["t"] == now - 600.0
+        daemon.kill()
+        daemon.start()
+        assert (state("detection.clock_health") or {}).get("held") == 1, "the held reading was lost in the restart"
+        assert time.time() < now + 20.0, "the test was too slow to see the reading still held"
+        daemon.wait_until(lambda: (channel() or {}).get("guard", {}).get("clock", {}).get("t") == now + 20.0, 40, "the held reading judged after its time")
+        snap = state("fusion.snapshot.v2")["state"]
+        assert snap["held"] == [] and snap["quality"].get("out_of_order", 0) == 0
+        daemon.terminate()
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        daemon.close()
