@@ -75,9 +75,12 @@ def clean(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _reject_constant(name: str) -> float:
-    # json accepts NaN/Infinity literals by default; they are not JSON and not readings.
-    raise ValueError(f"{name} is not a JSON number")
+def _non_finite(name: str) -> float:
+    # NaN/Infinity literals are not JSON (RFC 8259), but firmwares write them for a failed
+    # sensor (Python's json.dumps does by default). Parsed as the float they name, the reading
+    # that carries one is refused as ``not_finite`` (or ``bad_time``) and the message's good
+    # readings are kept: a broken sensor must not cost its neighbours their readings.
+    return float(name)
 
 
 class Codec:
@@ -106,7 +109,7 @@ class Codec:
         self.max_bytes = max_bytes
         self.max_readings = max_readings
         # json.loads with parse_constant builds a new decoder per call; one per codec is enough.
-        self._decoder = json.JSONDecoder(parse_constant=_reject_constant)
+        self._decoder = json.JSONDecoder(parse_constant=_non_finite)
         # Topics repeat endlessly (one per device): remember their parse, bounded.
         self._topics: dict[str, tuple[str, str, str] | PayloadError] = {}
 
@@ -161,7 +164,7 @@ class Codec:
             raise PayloadError("too_deep", "payload nesting is too deep") from None
         except UnicodeDecodeError as exc:
             raise PayloadError("not_json", f"payload is not UTF-8: {exc.reason}") from None
-        except ValueError as exc:  # JSONDecodeError, NaN literals, integers with >4300 digits
+        except ValueError as exc:  # JSONDecodeError, integers with >4300 digits
             raise PayloadError("not_json", f"payload is not JSON: {exc}") from None
         out = Decoded(kind=kind, site=site, device=device)
         if kind == "status":

@@ -62,7 +62,8 @@ def test_mixed_good_and_bad_payloads_give_exact_rows_and_dead_letters(tmp_path, 
             ("geowarn/BZM/BSH-GNSS1/data", native("BSH-GNSS1", [("disp_e", T0, 1.0)])),  # wrong site
             ("geowarn/NOPE/X1/data", native("X1", [("disp_e", T0, 1.0)])),
             ("geowarn/BSH/BSH-GNSS1/data", b"[" * 200_000),  # deeply nested
-            ("geowarn/BSH/BSH-GNSS1/data", b'{"v": 1, "device": "BSH-GNSS1", "readings": [{"ch": "disp_e", "t": 1, "v": NaN}]}'),
+            # a failed sensor's NaN literal: that reading is refused, the message's good one kept
+            ("geowarn/BSH/BSH-GNSS1/data", b'{"v": 1, "device": "BSH-GNSS1", "readings": [{"ch": "disp_e", "t": %d, "v": NaN}, {"ch": "disp_u", "t": %d, "v": 0.5}]}' % (T0, T0)),
             # per-reading rejects next to a good reading
             ("geowarn/BSH/BSH-RG1/data", native("BSH-RG1", [("rain", T0, "12.3"), ("rain", T0 + 86400 * 10, 0.2), ("rain", T0 + 600, 0.4)])),
             # a repeat of the first good message stores nothing new
@@ -73,6 +74,7 @@ def test_mixed_good_and_bad_payloads_give_exact_rows_and_dead_letters(tmp_path, 
         expected = [
             ("BSH", "BSH-GNSS1", "disp_e", int(T0 * 1000), 12.31),
             ("BSH", "BSH-GNSS1", "disp_n", int(T0 * 1000), -3.02),
+            ("BSH", "BSH-GNSS1", "disp_u", int(T0 * 1000), 0.5),
             ("BSH", "BSH-RG1", "rain", int(T0 * 1000) + 600_000, 0.4),
             ("BZM", "BZM-EXT1", "disp", int(T0 * 1000), 4.5),
             ("BZM", "BZM-EXT1", "disp", int(T0 * 1000) + 600_000, 4.75),
@@ -83,7 +85,7 @@ def test_mixed_good_and_bad_payloads_give_exact_rows_and_dead_letters(tmp_path, 
         assert d.readings() == expected
         reasons = sorted(r for (r,) in d.query("SELECT reason FROM deadletters"))
         assert reasons == sorted(
-            ["unknown_channel", "not_json", "device_mismatch", "wrong_site", "unknown_site", "too_deep", "not_json", "not_numeric"]
+            ["unknown_channel", "not_json", "device_mismatch", "wrong_site", "unknown_site", "too_deep", "not_finite", "not_numeric"]
         )
         got = [json.loads(p) for _, p, _ in dead.take(8)]
         assert sorted(g["reason"] for g in got) == reasons
@@ -95,7 +97,7 @@ def test_mixed_good_and_bad_payloads_give_exact_rows_and_dead_letters(tmp_path, 
         assert deep["payload"] == "[" * 1024 and deep["truncated"] is True
 
         # The same readings reach VictoriaMetrics with the tags of DESIGN §7.
-        series = victoria.wait_for_samples('{__name__=~"gnss_.*_value|displacement_value|rain_value"}', 5, timeout=30)
+        series = victoria.wait_for_samples('{__name__=~"gnss_.*_value|displacement_value|rain_value"}', 6, timeout=30)
         samples = sorted(
             (s["metric"]["__name__"], s["metric"]["site"], s["metric"]["device"], s["metric"]["channel"], s["metric"]["admin"], ts, v)
             for s in series
@@ -105,6 +107,7 @@ def test_mixed_good_and_bad_payloads_give_exact_rows_and_dead_letters(tmp_path, 
             [
                 ("gnss_e_value", "BSH", "BSH-GNSS1", "disp_e", "420527", int(T0 * 1000), 12.31),
                 ("gnss_n_value", "BSH", "BSH-GNSS1", "disp_n", "420527", int(T0 * 1000), -3.02),
+                ("gnss_u_value", "BSH", "BSH-GNSS1", "disp_u", "420527", int(T0 * 1000), 0.5),
                 ("rain_value", "BSH", "BSH-RG1", "rain", "420527", int(T0 * 1000) + 600_000, 0.4),
                 ("displacement_value", "BZM", "BZM-EXT1", "disp", "420527", int(T0 * 1000), 4.5),
                 ("displacement_value", "BZM", "BZM-EXT1", "disp", "420527", int(T0 * 1000) + 600_000, 4.75),
