@@ -67,6 +67,10 @@ class MainStats:
     disk_free_bytes: int | None = None
     disk_total_bytes: int | None = None
     disk_warn_below_bytes: int | None = None
+    # Persistent sessions the broker was found to have lost (possible loss of what it queued
+    # for us), over the data dir's life, and the time of the last.
+    broker_sessions_lost: int = 0
+    broker_session_lost_at: float | None = None
 
 
 class GeoWarnCollector(Collector):
@@ -102,6 +106,13 @@ class GeoWarnCollector(Collector):
         yield CounterMetricFamily("geowarn_messages_received", "MQTT data/status messages received and logged by the ack path", value=m.messages_received)
         yield CounterMetricFamily("geowarn_messages_acked", "MQTT messages acknowledged to the broker after they were durable", value=m.messages_acked)
         yield CounterMetricFamily("geowarn_worker_restarts", "store/detection worker processes restarted after dying", value=m.worker_restarts)
+        yield CounterMetricFamily(
+            "geowarn_broker_sessions_lost",
+            "times the broker had forgotten the daemon's persistent session (what it queued for us may be lost), over the data dir's life",
+            value=m.broker_sessions_lost,
+        )
+        if m.broker_session_lost_at is not None:
+            yield GaugeMetricFamily("geowarn_broker_session_lost_timestamp_seconds", "when the broker was last found to have lost the session", value=m.broker_session_lost_at)
         yield from self._health(m)
         if m.forwarder_enabled:
             yield GaugeMetricFamily("geowarn_forwarder_lag_readings", "journal readings not yet accepted by InfluxDB", value=m.forwarder_lag_readings)

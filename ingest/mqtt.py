@@ -143,6 +143,7 @@ class MqttLink:
         receive_maximum: int = 1000,
         presence_topic: str | None = None,
         clean_session: bool = False,
+        expect_session: bool = False,
     ) -> None:
         self.target = target
         self.subscriptions = list(subscriptions)
@@ -156,8 +157,13 @@ class MqttLink:
         self._v5 = protocol == "5"
         self.client_id = client_id
         self.takeover = TakeoverWatch()
-        #: Reconnects on which the broker had forgotten our persistent session (possible loss).
+        #: Connects on which the broker had forgotten our persistent session (possible loss),
+        #: and the wall time of the last one.
         self.sessions_lost = 0
+        self.session_lost_at: float | None = None
+        #: The broker held a session for this client id before this link was made (a daemon
+        #: restarting on the same data dir): the first connect must find it too.
+        self.expect_session = expect_session
         self._persistent = (session_expiry_s > 0) if protocol == "5" else not clean_session
         self._keepalive = keepalive_s
         self._session_expiry_s = session_expiry_s
@@ -198,12 +204,13 @@ class MqttLink:
         self.takeover.connected(time.monotonic())
         present = getattr(flags, "session_present", None)
         log.info("connected to the broker", extra=kv(broker=self.target.redacted(), session_present=present))
-        if self._persistent and self.connects > 1 and present is False:
+        if self._persistent and (self.connects > 1 or self.expect_session) and present is False:
             # The broker had our session a moment ago and now does not: it crashed before saving
             # it, or runs without persistence. What it had queued for us is gone.
             self.sessions_lost += 1
+            self.session_lost_at = time.time()
             log.error(
-                "the broker lost this link's persistent session (session present false on a reconnect): possible loss "
+                "the broker lost this link's persistent session (session present false where it should be true): possible loss "
                 "of the messages it held for us; run Mosquitto with persistence and autosave_on_changes "
                 "(`geowarn broker-config`, README: Broker settings)",
                 extra=kv(broker=self.target.redacted(), client_id=self.client_id, sessions_lost=self.sessions_lost),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -60,6 +61,10 @@ DEGRADED_LOG_EVERY_S = 60.0
 #: is repeated while it lasts.
 DISK_CHECK_EVERY_S = 5.0
 DISK_LOG_EVERY_S = 600.0
+#: Journal state keys: the broker session this data dir holds (broker and client id), and the
+#: sessions the broker was found to have lost (count and time of the last), kept across restarts.
+SESSION_KEY = "mqtt.session"
+SESSION_LOST_KEY = "mqtt.sessions_lost"
 #: The parts that report whether they can write, in the order /healthz and /metrics list them.
 PARTS = ("ack", "store", "detection")
 
@@ -134,6 +139,15 @@ class App:
         self.journal = Journal(self.journal_path, sync=s.journal_sync)  # created here, written by the store worker
         self.counters = Counters()
         prefix = s.topic_prefix
+        # The broker session this data dir had: a daemon restarting on it must find it again,
+        # or the broker lost what it queued for us while we were down (item 7 of issue 13).
+        self._session_identity = {"broker": s.mqtt.redacted(), "client_id": s.mqtt_client_id}
+        had_session = self.journal.get_state(SESSION_KEY) == self._session_identity
+        lost = self.journal.get_state(SESSION_LOST_KEY) or {}
+        self._sessions_lost_total = int(lost.get("count", 0))
+        self._session_lost_at: float | None = lost.get("t")
+        self._sessions_lost_seen = 0
+        self._session_recorded = False
         self.link = MqttLink(
             s.mqtt,
             client_id=s.mqtt_client_id,
@@ -143,6 +157,7 @@ class App:
             keepalive_s=s.mqtt_keepalive_s,
             ca_file=str(s.mqtt_ca_file) if s.mqtt_ca_file else None,
             presence_topic=f"{prefix}/daemon/{s.mqtt_client_id}/state",
+            expect_session=had_session,
         )
         self.forwarder: Forwarder | None = None
         if s.influx_url:
@@ -311,7 +326,7 @@ class App:
             "store_lag_messages": max(0, self.messages.last_id() - self.stored_position()),
             "stale_acks": c.stale_acks,
             "inbox": self.link.inbox.qsize(),
-            "sessions_lost": self.link.sessions_lost,
+            "sessions_lost": self._sessions_lost_total,
         }
         if self._pending:
             out["held_unacked"] = len(self._pending)
@@ -334,7 +349,26 @@ class App:
         return MainStats(c.messages, c.messages - c.stale_acks, f is not None, f.lag_readings if f else 0,
                          (f.lag_s or 0.0) if f else 0.0, c.worker_restarts, degraded=parts,
                          disk_free_bytes=disk.free_bytes if disk else None, disk_total_bytes=disk.total_bytes if disk else None,
-                         disk_warn_below_bytes=disk.warn_below_bytes if disk else None)
+                         disk_warn_below_bytes=disk.warn_below_bytes if disk else None,
+                         broker_sessions_lost=self._sessions_lost_total, broker_session_lost_at=self._session_lost_at)
+
+    def _watch_session(self) -> None:
+        """Record the broker session once it exists, and every session the broker lost, in the
+        journal: a lost session is a possible loss of data that /healthz and /metrics report
+        until someone has looked (the count survives restarts)."""
+        link = self.link
+        try:
+            if not self._session_recorded and link.connects:
+                self.journal.set_state(SESSION_KEY, self._session_identity)
+                self._session_recorded = True
+            if link.sessions_lost > self._sessions_lost_seen:
+                total = self._sessions_lost_total + link.sessions_lost - self._sessions_lost_seen
+                at = link.session_lost_at
+                self.journal.set_state(SESSION_LOST_KEY, {"count": total, "t": at})
+                self._sessions_lost_total, self._session_lost_at = total, at
+                self._sessions_lost_seen = link.sessions_lost
+        except sqlite3.Error as exc:  # degraded (disk full): tried again at the next watch
+            log.warning("could not record the broker session in the journal", extra=kv(error=exc))
 
     def _watch_workers(self) -> None:
         """Replace a dead worker, without waiting for it and with a growing pause between
@@ -381,6 +415,7 @@ class App:
                     next_stats += stats_every_s
                 if now >= next_watch:
                     self._watch_workers()
+                    self._watch_session()
                     next_watch = now + WATCH_EVERY_S
                 if self._pending:
                     # Degraded: take nothing more until what is in hand is durable.

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 
 from daemonproc import Daemon
+from services import free_port
 from geowarn.config.settings import MqttTarget
 from geowarn.ingest.mqtt import MqttLink
 
@@ -62,6 +64,42 @@ def test_the_daemon_logs_a_lost_session(tmp_path, mosquitto):
         line = next(x for x in d.log_path.read_text().splitlines() if "possible loss" in x)
         assert "ERROR" in line and "geowarn-test" in line
         _wait(lambda: "sessions_lost=1" in d.log_path.read_text(errors="replace") or '"sessions_lost": 1' in d.log_path.read_text(errors="replace"), 15)
+        d.terminate()
+    finally:
+        d.close()
+
+
+def _lost(base: str) -> tuple[int, str]:
+    """(count in /healthz, the /metrics line) of lost broker sessions."""
+    health = httpx.get(base + "/healthz", timeout=10).json()
+    metric = next((x for x in httpx.get(base + "/metrics", timeout=10).text.splitlines() if x.startswith("geowarn_broker_sessions_lost_total ")), "")
+    return int(health.get("broker_sessions_lost", {}).get("count", 0)), metric
+
+
+def test_a_lost_session_shows_on_healthz_and_metrics_and_is_caught_across_a_daemon_restart(tmp_path, mosquitto):
+    """Running, and while the daemon itself was down: the broker forgetting our session is a
+    possible loss that /healthz and /metrics keep showing (across restarts), while a clean
+    daemon restart on a broker that kept the session shows nothing."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    d = Daemon(tmp_path / "data", mosquitto.url, extra_env={"GEOWARN_HTTP": f"127.0.0.1:{port}"})
+    try:
+        d.start()
+        assert _lost(base) == (0, "geowarn_broker_sessions_lost_total 0.0")
+        d.terminate()
+        d.start()  # the broker kept our session: nothing lost
+        time.sleep(1.5)  # the daemon records what it found once a second; nothing to wait on
+        assert _lost(base)[0] == 0
+        _crash_and_forget(mosquitto)  # while the daemon runs
+        _wait(lambda: _lost(base)[0] == 1)
+        assert _lost(base)[1] == "geowarn_broker_sessions_lost_total 1.0"
+        health = httpx.get(base + "/healthz", timeout=10)
+        assert health.status_code == 200 and health.json()["broker_sessions_lost"]["last"] > time.time() - 60
+        d.terminate()
+        _crash_and_forget(mosquitto)  # while the daemon is down: its first connect must notice
+        d.start()
+        _wait(lambda: _lost(base)[0] == 2)
+        assert _lost(base)[1] == "geowarn_broker_sessions_lost_total 2.0"
         d.terminate()
     finally:
         d.close()

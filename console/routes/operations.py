@@ -28,6 +28,13 @@ def healthz(ctx: Ctx, request: Request) -> Any:
     m = main()
     degraded = {part: reason for part, reason in m.degraded if reason}
     body["degraded"] = degraded
+    if m.broker_sessions_lost:
+        # Not a 503 (it is over), but a possible loss someone should look into.
+        body["broker_sessions_lost"] = {
+            "count": m.broker_sessions_lost,
+            "last": m.broker_session_lost_at,
+            "meaning": "the broker had forgotten the daemon's persistent session: messages it queued meanwhile may be lost",
+        }
     if m.disk_free_bytes is not None:
         body["disk"] = {
             "free_bytes": m.disk_free_bytes,
