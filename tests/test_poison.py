@@ -8,14 +8,17 @@ behind it are stored. Expected rows are the readings the tests publish themselve
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from daemonproc import Daemon, Recorder, publisher
+from daemonproc import REPO, Daemon, Recorder, publisher
 from geowarn.config.settings import Loaded, load_all
 from geowarn.ingest.codecs import PayloadError, Reject, clean
 from geowarn.ingest.messagelog import MessageLog
@@ -151,6 +154,14 @@ def test_after_a_surrogate_message_and_a_surrogate_ack_request_the_daemon_stores
         assert reason == "not_numeric" and "\\ud800" in detail
         [(_, p, _)] = dead.take(1)
         assert json.loads(p)["reason"] == "not_numeric"
+        # The detection worker still answers requests: an ack of an unknown id gets its refusal.
+        env = {**os.environ, "GEOWARN_MQTT_URL": mosquitto.url, "GEOWARN_DATA_DIR": str(d.data_dir)}
+        done = subprocess.run(
+            [sys.executable, "-m", "geowarn.service.cli", "ack", "no-such-warning", "--wait", "20"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode not in (0, 3), done.stdout + done.stderr  # 3: no answer came
+        assert "refused" in (done.stdout + done.stderr).lower(), done.stdout + done.stderr
         time.sleep(2.0)  # a crash-looping worker would be restarted within this (restart back-off is ~1 s)
         log = d.log_path.read_text(errors="replace")
         assert "worker died" not in log, d.log_tail()
