@@ -16,6 +16,7 @@ name (``JOURNAL_FILE``) and the state keys other processes read are defined here
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -85,6 +86,11 @@ JOURNAL_SCHEMA = Schema("journal", (SCHEMA, MIGRATION_2))
 #: and metrics, which may not import the service: one spelling, kept by the file's owner.
 SITE_LEVELS_KEY = "fusion.site_levels"
 DETECTION_STATS_KEY = "detection.stats"
+
+#: The dead-letter reason of a reading stored with another value (ingest/store.py ``CONFLICT``),
+#: and the count of such readings in a multi-reading dead letter's detail.
+CONFLICT_REASON = "conflict"
+_CONFLICT_TALLY = re.compile(r"^\d+ of \d+ readings rejected \((?:[^()]*, )?conflict (\d+)[,)]")
 
 #: How much of a rejected payload the dead-letter table keeps.
 DEADLETTER_KEEP_BYTES = 64 * 1024
@@ -469,6 +475,16 @@ class ChannelPoints:
     points: list[tuple[int, float]]
 
 
+@dataclass(frozen=True)
+class RefusedConflicts:
+    """Readings refused as conflicting duplicates per (site, device), arrived since
+    ``since_ms``; ``complete`` False: the window held more dead letters than were read."""
+
+    by_device: dict[tuple[str, str], int]
+    since_ms: int
+    complete: bool
+
+
 class JournalReader:
     """What other stages (the console, metrics) may know of a journal, without its SQL.
 
@@ -520,6 +536,37 @@ class JournalReader:
             if conn is None:
                 return {}
             return {str(r): int(n) for r, n in conn.execute("SELECT reason, count(*) FROM deadletters GROUP BY reason ORDER BY reason")}
+
+    def refused_conflicts(self, since_ms: int, max_deadletters: int) -> RefusedConflicts:
+        """Per (site, device): its readings the store stage refused as conflicting duplicates
+        (same device, channel and time as a stored reading, another value; dead-lettered with
+        reason ``conflict``) that arrived at or after ``since_ms``.
+
+        The cost is bounded whatever the table holds: at most the newest ``max_deadletters``
+        dead letters of the window are read, newest first through the ``deadletters_received``
+        index; ``complete`` is False when older ones of the window were left unread."""
+        with self._read() as conn:
+            if conn is None:
+                return RefusedConflicts({}, since_ms, True)
+            rows = conn.execute(
+                "SELECT topic, reason, detail FROM deadletters WHERE received_ms >= ? ORDER BY received_ms DESC LIMIT ?",
+                (since_ms, max_deadletters),
+            ).fetchall()
+        counts: dict[tuple[str, str], int] = {}
+        for topic, reason, detail in rows:
+            # The store's dead letter of a message's rejected readings carries the commonest
+            # reason and, for more than one, a tally in its detail ("N of M readings rejected
+            # (bad_value 3, conflict 2); ..."): conflicts are counted from the tally.
+            m = _CONFLICT_TALLY.search(str(detail))
+            n = int(m.group(1)) if m else 1 if reason == CONFLICT_REASON else 0
+            # A conflict is found only on a device's data topic, {prefix}/{site}/{device}/data;
+            # the prefix may itself hold slashes, so the names are taken from the right.
+            parts = str(topic).split("/")
+            if n == 0 or len(parts) < 4:
+                continue
+            key = (parts[-3], parts[-2])
+            counts[key] = counts.get(key, 0) + n
+        return RefusedConflicts(counts, since_ms, len(rows) < max_deadletters)
 
     def newest_arrivals_ms(self) -> dict[tuple[str, str, str], int]:
         """Per (site, device, channel): when its newest reading by event time (drill or not)
