@@ -4,8 +4,10 @@ This module owns the read side of the duty-officer API: ``Views`` turns the jour
 (``JournalReader``: readings, device status, fused levels), the outbox (``OutboxReader``: each
 site's persisted alert state, every notification and its delivery state) and ``alerts.jsonl``
 (the history) into the documents the API returns. Devices' clock health is what the
-detection worker last saved in the journal's state (detectors/clockhealth.py). It writes nothing and holds no SQL: each
-store answers for its own tables, so a schema change stays inside the store.
+detection worker last saved in the journal's state (detectors/clockhealth.py); the conflicting
+duplicates the store stage refused before detection saw them are counted per device from the
+dead letters of a recent window. It writes nothing and holds no SQL: each store answers for
+its own tables, so a schema change stays inside the store.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from geowarn.config.registry import Registry
 from geowarn.core.levels import LEVELS
 from geowarn.core.sqlite import ChangeWatch
 from geowarn.detectors.clockhealth import CLOCK_HEALTH_KEY
-from geowarn.ingest.journal import JOURNAL_FILE, JournalReader
+from geowarn.ingest.journal import JOURNAL_FILE, JournalReader, RefusedConflicts
 
-__all__ = ["ALERTS_FILE", "MAX_POINTS", "Views", "WarningView", "colour"]
+__all__ = ["ALERTS_FILE", "CONFLICT_WINDOW_S", "MAX_POINTS", "Views", "WarningView", "colour"]
 
 #: Points per channel sent to the charts (the console draws SVG; more would not be visible).
 MAX_POINTS = 600
@@ -37,6 +39,11 @@ SUMMARY_WINDOW_MS = 86_400_000
 #: A device is online when its newest reading arrived within this many reporting intervals
 #: (the no-data rule of DESIGN §5).
 ONLINE_INTERVALS = 3
+#: Conflicting duplicates the store stage refused are counted per device over this window,
+#: reading at most this many of the newest dead letters (a flood of dead letters must not
+#: make a console page slow; retention keeps them 30 days by default).
+CONFLICT_WINDOW_S = 7 * 86400.0
+CONFLICT_MAX_DEADLETTERS = 20_000
 
 
 def colour(level: int) -> str:
@@ -207,18 +214,35 @@ class Views:
         except sqlite3.OperationalError:
             return 0
 
-    def site_summary(self, site: str, now: float) -> dict[str, Any]:
+    def refused_conflicts(self, now: float) -> RefusedConflicts:
+        """Readings the store stage refused as conflicting duplicates, per (site, device), over
+        the last ``CONFLICT_WINDOW_S`` (dead letters of reason ``conflict``; detection never
+        sees them, so a device's clock health does not count them). Bounded: at most the newest
+        ``CONFLICT_MAX_DEADLETTERS`` dead letters are read (``complete`` says whether that was all)."""
+        since_ms = int((now - CONFLICT_WINDOW_S) * 1000)
+        try:
+            return self.journal.refused_conflicts(since_ms, CONFLICT_MAX_DEADLETTERS)
+        except sqlite3.OperationalError:
+            return RefusedConflicts({}, since_ms, True)
+
+    def site_summary(self, site: str, now: float, *, conflicts: bool = False) -> dict[str, Any]:
         """Readings and device health of one site: per device its newest reading (event time and
         arrival), online by the no-data rule, its latest status heartbeat, and its clock
-        (``clock``: None when every time stamp it sent was right)."""
+        (``clock``: None when every time stamp it sent was right). With ``conflicts`` (one
+        site's page, not the list of every site: it reads the dead letters) each device's
+        ``conflicts_refused`` too, over the last ``CONFLICT_WINDOW_S``."""
         card = self.registry.sites[site]
         clocks = self.clock_health()["devices"]
+        refused = self.refused_conflicts(now).by_device if conflicts else {}
         devices: dict[str, dict[str, Any]] = {
             d.device: {"device": d.device, "model": d.model, "channels": [c.channel for c in d.channels], "last_t": None,
                        "last_received": None, "online": False, "status": None, "status_t": None,
                        "interval_s": min(c.interval_s for c in d.channels), "clock": clocks.get(d.device)}
             for d in card.devices
         }
+        if conflicts:
+            for device, d in devices.items():
+                d["conflicts_refused"] = refused.get((site, device), 0)
         readings_24h = 0
         last_t: float | None = None
         try:

@@ -6,7 +6,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from geowarn.console.routes.context import Auth, Ctx
-from geowarn.console.views import colour
+from geowarn.console.views import CONFLICT_WINDOW_S, colour
 
 router = APIRouter(tags=["sites"])
 
@@ -43,7 +43,7 @@ def site_detail(site: str, request: Request, token: Auth, ctx: Ctx) -> dict[str,
     views = ctx.views
     warnings = [w.doc for w in views.warnings() if w.doc["site"] == site]
     levels = views.site_levels()
-    return {"card": views.card(site), "level": levels.get(site, 0), **views.site_summary(site, ctx.now()), "warnings": warnings}
+    return {"card": views.card(site), "level": levels.get(site, 0), **views.site_summary(site, ctx.now(), conflicts=True), "warnings": warnings}
 
 
 @router.get("/api/sites/{site}/series")
@@ -58,15 +58,25 @@ def clock_health(token: Auth, ctx: Ctx) -> dict[str, Any]:
     """Devices in the token's jurisdiction that sent readings out of order, stamped ahead of
     their arrival or conflicting with a stored one: per device its counts, in total and among
     its recent readings, and ``trouble`` while its clock looks wrong (a ``clock`` event was
-    raised and not yet cleared). Conflicting duplicates the store stage refused are counted,
-    for all devices, in ``deadletters_conflict`` (and in ``/metrics``)."""
-    doc = ctx.views.clock_health()
+    raised and not yet cleared). ``conflicts_refused``: its readings the store stage refused
+    as conflicting duplicates over the last ``conflicts_window_days`` (detection never sees
+    those; ``conflicts_complete`` false: only the newest dead letters were read). Messages
+    refused for a conflict, all devices and all time: ``deadletters_conflict`` (and ``/metrics``)."""
+    views = ctx.views
+    doc = views.clock_health()
+    refused = views.refused_conflicts(ctx.now())
     sites = ctx.registry.sites
-    devices = {
-        d: {"device": d, **h} for d, h in doc.get("devices", {}).items() if h.get("site") in sites and token.covers(sites[h["site"]].admin)
+    devices: dict[str, dict[str, Any]] = {
+        d: {"device": d, **h, "conflicts_refused": refused.by_device.get((h["site"], d), 0)}
+        for d, h in doc.get("devices", {}).items() if h.get("site") in sites and token.covers(sites[h["site"]].admin)
     }
+    for (site, device), n in refused.by_device.items():
+        if device not in devices and site in sites and token.covers(sites[site].admin) and any(d.device == device for d in sites[site].devices):
+            devices[device] = {"device": device, "site": site, "trouble": False, "conflicts_refused": n}
     return {
         "devices": sorted(devices.values(), key=lambda h: (not h.get("trouble"), h["device"])),
         "devices_in_trouble": sum(1 for h in devices.values() if h.get("trouble")),
-        "deadletters_conflict": ctx.views.deadletters_conflict(),
+        "conflicts_window_days": CONFLICT_WINDOW_S / 86400.0,
+        "conflicts_complete": refused.complete,
+        "deadletters_conflict": views.deadletters_conflict(),
     }
