@@ -297,6 +297,12 @@ class ResponseChain:
             lines.append(f"readings received in 24 h: {figures['readings']}")
         if "devices" in figures:
             lines.append(f"devices online: {figures.get('devices_online', 0)} of {figures['devices']}")
+        if figures.get("devices_clock_trouble"):
+            # Only when there are some (alerts.zero_reports.with_clock_health): at most
+            # CLOCK_TROUBLE_NAMED are named, the count is whole.
+            named = list(figures.get("clock_trouble") or [])
+            more = int(figures["devices_clock_trouble"]) - len(named)
+            lines.append(f"devices whose clock may be wrong 时钟异常: {figures['devices_clock_trouble']} ({', '.join(named)}{f' and {more} more' if more > 0 else ''})")
         if warnings:
             lines.append("warnings in 24 h: " + "; ".join(f"{site} {LEVELS[lvl].colour} at {rfc3339(t)}" for t, site, _, lvl, _ in warnings))
         else:
