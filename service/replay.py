@@ -5,7 +5,8 @@ This module owns the replay's source and sinks: feed rows in event-time order (a
 a channel's readings out of order; the replay sorts them, which is what the live daemon would
 have seen had every device's clock and link been perfect), an ack script as timed input, the
 chain's files (``alerts.chain.ReplayFiles``), the zero reports' counts from the feed itself
-(``FeedCounts``), plots and rejects. Timers run on a clock set to event time.
+(``FeedCounts``, with the devices whose clock looks wrong as live), plots and rejects. Timers
+run on a clock set to event time.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ def replay_rows(
     ``roster`` defaults to the example roster. ``acks`` (an ack script) acknowledge at their
     own event time; each outcome goes to ``acks.jsonl``."""
     from geowarn.alerts.chain import ReplayFiles, zero_stats_of
+    from geowarn.alerts.zero_reports import with_clock_health
     from geowarn.config.roster import load_roster
     from geowarn.config.settings import example_path
 
@@ -111,9 +113,13 @@ def replay_rows(
     summary = ReplaySummary()
     rejects = list(rejects or [])
     ordered = sorted(rows, key=lambda r: r.t)
+    judge: Judge | None = None
     chain = ResponseChain(
         registry, roster if roster is not None else load_roster(example_path("roster.example.toml")), ReplayFiles(out_dir), drill=drill,
-        zero_stats=zero_stats_of(registry, FeedCounts(ordered)),
+        # As live (service/detection.py): the unit's devices whose clock looks wrong, from the
+        # judge's fusion at the report's time (live reads what detection last saved of it).
+        zero_stats=with_clock_health(zero_stats_of(registry, FeedCounts(ordered)), registry,
+                                     lambda: judge.fusion.clock_health() if judge is not None else None),
     )
 
     def announced(change: LevelChange, event: dict[str, Any]) -> None:
