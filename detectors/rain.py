@@ -506,10 +506,11 @@ class AntecedentRain(_RainMethod):
 
     R₀ is today's rain so far and Rᵢ the total of the i-th day before; a day with no
     reading counts as dry. Days run from ``day_offset_s`` after midnight UTC (e.g. −8 h for
-    Beijing midnight, 12 h for the 20:00 Beijing climatological day); a reading belongs to
-    the day in which its interval ends (a reading at exactly the boundary closes the day
-    before). The antecedent part is recomputed only when a day ends, from integer daily
-    totals, so each reading costs O(1) and nothing drifts.
+    Beijing midnight, 12 h for the 20:00 Beijing climatological day); a reading's rain is
+    spread over the days its interval overlaps, in proportion to the overlap (a reading at
+    exactly the boundary closes the day before), so a multi-day total counts on its days and
+    not all on the last. The antecedent part is recomputed only when a day ends, from integer
+    daily totals, so each reading costs O(1) (O(days) when one spans days) and nothing drifts.
     """
 
     def __init__(
@@ -549,13 +550,17 @@ class AntecedentRain(_RainMethod):
         self._past = 0.0  # Σ Kⁱ·Rᵢ in hundredths of a mm
         self._x = 0.0
 
-    def _roll(self, day: int) -> None:
+    def _roll(self, day: int, between: dict[int, int] | None = None) -> None:
+        """Close today and open ``day``; ``between`` holds the rain of the days in between
+        (by day number; absent days were dry)."""
         if self._day is not None:
             gap = day - self._day
             hist = self._hist
             hist.appendleft(self._today)
-            for _ in range(min(gap, self.days + 1) - 1):
-                hist.appendleft(0)
+            # Only the last days + 1 of a long gap can still be in the window.
+            for d in range(max(self._day + 1, day - self.days - 1), day):
+                hist.appendleft(between.get(d, 0) if between else 0)
+            assert gap >= 1
             past = 0.0
             w = self._w
             for i, r in enumerate(hist, 1):
@@ -564,11 +569,42 @@ class AntecedentRain(_RainMethod):
         self._day = day
         self._today = 0
 
+    def _spread(self, ts: float, t: float, q: int, first: int, last: int) -> dict[int, int]:
+        """The hundredths of a reading over (ts, t] per day ``first``..``last``, in proportion
+        to the time each day overlaps it; the rounding remainder goes to the last day, so the
+        parts add up to ``q`` exactly."""
+        off, span = self.day_offset_s, t - ts
+        parts: dict[int, int] = {}
+        given = 0
+        for d in range(first, last):
+            lo = max(ts, off + d * DAY)
+            hi = min(t, off + (d + 1) * DAY)
+            if hi > lo:
+                share = int(q * (hi - lo) / span)
+                if share:
+                    parts[d] = share
+                    given += share
+        parts[last] = q - given
+        return parts
+
     def _step(self, t: float, ts: float, q: int) -> int:
         day = math.ceil((t - self.day_offset_s) / DAY) - 1
         dirty = False
         if day != self._day:
-            self._roll(day)
+            if q and t > ts:
+                # A reading whose interval spans days (a daily or an 11-day total) is booked
+                # over its days, as the sums spread it over their windows: an 11-day total is
+                # not one day's rain.
+                start = math.floor((ts - self.day_offset_s) / DAY)
+                if self._day is None:
+                    self._day = min(start, day)  # the record opens with this reading's interval
+                if self._day < day:
+                    parts = self._spread(ts, t, q, max(self._day, start), day)
+                    self._today += parts.pop(self._day, 0)
+                    q = parts.pop(day)
+                    self._roll(day, parts)
+            else:
+                self._roll(day)
             dirty = True
         if q:
             self._today += q

@@ -220,11 +220,28 @@ def test_a_reading_at_midnight_closes_the_day_before():
 
 def test_day_offset_moves_the_day_boundary():
     # With days starting at 20:00 UTC (offset −4 h), readings at 21:00 and 23:00 are in the
-    # same day, and 19:00 next day still is; 21:00 next day is a new day.
-    det = AntecedentRain(day_offset_s=-4 * HOUR)
+    # same day, and 19:00 next day still is; 21:00 next day is a new day. Its reading covers
+    # 19:00–21:00, half on each side of the 20:00 boundary: 5 mm to each day.
+    det = AntecedentRain(day_offset_s=-4 * HOUR, k=0.5, days=3)
     t = MIDNIGHT + HOUR * np.array([20.5, 21, 23, 43, 45])
     out = feed(det, t, [0, 10, 10, 10, 10])
-    assert [v.evidence["today_mm"] for v in out[1:]] == [10.0, 20.0, 30.0, 10.0]
+    assert [v.evidence["today_mm"] for v in out[1:]] == [10.0, 20.0, 30.0, 5.0]
+    assert out[-1].evidence["effective_rain_mm"] == pytest.approx(5.0 + 0.5 * 35.0)
+
+
+def test_a_multi_day_reading_is_booked_over_its_days():
+    """An 11-day total of 110 mm is 10 mm a day for 11 days, not 110 mm on the last one
+    (Lamosano's manual gauge): R = 10 + Σ_{i=1..10} 0.84^i · 10, by hand."""
+    det = AntecedentRain(k=0.84, days=15, max_interval_s=30 * DAY)
+    out = feed(det, MIDNIGHT + DAY * np.array([0.0, 11.0]), [0, 110])
+    assert out[-1].evidence["today_mm"] == 10.0
+    assert out[-1].evidence["effective_rain_mm"] == pytest.approx(10 + sum(10 * 0.84**i for i in range(1, 11)))
+    # A quarter-day more: 110/11.25 mm on each whole day, the rest today; nothing lost.
+    det = AntecedentRain(k=0.5, days=15, max_interval_s=30 * DAY)
+    out = feed(det, MIDNIGHT + DAY * np.array([0.0, 11.25]), [0, 110])
+    whole = int(11000 / 11.25) / 100  # hundredths, floored per day
+    assert out[-1].evidence["today_mm"] == pytest.approx(110 - 11 * whole)
+    assert out[-1].evidence["effective_rain_mm"] == pytest.approx((110 - 11 * whole) + sum(whole * 0.5**i for i in range(1, 12)))
 
 
 # -- the combined detector ---------------------------------------------------------------------

@@ -145,24 +145,35 @@ def intensity_duration_batch(t: Any, v: Any, *, a: float = CAINE_A, b: float = C
 
 
 def effective_rain_batch(t: Any, v: Any, *, k: float = 0.84, days: int = 15, day_offset_s: float = 0.0, max_interval_s: float = DAY) -> np.ndarray:
-    """R₀ + Σ Kⁱ·Rᵢ (mm) after each accepted reading, from daily totals (np.add.at)."""
-    _, ta, _, q, _ = _prelude(t, v, max_interval_s)
-    day = (np.ceil((ta - day_offset_s) / DAY) - 1).astype(np.int64)
+    """R₀ + Σ Kⁱ·Rᵢ (mm) after each accepted reading, from daily totals.
+
+    Each reading's hundredths are split over the days its interval (ts, t] overlaps, in
+    proportion to the overlap, floored per day, the remainder on its last day; the sum is then
+    taken afresh after every reading over the days [day(t) − days, day(t)] of everything booked
+    so far (no running state: a different route to the same definition)."""
+    _, ta, ts, q, _ = _prelude(t, v, max_interval_s)
     if len(ta) == 0:
         return np.zeros(0)
-    d0 = day[0]
-    nd = int(day[-1] - d0) + 1
-    daily = np.zeros(nd, dtype=np.int64)
-    np.add.at(daily, day - d0, q)
-    padded = np.concatenate((np.zeros(days, dtype=np.int64), daily))
+    day = (np.ceil((ta - day_offset_s) / DAY) - 1).astype(np.int64)
     w = np.array([k**i for i in range(days + 1)])
-    past = np.zeros(nd)
-    for i in range(1, days + 1):
-        past = past + w[i] * padded[days - i : days - i + nd]
-    c = np.cumsum(q)
-    first = np.searchsorted(day, day, side="left")
-    today = c - c[first] + q[first]
-    return (today + past[day - d0]) / 100
+    booked: dict[int, int] = {}
+    out = np.zeros(len(ta))
+    for i in range(len(ta)):
+        last = int(day[i])
+        if q[i] and ta[i] > ts[i]:
+            span = ta[i] - ts[i]
+            edges = day_offset_s + DAY * np.arange(int(np.floor((ts[i] - day_offset_s) / DAY)), last + 2)
+            lo = np.maximum(edges[:-1], ts[i])
+            hi = np.minimum(edges[1:], ta[i])
+            shares = np.floor(q[i] * np.clip(hi - lo, 0, None) / span).astype(np.int64)
+            shares[-1] = q[i] - shares[:-1].sum()
+            first = last + 1 - len(shares)
+            for j, share in enumerate(shares):
+                booked[first + j] = booked.get(first + j, 0) + int(share)
+        elif q[i]:
+            booked[last] = booked.get(last, 0) + int(q[i])
+        out[i] = sum(w[j] * booked.get(last - j, 0) for j in range(days + 1)) / 100
+    return out
 
 
 def antecedent_batch(t: Any, v: Any, thresholds: Sequence[tuple[int, float]] = DEFAULT_EFFECTIVE_LEVELS, *, k: float = 0.84, days: int = 15,
