@@ -9,7 +9,11 @@ smoothing after a gap, never lowers a level).
 The site level is the highest channel level, under a confirmation policy: orange and red
 need two independent devices at orange or above, or one plus a clean failure forecast within
 66 hours (fit R² ≥ 0.95; all configurable per site). An unconfirmed orange or red is held at
-yellow, and the explanation says so.
+yellow, and the explanation says so. Once confirmed, a level holds while its evidence does:
+it is not dropped because the second device or the forecast stops confirming while a channel
+still stands at it, only once no channel is at it any more — after each channel's own hold —
+and the reason of a level that comes down says first, in plain words, why ("back to yellow:
+no device above the orange threshold for 6 h").
 
 Why a forecast must be clean to confirm: it stands in for a second device, and it is the
 one detector that can raise a channel on a fitted trend rather than a measured rate, so
@@ -231,12 +235,15 @@ class _Health:
 
 
 class _Site:
-    __slots__ = ("level", "channels", "held")
+    __slots__ = ("level", "channels", "held", "confirmed")
 
     def __init__(self) -> None:
         self.level = 0
         self.channels: dict[str, _Channel] = {}
         self.held = False  # a channel is above the site level, for want of confirmation
+        #: The highest level confirmed since the channels last stood below the confirmation
+        #: level (0: none): it stays confirmed while the evidence does (see ``_fuse``).
+        self.confirmed = 0
 
 
 class SiteFusion:
@@ -265,9 +272,18 @@ class SiteFusion:
         st = self._sites.get((site, exercise))
         return 0 if st is None else st.level
 
+    def raw_level(self, site: str, exercise: bool = False) -> int:
+        """The highest channel level of a site, before confirmation (what the devices say)."""
+        st = self._sites.get((site, exercise))
+        return max((c.level for c in st.channels.values()), default=0) if st is not None else 0
+
     def set_level(self, site: str, level: int, exercise: bool = False) -> None:
-        """Restore a persisted site level (after a restart) without reporting a change."""
-        self._site(site, exercise).level = level
+        """Restore a persisted site level (after a restart) without reporting a change. A
+        level at or above the confirmation level was confirmed when it was reached."""
+        st = self._site(site, exercise)
+        st.level = level
+        if level >= self.registry.sites[site].policy.confirm_from_level:
+            st.confirmed = max(st.confirmed, level)
 
     def _site(self, site: str, exercise: bool) -> _Site:
         st = self._sites.get((site, exercise))
@@ -351,7 +367,7 @@ class SiteFusion:
         if new_ch == ch.level and not changed and not st.held:
             return
         ch.level = new_ch
-        change = self._fuse(info.site, st, t, exercise)
+        change = self._fuse(info.site, st, t, exercise, ch)
         if change is not None:
             out.append(change)
 
@@ -450,7 +466,22 @@ class SiteFusion:
             "devices": devices,
         }
 
-    def _fuse(self, site: str, st: _Site, t: float, exercise: bool) -> LevelChange | None:
+    def _fuse(self, site: str, st: _Site, t: float, exercise: bool, cause: _Channel | None = None) -> LevelChange | None:
+        """The site level from its channels' levels; a change, or None. ``cause``: the channel
+        whose reading asked (it names the hold of a level that came down).
+
+        A confirmed level holds while its evidence does: once orange (or red) is confirmed,
+        the site keeps it for as long as some channel still stands at or above it, even when
+        the second device or the forecast that confirmed it no longer does — a forecast drifts
+        across its 66 h horizon, a second device's own level comes down after its hold, while
+        the slope keeps moving at orange. Dropping to yellow then (and relaxing the devices'
+        sampling, and telling every tier to stand down) for want of a *second* confirmation
+        would break the README's promise that a level comes down only after its evidence has
+        left the band for the hold time. A higher level on one channel still needs its own
+        confirmation (a confirmed orange with one device at red stays orange). The episode
+        ends when no channel is at the confirmation level any more (each channel's latch has
+        held it for its hold time first); a new one needs confirming again.
+        """
         policy = self.registry.sites[site].policy
         raw = max((c.level for c in st.channels.values()), default=0)
         lead_ch = max(st.channels.values(), key=lambda c: c.level) if st.channels else None
@@ -477,21 +508,28 @@ class SiteFusion:
             soon = forecast is not None and forecast["failure_time"] - t <= policy.forecast_confirms_s
             if len(devices) >= policy.confirm_devices:
                 notes.append(f"confirmed by {len(devices)} devices ({', '.join(devices)})")
+                st.confirmed = max(st.confirmed, raw)
             elif soon and forecast is not None:
                 notes.append(f"confirmed by a failure forecast in {(forecast['failure_time'] - t) / 3600:.0f} h")
+                st.confirmed = max(st.confirmed, raw)
             else:
-                level = policy.confirm_from_level - 1
+                level = max(policy.confirm_from_level - 1, min(raw, st.confirmed))
                 notes.append(f"{_name(raw)} not confirmed (only {', '.join(devices)}): held at {_name(level)}")
+                if level >= policy.confirm_from_level:
+                    notes[-1] += ", as confirmed before"
                 if rough is not None and rough["failure_time"] - t <= policy.forecast_confirms_s:
                     notes.append(
                         f"the failure forecast in {(rough['failure_time'] - t) / 3600:.0f} h fits its line too roughly to confirm "
                         f"(R² {rough['r2']:.2f} < {policy.forecast_confirm_r2:g})"
                     )
             evidence["devices_at_or_above"] = devices
+        else:
+            st.confirmed = 0
         st.held = raw > level
         if level == st.level:
             return None
         previous, st.level = st.level, level
+        evidence["raw_level"] = raw
         if lead_ch is not None and lead_ch.level > 0:
             lead = lead_ch.lead()
             name, v = lead if lead is not None else ("", Verdict(0))
@@ -501,9 +539,22 @@ class SiteFusion:
             reason = "all channels back to normal"
         if notes:
             reason += "; " + "; ".join(notes)
+        if 0 < level < previous:
+            reason = f"{self._why_down(policy, previous, level, raw, cause)}; now {reason}"
         if best is not None:
             evidence["forecast"] = best
         return LevelChange(site, t, level, previous, reason, evidence, exercise)
+
+    @staticmethod
+    def _why_down(policy: Any, previous: int, level: int, raw: int, cause: _Channel | None) -> str:
+        """Why a site came down, first and in a duty officer's words (the detectors' own
+        reasons follow): the evidence for the higher level went, and for how long."""
+        if raw < previous:
+            # Every channel's level comes down only after its value stayed out of the band for
+            # its hold (the policy's, or two reporting intervals of a slow channel).
+            hold = policy.hold_s if cause is None else max(policy.hold_s, 2 * cause.info.interval_s)
+            return f"back to {_name(level)}: no device above the {_name(previous)} threshold for {hold / 3600:g} h"
+        return f"back to {_name(level)}: {_name(previous)} is no longer confirmed by a second device or a failure forecast"
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -537,6 +588,7 @@ class SiteFusion:
         for (site, exercise), st in self._sites.items():
             sites[f"{site}|{int(exercise)}"] = {
                 "level": st.level,
+                "confirmed": st.confirmed,
                 "channels": {
                     key: {
                         "level": ch.level,
@@ -564,6 +616,10 @@ class SiteFusion:
                 continue
             st = self._site(site, ex == "1")
             st.level = int(sd["level"])
+            # A snapshot from before confirmations were kept: a level at or above the
+            # confirmation level was confirmed, or the site would not have reached it.
+            policy = self.registry.sites[site].policy
+            st.confirmed = int(sd.get("confirmed", st.level if st.level >= policy.confirm_from_level else 0))
             st.held = True  # not in the snapshot: the first reading works it out again
             for key, cd in sd["channels"].items():
                 device, _, channel = key.partition("/")

@@ -140,3 +140,90 @@ def test_a_forecast_snapshot_from_before_the_alpha_trend_restores():
     d = InverseVelocityDetector()
     d.restore(state)
     assert d.snapshot()["trend_t"] == InverseVelocityDetector().snapshot()["trend_t"]
+
+
+# -- a confirmed level holds (issue 14, item 6) ---------------------------------------------------
+
+
+class _Slope:
+    """Displacement of each channel, moved on at a rate per day that can change mid-stream;
+    GNSS readings carry 2 mm of noise (so a GNSS that stops moving is not a stuck value)."""
+
+    def __init__(self, fusion, reg, seed=3):
+        import numpy as np
+
+        self.f, self.reg, self.t = fusion, reg, T0
+        self.pos: dict[tuple[str, str], float] = {}
+        self.rng = np.random.default_rng(seed)
+        self.events = []
+
+    def run(self, rates: dict[tuple[str, str], float], hours: float, step: float = 600.0):
+        for _ in range(round(hours * 3600 / step)):
+            self.t += step
+            for (dev, ch), rate in rates.items():
+                x = self.pos[(dev, ch)] = self.pos.get((dev, ch), 0.0) + rate * step / DAY
+                noise = 2.0 * float(self.rng.standard_normal()) if dev.startswith("G") else 0.0
+                self.events += self.f.update_all(self.reg.channel("S", dev, ch), self.t, x + noise)
+        return self
+
+
+def _confirmed_orange(**policy):
+    # 90 mm/day is orange on the default velocity ladder (72-120); two devices confirm it.
+    reg = _registry(confirm_devices=2, forecast_confirms_s=0.0, **policy)
+    f = SiteFusion(reg)
+    s = _Slope(f, reg).run({("X1", "d"): 90.0, ("G1", "e"): 90.0}, 18)
+    assert f.level("S") == 3 and "confirmed by 2 devices (G1, X1)" in s.events[-1].reason
+    return reg, f, s
+
+
+def _channel_level(f, key):
+    return f.snapshot()["sites"]["S|0"]["channels"][key]["level"]
+
+
+def test_a_confirmed_orange_is_not_dropped_when_its_second_device_comes_down():
+    # The GNSS stops moving; once its own hold has passed it is no longer at orange, but the
+    # extensometer still is: the orange the two of them confirmed stays (it was never "only
+    # one device"), and no event says otherwise.
+    reg, f, s = _confirmed_orange()
+    n = len(s.events)
+    s.run({("X1", "d"): 90.0, ("G1", "e"): 0.0}, 24)
+    assert _channel_level(f, "G1/e") < 3 <= _channel_level(f, "X1/d")
+    assert f.level("S") == 3
+    assert [e.level for e in s.events[n:]] == []
+
+
+def test_a_red_on_one_device_after_a_confirmed_orange_is_held_at_orange_not_yellow():
+    # The GNSS comes down first (as above), then the extensometer alone reaches red.
+    reg, f, s = _confirmed_orange()
+    n = len(s.events)
+    s.run({("X1", "d"): 90.0, ("G1", "e"): 0.0}, 24)
+    s.run({("X1", "d"): 200.0, ("G1", "e"): 0.0}, 12)
+    assert _channel_level(f, "X1/d") == 4 and _channel_level(f, "G1/e") < 3
+    assert f.level("S") == 3 and s.events[n:] == []
+
+
+def test_a_confirmed_orange_held_across_a_restart():
+    reg, f, s = _confirmed_orange()
+    s.run({("X1", "d"): 90.0, ("G1", "e"): 0.0}, 2)  # the GNSS stops, still within its hold
+    restored = SiteFusion(reg)
+    restored.restore(json.loads(json.dumps(f.snapshot())))
+    s.f = restored
+    n = len(s.events)
+    s.run({("X1", "d"): 90.0, ("G1", "e"): 0.0}, 24)
+    assert _channel_level(restored, "G1/e") < 3
+    assert restored.level("S") == 3 and s.events[n:] == []
+
+
+def test_a_confirmed_orange_comes_down_after_its_hold_and_says_why_in_plain_words():
+    # Both devices slow to 10 mm/day (yellow): after the velocity window and the 6 h hold the
+    # site comes down, and the reason a duty officer reads starts with why.
+    reg, f, s = _confirmed_orange()
+    n = len(s.events)
+    s.run({("X1", "d"): 10.0, ("G1", "e"): 10.0}, 24)
+    down = [e for e in s.events[n:] if e.level < e.previous]
+    assert [(e.previous, e.level) for e in down] == [(3, 2)]
+    assert down[0].reason.startswith("back to yellow: no device above the orange threshold for 6 h"), down[0].reason
+    # The episode is over: one device back at orange needs confirming again.
+    n = len(s.events)
+    s.run({("X1", "d"): 90.0, ("G1", "e"): 10.0}, 18)
+    assert _channel_level(f, "X1/d") == 3 and f.level("S") == 2 and s.events[n:] == []
