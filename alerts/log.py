@@ -71,8 +71,14 @@ class AlertLog:
     def emit(self, change: LevelChange, admin: str) -> dict[str, Any]:
         event = alert_event(change)
         line = json.dumps(event, ensure_ascii=False)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+        with open(self.path, "a+b") as fh:
+            # A line cut short by a full disk must not swallow this one: start on a new line.
+            end = fh.seek(0, os.SEEK_END)
+            torn = False
+            if end:
+                fh.seek(end - 1)
+                torn = fh.read(1) != b"\n"
+            fh.write((b"\n" if torn else b"") + line.encode("utf-8") + b"\n")
             fh.flush()
             os.fsync(fh.fileno())
         if self.publish is not None:

@@ -87,6 +87,8 @@ AUDIT_PRUNE_ROWS = 500
 AUDIT_PRUNE_TRANSACTIONS = 10
 
 Outcome = Literal["ok", "refused", "failed", "unauthorised", "forbidden"]
+#: Outcomes anyone can cause without a right (no valid token; an unsigned or forged request).
+NOBODYS_OUTCOMES = ("unauthorised", "refused")
 
 
 class TokenError(ValueError):
@@ -276,15 +278,17 @@ class TokenStore:
         pages = int(self._db.execute("PRAGMA page_count").fetchone()[0]) - int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
         return pages * int(self._db.execute("PRAGMA page_size").fetchone()[0])
 
-    def _delete_oldest(self, before: float | None) -> int:
+    def _delete_oldest(self, before: float | None, outcomes: tuple[str, ...] | None = None) -> int:
         """One transaction: up to AUDIT_PRUNE_ROWS of the oldest rows (older than ``before``,
-        when given); never the newest row, whose id SQLite would hand out again."""
+        when given; of those ``outcomes``, when given); never the newest row, whose id SQLite
+        would hand out again."""
+        only = f" AND outcome IN ({', '.join('?' * len(outcomes))})" if outcomes else ""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 cur = self._db.execute(
-                    "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE id < (SELECT max(id) FROM audit) AND t < ? ORDER BY id LIMIT ?)",
-                    (float("inf") if before is None else before, AUDIT_PRUNE_ROWS),
+                    f"DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE id < (SELECT max(id) FROM audit) AND t < ?{only} ORDER BY id LIMIT ?)",
+                    (float("inf") if before is None else before, *(outcomes or ()), AUDIT_PRUNE_ROWS),
                 )
                 self._db.execute("COMMIT")
             except BaseException:
@@ -306,12 +310,15 @@ class TokenStore:
                 if n < AUDIT_PRUNE_ROWS:
                     break
         if self.keep_bytes is not None:
-            while budget > 0 and self.used_bytes() > self.keep_bytes:
-                budget -= 1
-                n = self._delete_oldest(None)
-                by_size += n
-                if n == 0:
-                    break
+            # Anyone can make refusals (a request without a valid token or signature): over the
+            # cap they go first, so a flood of them cannot push the officers' actions out.
+            for outcomes in (NOBODYS_OUTCOMES, None):
+                while budget > 0 and self.used_bytes() > self.keep_bytes:
+                    budget -= 1
+                    n = self._delete_oldest(None, outcomes)
+                    by_size += n
+                    if n == 0:
+                        break
         if by_age or by_size:
             log.info("pruned the audit trail", extra=kv(by_age=by_age, by_size=by_size, used_mb=round(self.used_bytes() / 1048576, 1)))
         return by_age, by_size

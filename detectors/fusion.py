@@ -41,8 +41,9 @@ unjudged and the slope behind it stay at level 0. So a reading stamped more than
 its time (``tick`` at that deadline, or the first reading that arrives after it): the true
 readings stamped before it are judged first, in order, and the held one is then judged like
 any other (the spike and step-back guards see it, in its place). It can delay, never blind.
-Held readings are bounded per channel (``MAX_HELD``; past it, the reading stamped furthest
-ahead is refused and counted, ``quality["ahead_overflow"]``) and are part of the snapshot,
+Held readings are bounded per channel (``held_limit``: what a clock at the full allowance
+needs; past it, the reading stamped furthest ahead is refused and counted,
+``quality["ahead_overflow"]``) and are part of the snapshot,
 so a restart loses none. Replay (``arrived`` None) judges in event time exactly as before.
 The normal reading costs one float comparison (and one dict lookup for its device's health).
 
@@ -95,10 +96,20 @@ NOISE: dict[Kind, float] = {
 #: time (see the module docstring). Small: a reading judged at once can put at most this much
 #: of a backlog behind it out of order; an NTP-synced logger's clock is well within it.
 AHEAD_TOLERANCE_S = 2.0
-#: Readings held per channel at most. A channel reporting every few minutes holds one at a
-#: time even with its clock at the full 300 s allowance; a flood of early readings cannot
-#: grow the daemon's memory.
-MAX_HELD = 16
+#: Readings held per channel at most: a channel whose clock runs at the codec's full
+#: allowance (``AHEAD_SKEW_S``) holds ``AHEAD_SKEW_S / interval`` of them, so the bound is that
+#: (plus a margin, at least ``MIN_HELD``, at most ``MAX_HELD``): a fast-reporting channel with a
+#: fast clock loses none of its readings, and a flood of early readings cannot grow memory.
+AHEAD_SKEW_S = 300.0
+MIN_HELD = 16
+MAX_HELD = 512
+#: A reading held for being early counts against its device's clock only when it is this far
+#: ahead: a logger a few seconds fast is held those seconds, and is not "a wrong clock".
+CLOCK_AHEAD_REPORT_S = 30.0
+#: A device's clock events (``clock`` after ``clock_ok`` or a ``clock`` after the last one) are
+#: at least this far apart in event time: a device flapping around the threshold, or a message
+#: of 10,000 readings built to, cannot flood the alert log.
+CLOCK_EVENT_EVERY_S = 3600.0
 # Clock health thresholds (CLOCK_WINDOW, CLOCK_TROUBLE_AT) and names: detectors/clockhealth.py.
 _FAULT_OF_FLAG = {"out_of_order": 0, "duplicate_conflict": 2}
 _WINDOW_MASK = (1 << CLOCK_WINDOW) - 1
@@ -106,6 +117,13 @@ _WINDOW_MASK = (1 << CLOCK_WINDOW) - 1
 #: Persistence filters count time, not readings: half an hour of agreeing evaluations at
 #: 10-minute sampling, a single one for daily or monthly readings.
 PERSIST_S = 1800.0
+
+
+def held_limit(interval_s: float) -> int:
+    """How many early readings one channel may hold (see ``MIN_HELD``)."""
+    if not interval_s > 0:
+        return MIN_HELD
+    return max(MIN_HELD, min(MAX_HELD, math.ceil(AHEAD_SKEW_S / interval_s) + 4))
 
 
 def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Detector]]:
@@ -206,7 +224,7 @@ class _Health:
     """One device's recent time stamps: per kind of fault a bit per reading (1: that fault),
     newest in the lowest bit, ``CLOCK_WINDOW`` bits."""
 
-    __slots__ = ("site", "masks", "seen", "trouble", "counts")
+    __slots__ = ("site", "masks", "seen", "trouble", "counts", "last_event")
 
     def __init__(self, site: str) -> None:
         self.site = site
@@ -214,6 +232,7 @@ class _Health:
         self.seen = 0  # readings since tracking began, up to CLOCK_WINDOW
         self.trouble = False
         self.counts = [0, 0, 0]  # cumulative, by CLOCK_FAULTS
+        self.last_event = -math.inf  # event time of its last clock / clock_ok event
 
     def in_window(self) -> list[int]:
         return [m.bit_count() for m in self.masks]
@@ -223,7 +242,8 @@ class _Health:
         return (m0 | m1 | m2).bit_count()
 
     def to_json(self) -> dict[str, Any]:
-        return {"site": self.site, "masks": list(self.masks), "seen": self.seen, "trouble": self.trouble, "counts": list(self.counts)}
+        return {"site": self.site, "masks": list(self.masks), "seen": self.seen, "trouble": self.trouble, "counts": list(self.counts),
+                "last_event": None if self.last_event == -math.inf else self.last_event}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> _Health:
@@ -231,6 +251,8 @@ class _Health:
         h.masks = [int(x) & _WINDOW_MASK for x in d["masks"]]
         h.seen, h.trouble = int(d["seen"]), bool(d["trouble"])
         h.counts = [int(x) for x in d["counts"]]
+        last = d.get("last_event")
+        h.last_event = -math.inf if last is None else float(last)
         return h
 
 
@@ -377,17 +399,18 @@ class SiteFusion:
         """Keep a reading stamped ahead of its arrival until the clock reaches its time."""
         if not exercise:
             self._seen(info, arrived, arrived, out)  # the device is talking: not silent
-            self._tally(info, 1, arrived, out)
+            self._tally(info, 1 if t > arrived + CLOCK_AHEAD_REPORT_S else None, arrived, out)
         st = self._site(info.site, exercise)
         ch = self._channel(st, info)
-        if ch.held >= MAX_HELD:
+        if ch.held >= held_limit(info.interval_s):
             # A flood of early readings: refuse the one stamped furthest ahead (the least
             # credible), counted, never the true readings it would have put out of order.
             self.quality["ahead_overflow"] = self.quality.get("ahead_overflow", 0) + 1
             ch.suspect += 1
-            mine = [i for i, e in enumerate(self._held) if e[2] == info]
-            far = max(mine, key=lambda i: self._held[i][0])
-            if self._held[far][0] <= t:
+            # This channel's own (a drill's and the real channel's are apart, as their counts).
+            mine = [i for i, e in enumerate(self._held) if e[2] == info and e[4] == exercise]
+            far = max(mine, key=lambda i: self._held[i][0], default=None)
+            if far is None or self._held[far][0] <= t:
                 return
             self._held[far] = self._held[-1]
             self._held.pop()
@@ -427,11 +450,11 @@ class SiteFusion:
         if fault is not None:
             h.counts[fault] += 1
         bad = h.bad()
-        if not h.trouble and bad >= CLOCK_TROUBLE_AT:
-            h.trouble = True
+        if not h.trouble and bad >= CLOCK_TROUBLE_AT and t - h.last_event >= CLOCK_EVENT_EVERY_S:
+            h.trouble, h.last_event = True, t
             out.append(self._clock_event(device, h, t, bad, "clock"))
         elif h.trouble and bad == 0:
-            h.trouble = False
+            h.trouble, h.last_event = False, t
             out.append(self._clock_event(device, h, t, bad, "clock_ok"))
 
     def _clock_event(self, device: str, h: _Health, t: float, bad: int, kind: str) -> LevelChange:

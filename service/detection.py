@@ -359,6 +359,13 @@ class DetectionJob:
             return self.chain.handle(req, self.clock.now()), req.by
         except Exception as exc:  # a request must never crash-loop the worker: refuse it, say why
             log.exception("request failed", extra=kv(kind=kind))
+            from geowarn.service.worker import describe_error, is_write_error
+
+            if is_write_error(exc):
+                # Disk full or the like: nothing was recorded (the chain commits before it
+                # changes its state). Said so plainly: the asker sends it again (a new nonce).
+                return Result(req.request_id, False, f"{kind} not recorded: GeoWarn cannot write its data right now "
+                              f"({describe_error(exc)}); nothing changed, try again in a minute", "retry"), req.by
             return Result(req.request_id, False, f"{kind} failed: {type(exc).__name__}: {exc}"), req.by
 
     def _audit_refusal(self, kind: str, target: str, detail: str, now: float) -> None:

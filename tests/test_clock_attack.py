@@ -24,7 +24,7 @@ import time
 import pytest
 
 from geowarn.config.registry import parse_registry
-from geowarn.detectors.fusion import CLOCK_TROUBLE_AT, CLOCK_WINDOW, MAX_HELD, SiteFusion
+from geowarn.detectors.fusion import CLOCK_EVENT_EVERY_S, CLOCK_TROUBLE_AT, CLOCK_WINDOW, SiteFusion, held_limit
 
 DAY = 86400.0
 T0 = 1.7e9
@@ -32,8 +32,8 @@ STEP = 600.0
 YELLOW = 2
 
 
-def _registry():
-    devices = [{"device": "X1", "channels": [{"channel": "d", "kind": "displacement"}]}]
+def _registry(interval_s: float = STEP):
+    devices = [{"device": "X1", "channels": [{"channel": "d", "kind": "displacement", "interval_s": interval_s}]}]
     site = {"site": "S", "name": "s", "admin": "420527", "lat": 30.0, "lon": 110.0, "devices": devices}
     return parse_registry({"sites": [site]}, "<test>")
 
@@ -167,18 +167,99 @@ def test_a_flood_of_early_readings_is_bounded_and_refuses_the_furthest_ahead():
     now = T0 + DAY
     f = SiteFusion(reg)
     _backlog(f, info, now - 10.0, days=1.0)
-    # MAX_HELD + 4 readings, stamped from now+290 down to now+290-(MAX_HELD+3)·10, all
+    limit = held_limit(info.interval_s)
+    assert limit == 16  # a 10-minute channel: one early reading at a time is all a clock needs
+    # limit + 4 readings, stamped from now+290 down to now+290-(limit+3)·10, all
     # arriving at now: the four stamped furthest ahead are refused, the rest held.
-    for k in range(MAX_HELD + 4):
-        t = now + 290.0 - (MAX_HELD + 3 - k) * 10.0
+    for k in range(limit + 4):
+        t = now + 290.0 - (limit + 3 - k) * 10.0
         f.update_all(info, t, _disp(t), arrived=now)
-    assert f.clock_health()["held"] == MAX_HELD
+    assert f.clock_health()["held"] == limit
     assert f.quality["ahead_overflow"] == 4
     held_times = sorted(t for t, *_ in f._held)
     assert held_times[-1] == now + 290.0 - 4 * 10.0
     f.tick(now + 300.0)
     assert f.clock_health()["held"] == 0
     assert f.quality.get("out_of_order", 0) == 0
+
+
+def test_a_fast_reporting_channel_whose_clock_is_299_s_ahead_loses_no_reading():
+    """Every 10 s, 299 s fast: 30 readings wait at any moment, and each is judged when its
+    time comes; the bound follows the channel's interval (a review found 47 % refused)."""
+    reg = _registry(10.0)
+    info = reg.channel("S", "X1", "d")
+    assert held_limit(10.0) >= 300 / 10
+    f = SiteFusion(reg)
+    now = T0 + DAY
+    for i in range(360):  # an hour
+        arrived = now + 10.0 * i
+        t = arrived + 299.0
+        f.update_all(info, t, _disp(t), arrived=arrived)
+    assert f.quality.get("ahead_overflow", 0) == 0
+    assert f.clock_health()["held"] == 30
+    f.tick(now + 3600 + 300)
+    assert f.clock_health()["held"] == 0 and f.quality.get("out_of_order", 0) == 0
+
+
+def test_drill_and_real_early_readings_are_held_apart_and_never_stop_judging():
+    """A drill's held readings and the real channel's are counted apart; a review crashed the
+    detection worker for good (max() of nothing) by filling one with the other's readings."""
+    reg = _registry()
+    info = reg.channel("S", "X1", "d")
+    f = SiteFusion(reg)
+    now = T0 + DAY
+    _backlog(f, info, now - 10.0, days=1.0)
+    limit = held_limit(info.interval_s)
+    for k in range(limit):  # the drill's channel full
+        t = now + 200.0 + k
+        f.update_all(info, t, _disp(t), exercise=True, arrived=now)
+    for k in range(2 * limit):  # then the real one, stamped closer
+        t = now + 10.0 + k
+        f.update_all(info, t, _disp(t), arrived=now)
+    f.update_all(info, now + 60.0, _disp(now + 60.0), exercise=True, arrived=now + 1.0)  # crashed here
+    held = f._held
+    real = sum(1 for e in held if not e[4])
+    drill = sum(1 for e in held if e[4])
+    assert real == limit and drill == limit  # each bounded by its own count, neither evicted the other
+    assert all(ch.held >= 0 for st in f._sites.values() for ch in st.channels.values())
+    f.tick(now + 400.0)
+    assert f.clock_health()["held"] == 0
+
+
+def test_a_logger_a_few_seconds_fast_is_held_those_seconds_but_not_called_a_wrong_clock():
+    reg = _registry()
+    info = reg.channel("S", "X1", "d")
+    f = SiteFusion(reg)
+    now = T0 + DAY
+    events = []
+    for i in range(200):
+        arrived = now + STEP * i
+        t = arrived + 3.0
+        events += f.update_all(info, t, _disp(t), arrived=arrived)
+    assert not [e for e in events if e.kind in ("clock", "clock_ok")]
+    assert f.clock_health()["devices_in_trouble"] == 0
+
+
+def test_a_device_flapping_around_the_threshold_makes_at_most_two_clock_events_an_hour():
+    """3 readings out of order, then 50 in order, over and over: one message of 10,000 such
+    readings made ~380 events (each an fsynced alert-log line and a retained MQTT message)."""
+    reg = _registry()
+    info = reg.channel("S", "X1", "d")
+    f = SiteFusion(reg)
+    events = []
+    t = T0
+    step = 6.0  # 10,600 readings over ~17.7 h of event time
+    for cycle in range(200):
+        for _ in range(CLOCK_TROUBLE_AT):
+            events += f.update_all(info, t - 100.0, 0.0)  # older than the last: out of order
+        for _ in range(CLOCK_WINDOW):
+            t += step
+            events += f.update_all(info, t, 0.0)
+    clock = [e for e in events if e.kind in ("clock", "clock_ok")]
+    hours = (t - T0) / 3600.0
+    assert 2 <= len(clock) <= 2 * (hours * 3600 / CLOCK_EVENT_EVERY_S + 1)
+    raised = [e.t for e in clock if e.kind == "clock"]
+    assert all(b - a >= CLOCK_EVENT_EVERY_S for a, b in zip(raised, raised[1:]))
 
 
 # -- end to end: a real daemon on a real Mosquitto --------------------------------------------

@@ -198,3 +198,34 @@ def test_the_audit_file_stays_under_its_size_cap_oldest_first(tmp_path):
         # The newest stay, contiguous up to the last: the oldest went first, and ~1 MB of
         # 1 kB rows is several hundred of them.
         assert ids == list(range(ids[0], 6004)) and len(ids) > 500, (ids[:3], len(ids))
+
+
+def test_a_flood_of_refusals_cannot_push_the_officers_actions_out_of_the_audit(tmp_path):
+    """Anyone can make "unauthorised" rows (a request with no valid token): over the size
+    cap they go first, and the officers' acknowledgements written before the flood stay."""
+    import time
+
+    from geowarn.console import tokens as tokens_mod
+
+    path = tmp_path / "tokens.sqlite"
+    now = time.time()
+    mono = _Mono()
+    with TokenStore(path, keep_days=400, keep_mb=1, monotonic=mono) as api:
+        for i in range(20):  # the evidence: officers' actions, oldest of all
+            api.audit(now + i, None, "POST /api/warnings/{id}/ack", f"w{i}", "10.0.0.9", "ok", "acknowledged by an officer")
+        junk = "x" * 1000
+        for i in range(6000):  # ~6 MB of refusals anyone could send
+            api.audit(now + 100 + i, None, "POST /api/warnings/{id}/ack", f"j{i}", "203.0.113.7", "unauthorised", junk)
+            if i % 500 == 499:
+                mono.t += tokens_mod.AUDIT_PRUNE_EVERY_S
+        for _ in range(3):
+            mono.t += tokens_mod.AUDIT_PRUNE_EVERY_S
+            api.audit(now + 7000, None, "GET /api/audit", "-", "10.0.0.9", "ok")
+        conn = sqlite3.connect(path)
+        pages, free, size = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count", "page_size"))
+        kept_ok = conn.execute("SELECT count(*) FROM audit WHERE outcome = 'ok' AND target LIKE 'w%'").fetchone()[0]
+        kept_junk = conn.execute("SELECT count(*) FROM audit WHERE outcome = 'unauthorised'").fetchone()[0]
+        conn.close()
+        assert (pages - free) * size <= 1024 * 1024
+        assert kept_ok == 20
+        assert 0 < kept_junk < 6000
