@@ -11,8 +11,8 @@ The data files themselves are not in this repository:
 * the four tuning records already collected live in ``<repo>/../shared/data`` (read in place);
 * the records gathered for issue 14 come from public GitHub snapshots, which this workplace does
   not allow developers to commit. They are looked up, unchanged, under the first of
-  ``$GEOWARN_VALIDATION_DATA``, ``<repo>/../shared/validation_data`` and
-  ``<repo>/../validation_data_staging`` that has the dataset's folder. Each PROVENANCE.md gives
+  ``$GEOWARN_VALIDATION_DATA`` and ``<repo>/../shared/validation_data`` that has the
+  dataset's folder. Each PROVENANCE.md gives
   the repository, commit and path of every file and ``SHA256SUMS`` their checksums, so a copy
   can be checked (``--check`` verifies them).
 
@@ -96,7 +96,6 @@ def _candidate_roots() -> list[Path]:
         roots.append(Path(env))
     roots += [
         REPO.parent / "shared" / "validation_data",
-        REPO.parent / "validation_data_staging",
     ]
     return roots
 
