@@ -18,6 +18,12 @@ Level and status are kept apart, as in ISA-18.2 (and alerta's isa_18_2 model):
   While shelved or out of service the level is still followed but nothing is announced and
   nothing escalates; on return the announcement catches up with the level.
 
+Sampling follows the level (``AlertPolicy.sampling_s``), but is never relaxed while a device's
+own level — fusion's ``raw_level``, before confirmation — is at or above
+``keep_sampling_from_level`` (orange): the site may come down a level on another channel's word,
+or stand at yellow for want of a second device, while one device still says orange, and the
+readings that decide whether the slope is failing must not come slower then.
+
 A warning is announced to the first tiers of its level (county → city → province → national
 from the site's GB/T 2260 county code); an unacknowledged warning escalates one tier when its
 ack deadline passes, carrying its history; an acknowledgement stops escalation at that level,
@@ -179,6 +185,12 @@ class _Run:
     def sampling(self) -> None:
         want = self.p.sampling_for(self.s.level)
         if want == self.s.sampling_s:
+            return
+        now = self.s.sampling_s
+        if now is not None and (want is None or want > now) and self.s.raw_level >= self.p.keep_sampling_from_level:
+            # A device still stands at orange or above (the site came down a level on another
+            # channel's word, or that device alone does not confirm its level): relaxing now
+            # would slow the very readings that show whether the slope is failing.
             return
         if want is None:
             reason = f"level {self.s.level}: normal sampling restored"
@@ -448,7 +460,7 @@ def step(state: SiteAlert, event: Event, policy: AlertPolicy, now: float) -> Tra
 
 def _level_in(run: _Run, ev: LevelIn) -> None:
     s = run.s
-    run.set(reason=ev.reason, evidence=ev.evidence)
+    run.set(reason=ev.reason, evidence=ev.evidence, raw_level=ev.level if ev.raw_level is None else max(ev.level, ev.raw_level))
     if ev.level > s.level:
         run.set(level=ev.level, since=ev.t, lower_to=None, lower_deadline=None)
         run.level_changed(ev.t)

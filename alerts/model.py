@@ -99,17 +99,24 @@ def _check_t(t: float, what: str) -> None:
 
 @dataclass(frozen=True, slots=True)
 class LevelIn:
-    """The fused site level from detectors (fusion's LevelChange)."""
+    """The fused site level from detectors (fusion's LevelChange).
+
+    ``raw_level``: the highest channel level before confirmation (fusion's evidence
+    ``raw_level``); None: the same as ``level``. It keeps sampling fast (``AlertPolicy.
+    keep_sampling_from_level``) while a device still stands high."""
 
     t: float
     level: int
     reason: str = ""
     evidence: Mapping[str, Any] = field(default_factory=dict)
+    raw_level: int | None = None
 
     def __post_init__(self) -> None:
         _check_t(self.t, "LevelIn")
         if not 0 <= self.level <= 4:
             raise ValueError(f"LevelIn: level must be 0-4, got {self.level}")
+        if self.raw_level is not None and not 0 <= self.raw_level <= 4:
+            raise ValueError(f"LevelIn: raw_level must be 0-4, got {self.raw_level}")
         try:
             # Normalised to plain JSON types so that a state restored from JSON equals this one.
             object.__setattr__(self, "evidence", json.loads(json.dumps(dict(self.evidence))))
@@ -240,7 +247,8 @@ def event_from_change(change: LevelChange) -> LevelIn | NoData | DataBack:
         return NoData(change.t, str(change.evidence.get("device", "?")), change.reason)
     if change.kind == "nodata_end":
         return DataBack(change.t, str(change.evidence.get("device", "?")))
-    return LevelIn(change.t, change.level, change.reason, change.evidence)
+    raw = change.evidence.get("raw_level")
+    return LevelIn(change.t, change.level, change.reason, change.evidence, None if raw is None else int(raw))
 
 
 # -- state ----------------------------------------------------------------------------------
@@ -324,6 +332,7 @@ class SiteAlert:
     shelved_until: float | None = None
     suppressed_by: str | None = None
     sampling_s: float | None = None  # accelerated interval commanded (None: normal)
+    raw_level: int = 0  # the highest channel level fusion last reported, before confirmation
     silent: tuple[str, ...] = ()  # devices without data
     reports: tuple[ReportTask, ...] = ()
     cap_refs: tuple[tuple[str, float], ...] = ()  # (identifier, sent) of this warning's CAP messages
@@ -382,6 +391,7 @@ class SiteAlert:
             "shelved_until": self.shelved_until,
             "suppressed_by": self.suppressed_by,
             "sampling_s": self.sampling_s,
+            "raw_level": self.raw_level,
             "silent": list(self.silent),
             "reports": [
                 {
@@ -435,6 +445,7 @@ class SiteAlert:
             shelved_until=opt(d["shelved_until"]),
             suppressed_by=d["suppressed_by"],
             sampling_s=opt(d["sampling_s"]),
+            raw_level=int(d.get("raw_level", d["level"])),  # states saved before it: the level
             silent=tuple(str(x) for x in d["silent"]),
             reports=tuple(
                 ReportTask(

@@ -32,6 +32,10 @@ class AlertPolicy(BaseModel):
     #: Accelerated sampling interval from a level up (the highest key at or below the level
     #: applies); below the lowest key the devices' normal interval is restored.
     sampling_s: dict[int, float] = Field(default_factory=lambda: {2: 300.0, 3: 120.0, 4: 60.0})
+    #: Sampling is never relaxed while a device's own level (before confirmation) is at or
+    #: above this: the readings that decide whether the slope is failing come no slower
+    #: while one device still says orange (5: follow the site level only).
+    keep_sampling_from_level: int = Field(default=3, ge=1, le=5)
     #: From this level up a quick report (速报) is required.
     report_from_level: int = Field(default=3, ge=1, le=4)
     #: Quick-report deadline by the site's scale class.

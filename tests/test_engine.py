@@ -663,10 +663,11 @@ class AlertMachine(RuleBasedStateMachine):
             assert nd is None or nd > self.now, "a Tick left a timer due"
         self.now = target
 
-    @rule(level=st.integers(0, 4), dt=st.integers(0, 2 * 3600))
-    def level_in(self, level, dt):
+    @rule(level=st.integers(0, 4), above=st.integers(0, 4), dt=st.integers(0, 2 * 3600))
+    def level_in(self, level, above, dt):
+        # ``above``: how far a device stands above the fused level, for want of confirmation.
         self.advance(dt)
-        self.apply(LevelIn(self.now, level, f"fused {level}"), self.now)
+        self.apply(LevelIn(self.now, level, f"fused {level}", raw_level=min(4, level + above)), self.now)
         self.evidence = level
 
     @rule(dt=st.integers(0, 6 * 3600))
@@ -755,7 +756,13 @@ class AlertMachine(RuleBasedStateMachine):
             assert s.announced == 0
         if s.status == ACKED:
             assert s.acked_level >= s.announced and s.ack_deadline is None
-        assert s.sampling_s == self.policy.sampling_for(s.level)
+        # Sampling follows the level, except that it is never relaxed while a device stands
+        # at orange or above: then it may be faster than the level's, never slower.
+        want = self.policy.sampling_for(s.level)
+        if s.raw_level >= self.policy.keep_sampling_from_level:
+            assert s.sampling_s == want or (s.sampling_s is not None and (want is None or s.sampling_s < want))
+        else:
+            assert s.sampling_s == want
 
     @invariant()
     def tiers_are_notified_bottom_up(self):
@@ -778,3 +785,53 @@ TestAlertMachine = AlertMachine.TestCase
 TestAlertMachine.settings = _settings
 TestAlertMachineWithHold = AlertMachineWithHold.TestCase
 TestAlertMachineWithHold.settings = _settings
+
+
+# -- sampling while a device stands high (issue 14, item 6) ---------------------------------------
+
+
+def _sampling_after(steps: list[LevelIn], policy: AlertPolicy | None = None) -> list[tuple[float | None, list[str]]]:
+    """The commanded interval after each step, and the sampling commands it sent."""
+    policy = policy or AlertPolicy()
+    state, out = new_state(), []
+    for ev in steps:
+        tr = step(state, ev, policy, ev.t)
+        state = tr.state
+        out.append((state.sampling_s, [summary(a) for a in tr.actions if isinstance(a, SetSampling)]))
+    return out
+
+
+def test_sampling_is_never_relaxed_while_a_device_stands_at_orange_or_above():
+    # Red (60 s); the site comes down to orange and then yellow while one device still says
+    # orange: sampling stays at 60 s. Only once no device is at orange does it follow the level.
+    steps = [
+        LevelIn(T0, 4, "red", {}, raw_level=4),
+        LevelIn(T0 + 600, 3, "back to orange", {}, raw_level=3),
+        LevelIn(T0 + 1200, 2, "orange not confirmed", {}, raw_level=3),
+        LevelIn(T0 + 1800, 2, "back to yellow", {}, raw_level=2),
+        LevelIn(T0 + 2400, 0, "all channels back to normal", {}, raw_level=0),
+    ]
+    assert _sampling_after(steps) == [
+        (60.0, ["sampling 60"]),
+        (60.0, []),
+        (60.0, []),
+        (300.0, ["sampling 300"]),
+        (None, ["sampling normal"]),
+    ]
+    # keep_sampling_from_level = 5: sampling follows the site level alone, as before.
+    assert [s for s, _ in _sampling_after(steps, AlertPolicy(keep_sampling_from_level=5))] == [60.0, 120.0, 300.0, 300.0, None]
+
+
+def test_the_raw_level_comes_from_fusion_and_survives_a_restart():
+    ev = event_from_change(LevelChange("S1", T0, 3, 4, "back to orange", {"raw_level": 3}))
+    assert isinstance(ev, LevelIn) and ev.raw_level == 3
+    state = step(new_state(), LevelIn(T0, 4, "red", {}, raw_level=4), AlertPolicy(), T0).state
+    state = step(state, ev, AlertPolicy(), T0 + 60).state
+    assert state.raw_level == 3 and state.sampling_s == 60.0
+    d = json.loads(json.dumps(state.to_dict()))
+    assert SiteAlert.from_dict(d) == state
+    # A state saved before the raw level was kept restores it as the level.
+    del d["raw_level"]
+    assert SiteAlert.from_dict(d).raw_level == 3
+    with pytest.raises(ValueError, match="raw_level"):
+        LevelIn(T0, 2, "x", {}, raw_level=5)
