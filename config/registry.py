@@ -77,6 +77,11 @@ _CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 """Site, device and channel codes travel in MQTT topics: no '/', '+', '#', spaces or empties."""
 
 
+#: A channel of the national geohazard IoT convention (L{group}_{method}_{n}, S1_ZT_{n} for
+#: status) with an optional field: "L1_GP_1.gpsTotalX".
+_SOURCE = re.compile(r"(L[0-9]_[A-Z]{2}|S1_ZT)_[0-9]{1,3}(\.[A-Za-z][A-Za-z0-9_]{0,31})?")
+
+
 def _check_code(value: str, what: str) -> str:
     if not _CODE.fullmatch(value):
         raise ValueError(
@@ -195,6 +200,30 @@ class Channel(_Strict):
             raise ValueError(f"velocity_per_day applies to displacement-like kinds only, not {self.kind.value}")
         return self
 
+    # The national convention's channel(.field) this channel reads, e.g. "L1_GP_1.gpsTotalX",
+    # "L1_LF_1" (field `value`), "L3_YL_1.totalValue" (a rain counter: differenced, resets
+    # detected) or "S1_ZT_1.battery_volt". Only devices speaking the convention use it.
+    source: str | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str | None) -> str | None:
+        if v is not None and not _SOURCE.fullmatch(v):
+            raise ValueError(f"source {v!r} must be a channel of the national convention with an optional field, e.g. 'L1_GP_1.gpsTotalX' or 'L3_YL_1'")
+        return v
+
+    @model_validator(mode="after")
+    def _source_kind(self) -> "Channel":
+        if self.source is None:
+            return self
+        field = self.source.partition(".")[2]
+        if field == "AZI":
+            # An azimuth wraps at 360°: read as a position it would make 359° -> 1° a landslide.
+            raise ValueError("source field AZI is an azimuth (0-360° from magnetic north, it wraps): it is never judged; list it in the device's ignore instead")
+        if field == "totalValue" and self.kind is not Kind.rain:
+            raise ValueError("source field totalValue is a rain counter: it needs kind rain (it is differenced into rain per reading)")
+        return self
+
     @property
     def valid_range(self) -> tuple[float, float]:
         return self.range if self.range is not None else DEFAULT_RANGE[self.kind]
@@ -204,11 +233,34 @@ class Device(_Strict):
     device: str
     model: str = ""
     channels: list[Channel] = Field(min_length=1)
+    # Devices of the national geohazard IoT convention (ingest/codecs_cn.py):
+    # `code` is the device code their payloads are keyed by (e.g. "SK11E80D1307426AZ");
+    # `clock_offset_s` is how far the device's clock runs ahead of UTC when it writes a time
+    # with "Z" or with no zone (28800 for a firmware writing Beijing time with "Z"); unset,
+    # its "Z" times are taken as UTC and zone-less ones are refused; `ignore` lists the
+    # convention's channels or channel.fields it sends that are dropped on purpose (e.g.
+    # "L1_QJ_1.AZI"); any other field no channel maps is dead-lettered as unknown_channel.
+    code: str | None = None
+    clock_offset_s: float | None = Field(default=None, ge=-86400, le=86400, allow_inf_nan=False)
+    ignore: tuple[str, ...] = Field(default=(), max_length=256)
 
     @field_validator("device")
     @classmethod
     def _code(cls, v: str) -> str:
         return _check_code(v, "device")
+
+    @field_validator("code")
+    @classmethod
+    def _device_code(cls, v: str | None) -> str | None:
+        return None if v is None else _check_code(v, "device")
+
+    @field_validator("ignore")
+    @classmethod
+    def _ignore(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for item in v:
+            if not _SOURCE.fullmatch(item):
+                raise ValueError(f"ignore entry {item!r} is not a channel of the national convention, e.g. 'L1_QJ_1' or 'L1_QJ_1.AZI'")
+        return v
 
 
 
@@ -337,6 +389,7 @@ def parse_registry(data: dict[str, Any], source: str) -> Registry:
     problems: list[ConfigProblem] = []
     seen_sites: dict[str, int] = {}
     seen_devices: dict[str, str] = {}
+    seen_codes: dict[str, str] = {}
     for i, s in enumerate(parsed.sites):
         if s.site in seen_sites:
             problems.append(ConfigProblem(source, f"sites[{i}].site", f"site {s.site!r} is defined twice (also sites[{seen_sites[s.site]}])"))
@@ -347,6 +400,18 @@ def parse_registry(data: dict[str, Any], source: str) -> Registry:
                     ConfigProblem(source, f"sites[{i}].devices[{j}].device", f"device {d.device!r} already belongs to site {seen_devices[d.device]}; a device belongs to one site")
                 )
             seen_devices.setdefault(d.device, s.site)
+            # A payload of the national convention names its device by code (or by its id).
+            for key in {d.code or d.device, d.device}:
+                other = seen_codes.setdefault(key, d.device)
+                if other != d.device:
+                    problems.append(ConfigProblem(source, f"sites[{i}].devices[{j}].code", f"device code {key!r} also names device {other}; payloads are routed by it"))
+            seen_sources: dict[str, str] = {}
+            for k, c in enumerate(d.channels):
+                if c.source is not None:
+                    src = c.source if "." in c.source else c.source + ".value"
+                    if src in seen_sources:
+                        problems.append(ConfigProblem(source, f"sites[{i}].devices[{j}].channels[{k}].source", f"source {c.source!r} is already read by channel {seen_sources[src]}"))
+                    seen_sources.setdefault(src, c.channel)
             seen_channels: dict[str, int] = {}
             for k, c in enumerate(d.channels):
                 if c.channel in seen_channels:
