@@ -142,6 +142,43 @@ class Settings(BaseSettings):
     audit_keep_days: float = Field(default=400.0, ge=1, le=36500)
     audit_keep_mb: float = Field(default=256.0, ge=1, le=1_000_000)
 
+    # Devices of the national geohazard IoT convention (ingest/codecs_cn.py) may also publish
+    # outside {topic_prefix}/: each entry is an MQTT topic the daemon subscribes to, where one
+    # level may be "{code}" (the device code, checked against the payload's) and levels may be
+    # "+", e.g. ["$dp", "/sys/+/{code}/thing/property/post"]. A comma-separated list in
+    # GEOWARN_CN_TOPICS. Empty: only {topic_prefix}/{site}/{device}/data|status.
+    # (Kept as text, like trusted_proxies: the environment gives no JSON; `cn_topic_list` reads it.)
+    cn_topics: str = ""
+
+    @field_validator("cn_topics", mode="before")
+    @classmethod
+    def _cn_topics_text(cls, v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            if not all(isinstance(t, str) for t in v):
+                raise ValueError("cn_topics is a list of topics (strings)")
+            return ",".join(t.strip() for t in v)
+        return v
+
+    @field_validator("cn_topics")
+    @classmethod
+    def _cn_topics(cls, text: str) -> str:
+        v = [t.strip() for t in text.split(",") if t.strip()]
+        if len(v) > 32:
+            raise ValueError("at most 32 cn topics")
+        for topic in v:
+            levels = topic.split("/")
+            if not topic or len(topic) > 256 or "#" in topic or any(c in topic for c in " \t\n\x00"):
+                raise ValueError(f"cn topic {topic[:80]!r} must be an MQTT topic without '#' or spaces (e.g. $dp)")
+            if any(("+" in lv and lv != "+") or ("{" in lv and lv != "{code}") for lv in levels):
+                raise ValueError(f"cn topic {topic!r}: '+' and '{{code}}' stand for a whole level")
+            if levels.count("{code}") > 1:
+                raise ValueError(f"cn topic {topic!r} names {{code}} more than once")
+        return ",".join(v)
+
+    @property
+    def cn_topic_list(self) -> list[str]:
+        return [t for t in self.cn_topics.split(",") if t]
+
     @field_validator("journal_keep_days", mode="before")
     @classmethod
     def _journal_keep_days(cls, v: Any) -> Any:
@@ -222,6 +259,13 @@ class Settings(BaseSettings):
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"{v!r} must start with http:// or https://")
         return v
+
+    @model_validator(mode="after")
+    def _cn_topics_outside_prefix(self) -> "Settings":
+        for topic in self.cn_topic_list:
+            if topic.split("/")[0] in (self.topic_prefix.split("/")[0], "+"):
+                raise ValueError(f"cn topic {topic!r} would overlap {self.topic_prefix}/…: device topics there are read already")
+        return self
 
     @model_validator(mode="after")
     def _influx_complete(self) -> "Settings":

@@ -150,10 +150,16 @@ class Codec:
 
     def decode(self, topic: str, payload: bytes, now: float, size: int | None = None) -> Decoded:
         """``size``: the payload's size on the wire when ``payload`` is a cut copy of it."""
+        other = self._other_topic(topic, payload, now, size)
+        if other is not None:
+            return other
         site, device, kind = self.parse_topic(topic)
         size = len(payload) if size is None else size
         if size > self.max_bytes:
             raise PayloadError("too_large", f"payload of {size} bytes exceeds {self.max_bytes}")
+        out = Decoded(kind=kind, site=site, device=device)
+        if self._other_payload(payload, out, now):
+            return out
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -166,7 +172,8 @@ class Codec:
             raise PayloadError("not_json", f"payload is not UTF-8: {exc.reason}") from None
         except ValueError as exc:  # JSONDecodeError, integers with >4300 digits
             raise PayloadError("not_json", f"payload is not JSON: {exc}") from None
-        out = Decoded(kind=kind, site=site, device=device)
+        if type(doc) is dict and "v" not in doc and self._other_doc(doc, out, now):
+            return out
         if kind == "status":
             self._status(doc, out, now)
         elif isinstance(doc, dict):
@@ -176,6 +183,23 @@ class Codec:
         else:
             raise PayloadError("bad_shape", f"a data payload is a JSON object (native) or array (SenML), not {type(doc).__name__}")
         return out
+
+    # -- other conventions ----------------------------------------------------------------
+    # A subclass decodes another payload convention (ingest/codecs_cn.py: the national
+    # geohazard IoT platform's) through these; here every message is native or SenML.
+
+    def _other_topic(self, topic: str, payload: bytes, now: float, size: int | None) -> Decoded | None:
+        """A message on a topic outside ``{prefix}/``, decoded; None: not one of ours to take."""
+        return None
+
+    def _other_payload(self, payload: bytes, out: Decoded, now: float) -> bool:
+        """A device topic's payload that is not JSON text (a binary frame), decoded into ``out``."""
+        return False
+
+    def _other_doc(self, doc: dict[str, Any], out: Decoded, now: float) -> bool:
+        """A device topic's JSON object without ``"v"``, decoded into ``out`` when it is another
+        convention's; False leaves it to the native rules (``bad_version``)."""
+        return False
 
     def _check_time(self, raw: Any, now: float) -> float:
         t = parse_time(raw)

@@ -23,7 +23,8 @@ from typing import Any
 
 from geowarn.core.timefmt import rfc3339
 from geowarn.config.settings import Loaded
-from geowarn.ingest.codecs import Codec, PayloadError, Reject, clean
+from geowarn.ingest.codecs import PayloadError, Reject, clean
+from geowarn.ingest.codecs_cn import CnCodec
 from geowarn.ingest.journal import DEADLETTER_KEEP_BYTES, Journal, to_ms
 from geowarn.ingest.messagelog import Logged, MessageLog
 from geowarn.ingest.retention import Policy, Retention
@@ -81,8 +82,10 @@ class Pipeline:
         self.journal = journal
         self.publish = publish
         self.prefix = s.topic_prefix
-        self.codec = Codec(
-            loaded.registry, s.topic_prefix, max_skew_s=s.max_future_skew_s, max_bytes=s.max_payload_bytes, max_readings=s.max_readings_per_message
+        # Native and SenML on {prefix}/…, and the national convention there and on cn_topics.
+        self.codec = CnCodec(
+            loaded.registry, s.topic_prefix, topics=s.cn_topic_list,
+            max_skew_s=s.max_future_skew_s, max_bytes=s.max_payload_bytes, max_readings=s.max_readings_per_message,
         )
         self.series = journal.series_ids(loaded.registry)
         self.counters = Counters()
@@ -171,7 +174,7 @@ class Pipeline:
             d = self.codec.decode(topic, m.payload, now_ms / 1000.0, m.size)
         except PayloadError as exc:
             return rows, [self._deadletter(now_ms, topic, exc.reason, exc.detail, m.payload, m.size)], statuses
-        if d.kind == "status" and d.status is not None:
+        if d.status is not None:  # a status topic's, or a national-convention body's S1_ZT channel
             statuses.append((d.site, d.device, to_ms(d.status["t"]), now_ms, json.dumps(d.status)))
         drill = 1 if d.drill else 0
         series = self.series

@@ -35,6 +35,7 @@ from typing import Any
 from geowarn.core.clock import Clock, WallClock
 from geowarn.config.settings import Loaded
 from geowarn.service.detection import alert_policy, detection_process
+from geowarn.ingest.codecs_cn import topic_filter
 from geowarn.ingest.forwarder import Forwarder
 from geowarn.ingest.journal import DEADLETTER_KEEP_BYTES, JOURNAL_FILE, Journal, to_ms
 from geowarn.ingest.messagelog import MESSAGES_FILE, MessageLog
@@ -151,7 +152,9 @@ class App:
         self.link = MqttLink(
             s.mqtt,
             client_id=s.mqtt_client_id,
-            subscriptions=[f"{prefix}/+/+/data", f"{prefix}/+/+/status"],
+            # cn_topics: the national convention's device topics ($dp, vendor topics); a "$…"
+            # topic needs its own subscription, '#' never matches it.
+            subscriptions=[f"{prefix}/+/+/data", f"{prefix}/+/+/status", *(topic_filter(t) for t in s.cn_topic_list)],
             protocol=s.mqtt_protocol,
             session_expiry_s=s.mqtt_session_expiry_s,
             keepalive_s=s.mqtt_keepalive_s,
