@@ -77,11 +77,18 @@ class Notify(_Strict):
 
 
 class Unit(_Strict):
+    """One admin unit of the chain. ``cap_profile`` picks the CAP its sites' messages follow
+    (alerts/cap.py): ``"oasis"`` (default) or ``"cn"``, China's GB/T 35965.1 profile, which
+    needs ``cap_sender_code``: the 14-digit 发布单位代码 (this unit's admin code, its 3-digit
+    GB/T 4657 organisation code, "000" and "00" unless the platform assigned others)."""
+
     admin: str
     name: str = Field(min_length=1)
     tier: Tier | None = None
     contacts: list[Contact] = []
     notify: list[Notify] = []
+    cap_profile: Literal["oasis", "cn"] = "oasis"
+    cap_sender_code: str = ""
 
     @field_validator("admin")
     @classmethod
@@ -102,6 +109,18 @@ class Unit(_Strict):
     def _tier(self) -> "Unit":
         if self.tier is None:
             object.__setattr__(self, "tier", tier_of(self.admin))
+        return self
+
+    @model_validator(mode="after")
+    def _cap_sender_code(self) -> "Unit":
+        code = self.cap_sender_code
+        if code and not (re.fullmatch(r"[0-9]{14}", code) and code.startswith(self.admin)):
+            raise ValueError(
+                f"cap_sender_code {code!r} must be 14 digits starting with the unit's admin code {self.admin} "
+                "(admin code, GB/T 4657 organisation code, '000', '00')"
+            )
+        if self.cap_profile == "cn" and not code:
+            raise ValueError(f"cap_profile = 'cn' needs cap_sender_code = '{self.admin}DDD00000' (DDD: the unit's GB/T 4657 organisation code)")
         return self
 
 
