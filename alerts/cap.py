@@ -25,6 +25,40 @@ for ``AllClear``). Its values: responseType ``AllClear`` ("the subject event no 
 a threat"), urgency ``Past`` ("responsive action is no longer required"), severity ``Minor``
 ("minimal to no known threat"), certainty ``Unlikely`` (the warned failure is no longer
 expected).
+
+China's profile (``CnProfile``, GB/T 35965.1-2018《应急信息交互协议 第1部分:预警信息》, the
+exchange format of the national emergency early-warning release system, 12379). A county's
+roster unit with ``cap_profile = "cn"`` and its ``cap_sender_code`` selects it for the CAP of
+its sites (``cap_profile_for``; ``ResponseChain.cap_xml``); every other unit keeps plain OASIS
+CAP, unchanged. The message stays OASIS CAP 1.2 and validates against the same schema:
+
+- ``identifier`` is ``ZZZZZZDDDUUUXX_YYYYMMDDhhmmss_N`` (31 characters): the 发布单位代码, the
+  entry time in Beijing time in the basic format, and a sequence digit 0-9 (``cn_identifier``
+  says how GeoWarn picks it without seeing other messages);
+- ``sender`` is the 14-digit 发布单位代码 ``ZZZZZZDDDUUUXX``: GB/T 2260 admin code (6), GB/T 4657
+  organisation code (3), the unit's internal code (3, default ``000``), an extension (2,
+  default ``00``) — the roster's ``cap_sender_code``; the unit's name goes in ``<senderName>``;
+- every time is Beijing time written with the offset ``+08:00`` (fixed UTC+8, whatever ``tz``);
+- one ``<info>``, ``language`` ``zh-CN``;
+- ``<geocode>`` is the site's 6-digit GB/T 2260 admin code (valueName ``GB/T 2260``,
+  configurable as ``CnProfile.geocode_name``);
+- CAP's ``severity`` cannot hold China's colours (its values are fixed by the OASIS schema), so
+  the colour and grade are parameters: ``预警颜色`` 蓝色/黄色/橙色/红色 and ``预警级别``
+  Ⅳ级/Ⅲ级/Ⅱ级/Ⅰ级 for levels 1-4 (a Cancel names the warning it lifts), besides GeoWarn's own.
+
+Sources, and what could not be confirmed. The standard's own text was not available; the
+identifier, sender-code and time rules are those of a public copy of its normative Annex A
+("取值规则及说明", A.1.1 预警信息唯一标识, A.1.2 发布单位代码, A.1.3 日期时间型: Beijing time, offset
+08:00) at https://www.jinchutou.com/shtml/25cd0d617477fb1ef0263dc586040187.html; local standards
+built on GB/T 35965.1 (DB12/T 1128-2022 Tianjin, DB63/T 1748-2019 Qinghai) describe the same
+sender code (admin code + organisation code + extension). The four grades and colours (一级 the
+highest, red; then orange, yellow, blue) are those of the Emergency Response Law
+(《中华人民共和国突发事件应对法》). Not confirmed, and so kept out or configurable: the
+standard's own element for the unit's code (written here as ``<sender>``, since CAP 1.2 has no
+other place), its parameter names for colour and grade (``预警颜色``/``预警级别`` are GeoWarn's),
+its ``<geocode>`` valueName, whether it allows more than one ``<info>``, and the GB/T 35561
+event-type code for geohazards (no such ``<eventCode>`` is written); no real 12379 CAP message
+could be found to compare with.
 """
 
 from __future__ import annotations
@@ -33,8 +67,10 @@ from importlib import resources
 import math
 import re
 import threading
+import zlib
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any, TypeGuard
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -43,6 +79,7 @@ from lxml import etree
 
 from geowarn.core.levels import LEVELS
 from geowarn.config.registry import Site
+from geowarn.config.roster import Roster
 
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
 #: Placeholder sender (``.invalid`` is a reserved TLD): deployments set their own, globally
@@ -50,6 +87,16 @@ CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
 DEFAULT_SENDER = "geowarn@example.invalid"
 DEFAULT_TZ = "Asia/Shanghai"
 GEOCODE_SCHEME = "GB/T 2260"
+#: Beijing time, UTC+8 all year (GB/T 35965.1 Annex A.1.3: the offset is always 08:00).
+#: Not Asia/Shanghai, which kept summer time in 1986-1991.
+BEIJING = timezone(timedelta(hours=8), "Beijing")
+#: 发布单位代码 (Annex A.1.2): admin code (6), GB/T 4657 organisation code (3), internal (3), extension (2).
+CN_SENDER_CODE = re.compile(r"[0-9]{14}")
+#: Colour and grade of each level as China writes them (突发事件应对法: 一级 is the highest, red).
+CN_COLOUR = {1: "蓝色", 2: "黄色", 3: "橙色", 4: "红色"}
+CN_GRADE = {1: "Ⅳ级", 2: "Ⅲ级", 3: "Ⅱ级", 4: "Ⅰ级"}
+#: parameter valueNames of the colour and grade under the China profile.
+CN_COLOUR_PARAM, CN_GRADE_PARAM = "预警颜色", "预警级别"
 
 #: (sender, identifier, sent) of an earlier message: CAP's "extended message identifier".
 Reference = tuple[str, str, str]
@@ -101,7 +148,10 @@ def cap_time(t: str | float, tz: str = DEFAULT_TZ) -> str:
     forecast's ``failure_time``). Sub-seconds are truncated: the schema's pattern has none.
     UTC is written ``-00:00``, as CAP 1.2 asks.
     """
-    zone = _zone(tz)
+    return _cap_time(t, _zone(tz))
+
+
+def _cap_time(t: str | float, zone: tzinfo) -> str:
     if isinstance(t, str):
         try:
             dt = datetime.fromisoformat(t)
@@ -118,23 +168,79 @@ def cap_time(t: str | float, tz: str = DEFAULT_TZ) -> str:
     return text[:-6] + "-00:00" if text.endswith("+00:00") else text
 
 
-def cap_identifier(event: Mapping[str, Any]) -> str:
+def cap_identifier(event: Mapping[str, Any], profile: CnProfile | None = None) -> str:
     """The CAP identifier of an event's message: stable, because the event id is.
 
     Drills get their own prefix so that a receiver that ignores ``status`` still cannot mix
-    one up with a real warning.
+    one up with a real warning. Under the China profile it is ``cn_identifier``'s instead.
     """
+    if profile is not None:
+        return cn_identifier(event, profile.sender_code)
     prefix = "geowarn-exercise-" if event.get("exercise") else "geowarn-"
     ident = prefix + str(event["id"])
     _check_token(ident, "identifier")
     return ident
 
 
-def cap_reference(event: Mapping[str, Any], *, sender: str = DEFAULT_SENDER, tz: str = DEFAULT_TZ) -> Reference:
+def cap_reference(
+    event: Mapping[str, Any], *, sender: str = DEFAULT_SENDER, tz: str = DEFAULT_TZ, profile: CnProfile | None = None
+) -> Reference:
     """The (sender, identifier, sent) triple by which later messages reference this event's
-    message; computed from the event alone, so the chain can be rebuilt from alerts.jsonl."""
+    message; computed from the event alone, so the chain can be rebuilt from alerts.jsonl.
+    Under the China profile the sender is its sender code and the time Beijing time."""
+    if profile is not None:
+        return (profile.sender_code, cn_identifier(event, profile.sender_code), _cap_time(event["t"], BEIJING))
     _check_token(sender, "sender")
     return (sender, cap_identifier(event), cap_time(event["t"], tz))
+
+
+# -- China's profile (GB/T 35965.1) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CnProfile:
+    """China's CAP profile (GB/T 35965.1-2018; see the module docstring for what each rule
+    rests on). ``sender_code`` is the 14-digit 发布单位代码, ``sender_name`` the unit's name
+    (``<senderName>``); ``geocode_name`` the ``<geocode>`` valueName of the GB/T 2260 code."""
+
+    sender_code: str
+    sender_name: str = ""
+    geocode_name: str = GEOCODE_SCHEME
+
+    def __post_init__(self) -> None:
+        if not CN_SENDER_CODE.fullmatch(self.sender_code):
+            raise CapError(
+                f"China-profile sender code {self.sender_code!r} must be 14 digits: GB/T 2260 admin code (6), "
+                "GB/T 4657 organisation code (3), internal code (3, default 000), extension (2, default 00)"
+            )
+        if not self.geocode_name.strip():
+            raise CapError("the geocode valueName must not be empty")
+
+
+def cap_profile_for(roster: Roster | None, admin: str) -> CnProfile | None:
+    """The profile of the CAP messages of sites in county ``admin``: the roster's unit for that
+    county decides (``cap_profile = "cn"`` with its ``cap_sender_code``); no unit, or
+    ``"oasis"``, gives None: plain OASIS CAP, as before."""
+    unit = roster.units.get(admin) if roster is not None else None
+    if unit is None or unit.cap_profile != "cn":
+        return None
+    return CnProfile(unit.cap_sender_code, unit.name)
+
+
+def cn_identifier(event: Mapping[str, Any], sender_code: str) -> str:
+    """``<sender code>_<YYYYMMDDhhmmss>_<N>`` (31 characters, GB/T 35965.1 Annex A.1.1): the
+    unit's 14-digit code, the event time in Beijing time, and N, one digit 0-9.
+
+    The standard counts N from 0 among one unit's messages of the same second. Worked out from
+    the event alone (so a replay, a restart or a reference gives the same identifier), N is a
+    digit of a CRC-32 of the event id and its exercise flag: two messages of one unit in the
+    same second take the same N one time in ten. Nothing here can see the other messages.
+    """
+    if not CN_SENDER_CODE.fullmatch(sender_code):
+        raise CapError(f"China-profile sender code {sender_code!r} must be 14 digits")
+    when = datetime.fromisoformat(_cap_time(event["t"], BEIJING))
+    n = zlib.crc32(f"{int(bool(event.get('exercise')))}|{event['id']}".encode()) % 10
+    return f"{sender_code}_{when:%Y%m%d%H%M%S}_{n}"
 
 
 # -- building ---------------------------------------------------------------------------------
@@ -148,8 +254,13 @@ def build_cap(
     references: Sequence[Reference] | None = None,
     area_radius_km: float = 2.0,
     tz: str = DEFAULT_TZ,
+    profile: CnProfile | None = None,
 ) -> bytes:
     """The CAP 1.2 ``<alert>`` (UTF-8 XML bytes) for one alert event of ``site``.
+
+    ``profile`` None is plain OASIS CAP; a ``CnProfile`` gives China's profile (module
+    docstring): its sender code replaces ``sender`` and Beijing time replaces ``tz``, and
+    ``references`` must then come from ``cap_reference`` with the same profile.
 
     ``references`` are the earlier messages of the same warning, oldest first (use
     ``cap_reference`` on their events): required for an Update or a Cancel, refused for an
@@ -178,6 +289,9 @@ def build_cap(
     if not (math.isfinite(area_radius_km) and area_radius_km > 0):
         raise CapError(f"area_radius_km must be a positive number of kilometres, not {area_radius_km!r}")
     _check_token(sender, "sender")
+    zone = _zone(tz) if profile is None else BEIJING
+    if profile is not None:
+        sender = profile.sender_code
 
     refs = list(references or ())
     if msg_type == "Alert" and refs:
@@ -187,13 +301,15 @@ def build_cap(
     for ref in refs:
         _check_reference(ref)
 
-    identifier = cap_identifier(event)
-    sent = cap_time(event["t"], tz)
+    identifier = cap_identifier(event, profile)
+    sent = _cap_time(event["t"], zone)
     if any(r[0] == sender and r[1] == identifier for r in refs):
         raise CapError(f"message {identifier} cannot reference itself")
     exercise = bool(event.get("exercise"))
-    # A drill's Update or Cancel must never supersede a real warning, nor the reverse.
-    for r in refs:
+    # A drill's Update or Cancel must never supersede a real warning, nor the reverse. (The
+    # China profile's identifiers do not show a drill: there the engine's keeping drills and
+    # real warnings apart is what holds.)
+    for r in refs if profile is None else ():
         if r[0] == sender and r[1].startswith("geowarn-exercise-") != exercise:
             raise CapError(
                 f"{'an exercise' if exercise else 'a real'} message cannot reference "
@@ -208,11 +324,11 @@ def build_cap(
     _sub(alert, "msgType", msg_type)
     _sub(alert, "scope", "Public")
     if exercise:
-        _sub(alert, "note", "GeoWarn 演练,非真实预警。GeoWarn drill: this is not a real warning.")
+        _sub(alert, "note", "GeoWarn 演练,非真实预警。" + ("" if profile else "GeoWarn drill: this is not a real warning."))
     if refs:
         _sub(alert, "references", " ".join(",".join(r) for r in refs))
-    for lang in ("zh-CN", "en-US"):
-        _info(alert, lang, event, site, msg_type, level, previous, exercise, area_radius_km, tz)
+    for lang in ("zh-CN",) if profile else ("zh-CN", "en-US"):
+        _info(alert, lang, event, site, msg_type, level, previous, exercise, area_radius_km, zone, profile)
     return etree.tostring(alert, xml_declaration=True, encoding="UTF-8", pretty_print=True)
 
 
@@ -226,7 +342,8 @@ def _info(
     previous: int,
     exercise: bool,
     radius_km: float,
-    tz: str,
+    zone: tzinfo,
+    profile: CnProfile | None,
 ) -> None:
     zh = lang == "zh-CN"
     cancel = msg_type == "Cancel"
@@ -246,10 +363,12 @@ def _info(
     code = _sub(info, "eventCode")
     _sub(code, "valueName", "GeoWarnHazard")
     _sub(code, "value", site.hazard)
+    if profile is not None and profile.sender_name:
+        _sub(info, "senderName", profile.sender_name)
 
     drill = ("【演练】" if zh else "[EXERCISE] ") if exercise else ""
     _sub(info, "headline", drill + _headline(zh, site, level, previous, cancel))
-    _sub(info, "description", _description(zh, event, site, msg_type, level, previous, tz))
+    _sub(info, "description", _description(zh, event, site, msg_type, level, previous, zone))
     _sub(info, "instruction", _instruction(zh, site, response))
     contact = " ".join(p for p in (site.responsible, site.phone) if p)
     if contact:
@@ -263,8 +382,13 @@ def _info(
         ("GeoWarnColour", LEVELS[level].colour),
         ("GeoWarnPreviousLevel", str(previous)),
     ]
+    if profile is not None:
+        # The colour and grade of the warning, which CAP's severity cannot carry; a Cancel
+        # names the warning it lifts.
+        warned = previous if cancel else level
+        parameters += [(CN_COLOUR_PARAM, CN_COLOUR[warned]), (CN_GRADE_PARAM, CN_GRADE[warned])]
     if not cancel and _finite(failure_time):
-        parameters.append(("ForecastFailureTime", cap_time(float(failure_time), tz)))
+        parameters.append(("ForecastFailureTime", _cap_time(float(failure_time), zone)))
     parameters.append(("ThreatenedPeople", str(site.threatened_people)))
     for name, value in parameters:
         p = _sub(info, "parameter")
@@ -275,7 +399,7 @@ def _info(
     _sub(area, "areaDesc", f"{site.name}(行政区划代码 {site.admin})" if zh else f"{site.name} (admin code {site.admin})")
     _sub(area, "circle", f"{_decimal(site.lat, 6)},{_decimal(site.lon, 6)} {_decimal(radius_km, 3)}")
     geocode = _sub(area, "geocode")
-    _sub(geocode, "valueName", GEOCODE_SCHEME)
+    _sub(geocode, "valueName", GEOCODE_SCHEME if profile is None else profile.geocode_name)
     _sub(geocode, "value", site.admin)
 
 
@@ -296,7 +420,7 @@ def _headline(zh: bool, site: Site, level: int, previous: int, cancel: bool) -> 
 
 
 def _description(
-    zh: bool, event: Mapping[str, Any], site: Site, msg_type: str, level: int, previous: int, tz: str
+    zh: bool, event: Mapping[str, Any], site: Site, msg_type: str, level: int, previous: int, zone: tzinfo
 ) -> str:
     lines: list[str] = []
     hazard = _HAZARD_ZH[site.hazard] if zh else _HAZARD_EN[site.hazard]
@@ -314,7 +438,7 @@ def _description(
         lines.append(f"依据:{reason}" if zh else f"Basis: {reason}")
     forecast = event.get("forecast") or {}
     if msg_type != "Cancel" and _finite(forecast.get("failure_time")):
-        when = cap_time(float(forecast["failure_time"]), tz)
+        when = _cap_time(float(forecast["failure_time"]), zone)
         extras: list[str] = []
         if _finite(forecast.get("uncertainty_s")):
             hours = float(forecast["uncertainty_s"]) / 3600.0

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from geowarn.alerts.cap import DEFAULT_SENDER, CapSchema, Reference, build_cap, cap_identifier, cap_reference
+from geowarn.alerts.cap import DEFAULT_SENDER, CapSchema, CnProfile, Reference, build_cap, cap_identifier, cap_profile_for, cap_reference
 from geowarn.alerts.zero_reports import ZERO_REPORT_TIMES, next_zero_report, zero_report_due
 from geowarn.alerts.model import (
     Ack,
@@ -81,9 +81,12 @@ def cap_event(action: Cap) -> dict[str, Any]:
     }
 
 
-def cap_references(action: Cap, sender: str = DEFAULT_SENDER) -> list[Reference]:
+def cap_references(action: Cap, sender: str = DEFAULT_SENDER, profile: CnProfile | None = None) -> list[Reference]:
     """The engine's (identifier, sent) references as CAP (sender, identifier, sent) triples."""
-    return [cap_reference({"id": ident, "t": rfc3339(sent), "exercise": action.exercise}, sender=sender) for ident, sent in action.references]
+    return [
+        cap_reference({"id": ident, "t": rfc3339(sent), "exercise": action.exercise}, sender=sender, profile=profile)
+        for ident, sent in action.references
+    ]
 
 
 #: Zero-report statistics of one admin unit over a window: (admin, since, until) -> figures.
@@ -341,11 +344,14 @@ class ResponseChain:
         return [{"name": c.name, "role": c.role, "email": c.email, "phone": c.phone} for c in unit.contacts]
 
     def cap_xml(self, action: Cap) -> tuple[str, bytes]:
-        """(identifier, XML) of a CAP action, validated (an invalid message is a bug, never sent)."""
+        """(identifier, XML) of a CAP action, validated (an invalid message is a bug, never sent).
+        The roster's unit for the site's county picks the profile (``cap_profile_for``)."""
         event = cap_event(action)
-        xml = build_cap(event, self.registry.sites[action.site], sender=self.sender, references=cap_references(action, self.sender) or None)
+        profile = cap_profile_for(self.roster, action.admin)
+        refs = cap_references(action, self.sender, profile)
+        xml = build_cap(event, self.registry.sites[action.site], sender=self.sender, references=refs or None, profile=profile)
         self.schema.validate(xml)  # raises CapError
-        return cap_identifier(event), xml
+        return cap_identifier(event, profile), xml
 
 
 class ReplayFiles:
