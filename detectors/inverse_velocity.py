@@ -129,6 +129,7 @@ import numpy as np
 from geowarn.core.levels import LEVELS
 from geowarn.detectors.base import StreamingDetector, check_int, check_latch, check_slope, check_window
 from geowarn.detectors.latch import LevelLatch
+from geowarn.detectors.noise import NoiseFigure
 from geowarn.detectors.compact import pack, pack_times, unpack
 from geowarn.detectors.tangent import ReferenceRate, SlidingSlope, SlopeWindows, white_noise_velocity_se
 from geowarn.detectors.verdict import Verdict, new_verdict
@@ -297,6 +298,7 @@ class InverseVelocityDetector(StreamingDetector):
         min_span: float = 0.5,
         unit: str = "mm",
         windows: SlopeWindows | None = None,
+        noise: NoiseFigure | None = None,
     ) -> None:
         hs = _check_horizons(horizons_s)
         check_window("window_s", window_s)
@@ -329,6 +331,7 @@ class InverseVelocityDetector(StreamingDetector):
         check_latch(hysteresis, hold_s)
         check_int("min_points", min_points, 3)
         check_slope(min_span, z)
+        self.noise = noise
         self.estimate_alpha = bool(estimate_alpha)
         self.alpha_prior_sd = float(alpha_prior_sd)
         self.alpha_window_s = float(alpha_span)
@@ -376,6 +379,7 @@ class InverseVelocityDetector(StreamingDetector):
         estimate_alpha: bool = True,
         persist: int = 3,
         windows: SlopeWindows | None = None,
+        noise: NoiseFigure | None = None,
     ) -> InverseVelocityDetector:
         """The default detector of a displacement-like channel read every ``interval_s``.
 
@@ -386,7 +390,13 @@ class InverseVelocityDetector(StreamingDetector):
         fit window of max(1 day, 36 intervals, 4 windows).
         A level is held ``hold_s`` (6 h) after its forecast goes: a failure forecast is not
         withdrawn on one poor fit.
+        ``noise``, a figure from ``detectors/noise.py`` (site fusion's), replaces ``noise_mm``
+        and turns on the noise rules of the tangent angle's reference (``ReferenceRate``): the
+        velocity's standard error never below the figure's, widened on a smoothed series, and
+        the reference velocity meaningful before the detector judges.
         """
+        if noise is not None:
+            noise_mm = noise.sigma
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
         if not window_s > 0:
@@ -411,12 +421,15 @@ class InverseVelocityDetector(StreamingDetector):
             estimate_alpha=estimate_alpha,
             persist=persist,
             windows=windows,
+            noise=noise,
         )
 
     def _reset(self) -> None:
         if self._own:
             self._windows.clear()
-        self._ref = ReferenceRate(self.reference_s, self.min_points)
+        self._ref = ReferenceRate(self.reference_s, self.min_points, noise=self.noise)
+        self._sig = 0.0  # σ·DAY of the noise figure once the reference froze (0: no floor)
+        self._widen = 1.0
         self._fit = SlidingSlope(self.fit_window_s)  # (window mean time, |v|^(1−α)) since onset
         self._latch = LevelLatch(self._latch_thresholds, self.hysteresis, self.hold_s)
         self._onset: float | None = None
@@ -499,15 +512,27 @@ class InverseVelocityDetector(StreamingDetector):
             self._restart()
         v_ref = self._v_ref
         if v_ref is None:
-            v_ref = self._v_ref = self._ref.learn(t, value, self.min_v_ref)
+            ref = self._ref
+            v_ref = self._v_ref = ref.learn(t, value, self.min_v_ref)
             if v_ref is None:
+                if ref.pending is not None:
+                    self._last = new_verdict(0, ref.pending, {"reference_pending": True, **(self.noise.evidence() if self.noise else {})}, True)
+                    return self._last
                 self._last = _WARMING_VERDICT
                 return _WARMING_VERDICT
+            if ref.figure is not None:
+                self._sig, self._widen = ref.figure.sigma * DAY, ref.widen
         f = smooth.fit() if smooth.n >= self.min_points and t - smooth.first >= self._min_span_s else None
         if f is None:
             self._last = _WARMING_VERDICT
             return _WARMING_VERDICT
         v, se, tbar = f
+        if self._sig:
+            # Never less noise than the channel's figure; a smoothed series' readings count
+            # for fewer (see ReferenceRate in detectors/tangent.py).
+            sxx = smooth.stt - smooth.st * smooth.st / smooth.n
+            floor_se = self._sig / math.sqrt(sxx)
+            se = (se if se > floor_se else floor_se) * self._widen
         av = v if v >= 0.0 else -v
 
         hist = self._hist
@@ -592,6 +617,8 @@ class InverseVelocityDetector(StreamingDetector):
             "time_to_failure_s": ttf,
             "forecast": forecast,
         }
+        if self._sig:
+            evidence.update(self._ref.evidence())
         if level == 0:
             self._last = _new(Verdict, (0, "", evidence, False))
             return self._last

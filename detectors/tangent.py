@@ -92,6 +92,7 @@ from geowarn.core.levels import LEVELS
 from geowarn.detectors.base import StreamingDetector, check_int, check_latch, check_slope, check_window
 from geowarn.detectors.latch import LevelLatch
 from geowarn.detectors.compact import pack, unpack
+from geowarn.detectors.noise import MIN_INCREMENTS, NoiseFigure, Smoothness, inflation
 from geowarn.detectors.slope import SlidingSlope, SlopeWindows, white_noise_velocity_se
 from geowarn.detectors.verdict import Verdict
 
@@ -117,20 +118,60 @@ class ReferenceRate:
     It freezes at the first reading at least ``reference_s`` after the first one, provided
     ``min_points`` readings were seen (a sparse feed keeps learning until it has them). Gaps do
     not matter: one long regression spans them.
+
+    With a ``noise`` figure (``detectors/noise.py``; site fusion always gives one) the
+    reference must also be *meaningful* before it freezes — a steady rate learned as ~0 from
+    a smoothed series made every wobble read 87–89°:
+
+    - its standard error is never below what the noise figure allows (σ/sqrt(Σ(t − t̄)²)),
+      and is widened by sqrt((1 + ρ)/(1 − ρ)) when the series is smoothed (``Smoothness``:
+      lag-1 autocorrelation ρ of the increments ≥ 0.5; the noise figure then never below the
+      kind's floor);
+    - it needs ``MIN_INCREMENTS`` (60) readings to tell a smoothed series from a raw one
+      (or ``max_reference_s``, when it makes do with what it has);
+    - it is meaningful when the fit is significant (|rate| ≥ ``z``·se: the steady rate is the
+      fitted one, or the floor if that is larger) or when it resolves the rate to below the
+      floor (|rate| + ``z``·se ≤ floor: the floor is the steady rate, a safe stand-in). The
+      floor itself is scaled with the figure and the widening, so it never lies below what the
+      noise can resolve;
+    - otherwise it keeps learning (``pending`` says why, and the detectors give no level
+      meanwhile) until ``max_reference_s`` (default: 10 references or 90 days, whichever is
+      shorter); if it is still not meaningful then, it freezes at
+      the upper confidence bound |rate| + z·se (``basis`` "upper bound": an angle against it
+      can only be too low, never a false alarm from a reference too small).
+
+    Without a noise figure it freezes as soon as it has the span and points (the plain
+    detector, as the batch references in tests/oracles have it).
     """
 
-    __slots__ = ("reference_s", "min_points", "t0", "v0", "n", "st", "sv", "stt", "stv", "svv", "rate", "stderr")
+    __slots__ = (
+        "reference_s", "min_points", "t0", "v0", "n", "st", "sv", "stt", "stv", "svv", "rate", "stderr",
+        "noise", "z", "max_reference_s", "smooth", "figure", "rho", "widen", "basis", "steady", "pending",
+    )
 
-    def __init__(self, reference_s: float, min_points: int) -> None:
+    def __init__(
+        self, reference_s: float, min_points: int, *, noise: NoiseFigure | None = None, z: float = 3.0, max_reference_s: float | None = None
+    ) -> None:
         self.reference_s = float(reference_s)
         self.min_points = int(min_points)
+        self.noise = noise
+        self.z = float(z)
+        # By default up to 10 references or 90 days, whichever is shorter (never below one).
+        self.max_reference_s = max(self.reference_s, min(10.0 * self.reference_s, 90 * DAY)) if max_reference_s is None else float(max_reference_s)
         self.t0 = self.v0 = 0.0
         self.n = 0
         self.st = self.sv = self.stt = self.stv = self.svv = 0.0
         self.rate: float | None = None  # per day, once frozen
         self.stderr: float | None = None
+        self.smooth = Smoothness() if noise is not None else None
+        self.figure: NoiseFigure | None = noise  # after the smoothed-series rule, once frozen
+        self.rho: float | None = None
+        self.widen = 1.0  # sqrt(n / n_eff) of a smoothed series, else 1
+        self.basis: str | None = None  # "fit", "floor" or "upper bound", once frozen with a noise figure
+        self.steady: float | None = None  # the denominator, once frozen
+        self.pending: str | None = None  # why a long enough reference is not yet meaningful
 
-    def add(self, t: float, value: float) -> None:
+    def add(self, t: float, value: float, floor: float = 0.0) -> None:
         if self.n == 0:
             self.t0, self.v0 = t, value
         x = t - self.t0
@@ -141,6 +182,8 @@ class ReferenceRate:
         self.stt += x * x
         self.stv += x * y
         self.svv += y * y
+        if self.smooth is not None:
+            self.smooth.add(y)
         n = self.n
         if x >= self.reference_s and n >= self.min_points and n >= 3:
             sxx = self.stt - self.st * self.st / n
@@ -148,23 +191,80 @@ class ReferenceRate:
                 sxy = self.stv - self.st * self.sv / n
                 b = sxy / sxx
                 sse = self.svv - self.sv * self.sv / n - b * sxy
-                self.rate = b * DAY
-                self.stderr = math.sqrt(sse / (n - 2) / sxx) * DAY if sse > 0 else 0.0
+                rate = b * DAY
+                stderr = math.sqrt(sse / (n - 2) / sxx) * DAY if sse > 0 else 0.0
+                if self.noise is None:
+                    self.rate, self.stderr = rate, stderr
+                    self.steady = max(abs(rate), floor)
+                else:
+                    self._judge(rate, stderr, sxx, x, floor)
+
+    def _judge(self, rate: float, stderr: float, sxx: float, span: float, floor: float) -> None:
+        noise = self.noise
+        assert noise is not None and self.smooth is not None
+        smooth = self.smooth
+        if not smooth.known() and span < self.max_reference_s:
+            self.pending = (
+                f"no level: the steady creep rate is not yet meaningful ({smooth.m} of the {MIN_INCREMENTS} increments needed "
+                "to tell whether the series is smoothed or interpolated)"
+            )
+            return
+        rho = smooth.rho()
+        widen = inflation(rho)
+        fig = noise.for_smoothed() if widen > 1.0 else noise
+        se = max(stderr, fig.sigma / math.sqrt(sxx) * DAY) * widen
+        # The steady rate's floor, for the figure actually used and widened like the errors.
+        floor_eff = floor * (fig.sigma / noise.sigma) * widen
+        ar = abs(rate)
+        z = self.z
+        if ar >= z * se:
+            basis, steady = "fit", max(ar, floor_eff)
+        elif ar + z * se <= floor_eff:
+            basis, steady = "floor", floor_eff
+        elif span >= self.max_reference_s:
+            basis, steady = "upper bound", max(ar + z * se, floor_eff)
+        else:
+            self.pending = (
+                f"no level: the steady creep rate is not yet meaningful ({rate:.3g} ± {se:.2g} /day over {span / DAY:.3g} days, "
+                f"neither {z:g} standard errors from 0 nor resolved below the noise floor {floor_eff:.3g} /day)"
+            )
+            return
+        self.rate, self.stderr, self.rho, self.widen, self.figure = rate, se, rho, widen, fig
+        self.basis, self.steady, self.pending = basis, steady, None
 
     def learn(self, t: float, value: float, floor: float) -> float | None:
-        """Add a reading while still learning; once frozen, max(|rate|, ``floor``), the
-        denominator the tangent angle and the forecast compare a velocity with (they cache it:
-        it never changes again)."""
+        """Add a reading while still learning; once frozen, the denominator the tangent angle
+        and the forecast compare a velocity with: max(|rate|, ``floor``) — with a noise figure,
+        as the class docstring says (they cache it: it never changes again)."""
         if self.rate is None:
-            self.add(t, value)
+            self.add(t, value, floor)
             if self.rate is None:
                 return None
-        return max(abs(self.rate), floor)
+        if self.steady is None:  # restored from a snapshot of before the steady rate was kept
+            self.steady = max(abs(self.rate), floor)
+        return self.steady
+
+    def evidence(self) -> dict[str, Any]:
+        """What the frozen reference was judged with (noise figure, smoothing, basis)."""
+        fig = self.figure
+        if fig is None:
+            return {}
+        return {**fig.evidence(), "lag1_autocorrelation": self.rho, "smoothed": self.widen > 1.0, "reference_basis": self.basis}
 
     def snapshot(self) -> dict[str, Any]:
+        state: dict[str, Any]
         if self.rate is not None:  # frozen: the sums are done with
-            return {"rate": self.rate, "stderr": self.stderr}
-        return {"sums": pack([self.t0, self.v0, self.n, self.st, self.sv, self.stt, self.stv, self.svv]), "rate": None, "stderr": None}
+            state = {"rate": self.rate, "stderr": self.stderr, "steady": self.steady}
+            if self.noise is not None:
+                fig = self.figure
+                assert fig is not None
+                state.update(rho=self.rho, widen=self.widen, basis=self.basis, figure=[fig.sigma, fig.source])
+            return state
+        state = {"sums": pack([self.t0, self.v0, self.n, self.st, self.sv, self.stt, self.stv, self.svv]), "rate": None, "stderr": None}
+        if self.smooth is not None:
+            state["smoothness"] = self.smooth.snapshot()
+            state["pending"] = self.pending
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
         if "sums" in state:
@@ -172,6 +272,15 @@ class ReferenceRate:
             self.n = int(n)
         self.rate = None if state["rate"] is None else float(state["rate"])
         self.stderr = None if state["stderr"] is None else float(state["stderr"])
+        self.steady = None if state.get("steady") is None else float(state["steady"])
+        if self.smooth is not None and "smoothness" in state:
+            self.smooth.restore(state["smoothness"])
+            self.pending = state.get("pending")
+        if self.noise is not None and "figure" in state:
+            sigma, source = state["figure"]
+            self.figure = NoiseFigure(float(sigma), str(source), self.noise.floor, self.noise.floor_source)
+            self.rho = None if state["rho"] is None else float(state["rho"])
+            self.widen, self.basis = float(state["widen"]), state["basis"]
 
 
 class TangentAngleDetector(StreamingDetector):
@@ -186,7 +295,11 @@ class TangentAngleDetector(StreamingDetector):
     Evidence (judged readings): ``alpha_deg`` (the judged angle, the one the level follows),
     ``alpha_point_deg``, ``velocity_per_day`` (signed), ``stderr_per_day``,
     ``v_steady_per_day`` (the denominator, after the floor), ``steady_fit_per_day`` (the
-    learned rate, signed, before the floor) and, from yellow up, ``threshold_deg``. A reading
+    learned rate, signed, before the floor) and, from yellow up, ``threshold_deg``; with a
+    noise figure also ``noise`` and ``noise_source`` (the figure judged with, and where it
+    came from), ``lag1_autocorrelation``, ``smoothed`` and ``reference_basis`` ("fit",
+    "floor" or "upper bound"); while such a reference is not yet meaningful, the warming-up
+    verdict says why (``reference_pending``). A reading
     at level 0 whose velocity is not significant (|v| ≤ z·se, so the judged angle is 0) gets
     only ``alpha_deg`` = 0 and ``significant`` = False: a stable point's usual reading has
     nothing more to tell, and that verdict is one shared value.
@@ -207,6 +320,9 @@ class TangentAngleDetector(StreamingDetector):
         min_span: float = 0.5,
         unit: str = "mm",
         windows: SlopeWindows | None = None,
+        noise: NoiseFigure | None = None,
+        reference_z: float = 3.0,
+        max_reference_s: float | None = None,
     ) -> None:
         thresholds = [(int(lvl), float(a)) for lvl, a in thresholds_deg]
         if not thresholds or any(not 0 < a < 90 for _, a in thresholds):
@@ -220,6 +336,13 @@ class TangentAngleDetector(StreamingDetector):
         check_latch(hysteresis, hold_s)
         check_int("min_points", min_points, 3)
         check_slope(min_span, z)
+        if not reference_z > 0:
+            raise ValueError(f"reference_z must be > 0 (standard errors a steady rate must be from 0, or below the floor), got {reference_z}")
+        if max_reference_s is not None and not max_reference_s >= reference_s:
+            raise ValueError(f"max_reference_s must be >= reference_s={reference_s} (None: 10 x reference_s up to 90 days), got {max_reference_s}")
+        self.noise = noise
+        self.reference_z = float(reference_z)
+        self.max_reference_s = None if max_reference_s is None else float(max_reference_s)
         self.thresholds_deg = tuple(thresholds)
         self.window_s = float(window_s)
         self.reference_s = float(reference_s)
@@ -251,6 +374,7 @@ class TangentAngleDetector(StreamingDetector):
         unit: str = "mm",
         persist: int = 3,
         windows: SlopeWindows | None = None,
+        noise: NoiseFigure | None = None,
     ) -> TangentAngleDetector:
         """The default detector of a displacement-like channel read every ``interval_s``.
 
@@ -258,8 +382,13 @@ class TangentAngleDetector(StreamingDetector):
         to 12 h (never less than ``window_s``): the steady-creep comparison needs a steadier
         velocity than the velocity ladder. The reference spans max(3 days, 12 intervals); the
         floor is four white-noise standard errors of the smoothed velocity for ``noise_mm``
-        (3 mm: horizontal GNSS; pass ~0.1 for an extensometer).
+        (3 mm: horizontal GNSS; pass ~0.1 for an extensometer). ``noise``, a figure from
+        ``detectors/noise.py`` (site fusion's), replaces ``noise_mm`` and turns on the noise
+        rules: standard errors never below the figure's, smoothed series recognised, and a
+        reference that must be meaningful (``ReferenceRate``).
         """
+        if noise is not None:
+            noise_mm = noise.sigma
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
         if not window_s > 0:
@@ -277,12 +406,15 @@ class TangentAngleDetector(StreamingDetector):
             unit=unit,
             persist=persist,
             windows=windows,
+            noise=noise,
         )
 
     def _reset(self) -> None:
         if self._own:
             self._windows.clear()
-        self._ref = ReferenceRate(self.reference_s, self.min_points)
+        self._ref = ReferenceRate(self.reference_s, self.min_points, noise=self.noise, z=self.reference_z, max_reference_s=self.max_reference_s)
+        self._sig = 0.0  # σ·DAY of the noise figure once the reference froze (0: no floor)
+        self._widen = 1.0
         self._recent: deque[float] = deque(maxlen=self.persist)
         self._latch = LevelLatch(list(self.thresholds_deg), self.hysteresis, self.hold_s)
         self._steady: float | None = None  # the denominator, once the reference is frozen
@@ -290,9 +422,12 @@ class TangentAngleDetector(StreamingDetector):
         self._last = _WARMING_VERDICT
 
     def steady_rate(self) -> float | None:
-        """The denominator (unit/day): max(|learned v_steady|, min_v_steady); None until learned."""
-        r = self._ref.rate
-        return None if r is None else max(abs(r), self.min_v_steady)
+        """The denominator (unit/day): max(|learned v_steady|, min_v_steady) — with a noise
+        figure, as ``ReferenceRate`` says; None until learned."""
+        r = self._ref
+        if r.rate is None:
+            return None
+        return r.steady if r.steady is not None else max(abs(r.rate), self.min_v_steady)
 
     def update(self, t: float, value: float) -> Verdict:
         last_t = self._last_t
@@ -309,15 +444,28 @@ class TangentAngleDetector(StreamingDetector):
             self._recent.clear()  # the persistence memory goes with the window
         steady = self._steady
         if steady is None:
-            steady = self._steady = self._ref.learn(t, value, self.min_v_steady)
+            ref = self._ref
+            steady = self._steady = ref.learn(t, value, self.min_v_steady)
             if steady is None:
+                if ref.pending is not None:
+                    self._last = _new(Verdict, (0, ref.pending, {"reference_pending": True, **(self.noise.evidence() if self.noise else {})}, True))
+                    return self._last
                 self._last = _WARMING_VERDICT
                 return _WARMING_VERDICT
+            if ref.figure is not None:
+                self._sig, self._widen = ref.figure.sigma * DAY, ref.widen
         f = smooth.fit() if smooth.n >= self.min_points and t - smooth.first >= self._min_span_s else None
         if f is None:
             self._last = _WARMING_VERDICT
             return _WARMING_VERDICT
         v, se, _ = f
+        if self._sig:
+            # The window's own residuals never claim less noise than the channel's figure, and
+            # a smoothed series' correlated readings count for fewer (ReferenceRate).
+            n = smooth.n
+            sxx = smooth.stt - smooth.st * smooth.st / n
+            floor_se = self._sig / math.sqrt(sxx)
+            se = (se if se > floor_se else floor_se) * self._widen
         av = v if v >= 0.0 else -v
         # Judge the lower confidence bound |v| - z·se: an insignificant slope gives 0, and a
         # slope creeping at its steady rate cannot flap around 45° on noise.
@@ -344,6 +492,8 @@ class TangentAngleDetector(StreamingDetector):
             "v_steady_per_day": steady,
             "steady_fit_per_day": self._ref.rate,
         }
+        if self._sig:
+            evidence.update(self._ref.evidence())
         if level == 0:
             self._last = _new(Verdict, (0, "", evidence, False))
         else:

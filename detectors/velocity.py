@@ -11,16 +11,24 @@ regression slope. This is the noise floor that keeps a stable GNSS point (3 mm n
 120 mm/day movement is dozens of standard errors away from zero. A level must also be
 supported by ``persist`` consecutive evaluations before it is reached: noise peaks are brief,
 real movement persists.
+
+With a noise figure (``noise``: ``detectors/noise.py``; site fusion always gives one) the
+standard error is never below what that figure allows, σ/sqrt(Σ(t − t̄)²): the window's own
+residuals are an estimate of the noise, and a smoothed or interpolated series (whose residuals
+are nearly zero) would otherwise make every wobble significant. Evidence then says which
+figure it was (``noise``, ``noise_source``).
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Any
 
 from geowarn.core.levels import LEVELS
 from geowarn.detectors.base import StreamingDetector, check_int, check_slope, check_window
 from geowarn.detectors.latch import LevelLatch
+from geowarn.detectors.noise import NoiseFigure
 from geowarn.detectors.slope import SlopeWindows
 from geowarn.detectors.verdict import Verdict
 
@@ -43,7 +51,8 @@ class VelocityDetector(StreamingDetector):
     own, which its snapshot then carries.
 
     Evidence: ``velocity_per_day`` and ``stderr_per_day``, and from blue up ``threshold``,
-    ``window_s`` and ``points``. A level-0 reading whose slope is not significant gets only
+    ``window_s`` and ``points``; with a noise figure also ``noise`` and ``noise_source``
+    (which figure, and where from). A level-0 reading whose slope is not significant gets only
     ``significant`` = False (one shared verdict: a stable point's usual reading).
     """
 
@@ -60,6 +69,7 @@ class VelocityDetector(StreamingDetector):
         persist: int = 3,
         unit: str = "mm",
         windows: SlopeWindows | None = None,
+        noise: NoiseFigure | None = None,
     ) -> None:
         check_window("window_s", window_s)
         check_int("min_points", min_points, 3)
@@ -76,6 +86,9 @@ class VelocityDetector(StreamingDetector):
         self.z = z
         self.persist = persist
         self.unit = unit
+        self.noise = noise
+        self._sig = 0.0 if noise is None else noise.sigma * DAY
+        self._noise_ev = {} if noise is None else noise.evidence()
         # The constant part of each level's reason, made once rather than per reading.
         self._said = {
             lvl: (thr, f" {unit}/day (≥ {LEVELS[lvl].colour} {thr:g} {unit}/day over {window_s / 3600:g} h, or held)") for lvl, thr in thresholds_per_day
@@ -122,6 +135,10 @@ class VelocityDetector(StreamingDetector):
             self._last = _new(Verdict, (0, "warming up", {"points": n}, True))
             return self._last
         v, se, _ = f
+        if self._sig:
+            floor_se = self._sig / math.sqrt(smooth.stt - smooth.st * smooth.st / n)
+            if se < floor_se:
+                se = floor_se
         # An insignificant slope counts as no movement (it may still let a level come down).
         recent = self._recent
         speed = v if v >= 0.0 else -v
@@ -135,7 +152,7 @@ class VelocityDetector(StreamingDetector):
             if not significant:
                 self._last = _STILL  # the slope is within its noise: nothing to tell
                 return _STILL
-            self._last = _new(Verdict, (0, "", {"velocity_per_day": v, "stderr_per_day": se}, False))
+            self._last = _new(Verdict, (0, "", {"velocity_per_day": v, "stderr_per_day": se, **self._noise_ev}, False))
         else:
             thr, tail = self._said[level]
             self._last = _new(
@@ -143,7 +160,7 @@ class VelocityDetector(StreamingDetector):
                 (
                     level,
                     f"velocity {v:.1f}{tail}",
-                    {"velocity_per_day": v, "stderr_per_day": se, "threshold": thr, "window_s": self.window_s, "points": n},
+                    {"velocity_per_day": v, "stderr_per_day": se, "threshold": thr, "window_s": self.window_s, "points": n, **self._noise_ev},
                     False,
                 ),
             )
