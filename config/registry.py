@@ -12,7 +12,7 @@ import re
 import tomllib
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -54,6 +54,9 @@ UNITS: dict[Kind, tuple[str, ...]] = {
 DISPLACEMENT_LIKE = frozenset(
     {Kind.displacement, Kind.crack, Kind.tilt, Kind.gnss_e, Kind.gnss_n, Kind.gnss_u}
 )
+
+#: Kinds whose channels may state a reading noise (the rate detectors read it).
+NOISE_KINDS = DISPLACEMENT_LIKE | {Kind.pore_pressure, Kind.groundwater}
 
 #: Plausible physical range per kind; a value outside it is a device fault, not a hazard.
 DEFAULT_RANGE: dict[Kind, tuple[float, float]] = {
@@ -174,7 +177,11 @@ class Channel(_Strict):
     range: tuple[float, float] | None = None
     # Typical reading noise (1 sigma, in `unit`) when it differs from the kind's usual
     # (e.g. monthly GPS positions written as kind displacement): sets the detectors' noise floors.
-    noise: float | None = Field(default=None, gt=0)
+    # Stated here ("registry") it overrides the kind's physical floor (detectors/noise.py);
+    # `noise_source = "estimated"` marks a figure worked out from the data (a registry built
+    # from a feed): the floor then still holds under it.
+    noise: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    noise_source: Literal["registry", "estimated"] = "registry"
 
     @field_validator("channel")
     @classmethod
@@ -199,6 +206,25 @@ class Channel(_Strict):
         if self.velocity_per_day is not None and self.kind not in DISPLACEMENT_LIKE:
             raise ValueError(f"velocity_per_day applies to displacement-like kinds only, not {self.kind.value}")
         return self
+
+    @field_validator("noise")
+    @classmethod
+    def _noise_of_kind(cls, v: float | None, info: ValidationInfo) -> float | None:
+        kind = info.data.get("kind")
+        if v is not None and kind is not None and kind not in NOISE_KINDS:
+            raise ValueError(
+                f"noise (the reading noise the rate detectors judge with) applies to kinds {', '.join(sorted(k.value for k in NOISE_KINDS))}, "
+                f"not {kind.value}"
+            )
+        return v
+
+    @field_validator("noise_source")
+    @classmethod
+    def _noise_source_needs_noise(cls, v: str, info: ValidationInfo) -> str:
+        # An invalid noise is absent from info.data and reported on its own key already.
+        if v == "estimated" and "noise" in info.data and info.data["noise"] is None:
+            raise ValueError('noise_source = "estimated" needs the estimated figure in noise')
+        return v
 
     # The national convention's channel(.field) this channel reads, e.g. "L1_GP_1.gpsTotalX",
     # "L1_LF_1" (field `value`), "L3_YL_1.totalValue" (a rain counter: differenced, resets

@@ -135,8 +135,14 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
     A displacement-like channel's rate detectors share one ``SlopeWindows`` (the readings are
     kept, and each window's sums updated, once per channel); it comes first in the list as the
     stage ``"windows"``, which pushes the reading, never judges, and snapshots the windows.
+
+    The reading noise the rate detectors judge with is ``detectors.noise.noise_for``: the
+    channel's ``noise`` as the registry states it, or an estimated one (``noise_source`` =
+    "estimated", e.g. a registry built from a feed) never below the kind's physical floor, or
+    that floor; their evidence says which.
     """
     from geowarn.detectors.inverse_velocity import InverseVelocityDetector
+    from geowarn.detectors.noise import noise_for
     from geowarn.detectors.rain import RainDetector
     from geowarn.detectors.rise import RiseRateDetector
     from geowarn.detectors.tangent import TangentAngleDetector
@@ -152,8 +158,9 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
     if kind in DISPLACEMENT_LIKE:
         window = max(policy.velocity_window_s, 6 * interval)
         persist = max(1, round(PERSIST_S / interval))
-        noise = spec.noise if spec.noise is not None else NOISE[kind]
         unit = info.unit or ""
+        estimated = spec.noise_source == "estimated"
+        noise = noise_for(kind, unit or None, stated=None if estimated else spec.noise, estimated=spec.noise if estimated else None)
         levels = (spec.velocity_per_day or policy.velocity_per_day).as_list()
         shared = SlopeWindows()
         out.append(("windows", SharedWindows(shared)))
@@ -161,14 +168,16 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
             out.append(
                 (
                     "velocity",
-                    VelocityDetector(levels, window_s=window, hysteresis=policy.hysteresis, hold_s=hold, unit=unit, persist=persist, windows=shared),
+                    VelocityDetector(
+                        levels, window_s=window, hysteresis=policy.hysteresis, hold_s=hold, unit=unit, persist=persist, windows=shared, noise=noise
+                    ),
                 )
             )
         out.append(
             (
                 "tangent",
                 TangentAngleDetector.for_channel(
-                    window_s=window, interval_s=interval, hold_s=hold, noise_mm=noise, unit=unit, persist=persist, windows=shared
+                    window_s=window, interval_s=interval, hold_s=hold, unit=unit, persist=persist, windows=shared, noise=noise
                 ),
             )
         )
@@ -179,7 +188,7 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
                 InverseVelocityDetector.for_channel(
                     window_s=window,
                     interval_s=interval,
-                    noise_mm=noise,
+                    noise=noise,
                     unit=unit,
                     horizons_s=horizons,
                     alpha=policy.voight_alpha,
