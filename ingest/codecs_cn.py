@@ -289,7 +289,7 @@ class CnCodec(Codec):
                 if is_status:
                     statuses.append((t, self._status_fields(fields)))
                 for field, raw in fields.items():
-                    self._reading(out, key, ch, field, t, raw, totals, is_status)
+                    self._cn_reading(out, key, ch, field, t, raw, totals, is_status)
         if kind is None:
             out.kind = "status" if only_status and channels else "data"
         self._book_totals(out, totals)
@@ -334,7 +334,7 @@ class CnCodec(Codec):
             return dict(zip(names, parts))
         return {"value": value}
 
-    def _reading(self, out: Decoded, key: tuple[str, str], ch: str, field: Any, t: float, raw: Any,
+    def _cn_reading(self, out: Decoded, key: tuple[str, str], ch: str, field: Any, t: float, raw: Any,
                  totals: list[tuple[ChannelInfo, float, float, Any]], is_status: bool) -> None:
         if not isinstance(field, str) or not _FIELD.fullmatch(field):
             out.rejects.append(Reject("bad_shape", f"{ch}: field {str(field)[:40]!r} is not a field name", {ch: "…"}))
