@@ -7,7 +7,9 @@ county → city → province → national through these units.
 
 from __future__ import annotations
 
+import os
 import re
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,13 +61,26 @@ class Notify(_Strict):
     A webhook signs every delivery with ``secret`` (HMAC-SHA256, see alerts/notifiers.py);
     ``unsigned = true`` says on purpose that it has none (``load_roster`` refuses a webhook with
     neither: a receiver could not tell GeoWarn's warnings from anybody's).
+
+    The providers' channels (``wecom``, ``dingtalk``, ``feishu``, ``aliyun_sms``,
+    ``tencent_sms``) take their tokens and secrets as ``env:NAME`` or ``file:/path`` only, never
+    in plain text (``provider_shape_problems``), and ``load_roster`` reads them once to refuse,
+    at start, one that cannot be read.
     """
 
-    type: Literal["mqtt", "webhook", "email", "sms", "jsonl"]
+    type: Literal["mqtt", "webhook", "email", "sms", "jsonl", "wecom", "dingtalk", "feishu", "aliyun_sms", "tencent_sms"]
     url: str = ""
     to: list[str] = []
     secret: str = ""
     unsigned: bool = False
+    # The providers' own channels (PROVIDER_TYPES; alerts/notifiers_cn.py): see provider_shape_problems.
+    token: str = ""
+    key_id: str = ""
+    app_id: str = ""
+    sign_name: str = ""
+    template: str = ""
+    template_params: dict[str, str] | list[str] | None = None
+    region: str = ""
 
     @model_validator(mode="after")
     def _needs(self) -> "Notify":
@@ -73,6 +88,9 @@ class Notify(_Strict):
             raise ValueError(f"a {self.type} notifier needs url = 'http://…' or 'https://…'")
         if self.type == "email" and not self.to:
             raise ValueError("an email notifier needs to = ['someone@example.org']")
+        reasons = provider_shape_problems(self)
+        if reasons:
+            raise ValueError("; ".join(reasons))
         return self
 
 
@@ -165,6 +183,11 @@ def load_roster(path: str | Path) -> Roster:
             problems.append(ConfigProblem(str(path), f"units[{i}].admin", f"admin {u.admin} is listed twice (also units[{seen[u.admin]}])"))
         seen.setdefault(u.admin, i)
         problems += _signing_problems(str(path), u)
+        problems += [
+            ConfigProblem(str(path), f"units[admin={u.admin}].notify[{j}]", reason)
+            for j, n in enumerate(u.notify)
+            for reason in provider_secret_problems(n)
+        ]
     if problems:
         raise ConfigError(problems)
     return Roster(parsed.units, str(path))
@@ -185,6 +208,118 @@ def _signing_problems(file: str, unit: Unit) -> list[ConfigProblem]:
                 f"the webhook to {n.url} has no secret: its receiver could not tell GeoWarn's warnings from forged ones; "
                 "set secret = '<a long random string shared with the receiver>' or, to send unsigned bodies on purpose, unsigned = true",
             ))
+    return out
+
+
+# -- the providers' channels: group robots and cloud SMS -----------------------------------------
+
+#: Notifier types that speak a provider's own API (alerts/notifiers_cn.py).
+ROBOT_TYPES = ("wecom", "dingtalk", "feishu")
+CLOUD_SMS_TYPES = ("aliyun_sms", "tencent_sms")
+PROVIDER_TYPES = ROBOT_TYPES + CLOUD_SMS_TYPES
+#: The names an SMS template parameter may use, e.g. ``{ site = "{site}", level = "{colour_zh}" }``.
+SMS_TEMPLATE_FIELDS = frozenset(
+    {"site", "level", "colour", "colour_zh", "level_zh", "level_en", "kind", "admin", "time", "warning_id", "id", "subject", "text", "exercise"}
+)
+# Which of the providers' keys each type uses ("secret" and "url" are shared with the others).
+_PROVIDER_KEYS: dict[str, frozenset[str]] = {
+    "wecom": frozenset({"token"}),
+    "dingtalk": frozenset({"token", "secret"}),
+    "feishu": frozenset({"token", "secret"}),
+    "aliyun_sms": frozenset({"key_id", "secret", "sign_name", "template", "template_params"}),
+    "tencent_sms": frozenset({"key_id", "secret", "app_id", "sign_name", "template", "template_params", "region"}),
+}
+_ONLY_PROVIDER_KEYS = ("token", "key_id", "app_id", "sign_name", "template", "template_params", "region")
+_SECRET_HINT = "'env:NAME' (an environment variable of the daemon) or 'file:/path' (a file only GeoWarn can read)"
+
+
+def secret_value(ref: str) -> str:
+    """The secret a roster reference names: ``env:NAME`` (that environment variable) or
+    ``file:/path`` (that file's content, without the trailing newline). ValueError with a reason
+    when it names nothing usable. The value is never kept in the roster (nor shown by it)."""
+    kind, _, where = ref.partition(":")
+    if kind == "env" and where:
+        value = os.environ.get(where, "")
+        if not value.strip():
+            raise ValueError(f"the environment variable {where} is not set (or empty)")
+        return value.strip()
+    if kind == "file" and where:
+        try:
+            value = Path(where).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read the secret file {where}: {exc}") from None
+        if not value.strip():
+            raise ValueError(f"the secret file {where} is empty")
+        return value.strip()
+    raise ValueError(f"{ref[:4]!r}… is not a reference; use {_SECRET_HINT}")
+
+
+def _is_ref(v: str) -> bool:
+    kind, _, where = v.partition(":")
+    return kind in ("env", "file") and bool(where)
+
+
+def _template_names(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+
+
+def provider_shape_problems(n: Notify) -> list[str]:
+    """What a provider notifier entry lacks or holds wrongly, without reading any secret.
+
+    Robots: ``token`` (WeCom's key, DingTalk's access_token, Feishu's hook token) and, for
+    DingTalk and Feishu, the signing ``secret``. Cloud SMS: ``key_id`` (AccessKeyId / SecretId),
+    ``secret`` (AccessKeySecret / SecretKey), ``sign_name``, ``template`` (TemplateCode /
+    TemplateId), Tencent's ``app_id`` (SmsSdkAppId); ``template_params`` a table for Aliyun, a
+    list for Tencent, whose strings use ``SMS_TEMPLATE_FIELDS``. Tokens and secrets are never
+    written in the roster: only as ``env:NAME`` or ``file:/path``.
+    """
+    keys = _PROVIDER_KEYS.get(n.type)
+    if keys is None:
+        stray = [k for k in _ONLY_PROVIDER_KEYS if getattr(n, k)]
+        return [f"{', '.join(stray)} apply to the {', '.join(PROVIDER_TYPES)} notifiers only, not to {n.type}"] if stray else []
+    out = []
+    stray = [k for k in (*_ONLY_PROVIDER_KEYS, "secret") if getattr(n, k) and k not in keys]
+    if stray:
+        out.append(f"a {n.type} notifier has no use for {', '.join(stray)}")
+    if n.url and not n.url.startswith(("http://", "https://")):
+        out.append(f"url must be http:// or https:// (leave it out for the provider's own endpoint), got {n.url!r}")
+    required = [k for k in ("token", "key_id", "secret", "app_id", "sign_name", "template") if k in keys and not getattr(n, k)]
+    if required:
+        out.append(f"a {n.type} notifier needs {', '.join(required)}")
+    for k in ("token", "secret"):
+        value = getattr(n, k)
+        if value and not _is_ref(value):
+            out.append(f"{k} must not be written in the roster in plain text; use {_SECRET_HINT}")
+    params = n.template_params
+    if n.type == "aliyun_sms" and params is not None and not isinstance(params, dict):
+        out.append("template_params of aliyun_sms is a table of the template's variables: { site = '{site}', level = '{colour_zh}' }")
+    if n.type == "tencent_sms" and params is not None and not isinstance(params, list):
+        out.append("template_params of tencent_sms is a list, in the template's order: ['{site}', '{colour_zh}']")
+    values = list(params.values()) if isinstance(params, dict) else list(params or [])
+    for v in values:
+        try:
+            unknown = _template_names(v) - SMS_TEMPLATE_FIELDS
+        except ValueError as exc:
+            out.append(f"template parameter {v!r}: {exc}")
+            continue
+        if unknown:
+            out.append(f"template parameter {v!r} uses {', '.join(sorted(unknown))}; known: {', '.join(sorted(SMS_TEMPLATE_FIELDS))}")
+    return out
+
+
+def provider_secret_problems(n: Notify) -> list[str]:
+    """The secrets a provider notifier names that cannot be read now (at start, not at the
+    first warning)."""
+    if n.type not in PROVIDER_TYPES:
+        return []
+    out = []
+    for k in ("token", "secret", "key_id"):
+        value = getattr(n, k)
+        if value and (k != "key_id" or _is_ref(value)):
+            try:
+                secret_value(value)
+            except ValueError as exc:
+                out.append(f"{k}: {exc}")
     return out
 
 
