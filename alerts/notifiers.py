@@ -4,9 +4,10 @@ the alert engine's ``Notify`` action to a unit's configured channels.
 This module owns what one delivery attempt is (``Notifier.send``), the message handed to it
 (``Outgoing``, frozen and JSON round-trippable so the outbox can store it), the five channels
 of the duty roster (MQTT, webhook, email, SMS gateway, JSONL audit), and the naming of each
-unit's channels (``"<admin>/<type>/<n>"``). It does not retry, time out or count: that is the
-dispatcher's business (``alerts/dispatch.py``), and durability is the outbox's
-(``alerts/outbox.py``).
+unit's channels (``"<admin>/<type>/<n>"``); the providers' own channels (WeCom, DingTalk and
+Feishu robots, Aliyun and Tencent Cloud SMS) are alerts/notifiers_cn.py's, built here. It does
+not retry, time out or count: that is the dispatcher's business (``alerts/dispatch.py``), and
+durability is the outbox's (``alerts/outbox.py``).
 
 What leaves the box is each channel's own: email, SMS and the unit's webhook get the full
 message (the contacts included: they are the unit's own channels), while the MQTT notifier
@@ -48,7 +49,9 @@ from geowarn.core.clock import Clock, WallClock
 from geowarn.alerts.model import Notify as NotifyAction
 from geowarn.core.levels import LEVELS
 from geowarn.config.errors import ConfigError, ConfigProblem
-from geowarn.config.roster import NATIONAL, Notify, Roster, Unit
+from geowarn.alerts.errors import NotifierError
+from geowarn.alerts.notifiers_cn import build_provider_notifier
+from geowarn.config.roster import CLOUD_SMS_TYPES, NATIONAL, PROVIDER_TYPES, Notify, Roster, Unit
 
 __all__ = [
     "AUDIT_KEY",
@@ -78,15 +81,6 @@ AUDIT_KEY = "audit/jsonl"
 SMS_MAX_CHARS = 280
 
 _COLOUR_ZH = {0: "", 1: "蓝色", 2: "黄色", 3: "橙色", 4: "红色"}
-
-
-class NotifierError(Exception):
-    """A delivery that did not happen. ``permanent``: retrying the same message cannot help
-    (the receiver rejected it as such); otherwise the dispatcher retries with backoff."""
-
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
-        super().__init__(message)
-        self.permanent = permanent
 
 
 @dataclass(frozen=True)
@@ -658,6 +652,11 @@ def build_notifiers(
                     problems.append(ConfigProblem(roster.source, where, "an sms notifier needs to = ['+86…'] or contacts with a phone"))
                     continue
                 out[key] = SmsNotifier(cfg.url, client, phones, name=key)
+            elif cfg.type in PROVIDER_TYPES:
+                try:
+                    out[key] = build_provider_notifier(cfg, client, phones=_phones(unit, cfg), name=key)
+                except ValueError as exc:  # a missing phone or an unreadable secret: at start, named
+                    problems.append(ConfigProblem(roster.source, where, str(exc)))
             else:
                 out[key] = JsonlNotifier(_jsonl_path(data, unit.admin, cfg), name=key)
     if problems:
@@ -668,7 +667,7 @@ def build_notifiers(
 def _recipients(unit: Unit, cfg: Notify) -> list[str]:
     if cfg.type == "email":
         return list(cfg.to)
-    if cfg.type == "sms":
+    if cfg.type == "sms" or cfg.type in CLOUD_SMS_TYPES:
         return _phones(unit, cfg)
     if cfg.type == "webhook":
         return [cfg.url]
