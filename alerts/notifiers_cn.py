@@ -17,16 +17,17 @@ What each one sends, and the documentation followed:
 - **DingTalk signed robot** — ``POST {url}?access_token={token}&timestamp={ms}&sign={sign}``,
   ``sign = urlEncode(base64(HmacSHA256(key=secret, msg=timestamp + "\\n" + secret)))``, the
   timestamp in milliseconds within an hour of DingTalk's clock; JSON ``{"msgtype": "markdown",
-  "markdown": {"title": …, "text": …}}``; success is ``{"errcode": 0}``. 自定义机器人安全设置 — 加签,
-  https://open.dingtalk.com/document/robots/customize-robot-security-settings, and 自定义机器人发送
-  群消息, https://open.dingtalk.com/document/orgapp/custom-robots-send-group-messages.
+  "markdown": {"title": …, "text": …}}``; success is ``{"errcode": 0}``. 自定义机器人安全设置 — 加签
+  (its Java and Python examples), https://open.dingtalk.com/document/robots/customize-robot-security-settings,
+  read as mirrored at https://apifox.com/apidoc/docs-site/467052/doc-3550006.
 - **Feishu/Lark group robot** — ``POST {url}/{token}``, JSON ``{"timestamp": "<seconds>",
   "sign": …, "msg_type": "text", "content": {"text": …}}`` with ``sign =
   base64(HmacSHA256(key=timestamp + "\\n" + secret, msg=""))`` — the string to sign is the
   *key* and the message is empty, unlike DingTalk (the official SignDemo does
   ``mac.init(stringToSign)``, ``doFinal(new byte[]{})``); success is ``{"code": 0}``, a bad
   signature ``{"code": 19021}``. 自定义机器人使用指南 — 签名校验,
-  https://open.feishu.cn/document/client-docs/bot-v3/add-custom-bot. Lark: the same API on
+  https://open.feishu.cn/document/client-docs/bot-v3/add-custom-bot (its SignDemo, as quoted in
+  github.com/electricbubble/feishu-bot-api ``api.go`` and the open-lark crate). Lark: the same API on
   ``https://open.larksuite.com/open-apis/bot/v2/hook`` (set ``url``).
 - **Aliyun SMS** — Dysmsapi 2017-05-25 ``SendSms``, an RPC-style API: ``POST
   {url}/?PhoneNumbers=…&SignName=…&TemplateCode=…&TemplateParam=<JSON>`` with an empty body,
@@ -51,10 +52,13 @@ What each one sends, and the documentation followed:
   Signature=<hex>`` (signature method v3: canonical request over content-type and host and the
   body's SHA-256, a key derived by HMAC-SHA256 from ``"TC3" + SecretKey`` through date, service and
   ``tc3_request``); success is a ``SendStatusSet`` whose every ``Code`` is ``"Ok"``, failure a
-  ``Response.Error``. Signature v3, https://www.tencentcloud.com/document/api/382/40708 (签名方法
-  v3, https://cloud.tencent.com/document/api/382/52072), SendSms,
-  https://www.tencentcloud.com/document/api/382/40536. The guide's worked example
-  (DescribeInstances at 1551113065 → ``72e494ea…525168``) is a test of ``tc3_signature``.
+  ``Response.Error``. "Signature v3" (the same page in every product's API docs, e.g.
+  https://www.tencentcloud.com/document/product/1026/31038), SMS common parameters,
+  https://www.tencentcloud.com/document/product/382/40466, SendSms,
+  https://www.tencentcloud.com/document/api/382/40536, and Tencent's own demo,
+  github.com/TencentCloud/signature-process-demo ``sms/signature-v3/python/demo.py``. The
+  guide's worked example (DescribeInstances at 1551113065 → ``72e494ea…525168``) is a test of
+  ``tc3_signature``.
 
 Credentials come from the environment or a file (``env:NAME`` / ``file:/path`` in the roster,
 ``config.roster.secret_value``), read once when the notifier is built. Timestamps are the wall
