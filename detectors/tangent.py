@@ -46,6 +46,14 @@ Choices, and why:
   errors, ~12 mm/day for 3 mm GNSS) — close to the velocity ladder's orange 72 and red
   120 mm/day. A precise sensor (extensometer, 0.1 mm) deserves a lower floor:
   ``for_channel(noise_mm=...)`` scales it.
+- With a noise figure (``noise``; ``for_channel`` and site fusion give one, see
+  ``detectors/noise.py``) the floor and the standard errors follow the channel's real noise:
+  the window's standard error is never below the figure's, a smoothed or interpolated series
+  (published daily data) is recognised and its errors widened by sqrt(n/n_eff), and the
+  reference must be meaningful — significant, or resolved below the floor — before any
+  level; until then the verdict says "not yet meaningful" (``ReferenceRate``). On a smoothed
+  series the steady rate had been learned as ~0.00 mm/day and a 0.1–0.2 mm/day wobble read
+  87–89° (red).
 - A daily signal is not noise to the standard error: on a slope creeping faster than the
   floor, a 1 mm daily thermal or multipath wobble plus an outlier can lift a 12 h slope past
   v_steady + z·se for a while (seen in simulation as a rare yellow). A site with a strong
