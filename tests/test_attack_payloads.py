@@ -50,6 +50,8 @@ REASONS = {
     "device_mismatch", "wrong_site", "unknown_device", "unknown_site", "bad_topic", "not_json", "bad_shape",
     "bad_version", "bad_senml", "too_large", "too_deep", "too_many_readings", "unknown_channel", "not_numeric",
     "not_finite", "unit_mismatch", "bad_time",
+    # A payload whose first byte is 1-4 reads as the national convention's frame header.
+    "cn_frame", "cn_file", "cn_firmware", "cn_encrypted",
 }  # fmt: skip
 FENCE = ("XK", "XK-RG1", "soil_moisture")
 
