@@ -182,6 +182,7 @@ def registry_from_rows(rows: list[FeedRow], source: str = "<feed>") -> Registry:
             noise = estimate_noise([v for _, v in sorted(values[(site, device, channel)])])
             if noise is not None:
                 ch["noise"] = noise
+                ch["noise_source"] = "estimated"  # the floor still holds under it (detectors/noise.py)
         sites[site][device].append(ch)
     doc = {
         "sites": [
