@@ -1324,7 +1324,7 @@ def section_three_gorges() -> Section:
             "**The same Baishuihe GPS fed as kind `displacement`** (the brief's `displacement.dX` mapping) puts stable points "
             + ", ".join(f"{p} at {NAMES[v]}" for p, v in vchk.stable.items() if v > 1)
             + f" (from the {', '.join(lead)} detector). Cause: `detectors_for` takes the noise floors from the channel's kind "
-            "(`NOISE` in `detectors/fusion.py`: 0.3 mm for `displacement`, an extensometer), so at a monthly cadence the "
+            "(`detectors/noise.py`: 0.3 mm for `displacement`, an extensometer), so at a monthly cadence the "
             "tangent's floor on the steady rate is ~0.01 mm/day and a stable point's GPS wobble of 0.1 mm/day reads as 5–7× "
             "its steady creep. The noise belongs to the instrument, not the kind. Suggested fix: a per-channel noise in the "
             "registry (e.g. `Channel.noise_mm`, defaulting to the kind's), which `registry_from_rows` could also estimate "

@@ -82,16 +82,6 @@ def _name(level: int) -> str:
     return "normal" if level == 0 else LEVELS[level].colour
 
 
-#: Typical reading noise (1 sigma, in the kind's default unit) of each displacement-like kind:
-#: it sets the noise floors of the tangent angle and the forecast's reference velocity.
-NOISE: dict[Kind, float] = {
-    Kind.gnss_e: 3.0,
-    Kind.gnss_n: 3.0,
-    Kind.gnss_u: 6.0,
-    Kind.displacement: 0.3,
-    Kind.crack: 0.1,
-    Kind.tilt: 0.01,
-}
 #: A reading stamped more than this ahead of its arrival is held until the clock reaches its
 #: time (see the module docstring). Small: a reading judged at once can put at most this much
 #: of a backlog behind it out of order; an NTP-synced logger's clock is well within it.
