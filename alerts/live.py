@@ -48,6 +48,7 @@ from geowarn.alerts.notifiers import EXERCISE_PREFIX, Outgoing, outgoing_for, su
 from geowarn.alerts.outbox import Outbox
 from geowarn.config.registry import Registry
 from geowarn.config.roster import Roster
+from geowarn.ingest.commands_cn import PLUS_DEFAULT_S, command_topic, msgid_for, sensor_ids, setsensortime
 from geowarn.core.logfields import kv
 
 log = logging.getLogger(__name__)
@@ -174,8 +175,10 @@ class OutboxSink:
     """The daemon's chain sink: a transition's messages and the chain's state in one outbox
     transaction, then the dispatcher woken (``wake``)."""
 
-    def __init__(self, outbox: Outbox, cap_dir: Path, prefix: str = "geowarn", wake: Any = None) -> None:
+    def __init__(self, outbox: Outbox, cap_dir: Path, prefix: str = "geowarn", wake: Any = None, apikeys: Mapping[str, str] | None = None) -> None:
         self.outbox = outbox
+        #: Convention devices' apikeys by device code (their commands must carry it); none by default.
+        self.apikeys: dict[str, str] = dict(apikeys or {})
         self.prefix = prefix
         self.cap_dir = Path(cap_dir)
         self.cap_dir.mkdir(parents=True, exist_ok=True)
@@ -231,6 +234,9 @@ class OutboxSink:
             # Due at once, whatever the chain's time: a clock that was ahead must not hold a
             # red warning back until real time catches up.
             self.outbox.enqueue(msgs, due=0.0)
+            for m in msgs:
+                if m.notifier == COMMAND_KEY and isinstance(m.body.get("msgid"), str):
+                    self.outbox.expect_answer(m.body["msgid"], m.id)
             if key is not None and state is not None:
                 self.outbox.set_state(self._state_key(key), state.to_dict())
             self.outbox.set_state(_ZERO_KEY, chain.zero_last)
@@ -262,11 +268,15 @@ class OutboxSink:
 
     def _commands(self, registry: Registry, action: SetSampling) -> list[Outgoing]:
         """One ``set_sampling`` per device of the site; None restores each device's normal
-        interval (its fastest channel's expected interval)."""
+        interval (its fastest channel's expected interval). A device of the national convention
+        (a ``code`` and channels with a ``source``) gets its own form instead (``_cn_commands``)."""
         site = registry.sites[action.site]
         out = []
         for dev in site.devices:
             interval = action.interval_s if action.interval_s is not None else min(ch.interval_s for ch in dev.channels)
+            if dev.code and sensor_ids(ch.source for ch in dev.channels):
+                out += self._cn_commands(site.admin, dev, action, interval)
+                continue
             payload = {"cmd": "set_sampling", "interval_s": interval, "reason": action.reason, "exercise": action.exercise, "id": action.id}
             subject = (EXERCISE_PREFIX + " " if action.exercise else "") + f"set_sampling {dev.device} {interval:g} s"
             out.append(
@@ -280,6 +290,40 @@ class OutboxSink:
                     subject=subject,
                     text=action.reason,
                     body={"topic": f"{self.prefix}/{action.site}/{dev.device}/cmd", "payload": json.dumps(payload)},
+                    t=action.t,
+                    exercise=action.exercise,
+                )
+            )
+        return out
+
+
+    def _cn_commands(self, admin: str, dev: Any, action: SetSampling, interval: float) -> list[Outgoing]:
+        """``$cmd=setsensortime`` per convention channel the device's channels read, on
+        ``$creq/{code}/cmd`` (ingest/commands_cn.py). Samples are uploaded as they are taken
+        (upload_intv = sample_intv): accelerated sampling is of no use reported an hour later.
+        plus_intv, the device's own accelerated interval, is the command's interval when
+        GeoWarn accelerates and at most 5 min (the firmware's initial value) when it restores.
+        Each command's msgid is stable (``msgid_for`` of its outbox id), so the answer on ``$dr``
+        is matched to it (``Outbox.record_answer``)."""
+        plus = interval if action.interval_s is not None else min(interval, float(PLUS_DEFAULT_S))
+        out = []
+        for sid in sensor_ids(ch.source for ch in dev.channels):
+            oid = f"{action.id}/{dev.device}/{sid}/{COMMAND_KEY}"
+            msgid = msgid_for(oid)
+            text = setsensortime(sid, interval, interval, plus, msgid, self.apikeys.get(dev.code))
+            shown = text if dev.code not in self.apikeys else text.replace(self.apikeys[dev.code], "***")
+            out.append(
+                Outgoing(
+                    id=oid,
+                    notifier=COMMAND_KEY,
+                    kind="set_sampling",
+                    admin=admin,
+                    site=action.site,
+                    level=0,
+                    subject=(EXERCISE_PREFIX + " " if action.exercise else "") + f"setsensortime {dev.device} {sid} {interval:g} s",
+                    text=action.reason,
+                    body={"topic": command_topic(dev.code), "payload": text, "msgid": msgid, "device": dev.device, "code": dev.code,
+                          "sensor_id": sid, "cmd": "setsensortime", "interval_s": interval, "shown": shown},
                     t=action.t,
                     exercise=action.exercise,
                 )
@@ -307,9 +351,10 @@ class LiveChain:
         tz: str = "Asia/Shanghai",
         zero_stats: ZeroStats | None = None,
         wake: Any = None,
+        apikeys: Mapping[str, str] | None = None,
     ) -> None:
         self.outbox = outbox
-        self.sink = OutboxSink(outbox, Path(data_dir) / "cap", prefix, wake)
+        self.sink = OutboxSink(outbox, Path(data_dir) / "cap", prefix, wake, apikeys)
         self.chain = ResponseChain(registry, roster, self.sink, policy, tz=tz, zero_stats=zero_stats)
         self.sink.resume(self.chain)
 

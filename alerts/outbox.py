@@ -33,7 +33,7 @@ from typing import Any, Literal
 from geowarn.alerts.notifiers import Outgoing
 from geowarn.core.sqlite import ChangeWatch, Schema, open_db, reading
 
-__all__ = ["DeliveryState", "OUTBOX_FILE", "OUTBOX_SCHEMA", "Outbox", "OutboxItem", "OutboxReader"]
+__all__ = ["ANSWER_INDEX", "ANSWER_PREFIX", "DeliveryState", "OUTBOX_FILE", "OUTBOX_SCHEMA", "Outbox", "OutboxItem", "OutboxReader"]
 
 DeliveryState = Literal["pending", "sent", "dead"]
 
@@ -57,6 +57,9 @@ CREATE TABLE IF NOT EXISTS state (
 );
 """
 
+#: State keys: a command's msgid -> its id; a command's id -> the device's answer.
+ANSWER_INDEX = "cmd.msgid/"
+ANSWER_PREFIX = "cmd.answer/"
 #: The outbox's file in the data directory.
 OUTBOX_FILE = "outbox.sqlite"
 #: Migration 1 is the schema from before versions were kept (idempotent).
@@ -161,6 +164,26 @@ class Outbox:
                 "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (key, json.dumps(value, ensure_ascii=False)),
             )
+
+    # -- devices' answers to commands ------------------------------------------------------
+
+    def expect_answer(self, msgid: str, command_id: str) -> None:
+        """Remember that an answer with ``msgid`` answers the command ``command_id`` (a device
+        of the national convention echoes the msgid; ingest/commands_cn.py)."""
+        self.set_state(ANSWER_INDEX + msgid, command_id)
+
+    def record_answer(self, msgid: str | None, cmd: str, result: str, now: float) -> str | None:
+        """Record a device's ``result=succ|fail`` against the command it answers; the command's
+        id, or None when no command of ours has that msgid (nothing is recorded then). A repeated
+        answer replaces the earlier one (the device retains its last answer on ``$dr``)."""
+        if not msgid:
+            return None
+        with self.transaction():
+            command_id = self.get_state(ANSWER_INDEX + msgid)
+            if not isinstance(command_id, str):
+                return None
+            self.set_state(ANSWER_PREFIX + command_id, {"cmd": cmd, "result": result, "t": now, "msgid": msgid})
+        return command_id
 
     # -- messages -------------------------------------------------------------------------
 
@@ -293,6 +316,18 @@ class OutboxReader:
         with self._read() as conn:
             rows = [] if conn is None else conn.execute(_STATES, (prefix, prefix + "\uffff")).fetchall()
         return [(k, json.loads(v)) for k, v in rows]
+
+    def command_answers(self) -> dict[str, dict[str, Any]]:
+        """Devices' answers by command id: ``{"cmd", "result" (succ|fail), "t", "msgid"}``."""
+        return {k[len(ANSWER_PREFIX):]: v for k, v in self.states(ANSWER_PREFIX)}
+
+    def commands(self, site: str) -> list[OutboxItem]:
+        """Device commands of a site (set_sampling, in either form), oldest first."""
+        with self._read() as conn:
+            rows = [] if conn is None else conn.execute(
+                f"SELECT {_COLUMNS} FROM outbox WHERE notifier = 'mqtt/cmd' AND json_extract(payload, '$.site') = ? ORDER BY created, id", (site,)
+            ).fetchall()
+        return [_item(r) for r in rows]
 
     def about_warning(self, warning_id: str) -> list[OutboxItem]:
         """Every message whose body names this warning, oldest first."""

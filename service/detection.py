@@ -43,6 +43,7 @@ from geowarn.core.clock import Clock, EventClock, WallClock
 from geowarn.core.events import LevelChange
 from geowarn.core.timefmt import rfc3339
 from geowarn.detectors.clockhealth import CLOCK_HEALTH_KEY, CLOCK_KINDS
+from geowarn.ingest.commands_cn import REPLY_TOPIC
 from geowarn.ingest.journal import DETECTION_STATS_KEY, SITE_LEVELS_KEY, Journal
 from geowarn.service.judge import Judge
 from geowarn.service.worker import WorkerProcess
@@ -297,8 +298,13 @@ class DetectionJob:
         self.dispatch_thread.start()
 
     @classmethod
-    def subscriptions(cls, prefix: str) -> list[str]:
-        return [f"{prefix}/{kind}" for kind in cls.REQUESTS]
+    def subscriptions(cls, prefix: str, registry: Any = None) -> list[str]:
+        """The request topics, and ``$dr`` (the answers of devices of the national convention
+        to their commands) when the registry has such devices."""
+        from geowarn.ingest.commands_cn import REPLY_TOPIC
+
+        cn = registry is not None and any(d.code for site in registry.sites.values() for d in site.devices)
+        return [f"{prefix}/{kind}" for kind in cls.REQUESTS] + ([REPLY_TOPIC] if cn else [])
 
     def step(self) -> int:
         return self.detection.step() + self._requests()
@@ -318,6 +324,10 @@ class DetectionJob:
                 break
             it = items[0]
             handled += 1
+            if it.topic == REPLY_TOPIC.encode():
+                self._device_answer(it.payload)
+                self.link.ack(it)
+                continue
             kind = it.topic.decode("utf-8", "replace").rsplit("/", 1)[-1]
             # The control plane's window is wall time, whatever clock the chain runs on (the
             # demo's event clock): the signer stamps its request with its wall clock.
@@ -340,6 +350,22 @@ class DetectionJob:
             self.link.publish(f"{self.prefix}/{kind}/result", json.dumps(answer, ensure_ascii=False).encode(), False)
             self.link.ack(it)  # after the chain committed what the request changed
         return handled
+
+    def _device_answer(self, payload: bytes) -> None:
+        """A convention device's ``result=succ|fail``, recorded against the command whose msgid
+        it echoes (not a request: it changes no alert state, so it passes no control gate)."""
+        from geowarn.ingest.commands_cn import CommandError, parse_answer
+
+        try:
+            ans = parse_answer(payload)
+        except CommandError as exc:
+            log.warning("device answer not understood", extra=kv(topic=REPLY_TOPIC, reason=str(exc)))
+            return
+        command_id = self.outbox.record_answer(ans.msgid, ans.cmd, ans.result, time.time())
+        if command_id is None:
+            log.warning("device answer matches no command", extra=kv(cmd=ans.cmd, result=ans.result, msgid=(ans.msgid or "")[:48]))
+        else:
+            (log.info if ans.ok else log.warning)("device answered a command", extra=kv(command=command_id, cmd=ans.cmd, result=ans.result))
 
     def _apply(self, kind: str, doc: dict[str, Any]) -> tuple[Any, str]:
         """Carry out an admitted request: its Result and who asked."""
@@ -439,5 +465,5 @@ def detection_process(loaded: Loaded, journal_path: Path, *, event_time: bool = 
     # not inside the worker where the error would only show as a worker that failed to start.
     load_or_create_key(loaded.settings.data_dir)
     return WorkerProcess(
-        "detection", DetectionJob, loaded, str(journal_path), event_time, start_t, subscriptions=DetectionJob.subscriptions(loaded.settings.topic_prefix)
+        "detection", DetectionJob, loaded, str(journal_path), event_time, start_t, subscriptions=DetectionJob.subscriptions(loaded.settings.topic_prefix, loaded.registry)
     )
