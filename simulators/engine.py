@@ -35,6 +35,7 @@ from numpy.typing import NDArray
 
 from geowarn.core.timefmt import rfc3339
 from geowarn.config.registry import Channel, Kind, Registry
+from geowarn.simulators.convention import ConventionDevices
 from geowarn.simulators.devices import RAIN_TIP_MM
 from geowarn.simulators.seeds import stable_rng
 from geowarn.simulators.scenario import Scenario, SlopeSpec, StormSpec, WeatherSpec
@@ -671,6 +672,8 @@ class Simulation:
                 d.next_status = self.t0 + phase
                 self.devices.append(d)
         self._by_code = {(d.site.code, d.code): d for d in self.devices}
+        #: Devices of the national convention: their messages in its form (simulators/convention.py).
+        self.convention = ConventionDevices(registry)
         self._table = _ChannelTable([c for d in self.devices for c in d.channels])
         self._shapes: dict[tuple[tuple[tuple[str, str], int], ...], _Shape] = {}
         self.fault_truth = resolve_faults(self, scenario.faults)
@@ -705,15 +708,18 @@ class Simulation:
     def device(self, site: str, device: str) -> SimDevice | None:
         return self._by_code.get((site, device))
 
-    def set_sampling(self, site: str, device: str, interval_s: float | None, now: float) -> SimDevice:
-        """Obey ``set_sampling``: every channel samples every ``interval_s`` (None: back to
-        its normal interval) from its next sample on; reports follow the new pace."""
+    def set_sampling(self, site: str, device: str, interval_s: float | None, now: float, *, channels: list[str] | None = None) -> SimDevice:
+        """Obey ``set_sampling``: every channel (or only those named in ``channels``) samples
+        every ``interval_s`` (None: back to its normal interval) from its next sample on;
+        reports follow the new pace."""
         d = self._by_code.get((site, device))
         if d is None:
             raise KeyError(f"no simulated device {site}/{device}")
         if interval_s is not None and not (math.isfinite(interval_s) and interval_s > 0):
             raise ValueError(f"interval_s must be > 0 s, got {interval_s}")
         for c in d.channels:
+            if channels is not None and c.name not in channels:
+                continue
             c.retime(c.normal_s if interval_s is None else float(interval_s), now)
         d.retimed()
         nxt = min(c.next_sample() for c in d.channels)
@@ -771,7 +777,7 @@ class Simulation:
         finally:
             if paused:
                 gc.enable()
-        return out
+        return self.convention.convert(out) if self.convention else out
 
     def flush(self) -> list[Message]:
         """Messages still held back (out-of-order delivery) at the end of the run."""
@@ -779,7 +785,7 @@ class Simulation:
         for d in self.devices:
             d.held.clear()
         out.sort(key=lambda m: (m.t, m.device))
-        return out
+        return self.convention.convert(out) if self.convention else out
 
     def _plan(self, d: SimDevice, t: float, batch: _Batch) -> _Plan | None:
         """Advance ``d``'s report and sample clocks to ``t``; its samples go into ``batch``."""

@@ -35,6 +35,8 @@ import paho.mqtt.client as mqtt
 
 from geowarn.config.settings import MqttTarget
 from geowarn.core.timefmt import parse_time
+from geowarn.ingest.commands_cn import CommandError
+from geowarn.simulators.convention import COMMAND_FILTER, is_command_topic
 from geowarn.simulators.engine import Message, Simulation
 from geowarn.simulators.fastmqtt import FastPublisher, PublishError
 
@@ -352,6 +354,8 @@ class LiveRun:
         self.record = record
         self.progress = progress
         topics = [f"{sim.prefix}/+/+/cmd"] if obey_commands else []
+        if obey_commands and sim.convention:
+            topics.append(COMMAND_FILTER)
         self.pub = open_publisher(url, client_id or f"geowarn-sim-{os.getpid()}", subscribe=topics, fast=fast)
         self.stats = LiveStats()
         self._w0 = 0.0
@@ -370,6 +374,9 @@ class LiveRun:
         return self.sim.t0 + (time.monotonic() - self._w0) * self.speed
 
     def _command(self, topic: str, payload: bytes) -> None:
+        if is_command_topic(topic) and self.sim.convention:
+            self._cn_command(topic, payload)
+            return
         parts = topic.split("/")
         entry: dict[str, Any] = {"topic": topic}
         try:
@@ -388,16 +395,30 @@ class LiveRun:
         if self.on_command is not None:
             self.on_command(entry)
 
+    def _cn_command(self, topic: str, payload: bytes) -> None:
+        """A convention device's command: obeyed, answered on ``$dr`` (simulators/convention.py)."""
+        now = min(max(self.event_now(), self.sim.t0), self.sim.t_end)
+        try:
+            reply_topic, reply, entry = self.sim.convention.obey(self.sim, topic, payload, now)
+        except (CommandError, KeyError, ValueError) as exc:
+            entry = {"topic": topic, "ok": False, "error": str(exc)}
+        else:
+            self.pub.publish(reply_topic, reply)
+        self.stats.commands.append(entry)
+        if self.on_command is not None:
+            self.on_command(entry)
+
     def _send(self, msgs: list[Message]) -> None:
         pub = self.pub
         window = int(getattr(pub, "max_unacked", 20000))
         high = max(1, int(window * _WINDOW_HIGH))
         low = int(window * _WINDOW_LOW)
         data = 0
+        wire = self.sim.convention.on_wire if self.sim.convention else None
         for m in msgs:
             if pub.published - pub.acked >= high:
                 self._catch_up(low)
-            pub.publish(m.topic, m.payload)
+            pub.publish(m.topic, wire(m) if wire else m.payload)
             if m.kind == "data":
                 data += 1
         self.stats.data += data
