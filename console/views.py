@@ -46,6 +46,23 @@ CONFLICT_WINDOW_S = 7 * 86400.0
 CONFLICT_MAX_DEADLETTERS = 20_000
 
 
+#: Status fields a duty officer reads as device health (native names and the convention's, as
+#: ingest/codecs_cn.py stores S1_ZT_1).
+HEALTH_FIELDS = ("battery_v", "battery_percent", "solar_v", "temp_c", "signal_dbm", "signal_4g", "signal_nb", "signal_bd", "fw", "siren_state")
+
+
+def device_health(status: Any) -> dict[str, Any] | None:
+    """The health part of a device's latest status, and the channels its ``sensor_state`` says
+    are faulty (any code but 0: the firmware read writes -1 power, -2 data error, -3 no data)."""
+    if not isinstance(status, dict):
+        return None
+    health = {k: status[k] for k in HEALTH_FIELDS if k in status}
+    sensors = status.get("sensor_state")
+    if isinstance(sensors, dict):
+        health["faulty_sensors"] = sorted(str(k) for k, v in sensors.items() if v not in (0, "0"))
+    return health
+
+
 def colour(level: int) -> str:
     return LEVELS[level].colour if level in LEVELS else "none"
 
@@ -268,8 +285,31 @@ class Views:
                     d["status"] = {"raw": raw}
                 d["status_t"] = t_ms / 1000.0
             d["online"] = d["last_received"] is not None and now - d["last_received"] <= ONLINE_INTERVALS * d["interval_s"]
+            d["health"] = device_health(d.get("status"))
+        self._add_commands(site, devices)
         return {"readings_24h": readings_24h, "last_t": last_t, "devices": list(devices.values()),
                 "devices_online": sum(1 for d in devices.values() if d["online"])}
+
+    def _add_commands(self, site: str, devices: dict[str, dict[str, Any]]) -> None:
+        """Each device's latest sampling command (either form) and, for a device of the national
+        convention, its answer (``result`` succ|fail, or None while none came)."""
+        try:
+            items = self.outbox.commands(site)
+            answers = self.outbox.command_answers()
+        except sqlite3.Error:
+            return
+        for it in items:
+            body = it.msg.body
+            # A native command's id is "<action id>/<device>/mqtt/cmd"; a convention one says it.
+            dev = body.get("device") or it.id.split("/")[1]
+            if dev not in devices:
+                continue
+            ans = answers.get(it.id)
+            devices[dev]["last_command"] = {
+                "id": it.id, "t": it.msg.t, "topic": body.get("topic"), "cmd": body.get("cmd", "set_sampling"), "sensor_id": body.get("sensor_id"),
+                "interval_s": body.get("interval_s"), "delivery": it.state, "result": None if ans is None else ans.get("result"),
+                "answered_t": None if ans is None else ans.get("t"),
+            }
 
     def card(self, site: str) -> dict[str, Any]:
         s = self.registry.sites[site]

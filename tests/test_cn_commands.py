@@ -119,6 +119,26 @@ def test_a_convention_device_gets_its_own_form_and_its_answer_is_matched(tmp_pat
     assert answers == {f"w1/SP-U1/L1_LF_1/{COMMAND_KEY}": {"cmd": "setsensortime", "result": "succ", "t": 1001.0, "msgid": m_lf}}
     outbox.close()
 
+    # The console shows each device's latest command and its answer (None: not answered yet).
+    from geowarn.console.views import Views
+
+    views = Views(tmp_path, registry)
+    devices: dict = {"SP-U1": {}, "SP-EXT": {}}
+    views._add_commands("SP", devices)
+    assert devices["SP-U1"]["last_command"]["cmd"] == "setsensortime" and devices["SP-U1"]["last_command"]["interval_s"] == 600.0
+    assert devices["SP-U1"]["last_command"]["result"] is None  # the restore was not answered
+    assert devices["SP-EXT"]["last_command"]["cmd"] == "set_sampling" and devices["SP-EXT"]["last_command"]["result"] is None
+
+
+def test_device_health_names_faulty_sensors():
+    from geowarn.console.views import device_health
+
+    status = {"battery_v": 12.6, "solar_v": 18.2, "temp_c": 21.5, "signal_4g": -71, "fw": "V2.3.1", "siren_state": 0,
+              "sensor_state": {"L1_LF_1": 0, "L1_QJ_1": -2}, "unknown": {"vendor_x": 7}, "t": 1.0}
+    assert device_health(status) == {"battery_v": 12.6, "solar_v": 18.2, "temp_c": 21.5, "signal_4g": -71, "fw": "V2.3.1",
+                                     "siren_state": 0, "faulty_sensors": ["L1_QJ_1"]}
+    assert device_health(None) is None
+
 
 def test_a_simulated_convention_device_obeys_and_answers(tmp_path):
     sc = load_scenario("cn_failure")
