@@ -94,11 +94,58 @@ class Notify(_Strict):
         return self
 
 
+# -- notification texts (alerts/texts.py) ---------------------------------------------------------
+
+#: The languages a unit's notifications are written in.
+LANGS = ("zh", "en")
+#: The parts of a notification a unit's ``templates`` may replace.
+TEXT_PARTS = ("subject", "text", "sms")
+#: The notification kinds (alerts.model.NotifyKind) a template may be limited to: "warning.sms".
+TEXT_KINDS = (
+    "warning", "realarm", "escalation", "downgrade", "cancel", "report_due", "report_overdue", "nodata", "data_back",
+    "shelved", "unshelved", "out_of_service", "return_to_service", "zero_report",
+)
+#: The placeholders a template may use, e.g. "{mark}{site_name} {level_name}：{action} 请于 {deadline} 前确认".
+TEXT_FIELDS = frozenset(
+    {
+        "mark", "site", "site_name", "unit_name", "admin", "tier", "kind", "level", "colour", "grade", "level_name", "previous_name",
+        "action", "action_short", "headline", "time", "time_utc", "deadline", "deadline_line", "warning_id", "task_id", "device",
+        "people", "households", "route", "shelter", "responsible", "phone", "hazard", "card", "reason", "evidence", "original",
+    }
+)
+
+
+def text_template_problem(key: str, template: str) -> str | None:
+    """Why ``template`` cannot be a unit's ``templates[key]``, or None. Checked at load, so a
+    typo stops the start instead of the first red warning."""
+    kind, _, part = key.rpartition(".")
+    if part not in TEXT_PARTS or (kind and kind not in TEXT_KINDS):
+        return f"{key!r} is not a template name: use one of {', '.join(TEXT_PARTS)}, or '<kind>.<part>' with a kind of {', '.join(TEXT_KINDS)}"
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        return f"{key}: {exc} (a literal brace is written {{{{ or }}}})"
+    unknown = sorted({n for n in names if n not in TEXT_FIELDS})
+    if unknown:
+        return f"{key}: unknown placeholder {', '.join('{' + n + '}' for n in unknown)}; known: {', '.join(sorted(TEXT_FIELDS))}"
+    try:
+        template.format_map(dict.fromkeys(TEXT_FIELDS, ""))
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        return f"{key}: {exc}"
+    if part == "subject" and ("\n" in template or "\r" in template):
+        return f"{key}: a subject is one line"
+    return None
+
+
 class Unit(_Strict):
     """One admin unit of the chain. ``cap_profile`` picks the CAP its sites' messages follow
     (alerts/cap.py): ``"oasis"`` (default) or ``"cn"``, China's GB/T 35965.1 profile, which
     needs ``cap_sender_code``: the 14-digit 发布单位代码 (this unit's admin code, its 3-digit
-    GB/T 4657 organisation code, "000" and "00" unless the platform assigned others)."""
+    GB/T 4657 organisation code, "000" and "00" unless the platform assigned others).
+
+    ``lang`` is the language of its notifications (``"zh"``, the default, or ``"en"``);
+    ``templates`` replaces their ``subject``, ``text`` or ``sms`` (``"warning.sms"`` for one
+    kind only) with a text whose ``{placeholders}`` are ``TEXT_FIELDS`` (alerts/texts.py)."""
 
     admin: str
     name: str = Field(min_length=1)
@@ -107,6 +154,16 @@ class Unit(_Strict):
     notify: list[Notify] = []
     cap_profile: Literal["oasis", "cn"] = "oasis"
     cap_sender_code: str = ""
+    lang: Literal["zh", "en"] = "zh"
+    templates: dict[str, str] = {}
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, v: dict[str, str]) -> dict[str, str]:
+        problems = [p for key, t in v.items() if (p := text_template_problem(key, t)) is not None]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
 
     @field_validator("admin")
     @classmethod
@@ -219,7 +276,10 @@ CLOUD_SMS_TYPES = ("aliyun_sms", "tencent_sms")
 PROVIDER_TYPES = ROBOT_TYPES + CLOUD_SMS_TYPES
 #: The names an SMS template parameter may use, e.g. ``{ site = "{site}", level = "{colour_zh}" }``.
 SMS_TEMPLATE_FIELDS = frozenset(
-    {"site", "level", "colour", "colour_zh", "level_zh", "level_en", "kind", "admin", "time", "warning_id", "id", "subject", "text", "exercise"}
+    {"site", "level", "colour", "colour_zh", "level_zh", "level_en", "kind", "admin", "time", "warning_id", "id", "subject", "text", "exercise",
+     # The unit's own words (alerts/texts.py): names, the 防灾明白卡 and the deadline, times in GEOWARN_TIMEZONE.
+     "site_name", "unit_name", "grade", "level_name", "action", "action_short", "deadline", "time_utc",
+     "people", "route", "shelter", "responsible", "phone"}
 )
 # Which of the providers' keys each type uses ("secret" and "url" are shared with the others).
 _PROVIDER_KEYS: dict[str, frozenset[str]] = {
