@@ -214,13 +214,17 @@ class OutboxSink:
         extras: Mapping[str, Mapping[str, Any]],
     ) -> None:
         msgs: list[Outgoing] = []
+        # The words of each unit's messages (alerts/texts.py) need what the Notify does not
+        # carry: the site's reason as the engine saw it, the registry's card, the time zone.
+        reason = state.reason if state is not None else ""
         for action in actions:
             if isinstance(action, Notify):
                 extra = extras.get(action.id)
+                out = outgoing_for(action, chain.roster, chain.registry, tz=chain.tz, reason=reason, extra=extra)
                 if extra:
-                    msgs += [dataclasses.replace(m, body={**m.body, **extra}) for m in outgoing_for(action, chain.roster)]
+                    msgs += [dataclasses.replace(m, body={**m.body, **extra}) for m in out]
                 else:
-                    msgs += outgoing_for(action, chain.roster)
+                    msgs += out
             elif isinstance(action, Cap):
                 try:
                     msgs.append(self._cap(chain, action))

@@ -51,6 +51,9 @@ from geowarn.core.levels import LEVELS
 from geowarn.config.errors import ConfigError, ConfigProblem
 from geowarn.alerts.errors import NotifierError
 from geowarn.alerts.notifiers_cn import build_provider_notifier
+from geowarn.alerts.texts import EXERCISE_MARKS, local_time, render
+from geowarn.core.timefmt import parse_time, rfc3339
+from geowarn.config.registry import Registry
 from geowarn.config.roster import CLOUD_SMS_TYPES, NATIONAL, PROVIDER_TYPES, Notify, Roster, Unit
 
 __all__ = [
@@ -73,8 +76,9 @@ __all__ = [
     "unit_notifiers",
 ]
 
-#: Every subject of a drill starts with this, so nobody mistakes an exercise for a warning.
-EXERCISE_PREFIX = "[EXERCISE 演练]"
+#: Every subject of a drill starts with this (or, in a Chinese unit's messages, with 【演练】:
+#: ``EXERCISE_MARKS``), so nobody mistakes an exercise for a warning.
+EXERCISE_PREFIX = EXERCISE_MARKS["en"]  # "[EXERCISE 演练]"
 #: The service-wide JSONL audit notifier: every notification that reaches nobody else, and the
 #: dispatcher's own alarms about failing notifiers, are written here.
 AUDIT_KEY = "audit/jsonl"
@@ -106,8 +110,8 @@ class Outgoing:
             raise ValueError("Outgoing: id and notifier must be non-empty")
         if "\n" in self.subject or "\r" in self.subject:
             raise ValueError(f"Outgoing {self.id}: the subject must be one line")
-        if self.exercise and not self.subject.startswith(EXERCISE_PREFIX):
-            raise ValueError(f"Outgoing {self.id}: an exercise subject must start with {EXERCISE_PREFIX!r}")
+        if self.exercise and not self.subject.startswith(tuple(EXERCISE_MARKS.values())):
+            raise ValueError(f"Outgoing {self.id}: an exercise subject must start with {EXERCISE_PREFIX!r} or {EXERCISE_MARKS['zh']!r}")
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -385,6 +389,148 @@ def message_id(stable_id: str, sender: str) -> str:
     return f"<{local}@{domain}>"
 
 
+# What the body's keys mean, for the e-mail's details table (a key not listed shows as itself).
+_DETAIL_LABELS = {
+    "zh": {
+        "warning_id": "预警编号", "kind": "类型", "tier": "层级", "admin": "行政区划代码", "site": "监测点代码", "level": "级别",
+        "previous": "原级别", "t": "时间", "deadline": "期限", "task_id": "速报任务", "device": "设备", "id": "通知编号",
+        "exercise": "演练", "contacts": "值班联系人", "delivery.to": "发送至", "delivery.notifier": "通道", "history": "处置记录",
+    },
+    "en": {
+        "warning_id": "Warning", "kind": "Kind", "tier": "Tier", "admin": "Admin code", "site": "Site code", "level": "Level",
+        "previous": "Previous level", "t": "Time", "deadline": "Deadline", "task_id": "Quick report", "device": "Device",
+        "id": "Notification", "exercise": "Exercise", "contacts": "Duty contacts", "delivery.to": "Sent to", "delivery.notifier": "Channel",
+        "history": "History",
+    },
+}
+# Shown in the text and the table above it already, or the engine's own English sentence.
+_DETAIL_SKIP = frozenset({"type", "text", "message", "site"})
+_TIME_KEYS = frozenset({"t", "time", "deadline", "due", "raised", "opened", "submitted", "failure_time", "until", "remind_at", "record_start_t"})
+# A nested table's rows are named after it: draft.shelter → 速报草稿.shelter.
+_DETAIL_GROUPS = {"zh": {"draft": "速报草稿", "zero": "零报告"}, "en": {"draft": "Quick report draft", "zero": "Zero report"}}
+_LEVEL_COLOURS = {1: "#1565c0", 2: "#b8860b", 3: "#e65100", 4: "#c62828"}
+
+
+def _lang(msg: Outgoing) -> str:
+    message = msg.body.get("message")
+    lang = message.get("lang") if isinstance(message, Mapping) else None
+    return lang if lang in EXERCISE_MARKS else "en"
+
+
+def _tz(msg: Outgoing) -> str | None:
+    message = msg.body.get("message")
+    tz = message.get("tz") if isinstance(message, Mapping) else None
+    return tz if isinstance(tz, str) else None
+
+
+def _scalar(key: str, value: Any, lang: str, tz: str | None) -> str:
+    if isinstance(value, bool):
+        return ("是" if value else "否") if lang == "zh" else ("yes" if value else "no")
+    leaf = key.rsplit(".", 1)[-1].split("[", 1)[0]
+    if leaf in _TIME_KEYS or leaf.endswith("_t"):
+        t: float | None = None
+        if isinstance(value, (int, float)) and 1e8 < value < 253402300799:
+            t = float(value)
+        elif isinstance(value, str):
+            try:
+                t = parse_time(value)
+            except ValueError:
+                t = None
+        if t is not None:
+            return local_time(t, tz, lang) if tz else rfc3339(t)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _flatten(key: str, value: Any, lang: str, tz: str | None, out: list[tuple[str, str]]) -> None:
+    if value is None or value == "" or value == [] or value == {}:
+        return
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _flatten(f"{key}.{k}" if key else str(k), v, lang, tz, out)
+    elif isinstance(value, (list, tuple)):
+        if all(not isinstance(v, (Mapping, list, tuple)) for v in value):
+            out.append((key, ", ".join(_scalar(key, v, lang, tz) for v in value)))
+        else:
+            for i, v in enumerate(value, 1):
+                _flatten(f"{key}[{i}]", v, lang, tz, out)
+    else:
+        out.append((key, _scalar(key, value, lang, tz)))
+
+
+def _group_label(key: str, lang: str) -> str:
+    head, _, rest = key.partition(".")
+    group = _DETAIL_GROUPS[lang].get(head)
+    return f"{group}.{rest}" if group and rest else key
+
+
+def readable_details(msg: Outgoing) -> list[tuple[str, str]]:
+    """The message body as (label, value) rows a person reads: times in the unit's zone,
+    contacts and history one per row, nested figures (a zero report's, a quick-report draft's)
+    by their dotted names. Never JSON."""
+    lang, tz = _lang(msg), _tz(msg)
+    labels = _DETAIL_LABELS[lang]
+    rows: list[tuple[str, str]] = []
+    for key, value in msg.body.items():
+        if key in _DETAIL_SKIP:
+            continue
+        if key == "contacts" and isinstance(value, list):
+            for c in value:
+                if isinstance(c, Mapping):
+                    who = " ".join(str(c.get(k) or "") for k in ("name", "role", "phone", "email") if c.get(k))
+                    rows.append((labels["contacts"], who))
+            continue
+        if key == "history" and isinstance(value, list):
+            for entry in value:
+                if isinstance(entry, (list, tuple)) and len(entry) >= 5:
+                    t, rule, level, status, detail = entry[:5]
+                    rows.append((labels["history"], f"{_scalar('t', t, lang, tz)} {rule} (level {level}, {status}) {detail}".strip()))
+            continue
+        flat: list[tuple[str, str]] = []
+        _flatten(str(key), value, lang, tz, flat)
+        rows += [(labels.get(k) or _group_label(k, lang), v) for k, v in flat]
+    return rows
+
+
+def email_html(msg: Outgoing, details: Sequence[tuple[str, str]] | None = None) -> str:
+    """The HTML part of a notification e-mail: the drill banner, the subject in the level's
+    colour, what happened and what to do, the 防灾明白卡 facts and the deadline as a table,
+    then the details as a second table."""
+    import html
+
+    e = html.escape
+    lang = _lang(msg)
+    zh = lang == "zh"
+    message = msg.body.get("message") if isinstance(msg.body.get("message"), Mapping) else None
+    colour = _LEVEL_COLOURS.get(msg.level if msg.kind != "cancel" else 0, "#333333")
+    parts = [f'<!DOCTYPE html>\n<html lang="{"zh-CN" if zh else "en"}"><head><meta charset="utf-8"><title>{e(msg.subject)}</title></head>',
+             '<body style="font-family: sans-serif; line-height: 1.5">']
+    if msg.exercise:
+        banner = "【演练】这是一次演练，不是真实预警。" if zh else "[EXERCISE 演练] This is an exercise, not a real warning."
+        parts.append(f'<p style="background:#fff3b0; border:2px dashed #b8860b; padding:6px; font-weight:bold">{e(banner)}</p>')
+    parts.append(f'<h2 style="color:{colour}">{e(msg.subject)}</h2>')
+    cell = 'style="text-align:left; vertical-align:top; padding:4px 8px; border:1px solid #ccc"'
+    if message is not None and not message.get("custom_text") and message.get("facts"):
+        parts.append(f"<p>{e(str(message.get('headline', '')))}</p>")
+        parts.append('<table style="border-collapse:collapse">')
+        for k, v in message["facts"]:
+            parts.append(f"<tr><th {cell}>{e(str(k))}</th><td {cell}>{e(str(v))}</td></tr>")
+        parts.append("</table>")
+        if message.get("deadline_line"):
+            parts.append(f"<p><strong>{e(str(message['deadline_line']))}</strong></p>")
+    else:
+        parts += [f"<p>{e(line)}</p>" for line in msg.text.splitlines() if line.strip()]
+    rows = readable_details(msg) if details is None else details
+    if rows:
+        parts.append(f"<h3>{'详细信息' if zh else 'Details'}</h3>")
+        parts.append('<table style="border-collapse:collapse; font-size:90%">')
+        parts += [f"<tr><th {cell}>{e(k)}</th><td {cell}>{e(v)}</td></tr>" for k, v in rows]
+        parts.append("</table>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
 class EmailNotifier:
     """Sends a UTF-8 email over SMTP.
 
@@ -431,8 +577,13 @@ class EmailNotifier:
         em["Date"] = formatdate(msg.t, usegmt=True)
         em["Message-ID"] = message_id(msg.id, self.sender)
         em["X-GeoWarn-Id"] = msg.id
-        details = json.dumps(msg.body, ensure_ascii=False, indent=2, sort_keys=True)
-        em.set_content(f"{msg.text}\n\n-- \n{details}\n", charset="utf-8")
+        details = readable_details(msg)
+        lang = _lang(msg)
+        width = max((len(k) for k, _ in details), default=0)
+        plain = "\n".join(f"{k.ljust(width)}  {v}" for k, v in details)
+        head = "详细信息" if lang == "zh" else "Details"
+        em.set_content(f"{msg.text}\n\n-- \n{head}\n{plain}\n", charset="utf-8")
+        em.add_alternative(email_html(msg, details), subtype="html", charset="utf-8")
         return em
 
     def _connect(self) -> smtplib.SMTP:
@@ -482,8 +633,12 @@ def _fill(template: Any, values: Mapping[str, str]) -> Any:
 
 
 def sms_text(msg: Outgoing, limit: int = SMS_MAX_CHARS) -> str:
-    """The short text of a message: subject, then as much of the text as fits in ``limit``."""
-    full = f"{msg.subject} {msg.text}".strip()
+    """The short text of a message: the unit's SMS text (alerts/texts.py: what to do, the
+    deadline, the card, in its language), or for a message without one (queued before texts
+    were rendered, an operators' alarm) the subject and as much of the text as fits in ``limit``."""
+    message = msg.body.get("message")
+    short = message.get("sms") if isinstance(message, Mapping) else None
+    full = short.strip() if isinstance(short, str) and short.strip() else f"{msg.subject} {msg.text}".strip()
     return full if len(full) <= limit else full[: limit - 1] + "…"
 
 
@@ -689,7 +844,9 @@ def route(notify: NotifyAction | Mapping[str, Any], roster: Roster) -> list[tupl
 
 
 def subject_for(kind: str, level: int, site: str | None, exercise: bool, what: str = "") -> str:
-    """One line: exercise mark, level in Chinese and English, site, kind."""
+    """One line: exercise mark, level in Chinese and English, site, kind. The subject of the
+    daemon's own messages (CAP, device commands); a unit's notifications are worded by
+    alerts/texts.py in its language."""
     info = LEVELS.get(level)
     parts = [EXERCISE_PREFIX] if exercise else []
     if info is not None and level > 0:
@@ -700,17 +857,33 @@ def subject_for(kind: str, level: int, site: str | None, exercise: bool, what: s
     return " ".join(parts).replace("\n", " ")
 
 
-def outgoing_for(notify: NotifyAction, roster: Roster) -> list[Outgoing]:
+def outgoing_for(
+    notify: NotifyAction,
+    roster: Roster,
+    registry: Registry | None = None,
+    *,
+    tz: str = "Asia/Shanghai",
+    reason: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> list[Outgoing]:
     """The messages an engine ``Notify`` becomes: one per notifier of its unit, id
-    ``"<notify id>/<notifier key>"``. The body is the full notification plus the recipients."""
+    ``"<notify id>/<notifier key>"``. The body is the full notification plus the recipients
+    and ``message``, the structured words the notifiers lay out.
+
+    Subject and text are in the unit's language (alerts/texts.py): the site's name and card
+    from ``registry``, times in ``tz``, ``reason`` (the site state's) in words, ``extra`` (what
+    the chain adds: a zero report's figures). The engine's English sentence stays in the body
+    as ``text``."""
     if not notify.id:
         raise ValueError("outgoing_for: the Notify has no id (the engine gives every notification one)")
     unit = roster.units.get(notify.admin)
     contacts = [c.model_dump() for c in unit.contacts] if unit is not None else []
-    subject = subject_for(notify.kind, notify.level, notify.site, notify.exercise, notify.warning_id or "")
+    site = registry.sites.get(notify.site) if registry is not None and notify.site else None
+    words = render(notify, unit, site, tz=tz, reason=reason, extra=extra)
+    subject, text = words.subject, words.text
     out = []
     for key, recipients in route(notify, roster):
-        body = {**notify.to_dict(), "contacts": contacts, "delivery": {"notifier": key, "to": recipients}}
+        body = {**notify.to_dict(), "contacts": contacts, "delivery": {"notifier": key, "to": recipients}, "message": dict(words.message)}
         out.append(
             Outgoing(
                 id=f"{notify.id}/{key}",
@@ -720,7 +893,7 @@ def outgoing_for(notify: NotifyAction, roster: Roster) -> list[Outgoing]:
                 site=notify.site,
                 level=notify.level,
                 subject=subject,
-                text=notify.text,
+                text=text,
                 body=body,
                 t=notify.t,
                 exercise=notify.exercise,

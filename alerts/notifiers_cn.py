@@ -228,11 +228,41 @@ def tc3_authorization(secret_id: str, secret_key: str, service: str, host: str, 
 # -- what a message says --------------------------------------------------------------------
 
 
+def _message(msg: "Outgoing") -> Mapping[str, Any]:
+    """The structured words alerts/texts.py rendered for the unit ({} for a message queued
+    without them)."""
+    message = msg.body.get("message")
+    return message if isinstance(message, Mapping) else {}
+
+
 def template_values(msg: "Outgoing", text_limit: int = 70) -> dict[str, str]:
-    """The values an SMS template parameter may name (``config.roster.SMS_TEMPLATE_FIELDS``)."""
+    """The values an SMS template parameter may name (``config.roster.SMS_TEMPLATE_FIELDS``):
+    the unit's own words (names, the card, the deadline, times in its zone with the zone shown)
+    where the message has them, else what the message itself says (times in UTC)."""
     info = LEVELS.get(msg.level)
-    text = f"{msg.subject} {msg.text}".strip()
+    message = _message(msg)
+    words = message.get("fields") if isinstance(message.get("fields"), Mapping) else {}
+    short = message.get("sms")
+    text = short.strip() if isinstance(short, str) and short.strip() else f"{msg.subject} {msg.text}".strip()
+
+    def word(key: str, default: str = "") -> str:
+        v = words.get(key)
+        return v if isinstance(v, str) else default
+
     return {
+        "site_name": word("site_name", msg.site or ""),
+        "unit_name": word("unit_name", msg.admin),
+        "grade": word("grade"),
+        "level_name": word("level_name"),
+        "action": word("action"),
+        "action_short": word("action_short"),
+        "deadline": word("deadline"),
+        "time_utc": rfc3339(msg.t),
+        "people": word("people"),
+        "route": word("route"),
+        "shelter": word("shelter"),
+        "responsible": word("responsible"),
+        "phone": word("phone"),
         "site": msg.site or "",
         "level": str(msg.level),
         "colour": info.colour if info else "",
@@ -241,7 +271,7 @@ def template_values(msg: "Outgoing", text_limit: int = 70) -> dict[str, str]:
         "level_en": info.en if info else "",
         "kind": msg.kind,
         "admin": msg.admin,
-        "time": rfc3339(msg.t),
+        "time": word("time", rfc3339(msg.t)),
         "warning_id": str(msg.body.get("warning_id") or ""),
         "id": msg.id,
         "subject": msg.subject,
@@ -277,7 +307,23 @@ def _dumps(doc: Any) -> bytes:
 
 
 def _robot_markdown(msg: "Outgoing") -> str:
-    return f"**{msg.subject}**\n\n{msg.text}"
+    """Markdown both WeCom and DingTalk render: the subject in bold, then the headline, each
+    fact of the 防灾明白卡 on its own paragraph with its label in bold, and the deadline in bold
+    (paragraphs, not lists or tables: WeCom's markdown has neither). A unit's own text
+    template, or a message without structured words, is sent as its text."""
+    message = _message(msg)
+    facts = message.get("facts")
+    if message.get("custom_text") or not isinstance(facts, list) or not facts:
+        return f"**{msg.subject}**\n\n{msg.text}"
+    zh = message.get("lang") == "zh"
+    blocks = [f"**{msg.subject}**"]
+    if msg.exercise:
+        blocks.append(f"**{EXERCISE_MARK}这是一次演练，不是真实预警。**" if zh else "**[EXERCISE 演练] This is an exercise, not a real warning.**")
+    blocks.append(str(message.get("headline", "")))
+    blocks += [f"**{k}**{'：' if zh else ': '}{v}" for k, v in facts]
+    if message.get("deadline_line"):
+        blocks.append(f"**{message['deadline_line']}**")
+    return "\n\n".join(b for b in blocks if b)
 
 
 # -- HTTP and the providers' answers -------------------------------------------------------
@@ -467,7 +513,7 @@ class AliyunSmsNotifier(_CloudSms):
     def __init__(self, url: str, access_key_id: str, access_key_secret: str, client: httpx.Client, phones: Sequence[str], *, sign_name: str,
                  template_code: str, template_params: Mapping[str, str] | None = None, timeout: float | None = None,
                  now: Callable[[], float] | None = None, nonce: Callable[[], str] | None = None, name: str = "aliyun_sms") -> None:
-        params = template_params if template_params is not None else {"site": "{site}", "level": "{colour_zh}{level_zh}", "time": "{time}"}
+        params = template_params if template_params is not None else {"site": "{site_name}", "level": "{colour_zh}{level_zh}", "time": "{time}"}
         super().__init__(url, access_key_id, access_key_secret, client, [aliyun_phone(p) for p in phones], sign_name=sign_name,
                          template=template_code, template_params=params, timeout=timeout, now=now, name=name)
         if len(self.phones) > ALIYUN_MAX_PHONES:
@@ -521,7 +567,7 @@ class TencentSmsNotifier(_CloudSms):
     def __init__(self, url: str, secret_id: str, secret_key: str, client: httpx.Client, phones: Sequence[str], *, app_id: str, sign_name: str,
                  template_id: str, template_params: Sequence[str] | None = None, region: str = TENCENT_DEFAULT_REGION,
                  timeout: float | None = None, now: Callable[[], float] | None = None, name: str = "tencent_sms", remember: int = 10_000) -> None:
-        params = list(template_params) if template_params is not None else ["{site}", "{colour_zh}{level_zh}", "{time}"]
+        params = list(template_params) if template_params is not None else ["{site_name}", "{colour_zh}{level_zh}", "{time}"]
         super().__init__(url, secret_id, secret_key, client, [tencent_phone(p) for p in phones], sign_name=sign_name,
                          template=template_id, template_params=params, timeout=timeout, now=now, name=name)
         if not app_id:

@@ -203,7 +203,8 @@ def test_email_reaches_the_sink_with_a_utf8_subject(smtp_sink):
     assert msg["X-GeoWarn-Id"] == "n7/420527/email/0"
     body = msg.get_body(("plain",)).get_content()
     assert "位移加速 displacement accelerating" in body
-    assert '"type": "notify"' in body
+    # The details read as a table, not as JSON (issue 15 item 8): the body's "level" is a row.
+    assert "Level" in body and '"type"' not in body and "{" not in body
 
 
 # Loopback only: AUTH without TLS is fine here, and aiosmtpd's warning about it is expected.
@@ -424,7 +425,8 @@ def test_mqtt_notify_payload_carries_no_phone_or_email_of_the_example_roster(mos
     # The unit's own channels still get what they need.
     assert "+86 717 000 1000" in json.dumps(msgs["420527/jsonl/0"].body, ensure_ascii=False)
     email = EmailNotifier("smtp://127.0.0.1:9", "geowarn@example.org", ["duty@zigui.example.org"]).compose(m)
-    assert "+86 717 000 1000" in email.get_content() and "+86 717 000 0101" in email.get_content()
+    plain = email.get_body(("plain",)).get_content()  # e-mail is text and HTML now (issue 15 item 8)
+    assert "+86 717 000 1000" in plain and "+86 717 000 0101" in plain
 
 
 def test_mqtt_publish_failure_becomes_a_notifier_error():
@@ -515,12 +517,13 @@ def test_outgoing_for_gives_stable_ids_and_marks_exercises():
     assert outgoing_for(_notify(), roster) == msgs  # same Notify, same messages
     m = msgs[1]
     assert (m.notifier, m.kind, m.admin, m.site, m.level, m.t) == ("420527/webhook/0", "warning", "420527", "S1", 3, 1_764_408_600.0)
-    assert "橙色" in m.subject and "Warning" in m.subject and "S1" in m.subject and not m.exercise
+    # Chinese by default (issue 15 item 8): the colour and grade, the site, the warning id.
+    assert "橙色预警（Ⅱ级）" in m.subject and "S1" in m.subject and not m.exercise
     assert m.body["id"] == _notify().id and m.body["delivery"] == {"notifier": "420527/webhook/0", "to": ["http://127.0.0.1:9/hook"]}
     assert m.body["contacts"][0]["phone"] == "+86 717 000 1000"
     json.dumps(m.body)  # JSON-able
     drill = outgoing_for(_notify(exercise=True), roster)
-    assert all(d.subject.startswith("[EXERCISE 演练]") and d.exercise for d in drill)
+    assert all(d.subject.startswith("【演练】") and d.exercise for d in drill)
 
 
 # -- redaction of contact data on MQTT (the tester's cases) ------------------------------------

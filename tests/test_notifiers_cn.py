@@ -299,7 +299,7 @@ def _roster_file(tmp_path: Path, notify: str) -> Path:
         ('{ type = "feishu", token = "env:GW_T_TOKEN", secret = "env:GW_T_SECRET", sign_name = "x" }', ["no use for sign_name"]),
         ('{ type = "aliyun_sms", key_id = "LTAI", secret = "env:GW_T_SECRET", sign_name = "s" }', ["needs template"]),
         ('{ type = "aliyun_sms", key_id = "LTAI", secret = "env:GW_T_SECRET", sign_name = "s", template = "SMS_1", template_params = ["{site}"] }', ["table"]),
-        ('{ type = "tencent_sms", key_id = "AKID", secret = "env:GW_T_SECRET", app_id = "1400", sign_name = "s", template = "1", template_params = ["{site_name}"] }', ["site_name", "known:"]),
+        ('{ type = "tencent_sms", key_id = "AKID", secret = "env:GW_T_SECRET", app_id = "1400", sign_name = "s", template = "1", template_params = ["{site_nom}"] }', ["site_nom", "known:"]),
         ('{ type = "wecom", token = "env:GW_T_TOKEN", url = "ftp://x" }', ["http://"]),
         ('{ type = "mqtt", token = "env:GW_T_TOKEN" }', ["token apply to the", "not to mqtt"]),
     ],
