@@ -231,12 +231,15 @@ def test_every_injected_fault_is_handled_by_the_live_daemon(tmp_path: Path, mosq
         # the scenario's 24-hour window reaches at its last reading.
         assert snap["quality"]["stuck"] >= 1 and snap["quality"]["out_of_order"] >= 1
 
-        # Suspect readings never escalate: every site stays at level 0, no event at all live
-        # (no-data would come 30 min of wall time after the last arrival).
+        # Suspect readings never escalate: every site stays at level 0, and the only events live
+        # are the clock health of the device whose readings came late (no-data would come 30
+        # min of wall time after the last arrival).
         levels = json.loads(daemon.query("SELECT value FROM state WHERE key = 'fusion.site_levels'")[0][0])
         assert levels == {site: 0 for site in registry.sites}
         alerts = daemon.data_dir / "alerts.jsonl"
-        assert not alerts.exists() or alerts.read_text() == ""
+        events = [json.loads(x) for x in alerts.read_text().splitlines()] if alerts.exists() else []
+        assert events and {(e["kind"], e["evidence"]["device"], e["level"]) for e in events} == {("clock", "BZM-GNSS1", 0)}, events
+        assert all(e["evidence"]["out_of_order"] >= 3 for e in events)
     finally:
         dead_rec.close()
         daemon.close()
