@@ -241,7 +241,8 @@ def template_values(msg: "Outgoing", text_limit: int = 70) -> dict[str, str]:
     where the message has them, else what the message itself says (times in UTC)."""
     info = LEVELS.get(msg.level)
     message = _message(msg)
-    words = message.get("fields") if isinstance(message.get("fields"), Mapping) else {}
+    fields = message.get("fields")
+    words: Mapping[str, Any] = fields if isinstance(fields, Mapping) else {}
     short = message.get("sms")
     text = short.strip() if isinstance(short, str) and short.strip() else f"{msg.subject} {msg.text}".strip()
 
