@@ -208,6 +208,21 @@ class Settings(BaseSettings):
     # Reverse proxies whose X-Forwarded-For the API believes: comma-separated addresses or
     # CIDRs (a TOML list also works). Default none: the TCP peer is the client.
     trusted_proxies: str = ""
+    # The console's map (console/web/app.js) draws the sites on their own, fetching nothing. A
+    # tile server may be named to draw under them, "https://tiles.example.org/{z}/{x}/{y}.png";
+    # the console's Content-Security-Policy then allows images from that origin only. Off by
+    # default: a duty office's network may reach no outside server, and must not need to.
+    map_tile_url: str | None = None
+
+    @field_validator("map_tile_url")
+    @classmethod
+    def _map_tile_url(cls, v: str | None) -> str | None:
+        v = (v or "").strip()
+        if v.lower() in ("", "off"):
+            return None
+        if urlsplit(v).scheme not in ("http", "https") or not all(k in v for k in ("{z}", "{x}", "{y}")):
+            raise ValueError(f"{v!r} must be an http(s) URL with {{z}}, {{x}} and {{y}} (or off)")
+        return v
 
     @field_validator("http")
     @classmethod

@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
@@ -100,7 +101,8 @@ def create_api(
         docs_url=None,
         redoc_url=None,
     )
-    app.add_middleware(SecurityHeaders)
+    tiles = loaded.settings.map_tile_url
+    app.add_middleware(SecurityHeaders, tile_origin="{0.scheme}://{0.netloc}".format(urlsplit(tiles)) if tiles else None)
 
     # An unhandled error is answered outside every middleware: give it the headers itself.
     async def internal_error(request: Request, exc: Exception) -> PlainTextResponse:
@@ -117,7 +119,7 @@ def create_api(
     # The routes' one shared object, handed to them by the Ctx dependency.
     app.state.geowarn = Context(
         registry=loaded.registry,
-        views=Views(Path(data_dir), loaded.registry),
+        views=Views(Path(data_dir), loaded.registry, loaded.roster, loaded.settings.timezone),
         requester=requester,
         tokens=tokens,
         metrics=registry_metrics,
@@ -125,6 +127,8 @@ def create_api(
         stopping=stopping or threading.Event(),
         answer_wait_s=answer_wait_s,
         trusted_proxies=tuple(trusted_proxies),
+        timezone=loaded.settings.timezone,
+        map_tile_url=loaded.settings.map_tile_url,
     )
     # The daemon's health for /healthz (console/routes/operations.py), read at each request.
     app.state.geowarn_main = main

@@ -109,12 +109,23 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+def headers_with_tiles(tile_origin: str | None) -> tuple[tuple[bytes, bytes], ...]:
+    """``SECURITY_HEADERS`` as raw ASGI headers; with a map tile server's origin
+    (GEOWARN_MAP_TILE_URL), images from that origin are allowed too, and nothing else is."""
+    if not tile_origin:
+        return _RAW_HEADERS
+    csp = CONTENT_SECURITY_POLICY.replace("img-src 'self' data:", f"img-src 'self' data: {tile_origin}")
+    return tuple((k, csp.encode("latin-1") if k == b"content-security-policy" else v) for k, v in _RAW_HEADERS)
+
+
 class SecurityHeaders:
     """ASGI middleware: sets ``SECURITY_HEADERS`` on every HTTP response (replacing any a route
-    set, so there is one policy to read)."""
+    set, so there is one policy to read). ``tile_origin``: a map tile server's
+    ``scheme://host[:port]`` whose images the page may load (None: none)."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, tile_origin: str | None = None) -> None:
         self.app = app
+        self.raw_headers = headers_with_tiles(tile_origin)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -124,7 +135,7 @@ class SecurityHeaders:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() not in _RAW_NAMES]
-                message["headers"] = headers + list(_RAW_HEADERS)
+                message["headers"] = headers + list(self.raw_headers)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -8,15 +8,23 @@ detection worker last saved in the journal's state (detectors/clockhealth.py); t
 duplicates the store stage refused before detection saw them are counted per device from the
 dead letters of a recent window. It writes nothing and holds no SQL: each store answers for
 its own tables, so a schema change stays inside the store.
+
+What people read is given in both languages where the engine wrote English: a warning's
+``reason_zh`` and a timeline entry's ``detail_zh`` are a Chinese lead built from the
+structured fields (level, colour, what happened) with fusion's numbers in words
+(``alerts.texts.evidence_zh``), the English original kept after it; admin codes come with
+their unit's name from the roster (``admin_name``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +32,9 @@ from typing import Any
 from geowarn.alerts.live import STATE_PREFIX as ALERT_STATE_PREFIX
 from geowarn.alerts.log import ALERTS_FILE
 from geowarn.alerts.outbox import OUTBOX_FILE, OutboxReader
+from geowarn.alerts.texts import COLOUR_ZH, GRADE_ZH, evidence_zh, local_time
 from geowarn.config.registry import Registry
+from geowarn.config.roster import Roster
 from geowarn.core.levels import LEVELS
 from geowarn.core.sqlite import ChangeWatch
 from geowarn.detectors.clockhealth import CLOCK_HEALTH_KEY
@@ -67,6 +77,66 @@ def colour(level: int) -> str:
     return LEVELS[level].colour if level in LEVELS else "none"
 
 
+def level_zh(level: int) -> str:
+    """黄色预警（Ⅲ级 警示级）; 正常 for 0."""
+    if level not in LEVELS or level <= 0:
+        return "正常"
+    return f"{COLOUR_ZH[level]}预警（{GRADE_ZH[level]} {LEVELS[level].zh}）"
+
+
+def reason_zh(level: int, reason: str, *, exercise: bool = False, status: str = "") -> str:
+    """A warning's reason as a duty officer reads it in Chinese: the level and colour first,
+    then fusion's reason in words with its numbers (the English original after it, in
+    parentheses, as ``evidence_zh`` keeps it)."""
+    lead = ("【演练】" if exercise else "") + level_zh(level)
+    if status == "rtn_unacknowledged":
+        lead += "已恢复正常，待确认"
+    words = evidence_zh(reason)
+    return f"{lead}：{words}" if words else lead
+
+
+# Engine history details that carry fusion's reason after the level change (alerts/machine.py).
+_WITH_REASON = {"raise", "upgrade", "upgrade_realarm", "downgrade", "downgrade_after_hold", "lift", "lift_after_hold", "lower_cancelled"}
+_CHANGE = re.compile(r"(?P<a>\w+) \(level (?P<la>\d), [^)]*\)(?: → (?P<b>\w+) \(level (?P<lb>\d), [^)]*\))?(?: lifted)?")
+_HELD = re.compile(r"level (?P<rep>\d) reported; (?P<held>\d) held until (?P<until>\S+ \S+)")
+_ESCALATED = re.compile(r"(?P<tier>\w+) did not acknowledge (?P<a>\w+) \(level (?P<l>\d), [^)]*\) by (?P<by>\S+ \S+); (?P<next>\w+) (?P<admin>\d+) notified")
+_TIER_ZH = {"county": "县级", "city": "市级", "province": "省级", "national": "国家级"}
+
+
+def _local(utc: str, tz: str) -> str:
+    """The engine's "2026-01-01 10:00:00Z" in ``tz``, the zone named (alerts.texts.local_time)."""
+    try:
+        t = datetime.strptime(utc, "%Y-%m-%d %H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return utc
+    return local_time(t, tz, "zh")
+
+
+def detail_zh(rule: str, detail: str, units: Mapping[str, str] | None = None, tz: str = "Asia/Shanghai") -> str:
+    """An engine history entry's detail in Chinese, the English original kept after it; the
+    detail itself when nothing here reads it (a person's note stays as typed)."""
+    units = units or {}
+    if rule in _WITH_REASON:
+        head, sep, reason = detail.partition(": ")
+        m = _CHANGE.fullmatch(head.split(" to ", 1)[0])
+        if m is not None:
+            levels = [int(m["la"])] + ([int(m["lb"])] if m["lb"] else [])
+            change = " → ".join(level_zh(lv) for lv in levels) + ("解除" if rule.startswith("lift") else "")
+            words = evidence_zh(reason) if sep else ""
+            return f"{change}：{words}" if words else change
+    if rule == "lower_held":
+        m = _HELD.fullmatch(detail)
+        if m is not None:
+            return f"监测报告降为{level_zh(int(m['rep']))}，保持期内维持{level_zh(int(m['held']))}至 {_local(m['until'], tz)}。（原文：{detail}）"
+    if rule == "escalate_unacked":
+        m = _ESCALATED.fullmatch(detail)
+        if m is not None:
+            name = units.get(m["admin"], m["admin"])
+            return (f"{_TIER_ZH.get(m['tier'], m['tier'])}未在 {_local(m['by'], tz)} 前确认{level_zh(int(m['l']))}，"
+                    f"已上报{_TIER_ZH.get(m['next'], m['next'])} {name}。（原文：{detail}）")
+    return detail
+
+
 @dataclass(frozen=True)
 class WarningView:
     """One site's current (or last) warning, as the console shows it."""
@@ -80,9 +150,11 @@ class Views:
     connection per call, so request threads share nothing and never write. A store whose
     tables are not there yet (a daemon that has just started) reads as empty."""
 
-    def __init__(self, data_dir: Path, registry: Registry) -> None:
+    def __init__(self, data_dir: Path, registry: Registry, roster: Roster | None = None, tz: str = "Asia/Shanghai") -> None:
         self.data_dir = Path(data_dir)
         self.registry = registry
+        self.roster = roster
+        self.tz = tz
         self.journal = JournalReader(self.data_dir / JOURNAL_FILE)
         self.outbox = OutboxReader(self.data_dir / OUTBOX_FILE)
         self.alerts_path = self.data_dir / ALERTS_FILE
@@ -110,6 +182,18 @@ class Views:
         """Says when the outbox changed: states, new notifications, delivery states."""
         return self.outbox.watch()
 
+    def unit_name(self, admin: str) -> str:
+        """The roster's name of an admin unit; the code itself when the roster has none."""
+        unit = self.roster.units.get(admin) if self.roster is not None else None
+        return unit.name if unit is not None else admin
+
+    def unit_names(self) -> dict[str, str]:
+        """Every admin code of the registry's sites and their chains, with its unit's name."""
+        from geowarn.config.roster import chain_of
+
+        codes = {a for site in self.registry.sites.values() for _, a in chain_of(site.admin)}
+        return {code: self.unit_name(code) for code in sorted(codes)}
+
     def warning_doc(self, s: Mapping[str, Any]) -> dict[str, Any]:
         announced = int(s.get("announced", 0))
         level = int(s.get("level", 0))
@@ -123,6 +207,7 @@ class Views:
             "site": s["site"],
             "site_name": site.name if site else s["site"],
             "admin": s["admin"],
+            "admin_name": self.unit_name(str(s["admin"])),
             "exercise": bool(s.get("exercise")),
             "level": shown,
             "current_level": level,
@@ -137,6 +222,7 @@ class Views:
             "acknowledged": status == "acknowledged" or (announced > 0 and int(s.get("acked_level", 0)) >= announced),
             "ack_deadline": s.get("ack_deadline"),
             "reason": s.get("reason", ""),
+            "reason_zh": reason_zh(shown, str(s.get("reason", "")), exercise=bool(s.get("exercise")), status=status),
             "evidence": evidence,
             "forecast": evidence.get("forecast"),
             "notified": [{"tier": n[0], "admin": n[1], "level": n[2], "t": n[3], "deadline": n[4], "kind": n[5]} for n in notices],
@@ -191,7 +277,9 @@ class Views:
         if w is not None:
             for s in self.states():
                 if s.get("warning_id") == warning_id:
-                    history = [{"t": e[0], "rule": e[1], "level": e[2], "status": e[3], "detail": e[4]} for e in s.get("history") or []]
+                    units = self.unit_names()
+                    history = [{"t": e[0], "rule": e[1], "level": e[2], "status": e[3], "detail": e[4], "detail_zh": detail_zh(e[1], e[4], units, self.tz)}
+                               for e in s.get("history") or []]
         notes: dict[str, dict[str, Any]] = {}
         try:
             items = self.outbox.about_warning(warning_id)
@@ -201,7 +289,7 @@ class Views:
             msg = item.msg
             key = item.id.split("/", 1)[0]
             n = notes.setdefault(key, {
-                "id": key, "t": msg.t, "kind": msg.kind, "tier": msg.body.get("tier"), "admin": msg.admin,
+                "id": key, "t": msg.t, "kind": msg.kind, "tier": msg.body.get("tier"), "admin": msg.admin, "admin_name": self.unit_name(msg.admin),
                 "level": msg.level, "subject": msg.subject, "text": msg.text, "deadline": msg.body.get("deadline"),
                 "deliveries": [],
             })
@@ -314,7 +402,8 @@ class Views:
     def card(self, site: str) -> dict[str, Any]:
         s = self.registry.sites[site]
         return {
-            "site": s.site, "name": s.name, "hazard": s.hazard, "scale": s.scale, "admin": s.admin, "lat": s.lat, "lon": s.lon,
+            "site": s.site, "name": s.name, "hazard": s.hazard, "scale": s.scale, "admin": s.admin, "admin_name": self.unit_name(s.admin),
+            "lat": s.lat, "lon": s.lon,
             "threatened_people": s.threatened_people, "threatened_households": s.threatened_households,
             "evacuation_route": s.evacuation_route, "shelter": s.shelter, "responsible": s.responsible, "phone": s.phone,
             "velocity_window_s": s.policy.velocity_window_s,

@@ -61,6 +61,11 @@ class Context:
     answer_wait_s: float
     trusted_proxies: tuple[Network, ...] = ()
     failed_tokens: FailedTokenLimiter = field(default_factory=FailedTokenLimiter)
+    #: GEOWARN_TIMEZONE: the zone every time in the console is shown in, named.
+    timezone: str = "Asia/Shanghai"
+    #: GEOWARN_MAP_TILE_URL: a tile server the console's map may draw under the sites
+    #: ("https://…/{z}/{x}/{y}.png"); None (the default) draws the sites alone, fetching nothing.
+    map_tile_url: str | None = None
 
     def client(self, request: Request) -> str:
         return client_of(request, self.trusted_proxies)

@@ -56,6 +56,13 @@ def metrics(ctx: Ctx) -> Response:
 
 
 @router.get("/api/me", tags=["auth"])
-def me(token: Auth) -> dict[str, Any]:
-    """The token's name, tier and admin unit."""
-    return {"name": token.name, "tier": token.tier, "admin": token.admin}
+def me(token: Auth, ctx: Ctx) -> dict[str, Any]:
+    """The token's name, tier and admin unit (``admin_name`` from the roster); what the console
+    shows with it: ``timezone`` (GEOWARN_TIMEZONE, every time is shown in it, named), ``units``
+    (the names of the admin units its sites' warnings go to) and ``map_tile_url`` (None: the
+    map draws the sites alone)."""
+    units = ctx.views.unit_names()
+    return {
+        "name": token.name, "tier": token.tier, "admin": token.admin, "admin_name": ctx.views.unit_name(token.admin),
+        "timezone": ctx.timezone, "units": units, "map_tile_url": ctx.map_tile_url,
+    }

@@ -17,7 +17,10 @@ def sites(token: Auth, ctx: Ctx) -> list[dict[str, Any]]:
     summary (last 24 h of data) and devices online."""
     views = ctx.views
     levels = views.site_levels()
-    states = {str(s["site"]): s for s in views.states() if not s.get("exercise")}
+    all_states = views.states()
+    states = {str(s["site"]): s for s in all_states if not s.get("exercise")}
+    # A drill's level is shown beside the real one, marked, never instead of it.
+    drills = {str(s["site"]): int(s.get("announced", 0)) for s in all_states if s.get("exercise") and int(s.get("announced", 0)) > 0}
     t = ctx.now()
     out = []
     for code, card in ctx.registry.sites.items():
@@ -31,6 +34,7 @@ def sites(token: Auth, ctx: Ctx) -> list[dict[str, Any]]:
             "warning_id": st.get("warning_id") if int(st.get("announced", 0)) > 0 else None,
             "readings_24h": summary["readings_24h"], "last_t": summary["last_t"],
             "devices": len(card.devices), "devices_online": summary["devices_online"],
+            "drill_level": drills.get(code, 0),
         })
     out.sort(key=lambda s: (-s["level"], s["site"]))
     return out
