@@ -24,7 +24,7 @@ const TEXT = {
     timeline: "预警与上报时间线", charts: "监测曲线", device_health: "设备状态", device: "设备", model: "型号", online: "在线",
     battery: "电池", signal: "信号", ack_title: "确认预警", ack_hint: "确认后，本级以上的逐级上报将停止。请写明您采取的措施。",
     your_name: "您的姓名", note: "处置说明", cancel: "取消", ack_confirm: "确认并停止上报", ack: "确认预警…",
-    no_warnings: "当前无预警。", raised: "发布于", ago: "前", notified: "已通知", exercise: "演练",
+    no_warnings: "当前无预警。", raised: "发布于", ago: "前", notified: "已通知", exercise: "演练 DRILL",
     s_unacknowledged: "未确认", s_acknowledged: "已确认", s_rtn_unacknowledged: "已恢复·未确认", s_shelved: "维护挂起",
     s_normal: "正常", s_out_of_service: "停用", card: "防灾明白卡", hazard: "灾种", scale: "规模", people: "威胁人数",
     households: "户", route: "撤离路线", shelter: "避险场所", responsible: "监测责任人", phone: "电话", admin: "行政区",
@@ -42,6 +42,10 @@ const TEXT = {
     },
     kinds: { warning: "预警通知", escalation: "上报通知", realarm: "重新告警", downgrade: "降级通知", cancel: "解除通知", report_due: "速报通知", report_overdue: "速报逾期", nodata: "无数据", data_back: "数据恢复", shelved: "挂起通知", unshelved: "解除挂起", clock: "时钟异常", clock_ok: "时钟恢复" },
     deliv: { sent: "已送达", pending: "待发送", dead: "失败" },
+    drill_banner: "演练进行中 DRILL：标有“演练”的预警是演练，不是真实险情。", drill_row: "演练", drill_ack: "这是演练（DRILL）：确认只结束演练中的上报，不是真实险情。",
+    original: "原文（英文）", map: "监测点分布图", map_none: "无监测点", solar: "太阳能", temp: "温度", firmware: "固件", siren: "声光报警",
+    faulty: "故障传感器", command: "最近指令", cmd_succ: "设备已执行", cmd_fail: "设备执行失败", cmd_wait: "等待设备回复",
+    siren_on: "开", siren_off: "关", time_axis: "时间",
   },
   en: {
     console: "Duty console", offline: "offline", live: "live", logout: "Sign out", login_title: "Duty officer sign-in",
@@ -72,6 +76,10 @@ const TEXT = {
     },
     kinds: { warning: "warning", escalation: "escalation", realarm: "re-alarm", downgrade: "downgrade", cancel: "cancel", report_due: "quick report due", report_overdue: "quick report overdue", nodata: "no data", data_back: "data back", shelved: "shelved", unshelved: "unshelved", clock: "clock wrong", clock_ok: "clock right again" },
     deliv: { sent: "sent", pending: "pending", dead: "failed" },
+    drill_banner: "DRILL IN PROGRESS 演练: warnings marked EXERCISE are a drill, not a real hazard.", drill_row: "DRILL", drill_ack: "This is a DRILL (演练): acknowledging ends the drill's escalation; nothing real is at stake.",
+    original: "original", map: "Map of sites", map_none: "no sites", solar: "Solar", temp: "Temp.", firmware: "Firmware", siren: "Siren",
+    faulty: "Faulty sensors", command: "Last command", cmd_succ: "done by the device", cmd_fail: "failed on the device", cmd_wait: "awaiting the device's answer",
+    siren_on: "on", siren_off: "off", time_axis: "Time",
   },
 };
 
@@ -113,11 +121,40 @@ function sv(tag, attrs, ...kids) {
   return e;
 }
 function levelName(n) { const l = LEVEL[n] || LEVEL[0]; return state.lang === "zh" ? l.zh : l.en; }
+// Every time is shown in the daemon's GEOWARN_TIMEZONE (from /api/me), with the zone named:
+// "2026-03-31 17:30:05 北京时间 (UTC+8)" — never the browser's own zone, unnamed.
+const BEIJING = new Set(["Asia/Shanghai", "Asia/Chongqing", "Asia/Chungking", "Asia/Harbin", "PRC"]);
+const UTC_NAMES = new Set(["UTC", "ETC/UTC", "ZULU", "ETC/ZULU", "UCT", "ETC/UCT"]);
+function tz() { return (state.me && state.me.timezone) || "Asia/Shanghai"; }
+function zoneParts(ts) {
+  const f = new Intl.DateTimeFormat("en-GB", { timeZone: tz(), year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
+    minute: "2-digit", second: "2-digit", hourCycle: "h23", timeZoneName: "longOffset" });
+  const out = {};
+  for (const part of f.formatToParts(new Date(ts * 1000))) out[part.type] = part.value;
+  return out;
+}
+function zoneLabel(ts) {
+  const zone = tz();
+  if (UTC_NAMES.has(zone.toUpperCase())) return "UTC";
+  // "GMT+08:00" → "UTC+8", "GMT+05:30" → "UTC+5:30", "GMT" → "UTC"
+  const m = (zoneParts(ts).timeZoneName || "").match(/GMT([+-])(\d\d):(\d\d)/);
+  const off = m ? `UTC${m[1]}${Number(m[2])}${m[3] !== "00" ? ":" + m[3] : ""}` : "UTC";
+  if (BEIJING.has(zone)) return state.lang === "zh" ? `北京时间 (${off})` : `Beijing time (${off})`;
+  return `${zone} (${off})`;
+}
 function clock(ts) {
   if (ts === null || ts === undefined) return "–";
-  const d = new Date(ts * 1000);
-  const p = (x) => String(x).padStart(2, "0");
-  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+  const p = zoneParts(ts);
+  return `${p.year}-${p.month}-${p.day} ${p.hour}:${p.minute}:${p.second} ${zoneLabel(ts)}`;
+}
+function unitName(code) { return (state.me && state.me.units && state.me.units[code]) || code; }
+// A Chinese lead with the English original kept one click away: "…。（原文：…）" from the API.
+function reasonNode(zh, en, cls) {
+  if (state.lang !== "zh" || !zh) return el("div", { class: cls, text: en });
+  const i = zh.indexOf("（原文：");
+  const lead = i >= 0 ? zh.slice(0, i) : zh;
+  return el("div", { class: cls, lang: "zh-CN" }, el("span", { class: "lead", text: lead }),
+    en ? el("details", { class: "original" }, el("summary", { text: t("original") }), el("span", { lang: "en", text: en })) : null);
 }
 function ago(ts) {
   if (!ts) return "–";
@@ -164,7 +201,8 @@ async function signIn(token) {
   $("#login").hidden = true;
   $("#app").hidden = false;
   $("#logout").hidden = false;
-  $("#who").textContent = `${state.me.name} · ${t("tiers")[state.me.tier]} ${state.me.admin}`;
+  $("#who").textContent = `${state.me.name} · ${state.me.admin_name || state.me.admin}`;
+  $("#who").title = `${t("tiers")[state.me.tier]} ${state.me.admin}`;
   await refreshLists();
   route();
   liveLoop();
@@ -259,20 +297,30 @@ function render() {
 
 function warningCard(w) {
   const next = w.status === "unacknowledged" && w.ack_deadline ? ` · ${fmt("esc_running", { t: clock(w.ack_deadline) })}` : "";
-  const tiers = [...new Set(w.notified.map((n) => `${t("tiers")[n.tier] || n.tier} ${n.admin}`))].join(", ");
-  return el("div", { class: "warning", "data-id": w.id, "data-site": w.site, "data-status": w.status, "data-level": w.level, "data-active": String(w.active),
+  const tiers = [...new Set(w.notified.map((n) => unitName(n.admin)))].join(", ");
+  return el("div", { class: w.exercise ? "warning drill" : "warning", "data-id": w.id, "data-site": w.site, "data-status": w.status, "data-level": w.level,
+                     "data-active": String(w.active), "data-exercise": String(!!w.exercise),
                      onclick: () => { location.hash = `#/site/${encodeURIComponent(w.site)}`; } },
     el("div", { class: `bar lvl-${w.level}` }),
     el("div", { class: "main" },
       el("div", { class: "title" }, levelBadge(w.level), " ", w.site_name, " ", w.exercise ? el("span", { class: "badge exercise", text: t("exercise") }) : null),
-      el("div", { class: "meta", text: `${w.site} · ${t("admin")} ${w.admin} · ${t("raised")} ${clock(w.since)} · ${t("notified")}: ${tiers || t("none")}${next}` }),
-      el("div", { class: "reason", text: w.reason })),
+      el("div", { class: "meta", text: `${w.site} · ${w.admin_name || w.admin} · ${t("raised")} ${clock(w.since)} · ${t("notified")}: ${tiers || t("none")}${next}` }),
+      reasonNode(w.reason_zh, w.reason, "reason")),
     el("div", { class: "side" }, statusBadge(w.status), el("span", { class: "since", "data-since": w.since, text: ago(w.since) }),
       w.active && w.status === "unacknowledged" ? el("button", { type: "button", class: "danger ack-btn", text: t("ack"),
         onclick: (ev) => { ev.stopPropagation(); openAck(w); } }) : null));
 }
 
+// While any drill is active the whole page says so, on every view.
+function renderDrillBanner() {
+  const drills = state.warnings.filter((w) => w.exercise && w.active);
+  const banner = $("#drill-banner");
+  banner.hidden = drills.length === 0;
+  banner.textContent = drills.length ? `${t("drill_banner")} (${drills.map((w) => w.site_name).join(", ")})` : "";
+}
+
 function renderWarnings() {
+  renderDrillBanner();
   const box = $("#warnings");
   const active = state.warnings.filter((w) => w.active);
   $("#count").textContent = `(${active.length})`;
@@ -280,10 +328,67 @@ function renderWarnings() {
 }
 
 function renderSites() {
-  const rows = state.sites.map((s) => el("tr", { class: "link", "data-site": s.site, onclick: () => { location.hash = `#/site/${encodeURIComponent(s.site)}`; } },
-    el("td", {}, el("b", { text: s.site }), " ", s.name), el("td", {}, levelBadge(s.level)), el("td", {}, statusBadge(s.status)),
+  const rows = state.sites.map((s) => el("tr", { class: s.drill_level ? "link drill" : "link", "data-site": s.site, "data-drill": s.drill_level ? String(s.drill_level) : null,
+    onclick: () => { location.hash = `#/site/${encodeURIComponent(s.site)}`; } },
+    el("td", {}, el("b", { text: s.site }), " ", s.name, el("div", { class: "unit", text: s.admin_name || s.admin })),
+    el("td", {}, levelBadge(s.level), s.drill_level ? [" ", el("span", { class: "badge exercise", text: `${t("drill_row")} ${levelName(s.drill_level)}` })] : null),
+    el("td", {}, statusBadge(s.status)),
     el("td", { text: `${s.devices_online} / ${s.devices}` }), el("td", { text: s.readings_24h }), el("td", { text: s.last_t ? clock(s.last_t) : "–" })));
   $("#sites tbody").replaceChildren(...rows);
+  renderMap();
+}
+
+// -- the map: the sites projected from their lat/lon, coloured by level (inline SVG, nothing
+// fetched; tiles are drawn under them only when the daemon names a tile server) ----------
+
+function mercator(lat, lon, z) {
+  const n = 2 ** z, r = (Math.max(-85, Math.min(85, lat)) * Math.PI) / 180;
+  return [((lon + 180) / 360) * n, ((1 - Math.log(Math.tan(r) + 1 / Math.cos(r)) / Math.PI) / 2) * n];
+}
+
+function renderMap() {
+  const box = $("#map");
+  const sites = state.sites.filter((s) => Number.isFinite(s.lat) && Number.isFinite(s.lon));
+  if (!sites.length) { box.replaceChildren(el("div", { class: "empty", text: t("map_none") })); return; }
+  const W = 640, H = 300, M = 40;
+  // The zoom at which the sites' extent fills the frame (in tile units), capped for one site.
+  let z = 14;
+  const ext = (zz) => { const pts = sites.map((s) => mercator(s.lat, s.lon, zz)); const xs = pts.map((q) => q[0]), ys = pts.map((q) => q[1]);
+    return { x0: Math.min(...xs), x1: Math.max(...xs), y0: Math.min(...ys), y1: Math.max(...ys) }; };
+  while (z > 1) { const e = ext(z); if ((e.x1 - e.x0) * 256 <= W - 2 * M && (e.y1 - e.y0) * 256 <= H - 2 * M) break; z--; }
+  const e = ext(z), cx = (e.x0 + e.x1) / 2, cy = (e.y0 + e.y1) / 2;
+  const P = (lat, lon) => { const [x, y] = mercator(lat, lon, z); return [W / 2 + (x - cx) * 256, H / 2 + (y - cy) * 256]; };
+  const svg = sv("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": t("map"), "data-zoom": z });
+  svg.append(sv("rect", { class: "map-bg", x: 0, y: 0, width: W, height: H }));
+  const tiles = state.me && state.me.map_tile_url;
+  if (tiles) {
+    const tx0 = Math.floor(cx - W / 512), tx1 = Math.floor(cx + W / 512), ty0 = Math.floor(cy - H / 512), ty1 = Math.floor(cy + H / 512);
+    for (let x = tx0; x <= tx1; x++) for (let y = ty0; y <= ty1; y++) {
+      if (y < 0 || y >= 2 ** z) continue;
+      const href = tiles.replace("{z}", z).replace("{x}", ((x % 2 ** z) + 2 ** z) % 2 ** z).replace("{y}", y);
+      svg.append(sv("image", { href, x: W / 2 + (x - cx) * 256, y: H / 2 + (y - cy) * 256, width: 256, height: 256 }));
+    }
+  }
+  // A graticule every 0.1° (or coarser when zoomed out) so distances can be read.
+  const step = z >= 10 ? 0.1 : z >= 7 ? 1 : 5;
+  const [lat0, lon0] = [Math.min(...sites.map((s) => s.lat)), Math.min(...sites.map((s) => s.lon))];
+  for (let k = -6; k <= 6; k++) {
+    const lo = Math.round(lon0 / step) * step + k * step, la = Math.round(lat0 / step) * step + k * step;
+    const [gx] = P(lat0, lo), [, gy] = P(la, lon0);
+    svg.append(sv("line", { class: "grid", x1: gx, y1: 0, x2: gx, y2: H }), sv("line", { class: "grid", x1: 0, y1: gy, x2: W, y2: gy }));
+    svg.append(sv("text", { class: "tick", x: gx + 2, y: H - 4 }, `${lo.toFixed(1)}°E`), sv("text", { class: "tick", x: 2, y: gy - 2 }, `${la.toFixed(1)}°N`));
+  }
+  for (const s of [...sites].sort((a, b) => a.level - b.level)) {
+    const [x, y] = P(s.lat, s.lon);
+    const g = sv("g", { class: `map-site lvl-${s.level}`, "data-site": s.site, "data-level": s.level, "data-colour": s.colour, "data-drill": s.drill_level || null },
+      sv("title", {}, `${s.name} · ${levelName(s.level)}${s.drill_level ? ` · ${t("drill_row")} ${levelName(s.drill_level)}` : ""}`),
+      sv("circle", { class: "dot", cx: x.toFixed(1), cy: y.toFixed(1), r: s.level ? 10 : 7 }),
+      sv("text", { class: "label", x: (x + 13).toFixed(1), y: (y + 4).toFixed(1) }, s.name));
+    if (s.drill_level) g.append(sv("circle", { class: "drill-ring", cx: x.toFixed(1), cy: y.toFixed(1), r: 15 }));
+    g.addEventListener("click", () => { location.hash = `#/site/${encodeURIComponent(s.site)}`; });
+    svg.append(g);
+  }
+  box.replaceChildren(svg);
 }
 
 // -- the site page ------------------------------------------------------------------------
@@ -328,12 +433,12 @@ function renderSite() {
   const wbox = $("#site-warning");
   if (!w) wbox.replaceChildren(el("div", { class: "empty", text: t("no_warnings") }));
   else {
-    wbox.replaceChildren(el("div", { class: "panel warning-panel", "data-id": w.id, "data-status": w.status },
+    wbox.replaceChildren(el("div", { class: w.exercise ? "panel warning-panel drill" : "panel warning-panel", "data-id": w.id, "data-status": w.status, "data-exercise": String(!!w.exercise) },
       el("div", { class: "head" }, levelBadge(w.level), statusBadge(w.status), w.exercise ? el("span", { class: "badge exercise", text: t("exercise") }) : null,
         el("span", { class: "title", text: `${t("raised")} ${clock(w.since)}` }), el("span", { class: "since", "data-since": w.since, text: ago(w.since) }),
         el("span", { class: "spacer" }),
         w.active && w.status === "unacknowledged" ? el("button", { id: "ack-open", type: "button", text: t("ack"), onclick: () => openAck(w) }) : null),
-      el("p", { text: w.reason }),
+      reasonNode(w.reason_zh, w.reason, "reason"),
       w.forecast && w.forecast.failure_time ? el("p", { text: `${t("forecast")}: ${clock(w.forecast.failure_time)}` }) : null));
   }
   renderTimeline(w);
@@ -345,15 +450,50 @@ function renderSite() {
     el("dt", { text: t("responsible") }), el("dd", { text: c.responsible || "–" }),
     el("dt", { text: t("phone") }), el("dd", {}, c.phone ? el("a", { href: `tel:${c.phone.replace(/\s/g, "")}`, text: c.phone }) : "–"),
     el("dt", { text: t("hazard") }), el("dd", { text: `${c.hazard} · ${c.scale}` }),
-    el("dt", { text: t("admin") }), el("dd", { text: `${c.admin} · ${c.lat.toFixed(4)}, ${c.lon.toFixed(4)}` })));
+    el("dt", { text: t("admin") }), el("dd", { class: "unit", title: c.admin, text: `${c.admin_name || c.admin} · ${c.lat.toFixed(4)}, ${c.lon.toFixed(4)}` })));
   // Device health
   $("#devices tbody").replaceChildren(...d.devices.map((dev) => el("tr", { "data-device": dev.device },
     el("td", { text: dev.device }), el("td", { text: dev.model }),
     el("td", { class: dev.online ? "ok" : "bad", text: dev.online ? t("yes") : t("no") }),
     el("td", { text: dev.last_t ? `${clock(dev.last_t)}` : "–" }),
-    el("td", { text: dev.status && dev.status.battery_v !== undefined ? `${dev.status.battery_v} V` : "–" }),
-    el("td", { text: dev.status && dev.status.signal_dbm !== undefined ? `${dev.status.signal_dbm} dBm` : "–" }),
-    clockCell(dev.clock))));
+    el("td", { "data-health": "battery", text: battery(dev.health) }),
+    el("td", { "data-health": "signal", text: signal(dev.health) }),
+    clockCell(dev.clock),
+    el("td", { "data-health": "solar", text: dev.health && dev.health.solar_v !== undefined ? `${dev.health.solar_v} V` : "–" }),
+    el("td", { "data-health": "temp", text: dev.health && dev.health.temp_c !== undefined ? `${dev.health.temp_c} °C` : "–" }),
+    el("td", { "data-health": "fw", text: dev.health && dev.health.fw !== undefined ? String(dev.health.fw) : "–" }),
+    el("td", { "data-health": "siren", text: siren(dev.health) }),
+    el("td", { "data-health": "faulty", class: dev.health && dev.health.faulty_sensors && dev.health.faulty_sensors.length ? "bad" : null,
+      text: dev.health && dev.health.faulty_sensors && dev.health.faulty_sensors.length ? dev.health.faulty_sensors.join(", ") : "–" }),
+    commandCell(dev.last_command))));
+}
+
+function battery(h) {
+  if (!h) return "–";
+  const parts = [];
+  if (h.battery_v !== undefined) parts.push(`${h.battery_v} V`);
+  if (h.battery_percent !== undefined) parts.push(`${h.battery_percent} %`);
+  return parts.join(" · ") || "–";
+}
+function signal(h) {
+  if (!h) return "–";
+  const parts = [];
+  if (h.signal_dbm !== undefined) parts.push(`${h.signal_dbm} dBm`);
+  for (const k of ["signal_4g", "signal_nb", "signal_bd"]) if (h[k] !== undefined) parts.push(`${k.slice(7).toUpperCase()} ${h[k]}`);
+  return parts.join(" · ") || "–";
+}
+function siren(h) {
+  if (!h || h.siren_state === undefined || h.siren_state === null) return "–";
+  const v = h.siren_state;
+  return v === 0 || v === "0" || v === false ? t("siren_off") : v === 1 || v === "1" || v === true ? t("siren_on") : String(v);
+}
+// The device's latest sampling command and, for a convention device, its answer (succ|fail).
+function commandCell(c) {
+  if (!c) return el("td", { "data-health": "command", text: "–" });
+  const what = c.cmd === "setsensortime" ? `setsensortime ${c.sensor_id || ""} ${c.interval_s ?? ""} s` : `${c.cmd} ${c.interval_s ?? ""} s`;
+  const answer = c.result === "succ" ? t("cmd_succ") : c.result === "fail" ? t("cmd_fail") : c.topic && c.topic.startsWith("$creq") ? t("cmd_wait") : t("deliv")[c.delivery] || c.delivery;
+  return el("td", { "data-health": "command", "data-result": c.result || "", class: c.result === "fail" ? "bad" : c.result === "succ" ? "ok" : null,
+    title: clock(c.t), text: `${what} · ${answer}` });
 }
 
 // A device's clock: ok, or "may be wrong" with its recent readings out of order / ahead of
@@ -376,13 +516,15 @@ function renderTimeline(w) {
   else { esc.dataset.state = "none"; esc.textContent = ""; }
   const items = [];
   for (const h of tl.history) {
-    items.push({ t: h.t, node: el("li", { class: "tl-entry", "data-rule": h.rule },
-      el("span", { class: "when", text: clock(h.t) }), el("span", { class: "what", text: t("rules")[h.rule] || h.rule }), " ", levelBadge(h.level),
-      el("div", { class: "detail", text: h.detail })) });
+    items.push({ t: h.t, node: el("li", { class: w.exercise ? "tl-entry drill" : "tl-entry", "data-rule": h.rule },
+      el("span", { class: "when", text: clock(h.t) }), w.exercise ? el("span", { class: "badge exercise", text: t("exercise") }) : null, " ",
+      el("span", { class: "what", text: t("rules")[h.rule] || h.rule }), " ", levelBadge(h.level),
+      reasonNode(h.detail_zh !== h.detail ? h.detail_zh : null, h.detail, "detail")) });
   }
   for (const n of tl.notifications) {
-    items.push({ t: n.t + 0.001, node: el("li", { class: "tl-note", "data-kind": n.kind, "data-admin": n.admin },
-      el("span", { class: "when", text: clock(n.t) }), el("span", { text: `→ ${t("tiers")[n.tier] || n.tier || ""} ${n.admin}: ${t("kinds")[n.kind] || n.kind}` }),
+    items.push({ t: n.t + 0.001, node: el("li", { class: w.exercise ? "tl-note drill" : "tl-note", "data-kind": n.kind, "data-admin": n.admin },
+      el("span", { class: "when", text: clock(n.t) }), w.exercise ? el("span", { class: "badge exercise", text: t("exercise") }) : null,
+      el("span", { text: ` → ${n.admin_name || unitName(n.admin)}: ${t("kinds")[n.kind] || n.kind}` }),
       el("span", { class: "deliv" }, ...n.deliveries.map((dl) => el("span", { class: dl.state, title: dl.last_error || "", text: ` ${dl.notifier.split("/").slice(1).join("/")}:${t("deliv")[dl.state] || dl.state}` })))) });
   }
   items.sort((a, b) => b.t - a.t);
@@ -393,7 +535,13 @@ function renderTimeline(w) {
 
 function openAck(w) {
   state.ackTarget = w;
-  $("#ack-summary").replaceChildren(levelBadge(w.level), ` ${w.site_name} · ${t("raised")} ${clock(w.since)}`);
+  const dialog = $("#ack-dialog");
+  dialog.dataset.exercise = String(!!w.exercise);
+  $("#ack-title").textContent = w.exercise ? `${t("exercise")} · ${t("ack_title")}` : t("ack_title");
+  $("#ack-drill").hidden = !w.exercise;
+  $("#ack-drill").textContent = w.exercise ? t("drill_ack") : "";
+  $("#ack-summary").replaceChildren(levelBadge(w.level), w.exercise ? [" ", el("span", { class: "badge exercise", text: t("exercise") })] : null,
+    ` ${w.site_name} · ${w.admin_name || w.admin} · ${t("raised")} ${clock(w.since)}`);
   $("#ack-error").textContent = "";
   $("#ack-confirm").disabled = false;
   $("#ack-name").value = localStorage.getItem("geowarn.name") || "";
@@ -451,7 +599,7 @@ function velocity(points, windowS) {
 function lineChart(title, series, opts = {}) {
   const W = 640, H = 230, L = 58, R = 12, T = 10, B = 28;
   const all = series.flatMap((s) => s.points);
-  const box = el("div", { class: "chart", "data-chart": opts.id || title }, el("h3", { text: title }));
+  const box = el("div", { class: "chart", "data-chart": opts.id || title }, el("h3", {}, title, el("small", { class: "zone", text: ` · ${t("time_axis")}: ${zoneLabel(Date.now() / 1000)}` })));
   if (!all.length) { box.append(el("div", { class: "legend", text: t("none") })); return box; }
   let x0 = Math.min(...all.map((p) => p[0])), x1 = Math.max(...all.map((p) => p[0]));
   for (const m of opts.markers || []) { x0 = Math.min(x0, m.t); x1 = Math.max(x1, m.t); }
@@ -471,9 +619,9 @@ function lineChart(title, series, opts = {}) {
     const yv = y0 + ((y1 - y0) * i) / 4, xv = x0 + ((x1 - x0) * i) / 4;
     svg.append(sv("text", { class: "tick", x: L - 6, y: Y(yv) + 4, "text-anchor": "end" }, Math.abs(yv) >= 100 ? yv.toFixed(0) : yv.toPrecision(3)));
     svg.append(sv("line", { class: "axis", x1: L, y1: Y(yv), x2: W - R, y2: Y(yv), "stroke-opacity": 0.35 }));
-    const d = new Date(xv * 1000);
+    const d = zoneParts(xv);
     svg.append(sv("text", { class: "tick", x: X(xv), y: H - 8, "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" },
-      `${d.getMonth() + 1}-${d.getDate()} ${String(d.getHours()).padStart(2, "0")}:${String(d.getMinutes()).padStart(2, "0")}`));
+      `${Number(d.month)}-${Number(d.day)} ${d.hour}:${d.minute}`));
   }
   series.forEach((s, i) => {
     if (!s.points.length) return;
