@@ -9,7 +9,10 @@ twice in memory, each scrape reads the durable truth the processes already keep 
 - the journal (``JournalReader``): readings stored, dead letters by reason, device online
   ratio, detection's checkpointed figures; the message log (``MessageLogReader``): store lag;
 - the outbox (``OutboxReader``): notifications by notifier and delivery state, escalations,
-  open warnings by level (the response chain's persisted site states).
+  open warnings by level (the response chain's persisted site states), devices' answers to
+  commands (succ / fail);
+- devices' latest status heartbeats (journal): how many report a low battery or a faulty
+  sensor — counts over the fleet, never a label per device (a national fleet has 250k).
 
 The store and detection workers are other processes; reading their files instead of their
 memory means a worker restart never resets a metric. The collector is registered in a
@@ -24,9 +27,11 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -48,6 +53,28 @@ __all__ = ["GeoWarnCollector", "MainStats", "make_registry"]
 #: A device is online when its newest reading arrived within this many of its shortest
 #: reporting intervals: the no-data rule of DESIGN §5 (silent for three intervals).
 ONLINE_INTERVALS = 3.0
+#: A battery is low below this charge, where the device reports one (``battery_percent``)...
+LOW_BATTERY_PERCENT = 20.0
+#: ...else below this voltage: the low-voltage zone of the 12 V solar-charged batteries field
+#: stations run on (lead-acid and LiFePO4 both sag under 11.5 V within a day or two of empty).
+LOW_BATTERY_V = 11.5
+
+
+def battery_low(health: Mapping[str, Any]) -> bool:
+    """A device's battery is low (``LOW_BATTERY_PERCENT``, else ``LOW_BATTERY_V``); False when
+    its status says nothing of its battery."""
+    def number(key: str) -> float | None:
+        v = health.get(key)
+        try:
+            return None if v is None or isinstance(v, bool) else float(v)
+        except (TypeError, ValueError):
+            return None
+
+    percent = number("battery_percent")
+    if percent is not None:
+        return percent < LOW_BATTERY_PERCENT
+    volts = number("battery_v")
+    return volts is not None and volts < LOW_BATTERY_V
 
 
 @dataclass(frozen=True)
@@ -91,6 +118,7 @@ class GeoWarnCollector(Collector):
             yield from self._journal()
             yield from self._outbox()
             yield from self._clock()
+            yield from self._devices_health()
         except (sqlite3.Error, SchemaError) as exc:
             # A scrape during a schema change or a locked file: report it instead of failing
             # the whole scrape, so the main process's metrics still arrive.
@@ -226,6 +254,46 @@ class GeoWarnCollector(Collector):
         yield faults
         yield GaugeMetricFamily("geowarn_devices_clock_trouble", "devices whose recent readings came out of order or ahead of their arrival too often (clock health event raised)", value=float(doc.get("devices_in_trouble", 0)))
         yield GaugeMetricFamily("geowarn_readings_held", "readings stamped ahead of their arrival, held until the clock reaches their time", value=float(doc.get("held", 0)))
+
+
+    # -- devices' status and commands (issue 15 item 4) -------------------------------------------
+
+    def _devices_health(self) -> Iterator[Metric]:
+        """Registry devices whose latest status reports a low battery or a faulty sensor
+        (``sensor_state`` not 0), and devices' answers to commands by result: fleet counts."""
+        from geowarn.console.views import device_health
+
+        statuses = JournalReader(self.data_dir / JOURNAL_FILE).all_latest_statuses()
+        known = {(code, d.device) for code, site in self.registry.sites.items() for d in site.devices}
+        low = faulty = reporting = 0
+        for key, raw in statuses.items():
+            if key not in known:
+                continue
+            try:
+                health = device_health(json.loads(raw))
+            except ValueError:
+                continue
+            if health is None:
+                continue
+            reporting += 1
+            low += battery_low(health)
+            faulty += bool(health.get("faulty_sensors"))
+        yield GaugeMetricFamily("geowarn_devices_status_reporting", "registry devices that have sent a status heartbeat", value=float(reporting))
+        yield GaugeMetricFamily(
+            "geowarn_devices_battery_low",
+            f"devices whose latest status reports a low battery (below {LOW_BATTERY_PERCENT:g} %, or {LOW_BATTERY_V:g} V where no charge is reported)",
+            value=float(low),
+        )
+        yield GaugeMetricFamily("geowarn_devices_sensor_faulty", "devices whose latest status marks at least one sensor faulty (sensor_state not 0)", value=float(faulty))
+        answers = CounterMetricFamily("geowarn_command_answers", "devices' answers to sampling commands of the national convention, by result (succ, fail)", labels=["result"])
+        results = {"succ": 0, "fail": 0}
+        for ans in OutboxReader(self.data_dir / OUTBOX_FILE).command_answers().values():
+            r = str(ans.get("result"))
+            if r in results:
+                results[r] += 1
+        for r, n in results.items():
+            answers.add_metric([r], float(n))
+        yield answers
 
 
 def make_registry(data_dir: Path, registry: Registry, main: Callable[[], MainStats], now: Callable[[], float]) -> CollectorRegistry:

@@ -611,6 +611,18 @@ class JournalReader:
                     out[device] = (str(row[0]), int(row[1]))
             return out
 
+    def all_latest_statuses(self) -> dict[tuple[str, str], str]:
+        """Every device's latest status heartbeat as stored (raw status text), by (site, device):
+        one pass over the device_status_device index, then one row per device."""
+        with self._read() as conn:
+            if conn is None:
+                return {}
+            rows = conn.execute(
+                "SELECT d.site, d.device, d.status FROM device_status d "
+                "JOIN (SELECT max(id) AS id FROM device_status GROUP BY site, device) m ON d.id = m.id"
+            ).fetchall()
+            return {(str(site), str(device)): str(status) for site, device, status in rows}
+
     def site_points(self, site: str, window_ms: int, max_points: int) -> list[ChannelPoints]:
         """Each channel's real readings over the ``window_ms`` before the site's newest one,
         thinned to at most about ``max_points`` (every n-th, and the last): a chart only
