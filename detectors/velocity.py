@@ -17,6 +17,21 @@ standard error is never below what that figure allows, σ/sqrt(Σ(t − t̄)²):
 residuals are an estimate of the noise, and a smoothed or interpolated series (whose residuals
 are nearly zero) would otherwise make every wobble significant. Evidence then says which
 figure it was (``noise``, ``noise_source``).
+
+Noisy GNSS (issue 14 item 4). Real GNSS noise is not white: multipath and the troposphere
+make it correlated over hours, so a 6-hour slope of 12 half-hourly epochs wanders far more
+than its residuals admit, and a stable receiver went yellow about once a month ("velocity
+31.7 mm/day (≥ yellow 3 mm/day over 6 h)"). With a noise figure the detector therefore keeps,
+over the channel's recent weeks of readings, a robust scale of the residuals about the window's
+line (a mean absolute residual with each residual clipped at 4 of the current scales, so an
+outlier that passed the guards moves it little: the MAD's idea, in O(1)) and their lag-1
+autocorrelation ρ; the slope's standard error is then never below
+max(figure, robust scale) / sqrt(Σ(t − t̄)²) · sqrt((1 + ρ)/(1 − ρ)) — the AR(1) effective
+sample size (``detectors/noise.py``), for any ρ > 0. And a level must persist across windows:
+``persist_s`` of event time (site fusion: half the window) of consecutive evaluations
+supporting it, not only ``persist`` of them — at half-hourly epochs three evaluations were one
+and a half hours, less than the correlation of the noise. Evidence then carries
+``noise_scale`` and ``noise_autocorrelation``.
 """
 
 from __future__ import annotations
@@ -28,7 +43,7 @@ from typing import Any
 from geowarn.core.levels import LEVELS
 from geowarn.detectors.base import StreamingDetector, check_int, check_slope, check_window
 from geowarn.detectors.latch import LevelLatch
-from geowarn.detectors.noise import NoiseFigure
+from geowarn.detectors.noise import MAX_RHO, NoiseFigure
 from geowarn.detectors.slope import SlopeWindows
 from geowarn.detectors.verdict import Verdict
 
@@ -70,8 +85,13 @@ class VelocityDetector(StreamingDetector):
         unit: str = "mm",
         windows: SlopeWindows | None = None,
         noise: NoiseFigure | None = None,
+        persist_s: float = 0.0,
+        noise_memory: int = 2000,
     ) -> None:
         check_window("window_s", window_s)
+        if not 0.0 <= persist_s < window_s * 10:
+            raise ValueError(f"persist_s must be in [0, 10 x window_s), got {persist_s}")
+        check_int("noise_memory", noise_memory, 10)
         check_int("min_points", min_points, 3)
         check_slope(min_span, z)
         check_int("persist", persist, 1)
@@ -87,6 +107,9 @@ class VelocityDetector(StreamingDetector):
         self.persist = persist
         self.unit = unit
         self.noise = noise
+        self.persist_s = float(persist_s)
+        self.noise_memory = noise_memory
+        self._lam = 1.0 / noise_memory
         self._sig = 0.0 if noise is None else noise.sigma * DAY
         self._noise_ev = {} if noise is None else noise.evidence()
         # The constant part of each level's reason, made once rather than per reading.
@@ -103,6 +126,9 @@ class VelocityDetector(StreamingDetector):
         if self._own:
             self._windows.clear()
         self._recent: deque[float] = deque(maxlen=self.persist)
+        self._since: deque[tuple[float, float]] = deque()  # (t, speed) over the last persist_s
+        # Residual statistics (with a noise figure): count, mean |r|, mean r², mean r·r_prev, r_prev.
+        self._res = [0.0, 0.0, 0.0, 0.0, 0.0]
         self._latch = LevelLatch(self.thresholds_per_day, self.hysteresis, self.hold_s)
         self._last_t: float | None = None
         self._last: Verdict = Verdict(0, "warming up", warming_up=True)
@@ -115,6 +141,38 @@ class VelocityDetector(StreamingDetector):
     def velocity_per_day(self) -> float | None:
         f = self.fit()
         return None if f is None else f[0]
+
+    def _noise_se(self, t: float, value: float, v: float, tbar: float, smooth: Any) -> float:
+        """σ·DAY the standard error is floored with: max(figure, robust residual scale) times
+        the AR(1) inflation for the residuals' lag-1 autocorrelation (see the module docstring)."""
+        res = self._res
+        # The newest reading's residual about the window's line (mean value at the mean time).
+        r = value - (smooth.v0 + smooth.sv / smooth.n) - v / DAY * (t - tbar)
+        k, mabs, m2, m1, prev = res
+        scale = mabs * 1.2533 if k >= 20 else 0.0
+        if scale > 0 and abs(r) > 4.0 * scale:
+            r = 4.0 * scale if r > 0 else -4.0 * scale
+        lam = 1.0 / (k + 1) if k < self.noise_memory else self._lam
+        mabs += lam * (abs(r) - mabs)
+        m2 += lam * (r * r - m2)
+        if k > 0:
+            m1 += lam * (r * prev - m1)
+        res[0], res[1], res[2], res[3], res[4] = k + 1, mabs, m2, m1, r
+        sig = self._sig
+        if k < 50 or not m2 > 0:
+            return sig  # too few residuals to say more than the figure
+        robust = mabs * 1.2533 * DAY
+        rho = m1 / m2
+        rho = 0.0 if rho < 0 else (MAX_RHO if rho > MAX_RHO else rho)
+        return (robust if robust > sig else sig) * math.sqrt((1.0 + rho) / (1.0 - rho))
+
+    def noise_state(self) -> tuple[float, float] | None:
+        """(robust residual scale, lag-1 autocorrelation of the residuals), or None (no figure
+        or too few residuals yet)."""
+        k, mabs, m2, m1, _ = self._res
+        if not self._sig or k < 50 or not m2 > 0:
+            return None
+        return mabs * 1.2533, max(0.0, min(MAX_RHO, m1 / m2))
 
     def update(self, t: float, value: float) -> Verdict:
         last_t = self._last_t
@@ -129,14 +187,16 @@ class VelocityDetector(StreamingDetector):
         smooth = self._smooth
         if smooth.restarted:
             self._recent.clear()  # a gap longer than the window: the old slope says nothing now
+            self._since.clear()
         n = smooth.n
         f = smooth.fit() if n >= self.min_points and t - smooth.first >= self._min_span_s else None
         if f is None:
             self._last = _new(Verdict, (0, "warming up", {"points": n}, True))
             return self._last
-        v, se, _ = f
+        v, se, tbar = f
         if self._sig:
-            floor_se = self._sig / math.sqrt(smooth.stt - smooth.st * smooth.st / n)
+            sxx = smooth.stt - smooth.st * smooth.st / n
+            floor_se = self._noise_se(t, value, v, tbar, smooth) / math.sqrt(sxx)
             if se < floor_se:
                 se = floor_se
         # An insignificant slope counts as no movement (it may still let a level come down).
@@ -145,6 +205,19 @@ class VelocityDetector(StreamingDetector):
         significant = speed > self.z * se
         recent.append(speed if significant else 0.0)
         x = min(recent)
+        if self.persist_s:
+            # Across windows: the level needs persist_s of evaluations in a row supporting it.
+            since = self._since
+            since.append((t, speed if significant else 0.0))
+            horizon = t - self.persist_s
+            while len(since) > 1 and since[1][0] <= horizon:
+                since.popleft()
+            if since[0][0] > horizon:
+                x = 0.0  # not yet persisted that long
+            else:
+                for _, s in since:
+                    if s < x:
+                        x = s
         latch = self._latch
         # The latch's own quiet path, inline: nothing latched and x below every threshold.
         level = 0 if latch.level == 0 and x < latch._lowest else latch.update(t, x)
@@ -164,10 +237,17 @@ class VelocityDetector(StreamingDetector):
                     False,
                 ),
             )
+            ns = self.noise_state()
+            if ns is not None:
+                self._last.evidence.update(noise_scale=ns[0], noise_autocorrelation=ns[1])
         return self._last
 
     def snapshot(self) -> dict[str, Any]:
         state: dict[str, Any] = {"recent": list(self._recent), "latch": self._latch.snapshot(), "last_t": self._last_t, "last": self._last.to_dict()}
+        if self.persist_s:
+            state["since"] = [list(p) for p in self._since]
+        if self._sig:
+            state["residuals"] = list(self._res)
         if self._own:
             state["smooth"] = self._windows.snapshot()
         return state
@@ -177,6 +257,9 @@ class VelocityDetector(StreamingDetector):
         if self._own:
             self._windows.restore(state["smooth"])
         self._recent.extend(float(r) for r in state["recent"])
+        self._since.extend((float(a), float(b)) for a, b in state.get("since", []))
+        if "residuals" in state:
+            self._res[:] = [float(x) for x in state["residuals"]]
         self._latch.restore(state["latch"])
         self._last_t = state["last_t"]
         self._last = Verdict.from_dict(state["last"])
