@@ -94,6 +94,17 @@ within 5 % of the remaining time (it was within 35 % from the fit window alone, 
 gap made it give up on). The extra work (a 35 × stretch numpy pass, ≤ 30 velocities a day)
 is done only while a forecast stands.
 
+What counts as a forecast (issue 14 item 3). A straight line through a few days of 1/v can be
+drawn through any rise of velocity: on a reservoir slope moving 0.2 mm/day a wobble of the
+smoothed series gave "failure in 26–36 h" at R² 0.99. So besides ``min_fit_points``, the span
+and ``r2_min``, a forecast counts only when the velocity now is at or above ``min_velocity``
+(site fusion: the channel's yellow velocity — a slope slower than that is not failing within
+days, whatever its line says) and, with a noise figure, when the acceleration is more than a
+wobble within the noise: the displacement gained since the onset beyond the reference rate
+must exceed ``wobble_sigmas`` (3) times the reading noise (its figure, widened on a smoothed
+series). A fit held back so says why in ``forecast_withheld`` (and gives no level). Every
+forecast carries its own uncertainty (``uncertainty_s``), which the reasons show.
+
 Gaps: a gap longer than the smoothing window restarts the smoothing (warming up, level 0;
 the lag history, any onset run and the persistence memory are cleared), but keeps the
 reference, an established fit and α's velocities — they age out of ``fit_window_s`` and
@@ -299,8 +310,14 @@ class InverseVelocityDetector(StreamingDetector):
         unit: str = "mm",
         windows: SlopeWindows | None = None,
         noise: NoiseFigure | None = None,
+        min_velocity: float = 0.0,
+        wobble_sigmas: float = 3.0,
     ) -> None:
         hs = _check_horizons(horizons_s)
+        if not min_velocity >= 0:
+            raise ValueError(f"min_velocity must be >= 0 (unit/day; 0: no gate), got {min_velocity}")
+        if not wobble_sigmas >= 0:
+            raise ValueError(f"wobble_sigmas must be >= 0, got {wobble_sigmas}")
         check_window("window_s", window_s)
         check_window("reference_s", reference_s)
         if not min_v_ref > 0:
@@ -332,6 +349,8 @@ class InverseVelocityDetector(StreamingDetector):
         check_int("min_points", min_points, 3)
         check_slope(min_span, z)
         self.noise = noise
+        self.min_velocity = float(min_velocity)
+        self.wobble_sigmas = float(wobble_sigmas)
         self.estimate_alpha = bool(estimate_alpha)
         self.alpha_prior_sd = float(alpha_prior_sd)
         self.alpha_window_s = float(alpha_span)
@@ -380,6 +399,7 @@ class InverseVelocityDetector(StreamingDetector):
         persist: int = 3,
         windows: SlopeWindows | None = None,
         noise: NoiseFigure | None = None,
+        min_velocity: float = 0.0,
     ) -> InverseVelocityDetector:
         """The default detector of a displacement-like channel read every ``interval_s``.
 
@@ -393,7 +413,8 @@ class InverseVelocityDetector(StreamingDetector):
         ``noise``, a figure from ``detectors/noise.py`` (site fusion's), replaces ``noise_mm``
         and turns on the noise rules of the tangent angle's reference (``ReferenceRate``): the
         velocity's standard error never below the figure's, widened on a smoothed series, and
-        the reference velocity meaningful before the detector judges.
+        the reference velocity meaningful before the detector judges, and the wobble test.
+        ``min_velocity`` (the channel's yellow velocity, from site fusion): no forecast below it.
         """
         if noise is not None:
             noise_mm = noise.sigma
@@ -422,6 +443,7 @@ class InverseVelocityDetector(StreamingDetector):
             persist=persist,
             windows=windows,
             noise=noise,
+            min_velocity=min_velocity,
         )
 
     def _reset(self) -> None:
@@ -433,6 +455,7 @@ class InverseVelocityDetector(StreamingDetector):
         self._fit = SlidingSlope(self.fit_window_s)  # (window mean time, |v|^(1−α)) since onset
         self._latch = LevelLatch(self._latch_thresholds, self.hysteresis, self.hold_s)
         self._onset: float | None = None
+        self._anchor: tuple[float, float] | None = None  # (t̄, window mean value) at the onset
         self._trend: deque[tuple[float, float]] = deque()  # (t̄, |v|) since the onset, for α
         self._v_ref: float | None = None  # max(|reference rate|, floor), once the reference is frozen
         self._last_t: float | None = None
@@ -450,6 +473,7 @@ class InverseVelocityDetector(StreamingDetector):
 
     def _drop(self) -> None:
         self._onset = None
+        self._anchor = None
         self._fit.clear()
         self._trend.clear()
 
@@ -496,6 +520,22 @@ class InverseVelocityDetector(StreamingDetector):
             "alpha_stderr": a_sd,
             "method": "voight (alpha estimated)",
         }
+
+    def _withheld(self, av: float, v_ref: float, tbar: float, smooth: Any) -> str | None:
+        """Why a fitted forecast does not count (see "What counts as a forecast"), or None."""
+        if av < self.min_velocity:
+            return f"velocity {av:.3g} {self.unit}/day below the yellow velocity {self.min_velocity:g}: no failure within days"
+        anchor = self._anchor
+        if self.noise is not None and anchor is not None and self.wobble_sigmas > 0:
+            fig = self._ref.figure or self.noise
+            sigma = fig.sigma * self._widen
+            gained = abs(smooth.v0 + smooth.sv / smooth.n - anchor[1]) - v_ref * (tbar - anchor[0]) / DAY
+            if gained < self.wobble_sigmas * sigma:
+                return (
+                    f"{gained:.3g} {self.unit} gained beyond the reference rate since the onset, within "
+                    f"{self.wobble_sigmas:g} × the reading noise {sigma:.3g} {self.unit}: a wobble, not an acceleration"
+                )
+        return None
 
     def update(self, t: float, value: float) -> Verdict:
         last_t = self._last_t
@@ -547,6 +587,7 @@ class InverseVelocityDetector(StreamingDetector):
                 run.append((t, tbar, self._y(av)))
                 if len(run) >= self.onset_persist:
                     self._onset = run[0][0]
+                    self._anchor = (tbar, smooth.v0 + smooth.sv / smooth.n)
                     for _, x, y in run:
                         fit.push(x, y)
                     run.clear()
@@ -559,6 +600,7 @@ class InverseVelocityDetector(StreamingDetector):
             self._keep(tbar, av, smooth.first, t)
 
         forecast: dict[str, Any] | None = None
+        withheld_forecast: dict[str, Any] | None = None
         ttf: float | None = None
         r2: float | None = None
         n = 0 if self._onset is None else fit.n
@@ -591,7 +633,13 @@ class InverseVelocityDetector(StreamingDetector):
                         voight = self._voight(smooth.n)
                         if voight is not None:
                             forecast.update(voight)
-                    ttf = forecast["failure_time"] - t
+                    withheld = self._withheld(av, v_ref, tbar, smooth)
+                    if withheld is not None:
+                        forecast["withheld"] = withheld
+                        withheld_forecast = forecast
+                        forecast = None
+                    else:
+                        ttf = forecast["failure_time"] - t
 
         recent = self._recent
         recent.append(ttf)
@@ -617,6 +665,9 @@ class InverseVelocityDetector(StreamingDetector):
             "time_to_failure_s": ttf,
             "forecast": forecast,
         }
+        if withheld_forecast is not None:
+            evidence["forecast_withheld"] = withheld_forecast["withheld"]
+            evidence["withheld_failure_time"] = withheld_forecast["failure_time"]
         if self._sig:
             evidence.update(self._ref.evidence())
         if level == 0:
@@ -639,6 +690,7 @@ class InverseVelocityDetector(StreamingDetector):
             "reference": self._ref.snapshot(),
             "fit": self._fit.snapshot(),
             "onset": self._onset,
+            "anchor": None if self._anchor is None else list(self._anchor),
             "trend_t": pack_times([p[0] for p in self._trend]),
             "trend_v": pack([p[1] for p in self._trend]),
             "hist_t": pack_times([h[0] for h in self._hist]),
@@ -660,6 +712,8 @@ class InverseVelocityDetector(StreamingDetector):
         self._ref.restore(state["reference"])
         self._fit.restore(state["fit"])
         self._onset = None if state["onset"] is None else float(state["onset"])
+        anchor = state.get("anchor")  # a snapshot from before the wobble test has none: no test
+        self._anchor = None if anchor is None else (float(anchor[0]), float(anchor[1]))
         if "trend_t" in state:  # a snapshot from before α was read since the onset has none
             self._trend.extend(zip(unpack(state["trend_t"]), unpack(state["trend_v"])))
         self._hist.extend(zip(unpack(state["hist_t"]), unpack(state["hist_v"])))
