@@ -8,8 +8,13 @@ smoothing after a gap, never lowers a level).
 
 The site level is the highest channel level, under a confirmation policy: orange and red
 need two independent devices at orange or above, or one plus a clean failure forecast within
-66 hours (fit R² ≥ 0.95; all configurable per site). An unconfirmed orange or red is held at
-yellow, and the explanation says so. Once confirmed, a level holds while its evidence does:
+66 hours (fit R² ≥ 0.95; all configurable per site). Each level is confirmed on its own
+evidence: two devices confirm the level both of them reach, a forecast the level its time to
+failure reaches (red only within ``forecast_red_s``, 15 h; orange within 66 h), so a crack
+meter at red with a forecast 60 h away makes the site orange, not red — on slopes failing by
+Voight's law the first orange had been the red itself (issue 14 item 5). An unconfirmed orange
+or red is held at the highest confirmed level, at least yellow, and the explanation says so,
+with the confirming forecast's uncertainty. Once confirmed, a level holds while its evidence does:
 it is not dropped because the second device or the forecast stops confirming while a channel
 still stands at it, only once no channel is at it any more — after each channel's own hold —
 and the reason of a level that comes down says first, in plain words, why ("back to yellow:
@@ -77,6 +82,13 @@ from geowarn.detectors.velocity import VelocityDetector
 from geowarn.detectors.verdict import Verdict
 
 
+def _forecast_words(f: dict[str, Any], t: float) -> str:
+    """A forecast as a confirmation names it: time to failure, its uncertainty and its fit."""
+    unc = f.get("uncertainty_s")
+    pm = "" if unc is None else f" ± {unc / 3600:.0f} h"
+    return f"a failure forecast in {(f['failure_time'] - t) / 3600:.0f} h{pm} (R² {f.get('r2', float('nan')):.2f})"
+
+
 def _name(level: int) -> str:
     """A level's colour in an explanation; level 0 reads "normal" there, not "none"."""
     return "normal" if level == 0 else LEVELS[level].colour
@@ -107,6 +119,18 @@ _WINDOW_MASK = (1 << CLOCK_WINDOW) - 1
 #: Persistence filters count time, not readings: half an hour of agreeing evaluations at
 #: 10-minute sampling, a single one for daily or monthly readings.
 PERSIST_S = 1800.0
+#: ...and a velocity level must also hold across windows for this long at most (half a window).
+PERSIST_ACROSS_S = 3 * 3600.0
+
+
+def _persist_s(window_s: float, interval_s: float) -> float:
+    """How long a velocity level must be supported before it is reached (issue 14 item 4):
+    half the window, at most ``PERSIST_ACROSS_S`` — the hours over which GNSS noise stays
+    correlated, not a count of readings (three half-hourly epochs are only 1.5 h). 0 (the
+    count ``persist`` alone) when that is not longer than one reporting interval: a daily or
+    monthly series is judged reading by reading, as before."""
+    p = min(window_s / 2, PERSIST_ACROSS_S)
+    return p if p > interval_s else 0.0
 
 
 def held_limit(interval_s: float) -> int:
@@ -159,7 +183,15 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
                 (
                     "velocity",
                     VelocityDetector(
-                        levels, window_s=window, hysteresis=policy.hysteresis, hold_s=hold, unit=unit, persist=persist, windows=shared, noise=noise
+                        levels,
+                        window_s=window,
+                        hysteresis=policy.hysteresis,
+                        hold_s=hold,
+                        unit=unit,
+                        persist=persist,
+                        windows=shared,
+                        noise=noise,
+                        persist_s=_persist_s(window, interval),
                     ),
                 )
             )
@@ -184,6 +216,8 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
                     alpha=policy.voight_alpha,
                     persist=persist,
                     windows=shared,
+                    # A forecast only for a slope at least at the yellow velocity (issue 14 item 3).
+                    min_velocity=dict(levels).get(2, 0.0),
                 ),
             )
         )
@@ -528,12 +562,36 @@ class SiteFusion:
         if raw >= policy.confirm_from_level:
             devices = sorted({c.info.device for c in st.channels.values() if c.level >= policy.confirm_from_level})
             soon = forecast is not None and forecast["failure_time"] - t <= policy.forecast_confirms_s
-            if len(devices) >= policy.confirm_devices:
-                notes.append(f"confirmed by {len(devices)} devices ({', '.join(devices)})")
-                st.confirmed = max(st.confirmed, raw)
-            elif soon and forecast is not None:
-                notes.append(f"confirmed by a failure forecast in {(forecast['failure_time'] - t) / 3600:.0f} h")
-                st.confirmed = max(st.confirmed, raw)
+            # Each level is confirmed on its own (issue 14 item 5: orange before red): devices
+            # confirm the level that `confirm_devices` of them reach, a forecast the level its
+            # time to failure reaches (red within forecast_red_s, orange within
+            # forecast_confirms_s) — a crack meter at red with a forecast 60 h away is orange.
+            by_device: dict[str, int] = {}
+            for c in st.channels.values():
+                if c.level > by_device.get(c.info.device, 0):
+                    by_device[c.info.device] = c.level
+            ranked = sorted(by_device.values(), reverse=True)
+            dev_level = ranked[policy.confirm_devices - 1] if len(ranked) >= policy.confirm_devices else 0
+            fc_level = 0
+            if soon and forecast is not None:
+                ttf = forecast["failure_time"] - t
+                fc_level = 4 if ttf <= policy.forecast_red_s else policy.confirm_from_level
+            conf = min(raw, max(dev_level, fc_level))
+            if conf >= policy.confirm_from_level:
+                if dev_level >= fc_level:
+                    top = sorted(d for d, lv in by_device.items() if lv >= conf)
+                    notes.append(f"{_name(conf)} confirmed by {len(top)} devices ({', '.join(top)})")
+                else:
+                    assert forecast is not None
+                    notes.append(f"{_name(conf)} confirmed by {_forecast_words(forecast, t)}")
+                st.confirmed = max(st.confirmed, conf)
+                level = max(conf, min(raw, st.confirmed))
+                if level < raw:
+                    notes.append(
+                        f"{_name(raw)} not confirmed (needs {policy.confirm_devices} devices at {_name(raw)}"
+                        + (f" or a failure forecast within {policy.forecast_red_s / 3600:g} h" if raw >= 4 else "")
+                        + f"): held at {_name(level)}"
+                    )
             else:
                 level = max(policy.confirm_from_level - 1, min(raw, st.confirmed))
                 notes.append(f"{_name(raw)} not confirmed (only {', '.join(devices)}): held at {_name(level)}")
