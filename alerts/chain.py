@@ -300,6 +300,19 @@ class ResponseChain:
             lines.append(f"readings received in 24 h: {figures['readings']}")
         if "devices" in figures:
             lines.append(f"devices online: {figures.get('devices_online', 0)} of {figures['devices']}")
+        if "online_rate" in figures:
+            lines.append(f"online rate 在线率: {100 * figures['online_rate']:.1f} %")
+        if "availability" in figures:
+            # alerts.zero_reports.with_availability: readings received / expected this month.
+            month = datetime.fromtimestamp(figures["availability_since"], ZoneInfo(self.tz)).strftime("%Y-%m-%d %H:%M")
+            lines.append(f"transmission availability this month 月到报率: {100 * figures['availability']:.1f} % (since {month} {self.tz})")
+        if figures.get("devices_low_availability"):
+            named = [f"{device} {100 * a:.1f} %" for device, a in figures.get("low_availability") or []]
+            more = int(figures["devices_low_availability"]) - len(named)
+            lines.append(
+                f"devices below {100 * figures.get('availability_threshold', 0):.0f} % availability 到报率不足: {figures['devices_low_availability']} "
+                f"({', '.join(named)}{f' and {more} more' if more > 0 else ''})"
+            )
         if figures.get("devices_clock_trouble"):
             # Only when there are some (alerts.zero_reports.with_clock_health): at most
             # CLOCK_TROUBLE_NAMED are named, the count is whole.

@@ -254,7 +254,7 @@ class DetectionJob:
         import httpx
 
         from geowarn.alerts.chain import zero_stats_of
-        from geowarn.alerts.zero_reports import with_clock_health
+        from geowarn.alerts.zero_reports import with_availability, with_clock_health
         from geowarn.alerts.dispatch import Dispatcher, DispatcherThread
         from geowarn.alerts.live import CAP_KEY, COMMAND_KEY, LiveChain, TopicNotifier
         from geowarn.alerts.notifiers import build_notifiers
@@ -287,7 +287,13 @@ class DetectionJob:
         self.dispatch_thread = DispatcherThread(self.dispatcher)
         self.chain = LiveChain(
             loaded.registry, loaded.roster, self.outbox, data_dir, alert_policy(loaded),
-            prefix=s.topic_prefix, tz=s.timezone, zero_stats=with_clock_health(zero_stats_of(loaded.registry, self.journal), loaded.registry, lambda: self.journal.get_state(CLOCK_HEALTH_KEY)),
+            prefix=s.topic_prefix, tz=s.timezone,
+            # Readings and devices online, the devices whose clock looks wrong, the online rate
+            # and the month's transmission availability (alerts/zero_reports.py).
+            zero_stats=with_availability(
+                with_clock_health(zero_stats_of(loaded.registry, self.journal), loaded.registry, lambda: self.journal.get_state(CLOCK_HEALTH_KEY)),
+                loaded.registry, self.journal.readings_by_device, s.timezone,
+            ),
             wake=self.dispatch_thread.wake,
         )
         self.detection = Detection(loaded, self.journal, lambda topic, payload, retain: link.publish(topic, payload, retain), self.clock, self.chain.chain)

@@ -103,7 +103,7 @@ def replay_rows(
     ``roster`` defaults to the example roster. ``acks`` (an ack script) acknowledge at their
     own event time; each outcome goes to ``acks.jsonl``."""
     from geowarn.alerts.chain import ReplayFiles, zero_stats_of
-    from geowarn.alerts.zero_reports import with_clock_health
+    from geowarn.alerts.zero_reports import with_availability, with_clock_health
     from geowarn.config.roster import load_roster
     from geowarn.config.settings import example_path
 
@@ -113,13 +113,18 @@ def replay_rows(
     summary = ReplaySummary()
     rejects = list(rejects or [])
     ordered = sorted(rows, key=lambda r: r.t)
+    counts = FeedCounts(ordered)
     judge: Judge | None = None
     chain = ResponseChain(
         registry, roster if roster is not None else load_roster(example_path("roster.example.toml")), ReplayFiles(out_dir), drill=drill,
         # As live (service/detection.py): the unit's devices whose clock looks wrong, from the
-        # judge's fusion at the report's time (live reads what detection last saved of it).
-        zero_stats=with_clock_health(zero_stats_of(registry, FeedCounts(ordered)), registry,
-                                     lambda: judge.fusion.clock_health() if judge is not None else None),
+        # judge's fusion at the report's time (live reads what detection last saved of it), and
+        # the online rate and the month's transmission availability over the month so far, as
+        # a daemon that started with the feed would count them (nothing received before it).
+        zero_stats=with_availability(
+            with_clock_health(zero_stats_of(registry, counts), registry, lambda: judge.fusion.clock_health() if judge is not None else None),
+            registry, counts.readings_by_device, "Asia/Shanghai",  # the chain's zone: a replay sets none
+        ),
     )
 
     def announced(change: LevelChange, event: dict[str, Any]) -> None:
