@@ -141,11 +141,14 @@ def voight_displacement(t: np.ndarray, t0: float, t_f: float, alpha: float, v1d:
     return creep * (t - t0) / DAY + acc
 
 
-def voight_slope(alpha: float, sigma: float, seed: int, *, days: float = 14.0, v1d: float = 120.0, site: str | None = None) -> Case:
+def voight_slope(
+    alpha: float, sigma: float, seed: int, *, days: float = 14.0, v1d: float = 120.0, site: str | None = None, crack_fraction: float = 1.0, gnss_every: int = 1
+) -> Case:
     """A slope failing ``days`` after the start (see the module docstring): one GNSS receiver
     with horizontal σ ``sigma`` (vertical twice it), 0.5 % outliers of 5–15 σ, gaps of 1–6 h
     every ~5 days; a crack meter with σ 0.1 mm; both every 10 minutes until 5 minutes before
-    failure."""
+    failure. ``crack_fraction``: the share of the slope's displacement the crack opens by;
+    ``gnss_every``: the receiver reports every that many 10-minute steps."""
     rng = np.random.default_rng(np.random.SeedSequence([14_5, seed, int(alpha * 1000)]))
     site = site or f"V{int(alpha * 100)}s{seed}"
     interval = 600.0
@@ -161,12 +164,12 @@ def voight_slope(alpha: float, sigma: float, seed: int, *, days: float = 14.0, v
         hit = rng.random(len(t)) < 0.005
         noise[hit] += rng.uniform(5, 15, int(hit.sum())) * s * rng.choice([-1.0, 1.0], int(hit.sum()))
         v = factor * d + noise
-        rows += [FeedRow(site, gnss, ch, float(a), round(float(b), 2)) for a, b, k in zip(t, v, keep) if k]
+        rows += [FeedRow(site, gnss, ch, float(a), round(float(b), 2)) for i, (a, b, k) in enumerate(zip(t, v, keep)) if k and i % gnss_every == 0]
     keep = _gaps(rng, t, 0.2, (1.0, 6.0))
-    v = d + rng.normal(0.0, 0.1, len(t))
+    v = crack_fraction * d + rng.normal(0.0, 0.1, len(t))
     rows += [FeedRow(site, crack, "crack", float(a), round(float(b), 2)) for a, b, k in zip(t, v, keep) if k]
     rows.sort(key=lambda r: r.t)
-    reg = _registry(site, [(gnss, [("gnss_e", "gnss_e"), ("gnss_n", "gnss_n"), ("gnss_u", "gnss_u")], interval), (crack, [("crack", "crack")], interval)])
+    reg = _registry(site, [(gnss, [("gnss_e", "gnss_e"), ("gnss_n", "gnss_n"), ("gnss_u", "gnss_u")], interval * gnss_every), (crack, [("crack", "crack")], interval)])
     return Case(rows, reg, {"t_f": t_f, "alpha": alpha, "sigma": sigma})
 
 

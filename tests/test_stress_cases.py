@@ -128,3 +128,28 @@ def test_smoothed_daily_series_of_a_slow_point_is_never_confirmed_by_a_forecast(
     events = sc.replay(case)
     assert max((e["level"] for e in events), default=0) <= 2, [e["reason"] for e in events if e["level"] > 2]
     assert not [e for e in events if "confirmed by a failure forecast" in e["reason"]]
+
+
+# Two harder kinds of site: the crack opens by only 0.3 of the slope's displacement (the crack
+# meter is slower than the slope), or the receiver reports every 30 minutes. Orange must still
+# come before red, red 6 h–7 days ahead with a forecast within 30 %. (The ≥ 24 h orange lead is
+# not asserted here: with the crack at 0.3 and 40 mm/day a day before failure, GNSS never
+# reaches the orange velocity and the forecast reaches R² 0.95 only ~21–23 h before failure on
+# 2 of these 20 slopes; the report of issue 14 says so.)
+VARIANTS = [(0.3, 1), (1.0, 3)]  # (crack fraction, GNSS every n × 10 minutes)
+
+
+@pytest.mark.parametrize("crack_fraction,gnss_every", VARIANTS)
+@pytest.mark.parametrize("days,v1d", APPROACHES[1:])
+@pytest.mark.parametrize("alpha,sigma", SLOPES)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_voight_slope_with_a_slow_crack_or_sparse_gnss_goes_orange_before_red(
+    alpha: float, sigma: float, days: float, v1d: float, seed: int, crack_fraction: float, gnss_every: int
+) -> None:
+    case = sc.voight_slope(alpha, sigma, seed, days=days, v1d=v1d, crack_fraction=crack_fraction, gnss_every=gnss_every)
+    events = sc.replay(case)
+    r = sc.failure_score(case, events)
+    said = [f"{(case.truth['t_f'] - sc.event_time(e)) / HOUR:.1f} h before: {e['level']} {e['reason'][:200]}" for e in events if e["level"] >= 3]
+    assert r["orange_h"] is not None and r["orange_stage"], f"no orange before red: {said[:3]}"
+    assert r["red_h"] is not None and 6.0 <= r["red_h"] <= 7 * 24.0, f"red at {r['red_h']} h before failure: {said[:4]}"
+    assert r["forecast_err"] is not None and r["forecast_err"] <= 0.30, f"forecast at the first red off by {r['forecast_err']}"
