@@ -47,9 +47,8 @@ What the convention is, as implemented here, and where it comes from:
   displacement); any other field is dead-lettered as ``unknown_channel``. A ``totalValue``
   source (a rain counter) is differenced per reading; a counter lower than the last one was
   reset, and the rain since is the new total (never negative rain). The last total per
-  channel is held in memory: after the store stage restarts, a counter's first total only
-  primes it (that interval's rain is not booked); ``L3_YL_n.value`` (rain in the interval) has
-  no such gap and is the better mapping when the device sends it.
+  channel is committed with the batch that moved it (ingest/store.py), so a restarted store
+  stage resumes the difference; only a counter's very first total primes it (no rain booked).
 
 Every string is hostile: the size bound of the native codec applies, at most
 ``max_readings`` entries are walked per message, keys and strings are bounded before they are

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 #: The journal key of the store stage's position in the message log.
 POSITION_KEY = "store.message_position"
+#: Journal state key prefix of a rain counter's last total (``{prefix}{site}/{device}/{channel}``),
+#: written in the transaction of the batch that moved it, so a restart resumes the difference.
+COUNTER_KEY_PREFIX = "store.counter/"
 #: The identity of the message log that position is in.
 LOG_ID_KEY = "store.message_log_id"
 #: Message-log batches (of up to 2000 messages each) per journal transaction.
@@ -206,16 +210,26 @@ class Pipeline:
         not a message's) is raised with nothing written, for the caller to retry the batch."""
         quarantined: dict[int, tuple[Exception, int]] = {}  # message index -> (last error, tries)
         counters = copy.deepcopy(self.counters)
+        # Rain counters' last totals move as messages are decoded: every decoding of the batch
+        # starts from where the last committed batch left them, and what moved is committed
+        # with the batch (a batch written again after a disk-full must not see its own totals).
+        totals0 = dict(self.codec.totals)
         while True:
             outgoing: list[tuple[str, bytes, bool]] = []
+            self.codec.totals = dict(totals0)
             parts = self._decode(messages, quarantined, outgoing)
             rows = [r for p in parts for r in p[0]]
-            state = {POSITION_KEY: messages[-1].id} if messages else None
+            state: dict[str, Any] | None = {POSITION_KEY: messages[-1].id} if messages else None
+            if state is not None:
+                for key, value in self.codec.totals.items():
+                    if totals0.get(key) != value:
+                        state[COUNTER_KEY_PREFIX + "/".join(key)] = [None if v != v else v for v in value]
             try:
                 inserted = self.journal.append(rows, [x for p in parts for x in p[1]], [x for p in parts for x in p[2]], state)
                 break
             except sqlite3.OperationalError:
                 self.counters = counters
+                self.codec.totals = totals0
                 raise
             except Exception:
                 log.exception("a batch could not be written; looking for the message the journal refuses")
@@ -226,6 +240,7 @@ class Pipeline:
                 break  # it went in this time, message by message
             except sqlite3.OperationalError:
                 self.counters = counters
+                self.codec.totals = totals0
                 raise
             except _Refused as refused:
                 i = refused.index
@@ -316,6 +331,19 @@ class Store:
             self.position = 0
         self.journal.set_state(LOG_ID_KEY, self.messages.log_id)
         self.journal.set_state(POSITION_KEY, self.position)
+        # Rain counters resume from their last committed totals (a position reset starts them
+        # afresh, with the decoding).
+        codec = self.pipeline.codec
+        for site in loaded.registry.sites.values():
+            for dev in site.devices:
+                for ch in dev.channels:
+                    if not (ch.source or "").endswith(".totalValue"):
+                        continue
+                    key = (site.site, dev.device, ch.channel)
+                    saved = self.journal.get_state(COUNTER_KEY_PREFIX + "/".join(key)) if self.position else None
+                    if saved is not None:
+                        t, total, rain = saved
+                        codec.totals[key] = (float(t), float(total), math.nan if rain is None else float(rain))
         self.keep_ms = int(s.message_keep_s * 1000)
         # Dead letters, status and readings; a readings retention keeps each series' longest
         # detection window, which detection re-reads when it starts without a snapshot.

@@ -280,7 +280,8 @@ def synthetic_sites(template: Template, stations: int) -> dict[str, Any]:
 
 
 def sites_toml(doc: dict[str, Any]) -> str:
-    """TOML text of a registry document (only the shapes ``synthetic_sites`` makes)."""
+    """TOML text of a registry document (sites, their devices with any device keys — a
+    convention device's ``code``, ``clock_offset_s``, ``ignore`` — and channels)."""
 
     def val(v: Any) -> str:
         if isinstance(v, bool):
@@ -300,7 +301,9 @@ def sites_toml(doc: dict[str, Any]) -> str:
         lines.append("[[sites]]")
         lines += [f"{k} = {val(v)}" for k, v in site.items() if k != "devices"]
         for dev in site["devices"]:
-            lines += ["", "[[sites.devices]]", f"device = {val(dev['device'])}", "channels = ["]
+            lines += ["", "[[sites.devices]]", f"device = {val(dev['device'])}"]
+            lines += [f"{k} = {val(v)}" for k, v in dev.items() if k not in ("device", "channels")]
+            lines.append("channels = [")
             lines += [f"  {val(ch)}," for ch in dev["channels"]]
             lines.append("]")
         lines.append("")

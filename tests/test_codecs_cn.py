@@ -345,3 +345,90 @@ def test_cn_topics_setting(monkeypatch):
     for bad in ("a/#", "a/b{code}", "geowarn/x/y", "{code}/{code}"):
         with pytest.raises(ValueError):
             Settings(cn_topics=bad)
+
+
+# -- a rain counter across store restarts and a batch written again ---------------------------
+
+
+def _counter_store(tmp_path, monkeypatch):
+    from geowarn.config.settings import load_all
+    from geowarn.ingest.store import Store
+    from geowarn.simulators.scenario import sites_toml
+
+    sites = tmp_path / "sites.toml"
+    sites.write_text(sites_toml(json.loads(json.dumps(SITES))), encoding="utf-8")
+    monkeypatch.setenv("GEOWARN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("GEOWARN_SITES", str(sites))
+    monkeypatch.setenv("GEOWARN_CN_TOPICS", "$dp")
+    loaded = load_all()
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    return lambda: Store(loaded, lambda t, p, r: None, data / "journal.sqlite", data / "messages.sqlite"), data
+
+
+def _total(h: int, total: float) -> bytes:
+    return body({"L3_YL_1": {f"2026-03-31T{h:02d}:00:00+08:00": {"totalValue": total}}})
+
+
+def _rain_rows(data) -> list[tuple[int, float]]:
+    import sqlite3
+
+    conn = sqlite3.connect(f"file:{data / 'journal.sqlite'}?mode=ro", uri=True)
+    try:
+        return conn.execute(
+            "SELECT r.t_ms, r.value FROM readings r JOIN series s ON s.id = r.series WHERE s.channel = 'rain_total' ORDER BY r.t_ms"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def test_a_rain_counter_resumes_its_difference_after_a_store_restart(tmp_path, monkeypatch):
+    """5.0 mm counted by 09:00, 5.5 by 10:00 (Beijing time, explicit +08:00): 0.5 mm fell in
+    between, whether or not the store stage restarted in between."""
+    from geowarn.ingest.messagelog import MessageLog
+
+    make, data = _counter_store(tmp_path, monkeypatch)
+    received = int(utc(2026, 3, 31, 4) * 1000)
+    log = MessageLog(data / "messages.sqlite")
+    log.append([(b"$dp", _total(9, 5.0))], received_ms=received)
+    store = make()
+    store.step()
+    store.close()  # a restart between the two totals
+    log.append([(b"$dp", _total(10, 5.5))], received_ms=received)
+    store = make()
+    store.step()
+    store.close()
+    log.close()
+    assert _rain_rows(data) == [(int(utc(2026, 3, 31, 2) * 1000), 0.5)]
+
+
+def test_a_batch_written_again_after_a_write_error_books_its_counter_once(tmp_path, monkeypatch):
+    """The batch's first write fails (a full disk); the stage writes it again later. The totals
+    its first decoding moved must not make the second see them as already counted."""
+    import sqlite3
+
+    from geowarn.ingest.messagelog import MessageLog
+
+    make, data = _counter_store(tmp_path, monkeypatch)
+    received = int(utc(2026, 3, 31, 4) * 1000)
+    log = MessageLog(data / "messages.sqlite")
+    log.append([(b"$dp", _total(9, 5.0))], received_ms=received)
+    store = make()
+    store.step()
+    log.append([(b"$dp", _total(10, 5.5)), (b"$dp", _total(11, 6.5))], received_ms=received)
+    real = store.journal.append
+    calls = {"n": 0}
+
+    def full_once(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store.journal, "append", full_once)
+    with pytest.raises(sqlite3.OperationalError):
+        store.step()
+    store.step()
+    store.close()
+    log.close()
+    assert _rain_rows(data) == [(int(utc(2026, 3, 31, 2) * 1000), 0.5), (int(utc(2026, 3, 31, 3) * 1000), 1.0)]

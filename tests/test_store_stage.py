@@ -189,6 +189,14 @@ class _Failing:
         self.codec, self.marker, self.failures = codec, marker, failures
         self.tries = 0
 
+    @property
+    def totals(self):  # the rain counters' state, which the store saves and restores per batch
+        return self.codec.totals
+
+    @totals.setter
+    def totals(self, value) -> None:
+        self.codec.totals = value
+
     def decode(self, topic, payload, now, size):
         d = self.codec.decode(topic, payload, now, size)
         if self.marker not in payload:
