@@ -484,8 +484,28 @@ def _zero_lines(z: Mapping[str, Any], zh: bool) -> list[str]:
         out.append(f"24 小时收到数据：{z['readings']} 条" if zh else f"Readings in 24 h: {z['readings']}")
     if "devices" in z:
         out.append(f"设备在线：{z.get('devices_online', 0)} / {z['devices']} 台" if zh else f"Devices online: {z.get('devices_online', 0)} of {z['devices']}")
+    if "online_rate" in z:
+        rate = 100 * float(z["online_rate"])
+        out.append(f"在线率：{rate:.1f}%" if zh else f"Online rate: {rate:.1f} %")
+    if "availability" in z:
+        avail = 100 * float(z["availability"])
+        out.append(f"本月到报率：{avail:.1f}%" if zh else f"Transmission availability this month: {avail:.1f} %")
+    if z.get("devices_low_availability"):
+        named = [f"{device} {100 * float(a):.1f}%" for device, a in z.get("low_availability") or []]
+        more = int(z["devices_low_availability"]) - len(named)
+        floor = 100 * float(z.get("availability_threshold") or 0)
+        if zh:
+            out.append(f"到报率低于 {floor:.0f}% 的设备：{z['devices_low_availability']} 台（{'、'.join(named)}{f' 等，另有 {more} 台' if more > 0 else ''}）")
+        else:
+            out.append(f"Devices below {floor:.0f} % availability: {z['devices_low_availability']} ({', '.join(named)}{f' and {more} more' if more > 0 else ''})")
     if z.get("devices_clock_trouble"):
-        out.append(f"时钟异常设备：{z['devices_clock_trouble']} 台" if zh else f"Devices whose clock may be wrong: {z['devices_clock_trouble']}")
+        named = [str(d) for d in z.get("clock_trouble") or []]
+        more = int(z["devices_clock_trouble"]) - len(named)
+        if zh:
+            out.append(f"时钟异常设备：{z['devices_clock_trouble']} 台（{'、'.join(named)}{f' 等，另有 {more} 台' if more > 0 else ''}）" if named
+                       else f"时钟异常设备：{z['devices_clock_trouble']} 台")
+        else:
+            out.append(f"Devices whose clock may be wrong: {z['devices_clock_trouble']}" + (f" ({', '.join(named)}{f' and {more} more' if more > 0 else ''})" if named else ""))
     n = int(z.get("warnings") or 0)
     out.append((f"24 小时预警：{n} 次" if n else "24 小时预警：无险情") if zh else (f"Warnings in 24 h: {n}" if n else "Warnings in 24 h: none"))
     return out

@@ -286,3 +286,22 @@ def test_every_placeholder_the_roster_allows_is_made():
     n = Notify("county", "420527", "warning", 4, "W-1", "x", "BSH", T0, False, 0, T0 + 300, None, None, (), "id-1")
     registry = load_registry(example_path("sites.example.toml"))
     assert set(template_fields(n, None, registry.sites["BSH"], lang="zh", tz="Asia/Shanghai", reason=REASON)) == TEXT_FIELDS
+
+
+def test_a_zero_report_says_its_device_health_figures_in_the_units_language():
+    from geowarn.alerts.texts import _zero_lines
+
+    z = {
+        "day": "2026-12-06", "sites": ["BSH"], "readings": 1440, "devices": 5, "devices_online": 4,
+        "online_rate": 0.8, "availability": 0.8353, "availability_threshold": 0.9,
+        "devices_low_availability": 3, "low_availability": [["BSH-RG1", 0.5], ["BSH-PZ1", 0.75]],
+        "devices_clock_trouble": 1, "clock_trouble": ["BSH-EXT1"], "warnings": 0,
+    }
+    zh = _zero_lines(z, True)
+    assert "在线率：80.0%" in zh and "本月到报率：83.5%" in zh
+    assert "到报率低于 90% 的设备：3 台（BSH-RG1 50.0%、BSH-PZ1 75.0% 等，另有 1 台）" in zh
+    assert "时钟异常设备：1 台（BSH-EXT1）" in zh
+    en = _zero_lines(z, False)
+    assert "Online rate: 80.0 %" in en and "Transmission availability this month: 83.5 %" in en
+    assert "Devices below 90 % availability: 3 (BSH-RG1 50.0%, BSH-PZ1 75.0% and 1 more)" in en
+    assert "Devices whose clock may be wrong: 1 (BSH-EXT1)" in en
