@@ -240,7 +240,7 @@ class OutboxSink:
             self.outbox.enqueue(msgs, due=0.0)
             for m in msgs:
                 if m.notifier == COMMAND_KEY and isinstance(m.body.get("msgid"), str):
-                    self.outbox.expect_answer(m.body["msgid"], m.id)
+                    self.outbox.expect_answer(m.body["msgid"], m.id, str(m.body.get("cmd", "setsensortime")))
             if key is not None and state is not None:
                 self.outbox.set_state(self._state_key(key), state.to_dict())
             self.outbox.set_state(_ZERO_KEY, chain.zero_last)
@@ -279,6 +279,11 @@ class OutboxSink:
         for dev in site.devices:
             interval = action.interval_s if action.interval_s is not None else min(ch.interval_s for ch in dev.channels)
             if dev.code and sensor_ids(ch.source for ch in dev.channels):
+                if action.exercise:
+                    # The convention's command has no drill marker: a drill must not really
+                    # accelerate a field device (its battery), nor, when the drill ends,
+                    # slow down one the real state keeps accelerated.
+                    continue
                 out += self._cn_commands(site.admin, dev, action, interval)
                 continue
             payload = {"cmd": "set_sampling", "interval_s": interval, "reason": action.reason, "exercise": action.exercise, "id": action.id}
@@ -309,9 +314,13 @@ class OutboxSink:
         GeoWarn accelerates and at most 5 min (the firmware's initial value) when it restores.
         Each command's msgid is stable (``msgid_for`` of its outbox id), so the answer on ``$dr``
         is matched to it (``Outbox.record_answer``)."""
-        plus = interval if action.interval_s is not None else min(interval, float(PLUS_DEFAULT_S))
         out = []
         for sid in sensor_ids(ch.source for ch in dev.channels):
+            if action.interval_s is None:
+                # Back to normal: each sensor to the interval of the channels it feeds, not the
+                # device's fastest (a GNSS read hourly must not go to the rain gauge's 10 min).
+                interval = min((ch.interval_s for ch in dev.channels if (ch.source or "").partition(".")[0] == sid), default=interval)
+            plus = interval if action.interval_s is not None else min(interval, float(PLUS_DEFAULT_S))
             oid = f"{action.id}/{dev.device}/{sid}/{COMMAND_KEY}"
             msgid = msgid_for(oid)
             text = setsensortime(sid, interval, interval, plus, msgid, self.apikeys.get(dev.code))

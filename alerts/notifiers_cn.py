@@ -342,9 +342,15 @@ def _post(client: httpx.Client, what: str, url: str, msg: "Outgoing", timeout: f
 
 
 def _where(url: str) -> str:
-    """A URL without its query (which may hold a robot's key or token)."""
+    """A URL fit for an error message, a log line and the console: without its query (WeCom's
+    key, DingTalk's access_token and sign) and with a token in the path (Feishu's
+    ``/hook/<token>``) replaced by ``***``."""
     p = urlsplit(url)
-    return f"{p.scheme}://{p.netloc}{p.path}"
+    parts = p.path.split("/")
+    for i in range(1, len(parts)):
+        if parts[i - 1] == "hook" and parts[i]:
+            parts[i] = "***"
+    return f"{p.scheme}://{p.netloc}{'/'.join(parts)}"
 
 
 def _answer(resp: httpx.Response) -> Any:

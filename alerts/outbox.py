@@ -167,10 +167,10 @@ class Outbox:
 
     # -- devices' answers to commands ------------------------------------------------------
 
-    def expect_answer(self, msgid: str, command_id: str) -> None:
-        """Remember that an answer with ``msgid`` answers the command ``command_id`` (a device
-        of the national convention echoes the msgid; ingest/commands_cn.py)."""
-        self.set_state(ANSWER_INDEX + msgid, command_id)
+    def expect_answer(self, msgid: str, command_id: str, cmd: str = "setsensortime") -> None:
+        """Remember that an answer with ``msgid`` to ``cmd`` answers the command ``command_id``
+        (a device of the national convention echoes the msgid; ingest/commands_cn.py)."""
+        self.set_state(ANSWER_INDEX + msgid, {"id": command_id, "cmd": cmd})
 
     def record_answer(self, msgid: str | None, cmd: str, result: str, now: float) -> str | None:
         """Record a device's ``result=succ|fail`` against the command it answers; the command's
@@ -179,7 +179,15 @@ class Outbox:
         if not msgid:
             return None
         with self.transaction():
-            command_id = self.get_state(ANSWER_INDEX + msgid)
+            expected = self.get_state(ANSWER_INDEX + msgid)
+            if isinstance(expected, dict):
+                # The answer of another command that happens to echo our msgid (a reboot's, a
+                # hostile one) is not this command's.
+                if expected.get("cmd") != cmd:
+                    return None
+                command_id = expected.get("id")
+            else:
+                command_id = expected  # written before the command name was kept
             if not isinstance(command_id, str):
                 return None
             self.set_state(ANSWER_PREFIX + command_id, {"cmd": cmd, "result": result, "t": now, "msgid": msgid})

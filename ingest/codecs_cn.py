@@ -161,6 +161,10 @@ class CnCodec(Codec):
         self.topics = [_Topic(t) for t in topics]
         #: device code (or device id) -> (site, device)
         self.codes: dict[str, tuple[str, str]] = {}
+        #: only the codes devices declare (``code``): what a shared or vendor topic may name; a
+        #: device id stands for its device only on that device's own topic (the broker's ACL
+        #: confines it there), or anyone on ``$dp`` could write a native device's status.
+        self.declared: dict[str, tuple[str, str]] = {}
         #: (site, device) -> {"L1_GP_1.gpsTotalX": channel}
         self.sources: dict[tuple[str, str], dict[str, ChannelInfo]] = {}
         self.ignore: dict[tuple[str, str], frozenset[str]] = {}
@@ -173,6 +177,7 @@ class CnCodec(Codec):
                 self.codes[dev.device] = key
                 if dev.code:
                     self.codes[dev.code] = key
+                    self.declared[dev.code] = key
                 self.ignore[key] = frozenset(dev.ignore)
                 self.clock_offset[key] = dev.clock_offset_s
                 chans = registry.channels[key]
@@ -255,7 +260,7 @@ class CnCodec(Codec):
         if len(doc) != 1:
             raise PayloadError("bad_shape", f"a body of the national convention names one device code, this one {len(doc)}")
         code, channels = next(iter(doc.items()))
-        key = self.codes.get(code)
+        key = (self.codes if expect is not None else self.declared).get(code)
         if key is None:
             raise PayloadError("unknown_device", f"device code {code[:64]!r} is not in the registry")
         if topic_code is not None and topic_code != code and self.codes.get(topic_code) != key:

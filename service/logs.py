@@ -97,3 +97,6 @@ def configure_logging(level: int, *, quiet: Iterable[str] = (), stream: TextIO |
     root.setLevel(level)
     for name in quiet:
         logging.getLogger(name).setLevel(level)
+    # httpx logs every request's full URL at INFO: the robots' keys and tokens are in them.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))

@@ -101,13 +101,23 @@ def test_a_convention_device_gets_its_own_form_and_its_answer_is_matched(tmp_pat
     assert lf.body["topic"] == "$creq/SK11E80D1307426AZ/cmd"
     assert lf.body["payload"] == f"$cmd=setsensortime&sensor_id=L1_LF_1&sample_intv=60&upload_intv=60&plus_intv=60&msgid={m_lf}"
     assert qj.body["payload"].startswith("$cmd=setsensortime&sensor_id=L1_QJ_1&sample_intv=60&")
-    # Back: the fastest channel's normal interval (600 s); plus_intv at most the firmware's 300 s.
+    # Back: each sensor to its own channels' normal interval (the crack meter 600 s, the
+    # tiltmeter 1800 s, not the device's fastest); plus_intv at most the firmware's 300 s.
     back = cmds[f"w2/SP-U1/L1_LF_1/{COMMAND_KEY}"]
     assert back.body["payload"].startswith("$cmd=setsensortime&sensor_id=L1_LF_1&sample_intv=600&upload_intv=600&plus_intv=300&msgid=")
+    back_qj = cmds[f"w2/SP-U1/L1_QJ_1/{COMMAND_KEY}"]
+    assert back_qj.body["payload"].startswith("$cmd=setsensortime&sensor_id=L1_QJ_1&sample_intv=1800&upload_intv=1800&plus_intv=300&msgid=")
+    # A drill sends the convention device nothing (its command cannot say "drill"); the native
+    # device gets its drill-marked JSON.
+    sink.carry_out(chain, None, None, (SetSampling("SP", 60.0, "drill red", 3000.0, True, "d1"),), {})  # type: ignore[arg-type]
+    drill = [i.id for i in outbox.items() if i.id.startswith("d1/")]
+    assert drill == [f"d1/SP-EXT/{COMMAND_KEY}"]
     # The native device keeps GeoWarn's JSON on its own topic.
     native = cmds[f"w1/SP-EXT/{COMMAND_KEY}"]
     assert native.body["topic"] == "geowarn/SP/SP-EXT/cmd" and json.loads(native.body["payload"])["cmd"] == "set_sampling"
     assert len(cmds) == 6
+    # The answer of another command that echoes our msgid is not this command's.
+    assert outbox.record_answer(m_lf, "reboot", "succ", 1000.5) is None
 
     # An answer is recorded against the command whose msgid it echoes; an unknown msgid is not.
     assert outbox.record_answer(m_lf, "setsensortime", "succ", 1001.0) == f"w1/SP-U1/L1_LF_1/{COMMAND_KEY}"
@@ -125,7 +135,7 @@ def test_a_convention_device_gets_its_own_form_and_its_answer_is_matched(tmp_pat
     views = Views(tmp_path, registry)
     devices: dict = {"SP-U1": {}, "SP-EXT": {}}
     views._add_commands("SP", devices)
-    assert devices["SP-U1"]["last_command"]["cmd"] == "setsensortime" and devices["SP-U1"]["last_command"]["interval_s"] == 600.0
+    assert devices["SP-U1"]["last_command"]["cmd"] == "setsensortime" and devices["SP-U1"]["last_command"]["interval_s"] in (600.0, 1800.0)
     assert devices["SP-U1"]["last_command"]["result"] is None  # the restore was not answered
     assert devices["SP-EXT"]["last_command"]["cmd"] == "set_sampling" and devices["SP-EXT"]["last_command"]["result"] is None
 

@@ -432,3 +432,14 @@ def test_a_batch_written_again_after_a_write_error_books_its_counter_once(tmp_pa
     store.close()
     log.close()
     assert _rain_rows(data) == [(int(utc(2026, 3, 31, 2) * 1000), 0.5), (int(utc(2026, 3, 31, 3) * 1000), 1.0)]
+
+
+def test_a_shared_topic_accepts_only_declared_codes_not_a_device_id(codec):
+    """On ``$dp`` (every device's topic) a payload keyed by a registry device id — SP-G1 has a
+    code, so its id is not one — is refused: otherwise anyone on ``$dp`` could write a native
+    device's status (battery, faulty sensors) by its id. Its declared code works."""
+    with pytest.raises(PayloadError) as exc:
+        codec.decode("$dp", body({"S1_ZT_1": {"battery_volt": 2.1}}, code="SP-G1"), NOW)
+    assert exc.value.reason == "unknown_device"
+    d = codec.decode("$dp", body({"L1_GP_1": {"2026-03-31T04:05:55Z": {"gpsTotalX": 1.5}}}, code=CODE_UTC), NOW)
+    assert [(i.device, i.channel) for i, _, _ in d.readings] == [("SP-G1", "disp_e")]

@@ -404,3 +404,25 @@ def test_a_warning_reaches_wecom_dingtalk_feishu_and_both_sms_providers_through_
         assert emus["tencent_sms"].accepted[0].json()["TemplateParamSet"] == ["BSH", "黄色警示级"]
     finally:
         outbox.close()
+
+
+def test_robot_credentials_stay_out_of_errors_and_logs():
+    """A Feishu robot's token is in its URL path, WeCom's key and DingTalk's token in the
+    query: none may reach an error message (outbox, console, operator alarm) or a log line."""
+    import logging
+
+    from geowarn.alerts.notifiers_cn import _where
+    from geowarn.service.logs import configure_logging
+
+    assert _where("https://open.feishu.cn/open-apis/bot/v2/hook/0f3a-SECRET-TOKEN") == "https://open.feishu.cn/open-apis/bot/v2/hook/***"
+    assert _where("https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=WECOM-SECRET") == "https://qyapi.weixin.qq.com/cgi-bin/webhook/send"
+    assert "SECRET" not in _where("https://oapi.dingtalk.com/robot/send?access_token=DING-SECRET&timestamp=1&sign=x")
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        configure_logging(logging.INFO)  # the daemon's level: httpx would log each full URL at INFO
+        assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("httpcore").isEnabledFor(logging.INFO)
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
