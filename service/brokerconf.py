@@ -352,7 +352,8 @@ def generate(
     entries = [(a.username, a.password) for a in result.accounts] + [(u, service_password) for u in service_users[1:]]
     lines = [f"{user}:{hash_password(password)}" for user, password in entries]
     _write_private(out / "passwd", ("\n".join(lines) + "\n").encode(), owner=owner)
-    _write_private(out / "acl", _acl(result.accounts, service_users, prefix).encode(), owner=owner)
+    codes = {f"{site.site}/{dev.device}": dev.code for site in loaded.registry.sites.values() for dev in site.devices if dev.code}
+    _write_private(out / "acl", _acl(result.accounts, service_users, prefix, codes, loaded.settings.cn_topic_list).encode(), owner=owner)
 
     # TLS, then the URLs the env files give.
     if tls_listen is not None:
@@ -396,8 +397,17 @@ def generate(
     return result
 
 
-def _acl(accounts: list[Account], service_users: list[str], prefix: str) -> str:
+def _acl(accounts: list[Account], service_users: list[str], prefix: str, codes: dict[str, str] | None = None,
+         cn_topics: list[str] | None = None) -> str:
+    """The ACL. ``codes``: "site/device" → the device's code (devices of the national
+    convention); ``cn_topics``: their data topics (``$dp``, vendor topics with ``{code}``).
+    A ``#`` never matches a topic that starts with ``$`` (MQTT 3.1.1 §4.7.2), so the
+    convention's ``$dp``, ``$dr`` and ``$creq`` are granted one by one."""
     from geowarn.alerts.live import REQUEST_KINDS  # here: the CLI's start-up need not load the alert engine
+    from geowarn.ingest.commands_cn import REPLY_TOPIC, command_topic
+
+    codes = codes or {}
+    cn_topics = cn_topics or []
 
     p = prefix
     out = [
@@ -410,7 +420,11 @@ def _acl(accounts: list[Account], service_users: list[str], prefix: str) -> str:
         "# -- the GeoWarn daemon's connections (username = client id; one service password)",
     ]
     for user in service_users:
-        out += [f"user {user}", f"topic readwrite {p}/#", ""]
+        out += [f"user {user}", f"topic readwrite {p}/#"]
+        if codes:
+            out += [f"topic read {t.replace('{code}', '+')}" for t in cn_topics]
+            out += [f"topic read {REPLY_TOPIC}", f"topic write {command_topic('+')}"]
+        out.append("")
     out += ["# -- operators: requests and their results; what the duty officers see"]
     for a in accounts:
         if a.role == "operator":
@@ -429,7 +443,15 @@ def _acl(accounts: list[Account], service_users: list[str], prefix: str) -> str:
         if a.role == "device":
             site, device = a.scope.split("/", 1)
             out += [f"user {a.username}", f"topic write {p}/{site}/{device}/data", f"topic write {p}/{site}/{device}/status",
-                    f"topic read {p}/{site}/{device}/cmd", ""]
+                    f"topic read {p}/{site}/{device}/cmd"]
+            code = codes.get(a.scope)
+            if code:
+                # The national convention: its data topics (a vendor topic only with its own
+                # code in it), its command topic, and answers on the shared $dr.
+                out += [f"topic write {t.replace('{code}', code)}" for t in cn_topics]
+                # The firmware subscribes to $creq/{code}/+ (its own commands, whatever their name).
+                out += [f"topic read {command_topic(code).rsplit('/', 1)[0]}/+", f"topic write {REPLY_TOPIC}"]
+            out.append("")
     return "\n".join(out) + "\n"
 
 

@@ -469,3 +469,66 @@ def test_queued_messages_survive_a_broker_crash(tmp_path: Path) -> None:
         back.close()
     finally:
         broker.stop()
+
+
+CN_SITES = """
+[[sites]]
+site = "SP"
+name = "树坪滑坡"
+admin = "420527"
+lat = 30.99
+lon = 110.61
+
+[[sites.devices]]
+device = "SP-U1"
+code = "SK11E80D1307426AZ"
+channels = [{ channel = "crack", kind = "crack", source = "L1_LF_1" }]
+
+[[sites.devices]]
+device = "SP-U2"
+code = "SK11E80D1307426BB"
+channels = [{ channel = "crack", kind = "crack", source = "L1_LF_1" }]
+"""
+
+
+def test_devices_of_the_national_convention_get_their_own_topics_under_the_locked_broker(tmp_path: Path) -> None:
+    """``#`` never matches a ``$`` topic: without their own ACL lines the convention's devices
+    could not publish on ``$dp`` or read ``$creq``, and the daemon heard nothing (a review found
+    it). Each device: ``$dp``, its own vendor topic, its own commands, answers on ``$dr``."""
+    sites = tmp_path / "sites.toml"
+    sites.write_text(CN_SITES, encoding="utf-8")
+    plain = free_port()
+    out = tmp_path / "broker"
+    broker_config(out, "--listen", f"{HOST}:{plain}",
+                  env=_clean_env(GEOWARN_SITES=str(sites), GEOWARN_CN_TOPICS="$dp,/sys/{code}/post"))
+    broker = Mosquitto(out, port=plain, config_file=out / "mosquitto.conf")
+    broker.start()
+    try:
+        pw, svc_pw = devices(out), accounts(out)["geowarn-ingest"]
+        daemon = Client(plain, "geowarn-ingest", svc_pw, "geowarn-ingest")
+        daemon.subscribe("$dp", "$dr", "/sys/+/post")
+        # Another device's vendor topic: denied (Mosquitto 2.0 closes that connection). (One
+        # connection per device at a time: the username is the client id.)
+        attacker = Client(plain, "SP-U1", pw["SP-U1"])
+        attacker.publish("/sys/SK11E80D1307426BB/post", b'{"SK11E80D1307426BB": {}}')
+        attacker.close()
+        u1b = Client(plain, "SP-U1", pw["SP-U1"])
+        u1b.publish("/sys/SK11E80D1307426AZ/post", b'{"SK11E80D1307426AZ": {"L1_LF_1": 1}}')
+        assert [t for t, _ in daemon.until("/sys/SK11E80D1307426AZ/post")] == ["/sys/SK11E80D1307426AZ/post"]
+        u1b.publish("$dp", b'{"SK11E80D1307426AZ": {"L1_LF_1": 1}}')
+        assert [t for t, _ in daemon.until("$dp")] == ["$dp"]
+        # Commands: the daemon's reach the device; another device's do not.
+        u1 = u1b
+        u1.subscribe("$creq/SK11E80D1307426AZ/+")
+        svc = Client(plain, "geowarn-ingest-detection", svc_pw)
+        svc.publish("$creq/SK11E80D1307426BB/cmd", b"$cmd=setsensortime&sensor_id=L1_LF_1&sample_intv=60")
+        svc.publish("$creq/SK11E80D1307426AZ/cmd", b"$cmd=setsensortime&sensor_id=L1_LF_1&sample_intv=60")
+        assert [t for t, _ in u1.until("$creq/SK11E80D1307426AZ/cmd")] == ["$creq/SK11E80D1307426AZ/cmd"]
+        u1b.publish("$dr", b"$cmd=setsensortime&result=succ&msgid=x")
+        assert [t for t, _ in daemon.until("$dr")] == ["$dr"]
+        for c in (daemon, u1, svc):
+            c.close()
+        acl = (out / "acl").read_text()
+        assert "topic write $creq/+/cmd" in acl and "topic read $creq/SK11E80D1307426AZ/+" in acl
+    finally:
+        broker.stop()
