@@ -278,7 +278,10 @@ class _Run:
             status, deadline, kind, rule = s.status, None, "warning", "upgrade"
         self.set(announced=level, status=status, ack_deadline=deadline)
         self.rule(rule, f"{_name(previous)} → {_name(level)}: {s.reason}")
-        shown = self.shown_deadline(level) if status == UNACK else None
+        # The deadline people are told is the one that acts: a rise never postpones an
+        # escalation already due sooner, so neither may the text (a review found "by 11:20"
+        # sent while the escalation came at 11:00).
+        shown = (deadline if deadline is not None else self.shown_deadline(level)) if status == UNACK else None
         verb = "rose again after acknowledgement" if realarm else "raised"
         text = f"{s.site} warning {s.warning_id} {verb} to {_name(level)} from {LEVELS[previous].colour}: {s.reason}." + (
             f" Acknowledge by {_iso(shown)}." if shown is not None else ""

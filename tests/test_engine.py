@@ -835,3 +835,16 @@ def test_the_raw_level_comes_from_fusion_and_survives_a_restart():
     assert SiteAlert.from_dict(d).raw_level == 3
     with pytest.raises(ValueError, match="raw_level"):
         LevelIn(T0, 2, "x", {}, raw_level=5)
+
+
+def test_a_rise_tells_the_deadline_that_acts_not_a_later_one():
+    """Yellow at 10:00 (ack within 60 min: escalation at 11:00); orange at 10:50 would give
+    11:05 (15 min), but a rise never postpones an escalation already due sooner — and the
+    warning text must say the same 11:00, not a time after the escalation."""
+    policy = AlertPolicy()
+    tr = step(new_state(), LevelIn(T0, 2, "velocity"), policy, T0)
+    assert tr.state.ack_deadline == T0 + 60 * MIN
+    tr = step(tr.state, LevelIn(T0 + 50 * MIN, 3, "velocity"), policy, T0 + 50 * MIN)
+    assert tr.state.ack_deadline == T0 + 60 * MIN
+    notes = [a for a in tr.actions if isinstance(a, Notify) and a.kind == "warning"]
+    assert notes and all(n.deadline == T0 + 60 * MIN for n in notes)
