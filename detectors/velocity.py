@@ -205,20 +205,26 @@ class VelocityDetector(StreamingDetector):
         significant = speed > self.z * se
         recent.append(speed if significant else 0.0)
         x = min(recent)
+        latch = self._latch
         if self.persist_s:
-            # Across windows: the level needs persist_s of evaluations in a row supporting it.
+            # Across windows: a level is *reached* only with persist_s of evaluations in a row
+            # supporting it. Keeping it is the latch's business (hysteresis, hold) on the current
+            # evidence: persistence applied to staying too let a few insignificant evaluations
+            # hold x at 0 for persist_s after the slope was significant again, and a yellow on
+            # an accelerating slope was lifted (tests/test_chain.py).
             since = self._since
             since.append((t, speed if significant else 0.0))
             horizon = t - self.persist_s
             while len(since) > 1 and since[1][0] <= horizon:
                 since.popleft()
-            if since[0][0] > horizon:
-                x = 0.0  # not yet persisted that long
-            else:
+            held = 0.0
+            if since[0][0] <= horizon:
+                held = x
                 for _, s in since:
-                    if s < x:
-                        x = s
-        latch = self._latch
+                    if s < held:
+                        held = s
+            hi = latch._bands.get(latch.level, (0.0, math.inf))[1]
+            x = held if held >= hi else min(x, math.nextafter(hi, -math.inf))
         # The latch's own quiet path, inline: nothing latched and x below every threshold.
         level = 0 if latch.level == 0 and x < latch._lowest else latch.update(t, x)
         if level == 0:
