@@ -201,11 +201,14 @@ def hostile_messages(sites: int) -> list[tuple[str, bytes, bool]]:
 
 
 class AlertWatch:
-    """Every alert event on MQTT with the wall time it arrived (retained repeats dropped)."""
+    """Every alert event on MQTT with the wall time it first arrived. MQTT QoS 1 is at least
+    once: a copy of an event already seen (same event id: a redelivery after a reconnect, or
+    the retained copy a resubscription brings) is counted in ``redeliveries``, not as an event."""
 
     def __init__(self, port: int) -> None:
         self.events: list[tuple[float, dict[str, Any]]] = []
-        self.seen: set[tuple[str, float, int]] = set()
+        self.seen: set[str] = set()
+        self.redeliveries = 0
         self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="soak-alerts", clean_session=False)
         self.c.on_message = self._on_message
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("geowarn/alerts/#", 1)
@@ -217,10 +220,11 @@ class AlertWatch:
         try:
             ev = json.loads(m.payload)
             ev["t_s"] = parse_instant(ev["t"])
-            key = (str(ev.get("site")), ev["t_s"], int(ev.get("level", -1)))
+            key = str(ev["id"])
         except (ValueError, KeyError, TypeError):
             return
-        if m.retain and key in self.seen:
+        if key in self.seen:
+            self.redeliveries += 1
             return
         self.seen.add(key)
         self.events.append((time.time(), ev))
@@ -429,6 +433,17 @@ def main(argv: list[str] | None = None) -> int:
         drained_s = time.monotonic() - t_drain
         time.sleep(5.0)  # the last alerts on their way
         rows_total = daemon.count("readings")
+        # The alert log is the record of what was announced (MQTT may deliver a copy twice).
+        logged = []
+        alerts_path = daemon.data_dir / "alerts.jsonl"
+        if alerts_path.exists():
+            for line in alerts_path.read_text(errors="replace").splitlines():
+                try:
+                    logged.append(json.loads(line))
+                except ValueError:
+                    pass
+        logged_raises = [(str(e["site"]), int(e["level"])) for e in logged
+                         if int(e.get("level", 0)) > int(e.get("previous_level", 0)) and not e.get("exercise")]
         raises = []
         for got, ev in alerts.events if alerts else []:
             if int(ev.get("level", 0)) > int(ev.get("previous_level", 0)) and not ev.get("exercise"):
@@ -452,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
             warnings_expected=len(expected),
             warnings_raised=len(set(got_keys) & expected),
             warnings_raised_twice=len(got_keys) - len(set(got_keys)),
+            warnings_logged_twice=len(logged_raises) - len(set(logged_raises)),
+            alert_mqtt_redeliveries=alerts.redeliveries if alerts else 0,
             warnings_missing=sorted(expected - set(got_keys)),
             false_raises=sorted({k for k in got_keys if k not in expected}),
             warning_late_s_median=round(statistics.median(late), 2) if late else None,
