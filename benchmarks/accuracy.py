@@ -1474,10 +1474,10 @@ def section_lamosano() -> Section:
         )
     if any("effective rain" in r for r in rain_led):
         sec.findings.append(
-            f"Lamosano: {len(rain_led)} yellows come from rain, from the effective-rain method, and are overstated: "
-            "`AntecedentRain` books a reading's whole amount on the day its interval ends, so an 11-day total counts as one "
-            "day's rain (the 24 h/72 h sums spread it over the interval, as the module docstring says every method does). "
-            "Suggested fix: spread a multi-day reading over its days in `AntecedentRain._step`, like `RainSums`."
+            f"Lamosano: {len(rain_led)} yellows come from rain, from the effective-rain method. `AntecedentRain` now books "
+            "a multi-day reading over its days (an 11-day total is no longer one day's rain; that made 10 yellows before), "
+            "so these are wet spells against the default effective-rain yellow of 100 mm, set for the Three Gorges. "
+            "Suggested fix: calibrate the rain thresholds per site from its own record (issue 14, item 7)."
         )
     return sec
 
