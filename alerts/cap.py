@@ -255,8 +255,12 @@ def build_cap(
     area_radius_km: float = 2.0,
     tz: str = DEFAULT_TZ,
     profile: CnProfile | None = None,
+    identifier: str | None = None,
 ) -> bytes:
     """The CAP 1.2 ``<alert>`` (UTF-8 XML bytes) for one alert event of ``site``.
+
+    ``identifier``: the China profile's identifier as the chain allocated it (``N`` unique
+    among the unit's messages of that second); by default the event's own.
 
     ``profile`` None is plain OASIS CAP; a ``CnProfile`` gives China's profile (module
     docstring): its sender code replaces ``sender`` and Beijing time replaces ``tz``, and
@@ -301,7 +305,7 @@ def build_cap(
     for ref in refs:
         _check_reference(ref)
 
-    identifier = cap_identifier(event, profile)
+    identifier = identifier if identifier is not None and profile is not None else cap_identifier(event, profile)
     sent = _cap_time(event["t"], zone)
     if any(r[0] == sender and r[1] == identifier for r in refs):
         raise CapError(f"message {identifier} cannot reference itself")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from geowarn.alerts.cap import DEFAULT_SENDER, CapSchema, CnProfile, Reference, build_cap, cap_identifier, cap_profile_for, cap_reference
+from geowarn.alerts.cap import DEFAULT_SENDER, CapError, CapSchema, CnProfile, Reference, build_cap, cap_identifier, cap_profile_for, cap_reference
 from geowarn.alerts.zero_reports import ZERO_REPORT_TIMES, next_zero_report, zero_report_due
 from geowarn.alerts.model import (
     Ack,
@@ -170,6 +170,10 @@ class ResponseChain:
         self.zero_reports = zero_reports
         self.zero_stats = zero_stats
         self.states: dict[tuple[str, bool], SiteAlert] = {}
+        #: China-profile CAP identifiers allocated (engine identifier -> GB/T 35965.1 one) and
+        #: taken (``_cn_identifier``).
+        self._cn_ids: dict[str, str] = {}
+        self._cn_used: set[str] = set()
         #: When each watched admin unit (counties with sites, their cities and provinces) last
         #: had its zero report; empty until the chain first sees a time.
         self.zero_last: dict[str, float | None] = {}
@@ -361,10 +365,41 @@ class ResponseChain:
         The roster's unit for the site's county picks the profile (``cap_profile_for``)."""
         event = cap_event(action)
         profile = cap_profile_for(self.roster, action.admin)
-        refs = cap_references(action, self.sender, profile)
-        xml = build_cap(event, self.registry.sites[action.site], sender=self.sender, references=refs or None, profile=profile)
+        if profile is None:
+            refs = cap_references(action, self.sender, profile)
+            xml = build_cap(event, self.registry.sites[action.site], sender=self.sender, references=refs or None, profile=profile)
+            self.schema.validate(xml)  # raises CapError
+            return cap_identifier(event, profile), xml
+        ident = self._cn_identifier(action, event, profile)
+        refs = [(ref[0], self._cn_ids.get(eid, ref[1]), ref[2]) for (eid, _), ref in zip(action.references, cap_references(action, self.sender, profile))]
+        xml = build_cap(event, self.registry.sites[action.site], sender=self.sender, references=refs or None, profile=profile, identifier=ident)
         self.schema.validate(xml)  # raises CapError
-        return cap_identifier(event, profile), xml
+        return ident, xml
+
+    def _cn_identifier(self, action: Cap, event: Mapping[str, Any], profile: CnProfile) -> str:
+        """The China profile's identifier of this message: its unit code and second, and N the
+        first digit not yet taken by another message of the unit in that second — starting from
+        the event's own (a hash of its id), so a message alone in its second keeps the
+        identifier it always had. Two sites of a county changing level in one second used to
+        share it, and the outbox kept only the first. Kept per message for the references of
+        later Updates (within this process: after a restart a reference is worked out from the
+        event again, which is the allocated one unless that message had to move)."""
+        known = self._cn_ids.get(action.identifier)
+        if known is not None:
+            return known
+        ident = cap_identifier(event, profile)
+        if ident in self._cn_used:
+            stem, first = ident[:-1], int(ident[-1])
+            free = [stem + str((first + k) % 10) for k in range(1, 10) if stem + str((first + k) % 10) not in self._cn_used]
+            if not free:
+                raise CapError(f"more than 10 CAP messages of {profile.sender_code} in one second: GB/T 35965.1's N is one digit")
+            ident = free[0]
+        self._cn_ids[action.identifier] = ident
+        self._cn_used.add(ident)
+        if len(self._cn_ids) > 200_000:  # bounded: the oldest go (their warnings are long over)
+            for eid in list(self._cn_ids)[:100_000]:
+                self._cn_used.discard(self._cn_ids.pop(eid))
+        return ident
 
 
 class ReplayFiles:

@@ -216,3 +216,40 @@ def test_the_roster_refuses_a_china_profile_without_a_proper_sender_code(tmp_pat
     path.write_text(f'[[units]]\nadmin = "420527"\nname = "秭归县自然资源局"\n{extra}\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=re.escape(problem)):
         load_roster(path)
+
+
+def test_two_sites_of_a_county_in_one_second_get_two_identifiers_and_both_messages(schema, roster, tmp_path) -> None:
+    """Two Zigui sites (420527) raise, then go orange, in the same seconds. N is one digit; it
+    was a CRC of the event id — linear, so for a pair of site codes of one length it is equal
+    at every time or never: BSH and BYZ (the example's BZM renamed) always shared it, and the
+    outbox kept only the first message. Now N is the first digit free in that second, and each
+    Update references its own site's Alert."""
+    from geowarn.alerts.cap import cn_identifier
+    from geowarn.alerts.model import warning_id_for
+    from geowarn.core.timefmt import rfc3339
+
+    text_toml = example_path("sites.example.toml").read_text(encoding="utf-8").replace("BZM", "BYZ")
+    (tmp_path / "sites.toml").write_text(text_toml, encoding="utf-8")
+    reg = load_registry(tmp_path / "sites.toml")
+
+    def naive(site: str, t: float) -> str:
+        return cn_identifier({"id": f"{warning_id_for(site, t)}.1", "t": rfc3339(t), "exercise": False}, SENDER_CODE)
+
+    assert naive("BSH", T0) == naive("BYZ", T0)  # the collision this test is about
+    files = run_chain(reg, roster, tmp_path / "out", [
+        LevelChange("BSH", T0, 2, 0, "velocity above threshold", {"device": "BSH-GNSS1"}),
+        LevelChange("BYZ", T0, 2, 0, "velocity above threshold", {"device": "BYZ-GNSS1"}),
+        LevelChange("BSH", T0 + HOUR, 3, 2, "velocity above threshold", {"device": "BSH-GNSS1"}),
+        LevelChange("BYZ", T0 + HOUR, 3, 2, "velocity above threshold", {"device": "BYZ-GNSS1"}),
+    ])
+    roots = [valid(schema, xml) for _, xml in files]
+    idents = [text(r, "cap:identifier") for r in roots]
+    assert len(roots) == 4 and len(set(idents)) == 4, idents
+    alerts = [r for r in roots if text(r, "cap:msgType") == "Alert"]
+    updates = [r for r in roots if text(r, "cap:msgType") == "Update"]
+    assert len(alerts) == 2 and len(updates) == 2
+    a_ids = [text(r, "cap:identifier") for r in alerts]
+    assert a_ids[0][:-1] == a_ids[1][:-1] and a_ids[0] == naive("BSH", T0)  # the first keeps its own N
+    # Each Update references exactly one of the Alerts, and not the same one.
+    refd = [text(r, "cap:references").split()[0].split(",")[1] for r in updates]
+    assert refd == a_ids  # files in order: BSH, BYZ alerts; BSH, BYZ updates
