@@ -285,7 +285,7 @@ class CnCodec(Codec):
                 try:
                     t = now if raw_t is None else self._time(raw_t, key, now)
                 except ValueError as exc:
-                    out.rejects.append(Reject("bad_time", f"{ch}: {exc}", {ch: {raw_t[:40]: "…"}}))
+                    out.rejects.append(Reject("bad_time", f"{ch}: {exc}", {ch: {(raw_t or "")[:40]: "…"}}))
                     continue
                 fields = self._fields(out, ch, value)
                 if fields is None:
@@ -392,7 +392,8 @@ class CnCodec(Codec):
         zone = m.group(8)
         frac = m.group(7) or ""
         try:
-            dt = datetime(*(int(m.group(i)) for i in range(1, 7)), tzinfo=timezone.utc)
+            year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
+            dt = datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
         except ValueError:
             raise ValueError(f"time key {raw[:40]!r} is not a valid date") from None
         t = dt.timestamp() + (float(frac) if frac else 0.0)
