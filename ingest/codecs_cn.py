@@ -171,6 +171,9 @@ class CnCodec(Codec):
         self.clock_offset: dict[tuple[str, str], float | None] = {}
         #: (site, device, channel) of a rain counter -> (t, total, rain booked at t)
         self.totals: dict[tuple[str, str, str], tuple[float, float, float]] = {}
+        #: counters moved since the store stage last committed or undid: key -> the total before
+        #: (None: none); what a batch commits, or puts back (``moved_totals``, ``undo_totals``)
+        self._moved: dict[tuple[str, str, str], tuple[float, float, float] | None] = {}
         for site in registry.sites.values():
             for dev in site.devices:
                 key = (site.site, dev.device)
@@ -370,7 +373,7 @@ class CnCodec(Codec):
             key = (info.site, info.device, info.channel)
             last = self.totals.get(key)
             if last is None:
-                self.totals[key] = (t, total, math.nan)  # primes the counter: no rain to book yet
+                self._move(key, (t, total, math.nan))  # primes the counter: no rain to book yet
                 continue
             t0, total0, rain0 = last
             if t == t0 and total == total0:
@@ -382,8 +385,31 @@ class CnCodec(Codec):
                 continue
             diff = total - total0
             rain = total if diff < -TOTAL_EPS else max(diff, 0.0)  # reset: the rain since is the new total
-            self.totals[key] = (t, total, rain)
+            self._move(key, (t, total, rain))
             out.readings.append((info, t, rain))
+
+    def _move(self, key: tuple[str, str, str], value: tuple[float, float, float]) -> None:
+        if key not in self._moved:
+            self._moved[key] = self.totals.get(key)
+        self.totals[key] = value
+
+    def moved_totals(self, settle: bool = False) -> dict[tuple[str, str, str], tuple[float, float, float]]:
+        """The counters the messages decoded since the last commit moved, with their totals now
+        (only those: a batch costs what it moved, not the number of counters); ``settle``: that
+        batch is committed, start afresh."""
+        out = {key: self.totals[key] for key in self._moved}
+        if settle:
+            self._moved.clear()
+        return out
+
+    def undo_totals(self) -> None:
+        """Put back the counters as the last commit left them (a batch decoded again, or not written)."""
+        for key, before in self._moved.items():
+            if before is None:
+                self.totals.pop(key, None)
+            else:
+                self.totals[key] = before
+        self._moved.clear()
 
     def _time(self, raw: str, key: tuple[str, str], now: float) -> float:
         m = _TIME.fullmatch(raw)

@@ -213,23 +213,22 @@ class Pipeline:
         # Rain counters' last totals move as messages are decoded: every decoding of the batch
         # starts from where the last committed batch left them, and what moved is committed
         # with the batch (a batch written again after a disk-full must not see its own totals).
-        totals0 = dict(self.codec.totals)
+        codec = self.codec
         while True:
             outgoing: list[tuple[str, bytes, bool]] = []
-            self.codec.totals = dict(totals0)
+            codec.undo_totals()
             parts = self._decode(messages, quarantined, outgoing)
             rows = [r for p in parts for r in p[0]]
             state: dict[str, Any] | None = {POSITION_KEY: messages[-1].id} if messages else None
             if state is not None:
-                for key, value in self.codec.totals.items():
-                    if totals0.get(key) != value:
-                        state[COUNTER_KEY_PREFIX + "/".join(key)] = [None if v != v else v for v in value]
+                for key, value in codec.moved_totals().items():
+                    state[COUNTER_KEY_PREFIX + "/".join(key)] = [None if v != v else v for v in value]
             try:
                 inserted = self.journal.append(rows, [x for p in parts for x in p[1]], [x for p in parts for x in p[2]], state)
                 break
             except sqlite3.OperationalError:
                 self.counters = counters
-                self.codec.totals = totals0
+                codec.undo_totals()
                 raise
             except Exception:
                 log.exception("a batch could not be written; looking for the message the journal refuses")
@@ -240,13 +239,14 @@ class Pipeline:
                 break  # it went in this time, message by message
             except sqlite3.OperationalError:
                 self.counters = counters
-                self.codec.totals = totals0
+                codec.undo_totals()
                 raise
             except _Refused as refused:
                 i = refused.index
                 log.error("a message could not be written; quarantined as poison", extra=kv(topic=clean(messages[i].topic.decode("utf-8", "replace")), error=type(refused.error).__name__))
                 quarantined[i] = (refused.error, 1)
                 self.counters = copy.deepcopy(counters)
+        codec.moved_totals(settle=True)  # committed with the batch
         for topic, payload, retain in outgoing:
             try:
                 self.publish(topic, payload, retain)

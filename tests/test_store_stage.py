@@ -189,13 +189,8 @@ class _Failing:
         self.codec, self.marker, self.failures = codec, marker, failures
         self.tries = 0
 
-    @property
-    def totals(self):  # the rain counters' state, which the store saves and restores per batch
-        return self.codec.totals
-
-    @totals.setter
-    def totals(self, value) -> None:
-        self.codec.totals = value
+    def __getattr__(self, name):  # the rest (the rain counters' state, saved and put back per batch) is the codec's
+        return getattr(self.codec, name)
 
     def decode(self, topic, payload, now, size):
         d = self.codec.decode(topic, payload, now, size)
