@@ -98,6 +98,11 @@ class MainStats:
     # for us), over the data dir's life, and the time of the last.
     broker_sessions_lost: int = 0
     broker_session_lost_at: float | None = None
+    # The broker link: connected now (None: not known), to what (password redacted), and
+    # whether the daemon has finished starting (its parts up, the ack loop running).
+    mqtt_connected: bool | None = None
+    broker: str = ""
+    started: bool = False
 
 
 class GeoWarnCollector(Collector):
@@ -133,6 +138,8 @@ class GeoWarnCollector(Collector):
         m = self.main()
         yield CounterMetricFamily("geowarn_messages_received", "MQTT data/status messages received and logged by the ack path", value=m.messages_received)
         yield CounterMetricFamily("geowarn_messages_acked", "MQTT messages acknowledged to the broker after they were durable", value=m.messages_acked)
+        if m.mqtt_connected is not None:
+            yield GaugeMetricFamily("geowarn_mqtt_connected", "1 while the ack path is connected to the MQTT broker", value=1.0 if m.mqtt_connected else 0.0)
         yield CounterMetricFamily("geowarn_worker_restarts", "store/detection worker processes restarted after dying", value=m.worker_restarts)
         yield CounterMetricFamily(
             "geowarn_broker_sessions_lost",

@@ -149,6 +149,10 @@ class MqttLink:
         self.subscriptions = list(subscriptions)
         self.inbox = Inbox(inbox_size)
         self.connected = threading.Event()
+        #: Monotonic time since when the link has had no connection (None while connected), and
+        #: the connection attempts that failed meanwhile (the daemon says so, with the fix).
+        self.disconnected_since: float | None = time.monotonic()
+        self.connect_failures = 0
         #: Set when the broker has confirmed this connection's subscriptions.
         self.subscribed = threading.Event()
         self.generation = 0
@@ -190,6 +194,7 @@ class MqttLink:
         self.client.max_queued_messages_set(0)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
 
@@ -197,8 +202,11 @@ class MqttLink:
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
+            self.connect_failures += 1
             log.error("broker refused the connection", extra=kv(broker=self.target.redacted(), reason=reason_code))
             return
+        self.disconnected_since = None
+        self.connect_failures = 0
         self.generation += 1
         self.connects += 1
         self.takeover.connected(time.monotonic())
@@ -224,7 +232,14 @@ class MqttLink:
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
         self.subscribed.set()
 
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this when it cannot open the connection at all (refused, unreachable, DNS);
+        # it keeps retrying with its backoff.
+        self.connect_failures += 1
+
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if self.connected.is_set() or self.disconnected_since is None:
+            self.disconnected_since = time.monotonic()
         self.connected.clear()
         self.subscribed.clear()
         if not self._stopping:

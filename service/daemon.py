@@ -41,6 +41,7 @@ from geowarn.ingest.journal import DEADLETTER_KEEP_BYTES, JOURNAL_FILE, Journal,
 from geowarn.ingest.messagelog import MESSAGES_FILE, MessageLog
 from geowarn.ingest.mqtt import Inbound, MqttLink
 from geowarn.ingest.store import Store, stored_position
+from geowarn.service.sdnotify import Notifier
 from geowarn.service.worker import WorkerProcess, describe_error, is_write_error
 from geowarn.core.logfields import kv
 
@@ -58,6 +59,10 @@ WRITE_RETRY_FIRST_S = 0.5
 WRITE_RETRY_MAX_S = 5.0
 #: While degraded the daemon says so in its log this often.
 DEGRADED_LOG_EVERY_S = 60.0
+#: Without a broker connection for this long the daemon says so (and how to fix it), and
+#: repeats it this often while it lasts.
+BROKER_SILENT_AFTER_S = 10.0
+BROKER_LOG_EVERY_S = 30.0
 #: How often the data directory's free space is measured, and how often a low-space warning
 #: is repeated while it lasts.
 DISK_CHECK_EVERY_S = 5.0
@@ -146,6 +151,7 @@ class App:
         had_session = self.journal.get_state(SESSION_KEY) == self._session_identity
         lost = self.journal.get_state(SESSION_LOST_KEY) or {}
         self._sessions_lost_total = int(lost.get("count", 0))
+        self._next_broker_log = 0.0
         self._session_lost_at: float | None = lost.get("t")
         self._sessions_lost_seen = 0
         self._session_recorded = False
@@ -353,7 +359,23 @@ class App:
                          (f.lag_s or 0.0) if f else 0.0, c.worker_restarts, degraded=parts,
                          disk_free_bytes=disk.free_bytes if disk else None, disk_total_bytes=disk.total_bytes if disk else None,
                          disk_warn_below_bytes=disk.warn_below_bytes if disk else None,
-                         broker_sessions_lost=self._sessions_lost_total, broker_session_lost_at=self._session_lost_at)
+                         broker_sessions_lost=self._sessions_lost_total, broker_session_lost_at=self._session_lost_at,
+                         mqtt_connected=self.link.connected.is_set(), broker=self.loaded.settings.mqtt.redacted(),
+                         started=self.ready.is_set())
+
+    def _watch_broker(self, now: float) -> None:
+        """Say, loudly and again every BROKER_LOG_EVERY_S, that no broker is reachable: a
+        daemon without one receives nothing, and "running" alone would hide it."""
+        since = self.link.disconnected_since
+        if since is None or now - since < BROKER_SILENT_AFTER_S or now < self._next_broker_log:
+            return
+        self._next_broker_log = now + BROKER_LOG_EVERY_S
+        log.error(
+            "no connection to the MQTT broker: nothing is being received or stored. Start the broker "
+            "(Debian: `apt install mosquitto`; a ready configuration: `geowarn broker-config`) or point "
+            "GEOWARN_MQTT_URL / [mqtt] url at it; retrying",
+            extra=kv(broker=self.loaded.settings.mqtt.redacted(), for_s=round(now - since), failed_attempts=self.link.connect_failures),
+        )
 
     def _watch_session(self) -> None:
         """Record the broker session once it exists, and every session the broker lost, in the
@@ -407,18 +429,24 @@ class App:
         self._update_health()
         self.ready.set()
         log.info("geowarn daemon running", extra=kv(broker=self.loaded.settings.mqtt.redacted(), data_dir=self.loaded.settings.data_dir))
+        # Under systemd (Type=notify): started once the parts are up; the keep-alives come from
+        # this loop, so a hung ack loop is killed and restarted by WatchdogSec.
+        notify = Notifier()
+        notify.ready(f"running; data {self.loaded.settings.data_dir}")
         inbox = self.link.inbox
         next_stats = time.monotonic() + stats_every_s
         next_watch = time.monotonic() + WATCH_EVERY_S
         try:
             while not stop.is_set():
                 now = time.monotonic()
+                notify.keepalive(now)
                 if now >= next_stats:
                     log.info("daemon figures", extra=kv(**self.stats()))
                     next_stats += stats_every_s
                 if now >= next_watch:
                     self._watch_workers()
                     self._watch_session()
+                    self._watch_broker(now)
                     next_watch = now + WATCH_EVERY_S
                 if self._pending:
                     # Degraded: take nothing more until what is in hand is durable.
@@ -433,6 +461,7 @@ class App:
                     self._handle(items)
             # Stop: finish what is already in hand (commit + ack) while the link is still up;
             # what cannot be written stays unacknowledged at the broker.
+            notify.stopping()
             deadline = time.monotonic() + drain_s
             while time.monotonic() < deadline and (not self._pending or self._flush()):
                 items = inbox.take(MAX_BATCH, 0.0)
@@ -450,6 +479,7 @@ class App:
             if self.forwarder is not None:
                 self.forwarder.stop()
             log.info("geowarn daemon stopped", extra=kv(**self.stats()))
+            notify.close()
             self.messages.close()
             self.journal.close()
 

@@ -12,13 +12,14 @@ from geowarn.console.routes.context import Auth, Ctx
 router = APIRouter()
 
 
-@router.get("/healthz", tags=["operations"], responses={503: {"description": "degraded: a part of the daemon cannot write"}})
+@router.get("/healthz", tags=["operations"], responses={503: {"description": "degraded: a part of the daemon cannot write, or no broker connection"}})
 def healthz(ctx: Ctx, request: Request) -> Any:
-    """Liveness: the API answers and can read the journal (no token needed).
+    """Health: the API answers and can read the journal (no token needed).
 
     503 while the daemon is degraded (a part cannot write: disk full, I/O error), with each
-    part's reason in ``degraded`` and all of them in ``reason``; ``disk`` tells the data
-    directory's free space (low space alone is a warning, not a 503)."""
+    part's reason in ``degraded``, or while it has no connection to the MQTT broker (it then
+    receives nothing); all the reasons in ``reason``. ``disk`` tells the data directory's free
+    space (low space alone is a warning, not a 503)."""
     # A requester that cannot tell (a test's) counts as connected.
     connected = getattr(ctx.requester, "connected", True)
     body: dict[str, Any] = {"ok": ctx.views.healthy(), "mqtt": bool(connected), "t": ctx.now()}
@@ -42,11 +43,39 @@ def healthz(ctx: Ctx, request: Request) -> Any:
             "warn_below_bytes": m.disk_warn_below_bytes,
             "low": m.disk_warn_below_bytes is not None and m.disk_free_bytes < m.disk_warn_below_bytes,
         }
-    if degraded:
+    reasons = [f"{part} cannot write: {reason}" for part, reason in degraded.items()]
+    if m.mqtt_connected is not None:
+        body["mqtt"] = m.mqtt_connected
+        if not m.mqtt_connected:
+            reasons.append(f"no connection to the MQTT broker {m.broker}: nothing is received; start the broker or fix GEOWARN_MQTT_URL")
+    if reasons:
         body["ok"] = False
-        body["reason"] = "; ".join(f"{part} cannot write: {reason}" for part, reason in degraded.items())
+        body["reason"] = "; ".join(reasons)
         return JSONResponse(body, status_code=503)
     return body
+
+
+@router.get("/readyz", tags=["operations"], responses={503: {"description": "still starting, not connected, or degraded"}})
+def readyz(ctx: Ctx, request: Request) -> Any:
+    """Readiness for an orchestrator (no token needed): 200 once the daemon has started (store,
+    detection and the ack loop running), is connected to the broker and can write; 503 with
+    ``reason`` otherwise. A console served without a daemon behind it is ready when it can read."""
+    main = getattr(request.app.state, "geowarn_main", None)
+    if main is None:
+        ok = ctx.views.healthy()
+        return {"ready": ok} if ok else JSONResponse({"ready": False, "reason": "cannot read the journal"}, status_code=503)
+    m = main()
+    reasons = []
+    if not m.started:
+        reasons.append("starting")
+    if m.mqtt_connected is False:
+        reasons.append(f"no connection to the MQTT broker {m.broker}")
+    reasons += [f"{part} cannot write: {reason}" for part, reason in m.degraded if reason]
+    if not ctx.views.healthy():
+        reasons.append("cannot read the journal")
+    if reasons:
+        return JSONResponse({"ready": False, "reason": "; ".join(reasons)}, status_code=503)
+    return {"ready": True}
 
 
 @router.get("/metrics", tags=["operations"], response_class=Response)
