@@ -281,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_token_parsers(sub)
     from geowarn.service.brokerconf import add_broker_config_parser
     add_broker_config_parser(sub)
+    from geowarn.service.backup import add_backup_parsers
+    add_backup_parsers(sub)
 
     add_simulate_parser(sub)
     add_plot_parser(sub)
