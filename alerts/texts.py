@@ -183,6 +183,10 @@ _VERDICTS: list[tuple[re.Pattern[str], Any]] = [
         lambda m: f"监测值 {m['v']}{' ' + m['u'] if m['u'] else ''}，达到{_c(m['c'])}阈值 {m['thr']}{' ' + m['u'] if m['u'] else ''}",
     ),
     (
+        re.compile(r"peak (?P<v>[\d.]+) ?(?P<u>\S*) \(≥ (?P<c>\w+) threshold (?P<thr>-?[\d.e+-]+) ?\S*, or held\)"),
+        lambda m: f"峰值 {m['v']}{' ' + m['u'] if m['u'] else ''}，达到{_c(m['c'])}阈值 {m['thr']}{' ' + m['u'] if m['u'] else ''}",
+    ),
+    (
         re.compile(r"rising (?P<r>-?[\d.]+) (?P<u>\S+) \(≥ (?P<c>\w+) (?P<thr>[\d.e+-]+) \S+ over (?P<w>[\d.]+) h, or held\)"),
         lambda m: f"上升速率 {m['r']} {_per_day(m['u'])}（{m['w']} 小时），达到{_c(m['c'])}阈值 {m['thr']} {_per_day(m['u'])}",
     ),

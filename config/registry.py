@@ -33,6 +33,14 @@ class Kind(str, Enum):
     groundwater = "groundwater"
     soil_moisture = "soil_moisture"
     battery = "battery"
+    # Kinds of China's universal (普适型) devices (issue 15; ../shared/DEVICES-CN.md):
+    deep_displacement = "deep_displacement"  # in-place inclinometer, 深部位移 (L1_SW)
+    acceleration = "acceleration"  # peak change of acceleration in a sampling period (L1_JS)
+    vibration = "vibration"  # vibration amplitude or frequency (L1_ZD)
+    stress = "stress"  # stress / earth pressure, 应力/土压力 (L2_YL)
+    mud_level = "mud_level"  # debris-flow mud level, 泥(水)位 (L3_NW)
+    seepage_pressure = "seepage_pressure"  # 渗压 (L3_SY), a piezometer's water pressure
+    soil_temperature = "soil_temperature"  # 土壤温度 (L3_TW)
 
 
 #: Units accepted per kind; the first is the one assumed when a channel names none.
@@ -48,15 +56,30 @@ UNITS: dict[Kind, tuple[str, ...]] = {
     Kind.groundwater: ("m",),
     Kind.soil_moisture: ("%",),
     Kind.battery: ("V",),
+    Kind.deep_displacement: ("mm",),
+    Kind.acceleration: ("mg", "g"),
+    Kind.vibration: ("mm", "mm/s", "Hz"),
+    Kind.stress: ("kN", "kPa", "MPa"),
+    Kind.mud_level: ("m",),
+    Kind.seepage_pressure: ("kPa",),
+    Kind.soil_temperature: ("degC",),
 }
 
 #: Kinds whose value is a position: velocity and acceleration detectors apply to them.
 DISPLACEMENT_LIKE = frozenset(
-    {Kind.displacement, Kind.crack, Kind.tilt, Kind.gnss_e, Kind.gnss_n, Kind.gnss_u}
+    {Kind.displacement, Kind.crack, Kind.tilt, Kind.gnss_e, Kind.gnss_n, Kind.gnss_u, Kind.deep_displacement}
 )
 
+#: Kinds judged on their rate of rise (detectors/rise.py) besides any thresholds: water and
+#: mud that rise before a slope or a gully fails.
+RISE_KINDS = frozenset({Kind.pore_pressure, Kind.groundwater, Kind.seepage_pressure, Kind.mud_level})
+
+#: Kinds whose reading is a peak within the sampling period, signed by its axis: thresholds
+#: judge its magnitude (a -250 mg shake is as strong as a +250 mg one).
+PEAK_KINDS = frozenset({Kind.acceleration, Kind.vibration})
+
 #: Kinds whose channels may state a reading noise (the rate detectors read it).
-NOISE_KINDS = DISPLACEMENT_LIKE | {Kind.pore_pressure, Kind.groundwater}
+NOISE_KINDS = DISPLACEMENT_LIKE | RISE_KINDS
 
 #: Plausible physical range per kind; a value outside it is a device fault, not a hazard.
 DEFAULT_RANGE: dict[Kind, tuple[float, float]] = {
@@ -71,7 +94,38 @@ DEFAULT_RANGE: dict[Kind, tuple[float, float]] = {
     Kind.groundwater: (-1e4, 1e4),
     Kind.soil_moisture: (0.0, 100.0),
     Kind.battery: (0.0, 60.0),
+    Kind.deep_displacement: (-1e5, 1e5),
+    Kind.acceleration: (-1e5, 1e5),  # mg: ±100 g, beyond any MEMS accelerometer's range
+    Kind.vibration: (-1e5, 1e5),
+    Kind.stress: (-1e6, 1e6),
+    Kind.mud_level: (-100.0, 1000.0),
+    Kind.seepage_pressure: (-100.0, 1e4),
+    Kind.soil_temperature: (-60.0, 100.0),
 }
+
+#: What the national convention's channels measure (DEVICES-CN.md's channel table, after the
+#: platform's 2.1 监测类型定义): method -> the kinds a channel reading it may have. A ``source``
+#: of another kind is a mistake the start names (a mud level read as rain would warn in mm of
+#: rain); methods not listed (and S1_ZT status fields) are mapped only as the registry says.
+#: GNSS X/Y are not tied to east/north: on Chinese grids X is often north.
+CONVENTION_KINDS: dict[str, frozenset[Kind]] = {
+    "L1_LF": frozenset({Kind.crack, Kind.displacement}),
+    "L1_GP": frozenset({Kind.gnss_e, Kind.gnss_n, Kind.gnss_u, Kind.displacement}),
+    "L1_SW": frozenset({Kind.deep_displacement, Kind.displacement}),
+    "L1_JS": frozenset({Kind.acceleration}),
+    "L1_QJ": frozenset({Kind.tilt}),
+    "L1_ZD": frozenset({Kind.vibration}),
+    "L2_YL": frozenset({Kind.stress}),
+    "L3_YL": frozenset({Kind.rain}),
+    "L3_HS": frozenset({Kind.soil_moisture}),
+    "L3_TW": frozenset({Kind.soil_temperature}),
+    "L3_SY": frozenset({Kind.seepage_pressure, Kind.pore_pressure}),
+    "L3_DX": frozenset({Kind.groundwater}),
+    "L3_NW": frozenset({Kind.mud_level}),
+}
+#: The unit a method's fields are sent in, where the convention fixes one and the kind allows
+#: several (GeoWarn converts no unit: the channel must say what the device sends).
+CONVENTION_UNITS: dict[str, str] = {"L1_JS": "mg", "L1_QJ": "deg"}
 
 HazardType = Annotated[str, Field(pattern=r"^(landslide|collapse|debris_flow|ground_fissure|subsidence|unstable_slope)$")]
 ScaleClass = Annotated[str, Field(pattern=r"^(small|medium|large|extra_large)$")]
@@ -248,6 +302,15 @@ class Channel(_Strict):
             raise ValueError("source field AZI is an azimuth (0-360° from magnetic north, it wraps): it is never judged; list it in the device's ignore instead")
         if field == "totalValue" and self.kind is not Kind.rain:
             raise ValueError("source field totalValue is a rain counter: it needs kind rain (it is differenced into rain per reading)")
+        method = self.source[:5]
+        kinds = CONVENTION_KINDS.get(method)
+        if kinds is not None and self.kind not in kinds:
+            raise ValueError(
+                f"source {self.source} is a channel of method {method}, which measures {' or '.join(sorted(k.value for k in kinds))}, not {self.kind.value}"
+            )
+        unit = CONVENTION_UNITS.get(method)
+        if unit is not None and self.unit != unit:
+            raise ValueError(f"source {self.source}: method {method} sends {unit}; the channel's unit must be {unit!r} (GeoWarn converts no unit)")
         return self
 
     @property

@@ -69,7 +69,14 @@ import heapq
 import math
 from typing import Any
 
-from geowarn.config.registry import DISPLACEMENT_LIKE, ChannelInfo, Kind, Registry
+from geowarn.config.registry import (
+    DISPLACEMENT_LIKE,
+    PEAK_KINDS,
+    RISE_KINDS,
+    ChannelInfo,
+    Kind,
+    Registry,
+)
 from geowarn.core.events import LevelChange
 from geowarn.core.levels import LEVELS
 from geowarn.detectors.clockhealth import CLOCK_FAULTS, CLOCK_TROUBLE_AT, CLOCK_WINDOW
@@ -167,7 +174,12 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
     hold = max(policy.hold_s, 2 * interval)
     out: list[tuple[str, Detector]] = []
     if spec.thresholds is not None and spec.thresholds.as_list():
-        out.append(("threshold", ThresholdDetector(spec.thresholds.as_list(), hysteresis=policy.hysteresis, hold_s=hold, unit=info.unit or "")))
+        out.append(
+            (
+                "threshold",
+                ThresholdDetector(spec.thresholds.as_list(), hysteresis=policy.hysteresis, hold_s=hold, unit=info.unit or "", magnitude=spec.kind in PEAK_KINDS),
+            )
+        )
     kind = spec.kind
     if kind in DISPLACEMENT_LIKE:
         window = max(policy.velocity_window_s, 6 * interval)
@@ -223,8 +235,10 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
         )
     elif kind is Kind.rain:
         out.append(("rain", RainDetector.for_channel(interval_s=interval)))
-    elif kind in (Kind.pore_pressure, Kind.groundwater):
+    elif kind in RISE_KINDS:
         out.append(("rise", RiseRateDetector.for_kind(kind.value, interval_s=interval, hold_s=hold)))
+    # Acceleration and vibration (PEAK_KINDS), stress and soil temperature are judged by their
+    # thresholds only, when the registry sets them: the quality guard still watches them.
     return out
 
 

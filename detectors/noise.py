@@ -67,8 +67,12 @@ under good conditions, not a specific model's best):
   Sisgeo MEMS tiltmeter datasheets).
 - Piezometer (``pore_pressure``): 0.35 kPa, ±0.1 % FS of a 350 kPa vibrating-wire piezometer
   (e.g. Geokon 4500S: 0.025 % FS resolution, ±0.1 % FS accuracy); ``groundwater``: 0.035 m,
-  the same pressure as water head. These two are listed for completeness: the rise detector
-  does not read them yet.
+  the same pressure as water head; ``seepage_pressure`` (渗压, a piezometer too): 0.35 kPa. The
+  rise detector does not read these yet.
+- In-place inclinometer (``deep_displacement``): 0.5 mm. A string of MEMS tilt sensors sums
+  each segment's error over the borehole: about ±0.5 mm per 10 m is the order of magnitude
+  in-place inclinometer specifications give (a probe survey's systematic error is larger).
+- Mud level (``mud_level``): 0.01 m, a radar or ultrasonic level gauge over a gully.
 
 The first three displacement-like figures are the ones site fusion always assumed (its former
 ``NOISE`` table), so raw-data behaviour on the simulator does not change; what is new is that
@@ -108,6 +112,9 @@ FLOORS: dict[tuple[str, str], tuple[float, str]] = {
     ("tilt", "urad"): (174.5, "MEMS tiltmeter repeatability ~±0.01° (tiltmeter datasheets)"),
     ("pore_pressure", "kPa"): (0.35, "vibrating-wire piezometer: ±0.1 % FS of 350 kPa (e.g. Geokon 4500S)"),
     ("groundwater", "m"): (0.035, "vibrating-wire piezometer: ±0.1 % FS of 350 kPa as water head"),
+    ("deep_displacement", "mm"): (0.5, "in-place inclinometer string: about ±0.5 mm per 10 m of borehole (MEMS in-place inclinometer specifications)"),
+    ("seepage_pressure", "kPa"): (0.35, "vibrating-wire piezometer: ±0.1 % FS of 350 kPa (e.g. Geokon 4500S)"),
+    ("mud_level", "m"): (0.01, "radar or ultrasonic level gauge: about ±1 cm (level gauge datasheets)"),
 }
 
 #: Increments with at least this lag-1 autocorrelation make a series "smoothed" (white noise

@@ -127,6 +127,13 @@ KINDS = (
     "groundwater",
     "soil_moisture",
     "battery",
+    "deep_displacement",
+    "acceleration",
+    "vibration",
+    "stress",
+    "mud_level",
+    "seepage_pressure",
+    "soil_temperature",
 )
 
 
@@ -775,6 +782,19 @@ _KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "groundwater": {"stuck_s": 72 * 3600.0, "min_mad": 0.02, "spike": True, "step_back": False},
     "soil_moisture": {"stuck_s": 72 * 3600.0, "min_mad": 0.5, "spike": True, "step_back": False},
     "battery": {"stuck_s": 72 * 3600.0, "min_mad": 0.05, "spike": True, "step_back": False},
+    # An in-place inclinometer's cumulative displacement: as a wire extensometer.
+    "deep_displacement": {"stuck_s": 24 * 3600.0, "min_mad": 0.2, "spike": True, "step_back": True},
+    # Peaks within a sampling period are bursty by nature (a shake is one reading far from the
+    # median): no spike check, or the very event would be called a fault; and a quiet sensor's
+    # peak may read the same last digits for days (no stuck check).
+    "acceleration": {"stuck_s": None, "min_mad": 0.0, "spike": False, "step_back": False},
+    "vibration": {"stuck_s": None, "min_mad": 0.0, "spike": False, "step_back": False},
+    "stress": {"stuck_s": 72 * 3600.0, "min_mad": 0.5, "spike": True, "step_back": False},
+    # A dry gully reads 0 m for weeks (no stuck check); a surge is a real jump (no spike check).
+    "mud_level": {"stuck_s": None, "min_mad": 0.0, "spike": False, "step_back": False},
+    "seepage_pressure": {"stuck_s": 24 * 3600.0, "min_mad": 0.5, "spike": True, "step_back": False},
+    # Soil temperature a metre down moves by tenths of a degree a day: a week before stuck.
+    "soil_temperature": {"stuck_s": 7 * 86400.0, "min_mad": 0.05, "spike": True, "step_back": False},
 }
 
 #: A gap is what the no-data monitor would also call silence: this many expected intervals.

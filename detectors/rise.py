@@ -22,8 +22,15 @@ Default levels (per-site settings, ``RiseRateDetector.for_kind``):
   yellow) raises it by 0.5 m, a heavy-rainstorm day (100 mm, our 24 h orange) by 1 m, and
   2 m/day is beyond what a day of rain feeds — water from upslope, a burst pipe or a blocked
   drain. So the ladder mirrors the rain ladder for a typical slope.
-- pore pressure: yellow 5, orange 10, red 20 kPa/day: the same heads (1 m of water is
-  9.81 kPa), so a piezometer and a water-level logger in the same borehole agree.
+- pore pressure and seepage pressure (渗压, the convention's L3_SY): yellow 5, orange 10,
+  red 20 kPa/day: the same heads (1 m of water is 9.81 kPa), so a piezometer and a
+  water-level logger in the same borehole agree.
+- mud level (泥位 of a debris-flow gully, L3_NW): yellow 0.5, orange 1, red 2 m/h (12, 24,
+  48 m/day) over a 1 h window. A gully's flow rises within the hour of a storm and a debris
+  flow's surge by metres in minutes, so a day-scale window would see it too late; half a
+  metre an hour is a flood wave beyond what base flow does, 2 m/h a surge. These are
+  starting values: the absolute mud level against the gully's own marks (``thresholds``)
+  is the primary warning, and a gully with a survey sets its own rates.
 
 A gap in the data longer than the window restarts the smoothing (warm-up again; the level
 latch keeps its level so a gap never lowers a level by itself). While warming up the level
@@ -58,7 +65,11 @@ HOUR = 3600.0
 DEFAULT_RISE_PER_DAY: dict[str, tuple[tuple[tuple[int, float], ...], str]] = {
     "groundwater": (((2, 0.5), (3, 1.0), (4, 2.0)), "m"),
     "pore_pressure": (((2, 5.0), (3, 10.0), (4, 20.0)), "kPa"),
+    "seepage_pressure": (((2, 5.0), (3, 10.0), (4, 20.0)), "kPa"),
+    "mud_level": (((2, 12.0), (3, 24.0), (4, 48.0)), "m"),
 }
+#: Windows per kind where the default 6 h is too slow (see the module docstring).
+DEFAULT_WINDOW_S: dict[str, float] = {"mud_level": 3600.0}
 
 _WARMING = "warming up: too few readings in the window to judge a slope"
 
@@ -106,17 +117,21 @@ class RiseRateDetector(StreamingDetector):
         self._reset()
 
     @classmethod
-    def for_kind(cls, kind: str, *, interval_s: float = 600.0, hold_s: float = 6 * HOUR, window_s: float = 6 * HOUR) -> RiseRateDetector:
-        """The default detector of a ``pore_pressure`` (kPa) or ``groundwater`` (m) channel.
+    def for_kind(cls, kind: str, *, interval_s: float = 600.0, hold_s: float = 6 * HOUR, window_s: float | None = None) -> RiseRateDetector:
+        """The default detector of a ``pore_pressure`` or ``seepage_pressure`` (kPa),
+        ``groundwater`` or ``mud_level`` (m) channel.
 
-        The window is never shorter than six reporting intervals, so an hourly logger still
-        fits a slope to six readings.
+        The window (6 h; 1 h for a mud level, unless ``window_s`` says otherwise) is never
+        shorter than six reporting intervals, so an hourly logger still fits a slope to six
+        readings.
         """
         if kind not in DEFAULT_RISE_PER_DAY:
             raise ValueError(f"kind must be one of {sorted(DEFAULT_RISE_PER_DAY)}, got {kind!r}")
         if not interval_s > 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
         levels, unit = DEFAULT_RISE_PER_DAY[kind]
+        if window_s is None:
+            window_s = DEFAULT_WINDOW_S.get(kind, 6 * HOUR)
         return cls(levels, window_s=max(window_s, 6 * interval_s), hold_s=hold_s, unit=unit)
 
     def _reset(self) -> None:

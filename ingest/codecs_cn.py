@@ -44,7 +44,11 @@ What the convention is, as implemented here, and where it comes from:
 - **Registry.** A device's ``code`` routes the payload; each channel's ``source``
   (``"L1_GP_1.gpsTotalX"``) says which field it reads; the device's ``ignore`` lists fields it
   sends that are dropped on purpose (``L1_QJ_1.AZI``: an azimuth wraps at 360° and is never a
-  displacement); any other field is dead-lettered as ``unknown_channel``. A ``totalValue``
+  displacement); any other field is dead-lettered as ``unknown_channel``, its reason naming
+  the kind its method measures (``config.registry.CONVENTION_KINDS``: L1_SW deep
+  displacement, L1_JS acceleration, L1_ZD vibration, L2_YL stress, L3_NW mud level, L3_SY
+  seepage pressure, L3_TW soil temperature…; a source of another kind is refused at start).
+  A ``totalValue``
   source (a rain counter) is differenced per reading; a counter lower than the last one was
   reset, and the rain since is the new total (never negative rain). The last total per
   channel is committed with the batch that moved it (ingest/store.py), so a restarted store
@@ -63,7 +67,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from geowarn.config.registry import ChannelInfo, Registry
+from geowarn.config.registry import CONVENTION_KINDS, ChannelInfo, Registry
 from geowarn.core.timefmt import as_float, is_number
 from geowarn.ingest.codecs import Codec, Decoded, PayloadError, Reject, clean
 
@@ -352,7 +356,9 @@ class CnCodec(Codec):
         if info is None:
             if is_status or name in self.ignore[key] or ch in self.ignore[key]:
                 return  # status fields go to the status; ignored ones were listed on purpose
-            out.rejects.append(Reject("unknown_channel", f"{name} is read by no channel of device {key[1]} (map it with source, or list it in the device's ignore)", item))
+            kinds = CONVENTION_KINDS.get(ch[:5])
+            what = "" if kinds is None or field == "AZI" else f", kind {' or '.join(sorted(k.value for k in kinds))}"
+            out.rejects.append(Reject("unknown_channel", f"{name} is read by no channel of device {key[1]} (map it with source{what}, or list it in the device's ignore)", item))
             return
         v = _number(raw)
         if v is None:

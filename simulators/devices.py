@@ -493,5 +493,19 @@ def channel_model(
         return SoilMoisture(ch, env, rng)
     if kind is Kind.battery:
         return Battery(ch, env, rng, power=power)
+    if kind is Kind.deep_displacement:
+        return Extensometer(ch, env, rng, baseline_mm=0.0, sigma_mm=0.3)
+    if kind is Kind.seepage_pressure:
+        return RainResponse(ch, env, rng, baseline=float(rng.uniform(90.0, 130.0)), gain=0.1, timescale_s=2 * DAY, sigma=0.2, decimals=2)
+    if kind is Kind.mud_level:
+        return RainResponse(ch, env, rng, baseline=0.05, gain=0.005, timescale_s=3 * 3600.0, sigma=0.005, decimals=3)
+    if kind is Kind.stress:
+        return RainResponse(ch, env, rng, baseline=float(rng.uniform(50.0, 150.0)), gain=0.05, timescale_s=5 * DAY, sigma=0.2, decimals=2)
+    if kind is Kind.acceleration:
+        return RainResponse(ch, env, rng, baseline=0.0, gain=0.0, timescale_s=DAY, sigma=0.3, decimals=4)
+    if kind is Kind.vibration:
+        return RainResponse(ch, env, rng, baseline=0.02, gain=0.0, timescale_s=DAY, sigma=0.005, decimals=3)
+    if kind is Kind.soil_temperature:
+        return RainResponse(ch, env, rng, baseline=float(rng.uniform(12.0, 18.0)), gain=0.0, timescale_s=DAY, sigma=0.05, decimals=2)
     raise ValueError(f"no simulator model for channel kind {kind!r}; known kinds: {', '.join(k.value for k in Kind)}")
 

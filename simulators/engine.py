@@ -249,6 +249,25 @@ class SimChannel:
         elif kind is Kind.battery:
             self.model = _BATTERY
             self.baseline, self.sigma, self.decimals = float(rng.uniform(12.3, 12.6)), 0.01, 2
+        elif kind is Kind.deep_displacement:
+            # An in-place inclinometer above the slip surface moves with the slope.
+            self.sigma, self.decimals = 0.3, 2
+        elif kind is Kind.seepage_pressure:
+            self.model = _STORED
+            self.baseline, self.gain, self.timescale_s, self.sigma, self.decimals = float(rng.uniform(90.0, 130.0)), 0.1, 2 * DAY, 0.2, 2
+        elif kind is Kind.mud_level:
+            # A gully's flow depth: a few cm of base flow, rising with the rain of the last hours.
+            self.model = _STORED
+            self.baseline, self.gain, self.timescale_s, self.sigma, self.decimals = 0.05, 0.005, 3 * 3600.0, 0.005, 3
+        elif kind is Kind.stress:
+            self.model = _STORED
+            self.baseline, self.gain, self.timescale_s, self.sigma, self.decimals = float(rng.uniform(50.0, 150.0)), 0.05, 5 * DAY, 0.2, 2
+        elif kind in (Kind.acceleration, Kind.vibration, Kind.soil_temperature):
+            # Quiet sensors: their level and noise only (gain 0: the slope does not move them).
+            self.gain = 0.0
+            self.baseline, self.sigma, self.decimals = {
+                Kind.acceleration: (0.0, 0.3, 4), Kind.vibration: (0.02, 0.005, 3), Kind.soil_temperature: (float(rng.uniform(12.0, 18.0)), 0.05, 2)
+            }[kind]
         else:  # pragma: no cover - Kind is closed
             raise ValueError(f"no simulator model for channel kind {kind!r}")
         self.fmt = f"%.{self.decimals}f"

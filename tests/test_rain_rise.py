@@ -323,7 +323,7 @@ def test_negative_rain_counts_as_none():
         (lambda: AntecedentRain(k=1.0), r"k must be in \(0, 1\)"),
         (lambda: AntecedentRain(days=0), "days must be an integer in 1-366"),
         (lambda: RainDetector.for_channel(0.0), "interval_s must be > 0"),
-        (lambda: RiseRateDetector.for_kind("rain"), r"kind must be one of \['groundwater', 'pore_pressure'\]"),
+        (lambda: RiseRateDetector.for_kind("rain"), r"kind must be one of \['groundwater', 'mud_level', 'pore_pressure', 'seepage_pressure'\]"),
         (lambda: RiseRateDetector([(2, -1.0)]), "rate > 0"),
         (lambda: RiseRateDetector([(2, 1.0)], min_points=2), "min_points must be an integer >= 3"),
         (lambda: RiseRateDetector([(2, 1.0)], persist=0), "persist must be an integer >= 1"),

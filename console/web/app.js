@@ -576,7 +576,7 @@ async function submitAck(ev) {
 // -- charts (inline SVG) ------------------------------------------------------------------
 
 const PALETTE = ["#79c0ff", "#d2a8ff", "#7ee787", "#ffa657", "#ff7b72", "#e3b341", "#a5d6ff"];
-const DISP = ["displacement", "crack", "gnss_e", "gnss_n", "gnss_u", "tilt"];
+const DISP = ["displacement", "crack", "gnss_e", "gnss_n", "gnss_u", "tilt", "deep_displacement"];
 
 // Velocity per day: least-squares slope over the site's velocity window ending at each point,
 // as the detectors smooth it (a raw difference of two noisy GNSS readings means nothing).
