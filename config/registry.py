@@ -8,6 +8,7 @@ only read: the ingest hot path looks devices and channels up in plain dicts buil
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from enum import Enum
@@ -179,6 +180,60 @@ class LevelThresholds(_Strict):
         ]
 
 
+class RainPolicy(_Strict):
+    """A site's own rain thresholds (``[sites.policy.rain]``), for every rain channel of the site.
+
+    Each key left out keeps the default of ``detectors/rain.py`` (whose docstring gives their
+    sources): the 1 h / 24 h / 72 h sums' ladders in mm, the intensity–duration curve
+    I = id_a·D^(−id_b) (mm/h, h; Caine 1980: 14.82, 0.39) and the multiples of it per level,
+    the effective rain's ladder in mm, its decay K and its days. ``calibrated`` is the span of
+    the record ``geowarn rain-calibrate`` proposed them from; the detectors' reasons and evidence
+    then say "calibrated from <span>", else "set in the registry".
+
+    Per site and not per channel: the landslide dates they are calibrated against belong to the
+    site, and every gauge of the site then warns alike.
+    """
+
+    sum_1h: LevelThresholds | None = None
+    sum_24h: LevelThresholds | None = None
+    sum_72h: LevelThresholds | None = None
+    id_a: float | None = Field(default=None, gt=0, allow_inf_nan=False, description="mm/h at D = 1 h")
+    id_b: float | None = Field(default=None, ge=0, lt=2, allow_inf_nan=False)
+    id_multiples: LevelThresholds | None = None
+    effective: LevelThresholds | None = None
+    effective_k: float | None = Field(default=None, gt=0, lt=1, allow_inf_nan=False)
+    effective_days: int | None = Field(default=None, ge=1, le=366)
+    calibrated: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @field_validator("sum_1h", "sum_24h", "sum_72h", "id_multiples", "effective")
+    @classmethod
+    def _positive_ladder(cls, v: LevelThresholds | None) -> LevelThresholds | None:
+        if v is None:
+            return v
+        if not v.as_list():
+            raise ValueError("give at least one level's threshold, e.g. { yellow = 100.0 }")
+        bad = [f"{name} = {x}" for name in ("blue", "yellow", "orange", "red") if (x := getattr(v, name)) is not None and not 0 < x < math.inf]
+        if bad:
+            raise ValueError(f"rain thresholds must be positive finite numbers, got {', '.join(bad)}")
+        return v
+
+    def detector_args(self) -> dict[str, Any]:
+        """The keyword arguments of ``detectors.rain.RainThresholds`` (detectors are a floor above)."""
+        windows = tuple(
+            (w, tuple(ladder.as_list())) for w, ladder in ((3600.0, self.sum_1h), (86400.0, self.sum_24h), (259200.0, self.sum_72h)) if ladder is not None
+        )
+        return {
+            "windows": windows,
+            "id_a": self.id_a,
+            "id_b": self.id_b,
+            "id_levels": None if self.id_multiples is None else tuple(self.id_multiples.as_list()),
+            "effective_levels": None if self.effective is None else tuple(self.effective.as_list()),
+            "k": self.effective_k,
+            "days": self.effective_days,
+            "source": f"calibrated from {self.calibrated}" if self.calibrated else "set in the registry",
+        }
+
+
 class Policy(_Strict):
     """Per-site warning policy; every field has a default taken from published practice."""
 
@@ -213,6 +268,8 @@ class Policy(_Strict):
     # Voight's alpha for the forecast (2: Fukuzono's straight line in 1/v). A site with a
     # back-analysed alpha should set it: the forecast is then unbiased.
     voight_alpha: float = Field(default=2.0, gt=1.0, lt=10.0)
+    # The site's own rain thresholds (RainPolicy); absent: the defaults of detectors/rain.py.
+    rain: RainPolicy | None = None
 
     @model_validator(mode="after")
     def _forecast_order(self) -> "Policy":

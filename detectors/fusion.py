@@ -34,6 +34,18 @@ asks again at each of its readings, since a forecast may turn clean with no leve
 Drills are judged apart from real data, so an exercise can never raise or lower a real
 warning.
 
+Sensors their device reports faulty. A device of the national convention says per sensor in
+its status whether it is healthy (``sensor_state`` 0) or not (negative: -2 is the firmware's
+CHANNEL_DATA_ERR); ``sensor_state(...)`` tells fusion. A reading of a channel whose sensor
+is reported faulty is stored but judged like a suspect one: counted
+(``quality["sensor_fault"]``), kept out of every detector's window, so it can never raise
+the site. The channel keeps the level it had (a fault is no data, and no data never lowers
+a level) but lends it to no raise and no confirmation: the site may stand at that level, not
+above it for that channel's sake; every level change of the site names the faulty sensors
+("sensor reported faulty (sensor_state -2) since …"). When the device reports 0 again the
+channel counts again from its next reading. Positive or non-numeric codes have no documented
+meaning and change nothing. The faults are part of the snapshot.
+
 No data is a timer, not a reading: ``tick(now)`` reports devices that fell silent (and their
 return) as their own events; they never change a level.
 
@@ -79,6 +91,7 @@ from geowarn.config.registry import (
 )
 from geowarn.core.events import LevelChange
 from geowarn.core.levels import LEVELS
+from geowarn.core.timefmt import rfc3339
 from geowarn.detectors.clockhealth import CLOCK_FAULTS, CLOCK_TROUBLE_AT, CLOCK_WINDOW
 from geowarn.detectors.contract import Detector
 from geowarn.detectors.nodata import NoDataMonitor
@@ -94,6 +107,21 @@ def _forecast_words(f: dict[str, Any], t: float) -> str:
     unc = f.get("uncertainty_s")
     pm = "" if unc is None else f" ± {unc / 3600:.0f} h"
     return f"a failure forecast in {(f['failure_time'] - t) / 3600:.0f} h{pm} (R² {f.get('r2', float('nan')):.2f})"
+
+
+def _state_code(raw: Any) -> float | None:
+    """A ``sensor_state`` code as a number (a JSON number or a numeric string); None otherwise."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, (int, float)):
+        return float(raw) if math.isfinite(raw) else None
+    if isinstance(raw, str) and len(raw) <= 16:
+        try:
+            v = float(raw)
+        except ValueError:
+            return None
+        return v if math.isfinite(v) else None
+    return None
 
 
 def _name(level: int) -> str:
@@ -164,7 +192,7 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
     """
     from geowarn.detectors.inverse_velocity import InverseVelocityDetector
     from geowarn.detectors.noise import noise_for
-    from geowarn.detectors.rain import RainDetector
+    from geowarn.detectors.rain import RainDetector, RainThresholds
     from geowarn.detectors.rise import RiseRateDetector
     from geowarn.detectors.tangent import TangentAngleDetector
 
@@ -234,7 +262,8 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
             )
         )
     elif kind is Kind.rain:
-        out.append(("rain", RainDetector.for_channel(interval_s=interval)))
+        own = None if policy.rain is None else RainThresholds(**policy.rain.detector_args())
+        out.append(("rain", RainDetector.for_channel(interval_s=interval, thresholds=own)))
     elif kind in RISE_KINDS:
         out.append(("rise", RiseRateDetector.for_kind(kind.value, interval_s=interval, hold_s=hold)))
     # Acceleration and vibration (PEAK_KINDS), stress and soil temperature are judged by their
@@ -334,6 +363,8 @@ class SiteFusion:
         self._seq = 0
         #: Clock health of the devices that ever sent a bad time stamp (see the module docstring).
         self._health: dict[str, _Health] = {}
+        #: Sensors their device reports faulty: (site, device, channel) -> (sensor_state, since t).
+        self._faults: dict[tuple[str, str, str], tuple[float, float]] = {}
 
     # -- levels ------------------------------------------------------------------------------
 
@@ -408,6 +439,11 @@ class SiteFusion:
             self._seen(info, t, t if arrived is None else max(t, arrived), out)
         st = self._site(info.site, exercise)
         ch = self._channel(st, info)
+        if self._faults and (info.site, info.device, info.channel) in self._faults:
+            # Stored, never judged: a faulty sensor's numbers enter no window (see the docstring).
+            ch.suspect += 1
+            self.quality["sensor_fault"] = self.quality.get("sensor_fault", 0) + 1
+            return
         g = ch.guard.update(t, value)
         if g.evidence.get("suspect"):
             ch.suspect += 1
@@ -553,8 +589,15 @@ class SiteFusion:
         held it for its hold time first); a new one needs confirming again.
         """
         policy = self.registry.sites[site].policy
-        raw = max((c.level for c in st.channels.values()), default=0)
-        lead_ch = max(st.channels.values(), key=lambda c: c.level) if st.channels else None
+        # A sensor its device reports faulty raises and confirms nothing (module docstring).
+        chans = list(st.channels.values())
+        faulty: list[_Channel] = []
+        if self._faults:
+            faulty = [c for c in chans if (site, c.info.device, c.info.channel) in self._faults]
+            if faulty:
+                chans = [c for c in chans if c not in faulty]
+        raw = max((c.level for c in chans), default=0)
+        lead_ch = max(chans, key=lambda c: c.level) if chans else None
         level = raw
         notes: list[str] = []
         evidence: dict[str, Any] = {}
@@ -562,7 +605,7 @@ class SiteFusion:
         # confirm; see the module docstring); the one with the smallest stated uncertainty is
         # the one reported (a noisy GNSS fit is not the best estimate).
         forecast = best = rough = None
-        for c in st.channels.values():
+        for c in chans:
             f = c.forecast()
             if f is None or f.get("failure_time") is None:
                 continue
@@ -574,14 +617,14 @@ class SiteFusion:
             elif forecast is None or f["failure_time"] < forecast["failure_time"]:
                 forecast = f
         if raw >= policy.confirm_from_level:
-            devices = sorted({c.info.device for c in st.channels.values() if c.level >= policy.confirm_from_level})
+            devices = sorted({c.info.device for c in chans if c.level >= policy.confirm_from_level})
             soon = forecast is not None and forecast["failure_time"] - t <= policy.forecast_confirms_s
             # Each level is confirmed on its own (issue 14 item 5: orange before red): devices
             # confirm the level that `confirm_devices` of them reach, a forecast the level its
             # time to failure reaches (red within forecast_red_s, orange within
             # forecast_confirms_s) — a crack meter at red with a forecast 60 h away is orange.
             by_device: dict[str, int] = {}
-            for c in st.channels.values():
+            for c in chans:
                 if c.level > by_device.get(c.info.device, 0):
                     by_device[c.info.device] = c.level
             ranked = sorted(by_device.values(), reverse=True)
@@ -619,6 +662,19 @@ class SiteFusion:
             evidence["devices_at_or_above"] = devices
         else:
             st.confirmed = 0
+        if faulty:
+            # Held where it stood, never raised: a faulty sensor is no data.
+            floor = min(st.level, max(c.level for c in faulty))
+            if level < floor:
+                level = floor
+                notes.append(f"held at {_name(floor)}: the sensors at it are reported faulty")
+            faults: dict[str, Any] = {}
+            for c in faulty:
+                code, since = self._faults[(site, c.info.device, c.info.channel)]
+                name = f"{c.info.device}/{c.info.channel}"
+                notes.append(f"{name}: sensor reported faulty (sensor_state {code:g}) since {rfc3339(since)}, its readings raise no level")
+                faults[name] = {"sensor_state": code, "since": since, "level": c.level}
+            evidence["sensor_faults"] = faults
         st.held = raw > level
         if level == st.level:
             return None
@@ -649,6 +705,46 @@ class SiteFusion:
             hold = policy.hold_s if cause is None else max(policy.hold_s, 2 * cause.info.interval_s)
             return f"back to {_name(level)}: no device above the {_name(previous)} threshold for {hold / 3600:g} h"
         return f"back to {_name(level)}: {_name(previous)} is no longer confirmed by a second device or a failure forecast"
+
+    # -- sensors reported faulty ---------------------------------------------------------------
+
+    def sensor_state(self, site: str, device: str, states: Any, t: float) -> bool:
+        """A device's ``sensor_state`` ({sensor: code}) from its status at event time ``t``:
+        a sensor is named by the convention channel its channels read (``L1_LF_1``) or by a
+        channel's own name. A negative code marks its channels faulty (since ``t``, or since
+        the fault began), 0 clears them; sensors not named keep their state. True when a
+        channel's state changed."""
+        chans = self.registry.channels.get((site, device))
+        if not chans or not isinstance(states, dict):
+            return False
+        changed = False
+        for info in chans.values():
+            src = info.spec.source
+            code = states.get(src.partition(".")[0]) if src is not None else None
+            if code is None:
+                code = states.get(info.channel)
+            c = _state_code(code)
+            if c is None:
+                continue
+            key = (site, device, info.channel)
+            before = self._faults.get(key)
+            if c < 0:
+                if before is None or before[0] != c:
+                    self._faults[key] = (c, t if before is None else before[1])
+                    changed = True
+            elif c == 0 and before is not None:
+                del self._faults[key]
+                changed = True
+                # It counts again: the site's next reading works its level out anew.
+                for ex in (False, True):
+                    sst = self._sites.get((site, ex))
+                    if sst is not None:
+                        sst.held = True
+        return changed
+
+    def sensor_faults(self) -> dict[str, Any]:
+        """The channels whose sensor is reported faulty: {"site/device/channel": {sensor_state, since}}."""
+        return {f"{s}/{d}/{c}": {"sensor_state": code, "since": since} for (s, d, c), (code, since) in sorted(self._faults.items())}
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -697,7 +793,8 @@ class SiteFusion:
             }
         held = [[info.site, int(exercise), info.device, info.channel, t, value, arrived] for t, _, info, value, exercise, arrived in sorted(self._held)]
         health = {device: h.to_json() for device, h in self._health.items()}
-        return {"sites": sites, "quality": dict(self.quality), "nodata": self.nodata.snapshot(), "held": held, "health": health}
+        faults = [[s, d, c, code, since] for (s, d, c), (code, since) in self._faults.items()]
+        return {"sites": sites, "quality": dict(self.quality), "nodata": self.nodata.snapshot(), "held": held, "health": health, "faults": faults}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a snapshot. Sites, channels and detectors no longer in the registry
@@ -743,3 +840,8 @@ class SiteFusion:
         heapq.heapify(self._held)
         self._held_next = self._held[0][0] if self._held else math.inf
         self._health = {d: _Health.from_json(h) for d, h in state.get("health", {}).items() if d in self.registry.device_site}
+        self._faults = {
+            (str(s), str(d), str(c)): (float(code), float(since))
+            for s, d, c, code, since in state.get("faults", [])
+            if self.registry.channel(str(s), str(d), str(c)) is not None
+        }

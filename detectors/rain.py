@@ -60,6 +60,14 @@ record — see Guzzetti et al. 2008 on why thresholds are local):
   red 200 mm — a rainstorm day on a wet week is yellow; a heavy-rainstorm day on top of a wet
   fortnight is red.
 
+Per-site thresholds: ``RainThresholds`` (the registry's ``[sites.policy.rain]``) replaces
+any of these for one site — the 1 h / 24 h / 72 h ladders, the I–D curve's a and b and its
+multiples, the effective-rain ladder, K and days; what it leaves out keeps the default.
+``geowarn rain-calibrate`` proposes them from the site's own record
+(``detectors/rain_calibration.py``). A method judged with the site's thresholds says so in
+its reason, and the combined verdict's evidence ``thresholds`` names, per method, "defaults"
+or where the site's came from (e.g. "calibrated from 2000-01-01…2007-12-31").
+
 A rain event (intensity–duration) starts with rain after a dry spell of at least
 ``dry_gap_s`` (default 24 h) and ends when a dry spell reaches ``dry_gap_s``; its duration
 runs from the start of the first wet interval to the end of the last. 24 h because a shorter
@@ -92,6 +100,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from geowarn.core.levels import LEVELS
@@ -119,6 +128,44 @@ DEFAULT_ID_LEVELS: Ladder = ((2, 1.0), (3, 2.0), (4, 4.0))
 DEFAULT_EFFECTIVE_LEVELS: Ladder = ((2, 100.0), (3, 150.0), (4, 200.0))
 
 _FIRST = "warming up: the first reading opens the record (its interval is unknown)"
+#: The threshold source of a method judged with GeoWarn's defaults.
+DEFAULTS = "defaults"
+
+
+def _own(source: str) -> str:
+    """What a method's reason adds when it judges with the site's own thresholds."""
+    return "" if source == DEFAULTS else f"; the site's thresholds ({source})"
+
+
+@dataclass(frozen=True)
+class RainThresholds:
+    """One site's own rain thresholds; a field left None (or a window not listed) keeps the
+    default. ``windows`` overrides the ladders of default windows by length (3600, 86400 or
+    259200 s); ``id_a``/``id_b`` the I–D curve I = a·D^(−b) and ``id_levels`` its multiples;
+    ``effective_levels``, ``k`` and ``days`` the effective rain. ``source`` says where they
+    came from, for the reasons and evidence ("set in the registry", "calibrated from …").
+    The detectors' constructors validate the values."""
+
+    windows: tuple[tuple[float, Ladder], ...] = ()
+    id_a: float | None = None
+    id_b: float | None = None
+    id_levels: Ladder | None = None
+    effective_levels: Ladder | None = None
+    k: float | None = None
+    days: int | None = None
+    source: str = "set in the registry"
+
+    def __post_init__(self) -> None:
+        known = {w for w, _ in DEFAULT_WINDOWS}
+        odd = [w for w, _ in self.windows if w not in known]
+        if odd:
+            raise ValueError(f"windows: only the default windows {sorted(known)} s can be overridden, got {odd}")
+        if not self.source or self.source == DEFAULTS:
+            raise ValueError(f"source must say where the site's thresholds came from, got {self.source!r}")
+
+
+#: No override: every method at its default (what a site without ``[sites.policy.rain]`` gets).
+RAIN_DEFAULTS = RainThresholds()
 
 
 def intensity_threshold(duration_h: float, a: float = CAINE_A, b: float = CAINE_B) -> float:
@@ -264,6 +311,7 @@ class RainSums(_RainMethod):
         hysteresis: float = 0.1,
         hold_s: float = 0.0,
         max_interval_s: float = DAY,
+        sources: dict[float, str] | None = None,
     ) -> None:
         ws = sorted(((float(w), _ladder(lv, f"window {w:g} s")) for w, lv in windows), key=lambda p: p[0])
         if not ws:
@@ -275,6 +323,8 @@ class RainSums(_RainMethod):
             raise ValueError(f"window lengths must be distinct, got {labels}")
         _check_common(hysteresis, hold_s, max_interval_s)
         self.windows = tuple(ws)
+        #: Where each window's ladder came from (by window length; absent: the defaults).
+        self.sources = {float(w): src for w, src in (sources or {}).items() if src != DEFAULTS}
         self.hysteresis = hysteresis
         self.hold_s = hold_s
         self.max_interval_s = max_interval_s
@@ -347,7 +397,8 @@ class RainSums(_RainMethod):
             return ""
         lvl = self._levels[i]
         thr = dict(self.windows[i][1])[lvl]
-        return f"{self._labels[i]} rain {self._x[i]:.1f} mm (≥ {LEVELS[lvl].colour} {thr:g} mm, or held)"
+        own = _own(self.sources.get(self._w[i], DEFAULTS))
+        return f"{self._labels[i]} rain {self._x[i]:.1f} mm (≥ {LEVELS[lvl].colour} {thr:g} mm, or held{own})"
 
     def _state(self) -> dict[str, Any]:
         # The longest window's deque holds every entry the shorter ones hold.
@@ -391,10 +442,11 @@ class IntensityDuration(_RainMethod):
         hysteresis: float = 0.1,
         hold_s: float = 0.0,
         max_interval_s: float = DAY,
+        source: str = DEFAULTS,
     ) -> None:
-        if not a > 0:
+        if not (a > 0 and math.isfinite(a)):
             raise ValueError(f"a must be > 0 (mm/h at D = 1 h), got {a}")
-        if not b >= 0:
+        if not (b >= 0 and math.isfinite(b)):
             raise ValueError(f"b must be >= 0 (I = a·D^-b falls with duration), got {b}")
         if not dry_gap_s > 0:
             raise ValueError(f"dry_gap_s must be > 0, got {dry_gap_s}")
@@ -403,6 +455,7 @@ class IntensityDuration(_RainMethod):
         _check_common(hysteresis, hold_s, max_interval_s)
         self.a = a
         self.b = b
+        self.source = source
         self.levels = _ladder(levels, "levels")
         self.dry_gap_s = dry_gap_s
         self.d_min_h = d_min_h
@@ -480,10 +533,10 @@ class IntensityDuration(_RainMethod):
         lvl = self._latch.level
         mult = dict(self.levels)[lvl]
         if not self._judged():
-            return f"I–D level {LEVELS[lvl].colour} held: a recent rain event was above {mult:g}× the I–D threshold"
+            return f"I–D level {LEVELS[lvl].colour} held: a recent rain event was above {mult:g}× the I–D threshold{_own(self.source)}"
         return (
             f"rain event {self._d_h:.1f} h at {self._i:.1f} mm/h = {self._ratio:.2f}× the I–D threshold "
-            f"{self._curve:.1f} mm/h (≥ {LEVELS[lvl].colour} {mult:g}×, or held)"
+            f"{self._curve:.1f} mm/h (≥ {LEVELS[lvl].colour} {mult:g}×, or held{_own(self.source)})"
         )
 
     def _state(self) -> dict[str, Any]:
@@ -523,6 +576,7 @@ class AntecedentRain(_RainMethod):
         hysteresis: float = 0.1,
         hold_s: float = 0.0,
         max_interval_s: float = DAY,
+        source: str = DEFAULTS,
     ) -> None:
         if not 0 < k < 1:
             raise ValueError(f"k must be in (0, 1), got {k}")
@@ -534,6 +588,7 @@ class AntecedentRain(_RainMethod):
         self.thresholds = _ladder(thresholds, "thresholds")
         self.k = k
         self.days = days
+        self.source = source
         self.day_offset_s = day_offset_s
         self.hysteresis = hysteresis
         self.hold_s = hold_s
@@ -629,7 +684,7 @@ class AntecedentRain(_RainMethod):
     def _reason(self) -> str:
         lvl = self._latch.level
         thr = dict(self.thresholds)[lvl]
-        return f"effective rain {self._x:.1f} mm (Σ {self.k:g}^i·R_i over {self.days} days; ≥ {LEVELS[lvl].colour} {thr:g} mm, or held)"
+        return f"effective rain {self._x:.1f} mm (Σ {self.k:g}^i·R_i over {self.days} days; ≥ {LEVELS[lvl].colour} {thr:g} mm, or held{_own(self.source)})"
 
     def _state(self) -> dict[str, Any]:
         return {"day": self._day, "today": self._today, "hist": list(self._hist), "past": self._past, "x": self._x, "latch": self._latch.snapshot()}
@@ -647,8 +702,9 @@ class RainDetector(_RainMethod):
     """Rolling sums, intensity–duration and effective rain on one rain channel.
 
     The level is the highest of the three methods; the evidence carries all three (their keys
-    are distinct) plus ``levels`` by method and ``record_start_t`` (the first reading: sums
-    over a record shorter than their window are lower bounds). The combined detector owns
+    are distinct) plus ``levels`` by method, ``record_start_t`` (the first reading: sums
+    over a record shorter than their window are lower bounds) and ``thresholds``: per sum
+    window and method, "defaults" or where the site's own came from. The combined detector owns
     the reading model (order, first reading, ``max_interval_s``); the methods given must use
     the same ``max_interval_s``.
     """
@@ -674,8 +730,11 @@ class RainDetector(_RainMethod):
         self._reset()
 
     @classmethod
-    def for_channel(cls, interval_s: float, *, hold_s: float | None = None, hysteresis: float = 0.1) -> RainDetector:
-        """The default detector for a gauge reporting every ``interval_s`` seconds.
+    def for_channel(
+        cls, interval_s: float, *, hold_s: float | None = None, hysteresis: float = 0.1, thresholds: RainThresholds | None = None
+    ) -> RainDetector:
+        """The detector for a gauge reporting every ``interval_s`` seconds, with the site's own
+        ``thresholds`` where it has them and the defaults elsewhere.
 
         Windows shorter than the reporting interval are not judged (a daily total has no
         hourly peak; the longest window is always kept). Readings may cover up to
@@ -687,11 +746,33 @@ class RainDetector(_RainMethod):
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
         hold = DAY if hold_s is None else hold_s
         mi = max(DAY, float(interval_s))
+        own = RAIN_DEFAULTS if thresholds is None else thresholds
+        src = DEFAULTS if thresholds is None else thresholds.source
+        site_windows = dict(own.windows)
         windows = [w for w in DEFAULT_WINDOWS if w[0] >= interval_s] or [DEFAULT_WINDOWS[-1]]
+        windows = [(w, site_windows.get(w, lv)) for w, lv in windows]
+        id_src = src if (own.id_a, own.id_b, own.id_levels) != (None, None, None) else DEFAULTS
+        eff_src = src if (own.effective_levels, own.k, own.days) != (None, None, None) else DEFAULTS
         return cls(
-            RainSums(windows, hysteresis=hysteresis, hold_s=hold, max_interval_s=mi),
-            IntensityDuration(hysteresis=hysteresis, hold_s=hold, max_interval_s=mi),
-            AntecedentRain(hysteresis=hysteresis, hold_s=hold, max_interval_s=mi),
+            RainSums(windows, hysteresis=hysteresis, hold_s=hold, max_interval_s=mi, sources={w: src for w in site_windows}),
+            IntensityDuration(
+                a=CAINE_A if own.id_a is None else own.id_a,
+                b=CAINE_B if own.id_b is None else own.id_b,
+                levels=DEFAULT_ID_LEVELS if own.id_levels is None else own.id_levels,
+                hysteresis=hysteresis,
+                hold_s=hold,
+                max_interval_s=mi,
+                source=id_src,
+            ),
+            AntecedentRain(
+                DEFAULT_EFFECTIVE_LEVELS if own.effective_levels is None else own.effective_levels,
+                k=0.84 if own.k is None else own.k,
+                days=15 if own.days is None else own.days,
+                hysteresis=hysteresis,
+                hold_s=hold,
+                max_interval_s=mi,
+                source=eff_src,
+            ),
             max_interval_s=mi,
         )
 
@@ -700,6 +781,12 @@ class RainDetector(_RainMethod):
         self.intensity._reset()
         self.antecedent._reset()
         self._levels = (0, 0, 0)
+        # Where each method's thresholds came from (configuration, not state).
+        self._sources = {
+            **{f"sum_{_label(w)}": self.sums.sources.get(w, DEFAULTS) for w, _ in self.sums.windows},
+            "intensity_duration": self.intensity.source,
+            "antecedent": self.antecedent.source,
+        }
 
     def _step(self, t: float, ts: float, q: int) -> int:
         s, i, a = self.sums, self.intensity, self.antecedent
@@ -716,6 +803,7 @@ class RainDetector(_RainMethod):
             **self.antecedent._evidence(),
             "levels": {"sums": s, "intensity_duration": i, "antecedent": a},
             "record_start_t": self._t_first,
+            "thresholds": self._sources,
         }
 
     def _reason(self) -> str:

@@ -378,6 +378,27 @@ class Journal:
         row = self.conn.execute("SELECT max(id) FROM readings").fetchone()
         return int(row[0] or 0)
 
+    def statuses_after(self, position: int, limit: int) -> list[tuple[int, str, str, int, int, str]]:
+        """Device status rows in arrival order after ``position``, for detection:
+        (id, site, device, t_ms, received_ms, raw status text)."""
+        rows = self.conn.execute(
+            "SELECT id, site, device, t_ms, received_ms, status FROM device_status WHERE id > ? ORDER BY id LIMIT ?", (position, limit)
+        ).fetchall()
+        return [(int(i), str(a), str(b), int(t), int(r), str(st)) for i, a, b, t, r, st in rows]
+
+    def newest_statuses(self) -> list[tuple[str, str, int, str]]:
+        """Each device's newest status row (by arrival), for detection starting without a
+        snapshot: (site, device, t_ms, raw status text)."""
+        rows = self.conn.execute(
+            "SELECT d.site, d.device, d.t_ms, d.status FROM device_status d "
+            "JOIN (SELECT max(id) AS id FROM device_status GROUP BY site, device) m ON d.id = m.id"
+        ).fetchall()
+        return [(str(a), str(b), int(t), str(st)) for a, b, t, st in rows]
+
+    def last_status_id(self) -> int:
+        row = self.conn.execute("SELECT max(id) FROM device_status").fetchone()
+        return int(row[0] or 0)
+
     def received_ms_of(self, reading_id: int) -> int | None:
         row = self.conn.execute("SELECT received_ms FROM readings WHERE id=?", (reading_id,)).fetchone()
         return None if row is None else int(row[0])

@@ -21,6 +21,14 @@ readings are in the snapshot. Devices' clock health (``SiteFusion.clock_health()
 the journal's state under ``CLOCK_HEALTH_KEY`` for the console, ``/metrics`` and the zero
 report, at each snapshot and whenever a device's clock health changes.
 
+Devices' status reaches detection too: each status row whose ``sensor_state`` names sensors
+(the national convention's ``S1_ZT``) tells fusion which channels' sensors their device
+reports faulty (``SiteFusion.sensor_state``; such a channel's readings are stored but raise
+nothing). Status rows are read in arrival order beside the readings, each applied before the
+readings that arrived with or after it, and their position is saved with the snapshot; the
+channels reported faulty are in the journal's state under ``SENSOR_FAULTS_KEY``. Without a
+snapshot, each device's latest status says.
+
 Its state is a fusion snapshot saved with the journal position it reflects, every
 ``snapshot_interval_s`` and at every stop; after a crash it restores the snapshot and reads
 on from that position, so it neither repeats nor forgets a warning. A file lock keeps a
@@ -53,6 +61,10 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_KEY = "fusion.snapshot.v2"  # v2: compact detector state, shared windows (v1 snapshots are ignored)
 EMITTED_KEY = "fusion.emitted_through"
+#: The channels whose device reports their sensor faulty (``SiteFusion.sensor_faults()``).
+SENSOR_FAULTS_KEY = "detection.sensor_faults"
+#: Status rows read at most per batch of readings.
+STATUS_BATCH = 1000
 #: Devices under maintenance: {device: [since, until, by, note]} (times by the daemon's clock).
 MAINTENANCE_KEY = "detection.maintenance"
 #: The control gate's nonces seen within its window: {nonce: ts}.
@@ -85,6 +97,8 @@ class Detection:
         )
         self.fusion = self.judge.fusion
         self.position = 0
+        #: The last device status row applied (its ``sensor_state``).
+        self.status_position = 0
         #: device -> (since, until): its readings (by arrival) are stored but not judged, and its
         #: silence raises nothing, while a technician works on it.
         self.maintenance: dict[str, tuple[float, float]] = {
@@ -110,12 +124,17 @@ class Detection:
         if snap is not None:
             self.fusion.restore(snap["state"])
             self.position = int(snap["position"])
+            if "status_position" in snap:
+                self.status_position = int(snap["status_position"])
+            else:  # a snapshot from before statuses were read: each device's latest says
+                self._latest_statuses()
             emitted = int(self.journal.get_state(EMITTED_KEY, 0) or 0)
             while self.position < emitted and self._consume(emit=False, upto=emitted):
                 pass
             while self._consume():
                 pass
         else:
+            self._latest_statuses()
             horizon_s = max(site.policy.velocity_window_s for site in self.registry.sites.values())
             series = {sid: info for info, sid in self.journal.series_ids(self.registry).items()}
             for sid, info in series.items():
@@ -149,13 +168,21 @@ class Detection:
         """Judge the next batch of journal readings (up to id ``upto``); returns how many were read."""
         limit = BATCH if upto is None else max(0, min(BATCH, upto - self.position))
         rows = self.journal.read_after_received(self.position, limit) if limit else []
+        # Statuses that arrived with or before these readings go first (all of them when no
+        # reading is waiting): a sensor reported faulty judges none of its readings after it.
+        statuses = self.journal.statuses_after(self.status_position, STATUS_BATCH)
         if not rows:
+            if upto is None and statuses:
+                self._statuses(statuses, None)
             return 0
+        pending = 0
         event_time = self.event_time
         judge = self.judge
         changed = announced = clock = False
         maintenance = self.maintenance
         for _id, site, device, channel, t_ms, value, drill, received_ms in rows:
+            if pending < len(statuses) and statuses[pending][4] <= received_ms:
+                pending = self._statuses(statuses, received_ms, pending)
             info = self.registry.channel(site, device, channel)
             if info is None:
                 continue
@@ -186,6 +213,39 @@ class Detection:
             self.journal.set_state(EMITTED_KEY, self.position)
         return len(rows)
 
+    def _statuses(self, rows: list[tuple[int, str, str, int, int, str]], until_ms: int | None, start: int = 0) -> int:
+        """Apply the status rows from ``start`` that arrived by ``until_ms`` (None: all), in
+        order; returns the index of the first left."""
+        i, changed = start, False
+        while i < len(rows) and (until_ms is None or rows[i][4] <= until_ms):
+            sid, site, device, t_ms, _received_ms, text = rows[i]
+            changed = self._apply_status(site, device, text, t_ms / 1000.0) or changed
+            self.status_position = sid
+            i += 1
+        if changed:
+            self.journal.set_state(SENSOR_FAULTS_KEY, self.fusion.sensor_faults())
+        return i
+
+    def _latest_statuses(self) -> None:
+        """The sensors each device's latest status reports faulty hold from now on."""
+        self.status_position = self.journal.last_status_id()
+        for site, device, t_ms, text in self.journal.newest_statuses():
+            self._apply_status(site, device, text, t_ms / 1000.0)
+        self.journal.set_state(SENSOR_FAULTS_KEY, self.fusion.sensor_faults())
+
+    def _apply_status(self, site: str, device: str, text: str, t: float) -> bool:
+        if '"sensor_state"' not in text or (site, device) not in self.registry.channels:
+            return False  # most statuses say nothing of their sensors: no JSON parsed
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            return False
+        states = doc.get("sensor_state") if isinstance(doc, dict) else None
+        changed = self.fusion.sensor_state(site, device, states, t)
+        if changed:
+            log.warning("sensor state changed", extra=kv(site=site, device=device, sensor_state=json.dumps(states)[:300]))
+        return changed
+
     def step(self) -> int:
         """One round: a batch of readings, then the timers due by the clock. Returns readings judged."""
         t0 = time.perf_counter()
@@ -197,7 +257,7 @@ class Detection:
         return n
 
     def save_snapshot(self) -> None:
-        self.journal.set_state(SNAPSHOT_KEY, {"position": self.position, "state": self.fusion.snapshot()})
+        self.journal.set_state(SNAPSHOT_KEY, {"position": self.position, "status_position": self.status_position, "state": self.fusion.snapshot()})
         self.journal.set_state(DETECTION_STATS_KEY, {"readings": self.judged, "seconds": self.judging_s, "position": self.position})
         self.save_clock_health()
 
