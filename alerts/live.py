@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from geowarn.alerts.cap import DEFAULT_SENDER
 from geowarn.alerts.chain import ResponseChain, ZeroStats
 from geowarn.alerts.model import (
     Action,
@@ -365,10 +366,11 @@ class LiveChain:
         zero_stats: ZeroStats | None = None,
         wake: Any = None,
         apikeys: Mapping[str, str] | None = None,
+        sender: str = DEFAULT_SENDER,
     ) -> None:
         self.outbox = outbox
         self.sink = OutboxSink(outbox, Path(data_dir) / "cap", prefix, wake, apikeys)
-        self.chain = ResponseChain(registry, roster, self.sink, policy, tz=tz, zero_stats=zero_stats)
+        self.chain = ResponseChain(registry, roster, self.sink, policy, tz=tz, zero_stats=zero_stats, sender=sender)
         self.sink.resume(self.chain)
 
     # -- requests ------------------------------------------------------------------------------

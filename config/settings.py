@@ -179,6 +179,13 @@ class Settings(BaseSettings):
     def cn_topic_list(self) -> list[str]:
         return [t for t in self.cn_topics.split(",") if t]
 
+    @field_validator("cap_sender")
+    @classmethod
+    def _cap_sender(cls, v: str) -> str:
+        if not v or any(c in v for c in ' ,<>&"\'') or not v.isprintable():
+            raise ValueError(f"{v!r}: a CAP sender may not be empty or contain spaces, commas or < > & \" '")
+        return v
+
     @field_validator("journal_keep_days", mode="before")
     @classmethod
     def _journal_keep_days(cls, v: Any) -> Any:
@@ -198,6 +205,13 @@ class Settings(BaseSettings):
     # deadlines, sampling, report deadlines), checked when the daemon starts.
     smtp_url: str | None = None
     smtp_from: str = "geowarn@localhost"
+    # CAP <sender>: globally unique for this deployment, e.g. "geowarn@dizai.hubei.gov.cn"
+    # (CAP 1.2: no spaces, commas or restricted characters). The default is a placeholder that
+    # `geowarn run` warns about.
+    cap_sender: str = "geowarn@example.invalid"
+    # Run on the bundled example registry and roster (example sites, example phone numbers)
+    # when no `sites` / `roster` is set; without it `geowarn run` refuses (--allow-example).
+    allow_example: bool = False
     timezone: str = "Asia/Shanghai"
     alert_policy: dict[str, Any] = Field(default_factory=dict)
     # Seconds a notifier may take for one message before it counts as failed.
@@ -330,13 +344,29 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
 
-def load_settings(config_file: str | Path | None = None) -> Settings:
-    """Settings from an optional TOML file and the environment, or a ConfigError naming the culprit.
+#: Where a settings file is looked for when none is named (``--config``, ``GEOWARN_CONFIG``):
+#: the working directory, then the system's. Every command resolves it the same way, so
+#: ``geowarn token create`` writes where ``geowarn run`` reads.
+DEFAULT_CONFIG_FILES = (Path("geowarn.toml"), Path("/etc/geowarn/geowarn.toml"))
 
-    With no file given, ``GEOWARN_CONFIG`` may name one.
+
+def config_file_in_use(config_file: str | Path | None = None) -> Path | None:
+    """The settings file a command uses: the one named, else ``GEOWARN_CONFIG``, else the first
+    of ``DEFAULT_CONFIG_FILES`` that exists; None: defaults and the environment only."""
+    if config_file is not None:
+        return Path(config_file)
+    if os.environ.get(ENV_PREFIX + "CONFIG"):
+        return Path(os.environ[ENV_PREFIX + "CONFIG"])
+    return next((p for p in DEFAULT_CONFIG_FILES if p.is_file()), None)
+
+
+def load_settings(config_file: str | Path | None = None) -> Settings:
+    """Settings from a TOML file and the environment, or a ConfigError naming the culprit.
+
+    The file is ``config_file_in_use(config_file)``: the one given, else ``GEOWARN_CONFIG``,
+    else ``./geowarn.toml``, else ``/etc/geowarn/geowarn.toml``; the environment overrides it.
     """
-    if config_file is None and os.environ.get(ENV_PREFIX + "CONFIG"):
-        config_file = os.environ[ENV_PREFIX + "CONFIG"]
+    config_file = config_file_in_use(config_file)
     file_values: dict[str, Any] = {}
     source = "<defaults>"
     if config_file is not None:

@@ -13,7 +13,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from geowarn.config.errors import ConfigError
 from geowarn.core.timefmt import parse_instant
@@ -152,6 +152,41 @@ def cmd_export(args: argparse.Namespace) -> int:
 # -- run ---------------------------------------------------------------------------------------
 
 
+def _announce_configuration(loaded: Any, config: str | None, allow_example: bool) -> bool:
+    """Log which files the daemon runs on (a daemon on the wrong file looks healthy otherwise);
+    False, with the reason on stderr, when it would run on the bundled examples unasked."""
+    from geowarn.alerts.cap import DEFAULT_SENDER
+    from geowarn.config.settings import config_file_in_use
+
+    s = loaded.settings
+    cfg = config_file_in_use(config)
+    log.info(
+        "configuration loaded",
+        extra=kv(
+            settings=str(cfg) if cfg else "none (defaults and GEOWARN_* environment)",
+            sites=loaded.registry.source, n_sites=len(loaded.registry.sites),
+            n_devices=sum(len(site.devices) for site in loaded.registry.sites.values()),
+            roster=loaded.roster.source, n_units=len(loaded.roster.units), data_dir=s.data_dir,
+        ),
+    )
+    examples = [what for what, given in (("site registry", s.sites), ("roster", s.roster)) if given is None]
+    if examples and not (allow_example or s.allow_example):
+        print(
+            f"error: no {' and no '.join(examples)} configured, so geowarn run would use the bundled examples "
+            "(example sites and example phone numbers). Set sites = \"...\" and roster = \"...\" in the settings file "
+            f"({cfg or 'none found: --config, GEOWARN_CONFIG, ./geowarn.toml or /etc/geowarn/geowarn.toml'}) or GEOWARN_SITES / "
+            "GEOWARN_ROSTER; or pass --allow-example (GEOWARN_ALLOW_EXAMPLE=1) to try GeoWarn on the examples.",
+            file=sys.stderr,
+        )
+        return False
+    if examples:
+        log.warning("running on the bundled example " + " and ".join(examples) + " (--allow-example): not for real use", extra=kv(files=", ".join(examples)))
+    if s.cap_sender == DEFAULT_SENDER:
+        log.warning("CAP messages go out with the placeholder sender; set cap_sender (GEOWARN_CAP_SENDER) to this deployment's own",
+                    extra=kv(cap_sender=s.cap_sender))
+    return True
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from geowarn.config.settings import load_all
     from geowarn.service.daemon import build_app
@@ -164,6 +199,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         loaded = load_all(args.config)
         for w in loaded.warnings:
             log.warning("configuration warning", extra=kv(warning=w))
+        if not _announce_configuration(loaded, args.config, args.allow_example):
+            return EXIT_CONFIG
         app = build_app(loaded)
     except ConfigError as exc:
         _print_config_error(exc)
@@ -245,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     r = sub.add_parser("run", help="the ingest daemon")
-    r.add_argument("--config", default=None, help="settings TOML (environment GEOWARN_* overrides it)")
+    r.add_argument("--config", default=None, help="settings TOML (default: GEOWARN_CONFIG, ./geowarn.toml, /etc/geowarn/geowarn.toml; "
+                   "environment GEOWARN_* overrides it)")
+    r.add_argument("--allow-example", action="store_true", help="run on the bundled example registry/roster when none is configured (a trial)")
     r.add_argument("-v", "--verbose", action="store_true")
     r.set_defaults(func=cmd_run)
 

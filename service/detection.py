@@ -355,6 +355,7 @@ class DetectionJob:
                 loaded.registry, self.journal.readings_by_device, s.timezone,
             ),
             wake=self.dispatch_thread.wake,
+            sender=s.cap_sender,
         )
         self.detection = Detection(loaded, self.journal, lambda topic, payload, retain: link.publish(topic, payload, retain), self.clock, self.chain.chain)
         # The start's catch-up announced what happened while detection was down (devices fallen

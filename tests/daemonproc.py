@@ -43,6 +43,8 @@ class Daemon:
                 "GEOWARN_MQTT_URL": mqtt_url,
                 "GEOWARN_DATA_DIR": str(data_dir),
                 "GEOWARN_MQTT_CLIENT_ID": client_id,
+                # Tests run on the bundled example registry (site BSH) unless they set GEOWARN_SITES.
+                "GEOWARN_ALLOW_EXAMPLE": "1",
                 "PYTHONUNBUFFERED": "1",
             }
         )

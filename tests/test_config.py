@@ -699,7 +699,7 @@ def check_config(tmp_path_factory: pytest.TempPathFactory) -> CheckConfig:
         "not_toml": write(d, "junk.toml", "this is not toml"),
         "webhook_no_secret": write(d, "roster-webhook.toml", mutate(ROSTER, '{ type = "mqtt" }', '{ type = "webhook", url = "https://hooks.example.org/geowarn" }')),
     }
-    f["settings"] = write(d, "geowarn.toml", f"sites = {json.dumps(str(f['sites']))}\nroster = {json.dumps(str(f['roster']))}\n")
+    f["settings"] = write(d, "settings.toml", f"sites = {json.dumps(str(f['sites']))}\nroster = {json.dumps(str(f['roster']))}\n")
     f["bad_settings"] = write(d, "bad-geowarn.toml", f"mqtt_keepalive_s = 1\nsites = {json.dumps(str(f['sites']))}\n")
     cases: dict[str, tuple[list[str], dict[str, str]]] = {
         "default": (["--json"], {}),
@@ -828,7 +828,7 @@ def test_an_email_notifier_without_smtp_url_is_a_config_error_naming_the_unit(tm
 
 def test_a_bad_alert_policy_or_time_zone_stops_the_daemon_start_with_key_and_reason(tmp_path):
     env = {**os.environ, "GEOWARN_DATA_DIR": str(tmp_path / "d"), "GEOWARN_MQTT_URL": "mqtt://127.0.0.1:1",
-           "GEOWARN_ALERT_POLICY": '{"ack_deadline_s": {"2": -5}}'}
+           "GEOWARN_ALERT_POLICY": '{"ack_deadline_s": {"2": -5}}', "GEOWARN_ALLOW_EXAMPLE": "1"}
     run = subprocess.run([sys.executable, "-m", "geowarn.service.cli", "run"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2, run.stderr
     assert "alert_policy.ack_deadline_s" in run.stderr and "must be > 0" in run.stderr

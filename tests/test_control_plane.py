@@ -75,7 +75,7 @@ def test_the_daemon_and_the_cli_refuse_to_start_with_a_key_others_may_read(tmp_p
     data = tmp_path / "data"
     key_path = Path(load_or_create_key(data).path)
     key_path.chmod(0o604)
-    env = {**os.environ, "GEOWARN_DATA_DIR": str(data), "GEOWARN_MQTT_URL": "mqtt://127.0.0.1:9", "GEOWARN_HTTP": "off"}
+    env = {**os.environ, "GEOWARN_DATA_DIR": str(data), "GEOWARN_MQTT_URL": "mqtt://127.0.0.1:9", "GEOWARN_HTTP": "off", "GEOWARN_ALLOW_EXAMPLE": "1"}
     for argv in (["run"], ["ack", "W1", "--wait", "1"]):
         done = subprocess.run([sys.executable, "-m", "geowarn.service.cli", *argv], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, (argv, done.stdout, done.stderr)

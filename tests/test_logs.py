@@ -85,7 +85,7 @@ def test_a_bad_log_format_stops_the_daemon_start_saying_why(tmp_path) -> None:
 def test_the_daemon_and_its_workers_log_one_json_object_a_line(tmp_path, mosquitto) -> None:
     """The daemon's own lines and its spawned workers' lines all come out as JSON."""
     env = {**os.environ, FORMAT_ENV: "json", "GEOWARN_DATA_DIR": str(tmp_path / "data"), "GEOWARN_MQTT_URL": mosquitto.url,
-           "GEOWARN_HTTP": "off"}
+           "GEOWARN_HTTP": "off", "GEOWARN_ALLOW_EXAMPLE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "geowarn.service", "run"], env=env, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     try:
