@@ -322,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_broker_config_parser(sub)
     from geowarn.service.backup import add_backup_parsers
     add_backup_parsers(sub)
+    from geowarn.service.rain_calibrate import add_rain_calibrate_parser
+    add_rain_calibrate_parser(sub)
 
     add_simulate_parser(sub)
     add_plot_parser(sub)
