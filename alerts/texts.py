@@ -233,6 +233,11 @@ _NOTES: list[tuple[re.Pattern[str], Any]] = [
         lambda m: f"降为{_c(m['c1'])}：{_c(m['c2'])}不再有第二台设备或失稳预测确认",
     ),
     (re.compile(r"all channels back to normal"), lambda m: "各监测通道均已恢复正常"),
+    (
+        re.compile(r"(?P<ch>\S+/\S+): sensor reported faulty \(sensor_state (?P<code>-?[\d.]+)\) since (?P<t>\S+), its readings raise no level"),
+        lambda m: f"{m['ch']} 设备报告传感器故障（sensor_state {m['code']}，自 {m['t']} 起），其数据不参与升级",
+    ),
+    (re.compile(r"held at (?P<c>\w+): the sensors at it are reported faulty"), lambda m: f"因相关传感器报告故障，维持{_c(m['c'])}"),
     (re.compile(r"(?P<d>\S+): no data for (?P<h>[\d.]+) h \(level held\)"), lambda m: f"设备 {m['d']} 已 {m['h']} 小时无数据（级别维持不变）"),
     (re.compile(r"(?P<d>\S+): data again after (?P<h>[\d.]+) h of silence"), lambda m: f"设备 {m['d']} 中断 {m['h']} 小时后恢复上报"),
 ]

@@ -668,13 +668,18 @@ class SiteFusion:
             if level < floor:
                 level = floor
                 notes.append(f"held at {_name(floor)}: the sensors at it are reported faulty")
+        if self._faults:
+            # Every faulty sensor of the site, judged yet or not (one never read has level 0).
             faults: dict[str, Any] = {}
-            for c in faulty:
-                code, since = self._faults[(site, c.info.device, c.info.channel)]
-                name = f"{c.info.device}/{c.info.channel}"
+            for (s, d, c), (code, since) in sorted(self._faults.items()):
+                if s != site:
+                    continue
+                name = f"{d}/{c}"
                 notes.append(f"{name}: sensor reported faulty (sensor_state {code:g}) since {rfc3339(since)}, its readings raise no level")
-                faults[name] = {"sensor_state": code, "since": since, "level": c.level}
-            evidence["sensor_faults"] = faults
+                held_ch = st.channels.get(name)
+                faults[name] = {"sensor_state": code, "since": since, "level": 0 if held_ch is None else held_ch.level}
+            if faults:
+                evidence["sensor_faults"] = faults
         st.held = raw > level
         if level == st.level:
             return None

@@ -397,3 +397,11 @@ def test_the_simulator_makes_readings_of_every_new_kind_within_its_range(tmp_pat
     for r in rows:
         low, high = DEFAULT_RANGE[kinds[r.channel]]
         assert low <= r.value <= high, r
+
+
+def test_a_peak_reads_in_chinese():
+    from geowarn.alerts.texts import evidence_zh
+
+    assert evidence_zh("ACC-U1/acc_x threshold: peak 180.00 mg (≥ yellow threshold 100 mg, or held)").startswith(
+        "ACC-U1/acc_x 峰值 180.00 mg，达到黄色阈值 100 mg。"
+    )

@@ -179,3 +179,14 @@ def test_a_sensor_reported_faulty_stays_unheard_across_a_crash_until_it_reports_
     finally:
         pub.loop_stop()
         d.close()
+
+
+def test_the_chinese_evidence_names_the_faulty_sensor():
+    from geowarn.alerts.texts import evidence_zh
+
+    reg = _registry(confirm_from_level=5)
+    f = SiteFusion(reg)
+    f.sensor_state("S", "A", {"L3_NW_1": -2}, T0)
+    (ev,) = _read(f, reg, "A", "seep", T0 + 600, 160.0)
+    zh = evidence_zh(ev.reason)
+    assert zh.startswith(f"A/seep 监测值 160.00 kPa，达到黄色阈值 150 kPa；A/mud 设备报告传感器故障（sensor_state -2，自 {rfc3339(T0)} 起），其数据不参与升级。")
