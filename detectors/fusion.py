@@ -671,10 +671,10 @@ class SiteFusion:
         if self._faults:
             # Every faulty sensor of the site, judged yet or not (one never read has level 0).
             faults: dict[str, Any] = {}
-            for (s, d, c), (code, since) in sorted(self._faults.items()):
-                if s != site:
+            for (f_site, f_dev, f_ch), (code, since) in sorted(self._faults.items()):
+                if f_site != site:
                     continue
-                name = f"{d}/{c}"
+                name = f"{f_dev}/{f_ch}"
                 notes.append(f"{name}: sensor reported faulty (sensor_state {code:g}) since {rfc3339(since)}, its readings raise no level")
                 held_ch = st.channels.get(name)
                 faults[name] = {"sensor_state": code, "since": since, "level": 0 if held_ch is None else held_ch.level}
