@@ -427,3 +427,31 @@ def test_cubatao_benchmark_prints_defaults_and_calibrated_on_the_later_years():
         per_day.append(level)
     share = float(np.mean(np.array(per_day) >= 2))
     assert f"{share:.1%}" in scored[0].split("|")[3]
+
+
+def test_command_keeps_what_it_does_not_calibrate(tmp_path):
+    # The site already has its own 24 h ladder and K; calibrating the effective rain alone
+    # keeps both in the table it prints, and judges the effective rain with K = 0.9.
+    mm = synthetic_daily(years=3, seed=9)
+    path = tmp_path / "rain.csv"
+    days = write_daily_csv(path, mm)
+    sites = registry_file(tmp_path, "[sites.policy.rain]\nsum_24h = { yellow = 45.0, red = 90.0 }\neffective_k = 0.9\n")
+    run = run_cli("--site", "RG", "--rain", str(path), "--sites", str(sites), "--methods", "antecedent")
+    assert run.returncode == 0, run.stderr
+    table = table_of(run.stdout)
+    assert table["sum_24h"] == {"yellow": 45.0, "red": 90.0}
+    assert table["effective_k"] == 0.9
+    assert "thresholds now: the site registry" in run.stdout
+    t = np.array([dt.datetime(d.year, d.month, d.day, tzinfo=dt.UTC).timestamp() + DAY for d in days])
+    x = effective_rain_batch(t, mm, k=0.9)
+    levels = np.concatenate(([0], latch_batch(t[1:], x[1:], [(2, table["effective"]["yellow"])], 0.1, DAY)))
+    assert (levels >= 2).mean() <= 0.15
+    lower = np.concatenate(([0], latch_batch(t[1:], x[1:], [(2, round(table["effective"]["yellow"] - 0.1, 1))], 0.1, DAY)))
+    assert (lower >= 2).mean() > 0.15
+
+
+def test_help_names_the_sources_and_the_default_shares():
+    run = run_cli("--help")
+    assert run.returncode == 0, run.stderr
+    for words in ("--data-dir", "--rain", "--landslides", "--write", "(default 15%)", "(default 5%)", "(default 1%)"):
+        assert words in run.stdout
