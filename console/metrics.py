@@ -223,6 +223,10 @@ class GeoWarnCollector(Collector):
         esc = CounterMetricFamily("geowarn_escalations", "warnings escalated to the next tier for want of an acknowledgement, by level", labels=["level"])
         open_w = GaugeMetricFamily("geowarn_open_warnings", "real (not exercise) warnings currently announced, by level", labels=["level"])
         unacked = GaugeMetricFamily("geowarn_unacknowledged_warnings", "real warnings waiting for an acknowledgement, by level", labels=["level"])
+        # Each registry site's announced level (0: no warning), for a levels-over-time panel.
+        site_level = GaugeMetricFamily("geowarn_site_warning_level", "the level of each site's real (not exercise) warning as announced: "
+                                       "0 none, 1 blue, 2 yellow, 3 orange, 4 red", labels=["site"])
+        site_levels = dict.fromkeys(self.registry.sites, 0)
         by_level = {lvl: 0 for lvl in (1, 2, 3, 4)}
         un_level = {lvl: 0 for lvl in (1, 2, 3, 4)}
         esc_level = {lvl: 0 for lvl in (1, 2, 3, 4)}
@@ -231,10 +235,13 @@ class GeoWarnCollector(Collector):
         for level, n in outbox.notifications_by_level("escalation").items():
             if level in esc_level:
                 esc_level[level] = n
-        for _key, st in outbox.states(ALERT_STATE_PREFIX):
+        for key, st in outbox.states(ALERT_STATE_PREFIX):
             if st.get("exercise"):
                 continue
             announced = int(st.get("announced", 0))
+            site = key[len(ALERT_STATE_PREFIX):].rpartition("|")[0]
+            if site in site_levels:
+                site_levels[site] = announced
             if announced in by_level:
                 by_level[announced] += 1
                 if st.get("status") in ("unacknowledged", "rtn_unacknowledged"):
@@ -243,7 +250,9 @@ class GeoWarnCollector(Collector):
             open_w.add_metric([str(lvl)], float(by_level[lvl]))
             unacked.add_metric([str(lvl)], float(un_level[lvl]))
             esc.add_metric([str(lvl)], float(esc_level[lvl]))
-        yield from (notes, esc, open_w, unacked)
+        for site, lvl in site_levels.items():
+            site_level.add_metric([site], float(lvl))
+        yield from (notes, esc, open_w, unacked, site_level)
 
     # -- devices' clocks (detection's clock health, issue 13 item 2) -------------------------
 
