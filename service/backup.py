@@ -79,6 +79,15 @@ def _schemas() -> dict[str, Schema]:
     return {JOURNAL_FILE: JOURNAL_SCHEMA, OUTBOX_FILE: OUTBOX_SCHEMA, MESSAGES_FILE: MESSAGES_SCHEMA, TOKENS_FILE: TOKENS_SCHEMA}
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("geowarn")
+    except PackageNotFoundError:  # a checkout that was never installed
+        return "unknown"
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as fh:
@@ -115,8 +124,6 @@ def _copy_store(src: Path, dst: Path, schema: Schema | None) -> Copied:
 
 def backup(data_dir: Path, dest: Path, *, now: float | None = None) -> Path:
     """Copy ``data_dir`` into a new folder under ``dest``; returns that folder."""
-    from geowarn.service.cli import _version
-
     data_dir = Path(data_dir)
     if not (data_dir / "journal.sqlite").exists():
         raise BackupError(f"{data_dir}: no journal.sqlite here; is this GeoWarn's data directory? (GEOWARN_DATA_DIR, --config, --data-dir)")
@@ -287,14 +294,14 @@ def add_backup_parsers(sub: Any) -> None:
 def _data_dir(args: argparse.Namespace) -> Path | None:
     from geowarn.config.errors import ConfigError
     from geowarn.config.settings import load_settings
-    from geowarn.service.cli import _print_config_error
 
     if args.data_dir:
         return Path(args.data_dir)
     try:
         return Path(load_settings(args.config).data_dir)
     except ConfigError as exc:
-        _print_config_error(exc)
+        for p in exc.problems:
+            print(f"configuration error: {p}", file=sys.stderr)
         return None
 
 
