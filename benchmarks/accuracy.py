@@ -33,7 +33,7 @@ Real-data sections read ``<repo>/../shared/data`` and say "skipped: data absent"
 Seeds are fixed and results do not depend on the number of worker processes: the same command
 gives the same figures (only the header's date, machine, commit and run time change).
 
-    python3 benchmarks/accuracy.py                  # full run, rewrites ACCURACY.md (4–5 min on 2 CPUs)
+    python3 benchmarks/accuracy.py                  # full run, rewrites ACCURACY.md (5–10 min on 2 CPUs)
     python3 benchmarks/accuracy.py --quick          # small subset (a few minutes), markdown to stdout
     python3 benchmarks/accuracy.py --quick --out /tmp/a.md --jobs 1
     python3 benchmarks/accuracy.py --validation      # §7 only (about a minute), markdown to stdout
