@@ -255,7 +255,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from geowarn.service.demo import run_demo
 
-    return run_demo(duration_s=args.duration, data_dir=args.data_dir, verbose=args.verbose)
+    return run_demo(duration_s=args.duration, data_dir=args.data_dir, verbose=args.verbose, full=args.full)
 
 
 # -- parser ------------------------------------------------------------------------------------
@@ -277,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="embedded broker + SQLite + a simulated fleet with one slope failing")
     d.add_argument("--duration", type=float, default=60.0, help="wall-clock seconds for the simulated days (default 60)")
-    d.add_argument("--data-dir", default=None, help="keep the journal and alerts here (default: a temporary folder)")
+    d.add_argument("--data-dir", default=None, help="keep the journal and alerts here (default: a temporary folder, removed at the end); "
+                   "a directory an earlier demo used is cleared first")
+    d.add_argument("--full", action="store_true", help="simulate all 14 days instead of stopping once the failing site is red")
     d.add_argument("-v", "--verbose", action="store_true")
     d.set_defaults(func=cmd_demo)
 

@@ -84,7 +84,41 @@ def _print_alert(event: dict[str, Any], names: dict[str, str], tty: bool) -> Non
     )
 
 
-def run_demo(duration_s: float = 60.0, data_dir: str | None = None, verbose: bool = False) -> int:
+#: Written into a data directory the demo made or reused: a later demo may clear it.
+DEMO_MARKER = ".geowarn-demo"
+#: Once the failing site is red the demo simulates this much more (event time), then stops:
+#: the rest of the days would only add readings. --full runs them all.
+AFTER_RED_S = 3600.0
+
+
+def _prepare_data_dir(data_dir: str | None) -> tuple[Path, bool] | str:
+    """The demo's data directory and whether it is a temporary one; or why it cannot be used.
+
+    A directory an earlier demo used (it has DEMO_MARKER) is cleared, so a second run starts
+    from nothing like the first (its readings would otherwise be two weeks older than what the
+    first run stored: out of order, and counted twice in the summary). Any other non-empty
+    directory is refused: the demo does not write into a real data directory."""
+    import shutil
+
+    if not data_dir:
+        return Path(tempfile.mkdtemp(prefix="geowarn-demo-")), True
+    path = Path(data_dir)
+    if path.exists() and any(path.iterdir()):
+        if not (path / DEMO_MARKER).exists():
+            return (f"{path} is not empty and not a demo's data directory; give the demo an empty or new directory "
+                    "(it never writes into a real GeoWarn data directory)")
+        for child in path.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        print(f"  (cleared the previous demo run in {path})")
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    (path / DEMO_MARKER).write_text("written by `geowarn demo`: a later demo run clears this directory\n")
+    return path, False
+
+
+def run_demo(duration_s: float = 60.0, data_dir: str | None = None, verbose: bool = False, full: bool = False) -> int:
     from geowarn.service.broker import EmbeddedBroker
     from geowarn.service.logs import CHATTY, configure_logging
     from geowarn.simulators.fleet import Fleet
@@ -111,7 +145,13 @@ def run_demo(duration_s: float = 60.0, data_dir: str | None = None, verbose: boo
     else:
         mqtt_url = base.settings.mqtt_url
         where = f"broker {base.settings.mqtt.redacted()}"
-    data = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="geowarn-demo-"))
+    prepared = _prepare_data_dir(data_dir)
+    if isinstance(prepared, str):
+        print(f"error: {prepared}")
+        if broker is not None:
+            broker.stop()
+        return 2
+    data, temporary = prepared
     settings = base.settings.model_copy(
         update={"mqtt_url": mqtt_url, "data_dir": data, "mqtt_client_id": f"geowarn-demo-{os.getpid()}", "journal_sync": "normal"}
     )
@@ -127,7 +167,9 @@ def run_demo(duration_s: float = 60.0, data_dir: str | None = None, verbose: boo
     fleet = Fleet(registry, t0=t_start, seed=7, failures={failing: t_f}, failure_alpha=1.5)
 
     print(f"GeoWarn demo — {len(registry.sites)} sites, {len(fleet.devices)} devices, {where}")
-    print(f"  data dir: {data}")
+    print(f"  data dir: {data}" + (" (temporary: removed at the end; keep it with --data-dir DIR)" if temporary else ""))
+    if settings.http and settings.http.lower() != "off":
+        print(f"  console: http://{settings.http}/ while the demo runs (GEOWARN_HTTP; `geowarn token create` for a login)")
     print(f"  simulating {SPAN_S / DAY:.0f} days of 10-minute readings in about {duration_s:.0f} s; "
           f"site {failing} ({names[failing]}) is heading for failure.\n", flush=True)
 
@@ -163,6 +205,7 @@ def run_demo(duration_s: float = 60.0, data_dir: str | None = None, verbose: boo
     published = 0
     try:
         # Two hostile messages up front: the daemon rejects them with a reason and goes on.
+        print("  first, two malformed messages on purpose: each is dead-lettered with its reason and nothing else is lost", flush=True)
         first_site = registry.sites[failing]
         dev = first_site.devices[0].device
         other = first_site.devices[1].device if len(first_site.devices) > 1 else dev
@@ -174,7 +217,14 @@ def run_demo(duration_s: float = 60.0, data_dir: str | None = None, verbose: boo
         )
         published += 2
         wall0 = time.monotonic()
+        red_at: float | None = None
         for i in range(steps + 1):
+            t = t_start + i * STEP_S
+            if red_at is None and any(e["site"] == failing and e["level"] == 4 and not e["exercise"] for e in events):
+                red_at = t
+            if red_at is not None and not full and t - red_at > AFTER_RED_S:
+                print(f"  {failing} is red: stopping the simulation here (--full runs all {SPAN_S / DAY:.0f} days)", flush=True)
+                break
             t = t_start + i * STEP_S
             batch = fleet.messages(t)
             if i % 6 == 0:
@@ -218,8 +268,14 @@ def run_demo(duration_s: float = 60.0, data_dir: str | None = None, verbose: boo
     for code in registry.sites:
         lvl = LEVELS[by_site.get(code, 0)]
         print(f"  {code:4} highest level: {_paint(lvl.colour, lvl.colour, tty)} ({lvl.en})  {names[code]}")
-    print(f"  alerts: {data / 'alerts.jsonl'}")
-    print(f"  readings: GEOWARN_DATA_DIR={data} geowarn export --site {failing} --format csv | head")
+    if temporary:
+        import shutil
+
+        shutil.rmtree(data, ignore_errors=True)
+        print(f"  data removed ({data}); run with --data-dir DIR to keep the journal and alerts")
+    else:
+        print(f"  alerts: {data / 'alerts.jsonl'}")
+        print(f"  readings: GEOWARN_DATA_DIR={data} geowarn export --site {failing} --format csv | head")
     red = by_site.get(failing, 0) == 4
     if not red:
         print(f"error: site {failing} never reached red")
