@@ -49,7 +49,7 @@ from geowarn.alerts.notifiers import EXERCISE_PREFIX, Outgoing, outgoing_for, su
 from geowarn.alerts.outbox import Outbox
 from geowarn.config.registry import Registry
 from geowarn.config.roster import Roster
-from geowarn.ingest.commands_cn import PLUS_DEFAULT_S, command_topic, msgid_for, sensor_ids, setsensortime
+from geowarn.ingest.commands_cn import PLUS_DEFAULT_S, WORKMODE_PLUS, WORKMODE_RUN, command_topic, msgid_for, sensor_ids, setsensortime, setworkmode, with_apikey
 from geowarn.core.logfields import kv
 
 log = logging.getLogger(__name__)
@@ -176,10 +176,8 @@ class OutboxSink:
     """The daemon's chain sink: a transition's messages and the chain's state in one outbox
     transaction, then the dispatcher woken (``wake``)."""
 
-    def __init__(self, outbox: Outbox, cap_dir: Path, prefix: str = "geowarn", wake: Any = None, apikeys: Mapping[str, str] | None = None) -> None:
+    def __init__(self, outbox: Outbox, cap_dir: Path, prefix: str = "geowarn", wake: Any = None) -> None:
         self.outbox = outbox
-        #: Convention devices' apikeys by device code (their commands must carry it); none by default.
-        self.apikeys: dict[str, str] = dict(apikeys or {})
         self.prefix = prefix
         self.cap_dir = Path(cap_dir)
         self.cap_dir.mkdir(parents=True, exist_ok=True)
@@ -314,8 +312,12 @@ class OutboxSink:
         plus_intv, the device's own accelerated interval, is the command's interval when
         GeoWarn accelerates and at most 5 min (the firmware's initial value) when it restores.
         Each command's msgid is stable (``msgid_for`` of its outbox id), so the answer on ``$dr``
-        is matched to it (``Outbox.record_answer``)."""
+        is matched to it (``Outbox.record_answer``). Then ``setworkmode``: plus (2) when
+        accelerating, run (0) when restoring (ingest/commands_cn.py, "Work mode").
+        The device's apikey is in none of them: the outbox never holds it; the command
+        notifier (``TopicNotifier`` with the apikeys) inserts it as it publishes."""
         out = []
+        commands: list[tuple[str, str | None, str, str, float | None]] = []  # (oid, sensor, cmd, text, interval)
         for sid in sensor_ids(ch.source for ch in dev.channels):
             if action.interval_s is None:
                 # Back to normal: each sensor to the interval of the channels it feeds, not the
@@ -323,9 +325,14 @@ class OutboxSink:
                 interval = min((ch.interval_s for ch in dev.channels if (ch.source or "").partition(".")[0] == sid), default=interval)
             plus = interval if action.interval_s is not None else min(interval, float(PLUS_DEFAULT_S))
             oid = f"{action.id}/{dev.device}/{sid}/{COMMAND_KEY}"
-            msgid = msgid_for(oid)
-            text = setsensortime(sid, interval, interval, plus, msgid, self.apikeys.get(dev.code))
-            shown = text if dev.code not in self.apikeys else text.replace(self.apikeys[dev.code], "***")
+            commands.append((oid, sid, "setsensortime", setsensortime(sid, interval, interval, plus, msgid_for(oid)), interval))
+        if commands:
+            mode = WORKMODE_PLUS if action.interval_s is not None else WORKMODE_RUN
+            oid = f"{action.id}/{dev.device}/workmode/{COMMAND_KEY}"
+            commands.append((oid, None, "setworkmode", setworkmode(mode, msgid_for(oid)), None))
+        for oid, sensor, cmd, text, iv in commands:
+            mode = text.split("&mode=")[1][:1] if cmd == "setworkmode" else ""
+            what = f"{sensor} {iv:g} s" if sensor is not None and iv is not None else f"mode {mode}"
             out.append(
                 Outgoing(
                     id=oid,
@@ -334,10 +341,10 @@ class OutboxSink:
                     admin=admin,
                     site=action.site,
                     level=0,
-                    subject=(EXERCISE_PREFIX + " " if action.exercise else "") + f"setsensortime {dev.device} {sid} {interval:g} s",
+                    subject=(EXERCISE_PREFIX + " " if action.exercise else "") + f"{cmd} {dev.device} {what}",
                     text=action.reason,
-                    body={"topic": command_topic(dev.code), "payload": text, "msgid": msgid, "device": dev.device, "code": dev.code,
-                          "sensor_id": sid, "cmd": "setsensortime", "interval_s": interval, "shown": shown},
+                    body={"topic": command_topic(dev.code), "payload": text, "msgid": msgid_for(oid), "device": dev.device, "code": dev.code,
+                          "sensor_id": sensor, "cmd": cmd, "interval_s": iv, **({"mode": mode} if mode else {})},
                     t=action.t,
                     exercise=action.exercise,
                 )
@@ -365,11 +372,10 @@ class LiveChain:
         tz: str = "Asia/Shanghai",
         zero_stats: ZeroStats | None = None,
         wake: Any = None,
-        apikeys: Mapping[str, str] | None = None,
         sender: str = DEFAULT_SENDER,
     ) -> None:
         self.outbox = outbox
-        self.sink = OutboxSink(outbox, Path(data_dir) / "cap", prefix, wake, apikeys)
+        self.sink = OutboxSink(outbox, Path(data_dir) / "cap", prefix, wake)
         self.chain = ResponseChain(registry, roster, self.sink, policy, tz=tz, zero_stats=zero_stats, sender=sender)
         self.sink.resume(self.chain)
 
@@ -409,11 +415,17 @@ class LiveChain:
 class TopicNotifier:
     """Publishes ``body["payload"]`` to ``body["topic"]``: the daemon's own MQTT messages (CAP,
     device commands) go through the outbox like any notification, so a broker outage delays
-    them instead of losing them."""
+    them instead of losing them. ``apikeys`` (device code -> apikey): a command to a device of
+    the national convention gets its device's apikey here, as it goes out (the outbox never
+    holds it; ingest/commands_cn.py)."""
 
-    def __init__(self, publish: Any, name: str) -> None:
+    def __init__(self, publish: Any, name: str, apikeys: Mapping[str, str] | None = None) -> None:
         self.publish = publish
         self.name = name
+        self._apikeys = dict(apikeys or {})
+
+    def __repr__(self) -> str:  # never the apikeys
+        return f"TopicNotifier({self.name!r}, apikeys={len(self._apikeys)})"
 
     def send(self, msg: Outgoing) -> None:
         from geowarn.alerts.notifiers import NotifierError
@@ -421,6 +433,9 @@ class TopicNotifier:
         topic, payload = msg.body.get("topic"), msg.body.get("payload")
         if not isinstance(topic, str) or not isinstance(payload, str):
             raise NotifierError(f"{msg.id}: no topic/payload to publish", permanent=True)
+        key = self._apikeys.get(str(msg.body.get("code"))) if msg.body.get("code") else None
+        if key is not None:
+            payload = with_apikey(payload, key)
         try:
             self.publish(topic, payload.encode("utf-8"), False)
         except Exception as exc:  # converted at this boundary; the dispatcher retries

@@ -82,6 +82,13 @@ PEAK_KINDS = frozenset({Kind.acceleration, Kind.vibration})
 #: Kinds whose channels may state a reading noise (the rate detectors read it).
 NOISE_KINDS = DISPLACEMENT_LIKE | RISE_KINDS
 
+#: A device's battery is low below this charge (battery_percent) where its status reports one,
+#: else below this voltage: the low-voltage zone of the 12 V solar-charged batteries field
+#: stations run on (lead-acid and LiFePO4 both sag under 11.5 V within a day or two of empty).
+#: A device's ``battery_low_percent`` / ``battery_low_v`` override them.
+BATTERY_LOW_PERCENT = 20.0
+BATTERY_LOW_V = 11.5
+
 #: Plausible physical range per kind; a value outside it is a device fault, not a hazard.
 DEFAULT_RANGE: dict[Kind, tuple[float, float]] = {
     Kind.displacement: (-1e5, 1e5),
@@ -389,11 +396,33 @@ class Device(_Strict):
     code: str | None = None
     clock_offset_s: float | None = Field(default=None, ge=-86400, le=86400, allow_inf_nan=False)
     ignore: tuple[str, ...] = Field(default=(), max_length=256)
+    # The device's apikey (the national platform issues one per device; its firmware drops a
+    # command that does not carry it: ingest/commands_cn.py), only as a reference to a secret,
+    # 'env:NAME' or 'file:/path', as the roster's notifier secrets (config.roster.secret_value);
+    # resolved at start (``device_apikeys``), never kept in the registry nor shown.
+    apikey: str | None = None
+    # The device's battery is low below this charge where its status reports one
+    # (battery_percent), else below this voltage (console, /metrics): the defaults suit the 12 V
+    # solar-charged lead-acid or LiFePO4 batteries of field stations; a 3.7 V cell sets its own.
+    battery_low_percent: float = Field(default=BATTERY_LOW_PERCENT, gt=0, lt=100, allow_inf_nan=False)
+    battery_low_v: float = Field(default=BATTERY_LOW_V, gt=0, le=60, allow_inf_nan=False)
 
     @field_validator("device")
     @classmethod
     def _code(cls, v: str) -> str:
         return _check_code(v, "device")
+
+    @field_validator("apikey")
+    @classmethod
+    def _apikey_ref(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        kind, _, where = v.partition(":")
+        if kind not in ("env", "file") or not where:
+            # Never echo the value: it may be the key itself, written in plain text.
+            raise ValueError("apikey must be a reference to the secret, 'env:NAME' (an environment variable of the daemon) or "
+                             "'file:/path' (a file only GeoWarn can read), never the key itself")
+        return v
 
     @field_validator("code")
     @classmethod
@@ -568,6 +597,39 @@ def parse_registry(data: dict[str, Any], source: str) -> Registry:
     if problems:
         raise ConfigError(problems)
     return Registry(parsed.sites, source)
+
+
+def device_apikeys(registry: Registry) -> dict[str, str]:
+    """The apikeys of the registry's convention devices by device code, read from the secrets
+    their ``apikey`` references (``config.roster.secret_value``, the roster's resolver).
+    ConfigError naming the file, the key and why (never the value) when one cannot be read:
+    the start stops, rather than send commands every such device would drop."""
+    from geowarn.config.roster import secret_value  # roster imports this module
+
+    keys: dict[str, str] = {}
+    problems: list[ConfigProblem] = []
+    for i, site in enumerate(registry.sites.values()):
+        for j, dev in enumerate(site.devices):
+            if dev.apikey is None:
+                continue
+            where = f"sites[{i}].devices[{j}].apikey"
+            if not dev.code:
+                problems.append(ConfigProblem(registry.source, where, "an apikey is for a device of the national convention: give the device its code too"))
+                continue
+            try:
+                value = secret_value(dev.apikey)
+            except ValueError as exc:
+                problems.append(ConfigProblem(registry.source, where, str(exc)))
+                continue
+            if not re.fullmatch(r"[A-Za-z0-9_.~-]{1,48}", value):
+                # It travels in '&apikey=…' of a key=value command (the firmware keeps 48 bytes).
+                problems.append(ConfigProblem(registry.source, where, "the apikey read must be 1-48 letters, digits, '_', '.', '~' or '-' "
+                                              "(it travels in a key=value command)"))
+                continue
+            keys[dev.code] = value
+    if problems:
+        raise ConfigError(problems)
+    return keys
 
 
 def load_registry(path: str | Path) -> Registry:

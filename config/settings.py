@@ -18,7 +18,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from geowarn.config.errors import ConfigError, ConfigProblem, problems_from_validation
-from geowarn.config.registry import Registry, load_registry, read_toml
+from geowarn.config.registry import Registry, device_apikeys, load_registry, read_toml
 from geowarn.config.roster import Roster, cross_check, load_roster
 
 ENV_PREFIX = "GEOWARN_"
@@ -389,11 +389,18 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
 class Loaded:
     """Everything configuration gives the daemon: settings, registry, roster and warnings."""
 
-    def __init__(self, settings: Settings, registry: Registry, roster: Roster, warnings: list[ConfigProblem]) -> None:
+    def __init__(self, settings: Settings, registry: Registry, roster: Roster, warnings: list[ConfigProblem],
+                 apikeys: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.roster = roster
         self.warnings = warnings
+        #: Convention devices' apikeys by device code, read at start from the registry's
+        #: references (config.registry.device_apikeys); only in memory, never shown.
+        self.apikeys: dict[str, str] = dict(apikeys or {})
+
+    def __repr__(self) -> str:  # never the apikeys
+        return f"Loaded(registry={self.registry.source!r}, roster={self.roster.source!r}, apikeys={len(self.apikeys)})"
 
 
 def load_all(
@@ -407,8 +414,10 @@ def load_all(
     problems: list[ConfigProblem] = []
     registry: Registry | None = None
     roster: Roster | None = None
+    apikeys: dict[str, str] = {}
     try:
         registry = load_registry(sites_path or settings.sites_path)
+        apikeys = device_apikeys(registry)
     except ConfigError as exc:
         problems += exc.problems
     try:
@@ -427,4 +436,4 @@ def load_all(
                                                   "an email notifier needs GEOWARN_SMTP_URL (smtp_url = 'smtp://host:port') in the settings"))
     if problems or registry is None or roster is None:
         raise ConfigError(problems)
-    return Loaded(settings, registry, roster, warnings)
+    return Loaded(settings, registry, roster, warnings, apikeys)

@@ -28,10 +28,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -39,7 +38,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 # The response chain keeps each site's alert state in the outbox under this prefix (alerts/live.py).
 from geowarn.alerts.live import STATE_PREFIX as ALERT_STATE_PREFIX
 from geowarn.alerts.outbox import OUTBOX_FILE, OutboxReader
-from geowarn.config.registry import Registry
+from geowarn.config.registry import BATTERY_LOW_PERCENT, BATTERY_LOW_V, Registry
+from geowarn.console.views import battery_low
 from geowarn.core.sqlite import SchemaError
 from geowarn.ingest.journal import DETECTION_STATS_KEY, JOURNAL_FILE, JournalReader
 from geowarn.ingest.messagelog import MESSAGES_FILE, MessageLogReader
@@ -53,28 +53,11 @@ __all__ = ["GeoWarnCollector", "MainStats", "make_registry"]
 #: A device is online when its newest reading arrived within this many of its shortest
 #: reporting intervals: the no-data rule of DESIGN §5 (silent for three intervals).
 ONLINE_INTERVALS = 3.0
-#: A battery is low below this charge, where the device reports one (``battery_percent``)...
-LOW_BATTERY_PERCENT = 20.0
-#: ...else below this voltage: the low-voltage zone of the 12 V solar-charged batteries field
-#: stations run on (lead-acid and LiFePO4 both sag under 11.5 V within a day or two of empty).
-LOW_BATTERY_V = 11.5
-
-
-def battery_low(health: Mapping[str, Any]) -> bool:
-    """A device's battery is low (``LOW_BATTERY_PERCENT``, else ``LOW_BATTERY_V``); False when
-    its status says nothing of its battery."""
-    def number(key: str) -> float | None:
-        v = health.get(key)
-        try:
-            return None if v is None or isinstance(v, bool) else float(v)
-        except (TypeError, ValueError):
-            return None
-
-    percent = number("battery_percent")
-    if percent is not None:
-        return percent < LOW_BATTERY_PERCENT
-    volts = number("battery_v")
-    return volts is not None and volts < LOW_BATTERY_V
+#: A battery is low below this charge, where the device reports one (``battery_percent``),
+#: else below this voltage, unless the device's registry entry sets its own
+#: (``battery_low_percent``, ``battery_low_v``; console.views.battery_low).
+LOW_BATTERY_PERCENT = BATTERY_LOW_PERCENT
+LOW_BATTERY_V = BATTERY_LOW_V
 
 
 @dataclass(frozen=True)
@@ -280,7 +263,7 @@ class GeoWarnCollector(Collector):
         from geowarn.console.views import device_health
 
         statuses = JournalReader(self.data_dir / JOURNAL_FILE).all_latest_statuses()
-        known = {(code, d.device) for code, site in self.registry.sites.items() for d in site.devices}
+        known = {(code, d.device): d for code, site in self.registry.sites.items() for d in site.devices}
         low = faulty = reporting = 0
         for key, raw in statuses.items():
             if key not in known:
@@ -292,12 +275,14 @@ class GeoWarnCollector(Collector):
             if health is None:
                 continue
             reporting += 1
-            low += battery_low(health)
+            spec = known[key]
+            low += battery_low(health, spec.battery_low_percent, spec.battery_low_v)
             faulty += bool(health.get("faulty_sensors"))
         yield GaugeMetricFamily("geowarn_devices_status_reporting", "registry devices that have sent a status heartbeat", value=float(reporting))
         yield GaugeMetricFamily(
             "geowarn_devices_battery_low",
-            f"devices whose latest status reports a low battery (below {LOW_BATTERY_PERCENT:g} %, or {LOW_BATTERY_V:g} V where no charge is reported)",
+            f"devices whose latest status reports a low battery (below the device's battery_low_percent, default {LOW_BATTERY_PERCENT:g} %, "
+            f"or its battery_low_v, default {LOW_BATTERY_V:g} V, where no charge is reported)",
             value=float(low),
         )
         yield GaugeMetricFamily("geowarn_devices_sensor_faulty", "devices whose latest status marks at least one sensor faulty (sensor_state not 0)", value=float(faulty))

@@ -33,7 +33,7 @@ from geowarn.alerts.live import STATE_PREFIX as ALERT_STATE_PREFIX
 from geowarn.alerts.log import ALERTS_FILE
 from geowarn.alerts.outbox import OUTBOX_FILE, OutboxReader
 from geowarn.alerts.texts import COLOUR_ZH, GRADE_ZH, evidence_zh, local_time
-from geowarn.config.registry import Registry
+from geowarn.config.registry import BATTERY_LOW_PERCENT, BATTERY_LOW_V, Registry
 from geowarn.config.roster import Roster
 from geowarn.core.levels import LEVELS
 from geowarn.core.sqlite import ChangeWatch
@@ -71,6 +71,27 @@ def device_health(status: Any) -> dict[str, Any] | None:
     if isinstance(sensors, dict):
         health["faulty_sensors"] = sorted(str(k) for k, v in sensors.items() if v not in (0, "0"))
     return health
+
+
+def battery_low(health: Mapping[str, Any] | None, low_percent: float = BATTERY_LOW_PERCENT, low_v: float = BATTERY_LOW_V) -> bool:
+    """A device's battery is low: below ``low_percent`` where its status reports a charge
+    (``battery_percent``), else below ``low_v`` (the device's ``battery_low_percent`` and
+    ``battery_low_v`` in the registry); False when its status says nothing of its battery."""
+    if not health:
+        return False
+
+    def number(key: str) -> float | None:
+        v = health.get(key)
+        try:
+            return None if v is None or isinstance(v, bool) else float(v)
+        except (TypeError, ValueError):
+            return None
+
+    percent = number("battery_percent")
+    if percent is not None:
+        return percent < low_percent
+    volts = number("battery_v")
+    return volts is not None and volts < low_v
 
 
 def colour(level: int) -> str:
@@ -374,30 +395,60 @@ class Views:
                 d["status_t"] = t_ms / 1000.0
             d["online"] = d["last_received"] is not None and now - d["last_received"] <= ONLINE_INTERVALS * d["interval_s"]
             d["health"] = device_health(d.get("status"))
-        self._add_commands(site, devices)
+            spec = next(x for x in card.devices if x.device == device)
+            d["battery_low"] = battery_low(d["health"], spec.battery_low_percent, spec.battery_low_v)
+            d["battery_low_at"] = {"percent": spec.battery_low_percent, "v": spec.battery_low_v}
+        self._add_commands(site, devices, now)
         return {"readings_24h": readings_24h, "last_t": last_t, "devices": list(devices.values()),
                 "devices_online": sum(1 for d in devices.values() if d["online"])}
 
-    def _add_commands(self, site: str, devices: dict[str, dict[str, Any]]) -> None:
-        """Each device's latest sampling command (either form) and, for a device of the national
-        convention, its answer (``result`` succ|fail, or None while none came)."""
+    def _add_commands(self, site: str, devices: dict[str, dict[str, Any]], now: float | None = None) -> None:
+        """Each device's latest sampling commands (either form): ``commands``, the newest of each
+        sensor (``setsensortime`` of a convention device is per sensor, so one sensor's failed
+        answer cannot hide behind another's success), then its ``setworkmode``; ``last_command``
+        the newest of them. For a device of the national convention each has its answer
+        (``result`` succ|fail, or None while none came) and ``answer``: succ, fail, ``waiting``,
+        or ``none`` once sent longer than ``answer_window_s`` ago without one (a device drops a
+        command whose apikey is not its own without a word: ingest/commands_cn.py). The
+        command text itself is never shown (``redact`` would hide a key; the outbox holds none)."""
+        from geowarn.ingest.commands_cn import answer_window_s
+
         try:
             items = self.outbox.commands(site)
             answers = self.outbox.command_answers()
         except sqlite3.Error:
             return
-        for it in items:
+        slowest = {d.device: max(c.interval_s for c in d.channels) for d in self.registry.sites[site].devices} if site in self.registry.sites else {}
+        latest: dict[str, dict[str, dict[str, Any]]] = {}
+        for it in items:  # oldest first: a later command of the same sensor replaces an earlier one
             body = it.msg.body
             # A native command's id is "<action id>/<device>/mqtt/cmd"; a convention one says it.
             dev = body.get("device") or it.id.split("/")[1]
             if dev not in devices:
                 continue
             ans = answers.get(it.id)
-            devices[dev]["last_command"] = {
-                "id": it.id, "t": it.msg.t, "topic": body.get("topic"), "cmd": body.get("cmd", "set_sampling"), "sensor_id": body.get("sensor_id"),
-                "interval_s": body.get("interval_s"), "delivery": it.state, "result": None if ans is None else ans.get("result"),
-                "answered_t": None if ans is None else ans.get("t"),
+            cmd = body.get("cmd", "set_sampling")
+            result = None if ans is None else ans.get("result")
+            convention = str(body.get("topic", "")).startswith("$creq/")
+            if not convention:
+                answer = None  # a native device answers nothing: its delivery is what there is
+            elif result in ("succ", "fail"):
+                answer = result
+            elif it.sent_at is not None and now is not None and now - it.sent_at > answer_window_s(slowest.get(dev, 0.0)):
+                answer = "none"
+            else:
+                answer = "waiting"
+            slot = str(body.get("sensor_id") or ("workmode" if cmd == "setworkmode" else cmd))
+            latest.setdefault(dev, {}).pop(slot, None)  # re-insert: dicts keep the newest last
+            latest[dev][slot] = {
+                "id": it.id, "t": it.msg.t, "topic": body.get("topic"), "cmd": cmd, "sensor_id": body.get("sensor_id"), "mode": body.get("mode"),
+                "interval_s": body.get("interval_s"), "delivery": it.state, "sent_at": it.sent_at, "result": result,
+                "answered_t": None if ans is None else ans.get("t"), "answer": answer,
             }
+        for dev, slots in latest.items():
+            cmds = list(slots.values())
+            devices[dev]["commands"] = cmds
+            devices[dev]["last_command"] = max(cmds, key=lambda c: (c["t"], cmds.index(c)))
 
     def card(self, site: str) -> dict[str, Any]:
         s = self.registry.sites[site]

@@ -12,16 +12,33 @@ implemented here, and where it comes from:
   answers ``fail`` outside them). ``plus_intv`` is the interval the device itself switches to
   when it crosses its own thresholds (加密).
 - **Identity.** The platform appends ``&apikey=<the device's apikey>&msgid=<id>`` to every
-  command; the firmware ignores a command whose apikey is not its own and executes a msgid only
-  once; its answer ends with the same ``&apikey=…&msgid=…``. So the msgid is what matches an
-  answer to its command (an answer carries no device code, and an MQTT PUBLISH no client id).
+  command, after its parameters (the firmware's own example:
+  ``$cmd=reqtime&apikey=e7eb73db9cc982caeb1f&msgid=B6ZmaDbzA``). ``cigemRxdataTask`` looks for
+  ``&apikey=`` anywhere in the text and compares what follows with its own key; a command
+  without it, or with another key, is **dropped without an answer** (only the firmware's debug
+  port says so), as is a msgid it has just executed. Its answer ends with the same
+  ``&apikey=…&msgid=…`` (``cigemPacketAckapikey``). So the msgid is what matches an answer to
+  its command (an answer carries no device code, and an MQTT PUBLISH no client id), and a device
+  whose apikey GeoWarn lacks or has wrong never answers: the console marks such a command
+  unanswered once ``answer_window_s`` has passed. GeoWarn keeps the key out of everything it
+  stores: the outbox holds the command without it and the command notifier inserts it
+  (``with_apikey``) as it publishes; ``redact`` hides it in any text shown.
 - **Answer.** ``$cmd=<name>&result=succ`` or ``…&result=fail``, then ``&apikey=…&msgid=…``.
 - **Topics.** The device subscribes to ``$creq/{client id}/+`` and takes ``$creq/{client id}/cmd``
   as commands (``…/firmware`` is firmware); the client id is the device ID its payloads are keyed
   by (the registry's ``code``). It answers on ``$dr`` (QoS 0, retained).
-- **Not used.** ``$cmd=setworkmode&mode=<c>`` exists, but the only firmware read has its mode
-  values as a commented-out enum ('0' run, '1' low power, '2' plus): a wrong guess could put a
-  device on a red slope into low-power mode, so GeoWarn does not send it.
+- **Work mode.** ``$cmd=setworkmode&mode=<c>``: the firmware reads the one character right
+  after ``setworkmode&mode=`` (so ``mode`` comes first, the apikey and msgid after it) and
+  accepts ``'0'`` run, ``'1'`` low power, ``'2'`` plus (加密: it samples at ``plus_intv`` and
+  uploads every sample), answering ``fail`` for anything else (``enum workmode`` in the same
+  firmware's ``gprs.h``; ``cigemPacket.h`` has the same enum commented out;
+  ``cigemperiodTypeAdj`` is what each mode does). GeoWarn sends ``mode=2`` after the
+  ``setsensortime`` commands that accelerate a device (its plus interval is then the
+  accelerated one) and ``mode=0`` after those that restore it: a device the platform or its
+  own thresholds left in plus mode would otherwise stay at ``plus_intv`` and drain its battery.
+  GeoWarn never sends ``'1'``. These values are one vendor's firmware (no public copy of the
+  draft standard's 附录E was found): a device that answers ``fail`` to them shows it in the
+  console; its ``setsensortime`` alone still changes its interval.
 
 Sources: ../shared/DEVICES-CN.md ("Commands (down) and answers (up)"); a public universal
 device firmware (insentek, 2020: ``cigemPacket.c`` — ``cigemRxdataTask``, ``findsensortime``,
@@ -50,6 +67,12 @@ SAMPLE_MAX_S = 86400
 UPLOAD_MAX_S = 259200
 #: The firmware's initial plus_intv (CIGEM_TIME_PLUS_INIT): what a restore leaves it at at most.
 PLUS_DEFAULT_S = 300
+#: A command no answer came to within this long, or two of the device's slowest reporting
+#: intervals if longer (a device may only be connected when it uploads), is shown unanswered.
+ANSWER_WINDOW_MIN_S = 600.0
+#: setworkmode's modes (the firmware's enum workmode).
+WORKMODE_RUN, WORKMODE_LOWPOWER, WORKMODE_PLUS = "0", "1", "2"
+WORKMODES = (WORKMODE_RUN, WORKMODE_LOWPOWER, WORKMODE_PLUS)
 
 MAX_TEXT = 2048
 MAX_PAIRS = 32
@@ -73,6 +96,11 @@ class Answer:
     @property
     def ok(self) -> bool:
         return self.result == "succ"
+
+
+def answer_window_s(slowest_interval_s: float) -> float:
+    """How long GeoWarn waits for a device's answer before it shows the command unanswered."""
+    return max(ANSWER_WINDOW_MIN_S, 2.0 * slowest_interval_s)
 
 
 def command_topic(code: str) -> str:
@@ -116,6 +144,31 @@ def setsensortime(sensor_id: str, sample_s: float, upload_s: float, plus_s: floa
     if apikey:
         text += f"&apikey={apikey}"
     return text + f"&msgid={msgid}"
+
+
+def setworkmode(mode: str, msgid: str) -> str:
+    """The ``setworkmode`` command (``mode`` one of ``WORKMODES``, right after the command
+    name, where the firmware reads it)."""
+    if mode not in WORKMODES:
+        raise ValueError(f"work mode {mode!r} is none of the firmware's {', '.join(WORKMODES)}")
+    return f"$cmd=setworkmode&mode={mode}&msgid={msgid}"
+
+
+_APIKEY = re.compile(r"[A-Za-z0-9_.~-]{1,48}")
+
+
+def with_apikey(text: str, apikey: str) -> str:
+    """``text`` (a command GeoWarn wrote) with ``&apikey=<apikey>`` where the platform puts it:
+    after the parameters, before ``&msgid=``."""
+    if not _APIKEY.fullmatch(apikey):
+        raise ValueError("an apikey is 1-48 letters, digits, '_', '.', '~' or '-'")
+    head, sep, msgid = text.partition("&msgid=")
+    return f"{head}&apikey={apikey}{sep}{msgid}"
+
+
+def redact(text: str) -> str:
+    """``text`` with the value of every ``apikey=`` hidden (for logs and anything shown)."""
+    return re.sub(r"(apikey=)[^&\s]*", r"\1***", text)
 
 
 def parse(payload: bytes | str) -> dict[str, str]:

@@ -342,7 +342,9 @@ class DetectionJob:
             client=self.http, prefix=s.topic_prefix, smtp_timeout=s.notify_timeout_s, clock=self.clock,
         )
         notifiers[CAP_KEY] = TopicNotifier(link.publish_confirmed, CAP_KEY)
-        notifiers[COMMAND_KEY] = TopicNotifier(link.publish_confirmed, COMMAND_KEY)
+        # Commands to devices of the national convention carry their apikey, inserted as they
+        # go out: the outbox never holds it (ingest/commands_cn.py).
+        notifiers[COMMAND_KEY] = TopicNotifier(link.publish_confirmed, COMMAND_KEY, loaded.apikeys)
         self.dispatcher = Dispatcher(self.outbox, notifiers, self.clock, timeout_s=s.notify_timeout_s)
         self.dispatch_thread = DispatcherThread(self.dispatcher)
         self.chain = LiveChain(

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from geowarn.config.errors import ConfigError
+from geowarn.config.registry import device_apikeys
 
 EXIT_OK = 0
 EXIT_FAIL = 1
@@ -140,6 +141,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         if args.topic_prefix:
             scenario = scenario.model_copy(update={"topic_prefix": args.topic_prefix})
         registry = scenario.registry(args.stations)
+        device_apikeys(registry)  # the apikeys its convention devices check: readable, or stop here
     except ConfigError as exc:
         _print_config_error(exc)
         return EXIT_CONFIG

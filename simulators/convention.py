@@ -8,17 +8,24 @@ for any device, and ``ConventionDevices`` rewrites each message into the convent
 - data: ``{"<code>": {"L1_LF_1": {"<time>": {"value": 12.3}}, "L1_QJ_1": {"<time>": {"X": …}}}}``
   on ``$dp``; on the wire every other data message goes behind the 3-byte frame header
   (type 2, big-endian length) and the rest unframed, as firmwares do both (``on_wire``; a
-  recorded feed keeps the JSON body, a text file cannot hold the header's bytes);
+  recorded JSONL feed keeps each message as received, with its receive time: the body as
+  JSON, a framed one as the base64 of its bytes — ingest/feeds.py);
 - heartbeats: ``S1_ZT_1`` with ``battery_volt``, ``solar_volt``, ``temp``, ``signal_4g``,
   ``sw_version``, ``sound_state`` and ``sensor_state`` per sensor (0: healthy; a sensor made
   faulty with ``fault_sensor`` reports -2, the firmware's CHANNEL_DATA_ERR);
 - times as ISO 8601 with milliseconds and ``Z``, shifted by the device's ``clock_offset_s``
   (a device whose registry entry says 28800 writes Beijing time with a ``Z``, like the
   misconfigured firmwares it stands for);
-- commands: it obeys ``$cmd=setsensortime&sensor_id=…&sample_intv=…`` on ``$creq/{code}/cmd``
-  (its sensor's channels sample at the new interval) and answers
-  ``$cmd=setsensortime&result=succ|fail&msgid=…`` on ``$dr`` (ingest/commands_cn.py). ``fail``
-  for an unknown sensor or an interval outside the firmware's ranges.
+- commands: it obeys ``$cmd=setsensortime&sensor_id=…&sample_intv=…&plus_intv=…`` on
+  ``$creq/{code}/cmd`` (its sensor's channels sample at the new interval, or at the plus
+  interval in plus mode) and ``$cmd=setworkmode&mode=0|1|2`` (2: every sensor at its plus
+  interval; 0 and 1: at its sample interval — the simulator does not batch uploads as low
+  power does), and answers ``$cmd=<name>&result=succ|fail`` on ``$dr``, then, as the
+  firmware, ``&apikey=<its key>&msgid=…`` (ingest/commands_cn.py). ``fail`` for an unknown
+  sensor, an interval outside the firmware's ranges or an unknown mode. A device with an
+  ``apikey`` in the registry (resolved as the daemon resolves it) drops, unanswered, a command
+  that does not carry that key, as the firmware does; so is a repeat of the msgid it has just
+  executed.
 
 The convention has no drill flag: a drill of convention devices is not marked in their payloads.
 """
@@ -30,8 +37,23 @@ import time as _time
 from dataclasses import dataclass
 from typing import Any
 
-from geowarn.config.registry import Registry
-from geowarn.ingest.commands_cn import INTERVAL_MIN_S, REPLY_TOPIC, SAMPLE_MAX_S, UPLOAD_MAX_S, CommandError, answer, parse, sensor_ids
+from collections.abc import Mapping
+
+from geowarn.config.registry import Registry, device_apikeys
+from geowarn.ingest.commands_cn import (
+    INTERVAL_MIN_S,
+    PLUS_DEFAULT_S,
+    REPLY_TOPIC,
+    SAMPLE_MAX_S,
+    UPLOAD_MAX_S,
+    WORKMODE_PLUS,
+    WORKMODE_RUN,
+    WORKMODES,
+    CommandError,
+    answer,
+    parse,
+    sensor_ids,
+)
 
 #: Where simulated convention devices publish (DEVICES-CN.md: legacy firmwares use $dp).
 DATA_TOPIC = "$dp"
@@ -61,14 +83,23 @@ class _Device:
     #: registry channel name -> (convention channel, field)
     sources: dict[str, tuple[str, str]]
     sensors: list[str]
+    #: the firmware's state: per sensor its sample and plus intervals, the work mode, the last msgid
+    sample: dict[str, float]
+    plus: dict[str, float]
+    mode: str = WORKMODE_RUN
+    last_msgid: str | None = None
 
 
 class ConventionDevices:
     """The registry's convention devices and how their messages look (see the module's docstring)."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, apikeys: Mapping[str, str] | None = None) -> None:
         self.by_key: dict[tuple[str, str], _Device] = {}
         self.by_code: dict[str, _Device] = {}
+        #: device code -> the apikey the device checks (``apikeys``, else read from the
+        #: registry's references as the daemon reads them: ConfigError when one cannot be)
+        self._apikeys: dict[str, str] = dict(apikeys) if apikeys is not None else (
+            device_apikeys(registry) if any(d.apikey for s in registry.sites.values() for d in s.devices) else {})
         for site in registry.sites.values():
             for dev in site.devices:
                 sensors = sensor_ids(ch.source for ch in dev.channels)
@@ -79,7 +110,9 @@ class ConventionDevices:
                     if ch.source:
                         name, _, fld = ch.source.partition(".")
                         sources[ch.channel] = (name, fld or "value")
-                d = _Device(site.site, dev.device, dev.code, float(getattr(dev, "clock_offset_s", None) or 0.0), sources, sensors)
+                sample = {sid: min(ch.interval_s for ch in dev.channels if (ch.source or "").partition(".")[0] == sid) for sid in sensors}
+                d = _Device(site.site, dev.device, dev.code, float(getattr(dev, "clock_offset_s", None) or 0.0), sources, sensors,
+                            sample, {sid: float(PLUS_DEFAULT_S) for sid in sensors})
                 self.by_key[(site.site, dev.device)] = d
                 self.by_code[dev.code] = d
         self.faulty: dict[tuple[str, str], int] = {}
@@ -145,9 +178,10 @@ class ConventionDevices:
 
     # -- commands ---------------------------------------------------------------------------
 
-    def obey(self, sim: Any, topic: str, payload: bytes, now: float) -> tuple[str, bytes, dict[str, Any]]:
-        """Carry out a command on ``$creq/{code}/cmd``: (answer topic, answer, log entry).
-        Raises ``CommandError``/``KeyError`` for what no device of ours would answer."""
+    def obey(self, sim: Any, topic: str, payload: bytes, now: float) -> tuple[str, bytes | None, dict[str, Any]]:
+        """Carry out a command on ``$creq/{code}/cmd``: (answer topic, answer or None when the
+        device drops it unanswered, log entry). Raises ``CommandError``/``KeyError`` for what no
+        device of ours would answer. The log entry never holds an apikey."""
         parts = topic.split("/")
         if len(parts) != 3 or parts[0] != "$creq" or parts[2] != "cmd":
             raise CommandError(f"not a command topic: {topic[:80]!r}")
@@ -157,6 +191,15 @@ class ConventionDevices:
         doc = parse(payload)
         cmd, msgid = doc["$cmd"], doc.get("msgid")
         entry: dict[str, Any] = {"topic": topic, "site": d.site, "device": d.device, "code": d.code, "cmd": cmd, "msgid": msgid, "t": now}
+        key = self._apikeys.get(d.code)
+        if key is not None and doc.get("apikey") != key:
+            # cigemRxdataTask: no apikey, or another one: not executed, not answered.
+            entry.update(ok=False, result=None, dropped="no apikey" if "apikey" not in doc else "wrong apikey")
+            return REPLY_TOPIC, None, entry
+        if msgid is not None and msgid == d.last_msgid:
+            entry.update(ok=False, result=None, dropped="msgid already executed")
+            return REPLY_TOPIC, None, entry
+        d.last_msgid = msgid
         ok = False
         if cmd == "setsensortime":
             try:
@@ -165,12 +208,29 @@ class ConventionDevices:
             except (KeyError, ValueError):
                 sid, sample, upload, plus = "", 0, 0, 0
             if sid in d.sensors and INTERVAL_MIN_S <= sample <= SAMPLE_MAX_S and INTERVAL_MIN_S <= upload <= UPLOAD_MAX_S and INTERVAL_MIN_S <= plus <= SAMPLE_MAX_S:
-                channels = [name for name, (src, _) in d.sources.items() if src == sid]
-                sim.set_sampling(d.site, d.device, float(sample), now, channels=channels)
+                d.sample[sid], d.plus[sid] = float(sample), float(plus)
+                self._retime(sim, d, [sid], now)
                 ok = True
-                entry.update(sensor_id=sid, interval_s=float(sample))
+                entry.update(sensor_id=sid, interval_s=self._interval(d, sid))
+        elif cmd == "setworkmode":
+            # The firmware reads the one character right after "setworkmode&mode=".
+            mode = payload.decode("utf-8", "replace").partition("setworkmode&mode=")[2][:1]
+            if mode in WORKMODES and doc.get("mode") == mode:
+                d.mode = mode
+                self._retime(sim, d, d.sensors, now)
+                ok = True
+                entry.update(mode=mode)
         entry.update(ok=ok, result="succ" if ok else "fail")
-        return REPLY_TOPIC, answer(cmd, ok, msgid).encode(), entry
+        return REPLY_TOPIC, answer(cmd, ok, msgid, key).encode(), entry
+
+    @staticmethod
+    def _interval(d: _Device, sid: str) -> float:
+        return d.plus[sid] if d.mode == WORKMODE_PLUS else d.sample[sid]
+
+    def _retime(self, sim: Any, d: _Device, sids: list[str], now: float) -> None:
+        for sid in sids:
+            channels = [name for name, (src, _) in d.sources.items() if src == sid]
+            sim.set_sampling(d.site, d.device, self._interval(d, sid), now, channels=channels)
 
 
 def is_command_topic(topic: str) -> bool:

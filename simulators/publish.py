@@ -403,7 +403,8 @@ class LiveRun:
         except (CommandError, KeyError, ValueError) as exc:
             entry = {"topic": topic, "ok": False, "error": str(exc)}
         else:
-            self.pub.publish(reply_topic, reply)
+            if reply is not None:  # None: the device dropped it unanswered (a wrong apikey)
+                self.pub.publish(reply_topic, reply)
         self.stats.commands.append(entry)
         if self.on_command is not None:
             self.on_command(entry)

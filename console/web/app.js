@@ -44,7 +44,8 @@ const TEXT = {
     deliv: { sent: "已送达", pending: "待发送", dead: "失败" },
     drill_banner: "演练进行中 DRILL：标有“演练”的预警是演练，不是真实险情。", drill_row: "演练", drill_ack: "这是演练（DRILL）：确认只结束演练中的上报，不是真实险情。",
     original: "原文（英文）", map: "监测点分布图", map_none: "无监测点", solar: "太阳能", temp: "温度", firmware: "固件", siren: "声光报警",
-    faulty: "故障传感器", command: "最近指令", cmd_succ: "设备已执行", cmd_fail: "设备执行失败", cmd_wait: "等待设备回复",
+    faulty: "故障传感器", command: "最近指令", cmd_succ: "设备已执行", cmd_fail: "设备执行失败", cmd_wait: "等待设备回复", cmd_none: "设备无应答（请核对设备 apikey 与在线状态）", battery_low: "电量低",
+    workmode: "工作模式", workmodes: { "0": "正常", "1": "低功耗", "2": "加密" },
     siren_on: "开", siren_off: "关", time_axis: "时间",
   },
   en: {
@@ -79,6 +80,8 @@ const TEXT = {
     drill_banner: "DRILL IN PROGRESS 演练: warnings marked EXERCISE are a drill, not a real hazard.", drill_row: "DRILL", drill_ack: "This is a DRILL (演练): acknowledging ends the drill's escalation; nothing real is at stake.",
     original: "original", map: "Map of sites", map_none: "no sites", solar: "Solar", temp: "Temp.", firmware: "Firmware", siren: "Siren",
     faulty: "Faulty sensors", command: "Last command", cmd_succ: "done by the device", cmd_fail: "failed on the device", cmd_wait: "awaiting the device's answer",
+    cmd_none: "no answer from the device (check its apikey and link)", battery_low: "low",
+    workmode: "work mode", workmodes: { "0": "normal", "1": "low power", "2": "accelerated" },
     siren_on: "on", siren_off: "off", time_axis: "Time",
   },
 };
@@ -456,7 +459,9 @@ function renderSite() {
     el("td", { text: dev.device }), el("td", { text: dev.model }),
     el("td", { class: dev.online ? "ok" : "bad", text: dev.online ? t("yes") : t("no") }),
     el("td", { text: dev.last_t ? `${clock(dev.last_t)}` : "–" }),
-    el("td", { "data-health": "battery", text: battery(dev.health) }),
+    el("td", { "data-health": "battery", "data-low": dev.battery_low ? "yes" : "no", class: dev.battery_low ? "bad" : null,
+      title: dev.battery_low_at ? `< ${dev.battery_low_at.percent} % / ${dev.battery_low_at.v} V` : null,
+      text: dev.battery_low ? `${battery(dev.health)} · ${t("battery_low")}` : battery(dev.health) }),
     el("td", { "data-health": "signal", text: signal(dev.health) }),
     clockCell(dev.clock),
     el("td", { "data-health": "solar", text: dev.health && dev.health.solar_v !== undefined ? `${dev.health.solar_v} V` : "–" }),
@@ -465,7 +470,7 @@ function renderSite() {
     el("td", { "data-health": "siren", text: siren(dev.health) }),
     el("td", { "data-health": "faulty", class: dev.health && dev.health.faulty_sensors && dev.health.faulty_sensors.length ? "bad" : null,
       text: dev.health && dev.health.faulty_sensors && dev.health.faulty_sensors.length ? dev.health.faulty_sensors.join(", ") : "–" }),
-    commandCell(dev.last_command))));
+    commandCell(dev))));
 }
 
 function battery(h) {
@@ -487,13 +492,24 @@ function siren(h) {
   const v = h.siren_state;
   return v === 0 || v === "0" || v === false ? t("siren_off") : v === 1 || v === "1" || v === true ? t("siren_on") : String(v);
 }
-// The device's latest sampling command and, for a convention device, its answer (succ|fail).
-function commandCell(c) {
-  if (!c) return el("td", { "data-health": "command", text: "–" });
-  const what = c.cmd === "setsensortime" ? `setsensortime ${c.sensor_id || ""} ${c.interval_s ?? ""} s` : `${c.cmd} ${c.interval_s ?? ""} s`;
-  const answer = c.result === "succ" ? t("cmd_succ") : c.result === "fail" ? t("cmd_fail") : c.topic && c.topic.startsWith("$creq") ? t("cmd_wait") : t("deliv")[c.delivery] || c.delivery;
-  return el("td", { "data-health": "command", "data-result": c.result || "", class: c.result === "fail" ? "bad" : c.result === "succ" ? "ok" : null,
-    title: clock(c.t), text: `${what} · ${answer}` });
+// The device's latest sampling commands, one line per sensor (a convention device's
+// setsensortime is per sensor: one sensor's failure must not hide behind another's success) and
+// its work mode, each with its answer: succ, fail, waiting, or none after the answer window.
+function commandCell(dev) {
+  const cmds = dev.commands || (dev.last_command ? [dev.last_command] : []);
+  if (!cmds.length) return el("td", { "data-health": "command", text: "–" });
+  const bad = cmds.some((c) => c.answer === "fail" || c.answer === "none");
+  const good = cmds.every((c) => c.answer === "succ");
+  return el("td", { "data-health": "command", "data-result": bad ? "fail" : good ? "succ" : "", class: bad ? "bad" : good ? "ok" : null },
+    ...cmds.map((c) => {
+      const what = c.cmd === "setsensortime" ? `${c.sensor_id || ""} ${c.interval_s ?? ""} s`
+        : c.cmd === "setworkmode" ? `${t("workmode")} ${(t("workmodes") || {})[c.mode] || c.mode || ""}` : `${c.cmd} ${c.interval_s ?? ""} s`;
+      const answer = c.answer === "succ" ? t("cmd_succ") : c.answer === "fail" ? t("cmd_fail") : c.answer === "none" ? t("cmd_none")
+        : c.answer === "waiting" ? t("cmd_wait") : t("deliv")[c.delivery] || c.delivery;
+      return el("div", { class: c.answer === "fail" || c.answer === "none" ? "cmd bad" : c.answer === "succ" ? "cmd ok" : "cmd",
+        "data-sensor": c.sensor_id || (c.cmd === "setworkmode" ? "workmode" : ""), "data-answer": c.answer || "", title: `${c.cmd} · ${clock(c.t)}`,
+        text: `${what} · ${answer}` });
+    }));
 }
 
 // A device's clock: ok, or "may be wrong" with its recent readings out of order / ahead of
