@@ -6,10 +6,30 @@ a feed never stops at a bad row: the row is reported (line number and reason) an
 is read, as the daemon does with a bad message. A JSONL payload is held to the same
 station-facing rules as the daemon's codec where a feed can check them: its ``device`` must be
 the topic's device.
+
+A JSONL feed may also hold messages of the national geohazard IoT convention (universal
+devices, ingest/codecs_cn.py) as they were received on a device topic such as ``$dp``
+(what ``geowarn simulate`` records for convention devices)::
+
+    {"topic": "$dp", "t": 1764374400.0, "client_id": "SK11E80D1307426AZ", "payload": {"SK11E80D1307426AZ": {...}}}
+    {"topic": "$dp", "t": "2025-11-29T00:10:00Z", "client_id": "SK11E80D1307426AZ", "payload": "AgBY eyJTSzEx..."}
+
+``topic``: the topic it arrived on (any topic that is not ``…/{site}/{device}/data|status``);
+``t``: when it was received (epoch seconds or RFC 3339; the reading time of a body without a
+time layer, and the reference the codec checks times against); ``payload``: the body as a JSON
+object, or a string of the base64 of the bytes exactly as received (with the optional 3-byte
+frame header, or anything else); ``client_id``: the connection's MQTT client id, kept for the
+record (the device is the one its body names: an MQTT PUBLISH carries no client id). Such a line
+is decoded by the daemon's own codec (``CnCodec``) with the registry, in file order (rain
+counters are differenced across lines as live), so replay and live get the same readings; a
+message the codec refuses is a reject with the codec's reason code. Reading one needs the
+registry (``read_feed(..., registry=)``, ``geowarn replay --sites``).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import json
 import math
@@ -18,12 +38,18 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
 from geowarn.config.registry import DISPLACEMENT_LIKE, Kind, Registry, parse_registry
 from geowarn.core.timefmt import parse_time
+
+if TYPE_CHECKING:
+    from geowarn.ingest.codecs_cn import CnCodec
+
+#: Distinct topics of convention lines a feed may use (each becomes a topic of the codec).
+MAX_CN_TOPICS = 64
 
 CSV_HEADER = ["site", "device", "channel", "t", "value"]
 _KIND_NAME = re.compile(r"^(?P<kind>[a-z_]+?)(\.[A-Za-z0-9_-]+)?$")
@@ -59,8 +85,10 @@ def _number(raw: object) -> float:
     return v
 
 
-def read_feed(path: str | Path, rejects: list[FeedReject] | None = None) -> Iterator[FeedRow]:
-    """Rows of a CSV or JSONL feed in file order; bad rows go to ``rejects``."""
+def read_feed(path: str | Path, rejects: list[FeedReject] | None = None, registry: Registry | None = None) -> Iterator[FeedRow]:
+    """Rows of a CSV or JSONL feed in file order; bad rows go to ``rejects``. ``registry``:
+    needed by a JSONL feed of the national convention (its lines are decoded with it); such a
+    feed without one is a ``FeedError``."""
     path = Path(path)
     if not path.is_file():
         raise FeedError(f"{path}: no such feed file")
@@ -69,7 +97,9 @@ def read_feed(path: str | Path, rejects: list[FeedReject] | None = None) -> Iter
         first = fh.readline()
         fh.seek(0)
         if first.lstrip().startswith("{"):
-            yield from _read_jsonl(fh, rej)
+            codec = _cn_codec(path, fh, registry)
+            fh.seek(0)
+            yield from _read_jsonl(fh, rej, codec)
             return
         reader = csv.reader(fh)
         header = next(reader, None)
@@ -101,13 +131,77 @@ def _looks_numeric(s: str) -> bool:
     return True
 
 
-def _read_jsonl(fh: TextIO, rej: list[FeedReject]) -> Iterator[FeedRow]:
+def _is_native(topic: str) -> bool:
+    parts = topic.split("/")
+    return len(parts) >= 4 and parts[-1] in ("data", "status")
+
+
+def _cn_codec(path: Path, fh: TextIO, registry: Registry | None) -> CnCodec | None:
+    """The convention codec for a JSONL feed's convention lines (their topics, found in a first
+    pass), or None when it has none."""
+    topics: set[str] = set()
+    for lineno, line in enumerate(fh, start=1):
+        if '"topic"' not in line:
+            continue
+        try:
+            topic = json.loads(line).get("topic")
+        except (ValueError, AttributeError):
+            continue  # reported by the reading pass
+        if isinstance(topic, str) and topic and not _is_native(topic):
+            topics.add(topic)
+            if registry is None:
+                raise FeedError(f"{path}:{lineno}: a message of the national convention (topic {topic[:64]!r}): "
+                                "give the site registry (--sites) that maps its device codes and channels")
+            if len(topics) > MAX_CN_TOPICS:
+                raise FeedError(f"{path}:{lineno}: more than {MAX_CN_TOPICS} distinct device topics")
+    if not topics or registry is None:
+        return None
+    from geowarn.ingest.codecs_cn import CnCodec
+
+    # Each recorded topic as it is: the device is the one the body names.
+    return CnCodec(registry, topics=sorted(topics))
+
+
+def _cn_rows(codec: CnCodec, doc: dict[str, Any], lineno: int, line: str, rej: list[FeedReject]) -> Iterator[FeedRow]:
+    """A convention line's readings, decoded as the daemon decodes the message."""
+    from geowarn.ingest.codecs import PayloadError
+
+    topic, raw = doc["topic"], doc["payload"]
+    if "t" not in doc:
+        raise ValueError("a message of the national convention needs t, when it was received")
+    now = parse_time(doc["t"])
+    if isinstance(raw, str):
+        try:
+            payload = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("payload is a string but not base64 (give the body as a JSON object, or the received bytes in base64)") from None
+    elif isinstance(raw, dict):
+        payload = json.dumps(raw, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    else:
+        raise TypeError(f"payload must be the body as a JSON object or base64 of the received bytes, not {type(raw).__name__}")
+    try:
+        out = codec.decode(topic, payload, now)
+    except PayloadError as exc:
+        rej.append(FeedReject(lineno, str(exc), line[:200]))
+        return
+    finally:
+        codec.moved_totals(settle=True)  # a line is a message the store committed
+    for r in out.rejects:
+        rej.append(FeedReject(lineno, f"{r.reason}: {r.detail}", json.dumps(r.item, ensure_ascii=False, default=str)[:200]))
+    for info, t, v in out.readings:
+        yield FeedRow(info.site, info.device, info.channel, t, v)
+
+
+def _read_jsonl(fh: TextIO, rej: list[FeedReject], codec: CnCodec | None = None) -> Iterator[FeedRow]:
     for lineno, line in enumerate(fh, start=1):
         if not line.strip():
             continue
         try:
             doc = json.loads(line)
             topic, payload = doc["topic"], doc["payload"]
+            if codec is not None and isinstance(topic, str) and not _is_native(topic):
+                yield from _cn_rows(codec, doc, lineno, line, rej)
+                continue
             parts = topic.split("/")
             if len(parts) < 4 or parts[-1] not in ("data", "status"):
                 raise ValueError(f"topic {topic!r} is not …/{{site}}/{{device}}/data")

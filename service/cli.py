@@ -229,8 +229,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     rejects: list[FeedReject] = []
     try:
-        rows = list(read_feed(args.feed, rejects))
-        registry = load_registry(args.sites) if args.sites else registry_from_rows(rows, str(args.feed))
+        # First the registry, when given: a feed of the national convention is decoded with it.
+        given = load_registry(args.sites) if args.sites else None
+        rows = list(read_feed(args.feed, rejects, registry=given))
+        registry = given if given is not None else registry_from_rows(rows, str(args.feed))
         acks = read_ack_script(args.acks) if args.acks else None
     except FeedError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -291,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     rp = sub.add_parser("replay", help="detectors, fusion and alerts over a recorded feed, in event time")
-    rp.add_argument("feed", help="CSV (site,device,channel,t,value) or JSONL of native payloads with their topic")
+    rp.add_argument("feed", help="CSV (site,device,channel,t,value), or JSONL of native payloads with their topic or of national-convention "
+                    "messages as received ($dp; needs --sites)")
     rp.add_argument("--out", required=True, help="output folder: alerts.jsonl, rejects.jsonl")
     rp.add_argument("--sites", default=None, help="site registry; default: built from the feed (kinds from channel names)")
     rp.add_argument("--drill", action="store_true", help="mark everything as an exercise")

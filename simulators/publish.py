@@ -18,6 +18,7 @@ sleep); a progress bar goes to stderr.
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import math
@@ -37,6 +38,7 @@ from geowarn.config.settings import MqttTarget
 from geowarn.core.timefmt import parse_time
 from geowarn.ingest.commands_cn import CommandError
 from geowarn.simulators.convention import COMMAND_FILTER, is_command_topic
+from geowarn.simulators.convention import DATA_TOPIC as CN_DATA_TOPIC
 from geowarn.simulators.engine import Message, Simulation
 from geowarn.simulators.fastmqtt import FastPublisher, PublishError
 
@@ -119,7 +121,13 @@ class Progress:
 
 
 class FeedWriter:
-    """Writes messages to a CSV or JSONL feed as they come."""
+    """Writes messages to a CSV or JSONL feed as they come.
+
+    In JSONL, a message of a device of the national convention (simulators/convention.py) is
+    recorded as received (ingest/feeds.py, "national convention"): ``{"topic": "$dp", "t":
+    <send time>, "client_id": <device code>, "payload": <body>}``, the body as a JSON object, or
+    as the base64 of the bytes on the wire when they were framed (``wire``: each message's bytes
+    as published). In CSV, its readings as native rows (the values before conversion)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -131,7 +139,7 @@ class FeedWriter:
         if self.format == "csv":
             self._fh.write("site,device,channel,t,value\n")
 
-    def write(self, msgs: list[Message]) -> None:
+    def write(self, msgs: list[Message], wire: list[bytes] | None = None) -> None:
         parts: list[str] = []
         if self.format == "csv":
             for m in msgs:
@@ -146,10 +154,16 @@ class FeedWriter:
                     parts.extend(f"{head}{ch},{t},{v}\n" for ch, t, v in m.rows)
                 self.readings += len(m.rows)
         else:
-            for m in msgs:
+            for i, m in enumerate(msgs):
                 self.messages += 1
                 if m.kind == "data":
                     self.readings += len(m.rows)
+                if m.topic == CN_DATA_TOPIC:
+                    raw = wire[i] if wire is not None else bytes(m.payload)
+                    code = next(iter(json.loads(m.payload)))
+                    payload = (m.payload.decode("utf-8") if raw == bytes(m.payload) else json.dumps(base64.b64encode(raw).decode("ascii")))
+                    parts.append(f'{{"topic": "{m.topic}", "t": {m.t!r}, "client_id": {json.dumps(code)}, "payload": {payload}}}\n')
+                    continue
                 text = m.payload.decode("utf-8", "replace")
                 payload = json.dumps(text) if m.malformed else text
                 parts.append(f'{{"topic": "{m.topic}", "payload": {payload}}}\n')
@@ -167,12 +181,18 @@ def write_feed(sim: Simulation, path: str | Path, *, window_s: float | None = No
     writer = FeedWriter(path)
     bar = Progress(sim.duration_s, f"simulate -> {writer.path.name}", enabled=progress)
     try:
+        wire = sim.convention.on_wire if sim.convention else None
+
+        def write(msgs: list[Message]) -> None:
+            # Convention devices' data as it would go on the wire (every other message framed).
+            writer.write(msgs, [wire(m) for m in msgs] if wire is not None else None)
+
         t = sim.t0
         while t < sim.t_end:
             t = min(t + window_s, sim.t_end)
-            writer.write(sim.emit_until(t))
+            write(sim.emit_until(t))
             bar.update(t - sim.t0, writer.messages)
-        writer.write(sim.flush())
+        write(sim.flush())
     finally:
         writer.close()
     bar.close(writer.messages)
@@ -416,17 +436,21 @@ class LiveRun:
         low = int(window * _WINDOW_LOW)
         data = 0
         wire = self.sim.convention.on_wire if self.sim.convention else None
+        sent: list[bytes] | None = [] if wire is not None and self.record is not None else None
         for m in msgs:
             if pub.published - pub.acked >= high:
                 self._catch_up(low)
-            pub.publish(m.topic, wire(m) if wire else m.payload)
+            raw = wire(m) if wire else m.payload
+            pub.publish(m.topic, raw)
+            if sent is not None:
+                sent.append(bytes(raw))
             if m.kind == "data":
                 data += 1
         self.stats.data += data
         self.stats.status += len(msgs) - data
         self.stats.messages += len(msgs)
         if self.record is not None:
-            self.record.write(msgs)
+            self.record.write(msgs, sent)  # as published: framed where they went framed
 
     def _catch_up(self, low: int, timeout: float = 30.0) -> None:
         """Wait (reading acks and commands) until at most ``low`` messages are unacknowledged;
@@ -502,6 +526,16 @@ def _feed_messages(path: Path, prefix: str, drill: bool) -> Iterator[tuple[float
                     topic, payload = str(doc["topic"]), doc["payload"]
                 except (ValueError, KeyError, TypeError):
                     continue  # not a feed line: nothing to send
+                if "t" in doc and topic.split("/")[-1] not in ("data", "status"):
+                    # A message of the national convention as received (ingest/feeds.py): at its
+                    # receive time, the bytes as they came (base64) or the body.
+                    try:
+                        t = parse_time(doc["t"])
+                        raw = base64.b64decode(payload, validate=True) if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False).encode()
+                    except (ValueError, TypeError):
+                        continue
+                    yield t, topic, raw
+                    continue
                 if isinstance(payload, str):
                     yield None, topic, payload.encode()  # a recorded malformed payload
                     continue
