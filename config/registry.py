@@ -399,7 +399,7 @@ class Device(_Strict):
     # The device's apikey (the national platform issues one per device; its firmware drops a
     # command that does not carry it: ingest/commands_cn.py), only as a reference to a secret,
     # 'env:NAME' or 'file:/path', as the roster's notifier secrets (config.roster.secret_value);
-    # resolved at start (``device_apikeys``), never kept in the registry nor shown.
+    # resolved at start (config.settings.device_apikeys), never kept in the registry nor shown.
     apikey: str | None = None
     # The device's battery is low below this charge where its status reports one
     # (battery_percent), else below this voltage (console, /metrics): the defaults suit the 12 V
@@ -597,39 +597,6 @@ def parse_registry(data: dict[str, Any], source: str) -> Registry:
     if problems:
         raise ConfigError(problems)
     return Registry(parsed.sites, source)
-
-
-def device_apikeys(registry: Registry) -> dict[str, str]:
-    """The apikeys of the registry's convention devices by device code, read from the secrets
-    their ``apikey`` references (``config.roster.secret_value``, the roster's resolver).
-    ConfigError naming the file, the key and why (never the value) when one cannot be read:
-    the start stops, rather than send commands every such device would drop."""
-    from geowarn.config.roster import secret_value  # roster imports this module
-
-    keys: dict[str, str] = {}
-    problems: list[ConfigProblem] = []
-    for i, site in enumerate(registry.sites.values()):
-        for j, dev in enumerate(site.devices):
-            if dev.apikey is None:
-                continue
-            where = f"sites[{i}].devices[{j}].apikey"
-            if not dev.code:
-                problems.append(ConfigProblem(registry.source, where, "an apikey is for a device of the national convention: give the device its code too"))
-                continue
-            try:
-                value = secret_value(dev.apikey)
-            except ValueError as exc:
-                problems.append(ConfigProblem(registry.source, where, str(exc)))
-                continue
-            if not re.fullmatch(r"[A-Za-z0-9_.~-]{1,48}", value):
-                # It travels in '&apikey=…' of a key=value command (the firmware keeps 48 bytes).
-                problems.append(ConfigProblem(registry.source, where, "the apikey read must be 1-48 letters, digits, '_', '.', '~' or '-' "
-                                              "(it travels in a key=value command)"))
-                continue
-            keys[dev.code] = value
-    if problems:
-        raise ConfigError(problems)
-    return keys
 
 
 def load_registry(path: str | Path) -> Registry:

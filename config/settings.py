@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -18,8 +19,8 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from geowarn.config.errors import ConfigError, ConfigProblem, problems_from_validation
-from geowarn.config.registry import Registry, device_apikeys, load_registry, read_toml
-from geowarn.config.roster import Roster, cross_check, load_roster
+from geowarn.config.registry import Registry, load_registry, read_toml
+from geowarn.config.roster import Roster, cross_check, load_roster, secret_value
 
 ENV_PREFIX = "GEOWARN_"
 
@@ -384,6 +385,37 @@ def load_settings(config_file: str | Path | None = None) -> Settings:
             else:
                 problems.append(p)
         raise ConfigError(problems) from None
+
+
+def device_apikeys(registry: Registry) -> dict[str, str]:
+    """The apikeys of the registry's convention devices by device code, read from the secrets
+    their ``apikey`` references (``config.roster.secret_value``, the roster's resolver).
+    ConfigError naming the file, the key and why (never the value) when one cannot be read:
+    the start stops, rather than send commands every such device would drop."""
+    keys: dict[str, str] = {}
+    problems: list[ConfigProblem] = []
+    for i, site in enumerate(registry.sites.values()):
+        for j, dev in enumerate(site.devices):
+            if dev.apikey is None:
+                continue
+            where = f"sites[{i}].devices[{j}].apikey"
+            if not dev.code:
+                problems.append(ConfigProblem(registry.source, where, "an apikey is for a device of the national convention: give the device its code too"))
+                continue
+            try:
+                value = secret_value(dev.apikey)
+            except ValueError as exc:
+                problems.append(ConfigProblem(registry.source, where, str(exc)))
+                continue
+            if not re.fullmatch(r"[A-Za-z0-9_.~-]{1,48}", value):
+                # It travels in '&apikey=…' of a key=value command (the firmware keeps 48 bytes).
+                problems.append(ConfigProblem(registry.source, where, "the apikey read must be 1-48 letters, digits, '_', '.', '~' or '-' "
+                                              "(it travels in a key=value command)"))
+                continue
+            keys[dev.code] = value
+    if problems:
+        raise ConfigError(problems)
+    return keys
 
 
 class Loaded:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from geowarn.config.errors import ConfigError
-from geowarn.config.registry import device_apikeys
+from geowarn.config.settings import device_apikeys
 
 EXIT_OK = 0
 EXIT_FAIL = 1

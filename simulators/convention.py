@@ -39,7 +39,8 @@ from typing import Any
 
 from collections.abc import Mapping
 
-from geowarn.config.registry import Registry, device_apikeys
+from geowarn.config.registry import Registry
+from geowarn.config.settings import device_apikeys
 from geowarn.ingest.commands_cn import (
     INTERVAL_MIN_S,
     PLUS_DEFAULT_S,

@@ -254,7 +254,7 @@ def _sites_with(tmp_path, **device) -> Path:
 
 def test_a_devices_apikey_is_a_reference_read_at_start_and_its_battery_marks_are_validated(tmp_path, monkeypatch):
     from geowarn.config.errors import ConfigError
-    from geowarn.config.registry import device_apikeys
+    from geowarn.config.settings import device_apikeys
 
     # Written in plain text: refused, and the value is not echoed.
     with pytest.raises(ConfigError) as exc:
@@ -295,7 +295,7 @@ def test_a_devices_apikey_is_a_reference_read_at_start_and_its_battery_marks_are
 
 
 def test_a_simulated_device_with_an_apikey_drops_what_lacks_it_and_switches_work_mode(tmp_path, monkeypatch):
-    from geowarn.config.registry import device_apikeys
+    from geowarn.config.settings import device_apikeys
 
     sc = load_scenario("cn_failure")
     sites = (Path(sc.source).parent / sc.sites).read_text(encoding="utf-8")
