@@ -51,7 +51,7 @@ STORE_ORDER = ("journal.sqlite", "tokens.sqlite", "outbox.sqlite", "messages.sql
 OTHER_FILES = ("control.key", "alerts.jsonl")
 OTHER_DIRS = ("cap",)
 #: Lock files of the daemon's workers: held while a daemon uses the directory.
-LOCKS = ("store.lock", "detection.lock")
+LOCKS = ("daemon.lock", "store.lock", "detection.lock")
 #: Pages copied per step of the online backup: small steps let the daemon's writers in between.
 PAGES_PER_STEP = 1024
 

@@ -195,16 +195,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Everything the daemon and its workers (spawned: they inherit it) write is theirs alone:
     # the outbox holds duty officers' phones and e-mails, notify/*.jsonl, the audit.
     os.umask(0o077)
-    try:
-        loaded = load_all(args.config)
-        for w in loaded.warnings:
-            log.warning("configuration warning", extra=kv(warning=w))
-        if not _announce_configuration(loaded, args.config, args.allow_example):
-            return EXIT_CONFIG
-        app = build_app(loaded)
-    except ConfigError as exc:
-        _print_config_error(exc)
-        return EXIT_CONFIG
+    # Signals first: a SIGTERM while the configuration loads or the stores open stops the start
+    # cleanly instead of killing it half-way (or printing a traceback).
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: object) -> None:
@@ -213,10 +205,40 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    try:
+        loaded = load_all(args.config)
+        for w in loaded.warnings:
+            log.warning("configuration warning", extra=kv(warning=w))
+        if not _announce_configuration(loaded, args.config, args.allow_example):
+            return EXIT_CONFIG
+        from geowarn.service.worker import DataDirBusy, claim_data_dir
+
+        data_dir = Path(loaded.settings.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            _held = claim_data_dir(data_dir)  # noqa: F841 (held for the process's life)
+        except DataDirBusy as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_FAIL
+        app = build_app(loaded)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_CONFIG
+    if stop.is_set():
+        log.info("stopped while starting (a signal came before the daemon ran)")
+        return EXIT_OK
     from geowarn.service.brokerprobe import warn_in_background
 
     warn_in_background(loaded.settings)  # a WARNING when the broker is open; the start never waits for it
-    app.run(stop)
+    try:
+        app.run(stop)
+    except RuntimeError as exc:  # a worker that could not start (service/worker.py says why)
+        if stop.is_set():
+            log.info("stopped while starting", extra=kv(detail=exc))
+            return EXIT_OK
+        log.error("the daemon could not start", extra=kv(error=exc))
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
     return EXIT_OK
 
 

@@ -149,6 +149,40 @@ def take_lock(path: Path, wait_s: float = 30.0) -> IO[str] | None:
         return lock
 
 
+DAEMON_LOCK = "daemon.lock"
+
+
+class DataDirBusy(Exception):
+    """Another daemon is using the data directory; the message says which and what to do."""
+
+
+def claim_data_dir(data_dir: Path) -> IO[str]:
+    """Hold ``data_dir/daemon.lock`` for this process's life, or raise DataDirBusy at once.
+
+    A second ``geowarn run`` on the same data directory used to wait silently on its workers'
+    locks (up to two minutes) before failing; it is refused now, naming the holder. The lock is
+    the main process's own (spawned workers do not inherit it), so a daemon that died, even by
+    SIGKILL, releases it with its file descriptors."""
+    path = Path(data_dir) / DAEMON_LOCK
+    lock = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o600), "r+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().split()
+        lock.close()
+        pid = f" (pid {holder[0]})" if holder and holder[0].isdigit() else ""
+        raise DataDirBusy(
+            f"{data_dir} is in use by another geowarn daemon{pid}: two daemons on one data directory would take each "
+            "other's messages. Stop that one first, or give this one its own GEOWARN_DATA_DIR (and GEOWARN_MQTT_CLIENT_ID)"
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
 #: prctl(2) option: the signal this process gets when its parent dies.
 _PR_SET_PDEATHSIG = 1
 
