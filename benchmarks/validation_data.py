@@ -166,6 +166,12 @@ MIRRORED: dict[str, Mirrored] = {
         "a5fdaff2e4b80f73f504ee8bfb0c846b27515390",
         {f: f"data/{f}" for f in ("monitoring_data.csv", "station_coords.csv")},
     ),
+    # Not the repository's HEAD: the authors deleted the data files in 67623dc (PROVENANCE.md, "Licence and terms").
+    "dexing_gbsar_failure": Mirrored(
+        "wanjiashan/PIKANs",
+        "ee66465e95505ac7e2f0f93bbcf1e9899dfe17ca",
+        {"DeXing.xlsx": "data/DeXing.xlsx"},
+    ),
 }
 
 #: The tuning records read in place from ../shared/data (no SHA256SUMS: see their PROVENANCE.md).
@@ -778,6 +784,111 @@ def load_outang_three_gorges(src: Source) -> Dataset:
     )
 
 
+_XLSX_NS = "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}"
+_EXCEL_EPOCH = date(1899, 12, 30)  # Excel's serial day 0 (1900 date system)
+
+
+def xlsx_rows(data: bytes, sheet: int = 1) -> list[list[str]]:
+    """The cells of one worksheet of an .xlsx workbook, row by row, as text (shared strings
+    resolved, numbers as Excel wrote them, a missing cell as ""). Standard library only: the
+    workbook is a zip of XML parts. Raises ``ValueError`` when ``data`` is not such a workbook."""
+    import xml.etree.ElementTree as ET
+    import zipfile
+
+    try:
+        z = zipfile.ZipFile(io.BytesIO(data))
+        names = set(z.namelist())
+        shared = []
+        if "xl/sharedStrings.xml" in names:
+            for si in ET.fromstring(z.read("xl/sharedStrings.xml")).iter(f"{_XLSX_NS}si"):
+                shared.append("".join(t.text or "" for t in si.iter(f"{_XLSX_NS}t")))
+        root = ET.fromstring(z.read(f"xl/worksheets/sheet{sheet}.xml"))
+    except (zipfile.BadZipFile, KeyError, ET.ParseError) as e:
+        raise ValueError(f"not a readable .xlsx workbook (sheet {sheet}): {e}") from e
+
+    def col(ref: str) -> int:
+        n = 0
+        for ch in ref:
+            if not ch.isalpha():
+                break
+            n = n * 26 + ord(ch.upper()) - 64
+        return n - 1
+
+    rows = []
+    for row in root.iter(f"{_XLSX_NS}row"):
+        cells: dict[int, str] = {}
+        for c in row.iter(f"{_XLSX_NS}c"):
+            v = c.find(f"{_XLSX_NS}v")
+            if c.get("t") == "inlineStr":
+                text = "".join(t.text or "" for t in c.iter(f"{_XLSX_NS}t"))
+            elif v is None or v.text is None:
+                text = ""
+            elif c.get("t") == "s":
+                text = shared[int(v.text)]
+            else:
+                text = v.text
+            cells[col(c.get("r", "A"))] = text
+        rows.append([cells.get(i, "") for i in range(max(cells) + 1)] if cells else [])
+    return rows
+
+
+def excel_serial_to_epoch(serial: float, tz: timezone | ZoneInfo) -> float:
+    """Epoch seconds of an Excel serial date-time read as local time in ``tz`` (to the second)."""
+    days = int(serial // 1)
+    secs = round((serial - days) * 86400.0)
+    d = _EXCEL_EPOCH + timedelta(days=days)
+    return datetime(d.year, d.month, d.day, tzinfo=tz).timestamp() + secs
+
+
+#: The failure the Dexing record runs to: the epoch the source marks ``landslide = 1``
+#: (2018-05-05 14:54 UTC+8), on the event date of its data README (PROVENANCE.md).
+DEXING_FAILURE = datetime(2018, 5, 5, 14, 54, tzinfo=CHINA).timestamp()
+
+
+def load_dexing_gbsar_failure(src: Source) -> Dataset:
+    """Ground-based radar displacement of the Dexing open-pit north slope, 7-minute epochs, up to
+    its failure. Columns by header name; only time and displacement are loaded (the "velocity"
+    column is the change per 7-min epoch despite its "mm/min" header; PROVENANCE.md)."""
+    rows = xlsx_rows(src.read_bytes("DeXing.xlsx"))
+    if not rows:
+        raise ValueError("dexing_gbsar_failure/DeXing.xlsx: empty worksheet")
+    header = [h.strip() for h in rows[0]]
+    try:
+        i_t, i_d, i_ls = header.index("Time"), header.index("Displacement (mm)"), header.index("landslide")
+    except ValueError as e:
+        raise ValueError(f"dexing_gbsar_failure/DeXing.xlsx: header {header} lacks a column: {e}") from e
+    s = Series(
+        "dexing_north",
+        "gbsar",
+        "displacement",
+        "displacement",
+        "mm",
+        note="GB-SAR cumulative line-of-sight displacement, 7-min epochs, local time UTC+8",
+    )
+    flagged = []
+    for r in rows[1:]:
+        if len(r) <= max(i_t, i_d) or not r[i_t].strip() or not r[i_d].strip():
+            continue
+        t = excel_serial_to_epoch(float(r[i_t]), CHINA)
+        s.t.append(t)
+        s.value.append(float(r[i_d]))
+        if len(r) > i_ls and r[i_ls].strip() not in ("", "0"):
+            flagged.append(t)
+    if flagged != [DEXING_FAILURE]:
+        raise ValueError(
+            "dexing_gbsar_failure/DeXing.xlsx: expected the landslide flag on the 2018-05-05 14:54 (UTC+8) row only, "
+            f"found it at {[_fmt(t) for t in flagged]}"
+        )
+    return Dataset(
+        "dexing_gbsar_failure",
+        "validation",
+        [_sort_dedupe(s)],
+        failed=True,
+        failure_time=DEXING_FAILURE,
+        source=src,
+    )
+
+
 #: Every dataset, in SPLIT.md order. The split recorded in each Dataset must agree with SPLIT.md.
 LOADERS: dict[str, Callable[[Source], Dataset]] = {
     "three_gorges_baishuihe_bazimen": load_three_gorges_baishuihe_bazimen,
@@ -790,6 +901,7 @@ LOADERS: dict[str, Callable[[Source], Dataset]] = {
     "usgs_seattle_rain_landslides": load_usgs_seattle_rain_landslides,
     "usgs_mukilteo_ralhs_rain": load_usgs_mukilteo_ralhs_rain,
     "outang_three_gorges": load_outang_three_gorges,
+    "dexing_gbsar_failure": load_dexing_gbsar_failure,
 }
 
 SPLIT: dict[str, str] = {
@@ -803,6 +915,7 @@ SPLIT: dict[str, str] = {
     "usgs_seattle_rain_landslides": "validation",
     "usgs_mukilteo_ralhs_rain": "validation",
     "outang_three_gorges": "validation",
+    "dexing_gbsar_failure": "validation",
 }
 
 #: Validation datasets whose behaviour under GeoWarn was described before the split (SPLIT.md rule 6).
@@ -878,7 +991,7 @@ def check(split: str | None, source: str = "auto") -> int:
             f"{name:32} {ds.split:10} {sites:5d} {len(ds.series):6d} {ds.n_values:8d} {len(ds.events):6d}  {span}  {files}"
         )
         if ds.failed:
-            print(f"  failure at {_fmt(ds.failure_time or 0)}")
+            print(f"  failure at {datetime.fromtimestamp(ds.failure_time or 0, UTC):%Y-%m-%d %H:%M} UTC")
     return 1 if problems else 0
 
 
