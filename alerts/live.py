@@ -408,7 +408,9 @@ class LiveChain:
             tr = chain.ack(wid, req.by, req.signed_note, now, req.level)
         except (KeyError, ValueError) as exc:
             return Result(req.request_id, False, str(exc).strip("'\""))
-        ok = tr.rule != "ignored"
+        # An ack of a level below the warning's is recorded (who saw what, when) but does not
+        # stop the escalation: the requester must hear that it did not acknowledge the warning.
+        ok = tr.rule not in ("ignored", "ack_stale")
         return Result(req.request_id, ok, f"{tr.rule}: " + "; ".join(e.detail for e in tr.state.history[-1:]), tr.rule, tr.state.site, wid)
 
 

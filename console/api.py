@@ -49,7 +49,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client.registry import CollectorRegistry
 
@@ -116,6 +119,24 @@ def create_api(
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
     app.add_exception_handler(SchemaError, unreadable_store)
+
+    # A refused action is audited whatever refused it (README: every refused attempt is); an
+    # invalid body (a blank name, a level of 9) is refused by validation before the route runs,
+    # so it is audited here, under the token that sent it. Without a live token there is
+    # nobody to audit it under: the token check answers those.
+    async def invalid_request(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        if request.method == "POST" and request.url.path.startswith("/api/"):
+            ctx = app.state.geowarn
+            scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+            token = ctx.tokens.verify(secret.strip()) if scheme.lower() == "bearer" and secret.strip() else None
+            if token is not None:
+                target = next(iter(request.path_params.values()), request.url.path)
+                why = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors())
+                await run_in_threadpool(ctx.audit, request, token, str(target), "refused", f"invalid request: {why}"[:500])
+        return await request_validation_exception_handler(request, exc)
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
     # The routes' one shared object, handed to them by the Ctx dependency.
     app.state.geowarn = Context(
         registry=loaded.registry,

@@ -30,11 +30,17 @@ EXIT_CONFIG = 2
 
 
 def _time_arg(raw: str) -> float:
-    """--since/--until: epoch seconds or RFC 3339 (no zone, or a date alone, means UTC)."""
+    """--since/--until: epoch seconds or RFC 3339 (no zone, or a date alone, means UTC — and
+    the command says so on stderr, since a duty office thinks in Beijing time)."""
     try:
-        return parse_instant(raw, assume_utc=True)
+        t = parse_instant(raw, assume_utc=True)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    try:
+        parse_instant(raw)
+    except ValueError:
+        print(f"note: {raw!r} has no time zone: taken as UTC (write e.g. {raw}+08:00 for Beijing time, or {raw}Z)", file=sys.stderr)
+    return t
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -130,6 +136,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAIL
     try:
+        if args.site is not None and journal.count(args.site, drill=False) == 0 and journal.count(args.site, drill=True) == 0:
+            # An unknown site (a typo) is not "0 readings": say so, with the sites there are.
+            known = [r[0] for r in journal.conn.execute("SELECT DISTINCT site FROM series ORDER BY site")]
+            print(f"error: no readings of site {args.site!r} in {data_dir}" + (f" (sites there: {', '.join(known)})" if known else ""),
+                  file=sys.stderr)
+            return EXIT_FAIL
         if args.count:
             print(journal.count(args.site, args.since, args.until, drill=args.drill))
             return EXIT_OK
@@ -252,7 +264,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
     rejects: list[FeedReject] = []
     try:
         # First the registry, when given: a feed of the national convention is decoded with it.
-        given = load_registry(args.sites) if args.sites else None
+        # A feed `geowarn simulate --out` wrote has its registry beside it (FEED.sites.toml),
+        # which `geowarn plot` already used: replay uses it too.
+        from geowarn.simulators.publish import sites_path
+
+        sites = args.sites
+        if sites is None and sites_path(args.feed).is_file():
+            sites = str(sites_path(args.feed))
+            print(f"site registry: {sites} (beside the feed; --sites FILE for another)")
+        given = load_registry(sites) if sites else None
         rows = list(read_feed(args.feed, rejects, registry=given))
         registry = given if given is not None else registry_from_rows(rows, str(args.feed))
         acks = read_ack_script(args.acks) if args.acks else None
@@ -318,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("feed", help="CSV (site,device,channel,t,value), or JSONL of native payloads with their topic or of national-convention "
                     "messages as received ($dp; needs --sites)")
     rp.add_argument("--out", required=True, help="output folder: alerts.jsonl, rejects.jsonl")
-    rp.add_argument("--sites", default=None, help="site registry; default: built from the feed (kinds from channel names)")
+    rp.add_argument("--sites", default=None, help="site registry; default: FEED.sites.toml when present (what `geowarn simulate --out` writes), "
+                    "else built from the feed (kinds from channel names)")
     rp.add_argument("--drill", action="store_true", help="mark everything as an exercise")
     rp.add_argument("--acks", default=None, help='ack script, JSONL: {"t": …, "site": "BSH" (or "id": warning id), "by": "NAME", "note": "…"} a line; outcomes in DIR/acks.jsonl')
     rp.set_defaults(func=cmd_replay)

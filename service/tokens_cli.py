@@ -53,10 +53,35 @@ def _with_store(args: argparse.Namespace, action: Any) -> int:
     return 0
 
 
+def _roster_refusal(args: argparse.Namespace) -> str | None:
+    """Why a token for ``--admin`` would be useless: a unit the roster the daemon reads does not
+    have (a typo in the code). None when it is fine."""
+    from geowarn.config.errors import ConfigError
+    from geowarn.config.roster import load_roster
+    from geowarn.config.settings import load_settings
+
+    try:
+        roster = load_roster(load_settings(args.config).roster_path)
+    except ConfigError as exc:
+        return "; ".join(str(p) for p in exc.problems)
+    unit = roster.units.get(args.admin)
+    if unit is None:
+        known = ", ".join(f"{u.admin} {u.name} ({u.tier})" for u in roster.units.values())
+        return (f"unit {args.admin} is not on the roster {roster.source} (units: {known}); "
+                "--not-on-roster to create it anyway")
+    return None  # the tier is checked against the code's structure by the store
+
+
 def cmd_create(args: argparse.Namespace) -> int:
+    if not args.not_on_roster:
+        why = _roster_refusal(args)
+        if why is not None:
+            print(f"error: {why}", file=sys.stderr)
+            return 1
+
     def create(store: Any) -> None:
         token, secret = store.create(args.tier, args.admin, args.name, time.time())
-        print(f"token {token.name!r} (id {token.id}, {token.tier} {token.admin}) created; only its hash is kept, "
+        print(f"token {token.name!r} (id {token.id}, {token.tier} {token.admin}) created in {store.path}; only its hash is kept, "
               f"so this is the only time it is shown: {secret}")
 
     return _with_store(args, create)
@@ -92,6 +117,7 @@ def add_token_parsers(sub: Any) -> None:
     c.add_argument("--tier", required=True, choices=TIERS)
     c.add_argument("--admin", required=True, help="GB/T 2260 code of the unit: county 420527, city 420500, province 420000, national 100000")
     c.add_argument("--name", required=True, help="who or what uses it (shown in the audit trail)")
+    c.add_argument("--not-on-roster", action="store_true", help="create it even though the roster has no such unit at that tier")
     common(c)
     c.set_defaults(func=cmd_create)
 

@@ -186,6 +186,10 @@ def test_scoped_ack_through_the_api_stops_escalation_and_everything_is_audited(c
     assert ("xingshan-duty", "POST /api/warnings/{warning_id}/ack", wid, "127.0.0.1", "forbidden") in rows
     assert ("xingshan-duty", "POST /api/sites/{site}/shelve", "BZM", "127.0.0.1", "forbidden") in rows
     assert ("zigui-duty", "POST /api/warnings/{warning_id}/ack", wid, "127.0.0.1", "ok") in rows
+    # ... the 422 too (a blank note, refused by validation before the route ran; issue 16).
+    invalid = [a for a in console.audit() if a.outcome == "refused" and a.who == "zigui-duty" and a.detail.startswith("invalid request")]
+    assert [(a.action, a.target) for a in invalid] == [("POST /api/warnings/{warning_id}/ack", wid)], invalid
+    assert "body.note" in invalid[0].detail, invalid[0].detail
     assert ("zigui-duty", "POST /api/sites/{site}/shelve", "BZM", "127.0.0.1", "ok") in rows
     assert all(a.t > 0 for a in console.audit())
 

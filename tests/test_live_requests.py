@@ -134,3 +134,37 @@ def test_a_shelve_until_beyond_year_9999_is_refused_not_crashing(parts):
             Request.parse("shelve", ('{"site": "BSH", "by": "x", "until": ' + until + "}").encode())
     assert Request.request_id_of(b'{"request": "r9", "until": 1e400}') == "r9"
     assert Request.request_id_of(b"[1]") == ""
+
+
+def test_an_ack_of_a_lower_level_than_the_warning_is_not_an_acknowledgement(parts):
+    """Issue 16, rough edge 9: `geowarn ack --level 2` on a red warning exited 0. It is recorded
+    (who saw what), but it did not stop the escalation, so the requester is told it failed."""
+    chain = _chain(parts)
+    chain.chain.feed(LevelChange("BSH", T0, 4, 0, "forecast 10 h"))
+    wid = next(i for i in chain.outbox.items() if i.msg.notifier == "420527/mqtt/0").msg.body["warning_id"]
+    stale = chain.handle(_req("ack", id=wid, by="zigui-duty", note="saw yellow", level=2), T0 + 60)
+    assert not stale.ok and stale.rule == "ack_stale" and "escalation goes on" in stale.detail
+    assert chain.chain.states[("BSH", False)].status == "unacknowledged"
+    right = chain.handle(_req("ack", id=wid, by="zigui-duty", note="evacuating", level=4), T0 + 120)
+    assert right.ok and right.rule == "ack"
+
+
+def test_a_notification_names_an_ack_deadline_only_when_it_has_one(parts):
+    """Issue 16, rough edge 9: red's notification said "acknowledge by …" while its deadline
+    was null. Every level's warning text and its deadline field agree."""
+    for level in (1, 2, 3, 4):
+        sub = parts[2] / f"l{level}"
+        sub.mkdir()
+        chain = _chain((parts[0], parts[1], sub))
+        chain.chain.feed(LevelChange("BSH", T0, level, 0, "test"))
+        checked = 0
+        for item in chain.outbox.items():
+            body = item.msg.body
+            if item.msg.kind != "warning" or not isinstance(body, dict) or "deadline" not in body:
+                continue
+            text = json.dumps(body, ensure_ascii=False)
+            says = "Acknowledge by" in text or "前确认" in text
+            assert says == (body["deadline"] is not None), (level, item.msg.notifier, body["deadline"], text[:400])
+            checked += 1
+        assert checked >= 2, f"level {level}: no warning notification with a deadline field"
+        chain.outbox.close()
