@@ -284,6 +284,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     out = Path(args.out)
     t0 = time.perf_counter()
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        print("note: no plots (matplotlib is the optional extra: pip install 'geowarn[plots]')", file=sys.stderr)
     summary = replay_rows(rows, registry, out, drill=args.drill, rejects=rejects, acks=acks)
     took = time.perf_counter() - t0
     notes = out / "notifications.jsonl"

@@ -12,6 +12,7 @@ run on a clock set to event time.
 from __future__ import annotations
 
 import json
+import logging
 from bisect import bisect_left
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from geowarn.core.events import LevelChange
 from geowarn.core.timefmt import rfc3339
 from geowarn.ingest.feeds import FeedError, FeedReject, FeedRow
 from geowarn.service.judge import Judge
+
+log = logging.getLogger(__name__)
 
 
 #: Scripted acks may lie this far before the first or after the last reading of the feed.
@@ -164,9 +167,13 @@ def replay_rows(
     summary.rejected = len(rejects)
     if plots and ordered:
         # A PNG per site (simulators.plots): displacement, velocity, inverse velocity, rain, levels.
-        from geowarn.simulators.plots import plot_replay
-
-        plot_replay(ordered, registry, summary.events, out_dir / "plots")
+        # matplotlib is the optional extra "plots": without it the replay is the same, unplotted.
+        try:
+            from geowarn.simulators.plots import plot_replay
+        except ImportError as exc:
+            log.warning("replay plots skipped: %s (pip install 'geowarn[plots]')", exc)
+        else:
+            plot_replay(ordered, registry, summary.events, out_dir / "plots")
     if rejects:
         with open(out_dir / "rejects.jsonl", "w", encoding="utf-8") as fh:
             for rej in rejects:

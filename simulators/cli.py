@@ -208,7 +208,12 @@ def run_simulate(args: argparse.Namespace) -> int:
 def run_plot(args: argparse.Namespace) -> int:
     from geowarn.config.registry import load_registry
     from geowarn.ingest.feeds import FeedError, read_feed, registry_from_rows
-    from geowarn.simulators.plots import plot_site, read_alerts
+
+    try:
+        from geowarn.simulators.plots import plot_site, read_alerts
+    except ImportError as exc:
+        print(f"error: geowarn plot needs matplotlib, the optional extra: pip install 'geowarn[plots]' ({exc})", file=sys.stderr)
+        return EXIT_FAIL
     from geowarn.simulators.publish import sites_path, truth_path
 
     try:

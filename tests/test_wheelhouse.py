@@ -54,6 +54,15 @@ def test_the_wheelhouse_installs_with_no_index_and_runs(tmp_path):
         " r.files('geowarn.alerts').joinpath('schemas/CAP-v1.2-schema.xsd').is_file())")],
         capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert files.stdout.split() == ["True", "True"], files
+    # The lighter install has no matplotlib (the "plots" extra): replay still works and says
+    # why there are no PNGs; plot says what to install.
+    assert not any(w.lower().startswith("matplotlib") for w in wheels), wheels
+    feed = tmp_path / "feed.csv"
+    assert run("simulate", "--scenario", "failure", "--duration", "1d", "--out", str(feed), "--no-progress").returncode == 0
+    replayed = run("replay", str(feed), "--out", str(tmp_path / "out"))
+    assert replayed.returncode == 0 and "geowarn[plots]" in replayed.stderr, replayed.stderr
+    plotted = run("plot", str(feed), "--site", "BSH", "--out", str(tmp_path / "p.png"))
+    assert plotted.returncode == 1 and "geowarn[plots]" in plotted.stderr, plotted.stderr
     # It is the wheelhouse's copy, not this checkout, that ran.
     where = subprocess.run([str(py), "-c", "import geowarn.service.cli as m; print(m.__file__)"], capture_output=True, text=True, cwd=tmp_path)
     assert Path(where.stdout.strip()).is_relative_to(env_dir), where.stdout
