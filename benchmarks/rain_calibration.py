@@ -20,19 +20,20 @@ the *site* would stay at yellow — orange and red are the channel's). Cubatão 
 (``benchmarks/data/SPLIT.md``); no validation record is read here.
 
     python3 benchmarks/rain_calibration.py            # Markdown to stdout (about 10 s)
+
+``benchmarks/accuracy.py`` calls :func:`cubatao_report` for ACCURACY.md's section 4.1 and puts
+:class:`Item7` in its targets table; run on its own, this script prints the same section.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 import numpy as np
-
-# The benchmark next door: its Cubatão loader and day convention, as ACCURACY.md §4 uses them.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import accuracy
 from geowarn.detectors.rain import DAY, RainThresholds
 from geowarn.detectors.rain_calibration import (
     LEVEL_FRACTIONS,
@@ -64,17 +65,34 @@ def _cell(s: DayScore) -> str:
     return f"{s.fraction:.1%} · {rate}"
 
 
-def main() -> int:
-    base = accuracy.DATA / "cubatao_brazil_rain_landslides"
-    if not (base / "cubatao_hb_rain_daily_long.csv").is_file():
-        print("## Cubatão: per-site rain thresholds\n\nskipped: data absent (../shared/data/cubatao_brazil_rain_landslides)")
-        return 0
-    rain, slides_n = accuracy.load_cubatao()
+@dataclass(frozen=True)
+class Item7:
+    """Issue 14 item 7 on the scored years (2008–2015): share of days at yellow or above and hit
+    rate, with the shipped defaults and with the thresholds calibrated on 2000–2007."""
+
+    default_fraction: float
+    default_hit_rate: float
+    calibrated_fraction: float
+    calibrated_hit_rate: float
+    exceedance_fraction: float
+    exceedance_hit_rate: float
+    scored_landslide_days: int
+
+
+def _rate(s: DayScore) -> float:
+    return (s.hits or 0) / max(s.landslide_days, 1)
+
+
+def cubatao_report(rain: dict[date, float], slides_n: dict[date, int], day_end: Callable[[date], float], heading: str = "##") -> tuple[list[str], Item7]:
+    """The Markdown of the calibration check (its title at ``heading`` level) and item 7's figures.
+
+    ``rain``: gauge HB's daily totals by local day; ``slides_n``: landslide records per day;
+    ``day_end``: the time a day's total is stamped at (``accuracy._day_end``)."""
     days = sorted(rain)
-    t = np.array([accuracy._day_end(d) for d in days])
+    t = np.array([day_end(d) for d in days])
     v = np.array([rain[d] for d in days])
     slides = sorted(_day(d) for d in slides_n)
-    fit = (t > accuracy._day_end(FIT[0]) - DAY) & (t <= accuracy._day_end(FIT[1]))
+    fit = (t > day_end(FIT[0]) - DAY) & (t <= day_end(FIT[1]))
     fit_slides = [d for d in slides if _day(FIT[0]) <= d <= _day(FIT[1])]
     span = f"{FIT[0]}…{FIT[1]}"
     with_dates = calibrate(t[fit], v[fit], interval_s=DAY, landslide_days=fit_slides, span=span)
@@ -87,7 +105,7 @@ def main() -> int:
     n_fit = sum(1 for d in slides if _day(FIT[0]) <= d <= _day(FIT[1]))
     n_test = sum(1 for d in slides if _day(TEST[0]) <= d <= _day(TEST[1]))
     out = [
-        "## Cubatão: per-site rain thresholds, fitted on 2000–2007, scored on 2008–2015\n",
+        f"{heading} Cubatão: per-site rain thresholds, fitted on 2000–2007, scored on 2008–2015\n",
         (f"Rain gauge HB, daily totals; {n_fit} landslide days in 2000–2007, {n_test} in 2008–2015. The split was fixed "
         "before any result was looked at. `geowarn rain-calibrate` (targets: yellow or above on ≤ 15 % of days, orange "
         "≤ 5 %, red ≤ 1 %) saw only the rain and landslide days of 2000–2007; the scored years start with the rain "
@@ -105,15 +123,30 @@ def main() -> int:
     for title, prop in (("with landslide days", with_dates), ("by exceedance alone", exceedance)):
         out += ["", f"The proposal {title} (`[sites.policy.rain]`):", "", "```toml", *rain_table(prop.thresholds, prop.span), "```"]
     test = {name: _scores(t, v, thr, TEST, slides) for name, thr in rows}
-    d, c = test[rows[0][0]][0], test[rows[1][0]][0]
+    d, c, e = (test[name][0] for name, _ in rows)
+    item7 = Item7(d.fraction, _rate(d), c.fraction, _rate(c), e.fraction, _rate(e), d.landslide_days)
     out += [
         "",
         (f"Issue 14 item 7 on the scored years: defaults {d.fraction:.1%} of days at yellow+ with hit rate "
-        f"{(d.hits or 0) / max(d.landslide_days, 1):.2f}; calibrated {c.fraction:.1%} with {(c.hits or 0) / max(c.landslide_days, 1):.2f} "
-        f"(target ≤ 15 % and ≥ 0.60: {'met' if c.fraction <= 0.15 and (c.hits or 0) / max(c.landslide_days, 1) >= 0.6 else 'not met'})."),
+        f"{_rate(d):.2f}; calibrated {c.fraction:.1%} with {_rate(c):.2f} "
+        f"(target ≤ 15 % and ≥ 0.60: {'met' if c.fraction <= 0.15 and _rate(c) >= 0.6 else 'not met'})."),
     ]
     out += ["", *_per_year(t, v, rain, slides, [(n, thr) for n, thr in rows])]
-    print("\n".join(out))
+    return out, item7
+
+
+def main() -> int:
+    # The benchmark next door: its Cubatão loader and day convention, as ACCURACY.md §4 uses them.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import accuracy
+
+    base = accuracy.DATA / "cubatao_brazil_rain_landslides"
+    if not (base / "cubatao_hb_rain_daily_long.csv").is_file():
+        print("## Cubatão: per-site rain thresholds\n\nskipped: data absent (../shared/data/cubatao_brazil_rain_landslides)")
+        return 0
+    rain, slides_n = accuracy.load_cubatao()
+    lines, _ = cubatao_report(rain, slides_n, accuracy._day_end)
+    print("\n".join(lines))
     return 0
 
 
