@@ -4,7 +4,9 @@ one recorded in SHA256SUMS.
 
 Golden values come from outside the code under test: the digests in
 ``benchmarks/data/<name>/SHA256SUMS`` (recorded when the data were gathered) and the eleven
-landslide dates PROVENANCE.md describes. Tests that read a snapshot skip, with the reason, when
+landslide dates PROVENANCE.md describes; for the Dexing record, the first and last epochs and the
+7-minute sampling its source's data README states, and the workbook's own cells read with a
+regular expression instead of the loader's parser. Tests that read a snapshot skip, with the reason, when
 the mirror root (``$GEOWARN_VALIDATION_MIRRORS``, default ``/work/.mirror``) lacks it; no data
 file is copied anywhere.
 """
@@ -13,7 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
+import re
 import sys
+import zipfile
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import ModuleType
 
@@ -117,3 +123,83 @@ def test_folder_source_checks_the_same_way(tmp_path: Path) -> None:
 def test_mirror_table_agrees_with_provenance_and_sha256sums() -> None:
     for name in vd.MIRRORED:
         assert vd.check_provenance(name) == []
+
+
+# -- dexing_gbsar_failure: the one real record that runs to a failure ------------------------------
+
+DEXING = "dexing_gbsar_failure"
+DEXING_SPEC = vd.MIRRORED[DEXING]
+DEXING_GIT = vd.mirror_git_dir(DEXING_SPEC)
+needs_dexing = pytest.mark.skipif(DEXING_GIT is None, reason=f"git snapshot {vd.mirror_root() / DEXING_SPEC.mirror} absent")
+CN = timezone(timedelta(hours=8))
+# The source's data README (PROVENANCE.md): GB-SAR every 7 min from 2018-05-04 14:24 to 2018-05-05 14:54, local time (UTC+8).
+DEXING_FIRST = datetime(2018, 5, 4, 14, 24, tzinfo=CN).timestamp()
+DEXING_LAST = datetime(2018, 5, 5, 14, 54, tzinfo=CN).timestamp()
+
+
+def _cells(xlsx: bytes, column: str) -> dict[int, str]:
+    """Row number -> raw value of one column's cells, read straight from the worksheet XML with a
+    regular expression (independently of ``validation_data.xlsx_rows``)."""
+    sheet = zipfile.ZipFile(io.BytesIO(xlsx)).read("xl/worksheets/sheet1.xml").decode()
+    return {int(n): v for n, v in re.findall(rf'<c r="{column}(\d+)"[^>]*>(?:<f>[^<]*</f>)?<v>([^<]*)</v>', sheet)}
+
+
+@needs_dexing
+def test_dexing_loads_from_the_mirror_with_the_times_its_source_states(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GEOWARN_VALIDATION_DATA", str(tmp_path))  # no folder copy: the snapshot is read
+    ds = vd.load(DEXING)
+    assert isinstance(ds.source, vd.MirrorSource) and ds.split == "validation"
+    assert ds.failed and ds.failure_time == DEXING_LAST
+    [s] = ds.series
+    assert (s.kind, s.unit, s.site, s.device) == ("displacement", "mm", "dexing_north", "gbsar")
+    assert s.t[0] == DEXING_FIRST and s.t[-1] == DEXING_LAST
+    assert {b - a for a, b in zip(s.t, s.t[1:])} == {420.0}  # every 7 minutes, no gap
+    assert len(s.t) == (DEXING_LAST - DEXING_FIRST) / 420.0 + 1
+
+
+@needs_dexing
+def test_dexing_values_are_the_workbooks_displacement_cells() -> None:
+    src = vd.MirrorSource(DEXING, DEXING_GIT, DEXING_SPEC)
+    raw = src.read_bytes("DeXing.xlsx")
+    assert hashlib.sha256(raw).hexdigest() == _recorded(DEXING, "DeXing.xlsx")
+    disp = _cells(raw, "C")  # column C is "Displacement (mm)"; row 1 is the header
+    flags = _cells(raw, "E")  # column E is "landslide"
+    [s] = vd.load_dexing_gbsar_failure(src).series
+    rows = sorted(n for n in disp if n > 1)
+    assert s.value == [float(disp[n]) for n in rows]
+    assert [n for n in rows if flags.get(n) not in (None, "0")] == [rows[-1]]  # the failure is flagged on the last row only
+
+
+def _workbook(rows: list[list[str]]) -> bytes:
+    """A minimal .xlsx (inline strings and numbers), written with zipfile as Excel lays it out."""
+    ns = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+    body = []
+    for i, row in enumerate(rows, start=1):
+        cells = []
+        for j, v in enumerate(row):
+            ref = f"{chr(65 + j)}{i}"
+            try:
+                float(v)
+                cells.append(f'<c r="{ref}"><v>{v}</v></c>')
+            except ValueError:
+                cells.append(f'<c r="{ref}" t="inlineStr"><is><t>{v}</t></is></c>')
+        body.append(f'<row r="{i}">{"".join(cells)}</row>')
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        z.writestr("xl/worksheets/sheet1.xml", f'<worksheet xmlns="{ns}"><sheetData>{"".join(body)}</sheetData></worksheet>')
+    return out.getvalue()
+
+
+def test_a_dexing_workbook_without_the_failure_flag_is_refused(tmp_path: Path) -> None:
+    header = ["No.", "Time", "Displacement (mm)", "Velocity (mm/min)", "landslide"]
+    data = _workbook([header, ["0", "43224.6", "66.2", "", "0"], ["1", "43224.604861111111", "66.8", "0.6", "0"]])
+    (tmp_path / "DeXing.xlsx").write_bytes(data)
+    src = vd.FolderSource(DEXING, tmp_path, sums={"DeXing.xlsx": hashlib.sha256(data).hexdigest()})
+    assert vd.xlsx_rows(data)[1] == ["0", "43224.6", "66.2", "", "0"]
+    with pytest.raises(ValueError, match="landslide flag"):
+        vd.load_dexing_gbsar_failure(src)
+
+
+def test_a_file_that_is_not_a_workbook_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="not a readable .xlsx"):
+        vd.xlsx_rows(b"No.,Time,Displacement\n0,43224.6,66.2\n")
