@@ -240,11 +240,8 @@ class Detection:
             doc = json.loads(text)
         except ValueError:
             return False
-        states = doc.get("sensor_state") if isinstance(doc, dict) else None
-        changed = self.fusion.sensor_state(site, device, states, t)
-        if changed:
-            log.warning("sensor state changed", extra=kv(site=site, device=device, sensor_state=json.dumps(states)[:300]))
-        return changed
+        # The judge's reading of a status, the one replay uses too.
+        return self.judge.status(site, device, doc if isinstance(doc, dict) else None, t)
 
     def step(self) -> int:
         """One round: a batch of readings, then the timers due by the clock. Returns readings judged."""

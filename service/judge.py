@@ -11,7 +11,9 @@ beats an escalation that falls at the same instant).
 What differs between live and replay is plugged in, not composed twice:
 
 - the source: the detection worker (service/detection.py) reads journal rows, ``geowarn
-  replay`` (service/replay.py) reads feed rows; each calls ``at(t)`` and ``reading(...)``;
+  replay`` (service/replay.py) reads feed rows; each calls ``at(t)`` and ``reading(...)``,
+  and ``status(...)`` for a device's status (its ``sensor_state``) before the readings that
+  came with or after it;
 - the sink: the chain's (``alerts.live.OutboxSink`` or ``alerts.chain.ReplayFiles``) and the
   alert log's publisher;
 - the clock. With an ``EventClock`` (replay; a live daemon fed a recorded feed, the demo) the
@@ -31,7 +33,9 @@ response chain: they change no level.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import json
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from geowarn.alerts.chain import ResponseChain
@@ -39,8 +43,11 @@ from geowarn.alerts.log import AlertLog
 from geowarn.config.registry import ChannelInfo, Registry
 from geowarn.core.clock import Clock, EventClock
 from geowarn.core.events import LevelChange
+from geowarn.core.logfields import kv
 from geowarn.detectors.clockhealth import CLOCK_KINDS
 from geowarn.detectors.fusion import SiteFusion
+
+log = logging.getLogger(__name__)
 
 
 class Timers(Protocol):
@@ -145,6 +152,21 @@ class Judge:
             for change in changes:
                 self.announce(change)
         return changes
+
+    def status(self, site: str, device: str, status: Mapping[str, Any] | None, t: float) -> bool:
+        """A device's status as its codec decoded it (``Decoded.status``), at ``t`` (the status's
+        own time): its ``sensor_state`` tells fusion which of the device's sensors it reports
+        faulty (``SiteFusion.sensor_state``). The source applies each status before the readings
+        that arrived with or after it (live: by arrival; replay: in the feed's order). True when
+        a channel's state changed; a status naming no sensors, or of a device not in the
+        registry, changes nothing."""
+        states = status.get("sensor_state") if isinstance(status, Mapping) else None
+        if states is None or (site, device) not in self.registry.channels:
+            return False
+        changed = self.fusion.sensor_state(site, device, states, t)
+        if changed:
+            log.warning("sensor state changed", extra=kv(site=site, device=device, sensor_state=json.dumps(states, default=str)[:300]))
+        return changed
 
     def announce(self, change: LevelChange) -> dict[str, Any] | None:
         """Write one change to the alert log and feed it to the chain; the event, or None when held."""
