@@ -24,6 +24,11 @@ is decoded by the daemon's own codec (``CnCodec``) with the registry, in file or
 counters are differenced across lines as live), so replay and live get the same readings; a
 message the codec refuses is a reject with the codec's reason code. Reading one needs the
 registry (``read_feed(..., registry=)``, ``geowarn replay --sites``).
+
+Devices' statuses (a convention body's ``S1_ZT``, a native ``…/status`` line) are read too when
+asked for (``read_feed(..., statuses=)``): decoded by the same codec as live, each with its place
+among the readings, so that replay gives each to the judge where live would (``sensor_state``:
+a sensor its device reports faulty raises nothing; service/replay.py).
 """
 
 from __future__ import annotations
@@ -70,6 +75,22 @@ class FeedRow:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedStatus:
+    """A device's status in a feed, as the daemon's codec decoded it (``Decoded.status``: for
+    the convention's ``S1_ZT``, ``sensor_state`` among the rest). ``t``: its own time, as the
+    daemon stores it (milliseconds); ``after``: how many readings of the same ``read_feed``
+    came before it in the file (the status applies before the ``after``-th reading on, as
+    live it applies before the readings that arrived with or after it); ``line``: its line."""
+
+    site: str
+    device: str
+    t: float
+    status: dict[str, Any]
+    after: int
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
 class FeedReject:
     line: int
     reason: str
@@ -85,10 +106,16 @@ def _number(raw: object) -> float:
     return v
 
 
-def read_feed(path: str | Path, rejects: list[FeedReject] | None = None, registry: Registry | None = None) -> Iterator[FeedRow]:
+def read_feed(
+    path: str | Path, rejects: list[FeedReject] | None = None, registry: Registry | None = None, statuses: list[FeedStatus] | None = None
+) -> Iterator[FeedRow]:
     """Rows of a CSV or JSONL feed in file order; bad rows go to ``rejects``. ``registry``:
     needed by a JSONL feed of the national convention (its lines are decoded with it); such a
-    feed without one is a ``FeedError``."""
+    feed without one is a ``FeedError``. ``statuses``: the devices' status lines of a JSONL
+    feed (a convention body's ``S1_ZT``, a native ``…/status`` line) are decoded by the
+    daemon's codec and added, in file order, each with its place among the rows
+    (``FeedStatus.after``); a native status line needs the registry (without one it is skipped,
+    as before)."""
     path = Path(path)
     if not path.is_file():
         raise FeedError(f"{path}: no such feed file")
@@ -99,7 +126,7 @@ def read_feed(path: str | Path, rejects: list[FeedReject] | None = None, registr
         if first.lstrip().startswith("{"):
             codec = _cn_codec(path, fh, registry)
             fh.seek(0)
-            yield from _read_jsonl(fh, rej, codec)
+            yield from _read_jsonl(fh, rej, codec, registry if statuses is not None else None, statuses)
             return
         reader = csv.reader(fh)
         header = next(reader, None)
@@ -162,8 +189,9 @@ def _cn_codec(path: Path, fh: TextIO, registry: Registry | None) -> CnCodec | No
     return CnCodec(registry, topics=sorted(topics))
 
 
-def _cn_rows(codec: CnCodec, doc: dict[str, Any], lineno: int, line: str, rej: list[FeedReject]) -> Iterator[FeedRow]:
-    """A convention line's readings, decoded as the daemon decodes the message."""
+def _cn_rows(codec: CnCodec, doc: dict[str, Any], lineno: int, line: str, rej: list[FeedReject], status: list[Any] | None = None) -> Iterator[FeedRow]:
+    """A convention line's readings, decoded as the daemon decodes the message; its status
+    (``Decoded``'s) appended to ``status`` as (site, device, status)."""
     from geowarn.ingest.codecs import PayloadError
 
     topic, raw = doc["topic"], doc["payload"]
@@ -188,11 +216,52 @@ def _cn_rows(codec: CnCodec, doc: dict[str, Any], lineno: int, line: str, rej: l
         codec.moved_totals(settle=True)  # a line is a message the store committed
     for r in out.rejects:
         rej.append(FeedReject(lineno, f"{r.reason}: {r.detail}", json.dumps(r.item, ensure_ascii=False, default=str)[:200]))
+    if status is not None and out.status is not None:
+        status.append((out.site, out.device, out.status))
     for info, t, v in out.readings:
         yield FeedRow(info.site, info.device, info.channel, t, v)
 
 
-def _read_jsonl(fh: TextIO, rej: list[FeedReject], codec: CnCodec | None = None) -> Iterator[FeedRow]:
+def _native_status(codecs: dict[str, CnCodec], registry: Registry, topic: str, payload: Any, last_t: float | None) -> tuple[str, str, dict[str, Any]] | None:
+    """A native ``…/{site}/{device}/status`` line decoded by the daemon's codec (under the
+    topic's own prefix; a convention body on it is read as live reads it): (site, device,
+    status), or None when it holds none. A feed line has no receive time: its times are not
+    checked against one, and a status without a time of its own takes the time of the reading
+    before it in the file (none before it: skipped). ``PayloadError`` as the daemon's."""
+    from geowarn.ingest.codecs_cn import CnCodec
+
+    prefix = topic.rsplit("/", 3)[0]
+    codec = codecs.get(prefix)
+    if codec is None:
+        codec = codecs[prefix] = CnCodec(registry, prefix)
+    raw = payload.encode("utf-8") if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    out = codec.decode(topic, raw, math.inf)
+    status = out.status
+    if status is None:
+        return None
+    if not math.isfinite(float(status.get("t", math.inf))):
+        if last_t is None:
+            return None
+        status = {**status, "t": last_t}
+    return out.site, out.device, status
+
+
+def _read_jsonl(
+    fh: TextIO, rej: list[FeedReject], codec: CnCodec | None = None, registry: Registry | None = None, statuses: list[FeedStatus] | None = None
+) -> Iterator[FeedRow]:
+    from geowarn.ingest.codecs import PayloadError
+    from geowarn.ingest.journal import to_ms
+
+    rows, last_t = 0, None  # readings yielded so far: where a status falls among them
+    native: dict[str, CnCodec] = {}
+    found: list[Any] | None = [] if statuses is not None else None
+
+    def add(lineno: int) -> None:
+        assert statuses is not None and found is not None
+        for site, device, st in found:
+            statuses.append(FeedStatus(site, device, to_ms(st["t"]) / 1000.0, st, rows, lineno))
+        found.clear()
+
     for lineno, line in enumerate(fh, start=1):
         if not line.strip():
             continue
@@ -200,12 +269,27 @@ def _read_jsonl(fh: TextIO, rej: list[FeedReject], codec: CnCodec | None = None)
             doc = json.loads(line)
             topic, payload = doc["topic"], doc["payload"]
             if codec is not None and isinstance(topic, str) and not _is_native(topic):
-                yield from _cn_rows(codec, doc, lineno, line, rej)
+                out = list(_cn_rows(codec, doc, lineno, line, rej, found))
+                if found:
+                    add(lineno)  # the status first: live takes it before the readings of its message
+                rows += len(out)
+                if out:
+                    last_t = out[-1].t
+                yield from out
                 continue
             parts = topic.split("/")
             if len(parts) < 4 or parts[-1] not in ("data", "status"):
                 raise ValueError(f"topic {topic!r} is not …/{{site}}/{{device}}/data")
             if parts[-1] == "status":
+                if found is not None and registry is not None:
+                    try:
+                        st = _native_status(native, registry, topic, payload, last_t)
+                    except PayloadError as exc:
+                        rej.append(FeedReject(lineno, str(exc), line[:200]))
+                        continue
+                    if st is not None:
+                        found.append(st)
+                        add(lineno)
                 continue
             site, device = parts[-3], parts[-2]
             # As the live daemon does (DESIGN §3): a device cannot speak for another, so a
@@ -219,9 +303,12 @@ def _read_jsonl(fh: TextIO, rej: list[FeedReject], codec: CnCodec | None = None)
             drill = bool(payload.get("drill", False))
             for r in payload["readings"]:
                 try:
-                    yield FeedRow(site, device, str(r["ch"]), parse_time(r["t"]), _number(r["v"]), drill)
+                    row = FeedRow(site, device, str(r["ch"]), parse_time(r["t"]), _number(r["v"]), drill)
                 except (KeyError, TypeError, ValueError) as exc:
                     rej.append(FeedReject(lineno, f"bad reading: {exc}", json.dumps(r)[:200]))
+                    continue
+                rows, last_t = rows + 1, row.t
+                yield row
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             rej.append(FeedReject(lineno, f"bad line: {exc}", line[:200]))
 

@@ -258,10 +258,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import time
 
     from geowarn.config.registry import load_registry
-    from geowarn.ingest.feeds import FeedError, FeedReject, read_feed, registry_from_rows
+    from geowarn.ingest.feeds import FeedError, FeedReject, FeedStatus, read_feed, registry_from_rows
     from geowarn.service.replay import read_ack_script, replay_rows
 
     rejects: list[FeedReject] = []
+    # Devices' statuses in the feed: a sensor its device reports faulty raises nothing, as live.
+    statuses: list[FeedStatus] = []
     try:
         # First the registry, when given: a feed of the national convention is decoded with it.
         # A feed `geowarn simulate --out` wrote has its registry beside it (FEED.sites.toml),
@@ -273,7 +275,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             sites = str(sites_path(args.feed))
             print(f"site registry: {sites} (beside the feed; --sites FILE for another)")
         given = load_registry(sites) if sites else None
-        rows = list(read_feed(args.feed, rejects, registry=given))
+        rows = list(read_feed(args.feed, rejects, registry=given, statuses=statuses))
         registry = given if given is not None else registry_from_rows(rows, str(args.feed))
         acks = read_ack_script(args.acks) if args.acks else None
     except FeedError as exc:
@@ -288,12 +290,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     if importlib.util.find_spec("matplotlib") is None:
         print("note: no plots (matplotlib is the optional extra: pip install 'geowarn[plots]')", file=sys.stderr)
-    summary = replay_rows(rows, registry, out, drill=args.drill, rejects=rejects, acks=acks)
+    summary = replay_rows(rows, registry, out, drill=args.drill, rejects=rejects, acks=acks, statuses=statuses)
     took = time.perf_counter() - t0
     notes = out / "notifications.jsonl"
     n_notes = sum(1 for _ in open(notes, encoding="utf-8")) if notes.exists() else 0
     n_cap = len(list((out / "cap").glob("*.xml"))) if (out / "cap").exists() else 0
-    print(f"replayed {summary.readings} readings ({summary.rejected} rejected) in {took:.2f} s; "
+    print(f"replayed {summary.readings} readings ({summary.rejected} rejected){f' and {summary.statuses} device statuses' if summary.statuses else ''} in {took:.2f} s; "
           f"{len(summary.events)} alert events -> {out / 'alerts.jsonl'}; {n_notes} notifications, {n_cap} CAP messages")
     for site in registry.sites:
         print(f"  {site}: highest level {summary.highest.get(site, 0)}")

@@ -26,7 +26,7 @@ from geowarn.config.roster import Roster
 from geowarn.core.clock import EventClock
 from geowarn.core.events import LevelChange
 from geowarn.core.timefmt import rfc3339
-from geowarn.ingest.feeds import FeedError, FeedReject, FeedRow
+from geowarn.ingest.feeds import FeedError, FeedReject, FeedRow, FeedStatus
 from geowarn.service.judge import Judge
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,8 @@ def read_ack_script(path: str | Path) -> list[ScriptedAck]:
 class ReplaySummary:
     readings: int = 0
     rejected: int = 0
+    #: Device statuses applied (``FeedStatus``: their ``sensor_state``).
+    statuses: int = 0
     events: list[dict[str, Any]] = field(default_factory=list)
     highest: dict[str, int] = field(default_factory=dict)
 
@@ -97,6 +99,7 @@ def replay_rows(
     roster: Roster | None = None,
     plots: bool = True,
     acks: list["ScriptedAck"] | None = None,
+    statuses: list[FeedStatus] | None = None,
 ) -> ReplaySummary:
     """The judge over ``rows`` in event time: ``alerts.jsonl`` (fusion's level changes), and
     from the chain ``notifications.jsonl``, ``cap/*.xml`` and ``commands.jsonl`` (nobody
@@ -104,7 +107,10 @@ def replay_rows(
     in ``plots/``. The chain's clock starts at the first reading, as a daemon's starts when it
     does: the daily zero reports are due from there on.
     ``roster`` defaults to the example roster. ``acks`` (an ack script) acknowledge at their
-    own event time; each outcome goes to ``acks.jsonl``."""
+    own event time; each outcome goes to ``acks.jsonl``.
+    ``statuses``: the devices' statuses of the same feed (``read_feed(..., statuses=)``), each
+    given to the judge as live gives it (``Judge.status``: a sensor its device reports faulty
+    raises nothing) before the readings that follow it in the feed (``sequence``)."""
     from geowarn.alerts.chain import ReplayFiles, zero_stats_of
     from geowarn.alerts.zero_reports import with_availability, with_clock_health
     from geowarn.config.roster import load_roster
@@ -115,7 +121,8 @@ def replay_rows(
     alerts_path.write_text("")
     summary = ReplaySummary()
     rejects = list(rejects or [])
-    ordered = sorted(rows, key=lambda r: r.t)
+    items = sequence(rows, statuses or [])
+    ordered = [r for r in items if isinstance(r, FeedRow)]
     counts = FeedCounts(ordered)
     judge: Judge | None = None
     chain = ResponseChain(
@@ -154,7 +161,11 @@ def replay_rows(
     judge = Judge(registry, AlertLog(alerts_path, None), clock, chain, announced=announced, timers=scripted)
     if ordered:
         judge.start(silence_from_now=False)
-    for r in ordered:
+    for r in items:
+        if isinstance(r, FeedStatus):
+            summary.statuses += 1
+            judge.status(r.site, r.device, r.status, r.t)
+            continue
         info = registry.channel(r.site, r.device, r.channel)
         if info is None:
             rejects.append(FeedReject(0, f"{r.site}/{r.device}/{r.channel} is not in the registry", ""))
@@ -179,6 +190,30 @@ def replay_rows(
             for rej in rejects:
                 fh.write(json.dumps({"line": rej.line, "reason": rej.reason, "text": rej.text}, ensure_ascii=False) + "\n")
     return summary
+
+
+def sequence(rows: list[FeedRow], statuses: list[FeedStatus]) -> list[FeedRow | FeedStatus]:
+    """The readings in event time (stable: readings of one time keep the feed's order), each
+    status among them where the feed has it: after every reading that came before it in the
+    file and before every later one of the same or a later time. Live applies a status by
+    arrival, before the readings that arrived with or after it; in a feed in time order this
+    is exactly that order. In a feed that is not, a status stands at the latest time the feed
+    had reached (the readings before it in the file), so it never reaches back before a reading
+    it followed."""
+    keyed: list[tuple[float, int, int, FeedRow | FeedStatus]] = []
+    latest = float("-inf")
+    marks = sorted(range(len(statuses)), key=lambda k: statuses[k].after)  # stable: file order
+    j = 0
+    for i, r in enumerate(rows):
+        while j < len(marks) and statuses[marks[j]].after <= i:
+            keyed.append((latest, 2 * i, j, statuses[marks[j]]))
+            j += 1
+        keyed.append((r.t, 2 * i + 1, 0, r))
+        latest = max(latest, r.t)
+    for k in marks[j:]:
+        keyed.append((latest, 2 * len(rows), k, statuses[k]))
+    keyed.sort(key=lambda x: x[:3])
+    return [x[3] for x in keyed]
 
 
 class AckScript:
