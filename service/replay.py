@@ -200,6 +200,8 @@ def sequence(rows: list[FeedRow], statuses: list[FeedStatus]) -> list[FeedRow | 
     is exactly that order. In a feed that is not, a status stands at the latest time the feed
     had reached (the readings before it in the file), so it never reaches back before a reading
     it followed."""
+    if not statuses:  # the readings alone: sorted as they always were
+        return [*sorted(rows, key=lambda r: r.t)]
     keyed: list[tuple[float, int, int, FeedRow | FeedStatus]] = []
     latest = float("-inf")
     marks = sorted(range(len(statuses)), key=lambda k: statuses[k].after)  # stable: file order

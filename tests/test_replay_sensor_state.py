@@ -217,3 +217,18 @@ def test_the_same_feed_through_a_real_broker_and_daemon_gives_the_replays_levels
     lv = [e for e in live if e["kind"] in LEVEL_KINDS]
     rv = [e for e in want.events if e["kind"] in LEVEL_KINDS]
     assert [(e["reason"], e["evidence"].get("sensor_faults")) for e in lv] == [(e["reason"], e["evidence"].get("sensor_faults")) for e in rv]
+
+
+def test_a_status_keeps_its_place_in_the_feed_among_readings_sorted_in_event_time() -> None:
+    """In a feed in time order a status falls exactly where it is in the file (before the
+    readings after it, even of its own time); a reading stamped earlier than one before the
+    status (a late one) is judged in event time, before the status."""
+    from geowarn.ingest.feeds import FeedRow
+    from geowarn.service.replay import sequence
+
+    a, b, c, d = (FeedRow("S", "D", "x", t, 0.0) for t in (10.0, 20.0, 20.0, 30.0))
+    first, second = (FeedStatus("S", "D", t, {"sensor_state": {"x": -2}}, after, 0) for t, after in ((20.0, 2), (0.0, 4)))
+    assert sequence([a, b, c, d], [first, second]) == [a, b, first, c, d, second]
+    late = FeedRow("S", "D", "x", 5.0, 0.0)
+    assert sequence([a, b, late, d], [FeedStatus("S", "D", 20.0, {}, 2, 0)]) == [late, a, b, FeedStatus("S", "D", 20.0, {}, 2, 0), d]
+    assert sequence([b, a], []) == [a, b]
