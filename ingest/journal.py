@@ -76,11 +76,20 @@ CREATE INDEX IF NOT EXISTS device_status_received ON device_status (received_ms)
 CREATE INDEX IF NOT EXISTS device_status_device ON device_status (site, device, id);
 """
 
+#: Where a device status stands among the readings: the id of the last reading stored before
+#: it (in the order the messages arrived). Arrival times in whole milliseconds tie when
+#: messages come together, and a status's ``sensor_state`` must apply exactly from where it
+#: arrived (a "sensor healthy again" applied a millisecond early lets the faulty readings
+#: before it count). NULL in rows from before this migration: those are ordered by arrival time.
+MIGRATION_3 = """
+ALTER TABLE device_status ADD COLUMN after_reading INTEGER;
+"""
+
 #: The journal's file in the data directory.
 JOURNAL_FILE = "journal.sqlite"
 #: Migration 1 is the schema from before versions were kept (idempotent, so a file of that
 #: time migrates by being stamped). Append new migrations; never edit a released one.
-JOURNAL_SCHEMA = Schema("journal", (SCHEMA, MIGRATION_2))
+JOURNAL_SCHEMA = Schema("journal", (SCHEMA, MIGRATION_2, MIGRATION_3))
 
 #: State keys written by the detection worker (service/detection.py) and read by the console
 #: and metrics, which may not import the service: one spelling, kept by the file's owner.
@@ -108,7 +117,8 @@ ROW_SIZE = {
 
 _INSERT_READING = "INSERT OR IGNORE INTO readings (series, t_ms, value, drill, received_ms) VALUES (?, ?, ?, ?, ?)"
 _INSERT_DEADLETTER = "INSERT INTO deadletters (received_ms, topic, reason, detail, payload) VALUES (?, ?, ?, ?, ?)"
-_INSERT_STATUS = "INSERT INTO device_status (site, device, t_ms, received_ms, status) VALUES (?, ?, ?, ?, ?)"
+_INSERT_STATUS = "INSERT INTO device_status (site, device, t_ms, received_ms, status, after_reading) VALUES (?, ?, ?, ?, ?, ?)"
+_LAST_READING = "SELECT coalesce(max(id), 0) FROM readings"
 
 
 @dataclass(frozen=True)
@@ -174,29 +184,48 @@ class Journal:
         self,
         readings: list[tuple[int, int, float, int, int]],
         deadletters: Iterable[tuple[int, str, str, str, bytes]] = (),
-        statuses: Iterable[tuple[str, str, int, int, str]] = (),
+        statuses: Iterable[tuple[str, str, int, int, str] | tuple[str, str, int, int, str, int]] = (),
         state: Mapping[str, Any] | None = None,
     ) -> int:
         """Store a batch in one transaction; returns how many readings were new.
 
         readings: (series id, t_ms, value, drill 0/1, received_ms); duplicates are ignored.
+        statuses: (site, device, t_ms, received_ms, status text[, k]): the status stands before
+        ``readings[k]`` (the batch's readings from messages after it; default 0: before them
+        all), and its row records the last reading id stored before it (``MIGRATION_3``).
         state: keys to set in the same transaction (the store stage's position in the message log).
         """
         conn = self.conn
         conn.execute("BEGIN")
         try:
-            before = conn.total_changes
-            if readings:
-                conn.executemany(_INSERT_READING, readings)
-            inserted = conn.total_changes - before
+            inserted = self._insert_ordered(readings, list(statuses))
             conn.executemany(_INSERT_DEADLETTER, deadletters)
-            conn.executemany(_INSERT_STATUS, statuses)
             for key, value in (state or {}).items():
                 self.set_state(key, value)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        return inserted
+
+    def _insert_ordered(self, readings: list[tuple[int, int, float, int, int]], statuses: list[Any]) -> int:
+        """Readings and statuses in the order they arrived (inside the caller's transaction);
+        how many readings were new. Without statuses, one executemany."""
+        conn = self.conn
+        inserted = 0
+        done = 0
+        for st in sorted(statuses, key=lambda x: x[5] if len(x) > 5 else 0):
+            k = min(len(readings), st[5] if len(st) > 5 else 0)
+            if k > done:
+                mark = conn.total_changes
+                conn.executemany(_INSERT_READING, readings[done:k])
+                inserted += conn.total_changes - mark
+                done = k
+            conn.execute(_INSERT_STATUS, (*st[:5], conn.execute(_LAST_READING).fetchone()[0]))
+        if done < len(readings):
+            mark = conn.total_changes
+            conn.executemany(_INSERT_READING, readings[done:] if done else readings)
+            inserted += conn.total_changes - mark
         return inserted
 
     def append_each(
@@ -218,11 +247,9 @@ class Journal:
             for i, (readings, deadletters, statuses) in enumerate(parts):
                 conn.execute("SAVEPOINT message")
                 try:
-                    mark = conn.total_changes
-                    conn.executemany(_INSERT_READING, readings)
-                    new = conn.total_changes - mark
+                    # A message's status stands before its own readings (see append).
+                    new = self._insert_ordered(readings, [(*x[:5], 0) for x in statuses])
                     conn.executemany(_INSERT_DEADLETTER, deadletters)
-                    conn.executemany(_INSERT_STATUS, statuses)
                     inserted += new
                 except sqlite3.OperationalError:
                     raise
@@ -378,13 +405,15 @@ class Journal:
         row = self.conn.execute("SELECT max(id) FROM readings").fetchone()
         return int(row[0] or 0)
 
-    def statuses_after(self, position: int, limit: int) -> list[tuple[int, str, str, int, int, str]]:
+    def statuses_after(self, position: int, limit: int) -> list[tuple[int, str, str, int, int, str, int | None]]:
         """Device status rows in arrival order after ``position``, for detection:
-        (id, site, device, t_ms, received_ms, raw status text)."""
+        (id, site, device, t_ms, received_ms, raw status text, id of the last reading stored
+        before it — None for a row from before ``MIGRATION_3``)."""
         rows = self.conn.execute(
-            "SELECT id, site, device, t_ms, received_ms, status FROM device_status WHERE id > ? ORDER BY id LIMIT ?", (position, limit)
+            "SELECT id, site, device, t_ms, received_ms, status, after_reading FROM device_status WHERE id > ? ORDER BY id LIMIT ?",
+            (position, limit),
         ).fetchall()
-        return [(int(i), str(a), str(b), int(t), int(r), str(st)) for i, a, b, t, r, st in rows]
+        return [(int(i), str(a), str(b), int(t), int(r), str(st), None if ar is None else int(ar)) for i, a, b, t, r, st, ar in rows]
 
     def newest_statuses(self) -> list[tuple[str, str, int, str]]:
         """Each device's newest status row (by arrival), for detection starting without a

@@ -224,7 +224,7 @@ class Pipeline:
                 for key, value in codec.moved_totals().items():
                     state[COUNTER_KEY_PREFIX + "/".join(key)] = [None if v != v else v for v in value]
             try:
-                inserted = self.journal.append(rows, [x for p in parts for x in p[1]], [x for p in parts for x in p[2]], state)
+                inserted = self.journal.append(rows, [x for p in parts for x in p[1]], _placed_statuses(parts), state)
                 break
             except sqlite3.OperationalError:
                 self.counters = counters
@@ -293,6 +293,18 @@ class Pipeline:
             return parts
         finally:
             self.publish = publish
+
+
+def _placed_statuses(parts: list[_Part]) -> list[tuple[str, str, int, int, str, int]]:
+    """The batch's statuses, each with the number of the batch's readings before it: the
+    readings of the messages that came before its own (a message's status stands before its
+    own readings, as detection has always applied it)."""
+    out: list[tuple[str, str, int, int, str, int]] = []
+    n = 0
+    for readings, _dls, statuses in parts:
+        out += [(*st, n) for st in statuses]
+        n += len(readings)
+    return out
 
 
 class _Refused(Exception):

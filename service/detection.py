@@ -79,6 +79,13 @@ REQUEST_BUDGET_S = 0.2
 BATCH = 5000
 
 
+
+def _status_before(status: tuple[int, str, str, int, int, str, int | None], reading_id: int, received_ms: int) -> bool:
+    """Whether a journal status row stands before the reading: by the id of the last reading
+    stored before it (exact), or, for a row from before that was recorded, by arrival time."""
+    after = status[6]
+    return after < reading_id if after is not None else status[4] <= received_ms
+
 class Detection:
     """The judge over the journal. Used in-process by tests and by the worker process below."""
 
@@ -181,8 +188,8 @@ class Detection:
         changed = announced = clock = False
         maintenance = self.maintenance
         for _id, site, device, channel, t_ms, value, drill, received_ms in rows:
-            if pending < len(statuses) and statuses[pending][4] <= received_ms:
-                pending = self._statuses(statuses, received_ms, pending)
+            if pending < len(statuses) and _status_before(statuses[pending], _id, received_ms):
+                pending = self._statuses(statuses, (_id, received_ms), pending)
             info = self.registry.channel(site, device, channel)
             if info is None:
                 continue
@@ -213,12 +220,12 @@ class Detection:
             self.journal.set_state(EMITTED_KEY, self.position)
         return len(rows)
 
-    def _statuses(self, rows: list[tuple[int, str, str, int, int, str]], until_ms: int | None, start: int = 0) -> int:
-        """Apply the status rows from ``start`` that arrived by ``until_ms`` (None: all), in
-        order; returns the index of the first left."""
+    def _statuses(self, rows: list[tuple[int, str, str, int, int, str, int | None]], before: tuple[int, int] | None, start: int = 0) -> int:
+        """Apply the status rows from ``start`` that stand before the reading ``before`` (its
+        id and arrival ms; None: all), in order; returns the index of the first left."""
         i, changed = start, False
-        while i < len(rows) and (until_ms is None or rows[i][4] <= until_ms):
-            sid, site, device, t_ms, _received_ms, text = rows[i]
+        while i < len(rows) and (before is None or _status_before(rows[i], *before)):
+            sid, site, device, t_ms, _received_ms, text, _after = rows[i]
             changed = self._apply_status(site, device, text, t_ms / 1000.0) or changed
             self.status_position = sid
             i += 1
