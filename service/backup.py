@@ -49,11 +49,9 @@ FORMAT = 1
 STORE_ORDER = ("journal.sqlite", "tokens.sqlite", "outbox.sqlite", "messages.sqlite")
 #: Files and folders that are part of a data directory but not stores (copied as they are).
 OTHER_FILES = ("control.key", "alerts.jsonl")
-OTHER_DIRS = ("cap",)
+OTHER_DIRS = ("cap", "notify")
 #: Lock files of the daemon's workers: held while a daemon uses the directory.
 LOCKS = ("daemon.lock", "store.lock", "detection.lock")
-#: Pages copied per step of the online backup: small steps let the daemon's writers in between.
-PAGES_PER_STEP = 1024
 
 
 class BackupError(Exception):
@@ -101,13 +99,16 @@ def _tables(conn: sqlite3.Connection) -> list[str]:
 
 
 def _copy_store(src: Path, dst: Path, schema: Schema | None) -> Copied:
-    """An online, consistent copy of one SQLite store (the backup API, in small steps)."""
-    source = sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=30.0)
+    """An online, consistent copy of one SQLite store: the backup API in ONE step, i.e. one
+    read transaction. In WAL mode a reader does not block the daemon's writers; copying in
+    small steps instead would restart from the first page at every write the store worker
+    commits between two steps, and on a busy, year-sized journal never finish."""
+    source = sqlite3.connect(f"{Path(src).resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
     try:
         source.execute("PRAGMA busy_timeout = 30000")
         target = sqlite3.connect(dst)
         try:
-            source.backup(target, pages=PAGES_PER_STEP, sleep=0.005)
+            source.backup(target, pages=-1)
             target.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, no -wal beside it
             version = int(target.execute("PRAGMA user_version").fetchone()[0])
             rows = {t: int(target.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]) for t in _tables(target)}
@@ -130,6 +131,8 @@ def backup(data_dir: Path, dest: Path, *, now: float | None = None) -> Path:
     t = time.time() if now is None else now
     stamp = datetime.fromtimestamp(t, UTC).strftime("%Y%m%dT%H%M%SZ")
     dest = Path(dest)
+    if dest.resolve().is_relative_to(data_dir.resolve()):
+        raise BackupError(f"{dest} is inside the data directory {data_dir}: keep backups elsewhere (a restore replaces the directory)")
     dest.mkdir(parents=True, exist_ok=True, mode=0o700)
     out = dest / f"geowarn-backup-{stamp}"
     partial = dest / f".{out.name}.partial"
@@ -137,6 +140,14 @@ def backup(data_dir: Path, dest: Path, *, now: float | None = None) -> Path:
         raise BackupError(f"{out} exists already")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(mode=0o700)
+    try:
+        return _fill(data_dir, partial, out, t)
+    finally:
+        # A failed backup leaves no copies of the control key or the tokens behind.
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _fill(data_dir: Path, partial: Path, out: Path, t: float) -> Path:
     schemas = _schemas()
     files: list[Copied] = []
     known = set(STORE_ORDER)
@@ -155,12 +166,23 @@ def backup(data_dir: Path, dest: Path, *, now: float | None = None) -> Path:
             files.append(Copied(name, (partial / name).stat().st_size, _sha256(partial / name)))
     for folder in OTHER_DIRS:
         src = data_dir / folder
-        if src.is_dir():
-            shutil.copytree(src, partial / folder)
-            for f in sorted((partial / folder).rglob("*")):
-                if f.is_file():
-                    rel = f.relative_to(partial).as_posix()
-                    files.append(Copied(rel, f.stat().st_size, _sha256(f)))
+        if not src.is_dir():
+            continue
+        for f in sorted(src.rglob("*")):
+            if not f.is_file() or f.name.endswith(".tmp"):
+                continue  # a CAP file being written is renamed into place when done
+            rel = f.relative_to(data_dir)
+            copy = partial / rel
+            copy.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                data = f.read_bytes()
+            except FileNotFoundError:
+                continue  # pruned or renamed while copying
+            if f.suffix == ".jsonl":
+                data = data[: data.rfind(b"\n") + 1]  # a line being appended is left for the next backup
+            copy.write_bytes(data)
+            os.chmod(copy, 0o600)
+            files.append(Copied(rel.as_posix(), len(data), _sha256(copy)))
     manifest = {
         "format": FORMAT,
         "geowarn": _version(),
@@ -244,12 +266,29 @@ def _in_use(data_dir: Path) -> str | None:
 
 def restore(folder: Path, data_dir: Path, *, force: bool = False, now: float | None = None) -> Path | None:
     """Put backup ``folder`` into ``data_dir``; returns where the replaced files went (--force)."""
+    from geowarn.service.worker import DataDirBusy, claim_data_dir
+
     folder, data_dir = Path(folder), Path(data_dir)
     manifest = verify(folder)
+    if folder.resolve().is_relative_to(data_dir.resolve()):
+        raise BackupError(f"{folder} is inside the data directory {data_dir}: move it out first (a restore replaces the directory)")
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     held = _in_use(data_dir)
     if held:
         raise BackupError(f"{data_dir}: a GeoWarn daemon is using this data directory ({held} is held); stop it first")
+    # Hold the daemon's own lock while writing: a daemon started meanwhile is refused instead
+    # of opening half-restored stores.
+    try:
+        lock = claim_data_dir(data_dir)
+    except DataDirBusy as exc:
+        raise BackupError(str(exc)) from None
+    try:
+        return _restore_into(folder, data_dir, manifest, force, now)
+    finally:
+        lock.close()
+
+
+def _restore_into(folder: Path, data_dir: Path, manifest: dict[str, Any], force: bool, now: float | None) -> Path | None:
     present = sorted(p.name for p in data_dir.iterdir() if p.name not in LOCKS)
     moved_to: Path | None = None
     if present:
@@ -261,12 +300,23 @@ def restore(folder: Path, data_dir: Path, *, force: bool = False, now: float | N
         moved_to.mkdir(mode=0o700)
         for name in present:
             os.replace(data_dir / name, moved_to / name)
+    # Run as root (sudo geowarn restore) for a daemon that runs as its own user: the files must
+    # be that user's, or the service cannot open its stores and restarts forever.
+    st = data_dir.stat()
+    owner = (st.st_uid, st.st_gid) if os.geteuid() == 0 else None
     for f in manifest["files"]:
         src, dst = folder / f["name"], data_dir / f["name"]
-        dst.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for parent in reversed(dst.relative_to(data_dir).parents[:-1]):
+            d = data_dir / parent
+            if not d.exists():
+                d.mkdir(mode=0o700)
+                if owner:
+                    os.chown(d, *owner)
         tmp = dst.with_name(dst.name + ".restoring")
         shutil.copy2(src, tmp)
         os.chmod(tmp, 0o600)
+        if owner:
+            os.chown(tmp, *owner)
         with tmp.open("rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dst)

@@ -151,3 +151,83 @@ def test_force_moves_the_old_stores_aside_instead_of_deleting_them(tmp_path):
     assert moved is not None and (moved / "journal.sqlite").read_bytes() == b"old"
     assert (target / "control.key").read_text() == "k"
     assert Path(target / "journal.sqlite").read_bytes()[:16] == b"SQLite format 3\x00"
+
+
+def test_a_big_journal_with_a_writer_committing_every_20_ms_is_backed_up(tmp_path):
+    """An online backup in small steps restarts at every commit of another connection: on a
+    year-sized journal with the store worker writing, it never finished (review of issue 16).
+    One read transaction copies it while the writer goes on."""
+    import random
+
+    from geowarn.config.registry import load_registry
+    from geowarn.config.settings import example_path
+    from geowarn.ingest.journal import Journal
+    from geowarn.service.backup import backup
+
+    data = tmp_path / "data"
+    j = Journal(data / "journal.sqlite", sync="normal")
+    series = list(j.series_ids(load_registry(example_path("sites.example.toml"))).values())
+    rnd = random.Random(3)
+    t0 = 1_767_225_600_000
+    for b in range(60):  # 1.2 M readings, ~65 MB
+        j.append([(series[i % len(series)], t0 + (b * 20_000 + i) * 1000, rnd.random(), 0, t0) for i in range(20_000)])
+    size = (data / "journal.sqlite").stat().st_size + (data / "journal.sqlite-wal").stat().st_size
+    assert size > 40e6, size
+    stop = threading.Event()
+    commits = 0
+
+    def writer() -> None:
+        nonlocal commits
+        w = Journal(data / "journal.sqlite", sync="normal")
+        k = 0
+        while not stop.is_set():
+            w.append([(series[0], t0 + 10**13 + k * 1000, 1.0, 0, t0)])
+            k += 1
+            commits += 1
+            time.sleep(0.02)  # the store worker's pace under a steady trickle
+        w.close()
+
+    th = threading.Thread(target=writer)
+    th.start()
+    t = time.monotonic()
+    try:
+        folder = backup(data, tmp_path / "b")
+    finally:
+        stop.set()
+        th.join(10)
+        j.close()
+    took = time.monotonic() - t
+    assert commits > 3, "the writer did not run during the backup"
+    manifest = verify(folder)
+    rows = next(f for f in manifest["files"] if f["name"] == "journal.sqlite")["rows"]["readings"]
+    assert rows >= 1_200_000, rows
+    assert took < 60, f"backup took {took:.0f} s"
+
+
+def test_backups_keep_notify_logs_refuse_the_data_directory_and_restore_as_the_directory_owner(tmp_path):
+    import os
+
+    from geowarn.ingest.journal import Journal
+    from geowarn.service.backup import backup
+
+    src = tmp_path / "src"
+    Journal(src / "journal.sqlite").close()
+    (src / "notify").mkdir()
+    (src / "notify" / "audit.jsonl").write_text('{"a": 1}\n{"b": 2}\n{"half')  # a line being written
+    (src / "cap").mkdir()
+    (src / "cap" / "x.xml.tmp").write_text("<half")
+    with pytest.raises(BackupError, match="inside the data directory"):
+        backup(src, src / "backups")
+    assert not (src / "backups").exists()
+    folder = backup(src, tmp_path / "b")
+    assert (folder / "notify" / "audit.jsonl").read_text() == '{"a": 1}\n{"b": 2}\n'
+    assert not (folder / "cap" / "x.xml.tmp").exists()
+    assert not list((tmp_path / "b").glob(".*partial"))
+    if os.geteuid() != 0:
+        return
+    target = tmp_path / "svc"
+    target.mkdir()
+    os.chown(target, 65534, 65534)  # the service's user, not root who runs the restore
+    restore(folder, target)
+    for p in [target / "journal.sqlite", target / "notify", target / "notify" / "audit.jsonl"]:
+        assert (p.stat().st_uid, p.stat().st_gid) == (65534, 65534), p
