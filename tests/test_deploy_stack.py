@@ -130,3 +130,33 @@ def test_the_dashboard_is_valid_grafana_json():
     for wanted in ("level", "by site", "by device", "online", "lag", "notification"):
         assert wanted in titles, wanted
     assert Path(DASHBOARD).name in {p.name for p in (DEPLOY / "grafana" / "dashboards").iterdir()}
+
+
+def test_the_compose_broker_config_step_runs_as_written(tmp_path):
+    """The compose file's broker-config step, run as it is written (its geowarn command), must
+    succeed: with --broker-user 1883 it stopped ('broker user does not exist') and so did the
+    whole stack behind it. The image has the mosquitto user (uid 1883); so has Debian."""
+    import os
+    import pwd
+    import shlex
+
+    doc = yaml.safe_load((DEPLOY / "compose" / "compose.yaml").read_text())
+    cmd = doc["services"]["broker-config"]["entrypoint"]
+    script = cmd[-1] if cmd[:2] == ["sh", "-c"] else " ".join(cmd)
+    argv = shlex.split(script.split("&&")[0])
+    assert argv[:2] == ["geowarn", "broker-config"], argv
+    assert "chown geowarn:geowarn /broker/geowarn.env" in script  # the daemon container's user reads it
+    dockerfile = (DEPLOY / "container" / "Dockerfile").read_text()
+    user = argv[argv.index("--broker-user") + 1]
+    assert f"--uid 1883 --no-create-home --shell /usr/sbin/nologin {user}" in dockerfile
+    if os.geteuid() != 0:
+        pytest.fail("run as root (./scripts/test does in CI): broker-config gives files to the broker's user")
+    pwd.getpwnam(user)  # Debian's mosquitto package made it
+    out = tmp_path / "broker"
+    argv = [a if a != "/broker" else str(out) for a in argv]
+    r = subprocess.run([sys.executable, "-m", "geowarn.service.cli", *argv[1:]], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**{k: v for k, v in os.environ.items() if not k.startswith("GEOWARN_")}, "GEOWARN_DATA_DIR": str(tmp_path / "d")})
+    assert r.returncode == 0, r.stdout + r.stderr
+    conf = (out / "mosquitto.conf").read_text()
+    assert f"user {user}" in conf and "listener 1883 0.0.0.0" in conf, conf
+    assert (out / "geowarn.env").is_file()
