@@ -361,13 +361,14 @@ def config_file_in_use(config_file: str | Path | None = None) -> Path | None:
     return next((p for p in DEFAULT_CONFIG_FILES if p.is_file()), None)
 
 
-def load_settings(config_file: str | Path | None = None) -> Settings:
+def load_settings(config_file: str | Path | None = None, *, find_file: bool = True) -> Settings:
     """Settings from a TOML file and the environment, or a ConfigError naming the culprit.
 
     The file is ``config_file_in_use(config_file)``: the one given, else ``GEOWARN_CONFIG``,
     else ``./geowarn.toml``, else ``/etc/geowarn/geowarn.toml``; the environment overrides it.
     """
-    config_file = config_file_in_use(config_file)
+    if find_file:
+        config_file = config_file_in_use(config_file)
     file_values: dict[str, Any] = {}
     source = "<defaults>"
     if config_file is not None:
@@ -436,13 +437,15 @@ class Loaded:
 
 
 def load_all(
-    config_file: str | Path | None = None, *, sites_path: str | Path | None = None, roster_path: str | Path | None = None
+    config_file: str | Path | None = None, *, sites_path: str | Path | None = None, roster_path: str | Path | None = None,
+    find_file: bool = True,
 ) -> Loaded:
     """Settings, registry and roster, validated together; every error found is raised at once.
 
-    ``sites_path`` / ``roster_path`` override the files the settings name.
+    ``sites_path`` / ``roster_path`` override the files the settings name; ``find_file=False``
+    reads no settings file that was not named (the demo: never a deployment's configuration).
     """
-    settings = load_settings(config_file)
+    settings = load_settings(config_file, find_file=find_file)
     problems: list[ConfigProblem] = []
     registry: Registry | None = None
     roster: Roster | None = None

@@ -24,7 +24,7 @@ import paho.mqtt.client as mqtt
 
 from geowarn.core.levels import LEVELS
 from geowarn.config.errors import ConfigError
-from geowarn.config.settings import ENV_PREFIX, Loaded, MqttTarget, load_all
+from geowarn.config.settings import ENV_PREFIX, Loaded, MqttTarget, example_path, load_all
 from geowarn.service.daemon import build_app
 
 DAY = 86400.0
@@ -129,7 +129,10 @@ def run_demo(duration_s: float = 60.0, data_dir: str | None = None, verbose: boo
         print("error: --duration must be positive")
         return 2
     try:
-        base = load_all()
+        # The bundled examples and nothing of a deployment's configuration: on a host where GeoWarn
+        # is installed (./geowarn.toml, /etc/geowarn, GEOWARN_SITES), a demo must not simulate a
+        # failure at a real site and send its red warning to real duty officers.
+        base = load_all(None, sites_path=example_path("sites.example.toml"), roster_path=example_path("roster.example.toml"), find_file=False)
     except ConfigError as exc:
         print("configuration error:")
         for p in exc.problems:
@@ -169,7 +172,8 @@ def run_demo(duration_s: float = 60.0, data_dir: str | None = None, verbose: boo
     print(f"GeoWarn demo — {len(registry.sites)} sites, {len(fleet.devices)} devices, {where}")
     print(f"  data dir: {data}" + (" (temporary: removed at the end; keep it with --data-dir DIR)" if temporary else ""))
     if settings.http and settings.http.lower() != "off":
-        print(f"  console: http://{settings.http}/ while the demo runs (GEOWARN_HTTP; `geowarn token create` for a login)")
+        print(f"  console: http://{settings.http}/ while the demo runs (GEOWARN_HTTP; a login: "
+              f"geowarn token create --tier county --admin 420527 --name you --data-dir {data})")
     print(f"  simulating {SPAN_S / DAY:.0f} days of 10-minute readings in about {duration_s:.0f} s; "
           f"site {failing} ({names[failing]}) is heading for failure.\n", flush=True)
 

@@ -9,6 +9,10 @@ import sys
 
 import pytest
 
+from daemonproc import REPO
+
+REPO_CONFIG = REPO / "config"
+
 pytestmark = pytest.mark.slow
 
 
@@ -85,3 +89,17 @@ def test_demo_says_where_its_console_is(tmp_path):
     r = _demo(["--data-dir", str(tmp_path / "d")], tmp_path, env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"console: http://127.0.0.1:{port}/" in r.stdout
+
+
+def test_demo_never_runs_on_a_deployments_configuration(tmp_path):
+    """A demo on a host where GeoWarn is installed must not simulate a failure at a real site
+    and send its red to real duty officers (review of issue 16): it ignores ./geowarn.toml and
+    GEOWARN_SITES / GEOWARN_ROSTER and runs on the bundled examples."""
+    real_sites = tmp_path / "sites.toml"
+    real_sites.write_text((REPO_CONFIG / "sites.example.toml").read_text().replace('site = "BSH"', 'site = "REAL"'))
+    (tmp_path / "geowarn.toml").write_text(f'sites = "{real_sites}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEOWARN_")} | {
+        "GEOWARN_HTTP": "off", "GEOWARN_SITES": str(real_sites), "GEOWARN_CONFIG": str(tmp_path / "geowarn.toml")}
+    r = _demo(["--data-dir", str(tmp_path / "d")], tmp_path, env, duration=10)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "site BSH" in r.stdout and "REAL" not in r.stdout, r.stdout
