@@ -265,6 +265,9 @@ class MqttLink:
     # -- the pipeline's side -----------------------------------------------------------------
 
     def start(self) -> None:
+        # Silence is counted from the first attempt, not from construction (the workers may
+        # take a while to start before the link does).
+        self.disconnected_since = time.monotonic()
         if self._v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self._session_expiry_s

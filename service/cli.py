@@ -39,7 +39,8 @@ def _time_arg(raw: str) -> float:
     try:
         parse_instant(raw)
     except ValueError:
-        print(f"note: {raw!r} has no time zone: taken as UTC (write e.g. {raw}+08:00 for Beijing time, or {raw}Z)", file=sys.stderr)
+        example = raw if "T" in raw else f"{raw}T00:00"
+        print(f"note: {raw!r} has no time zone: taken as UTC (write e.g. {example}+08:00 for Beijing time, or {example}Z)", file=sys.stderr)
     return t
 
 
@@ -136,12 +137,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAIL
     try:
-        if args.site is not None and journal.count(args.site, drill=False) == 0 and journal.count(args.site, drill=True) == 0:
-            # An unknown site (a typo) is not "0 readings": say so, with the sites there are.
-            known = [r[0] for r in journal.conn.execute("SELECT DISTINCT site FROM series ORDER BY site")]
-            print(f"error: no readings of site {args.site!r} in {data_dir}" + (f" (sites there: {', '.join(known)})" if known else ""),
-                  file=sys.stderr)
-            return EXIT_FAIL
+        if args.site is not None:
+            # An unknown site (a typo) is not "0 readings": an error naming the sites there are.
+            # A site of the registry (or one the journal has) with no readings yet is still 0.
+            known = {r[0] for r in journal.conn.execute("SELECT DISTINCT site FROM series")}
+            try:
+                from geowarn.config.registry import load_registry
+
+                known |= set(load_registry(settings.sites_path).sites)
+            except ConfigError:
+                pass  # the registry is not needed to export; the journal's sites still tell
+            if args.site not in known:
+                print(f"error: no site {args.site!r} in {data_dir} or the site registry (sites: {', '.join(sorted(known)) or 'none'})",
+                      file=sys.stderr)
+                return EXIT_FAIL
         if args.count:
             print(journal.count(args.site, args.since, args.until, drill=args.drill))
             return EXIT_OK

@@ -117,7 +117,7 @@ def add_token_parsers(sub: Any) -> None:
     c.add_argument("--tier", required=True, choices=TIERS)
     c.add_argument("--admin", required=True, help="GB/T 2260 code of the unit: county 420527, city 420500, province 420000, national 100000")
     c.add_argument("--name", required=True, help="who or what uses it (shown in the audit trail)")
-    c.add_argument("--not-on-roster", action="store_true", help="create it even though the roster has no such unit at that tier")
+    c.add_argument("--not-on-roster", action="store_true", help="create it even though the roster has no such unit")
     common(c)
     c.set_defaults(func=cmd_create)
 

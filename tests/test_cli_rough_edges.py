@@ -45,7 +45,12 @@ def test_export_of_an_unknown_site_is_an_error_naming_the_sites_there(tmp_path):
     ok = _geowarn("export", "--site", "BSH", "--count", env=env)
     assert ok.returncode == 0 and int(ok.stdout) > 0, ok.stderr
     nope = _geowarn("export", "--site", "NOPE", "--count", env=env)
-    assert nope.returncode == 1 and "no readings of site 'NOPE'" in nope.stderr and "BSH, BZM, XK" in nope.stderr, nope.stderr
+    assert nope.returncode == 1 and "no site 'NOPE'" in nope.stderr and "BSH, BZM, XK" in nope.stderr, nope.stderr
+    # A site of the registry without readings (yet) is 0, not an error: scripts count on it.
+    sites = tmp_path / "sites.toml"
+    sites.write_text((tmp_path / "feed.csv.sites.toml").read_text().replace('site = "XK"', 'site = "NEW"'))
+    empty = _geowarn("export", "--site", "NEW", "--count", env=env | {"GEOWARN_SITES": str(sites)})
+    assert empty.returncode == 0 and empty.stdout.strip() == "0", empty.stderr
     naive = _geowarn("export", "--site", "BSH", "--count", "--since", "2025-01-01T08:00", env=env)
     assert naive.returncode == 0 and "has no time zone: taken as UTC" in naive.stderr, naive.stderr
     zoned = _geowarn("export", "--site", "BSH", "--count", "--since", "2025-01-01T08:00+08:00", env=env)

@@ -47,7 +47,8 @@ def healthz(ctx: Ctx, request: Request) -> Any:
     if m.mqtt_connected is not None:
         body["mqtt"] = m.mqtt_connected
         if not m.mqtt_connected:
-            reasons.append(f"no connection to the MQTT broker {m.broker}: nothing is received; start the broker or fix GEOWARN_MQTT_URL")
+            # Not the broker's URL: this answer needs no token, and the URL carries the account.
+            reasons.append("no connection to the MQTT broker: nothing is received; start the broker or fix GEOWARN_MQTT_URL (the daemon's log names it)")
     if reasons:
         body["ok"] = False
         body["reason"] = "; ".join(reasons)
@@ -69,7 +70,7 @@ def readyz(ctx: Ctx, request: Request) -> Any:
     if not m.started:
         reasons.append("starting")
     if m.mqtt_connected is False:
-        reasons.append(f"no connection to the MQTT broker {m.broker}")
+        reasons.append("no connection to the MQTT broker")
     reasons += [f"{part} cannot write: {reason}" for part, reason in m.degraded if reason]
     if not ctx.views.healthy():
         reasons.append("cannot read the journal")
