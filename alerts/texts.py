@@ -42,7 +42,7 @@ from geowarn.config.roster import TEXT_FIELDS, TIERS, Unit
 from geowarn.core.levels import LEVELS
 from geowarn.core.timefmt import rfc3339
 
-__all__ = ["EXERCISE_MARKS", "Rendered", "evidence_zh", "local_time", "render", "template_fields"]
+__all__ = ["ACTIONS", "CANCEL_ACTION", "EXERCISE_MARKS", "Rendered", "evidence_zh", "local_time", "render", "template_fields"]
 
 #: The exercise mark each language's parts start with. The English one is the historical
 #: ``alerts.notifiers.EXERCISE_PREFIX``.
@@ -75,7 +75,8 @@ ACTIONS: dict[int, tuple[str, str, str]] = {
         "立即组织群众按撤离路线撤离至避险场所",
     ),
 }
-_CANCEL_ACTION = (
+#: What to do once a warning is lifted: (Chinese, English).
+CANCEL_ACTION = (
     "预警解除：经现场核查确认安全后，受威胁群众方可返回；继续巡查监测。",
     "Warning lifted: people may return only once the site has been checked and found safe; keep patrolling.",
 )
@@ -332,7 +333,7 @@ def template_fields(notify: Notify, unit: Unit | None, site: Site | None, *, lan
         households = f"{site.threatened_households} 户" if zh else f"{site.threatened_households} households"
     action = ""
     if notify.kind == "cancel":
-        action = _CANCEL_ACTION[0 if zh else 1]
+        action = CANCEL_ACTION[0 if zh else 1]
     elif level in ACTIONS:
         action = ACTIONS[level][0 if zh else 1]
     deadline = local_time(notify.deadline, tz, lang) if notify.deadline is not None else ""

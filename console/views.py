@@ -32,15 +32,15 @@ from typing import Any
 from geowarn.alerts.live import STATE_PREFIX as ALERT_STATE_PREFIX
 from geowarn.alerts.log import ALERTS_FILE
 from geowarn.alerts.outbox import OUTBOX_FILE, OutboxReader
-from geowarn.alerts.texts import COLOUR_ZH, GRADE_ZH, evidence_zh, local_time
-from geowarn.config.registry import BATTERY_LOW_PERCENT, BATTERY_LOW_V, Registry
+from geowarn.alerts.texts import ACTIONS, CANCEL_ACTION, COLOUR_ZH, EXERCISE_MARKS, GRADE_ZH, evidence_zh, local_time
+from geowarn.config.registry import BATTERY_LOW_PERCENT, BATTERY_LOW_V, Registry, Site
 from geowarn.config.roster import Roster
 from geowarn.core.levels import LEVELS
 from geowarn.core.sqlite import ChangeWatch
 from geowarn.detectors.clockhealth import CLOCK_HEALTH_KEY
 from geowarn.ingest.journal import JOURNAL_FILE, JournalReader, RefusedConflicts
 
-__all__ = ["ALERTS_FILE", "CONFLICT_WINDOW_S", "MAX_POINTS", "Views", "WarningView", "colour"]
+__all__ = ["ALERTS_FILE", "CONFLICT_WINDOW_S", "MAX_POINTS", "Views", "WarningView", "colour", "next_action"]
 
 #: Points per channel sent to the charts (the console draws SVG; more would not be visible).
 MAX_POINTS = 600
@@ -114,6 +114,61 @@ def reason_zh(level: int, reason: str, *, exercise: bool = False, status: str = 
         lead += "已恢复正常，待确认"
     words = evidence_zh(reason)
     return f"{lead}：{words}" if words else lead
+
+
+def _card_words(site: Site | None, zh: bool, level: int) -> str:
+    """The 防灾明白卡 essentials a duty officer acts on: the evacuation route and shelter and the
+    people threatened (from yellow on, when people get ready to leave), who is responsible."""
+    if site is None:
+        return ""
+    parts: list[str] = []
+    if level >= 2:
+        if site.evacuation_route:
+            parts.append(f"撤离路线 {site.evacuation_route}" if zh else f"evacuation route {site.evacuation_route}")
+        if site.shelter:
+            parts.append(f"避险场所 {site.shelter}" if zh else f"shelter {site.shelter}")
+        if site.threatened_people:
+            parts.append(f"受威胁 {site.threatened_people} 人" if zh else f"{site.threatened_people} people threatened")
+    if site.responsible or site.phone:
+        parts.append((f"监测责任人 {site.responsible} {site.phone}" if zh else f"responsible: {site.responsible} {site.phone}").strip())
+    if not parts:
+        return ""
+    return ("（防灾明白卡：" + "；".join(parts) + "）") if zh else (" (防灾明白卡: " + "; ".join(parts) + ")")
+
+
+def next_action(s: Mapping[str, Any], site: Site | None, tz: str) -> dict[str, str]:
+    """What the duty officer does next, one sentence per language, from the warning's level and
+    status and the site's card: the level's "what to do now" of the notifications
+    (``alerts.texts.ACTIONS``), led by "acknowledge now" while nobody has, or by what is still
+    owed once someone has (a quick report and its due time). A drill says so first."""
+    announced = int(s.get("announced", 0))
+    status = str(s.get("status", "normal"))
+    level = announced or int(s.get("level", 0))
+    pending = [r for r in s.get("reports") or [] if r.get("submitted") is None and r.get("warning_id") == s.get("warning_id")]
+    out: dict[str, str] = {}
+    for lang in ("zh", "en"):
+        zh = lang == "zh"
+        i = 0 if zh else 1
+        card = _card_words(site, zh, level)
+        what = ACTIONS[level][i].rstrip("。.") if level in ACTIONS else ""
+        if status == "shelved" and s.get("shelved_until"):
+            until = local_time(float(s["shelved_until"]), tz, lang)
+            text = f"维护挂起至 {until}：挂起期间坚持人工巡查。" if zh else f"Shelved for maintenance until {until}: patrol the site by hand meanwhile."
+        elif status == "rtn_unacknowledged":
+            text = f"监测已恢复正常，请确认恢复；{CANCEL_ACTION[0]}" if zh else f"Readings are back to normal: acknowledge the return to normal. {CANCEL_ACTION[1]}"
+        elif announced <= 0 or level not in ACTIONS:
+            text = CANCEL_ACTION[i]
+        elif status == "unacknowledged":
+            text = f"立即确认预警，并{what}{card}。" if zh else f"Acknowledge now, then: {what[:1].lower()}{what[1:]}{card}."
+        else:
+            owed = ""
+            if pending:
+                r = min(pending, key=lambda r: float(r["due"]))
+                due = local_time(float(r["due"]), tz, lang)
+                owed = f"速报 {r['task_id']} 须于 {due} 前提交；" if zh else f"quick report {r['task_id']} due by {due}; "
+            text = f"已确认：{owed}继续{what}{card}。" if zh else f"Acknowledged: {owed}keep going: {what[:1].lower()}{what[1:]}{card}."
+        out[lang] = f"{EXERCISE_MARKS[lang]}{'' if zh else ' '}{text}" if s.get("exercise") else text
+    return out
 
 
 # Engine history details that carry fusion's reason after the level change (alerts/machine.py).
@@ -251,6 +306,7 @@ class Views:
             "reports": list(s.get("reports") or []),
             "shelved_until": s.get("shelved_until"),
             "silent_devices": list(s.get("silent") or []),
+            "next_action": next_action(s, site, self.tz),
         }
 
     def warnings(self) -> list[WarningView]:
