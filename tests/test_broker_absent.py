@@ -76,3 +76,37 @@ def test_no_broker_is_said_loudly_and_healthz_is_503_until_one_comes(tmp_path):
     finally:
         d.close()
         broker.stop()
+
+
+def test_healthz_says_lagging_when_the_stores_fall_behind(tmp_path):
+    """Issue 16 item 1: /healthz is 503 while lagging — message-log batches not stored, or
+    stored readings not judged — with the numbers. Real stores; the health check's own reader."""
+    from types import SimpleNamespace
+
+    from geowarn.config.registry import load_registry
+    from geowarn.config.settings import example_path
+    from geowarn.console.routes import operations
+    from geowarn.console.views import Views
+    from geowarn.ingest.journal import DETECTION_STATS_KEY, Journal
+    from geowarn.ingest.messagelog import MessageLog
+
+    reg = load_registry(example_path("sites.example.toml"))
+    data = tmp_path / "data"
+    j = Journal(data / "journal.sqlite")
+    series = list(j.series_ids(reg).values())
+    log = MessageLog(data / "messages.sqlite")
+    ctx = SimpleNamespace(views=Views(data, reg))
+    assert operations._lag(ctx) == []  # empty stores: nothing behind
+    for k in range(operations.LAG_MAX_BATCHES + 5):
+        log.append([(b"geowarn/BSH/BSH-EXT1/data", b"{}")], 1_700_000_000_000 + k)
+    lag = operations._lag(ctx)
+    assert len(lag) == 1 and f"{operations.LAG_MAX_BATCHES + 5} message-log batches" in lag[0], lag
+    n = operations.LAG_MAX_READINGS + 10
+    j.append([(series[i % len(series)], 1_700_000_000_000 + i * 1000, 1.0, 0, 0) for i in range(n)],
+             state={"store.message_position": operations.LAG_MAX_BATCHES + 5, DETECTION_STATS_KEY: {"position": 5}})
+    lag = operations._lag(ctx)
+    assert len(lag) == 1 and f"{n - 5} stored readings not yet judged" in lag[0], lag
+    j.set_state(DETECTION_STATS_KEY, {"position": n})
+    assert operations._lag(ctx) == []
+    j.close()
+    log.close()

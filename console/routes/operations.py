@@ -11,14 +11,43 @@ from geowarn.console.routes.context import Auth, Ctx
 
 router = APIRouter()
 
+#: /healthz says "lagging" (503) past these: message-log batches (up to 2,000 messages each) not
+#: yet decoded into the journal, and stored readings detection has not judged yet. A daemon
+#: catching up after an outage is lagging too, and says so until it has caught up.
+LAG_MAX_BATCHES = 50
+LAG_MAX_READINGS = 200_000
+
+
+def _lag(ctx: Ctx) -> list[str]:
+    """Reasons the pipeline is behind (cheap: three indexed reads of the stores' positions)."""
+    from geowarn.ingest.journal import DETECTION_STATS_KEY
+    from geowarn.ingest.messagelog import MESSAGES_FILE, MessageLogReader
+    from geowarn.ingest.store import POSITION_KEY
+
+    journal = ctx.views.journal
+    out = []
+    try:
+        batches = MessageLogReader(ctx.views.data_dir / MESSAGES_FILE).last_id() - int(journal.state(POSITION_KEY, 0) or 0)
+        det = journal.state(DETECTION_STATS_KEY) or {}
+        readings = journal.readings_stored() - int(det.get("position", 0)) if det else 0
+    except Exception:  # an unreadable store is reported by the rest of the health check
+        return out
+    if batches > LAG_MAX_BATCHES:
+        out.append(f"lagging: {batches} message-log batches not yet stored in the journal")
+    if readings > LAG_MAX_READINGS:
+        out.append(f"lagging: {readings} stored readings not yet judged by detection (warnings come late)")
+    return out
+
 
 @router.get("/healthz", tags=["operations"], responses={503: {"description": "degraded: a part of the daemon cannot write, or no broker connection"}})
 def healthz(ctx: Ctx, request: Request) -> Any:
     """Health: the API answers and can read the journal (no token needed).
 
     503 while the daemon is degraded (a part cannot write: disk full, I/O error), with each
-    part's reason in ``degraded``, or while it has no connection to the MQTT broker (it then
-    receives nothing); all the reasons in ``reason``. ``disk`` tells the data directory's free
+    part's reason in ``degraded``, while it has no connection to the MQTT broker (it then
+    receives nothing), or while it is lagging (``lagging``: more than LAG_MAX_BATCHES
+    message-log batches not stored, or LAG_MAX_READINGS readings not judged); all the reasons
+    in ``reason``. ``disk`` tells the data directory's free
     space (low space alone is a warning, not a 503)."""
     # A requester that cannot tell (a test's) counts as connected.
     connected = getattr(ctx.requester, "connected", True)
@@ -44,6 +73,10 @@ def healthz(ctx: Ctx, request: Request) -> Any:
             "low": m.disk_warn_below_bytes is not None and m.disk_free_bytes < m.disk_warn_below_bytes,
         }
     reasons = [f"{part} cannot write: {reason}" for part, reason in degraded.items()]
+    lag = _lag(ctx)
+    if lag:
+        body["lagging"] = lag
+    reasons += lag
     if m.mqtt_connected is not None:
         body["mqtt"] = m.mqtt_connected
         if not m.mqtt_connected:
