@@ -16,6 +16,7 @@ A missing Chromium or driver fails the test: a browser test that skips proves no
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from daemonproc import REPO
+from daemonproc import REPO, publisher
 from test_api import ACK_S, Console, console, wait_for, yellow_slope  # noqa: F401  (console is a fixture)
 
 pytestmark = pytest.mark.slow
@@ -156,3 +157,175 @@ def test_a_county_officer_sees_the_warning_live_acknowledges_it_and_escalation_s
 
     # The acknowledgement went through the API: audited under the officer's token.
     assert any(a.who == "zigui-duty" and a.action == "POST /api/warnings/{warning_id}/ack" and a.outcome == "ok" for a in console.audit())
+
+
+# -- issue 16 item 6: the console for a duty officer ---------------------------------------------
+
+SPIKE_MM = 190_000.0
+#: Every time the page shows, with its zone: "… 17:30:05 Beijing time (UTC+8)" (the console's
+#: clock()), "… 17:30 (Beijing time, UTC+8)" (alerts.texts.local_time), "…Z" (an engine detail).
+TIME = r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d(?::\d\d)?"
+ZONED = r"(?: (?:北京时间|Beijing time) \(UTC[+-]\d+(?::\d\d)?\)| \((?:北京时间 |Beijing time, )UTC[+-]\d+(?::\d\d)?\)|Z)"
+
+
+def accelerating_site(url: str, t_f: float) -> dict[str, list[float]]:
+    """BSH as a slope that accelerated to a failure ``t_f`` (already past): its extensometer on
+    Voight's law (α = 2, 10 mm/day ten days before, 0.5 mm of reading noise) up to a day before
+    ``t_f`` (100 mm/day: orange, with a failure forecast); over its last three days GNSS1 with
+    3 mm of noise and one reading of 190 000 mm on disp_e, and a rain gauge, dry but for a
+    shower. Returns what was published per channel (the spike apart), for the charts' bounds."""
+    import numpy as np
+
+    from geowarn.simulators.slope import VoightFailure
+
+    slope = VoightFailure(t_f - 10 * 86400, t_f, alpha=2.0, v0_mm_day=10.0, creep_mm_day=0.0)
+    times = np.arange(t_f - 10 * 86400, t_f - 86400, 600.0)
+    rng = np.random.default_rng(16)
+    sent: dict[str, list[float]] = {"ext": [], "gnss": [], "rain": []}
+    recent = len(times) - 3 * 144  # the charts show the last 72 h
+    pub = publisher(url, client_id=f"accel-{time.monotonic_ns()}")
+    try:
+        for i, t in enumerate(times):
+            t = int(t)
+            d = float(slope.displacement(float(t))) + float(rng.normal(0.0, 0.5))
+            info = pub.publish("geowarn/BSH/BSH-EXT1/data", json.dumps({"v": 1, "device": "BSH-EXT1", "seq": i, "readings": [{"ch": "disp", "t": t, "v": d}]}).encode(), qos=1)
+            if i < recent:
+                continue
+            sent["ext"].append(d)
+            enu = [float(x) for x in rng.normal(0.0, 3.0, 3)]
+            sent["gnss"].extend(enu)
+            if i == recent + 200:
+                enu[0] = SPIKE_MM
+            pub.publish("geowarn/BSH/BSH-GNSS1/data", json.dumps({"v": 1, "device": "BSH-GNSS1", "seq": i, "readings": [
+                {"ch": ch, "t": t, "v": v} for ch, v in zip(("disp_e", "disp_n", "disp_u"), enu)]}).encode(), qos=1)
+            rain = 1.5 if recent + 100 <= i < recent + 106 else 0.0
+            sent["rain"].append(rain)
+            pub.publish("geowarn/BSH/BSH-RG1/data", json.dumps({"v": 1, "device": "BSH-RG1", "seq": i, "readings": [{"ch": "rain", "t": t, "v": rain}]}).encode(), qos=1)
+        info.wait_for_publish(30)
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+    return sent
+
+
+def test_a_duty_officer_reads_drill_zone_past_forecast_robust_charts_and_the_next_action(tmp_path, console: Console, mosquitto):
+    """Issue 16 item 6 in English mode: a drill unmistakable (row, page, dialog, tab title,
+    hatched), every time with its zone, a forecast failure time already past marked as past,
+    the charts' axes robust to a 190 000 mm spike and GNSS noise in 1/v (rain from 0), and the
+    next action in one sentence at the top of the warning, naming the shelter."""
+    import re
+
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from test_console_zh import drill_slope
+
+    t_f = time.time() - 6 * 3600
+    sent = accelerating_site(mosquitto.url, t_f)
+    drill_slope(mosquitto.url)
+    api = console.client(console.zigui)
+
+    def both():
+        ws = [w for w in api.get("/api/warnings").json() if w["active"]]
+        real = next((w for w in ws if w["site"] == "BSH" and not w["exercise"] and (w.get("forecast") or {}).get("failure_time")), None)
+        drill = next((w for w in ws if w["site"] == "BZM" and w["exercise"]), None)
+        return (real, drill) if real and drill else None
+
+    real, drill = wait_for(both, 90, "a real BSH warning with a forecast and a BZM drill", console.daemon)
+    # The API: the forecast is in the past (the slope failed 6 h ago by construction), and the
+    # next action leads with "acknowledge now" and names the card's route and shelter.
+    assert real["forecast"]["failure_time"] < time.time()
+    assert real["status"] == "unacknowledged"
+    assert real["next_action"]["en"].startswith("Acknowledge now, then: ")
+    assert "Baishuihe primary school playground" in real["next_action"]["en"] and "白水河村小学操场" in real["next_action"]["zh"]
+    assert real["next_action"]["zh"].startswith("立即确认预警")
+    assert drill["next_action"]["zh"].startswith("【演练】") and "演练" in drill["next_action"]["en"]
+
+    driver = _browser(tmp_path)
+    try:
+        def wait(css: str, timeout: float, what: str):
+            try:
+                return WebDriverWait(driver, timeout, poll_frequency=0.2).until(EC.presence_of_element_located((By.CSS_SELECTOR, css)))
+            except TimeoutException as exc:
+                driver.save_screenshot(str(tmp_path / "failure.png"))
+                raise AssertionError(f"timed out waiting for {what} ({css}); screenshot {tmp_path / 'failure.png'}") from exc
+
+        def zoned_everywhere(where: str) -> int:
+            text = driver.execute_script("return document.body.innerText")
+            times = re.findall(TIME, text)
+            unzoned = [m.group(0) for m in re.finditer(TIME + r"(?!:\d)" + f"(?!{ZONED})", text)]
+            assert not unzoned, f"{where}: times without a zone: {unzoned}"
+            return len(times)
+
+        driver.get(console.base + "/")
+        wait("#login-token", 20, "the sign-in form")
+        driver.execute_script("localStorage.setItem('geowarn.lang', 'en')")
+        driver.get(console.base + "/")
+        wait("#login-token", 20, "the sign-in form in English")
+        driver.find_element(By.ID, "login-token").send_keys(console.zigui)
+        driver.find_element(By.ID, "login-submit").click()
+        drill_card = wait('.warning[data-site="BZM"][data-exercise="true"]', 20, "the drill")
+        wait('.warning[data-site="BSH"][data-exercise="false"]', 20, "the real warning")
+
+        # The drill: in its row, its site row, the banner, the tab's title, hatched not only coloured.
+        assert "DRILL" in drill_card.find_element(By.CSS_SELECTOR, ".title").text
+        assert "DRILL" in driver.find_element(By.CSS_SELECTOR, '#sites tr[data-site="BZM"]').text
+        assert "DRILL" in driver.find_element(By.ID, "drill-banner").text
+        assert "DRILL" in driver.title and "DRILL" not in driver.find_element(By.CSS_SELECTOR, '.warning[data-site="BSH"] .title').text
+        hatch = driver.execute_script("return getComputedStyle(arguments[0]).backgroundImage", drill_card)
+        assert "repeating-linear-gradient" in hatch
+        assert driver.execute_script("return getComputedStyle(arguments[0]).backgroundImage",
+                                     driver.find_element(By.CSS_SELECTOR, '.warning[data-site="BSH"]')) == "none"
+        # The dialog: title and button say DRILL.
+        drill_card.find_element(By.CSS_SELECTOR, ".ack-btn").click()
+        wait("#ack-dialog[open]", 10, "the drill's ack dialog")
+        assert "DRILL" in driver.find_element(By.ID, "ack-title").text
+        assert "DRILL" in driver.find_element(By.ID, "ack-confirm").text
+        assert "DRILL" in driver.find_element(By.ID, "ack-drill").text
+        zoned_everywhere("the list with the drill dialog")
+        driver.find_element(By.ID, "ack-cancel").click()
+        # The real warning's dialog does not.
+        driver.find_element(By.CSS_SELECTOR, '.warning[data-site="BSH"] .ack-btn').click()
+        wait("#ack-dialog[open]", 10, "the real ack dialog")
+        assert "DRILL" not in driver.find_element(By.ID, "ack-title").text and "DRILL" not in driver.find_element(By.ID, "ack-confirm").text
+        driver.find_element(By.ID, "ack-cancel").click()
+        assert zoned_everywhere("the list") >= 3  # raised times of both warnings, the sites' latest readings
+
+        # The drill's page: marked at the top.
+        driver.execute_script("location.hash = '#/site/BZM'")
+        panel = wait('.warning-panel[data-exercise="true"]', 20, "the drill's page")
+        assert "DRILL" in panel.text and "DRILL" in driver.title
+
+        # The real site's page: the next action first, naming the shelter; the forecast past.
+        driver.execute_script("location.hash = '#/site/BSH'")
+        panel = wait('.warning-panel[data-exercise="false"] .next-action', 20, "the next action")
+        first = driver.execute_script("return document.querySelector('.warning-panel').firstElementChild")
+        assert first.get_attribute("class") == "next-action"
+        assert first.text.startswith("Next: Acknowledge now") and "Baishuihe primary school playground" in first.text
+        forecast = driver.find_element(By.CSS_SELECTOR, ".warning-panel .forecast-line")
+        assert forecast.get_attribute("data-forecast") == "past"
+        assert re.search(r"forecast time passed \d+ h \d+ min ago", forecast.text), forecast.text
+        wait('.chart[data-chart="rain"][data-y0]', 30, "the charts")
+        wait('#timeline li.tl-entry[data-rule="raise"]', 20, "the timeline")
+        assert zoned_everywhere("the site page") >= 4
+
+        # The charts' axes, as the page computed them: the spike and the noise beyond them.
+        axis = {c: {k: float(driver.find_element(By.CSS_SELECTOR, f'.chart[data-chart="{c}"]').get_attribute(f"data-{k}")) for k in ("y0", "y1", "clipped")}
+                for c in ("displacement", "velocity", "inverse_velocity", "rain")}
+        shown = sent["ext"] + sent["gnss"]
+        lo, hi = min(shown), max(shown)
+        d = axis["displacement"]
+        assert lo - 0.1 * (hi - lo) <= d["y0"] <= lo and hi <= d["y1"] <= hi + 0.1 * (hi - lo), (d, lo, hi)
+        assert d["clipped"] == 1  # the 190 000 mm reading, drawn at the edge
+        assert driver.find_elements(By.CSS_SELECTOR, '.chart[data-chart="displacement"] polygon.clipped[data-value="190000"]')
+        v = axis["velocity"]  # 3 mm of GNSS noise over a 6 h window, a slope at most ~12 mm/day
+        assert -200 < v["y0"] < 0 < v["y1"] < 200, v
+        inv = axis["inverse_velocity"]
+        assert inv["y0"] == 0 and 0 < inv["y1"] <= 10 and inv["clipped"] > 0, inv  # noise near v = 0 clipped
+        r = axis["rain"]
+        assert r["y0"] == 0 and max(sent["rain"]) <= r["y1"] <= 2 * max(sent["rain"]) and r["clipped"] == 0, r
+        driver.save_screenshot(str(tmp_path / "console-item6.png"))
+    finally:
+        driver.quit()

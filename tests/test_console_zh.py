@@ -13,6 +13,7 @@ the example registry and roster and from what the test publishes.
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -21,7 +22,7 @@ import pytest
 
 from daemonproc import publisher
 from test_api import SLOPE_MESSAGES, Console, console, wait_for, yellow_slope  # noqa: F401  (console is a fixture)
-from test_console_browser import _browser
+from test_console_browser import TIME, ZONED, _browser
 
 pytestmark = pytest.mark.slow
 
@@ -57,6 +58,9 @@ def test_chinese_mode_reasons_units_zone_map_and_a_drill_visible_everywhere(tmp_
     real = next(w for w in warnings if not w["exercise"])
     drill = next(w for w in warnings if w["exercise"])
     assert (real["site"], drill["site"]) == ("BSH", "BZM")
+    # The next action, from the API: acknowledge now, with the card's shelter; the drill's marked.
+    assert real["next_action"]["zh"].startswith("立即确认预警，并加密监测和巡查频次") and "避险场所 白水河村小学操场" in real["next_action"]["zh"]
+    assert drill["next_action"]["zh"].startswith("【演练】立即确认预警") and "归州镇文化广场" in drill["next_action"]["zh"]
 
     driver = _browser(tmp_path)
     try:
@@ -122,12 +126,19 @@ def test_chinese_mode_reasons_units_zone_map_and_a_drill_visible_everywhere(tmp_
         assert pos["BZM"][0] > pos["BSH"][0] and pos["BZM"][1] > pos["BSH"][1]
         assert driver.find_elements(By.CSS_SELECTOR, "#map image") == []  # no tile server by default: nothing fetched
 
-        # The drill's ack dialog says it is a drill.
+        # The tab's title says a drill is on; every time on the page carries its zone.
+        assert driver.title.startswith("【演练 DRILL】")
+        text = driver.execute_script("return document.body.innerText")
+        assert re.findall(TIME, text) and not re.findall(TIME + r"(?!:\d)" + f"(?!{ZONED})", text), text
+        assert driver.find_element(By.CSS_SELECTOR, '.warning[data-site="BSH"] .next-action').text.startswith("下一步: 立即确认预警")
+
+        # The drill's ack dialog says it is a drill, its button too.
         drill_card.find_element(By.CSS_SELECTOR, ".ack-btn").click()
         dialog = wait("#ack-dialog[open]", 10, "the ack dialog")
         assert dialog.get_attribute("data-exercise") == "true"
         assert "演练" in driver.find_element(By.ID, "ack-title").text and "DRILL" in driver.find_element(By.ID, "ack-title").text
         assert "演练" in driver.find_element(By.ID, "ack-drill").text and "DRILL" in driver.find_element(By.ID, "ack-drill").text
+        assert "演练" in driver.find_element(By.ID, "ack-confirm").text and "DRILL" in driver.find_element(By.ID, "ack-confirm").text
         assert ZIGUI in driver.find_element(By.ID, "ack-summary").text
         driver.find_element(By.ID, "ack-cancel").click()
 
@@ -150,6 +161,13 @@ def test_chinese_mode_reasons_units_zone_map_and_a_drill_visible_everywhere(tmp_
         notes = driver.find_elements(By.CSS_SELECTOR, "#timeline li.tl-note")
         assert notes and any(ZIGUI in n.text for n in notes)
         assert "北京时间 (UTC+8)" in driver.find_element(By.CSS_SELECTOR, '.chart[data-chart="displacement"] h3').text
+        # The next action heads the warning, naming the shelter; every time has its zone.
+        first = driver.execute_script("return document.querySelector('.warning-panel').firstElementChild")
+        assert first.get_attribute("class") == "next-action" and first.text.startswith("下一步: 立即确认预警") and "白水河村小学操场" in first.text
+        text = driver.execute_script("return document.body.innerText")
+        assert len(re.findall(TIME, text)) >= 3 and not re.findall(TIME + r"(?!:\d)" + f"(?!{ZONED})", text), text
+        # The rain chart (a dry gauge: no readings) and the others never below 0 where they cannot be.
+        assert float(driver.find_element(By.CSS_SELECTOR, '.chart[data-chart="inverse_velocity"]').get_attribute("data-y0")) == 0
 
         assert driver.execute_script("return window.__csp") == [], "the console broke its own Content-Security-Policy"
         driver.save_screenshot(str(tmp_path / "console-zh.png"))

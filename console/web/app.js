@@ -42,11 +42,14 @@ const TEXT = {
     },
     kinds: { warning: "预警通知", escalation: "上报通知", realarm: "重新告警", downgrade: "降级通知", cancel: "解除通知", report_due: "速报通知", report_overdue: "速报逾期", nodata: "无数据", data_back: "数据恢复", shelved: "挂起通知", unshelved: "解除挂起", clock: "时钟异常", clock_ok: "时钟恢复" },
     deliv: { sent: "已送达", pending: "待发送", dead: "失败" },
-    drill_banner: "演练进行中 DRILL：标有“演练”的预警是演练，不是真实险情。", drill_row: "演练", drill_ack: "这是演练（DRILL）：确认只结束演练中的上报，不是真实险情。",
+    drill_banner: "演练进行中 DRILL：标有“演练”的预警是演练，不是真实险情。", drill_row: "演练 DRILL", drill_ack: "这是演练（DRILL）：确认只结束演练中的上报，不是真实险情。",
     original: "原文（英文）", map: "监测点分布图", map_none: "无监测点", solar: "太阳能", temp: "温度", firmware: "固件", siren: "声光报警",
     faulty: "故障传感器", command: "最近指令", cmd_succ: "设备已执行", cmd_fail: "设备执行失败", cmd_wait: "等待设备回复", cmd_none: "设备无应答（请核对设备 apikey 与在线状态）", battery_low: "电量低",
     workmode: "工作模式", workmodes: { "0": "正常", "1": "低功耗", "2": "加密" },
     siren_on: "开", siren_off: "关", time_axis: "时间",
+    ack_confirm_drill: "确认演练（DRILL）并停止演练上报", title_drill: "【演练 DRILL】", next_action: "下一步",
+    forecast_past: "预测时间已过 {ago}（预测破坏时间 {t}）", forecast_pending: "预测破坏时间 {t}（还有 {left}）", forecast_past_short: "预测时间已过",
+    clipped: "{n} 个超出坐标范围的点画在边缘（▲▼）",
   },
   en: {
     console: "Duty console", offline: "offline", live: "live", logout: "Sign out", login_title: "Duty officer sign-in",
@@ -57,7 +60,7 @@ const TEXT = {
     online: "Online", battery: "Battery", signal: "Signal", ack_title: "Acknowledge warning",
     ack_hint: "Acknowledging stops the escalation to the tiers above. Say what you are doing about it.",
     your_name: "Your name", note: "Action taken", cancel: "Cancel", ack_confirm: "Acknowledge and stop escalation", ack: "Acknowledge…",
-    no_warnings: "No warnings.", raised: "raised", ago: "ago", notified: "notified", exercise: "EXERCISE",
+    no_warnings: "No warnings.", raised: "raised", ago: "ago", notified: "notified", exercise: "DRILL 演练",
     s_unacknowledged: "UNACKNOWLEDGED", s_acknowledged: "acknowledged", s_rtn_unacknowledged: "back to normal, unacknowledged",
     s_shelved: "shelved (maintenance)", s_normal: "normal", s_out_of_service: "out of service", card: "Disaster-prevention card (防灾明白卡)",
     hazard: "Hazard", scale: "Scale", people: "People threatened", households: "households", route: "Evacuation route", shelter: "Shelter",
@@ -77,12 +80,15 @@ const TEXT = {
     },
     kinds: { warning: "warning", escalation: "escalation", realarm: "re-alarm", downgrade: "downgrade", cancel: "cancel", report_due: "quick report due", report_overdue: "quick report overdue", nodata: "no data", data_back: "data back", shelved: "shelved", unshelved: "unshelved", clock: "clock wrong", clock_ok: "clock right again" },
     deliv: { sent: "sent", pending: "pending", dead: "failed" },
-    drill_banner: "DRILL IN PROGRESS 演练: warnings marked EXERCISE are a drill, not a real hazard.", drill_row: "DRILL", drill_ack: "This is a DRILL (演练): acknowledging ends the drill's escalation; nothing real is at stake.",
+    drill_banner: "DRILL IN PROGRESS 演练: warnings marked DRILL are a drill, not a real hazard.", drill_row: "DRILL", drill_ack: "This is a DRILL (演练): acknowledging ends the drill's escalation; nothing real is at stake.",
     original: "original", map: "Map of sites", map_none: "no sites", solar: "Solar", temp: "Temp.", firmware: "Firmware", siren: "Siren",
     faulty: "Faulty sensors", command: "Last command", cmd_succ: "done by the device", cmd_fail: "failed on the device", cmd_wait: "awaiting the device's answer",
     cmd_none: "no answer from the device (check its apikey and link)", battery_low: "low",
     workmode: "work mode", workmodes: { "0": "normal", "1": "low power", "2": "accelerated" },
     siren_on: "on", siren_off: "off", time_axis: "Time",
+    ack_confirm_drill: "Acknowledge the DRILL and stop its escalation", title_drill: "[DRILL 演练] ", next_action: "Next",
+    forecast_past: "forecast time passed {ago} ago (forecast failure time {t})", forecast_pending: "forecast failure time {t} (in {left})",
+    forecast_past_short: "forecast time passed", clipped: "{n} points beyond the axis drawn at its edge (▲▼)",
   },
 };
 
@@ -161,13 +167,42 @@ function reasonNode(zh, en, cls) {
 }
 function ago(ts) {
   if (!ts) return "–";
-  let s = Math.max(0, Math.floor(Date.now() / 1000 - ts));
+  return duration(Date.now() / 1000 - ts);
+}
+function duration(seconds) {
+  let s = Math.max(0, Math.floor(seconds));
   const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60); s %= 60;
   const zh = state.lang === "zh";
   if (h >= 48) return zh ? `${Math.floor(h / 24)} 天` : `${Math.floor(h / 24)} d`;
   if (h > 0) return zh ? `${h} 小时 ${m} 分` : `${h} h ${m} min`;
   if (m > 0) return zh ? `${m} 分 ${s} 秒` : `${m} min ${s} s`;
   return zh ? `${s} 秒` : `${s} s`;
+}
+// A forecast failure time: pending with a countdown, or marked as passed, never shown as if
+// still to come (the seconds tick with the page's clock; see the interval at the bottom).
+function forecastText(ft) {
+  const now = Date.now() / 1000;
+  return ft <= now ? fmt("forecast_past", { ago: duration(now - ft), t: clock(ft) }) : fmt("forecast_pending", { t: clock(ft), left: duration(ft - now) });
+}
+function forecastNode(w) {
+  if (!w.forecast || !w.forecast.failure_time) return null;
+  const ft = Number(w.forecast.failure_time);
+  return el("p", { class: "forecast-line", "data-forecast-t": ft, "data-forecast": ft <= Date.now() / 1000 ? "past" : "pending", text: forecastText(ft) });
+}
+function tickForecasts() {
+  for (const e of document.querySelectorAll("[data-forecast-t]")) {
+    const ft = Number(e.dataset.forecastT);
+    e.dataset.forecast = ft <= Date.now() / 1000 ? "past" : "pending";
+    e.textContent = forecastText(ft);
+  }
+}
+// The next action in one sentence, from the API (the level's "what to do now" of the
+// notifications and the site's 防灾明白卡): the first thing a warning says.
+function nextActionNode(w) {
+  const na = w.next_action && (w.next_action[state.lang] || w.next_action.en);
+  if (!na) return null;
+  return el("p", { class: w.exercise ? "next-action drill" : "next-action", "data-status": w.status, "data-level": w.level },
+    el("b", { text: `${t("next_action")}: ` }), na);
 }
 function statusBadge(status) { return el("span", { class: "badge status", "data-status": status, text: t("s_" + status) }); }
 function levelBadge(n) { return el("span", { class: `badge lvl-${n}`, text: levelName(n) }); }
@@ -304,11 +339,13 @@ function warningCard(w) {
   return el("div", { class: w.exercise ? "warning drill" : "warning", "data-id": w.id, "data-site": w.site, "data-status": w.status, "data-level": w.level,
                      "data-active": String(w.active), "data-exercise": String(!!w.exercise),
                      onclick: () => { location.hash = `#/site/${encodeURIComponent(w.site)}`; } },
-    el("div", { class: `bar lvl-${w.level}` }),
+    el("div", { class: w.exercise ? `bar lvl-${w.level} drill-hatch` : `bar lvl-${w.level}` }),
     el("div", { class: "main" },
-      el("div", { class: "title" }, levelBadge(w.level), " ", w.site_name, " ", w.exercise ? el("span", { class: "badge exercise", text: t("exercise") }) : null),
+      el("div", { class: "title" }, w.exercise ? el("span", { class: "badge exercise", text: t("exercise") }) : null, w.exercise ? " " : null,
+        levelBadge(w.level), " ", w.site_name),
+      w.active ? nextActionNode(w) : null,
       el("div", { class: "meta", text: `${w.site} · ${w.admin_name || w.admin} · ${t("raised")} ${clock(w.since)} · ${t("notified")}: ${tiers || t("none")}${next}` }),
-      reasonNode(w.reason_zh, w.reason, "reason")),
+      reasonNode(w.reason_zh, w.reason, "reason"), forecastNode(w)),
     el("div", { class: "side" }, statusBadge(w.status), el("span", { class: "since", "data-since": w.since, text: ago(w.since) }),
       w.active && w.status === "unacknowledged" ? el("button", { type: "button", class: "danger ack-btn", text: t("ack"),
         onclick: (ev) => { ev.stopPropagation(); openAck(w); } }) : null));
@@ -320,7 +357,12 @@ function renderDrillBanner() {
   const banner = $("#drill-banner");
   banner.hidden = drills.length === 0;
   banner.textContent = drills.length ? `${t("drill_banner")} (${drills.map((w) => w.site_name).join(", ")})` : "";
+  // The tab's title too: a drill tab in the background must not read as a real alarm.
+  const siteDrill = state.site && state.siteDoc && state.siteDoc.warnings.some((w) => w.exercise && w.active);
+  document.title = drills.length || siteDrill ? `${t("title_drill")}${BASE_TITLE}` : BASE_TITLE;
+  document.body.classList.toggle("drill-on", !!(drills.length || siteDrill));
 }
+const BASE_TITLE = "GeoWarn 值班台 · Duty console";
 
 function renderWarnings() {
   renderDrillBanner();
@@ -437,13 +479,16 @@ function renderSite() {
   if (!w) wbox.replaceChildren(el("div", { class: "empty", text: t("no_warnings") }));
   else {
     wbox.replaceChildren(el("div", { class: w.exercise ? "panel warning-panel drill" : "panel warning-panel", "data-id": w.id, "data-status": w.status, "data-exercise": String(!!w.exercise) },
+      w.exercise ? el("div", { class: "drill-note", text: t("drill_banner") }) : null,
+      w.active ? nextActionNode(w) : null,
       el("div", { class: "head" }, levelBadge(w.level), statusBadge(w.status), w.exercise ? el("span", { class: "badge exercise", text: t("exercise") }) : null,
         el("span", { class: "title", text: `${t("raised")} ${clock(w.since)}` }), el("span", { class: "since", "data-since": w.since, text: ago(w.since) }),
         el("span", { class: "spacer" }),
         w.active && w.status === "unacknowledged" ? el("button", { id: "ack-open", type: "button", text: t("ack"), onclick: () => openAck(w) }) : null),
       reasonNode(w.reason_zh, w.reason, "reason"),
-      w.forecast && w.forecast.failure_time ? el("p", { text: `${t("forecast")}: ${clock(w.forecast.failure_time)}` }) : null));
+      forecastNode(w)));
   }
+  renderDrillBanner();
   renderTimeline(w);
   // 防灾明白卡
   $("#card").replaceChildren(el("h3", { text: t("card") }), el("dl", {},
@@ -556,6 +601,7 @@ function openAck(w) {
   $("#ack-title").textContent = w.exercise ? `${t("exercise")} · ${t("ack_title")}` : t("ack_title");
   $("#ack-drill").hidden = !w.exercise;
   $("#ack-drill").textContent = w.exercise ? t("drill_ack") : "";
+  $("#ack-confirm").textContent = w.exercise ? t("ack_confirm_drill") : t("ack_confirm");
   $("#ack-summary").replaceChildren(levelBadge(w.level), w.exercise ? [" ", el("span", { class: "badge exercise", text: t("exercise") })] : null,
     ` ${w.site_name} · ${w.admin_name || w.admin} · ${t("raised")} ${clock(w.since)}`);
   $("#ack-error").textContent = "";
@@ -612,6 +658,64 @@ function velocity(points, windowS) {
   return out;
 }
 
+// -- robust axes: one spike or a noisy 1/v must not make a chart unreadable -------------------
+
+function quantile(sorted, q) {
+  if (!sorted.length) return NaN;
+  const i = (sorted.length - 1) * q, lo = Math.floor(i), hi = Math.ceil(i);
+  return sorted[lo] + (sorted[hi] - sorted[lo]) * (i - lo);
+}
+function median(xs) { return quantile([...xs].sort((a, b) => a - b), 0.5); }
+
+// Isolated spikes of a series (a Hampel filter): a point further than 6 scaled MADs from the
+// median of its 11 neighbours. A slope that accelerates moves its neighbours with it and is
+// not a spike; one reading of 190 000 mm among readings of 5 mm is.
+function spikes(points) {
+  const n = points.length, out = new Array(n).fill(false), K = 5;
+  if (n < 5) return out;
+  const ys = points.map((p) => p[1]);
+  const diffs = ys.slice(1).map((y, i) => Math.abs(y - ys[i]));
+  const floor = Math.max(1.4826 * median(diffs), 1e-9 * (Math.abs(median(ys)) + 1));
+  for (let i = 0; i < n; i++) {
+    const w = ys.slice(Math.max(0, i - K), Math.min(n, i + K + 1));
+    const m = median(w), mad = 1.4826 * median(w.map((y) => Math.abs(y - m)));
+    if (Math.abs(ys[i] - m) > 6 * Math.max(mad, floor)) out[i] = true;
+  }
+  return out;
+}
+
+// The y range of a chart: every point but its series' isolated spikes (a spike within one span
+// of the rest is kept; rain, spiky by nature, keeps all), above yMin (rain, 1/v: the axis starts at 0); with ``fence`` (1/v)
+// also no higher than the upper quartile plus 3 interquartile ranges: a large 1/v only says
+// "hardly moving", and GNSS noise around zero velocity makes thousands of those.
+function robustRange(series, opts = {}) {
+  const kept = [], spiky = [];
+  for (const s of series) {
+    const sp = opts.spikes === false ? s.points.map(() => false) : spikes(s.points);
+    s.points.forEach((p, i) => (sp[i] ? spiky : kept).push(p[1]));
+  }
+  if (!kept.length) kept.push(...spiky.splice(0));
+  let y0 = Math.min(...kept), y1 = Math.max(...kept);
+  const span = Math.max(y1 - y0, Math.abs(y1) * 0.1, 1e-9);
+  for (const v of spiky) { if (v >= y0 - span && v < y0) y0 = v; if (v <= y1 + span && v > y1) y1 = v; }
+  if (opts.fence) {
+    const sorted = [...kept].sort((a, b) => a - b);
+    const q1 = quantile(sorted, 0.25), q3 = quantile(sorted, 0.75);
+    y1 = Math.min(y1, q3 + 3 * Math.max(q3 - q1, Math.abs(q3) * 0.05));
+  }
+  // A steady series (a constant velocity) would otherwise fill the chart with its rounding
+  // noise: show at least ±5 % of its magnitude.
+  const mag = Math.max(Math.abs(y0), Math.abs(y1));
+  if (y1 - y0 < mag * 0.1 || y1 === y0) { const mid = (y0 + y1) / 2, half = Math.max(mag * 0.05, 0.5); y0 = mid - half; y1 = mid + half; }
+  const pad = (y1 - y0) * 0.06; y1 += pad; y0 -= pad;
+  if (opts.yMin !== undefined) { y0 = opts.yMin; if (y1 <= y0) y1 = y0 + 1; }
+  return { y0, y1 };
+}
+
+// What the charts drew, for a reader of the page's state (and its tests): per chart its axis
+// and how many points lay beyond it.
+state.charts = {};
+
 function lineChart(title, series, opts = {}) {
   const W = 640, H = 230, L = 58, R = 12, T = 10, B = 28;
   const all = series.flatMap((s) => s.points);
@@ -619,16 +723,10 @@ function lineChart(title, series, opts = {}) {
   if (!all.length) { box.append(el("div", { class: "legend", text: t("none") })); return box; }
   let x0 = Math.min(...all.map((p) => p[0])), x1 = Math.max(...all.map((p) => p[0]));
   for (const m of opts.markers || []) { x0 = Math.min(x0, m.t); x1 = Math.max(x1, m.t); }
-  let y0 = Math.min(...all.map((p) => p[1]), opts.yMin ?? Infinity), y1 = Math.max(...all.map((p) => p[1]));
-  // A steady series (a constant velocity) would otherwise fill the chart with its rounding
-  // noise: show at least ±5 % of its magnitude.
-  const mag = Math.max(Math.abs(y0), Math.abs(y1));
-  if (y1 - y0 < mag * 0.1 || y1 === y0) { const mid = (y0 + y1) / 2, half = Math.max(mag * 0.05, 0.5); y0 = mid - half; y1 = mid + half; }
+  const { y0, y1 } = robustRange(series, opts);
   if (x1 === x0) x1 += 1;
-  const pad = (y1 - y0) * 0.06; y1 += pad; y0 -= pad;
-  if (opts.yMin !== undefined) y0 = Math.max(y0, opts.yMin);
   const X = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
-  const Y = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
+  const Y = (y) => T + (1 - (Math.min(y1, Math.max(y0, y)) - y0) / (y1 - y0)) * (H - T - B);
   const svg = sv("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title });
   svg.append(sv("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B }), sv("line", { class: "axis", x1: L, y1: T, x2: L, y2: H - B }));
   for (let i = 0; i <= 4; i++) {
@@ -639,22 +737,39 @@ function lineChart(title, series, opts = {}) {
     svg.append(sv("text", { class: "tick", x: X(xv), y: H - 8, "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" },
       `${Number(d.month)}-${Number(d.day)} ${d.hour}:${d.minute}`));
   }
+  let clipped = 0;
   series.forEach((s, i) => {
     if (!s.points.length) return;
-    svg.append(sv("polyline", { fill: "none", stroke: s.colour || PALETTE[i % PALETTE.length], "stroke-width": 1.6,
+    const colour = s.colour || PALETTE[i % PALETTE.length];
+    svg.append(sv("polyline", { fill: "none", stroke: colour, "stroke-width": 1.6,
       points: s.points.map((p) => `${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(" ") }));
+    // A point beyond the axis is drawn at its edge as a triangle pointing out, its value in
+    // its tooltip: clipped, never silently dropped.
+    for (const p of s.points) {
+      if (p[1] >= y0 && p[1] <= y1) continue;
+      clipped++;
+      if (clipped > 200) continue;
+      const x = X(p[0]), up = p[1] > y1, y = up ? T : H - B;
+      svg.append(sv("polygon", { class: "clipped", fill: colour, "data-value": p[1],
+        points: up ? `${x - 4},${y + 7} ${x + 4},${y + 7} ${x},${y}` : `${x - 4},${y - 7} ${x + 4},${y - 7} ${x},${y}` },
+        sv("title", {}, `${s.name}: ${p[1].toPrecision(4)} · ${clock(p[0])}`)));
+    }
   });
   for (const m of opts.markers || []) {
-    svg.append(sv("line", { class: "forecast", x1: X(m.t), y1: T, x2: X(m.t), y2: H - B }));
+    svg.append(sv("line", { class: m.past ? "forecast past" : "forecast", x1: X(m.t), y1: T, x2: X(m.t), y2: H - B }));
     svg.append(sv("text", { class: "tick", x: X(m.t) - 4, y: T + 12, "text-anchor": "end", fill: "#ff7b72" }, m.label));
     if (m.from) svg.append(sv("line", { class: "forecast", x1: X(m.from[0]), y1: Y(m.from[1]), x2: X(m.t), y2: Y(0) }));
   }
+  state.charts[opts.id || title] = { y0, y1, clipped, points: all.length };
+  box.dataset.y0 = String(y0);
+  box.dataset.y1 = String(y1);
+  box.dataset.clipped = String(clipped);
   // The colour through the CSSOM, not a style attribute: the page's CSP allows no inline style.
   box.append(svg, el("div", { class: "legend" }, ...series.map((s, i) => {
     const key = el("span", { text: `■ ${s.name}  ` });
     key.style.color = s.colour || PALETTE[i % PALETTE.length];
     return key;
-  })));
+  }), clipped ? el("span", { class: "clipped-note", text: fmt("clipped", { n: clipped }) }) : null));
   return box;
 }
 
@@ -664,18 +779,21 @@ async function drawCharts(site, card, w) {
   const disp = body.channels.filter((c) => DISP.includes(c.kind));
   const rain = body.channels.filter((c) => c.kind === "rain");
   const win = card.velocity_window_s || 21600;
-  const vel = disp.map((c) => ({ name: `${c.device}/${c.channel} (${c.unit}${t("per_day")})`, points: velocity(c.points, win) }));
+  // Velocity from the displacement without its isolated spikes: one bad reading would
+  // otherwise make a window's worth of velocities (and their 1/v) absurd.
+  const vel = disp.map((c) => { const sp = spikes(c.points); return { name: `${c.device}/${c.channel} (${c.unit}${t("per_day")})`, points: velocity(c.points.filter((_, i) => !sp[i]), win) }; });
   const inv = disp.map((c, i) => ({ name: `${c.device}/${c.channel} (d/${c.unit})`, points: vel[i].points.filter((p) => Math.abs(p[1]) > 1e-3).map((p) => [p[0], 1 / Math.abs(p[1])]) }));
   const markers = [];
   if (w && w.forecast && w.forecast.failure_time) {
     const lastInv = inv.flatMap((s) => s.points.slice(-1)).sort((a, b) => b[0] - a[0])[0];
-    markers.push({ t: w.forecast.failure_time, label: t("forecast"), from: lastInv });
+    const past = w.forecast.failure_time <= Date.now() / 1000;
+    markers.push({ t: w.forecast.failure_time, label: past ? t("forecast_past_short") : t("forecast"), from: lastInv, past });
   }
   $("#charts").replaceChildren(
     lineChart(t("displacement"), disp.map((c) => ({ name: `${c.device}/${c.channel} (${c.unit})`, points: c.points })), { id: "displacement" }),
     lineChart(t("velocity"), vel, { id: "velocity" }),
-    lineChart(t("inv_velocity"), inv, { id: "inverse_velocity", markers, yMin: 0 }),
-    lineChart(t("rain"), rain.map((c) => ({ name: `${c.device}/${c.channel} (${c.unit})`, points: c.points, colour: "#58a6ff" })), { id: "rain" }));
+    lineChart(t("inv_velocity"), inv, { id: "inverse_velocity", markers, yMin: 0, fence: true }),
+    lineChart(t("rain"), rain.map((c) => ({ name: `${c.device}/${c.channel} (${c.unit})`, points: c.points, colour: "#58a6ff" })), { id: "rain", yMin: 0, spikes: false }));
 }
 
 // -- start --------------------------------------------------------------------------------
@@ -688,7 +806,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#ack-cancel").addEventListener("click", () => $("#ack-dialog").close());
   window.addEventListener("hashchange", () => { if (state.me) { state.chartsDrawn = false; route(); } });
   // The "time since raised" counters tick every second without asking the server.
-  setInterval(() => { for (const e of document.querySelectorAll("[data-since]")) e.textContent = ago(Number(e.dataset.since)); }, 1000);
+  setInterval(() => { for (const e of document.querySelectorAll("[data-since]")) e.textContent = ago(Number(e.dataset.since)); tickForecasts(); }, 1000);
   applyLang();
   if (state.token) signIn(state.token); else $("#login").hidden = false;
 });
