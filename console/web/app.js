@@ -222,6 +222,8 @@ function applyLang() {
   for (const e of document.querySelectorAll("[data-i18n]")) e.textContent = t(e.dataset.i18n);
   $("#lang").textContent = state.lang === "zh" ? "EN" : "中文";
   $("#live .txt").textContent = t($("#live").dataset.state);
+  // data-i18n just reset the ack button: a drill's dialog keeps saying DRILL in either language.
+  if (state.ackTarget && $("#ack-dialog").open) openAckTexts(state.ackTarget);
   render();
 }
 
@@ -594,8 +596,7 @@ function renderTimeline(w) {
 
 // -- acknowledgement: one deliberate action -----------------------------------------------
 
-function openAck(w) {
-  state.ackTarget = w;
+function openAckTexts(w) {
   const dialog = $("#ack-dialog");
   dialog.dataset.exercise = String(!!w.exercise);
   $("#ack-title").textContent = w.exercise ? `${t("exercise")} · ${t("ack_title")}` : t("ack_title");
@@ -604,6 +605,11 @@ function openAck(w) {
   $("#ack-confirm").textContent = w.exercise ? t("ack_confirm_drill") : t("ack_confirm");
   $("#ack-summary").replaceChildren(levelBadge(w.level), w.exercise ? [" ", el("span", { class: "badge exercise", text: t("exercise") })] : null,
     ` ${w.site_name} · ${w.admin_name || w.admin} · ${t("raised")} ${clock(w.since)}`);
+}
+
+function openAck(w) {
+  state.ackTarget = w;
+  openAckTexts(w);
   $("#ack-error").textContent = "";
   $("#ack-confirm").disabled = false;
   $("#ack-name").value = localStorage.getItem("geowarn.name") || "";
@@ -641,7 +647,8 @@ const PALETTE = ["#79c0ff", "#d2a8ff", "#7ee787", "#ffa657", "#ff7b72", "#e3b341
 const DISP = ["displacement", "crack", "gnss_e", "gnss_n", "gnss_u", "tilt", "deep_displacement"];
 
 // Velocity per day: least-squares slope over the site's velocity window ending at each point,
-// as the detectors smooth it (a raw difference of two noisy GNSS readings means nothing).
+// as the detectors smooth it (a raw difference of two noisy GNSS readings means nothing), with
+// its standard error: [t, v, se].
 function velocity(points, windowS) {
   const out = [];
   let j = 0;
@@ -653,7 +660,13 @@ function velocity(points, windowS) {
     let st = 0, sv_ = 0, stt = 0, stv = 0;
     for (let k = j; k <= i; k++) { const x = (points[k][0] - t1) / 86400; st += x; sv_ += points[k][1]; stt += x * x; stv += x * points[k][1]; }
     const den = n * stt - st * st;
-    if (den > 0) out.push([t1, (n * stv - st * sv_) / den]);
+    if (!(den > 0)) continue;
+    const b = (n * stv - st * sv_) / den, a = (sv_ - b * st) / n;
+    // The slope's standard error from the window's residuals: says whether it is movement or noise.
+    let rss = 0;
+    for (let k = j; k <= i; k++) { const r = points[k][1] - a - b * (points[k][0] - t1) / 86400; rss += r * r; }
+    const se = n > 2 ? Math.sqrt(rss / (n - 2) / (stt - (st * st) / n)) : Infinity;
+    out.push([t1, b, se]);
   }
   return out;
 }
@@ -741,8 +754,23 @@ function lineChart(title, series, opts = {}) {
   series.forEach((s, i) => {
     if (!s.points.length) return;
     const colour = s.colour || PALETTE[i % PALETTE.length];
-    svg.append(sv("polyline", { fill: "none", stroke: colour, "stroke-width": 1.6,
-      points: s.points.map((p) => `${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(" ") }));
+    // The line runs through the points within the axis, broken where one lies beyond it and
+    // across a gap (no data, or 1/v left out where the velocity was only noise).
+    const step = median(s.points.slice(1).map((p, k) => p[0] - s.points[k][0])) || Infinity;
+    const runs = [[]];
+    let prev = null;
+    for (const p of s.points) {
+      const run = runs[runs.length - 1];
+      if (prev && p[0] - prev[0] > 3 * step && run.length) runs.push([]);
+      prev = p;
+      if (p[1] >= y0 && p[1] <= y1) runs[runs.length - 1].push(p);
+      else if (runs[runs.length - 1].length) runs.push([]);
+    }
+    for (const run of runs) {
+      if (run.length === 1) svg.append(sv("circle", { class: "lone", fill: colour, cx: X(run[0][0]).toFixed(1), cy: Y(run[0][1]).toFixed(1), r: 1.8 }));
+      else if (run.length) svg.append(sv("polyline", { fill: "none", stroke: colour, "stroke-width": 1.6,
+        points: run.map((p) => `${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(" ") }));
+    }
     // A point beyond the axis is drawn at its edge as a triangle pointing out, its value in
     // its tooltip: clipped, never silently dropped.
     for (const p of s.points) {
@@ -782,7 +810,11 @@ async function drawCharts(site, card, w) {
   // Velocity from the displacement without its isolated spikes: one bad reading would
   // otherwise make a window's worth of velocities (and their 1/v) absurd.
   const vel = disp.map((c) => { const sp = spikes(c.points); return { name: `${c.device}/${c.channel} (${c.unit}${t("per_day")})`, points: velocity(c.points.filter((_, i) => !sp[i]), win) }; });
-  const inv = disp.map((c, i) => ({ name: `${c.device}/${c.channel} (d/${c.unit})`, points: vel[i].points.filter((p) => Math.abs(p[1]) > 1e-3).map((p) => [p[0], 1 / Math.abs(p[1])]) }));
+  // 1/v only where the velocity is movement, not noise (|v| above 2 standard errors, as the
+  // detectors judge a slope significant): 1/v of a GNSS point's noise around v = 0 is thousands
+  // of meaningless large values that would bury the one line that matters.
+  const inv = disp.map((c, i) => ({ name: `${c.device}/${c.channel} (d/${c.unit})`,
+    points: vel[i].points.filter((p) => Math.abs(p[1]) > 1e-3 && Math.abs(p[1]) > 2 * p[2]).map((p) => [p[0], 1 / Math.abs(p[1])]) }));
   const markers = [];
   if (w && w.forecast && w.forecast.failure_time) {
     const lastInv = inv.flatMap((s) => s.points.slice(-1)).sort((a, b) => b[0] - a[0])[0];
