@@ -32,7 +32,15 @@ from typing import Any
 from geowarn.alerts.live import STATE_PREFIX as ALERT_STATE_PREFIX
 from geowarn.alerts.log import ALERTS_FILE
 from geowarn.alerts.outbox import OUTBOX_FILE, OutboxReader
-from geowarn.alerts.texts import ACTIONS, CANCEL_ACTION, COLOUR_ZH, EXERCISE_MARKS, GRADE_ZH, evidence_zh, local_time
+from geowarn.alerts.texts import (
+    ACTIONS,
+    CANCEL_ACTION,
+    COLOUR_ZH,
+    EXERCISE_MARKS,
+    GRADE_ZH,
+    evidence_zh,
+    local_time,
+)
 from geowarn.config.registry import BATTERY_LOW_PERCENT, BATTERY_LOW_V, Registry, Site
 from geowarn.config.roster import Roster
 from geowarn.core.levels import LEVELS

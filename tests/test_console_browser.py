@@ -175,7 +175,6 @@ def accelerating_site(url: str, t_f: float) -> dict[str, list[float]]:
     3 mm of noise and one reading of 190 000 mm on disp_e, and a rain gauge, dry but for a
     shower. Returns what was published per channel (the spike apart), for the charts' bounds."""
     import numpy as np
-
     from geowarn.simulators.slope import VoightFailure
 
     slope = VoightFailure(t_f - 10 * 86400, t_f, alpha=2.0, v0_mm_day=10.0, creep_mm_day=0.0)
@@ -223,7 +222,6 @@ def test_a_duty_officer_reads_drill_zone_past_forecast_robust_charts_and_the_nex
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
-
     from test_console_zh import drill_slope
 
     t_f = time.time() - failed_h * 3600
@@ -342,5 +340,20 @@ def test_a_duty_officer_reads_drill_zone_past_forecast_robust_charts_and_the_nex
         driver.save_screenshot(str(tmp_path / "console-item6.png"))
         driver.execute_script("document.getElementById('charts').scrollIntoView()")
         driver.save_screenshot(str(tmp_path / "console-item6-charts.png"))
+
+        # Acknowledged (through the API): the next action says what is still owed, the orange
+        # warning's quick report and when it is due, in the zone; live, on the open page.
+        done = api.post(f"/api/warnings/{real['id']}/ack", json={"name": "Wang", "note": "patrol sent"})
+        assert done.status_code == 200, done.text
+        after = api.get(f"/api/warnings/{real['id']}").json()
+        task = next(r for r in after["reports"] if r["submitted"] is None)
+        assert after["status"] == "acknowledged"
+        assert after["next_action"]["en"].startswith(f"Acknowledged: quick report {task['task_id']} due by ")
+        assert re.search(TIME + ZONED + "; keep going: watch round the clock", after["next_action"]["en"]), after["next_action"]["en"]
+        assert after["next_action"]["zh"].startswith(f"已确认：速报 {task['task_id']} 须于 ")
+        WebDriverWait(driver, 20, poll_frequency=0.2).until(
+            lambda d: (d.execute_script("const e = document.querySelector('.warning-panel .next-action'); return e ? e.textContent : ''")
+                       .startswith("Next: Acknowledged: quick report")))
+        zoned_everywhere("the site page, acknowledged")
     finally:
         driver.quit()
