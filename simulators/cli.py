@@ -56,6 +56,9 @@ def add_simulate_parser(subparsers: "argparse._SubParsersAction[argparse.Argumen
     s.add_argument("--stations", type=int, default=None, help="N synthetic devices built from the scenario's template instead of its sites")
     s.add_argument("--speed", type=_speed, default=1.0, help="event time per wall-clock second when live or replaying (default 1; inf: as fast as possible)")
     s.add_argument("--broker", default=None, help="publish live to this broker, e.g. mqtt://127.0.0.1:1883")
+    s.add_argument("--credentials", default=None, metavar="DEVICES_CSV",
+                   help="live: each device on its own connection with its own account, from the devices.csv of `geowarn broker-config` "
+                        "(a locked-down broker accepts nothing else); --broker gives host and port")
     s.add_argument("--out", default=None, help="write a feed: FEED.csv or FEED.jsonl, with FEED.truth.json beside it")
     s.add_argument("--drill", action="store_true", help='mark every payload "drill": true (an exercise)')
     s.add_argument("--replay", default=None, metavar="FEED", help="publish a recorded CSV/JSONL feed to --broker with its timing scaled by --speed")
@@ -151,6 +154,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         LiveRun,
         PublishError,
         feed_format,
+        read_credentials,
         sites_path,
         write_feed,
         write_truth,
@@ -184,7 +188,9 @@ def run_simulate(args: argparse.Namespace) -> int:
         return EXIT_OK
     record = FeedWriter(args.out) if args.out is not None else None
     try:
-        run = LiveRun(sim, args.broker, speed=args.speed, client_id=args.client_id, record=record, progress=progress, fast=args.fast)
+        credentials = read_credentials(args.credentials) if args.credentials else None
+        run = LiveRun(sim, args.broker, speed=args.speed, client_id=args.client_id, record=record, progress=progress, fast=args.fast,
+                      credentials=credentials)
         run.on_command = lambda e: print(f"command: {json.dumps(e)}", file=sys.stderr, flush=True)
         stats = run.run()
     except (PublishError, OSError, ValueError) as exc:

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
+from urllib.parse import quote
 
 import paho.mqtt.client as mqtt
 
@@ -327,6 +328,84 @@ class MessagePublisher(Protocol):
     def close(self) -> None: ...
 
 
+def read_credentials(path: str | Path) -> dict[str, tuple[str, str]]:
+    """device -> (username, password) from a ``devices.csv`` as ``geowarn broker-config`` writes
+    it (columns device, username, password); PublishError naming the file and line otherwise."""
+    out: dict[str, tuple[str, str]] = {}
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or not {"device", "username", "password"} <= set(reader.fieldnames):
+                raise PublishError(f"{path}: not a devices.csv of `geowarn broker-config` (columns device,username,password)")
+            for n, row in enumerate(reader, start=2):
+                if not row.get("device") or not row.get("username"):
+                    raise PublishError(f"{path}:{n}: a device and a username are needed")
+                out[row["device"]] = (row["username"], row.get("password") or "")
+    except OSError as exc:
+        raise PublishError(f"{path}: {exc}") from None
+    return out
+
+
+class DevicePublishers:
+    """Each device publishes on its own connection with its own account (``devices.csv`` of
+    ``geowarn broker-config``): what a locked-down broker requires, since it binds a device's
+    topics to its username and the client id to the username. A device's connection subscribes
+    to that device's own command topic only (all its ACL allows). Native-JSON topics only
+    (``{prefix}/{site}/{device}/…``): the device is the topic's last-but-one level."""
+
+    def __init__(self, url: str, credentials: dict[str, tuple[str, str]], devices: list[tuple[str, str]], prefix: str,
+                 *, obey_commands: bool = True) -> None:
+        target = MqttTarget(url)
+        self.commands: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._pubs: dict[str, Publisher] = {}
+        missing = [d for _s, d in devices if d not in credentials]
+        if missing:
+            raise PublishError(f"no account for {len(missing)} device(s) in the credentials file: {', '.join(missing[:5])}")
+        try:
+            for site, device in devices:
+                user, password = credentials[device]
+                scheme = "mqtts" if target.tls else "mqtt"
+                dev_url = f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{target.host}:{target.port}"
+                topics = [f"{prefix}/{site}/{device}/cmd"] if obey_commands else []
+                self._pubs[device] = Publisher(dev_url, user, subscribe=topics)
+        except PublishError:
+            self.close()
+            raise
+
+    @property
+    def published(self) -> int:
+        return sum(p.published for p in self._pubs.values())
+
+    @property
+    def acked(self) -> int:
+        return sum(p.acked for p in self._pubs.values())
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        parts = topic.split("/")
+        pub = self._pubs.get(parts[-2]) if len(parts) >= 3 else None
+        if pub is None:
+            raise PublishError(f"{topic}: no device connection for it (per-device credentials need {{prefix}}/{{site}}/{{device}}/… topics)")
+        pub.publish(topic, payload)
+
+    def pump(self, timeout: float = 0.0) -> None:
+        pubs = list(self._pubs.values())
+        for i, p in enumerate(pubs):
+            p.pump(timeout if i == 0 else 0.0)
+            while True:
+                try:
+                    self.commands.put(p.commands.get_nowait())
+                except queue.Empty:
+                    break
+
+    def wait_acked(self, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        return all(p.wait_acked(max(0.0, deadline - time.monotonic())) for p in self._pubs.values())
+
+    def close(self) -> None:
+        for p in self._pubs.values():
+            p.close()
+
+
 def open_publisher(url: str, client_id: str, *, subscribe: list[str] | None = None, fast: bool = False) -> MessagePublisher:
     """A connected QoS 1 publisher: paho-mqtt (default) or the pipelining ``FastPublisher``."""
     if fast:
@@ -366,6 +445,7 @@ class LiveRun:
         progress: bool = True,
         obey_commands: bool = True,
         fast: bool = False,
+        credentials: dict[str, tuple[str, str]] | None = None,
     ) -> None:
         if not (speed > 0):
             raise ValueError(f"speed must be > 0 (inf: as fast as possible), got {speed}")
@@ -376,7 +456,13 @@ class LiveRun:
         topics = [f"{sim.prefix}/+/+/cmd"] if obey_commands else []
         if obey_commands and sim.convention:
             topics.append(COMMAND_FILTER)
-        self.pub = open_publisher(url, client_id or f"geowarn-sim-{os.getpid()}", subscribe=topics, fast=fast)
+        self.pub: MessagePublisher
+        if credentials is not None:
+            if sim.convention:
+                raise PublishError("per-device credentials are for native-JSON devices; a convention scenario publishes on $dp")
+            self.pub = DevicePublishers(url, credentials, [(d.site.code, d.code) for d in sim.devices], sim.prefix, obey_commands=obey_commands)
+        else:
+            self.pub = open_publisher(url, client_id or f"geowarn-sim-{os.getpid()}", subscribe=topics, fast=fast)
         self.stats = LiveStats()
         self._w0 = 0.0
         #: Called after each command is obeyed (tests and the CLI log them).

@@ -67,6 +67,9 @@ def test_the_compose_file_wires_broker_store_daemon_and_grafana():
     assert ds["url"] == "http://victoriametrics:8428"
     uids = {t["datasource"]["uid"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]}
     assert uids == {ds["uid"]}
+    # The demo fleet speaks to the locked-down broker with the device accounts broker-config made.
+    fleet = services["fleet"]
+    assert fleet["profiles"] == ["demo"] and "--credentials" in fleet["entrypoint"] and "/broker/devices.csv" in fleet["entrypoint"]
     for port in (p for svc in services.values() for p in svc.get("ports", [])):
         assert port.startswith("127.0.0.1:"), f"{port}: published beyond the host's loopback"
 
