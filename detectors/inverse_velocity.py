@@ -130,12 +130,14 @@ previous verdict is returned and nothing changes.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from scipy import stats
 
 from geowarn.core.levels import LEVELS
 from geowarn.detectors.base import StreamingDetector, check_int, check_latch, check_slope, check_window
@@ -157,6 +159,23 @@ _STILL = Verdict(0, "", {"significant": False, "accelerating": False, "forecast"
 
 #: Default time-to-failure horizons (seconds): yellow within 7 days, orange 48 h, red 12 h.
 HORIZONS_S: tuple[tuple[int, float], ...] = ((2, 7 * DAY), (3, 2 * DAY), (4, 12 * HOUR))
+
+
+@functools.lru_cache(maxsize=256)
+def _t90(dof: int) -> float:
+    """Student's t quantile for a two-sided 90 % interval (scipy.stats)."""
+    return float(stats.t.ppf(0.95, dof))
+
+
+def interval_90(failure_time: float, uncertainty_s: float, points: int, per_window: int) -> list[float]:
+    """A 90 % interval of the failure time: ± t(0.95, dof) standard errors, where the degrees of
+    freedom are the fit's independent points (neighbouring smoothed velocities share a
+    window: ``points / per_window``) less the line's two parameters, at least one. With few
+    independent points the interval is much wider than ± 1.645 σ, which is what a duty
+    officer should see on a forecast of a dozen windows."""
+    dof = max(1, int(points // max(1, per_window)) - 2)
+    half = _t90(dof) * uncertainty_s
+    return [failure_time - half, failure_time + half]
 
 
 def _check_horizons(horizons_s: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
@@ -633,6 +652,7 @@ class InverseVelocityDetector(StreamingDetector):
                         voight = self._voight(smooth.n)
                         if voight is not None:
                             forecast.update(voight)
+                    forecast["interval_90"] = interval_90(forecast["failure_time"], forecast["uncertainty_s"], n, smooth.n)
                     withheld = self._withheld(av, v_ref, tbar, smooth)
                     if withheld is not None:
                         forecast["withheld"] = withheld

@@ -399,7 +399,13 @@ def test_forecast_evidence_shape():
     fs = [x.evidence["forecast"] for x in out if x.evidence.get("forecast")]
     assert fs
     for f in fs:
-        assert set(f) == {"failure_time", "r2", "uncertainty_s", "points", "onset", "alpha", "alpha_estimate", "alpha_stderr", "method"}
+        assert set(f) == {"failure_time", "r2", "uncertainty_s", "points", "onset", "alpha", "alpha_estimate", "alpha_stderr", "method", "interval_90"}
+        # The 90 % interval: ± Student's t(0.95) standard errors, wider than the normal ± 1.645 σ
+        # (few independent windows), and at most the one-dof t (6.314, from any t table).
+        lo, hi = f["interval_90"]
+        half = (hi - lo) / 2
+        assert abs((lo + hi) / 2 - f["failure_time"]) < 1e-6 * max(1.0, abs(f["failure_time"]))
+        assert 1.645 * f["uncertainty_s"] < half <= 6.314 * f["uncertainty_s"] * 1.0001
         assert all(type(f[k]) is float for k in ("failure_time", "r2", "uncertainty_s", "onset", "alpha")) and type(f["points"]) is int
         assert f["points"] >= 18 and 0.8 <= f["r2"] <= 1.0 and f["uncertainty_s"] > 0
         if f["method"] == "voight (alpha estimated)":
@@ -410,6 +416,16 @@ def test_forecast_evidence_shape():
         json.loads(json.dumps(x.evidence, allow_nan=False))
         if x.level:
             assert x.evidence["forecast"] is not None or "held" in x.reason
+
+
+def test_the_forecast_interval_uses_students_t_with_the_independent_windows():
+    from geowarn.detectors.inverse_velocity import interval_90
+
+    # Golden values from a printed t table: t(0.95; 10) = 1.812, t(0.95; 1) = 6.314.
+    lo, hi = interval_90(1000.0, 10.0, points=120, per_window=10)  # 12 windows - 2 = 10 dof
+    assert (round(hi - 1000.0, 2), round(1000.0 - lo, 2)) == (18.12, 18.12)
+    lo, hi = interval_90(0.0, 1.0, points=25, per_window=10)  # 2 windows: at least 1 dof
+    assert round(hi, 3) == 6.314
 
 
 def test_snapshot_restore_mid_forecast():
