@@ -319,8 +319,11 @@ class MessagePublisher(Protocol):
     """What LiveRun and replay_feed need of a publisher (``Publisher`` or ``FastPublisher``)."""
 
     commands: queue.Queue[tuple[str, bytes]]
-    published: int
-    acked: int
+
+    @property
+    def published(self) -> int: ...
+    @property
+    def acked(self) -> int: ...
 
     def publish(self, topic: str, payload: bytes) -> None: ...
     def pump(self, timeout: float = 0.0) -> None: ...

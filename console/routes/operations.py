@@ -25,7 +25,7 @@ def _lag(ctx: Ctx) -> list[str]:
     from geowarn.ingest.store import POSITION_KEY
 
     journal = ctx.views.journal
-    out = []
+    out: list[str] = []
     try:
         batches = MessageLogReader(ctx.views.data_dir / MESSAGES_FILE).last_id() - int(journal.state(POSITION_KEY, 0) or 0)
         det = journal.state(DETECTION_STATS_KEY) or {}
