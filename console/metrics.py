@@ -21,30 +21,50 @@ daemons in one process do not collide.
 
 Every file is read through its owner's reader, never with SQL of our own. A file that does
 not exist yet (a daemon that has just started) gives zeros, not an error.
+
+A scrape runs a fixed number of queries whatever the size of the fleet (issue 17: one query
+per channel took 6.8 s a scrape at 250k devices). The per-device figures are kept in this
+collector, in arrays, and brought up to date from what the journal stored since the last
+scrape, so they are exact, never stale: each channel's newest reading by event time and its
+arrival (for devices online) from the readings stored since (a range of ids), each device's
+latest status (battery, sensors) from the status rows stored since. Only the first look reads
+them all (one seek per channel in one statement, each device's newest status: about 4 s at
+250k devices, benchmarks/metrics_cost.py); ``make_registry`` has it done on a thread of its
+own at start, so that the first scrape does not wait for it. The store's write path is not
+touched. What comes from the registry alone (devices, reporting windows) is computed once per
+registry.
 """
 
 from __future__ import annotations
 
-import logging
-import sqlite3
 import json
+import logging
+import os
+import sqlite3
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector, CollectorRegistry
+import numpy as np
 
 # The response chain keeps each site's alert state in the outbox under this prefix (alerts/live.py).
 from geowarn.alerts.live import STATE_PREFIX as ALERT_STATE_PREFIX
 from geowarn.alerts.outbox import OUTBOX_FILE, OutboxReader
-from geowarn.config.registry import BATTERY_LOW_PERCENT, BATTERY_LOW_V, Registry
+from geowarn.config.registry import BATTERY_LOW_PERCENT, BATTERY_LOW_V, Device, Registry
 from geowarn.console.views import battery_low
+from geowarn.core.logfields import kv
 from geowarn.core.sqlite import SchemaError
-from geowarn.ingest.journal import DETECTION_STATS_KEY, JOURNAL_FILE, JournalReader
+from geowarn.ingest.journal import (
+    DETECTION_STATS_KEY,
+    JOURNAL_FILE,
+    Arrivals,
+    JournalReader,
+)
 from geowarn.ingest.messagelog import MESSAGES_FILE, MessageLogReader
 from geowarn.ingest.store import POSITION_KEY as STORE_POSITION_KEY
-from geowarn.core.logfields import kv
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +108,137 @@ class MainStats:
     started: bool = False
 
 
+class _Fleet:
+    """What a scrape needs of the registry, computed once per registry, compact (a national
+    registry has 250k devices): each device's index, its online window (``ONLINE_INTERVALS``
+    of its shortest reporting interval) and its entry (battery limits)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        # The registry's own key tuples, so the index adds no strings of its own.
+        self.index: dict[tuple[str, str], int] = {key: i for i, key in enumerate(registry.channels)}
+        self.windows_ms = np.fromiter(
+            (ONLINE_INTERVALS * min((c.interval_s for c in chans.values()), default=0.0) * 1000.0 for chans in registry.channels.values()),
+            dtype=np.float64, count=len(self.index),
+        )
+        self.devices: list[Device | None] = [None] * len(self.index)
+        for code, site in registry.sites.items():
+            for d in site.devices:
+                self.devices[self.index[(code, d.device)]] = d
+        self.max_window_ms = float(self.windows_ms.max(initial=0.0))
+        self.total = sum(len(site.devices) for site in registry.sites.values())
+
+
+#: No reading yet (a channel's newest arrival).
+_NEVER = np.iinfo(np.int64).min
+
+
+class _Arrivals:
+    """Each journal series' newest reading by event time (t_ms) and when it arrived, and its
+    device's index in the fleet (-1: not a channel of the registry), by series id; brought up
+    to date from the readings stored after ``after_reading``."""
+
+    def __init__(self, fleet: _Fleet, file_id: tuple[int, int] | None) -> None:
+        self.fleet = fleet
+        self.file_id = file_id
+        self.after_series = 0
+        self.after_reading = 0
+        self.device = np.full(1, -1, dtype=np.int32)
+        self.t_ms = np.full(1, _NEVER, dtype=np.int64)
+        self.received_ms = np.full(1, _NEVER, dtype=np.int64)
+
+    def update(self, got: Arrivals) -> None:
+        if got.series:
+            n = got.last_series + 1
+            if n > len(self.device):
+                grow = n - len(self.device)
+                self.device = np.concatenate([self.device, np.full(grow, -1, dtype=np.int32)])
+                self.t_ms = np.concatenate([self.t_ms, np.full(grow, _NEVER, dtype=np.int64)])
+                self.received_ms = np.concatenate([self.received_ms, np.full(grow, _NEVER, dtype=np.int64)])
+            index, chans = self.fleet.index, self.fleet.registry.channels
+            for sid, site, device, channel, t, received in got.series:
+                key = (site, device)
+                i = index.get(key)
+                # Only the registry's channels count, as the device's windows are theirs.
+                self.device[sid] = -1 if i is None or channel not in chans[key] else i
+                if t is not None and received is not None:
+                    self.t_ms[sid], self.received_ms[sid] = t, received
+        if got.readings:
+            rows = np.array(got.readings, dtype=np.int64)
+            rs, rt, rr = rows[:, 0], rows[:, 1], rows[:, 2]
+            # Each series' newest by event time among the new readings (the last of its run
+            # once sorted by series then time), where it is not older than the one known.
+            order = np.lexsort((rt, rs))
+            rs, rt, rr = rs[order], rt[order], rr[order]
+            last = np.ones(len(rs), dtype=bool)
+            last[:-1] = rs[1:] != rs[:-1]
+            rs, rt, rr = rs[last], rt[last], rr[last]
+            newer = rt >= self.t_ms[rs]
+            self.t_ms[rs[newer]] = rt[newer]
+            self.received_ms[rs[newer]] = rr[newer]
+        self.after_series = max(self.after_series, got.last_series)
+        self.after_reading = max(self.after_reading, got.last_reading)
+
+    def online(self, now_ms: float) -> int:
+        """Devices with a registry channel whose newest reading arrived within the device's
+        window."""
+        recent = np.flatnonzero((self.received_ms >= now_ms - self.fleet.max_window_ms) & (self.device >= 0))
+        dev = self.device[recent]
+        heard = now_ms - self.received_ms[recent] <= self.fleet.windows_ms[dev]
+        seen = np.zeros(len(self.fleet.index), dtype=bool)
+        seen[dev[heard]] = True
+        return int(np.count_nonzero(seen))
+
+
+#: A device's latest status as counted, one byte per registry device: it reports its health,
+#: its battery is low, a sensor is faulty.
+_REPORTING, _LOW, _FAULTY = 1, 2, 4
+
+
+@dataclass
+class _Health:
+    """Each registry device's latest status as counted (``_REPORTING | _LOW | _FAULTY``), the
+    totals, and the last status row read: brought up to date with the rows after it."""
+
+    fleet: _Fleet
+    file_id: tuple[int, int] | None
+    codes: bytearray
+    after_id: int = 0
+    reporting: int = 0
+    low: int = 0
+    faulty: int = 0
+
+
 class GeoWarnCollector(Collector):
     def __init__(self, data_dir: Path, registry: Registry, main: Callable[[], MainStats], now: Callable[[], float]) -> None:
         self.data_dir = Path(data_dir)
         self.registry = registry
         self.main = main
         self.now = now
+        # Scrapes may come on several server threads at once (and the warm-up): the figures
+        # kept between scrapes are shared.
+        self._lock = threading.RLock()
+        self._fleet_cache: _Fleet | None = None
+        self._status_counts: _Health | None = None
+        self._arrivals: _Arrivals | None = None
+
+    def _fleet(self) -> _Fleet:
+        with self._lock:
+            if self._fleet_cache is None or self._fleet_cache.registry is not self.registry:
+                self._fleet_cache = _Fleet(self.registry)
+            return self._fleet_cache
+
+    def warm(self) -> None:
+        """Take the first look at the journal (every channel's newest reading, every device's
+        latest status) now rather than in the first scrape; a scrape meanwhile waits for it."""
+        try:
+            with self._lock:
+                fleet = self._fleet()
+                self._follow_arrivals(JournalReader(self.data_dir / JOURNAL_FILE), fleet)
+                self._update_health(fleet)
+        except (sqlite3.Error, SchemaError, OSError) as exc:
+            # The scrape tries again, and reports what fails.
+            log.warning("metrics: the first look at the journal failed", extra=kv(error=exc))
 
     def describe(self) -> list[Metric]:
         # Custom collectors are described by running collect() unless this says otherwise;
@@ -163,13 +308,14 @@ class GeoWarnCollector(Collector):
         judged = CounterMetricFamily("geowarn_detection_readings", "readings judged by the detectors and fusion (as of the last checkpoint)")
         judging = CounterMetricFamily("geowarn_detection_seconds", "time spent judging readings: detectors, fusion and the response chain (as of the last checkpoint)")
         behind = GaugeMetricFamily("geowarn_detection_lag_readings", "journal readings after detection's last checkpoint")
-        total = sum(len(s.devices) for s in self.registry.sites.values())
+        fleet = self._fleet()
+        total = fleet.total
         journal = JournalReader(self.data_dir / JOURNAL_FILE)
         n_stored = journal.readings_stored()
         stored.add_metric([], float(n_stored))
         for reason, n in journal.deadletter_counts().items():
             dead.add_metric([reason], float(n))
-        n_online = self._online(journal.newest_arrivals_ms())
+        n_online = self._online(journal, fleet)
         stored_batch = int(journal.state(STORE_POSITION_KEY, 0) or 0)
         det = journal.state(DETECTION_STATS_KEY)
         if det:
@@ -184,19 +330,26 @@ class GeoWarnCollector(Collector):
         ratio.add_metric([], n_online / total if total else 0.0)
         yield from (stored, dead, lag, devices, online, ratio, judged, judging, behind)
 
-    def _online(self, arrivals_ms: dict[tuple[str, str, str], int]) -> int:
-        """Devices with a channel whose newest reading (by event time) arrived recently.
-        Arrival time, not event time, so a device replaying a backlog counts as online."""
-        now_ms = self.now() * 1000.0
-        n = 0
-        for (site, device), chans in self.registry.channels.items():
-            window_ms = ONLINE_INTERVALS * min(c.interval_s for c in chans.values()) * 1000.0
-            for ch in chans:
-                received_ms = arrivals_ms.get((site, device, ch))
-                if received_ms is not None and now_ms - received_ms <= window_ms:
-                    n += 1
-                    break
-        return n
+    def _online(self, journal: JournalReader, fleet: _Fleet) -> int:
+        """Registry devices with a channel whose newest reading (by event time) arrived within
+        the device's window. Arrival time, not event time, so a device replaying a backlog
+        counts as online. Reads only the readings stored since the last scrape."""
+        with self._lock:
+            return self._follow_arrivals(journal, fleet).online(self.now() * 1000.0)
+
+    def _follow_arrivals(self, journal: JournalReader, fleet: _Fleet) -> _Arrivals:
+        """Each series' newest reading, brought up to date."""
+        file_id = _file_id(journal.path)
+        with self._lock:
+            a = self._arrivals
+            if a is None or a.file_id != file_id or a.fleet is not fleet:
+                a = self._arrivals = _Arrivals(fleet, file_id)
+            got = journal.arrivals_since(a.after_series, a.after_reading)
+            if got.last_reading < a.after_reading or got.last_series < a.after_series:
+                a = self._arrivals = _Arrivals(fleet, file_id)
+                got = journal.arrivals_since(0, 0)
+            a.update(got)
+            return a
 
     # -- outbox ----------------------------------------------------------------------------
 
@@ -260,24 +413,8 @@ class GeoWarnCollector(Collector):
     def _devices_health(self) -> Iterator[Metric]:
         """Registry devices whose latest status reports a low battery or a faulty sensor
         (``sensor_state`` not 0), and devices' answers to commands by result: fleet counts."""
-        from geowarn.console.views import device_health
-
-        statuses = JournalReader(self.data_dir / JOURNAL_FILE).all_latest_statuses()
-        known = {(code, d.device): d for code, site in self.registry.sites.items() for d in site.devices}
-        low = faulty = reporting = 0
-        for key, raw in statuses.items():
-            if key not in known:
-                continue
-            try:
-                health = device_health(json.loads(raw))
-            except ValueError:
-                continue
-            if health is None:
-                continue
-            reporting += 1
-            spec = known[key]
-            low += battery_low(health, spec.battery_low_percent, spec.battery_low_v)
-            faulty += bool(health.get("faulty_sensors"))
+        with self._lock:
+            reporting, low, faulty = self._update_health(self._fleet())
         yield GaugeMetricFamily("geowarn_devices_status_reporting", "registry devices that have sent a status heartbeat", value=float(reporting))
         yield GaugeMetricFamily(
             "geowarn_devices_battery_low",
@@ -296,9 +433,63 @@ class GeoWarnCollector(Collector):
             answers.add_metric([r], float(n))
         yield answers
 
+    def _update_health(self, fleet: _Fleet) -> tuple[int, int, int]:
+        """(reporting, low battery, faulty) over the registry's devices, from each one's latest
+        status: the status rows stored since the last scrape are read and counted in place of
+        their devices' earlier ones. Read again from the start for another registry or another
+        journal file (restored from a backup: a new file, or ids that went back)."""
+        from geowarn.console.views import device_health
 
-def make_registry(data_dir: Path, registry: Registry, main: Callable[[], MainStats], now: Callable[[], float]) -> CollectorRegistry:
-    """A fresh registry holding the GeoWarn collector (never the process-global one)."""
+        path = self.data_dir / JOURNAL_FILE
+        file_id = _file_id(path)
+        h = self._status_counts
+        if h is None or h.file_id != file_id or h.fleet is not fleet:
+            h = self._status_counts = _Health(fleet, file_id, bytearray(len(fleet.index)))
+        rows, newest = JournalReader(path).statuses_since(h.after_id)
+        if newest < h.after_id:
+            h = self._status_counts = _Health(fleet, file_id, bytearray(len(fleet.index)))
+            rows, newest = JournalReader(path).statuses_since(0)
+        index, devices, codes = fleet.index, fleet.devices, h.codes
+        for _rid, site, device, raw in rows:
+            i = index.get((site, device))
+            spec = None if i is None else devices[i]
+            if i is None or spec is None:
+                continue
+            try:
+                health = device_health(json.loads(raw))
+            except ValueError:
+                health = None
+            code = 0 if health is None else (
+                _REPORTING
+                | (_LOW if battery_low(health, spec.battery_low_percent, spec.battery_low_v) else 0)
+                | (_FAULTY if health.get("faulty_sensors") else 0)
+            )
+            was = codes[i]
+            codes[i] = code
+            h.reporting += (code & _REPORTING) - (was & _REPORTING)
+            h.low += bool(code & _LOW) - bool(was & _LOW)
+            h.faulty += bool(code & _FAULTY) - bool(was & _FAULTY)
+        h.after_id = max(h.after_id, newest)
+        return h.reporting, h.low, h.faulty
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """Which file is at ``path`` (another one after a restore from a backup)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def make_registry(
+    data_dir: Path, registry: Registry, main: Callable[[], MainStats], now: Callable[[], float], *, warm_up: bool = True
+) -> CollectorRegistry:
+    """A fresh registry holding the GeoWarn collector (never the process-global one); with
+    ``warm_up``, the collector's first look at the journal starts at once on a thread."""
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(GeoWarnCollector(data_dir, registry, main, now))
+    collector = GeoWarnCollector(data_dir, registry, main, now)
+    reg.register(collector)
+    if warm_up:
+        threading.Thread(target=collector.warm, name="metrics-warm-up", daemon=True).start()
     return reg

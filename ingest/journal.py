@@ -535,6 +535,19 @@ class RefusedConflicts:
     complete: bool
 
 
+@dataclass(frozen=True)
+class Arrivals:
+    """``JournalReader.arrivals_since``: ``series`` (id, site, device, channel, newest reading's
+    t_ms, its received_ms; None without readings) created since the last look, ``readings``
+    (series, t_ms, received_ms) of the series known before, stored since; the newest series
+    and reading ids now (lower than asked: another file)."""
+
+    series: list[tuple[int, str, str, str, int | None, int | None]]
+    readings: list[tuple[int, int, int]]
+    last_series: int
+    last_reading: int
+
+
 class JournalReader:
     """What other stages (the console, metrics) may know of a journal, without its SQL.
 
@@ -620,7 +633,9 @@ class JournalReader:
 
     def newest_arrivals_ms(self) -> dict[tuple[str, str, str], int]:
         """Per (site, device, channel): when its newest reading by event time (drill or not)
-        arrived. One seek per series through the readings_key index."""
+        arrived. One seek per series through the readings_key index, one query each: what
+        ``/metrics`` ran each scrape before it followed ``arrivals_since`` (issue 17); kept for
+        ``benchmarks/metrics_cost.py``, which runs that collector side by side."""
         with self._read() as conn:
             if conn is None:
                 return {}
@@ -630,6 +645,63 @@ class JournalReader:
                 if row is not None:
                     out[(site, device, channel)] = int(row[0])
             return out
+
+    def arrivals_since(self, after_series: int, after_reading: int) -> Arrivals:
+        """What a follower of every series' newest reading needs since it last looked (all of
+        it on the first look, ``after_series`` 0), read in one snapshot: the series created
+        after ``after_series`` with each one's newest reading by event time (one seek per new
+        series, in one statement), and, for the series known before, every reading stored after
+        ``after_reading`` (a range of ``readings.id``: only what arrived since). Retention never
+        deletes a series' newest reading, so following these keeps each series' newest."""
+        with self._read() as conn:
+            if conn is None:
+                return Arrivals([], [], 0, 0)
+            conn.execute("BEGIN")
+            try:
+                last_reading = int(conn.execute("SELECT coalesce(max(id), 0) FROM readings").fetchone()[0])
+                last_series = int(conn.execute("SELECT coalesce(max(id), 0) FROM series").fetchone()[0])
+                if last_reading < after_reading or last_series < after_series:
+                    # Another file (restored from a backup): the follower starts again.
+                    return Arrivals([], [], last_series, last_reading)
+                series = conn.execute(
+                    "SELECT s.id, s.site, s.device, s.channel, r.t_ms, r.received_ms FROM series s LEFT JOIN readings r ON r.id = "
+                    "(SELECT m.id FROM readings m WHERE m.series = s.id ORDER BY m.t_ms DESC LIMIT 1) WHERE s.id > ? ORDER BY s.id",
+                    (after_series,),
+                ).fetchall()
+                readings = []
+                if after_series and last_reading > after_reading:
+                    readings = conn.execute(
+                        "SELECT series, t_ms, received_ms FROM readings WHERE id > ? AND id <= ? AND series <= ?",
+                        (after_reading, last_reading, after_series),
+                    ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            return Arrivals(series, readings, last_series, last_reading)
+
+    def statuses_since(self, after_id: int) -> tuple[list[tuple[int, str, str, str]], int]:
+        """Device status rows stored after row ``after_id`` (id, site, device, raw status), in
+        arrival order, and the newest id in the table (0 when empty; lower than ``after_id``
+        when the file was replaced, e.g. restored from a backup). The first look (``after_id``
+        0) gives each device's newest row only. Retention never deletes a device's newest
+        status, so following these rows keeps every device's latest one."""
+        with self._read() as conn:
+            if conn is None:
+                return [], 0
+            conn.execute("BEGIN")
+            try:
+                newest = int(conn.execute("SELECT coalesce(max(id), 0) FROM device_status").fetchone()[0])
+                if newest <= after_id:
+                    return [], newest
+                if after_id:
+                    rows = conn.execute("SELECT id, site, device, status FROM device_status WHERE id > ? ORDER BY id", (after_id,)).fetchall()
+                else:
+                    rows = conn.execute(
+                        "SELECT d.id, d.site, d.device, d.status FROM device_status d "
+                        "JOIN (SELECT max(id) AS id FROM device_status GROUP BY site, device) m ON d.id = m.id ORDER BY d.id"
+                    ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            return [(int(i), str(a), str(b), str(st)) for i, a, b, st in rows], newest
 
     def site_activity(self, site: str, window_ms: int) -> list[ChannelActivity]:
         """Each channel of a site (by device, channel) with its newest real reading and the
