@@ -176,8 +176,8 @@ class _Arrivals:
             newer = rt >= self.t_ms[rs]
             self.t_ms[rs[newer]] = rt[newer]
             self.received_ms[rs[newer]] = rr[newer]
-        self.after_series = max(self.after_series, got.last_series)
-        self.after_reading = max(self.after_reading, got.last_reading)
+        self.after_series = got.last_series
+        self.after_reading = got.last_reading
 
     def online(self, now_ms: float) -> int:
         """Devices with a registry channel whose newest reading arrived within the device's
@@ -193,6 +193,8 @@ class _Arrivals:
 #: A device's latest status as counted, one byte per registry device: it reports its health,
 #: its battery is low, a sensor is faulty.
 _REPORTING, _LOW, _FAULTY = 1, 2, 4
+#: Status rows read per query (a national fleet's first look has 250k): bounds the memory.
+STATUS_CHUNK = 20_000
 
 
 @dataclass
@@ -204,6 +206,9 @@ class _Health:
     file_id: tuple[int, int] | None
     codes: bytearray
     after_id: int = 0
+    #: During the first look: the newest status row when it began (each device's newest row up
+    #: to it is read, in chunks); None once done.
+    first_look_upto: int | None = None
     reporting: int = 0
     low: int = 0
     faulty: int = 0
@@ -344,12 +349,14 @@ class GeoWarnCollector(Collector):
             a = self._arrivals
             if a is None or a.file_id != file_id or a.fleet is not fleet:
                 a = self._arrivals = _Arrivals(fleet, file_id)
-            got = journal.arrivals_since(a.after_series, a.after_reading)
-            if got.last_reading < a.after_reading or got.last_series < a.after_series:
-                a = self._arrivals = _Arrivals(fleet, file_id)
-                got = journal.arrivals_since(0, 0)
-            a.update(got)
-            return a
+            while True:
+                got = journal.arrivals_since(a.after_series, a.after_reading)
+                if got.last_reading < a.after_reading or got.last_series < a.after_series:
+                    a = self._arrivals = _Arrivals(fleet, file_id)
+                    continue
+                a.update(got)
+                if not got.more:
+                    return a
 
     # -- outbox ----------------------------------------------------------------------------
 
@@ -438,19 +445,35 @@ class GeoWarnCollector(Collector):
         status: the status rows stored since the last scrape are read and counted in place of
         their devices' earlier ones. Read again from the start for another registry or another
         journal file (restored from a backup: a new file, or ids that went back)."""
-        from geowarn.console.views import device_health
-
         path = self.data_dir / JOURNAL_FILE
         file_id = _file_id(path)
         h = self._status_counts
-        if h is None or h.file_id != file_id or h.fleet is not fleet:
-            h = self._status_counts = _Health(fleet, file_id, bytearray(len(fleet.index)))
-        rows, newest = JournalReader(path).statuses_since(h.after_id)
-        if newest < h.after_id:
-            h = self._status_counts = _Health(fleet, file_id, bytearray(len(fleet.index)))
-            rows, newest = JournalReader(path).statuses_since(0)
+        reader = JournalReader(path)
+        newest = reader.status_last_id()
+        if h is None or h.file_id != file_id or h.fleet is not fleet or newest < h.after_id:
+            # A first look: each device's newest status up to now, then the rows after it.
+            h = self._status_counts = _Health(fleet, file_id, bytearray(len(fleet.index)), first_look_upto=newest)
+        while h.first_look_upto is not None:
+            rows = reader.newest_statuses_upto(h.first_look_upto, h.after_id, STATUS_CHUNK)
+            self._count_statuses(h, rows)
+            if len(rows) < STATUS_CHUNK:
+                h.after_id, h.first_look_upto = h.first_look_upto, None
+        while newest > h.after_id:
+            rows = reader.statuses_after(h.after_id, STATUS_CHUNK)
+            self._count_statuses(h, rows)
+            if len(rows) < STATUS_CHUNK:
+                break
+        return h.reporting, h.low, h.faulty
+
+    @staticmethod
+    def _count_statuses(h: _Health, rows: list[tuple[int, str, str, str]]) -> None:
+        """Count each row's device by it in place of its earlier status; move past them."""
+        from geowarn.console.views import device_health
+
+        fleet = h.fleet
         index, devices, codes = fleet.index, fleet.devices, h.codes
-        for _rid, site, device, raw in rows:
+        for rid, site, device, raw in rows:
+            h.after_id = rid
             i = index.get((site, device))
             spec = None if i is None else devices[i]
             if i is None or spec is None:
@@ -469,8 +492,6 @@ class GeoWarnCollector(Collector):
             h.reporting += (code & _REPORTING) - (was & _REPORTING)
             h.low += bool(code & _LOW) - bool(was & _LOW)
             h.faulty += bool(code & _FAULTY) - bool(was & _FAULTY)
-        h.after_id = max(h.after_id, newest)
-        return h.reporting, h.low, h.faulty
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:

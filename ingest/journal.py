@@ -539,13 +539,14 @@ class RefusedConflicts:
 class Arrivals:
     """``JournalReader.arrivals_since``: ``series`` (id, site, device, channel, newest reading's
     t_ms, its received_ms; None without readings) created since the last look, ``readings``
-    (series, t_ms, received_ms) of the series known before, stored since; the newest series
-    and reading ids now (lower than asked: another file)."""
+    (series, t_ms, received_ms) stored since; the series and reading ids covered, where the
+    next look starts (lower than asked: another file); ``more``: not all read yet."""
 
     series: list[tuple[int, str, str, str, int | None, int | None]]
     readings: list[tuple[int, int, int]]
     last_series: int
     last_reading: int
+    more: bool
 
 
 class JournalReader:
@@ -646,62 +647,84 @@ class JournalReader:
                     out[(site, device, channel)] = int(row[0])
             return out
 
-    def arrivals_since(self, after_series: int, after_reading: int) -> Arrivals:
-        """What a follower of every series' newest reading needs since it last looked (all of
-        it on the first look, ``after_series`` 0), read in one snapshot: the series created
-        after ``after_series`` with each one's newest reading by event time (one seek per new
-        series, in one statement), and, for the series known before, every reading stored after
-        ``after_reading`` (a range of ``readings.id``: only what arrived since). Retention never
-        deletes a series' newest reading, so following these keeps each series' newest."""
+    def arrivals_since(self, after_series: int, after_reading: int, limit: int = 100_000) -> Arrivals:
+        """What a follower of every series' newest reading needs since it last looked, read in
+        one snapshot, at most ``limit`` rows (``more``: call again from where it ends).
+
+        First the series created after ``after_series``, each with its newest reading by event
+        time (one seek per series, in one statement); once none is left, the readings stored
+        after ``after_reading`` (a range of ``readings.id``: only what arrived since) of the
+        series known. On the first look (both 0) the readings stored so far are in the seeks,
+        so the reading position starts at the newest. Applying a reading twice is harmless
+        (the newest by event time wins). Retention never deletes a series' newest reading, so
+        following these keeps each series' newest."""
         with self._read() as conn:
             if conn is None:
-                return Arrivals([], [], 0, 0)
+                return Arrivals([], [], 0, 0, False)
             conn.execute("BEGIN")
             try:
                 last_reading = int(conn.execute("SELECT coalesce(max(id), 0) FROM readings").fetchone()[0])
                 last_series = int(conn.execute("SELECT coalesce(max(id), 0) FROM series").fetchone()[0])
                 if last_reading < after_reading or last_series < after_series:
                     # Another file (restored from a backup): the follower starts again.
-                    return Arrivals([], [], last_series, last_reading)
-                series = conn.execute(
-                    "SELECT s.id, s.site, s.device, s.channel, r.t_ms, r.received_ms FROM series s LEFT JOIN readings r ON r.id = "
-                    "(SELECT m.id FROM readings m WHERE m.series = s.id ORDER BY m.t_ms DESC LIMIT 1) WHERE s.id > ? ORDER BY s.id",
-                    (after_series,),
-                ).fetchall()
-                readings = []
-                if after_series and last_reading > after_reading:
-                    readings = conn.execute(
-                        "SELECT series, t_ms, received_ms FROM readings WHERE id > ? AND id <= ? AND series <= ?",
-                        (after_reading, last_reading, after_series),
+                    return Arrivals([], [], last_series, last_reading, False)
+                if after_series == 0 and after_reading == 0:
+                    after_reading = last_reading
+                series: list[tuple[int, str, str, str, int | None, int | None]] = []
+                if last_series > after_series:
+                    series = conn.execute(
+                        "SELECT s.id, s.site, s.device, s.channel, r.t_ms, r.received_ms FROM series s LEFT JOIN readings r ON r.id = "
+                        "(SELECT m.id FROM readings m WHERE m.series = s.id ORDER BY m.t_ms DESC LIMIT 1) "
+                        "WHERE s.id > ? ORDER BY s.id LIMIT ?",
+                        (after_series, limit),
                     ).fetchall()
+                    if len(series) == limit:
+                        return Arrivals(series, [], int(series[-1][0]), after_reading, True)
+                readings: list[tuple[int, int, int]] = []
+                more = False
+                if last_reading > after_reading:
+                    rows = conn.execute(
+                        "SELECT id, series, t_ms, received_ms FROM readings WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+                        (after_reading, last_reading, limit),
+                    ).fetchall()
+                    readings = [(int(sid), int(t), int(r)) for _i, sid, t, r in rows]
+                    more = len(rows) == limit
+                    after_reading = int(rows[-1][0]) if more else last_reading
             finally:
                 conn.execute("COMMIT")
-            return Arrivals(series, readings, last_series, last_reading)
+            return Arrivals(series, readings, last_series, after_reading, more)
 
-    def statuses_since(self, after_id: int) -> tuple[list[tuple[int, str, str, str]], int]:
-        """Device status rows stored after row ``after_id`` (id, site, device, raw status), in
-        arrival order, and the newest id in the table (0 when empty; lower than ``after_id``
-        when the file was replaced, e.g. restored from a backup). The first look (``after_id``
-        0) gives each device's newest row only. Retention never deletes a device's newest
-        status, so following these rows keeps every device's latest one."""
+    def status_last_id(self) -> int:
+        """The newest device status row's id (0: none; lower than before: another file)."""
+        with self._read() as conn:
+            return 0 if conn is None else int(conn.execute("SELECT coalesce(max(id), 0) FROM device_status").fetchone()[0])
+
+    def newest_statuses_upto(self, upto_id: int, after_id: int, limit: int) -> list[tuple[int, str, str, str]]:
+        """A first look at devices' statuses: each device's newest row among those up to
+        ``upto_id`` (id, site, device, raw status), by id, the first ``limit`` after
+        ``after_id``; the rows stored after ``upto_id`` are for ``statuses_after``."""
         with self._read() as conn:
             if conn is None:
-                return [], 0
-            conn.execute("BEGIN")
-            try:
-                newest = int(conn.execute("SELECT coalesce(max(id), 0) FROM device_status").fetchone()[0])
-                if newest <= after_id:
-                    return [], newest
-                if after_id:
-                    rows = conn.execute("SELECT id, site, device, status FROM device_status WHERE id > ? ORDER BY id", (after_id,)).fetchall()
-                else:
-                    rows = conn.execute(
-                        "SELECT d.id, d.site, d.device, d.status FROM device_status d "
-                        "JOIN (SELECT max(id) AS id FROM device_status GROUP BY site, device) m ON d.id = m.id ORDER BY d.id"
-                    ).fetchall()
-            finally:
-                conn.execute("COMMIT")
-            return [(int(i), str(a), str(b), str(st)) for i, a, b, st in rows], newest
+                return []
+            rows = conn.execute(
+                "SELECT d.id, d.site, d.device, d.status FROM device_status d "
+                "JOIN (SELECT max(id) AS id FROM device_status WHERE id <= ? GROUP BY site, device) m ON d.id = m.id "
+                "WHERE d.id > ? ORDER BY d.id LIMIT ?",
+                (upto_id, after_id, limit),
+            ).fetchall()
+        return [(int(i), str(a), str(b), str(st)) for i, a, b, st in rows]
+
+    def statuses_after(self, after_id: int, limit: int) -> list[tuple[int, str, str, str]]:
+        """Device status rows stored after row ``after_id`` (id, site, device, raw status), the
+        first ``limit`` in arrival order. Retention never deletes a device's newest status, so
+        following these rows keeps every device's latest one."""
+        with self._read() as conn:
+            if conn is None:
+                return []
+            rows = conn.execute(
+                "SELECT id, site, device, status FROM device_status WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
+            ).fetchall()
+        return [(int(i), str(a), str(b), str(st)) for i, a, b, st in rows]
 
     def site_activity(self, site: str, window_ms: int) -> list[ChannelActivity]:
         """Each channel of a site (by device, channel) with its newest real reading and the
@@ -735,7 +758,9 @@ class JournalReader:
 
     def all_latest_statuses(self) -> dict[tuple[str, str], str]:
         """Every device's latest status heartbeat as stored (raw status text), by (site, device):
-        one pass over the device_status_device index, then one row per device."""
+        one pass over the device_status_device index, then one row per device. What
+        ``/metrics`` read and parsed each scrape before it followed ``statuses_after`` (issue
+        17); kept for ``benchmarks/metrics_cost.py``, which runs that collector side by side."""
         with self._read() as conn:
             if conn is None:
                 return {}

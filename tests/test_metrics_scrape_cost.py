@@ -175,6 +175,63 @@ def test_following_arrivals_keeps_each_series_newest_reading_by_event_time(tmp_p
         # A follower that knew fewer series gets the new ones with their newest reading only.
         partial = reader.arrivals_since(a, first.last_reading)
         assert [(sid, t, r) for sid, _s, _d, _c, t, r in partial.series if sid == c] == [(c, 200, 7000)]
-        assert partial.readings == [(a, 2500, 8000)]
+        assert sorted(partial.readings) == [(a, 2500, 8000), (c, 200, 7000)]  # applied twice: harmless
+
+        # In pages of 3 rows: the series first, then the readings; the same newest readings.
+        paged: dict[int, tuple[int | None, int | None]] = {}
+        after_series = after_reading = pages = 0
+        while True:
+            got = reader.arrivals_since(after_series, after_reading, limit=3)
+            pages += 1
+            paged.update({sid: (t, r) for sid, _s, _d, _c, t, r in got.series})
+            assert not got.readings  # the first look's seeks saw them all
+            after_series, after_reading = got.last_series, got.last_reading
+            if not got.more:
+                break
+        assert pages == -(-len(ids) // 3) + (len(ids) % 3 == 0)
+        assert paged[a] == (3000, 4000) and paged[c] == (200, 7000) and after_reading == later.last_reading
+        j.append([(a, 9000, 1.0, 0, 40_000), (b, 9000, 1.0, 0, 41_000), (c, 9000, 1.0, 0, 42_000), (a, 9500, 1.0, 0, 43_000)])
+        pages_of_readings = []
+        while True:
+            got = reader.arrivals_since(after_series, after_reading, limit=3)
+            pages_of_readings.append(got.readings)
+            after_series, after_reading = got.last_series, got.last_reading
+            if not got.more:
+                break
+        assert pages_of_readings == [[(a, 9000, 40_000), (b, 9000, 41_000), (c, 9000, 42_000)], [(a, 9500, 43_000)]]
     finally:
         j.close()
+
+
+def test_statuses_are_read_in_chunks_with_the_same_figures(tmp_path, monkeypatch) -> None:
+    """The first look and the follow read devices' statuses a chunk at a time (a national
+    fleet's first look has 250k): the figures do not depend on the chunk."""
+    from geowarn.console import metrics
+
+    monkeypatch.setattr(metrics, "STATUS_CHUNK", 7)
+    data = tmp_path / "data"
+    data.mkdir()
+    registry = _fleet(100)
+    now_ms = int(time.time() * 1000)
+    _write(data, registry, now_ms)
+    j = Journal(data / JOURNAL_FILE, sync="normal")
+    try:
+        # A newer status of every device: the first look must take it, not the earlier ones.
+        j.append([], statuses=[(s, d, now_ms - 2 * HOUR, now_ms - 2 * HOUR, json.dumps({"battery_v": 1.0})) for s, d in registry.channels])
+    finally:
+        j.close()
+    reg = make_registry(data, registry, MainStats, time.time, warm_up=False)
+    counted = _Counted(monkeypatch)
+    first = counted.scrape(reg)
+    n = len(registry.channels)
+    # Every device's newest status is now the one just written (low: 1.0 V), which arrived last.
+    assert first["geowarn_devices_status_reporting"] == n
+    assert first["geowarn_devices_battery_low"] == n
+    assert first["geowarn_devices_sensor_faulty"] == 0
+    j = Journal(data / JOURNAL_FILE, sync="normal")
+    try:
+        j.append([], statuses=[(s, d, now_ms, now_ms, json.dumps({"battery_v": 12.9})) for s, d in list(registry.channels)[:30]])
+    finally:
+        j.close()
+    second = counted.scrape(reg)
+    assert second["geowarn_devices_battery_low"] == n - 30
