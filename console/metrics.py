@@ -193,7 +193,7 @@ class _Arrivals:
 #: A device's latest status as counted, one byte per registry device: it reports its health,
 #: its battery is low, a sensor is faulty.
 _REPORTING, _LOW, _FAULTY = 1, 2, 4
-#: Status rows read per query (a national fleet's first look has 250k): bounds the memory.
+#: Status rows taken at a time (a national fleet's first look has 250k): bounds the memory.
 STATUS_CHUNK = 20_000
 
 
@@ -453,11 +453,12 @@ class GeoWarnCollector(Collector):
         if h is None or h.file_id != file_id or h.fleet is not fleet or newest < h.after_id:
             # A first look: each device's newest status up to now, then the rows after it.
             h = self._status_counts = _Health(fleet, file_id, bytearray(len(fleet.index)), first_look_upto=newest)
-        while h.first_look_upto is not None:
-            rows = reader.newest_statuses_upto(h.first_look_upto, h.after_id, STATUS_CHUNK)
-            self._count_statuses(h, rows)
-            if len(rows) < STATUS_CHUNK:
-                h.after_id, h.first_look_upto = h.first_look_upto, None
+        if h.first_look_upto is not None:
+            # Counting a device twice (a first look that failed half-way, taken again) is
+            # harmless: its newest status replaces the one counted.
+            for rows in reader.newest_statuses_upto(h.first_look_upto, STATUS_CHUNK):
+                self._count_statuses(h, rows)
+            h.after_id, h.first_look_upto = h.first_look_upto, None
         while newest > h.after_id:
             rows = reader.statuses_after(h.after_id, STATUS_CHUNK)
             self._count_statuses(h, rows)

@@ -699,20 +699,21 @@ class JournalReader:
         with self._read() as conn:
             return 0 if conn is None else int(conn.execute("SELECT coalesce(max(id), 0) FROM device_status").fetchone()[0])
 
-    def newest_statuses_upto(self, upto_id: int, after_id: int, limit: int) -> list[tuple[int, str, str, str]]:
+    def newest_statuses_upto(self, upto_id: int, chunk: int) -> Iterator[list[tuple[int, str, str, str]]]:
         """A first look at devices' statuses: each device's newest row among those up to
-        ``upto_id`` (id, site, device, raw status), by id, the first ``limit`` after
-        ``after_id``; the rows stored after ``upto_id`` are for ``statuses_after``."""
+        ``upto_id`` (id, site, device, raw status), in lists of up to ``chunk`` rows, read as
+        they are taken (one query, one pass over the device_status_device index); the rows
+        stored after ``upto_id`` are for ``statuses_after``."""
         with self._read() as conn:
             if conn is None:
-                return []
-            rows = conn.execute(
+                return
+            cur = conn.execute(
                 "SELECT d.id, d.site, d.device, d.status FROM device_status d "
-                "JOIN (SELECT max(id) AS id FROM device_status WHERE id <= ? GROUP BY site, device) m ON d.id = m.id "
-                "WHERE d.id > ? ORDER BY d.id LIMIT ?",
-                (upto_id, after_id, limit),
-            ).fetchall()
-        return [(int(i), str(a), str(b), str(st)) for i, a, b, st in rows]
+                "JOIN (SELECT max(id) AS id FROM device_status WHERE id <= ? GROUP BY site, device) m ON d.id = m.id",
+                (upto_id,),
+            )
+            while rows := cur.fetchmany(chunk):
+                yield [(int(i), str(a), str(b), str(st)) for i, a, b, st in rows]
 
     def statuses_after(self, after_id: int, limit: int) -> list[tuple[int, str, str, str]]:
         """Device status rows stored after row ``after_id`` (id, site, device, raw status), the
