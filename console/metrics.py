@@ -28,8 +28,8 @@ collector, in arrays, and brought up to date from what the journal stored since 
 scrape, so they are exact, never stale: each channel's newest reading by event time and its
 arrival (for devices online) from the readings stored since (a range of ids), each device's
 latest status (battery, sensors) from the status rows stored since. Only the first look reads
-them all (one seek per channel in one statement, each device's newest status: about 4 s at
-250k devices, benchmarks/metrics_cost.py); ``make_registry`` has it done on a thread of its
+them all (one seek per channel in one statement, each device's newest status: about 5 s at
+250k devices, BENCHMARKS.md); ``make_registry`` has it done on a thread of its
 own at start, so that the first scrape does not wait for it. The store's write path is not
 touched. What comes from the registry alone (devices, reporting windows) is computed once per
 registry.
