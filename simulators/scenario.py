@@ -318,8 +318,21 @@ def _bundled_dir() -> Path:
 
 
 def bundled_scenarios() -> dict[str, Path]:
-    """Name → file of every scenario shipped with the package."""
-    return {p.stem: p for p in sorted(_bundled_dir().glob("*.toml"))}
+    """Name → file of every scenario shipped with the package. A site registry kept beside the
+    scenarios that use it (``cn_sites.toml``: a ``[[sites]]`` list, no scenario ``name``) is not
+    a scenario, and ``--list`` used to show it as an invalid one."""
+    import tomllib
+
+    out = {}
+    for p in sorted(_bundled_dir().glob("*.toml")):
+        try:
+            doc = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError):
+            doc = {}  # listed: load_scenario says what is wrong with it
+        if isinstance(doc.get("sites"), list) and "name" not in doc:
+            continue
+        out[p.stem] = p
+    return out
 
 
 def parse_scenario(data: dict[str, Any], source: str) -> Scenario:

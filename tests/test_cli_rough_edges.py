@@ -63,3 +63,13 @@ def test_a_token_for_a_unit_not_on_the_roster_is_refused(tmp_path):
     assert r.returncode == 1 and "not on the roster" in r.stderr and "420527" in r.stderr, r.stderr
     forced = _geowarn("token", "create", "--tier", "county", "--admin", "429999", "--name", "typo", "--not-on-roster", env=env)
     assert forced.returncode == 0 and str(tmp_path / "data" / "tokens.sqlite") in forced.stdout, forced.stderr
+
+
+def test_simulate_list_shows_scenarios_only():
+    """The convention scenario's registry (cn_sites.toml) sits beside the scenarios; --list
+    showed it as an 'invalid' scenario."""
+    r = _geowarn("simulate", "--list")
+    assert r.returncode == 0, r.stderr
+    names = [line.split()[0] for line in r.stdout.splitlines() if line.strip()]
+    assert "cn_sites" not in names and "invalid" not in r.stdout, r.stdout
+    assert {"failure", "stable", "storm", "cn_failure"} <= set(names), names
