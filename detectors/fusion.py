@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Collection
 from typing import Any
 
 from geowarn.config.registry import (
@@ -590,7 +591,9 @@ class SiteFusion:
         """
         policy = self.registry.sites[site].policy
         # A sensor its device reports faulty raises and confirms nothing (module docstring).
-        chans = list(st.channels.values())
+        # A view, not a copy: this runs for every reading that changes a channel's level, and a
+        # list is needed only when some sensor is faulty.
+        chans: Collection[_Channel] = st.channels.values()
         faulty: list[_Channel] = []
         if self._faults:
             faulty = [c for c in chans if (site, c.info.device, c.info.channel) in self._faults]
