@@ -187,9 +187,16 @@ class Detection:
         judge = self.judge
         changed = announced = clock = False
         maintenance = self.maintenance
-        for _id, site, device, channel, t_ms, value, drill, received_ms in rows:
+        # A full page of statuses may have more behind it: once it is used up, the readings after
+        # it wait for the next page (a status must never come after a reading it stood before).
+        more = len(statuses) == STATUS_BATCH
+        judged = len(rows)
+        for i, (_id, site, device, channel, t_ms, value, drill, received_ms) in enumerate(rows):
             if pending < len(statuses) and _status_before(statuses[pending], _id, received_ms):
                 pending = self._statuses(statuses, (_id, received_ms), pending)
+                if more and pending == len(statuses):
+                    judged = i
+                    break
             info = self.registry.channel(site, device, channel)
             if info is None:
                 continue
@@ -210,7 +217,9 @@ class Detection:
                     announced = True
                     changed = changed or (not change.exercise and change.kind is None)
                 clock = clock or change.kind in CLOCK_KINDS
-        self.position = rows[-1][0]
+        if judged == 0:
+            return 1  # only statuses this time: come back at once for the rest
+        self.position = rows[judged - 1][0]
         if changed:
             self._save_levels()
         if clock:
@@ -218,7 +227,7 @@ class Detection:
         if announced:
             # How far changes have been announced: a restart replays silently only up to here.
             self.journal.set_state(EMITTED_KEY, self.position)
-        return len(rows)
+        return judged
 
     def _statuses(self, rows: list[tuple[int, str, str, int, int, str, int | None]], before: tuple[int, int] | None, start: int = 0) -> int:
         """Apply the status rows from ``start`` that stand before the reading ``before`` (its

@@ -190,3 +190,36 @@ def test_the_chinese_evidence_names_the_faulty_sensor():
     (ev,) = _read(f, reg, "A", "seep", T0 + 600, 160.0)
     zh = evidence_zh(ev.reason)
     assert zh.startswith(f"A/seep 监测值 160.00 kPa，达到黄色阈值 150 kPa；A/mud 设备报告传感器故障（sensor_state -2，自 {rfc3339(T0)} 起），其数据不参与升级。")
+
+
+def test_statuses_beyond_one_page_still_come_before_the_readings_after_them(tmp_path, monkeypatch):
+    """Detection reads statuses a page at a time (STATUS_BATCH). When a page is used up before
+    the readings it stands among, the readings after it must wait for the next page: a fault
+    reported in the third status of a batch must keep the reading after it out, even with a page
+    of two (before, that reading was judged first)."""
+    from pathlib import Path
+
+    import geowarn.service.detection as detection
+    from geowarn.config.settings import example_path, load_all
+    from geowarn.core.clock import WallClock
+    from geowarn.ingest.journal import Journal
+
+    monkeypatch.setattr(detection, "STATUS_BATCH", 2)
+    sites = Path(__file__).resolve().parents[1] / "simulators" / "scenarios" / "cn_sites.toml"
+    loaded = load_all(None, sites_path=sites, roster_path=example_path("roster.example.toml"), find_file=False)
+    j = Journal(tmp_path / "journal.sqlite")
+    ids = {(c.device, c.channel): i for c, i in j.series_ids(loaded.registry).items()}
+    crack, east = ids[("SP-U1", "crack")], ids[("SP-G1", "disp_e")]
+    t0 = 1_764_400_000_000
+    healthy = json.dumps({"sensor_state": {"L1_GP_1": 0}})
+    faulty = json.dumps({"sensor_state": {"L1_LF_1": -2}})
+    # Detection running first (a start reads each device's newest status), then the batch:
+    # r1 (east), three statuses (two of SP-G1, healthy; SP-U1's crack faulty), r2 (crack).
+    det = detection.Detection(loaded, j, lambda *a, **k: None, WallClock())
+    j.append([(east, t0, 1.0, 0, t0), (crack, t0 + 1000, 500.0, 0, t0 + 1000)],
+             statuses=[("SP", "SP-G1", t0, t0, healthy, 1), ("SP", "SP-G1", t0, t0, healthy, 1), ("SP", "SP-U1", t0, t0, faulty, 1)])
+    while det._consume():
+        pass
+    assert det.fusion.quality.get("sensor_fault") == 1, det.fusion.quality
+    assert det.position == j.last_id() and det.status_position == 3
+    j.close()
