@@ -231,6 +231,15 @@ def verify(folder: Path) -> dict[str, Any]:
     is newer than this GeoWarn; raises BackupError naming the first problem."""
     folder = Path(folder)
     manifest = read_manifest(folder)
+    try:
+        _check_files(folder, manifest)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # A hand-edited or damaged manifest: a clear refusal, not a traceback.
+        raise BackupError(f"{folder / MANIFEST}: malformed ({type(exc).__name__}: {exc})") from None
+    return manifest
+
+
+def _check_files(folder: Path, manifest: dict[str, Any]) -> None:
     schemas = _schemas()
     for f in manifest["files"]:
         name = str(f["name"])
@@ -247,7 +256,6 @@ def verify(folder: Path) -> dict[str, Any]:
                 str(NewerSchemaError(f"{path}: {schema.name} schema version {f['version']} was written by a newer GeoWarn "
                                      f"(this one knows up to {len(schema.migrations)}); restore it with that version"))
             )
-    return manifest
 
 
 def _in_use(data_dir: Path) -> str | None:

@@ -231,3 +231,21 @@ def test_backups_keep_notify_logs_refuse_the_data_directory_and_restore_as_the_d
     restore(folder, target)
     for p in [target / "journal.sqlite", target / "notify", target / "notify" / "audit.jsonl"]:
         assert (p.stat().st_uid, p.stat().st_gid) == (65534, 65534), p
+
+
+def test_a_malformed_manifest_is_refused_with_a_reason_not_a_traceback(tmp_path):
+    import json
+
+    from geowarn.ingest.journal import Journal
+    from geowarn.service.backup import backup
+
+    src = tmp_path / "src"
+    Journal(src / "journal.sqlite").close()
+    folder = backup(src, tmp_path / "b")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for files in ([{"size": 1}], ["journal.sqlite"], [{"name": "../../etc/passwd", "size": 1, "sha256": "x"}], None):
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "files": files}))
+        with pytest.raises(BackupError, match="malformed|leaves the backup folder"):
+            verify(folder)
+        r = _geowarn("restore", str(folder), "--verify-only")
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
