@@ -79,7 +79,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from geowarn.config.registry import (
@@ -334,11 +334,12 @@ class _Health:
 
 
 class _Site:
-    __slots__ = ("level", "channels", "held", "confirmed")
+    __slots__ = ("level", "channels", "held", "confirmed", "quality")
 
     def __init__(self) -> None:
         self.level = 0
         self.channels: dict[str, _Channel] = {}
+        self.quality: dict[str, int] = {}  # suspect readings by flag
         self.held = False  # a channel is above the site level, for want of confirmation
         #: The highest level confirmed since the channels last stood below the confirmation
         #: level (0: none): it stays confirmed while the evidence does (see ``_fuse``).
@@ -351,9 +352,17 @@ class SiteFusion:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self._sites: dict[tuple[str, bool], _Site] = {}
-        self.quality: dict[str, int] = {}  # suspect readings by flag
+        #: Suspect readings by flag counted before counts were kept per site (an old snapshot).
+        self._quality_base: dict[str, int] = {}
+        #: Sites whose state changed since it was last saved (``site_state``), oldest change
+        #: first: site -> ``dirty_mark`` as it was when the site changed. The saver sets the
+        #: mark (service/detection.py: the journal positions before the batch being judged).
+        self.dirty: dict[str, Any] = {}
+        self.dirty_mark: Any = None
+        self._site_devices: dict[str, list[str]] = {}
         intervals: dict[str, float] = {}
-        for chans in registry.channels.values():
+        for (site, device), chans in registry.channels.items():
+            self._site_devices.setdefault(site, []).append(device)
             for info in chans.values():
                 intervals[info.device] = min(intervals.get(info.device, info.interval_s), info.interval_s)
         self.nodata = NoDataMonitor(intervals)
@@ -366,6 +375,15 @@ class SiteFusion:
         self._health: dict[str, _Health] = {}
         #: Sensors their device reports faulty: (site, device, channel) -> (sensor_state, since t).
         self._faults: dict[tuple[str, str, str], tuple[float, float]] = {}
+
+    @property
+    def quality(self) -> dict[str, int]:
+        """Suspect readings by flag, all sites (counted per site, so a site's saved state holds its own)."""
+        out = dict(self._quality_base)
+        for st in self._sites.values():
+            for flag, n in st.quality.items():
+                out[flag] = out.get(flag, 0) + n
+        return out
 
     # -- levels ------------------------------------------------------------------------------
 
@@ -387,6 +405,8 @@ class SiteFusion:
             st.confirmed = max(st.confirmed, level)
 
     def _site(self, site: str, exercise: bool) -> _Site:
+        if site not in self.dirty:  # whoever asks for a site's state may change it
+            self.dirty[site] = self.dirty_mark
         st = self._sites.get((site, exercise))
         if st is None:
             st = self._sites[(site, exercise)] = _Site()
@@ -443,13 +463,13 @@ class SiteFusion:
         if self._faults and (info.site, info.device, info.channel) in self._faults:
             # Stored, never judged: a faulty sensor's numbers enter no window (see the docstring).
             ch.suspect += 1
-            self.quality["sensor_fault"] = self.quality.get("sensor_fault", 0) + 1
+            st.quality["sensor_fault"] = st.quality.get("sensor_fault", 0) + 1
             return
         g = ch.guard.update(t, value)
         if g.evidence.get("suspect"):
             ch.suspect += 1
             flag = str(g.evidence.get("flag", "suspect"))
-            self.quality[flag] = self.quality.get(flag, 0) + 1
+            st.quality[flag] = st.quality.get(flag, 0) + 1
             if not exercise and not tallied:
                 fault = _FAULT_OF_FLAG.get(flag)
                 # Timed at the channel's last accepted time: event time, as in a replay.
@@ -489,7 +509,7 @@ class SiteFusion:
         if ch.held >= held_limit(info.interval_s):
             # A flood of early readings: refuse the one stamped furthest ahead (the least
             # credible), counted, never the true readings it would have put out of order.
-            self.quality["ahead_overflow"] = self.quality.get("ahead_overflow", 0) + 1
+            st.quality["ahead_overflow"] = st.quality.get("ahead_overflow", 0) + 1
             ch.suspect += 1
             # This channel's own (a drill's and the real channel's are apart, as their counts).
             mine = [i for i, e in enumerate(self._held) if e[2] == info and e[4] == exercise]
@@ -503,7 +523,7 @@ class SiteFusion:
         self._seq += 1
         heapq.heappush(self._held, (t, self._seq, info, value, exercise, arrived))
         ch.held += 1
-        self.quality["ahead"] = self.quality.get("ahead", 0) + 1
+        st.quality["ahead"] = st.quality.get("ahead", 0) + 1
         self._held_next = self._held[0][0]
 
     def _release(self, now: float, out: list[LevelChange]) -> None:
@@ -726,6 +746,8 @@ class SiteFusion:
         if not chans or not isinstance(states, dict):
             return False
         changed = False
+        if site not in self.dirty:
+            self.dirty[site] = self.dirty_mark
         for info in chans.values():
             src = info.spec.source
             code = states.get(src.partition(".")[0]) if src is not None else None
@@ -766,6 +788,8 @@ class SiteFusion:
             site = self.registry.device_site.get(ev.device)
             if site is None:
                 continue
+            if site not in self.dirty:  # its device is silent now
+                self.dirty[site] = self.dirty_mark
             lvl = self.level(site)
             out.append(
                 LevelChange(site, ev.t, lvl, lvl, f"{ev.device}: no data for {ev.silent_s / 3600:.1f} h (level held)", {"device": ev.device, "last_seen": ev.last_seen}, False, "nodata")
@@ -780,35 +804,83 @@ class SiteFusion:
 
     # -- persistence -------------------------------------------------------------------------
 
+    @staticmethod
+    def _site_json(st: _Site) -> dict[str, Any]:
+        return {
+            "level": st.level,
+            "confirmed": st.confirmed,
+            "quality": dict(st.quality),
+            "channels": {
+                key: {
+                    "level": ch.level,
+                    "suspect": ch.suspect,
+                    "levels": dict(ch.levels),
+                    "verdicts": {n: v.to_dict() for n, v in ch.verdicts.items()},
+                    "guard": ch.guard.snapshot(),
+                    "detectors": {n: d.snapshot() for n, d in ch.detectors},
+                }
+                for key, ch in st.channels.items()
+            },
+        }
+
     def snapshot(self) -> dict[str, Any]:
-        """Everything needed to continue exactly here after a restart (JSON-serialisable)."""
-        sites: dict[str, Any] = {}
-        for (site, exercise), st in self._sites.items():
-            sites[f"{site}|{int(exercise)}"] = {
-                "level": st.level,
-                "confirmed": st.confirmed,
-                "channels": {
-                    key: {
-                        "level": ch.level,
-                        "suspect": ch.suspect,
-                        "levels": dict(ch.levels),
-                        "verdicts": {n: v.to_dict() for n, v in ch.verdicts.items()},
-                        "guard": ch.guard.snapshot(),
-                        "detectors": {n: d.snapshot() for n, d in ch.detectors},
-                    }
-                    for key, ch in st.channels.items()
-                },
-            }
+        """Everything needed to continue exactly here after a restart (JSON-serialisable).
+        ``quality`` is the total; each site's entry carries its own share."""
+        sites = {f"{site}|{int(exercise)}": self._site_json(st) for (site, exercise), st in self._sites.items()}
         held = [[info.site, int(exercise), info.device, info.channel, t, value, arrived] for t, _, info, value, exercise, arrived in sorted(self._held)]
         health = {device: h.to_json() for device, h in self._health.items()}
         faults = [[s, d, c, code, since] for (s, d, c), (code, since) in self._faults.items()]
-        return {"sites": sites, "quality": dict(self.quality), "nodata": self.nodata.snapshot(), "held": held, "health": health, "faults": faults}
+        return {"sites": sites, "quality": self.quality, "nodata": self.nodata.snapshot(), "held": held, "health": health, "faults": faults}
+
+    def site_state(self, site: str) -> dict[str, Any]:
+        """One site's part of ``snapshot()`` (its real and drill state, its devices' silence
+        timers and clock health, its held readings and faulty sensors): saved site by site,
+        and put together again by ``assemble``."""
+        sites = {}
+        for exercise in (False, True):
+            st = self._sites.get((site, exercise))
+            if st is not None:
+                sites[f"{site}|{int(exercise)}"] = self._site_json(st)
+        devices = self._site_devices.get(site, [])
+        held = [[info.site, int(exercise), info.device, info.channel, t, value, arrived]
+                for t, _, info, value, exercise, arrived in sorted(self._held) if info.site == site]
+        health = {d: self._health[d].to_json() for d in devices if d in self._health}
+        faults = [[s, d, c, code, since] for (s, d, c), (code, since) in self._faults.items() if s == site]
+        return {"sites": sites, "nodata": self.nodata.snapshot_of(devices), "held": held, "health": health, "faults": faults}
+
+    def globals_state(self) -> dict[str, Any]:
+        """What ``site_state`` leaves out: the silence timers' start and old uncounted quality."""
+        return {"nodata_start": self.nodata.start_time(), "quality_base": dict(self._quality_base)}
+
+    @staticmethod
+    def assemble(globals_: dict[str, Any], parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+        """A ``snapshot()`` from ``globals_state()`` and sites' ``site_state()``s."""
+        sites: dict[str, Any] = {}
+        last: dict[str, float] = {}
+        silent: list[str] = []
+        held: list[Any] = []
+        health: dict[str, Any] = {}
+        faults: list[Any] = []
+        quality = dict(globals_.get("quality_base", {}))
+        for part in parts:
+            sites.update(part["sites"])
+            for sd in part["sites"].values():
+                for flag, n in sd.get("quality", {}).items():
+                    quality[flag] = quality.get(flag, 0) + int(n)
+            last.update(part["nodata"]["last"])
+            silent.extend(part["nodata"]["silent"])
+            held.extend(part["held"])
+            health.update(part["health"])
+            faults.extend(part["faults"])
+        held.sort(key=lambda h: h[4])
+        nodata = {"start": globals_.get("nodata_start"), "last": last, "silent": sorted(silent)}
+        return {"sites": sites, "quality": quality, "nodata": nodata, "held": held, "health": health, "faults": faults}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a snapshot. Sites, channels and detectors no longer in the registry
         are dropped; new ones start fresh (the registry may have changed between runs)."""
         self._sites.clear()
-        self.quality = dict(state.get("quality", {}))
+        per_site: dict[str, int] = {}
         for skey, sd in state.get("sites", {}).items():
             site, _, ex = skey.rpartition("|")
             if site not in self.registry.sites:
@@ -820,6 +892,9 @@ class SiteFusion:
             policy = self.registry.sites[site].policy
             st.confirmed = int(sd.get("confirmed", st.level if st.level >= policy.confirm_from_level else 0))
             st.held = True  # not in the snapshot: the first reading works it out again
+            st.quality = {str(f): int(n) for f, n in sd.get("quality", {}).items()}
+            for flag, n in st.quality.items():
+                per_site[flag] = per_site.get(flag, 0) + n
             for key, cd in sd["channels"].items():
                 device, _, channel = key.partition("/")
                 info = self.registry.channel(site, device, channel)
@@ -847,6 +922,9 @@ class SiteFusion:
             self._channel(self._site(site, bool(ex)), info).held += 1
         heapq.heapify(self._held)
         self._held_next = self._held[0][0] if self._held else math.inf
+        # The total less what the sites carry: all of it from a snapshot of before per-site counts.
+        self._quality_base = {f: int(n) - per_site.get(f, 0) for f, n in state.get("quality", {}).items() if int(n) - per_site.get(f, 0)}
+        self.dirty.clear()  # as saved
         self._health = {d: _Health.from_json(h) for d, h in state.get("health", {}).items() if d in self.registry.device_site}
         self._faults = {
             (str(s), str(d), str(c)): (float(code), float(since))

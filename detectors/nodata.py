@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,6 +167,15 @@ class NoDataMonitor:
 
     def snapshot(self) -> dict[str, Any]:
         return {"start": self._start, "last": dict(sorted(self._last.items())), "silent": sorted(self._silent)}
+
+    def snapshot_of(self, devices: Iterable[str]) -> dict[str, Any]:
+        """``snapshot()``'s "last" and "silent" for these devices only (a site's share)."""
+        last, silent = self._last, self._silent
+        return {"last": {d: last[d] for d in devices if d in last}, "silent": sorted(d for d in devices if d in silent)}
+
+    def start_time(self) -> float | None:
+        """When the timers started (``snapshot()``'s "start")."""
+        return self._start
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue from a snapshot; devices no longer configured are dropped, new ones start

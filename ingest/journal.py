@@ -85,11 +85,24 @@ MIGRATION_3 = """
 ALTER TABLE device_status ADD COLUMN after_reading INTEGER;
 """
 
+#: Detection's state, one row per site (issue 17): saved a few sites at a time, only those
+#: that changed, each with the journal positions (readings, statuses) it reflects, so that no
+#: save stops detection for long, no value comes near SQLite's limit, and a restart reads
+#: each site's row and replays only what came after it (service/detection.py).
+MIGRATION_4 = """
+CREATE TABLE IF NOT EXISTS site_state (
+    site            TEXT PRIMARY KEY,
+    position        INTEGER NOT NULL,
+    status_position INTEGER NOT NULL,
+    body            TEXT NOT NULL
+);
+"""
+
 #: The journal's file in the data directory.
 JOURNAL_FILE = "journal.sqlite"
 #: Migration 1 is the schema from before versions were kept (idempotent, so a file of that
 #: time migrates by being stamped). Append new migrations; never edit a released one.
-JOURNAL_SCHEMA = Schema("journal", (SCHEMA, MIGRATION_2, MIGRATION_3))
+JOURNAL_SCHEMA = Schema("journal", (SCHEMA, MIGRATION_2, MIGRATION_3, MIGRATION_4))
 
 #: State keys written by the detection worker (service/detection.py) and read by the console
 #: and metrics, which may not import the service: one spelling, kept by the file's owner.
@@ -382,6 +395,35 @@ class Journal:
             (key, json.dumps(value)),
         )
 
+    # -- detection's state, per site ---------------------------------------------------------
+
+    def save_site_states(self, rows: Iterable[tuple[str, int, int, str]], delete: Iterable[str] = (), state: Mapping[str, Any] | None = None) -> None:
+        """Write site rows (site, position, status position, JSON body), delete others and set
+        state keys, in one transaction: what was saved before stays whole until this commits."""
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(
+                "INSERT INTO site_state (site, position, status_position, body) VALUES (?, ?, ?, ?) ON CONFLICT(site) DO UPDATE SET "
+                "position=excluded.position, status_position=excluded.status_position, body=excluded.body",
+                rows,
+            )
+            conn.executemany("DELETE FROM site_state WHERE site=?", ((s,) for s in delete))
+            for key, value in (state or {}).items():
+                if value is None:
+                    conn.execute("DELETE FROM state WHERE key=?", (key,))
+                else:
+                    self.set_state(key, value)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def site_states(self) -> Iterator[tuple[str, int, int, str]]:
+        """Every saved site row: (site, position, status position, JSON body)."""
+        for site, pos, spos, body in self.conn.execute("SELECT site, position, status_position, body FROM site_state"):
+            yield str(site), int(pos), int(spos), str(body)
+
     # -- reads -----------------------------------------------------------------------------
 
     def read_after(self, position: int, limit: int) -> list[tuple[int, str, str, str, str, str, int, float, int]]:
@@ -582,6 +624,20 @@ class JournalReader:
         with self._read() as conn:
             row = None if conn is None else conn.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
+
+    def site_states(self, header_key: str) -> tuple[Any, list[tuple[str, int, int, str]]]:
+        """Detection's per-site state rows with their header (state ``header_key``), read in
+        one transaction so that they belong together."""
+        with self._read() as conn:
+            if conn is None:
+                return None, []
+            conn.execute("BEGIN")
+            try:
+                row = conn.execute("SELECT value FROM state WHERE key=?", (header_key,)).fetchone()
+                rows = conn.execute("SELECT site, position, status_position, body FROM site_state").fetchall()
+            finally:
+                conn.execute("COMMIT")
+        return (None if row is None else json.loads(row[0])), [(str(a), int(b), int(c), str(d)) for a, b, c, d in rows]
 
     def site_levels(self) -> dict[str, int]:
         """Each site's fused level as the detection worker last saved it."""

@@ -29,10 +29,16 @@ readings that arrived with or after it, and their position is saved with the sna
 channels reported faulty are in the journal's state under ``SENSOR_FAULTS_KEY``. Without a
 snapshot, each device's latest status says.
 
-Its state is a fusion snapshot saved with the journal position it reflects, every
-``snapshot_interval_s`` and at every stop; after a crash it restores the snapshot and reads
-on from that position, so it neither repeats nor forgets a warning. A file lock keeps a
-second worker (say, an orphan of a killed daemon) from judging the same journal at once.
+Its state is saved site by site (issue 17): a site whose state changed is written again, as
+one row of the journal's ``site_state`` table with the journal positions (readings, statuses)
+it reflects, once it has been changed for ``snapshot_interval_s``, a few sites per step
+(``SAVE_BUDGET_S``), oldest change first, and whatever changed at each checkpoint and stop
+within ``CHECKPOINT_BUDGET_S``. No save stops detection for long and no value grows with the
+fleet. A header (``STATE_KEY``) written with every save names the floor: the positions
+before the oldest change not yet saved. After a crash the rows are put together again, and
+the journal is read from the floor on, each site taking only what came after its own row;
+so it neither repeats nor forgets a warning. A file lock keeps a second worker (say, an
+orphan of a killed daemon) from judging the same journal at once.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ from geowarn.core.clock import Clock, EventClock, WallClock
 from geowarn.core.events import LevelChange
 from geowarn.core.timefmt import rfc3339
 from geowarn.detectors.clockhealth import CLOCK_HEALTH_KEY, CLOCK_KINDS
+from geowarn.detectors.fusion import SiteFusion
 from geowarn.ingest.commands_cn import REPLY_TOPIC
 from geowarn.ingest.journal import DETECTION_STATS_KEY, SITE_LEVELS_KEY, Journal
 from geowarn.service.judge import Judge
@@ -59,7 +66,16 @@ from geowarn.core.logfields import kv
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_KEY = "fusion.snapshot.v2"  # v2: compact detector state, shared windows (v1 snapshots are ignored)
+#: The state of before per-site rows (one value for the whole fleet): read once, then deleted.
+SNAPSHOT_KEY = "fusion.snapshot.v2"
+#: The per-site state's header: {"floor", "status_floor", "position", "status_position",
+#: "globals"} (see the module docstring).
+STATE_KEY = "fusion.state.v3"
+#: Time a step may spend saving sites changed for ``snapshot_interval_s`` or longer.
+SAVE_BUDGET_S = 0.02
+#: Time a checkpoint (periodic, and at the stop) may spend saving the sites changed since
+#: their last save; what it leaves is replayed from the journal by the next start.
+CHECKPOINT_BUDGET_S = 2.0
 EMITTED_KEY = "fusion.emitted_through"
 #: The channels whose device reports their sensor faulty (``SiteFusion.sensor_faults()``).
 SENSOR_FAULTS_KEY = "detection.sensor_faults"
@@ -114,6 +130,16 @@ class Detection:
         saved = self.journal.get_state(DETECTION_STATS_KEY) or {}
         self.judged = int(saved.get("readings", 0))  # cumulative across restarts, as a counter should be
         self.judging_s = float(saved.get("seconds", 0.0))
+        #: Sites are saved once changed for this long (the journal has what came since).
+        self.save_after_s = float(s.snapshot_interval_s)
+        #: While a restart reads on from the floor: site -> (position, status position) of its
+        #: row; its readings and statuses up to there are in the row already.
+        self._skip: dict[str, tuple[int, int]] = {}
+        self._skip_upto = (0, 0)
+        #: Rows of sites no longer in the registry, deleted by the next full save.
+        self._stale_rows: list[str] = []
+        self._legacy = False
+        self._mark()
         self._resume()
 
     # -- start -------------------------------------------------------------------------------
@@ -127,14 +153,21 @@ class Detection:
         that happened while detection was down comes out with its own reason and evidence.
         """
         persisted: dict[str, int] = self.journal.get_state(SITE_LEVELS_KEY, {}) or {}
-        snap = self.journal.get_state(SNAPSHOT_KEY)
-        if snap is not None:
-            self.fusion.restore(snap["state"])
-            self.position = int(snap["position"])
-            if "status_position" in snap:
-                self.status_position = int(snap["status_position"])
-            else:  # a snapshot from before statuses were read: each device's latest says
-                self._latest_statuses()
+        header = self.journal.get_state(STATE_KEY)
+        snap: dict[str, Any] | None = self.journal.get_state(SNAPSHOT_KEY) if header is None else None
+        if header is not None or snap is not None:
+            if header is not None:
+                self._restore_sites(header)
+            elif snap is not None:  # the one-value state of before: restored, then saved per site and deleted
+                self.fusion.restore(snap["state"])
+                self.position = int(snap["position"])
+                if "status_position" in snap:
+                    self.status_position = int(snap["status_position"])
+                else:  # a snapshot from before statuses were read: each device's latest says
+                    self._latest_statuses()
+                self._legacy = True
+                self._mark()
+                self.fusion.dirty.update((site, self.fusion.dirty_mark) for site in self.registry.sites)
             emitted = int(self.journal.get_state(EMITTED_KEY, 0) or 0)
             while self.position < emitted and self._consume(emit=False, upto=emitted):
                 pass
@@ -167,6 +200,28 @@ class Detection:
 
     # -- the loop ----------------------------------------------------------------------------
 
+    def _restore_sites(self, header: dict[str, Any]) -> None:
+        """The fusion state from the site rows, read on from the header's floor."""
+        parts = []
+        skip: dict[str, tuple[int, int]] = {}
+        for site, pos, spos, body in self.journal.site_states():
+            if site not in self.registry.sites:
+                self._stale_rows.append(site)
+                continue
+            parts.append(json.loads(body))
+            skip[site] = (pos, spos)
+        self.fusion.restore(self.fusion.assemble(header.get("globals", {}), parts))
+        self.position, self.status_position = int(header["floor"]), int(header["status_floor"])
+        self._skip = {site: p for site, p in skip.items() if p[0] > self.position or p[1] > self.status_position}
+        self._skip_upto = (max((p[0] for p in self._skip.values()), default=0), max((p[1] for p in self._skip.values()), default=0))
+        self._mark()
+        if self._skip:
+            log.info("detection state restored", extra=kv(sites=len(parts), replay_from=self.position, replay_sites_until=self._skip_upto[0]))
+
+    def _mark(self) -> None:
+        """What a site changed from now on is saved against: the positions judged so far."""
+        self.fusion.dirty_mark = (self.position, self.status_position, time.monotonic())
+
     @property
     def emitted(self) -> int:
         return self.judge.emitted
@@ -187,6 +242,8 @@ class Detection:
         judge = self.judge
         changed = announced = clock = False
         maintenance = self.maintenance
+        skip = self._skip
+        self._mark()
         # A full page of statuses may have more behind it: once it is used up, the readings after
         # it wait for the next page (a status must never come after a reading it stood before).
         more = len(statuses) == STATUS_BATCH
@@ -212,6 +269,8 @@ class Detection:
                     judge.at(t)
                 else:
                     self.clock.observe(t)  # type: ignore[attr-defined]
+            if skip and site in skip and _id <= skip[site][0]:
+                continue  # a restart reading on from the floor: this site's saved row has it
             for change in judge.reading(info, t, value, bool(drill), None if event_time else received_ms / 1000.0, announce=emit):
                 if emit:
                     announced = True
@@ -220,6 +279,8 @@ class Detection:
         if judged == 0:
             return 1  # only statuses this time: come back at once for the rest
         self.position = rows[judged - 1][0]
+        if skip and self.position >= self._skip_upto[0] and self.status_position >= self._skip_upto[1]:
+            self._skip = {}
         if changed:
             self._save_levels()
         if clock:
@@ -235,7 +296,8 @@ class Detection:
         i, changed = start, False
         while i < len(rows) and (before is None or _status_before(rows[i], *before)):
             sid, site, device, t_ms, _received_ms, text, _after = rows[i]
-            changed = self._apply_status(site, device, text, t_ms / 1000.0) or changed
+            if not (self._skip and site in self._skip and sid <= self._skip[site][1]):
+                changed = self._apply_status(site, device, text, t_ms / 1000.0) or changed
             self.status_position = sid
             i += 1
         if changed:
@@ -266,11 +328,50 @@ class Detection:
         if n:
             self.judged += n
             self.judging_s += time.perf_counter() - t0
+        self._mark()
         self.judge.at(self.clock.now())
+        self.save_sites(SAVE_BUDGET_S, older_than_s=self.save_after_s)
         return n
 
-    def save_snapshot(self) -> None:
-        self.journal.set_state(SNAPSHOT_KEY, {"position": self.position, "status_position": self.status_position, "state": self.fusion.snapshot()})
+    def save_sites(self, budget_s: float | None, older_than_s: float = 0.0) -> int:
+        """Save the sites changed ``older_than_s`` ago or more, oldest change first, until
+        ``budget_s`` of work (None: all of them), with the header, in one transaction; returns
+        how many. Between batches only: the rows reflect the positions judged so far."""
+        dirty = self.fusion.dirty
+        if not dirty and not self._stale_rows:
+            return 0
+        now = time.monotonic()
+        start = time.perf_counter()
+        rows: list[tuple[str, int, int, str]] = []
+        for site, mark in dirty.items():
+            if mark is not None and now - mark[2] < older_than_s:
+                break  # oldest first: the rest changed later still
+            rows.append((site, self.position, self.status_position, json.dumps(self.fusion.site_state(site), separators=(",", ":"))))
+            if budget_s is not None and time.perf_counter() - start >= budget_s:
+                break
+        if not rows and not self._stale_rows:
+            return 0
+        for site, *_ in rows:
+            del dirty[site]
+        # The one value of before goes once every site is in a row of its own.
+        legacy_done = self._legacy and not dirty
+        self.journal.save_site_states(rows, self._stale_rows, {STATE_KEY: self._header(), **({SNAPSHOT_KEY: None} if legacy_done else {})})
+        self._stale_rows = []
+        self._legacy = self._legacy and not legacy_done
+        return len(rows)
+
+    def _header(self) -> dict[str, Any]:
+        """Where a restart reads on from: before the oldest change not saved (or here)."""
+        oldest = next(iter(self.fusion.dirty.values()), None)
+        floor = (self.position, self.status_position) if oldest is None else (oldest[0], oldest[1])
+        return {"floor": floor[0], "status_floor": floor[1], "position": self.position, "status_position": self.status_position,
+                "globals": self.fusion.globals_state(), "saved": time.time()}
+
+    def save_snapshot(self, budget_s: float | None = None) -> None:
+        """Save the sites changed since their last save (within ``budget_s``; None: all), the
+        header, the counters and the devices' clock health."""
+        self.save_sites(budget_s)
+        self.journal.set_state(STATE_KEY, self._header())  # the floor moves on to here when nothing is left
         self.journal.set_state(DETECTION_STATS_KEY, {"readings": self.judged, "seconds": self.judging_s, "position": self.position})
         self.save_clock_health()
 
@@ -501,7 +602,9 @@ class DetectionJob:
         self._audit_minute = (start, written, counted)
 
     def checkpoint(self) -> None:
-        self.detection.save_snapshot()
+        # Periodic and at the stop alike: what is not saved within the budget is replayed from
+        # the journal by the next start (the header's floor), so a stop never waits on it.
+        self.detection.save_snapshot(CHECKPOINT_BUDGET_S)
 
     def close(self) -> None:
         # Let sends in flight finish and be recorded before the outbox closes: a delivered
@@ -514,6 +617,17 @@ class DetectionJob:
         self.journal.close()
         if self._tokens is not None:
             self._tokens.close()
+
+
+def saved_state(reader: Any) -> dict[str, Any] | None:
+    """The detection state a restart would start from, put together from the site rows of a
+    journal (``JournalReader``): the header's fields and ``state``, a ``SiteFusion.snapshot()``
+    (for tests and diagnosis; None before the first save)."""
+    header, rows = reader.site_states(STATE_KEY)
+    if header is None:
+        return None
+    state = SiteFusion.assemble(header.get("globals", {}), [json.loads(body) for _, _, _, body in rows])
+    return {**header, "sites": {site: [pos, spos] for site, pos, spos, _ in rows}, "state": state}
 
 
 def _target_of(kind: str, doc: Any) -> str:

@@ -408,8 +408,11 @@ def test_a_held_reading_survives_a_killed_daemon_and_is_judged_when_its_time_com
         rows = daemon.query("SELECT value FROM state WHERE key = ?", (key,))
         return json.loads(rows[0][0]) if rows else None
 
+    from geowarn.ingest.journal import JournalReader
+    from geowarn.service.detection import saved_state
+
     def channel():
-        snap = state("fusion.snapshot.v2")
+        snap = saved_state(JournalReader(data / "journal.sqlite"))
         return None if snap is None else snap["state"]["sites"].get("BSH|0", {}).get("channels", {}).get("BSH-EXT1/disp")
 
     try:
@@ -423,7 +426,7 @@ def test_a_held_reading_survives_a_killed_daemon_and_is_judged_when_its_time_com
         assert (state("detection.clock_health") or {}).get("held") == 1, "the held reading was lost in the restart"
         assert time.time() < now + 20.0, "the test was too slow to see the reading still held"
         daemon.wait_until(lambda: (channel() or {}).get("guard", {}).get("clock", {}).get("t") == now + 20.0, 40, "the held reading judged after its time")
-        snap = state("fusion.snapshot.v2")["state"]
+        snap = saved_state(JournalReader(data / "journal.sqlite"))["state"]
         assert snap["held"] == [] and snap["quality"].get("out_of_order", 0) == 0
         daemon.terminate()
     finally:

@@ -11,7 +11,7 @@ from the recorded feed and its truth file only (never from the daemon's output):
 - duplicates stored once, out-of-order messages stored: the journal is exactly the set of good
   readings (nothing lost, nothing twice), read with `geowarn export`;
 - stuck values, spikes and late (out-of-order) readings → quality flags: the detection
-  worker's fusion snapshot (journal state ``geowarn.service.detection.SNAPSHOT_KEY``) counts them per flag, and the
+  worker's saved state (``geowarn.service.detection.saved_state``) counts them per flag, and the
   counts equal the guards' batch reference (``tests/oracles/quality.py batch_quality_flags``) run
   over each channel as the journal orders it; no site level moves;
 - gaps and the battery death → no-data. Live, all 40 h arrive within seconds, and silence is
@@ -193,9 +193,10 @@ def test_every_injected_fault_is_handled_by_the_live_daemon(tmp_path: Path, mosq
             assert len({k[3] for k in got if k[1] == fault["device"]} & times) == len(times)
 
         # -- quality flags: the guards' batch reference over each channel in journal order --
-        from geowarn.service.detection import SNAPSHOT_KEY
+        from geowarn.ingest.journal import JournalReader
+        from geowarn.service.detection import saved_state
 
-        snap = json.loads(daemon.query("SELECT value FROM state WHERE key = ?", (SNAPSHOT_KEY,))[0][0])["state"]
+        snap = saved_state(JournalReader(daemon.data_dir / "journal.sqlite"))["state"]
         expected_flags: Counter[str] = Counter()
         flags_of: dict[str, list[str | None]] = {}
         for key, series in by_channel.items():
