@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import struct
 import threading
 import time
 from collections import deque
@@ -85,6 +86,25 @@ class Inbox:
 
     def qsize(self) -> int:
         return len(self._q)
+
+
+#: A PUBACK: fixed header 0x40, remaining length 2, packet id (MQTT 3.1.1 §3.4, MQTT 5 §3.4:
+#: without a reason code it means success). paho's ``_send_command_with_mid`` packs the same.
+_PUBACK_HEADER = 0x40
+_PUBACK = struct.Struct("!BBH")
+
+
+def check_paho_surface() -> None:
+    """Fail loudly, at start, if the installed paho-mqtt no longer has what ``ack_many`` uses:
+    ``Client._packet_queue(command, packet, mid, qos, info=None)`` and PUBACK = 0x40."""
+    import inspect
+
+    params = list(inspect.signature(mqtt.Client._packet_queue).parameters)
+    if params[:5] != ["self", "command", "packet", "mid", "qos"] or mqtt.PUBACK != _PUBACK_HEADER:
+        raise RuntimeError(
+            f"paho-mqtt {getattr(mqtt, '__version__', '?')} changed Client._packet_queue {params} or PUBACK: "
+            "MqttLink.ack_many (ingest/mqtt.py) must be adapted to it"
+        )
 
 
 #: MQTT 5 DISCONNECT reason: another connection with the same client id took the session.
@@ -145,6 +165,7 @@ class MqttLink:
         clean_session: bool = False,
         expect_session: bool = False,
     ) -> None:
+        check_paho_surface()
         self.target = target
         self.subscriptions = list(subscriptions)
         self.inbox = Inbox(inbox_size)
@@ -290,6 +311,38 @@ class MqttLink:
             return False
         self.client.ack(item.mid, item.qos)
         return True
+
+    def ack_many(self, items: Sequence[Inbound]) -> int:
+        """Acknowledge a batch of messages once they are all durable, waking paho's thread once
+        for the batch instead of once per message; returns how many came on an earlier
+        connection and were not acked (see ``ack``).
+
+        paho's ``Client.ack`` queues one PUBACK and writes one wake-up byte to paho's socket
+        pair per call: with a batch of 2000 that was 2000 ``send()`` calls from the pipeline and
+        as many wake-ups of paho's ``select()``. Here the batch's QoS 1 PUBACKs (4 bytes each,
+        exactly what paho's ``_send_puback`` packs, valid on MQTT 3.1.1 and 5) go into paho's
+        outgoing queue as ONE packet through paho's own ``_packet_queue``, which writes one
+        wake-up byte (and, with no paho thread, writes the packet at once); paho's thread
+        then sends them with one ``send()``. A QoS 2 message (never one of ours: every
+        subscription is QoS 1) goes through ``Client.ack``. ``_packet_queue`` is paho's
+        protected surface: ``check_paho_surface`` and tests/test_ack_batch.py fail loudly when
+        a paho upgrade changes it."""
+        stale = 0
+        gen = self.generation
+        packets: list[bytes] = []
+        pack = _PUBACK.pack
+        for it in items:
+            if it.qos == 0:
+                continue
+            if it.generation != gen:
+                stale += 1
+            elif it.qos == 1:
+                packets.append(pack(_PUBACK_HEADER, 2, it.mid))
+            else:
+                self.client.ack(it.mid, it.qos)
+        if packets:
+            self.client._packet_queue(_PUBACK_HEADER, b"".join(packets), items[-1].mid, 1)
+        return stale
 
     def publish(self, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> None:
         self.client.publish(topic, payload, qos=qos, retain=retain)

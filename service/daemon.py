@@ -225,7 +225,7 @@ class App:
         # again on this one (persistent session), so logging our copy too would log it twice.
         pending = [it for it in self._pending if it.qos == 0 or it.generation == gen]
         c = self.counters
-        ack = self.link.ack
+        ack_many = self.link.ack_many
         while pending:
             n, size = 0, 0
             for it in pending:
@@ -245,9 +245,8 @@ class App:
                 return False
             del pending[:n]
             c.messages += len(chunk)
-            for it in chunk:
-                if not ack(it):
-                    c.stale_acks += 1
+            # Only now that the chunk is durable: its PUBACKs, with one wake-up of paho's thread.
+            c.stale_acks += ack_many(chunk)
         self._pending = []
         if self._ack_error is not None:
             log.warning("the message log is written again; acknowledging messages again", extra=kv(retries=c.write_errors))
