@@ -60,14 +60,17 @@ class Logged(NamedTuple):
 
 def _unframe(batch_id: int, received_ms: int, data: bytes) -> list[Logged]:
     out: list[Logged] = []
-    view = memoryview(data)
-    pos, end, header = 0, len(data), _HEADER
+    add = out.append
+    # A NamedTuple's own constructor is a Python function (about 0.7 µs a message); the
+    # tuple's is not, and makes the same object.
+    make = tuple.__new__
+    pos, end, header, unpack = 0, len(data), _HEADER.size, _HEADER.unpack_from
     while pos < end:
-        lt, lp, size = header.unpack_from(view, pos)
-        pos += header.size
-        topic = bytes(view[pos:pos + lt])
+        lt, lp, size = unpack(data, pos)
+        pos += header
+        topic = data[pos:pos + lt]
         pos += lt
-        out.append(Logged(batch_id, received_ms, topic, bytes(view[pos:pos + lp]), size))
+        add(make(Logged, (batch_id, received_ms, topic, data[pos:pos + lp], size)))
         pos += lp
     return out
 

@@ -60,6 +60,8 @@ POISON = "poison"
 POISON_TRIES = 3
 #: The reason of a reading whose key (device, channel, time) is stored with another value.
 CONFLICT = "conflict"
+#: At most this many decoded topics are remembered (one per device in a sane fleet).
+TOPIC_CACHE = 200_000
 
 _Part = tuple[list[tuple[int, int, float, int, int]], list[tuple[int, str, str, str, bytes]], list[tuple[str, str, int, int, str]]]
 
@@ -100,6 +102,8 @@ class Pipeline:
         self._newest: dict[int, int] = {}
         # The keys and values of the batch being processed (not in the journal yet).
         self._batch: dict[tuple[int, int], float] = {}
+        # Raw topic -> its text: one per device, repeated in every message.
+        self._topics: dict[bytes, str] = {}
 
     def _deadletter(self, now_ms: int, topic: str, reason: str, detail: str, payload: bytes, size: int,
                     items: list[Any] | None = None, rejected: dict[str, int] | None = None) -> tuple[int, str, str, str, bytes]:
@@ -183,11 +187,23 @@ class Pipeline:
         drill = 1 if d.drill else 0
         series = self.series
         rejects = list(d.rejects)
+        newest_of, batch = self._newest, self._batch
+        keep = rows.append
         for info, t, v in d.readings:
-            row = (series[info], int(round(t * 1000.0)), v, drill, now_ms)
+            sid, t_ms = series[info], round(t * 1000.0)
+            newest = newest_of.get(sid)
+            if newest is not None and t_ms > newest:
+                # After everything stored and everything earlier in the batch for this series
+                # (every key in the batch is at or below ``newest``): new, no lookup. This is
+                # _conflict's own first branch, without the call.
+                newest_of[sid] = t_ms
+                batch[(sid, t_ms)] = v
+                keep((sid, t_ms, v, drill, now_ms))
+                continue
+            row = (sid, t_ms, v, drill, now_ms)
             conflict = self._conflict(row, info.channel, t)
             if conflict is None:
-                rows.append(row)
+                keep(row)
             else:
                 rejects.append(conflict)
         dls = [self._rejects(now_ms, topic, m, rejects, len(rows))] if rejects else []
@@ -265,8 +281,13 @@ class Pipeline:
         try:
             parts: list[_Part] = []
             self._batch = {}
+            topics = self._topics
             for i, m in enumerate(messages):
-                topic = clean(m.topic.decode("utf-8", "replace"))
+                topic = topics.get(m.topic)
+                if topic is None:
+                    if len(topics) >= TOPIC_CACHE:
+                        topics.clear()  # a flood of distinct topics must not grow memory
+                    topic = topics[m.topic] = clean(m.topic.decode("utf-8", "replace"))
                 if i in quarantined:
                     exc, tries = quarantined[i]
                     parts.append(([], [self._poison(m, topic, exc, tries)], []))
