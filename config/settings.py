@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     # How often detector state is snapshotted (and at every clean stop); after a crash the
     # journal readings stored since the snapshot are replayed into the detectors.
     snapshot_interval_s: float = Field(default=60.0, gt=0)
+    # A worker told to stop with a backlog goes on with it this long, then leaves the rest to
+    # the next start (the daemon gives a worker 60 s to stop: the checkpoint needs the rest).
+    stop_drain_s: float = Field(default=30.0, gt=0, le=50)
 
     max_future_skew_s: float = Field(default=300.0, ge=0)
     max_payload_bytes: int = Field(default=256 * 1024, ge=1024)

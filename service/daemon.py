@@ -42,6 +42,7 @@ from geowarn.ingest.messagelog import MESSAGES_FILE, MessageLog
 from geowarn.ingest.mqtt import Inbound, MqttLink
 from geowarn.ingest.store import Store, stored_position
 from geowarn.service.sdnotify import Notifier
+from geowarn.service.worker import START_SILENCE_S as WORKER_START_SILENCE_S
 from geowarn.service.worker import WorkerProcess, describe_error, is_write_error
 from geowarn.core.logfields import kv
 
@@ -417,8 +418,16 @@ class App:
 
     def run(self, stop: threading.Event, drain_s: float = 3.0) -> None:
         stats_every_s = self.loaded.settings.stats_interval_s
-        self.store.start()
-        self.detection.start()
+        notify = Notifier()
+
+        def starting(worker: str) -> Any:
+            # A worker resuming a national fleet's state says it is still at it: systemd's
+            # start timeout is extended as long as it does (TimeoutStartSec would kill us).
+            return lambda elapsed: notify.send(status=f"starting: the {worker} worker is resuming its state ({elapsed:.0f} s)",
+                                               extend_timeout_usec=int(2 * WORKER_START_SILENCE_S * 1e6))
+
+        self.store.start(progress=starting("store"))
+        self.detection.start(progress=starting("detection"))
         if self.forwarder is not None:
             self.forwarder.start()
         self.link.start()
@@ -430,7 +439,6 @@ class App:
         log.info("geowarn daemon running", extra=kv(broker=self.loaded.settings.mqtt.redacted(), data_dir=self.loaded.settings.data_dir))
         # Under systemd (Type=notify): started once the parts are up; the keep-alives come from
         # this loop, so a hung ack loop is killed and restarted by WatchdogSec.
-        notify = Notifier()
         notify.ready(f"running; data {self.loaded.settings.data_dir}")
         inbox = self.link.inbox
         next_stats = time.monotonic() + stats_every_s

@@ -25,6 +25,7 @@ import os
 import signal
 import sqlite3
 import sys
+import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -41,6 +42,11 @@ Publish = Callable[[str, bytes, bool], None]
 
 #: Scheduling priority of worker processes relative to the daemon (higher = yields more).
 WORKER_NICENESS = 10
+#: While a worker builds its job (resuming its state: long at a national fleet) it says so
+#: this often; the daemon waits as long as it does, instead of giving up after a fixed time.
+START_HEARTBEAT_S = 5.0
+#: A worker that has said nothing for this long while starting is given up.
+START_SILENCE_S = 60.0
 #: After a write error a worker rebuilds its job after this pause, doubled up to the maximum.
 WRITE_RETRY_FIRST_S = 1.0
 WRITE_RETRY_MAX_S = 10.0
@@ -254,7 +260,22 @@ def _worker_main(
         return link
 
     link: Any = connect()
-    job: Job | None = factory(loaded, link, *args)
+    building = threading.Event()
+
+    def heartbeat() -> None:
+        while not building.wait(START_HEARTBEAT_S):
+            try:
+                ready.send_bytes(b"p")  # still resuming: not stuck
+            except OSError:  # the daemon is gone
+                return
+
+    beat = threading.Thread(target=heartbeat, name=f"{name}-starting", daemon=True)
+    beat.start()
+    try:
+        job: Job | None = factory(loaded, link, *args)
+    finally:
+        building.set()
+        beat.join()
     try:
         ready.send_bytes(b"r")
     except OSError:  # the daemon is gone
@@ -266,6 +287,7 @@ def _worker_main(
     # the loop below finishes its batch, checkpoints and exits.
     _parent_death_signal(0)
     next_checkpoint = time.monotonic() + s.snapshot_interval_s
+    drain_until: float | None = None  # set when told to stop with work in hand
     clean = False
     degraded: Degraded | None = None
     try:
@@ -303,6 +325,16 @@ def _worker_main(
                 if stopping:
                     break
                 stop.poll(0.05)
+            elif stopping:
+                # Work in hand at the stop (a backlog): on with it for a while, then the rest is
+                # left where it is durable (the message log, the journal) for the next start,
+                # which goes on from the saved position; the daemon's stop never has to kill.
+                if drain_until is None:
+                    drain_until = time.monotonic() + s.stop_drain_s
+                elif time.monotonic() >= drain_until:
+                    log.warning("stopping with work in hand; the next start goes on from the saved position",
+                                extra=kv(worker=name, drained_s=s.stop_drain_s))
+                    break
         clean = True
     except BaseException:
         # The cause of the restart that follows, in the daemon's log (the daemon logs the exit).
@@ -413,14 +445,27 @@ class WorkerProcess:
             daemon=True,
         )
 
-    def start(self, timeout: float = 120.0) -> None:
-        """Start the worker and wait until it has resumed its state."""
+    def start(self, timeout: float = START_SILENCE_S, progress: Callable[[float], None] | None = None) -> None:
+        """Start the worker and wait until it has resumed its state, as long as it says it is
+        still at it (a heartbeat every START_HEARTBEAT_S): a national fleet's state takes
+        time; a worker silent for ``timeout`` seconds is given up. ``progress(elapsed_s)`` is
+        called on each heartbeat (the daemon tells systemd to extend its start timeout)."""
         self._launch()
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        said = started
         while True:
             if self._ready.poll(0.1):
                 try:
-                    self._ready.recv_bytes()
+                    if self._ready.recv_bytes() == b"p":
+                        now = time.monotonic()
+                        deadline = now + timeout
+                        if progress is not None:
+                            progress(now - started)
+                        if now - said >= 30.0:
+                            said = now
+                            log.info("worker still starting (resuming its state)", extra=kv(worker=self.name, elapsed_s=round(now - started)))
+                        continue
                     return
                 except EOFError:  # it closed its end without saying ready: it exited
                     self.process.join(5)
@@ -428,7 +473,7 @@ class WorkerProcess:
             if not self.process.is_alive():
                 raise RuntimeError(f"the {self.name} worker exited with code {self.process.exitcode} while starting")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the {self.name} worker did not start within {timeout:.0f} s")
+                raise RuntimeError(f"the {self.name} worker said nothing for {timeout:.0f} s while starting")
 
     def _launch(self) -> None:
         self.process.start()
