@@ -21,6 +21,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -221,24 +222,41 @@ class Journal:
             raise
         return inserted
 
+    #: Readings per INSERT statement of ``_insert_readings`` (5 parameters each: 500, under
+    #: SQLite's oldest default limit of 999 variables).
+    _ROWS_PER_INSERT = 100
+    _INSERT_READINGS = _INSERT_READING + ", (?, ?, ?, ?, ?)" * (_ROWS_PER_INSERT - 1)
+
+    def _insert_readings(self, readings: list[tuple[int, int, float, int, int]]) -> int:
+        """``INSERT OR IGNORE`` the readings, in order (inside the caller's transaction); how
+        many were new. A hundred rows per statement: each row is still inserted or ignored on
+        its own, with the same ids in the same order, but the per-statement work of Python's
+        sqlite3 (step, reset, one call per row) is paid once per hundred rows, which makes a
+        reading's insert about a third cheaper."""
+        conn = self.conn
+        mark = conn.total_changes
+        k = self._ROWS_PER_INSERT
+        full = len(readings) - len(readings) % k
+        if full:
+            conn.executemany(self._INSERT_READINGS, (tuple(chain.from_iterable(readings[i:i + k])) for i in range(0, full, k)))
+        if full < len(readings):
+            conn.executemany(_INSERT_READING, readings[full:])
+        return conn.total_changes - mark
+
     def _insert_ordered(self, readings: list[tuple[int, int, float, int, int]], statuses: list[Any]) -> int:
         """Readings and statuses in the order they arrived (inside the caller's transaction);
-        how many readings were new. Without statuses, one executemany."""
+        how many readings were new. Without statuses, one ``_insert_readings``."""
         conn = self.conn
         inserted = 0
         done = 0
         for st in sorted(statuses, key=lambda x: x[5] if len(x) > 5 else 0):
             k = min(len(readings), st[5] if len(st) > 5 else 0)
             if k > done:
-                mark = conn.total_changes
-                conn.executemany(_INSERT_READING, readings[done:k])
-                inserted += conn.total_changes - mark
+                inserted += self._insert_readings(readings[done:k])
                 done = k
             conn.execute(_INSERT_STATUS, (*st[:5], conn.execute(_LAST_READING).fetchone()[0]))
         if done < len(readings):
-            mark = conn.total_changes
-            conn.executemany(_INSERT_READING, readings[done:] if done else readings)
-            inserted += conn.total_changes - mark
+            inserted += self._insert_readings(readings[done:] if done else readings)
         return inserted
 
     def append_each(
