@@ -677,6 +677,8 @@ def run_rounds(a: argparse.Namespace, base: Path, work: Path) -> Run:
 
 def git_head() -> str:
     r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        return os.environ.get("GEOWARN_BENCH_COMMIT", "unknown (not a git checkout; set GEOWARN_BENCH_COMMIT)")
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True, check=False)
     return r.stdout.strip() + (" (+ uncommitted changes in the checkout)" if dirty.stdout.strip() else "")
 
