@@ -43,7 +43,7 @@ brief's literal wording; on 2 cores that measures the contention as much as eith
 Node-RED is installed with npm into a cache folder outside the repository on first use
 (``--install`` only installs; ``GEOWARN_NODERED_DIR`` moves it).
 
-    python3 benchmarks/nodered.py                    # 2000 devices × 4 h (~58k messages), 3 rounds
+    python3 benchmarks/nodered.py                    # 2000 devices × 4 h (~56k messages), 3 rounds
     python3 benchmarks/nodered.py --quick            # smoke test, < 60 s
     python3 benchmarks/nodered.py --install          # install Node-RED into the cache and exit
     python3 benchmarks/nodered.py --markdown out.md --json out.json
@@ -729,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--stations", type=int, default=2000, help="simulated devices (default 2000)")
-    p.add_argument("--duration", type=float, default=4 * 3600.0, help="event time of the feed in seconds (default 14400: ~58k messages at 2000 devices)")
+    p.add_argument("--duration", type=float, default=4 * 3600.0, help="event time of the feed in seconds (default 14400: ~56k messages at 2000 devices)")
     p.add_argument("--rounds", type=int, default=3, help="rounds (default 3)")
     p.add_argument("--seed", type=int, default=1, help="simulator seed")
     p.add_argument("--inflight", type=int, default=1000, help="broker max_inflight_messages (default 1000, as the daemon's docs recommend)")
