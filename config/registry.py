@@ -4,13 +4,22 @@ A site is a hazard point; a device belongs to exactly one site; a channel is one
 quantity of a device with a kind, a unit and an expected reporting interval. The registry is
 loaded once at start, validated as a whole (every problem named with file and key), and then
 only read: the ingest hot path looks devices and channels up in plain dicts built here.
+
+At national scale (250,000 devices, issue 17) the registry is kept compact: the frozen parts
+that repeat (a channel spec shared by every device of a model, a site policy) are validated
+once and shared, and a registry crosses to a worker process as its sites alone, the lookups
+rebuilt there (``Registry.__reduce__``). ``benchmarks/registry_memory.py`` measures it.
 """
 
 from __future__ import annotations
 
+import gc
 import math
+import pickle
 import re
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -489,6 +498,19 @@ class ChannelInfo:
         self.low, self.high = ch.valid_range
         self.spec = ch
 
+    @classmethod
+    def _of(cls, site: str, admin: str, device: str, ch: Channel, spec: tuple[str, str | None, float, float, float]) -> ChannelInfo:
+        """``ChannelInfo(site, device, ch)`` from what ``Registry`` works out once per site and
+        per distinct channel spec (``spec``: kind, unit, interval_s, low, high)."""
+        info = cls.__new__(cls)
+        info.site = site
+        info.admin = admin
+        info.device = device
+        info.channel = ch.channel
+        info.kind, info.unit, info.interval_s, info.low, info.high = spec
+        info.spec = ch
+        return info
+
 
 class Registry:
     """The loaded, validated registry with the lookups ingest and detectors need."""
@@ -500,10 +522,33 @@ class Registry:
         self.channels: dict[tuple[str, str], dict[str, ChannelInfo]] = {}
         #: device -> site, devices are unique across the registry
         self.device_site: dict[str, str] = {}
+        # What a channel spec gives every ChannelInfo, worked out once per distinct spec (the
+        # specs of a fleet's devices are shared objects: parse_registry's _Shared).
+        specs: dict[int, tuple[str, str | None, float, float, float]] = {}
+        admins: dict[str, str] = {}
+        of = ChannelInfo._of
         for s in sites:
+            code = s.site
+            admin = admins.setdefault(s.admin, s.admin)  # one string per county, not per site
             for d in s.devices:
-                self.device_site[d.device] = s.site
-                self.channels[(s.site, d.device)] = {c.channel: ChannelInfo(s, d, c) for c in d.channels}
+                self.device_site[d.device] = code
+                infos: dict[str, ChannelInfo] = {}
+                for c in d.channels:
+                    spec = specs.get(id(c))
+                    if spec is None:
+                        spec = specs[id(c)] = (c.kind.value, c.unit, c.interval_s, *c.valid_range)
+                    infos[c.channel] = of(code, admin, d.device, c, spec)
+                self.channels[(code, d.device)] = infos
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A registry crosses to a worker process (spawned: its arguments are pickled) as its
+        # validated sites only, in one pickle of their own: the channel specs and policies they
+        # share go once, the lookups are rebuilt there rather than unpickled, and the worker
+        # unpickles them without the collector walking the growing heap (issue 17: 933 bytes
+        # and 16 s per 50k devices before, to every worker).
+        with _no_gc():
+            sites = pickle.dumps(list(self.sites.values()), protocol=pickle.HIGHEST_PROTOCOL)
+        return (_unpickle_registry, (sites, self.source))
 
     def channel(self, site: str, device: str, channel: str) -> ChannelInfo | None:
         chans = self.channels.get((site, device))
@@ -535,6 +580,25 @@ class Registry:
         ]
 
 
+def _unpickle_registry(sites: bytes, source: str) -> Registry:
+    with _no_gc():
+        return Registry(pickle.loads(sites), source)
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """No cyclic garbage collection while millions of objects are made that all stay: each full
+    collection would walk all of them again (loading a large registry spent about half its time
+    there). What the block makes is collected as usual afterwards."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 class _RegistryFile(_Strict):
     sites: list[Site] = Field(min_length=1)
 
@@ -542,7 +606,7 @@ class _RegistryFile(_Strict):
 def read_toml(path: Path, what: str) -> dict[str, Any]:
     """Read a TOML file, turning every way it can fail into a ConfigError naming the file."""
     try:
-        with open(path, "rb") as fh:
+        with open(path, "rb") as fh, _no_gc():
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError.single(path, "", f"{what} file not found") from None
@@ -556,16 +620,117 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
         raise ConfigError.single(path, "", f"not UTF-8 text: {exc}") from None
 
 
+def _value_key(v: Any) -> Any:
+    """A hashable key of a TOML value that tells apart what validation could tell apart: the
+    type (1 and 1.0 and True are equal in Python), the sign of a zero, nested tables and arrays.
+    Raises TypeError for a value it cannot key (the caller then validates without sharing)."""
+    t = type(v)
+    if t is str or t is bool or t is int:
+        return (t, v)
+    if t is float:
+        return (t, v.hex()) if v == 0.0 or math.isnan(v) else (t, v)
+    if t is dict:
+        return (dict, tuple([(k, _value_key(x)) for k, x in v.items()]))
+    if t is list:
+        return (list, tuple([_value_key(x) for x in v]))
+    hash(v)  # datetimes and the like: keyed as themselves when hashable
+    return (t, v)
+
+
+def _table_key(raw: Any) -> Any:
+    """``_value_key(raw)``, faster for the common table of plain values: its items with their
+    types (a zero, whose sign the items would not tell, goes the long way)."""
+    if type(raw) is dict:
+        values = raw.values()
+        if 0 not in values:
+            key = (tuple(raw.items()), tuple(map(type, values)))
+            try:
+                hash(key)
+                return key
+            except TypeError:  # an inline table or an array inside
+                pass
+    return _value_key(raw)
+
+
+class _Shared:
+    """Validates the parts of a registry that repeat (a channel spec is the same for every device
+    of a model, a policy for every site that states the same one) once, and shares the frozen
+    result. The objects are immutable, so sharing one changes nothing a reader can see; at
+    250,000 devices it is a million channel models fewer (issue 17)."""
+
+    def __init__(self) -> None:
+        self.channels: dict[Any, Channel] = {}
+        self.policies: dict[Any, Policy] = {}
+        self.fields_sets: dict[frozenset[str], set[str]] = {}
+
+    def channel(self, raw: Any) -> Channel:
+        key = _table_key(raw)
+        ch = self.channels.get(key)
+        if ch is None:
+            ch = self.channels[key] = Channel.model_validate(raw)
+        return ch
+
+    def policy(self, raw: Any) -> Policy:
+        key = _value_key(raw)
+        p = self.policies.get(key)
+        if p is None:
+            p = self.policies[key] = Policy.model_validate(raw)
+        return p
+
+    def share_fields_set(self, model: BaseModel) -> None:
+        # Which fields were given is a set per model (pydantic copies it on model_copy and
+        # never changes it on a frozen model): one set per distinct combination, not per device.
+        fs = model.__pydantic_fields_set__
+        shared = self.fields_sets.setdefault(frozenset(fs), fs)
+        if shared is not fs:
+            object.__setattr__(model, "__pydantic_fields_set__", shared)
+
+    def site(self, raw: Any) -> Site:
+        if type(raw) is not dict or type(raw.get("devices")) is not list:
+            raise TypeError("not a table with an array of devices")
+        devices: list[Device] = []
+        for d in raw["devices"]:
+            if type(d) is not dict or type(d.get("channels")) is not list:
+                raise TypeError("not a table with an array of channels")
+            dev = Device.model_validate({**d, "channels": [self.channel(c) for c in d["channels"]]})
+            self.share_fields_set(dev)
+            devices.append(dev)
+        given = {**raw, "devices": devices}
+        if "policy" in raw:
+            given["policy"] = self.policy(raw["policy"])
+        site = Site.model_validate(given)
+        self.share_fields_set(site)
+        return site
+
+
+def _validate_sites(data: Any) -> list[Site]:
+    """The registry's sites, validated as ``_RegistryFile`` validates them but with every repeated
+    channel spec and policy validated once and shared (``_Shared``). Anything unusual or invalid
+    is validated whole by ``_RegistryFile``, so problems are reported exactly as before."""
+    if type(data) is dict and data.keys() == {"sites"} and type(data["sites"]) is list and data["sites"]:
+        shared = _Shared()
+        try:
+            return [shared.site(raw) for raw in data["sites"]]
+        except (ValidationError, TypeError, ValueError):
+            pass  # the whole-file validation below names every problem with its key
+    return _RegistryFile.model_validate(data).sites
+
+
 def parse_registry(data: dict[str, Any], source: str) -> Registry:
+    with _no_gc():
+        return _parse_registry(data, source)
+
+
+def _parse_registry(data: dict[str, Any], source: str) -> Registry:
     try:
-        parsed = _RegistryFile.model_validate(data)
+        sites = _validate_sites(data)
     except ValidationError as exc:
         raise ConfigError(problems_from_validation(source, exc)) from None
     problems: list[ConfigProblem] = []
     seen_sites: dict[str, int] = {}
     seen_devices: dict[str, str] = {}
     seen_codes: dict[str, str] = {}
-    for i, s in enumerate(parsed.sites):
+    for i, s in enumerate(sites):
         if s.site in seen_sites:
             problems.append(ConfigProblem(source, f"sites[{i}].site", f"site {s.site!r} is defined twice (also sites[{seen_sites[s.site]}])"))
         seen_sites.setdefault(s.site, i)
@@ -596,9 +761,18 @@ def parse_registry(data: dict[str, Any], source: str) -> Registry:
                 seen_channels.setdefault(c.channel, k)
     if problems:
         raise ConfigError(problems)
-    return Registry(parsed.sites, source)
+    return Registry(sites, source)
 
 
 def load_registry(path: str | Path) -> Registry:
     path = Path(path)
-    return parse_registry(read_toml(path, "site registry"), str(path))
+    loaded = parse_registry(read_toml(path, "site registry"), str(path))
+    # The TOML document and the validation's leftovers are garbage now, but the registry's
+    # objects were made in between them, so the memory they held stays with the process (the
+    # allocator returns only whole free arenas): about 3.4 KB per device, twice what the registry
+    # itself needs. Made again from one pickle, after the rest is freed, its objects fill arenas
+    # of their own (issue 17). The pickle is the one a worker process receives.
+    with _no_gc():
+        sites = pickle.dumps(list(loaded.sites.values()), protocol=pickle.HIGHEST_PROTOCOL)
+    del loaded
+    return _unpickle_registry(sites, str(path))
