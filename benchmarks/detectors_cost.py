@@ -1,6 +1,6 @@
 """Cost of the full detector bank per reading per channel, and its state size.
 
-    python3 benchmarks/detectors_cost.py [--readings N] [--rounds R] [--baseline DIR]
+    python3 benchmarks/detectors_cost.py [--readings N] [--rounds R] [--step S] [--baseline DIR]
 
 For each channel kind the bank is exactly what site fusion builds (quality guard + every
 stage of the kind, from ``geowarn.detectors.fusion.detectors_for``), fed a realistic 10-minute
@@ -75,7 +75,9 @@ detectors_for = importlib.import_module(_PREFIX + "detectors.fusion").detectors_
 QualityGuard = importlib.import_module(_PREFIX + "detectors.quality").QualityGuard
 
 T0 = 1.7e9
-STEP = 600.0
+#: Seconds between readings: 10 minutes normally; ``--step 60`` for a storm's minute sampling,
+#: where a window holds ten times the readings.
+STEP = float(sys.argv[sys.argv.index("--step") + 1]) if "--step" in sys.argv else 600.0
 STATE_READINGS = 1008  # 7 days of 10-minute readings
 
 KINDS = {
@@ -146,7 +148,7 @@ def _state(reg: Any, series: dict[str, tuple[np.ndarray, np.ndarray]], kind: str
 
 def _child(root: str, kind: str, readings: int) -> tuple[float, int]:
     out = subprocess.run(
-        [sys.executable, __file__, "--root", root, "--one", kind, "--readings", str(readings)], check=True, capture_output=True, text=True
+        [sys.executable, __file__, "--root", root, "--one", kind, "--readings", str(readings), "--step", str(STEP)], check=True, capture_output=True, text=True
     ).stdout.split()
     return float(out[0]), int(out[1])
 
@@ -170,7 +172,7 @@ def _instructions(root: str, kind: str) -> int:
     env = {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     counts = []
     for n in (500, 1500):
-        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__, "--root", root, "--ir", kind, str(n)]
+        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, __file__, "--root", root, "--ir", kind, str(n), "--step", str(STEP)]
         if shutil.which("setarch"):
             cmd = ["setarch", platform.machine(), "-R", *cmd]
         err = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stderr
@@ -187,6 +189,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--baseline", metavar="DIR", help="another checkout to measure side by side (child processes)")
     ap.add_argument("--instructions", action="store_true", help="also count instructions per reading under valgrind (deterministic)")
+    ap.add_argument("--step", type=float, default=600.0, help="seconds between readings (default 600; 60: a storm's minute sampling)")
     ap.add_argument("--root", help=argparse.SUPPRESS)
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--ir", nargs=2, help=argparse.SUPPRESS)
@@ -216,7 +219,7 @@ def main() -> int:
                 per[k].append(_round(reg, series, k))
     print(
         f"# detector bank cost — {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
-        f"{args.readings} readings x {args.rounds} rounds"
+        f"{args.readings} readings x {args.rounds} rounds, one every {STEP:g} s"
     )
     if args.baseline:
         print(f"# baseline: {args.baseline} (interleaved rounds, each in a fresh process)")

@@ -127,6 +127,9 @@ class VelocityDetector(StreamingDetector):
             self._windows.clear()
         self._recent: deque[float] = deque(maxlen=self.persist)
         self._since: deque[tuple[float, float]] = deque()  # (t, speed) over the last persist_s
+        #: The entries of ``_since`` that may yet be its minimum, speeds increasing: the first is
+        #: the minimum, found in O(1) instead of a scan of the window on every reading.
+        self._since_min: deque[tuple[float, float]] = deque()
         # Residual statistics (with a noise figure): count, mean |r|, mean r², mean r·r_prev, r_prev.
         self._res = [0.0, 0.0, 0.0, 0.0, 0.0]
         self._latch = LevelLatch(self.thresholds_per_day, self.hysteresis, self.hold_s)
@@ -188,6 +191,7 @@ class VelocityDetector(StreamingDetector):
         if smooth.restarted:
             self._recent.clear()  # a gap longer than the window: the old slope says nothing now
             self._since.clear()
+            self._since_min.clear()
         n = smooth.n
         f = smooth.fit() if n >= self.min_points and t - smooth.first >= self._min_span_s else None
         if f is None:
@@ -212,17 +216,21 @@ class VelocityDetector(StreamingDetector):
             # evidence: persistence applied to staying too let a few insignificant evaluations
             # hold x at 0 for persist_s after the slope was significant again, and a yellow on
             # an accelerating slope was lifted (tests/test_chain.py).
-            since = self._since
-            since.append((t, speed if significant else 0.0))
+            since, mins = self._since, self._since_min
+            s_now = speed if significant else 0.0
+            since.append((t, s_now))
+            while mins and mins[-1][1] >= s_now:
+                mins.pop()
+            mins.append((t, s_now))
             horizon = t - self.persist_s
             while len(since) > 1 and since[1][0] <= horizon:
-                since.popleft()
+                gone = since.popleft()[0]
+                if mins[0][0] == gone:  # times are strictly increasing: they name entries
+                    mins.popleft()
             held = 0.0
             if since[0][0] <= horizon:
-                held = x
-                for _, s in since:
-                    if s < held:
-                        held = s
+                low = mins[0][1]
+                held = x if x < low else low
             hi = latch._bands.get(latch.level, (0.0, math.inf))[1]
             x = held if held >= hi else min(x, math.nextafter(hi, -math.inf))
         # The latch's own quiet path, inline: nothing latched and x below every threshold.
@@ -264,6 +272,10 @@ class VelocityDetector(StreamingDetector):
             self._windows.restore(state["smooth"])
         self._recent.extend(float(r) for r in state["recent"])
         self._since.extend((float(a), float(b)) for a, b in state.get("since", []))
+        for entry in self._since:
+            while self._since_min and self._since_min[-1][1] >= entry[1]:
+                self._since_min.pop()
+            self._since_min.append(entry)
         if "residuals" in state:
             self._res[:] = [float(x) for x in state["residuals"]]
         self._latch.restore(state["latch"])
