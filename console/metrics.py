@@ -313,6 +313,8 @@ class GeoWarnCollector(Collector):
         judged = CounterMetricFamily("geowarn_detection_readings", "readings judged by the detectors and fusion (as of the last checkpoint)")
         judging = CounterMetricFamily("geowarn_detection_seconds", "time spent judging readings: detectors, fusion and the response chain (as of the last checkpoint)")
         behind = GaugeMetricFamily("geowarn_detection_lag_readings", "journal readings after detection's last checkpoint")
+        unsaved = GaugeMetricFamily("geowarn_detection_unsaved_sites", "sites whose detector state changed since it was last saved (as of the last checkpoint)")
+        replay = GaugeMetricFamily("geowarn_detection_restart_replay_readings", "journal readings a restart now would judge again to rebuild detector state not yet saved")
         fleet = self._fleet()
         total = fleet.total
         journal = JournalReader(self.data_dir / JOURNAL_FILE)
@@ -327,13 +329,16 @@ class GeoWarnCollector(Collector):
             judged.add_metric([], float(det.get("readings", 0)))
             judging.add_metric([], float(det.get("seconds", 0.0)))
             behind.add_metric([], float(max(0, n_stored - int(det.get("position", 0)))))
+            if "unsaved_sites" in det:
+                unsaved.add_metric([], float(det["unsaved_sites"]))
+                replay.add_metric([], float(max(0, n_stored - int(det.get("floor", 0)))))
         last_batch = MessageLogReader(self.data_dir / MESSAGES_FILE).last_id()
         lag = GaugeMetricFamily("geowarn_store_lag_batches", "message-log batches (of up to 2000 messages) not yet decoded into the journal")
         lag.add_metric([], float(max(0, last_batch - stored_batch)))
         devices.add_metric([], float(total))
         online.add_metric([], float(n_online))
         ratio.add_metric([], n_online / total if total else 0.0)
-        yield from (stored, dead, lag, devices, online, ratio, judged, judging, behind)
+        yield from (stored, dead, lag, devices, online, ratio, judged, judging, behind, unsaved, replay)
 
     def _online(self, journal: JournalReader, fleet: _Fleet) -> int:
         """Registry devices with a channel whose newest reading (by event time) arrived within

@@ -371,8 +371,11 @@ class Detection:
         """Save the sites changed since their last save (within ``budget_s``; None: all), the
         header, the counters and the devices' clock health."""
         self.save_sites(budget_s)
-        self.journal.set_state(STATE_KEY, self._header())  # the floor moves on to here when nothing is left
-        self.journal.set_state(DETECTION_STATS_KEY, {"readings": self.judged, "seconds": self.judging_s, "position": self.position})
+        header = self._header()
+        self.journal.set_state(STATE_KEY, header)  # the floor moves on to here when nothing is left
+        # For /metrics: how much a restart now would judge again, and why.
+        self.journal.set_state(DETECTION_STATS_KEY, {"readings": self.judged, "seconds": self.judging_s, "position": self.position,
+                                                     "unsaved_sites": len(self.fusion.dirty), "floor": header["floor"]})
         self.save_clock_health()
 
     def save_clock_health(self) -> None:

@@ -227,6 +227,9 @@ def test_scoped_ack_through_the_api_stops_escalation_and_everything_is_audited(c
     assert value("geowarn_detection_readings_total") == SLOPE_MESSAGES
     assert value("geowarn_detection_seconds_total") > 0
     assert value("geowarn_detection_lag_readings") == 0
+    # Every site's state saved by the checkpoint: a restart would judge nothing again.
+    assert value("geowarn_detection_unsaved_sites") == 0
+    assert value("geowarn_detection_restart_replay_readings") == 0
 
     # The three refused requests at the start (two without a token, one with a wrong one) are
     # ONE audit row, their burst's, written when it ends (a minute of quiet, or the clean stop):
