@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,7 +114,8 @@ class Codec:
         self.max_readings = max_readings
         # json.loads with parse_constant builds a new decoder per call; one per codec is enough.
         self._decoder = json.JSONDecoder(parse_constant=_non_finite)
-        self._scan = self._decoder.scan_once
+        # The decoder's scanner (C), set by JSONDecoder.__init__; typeshed does not list it.
+        self._scan: Callable[[str, int], tuple[Any, int]] = self._decoder.scan_once  # type: ignore[attr-defined]
         # Topics repeat endlessly (one per device): remember their parse, bounded.
         self._topics: dict[str, tuple[str, str, str] | PayloadError] = {}
 
