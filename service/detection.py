@@ -32,9 +32,9 @@ snapshot, each device's latest status says.
 Its state is saved site by site (issue 17): a site whose state changed is written again, as
 one row of the journal's ``site_state`` table with the journal positions (readings, statuses)
 it reflects, once it has been changed for ``snapshot_interval_s``, a few sites per step
-(``SAVE_BUDGET_S``), oldest change first, and whatever changed at each checkpoint and stop
-within ``CHECKPOINT_BUDGET_S``. No save stops detection for long and no value grows with the
-fleet. A header (``STATE_KEY``) written with every save names the floor: the positions
+(``SAVE_BUDGET_S``), oldest change first, and whatever changed at each checkpoint within
+``CHECKPOINT_BUDGET_S`` (``STOP_BUDGET_S`` at the stop). No save stops detection for long and
+no value grows with the fleet. A header (``STATE_KEY``) written with every save names the floor: the positions
 before the oldest change not yet saved. After a crash the rows are put together again, and
 the journal is read from the floor on, each site taking only what came after its own row;
 so it neither repeats nor forgets a warning. A file lock keeps a second worker (say, an
@@ -73,9 +73,11 @@ SNAPSHOT_KEY = "fusion.snapshot.v2"
 STATE_KEY = "fusion.state.v3"
 #: Time a step may spend saving sites changed for ``snapshot_interval_s`` or longer.
 SAVE_BUDGET_S = 0.02
-#: Time a checkpoint (periodic, and at the stop) may spend saving the sites changed since
-#: their last save; what it leaves is replayed from the journal by the next start.
-CHECKPOINT_BUDGET_S = 2.0
+#: Time a checkpoint may spend saving the sites changed since their last save: periodic
+#: (a warning must not wait behind it), and at the stop; what is left is replayed from the
+#: journal by the next start.
+CHECKPOINT_BUDGET_S = 0.05
+STOP_BUDGET_S = 2.0
 EMITTED_KEY = "fusion.emitted_through"
 #: The channels whose device reports their sensor faulty (``SiteFusion.sensor_faults()``).
 SENSOR_FAULTS_KEY = "detection.sensor_faults"
@@ -605,9 +607,13 @@ class DetectionJob:
         self._audit_minute = (start, written, counted)
 
     def checkpoint(self) -> None:
-        # Periodic and at the stop alike: what is not saved within the budget is replayed from
-        # the journal by the next start (the header's floor), so a stop never waits on it.
+        # What is not saved within the budget is replayed from the journal by the next start
+        # (the header's floor): neither a warning nor a stop waits on it.
         self.detection.save_snapshot(CHECKPOINT_BUDGET_S)
+
+    def final_checkpoint(self) -> None:
+        """At the stop: more time for the sites changed, so the next start replays less."""
+        self.detection.save_snapshot(STOP_BUDGET_S)
 
     def close(self) -> None:
         # Let sends in flight finish and be recorded before the outbox closes: a delivered

@@ -344,7 +344,8 @@ def _worker_main(
         try:
             if clean and job is not None:  # after an exception the job's state may be half a step ahead of its position
                 try:
-                    job.checkpoint()
+                    # A job may take longer over its last checkpoint (detection: more sites saved).
+                    getattr(job, "final_checkpoint", job.checkpoint)()
                 except Exception as exc:
                     if not is_write_error(exc):
                         raise
