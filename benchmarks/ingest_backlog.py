@@ -541,7 +541,13 @@ def run_case(case: Case, rounds: int, variants: list[str], work: Path, timeout: 
                     flush=True,
                 )
     finally:
-        broker.stop()
+        try:
+            broker.stop()
+        except RuntimeError as exc:
+            # Mosquitto saves its database on SIGTERM; on a crowded machine that has taken over
+            # the fixture's 30 s, and the fixture then kills it. The drains are measured and
+            # checked by then: say so, and keep the results rather than lose the run.
+            print(f"warning: stopping the broker: {str(exc).splitlines()[0]}", file=sys.stderr, flush=True)
 
 
 # -- report -----------------------------------------------------------------------------------
