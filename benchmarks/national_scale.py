@@ -25,27 +25,31 @@ Phases and figures, per size:
 2. start: ``geowarn run`` until its retained presence says ``online``; RSS of each process of
    the daemon's tree (main, store worker, detection worker: psutil) right after;
 3. steady: ``--minutes`` at ``--rate`` messages/s (default N/600: every device every 10
-   minutes, the national average scaled to N). Every second: the journal's newest reading id
-   and the position detection has judged up to, as detection last wrote it to the journal
-   (the largest ``position`` of its state header ``fusion.state.v3``, written by every site
-   save, and of ``detection.stats``, written at each checkpoint). Detection lag = readings
-   stored and not judged, and in seconds the age (arrival time) of the oldest of them. It is
-   an upper bound: detection is at least that far; the header moves with each step that saves
-   a site, and only once some site has been changed for ``GEOWARN_SNAPSHOT_INTERVAL_S``
-   (60 s by default), so the first minute reads high and is left out of the steady figures;
+   minutes, the national average scaled to N). Every second: the journal's newest reading
+   id, the readings the broker has acknowledged so far (4 a message, 1 a probe: the journal's
+   backlog is the difference), and the furthest position detection has written down
+   (``judged()``: its state header, its checkpoint stats, and ``fusion.emitted_through``,
+   written after each batch that announced a change, so at least once per probe). Detection
+   lag = readings stored and not judged, and in seconds the age (arrival time) of the oldest
+   of them: an upper bound, detection is at least that far; while it keeps up it moves with
+   the probes (every ``--probe-every`` s); the first two probes' seconds are left out of the
+   steady figures;
 4. RSS of each process after the steady phase;
 5. burst: ``--burst-rate`` messages/s for ``--burst-s`` seconds (what the publishers achieved
    is reported: a shared 2-core machine may not publish it in full);
-6. recovery: the steady rate again until the lag in seconds is back to its steady level (the
-   steady phase's maximum, at least 2 s) for 3 samples in a row; "burst recovery" is the
-   time from the burst's end to the first of them (bounded by ``--recovery-max-s``);
+6. recovery: the steady rate again until warnings are current again: three probes in a row,
+   published after the burst, raised their site within the steady phase's p99 (at least
+   2 s). "Burst recovery" is the time from the burst's end to the first of them (bounded by
+   ``--recovery-max-s``); the time until the journal has caught up with the broker is
+   reported beside it;
 7. the publishers stop and wait for their PUBACKs; the journal must reach 4 readings per
    acknowledged message plus the probes (readings lost = the difference), and detection must
    judge all of it (``--drain-max-s``);
-8. restart after SIGKILL of the daemon: time to ``online``, and until detection has judged
+8. restart after SIGKILL of the daemon: what detection's checkpoint says a restart must judge
+   again (position - floor), the time to ``online``, and until detection has judged
    everything again; then a clean stop (SIGTERM: how long it took) and a start to ``online``;
-   after both, no reading may be missing and no probe site may be raised twice (a raise
-   announced again would be state lost).
+   after both, no reading may be missing and no site raised twice to the same level in
+   ``alerts.jsonl`` (a raise announced again would be state lost).
 
 The tree's RSS is watched every second: above ``--max-rss-gb`` (16 GB) the run is aborted and
 reported. Every wait is bounded; a size that fails prints what happened in its row.
@@ -74,7 +78,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -92,6 +96,7 @@ CHANNELS = 4
 PROBE_VALUE = 150.0  # mg: over yellow (100), under orange (200)
 STATE_HEADER = "fusion.state.v3"  # service/detection.py STATE_KEY
 STATS_KEY = "detection.stats"  # ingest/journal.py DETECTION_STATS_KEY
+EMITTED_KEY = "fusion.emitted_through"  # service/detection.py EMITTED_KEY
 MB = 2**20
 
 
@@ -346,15 +351,32 @@ class Prober:
         return acked
 
 
+class Sample(NamedTuple):
+    t: float  # wall time
+    top: int  # the journal's newest reading id
+    pos: int  # the position detection last saved
+    lag_readings: int  # stored, not judged (as saved)
+    lag_s: float  # age of the oldest reading stored and not judged (as saved)
+    expected: int  # readings the broker has acknowledged so far (4 a message, 1 a probe)
+    rss: int  # the daemon's tree
+
+    @property
+    def store_backlog(self) -> int:
+        """Readings the broker acknowledged that are not in the journal yet."""
+        return max(0, self.expected - self.top)
+
+
 class Monitor:
-    """Every second: the journal's newest reading, detection's judged position, the lag, and the
-    RSS of the daemon's processes (the run aborts above ``max_rss``)."""
+    """Every second: the journal's newest reading, detection's judged position, the lag, what
+    the broker has acknowledged, and the RSS of the daemon's processes (the run aborts above
+    ``max_rss``)."""
 
     def __init__(self, daemon: Daemon, max_rss: int) -> None:
         self.daemon = daemon
         self.max_rss = max_rss
-        #: (time, newest reading id, judged position, lag readings, lag s, tree RSS)
-        self.samples: list[tuple[float, int, int, int, float, int]] = []
+        self.samples: list[Sample] = []
+        #: Readings acknowledged by the broker so far (set once the publishers run).
+        self.expected: Any = lambda: 0
         self.peak_rss = 0
         self.over: str | None = None
         self.stop = threading.Event()
@@ -372,6 +394,7 @@ class Monitor:
                 if rss > self.max_rss and self.over is None:
                     self.over = f"the daemon's RSS reached {rss / 2**30:.1f} GB (limit {self.max_rss / 2**30:.0f} GB): run aborted"
                     self.daemon.close()
+            expected = int(self.expected())
             try:
                 if conn is None:
                     if not self.daemon.journal_path.exists():
@@ -380,15 +403,15 @@ class Monitor:
                 top, pos, lag_s = judged(conn)
             except sqlite3.Error:
                 continue  # not created yet, or busy for a moment: the next second
-            self.samples.append((time.time(), top, pos, max(0, top - pos), lag_s, rss))
+            self.samples.append(Sample(time.time(), top, pos, max(0, top - pos), lag_s, expected, rss))
         if conn is not None:
             conn.close()
 
-    def last(self) -> tuple[float, int, int, int, float, int] | None:
+    def last(self) -> Sample | None:
         return self.samples[-1] if self.samples else None
 
-    def between(self, t0: float, t1: float) -> list[tuple[float, int, int, int, float, int]]:
-        return [s for s in self.samples if t0 <= s[0] <= t1]
+    def between(self, t0: float, t1: float) -> list[Sample]:
+        return [x for x in self.samples if t0 <= x.t <= t1]
 
     def close(self) -> None:
         self.stop.set()
@@ -396,12 +419,18 @@ class Monitor:
 
 
 def judged(conn: sqlite3.Connection) -> tuple[int, int, float]:
-    """(newest reading id, the position detection last saved, age in s of the oldest reading
-    after that position: 0 when it has judged everything)."""
+    """(newest reading id, the furthest position detection has written down, age in s of the
+    oldest reading after it: 0 when it has judged everything).
+
+    Detection writes its position in three places: its state header with every site save
+    (once some site has been changed for the snapshot interval: in practice about once a
+    minute), its checkpoint stats (every snapshot interval) and ``fusion.emitted_through``
+    after every batch in which it announced a level change. The probes raise a site every
+    ``--probe-every`` seconds, so the last moves at least that often while detection keeps up."""
     top = conn.execute("SELECT max(id) FROM readings").fetchone()[0] or 0
     pos = 0
-    for key in (STATE_HEADER, STATS_KEY):
-        row = conn.execute("SELECT json_extract(value, '$.position') FROM state WHERE key = ?", (key,)).fetchone()
+    for key, path in ((STATE_HEADER, "$.position"), (STATS_KEY, "$.position"), (EMITTED_KEY, "$")):
+        row = conn.execute("SELECT json_extract(value, ?) FROM state WHERE key = ?", (path, key)).fetchone()
         if row and row[0] is not None:
             pos = max(pos, int(row[0]))
     lag_s = 0.0
@@ -468,6 +497,7 @@ class Result:
     devices: int
     figures: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    samples: list[list[float]] = field(default_factory=list)
 
 
 def wait(cond: Any, timeout: float, what: str, mon: Monitor | None = None, step: float = 0.5) -> float:
@@ -486,7 +516,14 @@ def wait(cond: Any, timeout: float, what: str, mon: Monitor | None = None, step:
 def caught_up(mon: Monitor, since: float) -> bool:
     """Whether a sample taken after ``since`` shows detection with nothing left to judge."""
     last = mon.last()
-    return last is not None and last[0] > since and last[3] == 0
+    return last is not None and last.t > since and last.lag_readings == 0
+
+
+def stored_rate(samples: list[Sample]) -> float | None:
+    """Messages a second into the journal over the samples (4 readings a message)."""
+    if len(samples) < 2 or samples[-1].t <= samples[0].t:
+        return None
+    return round((samples[-1].top - samples[0].top) / CHANNELS / (samples[-1].t - samples[0].t), 1)
 
 
 def percentile(xs: list[float], q: float) -> float | None:
@@ -561,70 +598,82 @@ def run_size(devices: int, args: argparse.Namespace) -> Result:
                 time.sleep(min(1.0, max(0.0, end - time.monotonic())))
             return t_a, time.time(), p_a, fleet.counts()[0]
 
+        mon.expected = lambda: fleet.counts()[1] * CHANNELS + prober.pub.acked
+
         # -- steady
         steady_s = args.minutes * 60.0
         t_s0, t_s1, p0, p1 = hold(steady_s)
         f["steady_published_msg_s"] = round((p1 - p0) / (t_s1 - t_s0), 1)
         samples = mon.between(t_s0, t_s1)
-        f["steady_stored_msg_s"] = round((samples[-1][1] - samples[0][1]) / CHANNELS / (samples[-1][0] - samples[0][0]), 1) if len(samples) > 1 else None
-        warm = float(args.snapshot_interval_s or 60.0) + 5.0
-        steady = [s for s in samples if s[0] >= t_s0 + warm] or samples
-        f["steady_lag_s_max"] = round(max(s[4] for s in steady), 1) if steady else None
-        f["steady_lag_readings_max"] = max(s[3] for s in steady) if steady else None
-        f["steady_lag_s_final"] = round(steady[-1][4], 1) if steady else None
+        f["steady_stored_msg_s"] = stored_rate(samples)
+        # Until the first probes are judged only the start's checkpoint says where detection is.
+        warm = 2 * args.probe_every + 1.0
+        steady = [x for x in samples if x.t >= t_s0 + warm] or samples
+        f["steady_lag_s_max"] = round(max(x.lag_s for x in steady), 1) if steady else None
+        f["steady_lag_s_median"] = round(statistics.median(x.lag_s for x in steady), 1) if steady else None
+        f["steady_lag_readings_max"] = max(x.lag_readings for x in steady) if steady else None
+        f["steady_lag_s_final"] = round(steady[-1].lag_s, 1) if steady else None
+        f["steady_store_backlog_max"] = max(x.store_backlog for x in steady) if steady else None
         f["rss_steady"] = roles(daemon)
-        print(f"[{devices}] steady {f['steady_published_msg_s']} msg/s published, {f['steady_stored_msg_s']} stored; lag max {f['steady_lag_s_max']} s; "
-              f"RSS {fmt_rss(f['rss_steady'])}", flush=True)
+        print(f"[{devices}] steady {f['steady_published_msg_s']} msg/s published, {f['steady_stored_msg_s']} stored; lag max {f['steady_lag_s_max']} s "
+              f"(median {f['steady_lag_s_median']} s); RSS {fmt_rss(f['rss_steady'])}", flush=True)
 
-        # -- burst
-        prober.phase = "burst"
-        fleet.set_rate(args.burst_rate)
-        t_b0, t_b1, p0, p1 = hold(args.burst_s)
-        fleet.set_rate(rate)
-        prober.phase = "recovery"
-        f["burst_published_msg_s"] = round((p1 - p0) / (t_b1 - t_b0), 1)
-        f["burst_published_msgs"] = p1 - p0
-        f["rss_burst_end"] = roles(daemon)
-        print(f"[{devices}] burst: {f['burst_published_msg_s']} msg/s published for {args.burst_s:.0f} s", flush=True)
+        # -- burst (none with --burst-s 0: a run of the start, the steady phase and the restarts)
+        if args.burst_s > 0:
+            prober.phase = "burst"
+            fleet.set_rate(args.burst_rate)
+            t_b0, t_b1, p0, p1 = hold(args.burst_s)
+            fleet.set_rate(rate)
+            prober.phase = "recovery"
+            f["burst_published_msg_s"] = round((p1 - p0) / (t_b1 - t_b0), 1)
+            f["burst_published_msgs"] = p1 - p0
+            f["burst_stored_msg_s"] = stored_rate(mon.between(t_b0, t_b1))
+            f["rss_burst_end"] = roles(daemon)
+            print(f"[{devices}] burst: {f['burst_published_msg_s']} msg/s published for {args.burst_s:.0f} s, {f['burst_stored_msg_s']} stored", flush=True)
 
-        # -- recovery
-        level = max(2.0, f["steady_lag_s_max"] or 0.0)
-        f["recovery_level_s"] = round(level, 1)
-        t_end = time.monotonic() + args.recovery_max_s
-        recovered_at: float | None = None
-        run = 0
-        seen = 0
-        while time.monotonic() < t_end:
-            check()
-            time.sleep(1.0)
-            fresh = mon.samples[seen:]
-            seen = len(mon.samples)
-            for s in fresh:
-                if s[0] <= t_b1:
-                    continue
-                if s[4] <= level:
-                    run += 1
-                    if run == 1:
-                        first_ok = s[0]
-                    if run >= 3:
-                        recovered_at = first_ok
-                        break
-                else:
-                    run = 0
-            if recovered_at is not None:
-                break
-        t_r1 = time.time()
-        burst_samples = mon.between(t_b0, t_r1)
-        f["burst_lag_s_max"] = round(max(s[4] for s in burst_samples), 1) if burst_samples else None
-        f["burst_lag_readings_max"] = max(s[3] for s in burst_samples) if burst_samples else None
-        f["burst_stored_msg_s"] = None
-        bs = mon.between(t_b0, t_b1)
-        if len(bs) > 1:
-            f["burst_stored_msg_s"] = round((bs[-1][1] - bs[0][1]) / CHANNELS / (bs[-1][0] - bs[0][0]), 1)
-        f["burst_recovery_s"] = round(recovered_at - t_b1, 1) if recovered_at is not None else None
-        if recovered_at is None:
-            res.problems.append(f"detection lag not back to {level:.1f} s within {args.recovery_max_s:.0f} s of the burst's end")
-        print(f"[{devices}] burst lag max {f['burst_lag_s_max']} s ({f['burst_lag_readings_max']} readings); recovered after {f['burst_recovery_s']} s", flush=True)
+            # -- recovery: the steady rate again until the probes say warnings are current again:
+            # three probes in a row (published after the burst) raised their site within the
+            # steady phase's p99 (at least 2 s). Burst recovery = from the burst's end to the first
+            # of them. The journal's catching up with the broker is timed on the way.
+            steady_lat = [d for p in list(prober.probes) if p.phase == "steady" and (d := p.latency(alerts)) is not None]
+            bound = max(2.0, percentile(steady_lat, 0.99) or 0.0)
+            f["recovery_bound_s"] = round(bound, 2)
+            slack = max(2.0 * rate * CHANNELS, f["steady_store_backlog_max"] or 0) + 10
+            t_end = time.monotonic() + args.recovery_max_s
+            recovered_at: float | None = None
+            stored_at: float | None = None
+            seen = 0
+            while time.monotonic() < t_end and recovered_at is None:
+                check()
+                time.sleep(1.0)
+                fresh = mon.samples[seen:]
+                seen += len(fresh)
+                for x in fresh:
+                    if stored_at is None and x.t > t_b1 and x.store_backlog <= slack:
+                        stored_at = x.t
+                now = time.time()
+                run: list[Probe] = []
+                for p in [p for p in list(prober.probes) if p.t_publish > t_b1]:
+                    d = p.latency(alerts)
+                    if d is None and now - p.t_publish <= bound:
+                        break  # not decided yet
+                    run = run + [p] if d is not None and d <= bound else []
+                if len(run) >= 3:
+                    recovered_at = run[0].t_publish
+            t_r1 = time.time()
+            burst_samples = mon.between(t_b0, t_r1)
+            f["burst_lag_s_max"] = round(max(x.lag_s for x in burst_samples), 1) if burst_samples else None
+            f["burst_lag_readings_max"] = max(x.lag_readings for x in burst_samples) if burst_samples else None
+            f["burst_store_backlog_max"] = max(x.store_backlog for x in burst_samples) if burst_samples else None
+            f["burst_store_caught_up_s"] = round(stored_at - t_b1, 1) if stored_at is not None else None
+            f["burst_recovery_s"] = round(recovered_at - t_b1, 1) if recovered_at is not None else None
+            if recovered_at is None:
+                res.problems.append(f"warnings not current again (3 probes in a row within {bound:.2f} s) within {args.recovery_max_s:.0f} s of the burst's end")
+            print(f"[{devices}] burst: journal behind the broker by {f['burst_store_backlog_max']} readings at most, caught up {f['burst_store_caught_up_s']} s "
+                  f"after it; detection behind by {f['burst_lag_readings_max']} readings ({f['burst_lag_s_max']} s) at most; probes within {bound:.2f} s "
+                  f"again {f['burst_recovery_s']} s after the burst", flush=True)
+        else:
+            print(f"[{devices}] no burst (--burst-s 0)", flush=True)
 
         # -- drain: everything acknowledged is stored and judged
         prober.paused.set()
@@ -652,7 +701,7 @@ def run_size(devices: int, args: argparse.Namespace) -> Result:
         f["readings_stored"] = stored
         f["readings_lost"] = expected - stored
         time.sleep(2.0)  # the last probes' alerts on their way
-        lat = {ph: [x for p in prober.probes if p.phase == ph and (x := p.latency(alerts)) is not None] for ph in ("steady", "burst", "recovery")}
+        lat = {ph: [d for p in prober.probes if p.phase == ph and (d := p.latency(alerts)) is not None] for ph in ("steady", "burst", "recovery")}
         missing = [p.site for p in prober.probes if p.latency(alerts) is None]
         f["probes_without_level_change"] = len(missing)
         if missing:
@@ -668,7 +717,12 @@ def run_size(devices: int, args: argparse.Namespace) -> Result:
         if background:
             res.problems.append(f"{len(background)} background sites raised a level (noise judged as movement): {background[:5]}")
 
-        # -- restart after SIGKILL
+        # -- restart after SIGKILL: what the restart has to judge again (detection's stats)
+        stats = daemon.query("SELECT value FROM state WHERE key = ?", (STATS_KEY,))
+        doc = json.loads(stats[0][0]) if stats else {}
+        f["before_kill"] = {k: doc.get(k) for k in ("position", "floor", "unsaved_sites")}
+        if isinstance(doc.get("position"), int) and isinstance(doc.get("floor"), int):
+            f["restart_replay_readings"] = doc["position"] - doc["floor"]
         daemon.kill()
         t0 = time.monotonic()
         try:
@@ -728,6 +782,10 @@ def run_size(devices: int, args: argparse.Namespace) -> Result:
         if mon:
             mon.close()
             f["lag_samples"] = len(mon.samples)
+            t_first = mon.samples[0].t if mon.samples else 0.0
+            #: every second: [s since the first sample, newest id, judged position, lag readings, lag s, store backlog, RSS MB]
+            res.samples = [[round(x.t - t_first, 1), x.top, x.pos, x.lag_readings, round(x.lag_s, 2), x.store_backlog, round(x.rss / MB)]
+                           for x in mon.samples]
         f["worker_restarts"] = daemon.log_path.read_text(errors="replace").count("worker died") if daemon.log_path.exists() else None
         broker.stop()
         if args.keep:
@@ -757,7 +815,7 @@ def logged_raises(path: Path) -> dict[tuple[str, int], int]:
 
 HEADER = (
     "| devices (channels) | start to online | RSS main / store / detection (total), after start → after steady | sustained msg/s (published / stored) "
-    "| detection lag, steady: max (final) | burst: msg/s published / stored, lag max | burst recovery | p99 publish→level: steady / burst (p50) "
+    "| detection lag, steady: max (final) | burst: msg/s published / stored, detection lag max | burst recovery: probes (journal) | p99 publish→level: steady / burst (p50) "
     "| restart after SIGKILL (caught up) | SIGTERM stop + start | readings lost |"
 )
 SEP = "|" + "---:|" * 11
@@ -782,7 +840,7 @@ def row(r: Result) -> str:
         f"{v(f.get('steady_published_msg_s'))} / {v(f.get('steady_stored_msg_s'))}",
         f"{v(f.get('steady_lag_s_max'), ' s')} ({v(f.get('steady_lag_s_final'), ' s')})",
         f"{v(f.get('burst_published_msg_s'), nd=0)} / {v(f.get('burst_stored_msg_s'), nd=0)}, {v(f.get('burst_lag_s_max'), ' s')}",
-        v(f.get("burst_recovery_s"), " s"),
+        f"{v(f.get('burst_recovery_s'), ' s')} (journal: {v(f.get('burst_store_caught_up_s'), ' s')})",
         (f"{v(f.get('latency_steady_p99_s'), ' s', 2)} / {v(f.get('latency_burst_p99_s'), ' s', 2)} "
          f"({v(f.get('latency_steady_p50_s'), ' s', 2)} / {v(f.get('latency_burst_p50_s'), ' s', 2)})"),
         f"{v(f.get('restart_after_kill_s'), ' s')} ({v(f.get('caught_up_after_kill_s'), ' s')})",
@@ -858,7 +916,8 @@ def main(argv: list[str] | None = None) -> int:
         args.markdown.write_text("\n".join(lines) + "\n", encoding="utf-8")
     if args.json:
         args.json.write_text(json.dumps({**info, "args": {k: (str(x) if isinstance(x, Path) else x) for k, x in vars(args).items()},
-                                         "results": [{"devices": r.devices, "figures": r.figures, "problems": r.problems} for r in results]},
+                                         "results": [{"devices": r.devices, "figures": r.figures, "problems": r.problems, "samples": r.samples}
+                                                     for r in results]},
                                         indent=2, default=str), encoding="utf-8")
     return 1 if any(r.problems for r in results) else 0
 
