@@ -615,6 +615,16 @@ def run_size(devices: int, args: argparse.Namespace) -> Result:
         f["steady_lag_s_final"] = round(steady[-1].lag_s, 1) if steady else None
         f["steady_store_backlog_max"] = max(x.store_backlog for x in steady) if steady else None
         f["rss_steady"] = roles(daemon)
+        # Each publisher goes round its devices in turn: the devices heard from so far. Detection
+        # builds a channel's state on its first reading, so its RSS grows until every device
+        # has reported (10 minutes at the national-average rate): per channel heard from, and
+        # what the whole fleet would take at that rate (an extrapolation, said so).
+        heard = min(devices, fleet.counts()[0])
+        f["devices_reported"] = heard
+        grown = f["rss_steady"].get("detection", 0) - f["rss_start"].get("detection", 0)
+        if heard:
+            f["detection_bytes_per_channel"] = round(grown / (heard * CHANNELS))
+            f["detection_rss_full_fleet_mb_extrapolated"] = round((f["rss_start"].get("detection", 0) + grown * devices / heard) / MB)
         print(f"[{devices}] steady {f['steady_published_msg_s']} msg/s published, {f['steady_stored_msg_s']} stored; lag max {f['steady_lag_s_max']} s "
               f"(median {f['steady_lag_s_median']} s); RSS {fmt_rss(f['rss_steady'])}", flush=True)
 
@@ -717,41 +727,43 @@ def run_size(devices: int, args: argparse.Namespace) -> Result:
         if background:
             res.problems.append(f"{len(background)} background sites raised a level (noise judged as movement): {background[:5]}")
 
-        # -- restart after SIGKILL: what the restart has to judge again (detection's stats)
-        stats = daemon.query("SELECT value FROM state WHERE key = ?", (STATS_KEY,))
-        doc = json.loads(stats[0][0]) if stats else {}
-        f["before_kill"] = {k: doc.get(k) for k in ("position", "floor", "unsaved_sites")}
-        if isinstance(doc.get("position"), int) and isinstance(doc.get("floor"), int):
-            f["restart_replay_readings"] = doc["position"] - doc["floor"]
-        daemon.kill()
-        t0 = time.monotonic()
-        try:
-            daemon.start(timeout=args.start_timeout)
-        except RuntimeError as exc:
-            raise Aborted(f"start after SIGKILL: {str(exc).splitlines()[0]}") from None
-        f["restart_after_kill_s"] = round(time.monotonic() - t0, 1)
-        try:
-            t_online = time.time()
-            f["caught_up_after_kill_s"] = round(wait(lambda: caught_up(mon, t_online), args.drain_max_s, "detection after SIGKILL", mon, 1.0)
-                                                + f["restart_after_kill_s"], 1)
-        except Aborted as exc:
-            res.problems.append(str(exc))
-        f["rss_restart"] = roles(daemon)
-        print(f"[{devices}] SIGKILL, start: online after {f['restart_after_kill_s']} s", flush=True)
+        if not args.no_restarts:
+            # -- restart after SIGKILL: what the restart has to judge again (detection's stats)
+            stats = daemon.query("SELECT value FROM state WHERE key = ?", (STATS_KEY,))
+            doc = json.loads(stats[0][0]) if stats else {}
+            f["before_kill"] = {k: doc.get(k) for k in ("position", "floor", "unsaved_sites")}
+            if isinstance(doc.get("position"), int) and isinstance(doc.get("floor"), int):
+                f["restart_replay_readings"] = doc["position"] - doc["floor"]
+            daemon.kill()
+            t0 = time.monotonic()
+            try:
+                daemon.start(timeout=args.start_timeout)
+            except RuntimeError as exc:
+                raise Aborted(f"start after SIGKILL: {str(exc).splitlines()[0]}") from None
+            f["restart_after_kill_s"] = round(time.monotonic() - t0, 1)
+            try:
+                t_online = time.time()
+                f["caught_up_after_kill_s"] = round(wait(lambda: caught_up(mon, t_online), args.drain_max_s, "detection after SIGKILL", mon, 1.0)
+                                                    + f["restart_after_kill_s"], 1)
+            except Aborted as exc:
+                res.problems.append(str(exc))
+            f["rss_restart"] = roles(daemon)
+            print(f"[{devices}] SIGKILL, start: online after {f['restart_after_kill_s']} s", flush=True)
 
-        # -- clean stop and start
-        try:
-            f["stop_s"] = round(daemon.terminate(timeout=args.start_timeout), 1)
-        except Exception as exc:  # noqa: BLE001  (reported)
-            res.problems.append(f"clean stop: {str(exc).splitlines()[0]}")
-            daemon.close()
-        t0 = time.monotonic()
-        try:
-            daemon.start(timeout=args.start_timeout)
-        except RuntimeError as exc:
-            raise Aborted(f"start after the clean stop: {str(exc).splitlines()[0]}") from None
-        f["restart_after_stop_s"] = round(time.monotonic() - t0, 1)
-        print(f"[{devices}] SIGTERM took {f.get('stop_s')} s, start: online after {f['restart_after_stop_s']} s", flush=True)
+            # -- clean stop and start
+            try:
+                f["stop_s"] = round(daemon.terminate(timeout=args.start_timeout), 1)
+            except Exception as exc:  # noqa: BLE001  (reported)
+                res.problems.append(f"clean stop: {str(exc).splitlines()[0]}")
+                daemon.close()
+            t0 = time.monotonic()
+            try:
+                daemon.start(timeout=args.start_timeout)
+            except RuntimeError as exc:
+                raise Aborted(f"start after the clean stop: {str(exc).splitlines()[0]}") from None
+            f["restart_after_stop_s"] = round(time.monotonic() - t0, 1)
+            print(f"[{devices}] SIGTERM took {f.get('stop_s')} s, start: online after {f['restart_after_stop_s']} s", flush=True)
+
         time.sleep(5.0)  # anything a restart would announce again
         stored2 = daemon.count("readings")
         f["readings_lost_after_restarts"] = expected - stored2
@@ -814,7 +826,7 @@ def logged_raises(path: Path) -> dict[tuple[str, int], int]:
 # -- output ------------------------------------------------------------------------------------
 
 HEADER = (
-    "| devices (channels) | start to online | RSS main / store / detection (total), after start → after steady | sustained msg/s (published / stored) "
+    "| devices (channels) | start to online | RSS main / store / detection (total): after start → after steady | sustained msg/s (published / stored) "
     "| detection lag, steady: max (final) | burst: msg/s published / stored, detection lag max | burst recovery: probes (journal) | p99 publish→level: steady / burst (p50) "
     "| restart after SIGKILL (caught up) | SIGTERM stop + start | readings lost |"
 )
@@ -836,7 +848,7 @@ def row(r: Result) -> str:
     cells = [
         f"{f['devices']:,} ({f['channels']:,})",
         v(f.get("start_s"), " s"),
-        f"{fmt_rss(f.get('rss_start', {}))} → {fmt_rss(f.get('rss_steady', {}))}",
+        f"{fmt_rss(f.get('rss_start', {}))} → {fmt_rss(f.get('rss_steady', {}))} ({v(f.get('devices_reported'))} devices heard from)",
         f"{v(f.get('steady_published_msg_s'))} / {v(f.get('steady_stored_msg_s'))}",
         f"{v(f.get('steady_lag_s_max'), ' s')} ({v(f.get('steady_lag_s_final'), ' s')})",
         f"{v(f.get('burst_published_msg_s'), nd=0)} / {v(f.get('burst_stored_msg_s'), nd=0)}, {v(f.get('burst_lag_s_max'), ' s')}",
@@ -872,6 +884,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--publishers", type=int, default=2, help="publisher processes")
     ap.add_argument("--snapshot-interval-s", type=float, default=None, help="GEOWARN_SNAPSHOT_INTERVAL_S (default: the daemon's, 60 s)")
     ap.add_argument("--max-rss-gb", type=float, default=16.0)
+    ap.add_argument("--no-restarts", action="store_true", help="no SIGKILL and clean-stop restarts (a large fleet's start and steady state only)")
     ap.add_argument("--seed", type=int, default=17)
     ap.add_argument("--quick", action="store_true", help="smoke run: 500 devices, 10 s steady at 50 msg/s, a 6 s burst at 1000 msg/s")
     ap.add_argument("--keep", action="store_true", help="keep the work folders")
