@@ -526,6 +526,15 @@ class SiteFusion:
         st.quality["ahead"] = st.quality.get("ahead", 0) + 1
         self._held_next = self._held[0][0]
 
+    def release(self, now: float) -> list[LevelChange]:
+        """Judge the held readings whose time ``now`` (an arrival time) has reached: what a
+        reading arriving at ``now`` does before it is judged itself. For a restart that skips
+        a reading (its site's saved state has it) but must still move the held readings on."""
+        out: list[LevelChange] = []
+        if now >= self._held_next:
+            self._release(now, out)
+        return out
+
     def _release(self, now: float, out: list[LevelChange]) -> None:
         """Judge the held readings whose time the clock has reached, in time order."""
         held = self._held

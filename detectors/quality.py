@@ -742,6 +742,7 @@ class StepBackGuard(StreamingDetector):
         return {
             "steps": pack(self._steps.order),
             "held": [list(x) for x in self._held.items],
+            "side": self._held.side,
             "t": self._t,
             "v": self._v,
             "origin": self._origin,
@@ -755,6 +756,8 @@ class StepBackGuard(StreamingDetector):
         for x in unpack(state["steps"]):
             self._steps.append(x)
         self._held.items = [list(x) for x in state["held"]]
+        # The side of the held steps (absent in snapshots of before: the held list's own, or none).
+        self._held.side = int(state.get("side", 0))
         self._t, self._v = state["t"], state["v"]
         self._origin, self._lo, self._hi = state["origin"], state["lo"], state["hi"]
         self._last = _verdict_from(state["last"])

@@ -73,6 +73,8 @@ SNAPSHOT_KEY = "fusion.snapshot.v2"
 STATE_KEY = "fusion.state.v3"
 #: Time a step may spend saving sites changed for ``snapshot_interval_s`` or longer.
 SAVE_BUDGET_S = 0.02
+#: Time a step may spend saving the sites of changes a timer announced (see ``step``).
+LOOSE_BUDGET_S = 0.5
 #: Time a checkpoint may spend saving the sites changed since their last save: periodic
 #: (a warning must not wait behind it), and at the stop; what is left is replayed from the
 #: journal by the next start.
@@ -140,7 +142,18 @@ class Detection:
         self._skip_upto = (0, 0)
         #: Rows of sites no longer in the registry, deleted by the next full save.
         self._stale_rows: list[str] = []
+        #: Sites whose state came from before per-site rows (the one-value snapshot) or from a
+        #: rebuild out of the journal's recent readings: neither can be rebuilt by reading on
+        #: from a floor, so no header is written until each has a row of its own (a restart
+        #: meanwhile starts as this one did).
+        self._initial: set[str] = set()
         self._legacy = False
+        #: Changes announced outside a batch's readings (timers, statuses on their own): their
+        #: sites are saved at once, or a restart would announce them again.
+        self._loose: set[str] = set()
+        #: Changes of held readings judged as a status arrived (``_statuses``), for the batch.
+        self._released: list[LevelChange] = []
+        self._emit = True
         self._mark()
         self._resume()
 
@@ -170,6 +183,7 @@ class Detection:
                 self._legacy = True
                 self._mark()
                 self.fusion.dirty.update((site, self.fusion.dirty_mark) for site in self.registry.sites)
+                self._initial = set(self.registry.sites)
             emitted = int(self.journal.get_state(EMITTED_KEY, 0) or 0)
             while self.position < emitted and self._consume(emit=False, upto=emitted):
                 pass
@@ -186,6 +200,9 @@ class Detection:
                 for t_ms, value in self.journal.recent(sid, latest - int(horizon_s * 1000) - 1):
                     self.fusion.update_all(info, t_ms / 1000.0, value)
             self.position = self.journal.last_id()
+            self._mark()
+            self.fusion.dirty.update((site, self.fusion.dirty_mark) for site in self.registry.sites)
+            self._initial = set(self.registry.sites)
             for site, level in persisted.items():
                 if site in self.registry.sites and self.fusion.level(site) < level:
                     # Without a snapshot the recent window is all we know: keep what was
@@ -231,13 +248,17 @@ class Detection:
     def _consume(self, emit: bool = True, upto: int | None = None) -> int:
         """Judge the next batch of journal readings (up to id ``upto``); returns how many were read."""
         limit = BATCH if upto is None else max(0, min(BATCH, upto - self.position))
+        self._emit = emit
         rows = self.journal.read_after_received(self.position, limit) if limit else []
         # Statuses that arrived with or before these readings go first (all of them when no
         # reading is waiting): a sensor reported faulty judges none of its readings after it.
         statuses = self.journal.statuses_after(self.status_position, STATUS_BATCH)
         if not rows:
             if upto is None and statuses:
+                self._mark()
                 self._statuses(statuses, None)
+                self._loose.update(c.site for c in self._released)
+                self._released = []
             return 0
         pending = 0
         event_time = self.event_time
@@ -268,16 +289,30 @@ class Detection:
                 # Every reading moves event time, a drill's too, exactly as replay does: a drill
                 # feed's warnings escalate at their own deadlines, not all at the feed's start.
                 if emit:
-                    judge.at(t)
+                    announced = bool(judge.at(t)) or announced
                 else:
                     self.clock.observe(t)  # type: ignore[attr-defined]
             if skip and site in skip and _id <= skip[site][0]:
-                continue  # a restart reading on from the floor: this site's saved row has it
-            for change in judge.reading(info, t, value, bool(drill), None if event_time else received_ms / 1000.0, announce=emit):
+                # A restart reading on from the floor: this site's saved row has the reading, but
+                # its arrival still moves the held readings of every site on, as it did.
+                changes = () if event_time else judge.arrived(received_ms / 1000.0, announce=emit)
+            else:
+                changes = judge.reading(info, t, value, bool(drill), None if event_time else received_ms / 1000.0, announce=emit)
+            if self._released:
+                changes = [*self._released, *changes]
+                self._released = []
+            for change in changes:
                 if emit:
                     announced = True
                     changed = changed or (not change.exercise and change.kind is None)
                 clock = clock or change.kind in CLOCK_KINDS
+        for change in self._released:  # statuses at the end of a page, before the readings left
+            if emit:
+                announced = True
+                self._loose.add(change.site)  # no reading's position may follow it: saved at once
+                changed = changed or (not change.exercise and change.kind is None)
+            clock = clock or change.kind in CLOCK_KINDS
+        self._released = []
         if judged == 0:
             return 1  # only statuses this time: come back at once for the rest
         self.position = rows[judged - 1][0]
@@ -297,7 +332,12 @@ class Detection:
         id and arrival ms; None: all), in order; returns the index of the first left."""
         i, changed = start, False
         while i < len(rows) and (before is None or _status_before(rows[i], *before)):
-            sid, site, device, t_ms, _received_ms, text, _after = rows[i]
+            sid, site, device, t_ms, received_ms, text, _after = rows[i]
+            if not self.event_time:
+                # Held readings its arrival reaches are judged before it, as a reading arriving
+                # then would do: the same order live and in a restart's replay, whatever the
+                # wall clock's timers did in between (the caller counts their changes).
+                self._released.extend(self.judge.arrived(received_ms / 1000.0, announce=self._emit))
             if not (self._skip and site in self._skip and sid <= self._skip[site][1]):
                 changed = self._apply_status(site, device, text, t_ms / 1000.0) or changed
             self.status_position = sid
@@ -331,22 +371,29 @@ class Detection:
             self.judged += n
             self.judging_s += time.perf_counter() - t0
         self._mark()
-        self.judge.at(self.clock.now())
+        self._loose.update(c.site for c in self.judge.at(self.clock.now()))
+        if self._loose:
+            # Announced by a timer or a status on its own, not by a reading: no position says
+            # it was, so its site is saved now (a crash before would announce it again).
+            self.save_sites(LOOSE_BUDGET_S, only=self._loose)
+            self._loose = set()
         self.save_sites(SAVE_BUDGET_S, older_than_s=self.save_after_s)
         return n
 
-    def save_sites(self, budget_s: float | None, older_than_s: float = 0.0) -> int:
-        """Save the sites changed ``older_than_s`` ago or more, oldest change first, until
-        ``budget_s`` of work (None: all of them), with the header, in one transaction; returns
-        how many. Between batches only: the rows reflect the positions judged so far."""
+    def save_sites(self, budget_s: float | None, older_than_s: float = 0.0, only: set[str] | None = None) -> int:
+        """Save the sites changed ``older_than_s`` ago or more (or those of ``only`` that
+        changed), oldest change first, until ``budget_s`` of work (None: all of them), with the
+        header, in one transaction; returns how many. Between batches only: the rows reflect
+        the positions judged so far."""
         dirty = self.fusion.dirty
         if not dirty and not self._stale_rows:
             return 0
         now = time.monotonic()
         start = time.perf_counter()
         rows: list[tuple[str, int, int, str]] = []
-        for site, mark in dirty.items():
-            if mark is not None and now - mark[2] < older_than_s:
+        for site in (dirty if only is None else [x for x in only if x in dirty]):
+            mark = dirty[site]
+            if only is None and mark is not None and now - mark[2] < older_than_s:
                 break  # oldest first: the rest changed later still
             rows.append((site, self.position, self.status_position, json.dumps(self.fusion.site_state(site), separators=(",", ":"))))
             if budget_s is not None and time.perf_counter() - start >= budget_s:
@@ -355,11 +402,15 @@ class Detection:
             return 0
         for site, *_ in rows:
             del dirty[site]
-        # The one value of before goes once every site is in a row of its own.
-        legacy_done = self._legacy and not dirty
-        self.journal.save_site_states(rows, self._stale_rows, {STATE_KEY: self._header(), **({SNAPSHOT_KEY: None} if legacy_done else {})})
+            self._initial.discard(site)
+        state: dict[str, Any] = {}
+        if not self._initial:
+            state[STATE_KEY] = self._header()
+            if self._legacy:  # the one value of before goes once every site is in a row of its own
+                state[SNAPSHOT_KEY] = None
+                self._legacy = False
+        self.journal.save_site_states(rows, self._stale_rows, state)
         self._stale_rows = []
-        self._legacy = self._legacy and not legacy_done
         return len(rows)
 
     def _header(self) -> dict[str, Any]:
@@ -374,7 +425,8 @@ class Detection:
         header, the counters and the devices' clock health."""
         self.save_sites(budget_s)
         header = self._header()
-        self.journal.set_state(STATE_KEY, header)  # the floor moves on to here when nothing is left
+        if not self._initial:  # (else a restart must start as this one did: see _initial)
+            self.journal.set_state(STATE_KEY, header)  # the floor moves on to here when nothing is left
         # For /metrics: how much a restart now would judge again, and why.
         self.journal.set_state(DETECTION_STATS_KEY, {"readings": self.judged, "seconds": self.judging_s, "position": self.position,
                                                      "unsaved_sites": len(self.fusion.dirty), "floor": header["floor"]})

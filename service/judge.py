@@ -112,9 +112,12 @@ class Judge:
             for change in self.fusion.tick(now):
                 self.announce(change)
 
-    def at(self, t: float) -> None:
-        """Run every timer due up to ``t``, each at its own time, then (event time) move the clock to ``t``."""
+    def at(self, t: float) -> list[LevelChange]:
+        """Run every timer due up to ``t``, each at its own time, then (event time) move the
+        clock to ``t``. Returns the changes fusion's timers announced (held readings judged,
+        devices silent)."""
         fusion, chain, timers = self.fusion, self.chain, self.timers
+        ticked: list[LevelChange] = []
         while True:
             f_due = fusion.next_deadline()
             c_due = chain.next_deadline() if chain is not None else None
@@ -127,6 +130,7 @@ class Judge:
             if f_due == first:
                 for change in fusion.tick(when):
                     self.announce(change)
+                    ticked.append(change)
             elif c_due == first:
                 assert chain is not None
                 # At its own deadline even when the wall clock is past it: after an outage each
@@ -139,6 +143,7 @@ class Judge:
                 assert timers is not None
                 timers.fire(when)
         self._move(t)
+        return ticked
 
     # -- readings ------------------------------------------------------------------------------
 
@@ -148,6 +153,15 @@ class Judge:
         """Judge one reading; returns the changes it caused. ``announce`` False rebuilds state
         only (readings already judged before a restart). ``arrived``: see ``SiteFusion.update_all``."""
         changes = self.fusion.update_all(info, t, value, exercise, arrived)
+        if announce:
+            for change in changes:
+                self.announce(change)
+        return changes
+
+    def arrived(self, now: float, *, announce: bool = True) -> list[LevelChange]:
+        """Time ``now`` (an arrival) has come without a reading to judge: the held readings it
+        reaches are judged (``SiteFusion.release``); returns the changes they caused."""
+        changes = self.fusion.release(now)
         if announce:
             for change in changes:
                 self.announce(change)

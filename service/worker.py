@@ -47,6 +47,11 @@ WORKER_NICENESS = 10
 START_HEARTBEAT_S = 5.0
 #: A worker that has said nothing for this long while starting is given up.
 START_SILENCE_S = 60.0
+#: And one that has not started after this long plus this much per registry channel, even if
+#: it says it is at it (the heartbeat shows the process alive, not that it gets anywhere): a
+#: resume judges the journal after its saved state, about 0.3 ms a channel at worst.
+START_LIMIT_S = 120.0
+START_LIMIT_PER_CHANNEL_S = 0.002
 #: After a write error a worker rebuilds its job after this pause, doubled up to the maximum.
 WRITE_RETRY_FIRST_S = 1.0
 WRITE_RETRY_MAX_S = 10.0
@@ -446,13 +451,18 @@ class WorkerProcess:
             daemon=True,
         )
 
-    def start(self, timeout: float = START_SILENCE_S, progress: Callable[[float], None] | None = None) -> None:
+    def start(self, timeout: float = START_SILENCE_S, progress: Callable[[float], None] | None = None, limit_s: float | None = None) -> None:
         """Start the worker and wait until it has resumed its state, as long as it says it is
         still at it (a heartbeat every START_HEARTBEAT_S): a national fleet's state takes
-        time; a worker silent for ``timeout`` seconds is given up. ``progress(elapsed_s)`` is
-        called on each heartbeat (the daemon tells systemd to extend its start timeout)."""
+        time; a worker silent for ``timeout`` seconds, or not started after ``limit_s``
+        (default: START_LIMIT_S and START_LIMIT_PER_CHANNEL_S for its registry), is given up.
+        ``progress(elapsed_s)`` is called on each heartbeat (the daemon tells systemd to
+        extend its start timeout)."""
         self._launch()
         started = time.monotonic()
+        if limit_s is None:
+            channels = sum(len(c) for c in self._loaded.registry.channels.values())
+            limit_s = START_LIMIT_S + START_LIMIT_PER_CHANNEL_S * channels
         deadline = started + timeout
         said = started
         while True:
@@ -460,7 +470,7 @@ class WorkerProcess:
                 try:
                     if self._ready.recv_bytes() == b"p":
                         now = time.monotonic()
-                        deadline = now + timeout
+                        deadline = min(now + timeout, started + limit_s)
                         if progress is not None:
                             progress(now - started)
                         if now - said >= 30.0:
@@ -474,7 +484,8 @@ class WorkerProcess:
             if not self.process.is_alive():
                 raise RuntimeError(f"the {self.name} worker exited with code {self.process.exitcode} while starting")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the {self.name} worker said nothing for {timeout:.0f} s while starting")
+                raise RuntimeError(f"the {self.name} worker did not start: silent for {timeout:.0f} s, or still starting after "
+                                   f"{time.monotonic() - started:.0f} s (limit {limit_s:.0f} s for its registry)")
 
     def _launch(self) -> None:
         self.process.start()

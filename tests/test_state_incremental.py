@@ -213,3 +213,31 @@ def test_saved_state_is_none_before_the_first_save(tmp_path):
     path = Path(tmp_path / "journal.sqlite")
     Journal(path).close()
     assert detection.saved_state(JournalReader(path)) is None
+
+
+def test_a_step_back_guard_restored_mid_hold_judges_as_the_one_never_stopped():
+    """The guard's held abnormal steps have a side (up or down); a snapshot that left it out
+    made a restored guard start a new hold where the running one counted on (found by a
+    fuzzed restart, issue 17 review)."""
+    from geowarn.detectors.quality import StepBackGuard
+
+    rng = random.Random(3)
+    xs, v = [], 0.0
+    for i in range(400):
+        v += 1.0 + rng.gauss(0.0, 0.2)
+        if i % 37 in (20, 21, 22):  # three abnormal steps back in a row: held, then accepted
+            v -= 12.0
+        xs.append(v)
+    diverged = 0
+    for cut in range(30, 400, 7):
+        a = StepBackGuard(window=8, min_points=4, min_mad=0.5)
+        for i, x in enumerate(xs[:cut]):
+            a.update(float(i), x)
+        b = StepBackGuard(window=8, min_points=4, min_mad=0.5)
+        b.restore(json.loads(json.dumps(a.snapshot())))
+        for i, x in enumerate(xs[cut:cut + 10], start=cut):
+            va, vb = a.update(float(i), x), b.update(float(i), x)
+            diverged += (va.evidence.get("flag"), va.evidence.get("held")) != (vb.evidence.get("flag"), vb.evidence.get("held"))
+    held_cuts = sum(1 for cut in range(30, 400, 7) if cut % 37 in (21, 22))
+    assert held_cuts > 0, "no cut fell inside a hold: the test tests nothing"
+    assert diverged == 0

@@ -72,3 +72,20 @@ def test_a_worker_that_fails_while_starting_is_reported_at_once(tmp_path, mosqui
     with pytest.raises(RuntimeError, match="exited with code"):
         w.start(timeout=60.0)
     assert time.monotonic() - t0 < 30.0
+
+
+@pytest.mark.slow
+def test_a_worker_that_says_it_is_starting_forever_is_given_up_at_its_limit(tmp_path, mosquitto):
+    """The heartbeat shows the process alive, not that it gets anywhere: past the limit (by
+    default scaled to the registry's channels) the start fails with a reason."""
+    data = tmp_path / "data"
+    data.mkdir()
+    w = WorkerProcess("detection", _slow_job, _loaded(mosquitto.url, data))
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError, match="still starting after"):
+            w.start(timeout=2 * START_HEARTBEAT_S - 1.0, limit_s=START_HEARTBEAT_S + 1.0)
+        assert time.monotonic() - t0 < SLOW_START_S
+    finally:
+        w.process.kill()
+        w.process.join(10)
