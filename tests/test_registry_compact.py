@@ -166,3 +166,22 @@ def test_a_registry_built_from_sites_directly_pickles_too() -> None:
     assert list(back.sites) == list(only.sites)
     assert back.device_site == only.device_site
     assert back.channels.keys() == only.channels.keys()
+
+
+def test_a_spawned_process_gets_the_same_registry(tmp_path: Path) -> None:
+    # As WorkerProcess starts the store and detection workers: spawned, the registry an argument.
+    import multiprocessing as mp
+
+    path = tmp_path / "sites.toml"
+    path.write_text(sites_toml(synthetic_sites(Template(devices_per_site=5), 50)), encoding="utf-8")
+    reg = load_registry(path)
+    with mp.get_context("spawn").Pool(1) as pool:
+        # getattr runs in the spawned process on the registry it unpickled; its answer comes back.
+        device_site = pool.apply(getattr, (reg, "device_site"))
+        channels = pool.apply(getattr, (reg, "channels"))
+        source = pool.apply(getattr, (reg, "source"))
+    assert source == str(path)
+    assert device_site == reg.device_site
+    assert channels.keys() == reg.channels.keys()
+    for key, chans in reg.channels.items():
+        assert [{f: getattr(i, f) for f in INFO_FIELDS} for i in channels[key].values()] == [{f: getattr(i, f) for f in INFO_FIELDS} for i in chans.values()]
