@@ -177,6 +177,12 @@ class MqttLink:
         #: Set when the broker has confirmed this connection's subscriptions.
         self.subscribed = threading.Event()
         self.generation = 0
+        #: Held while an ack is checked against the generation and queued, and while paho's
+        #: thread moves the generation on at a disconnect: a PUBACK for a message of a lost
+        #: connection must never reach the next one (its packet ids may name other messages
+        #: if the broker lost the session). Reentrant: queueing may run paho's disconnect
+        #: callback on this same thread.
+        self._ack_lock = threading.RLock()
         self.connects = 0
         self._stopping = False
         self._v5 = protocol == "5"
@@ -259,6 +265,11 @@ class MqttLink:
         self.connect_failures += 1
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        with self._ack_lock:
+            # The messages of the connection just lost are not acked from now on, not only
+            # once the next CONNACK is handled: paho sends the next CONNECT before that, and a
+            # PUBACK queued in between would go out on the new connection.
+            self.generation += 1
         if self.connected.is_set() or self.disconnected_since is None:
             self.disconnected_since = time.monotonic()
         self.connected.clear()
@@ -307,9 +318,10 @@ class MqttLink:
         """Acknowledge a message once it is durable; False if it came on an earlier connection."""
         if item.qos == 0:
             return True
-        if item.generation != self.generation:
-            return False
-        self.client.ack(item.mid, item.qos)
+        with self._ack_lock:
+            if item.generation != self.generation:
+                return False
+            self.client.ack(item.mid, item.qos)
         return True
 
     def ack_many(self, items: Sequence[Inbound]) -> int:
@@ -328,20 +340,21 @@ class MqttLink:
         protected surface: ``check_paho_surface`` and tests/test_ack_batch.py fail loudly when
         a paho upgrade changes it."""
         stale = 0
-        gen = self.generation
         packets: list[bytes] = []
         pack = _PUBACK.pack
-        for it in items:
-            if it.qos == 0:
-                continue
-            if it.generation != gen:
-                stale += 1
-            elif it.qos == 1:
-                packets.append(pack(_PUBACK_HEADER, 2, it.mid))
-            else:
-                self.client.ack(it.mid, it.qos)
-        if packets:
-            self.client._packet_queue(_PUBACK_HEADER, b"".join(packets), items[-1].mid, 1)
+        with self._ack_lock:  # the generation checked is the one the packets are queued under
+            gen = self.generation
+            for it in items:
+                if it.qos == 0:
+                    continue
+                if it.generation != gen:
+                    stale += 1
+                elif it.qos == 1:
+                    packets.append(pack(_PUBACK_HEADER, 2, it.mid))
+                else:
+                    self.client.ack(it.mid, it.qos)
+            if packets:
+                self.client._packet_queue(_PUBACK_HEADER, b"".join(packets), items[-1].mid, 1)
         return stale
 
     def publish(self, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> None:

@@ -220,3 +220,36 @@ def test_the_daemon_acks_each_committed_batch_with_one_wakeup_and_none_before_it
         link.stop()
     finally:
         broker.stop()
+
+
+def test_a_puback_queued_while_the_link_reconnects_never_reaches_the_new_connection(tmp_path):
+    """paho sends the next CONNECT before our connect callback runs; an ack for a message of
+    the lost connection queued in between would go out on the new one, where its packet id
+    may name another message (a broker that lost the session). The generation moves on at
+    the disconnect, under the same lock as the check and the queueing."""
+    import socket
+
+    broker = _broker(tmp_path)
+    try:
+        link = _link(broker, "ack-window")
+        _publish(broker, 5)
+        _wait(lambda: link.inbox.qsize() == 5, "5 messages in the inbox")
+        items = link.inbox.take(100, 0.0)
+        before = link.generation
+        entered = threading.Event()
+        original = link._on_connect
+
+        def slow_connect(*a: Any) -> None:  # the CONNACK's round trip, made long
+            entered.set()
+            time.sleep(0.5)
+            original(*a)
+
+        link.client.on_connect = slow_connect
+        link.client._sock.shutdown(socket.SHUT_RDWR)  # the connection lost under paho: it reconnects
+        assert entered.wait(15), "paho did not reconnect"
+        # The window: a new connection, our connect callback not run yet.
+        assert link.ack_many(items) == 5 and link.generation > before
+        assert not any(p["command"] == 0x40 for p in list(link.client._out_packet)), "a PUBACK queued for the new connection"
+        link.stop()
+    finally:
+        broker.stop()
