@@ -772,7 +772,13 @@ def load_registry(path: str | Path) -> Registry:
     # allocator returns only whole free arenas): about 3.4 KB per device, twice what the registry
     # itself needs. Made again from one pickle, after the rest is freed, its objects fill arenas
     # of their own (issue 17). The pickle is the one a worker process receives.
+    # Worth it only when the channels share their specs (a fleet of like devices): a registry of
+    # calibrated devices, each spec its own, would pay the rebuild's time and a peak with both
+    # copies for nothing (found by review).
+    specs = [info.spec for chans in loaded.channels.values() for info in chans.values()]
+    if len({id(x) for x in specs}) > len(specs) // 2:
+        return loaded
     with _no_gc():
         sites = pickle.dumps(list(loaded.sites.values()), protocol=pickle.HIGHEST_PROTOCOL)
-    del loaded
+    del loaded, specs
     return _unpickle_registry(sites, str(path))
