@@ -177,14 +177,15 @@ class Receiver:
 
 
 class AlertWatch:
-    """First arrival per site of an alert event that raises it (``geowarn/alerts/#``)."""
+    """First arrival per site of an alert event that raises it (``geowarn/alerts/#``); also
+    used by benchmarks/national_scale.py."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, client_id: str = "latency-alerts") -> None:
         self.first: dict[str, float] = {}
         self.levels: dict[str, int] = {}
         self.lock = threading.Lock()
         self.ready = threading.Event()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="latency-alerts")
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
         self.c.on_message = self._on_message
         self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("geowarn/alerts/#", 1)
         self.c.on_subscribe = lambda c, u, mid, rc, p: self.ready.set()
@@ -212,6 +213,10 @@ class AlertWatch:
     def raised_sites(self) -> dict[str, int]:
         with self.lock:
             return dict(self.levels)
+
+    def sites(self) -> set[str]:
+        with self.lock:
+            return set(self.first)
 
     def close(self) -> None:
         self.c.disconnect()

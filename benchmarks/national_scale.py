@@ -83,11 +83,13 @@ from typing import Any, NamedTuple
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-import paho.mqtt.client as mqtt
 import psutil
 from daemonproc import Daemon
 from geowarn.simulators.fastmqtt import FastPublisher
 from geowarn.simulators.scenario import Template, sites_toml, synthetic_sites
+from latency import (
+    AlertWatch,  # the latency benchmark's alert subscriber (benchmarks/ is on sys.path)
+)
 from services import Mosquitto, free_port
 
 COUNTY, CITY, PROVINCE, NATIONAL = "420527", "420500", "420000", "100000"
@@ -252,46 +254,6 @@ class Fleet:
 
 
 # -- observers ---------------------------------------------------------------------------------
-
-
-class AlertWatch:
-    """First arrival per site of an alert event that raises it, and every raise seen."""
-
-    def __init__(self, port: int) -> None:
-        self.first: dict[str, float] = {}
-        self.lock = threading.Lock()
-        self.ready = threading.Event()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ns-alerts")
-        self.c.on_message = self._on_message
-        self.c.on_connect = lambda c, u, f, rc, p: c.subscribe("geowarn/alerts/#", 1)
-        self.c.on_subscribe = lambda c, u, mid, rc, p: self.ready.set()
-        self.c.connect("127.0.0.1", port)
-        self.c.loop_start()
-        if not self.ready.wait(10):
-            raise RuntimeError("the alert subscriber was not subscribed within 10 s")
-
-    def _on_message(self, c: Any, u: Any, m: Any) -> None:
-        t = time.time()
-        try:
-            ev = json.loads(m.payload)
-            site, level, prev = str(ev["site"]), int(ev["level"]), int(ev.get("previous_level", 0))
-        except (ValueError, KeyError, TypeError):
-            return
-        if level > prev and not ev.get("exercise"):
-            with self.lock:
-                self.first.setdefault(site, t)
-
-    def get(self, site: str) -> float | None:
-        with self.lock:
-            return self.first.get(site)
-
-    def sites(self) -> set[str]:
-        with self.lock:
-            return set(self.first)
-
-    def close(self) -> None:
-        self.c.disconnect()
-        self.c.loop_stop()
 
 
 @dataclass
@@ -573,7 +535,7 @@ def run_size(devices: int, args: argparse.Namespace) -> Result:
         time.sleep(2.0)  # the workers' first steps after online
         f["rss_start"] = roles(daemon)
         print(f"[{devices}] online after {f['start_s']} s; RSS {fmt_rss(f['rss_start'])}", flush=True)
-        alerts = AlertWatch(broker.port)
+        alerts = AlertWatch(broker.port, client_id="ns-alerts")
         fleet = Fleet(broker.url, devices, args.publishers, args.seed)
         fleet.set_rate(rate)
         prober = Prober(broker.url, args.probe_every, n_probes)
