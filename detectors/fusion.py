@@ -834,12 +834,9 @@ class SiteFusion:
 
     def snapshot(self) -> dict[str, Any]:
         """Everything needed to continue exactly here after a restart (JSON-serialisable).
-        ``quality`` is the total; each site's entry carries its own share."""
-        sites = {f"{site}|{int(exercise)}": self._site_json(st) for (site, exercise), st in self._sites.items()}
-        held = [[info.site, int(exercise), info.device, info.channel, t, value, arrived] for t, _, info, value, exercise, arrived in sorted(self._held)]
-        health = {device: h.to_json() for device, h in self._health.items()}
-        faults = [[s, d, c, code, since] for (s, d, c), (code, since) in self._faults.items()]
-        return {"sites": sites, "quality": self.quality, "nodata": self.nodata.snapshot(), "held": held, "health": health, "faults": faults}
+        ``quality`` is the total; each site's entry carries its own share. The same as the sites'
+        ``site_state`` put together by ``assemble``, which is what a restart reads."""
+        return self.assemble(self.globals_state(), (self.site_state(site) for site in self.registry.sites))
 
     def site_state(self, site: str) -> dict[str, Any]:
         """One site's part of ``snapshot()`` (its real and drill state, its devices' silence

@@ -153,7 +153,6 @@ class Detection:
         self._loose: set[str] = set()
         #: Changes of held readings judged as a status arrived (``_statuses``), for the batch.
         self._released: list[LevelChange] = []
-        self._emit = True
         self._mark()
         self._resume()
 
@@ -248,7 +247,6 @@ class Detection:
     def _consume(self, emit: bool = True, upto: int | None = None) -> int:
         """Judge the next batch of journal readings (up to id ``upto``); returns how many were read."""
         limit = BATCH if upto is None else max(0, min(BATCH, upto - self.position))
-        self._emit = emit
         rows = self.journal.read_after_received(self.position, limit) if limit else []
         # Statuses that arrived with or before these readings go first (all of them when no
         # reading is waiting): a sensor reported faulty judges none of its readings after it.
@@ -256,9 +254,11 @@ class Detection:
         if not rows:
             if upto is None and statuses:
                 self._mark()
-                self._statuses(statuses, None)
-                self._loose.update(c.site for c in self._released)
-                self._released = []
+                self._statuses(statuses, None, emit=emit)
+                released, self._released = self._released, []
+                # No reading's position says these were announced: their sites are saved at once.
+                self._loose.update(c.site for c in released)
+                self._counted(released, emit)
             return 0
         pending = 0
         event_time = self.event_time
@@ -273,7 +273,7 @@ class Detection:
         judged = len(rows)
         for i, (_id, site, device, channel, t_ms, value, drill, received_ms) in enumerate(rows):
             if pending < len(statuses) and _status_before(statuses[pending], _id, received_ms):
-                pending = self._statuses(statuses, (_id, received_ms), pending)
+                pending = self._statuses(statuses, (_id, received_ms), pending, emit=emit)
                 if more and pending == len(statuses):
                     judged = i
                     break
@@ -298,36 +298,42 @@ class Detection:
                 changes = () if event_time else judge.arrived(received_ms / 1000.0, announce=emit)
             else:
                 changes = judge.reading(info, t, value, bool(drill), None if event_time else received_ms / 1000.0, announce=emit)
-            if self._released:
-                changes = [*self._released, *changes]
-                self._released = []
             for change in changes:
                 if emit:
                     announced = True
                     changed = changed or (not change.exercise and change.kind is None)
                 clock = clock or change.kind in CLOCK_KINDS
-        for change in self._released:  # statuses at the end of a page, before the readings left
-            if emit:
-                announced = True
-                self._loose.add(change.site)  # no reading's position may follow it: saved at once
-                changed = changed or (not change.exercise and change.kind is None)
-            clock = clock or change.kind in CLOCK_KINDS
-        self._released = []
+        released, self._released = self._released, []  # held readings judged as statuses arrived
+        if emit:
+            # A status may stand after every reading of this batch, where no saved position
+            # follows it: the sites of what it released are saved at once.
+            self._loose.update(c.site for c in released)
         if judged == 0:
+            self._counted(released, emit)
             return 1  # only statuses this time: come back at once for the rest
+        announced = announced or (emit and bool(released))
         self.position = rows[judged - 1][0]
         if skip and self.position >= self._skip_upto[0] and self.status_position >= self._skip_upto[1]:
             self._skip = {}
-        if changed:
-            self._save_levels()
-        if clock:
-            self.save_clock_health()
+        self._counted(released, emit, changed, clock)
         if announced:
             # How far changes have been announced: a restart replays silently only up to here.
             self.journal.set_state(EMITTED_KEY, self.position)
         return judged
 
-    def _statuses(self, rows: list[tuple[int, str, str, int, int, str, int | None]], before: tuple[int, int] | None, start: int = 0) -> int:
+    def _counted(self, changes: list[LevelChange], emit: bool, changed: bool = False, clock: bool = False) -> None:
+        """What the changes of a batch (and ``changed``/``clock`` already found) make the
+        console read again: the sites' levels, the devices' clock health."""
+        for change in changes:
+            changed = changed or (emit and not change.exercise and change.kind is None)
+            clock = clock or change.kind in CLOCK_KINDS
+        if changed:
+            self._save_levels()
+        if clock:
+            self.save_clock_health()
+
+    def _statuses(self, rows: list[tuple[int, str, str, int, int, str, int | None]], before: tuple[int, int] | None, start: int = 0, *,
+                  emit: bool = True) -> int:
         """Apply the status rows from ``start`` that stand before the reading ``before`` (its
         id and arrival ms; None: all), in order; returns the index of the first left."""
         i, changed = start, False
@@ -337,7 +343,7 @@ class Detection:
                 # Held readings its arrival reaches are judged before it, as a reading arriving
                 # then would do: the same order live and in a restart's replay, whatever the
                 # wall clock's timers did in between (the caller counts their changes).
-                self._released.extend(self.judge.arrived(received_ms / 1000.0, announce=self._emit))
+                self._released.extend(self.judge.arrived(received_ms / 1000.0, announce=emit))
             if not (self._skip and site in self._skip and sid <= self._skip[site][1]):
                 changed = self._apply_status(site, device, text, t_ms / 1000.0) or changed
             self.status_position = sid
