@@ -446,7 +446,7 @@ class Store:
         return {"messages": c.messages, "readings_stored": c.readings_stored, "duplicates": c.readings_duplicate,
                 "dead_letters": c.deadletters, "conflicts": c.readings_conflict, "seq_gaps": c.seq_gaps, "lag_messages": self.lag()}
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, final: bool = False) -> None:
         pass  # the position is committed with every batch
 
     def close(self) -> None:

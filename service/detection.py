@@ -664,14 +664,11 @@ class DetectionJob:
             log.exception("could not audit a refused request", extra=kv(kind=kind))
         self._audit_minute = (start, written, counted)
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, final: bool = False) -> None:
         # What is not saved within the budget is replayed from the journal by the next start
-        # (the header's floor): neither a warning nor a stop waits on it.
-        self.detection.save_snapshot(CHECKPOINT_BUDGET_S)
-
-    def final_checkpoint(self) -> None:
-        """At the stop: more time for the sites changed, so the next start replays less."""
-        self.detection.save_snapshot(STOP_BUDGET_S)
+        # (the header's floor): neither a warning nor a stop waits on it. At the stop more
+        # time, so the next start replays less.
+        self.detection.save_snapshot(STOP_BUDGET_S if final else CHECKPOINT_BUDGET_S)
 
     def close(self) -> None:
         # Let sends in flight finish and be recorded before the outbox closes: a delivered

@@ -81,10 +81,11 @@ def describe_error(exc: BaseException) -> str:
 
 class Job(Protocol):
     """What a worker process runs: ``step()`` does one round and says how much it did (0: idle);
-    ``checkpoint()`` saves state (periodically and at the stop); ``close()`` releases files."""
+    ``checkpoint()`` saves state (periodically, and with ``final`` at the stop, where it may take
+    longer: nothing waits behind it); ``close()`` releases files."""
 
     def step(self) -> int: ...
-    def checkpoint(self) -> None: ...
+    def checkpoint(self, final: bool = False) -> None: ...
     def close(self) -> None: ...
 
 
@@ -349,8 +350,7 @@ def _worker_main(
         try:
             if clean and job is not None:  # after an exception the job's state may be half a step ahead of its position
                 try:
-                    # A job may take longer over its last checkpoint (detection: more sites saved).
-                    getattr(job, "final_checkpoint", job.checkpoint)()
+                    job.checkpoint(final=True)
                 except Exception as exc:
                     if not is_write_error(exc):
                         raise

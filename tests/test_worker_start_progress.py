@@ -23,7 +23,7 @@ class _Idle:
     def step(self) -> int:
         return 0
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, final: bool = False) -> None:
         pass
 
     def close(self) -> None:
