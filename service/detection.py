@@ -100,6 +100,10 @@ BATCH = 5000
 
 
 
+#: The keys of a site's saved state (``SiteFusion.site_state``).
+_PART_KEYS = frozenset({"sites", "nodata", "held", "health", "faults"})
+
+
 def _status_before(status: tuple[int, str, str, int, int, str, int | None], reading_id: int, received_ms: int) -> bool:
     """Whether a journal status row stands before the reading: by the id of the last reading
     stored before it (exact), or, for a row from before that was recorded, by arrival time."""
@@ -226,7 +230,17 @@ class Detection:
             if site not in self.registry.sites:
                 self._stale_rows.append(site)
                 continue
-            parts.append(json.loads(body))
+            try:
+                part = json.loads(body)
+                if not (isinstance(part, dict) and _PART_KEYS <= part.keys() and isinstance(part["sites"], dict)):
+                    raise ValueError("not a site's saved state")
+            except ValueError as exc:
+                # A damaged row (the disk, a hand edit) must not keep detection from starting:
+                # the site starts afresh from the floor, the others exactly where they were.
+                log.error("a site's saved detector state is unreadable; the site starts afresh from the journal",
+                          extra=kv(site=site, error=str(exc)[:200]))
+                continue
+            parts.append(part)
             skip[site] = (pos, spos)
         self.fusion.restore(self.fusion.assemble(header.get("globals", {}), parts))
         self.position, self.status_position = int(header["floor"]), int(header["status_floor"])

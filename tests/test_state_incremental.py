@@ -241,3 +241,21 @@ def test_a_step_back_guard_restored_mid_hold_judges_as_the_one_never_stopped():
     held_cuts = sum(1 for cut in range(30, 400, 7) if cut % 37 in (21, 22))
     assert held_cuts > 0, "no cut fell inside a hold: the test tests nothing"
     assert diverged == 0
+
+
+def test_a_damaged_site_row_starts_that_site_afresh_and_the_others_exactly(loaded, tmp_path, caplog):
+    j = Journal(tmp_path / "journal.sqlite")
+    feed = Feed(loaded, j)
+    det = _detection(loaded, j)
+    feed.batch(steps=30)
+    _drain(det)
+    det.save_snapshot()
+    expected = json.loads(_state(det))
+    j.conn.execute("UPDATE site_state SET body = ? WHERE site = 'XK'", ('{"sites": [1, 2',))
+    j.conn.execute("UPDATE site_state SET body = ? WHERE site = 'BZM'", ('[]',))
+    again = _detection(loaded, j)
+    got = json.loads(_state(again))
+    assert got["sites"]["BSH|0"] == expected["sites"]["BSH|0"]
+    assert "XK|0" not in got["sites"] and "BZM|0" not in got["sites"]
+    assert sum("unreadable" in r.getMessage() for r in caplog.records) == 2
+    j.close()
