@@ -172,6 +172,10 @@ class Detection:
         """
         persisted: dict[str, int] = self.journal.get_state(SITE_LEVELS_KEY, {}) or {}
         header = self.journal.get_state(STATE_KEY)
+        if header is not None and not (isinstance(header, dict) and isinstance(header.get("floor"), int)
+                                       and isinstance(header.get("status_floor"), int) and isinstance(header.get("globals", {}), dict)):
+            log.error("detection's saved state header is unreadable; rebuilding from the journal's recent readings", extra=kv(header=str(header)[:200]))
+            header = None
         snap: dict[str, Any] | None = self.journal.get_state(SNAPSHOT_KEY) if header is None else None
         if header is not None or snap is not None:
             if header is not None:

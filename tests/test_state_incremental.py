@@ -259,3 +259,19 @@ def test_a_damaged_site_row_starts_that_site_afresh_and_the_others_exactly(loade
     assert "XK|0" not in got["sites"] and "BZM|0" not in got["sites"]
     assert sum("unreadable" in r.getMessage() for r in caplog.records) == 2
     j.close()
+
+
+def test_a_damaged_header_rebuilds_from_the_journal_instead_of_failing(loaded, tmp_path, caplog):
+    j = Journal(tmp_path / "journal.sqlite")
+    feed = Feed(loaded, j)
+    det = _detection(loaded, j)
+    feed.batch(steps=30)
+    _drain(det)
+    det.save_snapshot()
+    j.set_state(detection.STATE_KEY, {"floor": "x"})
+    again = _detection(loaded, j)
+    assert again.position == j.last_id()
+    assert any("header is unreadable" in r.getMessage() for r in caplog.records)
+    again.save_snapshot()
+    assert j.get_state(detection.STATE_KEY)["floor"] == j.last_id()  # written whole again
+    j.close()
