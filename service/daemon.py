@@ -430,11 +430,13 @@ class App:
         self.detection.start(progress=starting("detection"))
         if self.forwarder is not None:
             self.forwarder.start()
+        # Free space and health first: the first scrape, which may come as soon as the link is
+        # up (and "online" published), must already see them (geowarn_disk_low, an alert rule's input).
+        self._check_disk(force=True)
+        self._update_health()
         self.link.start()
         if self.http is not None:
             self.http.start()
-        self._check_disk(force=True)
-        self._update_health()
         self.ready.set()
         log.info("geowarn daemon running", extra=kv(broker=self.loaded.settings.mqtt.redacted(), data_dir=self.loaded.settings.data_dir))
         # Under systemd (Type=notify): started once the parts are up; the keep-alives come from
