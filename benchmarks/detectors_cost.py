@@ -1,6 +1,6 @@
 """Cost of the full detector bank per reading per channel, and its state size.
 
-    python3 benchmarks/detectors_cost.py [--readings N] [--rounds R] [--step S] [--baseline DIR]
+    python3 benchmarks/detectors_cost.py [--readings N] [--rounds R] [--step S] [--baseline DIR] [--memory]
 
 For each channel kind the bank is exactly what site fusion builds (quality guard + every
 stage of the kind, from ``geowarn.detectors.fusion.detectors_for``), fed a realistic 10-minute
@@ -17,6 +17,12 @@ see the same machine load. Each round of either tree runs in a fresh process. Th
 may have either layout: ``geowarn.detectors`` mapped from ``detectors/`` (as now), or the
 top-level ``detectors``/``config`` packages of before the namespace move. Either tree's bank
 is imported from its own folders, never from the installed geowarn.
+
+``--memory``: instead of time, the live memory one channel's bank holds after 7 days of readings:
+``MEMORY_BANKS`` banks of each kind are built and fed in a fresh process under ``tracemalloc``,
+and the bytes still allocated (Python objects, lists, arrays, numpy buffers) are divided by
+the number of banks — what a national fleet pays per channel heard, which the JSON state size
+above is not. With ``--baseline`` both trees are measured, each in its own child.
 
 ``--instructions``: also count the machine instructions per reading under valgrind
 (``callgrind``; Debian package ``valgrind``): the count of a run of 1500 readings minus that of
@@ -146,6 +152,36 @@ def _state(reg: Any, series: dict[str, tuple[np.ndarray, np.ndarray]], kind: str
     return names, size
 
 
+MEMORY_BANKS = 200
+
+
+def _memory(reg: Any, series: dict[str, tuple[np.ndarray, np.ndarray]], kind: str) -> int:
+    """Live bytes per channel: ``MEMORY_BANKS`` banks fed ``STATE_READINGS`` readings each."""
+    import gc
+    import tracemalloc
+
+    t, v = series[kind]
+    tl, vl = t[:STATE_READINGS].tolist(), v[:STATE_READINGS].tolist()
+    guard, dets = _bank(reg, kind)  # warm: imports, caches and interned strings are not per channel
+    _feed(guard, dets, tl, vl)
+    gc.collect()
+    tracemalloc.start()
+    banks = []
+    for _ in range(MEMORY_BANKS):
+        guard, dets = _bank(reg, kind)
+        _feed(guard, dets, tl, vl)
+        banks.append((guard, dets))
+    gc.collect()
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return round(held / len(banks))
+
+
+def _memory_child(root: str, kind: str) -> int:
+    out = subprocess.run([sys.executable, __file__, "--root", root, "--mem", kind, "--step", str(STEP)], check=True, capture_output=True, text=True).stdout
+    return int(out.split()[0])
+
+
 def _child(root: str, kind: str, readings: int) -> tuple[float, int]:
     out = subprocess.run(
         [sys.executable, __file__, "--root", root, "--one", kind, "--readings", str(readings), "--step", str(STEP)], check=True, capture_output=True, text=True
@@ -190,7 +226,9 @@ def main() -> int:
     ap.add_argument("--baseline", metavar="DIR", help="another checkout to measure side by side (child processes)")
     ap.add_argument("--instructions", action="store_true", help="also count instructions per reading under valgrind (deterministic)")
     ap.add_argument("--step", type=float, default=600.0, help="seconds between readings (default 600; 60: a storm's minute sampling)")
+    ap.add_argument("--memory", action="store_true", help="report live bytes per channel after 7 days instead of time")
     ap.add_argument("--root", help=argparse.SUPPRESS)
+    ap.add_argument("--mem", help=argparse.SUPPRESS)
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--ir", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -201,6 +239,24 @@ def main() -> int:
         ap.error("--instructions needs valgrind (apt-get install valgrind)")
     reg = _registry()
     series = _series(args.readings)
+    if args.mem:  # child: live bytes per channel of one kind
+        print(_memory(reg, series, args.mem))
+        return 0
+    if args.memory:
+        print(f"# live memory per channel — Python {platform.python_version()}, {MEMORY_BANKS} banks per kind, {STATE_READINGS} readings one every {STEP:g} s")
+        if args.baseline:
+            print(f"# baseline: {args.baseline}")
+            print("| kind | baseline bytes/channel | this tree bytes/channel | ratio |\n|---|---|---|---|")
+        else:
+            print("| kind | bytes/channel |\n|---|---|")
+        for k in KINDS:
+            mine = _memory_child(str(ROOT), k)
+            if args.baseline:
+                b = _memory_child(args.baseline, k)
+                print(f"| {k} | {b:,} | {mine:,} | {mine / b:.2f} |")
+            else:
+                print(f"| {k} | {mine:,} |")
+        return 0
     if args.one:  # child: one round of one kind, then the state size
         names, size = _state(reg, series, args.one)
         print(f"{_round(reg, series, args.one):.4f} {size} {names}")
