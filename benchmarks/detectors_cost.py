@@ -22,7 +22,8 @@ is imported from its own folders, never from the installed geowarn.
 ``MEMORY_BANKS`` banks of each kind are built and fed in a fresh process under ``tracemalloc``,
 and the bytes still allocated (Python objects, lists, arrays, numpy buffers) are divided by
 the number of banks — what a national fleet pays per channel heard, which the JSON state size
-above is not. With ``--baseline`` both trees are measured, each in its own child.
+above is not; and the CPU to build one bank and to restore one from its snapshot, what a
+restart pays per channel. With ``--baseline`` both trees are measured, each in its own child.
 
 ``--instructions``: also count the machine instructions per reading under valgrind
 (``callgrind``; Debian package ``valgrind``): the count of a run of 1500 readings minus that of
@@ -155,8 +156,9 @@ def _state(reg: Any, series: dict[str, tuple[np.ndarray, np.ndarray]], kind: str
 MEMORY_BANKS = 200
 
 
-def _memory(reg: Any, series: dict[str, tuple[np.ndarray, np.ndarray]], kind: str) -> int:
-    """Live bytes per channel: ``MEMORY_BANKS`` banks fed ``STATE_READINGS`` readings each."""
+def _memory(reg: Any, series: dict[str, tuple[np.ndarray, np.ndarray]], kind: str) -> tuple[int, float, float]:
+    """Live bytes per channel (``MEMORY_BANKS`` banks fed ``STATE_READINGS`` readings each), and
+    the CPU µs to build one bank and to restore one from its snapshot (what a restart pays)."""
     import gc
     import tracemalloc
 
@@ -164,6 +166,18 @@ def _memory(reg: Any, series: dict[str, tuple[np.ndarray, np.ndarray]], kind: st
     tl, vl = t[:STATE_READINGS].tolist(), v[:STATE_READINGS].tolist()
     guard, dets = _bank(reg, kind)  # warm: imports, caches and interned strings are not per channel
     _feed(guard, dets, tl, vl)
+    snap = (guard.snapshot(), [d.snapshot() for d in dets])
+    t0 = time.process_time()
+    for _ in range(MEMORY_BANKS):
+        _bank(reg, kind)
+    t1 = time.process_time()
+    for _ in range(MEMORY_BANKS):
+        guard, dets = _bank(reg, kind)
+        guard.restore(snap[0])
+        for d, s in zip(dets, snap[1]):
+            d.restore(s)
+    t2 = time.process_time()
+    build_us, restore_us = (t1 - t0) / MEMORY_BANKS * 1e6, ((t2 - t1) - (t1 - t0)) / MEMORY_BANKS * 1e6
     gc.collect()
     tracemalloc.start()
     banks = []
@@ -174,12 +188,13 @@ def _memory(reg: Any, series: dict[str, tuple[np.ndarray, np.ndarray]], kind: st
     gc.collect()
     held, _ = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return round(held / len(banks))
+    return round(held / len(banks)), build_us, restore_us
 
 
-def _memory_child(root: str, kind: str) -> int:
+def _memory_child(root: str, kind: str) -> tuple[int, float, float]:
     out = subprocess.run([sys.executable, __file__, "--root", root, "--mem", kind, "--step", str(STEP)], check=True, capture_output=True, text=True).stdout
-    return int(out.split()[0])
+    b, build, restore = out.split()
+    return int(b), float(build), float(restore)
 
 
 def _child(root: str, kind: str, readings: int) -> tuple[float, int]:
@@ -240,22 +255,24 @@ def main() -> int:
     reg = _registry()
     series = _series(args.readings)
     if args.mem:  # child: live bytes per channel of one kind
-        print(_memory(reg, series, args.mem))
+        b, build, restore = _memory(reg, series, args.mem)
+        print(f"{b} {build:.1f} {restore:.1f}")
         return 0
     if args.memory:
         print(f"# live memory per channel — Python {platform.python_version()}, {MEMORY_BANKS} banks per kind, {STATE_READINGS} readings one every {STEP:g} s")
         if args.baseline:
             print(f"# baseline: {args.baseline}")
-            print("| kind | baseline bytes/channel | this tree bytes/channel | ratio |\n|---|---|---|---|")
+            print("| kind | baseline bytes/channel | this tree bytes/channel | ratio | baseline build + restore µs | this tree build + restore µs |")
+            print("|---|---|---|---|---|---|")
         else:
-            print("| kind | bytes/channel |\n|---|---|")
+            print("| kind | bytes/channel | build µs | restore µs |\n|---|---|---|---|")
         for k in KINDS:
-            mine = _memory_child(str(ROOT), k)
+            mine, build, restore = _memory_child(str(ROOT), k)
             if args.baseline:
-                b = _memory_child(args.baseline, k)
-                print(f"| {k} | {b:,} | {mine:,} | {mine / b:.2f} |")
+                b, bb, br = _memory_child(args.baseline, k)
+                print(f"| {k} | {b:,} | {mine:,} | {mine / b:.2f} | {bb:.0f} + {br:.0f} | {build:.0f} + {restore:.0f} |")
             else:
-                print(f"| {k} | {mine:,} |")
+                print(f"| {k} | {mine:,} | {build:.0f} | {restore:.0f} |")
         return 0
     if args.one:  # child: one round of one kind, then the state size
         names, size = _state(reg, series, args.one)
