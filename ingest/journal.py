@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from geowarn.config.registry import ChannelInfo, Registry
-from geowarn.core.sqlite import Schema, SchemaError, Sync, open_db, open_readonly, reading
+from geowarn.core.sqlite import Schema, SchemaError, Sync, open_db, open_readonly, reading, user_version
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -99,15 +99,29 @@ CREATE TABLE IF NOT EXISTS site_state (
 );
 """
 
+#: Each site's fused level, one row a site (issue 17): the detection worker writes the rows
+#: of the sites whose level changed, where it wrote every site's level as one value on every
+#: change (~40 ms at 50,000 sites, in the way of the next warning). The one value of before
+#: (state ``fusion.site_levels``) is moved into the rows once.
+MIGRATION_5 = """
+CREATE TABLE IF NOT EXISTS site_level (
+    site  TEXT PRIMARY KEY,
+    level INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO site_level (site, level)
+    SELECT key, value FROM json_each((SELECT value FROM state WHERE key = 'fusion.site_levels'));
+DELETE FROM state WHERE key = 'fusion.site_levels';
+"""
+
 #: The journal's file in the data directory.
 JOURNAL_FILE = "journal.sqlite"
 #: Migration 1 is the schema from before versions were kept (idempotent, so a file of that
 #: time migrates by being stamped). Append new migrations; never edit a released one.
-JOURNAL_SCHEMA = Schema("journal", (SCHEMA, MIGRATION_2, MIGRATION_3, MIGRATION_4))
+JOURNAL_SCHEMA = Schema("journal", (SCHEMA, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5))
 
 #: State keys written by the detection worker (service/detection.py) and read by the console
 #: and metrics, which may not import the service: one spelling, kept by the file's owner.
-SITE_LEVELS_KEY = "fusion.site_levels"
+#: (Sites' levels were the state key "fusion.site_levels" before migration 5: see ``site_level``.)
 DETECTION_STATS_KEY = "detection.stats"
 
 #: The dead-letter reason of a reading stored with another value (ingest/store.py ``CONFLICT``),
@@ -442,6 +456,25 @@ class Journal:
         for site, pos, spos, body in self.conn.execute("SELECT site, position, status_position, body FROM site_state"):
             yield str(site), int(pos), int(spos), str(body)
 
+    # -- sites' fused levels (for the console and a restart without saved state) -------------
+
+    def site_levels(self) -> dict[str, int]:
+        return {str(site): int(level) for site, level in self.conn.execute("SELECT site, level FROM site_level")}
+
+    def save_site_levels(self, levels: Mapping[str, int], drop: Iterable[str] = ()) -> None:
+        """Set the levels of the sites given and forget those of ``drop``, in one transaction."""
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            conn.executemany(
+                "INSERT INTO site_level (site, level) VALUES (?, ?) ON CONFLICT(site) DO UPDATE SET level=excluded.level", levels.items()
+            )
+            conn.executemany("DELETE FROM site_level WHERE site=?", ((s,) for s in drop))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
     # -- reads -----------------------------------------------------------------------------
 
     def read_after(self, position: int, limit: int) -> list[tuple[int, str, str, str, str, str, int, float, int]]:
@@ -658,8 +691,17 @@ class JournalReader:
         return (None if row is None else json.loads(row[0])), [(str(a), int(b), int(c), str(d)) for a, b, c, d in rows]
 
     def site_levels(self) -> dict[str, int]:
-        """Each site's fused level as the detection worker last saved it."""
-        return {str(k): int(v) for k, v in (self.state(SITE_LEVELS_KEY) or {}).items()}
+        """Each site's fused level as the detection worker last saved it (a file the store
+        worker has not migrated yet keeps them in one state value, as before migration 5)."""
+        with self._read() as conn:
+            if conn is None:
+                return {}
+            if user_version(conn) >= 5:
+                rows = conn.execute("SELECT site, level FROM site_level").fetchall()
+            else:
+                row = conn.execute("SELECT value FROM state WHERE key = 'fusion.site_levels'").fetchone()
+                rows = list(json.loads(row[0]).items()) if row is not None else []
+        return {str(k): int(v) for k, v in rows}
 
     def readings_stored(self) -> int:
         """Readings stored so far: ``readings.id`` is the arrival order and retention never

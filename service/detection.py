@@ -46,6 +46,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ from geowarn.core.timefmt import rfc3339
 from geowarn.detectors.clockhealth import CLOCK_HEALTH_KEY, CLOCK_KINDS
 from geowarn.detectors.fusion import SiteFusion
 from geowarn.ingest.commands_cn import REPLY_TOPIC
-from geowarn.ingest.journal import DETECTION_STATS_KEY, SITE_LEVELS_KEY, Journal
+from geowarn.ingest.journal import DETECTION_STATS_KEY, Journal
 from geowarn.service.judge import Judge
 from geowarn.service.worker import WorkerProcess
 from geowarn.core.logfields import kv
@@ -146,6 +147,7 @@ class Detection:
         self._skip_upto = (0, 0)
         #: Rows of sites no longer in the registry, deleted by the next full save.
         self._stale_rows: list[str] = []
+        self._levels: dict[str, int] = {}  # each site's level as its row in the journal has it
         #: Sites whose state came from before per-site rows (the one-value snapshot) or from a
         #: rebuild out of the journal's recent readings: neither can be rebuilt by reading on
         #: from a floor, so no header is written until each has a row of its own (a restart
@@ -170,7 +172,8 @@ class Detection:
         every reading after it is judged anew and its changes announced, so a lift or a raise
         that happened while detection was down comes out with its own reason and evidence.
         """
-        persisted: dict[str, int] = self.journal.get_state(SITE_LEVELS_KEY, {}) or {}
+        persisted = self.journal.site_levels()
+        self._levels = dict(persisted)
         header = self.journal.get_state(STATE_KEY)
         if header is not None and not (isinstance(header, dict) and isinstance(header.get("floor"), int)
                                        and isinstance(header.get("status_floor"), int) and isinstance(header.get("globals", {}), dict)):
@@ -219,7 +222,7 @@ class Detection:
                 level, before = self.fusion.level(site), int(persisted.get(site, 0))
                 if level > before:
                     self.judge.announce(LevelChange(site, self.clock.now(), level, before, "recomputed from the journal after a restart"))
-        self._save_levels()
+        self._save_levels(self.registry.sites, drop=[s for s in persisted if s not in self.registry.sites])
         # The chain's clock starts: its timers and zero reports run from now. Timers due now
         # (devices silent while detection was down) are announced, not dropped.
         self.judge.start()
@@ -281,7 +284,8 @@ class Detection:
         pending = 0
         event_time = self.event_time
         judge = self.judge
-        changed = announced = clock = False
+        announced = clock = False
+        changed: set[str] = set()  # sites whose announced level may have moved
         maintenance = self.maintenance
         skip = self._skip
         self._mark()
@@ -319,7 +323,8 @@ class Detection:
             for change in changes:
                 if emit:
                     announced = True
-                    changed = changed or (not change.exercise and change.kind is None)
+                    if not change.exercise and change.kind is None:
+                        changed.add(change.site)
                 clock = clock or change.kind in CLOCK_KINDS
         released, self._released = self._released, []  # held readings judged as statuses arrived
         if emit:
@@ -339,14 +344,16 @@ class Detection:
             self.journal.set_state(EMITTED_KEY, self.position)
         return judged
 
-    def _counted(self, changes: list[LevelChange], emit: bool, changed: bool = False, clock: bool = False) -> None:
-        """What the changes of a batch (and ``changed``/``clock`` already found) make the
-        console read again: the sites' levels, the devices' clock health."""
+    def _counted(self, changes: list[LevelChange], emit: bool, changed: set[str] | None = None, clock: bool = False) -> None:
+        """What the changes of a batch (and the sites ``changed`` and ``clock`` already found)
+        make the console read again: the sites' levels, the devices' clock health."""
+        changed = set() if changed is None else changed
         for change in changes:
-            changed = changed or (emit and not change.exercise and change.kind is None)
+            if emit and not change.exercise and change.kind is None:
+                changed.add(change.site)
             clock = clock or change.kind in CLOCK_KINDS
         if changed:
-            self._save_levels()
+            self._save_levels(changed)
         if clock:
             self.save_clock_health()
 
@@ -461,8 +468,17 @@ class Detection:
         from the journal's state: this worker is another process)."""
         self.journal.set_state(CLOCK_HEALTH_KEY, self.fusion.clock_health())
 
-    def _save_levels(self) -> None:
-        self.journal.set_state(SITE_LEVELS_KEY, {s: self.fusion.level(s) for s in self.registry.sites})
+    def _save_levels(self, sites: Iterable[str], drop: Iterable[str] = ()) -> None:
+        """The levels of ``sites`` that differ from what was saved, one row a site: a batch's
+        changes cost their sites, not the whole registry (``drop``: rows of sites gone)."""
+        fusion, saved = self.fusion, self._levels
+        moved = {s: lvl for s in sites if saved.get(s) != (lvl := fusion.level(s))}
+        drop = list(drop)
+        if moved or drop:
+            self.journal.save_site_levels(moved, drop)
+            saved.update(moved)
+            for s in drop:
+                saved.pop(s, None)
 
     def under_maintenance(self, device: str, now: float) -> bool:
         span = self.maintenance.get(device)

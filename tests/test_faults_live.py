@@ -235,7 +235,7 @@ def test_every_injected_fault_is_handled_by_the_live_daemon(tmp_path: Path, mosq
         # Suspect readings never escalate: every site stays at level 0, and the only events live
         # are the clock health of the device whose readings came late (no-data would come 30
         # min of wall time after the last arrival).
-        levels = json.loads(daemon.query("SELECT value FROM state WHERE key = 'fusion.site_levels'")[0][0])
+        levels = dict(daemon.query("SELECT site, level FROM site_level"))
         assert levels == {site: 0 for site in registry.sites}
         alerts = daemon.data_dir / "alerts.jsonl"
         events = [json.loads(x) for x in alerts.read_text().splitlines()] if alerts.exists() else []

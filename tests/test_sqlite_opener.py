@@ -169,14 +169,16 @@ def test_an_old_journal_opens_keeps_its_data_and_takes_writes(tmp_path):
     journal = Journal(path)
     try:
         # Stamped as migration 1 (the schema of its time) and migrated on to the newest.
-        assert _version(path) == len(JOURNAL_SCHEMA.migrations) == 4
+        assert _version(path) == len(JOURNAL_SCHEMA.migrations) == 5
         # Detection's per-site state (migration 4) starts empty: the old file's state is read as it was.
         assert list(journal.site_states()) == []
         # A status of the old file does not know where it stood among the readings (migration
         # 3): detection orders it by arrival time, as before.
         assert [row[6] for row in journal.statuses_after(0, 10)] == [None] * len(journal.statuses_after(0, 10))
         assert journal.count() == 2 and journal.count(drill=True) == 1
-        assert journal.get_state("fusion.site_levels") == {"S1": 2}
+        # The sites' levels moved from one state value into a row a site (migration 5).
+        assert journal.site_levels() == reader.site_levels() == {"S1": 2}
+        assert journal.get_state("fusion.site_levels") is None
         assert journal.append([(1, 4000, 3.5, 0, 4100)], state={"k": 1}) == 1
         assert journal.recent(1, 0) == [(1000, 1.5), (2000, 2.5), (4000, 3.5)]
     finally:

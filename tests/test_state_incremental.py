@@ -275,3 +275,26 @@ def test_a_damaged_header_rebuilds_from_the_journal_instead_of_failing(loaded, t
     again.save_snapshot()
     assert j.get_state(detection.STATE_KEY)["floor"] == j.last_id()  # written whole again
     j.close()
+
+
+def test_site_levels_are_a_row_a_site_written_only_for_sites_whose_level_moved(loaded, tmp_path):
+    path = tmp_path / "journal.sqlite"
+    j = Journal(path)
+    feed = Feed(loaded, j)
+    det = _detection(loaded, j)
+    assert j.site_levels() == {s: 0 for s in loaded.registry.sites}  # the start writes every site's
+    j.conn.execute("INSERT INTO site_level (site, level) VALUES ('GONE', 3)")  # a site since removed
+    j.conn.execute("UPDATE site_level SET level = 3 WHERE site IN ('BZM', 'XK')")  # marks: rewritten or not
+    det._levels.update({"BZM": 3, "XK": 3})  # (as if the worker had written them)
+    feed.batch(sites={"BSH"}, steps=90)  # only the failing slope's site reports
+    _drain(det)
+    levels = j.site_levels()
+    assert levels["BSH"] == det.fusion.level("BSH") >= 1, "the failing slope's level is in its row"
+    assert levels["BZM"] == levels["XK"] == 3, "a batch that moved BSH's level wrote no other site's row"
+    assert JournalReader(path).site_levels() == levels
+    det.save_snapshot()
+    del det
+    again = _detection(loaded, j)  # a restart writes every site whose row differs, drops the gone
+    assert j.site_levels() == {s: again.fusion.level(s) for s in loaded.registry.sites}
+    assert again.fusion.level("BZM") == 0 and again.fusion.level("BSH") >= 1
+    j.close()
