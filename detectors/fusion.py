@@ -273,12 +273,20 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
 
 
 class _Channel:
-    __slots__ = ("info", "guard", "detectors", "levels", "verdicts", "level", "suspect", "held")
+    """A channel's detectors and what fusion keeps of their verdicts.
 
-    def __init__(self, info: ChannelInfo, guard: QualityGuard, detectors: list[tuple[str, Detector]]) -> None:
+    A channel restored from saved state keeps its guard's and detectors' saved parts
+    (``saved``) and builds them on its first reading (``SiteFusion._unpack``): a restart then
+    reads the fleet's rows without building a million detector banks first, and a channel
+    saved and not heard since costs its saved part, not its live objects."""
+
+    __slots__ = ("info", "guard", "detectors", "levels", "verdicts", "level", "suspect", "held", "saved")
+
+    def __init__(self, info: ChannelInfo, guard: QualityGuard | None, detectors: list[tuple[str, Detector]], saved: dict[str, Any] | None = None) -> None:
         self.info = info
-        self.guard = guard
+        self.guard = guard  # None while ``saved`` holds the bank's saved parts
         self.detectors = detectors
+        self.saved = saved
         self.levels: dict[str, int] = {}
         self.verdicts: dict[str, Verdict] = {}
         self.level = 0
@@ -420,6 +428,24 @@ class SiteFusion:
             ch = st.channels[key] = _Channel(info, guard, detectors_for(info, self.registry))
         return ch
 
+    def _unpack(self, ch: _Channel) -> QualityGuard:
+        """Build a restored channel's guard and detectors from its saved parts (see ``_Channel``);
+        a detector the registry no longer gives it is dropped with its level and verdict."""
+        info, saved = ch.info, ch.saved or {}
+        guard = QualityGuard.for_kind(info.kind, interval_s=info.interval_s, low=info.low, high=info.high)
+        detectors = detectors_for(info, self.registry)
+        if "guard" in saved:
+            guard.restore(saved["guard"])
+        states = saved.get("detectors", {})
+        for name, det in detectors:
+            if name in states:
+                det.restore(states[name])
+        names = {n for n, _ in detectors}
+        ch.levels = {n: v for n, v in ch.levels.items() if n in names}
+        ch.verdicts = {n: v for n, v in ch.verdicts.items() if n in names}
+        ch.guard, ch.detectors, ch.saved = guard, detectors, None
+        return guard
+
     # -- readings ----------------------------------------------------------------------------
 
     def update_all(
@@ -465,7 +491,7 @@ class SiteFusion:
             ch.suspect += 1
             st.quality["sensor_fault"] = st.quality.get("sensor_fault", 0) + 1
             return
-        g = ch.guard.update(t, value)
+        g = (ch.guard or self._unpack(ch)).update(t, value)
         if g.evidence.get("suspect"):
             ch.suspect += 1
             flag = str(g.evidence.get("flag", "suspect"))
@@ -825,8 +851,11 @@ class SiteFusion:
                     "suspect": ch.suspect,
                     "levels": dict(ch.levels),
                     "verdicts": {n: v.to_dict() for n, v in ch.verdicts.items()},
-                    "guard": ch.guard.snapshot(),
-                    "detectors": {n: d.snapshot() for n, d in ch.detectors},
+                    **(
+                        {"guard": ch.guard.snapshot(), "detectors": {n: d.snapshot() for n, d in ch.detectors}}
+                        if ch.guard is not None
+                        else {"guard": ch.saved["guard"], "detectors": ch.saved["detectors"]}  # type: ignore[index]
+                    ),
                 }
                 for key, ch in st.channels.items()
             },
@@ -906,16 +935,12 @@ class SiteFusion:
                 info = self.registry.channel(site, device, channel)
                 if info is None:
                     continue
-                ch = self._channel(st, info)
+                # Built on its first reading (``_unpack``): a restart does not build every bank.
+                ch = st.channels[f"{device}/{channel}"] = _Channel(info, None, [], {"guard": cd["guard"], "detectors": dict(cd["detectors"])})
                 ch.level = int(cd["level"])
                 ch.suspect = int(cd["suspect"])
-                ch.guard.restore(cd["guard"])
-                names = {n for n, _ in ch.detectors}
-                ch.levels = {n: int(v) for n, v in cd["levels"].items() if n in names}
-                ch.verdicts = {n: Verdict.from_dict(v) for n, v in cd["verdicts"].items() if n in names}
-                for name, det in ch.detectors:
-                    if name in cd["detectors"]:
-                        det.restore(cd["detectors"][name])
+                ch.levels = {n: int(v) for n, v in cd["levels"].items()}
+                ch.verdicts = {n: Verdict.from_dict(v) for n, v in cd["verdicts"].items()}
         if "nodata" in state:
             self.nodata.restore(state["nodata"])
         self._held, self._seq = [], 0

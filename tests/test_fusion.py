@@ -79,6 +79,48 @@ def test_snapshot_and_restore_mid_stream_gives_the_same_events():
     assert second.level("S") == whole.level("S") == 4
 
 
+def test_a_restore_builds_no_detector_until_a_channel_reads_and_then_continues_exactly():
+    # A restart reads a whole fleet's saved state: each channel's guard and detectors are built
+    # from their saved parts on its first reading, not at the restore (issue 17: a million
+    # banks took minutes). Until then the channel saves exactly what it was restored from.
+    reg = _registry()
+    whole = SiteFusion(reg)
+    devices = [("X1", "d"), ("G1", "e"), ("G2", "e")]
+    _ramp(whole, reg, devices, 150.0, T0, 200)
+    state = json.loads(json.dumps(whole.snapshot()))
+    later = SiteFusion(reg)
+    later.restore(state)
+    channels = later._sites[("S", False)].channels
+    assert all(ch.guard is None and ch.detectors == [] for ch in channels.values())
+    assert json.loads(json.dumps(later.snapshot())) == state
+    # One device reads: only its channel is built; the others still save their parts as restored.
+    a = _ramp(whole, reg, [("X1", "d")], 150.0, T0 + 200 * 600.0, 50)
+    b = _ramp(later, reg, [("X1", "d")], 150.0, T0 + 200 * 600.0, 50)
+    assert channels["X1/d"].guard is not None and channels["G1/e"].guard is None
+    assert [(e.t, e.level, e.reason) for e in a] == [(e.t, e.level, e.reason) for e in b]
+    assert json.dumps(later.snapshot(), sort_keys=True) == json.dumps(whole.snapshot(), sort_keys=True)
+    a = _ramp(whole, reg, devices, 150.0, T0 + 250 * 600.0, 150)
+    b = _ramp(later, reg, devices, 150.0, T0 + 250 * 600.0, 150)
+    assert [(e.t, e.level, e.reason) for e in a] == [(e.t, e.level, e.reason) for e in b]
+    assert later.level("S") == whole.level("S") == 4
+    assert json.dumps(later.snapshot(), sort_keys=True) == json.dumps(whole.snapshot(), sort_keys=True)
+
+
+def test_a_restored_channel_drops_a_detector_its_new_policy_no_longer_gives_it():
+    reg = _registry()
+    f = SiteFusion(reg)
+    _ramp(f, reg, [("X1", "d")], 150.0, T0, 200)
+    state = json.loads(json.dumps(f.snapshot()))
+    assert "velocity" in state["sites"]["S|0"]["channels"]["X1/d"]["levels"]
+    calm = _registry(velocity_per_day={})  # the site's policy no longer judges velocity
+    g = SiteFusion(calm)
+    g.restore(state)
+    _ramp(g, calm, [("X1", "d")], 150.0, T0 + 200 * 600.0, 3)
+    chan = g.snapshot()["sites"]["S|0"]["channels"]["X1/d"]
+    assert "velocity" not in chan["levels"] and "velocity" not in chan["verdicts"] and "velocity" not in chan["detectors"]
+    assert "tangent" in chan["detectors"]
+
+
 def _voight_extensometer(fusion, reg):
     """One extensometer (0.1 mm noise) on an α = 2 failure; the site's events up to 20 h before."""
     import numpy as np
