@@ -98,15 +98,16 @@ Landslides 12:311–320. GB/T 28592-2012 降水量等级 (Grade of precipitation
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import Sequence
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import lru_cache
+from typing import Any, TypeVar
 
 from geowarn.core.levels import LEVELS
 from geowarn.detectors.base import StreamingDetector, check_latch
 from geowarn.detectors.latch import LevelLatch
-from geowarn.detectors.verdict import Verdict
+from geowarn.detectors.verdict import Verdict, new_verdict
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -137,7 +138,7 @@ def _own(source: str) -> str:
     return "" if source == DEFAULTS else f"; the site's thresholds ({source})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RainThresholds:
     """One site's own rain thresholds; a field left None (or a window not listed) keeps the
     default. ``windows`` overrides the ladders of default windows by length (3600, 86400 or
@@ -182,7 +183,7 @@ def _hundredths(value: float) -> int | None:
     if not math.isfinite(value):
         return None
     q = round(value * 100.0)
-    return q if q > 0 else 0
+    return q if q > 0 else 0  # noqa: FURB136 (per reading: a conditional is cheaper than max())
 
 
 def _label(window_s: float) -> str:
@@ -190,7 +191,36 @@ def _label(window_s: float) -> str:
     return f"{h:g}h" if h == int(h) else f"{window_s:g}s"
 
 
+_R = TypeVar("_R")
+
+
+def _shared(cached: Callable[..., _R], build: Callable[..., _R], key: Any, *args: Any) -> _R:
+    """``build(key, *args)``, from ``cached`` (an ``lru_cache`` of ``build``) when the key is
+    hashable: what every channel with the same parameters derives alike (ladders, labels, keys,
+    weights) is built once and shared. Only immutable values are built so (tuples, strings,
+    floats); a key that cannot be hashed (a list given as a parameter) builds its own."""
+    try:
+        hash(key)
+    except TypeError:
+        return build(key, *args)
+    return cached(key, *args)
+
+
+def _ladder_key(levels: Any) -> Any:
+    """The (hashable, when its parts are) key of a ladder given as any sequence of pairs."""
+    try:
+        return tuple(tuple(p) for p in levels)
+    except TypeError:
+        return levels  # not pairs: the build below says what is wrong
+
+
 def _ladder(levels: Sequence[tuple[int, float]], what: str) -> Ladder:
+    """The validated ladder ((level, threshold), ...), shared by the channels that give equal
+    ones (equal pairs convert to the same ints and floats, so the cache cannot mix types)."""
+    return _shared(_ladder_cached, _build_ladder, _ladder_key(levels), what)
+
+
+def _build_ladder(levels: Sequence[tuple[int, float]], what: str) -> Ladder:
     out = tuple((int(lvl), float(x)) for lvl, x in levels)
     if not out:
         raise ValueError(f"{what}: at least one (level, threshold) pair is needed")
@@ -198,6 +228,9 @@ def _ladder(levels: Sequence[tuple[int, float]], what: str) -> Ladder:
         raise ValueError(f"{what}: thresholds must be > 0, got {[x for _, x in out]}")
     LevelLatch(list(out))  # validates levels 1-4, ascending
     return out
+
+
+_ladder_cached = lru_cache(maxsize=1024)(_build_ladder)
 
 
 def _check_common(hysteresis: float, hold_s: float, max_interval_s: float) -> None:
@@ -220,6 +253,8 @@ class _RainMethod(StreamingDetector):
     Most readings of a rain gauge are dry and change nothing a verdict shows; such a reading
     returns the previous verdict (an equal, immutable value) instead of building a new one.
     """
+
+    __slots__ = ("_dirty", "_ev", "_last", "_t_first", "_t_last", "max_interval_s")
 
     max_interval_s: float
 
@@ -255,6 +290,10 @@ class _RainMethod(StreamingDetector):
             self._ev = self._build_evidence()
         return self._ev
 
+    def _verdict_evidence(self) -> dict[str, Any]:
+        """A new verdict's evidence: a copy of the cached one (callers may change theirs)."""
+        return dict(self._evidence())
+
     @property
     def level(self) -> int:
         return self._last.level
@@ -273,15 +312,15 @@ class _RainMethod(StreamingDetector):
         if q is None:
             return self._last
         ts = t - self.max_interval_s
-        if ts < t_last:
+        if ts < t_last:  # noqa: PLR1730 (per reading: cheaper than max())
             ts = t_last
         self._t_last = t
         level = self._step(t, ts, q)
         last = self._last
         if not self._dirty and level == last.level and not last.warming_up:
             return last
-        self._last = Verdict(level, self._reason() if level else "", dict(self._evidence()), False)
-        return self._last
+        self._last = last = new_verdict(level, self._reason() if level else "", self._verdict_evidence())
+        return last
 
     def snapshot(self) -> dict[str, Any]:
         return {"t_last": self._t_last, "t_first": self._t_first, "last": _verdict_state(self._last), **self._state()}
@@ -300,9 +339,32 @@ class RainSums(_RainMethod):
     ``windows`` is a sequence of (window_s, [(level, mm)]). A reading's rain is spread over
     its interval, so the reading straddling the window's start counts in proportion to its
     overlap. Each window has its own level latch (hysteresis, hold time); the level is the
-    highest. O(1) amortised per reading: one deque per window holds the wet readings still
-    overlapping it (dry readings are never stored) and an integer running sum.
+    highest. O(1) amortised per reading: the wet readings still overlapping the longest window
+    (dry readings are never stored) are kept once, unboxed (``_tb``: start and end of each
+    interval, ``_qb``: its hundredths), each window reads them from its own head index, and
+    keeps an integer running sum.
     """
+
+    __slots__ = (
+        "_head",
+        "_idle",
+        "_iwl",
+        "_keys",
+        "_labels",
+        "_latches",
+        "_levels",
+        "_lo",
+        "_qb",
+        "_src_keys",
+        "_sum",
+        "_tb",
+        "_w",
+        "_x",
+        "hold_s",
+        "hysteresis",
+        "sources",
+        "windows",
+    )
 
     def __init__(
         self,
@@ -313,59 +375,95 @@ class RainSums(_RainMethod):
         max_interval_s: float = DAY,
         sources: dict[float, str] | None = None,
     ) -> None:
-        ws = sorted(((float(w), _ladder(lv, f"window {w:g} s")) for w, lv in windows), key=lambda p: p[0])
-        if not ws:
-            raise ValueError("windows: at least one (window_s, thresholds) is needed, e.g. ((3600, ((2, 30.0),)),)")
-        if any(not w > 0 for w, _ in ws):
-            raise ValueError(f"window lengths must be > 0 s, got {[w for w, _ in ws]}")
-        labels = [_label(w) for w, _ in ws]
-        if len(set(labels)) != len(labels):
-            raise ValueError(f"window lengths must be distinct, got {labels}")
+        try:
+            key: Any = tuple(tuple(p) for p in windows)
+        except TypeError:
+            key = windows  # not pairs: the build says what is wrong
+        ws, self._w, self._keys, self._labels, self._iwl, self._src_keys = _shared(_sums_plan_cached, _sums_plan, key)
         _check_common(hysteresis, hold_s, max_interval_s)
-        self.windows = tuple(ws)
+        self.windows = ws
         #: Where each window's ladder came from (by window length; absent: the defaults).
         self.sources = {float(w): src for w, src in (sources or {}).items() if src != DEFAULTS}
         self.hysteresis = hysteresis
         self.hold_s = hold_s
         self.max_interval_s = max_interval_s
-        self._w = [w for w, _ in ws]
-        self._keys = [f"sum_{lab}_mm" for lab in labels]
-        self._labels = labels
-        self._low = [lv[0][1] for _, lv in ws]
         self._reset()
 
     def _reset_state(self) -> None:
         self._latches = [LevelLatch(list(lv), self.hysteresis, self.hold_s) for _, lv in self.windows]
-        self._dq: list[deque[tuple[float, float, int]]] = [deque() for _ in self.windows]
-        self._sum = [0] * len(self.windows)
-        self._x = [0.0] * len(self.windows)
-        self._levels = [0] * len(self.windows)
+        n = len(self.windows)
+        self._sum = [0] * n
+        self._x = [0.0] * n
+        self._levels = [0] * n
+        self._head = [0] * n  # per window: the first entry still overlapping it
+        self._lo = [_INF] * n  # per window: the start of that entry (+inf: none)
+        # Entries (ts, t, q) of the wet readings, oldest first: starts and ends interleaved in
+        # _tb, hundredths in _qb. Plain lists instead when a value would not round-trip through
+        # the arrays (a time that is not a float, hundredths beyond 64 bits), so snapshots and
+        # sums stay exact whatever the caller passes.
+        self._tb: array[float] | list[float] = array("d")
+        self._qb: array[int] | list[int] = array("q")
         self._idle = True  # no rain in any window and every level 0: a dry reading changes nothing
-        self._slots = list(zip(self._w, self._dq, self._latches, self._low))
+
+    def _store(self, ts: float, t: float, q: int) -> None:
+        """Append the entry (ts, t, q); the first entry of an empty window is its head."""
+        tb, qb, lo, heads = self._tb, self._qb, self._lo, self._head
+        n = len(qb)
+        if (type(ts) is not float or type(t) is not float) and type(tb) is array:
+            self._tb = tb = tb.tolist()  # keep an int (or other) time as given, for the snapshot
+        tb.append(ts)
+        tb.append(t)
+        try:
+            qb.append(q)
+        except OverflowError:
+            self._qb = qb = list(qb)
+            qb.append(q)
+        for i in range(len(heads)):
+            if heads[i] == n:
+                lo[i] = ts
 
     def _step(self, t: float, ts: float, q: int) -> int:
         if not q and self._idle:
             self._dirty = False
             return 0
-        sums, xs, levels = self._sum, self._x, self._levels
+        sums, xs, levels, heads, lo = self._sum, self._x, self._levels, self._head, self._lo
         if q:
-            entry = (ts, t, q)
-            for i, (_, dq, _, _) in enumerate(self._slots):
-                dq.append(entry)
+            self._store(ts, t, q)
+            for i in range(len(sums)):
                 sums[i] += q
+        tb, qb = self._tb, self._qb
+        n = len(qb)
         top = 0
         dirty = False
-        for i, (w, dq, latch, low) in enumerate(self._slots):
+        latches = self._latches
+        popped = False
+        for i, w, low in self._iwl:
+            latch = latches[i]
             h = t - w
             s = sums[i]
-            while dq and dq[0][1] <= h:
-                s -= dq.popleft()[2]
-            sums[i] = s
-            if dq and dq[0][0] < h:
-                a, b, qf = dq[0]
-                x = ((s - qf) + qf * ((b - h) / (b - a))) / 100
-            else:
+            if h <= lo[i]:
+                # The window starts at or before its oldest entry's start: none leaves it
+                # and none straddles its start (an empty window's lo is +inf).
                 x = s / 100
+            else:
+                k = heads[i]
+                while k < n and tb[2 * k + 1] <= h:
+                    s -= qb[k]
+                    k += 1
+                heads[i] = k
+                sums[i] = s
+                popped = True
+                if k < n:
+                    a = lo[i] = tb[2 * k]
+                    if a < h:
+                        b = tb[2 * k + 1]
+                        qf = qb[k]
+                        x = ((s - qf) + qf * ((b - h) / (b - a))) / 100
+                    else:
+                        x = s / 100
+                else:
+                    lo[i] = _INF
+                    x = s / 100
             if x != xs[i]:
                 xs[i] = x
                 dirty = True
@@ -374,9 +472,16 @@ class RainSums(_RainMethod):
             if lvl != levels[i]:
                 levels[i] = lvl
                 dirty = True
-            if lvl > top:
+            if lvl > top:  # noqa: PLR1730 (per reading: cheaper than max())
                 top = lvl
-        self._idle = top == 0 and not self._dq[-1]
+        # The longest window's head is the lowest: entries before it are in no window.
+        k = heads[-1]
+        if popped and k and (k == n or (k > _SLACK and 2 * k > n)):
+            del tb[: 2 * k]  # one memmove for many entries; all of them when the rain is gone
+            del qb[:k]
+            for i in range(len(heads)):
+                heads[i] -= k
+        self._idle = top == 0 and not qb
         self._dirty = dirty
         return top
 
@@ -401,9 +506,10 @@ class RainSums(_RainMethod):
         return f"{self._labels[i]} rain {self._x[i]:.1f} mm (≥ {LEVELS[lvl].colour} {thr:g} mm, or held{own})"
 
     def _state(self) -> dict[str, Any]:
-        # The longest window's deque holds every entry the shorter ones hold.
+        # The longest window's entries include every entry the shorter ones hold.
+        tb, qb = self._tb, self._qb
         return {
-            "entries": [list(e) for e in self._dq[-1]],
+            "entries": [[tb[2 * k], tb[2 * k + 1], qb[k]] for k in range(self._head[-1], len(qb))],
             "x": list(self._x),
             "latches": [la.snapshot() for la in self._latches],
         }
@@ -411,15 +517,53 @@ class RainSums(_RainMethod):
     def _set_state(self, state: dict[str, Any]) -> None:
         entries = [(float(a), float(b), int(q)) for a, b, q in state["entries"]]
         t = self._t_last
+        keep = entries if t is None else [e for e in entries if e[1] > t - self._w[-1]]
+        for a, b, q in keep:
+            self._store(a, b, q)
+        n = len(keep)
         for i, w in enumerate(self._w):
-            keep = entries if t is None else [e for e in entries if e[1] > t - w]
-            self._dq[i].extend(keep)
-            self._sum[i] = sum(e[2] for e in keep)
+            mine = keep if t is None else [e for e in entries if e[1] > t - w]
+            if mine != keep[n - len(mine) :]:
+                raise ValueError("rain sums state: the entries are not in time order")
+            self._head[i] = n - len(mine)
+            self._lo[i] = mine[0][0] if mine else _INF
+            self._sum[i] = sum(e[2] for e in mine)
         self._x = [float(x) for x in state["x"]]
         for i, (la, s) in enumerate(zip(self._latches, state["latches"])):
             la.restore(s)
             self._levels[i] = la.level
-        self._idle = max(self._levels) == 0 and not self._dq[-1]
+        self._idle = max(self._levels) == 0 and not keep
+
+
+_SLACK = 16  # entries dropped before the first cut, so short windows never shuffle
+_INF = math.inf
+
+
+def _sums_plan(
+    windows: Sequence[tuple[float, Sequence[tuple[int, float]]]],
+) -> tuple[tuple[tuple[float, Ladder], ...], tuple[float, ...], tuple[str, ...], tuple[str, ...], tuple[tuple[int, float, float], ...], tuple[str, ...]]:
+    """What ``RainSums`` derives from its windows, alike for every channel given equal ones:
+    (windows sorted, lengths, evidence keys, labels, (index, length, lowest threshold) per
+    window, threshold-source keys)."""
+    ws = sorted(((float(w), _ladder(lv, f"window {w:g} s")) for w, lv in windows), key=lambda p: p[0])
+    if not ws:
+        raise ValueError("windows: at least one (window_s, thresholds) is needed, e.g. ((3600, ((2, 30.0),)),)")
+    if any(not w > 0 for w, _ in ws):
+        raise ValueError(f"window lengths must be > 0 s, got {[w for w, _ in ws]}")
+    labels = [_label(w) for w, _ in ws]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"window lengths must be distinct, got {labels}")
+    return (
+        tuple(ws),
+        tuple(w for w, _ in ws),
+        tuple(f"sum_{lab}_mm" for lab in labels),
+        tuple(labels),
+        tuple((i, w, lv[0][1]) for i, (w, lv) in enumerate(ws)),
+        tuple(f"sum_{lab}" for lab in labels),
+    )
+
+
+_sums_plan_cached = lru_cache(maxsize=1024)(_sums_plan)
 
 
 class IntensityDuration(_RainMethod):
@@ -429,6 +573,27 @@ class IntensityDuration(_RainMethod):
     While an event is open (less than ``dry_gap_s`` since its last rain) its point stays
     where it is; when the event ends the ratio is 0 and the level comes down by the latch.
     """
+
+    __slots__ = (
+        "_curve",
+        "_d_h",
+        "_end",
+        "_i",
+        "_latch",
+        "_low",
+        "_ratio",
+        "_start",
+        "_total",
+        "a",
+        "b",
+        "d_max_h",
+        "d_min_h",
+        "dry_gap_s",
+        "hold_s",
+        "hysteresis",
+        "levels",
+        "source",
+    )
 
     def __init__(
         self,
@@ -510,24 +675,22 @@ class IntensityDuration(_RainMethod):
         return self._start is not None and self._d_h >= self.d_min_h
 
     def _build_evidence(self) -> dict[str, Any]:
+        ev: dict[str, Any] = {}
+        self._add_evidence(ev)
+        return ev
+
+    def _add_evidence(self, ev: dict[str, Any]) -> None:
+        """Put the method's evidence into ``ev`` (the combined detector's, or its own)."""
         if self._start is None:
-            return {
-                "event_start": None,
-                "event_duration_h": None,
-                "event_total_mm": None,
-                "event_intensity_mm_h": None,
-                "id_threshold_mm_h": None,
-                "id_ratio": 0.0,
-            }
+            ev.update(_NO_EVENT)
+            return
         judged = self._d_h >= self.d_min_h
-        return {
-            "event_start": self._start,
-            "event_duration_h": self._d_h,
-            "event_total_mm": self._total / 100,
-            "event_intensity_mm_h": self._i if judged else None,
-            "id_threshold_mm_h": self._curve if judged else None,
-            "id_ratio": self._ratio,
-        }
+        ev["event_start"] = self._start
+        ev["event_duration_h"] = self._d_h
+        ev["event_total_mm"] = self._total / 100
+        ev["event_intensity_mm_h"] = self._i if judged else None
+        ev["id_threshold_mm_h"] = self._curve if judged else None
+        ev["id_ratio"] = self._ratio
 
     def _reason(self) -> str:
         lvl = self._latch.level
@@ -554,6 +717,17 @@ class IntensityDuration(_RainMethod):
         self._latch.restore(state["latch"])
 
 
+#: The I–D evidence with no open event (copied into each evidence, never handed out).
+_NO_EVENT: dict[str, Any] = {
+    "event_start": None,
+    "event_duration_h": None,
+    "event_total_mm": None,
+    "event_intensity_mm_h": None,
+    "id_threshold_mm_h": None,
+    "id_ratio": 0.0,
+}
+
+
 class AntecedentRain(_RainMethod):
     """Effective rain R = R₀ + Σ_{i=1..days} Kⁱ·Rᵢ over daily totals, with level thresholds.
 
@@ -565,6 +739,24 @@ class AntecedentRain(_RainMethod):
     not all on the last. The antecedent part is recomputed only when a day ends, from integer
     daily totals, so each reading costs O(1) (O(days) when one spans days) and nothing drifts.
     """
+
+    __slots__ = (
+        "_day",
+        "_hist",
+        "_latch",
+        "_low",
+        "_past",
+        "_today",
+        "_w",
+        "_x",
+        "day_offset_s",
+        "days",
+        "hold_s",
+        "hysteresis",
+        "k",
+        "source",
+        "thresholds",
+    )
 
     def __init__(
         self,
@@ -593,7 +785,7 @@ class AntecedentRain(_RainMethod):
         self.hysteresis = hysteresis
         self.hold_s = hold_s
         self.max_interval_s = max_interval_s
-        self._w = [k**i for i in range(days + 1)]
+        self._w = _shared(_weights_cached, _weights, k, days)
         self._low = self.thresholds[0][1]
         self._reset()
 
@@ -601,7 +793,9 @@ class AntecedentRain(_RainMethod):
         self._latch = LevelLatch(list(self.thresholds), self.hysteresis, self.hold_s)
         self._day: int | None = None
         self._today = 0  # hundredths of a mm
-        self._hist: deque[int] = deque(maxlen=self.days)  # [0] is yesterday
+        # Daily totals, [0] is yesterday, at most ``days`` of them; a list instead of the
+        # array if a total ever exceeds 64 bits (ints stay exact either way).
+        self._hist: array[int] | list[int] = array("q")
         self._past = 0.0  # Σ Kⁱ·Rᵢ in hundredths of a mm
         self._x = 0.0
 
@@ -610,12 +804,12 @@ class AntecedentRain(_RainMethod):
         (by day number; absent days were dry)."""
         if self._day is not None:
             gap = day - self._day
-            hist = self._hist
-            hist.appendleft(self._today)
+            self._push(self._today)
             # Only the last days + 1 of a long gap can still be in the window.
             for d in range(max(self._day + 1, day - self.days - 1), day):
-                hist.appendleft(between.get(d, 0) if between else 0)
+                self._push(between.get(d, 0) if between else 0)
             assert gap >= 1
+            hist = self._hist
             past = 0.0
             w = self._w
             for i, r in enumerate(hist, 1):
@@ -623,6 +817,17 @@ class AntecedentRain(_RainMethod):
             self._past = past
         self._day = day
         self._today = 0
+
+    def _push(self, r: int) -> None:
+        """Yesterday's total in front; the oldest beyond ``days`` drops out."""
+        hist = self._hist
+        try:
+            hist.insert(0, r)
+        except OverflowError:
+            self._hist = hist = list(hist)
+            hist.insert(0, r)
+        if len(hist) > self.days:
+            hist.pop()
 
     def _spread(self, ts: float, t: float, q: int, first: int, last: int) -> dict[int, int]:
         """The hundredths of a reading over (ts, t] per day ``first``..``last``, in proportion
@@ -674,12 +879,16 @@ class AntecedentRain(_RainMethod):
         return level
 
     def _build_evidence(self) -> dict[str, Any]:
+        ev: dict[str, Any] = {}
+        self._add_evidence(ev)
+        return ev
+
+    def _add_evidence(self, ev: dict[str, Any]) -> None:
+        """Put the method's evidence into ``ev`` (the combined detector's, or its own)."""
         lvl = self._latch.level
-        return {
-            "effective_rain_mm": self._x,
-            "today_mm": self._today / 100,
-            "effective_threshold_mm": dict(self.thresholds)[lvl] if lvl else None,
-        }
+        ev["effective_rain_mm"] = self._x
+        ev["today_mm"] = self._today / 100
+        ev["effective_threshold_mm"] = dict(self.thresholds)[lvl] if lvl else None
 
     def _reason(self) -> str:
         lvl = self._latch.level
@@ -692,10 +901,23 @@ class AntecedentRain(_RainMethod):
     def _set_state(self, state: dict[str, Any]) -> None:
         self._day = state["day"]
         self._today = int(state["today"])
-        self._hist.extend(int(r) for r in state["hist"])
+        hist = [int(r) for r in state["hist"]][-self.days :]  # the newest days, as the old bounded deque kept them
+        try:
+            self._hist = array("q", hist)
+        except OverflowError:
+            self._hist = hist
         self._past = float(state["past"])
         self._x = float(state["x"])
         self._latch.restore(state["latch"])
+
+
+def _weights(k: float, days: int) -> tuple[float, ...]:
+    """Kⁱ for i = 0..days."""
+    return tuple(k**i for i in range(days + 1))
+
+
+# Typed: a k of another type equal to a float (a Fraction) gets its own powers.
+_weights_cached = lru_cache(maxsize=256, typed=True)(_weights)
 
 
 class RainDetector(_RainMethod):
@@ -708,6 +930,8 @@ class RainDetector(_RainMethod):
     the reading model (order, first reading, ``max_interval_s``); the methods given must use
     the same ``max_interval_s``.
     """
+
+    __slots__ = ("_levels", "_sources", "antecedent", "intensity", "sums")
 
     def __init__(
         self,
@@ -724,7 +948,7 @@ class RainDetector(_RainMethod):
         self.antecedent = AntecedentRain(max_interval_s=max_interval_s) if antecedent is None else antecedent
         for name, m, cls in (("sums", self.sums, RainSums), ("intensity", self.intensity, IntensityDuration), ("antecedent", self.antecedent, AntecedentRain)):
             if not isinstance(m, cls):
-                raise ValueError(f"{name} must be a {cls.__name__} or None, got {type(m).__name__}")
+                raise ValueError(f"{name} must be a {cls.__name__} or None, got {type(m).__name__}")  # noqa: TRY004 (a ValueError, as every bad parameter)
             if m.max_interval_s != max_interval_s:
                 raise ValueError(f"{name}.max_interval_s is {m.max_interval_s}, the detector's is {max_interval_s}: they must agree")
         self._reset()
@@ -782,11 +1006,12 @@ class RainDetector(_RainMethod):
         self.antecedent._reset()
         self._levels = (0, 0, 0)
         # Where each method's thresholds came from (configuration, not state).
-        self._sources = {
-            **{f"sum_{_label(w)}": self.sums.sources.get(w, DEFAULTS) for w, _ in self.sums.windows},
-            "intensity_duration": self.intensity.source,
-            "antecedent": self.antecedent.source,
-        }
+        sums = self.sums
+        src = sums.sources
+        sources = dict(zip(sums._src_keys, [src.get(w, DEFAULTS) for w in sums._w]))
+        sources["intensity_duration"] = self.intensity.source
+        sources["antecedent"] = self.antecedent.source
+        self._sources = sources
 
     def _step(self, t: float, ts: float, q: int) -> int:
         s, i, a = self.sums, self.intensity, self.antecedent
@@ -796,15 +1021,19 @@ class RainDetector(_RainMethod):
         return max(levels)
 
     def _build_evidence(self) -> dict[str, Any]:
+        # Built whole each time a verdict changes, into one new dict: no per-method copies
+        # are kept between readings (they were most of a quiet gauge's memory).
+        ev = self.sums._build_evidence()
+        self.intensity._add_evidence(ev)
+        self.antecedent._add_evidence(ev)
         s, i, a = self._levels
-        return {
-            **self.sums._evidence(),
-            **self.intensity._evidence(),
-            **self.antecedent._evidence(),
-            "levels": {"sums": s, "intensity_duration": i, "antecedent": a},
-            "record_start_t": self._t_first,
-            "thresholds": self._sources,
-        }
+        ev["levels"] = {"sums": s, "intensity_duration": i, "antecedent": a}
+        ev["record_start_t"] = self._t_first
+        ev["thresholds"] = self._sources
+        return ev
+
+    # Already a new dict: nothing cached to protect, no copy.
+    _verdict_evidence = _build_evidence
 
     def _reason(self) -> str:
         methods = (self.sums, self.intensity, self.antecedent)
