@@ -132,8 +132,10 @@ from __future__ import annotations
 
 import functools
 import math
-from collections import deque
-from collections.abc import Sequence
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -141,9 +143,9 @@ from scipy import stats
 
 from geowarn.core.levels import LEVELS
 from geowarn.detectors.base import StreamingDetector, check_int, check_latch, check_slope, check_window
+from geowarn.detectors.compact import pack, pack_times, unpack
 from geowarn.detectors.latch import LevelLatch
 from geowarn.detectors.noise import NoiseFigure
-from geowarn.detectors.compact import pack, pack_times, unpack
 from geowarn.detectors.tangent import ReferenceRate, SlidingSlope, SlopeWindows, white_noise_velocity_se
 from geowarn.detectors.verdict import Verdict, new_verdict
 
@@ -286,6 +288,238 @@ def estimate_alpha(x: np.ndarray, v: np.ndarray, per_window: int) -> tuple[float
     return a_hat, math.sqrt(var)
 
 
+@dataclass(frozen=True, slots=True)
+class _Params:
+    """The validated parameters of an ``InverseVelocityDetector`` and what follows from them:
+    one shared, immutable object for every channel built with the same parameters (``_params``),
+    rather than ~30 attributes on each of a million detectors."""
+
+    horizons_s: tuple[tuple[int, float], ...]
+    window_s: float
+    reference_s: float
+    min_v_ref: float
+    onset_factor: float
+    onset_persist: int
+    accel_lag_s: float
+    release: float
+    fit_window_s: float
+    min_fit_points: int
+    min_fit_span_s: float
+    r2_min: float
+    alpha: float
+    estimate_alpha: bool
+    alpha_prior_sd: float
+    alpha_window_s: float
+    z: float
+    persist: int
+    hysteresis: float
+    hold_s: float
+    min_points: int
+    min_span: float
+    unit: str
+    min_velocity: float
+    wobble_sigmas: float
+    alpha_step_s: float  # one velocity kept for α per this much time
+    min_span_s: float  # the smoothing window's coverage a velocity needs
+    latch_thresholds: tuple[tuple[int, float], ...]  # the latch judges x = −(time to failure)
+    horizon_of: tuple[float | None, ...]  # the horizon by level (0-4)
+
+
+#: The public parameters, each read through to the shared ``_Params``.
+_PUBLIC = (
+    "horizons_s", "window_s", "reference_s", "min_v_ref", "onset_factor", "onset_persist", "accel_lag_s", "release",
+    "fit_window_s", "min_fit_points", "min_fit_span_s", "r2_min", "alpha", "estimate_alpha", "alpha_prior_sd",
+    "alpha_window_s", "z", "persist", "hysteresis", "hold_s", "min_points", "min_span", "unit", "min_velocity", "wobble_sigmas",
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1024, typed=True)  # typed: True is no `persist` of 1
+def _params(
+    horizons_s: Sequence[tuple[int, float]],
+    window_s: float,
+    reference_s: float,
+    min_v_ref: float,
+    onset_factor: float,
+    onset_persist: int,
+    accel_lag_s: float | None,
+    release: float,
+    fit_window_s: float,
+    min_fit_points: int,
+    min_fit_span_s: float | None,
+    r2_min: float,
+    alpha: float,
+    estimate_alpha: bool,
+    alpha_prior_sd: float,
+    alpha_window_s: float | None,
+    z: float,
+    persist: int,
+    hysteresis: float,
+    hold_s: float,
+    min_points: int,
+    min_span: float,
+    unit: str,
+    min_velocity: float,
+    wobble_sigmas: float,
+) -> _Params:
+    """The constructor's checks and the values derived from its parameters, once per set of
+    parameters (a bad one raises every time: errors are not cached)."""
+    hs = _check_horizons(horizons_s)
+    if not min_velocity >= 0:
+        raise ValueError(f"min_velocity must be >= 0 (unit/day; 0: no gate), got {min_velocity}")
+    if not wobble_sigmas >= 0:
+        raise ValueError(f"wobble_sigmas must be >= 0, got {wobble_sigmas}")
+    check_window("window_s", window_s)
+    check_window("reference_s", reference_s)
+    if not min_v_ref > 0:
+        raise ValueError(f"min_v_ref must be > 0, got {min_v_ref}")
+    if not onset_factor >= 1:
+        raise ValueError(f"onset_factor must be >= 1 (an onset is faster than the reference), got {onset_factor}")
+    check_int("onset_persist", onset_persist, 1)
+    lag = window_s if accel_lag_s is None else accel_lag_s
+    if not lag > 0:
+        raise ValueError(f"accel_lag_s must be > 0 (or None: the smoothing window), got {accel_lag_s}")
+    if not 0 < release <= onset_factor:
+        raise ValueError(f"release must be in (0, onset_factor={onset_factor}], got {release}")
+    check_window("fit_window_s", fit_window_s)
+    check_int("min_fit_points", min_fit_points, 3)
+    fit_span = 2 * window_s if min_fit_span_s is None else min_fit_span_s
+    if not 0 <= fit_span < fit_window_s:
+        raise ValueError(f"min_fit_span_s must be in [0, fit_window_s={fit_window_s}) (None: twice window_s), got {fit_span} (min_fit_span_s={min_fit_span_s})")
+    if not 0 <= r2_min <= 1:
+        raise ValueError(f"r2_min must be in [0, 1], got {r2_min}")
+    if not 1 < alpha < 10:
+        raise ValueError(f"alpha must be in (1, 10) (Voight's law accelerates to failure only for alpha > 1), got {alpha}")
+    if not alpha_prior_sd > 0:
+        raise ValueError(f"alpha_prior_sd must be > 0 (the spread of α around `alpha` before the data speak), got {alpha_prior_sd}")
+    alpha_span = ALPHA_FIT_WINDOWS * fit_window_s if alpha_window_s is None else alpha_window_s
+    if not alpha_span >= fit_window_s:
+        raise ValueError(f"alpha_window_s must be >= fit_window_s={fit_window_s} (None: {ALPHA_FIT_WINDOWS} fit windows), got {alpha_window_s}")
+    check_int("persist", persist, 1)
+    check_latch(hysteresis, hold_s)
+    check_int("min_points", min_points, 3)
+    check_slope(min_span, z)
+    horizon_of: list[float | None] = [None] * 5
+    for lvl, h in hs:
+        horizon_of[lvl] = h
+    return _Params(
+        horizons_s=tuple(hs),
+        window_s=float(window_s),
+        reference_s=float(reference_s),
+        min_v_ref=float(min_v_ref),
+        onset_factor=float(onset_factor),
+        onset_persist=onset_persist,
+        accel_lag_s=float(lag),
+        release=float(release),
+        fit_window_s=float(fit_window_s),
+        min_fit_points=min_fit_points,
+        min_fit_span_s=float(fit_span),
+        r2_min=float(r2_min),
+        alpha=float(alpha),
+        estimate_alpha=bool(estimate_alpha),
+        alpha_prior_sd=float(alpha_prior_sd),
+        alpha_window_s=float(alpha_span),
+        z=float(z),
+        persist=persist,
+        hysteresis=float(hysteresis),
+        hold_s=float(hold_s),
+        min_points=min_points,
+        min_span=float(min_span),
+        unit=unit,
+        min_velocity=float(min_velocity),
+        wobble_sigmas=float(wobble_sigmas),
+        alpha_step_s=float(window_s) / ALPHA_PER_WINDOW,
+        min_span_s=float(min_span) * float(window_s),
+        latch_thresholds=tuple((lvl, -h) for lvl, h in hs),
+        horizon_of=tuple(horizon_of),
+    )
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _channel_params(
+    window_s: float,
+    interval_s: float,
+    hold_s: float,
+    noise_mm: float,
+    unit: str,
+    horizons_s: Sequence[tuple[int, float]],
+    alpha: float,
+    estimate_alpha: bool,
+    persist: int,
+    min_velocity: float,
+) -> _Params:
+    """``InverseVelocityDetector.for_channel``'s parameters, derived and checked once per set."""
+    if not interval_s > 0:
+        raise ValueError(f"interval_s must be > 0, got {interval_s}")
+    if not window_s > 0:
+        raise ValueError(f"window_s must be > 0, got {window_s}")
+    if not noise_mm > 0:
+        raise ValueError(f"noise_mm must be > 0, got {noise_mm}")
+    return _cached(
+        _params,
+        horizons_s,
+        window_s,
+        max(3 * DAY, 12 * interval_s),  # reference_s
+        white_noise_velocity_se(noise_mm, window_s, interval_s),  # min_v_ref
+        # 2x the reference: a slope already accelerating when instrumented learns a high
+        # reference, and 3x then came only ~2 days before failure (ACCURACY.md).
+        2.0,  # onset_factor
+        max(2, min(6, round(HOUR / interval_s))),  # onset_persist
+        None,  # accel_lag_s
+        1.0,  # release
+        max(DAY, 36 * interval_s, 4 * window_s),  # fit_window_s
+        max(6, min(18, round(3 * HOUR / interval_s))),  # min_fit_points
+        None,  # min_fit_span_s
+        0.8,  # r2_min
+        alpha,
+        estimate_alpha,
+        ALPHA_PRIOR_SD,
+        None,  # alpha_window_s
+        5.0,  # z
+        persist,
+        0.1,  # hysteresis
+        hold_s,
+        max(3, min(6, int(window_s / interval_s))),  # min_points
+        0.5,  # min_span
+        unit,
+        min_velocity,
+        3.0,  # wobble_sigmas
+    )
+
+
+def _cached(build: Callable[..., _Params], *args: Any) -> _Params:
+    """``build(*args)`` from its cache; an unhashable argument (horizons as lists, say) is
+    checked all the same, only not cached (a check's own TypeError is raised again)."""
+    try:
+        return build(*args)
+    except TypeError:
+        uncached: Callable[..., _Params] = build.__wrapped__  # type: ignore[attr-defined]
+        return uncached(*args)
+
+
+_EMPTY: array[float] = array("d")  # an empty pair array to read (never written)
+
+
+def _interleave(a: Sequence[float], b: Sequence[float]) -> array[float]:
+    """[a0, b0, a1, b1, ...] unboxed, up to the shorter of the two (as ``zip``)."""
+    n = min(len(a), len(b))
+    out = [0.0] * (2 * n)
+    out[0::2] = a[:n]
+    out[1::2] = b[:n]
+    return array("d", out)
+
+
+@functools.lru_cache(maxsize=64)
+def _fresh_fit_state(window_s: float) -> dict[str, Any]:
+    """The snapshot of an empty fit of ``window_s`` (to compare with; never handed out)."""
+    return SlidingSlope(window_s).snapshot()
+
+
+@functools.lru_cache(maxsize=64)
+def _fresh_latch_state(thresholds: tuple[tuple[int, float], ...], hysteresis: float, hold_s: float) -> dict[str, Any]:
+    """The snapshot of a fresh latch (to compare with; never handed out)."""
+    return LevelLatch(list(thresholds), hysteresis, hold_s).snapshot()
+
+
 class InverseVelocityDetector(StreamingDetector):
     """Failure-time forecast from the inverse velocity since the onset of acceleration.
 
@@ -299,7 +533,65 @@ class InverseVelocityDetector(StreamingDetector):
     and a slope within its noise (|v| ≤ z·se) gets one shared verdict: ``significant`` =
     False, ``accelerating`` = False, ``forecast`` and ``time_to_failure_s`` None.
     See the module docstring.
+
+    Memory (issue 17): a national fleet holds a million of these, so the parameters live in
+    one ``_Params`` shared by every detector built with the same ones (read-only public
+    attributes read through to it); the lag history and α's velocities are (t, v) pairs
+    unboxed in one ``array('d')`` each, with a head index; the fit and the latch are made
+    only when an onset or a forecast first needs them (a fresh one and an absent one
+    snapshot alike).
     """
+
+    __slots__ = (
+        "_anchor",
+        "_fit",
+        "_hh",
+        "_hist",
+        "_last",
+        "_last_t",
+        "_latch",
+        "_onset",
+        "_own",
+        "_p",
+        "_recent",
+        "_ref",
+        "_run",
+        "_sig",
+        "_smooth",
+        "_th",
+        "_trend",
+        "_ts",
+        "_v_ref",
+        "_widen",
+        "_windows",
+        "noise",
+    )  # fmt: skip
+
+    horizons_s = property(attrgetter("_p.horizons_s"))
+    window_s = property(attrgetter("_p.window_s"))
+    reference_s = property(attrgetter("_p.reference_s"))
+    min_v_ref = property(attrgetter("_p.min_v_ref"))
+    onset_factor = property(attrgetter("_p.onset_factor"))
+    onset_persist = property(attrgetter("_p.onset_persist"))
+    accel_lag_s = property(attrgetter("_p.accel_lag_s"))
+    release = property(attrgetter("_p.release"))
+    fit_window_s = property(attrgetter("_p.fit_window_s"))
+    min_fit_points = property(attrgetter("_p.min_fit_points"))
+    min_fit_span_s = property(attrgetter("_p.min_fit_span_s"))
+    r2_min = property(attrgetter("_p.r2_min"))
+    alpha = property(attrgetter("_p.alpha"))
+    estimate_alpha = property(attrgetter("_p.estimate_alpha"))
+    alpha_prior_sd = property(attrgetter("_p.alpha_prior_sd"))
+    alpha_window_s = property(attrgetter("_p.alpha_window_s"))
+    z = property(attrgetter("_p.z"))
+    persist = property(attrgetter("_p.persist"))
+    hysteresis = property(attrgetter("_p.hysteresis"))
+    hold_s = property(attrgetter("_p.hold_s"))
+    min_points = property(attrgetter("_p.min_points"))
+    min_span = property(attrgetter("_p.min_span"))
+    unit = property(attrgetter("_p.unit"))
+    min_velocity = property(attrgetter("_p.min_velocity"))
+    wobble_sigmas = property(attrgetter("_p.wobble_sigmas"))
 
     def __init__(
         self,
@@ -332,75 +624,22 @@ class InverseVelocityDetector(StreamingDetector):
         min_velocity: float = 0.0,
         wobble_sigmas: float = 3.0,
     ) -> None:
-        hs = _check_horizons(horizons_s)
-        if not min_velocity >= 0:
-            raise ValueError(f"min_velocity must be >= 0 (unit/day; 0: no gate), got {min_velocity}")
-        if not wobble_sigmas >= 0:
-            raise ValueError(f"wobble_sigmas must be >= 0, got {wobble_sigmas}")
-        check_window("window_s", window_s)
-        check_window("reference_s", reference_s)
-        if not min_v_ref > 0:
-            raise ValueError(f"min_v_ref must be > 0, got {min_v_ref}")
-        if not onset_factor >= 1:
-            raise ValueError(f"onset_factor must be >= 1 (an onset is faster than the reference), got {onset_factor}")
-        check_int("onset_persist", onset_persist, 1)
-        lag = window_s if accel_lag_s is None else accel_lag_s
-        if not lag > 0:
-            raise ValueError(f"accel_lag_s must be > 0 (or None: the smoothing window), got {accel_lag_s}")
-        if not 0 < release <= onset_factor:
-            raise ValueError(f"release must be in (0, onset_factor={onset_factor}], got {release}")
-        check_window("fit_window_s", fit_window_s)
-        check_int("min_fit_points", min_fit_points, 3)
-        fit_span = 2 * window_s if min_fit_span_s is None else min_fit_span_s
-        if not 0 <= fit_span < fit_window_s:
-            raise ValueError(f"min_fit_span_s must be in [0, fit_window_s={fit_window_s}) (None: twice window_s), got {fit_span} (min_fit_span_s={min_fit_span_s})")
-        if not 0 <= r2_min <= 1:
-            raise ValueError(f"r2_min must be in [0, 1], got {r2_min}")
-        if not 1 < alpha < 10:
-            raise ValueError(f"alpha must be in (1, 10) (Voight's law accelerates to failure only for alpha > 1), got {alpha}")
-        if not alpha_prior_sd > 0:
-            raise ValueError(f"alpha_prior_sd must be > 0 (the spread of α around `alpha` before the data speak), got {alpha_prior_sd}")
-        alpha_span = ALPHA_FIT_WINDOWS * fit_window_s if alpha_window_s is None else alpha_window_s
-        if not alpha_span >= fit_window_s:
-            raise ValueError(f"alpha_window_s must be >= fit_window_s={fit_window_s} (None: {ALPHA_FIT_WINDOWS} fit windows), got {alpha_window_s}")
-        check_int("persist", persist, 1)
-        check_latch(hysteresis, hold_s)
-        check_int("min_points", min_points, 3)
-        check_slope(min_span, z)
+        p = _cached(
+            _params,
+            horizons_s if isinstance(horizons_s, tuple) else tuple(horizons_s),
+            window_s, reference_s, min_v_ref, onset_factor, onset_persist, accel_lag_s, release, fit_window_s,
+            min_fit_points, min_fit_span_s, r2_min, alpha, estimate_alpha, alpha_prior_sd, alpha_window_s, z, persist,
+            hysteresis, hold_s, min_points, min_span, unit, min_velocity, wobble_sigmas,
+        )  # fmt: skip
+        self._init(p, windows, noise)
+
+    def _init(self, p: _Params, windows: SlopeWindows | None, noise: NoiseFigure | None) -> None:
+        self._p = p
         self.noise = noise
-        self.min_velocity = float(min_velocity)
-        self.wobble_sigmas = float(wobble_sigmas)
-        self.estimate_alpha = bool(estimate_alpha)
-        self.alpha_prior_sd = float(alpha_prior_sd)
-        self.alpha_window_s = float(alpha_span)
-        self._alpha_step_s = float(window_s) / ALPHA_PER_WINDOW
-        self.horizons_s = tuple(hs)
-        self.window_s = float(window_s)
-        self.reference_s = float(reference_s)
-        self.min_v_ref = float(min_v_ref)
-        self.onset_factor = float(onset_factor)
-        self.onset_persist = onset_persist
-        self.accel_lag_s = float(lag)
-        self.release = float(release)
-        self.fit_window_s = float(fit_window_s)
-        self.min_fit_points = min_fit_points
-        self.min_fit_span_s = float(fit_span)
-        self.r2_min = float(r2_min)
-        self.alpha = float(alpha)
-        self.z = float(z)
-        self.persist = persist
-        self.hysteresis = float(hysteresis)
-        self.hold_s = float(hold_s)
-        self.min_points = min_points
-        self.min_span = float(min_span)
-        self._min_span_s = self.min_span * self.window_s
-        self.unit = unit
-        # The latch judges x = −(time to failure): levels rise as the failure comes closer.
-        self._latch_thresholds = [(lvl, -h) for lvl, h in hs]
         self._own = windows is None
         self._windows = SlopeWindows() if windows is None else windows
         self._ts = self._windows.ts  # the same list for the windows' lifetime
-        self._smooth = self._windows.view(self.window_s)
+        self._smooth = self._windows.view(p.window_s)
         self._reset()
 
     @classmethod
@@ -434,48 +673,35 @@ class InverseVelocityDetector(StreamingDetector):
         velocity's standard error never below the figure's, widened on a smoothed series, and
         the reference velocity meaningful before the detector judges, and the wobble test.
         ``min_velocity`` (the channel's yellow velocity, from site fusion): no forecast below it.
+        Every channel with the same parameters shares their checks and derived values.
         """
         if noise is not None:
             noise_mm = noise.sigma
-        if not interval_s > 0:
-            raise ValueError(f"interval_s must be > 0, got {interval_s}")
-        if not window_s > 0:
-            raise ValueError(f"window_s must be > 0, got {window_s}")
-        if not noise_mm > 0:
-            raise ValueError(f"noise_mm must be > 0, got {noise_mm}")
-        return cls(
-            window_s=window_s,
-            reference_s=max(3 * DAY, 12 * interval_s),
-            min_v_ref=white_noise_velocity_se(noise_mm, window_s, interval_s),
-            # 2x the reference: a slope already accelerating when instrumented learns a high
-            # reference, and 3x then came only ~2 days before failure (ACCURACY.md).
-            onset_factor=2.0,
-            onset_persist=max(2, min(6, int(round(HOUR / interval_s)))),
-            fit_window_s=max(DAY, 36 * interval_s, 4 * window_s),
-            min_fit_points=max(6, min(18, int(round(3 * HOUR / interval_s)))),
-            hold_s=hold_s,
-            min_points=max(3, min(6, int(window_s / interval_s))),
-            unit=unit,
-            horizons_s=horizons_s,
-            alpha=alpha,
-            estimate_alpha=estimate_alpha,
-            persist=persist,
-            windows=windows,
-            noise=noise,
-            min_velocity=min_velocity,
-        )
+        p = _cached(
+            _channel_params,
+            window_s, interval_s, hold_s, noise_mm, unit,
+            horizons_s if isinstance(horizons_s, tuple) else tuple(horizons_s),
+            alpha, estimate_alpha, persist, min_velocity,
+        )  # fmt: skip
+        det = cls.__new__(cls)
+        det._init(p, windows, noise)
+        return det
 
     def _reset(self) -> None:
         if self._own:
             self._windows.clear()
-        self._ref = ReferenceRate(self.reference_s, self.min_points, noise=self.noise)
+        p = self._p
+        self._ref = ReferenceRate(p.reference_s, p.min_points, noise=self.noise)
         self._sig = 0.0  # σ·DAY of the noise figure once the reference froze (0: no floor)
         self._widen = 1.0
-        self._fit = SlidingSlope(self.fit_window_s)  # (window mean time, |v|^(1−α)) since onset
-        self._latch = LevelLatch(self._latch_thresholds, self.hysteresis, self.hold_s)
+        # (window mean time, |v|^(1−α)) since the onset: made at the onset (None: empty).
+        self._fit: SlidingSlope | None = None
+        self._latch: LevelLatch | None = None  # made when a forecast first needs it (None: fresh)
         self._onset: float | None = None
         self._anchor: tuple[float, float] | None = None  # (t̄, window mean value) at the onset
-        self._trend: deque[tuple[float, float]] = deque()  # (t̄, |v|) since the onset, for α
+        # t̄, |v|, t̄, |v|... since the onset, for α, from index _th on (None: none yet)
+        self._trend: array[float] | None = None
+        self._th = 0
         self._v_ref: float | None = None  # max(|reference rate|, floor), once the reference is frozen
         self._last_t: float | None = None
         self._last = _WARMING_VERDICT
@@ -483,30 +709,51 @@ class InverseVelocityDetector(StreamingDetector):
 
     def _restart(self) -> None:
         """Forget what a gap breaks: the lag history, an onset run, the persistence memory."""
-        self._hist: deque[tuple[float, float]] = deque()  # (t, |v|) of judged readings
-        self._run: list[tuple[float, float, float]] = []  # (t, t̄, y) of the current onset run
-        self._recent: deque[float | None] = deque(maxlen=self.persist)  # time to failure, or None
+        self._hist = array("d")  # t, |v|, t, |v|... of judged readings, from index _hh on
+        self._hh = 0
+        self._run: tuple[tuple[float, float, float], ...] = ()  # (t, t̄, y) of the current onset run
+        self._recent: list[float | None] = []  # time to failure, or None: the last `persist`
+
+    def _new_fit(self) -> SlidingSlope:
+        fit = self._fit = SlidingSlope(self._p.fit_window_s)
+        return fit
+
+    def _new_latch(self) -> LevelLatch:
+        p = self._p
+        latch = self._latch = LevelLatch(list(p.latch_thresholds), p.hysteresis, p.hold_s)
+        return latch
 
     def _y(self, av: float) -> float:
-        return 1.0 / av if self.alpha == 2.0 else av ** (1.0 - self.alpha)
+        alpha = self._p.alpha
+        return 1.0 / av if alpha == 2.0 else av ** (1.0 - alpha)
 
     def _drop(self) -> None:
         self._onset = None
         self._anchor = None
-        self._fit.clear()
-        self._trend.clear()
+        self._fit = None  # a cleared fit is a fresh one
+        self._trend = None
+        self._th = 0
 
     def _keep(self, tbar: float, av: float, first: float, last: float) -> None:
         """Keep a velocity since the onset for α: one per ``window_s / ALPHA_PER_WINDOW``, none
         from a lopsided window, none older than ``alpha_window_s``."""
         trend = self._trend
-        if lopsided(tbar, first, last) or (trend and tbar < trend[-1][0] + self._alpha_step_s):
+        h = self._th
+        p = self._p
+        if lopsided(tbar, first, last) or (trend is not None and tbar < trend[-2] + p.alpha_step_s):
             return
-        trend.append((tbar, av))
-        while trend[0][0] < tbar - self.alpha_window_s:
-            trend.popleft()
+        if trend is None:
+            trend = self._trend = array("d")
+        trend.append(tbar)
+        trend.append(av)
+        while trend[h] < tbar - p.alpha_window_s:
+            h += 2
+        if h >= 32 and 4 * h >= len(trend):
+            del trend[:h]  # one memmove for many dropped
+            h = 0
+        self._th = h
 
-    def _voight(self, per_window: int) -> dict[str, Any] | None:
+    def _voight(self, fit: SlidingSlope, per_window: int) -> dict[str, Any] | None:
         """The forecast with α estimated from the velocities since the onset, or None to keep
         the given α.
 
@@ -514,21 +761,22 @@ class InverseVelocityDetector(StreamingDetector):
         window, the inflation of the fit window's line for neighbouring velocities that are
         not independent.
         """
-        trend = self._trend
-        est = estimate_alpha(np.array([p[0] for p in trend]), np.array([p[1] for p in trend]), ALPHA_PER_WINDOW)
+        trend, h = self._trend or _EMPTY, self._th
+        est = estimate_alpha(np.array(trend[h::2]), np.array(trend[h + 1 :: 2]), ALPHA_PER_WINDOW)
         if est is None:
             return None
-        x, y = self._fit.points()
-        v = np.asarray(y) ** (-1.0 / (self.alpha - 1.0))  # back to |v| (per day)
+        p = self._p
+        x, y = fit.points()
+        v = np.asarray(y) ** (-1.0 / (p.alpha - 1.0))  # back to |v| (per day)
         a_hat, a_sd = est
-        w_data, w_prior = 1.0 / (a_sd * a_sd), 1.0 / (self.alpha_prior_sd * self.alpha_prior_sd)
-        a = (a_hat * w_data + self.alpha * w_prior) / (w_data + w_prior)
+        w_data, w_prior = 1.0 / (a_sd * a_sd), 1.0 / (p.alpha_prior_sd * p.alpha_prior_sd)
+        a = (a_hat * w_data + p.alpha * w_prior) / (w_data + w_prior)
         a_post_sd = 1.0 / math.sqrt(w_data + w_prior)
-        fit = voight_line(np.asarray(x), v, a)
+        line = voight_line(np.asarray(x), v, a)
         lo, hi = voight_line(np.asarray(x), v, a - ALPHA_STEP), voight_line(np.asarray(x), v, a + ALPHA_STEP)
-        if fit is None or lo is None or hi is None:
+        if line is None or lo is None or hi is None:
             return None
-        t_f, tf_sd, r2 = fit
+        t_f, tf_sd, r2 = line
         dtf = (hi[0] - lo[0]) / (2 * ALPHA_STEP)
         return {
             "failure_time": t_f,
@@ -542,17 +790,18 @@ class InverseVelocityDetector(StreamingDetector):
 
     def _withheld(self, av: float, v_ref: float, tbar: float, smooth: Any) -> str | None:
         """Why a fitted forecast does not count (see "What counts as a forecast"), or None."""
-        if av < self.min_velocity:
-            return f"velocity {av:.3g} {self.unit}/day below the yellow velocity {self.min_velocity:g}: no failure within days"
+        p = self._p
+        if av < p.min_velocity:
+            return f"velocity {av:.3g} {p.unit}/day below the yellow velocity {p.min_velocity:g}: no failure within days"
         anchor = self._anchor
-        if self.noise is not None and anchor is not None and self.wobble_sigmas > 0:
+        if self.noise is not None and anchor is not None and p.wobble_sigmas > 0:
             fig = self._ref.figure or self.noise
             sigma = fig.sigma * self._widen
             gained = abs(smooth.v0 + smooth.sv / smooth.n - anchor[1]) - v_ref * (tbar - anchor[0]) / DAY
-            if gained < self.wobble_sigmas * sigma:
+            if gained < p.wobble_sigmas * sigma:
                 return (
-                    f"{gained:.3g} {self.unit} gained beyond the reference rate since the onset, within "
-                    f"{self.wobble_sigmas:g} × the reading noise {sigma:.3g} {self.unit}: a wobble, not an acceleration"
+                    f"{gained:.3g} {p.unit} gained beyond the reference rate since the onset, within "
+                    f"{p.wobble_sigmas:g} × the reading noise {sigma:.3g} {p.unit}: a wobble, not an acceleration"
                 )
         return None
 
@@ -569,10 +818,11 @@ class InverseVelocityDetector(StreamingDetector):
         smooth = self._smooth
         if smooth.restarted:
             self._restart()
+        p = self._p
         v_ref = self._v_ref
         if v_ref is None:
             ref = self._ref
-            v_ref = self._v_ref = ref.learn(t, value, self.min_v_ref)
+            v_ref = self._v_ref = ref.learn(t, value, p.min_v_ref)
             if v_ref is None:
                 if ref.pending is not None:
                     self._last = new_verdict(0, ref.pending, {"reference_pending": True, **(self.noise.evidence() if self.noise else {})}, True)
@@ -581,7 +831,7 @@ class InverseVelocityDetector(StreamingDetector):
                 return _WARMING_VERDICT
             if ref.figure is not None:
                 self._sig, self._widen = ref.figure.sigma * DAY, ref.widen
-        f = smooth.fit() if smooth.n >= self.min_points and t - smooth.first >= self._min_span_s else None
+        f = smooth.fit() if smooth.n >= p.min_points and t - smooth.first >= p.min_span_s else None
         if f is None:
             self._last = _WARMING_VERDICT
             return _WARMING_VERDICT
@@ -591,30 +841,45 @@ class InverseVelocityDetector(StreamingDetector):
             # for fewer (see ReferenceRate in detectors/tangent.py).
             sxx = smooth.stt - smooth.st * smooth.st / smooth.n
             floor_se = self._sig / math.sqrt(sxx)
-            se = (se if se > floor_se else floor_se) * self._widen
+            se = (se if se > floor_se else floor_se) * self._widen  # noqa: FURB136 (max() costs a call per reading)
         av = v if v >= 0.0 else -v
 
+        # The lag history: (t, |v|) pairs from index h on; the first is the newest at or
+        # before the horizon (while there is a newer one).
         hist = self._hist
-        hist.append((t, av))
-        horizon = t - self.accel_lag_s
-        while len(hist) > 1 and hist[1][0] <= horizon:
-            hist.popleft()
+        hist.append(t)
+        hist.append(av)
+        horizon = t - p.accel_lag_s
+        h = self._hh
+        if h + 2 < len(hist) and hist[h + 2] <= horizon:
+            newest = len(hist) - 2
+            h += 2
+            while h < newest and hist[h + 2] <= horizon:
+                h += 2
+            if h >= 16 and 8 * h >= len(hist):
+                del hist[:h]  # one memmove for many dropped
+                h = 0
+            self._hh = h
         fit = self._fit
+        significant = av > p.z * se
         if self._onset is None:
-            if av > self.z * se and av > self.onset_factor * v_ref and hist[0][0] <= horizon and av > hist[0][1]:
-                run = self._run
-                run.append((t, tbar, self._y(av)))
-                if len(run) >= self.onset_persist:
+            if significant and av > p.onset_factor * v_ref and hist[h] <= horizon and av > hist[h + 1]:
+                run = self._run = (*self._run, (t, tbar, self._y(av)))
+                if len(run) >= p.onset_persist:
                     self._onset = run[0][0]
                     self._anchor = (tbar, smooth.v0 + smooth.sv / smooth.n)
+                    if fit is None:
+                        fit = self._new_fit()
                     for _, x, y in run:
                         fit.push(x, y)
-                    run.clear()
+                    self._run = ()
             elif self._run:
-                self._run.clear()
-        elif av <= self.release * v_ref:
+                self._run = ()
+        elif av <= p.release * v_ref:
             self._drop()  # back to the reference: the acceleration is over
         else:
+            if fit is None:
+                fit = self._new_fit()
             fit.push(tbar, self._y(av))
             self._keep(tbar, av, smooth.first, t)
 
@@ -622,10 +887,10 @@ class InverseVelocityDetector(StreamingDetector):
         withheld_forecast: dict[str, Any] | None = None
         ttf: float | None = None
         r2: float | None = None
-        n = 0 if self._onset is None else fit.n
+        n = 0 if self._onset is None or fit is None else fit.n
         # Neighbouring smoothed velocities share most of their window, so a fit needs a span
         # of time as well as a count of points before its slope says anything.
-        if n >= self.min_fit_points and fit.span() >= self.min_fit_span_s:
+        if n >= p.min_fit_points and fit is not None and fit.span() >= p.min_fit_span_s:
             n, xbar, ybar, sxx, sxy, syy = fit.centred()
             b = sxy / sxx if sxx > 0 else 0.0
             if not b < 0:
@@ -633,7 +898,7 @@ class InverseVelocityDetector(StreamingDetector):
                 n = 0
             else:
                 r2 = sxy * sxy / (sxx * syy) if syy > 0 else 1.0
-                if r2 >= self.r2_min:
+                if r2 >= p.r2_min:
                     t_f = xbar - ybar / b
                     s2 = max(0.0, syy - b * sxy) / (n - 2)
                     var = s2 / (b * b) * (1.0 / n + (t_f - xbar) ** 2 / sxx) * smooth.n
@@ -643,13 +908,13 @@ class InverseVelocityDetector(StreamingDetector):
                         "uncertainty_s": math.sqrt(var),
                         "points": n,
                         "onset": self._onset,
-                        "alpha": self.alpha,
+                        "alpha": p.alpha,
                         "alpha_estimate": None,
                         "alpha_stderr": None,
-                        "method": "fukuzono" if self.alpha == 2.0 else "voight (alpha given)",
+                        "method": "fukuzono" if p.alpha == 2.0 else "voight (alpha given)",
                     }
-                    if self.estimate_alpha:
-                        voight = self._voight(smooth.n)
+                    if p.estimate_alpha:
+                        voight = self._voight(fit, smooth.n)
                         if voight is not None:
                             forecast.update(voight)
                     forecast["interval_90"] = interval_90(forecast["failure_time"], forecast["uncertainty_s"], n, smooth.n)
@@ -663,16 +928,19 @@ class InverseVelocityDetector(StreamingDetector):
 
         recent = self._recent
         recent.append(ttf)
+        persist = p.persist
+        if len(recent) > persist:
+            del recent[0]
         latch = self._latch
-        if len(recent) < self.persist:
-            level = latch.level  # a level needs `persist` forecasts in a row; until then no change
-        elif ttf is None and latch.level == 0:
+        if len(recent) < persist:
+            level = 0 if latch is None else latch.level  # a level needs `persist` forecasts in a row; until then no change
+        elif ttf is None and (latch is None or latch.level == 0):
             level = 0  # no forecast now, nothing latched: the latch would say 0 (quiet path)
         else:
             worst = -math.inf if None in recent else -max(r for r in recent if r is not None)
-            level = latch.update(t, worst)
+            level = (self._new_latch() if latch is None else latch).update(t, worst)
         accelerating = self._onset is not None
-        if level == 0 and not accelerating and not av > self.z * se:
+        if level == 0 and not accelerating and not significant:
             self._last = _STILL  # the slope is within its noise: nothing to tell
             return _STILL
         evidence: dict[str, Any] = {
@@ -693,31 +961,36 @@ class InverseVelocityDetector(StreamingDetector):
         if level == 0:
             self._last = _new(Verdict, (0, "", evidence, False))
             return self._last
-        h = dict(self.horizons_s)[level]
-        evidence["horizon_s"] = h
+        h_s = p.horizon_of[level]
+        assert h_s is not None  # the latch's levels are the horizons'
+        evidence["horizon_s"] = h_s
         if forecast is None:
             why = f"failure forecast withdrawn or not yet confirmed; {LEVELS[level].colour} held"
         else:
             why = (
                 f"inverse-velocity failure forecast in {ttf / HOUR:.1f} h (± {forecast['uncertainty_s'] / HOUR:.1f} h, "  # type: ignore[operator]
-                f"R² {forecast['r2']:.2f}, {forecast['points']} points since the onset; ≤ {LEVELS[level].colour} {h / HOUR:g} h, or held)"
+                f"R² {forecast['r2']:.2f}, {forecast['points']} points since the onset; ≤ {LEVELS[level].colour} {h_s / HOUR:g} h, or held)"
             )
         self._last = new_verdict(level, why, evidence)
         return self._last
 
     def snapshot(self) -> dict[str, Any]:
+        p = self._p
+        trend, th = self._trend or _EMPTY, self._th
+        hist, hh = self._hist, self._hh
+        fit, latch = self._fit, self._latch
         state = {
             "reference": self._ref.snapshot(),
-            "fit": self._fit.snapshot(),
+            "fit": (SlidingSlope(p.fit_window_s) if fit is None else fit).snapshot(),
             "onset": self._onset,
             "anchor": None if self._anchor is None else list(self._anchor),
-            "trend_t": pack_times([p[0] for p in self._trend]),
-            "trend_v": pack([p[1] for p in self._trend]),
-            "hist_t": pack_times([h[0] for h in self._hist]),
-            "hist_v": pack([h[1] for h in self._hist]),
+            "trend_t": pack_times(trend[th::2]),
+            "trend_v": pack(trend[th + 1 :: 2]),
+            "hist_t": pack_times(hist[hh::2]),
+            "hist_v": pack(hist[hh + 1 :: 2]),
             "run": [list(r) for r in self._run],
             "recent": list(self._recent),
-            "latch": self._latch.snapshot(),
+            "latch": (LevelLatch(list(p.latch_thresholds), p.hysteresis, p.hold_s) if latch is None else latch).snapshot(),
             "last_t": self._last_t,
             "last": self._last.to_dict(),
         }
@@ -727,18 +1000,22 @@ class InverseVelocityDetector(StreamingDetector):
 
     def restore(self, state: dict[str, Any]) -> None:
         self._reset()
+        p = self._p
         if self._own:
             self._windows.restore(state["smooth"])
         self._ref.restore(state["reference"])
-        self._fit.restore(state["fit"])
         self._onset = None if state["onset"] is None else float(state["onset"])
+        if self._onset is not None or state["fit"] != _fresh_fit_state(p.fit_window_s):
+            self._new_fit().restore(state["fit"])
         anchor = state.get("anchor")  # a snapshot from before the wobble test has none: no test
         self._anchor = None if anchor is None else (float(anchor[0]), float(anchor[1]))
         if "trend_t" in state:  # a snapshot from before α was read since the onset has none
-            self._trend.extend(zip(unpack(state["trend_t"]), unpack(state["trend_v"])))
-        self._hist.extend(zip(unpack(state["hist_t"]), unpack(state["hist_v"])))
-        self._run.extend((float(a), float(b), float(c)) for a, b, c in state["run"])
-        self._recent.extend(None if r is None else float(r) for r in state["recent"])
-        self._latch.restore(state["latch"])
+            trend = _interleave(unpack(state["trend_t"]), unpack(state["trend_v"]))
+            self._trend = trend if trend else None
+        self._hist = _interleave(unpack(state["hist_t"]), unpack(state["hist_v"]))
+        self._run = tuple((float(a), float(b), float(c)) for a, b, c in state["run"])
+        self._recent = [None if r is None else float(r) for r in state["recent"]][-p.persist :]
+        if state["latch"] != _fresh_latch_state(p.latch_thresholds, p.hysteresis, p.hold_s):
+            self._new_latch().restore(state["latch"])
         self._last_t = None if state["last_t"] is None else float(state["last_t"])
         self._last = Verdict.from_dict(state["last"])
