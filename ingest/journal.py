@@ -102,14 +102,18 @@ CREATE TABLE IF NOT EXISTS site_state (
 #: Each site's fused level, one row a site (issue 17): the detection worker writes the rows
 #: of the sites whose level changed, where it wrote every site's level as one value on every
 #: change (~40 ms at 50,000 sites, in the way of the next warning). The one value of before
-#: (state ``fusion.site_levels``) is moved into the rows once.
+#: (state ``fusion.site_levels``) is moved into the rows once; a damaged one (not a JSON object,
+#: a level not a number) is dropped rather than stopping the journal from opening: detection
+#: writes every site's level at its start.
 MIGRATION_5 = """
 CREATE TABLE IF NOT EXISTS site_level (
     site  TEXT PRIMARY KEY,
     level INTEGER NOT NULL
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO site_level (site, level)
-    SELECT key, value FROM json_each((SELECT value FROM state WHERE key = 'fusion.site_levels'));
+    SELECT key, CAST(value AS INTEGER) FROM json_each((
+        SELECT value FROM state WHERE key = 'fusion.site_levels' AND json_valid(value) AND json_type(value) = 'object'
+    )) WHERE type IN ('integer', 'real');
 DELETE FROM state WHERE key = 'fusion.site_levels';
 """
 
@@ -696,12 +700,18 @@ class JournalReader:
         with self._read() as conn:
             if conn is None:
                 return {}
-            if user_version(conn) >= 5:
-                rows = conn.execute("SELECT site, level FROM site_level").fetchall()
-            else:
+            conn.execute("BEGIN")  # the version and the rows it says where to find, together
+            try:
+                if user_version(conn) >= 5:
+                    return {str(k): int(v) for k, v in conn.execute("SELECT site, level FROM site_level")}
                 row = conn.execute("SELECT value FROM state WHERE key = 'fusion.site_levels'").fetchone()
-                rows = list(json.loads(row[0]).items()) if row is not None else []
-        return {str(k): int(v) for k, v in rows}
+            finally:
+                conn.execute("COMMIT")
+        try:
+            old = json.loads(row[0]) if row is not None else None
+            return {str(k): int(v) for k, v in old.items()} if isinstance(old, dict) else {}
+        except (ValueError, TypeError):
+            return {}  # damaged: detection writes every site's level at its start
 
     def readings_stored(self) -> int:
         """Readings stored so far: ``readings.id`` is the arrival order and retention never

@@ -222,10 +222,11 @@ class Detection:
                 level, before = self.fusion.level(site), int(persisted.get(site, 0))
                 if level > before:
                     self.judge.announce(LevelChange(site, self.clock.now(), level, before, "recomputed from the journal after a restart"))
-        self._save_levels(self.registry.sites, drop=[s for s in persisted if s not in self.registry.sites])
         # The chain's clock starts: its timers and zero reports run from now. Timers due now
-        # (devices silent while detection was down) are announced, not dropped.
+        # (devices silent while detection was down, held readings come due) are announced, not
+        # dropped; the levels they moved are saved with the rest.
         self.judge.start()
+        self._save_levels(self.registry.sites, drop=[s for s in persisted if s not in self.registry.sites])
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -311,7 +312,11 @@ class Detection:
                 # Every reading moves event time, a drill's too, exactly as replay does: a drill
                 # feed's warnings escalate at their own deadlines, not all at the feed's start.
                 if emit:
-                    announced = bool(judge.at(t)) or announced
+                    ticked = judge.at(t)
+                    if ticked:
+                        announced = True
+                        changed.update(c.site for c in ticked if not c.exercise and c.kind is None)
+                        clock = clock or any(c.kind in CLOCK_KINDS for c in ticked)
                 else:
                     self.clock.observe(t)  # type: ignore[attr-defined]
             if skip and site in skip and _id <= skip[site][0]:
@@ -402,7 +407,9 @@ class Detection:
             self.judged += n
             self.judging_s += time.perf_counter() - t0
         self._mark()
-        self._loose.update(c.site for c in self.judge.at(self.clock.now()))
+        ticked = self.judge.at(self.clock.now())
+        self._loose.update(c.site for c in ticked)
+        self._counted(ticked, True)  # a held reading judged by its timer may move its site's level
         if self._loose:
             # Announced by a timer or a status on its own, not by a reading: no position says
             # it was, so its site is saved now (a crash before would announce it again).

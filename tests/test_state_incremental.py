@@ -298,3 +298,58 @@ def test_site_levels_are_a_row_a_site_written_only_for_sites_whose_level_moved(l
     assert j.site_levels() == {s: again.fusion.level(s) for s in loaded.registry.sites}
     assert again.fusion.level("BZM") == 0 and again.fusion.level("BSH") >= 1
     j.close()
+
+
+def test_a_level_moved_by_a_timer_reaches_its_row(loaded, tmp_path):
+    # A reading stamped ahead of its arrival is held until the clock reaches its time; when no
+    # other reading comes, the step's timer judges it, and the level it moves must be saved
+    # like any other (a review found the row left stale, the console showing 0 at yellow).
+    from geowarn.core.clock import ManualClock
+
+    j = Journal(tmp_path / "journal.sqlite")
+    ids = {(c.site, c.device, c.channel): i for c, i in j.series_ids(loaded.registry).items()}
+    pz = ids[("BSH", "BSH-PZ1", "pore_pressure")]
+    t0 = 1_700_000_000_000
+    clock = ManualClock(t0 / 1000)
+    det = detection.Detection(loaded, j, lambda *a, **k: None, clock)
+    j.append([(pz, t0 + i * 600_000, 179.0 + 0.01 * (i % 2), 0, t0 + i * 600_000 + 5_000) for i in range(1, 31)])
+    clock.set((t0 + 30 * 600_000 + 5_000) / 1000)
+    while det.step():
+        pass
+    assert det.fusion.level("BSH") == 0
+    arrived = t0 + 31 * 600_000
+    ahead = arrived + 120_000  # stamped two minutes ahead of its arrival: held
+    j.append([(pz, ahead, 181.0, 0, arrived)])  # above the piezometer's yellow (180 kPa)
+    clock.set(arrived / 1000 + 1)
+    while det.step():
+        pass
+    assert det.fusion.level("BSH") == 0, "held, not judged yet"
+    clock.set(ahead / 1000 + 1)  # the clock passes it, no reading arrives: the timer judges it
+    det.step()
+    assert det.fusion.level("BSH") == 2
+    assert j.site_levels()["BSH"] == JournalReader(tmp_path / "journal.sqlite").site_levels()["BSH"] == 2
+    j.close()
+
+
+@pytest.mark.parametrize(
+    ("old", "rows"),
+    [('{"S1": 2, "S2": 0}', {"S1": 2, "S2": 0}), ("{}", {}), ("garbage", {}), ("null", {}), ("[2, 3]", {}), ('{"S1": "high", "S2": 3}', {"S2": 3})],
+)
+def test_the_one_value_levels_of_before_move_into_rows_and_a_damaged_one_does_not_stop_the_journal(tmp_path, old, rows):
+    import sqlite3
+
+    from geowarn.ingest.journal import JOURNAL_SCHEMA, SCHEMA
+
+    path = tmp_path / "journal.sqlite"
+    with sqlite3.connect(path) as raw:  # a journal at migration 4, as the daemon of before left it
+        raw.executescript(SCHEMA)
+        for script in JOURNAL_SCHEMA.migrations[1:4]:
+            raw.executescript(script)
+        raw.execute("PRAGMA user_version = 4")
+        raw.execute("INSERT INTO state (key, value) VALUES ('fusion.site_levels', ?)", (old,))
+    before = JournalReader(path).site_levels()  # the console may read before the store migrates
+    assert before == (rows if old.startswith('{"S1": 2') or old == "{}" else {})
+    j = Journal(path)
+    assert j.site_levels() == JournalReader(path).site_levels() == rows
+    assert j.get_state("fusion.site_levels") is None
+    j.close()
