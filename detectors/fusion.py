@@ -176,6 +176,24 @@ def held_limit(interval_s: float) -> int:
     return max(MIN_HELD, min(MAX_HELD, math.ceil(AHEAD_SKEW_S / interval_s) + 4))
 
 
+def detector_names(info: ChannelInfo, registry: Registry) -> tuple[str, ...]:
+    """The names of the stages ``detectors_for`` gives a channel, in its order, building none
+    (a restore keeps only the saved verdicts of stages the channel still has)."""
+    policy = registry.sites[info.site].policy
+    spec = info.spec
+    names = ["threshold"] if spec.thresholds is not None and spec.thresholds.as_list() else []
+    if spec.kind in DISPLACEMENT_LIKE:
+        names.append("windows")
+        if (spec.velocity_per_day or policy.velocity_per_day).as_list():
+            names.append("velocity")
+        names += ["tangent", "forecast"]
+    elif spec.kind is Kind.rain:
+        names.append("rain")
+    elif spec.kind in RISE_KINDS:
+        names.append("rise")
+    return tuple(names)
+
+
 def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Detector]]:
     """The detector set of one channel, from its kind, its spec and its site's policy.
 
@@ -201,8 +219,9 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
     spec = info.spec
     interval = info.interval_s
     hold = max(policy.hold_s, 2 * interval)
+    names = detector_names(info, registry)
     out: list[tuple[str, Detector]] = []
-    if spec.thresholds is not None and spec.thresholds.as_list():
+    if "threshold" in names and spec.thresholds is not None:
         out.append(
             (
                 "threshold",
@@ -210,7 +229,7 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
             )
         )
     kind = spec.kind
-    if kind in DISPLACEMENT_LIKE:
+    if "windows" in names:
         window = max(policy.velocity_window_s, 6 * interval)
         persist = max(1, round(PERSIST_S / interval))
         unit = info.unit or ""
@@ -219,7 +238,7 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
         levels = (spec.velocity_per_day or policy.velocity_per_day).as_list()
         shared = SlopeWindows()
         out.append(("windows", SharedWindows(shared)))
-        if levels:
+        if "velocity" in names:
             out.append(
                 (
                     "velocity",
@@ -262,14 +281,19 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
                 ),
             )
         )
-    elif kind is Kind.rain:
+    elif "rain" in names:
         own = None if policy.rain is None else RainThresholds(**policy.rain.detector_args())
         out.append(("rain", RainDetector.for_channel(interval_s=interval, thresholds=own)))
-    elif kind in RISE_KINDS:
+    elif "rise" in names:
         out.append(("rise", RiseRateDetector.for_kind(kind.value, interval_s=interval, hold_s=hold)))
     # Acceleration and vibration (PEAK_KINDS), stress and soil temperature are judged by their
     # thresholds only, when the registry sets them: the quality guard still watches them.
     return out
+
+
+#: What a saved part a detector cannot restore raises (the registry changed the channel's
+#: kind so that its guard has other checks; a hand-edited or damaged row).
+_UNREADABLE = (KeyError, TypeError, ValueError, IndexError, AttributeError)
 
 
 class _Channel:
@@ -383,6 +407,9 @@ class SiteFusion:
         self._health: dict[str, _Health] = {}
         #: Sensors their device reports faulty: (site, device, channel) -> (sensor_state, since t).
         self._faults: dict[tuple[str, str, str], tuple[float, float]] = {}
+        #: Saved parts a restored channel could not restore and started afresh instead: (site,
+        #: device, channel, part, error), for the service to report (this room does no I/O).
+        self.unreadable: list[tuple[str, str, str, str, str]] = []
 
     @property
     def quality(self) -> dict[str, int]:
@@ -434,15 +461,21 @@ class SiteFusion:
         info, saved = ch.info, ch.saved or {}
         guard = QualityGuard.for_kind(info.kind, interval_s=info.interval_s, low=info.low, high=info.high)
         detectors = detectors_for(info, self.registry)
-        if "guard" in saved:
-            guard.restore(saved["guard"])
+        try:
+            if "guard" in saved:
+                guard.restore(saved["guard"])
+        except _UNREADABLE as exc:
+            self.unreadable.append((info.site, info.device, info.channel, "guard", f"{type(exc).__name__}: {exc}"[:200]))
+            guard = QualityGuard.for_kind(info.kind, interval_s=info.interval_s, low=info.low, high=info.high)
         states = saved.get("detectors", {})
-        for name, det in detectors:
-            if name in states:
-                det.restore(states[name])
-        names = {n for n, _ in detectors}
-        ch.levels = {n: v for n, v in ch.levels.items() if n in names}
-        ch.verdicts = {n: v for n, v in ch.verdicts.items() if n in names}
+        try:
+            for name, det in detectors:
+                if name in states:
+                    det.restore(states[name])
+        except _UNREADABLE as exc:
+            # The rate detectors share their windows: the channel's detectors start afresh together.
+            self.unreadable.append((info.site, info.device, info.channel, name, f"{type(exc).__name__}: {exc}"[:200]))
+            detectors, ch.levels, ch.verdicts = detectors_for(info, self.registry), {}, {}
         ch.guard, ch.detectors, ch.saved = guard, detectors, None
         return guard
 
@@ -936,11 +969,13 @@ class SiteFusion:
                 if info is None:
                     continue
                 # Built on its first reading (``_unpack``): a restart does not build every bank.
-                ch = st.channels[f"{device}/{channel}"] = _Channel(info, None, [], {"guard": cd["guard"], "detectors": dict(cd["detectors"])})
+                names = detector_names(info, self.registry)  # the stages it still has: the others are dropped
+                saved = {"guard": cd["guard"], "detectors": {n: d for n, d in cd["detectors"].items() if n in names}}
+                ch = st.channels[f"{device}/{channel}"] = _Channel(info, None, [], saved)
                 ch.level = int(cd["level"])
                 ch.suspect = int(cd["suspect"])
-                ch.levels = {n: int(v) for n, v in cd["levels"].items()}
-                ch.verdicts = {n: Verdict.from_dict(v) for n, v in cd["verdicts"].items()}
+                ch.levels = {n: int(v) for n, v in cd["levels"].items() if n in names}
+                ch.verdicts = {n: Verdict.from_dict(v) for n, v in cd["verdicts"].items() if n in names}
         if "nodata" in state:
             self.nodata.restore(state["nodata"])
         self._held, self._seq = [], 0

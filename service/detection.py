@@ -406,6 +406,10 @@ class Detection:
         if n:
             self.judged += n
             self.judging_s += time.perf_counter() - t0
+        unreadable, self.fusion.unreadable = self.fusion.unreadable, []
+        for site, device, channel, part, error in unreadable:
+            log.error("a channel's saved detector state could not be restored; it starts afresh",
+                      extra=kv(site=site, device=device, channel=channel, part=part, error=error))
         self._mark()
         ticked = self.judge.at(self.clock.now())
         self._loose.update(c.site for c in ticked)

@@ -121,6 +121,38 @@ def test_a_restored_channel_drops_a_detector_its_new_policy_no_longer_gives_it()
     assert "tangent" in chan["detectors"]
 
 
+def test_a_saved_part_that_cannot_be_restored_starts_afresh_and_is_reported():
+    # The registry changed the channel's kind (its guard now has other checks), or a row was
+    # damaged: the channel's first reading after the restart must not raise (detection would
+    # crash-loop on it); the part starts afresh and fusion lists it for the service to log.
+    def registry(kind):
+        ch = {"channel": "d", "kind": kind} | ({"unit": "kPa", "thresholds": {"yellow": 1000.0}} if kind == "stress" else {})
+        return parse_registry({"sites": [{"site": "S", "name": "s", "admin": "420527", "lat": 30.0, "lon": 110.0,
+                                          "devices": [{"device": "X", "channels": [ch]}]}]}, "<t>")
+
+    stress, disp = registry("stress"), registry("displacement")
+    f = SiteFusion(stress)
+    for i in range(30):
+        f.update_all(stress.channel("S", "X", "d"), T0 + 600 * i, 10.0 + 0.01 * i)
+    g = SiteFusion(disp)
+    g.restore(json.loads(json.dumps(f.snapshot())))
+    g.update_all(disp.channel("S", "X", "d"), T0 + 600 * 31, 10.5)
+    assert [(site, dev, ch, part) for site, dev, ch, part, _ in g.unreadable] == [("S", "X", "d", "guard")]
+
+    reg = _registry()
+    h = SiteFusion(reg)
+    _ramp(h, reg, [("X1", "d")], 150.0, T0, 100)
+    state = json.loads(json.dumps(h.snapshot()))
+    state["sites"]["S|0"]["channels"]["X1/d"]["detectors"]["tangent"] = {"damaged": True}
+    k = SiteFusion(reg)
+    k.restore(state)
+    _ramp(k, reg, [("X1", "d")], 150.0, T0 + 100 * 600.0, 1)
+    assert [(part, error.split(":")[0]) for *_, part, error in k.unreadable] == [("tangent", "KeyError")]
+    # The rate detectors share their windows: all of them started afresh (warming up, no level yet).
+    assert "velocity" in state["sites"]["S|0"]["channels"]["X1/d"]["levels"]
+    assert k.snapshot()["sites"]["S|0"]["channels"]["X1/d"]["levels"] == {}
+
+
 def _voight_extensometer(fusion, reg):
     """One extensometer (0.1 mm noise) on an α = 2 failure; the site's events up to 20 h before."""
     import numpy as np
