@@ -497,6 +497,7 @@ def _cached(build: Callable[..., _Params], *args: Any) -> _Params:
 
 
 _EMPTY: array[float] = array("d")  # an empty pair array to read (never written)
+_NO_TIMES, _NO_VALUES = pack_times(()), pack(())  # an empty window, packed
 
 
 def _interleave(a: Sequence[float], b: Sequence[float]) -> array[float]:
@@ -510,14 +511,23 @@ def _interleave(a: Sequence[float], b: Sequence[float]) -> array[float]:
 
 @functools.lru_cache(maxsize=64)
 def _fresh_fit_state(window_s: float) -> dict[str, Any]:
-    """The snapshot of an empty fit of ``window_s`` (to compare with; never handed out)."""
+    """The snapshot of an empty fit of ``window_s`` (shared: handed out only as a ``_copy``)."""
     return SlidingSlope(window_s).snapshot()
 
 
 @functools.lru_cache(maxsize=64)
 def _fresh_latch_state(thresholds: tuple[tuple[int, float], ...], hysteresis: float, hold_s: float) -> dict[str, Any]:
-    """The snapshot of a fresh latch (to compare with; never handed out)."""
+    """The snapshot of a fresh latch (shared: handed out only as a ``_copy``)."""
     return LevelLatch(list(thresholds), hysteresis, hold_s).snapshot()
+
+
+def _copy(x: Any) -> Any:
+    """A copy of a JSON-like value (dicts and lists copied, the rest immutable)."""
+    if isinstance(x, dict):
+        return {k: _copy(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_copy(v) for v in x]
+    return x
 
 
 class InverseVelocityDetector(StreamingDetector):
@@ -976,21 +986,21 @@ class InverseVelocityDetector(StreamingDetector):
 
     def snapshot(self) -> dict[str, Any]:
         p = self._p
-        trend, th = self._trend or _EMPTY, self._th
+        trend, th = self._trend, self._th
         hist, hh = self._hist, self._hh
         fit, latch = self._fit, self._latch
         state = {
             "reference": self._ref.snapshot(),
-            "fit": (SlidingSlope(p.fit_window_s) if fit is None else fit).snapshot(),
+            "fit": _copy(_fresh_fit_state(p.fit_window_s)) if fit is None else fit.snapshot(),
             "onset": self._onset,
             "anchor": None if self._anchor is None else list(self._anchor),
-            "trend_t": pack_times(trend[th::2]),
-            "trend_v": pack(trend[th + 1 :: 2]),
+            "trend_t": _NO_TIMES if trend is None else pack_times(trend[th::2]),
+            "trend_v": _NO_VALUES if trend is None else pack(trend[th + 1 :: 2]),
             "hist_t": pack_times(hist[hh::2]),
             "hist_v": pack(hist[hh + 1 :: 2]),
             "run": [list(r) for r in self._run],
             "recent": list(self._recent),
-            "latch": (LevelLatch(list(p.latch_thresholds), p.hysteresis, p.hold_s) if latch is None else latch).snapshot(),
+            "latch": _copy(_fresh_latch_state(p.latch_thresholds, p.hysteresis, p.hold_s)) if latch is None else latch.snapshot(),
             "last_t": self._last_t,
             "last": self._last.to_dict(),
         }
@@ -1009,7 +1019,8 @@ class InverseVelocityDetector(StreamingDetector):
             self._new_fit().restore(state["fit"])
         anchor = state.get("anchor")  # a snapshot from before the wobble test has none: no test
         self._anchor = None if anchor is None else (float(anchor[0]), float(anchor[1]))
-        if "trend_t" in state:  # a snapshot from before α was read since the onset has none
+        # A snapshot from before α was read since the onset has no trend; most have an empty one.
+        if "trend_t" in state and (state["trend_t"] != _NO_TIMES or state["trend_v"] != _NO_VALUES):
             trend = _interleave(unpack(state["trend_t"]), unpack(state["trend_v"]))
             self._trend = trend if trend else None
         self._hist = _interleave(unpack(state["hist_t"]), unpack(state["hist_v"]))
