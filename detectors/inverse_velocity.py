@@ -323,6 +323,7 @@ class _Params:
     min_span_s: float  # the smoothing window's coverage a velocity needs
     latch_thresholds: tuple[tuple[int, float], ...]  # the latch judges x = −(time to failure)
     horizon_of: tuple[float | None, ...]  # the horizon by level (0-4)
+    quiet: tuple[None, ...]  # `persist` readings in a row without a forecast
 
 
 #: The public parameters, each read through to the shared ``_Params``.
@@ -431,6 +432,7 @@ def _params(
         min_span_s=float(min_span) * float(window_s),
         latch_thresholds=tuple((lvl, -h) for lvl, h in hs),
         horizon_of=tuple(horizon_of),
+        quiet=(None,) * persist,
     )
 
 
@@ -722,7 +724,8 @@ class InverseVelocityDetector(StreamingDetector):
         self._hist = array("d")  # t, |v|, t, |v|... of judged readings, from index _hh on
         self._hh = 0
         self._run: tuple[tuple[float, float, float], ...] = ()  # (t, t̄, y) of the current onset run
-        self._recent: list[float | None] = []  # time to failure, or None: the last `persist`
+        # Time to failure, or None: the last `persist` (no forecast in any: the shared p.quiet).
+        self._recent: tuple[float | None, ...] = ()
 
     def _new_fit(self) -> SlidingSlope:
         fit = self._fit = SlidingSlope(self._p.fit_window_s)
@@ -937,12 +940,12 @@ class InverseVelocityDetector(StreamingDetector):
                         ttf = forecast["failure_time"] - t
 
         recent = self._recent
-        recent.append(ttf)
-        persist = p.persist
-        if len(recent) > persist:
-            del recent[0]
+        quiet = p.quiet
+        if ttf is not None or recent is not quiet:  # else no forecast again: nothing changes
+            recent = (*recent, ttf) if len(recent) < p.persist else (*recent[1:], ttf)
+            self._recent = recent = quiet if recent == quiet else recent
         latch = self._latch
-        if len(recent) < persist:
+        if len(recent) < p.persist:
             level = 0 if latch is None else latch.level  # a level needs `persist` forecasts in a row; until then no change
         elif ttf is None and (latch is None or latch.level == 0):
             level = 0  # no forecast now, nothing latched: the latch would say 0 (quiet path)
@@ -1025,7 +1028,8 @@ class InverseVelocityDetector(StreamingDetector):
             self._trend = trend if trend else None
         self._hist = _interleave(unpack(state["hist_t"]), unpack(state["hist_v"]))
         self._run = tuple((float(a), float(b), float(c)) for a, b, c in state["run"])
-        self._recent = [None if r is None else float(r) for r in state["recent"]][-p.persist :]
+        recent = tuple(None if r is None else float(r) for r in state["recent"])[-p.persist :]
+        self._recent = p.quiet if recent == p.quiet else recent
         if state["latch"] != _fresh_latch_state(p.latch_thresholds, p.hysteresis, p.hold_s):
             self._new_latch().restore(state["latch"])
         self._last_t = None if state["last_t"] is None else float(state["last_t"])

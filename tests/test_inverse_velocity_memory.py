@@ -183,7 +183,7 @@ def test_live_memory_of_a_fed_detector_stays_within_its_budget():
     per detector (a deque of (t, v) tuples, a 47-attribute instance dict, three more deques,
     a latch and a fit for every channel, 11 KB as measured here); the budget for the whole
     bank of a channel is 2 KB at a fleet's million channels. What this detector allocates
-    (its reference included; ~2.4 KB now) must stay below 3 KB."""
+    (its reference included; ~2.3 KB now) must stay below 3 KB."""
     n = 1008
     t = T0 + 600.0 * np.arange(n)
     v = 3.0 * np.random.default_rng(11).standard_normal(n)
