@@ -98,6 +98,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 #: (kind, unit) -> (sigma, where the figure comes from). See the module docstring.
@@ -132,13 +133,15 @@ LAG = 4
 MIN_RHO_INCREMENTS = 10
 
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, slots=True)
 class NoiseFigure:
     """The reading noise (1 sigma, the channel's unit) a channel is judged with.
 
     ``source``: "registry" (the channel's ``noise`` in the site registry), "estimated" (from
     the data, above the floor), or "floor for <kind> (<unit>)"; ``floor``: the kind's physical
-    floor (None for a kind without one)."""
+    floor (None for a kind without one). Immutable, so ``noise_for`` hands every channel with
+    the same kind, unit and figure the same one."""
 
     sigma: float
     source: str
@@ -171,7 +174,13 @@ def noise_for(kind: str, unit: str | None, *, stated: float | None = None, estim
 
     ``ValueError`` for a kind without a floor and nothing stated, or a figure that is not a
     finite number > 0."""
-    kind = str(getattr(kind, "value", kind))
+    return _noise_for(str(getattr(kind, "value", kind)), unit, stated, estimated)
+
+
+@lru_cache(maxsize=1024, typed=True)
+def _noise_for(kind: str, unit: str | None, stated: float | None, estimated: float | None) -> NoiseFigure:
+    # Shared by every channel alike (a NoiseFigure is immutable); a call that raises is never
+    # cached, and a figure equal to a cached one is the same value (no zero, no NaN passes).
     for name, x in (("stated", stated), ("estimated", estimated)):
         if x is not None and not (x > 0 and math.isfinite(x)):
             raise ValueError(f"{name} noise must be a finite number > 0, got {x!r}")
@@ -219,35 +228,56 @@ class Smoothness:
     ``rho`` is None until ``MIN_RHO_INCREMENTS`` increments, or when the increments do not
     vary at all (a noise-free straight line: nothing to say about smoothing). Values are
     anchored at the first one, so large coordinates lose no precision.
+
+    Memory (issue 17: two per displacement channel): the last LAG values are four slots
+    shifted along rather than a list, and the increment counts follow from the count of
+    values (``m`` = k − 1, ``m4`` = k − LAG). An ``array('d')`` would hold it all in less,
+    but every store into one parses its argument: ~80 % more instructions per ``add``.
     """
 
-    __slots__ = ("x0", "recent", "m", "s1", "ss1", "m4", "s4", "ss4")
+    __slots__ = ("_k", "_r0", "_r1", "_r2", "_r3", "_x0", "s1", "s4", "ss1", "ss4")
 
     def __init__(self) -> None:
-        self.x0: float | None = None
-        self.recent: list[float] = []  # the last LAG values (anchored), oldest first
-        self.m = 0  # increments at lag 1
-        self.s1 = self.ss1 = 0.0
-        self.m4 = 0  # increments at lag LAG
-        self.s4 = self.ss4 = 0.0
+        self._k = 0  # values added
+        self._x0 = 0.0  # the first value (x0, once _k > 0)
+        self._r0 = self._r1 = self._r2 = self._r3 = 0.0  # the last LAG values (anchored), oldest first
+        self.s1 = self.ss1 = 0.0  # sums of the increments at lag 1 and their squares
+        self.s4 = self.ss4 = 0.0  # the same at lag LAG
+
+    @property
+    def x0(self) -> float | None:
+        return self._x0 if self._k else None
+
+    @property
+    def recent(self) -> list[float]:
+        """The last LAG values (anchored), oldest first."""
+        return [self._r0, self._r1, self._r2, self._r3][LAG - min(self._k, LAG) :]
+
+    @property
+    def m(self) -> int:
+        """Increments at lag 1."""
+        return max(self._k - 1, 0)
+
+    @property
+    def m4(self) -> int:
+        """Increments at lag LAG."""
+        return max(self._k - LAG, 0)
 
     def add(self, value: float) -> None:
-        if self.x0 is None:
-            self.x0 = value
-        x = value - self.x0
-        recent = self.recent
-        if recent:
-            d = x - recent[-1]
-            self.m += 1
+        k = self._k
+        if not k:
+            self._x0 = value
+        x = value - self._x0
+        if k:
+            d = x - self._r3
             self.s1 += d
             self.ss1 += d * d
-            if len(recent) == LAG:
-                d4 = x - recent[0]
-                self.m4 += 1
+            if k >= LAG:
+                d4 = x - self._r0
                 self.s4 += d4
                 self.ss4 += d4 * d4
-                del recent[0]
-        recent.append(x)
+        self._r0, self._r1, self._r2, self._r3 = self._r1, self._r2, self._r3, x  # four slots: LAG is 4
+        self._k = k + 1
 
     def variance_ratio(self) -> float | None:
         m, m4 = self.m, self.m4
@@ -279,17 +309,23 @@ class Smoothness:
 
     def known(self) -> bool:
         """Enough increments to tell (``rho`` may still be None: increments that never vary)."""
-        return self.m >= MIN_INCREMENTS
+        return self._k - 1 >= MIN_INCREMENTS
 
     def smoothed(self) -> bool:
         r = self.rho()
         return r is not None and r >= SMOOTHED_RHO
 
     def snapshot(self) -> list[Any]:
-        return [self.x0, list(self.recent), self.m, self.s1, self.ss1, self.m4, self.s4, self.ss4]
+        return [self.x0, self.recent, self.m, self.s1, self.ss1, self.m4, self.s4, self.ss4]
 
     def restore(self, state: list[Any]) -> None:
-        x0, recent, m, self.s1, self.ss1, m4, self.s4, self.ss4 = state
-        self.x0 = None if x0 is None else float(x0)
-        self.recent = [float(x) for x in recent]
-        self.m, self.m4 = int(m), int(m4)
+        x0, recent, m, s1, ss1, m4, s4, ss4 = state
+        m, m4 = int(m), int(m4)
+        k = 0 if x0 is None else m + 1
+        # What ``add`` writes always has m = k − 1, m4 = k − LAG and the last min(k, LAG) values.
+        if len(recent) != min(k, LAG) or m != max(k - 1, 0) or m4 != max(k - LAG, 0):
+            raise ValueError(f"not a Smoothness state: x0 {x0!r}, {len(recent)} recent values, m {m}, m4 {m4}")
+        self._k = k
+        self.s1, self.ss1, self.s4, self.ss4 = s1, ss1, s4, ss4
+        self._x0 = 0.0 if x0 is None else float(x0)
+        self._r0, self._r1, self._r2, self._r3 = ([0.0] * LAG + [float(x) for x in recent])[-LAG:]
