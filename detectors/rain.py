@@ -261,7 +261,9 @@ class _RainMethod(StreamingDetector):
     def _reset(self) -> None:
         self._t_last: float | None = None
         self._t_first: float | None = None
-        self._last = Verdict(0, _FIRST, {}, True)
+        # The verdict before any reading is made when first asked for: the methods inside a
+        # RainDetector never are, and need not carry one each.
+        self._last: Verdict | None = None
         self._dirty = True
         self._ev: dict[str, Any] | None = None
         self._reset_state()
@@ -294,36 +296,45 @@ class _RainMethod(StreamingDetector):
         """A new verdict's evidence: a copy of the cached one (callers may change theirs)."""
         return dict(self._evidence())
 
+    def _opening(self) -> Verdict:
+        """The current verdict; before any reading, the warming-up one."""
+        last = self._last
+        if last is None:
+            self._last = last = Verdict(0, _FIRST, {}, True)
+        return last
+
     @property
     def level(self) -> int:
-        return self._last.level
+        last = self._last
+        return 0 if last is None else last.level
 
     def update(self, t: float, value: float) -> Verdict:
         t_last = self._t_last
         if t_last is None:
             if not math.isfinite(t) or _hundredths(value) is None:
-                return self._last
+                return self._opening()
             self._t_first = self._t_last = t
-            self._last = Verdict(0, _FIRST, {}, True)
-            return self._last
+            self._last = first = Verdict(0, _FIRST, {}, True)
+            return first
+        last = self._last  # None only in a method inside a RainDetector, if fed directly
         if not t > t_last:
-            return self._last  # late, repeated or NaN time: judged in arrival order, so ignored
+            # Late, repeated or NaN time: judged in arrival order, so ignored.
+            return self._opening() if last is None else last
         q = _hundredths(value)
         if q is None:
-            return self._last
+            return self._opening() if last is None else last
         ts = t - self.max_interval_s
         if ts < t_last:  # noqa: PLR1730 (per reading: cheaper than max())
             ts = t_last
         self._t_last = t
-        level = self._step(t, ts, q)
-        last = self._last
-        if not self._dirty and level == last.level and not last.warming_up:
+        level = self._step(t, ts, q)  # (a step never changes _last)
+        if not self._dirty and last is not None and level == last.level and not last.warming_up:
             return last
         self._last = last = new_verdict(level, self._reason() if level else "", self._verdict_evidence())
         return last
 
     def snapshot(self) -> dict[str, Any]:
-        return {"t_last": self._t_last, "t_first": self._t_first, "last": _verdict_state(self._last), **self._state()}
+        return {"t_last": self._t_last, "t_first": self._t_first, "last": _verdict_state(self._opening()), **self._state()}
 
     def restore(self, state: dict[str, Any]) -> None:
         self._reset()
@@ -390,7 +401,12 @@ class RainSums(_RainMethod):
         self._reset()
 
     def _reset_state(self) -> None:
-        self._latches = [LevelLatch(list(lv), self.hysteresis, self.hold_s) for _, lv in self.windows]
+        latches = getattr(self, "_latches", None)
+        if latches is None:
+            self._latches = [LevelLatch(list(lv), self.hysteresis, self.hold_s) for _, lv in self.windows]
+        else:
+            for la in latches:  # a reset (the combined detector's, a restore): as new, not rebuilt
+                la._reset()
         n = len(self.windows)
         self._sum = [0] * n
         self._x = [0.0] * n
@@ -518,16 +534,26 @@ class RainSums(_RainMethod):
         entries = [(float(a), float(b), int(q)) for a, b, q in state["entries"]]
         t = self._t_last
         keep = entries if t is None else [e for e in entries if e[1] > t - self._w[-1]]
-        for a, b, q in keep:
-            self._store(a, b, q)
         n = len(keep)
+        self._tb = array("d", [x for a, b, _ in keep for x in (a, b)])
+        qs = [q for _, _, q in keep]
+        try:
+            self._qb = array("q", qs)
+        except OverflowError:
+            self._qb = qs
+        ends = [b for _, b, _ in keep]
         for i, w in enumerate(self._w):
-            mine = keep if t is None else [e for e in entries if e[1] > t - w]
-            if mine != keep[n - len(mine) :]:
-                raise ValueError("rain sums state: the entries are not in time order")
-            self._head[i] = n - len(mine)
-            self._lo[i] = mine[0][0] if mine else _INF
-            self._sum[i] = sum(e[2] for e in mine)
+            k = 0
+            if t is not None:
+                # The window's entries (those ending after its start) follow those it dropped.
+                h = t - w
+                while k < n and ends[k] <= h:
+                    k += 1
+                if any(b <= h for b in ends[k:]):
+                    raise ValueError("rain sums state: the entries are not in time order")
+            self._head[i] = k
+            self._lo[i] = keep[k][0] if k < n else _INF
+            self._sum[i] = sum(qs[k:])
         self._x = [float(x) for x in state["x"]]
         for i, (la, s) in enumerate(zip(self._latches, state["latches"])):
             la.restore(s)
@@ -632,7 +658,11 @@ class IntensityDuration(_RainMethod):
         self._reset()
 
     def _reset_state(self) -> None:
-        self._latch = LevelLatch(list(self.levels), self.hysteresis, self.hold_s)
+        latch = getattr(self, "_latch", None)
+        if latch is None:
+            self._latch = LevelLatch(list(self.levels), self.hysteresis, self.hold_s)
+        else:
+            latch._reset()  # a reset (the combined detector's, a restore): as new, not rebuilt
         self._start: float | None = None  # None: no open event
         self._end = 0.0  # end of the last wet interval
         self._total = 0  # hundredths of a mm
@@ -790,7 +820,11 @@ class AntecedentRain(_RainMethod):
         self._reset()
 
     def _reset_state(self) -> None:
-        self._latch = LevelLatch(list(self.thresholds), self.hysteresis, self.hold_s)
+        latch = getattr(self, "_latch", None)
+        if latch is None:
+            self._latch = LevelLatch(list(self.thresholds), self.hysteresis, self.hold_s)
+        else:
+            latch._reset()  # a reset (the combined detector's, a restore): as new, not rebuilt
         self._day: int | None = None
         self._today = 0  # hundredths of a mm
         # Daily totals, [0] is yesterday, at most ``days`` of them; a list instead of the

@@ -185,3 +185,28 @@ def test_a_week_of_a_rain_gauge_stays_small() -> None:
     per_channel = sum(s.size for s in snap.statistics("filename")) / n
     assert per_channel < 6000, per_channel
     assert all(d.level == dets[0].level for d in dets)
+
+
+def test_reused_methods_and_repeated_restores_start_from_scratch() -> None:
+    """The latches are reset in place, not rebuilt: a method that judged rain before joins a
+    combined detector fresh, and a detector restored twice equals one restored once."""
+    rng = random.Random(5)
+    series = [(T0 + 600.0 * i, round(rng.expovariate(0.2), 1) if rng.random() < 0.3 else 0.0) for i in range(600)]
+    used = RainSums(hold_s=3600.0)
+    for t, x in series:
+        used.update(t, x)
+    assert used.level > 0
+    fresh = RainDetector(RainSums(hold_s=3600.0))
+    reused = RainDetector(used)
+    assert reused.snapshot() == fresh.snapshot()
+    assert [reused.update(t, x) for t, x in series] == [fresh.update(t, x) for t, x in series]
+    state = json.loads(json.dumps(fresh.snapshot()))
+    twice = RainDetector.for_channel(interval_s=600.0, hold_s=3600.0)
+    for t, x in series[:300]:
+        twice.update(t, x)
+    twice.restore(state)
+    once = RainDetector.for_channel(interval_s=600.0, hold_s=3600.0)
+    once.restore(state)
+    assert twice.snapshot() == once.snapshot() == state
+    more = [(T0 + 600.0 * (600 + i), x) for i, (_, x) in enumerate(series[:200])]
+    assert [twice.update(t, x) for t, x in more] == [once.update(t, x) for t, x in more]
