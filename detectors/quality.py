@@ -95,9 +95,9 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, insort
-from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from functools import lru_cache
+from typing import Any, cast
 
 from geowarn.detectors.base import StreamingDetector, check_int
 from geowarn.detectors.compact import pack, unpack
@@ -147,36 +147,6 @@ def _median_sorted(s: Sequence[float]) -> float:
     return s[h] if n % 2 else (s[h - 1] + s[h]) / 2.0
 
 
-class _Window:
-    """The last ``size`` values in arrival order, kept sorted alongside for an O(1) median.
-
-    Insert and remove are a bisect and a memmove of at most ``size`` pointers; the MAD costs a
-    sort and is only asked for when the median alone cannot decide (see the fast paths).
-    """
-
-    __slots__ = ("size", "order", "sorted")
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.order: deque[float] = deque()
-        self.sorted: list[float] = []
-
-    def append(self, x: float) -> None:
-        order = self.order
-        if len(order) == self.size:
-            old = order.popleft()
-            del self.sorted[bisect_left(self.sorted, old)]
-        order.append(x)
-        insort(self.sorted, x)
-
-    def clear(self) -> None:
-        self.order.clear()
-        self.sorted.clear()
-
-    def mad(self, med: float) -> float:
-        return _median_sorted(sorted([abs(x - med) for x in self.sorted]))
-
-
 def _verdict_state(v: Verdict) -> dict[str, Any] | str:
     # The two shared verdicts go in by name: most snapshots hold nothing else.
     if v == _OK:
@@ -224,6 +194,8 @@ class ClockGuard(StreamingDetector):
     [None, None, 'out_of_order', 'duplicate', 'duplicate_conflict', 'gap']
     """
 
+    __slots__ = ("_t", "_v", "max_gap_s")
+
     def __init__(self, max_gap_s: float | None = None) -> None:
         _check_positive_or_none("max_gap_s", max_gap_s)
         self.max_gap_s = max_gap_s
@@ -240,7 +212,7 @@ class ClockGuard(StreamingDetector):
         if last is not None and t <= last:
             if t < last:
                 return _suspect("out_of_order", f"t {t:g} is {last - t:g} s before the last accepted reading", last_t=last)
-            same = value == self._v or (value != value and self._v != self._v)
+            same = value == self._v or (value != value and self._v != self._v)  # noqa: PLR0124 (NaN again is the same NaN)
             if same:
                 return _suspect("duplicate", f"t {t:g} received again with the same value", last_t=last)
             return _suspect(
@@ -269,6 +241,21 @@ class ClockGuard(StreamingDetector):
 # --------------------------------------------------------------------------------------------
 
 
+def _check_range(low: float, high: float) -> None:
+    if not (low < high) or math.isnan(low) or math.isnan(high):
+        raise ValueError(f"range must be low < high, got low={low!r}, high={high!r}")
+
+
+def _out_of_range(value: float, low: float, high: float) -> Verdict:
+    return _suspect(
+        "range",
+        f"value {value:g} outside the plausible range [{low:g}, {high:g}]",
+        value=value if math.isfinite(value) else str(value),
+        low=low,
+        high=high,
+    )
+
+
 class RangeGuard(StreamingDetector):
     """A value outside [low, high] — or NaN/inf — is a device fault, not a hazard.
 
@@ -278,9 +265,10 @@ class RangeGuard(StreamingDetector):
     {'suspect': True, 'flag': 'range', 'value': 999.0, 'low': 0.0, 'high': 500.0}
     """
 
+    __slots__ = ("high", "low")
+
     def __init__(self, low: float, high: float) -> None:
-        if not (low < high) or math.isnan(low) or math.isnan(high):
-            raise ValueError(f"range must be low < high, got low={low!r}, high={high!r}")
+        _check_range(low, high)
         self.low = low
         self.high = high
 
@@ -291,13 +279,7 @@ class RangeGuard(StreamingDetector):
         value = float(value)
         if self.low <= value <= self.high:
             return _OK
-        return _suspect(
-            "range",
-            f"value {value:g} outside the plausible range [{self.low:g}, {self.high:g}]",
-            value=value if math.isfinite(value) else str(value),
-            low=self.low,
-            high=self.high,
-        )
+        return _out_of_range(value, self.low, self.high)
 
 
     def snapshot(self) -> dict[str, Any]:
@@ -324,6 +306,8 @@ class StuckGuard(StreamingDetector):
     >>> [g.update(i, x).evidence.get("flag") for i, x in enumerate([1.0, 2.0, 2.0, 2.0, 2.0, 3.0])]
     [None, None, None, 'stuck', 'stuck', None]
     """
+
+    __slots__ = ("_hi", "_last", "_lo", "_n", "_since", "_t", "stuck_n", "tolerance")
 
     def __init__(self, stuck_n: int, tolerance: float = 0.0) -> None:
         check_int("stuck_n", stuck_n, 2)
@@ -391,18 +375,171 @@ class StuckGuard(StreamingDetector):
 
 
 # --------------------------------------------------------------------------------------------
-# Hold-and-accept: shared by the two guards that keep a reference they must not let spikes move
+# A trailing window and hold-and-accept: shared by the two guards that keep a reference they
+# must not let spikes move
 # --------------------------------------------------------------------------------------------
 
 
-class _Held:
-    """Consecutive flagged readings that may yet turn out to be a real change."""
+def _blank(size: int) -> list[float]:
+    """An empty window's list: ``size`` ring slots, room reserved for ``size`` sorted values.
 
-    __slots__ = ("items", "side")
+    ``[x] * n`` allocates exactly n slots, and a list cut to no less than half its allocation
+    keeps it, so a window never reallocates."""
+    w = [0.0] * (2 * size)
+    del w[size:]
+    return w
 
-    def __init__(self) -> None:
-        self.items: list[list[float]] = []
-        self.side = 0
+
+def _negative_zero(x: Any) -> bool:
+    # -0.0 == 0.0 is one key to a cache: a parameter of -0.0 gets a spec of its own.
+    return type(x) is float and x == 0.0 and math.copysign(1.0, x) < 0.0
+
+
+#: A windowed guard's parameters and what they imply, shared by every guard built with the
+#: same ones: (window, k, min_mad, min_points, accept_after, max_gap_s, sure), sure being
+#: the distance from the median below which a value is fine whatever the MAD (skip the MAD).
+_WindowedSpec = tuple[int, float, float, int, int, "float | None", float]
+
+
+def _windowed_spec(window: int, k: float, min_mad: float, min_points: int, accept_after: int, max_gap_s: float | None) -> _WindowedSpec:
+    """Validate a windowed guard's parameters (ValueError naming the valid values), once for
+    every guard with the same ones: they share the one immutable spec."""
+    if _negative_zero(min_mad):
+        return _make_windowed_spec.__wrapped__(window, k, min_mad, min_points, accept_after, max_gap_s)
+    return _make_windowed_spec(window, k, min_mad, min_points, accept_after, max_gap_s)
+
+
+@lru_cache(maxsize=256, typed=True)  # typed: 15.0 must not pass as an already-checked 15
+def _make_windowed_spec(window: int, k: float, min_mad: float, min_points: int, accept_after: int, max_gap_s: float | None) -> _WindowedSpec:
+    check_int("window", window, 3)
+    check_int("min_points", min_points, 3)
+    if min_points > window:
+        raise ValueError(f"min_points must be <= window ({window}), got {min_points}")
+    if not (k > 0 and math.isfinite(k)):
+        raise ValueError(f"k must be a finite number > 0, got {k!r}")
+    _check_nonneg("min_mad", min_mad)
+    check_int("accept_after", accept_after, 2)
+    _check_positive_or_none("max_gap_s", max_gap_s)
+    return (window, k, min_mad, min_points, accept_after, max_gap_s, k * MAD_SCALE * min_mad)
+
+
+class _Windowed(StreamingDetector):
+    """What the spike and step-back guards share: the last ``window`` values in arrival order,
+    kept sorted alongside for an O(1) median, and the run of consecutive flagged readings that
+    may yet turn out to be a real change (``_held``, its side ``_side``).
+
+    Both orders live in one list, of the same float objects (issue 17: a deque, whose first
+    block alone is ~600 bytes, and a list cost ~1.2 KB a window): ``_w[:window]`` is a ring in
+    arrival order (filled from 0; once full the oldest value is at ``_h``), ``_w[window:]``
+    the ``_n`` values sorted. Insert and remove are a bisect and a memmove of at most
+    ``window`` pointers; the MAD costs a sort and is only asked for when the median alone
+    cannot decide (see the fast paths). The held run is a list while it holds readings, else
+    the shared empty tuple. (An ``array('d')`` would save the boxed floats, but bisect and
+    insort on it cost ~3× the list's C fast paths, and a guard runs on every reading.)
+
+    The parameters are one spec (``_WindowedSpec``) shared by every guard built with the same
+    ones, and read through properties of their own names.
+    """
+
+    __slots__ = ("_h", "_held", "_last", "_n", "_side", "_sp", "_t", "_w")
+
+    def __init__(
+        self,
+        window: int,
+        k: float,
+        min_mad: float = 0.0,
+        *,
+        min_points: int = 5,
+        accept_after: int = 3,
+        max_gap_s: float | None = None,
+    ) -> None:
+        self._sp = _windowed_spec(window, k, min_mad, min_points, accept_after, max_gap_s)
+        self._reset()
+
+    @classmethod
+    def _of(cls, sp: _WindowedSpec) -> Any:
+        """A fresh guard of an already validated spec (``QualityGuard``'s way to build one)."""
+        g = object.__new__(cls)
+        g._sp = sp
+        g._reset()
+        return g
+
+    @property
+    def window(self) -> int:
+        return self._sp[0]
+
+    @property
+    def k(self) -> float:
+        return self._sp[1]
+
+    @property
+    def min_mad(self) -> float:
+        return self._sp[2]
+
+    @property
+    def min_points(self) -> int:
+        return self._sp[3]
+
+    @property
+    def accept_after(self) -> int:
+        return self._sp[4]
+
+    @property
+    def max_gap_s(self) -> float | None:
+        return self._sp[5]
+
+    def _reset(self) -> None:
+        self._w = _blank(self._sp[0])
+        self._n = 0
+        self._h = 0
+        self._held: Sequence[list[Any]] = ()
+        self._side = 0
+        self._t: float | None = None
+        self._last: Verdict = _WARMING
+
+    def _push(self, x: float) -> None:
+        """Append ``x`` to the window, dropping the oldest value when it is full."""
+        w = self._w
+        size = self._sp[0]
+        n = self._n
+        if n == size:
+            h = self._h
+            old = w[h]
+            w[h] = x
+            self._h = h + 1 if h + 1 < size else 0
+            del w[bisect_left(w, old, size)]
+        else:
+            w[n] = x
+            self._n = n + 1
+        insort(w, x, size)
+
+    def _clear(self) -> None:
+        del self._w[self._sp[0] :]
+        self._n = 0
+        self._h = 0
+
+    def _mad(self, med: float) -> float:
+        return _median_sorted(sorted([abs(x - med) for x in self._w[self._sp[0] :]]))
+
+    def _order(self) -> list[float]:
+        """The window in arrival order."""
+        w = self._w
+        h = self._h
+        return w[h : self._n] + w[:h] if h else w[: self._n]
+
+    def _load(self, values: list[float]) -> None:
+        """As ``_push`` of each of ``values`` into the empty window, in one go: the sorted part
+        of a window is always the stable sort of its arrival order (insort puts a value after
+        its equals, and the oldest of equals is the first one bisect_left finds)."""
+        size = self._sp[0]
+        if len(values) > size:
+            values = values[-size:]
+        n = len(values)
+        w = self._w
+        w[:n] = values
+        w.extend(sorted(values))
+        self._n = n
+        self._h = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,7 +547,7 @@ class _Held:
 # --------------------------------------------------------------------------------------------
 
 
-class SpikeGuard(StreamingDetector):
+class SpikeGuard(_Windowed):
     """Hampel identifier on the trailing window of accepted readings.
 
     A reading is a ``spike`` when |value − median| > k · 1.4826 · max(MAD, ``min_mad``) over the
@@ -431,6 +568,8 @@ class SpikeGuard(StreamingDetector):
     ('spike', 10.0, 0.5189)
     """
 
+    __slots__ = ()
+
     def __init__(
         self,
         window: int = 15,
@@ -441,30 +580,7 @@ class SpikeGuard(StreamingDetector):
         accept_after: int = 3,
         max_gap_s: float | None = None,
     ) -> None:
-        check_int("window", window, 3)
-        check_int("min_points", min_points, 3)
-        if min_points > window:
-            raise ValueError(f"min_points must be <= window ({window}), got {min_points}")
-        if not (k > 0 and math.isfinite(k)):
-            raise ValueError(f"k must be a finite number > 0, got {k!r}")
-        _check_nonneg("min_mad", min_mad)
-        check_int("accept_after", accept_after, 2)
-        _check_positive_or_none("max_gap_s", max_gap_s)
-        self.window = window
-        self.k = k
-        self.min_mad = min_mad
-        self.min_points = min_points
-        self.accept_after = accept_after
-        self.max_gap_s = max_gap_s
-        self._reset()
-
-    def _reset(self) -> None:
-        self._win = _Window(self.window)
-        # Below this distance from the median a reading is fine whatever the MAD: skip the MAD.
-        self._sure = self.k * MAD_SCALE * self.min_mad
-        self._held = _Held()
-        self._t: float | None = None
-        self._last: Verdict = _WARMING
+        super().__init__(window, k, min_mad, min_points=min_points, accept_after=accept_after, max_gap_s=max_gap_s)
 
     def update(self, t: float, value: float) -> Verdict:
         t = float(t)
@@ -481,56 +597,62 @@ class SpikeGuard(StreamingDetector):
     def _judge(self, t: float, value: float, last_t: float | None) -> Verdict:
         """A finite reading after the last one (``QualityGuard`` has checked both)."""
         self._t = t
-        win = self._win
-        held = self._held
-        if self.max_gap_s is not None and last_t is not None and t - last_t > self.max_gap_s:
-            win.clear()  # the old reference says nothing about the level after an outage
-            held.items.clear()
-        n = len(win.order)
-        if n < self.min_points:
-            win.append(value)
-            held.items.clear()
+        size, k, min_mad, min_points, accept_after, max_gap_s, sure = self._sp
+        if max_gap_s is not None and last_t is not None and t - last_t > max_gap_s:
+            self._clear()  # the old reference says nothing about the level after an outage
+            self._held = ()
+        n = self._n
+        if n < min_points:
+            self._push(value)
+            self._held = ()
             self._last = _WARMING
             return _WARMING
-        srt = win.sorted
-        h = n // 2
-        med = srt[h] if n % 2 else (srt[h - 1] + srt[h]) / 2.0
+        w = self._w
+        i = size + (n >> 1)
+        med = w[i] if n & 1 else (w[i - 1] + w[i]) / 2.0
         dev = value - med
-        if -self._sure <= dev <= self._sure:
-            order = win.order  # _Window.append, inline (the usual reading)
-            if len(order) == win.size:
-                del srt[bisect_left(srt, order.popleft())]
-            order.append(value)
-            insort(srt, value)
-            if held.items:
-                held.items = []
+        if -sure <= dev <= sure:
+            if n == size:  # _push, inline (the usual reading)
+                h = self._h
+                old = w[h]
+                w[h] = value
+                self._h = h + 1 if h + 1 < size else 0
+                del w[bisect_left(w, old, size)]
+            else:
+                w[n] = value
+                self._n = n + 1
+            insort(w, value, size)
+            if self._held:
+                self._held = ()
             self._last = _OK
             return _OK
-        mad = win.mad(med)
-        thr = self.k * MAD_SCALE * max(mad, self.min_mad)
+        mad = self._mad(med)
+        thr = k * MAD_SCALE * max(mad, min_mad)
         if abs(dev) <= thr:
-            win.append(value)
-            held.items.clear()
+            self._push(value)
+            self._held = ()
             self._last = _OK
             return _OK
         side = 1 if dev > 0 else -1
-        if held.items and held.side == side:
-            held.items.append([t, value])
+        held = self._held
+        if held and self._side == side:
+            held = [*held, [t, value]]
         else:
-            held.items = [[t, value]]
-            held.side = side
-        if len(held.items) >= self.accept_after:
-            release = held.items[:-1]
-            win.clear()
-            for _, x in held.items:
-                win.append(x)
-            held.items = []
+            held = [[t, value]]
+            self._side = side
+        if len(held) >= accept_after:
+            release = held[:-1]
+            self._clear()
+            for _, x in held:
+                self._push(x)
+            self._held = ()
             self._last = Verdict(
                 0,
-                f"{self.accept_after} consecutive readings {'above' if side > 0 else 'below'} the old median {med:g}: accepted as a new level",
+                f"{accept_after} consecutive readings {'above' if side > 0 else 'below'} the old median {med:g}: accepted as a new level",
                 {"suspect": False, "accepted_shift": "spike", "release": release, "old_median": med},
             )
             return self._last
+        self._held = held
         self._last = _suspect(
             "spike",
             f"spike: value {value:g} is {abs(dev):g} from the median {med:g} of the last {n} readings (cut {thr:.3g})",
@@ -538,26 +660,25 @@ class SpikeGuard(StreamingDetector):
             median=med,
             mad=mad,
             threshold=thr,
-            held=len(held.items),
+            held=len(held),
         )
         return self._last
 
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "window": pack(self._win.order),
-            "held": [list(x) for x in self._held.items],
-            "side": self._held.side,
+            "window": pack(self._order()),
+            "held": [list(x) for x in self._held],
+            "side": self._side,
             "t": self._t,
             "last": _verdict_state(self._last),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self._reset()
-        for x in unpack(state["window"]):
-            self._win.append(x)
-        self._held.items = [list(x) for x in state["held"]]
-        self._held.side = int(state["side"])
+        self._load(unpack(state["window"]))
+        self._held = [list(x) for x in state["held"]] or ()
+        self._side = int(state["side"])
         self._t = state["t"]
         self._last = _verdict_from(state["last"])
 
@@ -567,7 +688,7 @@ class SpikeGuard(StreamingDetector):
 # --------------------------------------------------------------------------------------------
 
 
-class StepBackGuard(StreamingDetector):
+class StepBackGuard(_Windowed):
     """A jump back into the range a cumulative displacement has already travelled.
 
     Steps are differences of consecutive accepted readings. Once ``min_points`` steps are known,
@@ -590,6 +711,8 @@ class StepBackGuard(StreamingDetector):
     [None, None, None, None, None, None, 'step_back', None]
     """
 
+    __slots__ = ("_hi", "_lo", "_origin", "_v")
+
     def __init__(
         self,
         window: int = 12,
@@ -600,31 +723,12 @@ class StepBackGuard(StreamingDetector):
         accept_after: int = 3,
         max_gap_s: float | None = None,
     ) -> None:
-        check_int("window", window, 3)
-        check_int("min_points", min_points, 3)
-        if min_points > window:
-            raise ValueError(f"min_points must be <= window ({window}), got {min_points}")
-        if not (k > 0 and math.isfinite(k)):
-            raise ValueError(f"k must be a finite number > 0, got {k!r}")
-        _check_nonneg("min_mad", min_mad)
-        check_int("accept_after", accept_after, 2)
-        _check_positive_or_none("max_gap_s", max_gap_s)
-        self.window = window
-        self.k = k
-        self.min_mad = min_mad
-        self.min_points = min_points
-        self.accept_after = accept_after
-        self.max_gap_s = max_gap_s
-        self._reset()
+        super().__init__(window, k, min_mad, min_points=min_points, accept_after=accept_after, max_gap_s=max_gap_s)
 
     def _reset(self) -> None:
-        self._steps = _Window(self.window)
-        self._sure = self.k * MAD_SCALE * self.min_mad  # see SpikeGuard
-        self._held = _Held()
-        self._t: float | None = None
+        super()._reset()  # the window of recent steps, the held run, t, the last verdict
         self._v: float | None = None  # last accepted value
         self._origin = self._lo = self._hi = 0.0
-        self._last: Verdict = _WARMING
 
     def _accept(self, value: float) -> None:
         self._v = value
@@ -648,43 +752,47 @@ class StepBackGuard(StreamingDetector):
     def _judge(self, t: float, value: float, last_t: float | None) -> Verdict:
         """A finite reading after the last one (``QualityGuard`` has checked both)."""
         self._t = t
-        held = self._held
-        if self._v is None:
+        last_v = self._v
+        if last_v is None:
             self._origin = self._lo = self._hi = self._v = value
             self._last = _WARMING
             return _WARMING
-        steps = self._steps
-        if self.max_gap_s is not None and last_t is not None and t - last_t > self.max_gap_s:
+        size, k, min_mad, min_points, accept_after, max_gap_s, thr = self._sp
+        if max_gap_s is not None and last_t is not None and t - last_t > max_gap_s:
             # The step across an outage holds the movement of the whole outage: not a sample
             # of the step spread. Start the steps over from this reading.
-            steps.clear()
-            held.items.clear()
+            self._clear()
+            self._held = ()
             self._accept(value)
             self._last = _WARMING
             return _WARMING
-        step = value - self._v
-        n = len(steps.order)
-        if n < self.min_points:
-            steps.append(step)
-            held.items.clear()
+        step = value - last_v
+        n = self._n
+        if n < min_points:
+            self._push(step)
+            self._held = ()
             self._accept(value)
             self._last = _WARMING
             return _WARMING
-        srt = steps.sorted
-        h = n // 2
-        med = srt[h] if n % 2 else (srt[h - 1] + srt[h]) / 2.0
+        w = self._w
+        i = size + (n >> 1)
+        med = w[i] if n & 1 else (w[i - 1] + w[i]) / 2.0
         dev = step - med
-        thr = self._sure
-        if not -thr <= dev <= thr:
-            thr = self.k * MAD_SCALE * max(steps.mad(med), self.min_mad)
+        if not -thr <= dev <= thr:  # thr: the spec's sure distance, else the cut from the MAD
+            thr = k * MAD_SCALE * max(self._mad(med), min_mad)
         if -thr <= dev <= thr:
-            order = steps.order  # _Window.append, inline (the usual reading)
-            if len(order) == steps.size:
-                del srt[bisect_left(srt, order.popleft())]
-            order.append(step)
-            insort(srt, step)
-            if held.items:
-                held.items = []
+            if n == size:  # _push, inline (the usual reading)
+                h = self._h
+                old = w[h]
+                w[h] = step
+                self._h = h + 1 if h + 1 < size else 0
+                del w[bisect_left(w, old, size)]
+            else:
+                w[n] = step
+                self._n = n + 1
+            insort(w, step, size)
+            if self._held:
+                self._held = ()
             self._v = value
             if value < self._lo:
                 self._lo = value
@@ -694,32 +802,34 @@ class StepBackGuard(StreamingDetector):
             return _OK
         # An abnormal step in either direction stays out of the reference: a forward spike
         # accepted as the new last value would make the return to normal look like a step back.
-        travel = self._v - self._origin
+        travel = last_v - self._origin
         side = 1 if dev > 0 else -1
         flagged = abs(travel) > thr and side != (1 if travel > 0 else -1) and self._lo <= value <= self._hi
-        if held.items and held.side == side:
-            held.items.append([t, value, flagged])
+        held = self._held
+        if held and self._side == side:
+            held = [*held, [t, value, flagged]]
         else:
-            held.items = [[t, value, flagged]]
-            held.side = side
-        if len(held.items) >= self.accept_after:
+            held = [[t, value, flagged]]
+            self._side = side
+        if len(held) >= accept_after:
             # Accepted as real movement: the held steps are samples of it and join the spread.
-            prev = self._v
-            for _, x, _ in held.items:
-                steps.append(x - prev)
+            prev = last_v
+            for _, x, _ in held:
+                self._push(x - prev)
                 self._accept(x)
                 prev = x
-            release = [[tt, x] for tt, x, f in held.items[:-1] if f]
-            held.items = []
+            release = [[tt, x] for tt, x, f in held[:-1] if f]
+            self._held = ()
             if not release and not flagged:
                 self._last = _OK
                 return _OK
             self._last = Verdict(
                 0,
-                f"{self.accept_after} consecutive abnormal steps the same way: accepted as real movement",
+                f"{accept_after} consecutive abnormal steps the same way: accepted as real movement",
                 {"suspect": False, "accepted_shift": "step_back", "release": release},
             )
             return self._last
+        self._held = held
         if not flagged:
             self._last = _OK  # abnormal but not backwards: held out of the reference, not flagged
             return _OK
@@ -730,19 +840,19 @@ class StepBackGuard(StreamingDetector):
             value=value,
             step=step,
             threshold=thr,
-            last_value=self._v,
+            last_value=last_v,
             origin=self._origin,
             travelled=[self._lo, self._hi],
-            held=len(held.items),
+            held=len(held),
         )
         return self._last
 
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "steps": pack(self._steps.order),
-            "held": [list(x) for x in self._held.items],
-            "side": self._held.side,
+            "steps": pack(self._order()),
+            "held": [list(x) for x in self._held],
+            "side": self._side,
             "t": self._t,
             "v": self._v,
             "origin": self._origin,
@@ -753,11 +863,10 @@ class StepBackGuard(StreamingDetector):
 
     def restore(self, state: dict[str, Any]) -> None:
         self._reset()
-        for x in unpack(state["steps"]):
-            self._steps.append(x)
-        self._held.items = [list(x) for x in state["held"]]
+        self._load(unpack(state["steps"]))
+        self._held = [list(x) for x in state["held"]] or ()
         # The side of the held steps (absent in snapshots of before: the held list's own, or none).
-        self._held.side = int(state.get("side", 0))
+        self._side = int(state.get("side", 0))
         self._t, self._v = state["t"], state["v"]
         self._origin, self._lo, self._hi = state["origin"], state["lo"], state["hi"]
         self._last = _verdict_from(state["last"])
@@ -832,12 +941,18 @@ class QualityGuard(StreamingDetector):
 
     A parameter set to None switches its guard off.
 
+    Memory (issue 17): the guard and its sub-guards have ``__slots__``, the windows are unboxed
+    (``_Windowed``), and what every channel of a kind and interval has alike (the defaults
+    ``for_kind`` derives, the checked parameters) is worked out once and shared.
+
     >>> g = QualityGuard.for_kind("rain", interval_s=600, low=0.0, high=500.0)
     >>> g.stuck is None, g.spike is None, g.step_back is None
     (True, True, True)
     >>> [g.update(t, x).evidence.get("flag") for t, x in [(0, 0.0), (600, 0.0), (300, 0.0), (1200, 900.0), (4800, 2.5)]]
     [None, None, 'out_of_order', 'range', 'gap']
     """
+
+    __slots__ = ("_judges", "_pending", "_sp", "clock", "high", "low")
 
     def __init__(
         self,
@@ -856,38 +971,28 @@ class QualityGuard(StreamingDetector):
         step_back_min_points: int = 4,
         accept_after: int = 3,
     ) -> None:
+        # Validated in the order of the sub-guards (clock, range, stuck, step back, spike), each
+        # a ValueError naming the valid values; all but the range once per parameter set.
+        _check_positive_or_none("max_gap_s", max_gap_s)
+        _check_range(low, high)
+        sp = _quality_spec(
+            max_gap_s, stuck_n, stuck_tolerance, spike_window, spike_k, min_mad, spike_min_points,
+            step_back_window, step_back_k, step_back_min_points, accept_after,
+        )  # fmt: skip
+        self._build(low, high, sp)
+
+    def _build(self, low: float, high: float, sp: _QualitySpec) -> None:
         self.low = low
         self.high = high
-        self.max_gap_s = max_gap_s
-        self.stuck_n = stuck_n
-        self.stuck_tolerance = stuck_tolerance
-        self.spike_window = spike_window
-        self.spike_k = spike_k
-        self.min_mad = min_mad
-        self.spike_min_points = spike_min_points
-        self.step_back_window = step_back_window
-        self.step_back_k = step_back_k
-        self.step_back_min_points = step_back_min_points
-        self.accept_after = accept_after
-        # Sub-guards validate their own parameters (ValueError naming the valid values).
-        self.clock = ClockGuard(max_gap_s)
-        self.range = RangeGuard(low, high)
-        self.stuck = None if stuck_n is None else StuckGuard(stuck_n, stuck_tolerance)
-        self.step_back = (
-            None
-            if step_back_window is None
-            else StepBackGuard(
-                step_back_window, step_back_k, min_mad, min_points=step_back_min_points, accept_after=accept_after, max_gap_s=max_gap_s
-            )
-        )
-        self.spike = (
-            None
-            if spike_window is None
-            else SpikeGuard(spike_window, spike_k, min_mad, min_points=spike_min_points, accept_after=accept_after, max_gap_s=max_gap_s)
-        )
-        self._judges: list[StuckGuard | StepBackGuard | SpikeGuard] = [g for g in (self.stuck, self.step_back, self.spike) if g is not None]
-        self._max_step = math.inf if max_gap_s is None else max_gap_s
-        self._reset()
+        self._sp = sp
+        self.clock = ClockGuard(sp[0])
+        stuck = None if sp[1] is None else StuckGuard(sp[1], sp[2])
+        step_back = None if sp[12] is None else StepBackGuard._of(sp[12])
+        spike = None if sp[13] is None else SpikeGuard._of(sp[13])
+        # The judges in their order; ``stuck``, ``step_back`` and ``spike`` are looked up here.
+        self._judges: tuple[StuckGuard | StepBackGuard | SpikeGuard, ...] = tuple(g for g in (stuck, step_back, spike) if g is not None)
+        # Held readings a sub-guard has accepted as real; None (no dict kept) while there are none.
+        self._pending: dict[float, float] | None = None
 
     @classmethod
     def for_kind(cls, kind: str, interval_s: float, low: float, high: float) -> QualityGuard:
@@ -899,35 +1004,89 @@ class QualityGuard(StreamingDetector):
         ``SPIKE_MAX_INTERVAL_S``) and 12 steps for step-backs; a new level accepted after 3
         agreeing readings. Values are in the kind's default unit (tilt: degrees).
         """
-        kind = str(getattr(kind, "value", kind))
-        if kind not in _KIND_DEFAULTS:
-            raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
-        if not (interval_s > 0 and math.isfinite(interval_s)):
-            raise ValueError(f"interval_s must be a finite number > 0, got {interval_s!r}")
-        d = _KIND_DEFAULTS[kind]
-        stuck_n = None if d["stuck_s"] is None else max(STUCK_MIN_READINGS, math.ceil(d["stuck_s"] / interval_s))
-        return cls(
-            low,
-            high,
-            max_gap_s=GAP_FACTOR * interval_s,
-            stuck_n=stuck_n,
-            spike_window=15 if d["spike"] and interval_s <= SPIKE_MAX_INTERVAL_S else None,
-            min_mad=d["min_mad"],
-            step_back_window=12 if d["step_back"] else None,
-        )
+        sp = _kind_spec(str(getattr(kind, "value", kind)), interval_s)
+        _check_range(low, high)
+        g = object.__new__(cls)
+        g._build(low, high, sp)
+        return g
+
+    # The parameters, shared by every guard built with the same ones (``_QualitySpec``).
+
+    @property
+    def max_gap_s(self) -> float | None:
+        return self._sp[0]
+
+    @property
+    def stuck_n(self) -> int | None:
+        return self._sp[1]
+
+    @property
+    def stuck_tolerance(self) -> float:
+        return self._sp[2]
+
+    @property
+    def spike_window(self) -> int | None:
+        return self._sp[3]
+
+    @property
+    def spike_k(self) -> float:
+        return self._sp[4]
+
+    @property
+    def min_mad(self) -> float:
+        return self._sp[5]
+
+    @property
+    def spike_min_points(self) -> int:
+        return self._sp[6]
+
+    @property
+    def step_back_window(self) -> int | None:
+        return self._sp[7]
+
+    @property
+    def step_back_k(self) -> float:
+        return self._sp[8]
+
+    @property
+    def step_back_min_points(self) -> int:
+        return self._sp[9]
+
+    @property
+    def accept_after(self) -> int:
+        return self._sp[10]
+
+    # The sub-guards: None when switched off.
+
+    @property
+    def stuck(self) -> StuckGuard | None:
+        return None if self._sp[1] is None else cast(StuckGuard, self._judges[0])
+
+    @property
+    def step_back(self) -> StepBackGuard | None:
+        return None if self._sp[12] is None else cast(StepBackGuard, self._judges[self._sp[14]])
+
+    @property
+    def spike(self) -> SpikeGuard | None:
+        return None if self._sp[13] is None else cast(SpikeGuard, self._judges[-1])
+
+    @property
+    def range(self) -> RangeGuard:
+        """The range check (stateless, so made on demand rather than kept per channel)."""
+        return RangeGuard(self.low, self.high)
 
     def _reset(self) -> None:
         self.clock._reset()
         for g in self._judges:
             g._reset()
-        self._pending: dict[float, float] = {}  # held readings a sub-guard has accepted as real
+        self._pending = None
 
     def update(self, t: float, value: float) -> Verdict:
         t = float(t)
         value = float(value)
         clock = self.clock
         last = clock._t
-        if last is not None and t > last and t - last <= self._max_step:
+        if last is not None and t > last and t - last <= self._sp[11]:
             clock._t, clock._v = t, value  # the usual reading, in order and without a gap: ClockGuard's _OK
             c = _OK
         else:
@@ -936,7 +1095,7 @@ class QualityGuard(StreamingDetector):
                 return c
         ce = c.evidence
         if not self.low <= value <= self.high:
-            r = self.range.update(t, value)
+            r = _out_of_range(value, self.low, self.high)
             return r if c is _OK else Verdict(0, r.reason, {**r.evidence, "gap_s": ce["gap_s"]})
         # The clock has put t after every sub-guard's last reading; a finite value may skip
         # their own order and finiteness checks (an infinite one passes only an infinite range).
@@ -954,9 +1113,12 @@ class QualityGuard(StreamingDetector):
                     first = v
             elif "release" in e:
                 accepted = v
+                pending = self._pending
+                if pending is None:
+                    pending = self._pending = {}
                 for tt, vv in e["release"]:
-                    self._pending[tt] = vv
-                self._pending[t] = value  # in case another guard still holds this reading
+                    pending[tt] = vv
+                pending[t] = value  # in case another guard still holds this reading
             warming = warming or v.warming_up
         if first is not None:
             return first if c is _OK else Verdict(0, first.reason, {**first.evidence, "gap_s": ce["gap_s"]})
@@ -969,7 +1131,7 @@ class QualityGuard(StreamingDetector):
             reason = c.reason
         if self._pending:
             release = sorted([tt, vv] for tt, vv in self._pending.items() if tt < t)
-            self._pending.clear()
+            self._pending = None
             if release:
                 ev["release"] = release
             if accepted is not None:
@@ -983,14 +1145,72 @@ class QualityGuard(StreamingDetector):
             "stuck": None if self.stuck is None else self.stuck.snapshot(),
             "step_back": None if self.step_back is None else self.step_back.snapshot(),
             "spike": None if self.spike is None else self.spike.snapshot(),
-            "pending": sorted([t, v] for t, v in self._pending.items()),
+            "pending": sorted([t, v] for t, v in self._pending.items()) if self._pending else [],
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self._reset()
+        # Each sub-guard's restore starts from its own reset: no reset of the whole first.
         self.clock.restore(state["clock"])
         for name in ("stuck", "step_back", "spike"):
             g = getattr(self, name)
             if g is not None:
                 g.restore(state[name])
-        self._pending = {t: v for t, v in state["pending"]}
+        self._pending = {t: v for t, v in state["pending"]} or None
+
+
+#: A ``QualityGuard``'s parameters and what they imply, shared by every guard built with the
+#: same ones: the 11 keyword parameters in the constructor's order, then the longest step in t
+#: that is not a gap, the step-back and spike guards' specs (None: off) and the step-back
+#: guard's place among the judges.
+_QualitySpec = tuple[
+    "float | None", "int | None", float, "int | None", float, float, int, "int | None", float, int, int,
+    float, "_WindowedSpec | None", "_WindowedSpec | None", int,
+]  # fmt: skip
+
+
+def _quality_spec(
+    max_gap_s: float | None, stuck_n: int | None, stuck_tolerance: float, spike_window: int | None, spike_k: float, min_mad: float,
+    spike_min_points: int, step_back_window: int | None, step_back_k: float, step_back_min_points: int, accept_after: int,
+) -> _QualitySpec:  # fmt: skip
+    args = (max_gap_s, stuck_n, stuck_tolerance, spike_window, spike_k, min_mad, spike_min_points, step_back_window, step_back_k, step_back_min_points, accept_after)
+    if _negative_zero(stuck_tolerance) or _negative_zero(min_mad):
+        return _make_quality_spec.__wrapped__(*args)
+    return _make_quality_spec(*args)
+
+
+@lru_cache(maxsize=256, typed=True)  # typed: 15.0 must not pass as an already-checked 15
+def _make_quality_spec(
+    max_gap_s: float | None, stuck_n: int | None, stuck_tolerance: float, spike_window: int | None, spike_k: float, min_mad: float,
+    spike_min_points: int, step_back_window: int | None, step_back_k: float, step_back_min_points: int, accept_after: int,
+) -> _QualitySpec:  # fmt: skip
+    _check_positive_or_none("max_gap_s", max_gap_s)
+    if stuck_n is not None:  # as StuckGuard checks them
+        check_int("stuck_n", stuck_n, 2)
+        _check_nonneg("tolerance", stuck_tolerance)
+    step_back = (
+        None
+        if step_back_window is None
+        else _windowed_spec(step_back_window, step_back_k, min_mad, step_back_min_points, accept_after, max_gap_s)
+    )
+    spike = None if spike_window is None else _windowed_spec(spike_window, spike_k, min_mad, spike_min_points, accept_after, max_gap_s)
+    return (
+        max_gap_s, stuck_n, stuck_tolerance, spike_window, spike_k, min_mad, spike_min_points,
+        step_back_window, step_back_k, step_back_min_points, accept_after,
+        math.inf if max_gap_s is None else max_gap_s, step_back, spike, 0 if stuck_n is None else 1,
+    )  # fmt: skip
+
+
+@lru_cache(maxsize=256, typed=True)
+def _kind_spec(kind: str, interval_s: float) -> _QualitySpec:
+    """``for_kind``'s parameters of a kind and interval, shared by every channel alike. A call
+    that raises (an unknown kind, a bad interval) is never cached."""
+    if kind not in _KIND_DEFAULTS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    if not (interval_s > 0 and math.isfinite(interval_s)):
+        raise ValueError(f"interval_s must be a finite number > 0, got {interval_s!r}")
+    d = _KIND_DEFAULTS[kind]
+    stuck_n = None if d["stuck_s"] is None else max(STUCK_MIN_READINGS, math.ceil(d["stuck_s"] / interval_s))
+    return _quality_spec(
+        GAP_FACTOR * interval_s, stuck_n, 0.0, 15 if d["spike"] and interval_s <= SPIKE_MAX_INTERVAL_S else None, 3.5,
+        d["min_mad"], 5, 12 if d["step_back"] else None, 5.0, 4, 3,
+    )  # fmt: skip
