@@ -1005,6 +1005,9 @@ class QualityGuard(StreamingDetector):
         agreeing readings. Values are in the kind's default unit (tilt: degrees).
         """
         sp = _kind_spec(str(getattr(kind, "value", kind)), interval_s)
+        if cls is not QualityGuard:  # a subclass may have an __init__ of its own
+            kw: dict[str, Any] = dict(zip(_PARAMS, sp))
+            return cls(low, high, **kw)
         _check_range(low, high)
         g = object.__new__(cls)
         g._build(low, high, sp)
@@ -1157,6 +1160,12 @@ class QualityGuard(StreamingDetector):
                 g.restore(state[name])
         self._pending = {t: v for t, v in state["pending"]} or None
 
+
+#: ``QualityGuard``'s keyword parameters, in the order its spec starts with them.
+_PARAMS = (
+    "max_gap_s", "stuck_n", "stuck_tolerance", "spike_window", "spike_k", "min_mad", "spike_min_points",
+    "step_back_window", "step_back_k", "step_back_min_points", "accept_after",
+)  # fmt: skip
 
 #: A ``QualityGuard``'s parameters and what they imply, shared by every guard built with the
 #: same ones: the 11 keyword parameters in the constructor's order, then the longest step in t

@@ -235,3 +235,17 @@ def test_a_week_of_a_gnss_channel_stays_small() -> None:
     per_smoothness = tracemalloc.get_traced_memory()[0] / n
     tracemalloc.stop()
     assert per_smoothness < 420, per_smoothness
+
+
+def test_for_kind_of_a_subclass_runs_its_init() -> None:
+    class Counted(QualityGuard):
+        __slots__ = ("built",)
+
+        def __init__(self, low: float, high: float, **kw: object) -> None:
+            super().__init__(low, high, **kw)  # type: ignore[arg-type]
+            self.built = True
+
+    g = Counted.for_kind("gnss_e", 600.0, -1e6, 1e6)
+    assert isinstance(g, Counted) and g.built
+    ref = _gnss().params()
+    assert {name: getattr(g, name) for name in ref} == ref and g._sp is _gnss()._sp
