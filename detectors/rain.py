@@ -357,19 +357,17 @@ class RainSums(_RainMethod):
     """
 
     __slots__ = (
-        "_head",
         "_idle",
         "_iwl",
         "_keys",
         "_labels",
         "_latches",
         "_levels",
-        "_lo",
         "_qb",
         "_src_keys",
-        "_sum",
         "_tb",
         "_w",
+        "_win",
         "_x",
         "hold_s",
         "hysteresis",
@@ -408,11 +406,11 @@ class RainSums(_RainMethod):
             for la in latches:  # a reset (the combined detector's, a restore): as new, not rebuilt
                 la._reset()
         n = len(self.windows)
-        self._sum = [0] * n
         self._x = [0.0] * n
         self._levels = [0] * n
-        self._head = [0] * n  # per window: the first entry still overlapping it
-        self._lo = [_INF] * n  # per window: the start of that entry (+inf: none)
+        # Per window, at 3·i: its integer sum, its head (the first entry still overlapping
+        # it) and the start of that entry (+inf: none). One list, not three.
+        self._win: list[Any] = [0, 0, _INF] * n
         # Entries (ts, t, q) of the wet readings, oldest first: starts and ends interleaved in
         # _tb, hundredths in _qb. Plain lists instead when a value would not round-trip through
         # the arrays (a time that is not a float, hundredths beyond 64 bits), so snapshots and
@@ -423,7 +421,7 @@ class RainSums(_RainMethod):
 
     def _store(self, ts: float, t: float, q: int) -> None:
         """Append the entry (ts, t, q); the first entry of an empty window is its head."""
-        tb, qb, lo, heads = self._tb, self._qb, self._lo, self._head
+        tb, qb, win = self._tb, self._qb, self._win
         n = len(qb)
         if (type(ts) is not float or type(t) is not float) and type(tb) is array:
             self._tb = tb = tb.tolist()  # keep an int (or other) time as given, for the snapshot
@@ -434,43 +432,42 @@ class RainSums(_RainMethod):
         except OverflowError:
             self._qb = qb = list(qb)
             qb.append(q)
-        for i in range(len(heads)):
-            if heads[i] == n:
-                lo[i] = ts
+        for j in range(0, len(win), 3):
+            win[j] += q
+            if win[j + 1] == n:
+                win[j + 2] = ts
 
     def _step(self, t: float, ts: float, q: int) -> int:
         if not q and self._idle:
             self._dirty = False
             return 0
-        sums, xs, levels, heads, lo = self._sum, self._x, self._levels, self._head, self._lo
+        xs, levels, win = self._x, self._levels, self._win
         if q:
             self._store(ts, t, q)
-            for i in range(len(sums)):
-                sums[i] += q
         tb, qb = self._tb, self._qb
         n = len(qb)
         top = 0
         dirty = False
         latches = self._latches
         popped = False
-        for i, w, low in self._iwl:
+        for i, j, w, low in self._iwl:
             latch = latches[i]
             h = t - w
-            s = sums[i]
-            if h <= lo[i]:
+            s = win[j]
+            if h <= win[j + 2]:
                 # The window starts at or before its oldest entry's start: none leaves it
                 # and none straddles its start (an empty window's lo is +inf).
                 x = s / 100
             else:
-                k = heads[i]
+                k = win[j + 1]
                 while k < n and tb[2 * k + 1] <= h:
                     s -= qb[k]
                     k += 1
-                heads[i] = k
-                sums[i] = s
+                win[j] = s
+                win[j + 1] = k
                 popped = True
                 if k < n:
-                    a = lo[i] = tb[2 * k]
+                    a = win[j + 2] = tb[2 * k]
                     if a < h:
                         b = tb[2 * k + 1]
                         qf = qb[k]
@@ -478,7 +475,7 @@ class RainSums(_RainMethod):
                     else:
                         x = s / 100
                 else:
-                    lo[i] = _INF
+                    win[j + 2] = _INF
                     x = s / 100
             if x != xs[i]:
                 xs[i] = x
@@ -491,12 +488,12 @@ class RainSums(_RainMethod):
             if lvl > top:  # noqa: PLR1730 (per reading: cheaper than max())
                 top = lvl
         # The longest window's head is the lowest: entries before it are in no window.
-        k = heads[-1]
+        k = win[-2]
         if popped and k and (k == n or (k > _SLACK and 2 * k > n)):
             del tb[: 2 * k]  # one memmove for many entries; all of them when the rain is gone
             del qb[:k]
-            for i in range(len(heads)):
-                heads[i] -= k
+            for j in range(1, len(win), 3):
+                win[j] -= k
         self._idle = top == 0 and not qb
         self._dirty = dirty
         return top
@@ -525,7 +522,7 @@ class RainSums(_RainMethod):
         # The longest window's entries include every entry the shorter ones hold.
         tb, qb = self._tb, self._qb
         return {
-            "entries": [[tb[2 * k], tb[2 * k + 1], qb[k]] for k in range(self._head[-1], len(qb))],
+            "entries": [[tb[2 * k], tb[2 * k + 1], qb[k]] for k in range(self._win[-2], len(qb))],
             "x": list(self._x),
             "latches": [la.snapshot() for la in self._latches],
         }
@@ -551,9 +548,7 @@ class RainSums(_RainMethod):
                     k += 1
                 if any(b <= h for b in ends[k:]):
                     raise ValueError("rain sums state: the entries are not in time order")
-            self._head[i] = k
-            self._lo[i] = keep[k][0] if k < n else _INF
-            self._sum[i] = sum(qs[k:])
+            self._win[3 * i : 3 * i + 3] = [sum(qs[k:]), k, keep[k][0] if k < n else _INF]
         self._x = [float(x) for x in state["x"]]
         for i, (la, s) in enumerate(zip(self._latches, state["latches"])):
             la.restore(s)
@@ -567,10 +562,10 @@ _INF = math.inf
 
 def _sums_plan(
     windows: Sequence[tuple[float, Sequence[tuple[int, float]]]],
-) -> tuple[tuple[tuple[float, Ladder], ...], tuple[float, ...], tuple[str, ...], tuple[str, ...], tuple[tuple[int, float, float], ...], tuple[str, ...]]:
+) -> tuple[tuple[tuple[float, Ladder], ...], tuple[float, ...], tuple[str, ...], tuple[str, ...], tuple[tuple[int, int, float, float], ...], tuple[str, ...]]:
     """What ``RainSums`` derives from its windows, alike for every channel given equal ones:
-    (windows sorted, lengths, evidence keys, labels, (index, length, lowest threshold) per
-    window, threshold-source keys)."""
+    (windows sorted, lengths, evidence keys, labels, (index, index in ``_win``, length, lowest
+    threshold) per window, threshold-source keys)."""
     ws = sorted(((float(w), _ladder(lv, f"window {w:g} s")) for w, lv in windows), key=lambda p: p[0])
     if not ws:
         raise ValueError("windows: at least one (window_s, thresholds) is needed, e.g. ((3600, ((2, 30.0),)),)")
@@ -584,7 +579,7 @@ def _sums_plan(
         tuple(w for w, _ in ws),
         tuple(f"sum_{lab}_mm" for lab in labels),
         tuple(labels),
-        tuple((i, w, lv[0][1]) for i, (w, lv) in enumerate(ws)),
+        tuple((i, 3 * i, w, lv[0][1]) for i, (w, lv) in enumerate(ws)),
         tuple(f"sum_{lab}" for lab in labels),
     )
 

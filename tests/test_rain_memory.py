@@ -57,7 +57,7 @@ def test_window_sums_match_a_sum_from_scratch_through_long_storms() -> None:
             # The unboxed store holds the entries of the longest window, plus at most as many
             # dropped ones waiting for one cut.
             live = sum(1 for _, b, _ in readings if b > t - 259200.0)
-            assert len(det.sums._qb) - det.sums._head[-1] == live
+            assert len(det.sums._qb) - det.sums._win[-2] == live  # the longest window's head
             assert len(det.sums._qb) <= 2 * live + 17
             assert len(det.sums._tb) == 2 * len(det.sums._qb)
 
@@ -74,7 +74,7 @@ def test_no_instance_dicts_and_shared_configuration_but_private_state() -> None:
     assert a.intensity.levels is b.intensity.levels
     # ...and immutable; every piece of state is the channel's own.
     assert isinstance(a.sums.windows, tuple) and isinstance(a.antecedent._w, tuple)
-    for name in ("_latches", "_sum", "_x", "_levels", "_head", "_lo", "_tb", "_qb"):
+    for name in ("_latches", "_win", "_x", "_levels", "_tb", "_qb"):
         assert getattr(a.sums, name) is not getattr(b.sums, name), name
     assert a.antecedent._hist is not b.antecedent._hist
     assert a._sources is not b._sources and a._sources == b._sources
