@@ -1,12 +1,52 @@
-"""Level latching: up at once, down only after leaving the band (hysteresis) for a hold time."""
+"""Level latching: up at once, down only after leaving the band (hysteresis) for a hold time.
+
+Every channel of a kind has latches with the same thresholds, so what a latch derives from
+its thresholds (the threshold pairs, the band of each level, the lowest threshold) is built
+once per distinct set of thresholds and shared, read-only, by all of them; a latch holds
+only its level, its pending hold and references (issue 17: ~0.3-0.5 KB a latch before).
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 
-
 _NO_BAND = (math.inf, -math.inf)  # contains no value
+
+
+def _exact(x: Any) -> tuple[Any, ...]:
+    """A key part equal only for values that are the same type, value and sign (0.0 vs -0.0),
+    so a shared table hands every latch the very values it was given."""
+    return (type(x), x, math.copysign(1.0, x)) if x == 0 else (type(x), x)
+
+
+#: (threshold pairs, level -> band, lowest threshold): what a latch derives from its thresholds.
+_Tables = tuple[tuple[tuple[int, float], ...], Mapping[int, tuple[float, float]], float]
+
+
+@lru_cache(maxsize=4096)
+def _tables(key: tuple[tuple[tuple[Any, ...], tuple[Any, ...]], ...]) -> _Tables:
+    """(threshold pairs, level -> band, lowest threshold) of the thresholds ``key`` spells
+    out (see ``_exact``), validated; immutable, so latches can share them."""
+    thresholds = tuple((lvl[1], thr[1]) for lvl, thr in key)
+    return _build(thresholds)
+
+
+def _build(thresholds: tuple[tuple[int, float], ...]) -> _Tables:
+    levels = [lvl for lvl, _ in thresholds]
+    if levels != sorted(set(levels)) or any(not 1 <= lvl <= 4 for lvl in levels):
+        raise ValueError(f"threshold levels must be distinct, ascending and within 1-4, got {levels}")
+    values = [thr for _, thr in thresholds]
+    if values != sorted(values) or len(set(values)) != len(values):
+        raise ValueError(f"thresholds must rise with the level, got {values}")
+    # The values at which each level is exactly what the thresholds say (raw == level):
+    # there a reading keeps the level and clears any pending hold, whatever came before.
+    bounds = [-math.inf, *values, math.inf]
+    bands = MappingProxyType({lvl: (bounds[i], bounds[i + 1]) for i, lvl in enumerate([0, *levels])})
+    return thresholds, bands, values[0] if values else math.inf
 
 
 class LevelLatch:
@@ -14,32 +54,29 @@ class LevelLatch:
 
     ``thresholds`` is [(level, threshold)] ascending; a level is reached at x >= threshold.
     To come down from level L the value must fall below ``threshold_L - hysteresis*|threshold_L|``
-    and stay there for ``hold_s`` seconds of event time.
+    and stay there for ``hold_s`` seconds of event time. ``thresholds`` is kept as a tuple of
+    (level, threshold) pairs, shared with every latch given the same thresholds.
 
     >>> latch = LevelLatch([(2, 10.0), (4, 20.0)], hysteresis=0.1, hold_s=60)
     >>> latch.update(0, 25.0), latch.update(10, 19.0), latch.update(30, 17.0), latch.update(91, 17.0)
     (4, 4, 4, 2)
+    >>> LevelLatch([[2, 10.0], [4, 20.0]])._bands is latch._bands, latch.thresholds
+    (True, ((2, 10.0), (4, 20.0)))
     """
 
-    __slots__ = ("thresholds", "hysteresis", "hold_s", "level", "_below_since", "_lowest", "_bands")
+    __slots__ = ("_bands", "_below_since", "_lowest", "hold_s", "hysteresis", "level", "thresholds")
 
-    def __init__(self, thresholds: list[tuple[int, float]], hysteresis: float = 0.1, hold_s: float = 0.0) -> None:
-        levels = [lvl for lvl, _ in thresholds]
-        if levels != sorted(set(levels)) or any(not 1 <= lvl <= 4 for lvl in levels):
-            raise ValueError(f"threshold levels must be distinct, ascending and within 1-4, got {levels}")
-        values = [thr for _, thr in thresholds]
-        if values != sorted(values) or len(set(values)) != len(values):
-            raise ValueError(f"thresholds must rise with the level, got {values}")
+    def __init__(self, thresholds: Sequence[tuple[int, float]], hysteresis: float = 0.1, hold_s: float = 0.0) -> None:
+        try:
+            key = tuple((_exact(lvl), _exact(thr)) for lvl, thr in thresholds)
+            tables = _tables(key)
+        except TypeError:  # an unhashable threshold: this latch builds its own tables
+            tables = _build(tuple((lvl, thr) for lvl, thr in thresholds))
         if not 0 <= hysteresis < 1:
             raise ValueError(f"hysteresis must be in [0, 1), got {hysteresis}")
         if hold_s < 0:
             raise ValueError(f"hold_s must be >= 0, got {hold_s}")
-        self.thresholds = list(thresholds)
-        self._lowest = values[0] if values else math.inf
-        # The values at which each level is exactly what the thresholds say (raw == level):
-        # there a reading keeps the level and clears any pending hold, whatever came before.
-        bounds = [-math.inf, *values, math.inf]
-        self._bands = {lvl: (bounds[i], bounds[i + 1]) for i, lvl in enumerate([0, *levels])}
+        self.thresholds, self._bands, self._lowest = tables
         self.hysteresis = hysteresis
         self.hold_s = hold_s
         self._reset()
@@ -65,8 +102,10 @@ class LevelLatch:
 
     def update(self, t: float, x: float) -> int:
         level = self.level
-        # A restored level the thresholds no longer have (the policy changed) has no band.
-        lo, hi = self._bands.get(level, _NO_BAND)
+        try:
+            lo, hi = self._bands[level]
+        except KeyError:  # a restored level the thresholds no longer have (the policy changed)
+            lo, hi = _NO_BAND
         if lo <= x < hi:
             # The usual case: the value is in the current level's own band (quiet and staying
             # quiet, or holding steady at a level), so raw == level and nothing is pending.

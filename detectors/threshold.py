@@ -22,6 +22,8 @@ from geowarn.detectors.verdict import QUIET, Verdict
 class ThresholdDetector(StreamingDetector):
     """Level of the value against ascending thresholds, with hysteresis and a hold time."""
 
+    __slots__ = ("_latch", "hold_s", "hysteresis", "magnitude", "thresholds", "unit")
+
     def __init__(
         self, thresholds: list[tuple[int, float]], *, hysteresis: float = 0.1, hold_s: float = 0.0, unit: str = "", magnitude: bool = False
     ) -> None:
