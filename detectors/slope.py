@@ -9,11 +9,16 @@ window is a second view over the same readings. A detector given a ``SlopeWindow
 each reading into it; the second detector to push the same reading finds it there and the
 push is a no-op, so the readings are stored, and the sums updated, once per channel.
 ``SlidingSlope`` is the one-window case with the old interface.
+
+The readings are kept unboxed, 8 bytes a value in two ``array('d')`` (a list holds a pointer
+and a 24-byte float object per value), and cut from the left in small blocks, so a channel
+holds its longest window and about an eighth more (issue 17: live memory per channel).
 """
 
 from __future__ import annotations
 
 import math
+from array import array
 from math import sqrt
 from typing import Any
 
@@ -23,6 +28,13 @@ from geowarn.detectors.verdict import Verdict
 DAY = 86400.0
 HOUR = 3600.0
 
+#: ``SlopeView._fit`` until the view's fit is worked out for the newest reading (by identity).
+_STALE: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+_NO_READINGS = array("d")  # copied (``[:]``) for a new window: quicker than ``array("d")``
+#: Readings no window needs are cut off once there are this many, and at least an eighth of
+#: those kept: a memmove of the live window every few readings, amortised O(1).
+_CUT = 16
+
 
 def white_noise_velocity_se(noise_mm: float, window_s: float, interval_s: float) -> float:
     """Standard error (mm/day) of a least-squares slope over ``window_s`` of readings every
@@ -31,7 +43,7 @@ def white_noise_velocity_se(noise_mm: float, window_s: float, interval_s: float)
     >>> round(white_noise_velocity_se(3.0, 12 * HOUR, 600.0), 2)   # 72 readings
     2.45
     """
-    n = max(3, int(round(window_s / interval_s)))
+    n = max(3, round(window_s / interval_s))
     sxx = n * (n * n - 1) / 12.0 * interval_s * interval_s
     return noise_mm / math.sqrt(sxx) * DAY
 
@@ -45,7 +57,7 @@ class SlopeView:
     precise.
     """
 
-    __slots__ = ("window_s", "lo", "t0", "v0", "n", "st", "sv", "stt", "stv", "svv", "restarted", "first", "_owner", "_fit", "_fitted")
+    __slots__ = ("_fit", "_owner", "first", "lo", "n", "restarted", "st", "stt", "stv", "sv", "svv", "t0", "v0", "window_s")
 
     def __init__(self, owner: SlopeWindows, window_s: float) -> None:
         if not window_s > 0:
@@ -61,8 +73,7 @@ class SlopeView:
         self.st = self.sv = self.stt = self.stv = self.svv = 0.0
         self.restarted = False
         self.first = 0.0  # t of the oldest reading in the window (when n > 0)
-        self._fit: tuple[float, float, float] | None = None
-        self._fitted = False
+        self._fit: tuple[float, float, float] | None = _STALE
 
     def _reanchor(self) -> None:
         o = self._owner
@@ -70,9 +81,9 @@ class SlopeView:
         ts, vs = o.ts, o.vs
         t0, v0 = ts[k], vs[k]
         st = sv = stt = stv = svv = 0.0
-        for i in range(k, len(ts) - 1):  # the newest reading is not in the sums yet
-            x = ts[i] - t0
-            y = vs[i] - v0
+        for a, b in zip(ts[k:-1], vs[k:-1]):  # the newest reading is not in the sums yet
+            x = a - t0
+            y = b - v0
             st += x
             sv += y
             stt += x * x
@@ -97,9 +108,9 @@ class SlopeView:
         """(slope per day, its standard error per day, mean time of the window), or None.
 
         Worked out once per reading, however many detectors read this view."""
-        if self._fitted:
-            return self._fit
-        self._fitted = True
+        f = self._fit
+        if f is not _STALE:
+            return f
         n = self.n
         if n < 3:
             self._fit = None
@@ -128,8 +139,9 @@ class SlopeWindows:
     """A channel's readings (t strictly increasing) over the longest of several sliding
     windows, and a ``SlopeView`` per window. See the module docstring.
 
-    The readings are two flat lists; ``base`` is the absolute index of their first element,
-    so views keep absolute indices and old readings are cut off in blocks, not one by one.
+    The readings are two flat ``array('d')``; ``base`` is the absolute index of their first
+    element, so views keep absolute indices and old readings are cut off in blocks, not one
+    by one. ``ts`` and ``vs`` stay the same objects for the windows' lifetime.
 
     >>> w = SlopeWindows()
     >>> short, long = w.view(2.0), w.view(4.0)
@@ -139,13 +151,14 @@ class SlopeWindows:
     (3, 5, 10.0, False)
     """
 
-    __slots__ = ("ts", "vs", "base", "views")
+    __slots__ = ("base", "last_t", "ts", "views", "vs")
 
     def __init__(self) -> None:
-        self.ts: list[float] = []
-        self.vs: list[float] = []
+        self.ts = _NO_READINGS[:]
+        self.vs = _NO_READINGS[:]
         self.base = 0
-        self.views: list[SlopeView] = []
+        self.views: tuple[SlopeView, ...] = ()
+        self.last_t: float | None = None  # ts[-1], kept apart: reading an array boxes a float
 
     def view(self, window_s: float) -> SlopeView:
         """The view of ``window_s`` (made on first asking, before any reading)."""
@@ -155,26 +168,25 @@ class SlopeWindows:
         if self.ts:
             raise ValueError("views must be made before the first reading")
         v = SlopeView(self, window_s)
-        self.views.append(v)
-        self.views.sort(key=lambda x: -x.window_s)  # the longest first: it reaches furthest back
+        views = self.views
+        i = 0
+        while i < len(views) and views[i].window_s > v.window_s:
+            i += 1
+        self.views = (*views[:i], v, *views[i:])  # the longest first: it reaches furthest back
         return v
 
-    @property
-    def last_t(self) -> float | None:
-        return self.ts[-1] if self.ts else None
-
     def clear(self) -> None:
-        self.ts.clear()
-        self.vs.clear()
+        del self.ts[:]
+        del self.vs[:]
         self.base = 0
+        self.last_t = None
         for v in self.views:
             v._clear(0)
 
     def push(self, t: float, value: float) -> bool:
         """Add a reading; False (and nothing changes) when t is not after the newest one —
         for a shared window, typically because another detector pushed this reading."""
-        ts = self.ts
-        prev = ts[-1] if ts else None
+        prev = self.last_t
         if prev is not None and not t > prev:
             return False
         self._append(t, value, prev)
@@ -185,10 +197,12 @@ class SlopeWindows:
         vs = self.vs
         ts.append(t)
         vs.append(value)
+        self.last_t = t
         base = self.base
+        stale = _STALE
         # Each view's sums, inline (this is the per-reading hot path of every rate detector).
         for w in self.views:
-            w._fitted = False
+            w._fit = stale
             window = w.window_s
             if prev is None or t - prev > window:
                 w._restart(t, value, prev)
@@ -206,25 +220,27 @@ class SlopeWindows:
             stv = w.stv + x * y
             svv = w.svv + y * y
             horizon = t - window
-            lo = w.lo
-            if ts[lo - base] < horizon:
-                while ts[lo - base] < horizon:
-                    x = ts[lo - base] - t0
-                    y = vs[lo - base] - v0
+            tk = w.first  # ts[w.lo - base]: a reading is read (boxed) from the array once, as it leaves
+            if tk < horizon:
+                k = w.lo - base
+                while tk < horizon:
+                    x = tk - t0
+                    y = vs[k] - v0
                     n -= 1
                     st -= x
                     sv -= y
                     stt -= x * x
                     stv -= x * y
                     svv -= y * y
-                    lo += 1
-                w.lo = lo
-                w.first = ts[lo - base]
+                    k += 1
+                    tk = ts[k]
+                w.lo = k + base
+                w.first = tk
             w.n, w.st, w.sv, w.stt, w.stv, w.svv = n, st, sv, stt, stv, svv
         # Drop the readings no window needs any more (the longest reaches furthest back: a gap
         # restarts the shorter windows first), a block at a time.
         drop = self.views[0].lo - base
-        if drop > 64 and 2 * drop > len(ts):
+        if drop >= _CUT and 8 * drop >= len(ts):
             del ts[:drop]
             del vs[:drop]
             self.base = base + drop
@@ -241,15 +257,19 @@ class SlopeWindows:
         }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.ts[:] = unpack(state["t"])
-        self.vs[:] = unpack(state["v"])
+        ts, vs = self.ts, self.vs
+        del ts[:]
+        del vs[:]
+        ts.fromlist(unpack(state["t"]))
+        vs.fromlist(unpack(state["v"]))
         self.base = 0
+        self.last_t = ts[-1] if ts else None
         views = state["views"]
         for v in self.views:
             lo, v.t0, v.v0, n, v.st, v.sv, v.stt, v.stv, v.svv = unpack(views[repr(v.window_s)])
-            v.lo, v.n, v.restarted, v._fitted = int(lo), int(n), False, False
-            if v.n:
-                v.first = self.ts[v.lo]
+            v.lo, v.n, v.restarted, v._fit = int(lo), int(n), False, _STALE
+            if 0 <= v.lo < len(ts):  # as the first reading of the window, ``first`` is ts[lo]
+                v.first = ts[v.lo]
 
 
 class SlidingSlope:
@@ -259,7 +279,7 @@ class SlidingSlope:
     returns True when a gap longer than the window emptied it first.
     """
 
-    __slots__ = ("window_s", "_w", "_v")
+    __slots__ = ("_v", "_w", "window_s")
 
     def __init__(self, window_s: float) -> None:
         if not window_s > 0:
@@ -279,8 +299,7 @@ class SlidingSlope:
 
     @property
     def last_t(self) -> float | None:
-        ts = self._w.ts
-        return ts[-1] if ts else None
+        return self._w.last_t
 
     def clear(self) -> None:
         self._w.clear()
@@ -288,7 +307,7 @@ class SlidingSlope:
     def push(self, t: float, value: float) -> bool:
         """Add a reading (t after the last one); True when a gap emptied the window first."""
         w = self._w
-        w._append(t, value, w.ts[-1] if w.ts else None)
+        w._append(t, value, w.last_t)
         return self._v.restarted
 
     def span(self) -> float:
@@ -305,7 +324,7 @@ class SlidingSlope:
     def points(self) -> tuple[list[float], list[float]]:
         """(t, value) of the readings in the window."""
         w, k = self._w, self._v.lo - self._w.base
-        return w.ts[k:], w.vs[k:]
+        return w.ts[k:].tolist(), w.vs[k:].tolist()
 
     def snapshot(self) -> dict[str, Any]:
         return self._w.snapshot()
@@ -333,11 +352,11 @@ class SharedWindows:
     def update(self, t: float, value: float) -> Verdict:
         if t - t == 0.0 and value - value == 0.0:  # finite (x − x is NaN for ±inf and NaN)
             w = self.windows
-            ts = w.ts
-            if not ts:
+            prev = w.last_t
+            if prev is None:
                 w._append(t, value, None)
-            elif t > ts[-1]:  # SlopeWindows.push, inline
-                w._append(t, value, ts[-1])
+            elif t > prev:  # SlopeWindows.push, inline
+                w._append(t, value, prev)
         return _SILENT
 
     def snapshot(self) -> dict[str, Any]:
