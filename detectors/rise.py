@@ -48,14 +48,20 @@ that the sums of t − t0 stay small and precise however long the detector runs.
 
 from __future__ import annotations
 
-from collections import deque
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
 from geowarn.core.levels import LEVELS
-from geowarn.detectors.base import StreamingDetector, check_int, check_latch, check_slope, check_window
+from geowarn.detectors.base import (
+    StreamingDetector,
+    check_int,
+    check_latch,
+    check_slope,
+    check_window,
+)
 from geowarn.detectors.latch import LevelLatch
-from geowarn.detectors.slope import SlidingSlope
+from geowarn.detectors.slope import SlopeView, SlopeWindows
 from geowarn.detectors.verdict import Verdict
 
 DAY = 86400.0
@@ -83,6 +89,23 @@ class RiseRateDetector(StreamingDetector):
     and non-finite values are ignored: the previous verdict is returned and nothing changes.
     """
 
+    __slots__ = (
+        "_last",
+        "_latch",
+        "_recent",
+        "_smooth",
+        "_windows",
+        "hold_s",
+        "hysteresis",
+        "min_points",
+        "min_span",
+        "persist",
+        "thresholds_per_day",
+        "unit",
+        "window_s",
+        "z",
+    )
+
     def __init__(
         self,
         thresholds_per_day: Sequence[tuple[int, float]],
@@ -99,13 +122,15 @@ class RiseRateDetector(StreamingDetector):
         thresholds = [(int(lvl), float(x)) for lvl, x in thresholds_per_day]
         if not thresholds or any(not x > 0 for _, x in thresholds):
             raise ValueError(f"thresholds_per_day must be [(level, rate > 0)], got {thresholds}")
-        LevelLatch(thresholds)  # validates levels 1-4, ascending
+        # The latch validates levels 1-4, ascending; its threshold pairs are shared by every
+        # detector with the same levels (the same values, types and order as ``thresholds``).
+        shared = LevelLatch(thresholds).thresholds
         check_window("window_s", window_s)
         check_latch(hysteresis, hold_s)
         check_int("min_points", min_points, 3)
         check_slope(min_span, z)
         check_int("persist", persist, 1)
-        self.thresholds_per_day = tuple(thresholds)
+        self.thresholds_per_day = shared
         self.window_s = window_s
         self.hysteresis = hysteresis
         self.hold_s = hold_s
@@ -135,14 +160,16 @@ class RiseRateDetector(StreamingDetector):
         return cls(levels, window_s=max(window_s, 6 * interval_s), hold_s=hold_s, unit=unit)
 
     def _reset(self) -> None:
-        self._latch = LevelLatch(list(self.thresholds_per_day), self.hysteresis, self.hold_s)
+        self._latch = LevelLatch(self.thresholds_per_day, self.hysteresis, self.hold_s)
         self._last = Verdict(0, _WARMING, {}, True)
         self._restart()
 
     def _restart(self) -> None:
         """Forget the window (start or a gap); the latch keeps its level."""
-        self._smooth = SlidingSlope(self.window_s)
-        self._recent: deque[float] = deque(maxlen=self.persist)
+        self._windows = SlopeWindows()
+        self._smooth: SlopeView = self._windows.view(float(self.window_s))
+        # The last judged slopes, at most ``persist`` (unboxed: a deque costs ~600 bytes).
+        self._recent = array("d")
 
     def fit(self) -> tuple[float, float] | None:
         """(rate, its standard error), both per day; None until three points span time."""
@@ -150,26 +177,32 @@ class RiseRateDetector(StreamingDetector):
         return None if f is None else (f[0], f[1])
 
     def update(self, t: float, value: float) -> Verdict:
-        smooth = self._smooth
-        last_t = smooth.last_t
+        windows = self._windows
+        last_t = windows.last_t
         if last_t is not None and not t > last_t:
             return self._last  # late, repeated or NaN time: judged in arrival order, so ignored
         if not (abs(value) < float("inf") and abs(t) < float("inf")):
             return self._last  # NaN or infinite: not a reading
-        if smooth.push(t, value):
-            self._recent.clear()  # a slope across a gap longer than the window says nothing now
-        if smooth.n < self.min_points or smooth.span() < self.min_span * self.window_s:
-            self._last = Verdict(0, _WARMING, {"points": smooth.n}, True)
+        windows._append(t, value, last_t)
+        smooth = self._smooth
+        if smooth.restarted:
+            del self._recent[:]  # a slope across a gap longer than the window says nothing now
+        n = smooth.n
+        if n < self.min_points or t - smooth.first < self.min_span * self.window_s:  # the span: t is the newest
+            self._last = Verdict(0, _WARMING, {"points": n}, True)
             return self._last
-        f = self.fit()
+        f = smooth.fit()
         if f is None:
             return self._last
-        rate, se = f
+        rate, se, _ = f
         # Only a significant rise counts; a fall or an insignificant slope counts as 0.
         recent = self._recent
         recent.append(rate if rate > self.z * se else 0.0)
+        persist = self.persist
+        if len(recent) > persist:
+            del recent[0]
         # A level needs `persist` judged slopes in a row: until then the rise counts as 0.
-        level = self._latch.update(t, min(recent) if len(recent) == self.persist else 0.0)
+        level = self._latch.update(t, min(recent) if len(recent) == persist else 0.0)
         evidence: dict[str, Any] = {"rate_per_day": rate, "stderr_per_day": se, "points": smooth.n, "window_s": self.window_s}
         if level == 0:
             self._last = Verdict(0, "", evidence)
@@ -186,15 +219,18 @@ class RiseRateDetector(StreamingDetector):
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "smooth": self._smooth.snapshot(),
-            "recent": list(self._recent),
+            "smooth": self._windows.snapshot(),
+            "recent": self._recent.tolist(),
             "latch": self._latch.snapshot(),
             "last": self._last.to_dict(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self._reset()
-        self._smooth.restore(state["smooth"])
-        self._recent.extend(float(r) for r in state["recent"])
+        self._windows.restore(state["smooth"])
+        recent = self._recent
+        recent.extend(float(r) for r in state["recent"])
+        if len(recent) > self.persist:  # as a deque(maxlen=persist) took them
+            del recent[: len(recent) - self.persist]
         self._latch.restore(state["latch"])
         self._last = Verdict.from_dict(state["last"])
