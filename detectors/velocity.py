@@ -36,12 +36,18 @@ and a half hours, less than the correlation of the noise. Evidence then carries
 
 from __future__ import annotations
 
+import functools
 import math
-from collections import deque
+from types import MappingProxyType
 from typing import Any
 
 from geowarn.core.levels import LEVELS
-from geowarn.detectors.base import StreamingDetector, check_int, check_slope, check_window
+from geowarn.detectors.base import (
+    StreamingDetector,
+    check_int,
+    check_slope,
+    check_window,
+)
 from geowarn.detectors.latch import LevelLatch
 from geowarn.detectors.noise import MAX_RHO, NoiseFigure
 from geowarn.detectors.slope import SlopeWindows
@@ -53,6 +59,33 @@ _new = tuple.__new__  # a Verdict without the level check: levels here come from
 _STILL = Verdict(0, "", {"significant": False}, False)
 
 DAY = 86400.0
+
+#: The (t, speed) window of ``persist_s`` cuts off its dropped entries a block at a time,
+#: when there are more than this many (values: two a reading) and more than it keeps.
+_SLACK = 16
+
+
+@functools.lru_cache(maxsize=1024)
+def _ladder(
+    levels: tuple[tuple[int, float], ...], unit: str, window_s: float, min_span: float, noise_memory: int, hysteresis: float, hold_s: float, typed: str
+) -> tuple[MappingProxyType[int, tuple[float, str]], float, float]:
+    """What every detector with these parameters derives alike, made once (issue 17): the
+    constant part of each level's reason, ``min_span`` of the window in seconds, and the
+    residual statistics' rate. Read-only. ``typed`` (the levels' repr) tells apart levels that
+    compare equal but print or serialise differently (3 and 3.0, 0.0 and -0.0), so a detector
+    always gets what its own parameters make."""
+    LevelLatch(list(levels), hysteresis, hold_s)  # validates the levels, hysteresis and hold time
+    said = {lvl: (thr, f" {unit}/day (≥ {LEVELS[lvl].colour} {thr:g} {unit}/day over {window_s / 3600:g} h, or held)") for lvl, thr in levels}
+    return MappingProxyType(said), min_span * window_s, 1.0 / noise_memory
+
+
+@functools.lru_cache(maxsize=1024)
+def _noise_parts(noise: NoiseFigure | None, typed: str) -> tuple[float, tuple[tuple[str, Any], ...]]:
+    """(σ·DAY, the figure's evidence as (key, value) pairs) of a noise figure, shared;
+    ``typed``: the repr of its sigma (see ``_ladder``)."""
+    if noise is None:
+        return 0.0, ()
+    return noise.sigma * DAY, tuple(noise.evidence().items())
 
 
 class VelocityDetector(StreamingDetector):
@@ -70,6 +103,42 @@ class VelocityDetector(StreamingDetector):
     (which figure, and where from). A level-0 reading whose slope is not significant gets only
     ``significant`` = False (one shared verdict: a stable point's usual reading).
     """
+
+    __slots__ = (
+        "_lam",
+        "_last",
+        "_last_t",
+        "_latch",
+        "_ma",
+        "_mh",
+        "_min_span_s",
+        "_noise_ev",
+        "_own",
+        "_rb",
+        "_res",
+        "_ri",
+        "_rn",
+        "_rz",
+        "_sa",
+        "_said",
+        "_sh",
+        "_sig",
+        "_smooth",
+        "_ts",
+        "_windows",
+        "hold_s",
+        "hysteresis",
+        "min_points",
+        "min_span",
+        "noise",
+        "noise_memory",
+        "persist",
+        "persist_s",
+        "thresholds_per_day",
+        "unit",
+        "window_s",
+        "z",
+    )
 
     def __init__(
         self,
@@ -95,27 +164,24 @@ class VelocityDetector(StreamingDetector):
         check_int("min_points", min_points, 3)
         check_slope(min_span, z)
         check_int("persist", persist, 1)
-        LevelLatch(thresholds_per_day, hysteresis, hold_s)  # validates the levels, hysteresis and hold time
+        levels = tuple((lvl, thr) for lvl, thr in thresholds_per_day)
+        # Validates the levels, hysteresis and hold time (once per distinct set of parameters).
+        self._said, self._min_span_s, self._lam = _ladder(
+            levels, unit, window_s, min_span, noise_memory, hysteresis, hold_s, repr(levels)
+        )
         self.thresholds_per_day = thresholds_per_day
         self.window_s = window_s
         self.hysteresis = hysteresis
         self.hold_s = hold_s
         self.min_points = min_points
         self.min_span = min_span
-        self._min_span_s = min_span * window_s
         self.z = z
         self.persist = persist
         self.unit = unit
         self.noise = noise
         self.persist_s = float(persist_s)
         self.noise_memory = noise_memory
-        self._lam = 1.0 / noise_memory
-        self._sig = 0.0 if noise is None else noise.sigma * DAY
-        self._noise_ev = {} if noise is None else noise.evidence()
-        # The constant part of each level's reason, made once rather than per reading.
-        self._said = {
-            lvl: (thr, f" {unit}/day (≥ {LEVELS[lvl].colour} {thr:g} {unit}/day over {window_s / 3600:g} h, or held)") for lvl, thr in thresholds_per_day
-        }
+        self._sig, self._noise_ev = _noise_parts(noise, "" if noise is None else repr(noise.sigma))
         self._own = windows is None
         self._windows = SlopeWindows() if windows is None else windows
         self._ts = self._windows.ts  # the same list for the windows' lifetime
@@ -125,11 +191,21 @@ class VelocityDetector(StreamingDetector):
     def _reset(self) -> None:
         if self._own:
             self._windows.clear()
-        self._recent: deque[float] = deque(maxlen=self.persist)
-        self._since: deque[tuple[float, float]] = deque()  # (t, speed) over the last persist_s
-        #: The entries of ``_since`` that may yet be its minimum, speeds increasing: the first is
-        #: the minimum, found in O(1) instead of a scan of the window on every reading.
-        self._since_min: deque[tuple[float, float]] = deque()
+        # Flat lists, not deques: a deque costs ~1.3 KB however few values it holds (a 64-slot
+        # block, and another as it cycles), a (t, speed) tuple 56 bytes; the lists hold the
+        # reading's own time object and, on a still slope, the one shared 0.0 (issue 17).
+        # The last ``persist`` judged speeds (0.0 for an insignificant one): a ring of
+        # ``persist`` slots, the next one to write (``_ri``), how many are filled (``_rn``)
+        # and how many of the newest are not 0 (``_rz``: while a 0 is among them, their
+        # minimum is 0 without a look; no speed is negative).
+        self._rb = [0.0] * self.persist
+        self._ri = self._rn = self._rz = 0
+        # (t, speed) over the last persist_s, flat [t, s, t, s, ...] from index ``_sh``; and
+        # ``_ma`` (from ``_mh``): the entries that may yet be its minimum, speeds increasing —
+        # the first is the minimum, found in O(1) instead of a scan of the window per reading.
+        self._sa: list[float] = []
+        self._ma: list[float] = []
+        self._sh = self._mh = 0
         # Residual statistics (with a noise figure): count, mean |r|, mean r², mean r·r_prev, r_prev.
         self._res = [0.0, 0.0, 0.0, 0.0, 0.0]
         self._latch = LevelLatch(self.thresholds_per_day, self.hysteresis, self.hold_s)
@@ -166,8 +242,8 @@ class VelocityDetector(StreamingDetector):
             return sig  # too few residuals to say more than the figure
         robust = mabs * 1.2533 * DAY
         rho = m1 / m2
-        rho = 0.0 if rho < 0 else (MAX_RHO if rho > MAX_RHO else rho)
-        return (robust if robust > sig else sig) * math.sqrt((1.0 + rho) / (1.0 - rho))
+        rho = 0.0 if rho < 0 else (MAX_RHO if rho > MAX_RHO else rho)  # noqa: FURB136 (per reading: cheaper than min())
+        return (robust if robust > sig else sig) * math.sqrt((1.0 + rho) / (1.0 - rho))  # noqa: FURB136 (per reading: cheaper than max())
 
     def noise_state(self) -> tuple[float, float] | None:
         """(robust residual scale, lag-1 autocorrelation of the residuals), or None (no figure
@@ -189,9 +265,10 @@ class VelocityDetector(StreamingDetector):
             self._windows.push(t, value)
         smooth = self._smooth
         if smooth.restarted:
-            self._recent.clear()  # a gap longer than the window: the old slope says nothing now
-            self._since.clear()
-            self._since_min.clear()
+            # A gap longer than the window: the old slope says nothing now.
+            self._ri = self._rn = self._rz = 0
+            del self._sa[:], self._ma[:]
+            self._sh = self._mh = 0
         n = smooth.n
         f = smooth.fit() if n >= self.min_points and t - smooth.first >= self._min_span_s else None
         if f is None:
@@ -201,14 +278,30 @@ class VelocityDetector(StreamingDetector):
         if self._sig:
             sxx = smooth.stt - smooth.st * smooth.st / n
             floor_se = self._noise_se(t, value, v, tbar, smooth) / math.sqrt(sxx)
-            if se < floor_se:
+            if se < floor_se:  # noqa: PLR1730 (per reading: cheaper than max())
                 se = floor_se
         # An insignificant slope counts as no movement (it may still let a level come down).
-        recent = self._recent
         speed = v if v >= 0.0 else -v
         significant = speed > self.z * se
-        recent.append(speed if significant else 0.0)
-        x = min(recent)
+        s_now = speed if significant else 0.0  # 0.0 or > 0: never NaN, never -0.0
+        # x = the minimum of the last ``persist`` speeds (see _reset).
+        rb = self._rb
+        i = self._ri
+        rb[i] = s_now
+        p = self.persist
+        i += 1
+        self._ri = 0 if i == p else i
+        rn = self._rn
+        if rn < p:
+            self._rn = rn = rn + 1
+        if significant:
+            rz = self._rz
+            if rz < p:
+                self._rz = rz = rz + 1
+            x = 0.0 if rz < rn else min(rb) if rn == p else min(rb[:rn])  # (no NaN: any order)
+        else:
+            self._rz = 0
+            x = 0.0
         latch = self._latch
         if self.persist_s:
             # Across windows: a level is *reached* only with persist_s of evaluations in a row
@@ -216,21 +309,44 @@ class VelocityDetector(StreamingDetector):
             # evidence: persistence applied to staying too let a few insignificant evaluations
             # hold x at 0 for persist_s after the slope was significant again, and a yellow on
             # an accelerating slope was lifted (tests/test_chain.py).
-            since, mins = self._since, self._since_min
-            s_now = speed if significant else 0.0
-            since.append((t, s_now))
-            while mins and mins[-1][1] >= s_now:
-                mins.pop()
-            mins.append((t, s_now))
+            sa, ma = self._sa, self._ma
+            sa.append(t)
+            sa.append(s_now)
+            mh = self._mh
+            k = len(ma)
+            if k > mh and ma[-1] >= s_now:
+                # Drop the entries the new one outdates (the last of them, in place).
+                k -= 2
+                while k > mh and ma[k - 1] >= s_now:
+                    k -= 2
+                ma[k] = t
+                ma[k + 1] = s_now
+                if len(ma) > k + 2:
+                    del ma[k + 2 :]
+            else:
+                ma.append(t)
+                ma.append(s_now)
             horizon = t - self.persist_s
-            while len(since) > 1 and since[1][0] <= horizon:
-                gone = since.popleft()[0]
-                if mins[0][0] == gone:  # times are strictly increasing: they name entries
-                    mins.popleft()
+            h = self._sh
+            end = len(sa) - 2
+            if h < end and sa[h + 2] <= horizon:
+                while True:
+                    if ma[mh] == sa[h]:  # times are strictly increasing: they name entries
+                        mh += 2
+                    h += 2
+                    if not (h < end and sa[h + 2] <= horizon):
+                        break
+                if h > _SLACK and h > end - h:
+                    del sa[:h]  # one memmove for many drops
+                    h = 0
+                if mh > _SLACK and 2 * mh > len(ma):
+                    del ma[:mh]
+                    mh = 0
+                self._sh, self._mh = h, mh
             held = 0.0
-            if since[0][0] <= horizon:
-                low = mins[0][1]
-                held = x if x < low else low
+            if sa[h] <= horizon:
+                low = ma[mh + 1]
+                held = x if x < low else low  # noqa: FURB136 (per reading: cheaper than min())
             hi = latch._bands.get(latch.level, (0.0, math.inf))[1]
             x = held if held >= hi else min(x, math.nextafter(hi, -math.inf))
         # The latch's own quiet path, inline: nothing latched and x below every threshold.
@@ -239,27 +355,33 @@ class VelocityDetector(StreamingDetector):
             if not significant:
                 self._last = _STILL  # the slope is within its noise: nothing to tell
                 return _STILL
-            self._last = _new(Verdict, (0, "", {"velocity_per_day": v, "stderr_per_day": se, **self._noise_ev}, False))
+            ev = {"velocity_per_day": v, "stderr_per_day": se}
+            for key, val in self._noise_ev:
+                ev[key] = val
+            self._last = _new(Verdict, (0, "", ev, False))
         else:
             thr, tail = self._said[level]
-            self._last = _new(
-                Verdict,
-                (
-                    level,
-                    f"velocity {v:.1f}{tail}",
-                    {"velocity_per_day": v, "stderr_per_day": se, "threshold": thr, "window_s": self.window_s, "points": n, **self._noise_ev},
-                    False,
-                ),
-            )
+            ev = {"velocity_per_day": v, "stderr_per_day": se, "threshold": thr, "window_s": self.window_s, "points": n}
+            for key, val in self._noise_ev:
+                ev[key] = val
+            self._last = _new(Verdict, (level, f"velocity {v:.1f}{tail}", ev, False))
             ns = self.noise_state()
             if ns is not None:
-                self._last.evidence.update(noise_scale=ns[0], noise_autocorrelation=ns[1])
+                ev.update(noise_scale=ns[0], noise_autocorrelation=ns[1])
         return self._last
 
+    def _recent(self) -> list[float]:
+        """The last ``persist`` judged speeds, oldest first."""
+        rb, rn, i = self._rb, self._rn, self._ri
+        if rn < self.persist:
+            return rb[:rn]
+        return rb[i:] + rb[:i]
+
     def snapshot(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"recent": list(self._recent), "latch": self._latch.snapshot(), "last_t": self._last_t, "last": self._last.to_dict()}
+        state: dict[str, Any] = {"recent": self._recent(), "latch": self._latch.snapshot(), "last_t": self._last_t, "last": self._last.to_dict()}
         if self.persist_s:
-            state["since"] = [list(p) for p in self._since]
+            sa = self._sa
+            state["since"] = [sa[k : k + 2] for k in range(self._sh, len(sa), 2)]
         if self._sig:
             state["residuals"] = list(self._res)
         if self._own:
@@ -270,12 +392,24 @@ class VelocityDetector(StreamingDetector):
         self._reset()
         if self._own:
             self._windows.restore(state["smooth"])
-        self._recent.extend(float(r) for r in state["recent"])
-        self._since.extend((float(a), float(b)) for a, b in state.get("since", []))
-        for entry in self._since:
-            while self._since_min and self._since_min[-1][1] >= entry[1]:
-                self._since_min.pop()
-            self._since_min.append(entry)
+        p = self.persist
+        recent = [float(r) for r in state["recent"]][-p:]  # as a deque(maxlen=persist) kept them
+        rn = len(recent)
+        self._rb[:rn] = recent
+        self._rn, self._ri = rn, rn % p
+        rz = 0
+        while rz < rn and recent[rn - 1 - rz] != 0.0:
+            rz += 1
+        self._rz = rz
+        sa, ma = self._sa, self._ma
+        for a, b in state.get("since", []):
+            t, s = float(a), float(b)
+            sa.append(t)
+            sa.append(s)
+            while ma and ma[-1] >= s:
+                del ma[-2:]
+            ma.append(t)
+            ma.append(s)
         if "residuals" in state:
             self._res[:] = [float(x) for x in state["residuals"]]
         self._latch.restore(state["latch"])
