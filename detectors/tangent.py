@@ -90,16 +90,23 @@ O(window) recomputation, amortised O(1)) so they stay precise however long the d
 
 from __future__ import annotations
 
+import functools
 import math
-from collections import deque
-from math import atan, degrees
 from collections.abc import Sequence
+from math import atan, degrees
+from types import MappingProxyType
 from typing import Any
 
 from geowarn.core.levels import LEVELS
-from geowarn.detectors.base import StreamingDetector, check_int, check_latch, check_slope, check_window
-from geowarn.detectors.latch import LevelLatch
+from geowarn.detectors.base import (
+    StreamingDetector,
+    check_int,
+    check_latch,
+    check_slope,
+    check_window,
+)
 from geowarn.detectors.compact import pack, unpack
+from geowarn.detectors.latch import LevelLatch
 from geowarn.detectors.noise import MIN_INCREMENTS, NoiseFigure, Smoothness, inflation
 from geowarn.detectors.slope import SlidingSlope, SlopeWindows, white_noise_velocity_se
 from geowarn.detectors.verdict import Verdict
@@ -118,6 +125,41 @@ _STILL = Verdict(0, "", {"alpha_deg": 0.0, "significant": False}, False)
 
 #: Xu Qiang's levels: yellow from 45°, orange from 80°, red from 85°.
 XU_QIANG_DEG: tuple[tuple[int, float], ...] = ((2, 45.0), (3, 80.0), (4, 85.0))
+
+# What every detector with the same parameters derives alike is made once and shared, read-only
+# (issue 17: a national fleet has a million channels, most of them with the same parameters).
+
+
+@functools.lru_cache(maxsize=1024)
+def _angles(thresholds: tuple[tuple[int, float], ...]) -> tuple[tuple[tuple[int, float], ...], MappingProxyType[int, tuple[float, str]]]:
+    """The thresholds (plain ints and floats, as ``__init__`` makes them), validated, and the
+    constant part of each level's reason."""
+    LevelLatch(list(thresholds))  # validates: levels distinct, ascending, 1-4; angles rising
+    return thresholds, MappingProxyType({lvl: (thr, f"≥ {LEVELS[lvl].colour} {thr:g}°, or held)") for lvl, thr in thresholds})
+
+
+@functools.lru_cache(maxsize=256)
+def _per_day(unit: str) -> str:
+    return f"{unit}/day"
+
+
+@functools.lru_cache(maxsize=1024)
+def _product(a: float, b: float) -> float:
+    return a * b
+
+
+@functools.lru_cache(maxsize=1024)
+def _channel_params(window_s: float, interval_s: float, noise_mm: float) -> tuple[float, int, float, float]:
+    """``for_channel``'s (window, min_points, reference_s, min_v_steady)."""
+    window = max(window_s, min(2 * window_s, 12 * HOUR))
+    min_points = max(3, min(12, int(window / interval_s)))
+    return window, min_points, max(3 * DAY, 12 * interval_s), 4.0 * white_noise_velocity_se(noise_mm, window, interval_s)
+
+
+@functools.lru_cache(maxsize=256)
+def _max_reference(reference_s: float) -> float:
+    """By default up to 10 references or 90 days, whichever is shorter (never below one)."""
+    return max(reference_s, min(10.0 * reference_s, 90 * DAY))
 
 
 class ReferenceRate:
@@ -153,8 +195,28 @@ class ReferenceRate:
     """
 
     __slots__ = (
-        "reference_s", "min_points", "t0", "v0", "n", "st", "sv", "stt", "stv", "svv", "rate", "stderr",
-        "noise", "z", "max_reference_s", "smooth", "figure", "rho", "widen", "basis", "steady", "pending",
+        "basis",
+        "figure",
+        "max_reference_s",
+        "min_points",
+        "n",
+        "noise",
+        "pending",
+        "rate",
+        "reference_s",
+        "rho",
+        "smooth",
+        "st",
+        "stderr",
+        "steady",
+        "stt",
+        "stv",
+        "sv",
+        "svv",
+        "t0",
+        "v0",
+        "widen",
+        "z",
     )
 
     def __init__(
@@ -165,7 +227,7 @@ class ReferenceRate:
         self.noise = noise
         self.z = float(z)
         # By default up to 10 references or 90 days, whichever is shorter (never below one).
-        self.max_reference_s = max(self.reference_s, min(10.0 * self.reference_s, 90 * DAY)) if max_reference_s is None else float(max_reference_s)
+        self.max_reference_s = (_max_reference(self.reference_s) if self.reference_s > 0 else max(self.reference_s, min(10.0 * self.reference_s, 90 * DAY))) if max_reference_s is None else float(max_reference_s)
         self.t0 = self.v0 = 0.0
         self.n = 0
         self.st = self.sv = self.stt = self.stv = self.svv = 0.0
@@ -204,6 +266,7 @@ class ReferenceRate:
                 if self.noise is None:
                     self.rate, self.stderr = rate, stderr
                     self.steady = max(abs(rate), floor)
+                    self._frozen()
                 else:
                     self._judge(rate, stderr, sxx, x, floor)
 
@@ -239,6 +302,14 @@ class ReferenceRate:
             return
         self.rate, self.stderr, self.rho, self.widen, self.figure = rate, se, rho, widen, fig
         self.basis, self.steady, self.pending = basis, steady, None
+        self._frozen()
+
+    def _frozen(self) -> None:
+        """Once frozen the sums and the smoothness are done with (a frozen snapshot leaves them
+        out): let them go, they are a few hundred bytes a channel."""
+        self.smooth = None
+        self.n = 0
+        self.t0 = self.v0 = self.st = self.sv = self.stt = self.stv = self.svv = 0.0
 
     def learn(self, t: float, value: float, floor: float) -> float | None:
         """Add a reading while still learning; once frozen, the denominator the tangent angle
@@ -281,6 +352,8 @@ class ReferenceRate:
         self.rate = None if state["rate"] is None else float(state["rate"])
         self.stderr = None if state["stderr"] is None else float(state["stderr"])
         self.steady = None if state.get("steady") is None else float(state["steady"])
+        if self.noise is not None and self.smooth is None and self.rate is None:
+            self.smooth = Smoothness()  # learning again (frozen, this one had let its own go)
         if self.smooth is not None and "smoothness" in state:
             self.smooth.restore(state["smoothness"])
             self.pending = state.get("pending")
@@ -289,6 +362,8 @@ class ReferenceRate:
             self.figure = NoiseFigure(float(sigma), str(source), self.noise.floor, self.noise.floor_source)
             self.rho = None if state["rho"] is None else float(state["rho"])
             self.widen, self.basis = float(state["widen"]), state["basis"]
+        if self.rate is not None:
+            self._frozen()
 
 
 class TangentAngleDetector(StreamingDetector):
@@ -313,6 +388,41 @@ class TangentAngleDetector(StreamingDetector):
     nothing more to tell, and that verdict is one shared value.
     """
 
+    __slots__ = (
+        "_last",
+        "_last_t",
+        "_latch",
+        "_min_span_s",
+        "_own",
+        "_rb",
+        "_ref",
+        "_ri",
+        "_rn",
+        "_rz",
+        "_said",
+        "_sig",
+        "_smooth",
+        "_steady",
+        "_ts",
+        "_u",
+        "_widen",
+        "_windows",
+        "hold_s",
+        "hysteresis",
+        "max_reference_s",
+        "min_points",
+        "min_span",
+        "min_v_steady",
+        "noise",
+        "persist",
+        "reference_s",
+        "reference_z",
+        "thresholds_deg",
+        "unit",
+        "window_s",
+        "z",
+    )
+
     def __init__(
         self,
         *,
@@ -335,7 +445,7 @@ class TangentAngleDetector(StreamingDetector):
         thresholds = [(int(lvl), float(a)) for lvl, a in thresholds_deg]
         if not thresholds or any(not 0 < a < 90 for _, a in thresholds):
             raise ValueError(f"thresholds_deg must be [(level 1-4, angle in (0, 90) degrees)] ascending, got {thresholds}")
-        LevelLatch(thresholds)  # validates: levels distinct, ascending, 1-4; angles rising
+        canon, said = _angles(tuple(thresholds))  # validates: levels distinct, ascending, 1-4; angles rising
         check_window("window_s", window_s)
         check_window("reference_s", reference_s)
         if not min_v_steady > 0:
@@ -351,7 +461,7 @@ class TangentAngleDetector(StreamingDetector):
         self.noise = noise
         self.reference_z = float(reference_z)
         self.max_reference_s = None if max_reference_s is None else float(max_reference_s)
-        self.thresholds_deg = tuple(thresholds)
+        self.thresholds_deg = canon
         self.window_s = float(window_s)
         self.reference_s = float(reference_s)
         self.min_v_steady = float(min_v_steady)
@@ -361,10 +471,10 @@ class TangentAngleDetector(StreamingDetector):
         self.hold_s = float(hold_s)
         self.min_points = min_points
         self.min_span = float(min_span)
-        self._min_span_s = self.min_span * self.window_s
+        self._min_span_s = _product(self.min_span, self.window_s)
         self.unit = unit
-        self._u = f"{unit}/day"
-        self._said = {lvl: (thr, f"≥ {LEVELS[lvl].colour} {thr:g}°, or held)") for lvl, thr in self.thresholds_deg}
+        self._u = _per_day(unit) if type(unit) is str else f"{unit}/day"
+        self._said = said
         self._own = windows is None
         self._windows = SlopeWindows() if windows is None else windows
         self._ts = self._windows.ts  # the same list for the windows' lifetime
@@ -403,12 +513,11 @@ class TangentAngleDetector(StreamingDetector):
             raise ValueError(f"window_s must be > 0, got {window_s}")
         if not noise_mm > 0:
             raise ValueError(f"noise_mm must be > 0, got {noise_mm}")
-        window = max(window_s, min(2 * window_s, 12 * HOUR))
-        min_points = max(3, min(12, int(window / interval_s)))
+        window, min_points, reference_s, min_v_steady = _channel_params(window_s, interval_s, noise_mm)
         return cls(
             window_s=window,
-            reference_s=max(3 * DAY, 12 * interval_s),
-            min_v_steady=4.0 * white_noise_velocity_se(noise_mm, window, interval_s),
+            reference_s=reference_s,
+            min_v_steady=min_v_steady,
             hold_s=hold_s,
             min_points=min_points,
             unit=unit,
@@ -423,7 +532,12 @@ class TangentAngleDetector(StreamingDetector):
         self._ref = ReferenceRate(self.reference_s, self.min_points, noise=self.noise, z=self.reference_z, max_reference_s=self.max_reference_s)
         self._sig = 0.0  # σ·DAY of the noise figure once the reference froze (0: no floor)
         self._widen = 1.0
-        self._recent: deque[float] = deque(maxlen=self.persist)
+        # The last ``persist`` judged angles (a list, not a deque: a deque costs ~1.3 KB however
+        # few values it holds), a ring of ``persist`` slots: the next one to write (``_ri``),
+        # how many are filled (``_rn``) and how many of the newest are not 0 (``_rz``: while a
+        # 0 is among them, their minimum is 0 without a look; no angle is negative).
+        self._rb = [0.0] * self.persist
+        self._ri = self._rn = self._rz = 0
         self._latch = LevelLatch(list(self.thresholds_deg), self.hysteresis, self.hold_s)
         self._steady: float | None = None  # the denominator, once the reference is frozen
         self._last_t: float | None = None
@@ -449,7 +563,7 @@ class TangentAngleDetector(StreamingDetector):
             self._windows.push(t, value)
         smooth = self._smooth
         if smooth.restarted:
-            self._recent.clear()  # the persistence memory goes with the window
+            self._ri = self._rn = self._rz = 0  # the persistence memory goes with the window
         steady = self._steady
         if steady is None:
             ref = self._ref
@@ -461,7 +575,7 @@ class TangentAngleDetector(StreamingDetector):
                 self._last = _WARMING_VERDICT
                 return _WARMING_VERDICT
             if ref.figure is not None:
-                self._sig, self._widen = ref.figure.sigma * DAY, ref.widen
+                self._sig, self._widen = _product(ref.figure.sigma, DAY), ref.widen
         f = smooth.fit() if smooth.n >= self.min_points and t - smooth.first >= self._min_span_s else None
         if f is None:
             self._last = _WARMING_VERDICT
@@ -473,20 +587,34 @@ class TangentAngleDetector(StreamingDetector):
             n = smooth.n
             sxx = smooth.stt - smooth.st * smooth.st / n
             floor_se = self._sig / math.sqrt(sxx)
-            se = (se if se > floor_se else floor_se) * self._widen
+            se = (se if se > floor_se else floor_se) * self._widen  # noqa: FURB136 (max() costs a call per reading)
         av = v if v >= 0.0 else -v
         # Judge the lower confidence bound |v| - z·se: an insignificant slope gives 0, and a
         # slope creeping at its steady rate cannot flap around 45° on noise.
         low = av - self.z * se
-        alpha = degrees(atan(low / steady)) if low > 0 else 0.0
-        recent = self._recent
-        recent.append(alpha)
         # A level needs `persist` judged angles in a row; until then the latch is not asked.
+        rb = self._rb
+        i = self._ri
+        p = self.persist
+        if low > 0:
+            rb[i] = alpha = degrees(atan(low / steady))
+            rz = self._rz
+            if rz < p:
+                self._rz = rz = rz + 1
+        else:
+            rb[i] = alpha = 0.0
+            self._rz = rz = 0
+        i += 1
+        self._ri = 0 if i == p else i
         latch = self._latch
-        if len(recent) < self.persist:
+        rn = self._rn
+        if rn < p:
+            self._rn = rn = rn + 1
+        if rn < p:
             level = latch.level
         else:
-            x = min(recent)
+            # The minimum of the ring: 0 while one of its angles is 0 (none is negative).
+            x = 0.0 if rz < p else min(rb)
             # The latch's own quiet path, inline: nothing latched and x below every threshold.
             level = 0 if latch.level == 0 and x < latch._lowest else latch.update(t, x)
         if level == 0 and low <= 0:
@@ -514,10 +642,17 @@ class TangentAngleDetector(StreamingDetector):
             )
         return self._last
 
+    def _recent(self) -> list[float]:
+        """The last ``persist`` judged angles, oldest first."""
+        rb, rn, i = self._rb, self._rn, self._ri
+        if rn < self.persist:
+            return rb[:rn]
+        return rb[i:] + rb[:i]
+
     def snapshot(self) -> dict[str, Any]:
         state = {
             "reference": self._ref.snapshot(),
-            "recent": list(self._recent),
+            "recent": self._recent(),
             "latch": self._latch.snapshot(),
             "last_t": self._last_t,
             "last": self._last.to_dict(),
@@ -531,7 +666,15 @@ class TangentAngleDetector(StreamingDetector):
         if self._own:
             self._windows.restore(state["smooth"])
         self._ref.restore(state["reference"])
-        self._recent.extend(float(a) for a in state["recent"])
+        p = self.persist
+        recent = [float(a) for a in state["recent"]][-p:]  # as a deque(maxlen=persist) kept them
+        rn = len(recent)
+        self._rb[:rn] = recent
+        self._rn, self._ri = rn, rn % p
+        rz = 0
+        while rz < rn and recent[rn - 1 - rz] != 0.0:
+            rz += 1
+        self._rz = rz
         self._latch.restore(state["latch"])
         self._last_t = None if state["last_t"] is None else float(state["last_t"])
         self._last = Verdict.from_dict(state["last"])
