@@ -135,6 +135,7 @@ import math
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from math import sqrt
 from operator import attrgetter
 from typing import Any
 
@@ -853,7 +854,7 @@ class InverseVelocityDetector(StreamingDetector):
             # Never less noise than the channel's figure; a smoothed series' readings count
             # for fewer (see ReferenceRate in detectors/tangent.py).
             sxx = smooth.stt - smooth.st * smooth.st / smooth.n
-            floor_se = self._sig / math.sqrt(sxx)
+            floor_se = self._sig / sqrt(sxx)
             se = (se if se > floor_se else floor_se) * self._widen  # noqa: FURB136 (max() costs a call per reading)
         av = v if v >= 0.0 else -v
 
@@ -888,6 +889,11 @@ class InverseVelocityDetector(StreamingDetector):
                     self._run = ()
             elif self._run:
                 self._run = ()
+            if self._onset is None and not significant and self._recent is p.quiet and self._latch is None:
+                # A stable point's usual reading, in short: no onset, no forecast now nor in
+                # the last `persist`, nothing latched, the slope within its noise.
+                self._last = _STILL
+                return _STILL
         elif av <= p.release * v_ref:
             self._drop()  # back to the reference: the acceleration is over
         else:
