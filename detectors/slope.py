@@ -236,7 +236,12 @@ class SlopeWindows:
                     tk = ts[k]
                 w.lo = k + base
                 w.first = tk
-            w.n, w.st, w.sv, w.stt, w.stv, w.svv = n, st, sv, stt, stv, svv
+            w.n = n  # one store each: a 6-tuple assignment builds and unpacks a tuple
+            w.st = st
+            w.sv = sv
+            w.stt = stt
+            w.stv = stv
+            w.svv = svv
         # Drop the readings no window needs any more (the longest reaches furthest back: a gap
         # restarts the shorter windows first), a block at a time.
         drop = self.views[0].lo - base
