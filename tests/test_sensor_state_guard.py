@@ -207,6 +207,7 @@ def test_statuses_beyond_one_page_still_come_before_the_readings_after_them(tmp_
     monkeypatch.setattr(detection, "STATUS_BATCH", 2)
     sites = Path(__file__).resolve().parents[1] / "simulators" / "scenarios" / "cn_sites.toml"
     loaded = load_all(None, sites_path=sites, roster_path=example_path("roster.example.toml"), find_file=False)
+    loaded.settings = loaded.settings.model_copy(update={"data_dir": tmp_path / "data"})  # its alerts.jsonl, not the cwd's
     j = Journal(tmp_path / "journal.sqlite")
     ids = {(c.device, c.channel): i for c, i in j.series_ids(loaded.registry).items()}
     crack, east = ids[("SP-U1", "crack")], ids[("SP-G1", "disp_e")]

@@ -49,6 +49,7 @@ def _run(tmp: Path, seed: int, *, rounds: int = 25, crash: float = 0.4, crash_mi
          status: float = 0.3, drill: float = 0.1) -> tuple[list[str], Counter, Counter, int]:
     rng = random.Random(seed)
     loaded = load_all(None, sites_path=example_path("sites.example.toml"), roster_path=example_path("roster.example.toml"), find_file=False)
+    loaded.settings = loaded.settings.model_copy(update={"data_dir": tmp / "data"})  # its alerts.jsonl, not the cwd's
     j = Journal(tmp / "journal.sqlite")
     clk_ref, clk = ManualClock(T0 / 1000), ManualClock(T0 / 1000)
     ids = {(c.site, c.device, c.channel): i for c, i in j.series_ids(loaded.registry).items()}

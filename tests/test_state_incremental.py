@@ -33,8 +33,10 @@ T0 = int(time.time() * 1000) - 95 * 600_000
 
 
 @pytest.fixture()
-def loaded():
-    return load_all(None, sites_path=example_path("sites.example.toml"), roster_path=example_path("roster.example.toml"), find_file=False)
+def loaded(tmp_path):
+    out = load_all(None, sites_path=example_path("sites.example.toml"), roster_path=example_path("roster.example.toml"), find_file=False)
+    out.settings = out.settings.model_copy(update={"data_dir": tmp_path / "data"})  # its alerts.jsonl, not the cwd's
+    return out
 
 
 def _detection(loaded, j):
