@@ -19,8 +19,8 @@ top-level ``detectors``/``config`` packages of before the namespace move. Either
 is imported from its own folders, never from the installed geowarn.
 
 ``--memory``: instead of time, the live memory one channel's bank holds after 7 days of readings:
-``MEMORY_BANKS`` banks of each kind are built and fed in a fresh process under ``tracemalloc``,
-and the bytes still allocated (Python objects, lists, arrays, numpy buffers) are divided by
+``MEMORY_BANKS`` banks of each kind are built and fed in a fresh process under ``tracemalloc``
+(each bank its own float objects, as decoding makes them), and the bytes still allocated (Python objects, lists, arrays, numpy buffers) are divided by
 the number of banks — what a national fleet pays per channel heard, which the JSON state size
 above is not; and the CPU to build one bank and to restore one from its snapshot, what a
 restart pays per channel. With ``--baseline`` both trees are measured, each in its own child.
@@ -183,7 +183,10 @@ def _memory(reg: Any, series: dict[str, tuple[np.ndarray, np.ndarray]], kind: st
     banks = []
     for _ in range(MEMORY_BANKS):
         guard, dets = _bank(reg, kind)
-        _feed(guard, dets, tl, vl)
+        # Each bank its own float objects, as each reading's decoding makes them in the service:
+        # a window that keeps a reading's floats alive pays for them (fed the same objects, the
+        # banks would share them, and they would count once for all).
+        _feed(guard, dets, [x * 1.0 for x in tl], [x * 1.0 for x in vl])
         banks.append((guard, dets))
     gc.collect()
     held, _ = tracemalloc.get_traced_memory()
