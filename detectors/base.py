@@ -85,3 +85,31 @@ def check_slope(min_span: float, z: float) -> None:
         raise ValueError(f"min_span must be in (0, 1], got {min_span}")
     if not z >= 0:
         raise ValueError(f"z must be >= 0, got {z}")
+
+
+def ring_values(rb: list[float], rn: int, ri: int) -> list[float]:
+    """The values of a persistence ring (``rb``: its slots, ``rn`` filled, ``ri`` the next to
+    write), oldest first: what a ``deque(maxlen=len(rb))`` of them would list.
+
+    >>> ring_values([4.0, 5.0, 3.0], 3, 2), ring_values([1.0, 0.0, 0.0], 1, 1)
+    ([3.0, 4.0, 5.0], [1.0])
+    """
+    return rb[:rn] if rn < len(rb) else rb[ri:] + rb[:ri]
+
+
+def ring_restore(rb: list[float], values: list[Any]) -> tuple[int, int, int]:
+    """Fill a persistence ring's slots ``rb`` with the newest of ``values`` (as a deque with
+    ``maxlen=len(rb)`` keeps them); returns (filled, next slot, how many of the newest are not 0).
+
+    >>> rb = [0.0] * 3
+    >>> ring_restore(rb, [9, 0.0, 2.0, 5.0]), rb
+    ((3, 0, 2), [0.0, 2.0, 5.0])
+    """
+    p = len(rb)
+    recent = [float(x) for x in values][-p:]
+    rn = len(recent)
+    rb[:rn] = recent
+    rz = 0
+    while rz < rn and recent[rn - 1 - rz] != 0.0:
+        rz += 1
+    return rn, rn % p, rz

@@ -104,6 +104,8 @@ from geowarn.detectors.base import (
     check_latch,
     check_slope,
     check_window,
+    ring_restore,
+    ring_values,
 )
 from geowarn.detectors.compact import pack, unpack
 from geowarn.detectors.latch import LevelLatch
@@ -644,10 +646,7 @@ class TangentAngleDetector(StreamingDetector):
 
     def _recent(self) -> list[float]:
         """The last ``persist`` judged angles, oldest first."""
-        rb, rn, i = self._rb, self._rn, self._ri
-        if rn < self.persist:
-            return rb[:rn]
-        return rb[i:] + rb[:i]
+        return ring_values(self._rb, self._rn, self._ri)
 
     def snapshot(self) -> dict[str, Any]:
         state = {
@@ -666,15 +665,7 @@ class TangentAngleDetector(StreamingDetector):
         if self._own:
             self._windows.restore(state["smooth"])
         self._ref.restore(state["reference"])
-        p = self.persist
-        recent = [float(a) for a in state["recent"]][-p:]  # as a deque(maxlen=persist) kept them
-        rn = len(recent)
-        self._rb[:rn] = recent
-        self._rn, self._ri = rn, rn % p
-        rz = 0
-        while rz < rn and recent[rn - 1 - rz] != 0.0:
-            rz += 1
-        self._rz = rz
+        self._rn, self._ri, self._rz = ring_restore(self._rb, state["recent"])
         self._latch.restore(state["latch"])
         self._last_t = None if state["last_t"] is None else float(state["last_t"])
         self._last = Verdict.from_dict(state["last"])

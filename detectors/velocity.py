@@ -47,6 +47,8 @@ from geowarn.detectors.base import (
     check_int,
     check_slope,
     check_window,
+    ring_restore,
+    ring_values,
 )
 from geowarn.detectors.latch import LevelLatch
 from geowarn.detectors.noise import MAX_RHO, NoiseFigure
@@ -372,10 +374,7 @@ class VelocityDetector(StreamingDetector):
 
     def _recent(self) -> list[float]:
         """The last ``persist`` judged speeds, oldest first."""
-        rb, rn, i = self._rb, self._rn, self._ri
-        if rn < self.persist:
-            return rb[:rn]
-        return rb[i:] + rb[:i]
+        return ring_values(self._rb, self._rn, self._ri)
 
     def snapshot(self) -> dict[str, Any]:
         state: dict[str, Any] = {"recent": self._recent(), "latch": self._latch.snapshot(), "last_t": self._last_t, "last": self._last.to_dict()}
@@ -392,15 +391,7 @@ class VelocityDetector(StreamingDetector):
         self._reset()
         if self._own:
             self._windows.restore(state["smooth"])
-        p = self.persist
-        recent = [float(r) for r in state["recent"]][-p:]  # as a deque(maxlen=persist) kept them
-        rn = len(recent)
-        self._rb[:rn] = recent
-        self._rn, self._ri = rn, rn % p
-        rz = 0
-        while rz < rn and recent[rn - 1 - rz] != 0.0:
-            rz += 1
-        self._rz = rz
+        self._rn, self._ri, self._rz = ring_restore(self._rb, state["recent"])
         sa, ma = self._sa, self._ma
         for a, b in state.get("since", []):
             t, s = float(a), float(b)
