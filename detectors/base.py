@@ -79,6 +79,16 @@ def check_latch(hysteresis: float, hold_s: float) -> None:
         raise ValueError(f"hold_s must be >= 0, got {hold_s}")
 
 
+def check_channel(interval_s: float, window_s: float, noise_mm: float) -> None:
+    """A ``for_channel`` constructor's channel: reporting interval, velocity window and noise, each > 0."""
+    if not interval_s > 0:
+        raise ValueError(f"interval_s must be > 0, got {interval_s}")
+    if not window_s > 0:
+        raise ValueError(f"window_s must be > 0, got {window_s}")
+    if not noise_mm > 0:
+        raise ValueError(f"noise_mm must be > 0, got {noise_mm}")
+
+
 def check_slope(min_span: float, z: float) -> None:
     """The sliding slope's coverage (``min_span`` of its window) and significance (``z``)."""
     if not 0 < min_span <= 1:

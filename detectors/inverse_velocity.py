@@ -143,7 +143,7 @@ import numpy as np
 from scipy import stats
 
 from geowarn.core.levels import LEVELS
-from geowarn.detectors.base import StreamingDetector, check_int, check_latch, check_slope, check_window
+from geowarn.detectors.base import StreamingDetector, check_channel, check_int, check_latch, check_slope, check_window
 from geowarn.detectors.compact import pack, pack_times, unpack
 from geowarn.detectors.latch import LevelLatch
 from geowarn.detectors.noise import NoiseFigure
@@ -451,12 +451,7 @@ def _channel_params(
     min_velocity: float,
 ) -> _Params:
     """``InverseVelocityDetector.for_channel``'s parameters, derived and checked once per set."""
-    if not interval_s > 0:
-        raise ValueError(f"interval_s must be > 0, got {interval_s}")
-    if not window_s > 0:
-        raise ValueError(f"window_s must be > 0, got {window_s}")
-    if not noise_mm > 0:
-        raise ValueError(f"noise_mm must be > 0, got {noise_mm}")
+    check_channel(interval_s, window_s, noise_mm)
     return _cached(
         _params,
         horizons_s,

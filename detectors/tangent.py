@@ -100,6 +100,7 @@ from typing import Any
 from geowarn.core.levels import LEVELS
 from geowarn.detectors.base import (
     StreamingDetector,
+    check_channel,
     check_int,
     check_latch,
     check_slope,
@@ -509,12 +510,7 @@ class TangentAngleDetector(StreamingDetector):
         """
         if noise is not None:
             noise_mm = noise.sigma
-        if not interval_s > 0:
-            raise ValueError(f"interval_s must be > 0, got {interval_s}")
-        if not window_s > 0:
-            raise ValueError(f"window_s must be > 0, got {window_s}")
-        if not noise_mm > 0:
-            raise ValueError(f"noise_mm must be > 0, got {noise_mm}")
+        check_channel(interval_s, window_s, noise_mm)
         window, min_points, reference_s, min_v_steady = _channel_params(window_s, interval_s, noise_mm)
         return cls(
             window_s=window,
