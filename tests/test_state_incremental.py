@@ -91,6 +91,17 @@ def _state(det) -> str:
     return json.dumps(snap, sort_keys=True)
 
 
+def _saved(loaded, tmp_path: Path) -> tuple[Journal, detection.Detection]:
+    """A journal with 30 steps of the feed judged and every site saved."""
+    j = Journal(tmp_path / "journal.sqlite")
+    feed = Feed(loaded, j)
+    det = _detection(loaded, j)
+    feed.batch(steps=30)
+    _drain(det)
+    det.save_snapshot()
+    return j, det
+
+
 def _rows(j: Journal) -> dict[str, tuple[int, int, int]]:
     return {site: (pos, spos, len(body)) for site, pos, spos, body in j.site_states()}
 
@@ -246,12 +257,7 @@ def test_a_step_back_guard_restored_mid_hold_judges_as_the_one_never_stopped():
 
 
 def test_a_damaged_site_row_starts_that_site_afresh_and_the_others_exactly(loaded, tmp_path, caplog):
-    j = Journal(tmp_path / "journal.sqlite")
-    feed = Feed(loaded, j)
-    det = _detection(loaded, j)
-    feed.batch(steps=30)
-    _drain(det)
-    det.save_snapshot()
+    j, det = _saved(loaded, tmp_path)
     expected = json.loads(_state(det))
     j.conn.execute("UPDATE site_state SET body = ? WHERE site = 'XK'", ('{"sites": [1, 2',))
     j.conn.execute("UPDATE site_state SET body = ? WHERE site = 'BZM'", ('[]',))
@@ -264,12 +270,7 @@ def test_a_damaged_site_row_starts_that_site_afresh_and_the_others_exactly(loade
 
 
 def test_a_damaged_header_rebuilds_from_the_journal_instead_of_failing(loaded, tmp_path, caplog):
-    j = Journal(tmp_path / "journal.sqlite")
-    feed = Feed(loaded, j)
-    det = _detection(loaded, j)
-    feed.batch(steps=30)
-    _drain(det)
-    det.save_snapshot()
+    j, det = _saved(loaded, tmp_path)
     j.set_state(detection.STATE_KEY, {"floor": "x"})
     again = _detection(loaded, j)
     assert again.position == j.last_id()
