@@ -315,6 +315,7 @@ class GeoWarnCollector(Collector):
         behind = GaugeMetricFamily("geowarn_detection_lag_readings", "journal readings after detection's last checkpoint")
         unsaved = GaugeMetricFamily("geowarn_detection_unsaved_sites", "sites whose detector state changed since it was last saved (as of the last checkpoint)")
         replay = GaugeMetricFamily("geowarn_detection_restart_replay_readings", "journal readings a restart now would judge again to rebuild detector state not yet saved")
+        resuming = GaugeMetricFamily("geowarn_detection_resuming", "1 while detection, just started, reads the journal on from its saved state (no warnings until it is done)")
         fleet = self._fleet()
         total = fleet.total
         journal = JournalReader(self.data_dir / JOURNAL_FILE)
@@ -332,13 +333,14 @@ class GeoWarnCollector(Collector):
             if "unsaved_sites" in det:
                 unsaved.add_metric([], float(det["unsaved_sites"]))
                 replay.add_metric([], float(max(0, n_stored - int(det.get("floor", 0)))))
+            resuming.add_metric([], 1.0 if det.get("resuming") else 0.0)
         last_batch = MessageLogReader(self.data_dir / MESSAGES_FILE).last_id()
         lag = GaugeMetricFamily("geowarn_store_lag_batches", "message-log batches (of up to 2000 messages) not yet decoded into the journal")
         lag.add_metric([], float(max(0, last_batch - stored_batch)))
         devices.add_metric([], float(total))
         online.add_metric([], float(n_online))
         ratio.add_metric([], n_online / total if total else 0.0)
-        yield from (stored, dead, lag, devices, online, ratio, judged, judging, behind, unsaved, replay)
+        yield from (stored, dead, lag, devices, online, ratio, judged, judging, behind, unsaved, replay, resuming)
 
     def _online(self, journal: JournalReader, fleet: _Fleet) -> int:
         """Registry devices with a channel whose newest reading (by event time) arrived within

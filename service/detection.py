@@ -159,6 +159,12 @@ class Detection:
         self._loose: set[str] = set()
         #: Changes of held readings judged as a status arrived (``_statuses``), for the batch.
         self._released: list[LevelChange] = []
+        #: While the start reads on from the saved floor (``_resume_step``): (the position up
+        #: to which changes were announced before, so judged silently; the journal's newest
+        #: at the start, judged and announced before the chain's clock starts). None: running.
+        self.resuming: tuple[int, int] | None = None
+        self._resume_started = (0.0, 0)
+        self._persisted: dict[str, int] = {}
         self._mark()
         self._resume()
 
@@ -194,11 +200,14 @@ class Detection:
                 self._mark()
                 self.fusion.dirty.update((site, self.fusion.dirty_mark) for site in self.registry.sites)
                 self._initial = set(self.registry.sites)
-            emitted = int(self.journal.get_state(EMITTED_KEY, 0) or 0)
-            while self.position < emitted and self._consume(emit=False, upto=emitted):
-                pass
-            while self._consume():
-                pass
+            # The journal is read on by step(), a batch at a time (see ``resuming``): the
+            # daemon is online meanwhile, and a national fleet's replay does not hold it up.
+            self.resuming = (int(self.journal.get_state(EMITTED_KEY, 0) or 0), self.journal.last_id())
+            self._resume_started = (time.monotonic(), self.position)
+            self._persisted = persisted
+            log.info("detection resuming: reading on from the saved floor",
+                     extra=kv(floor=self.position, silent_until=self.resuming[0], catch_up_to=self.resuming[1]))
+            return
         else:
             self._latest_statuses()
             horizon_s = max(site.policy.velocity_window_s for site in self.registry.sites.values())
@@ -222,11 +231,45 @@ class Detection:
                 level, before = self.fusion.level(site), int(persisted.get(site, 0))
                 if level > before:
                     self.judge.announce(LevelChange(site, self.clock.now(), level, before, "recomputed from the journal after a restart"))
+        self._started(persisted)
+
+    def _started(self, persisted: dict[str, int]) -> None:
+        """The end of the start: the journal is judged up to where it stood at the start."""
         # The chain's clock starts: its timers and zero reports run from now. Timers due now
         # (devices silent while detection was down, held readings come due) are announced, not
-        # dropped; the levels they moved are saved with the rest.
-        self.judge.start()
+        # dropped; the levels they moved are saved with the rest, and their sites at once (no
+        # position says they were announced: a crash would announce them again).
+        ticked = self.judge.start()
         self._save_levels(self.registry.sites, drop=[s for s in persisted if s not in self.registry.sites])
+        self.save_sites(None, only={c.site for c in ticked})
+
+    def resume(self) -> None:
+        """The whole of the start's reading on at once (what ``step`` does a batch at a time)."""
+        while self.resuming is not None:
+            self._resume_step()
+
+    def _resume_step(self) -> int:
+        """One batch of the start's reading on from the floor: silently up to the position
+        whose changes were announced before the stop, then judged and announced up to where
+        the journal stood at the start; then the start ends (``_started``)."""
+        assert self.resuming is not None
+        silent_until, catch_up_to = self.resuming
+        if self.position < silent_until and (n := self._consume(emit=False, upto=silent_until)):
+            return n
+        # Judged and announced until the journal runs out (statuses after the last reading
+        # too), or one batch past where it stood at the start: a stream that goes on arriving
+        # faster than it is judged must not keep the chain's clock from ever starting.
+        at_start_head = self.position >= catch_up_to
+        if self._consume() and not at_start_head:
+            return 1
+        took, floor = time.monotonic() - self._resume_started[0], self._resume_started[1]
+        self.resuming = None
+        self._started(self._persisted)
+        self._persisted = {}
+        oldest = next(iter(self.fusion.dirty.values()), None)
+        self.save_stats(self.position if oldest is None else oldest[0])
+        log.info("detection resumed", extra=kv(replayed=self.position - floor, seconds=round(took, 1), position=self.position))
+        return 1  # come back at once: what arrived meanwhile is judged as usual
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -401,6 +444,8 @@ class Detection:
 
     def step(self) -> int:
         """One round: a batch of readings, then the timers due by the clock. Returns readings judged."""
+        if self.resuming is not None:
+            return self._resume_step()
         t0 = time.perf_counter()
         n = self._consume()
         if n:
@@ -433,10 +478,18 @@ class Detection:
         now = time.monotonic()
         start = time.perf_counter()
         rows: list[tuple[str, int, int, str]] = []
+        skip = self._skip
         for site in (dirty if only is None else [x for x in only if x in dirty]):
             mark = dirty[site]
             if only is None and mark is not None and now - mark[2] < older_than_s:
                 break  # oldest first: the rest changed later still
+            if skip and site in skip and (skip[site][0] > self.position or skip[site][1] > self.status_position):
+                # Reading on from the floor, not yet past this site's row: its state holds readings
+                # after the position it would be saved against, and a restart would count them
+                # twice. (Nothing read in that range changes such a site today: its readings and
+                # statuses are skipped, its held readings come due in the same order as before.
+                # This keeps it so.)
+                continue
             rows.append((site, self.position, self.status_position, json.dumps(self.fusion.site_state(site), separators=(",", ":"))))
             if budget_s is not None and time.perf_counter() - start >= budget_s:
                 break
@@ -469,10 +522,15 @@ class Detection:
         header = self._header()
         if not self._initial:  # (else a restart must start as this one did: see _initial)
             self.journal.set_state(STATE_KEY, header)  # the floor moves on to here when nothing is left
-        # For /metrics: how much a restart now would judge again, and why.
-        self.journal.set_state(DETECTION_STATS_KEY, {"readings": self.judged, "seconds": self.judging_s, "position": self.position,
-                                                     "unsaved_sites": len(self.fusion.dirty), "floor": header["floor"]})
+        self.save_stats(header["floor"])
         self.save_clock_health()
+
+    def save_stats(self, floor: int) -> None:
+        """For /metrics and /healthz: how far detection has judged, how much a restart now
+        would judge again, and whether a start is still reading on from its saved floor."""
+        self.journal.set_state(DETECTION_STATS_KEY, {"readings": self.judged, "seconds": self.judging_s, "position": self.position,
+                                                     "unsaved_sites": len(self.fusion.dirty), "floor": floor,
+                                                     "resuming": self.resuming is not None})
 
     def save_clock_health(self) -> None:
         """Devices' clock health for the console, ``/metrics`` and the zero report (they read it
@@ -582,9 +640,10 @@ class DetectionJob:
             sender=s.cap_sender,
         )
         self.detection = Detection(loaded, self.journal, lambda topic, payload, retain: link.publish(topic, payload, retain), self.clock, self.chain.chain)
-        # The start's catch-up announced what happened while detection was down (devices fallen
-        # silent, levels recomputed): a snapshot now, or a crash before the first periodic one
-        # announces it all again (no data for every device).
+        # A start without saved state recomputed every site's level from the journal and
+        # announced it: a snapshot now, or a crash before the first periodic one announces it
+        # all again. (With saved state the journal is read on by the steps, and the sites of
+        # what the start's timers announce are saved as it ends: ``Detection._started``.)
         self.detection.save_snapshot()
         self.dispatch_thread.start()
 
@@ -598,6 +657,10 @@ class DetectionJob:
         return [f"{prefix}/{kind}" for kind in cls.REQUESTS] + ([REPLY_TOPIC] if cn else [])
 
     def step(self) -> int:
+        if self.detection.resuming is not None:
+            # Requests wait in the inbox until the start has judged what the journal held: an
+            # ack must find the warnings the stop left, and the chain's clock running.
+            return self.detection.step()
         return self.detection.step() + self._requests()
 
     def _requests(self) -> int:

@@ -97,9 +97,9 @@ class Judge:
         if isinstance(self.clock, EventClock):
             self.clock.observe(t)
 
-    def start(self, *, silence_from_now: bool = True) -> None:
+    def start(self, *, silence_from_now: bool = True) -> list[LevelChange]:
         """Start the chain's clock (its zero reports are watched from now) and announce the
-        no-data timers already due (devices silent while nobody judged).
+        no-data timers already due (devices silent while nobody judged); returns those.
 
         ``silence_from_now``: a daemon starting counts a device it never hears from as silent
         from now; a replay (False) from its first real reading, so a drill feed never declares
@@ -108,9 +108,12 @@ class Judge:
         now = self.clock.now()
         if self.chain is not None:
             self.chain.tick(now)
-        if silence_from_now:
-            for change in self.fusion.tick(now):
-                self.announce(change)
+        if not silence_from_now:
+            return []
+        ticked = self.fusion.tick(now)
+        for change in ticked:
+            self.announce(change)
+        return ticked
 
     def at(self, t: float) -> list[LevelChange]:
         """Run every timer due up to ``t``, each at its own time, then (event time) move the

@@ -230,6 +230,7 @@ def test_scoped_ack_through_the_api_stops_escalation_and_everything_is_audited(c
     # Every site's state saved by the checkpoint: a restart would judge nothing again.
     assert value("geowarn_detection_unsaved_sites") == 0
     assert value("geowarn_detection_restart_replay_readings") == 0
+    assert value("geowarn_detection_resuming") == 0  # a first start: nothing to read on from
 
     # The three refused requests at the start (two without a token, one with a wrong one) are
     # ONE audit row, their burst's, written when it ends (a minute of quiet, or the clean stop):

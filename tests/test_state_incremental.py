@@ -40,7 +40,10 @@ def loaded(tmp_path):
 
 
 def _detection(loaded, j):
-    return detection.Detection(loaded, j, lambda *a, **k: None, WallClock())
+    """A detection started on the journal, its reading on from the saved floor done."""
+    det = detection.Detection(loaded, j, lambda *a, **k: None, WallClock())
+    det.resume()
+    return det
 
 
 def _drain(det) -> None:
@@ -140,6 +143,58 @@ def test_a_restart_after_partial_saves_and_a_crash_holds_exactly_what_judging_st
     assert again.fusion.quality == reference.fusion.quality and reference.fusion.quality.get("sensor_fault", 0) > 0
     assert again.fusion.level("BSH") == reference.fusion.level("BSH") >= 1, "the failing slope raised a level"
     assert again.fusion.sensor_faults() == reference.fusion.sensor_faults() != {}
+    j.close()
+
+
+def test_a_restart_reads_on_from_its_floor_a_batch_per_step_and_a_crash_in_the_middle_loses_nothing(loaded, tmp_path, monkeypatch):
+    # The daemon is online as soon as the rows are restored: the journal after the floor is
+    # read on a batch per step (``Detection.resuming``), with checkpoints and crashes landing in
+    # the middle of it: every row saved meanwhile must let the next restart end exactly where
+    # judging straight through does, and no row may go back to an earlier position.
+    monkeypatch.setattr(detection, "BATCH", 7)
+    j = Journal(tmp_path / "journal.sqlite")
+    reference = _detection(loaded, j)  # never saves, never stops
+    feed = Feed(loaded, j)
+    first = _detection(loaded, j)
+    feed.batch(steps=30)
+    _drain(first)
+    first.save_sites(None)
+    # Rows of different ages: BSH saved late (its row ahead of the floor), the others not.
+    feed.batch(steps=10, status=("BSH", "BSH-GNSS1", {"disp_e": -2}))
+    _drain(first)
+    first.save_sites(None, only={"BSH"})
+    feed.batch(sites={"BZM", "XK"}, steps=10)
+    _drain(first)
+    first.save_snapshot(0.0)  # the header: the floor before BZM's and XK's changes
+    del first  # a crash
+    header = j.get_state(detection.STATE_KEY)
+    assert _rows(j)["BSH"][0] > header["floor"], "BSH's row must be ahead of the floor"
+
+    rng = random.Random(5)
+    steps = crashes = 0
+    det = detection.Detection(loaded, j, lambda *a, **k: None, WallClock())
+    assert det.resuming is not None and det.position == header["floor"] < j.last_id(), "started before reading on"
+    det.save_snapshot(0.0)  # what the worker does once built: /metrics and /healthz say it is resuming
+    assert j.get_state(detection.DETECTION_STATS_KEY)["resuming"] is True
+    while det.resuming is not None:
+        rows_before = _rows(j)
+        det.step()
+        steps += 1
+        det.save_sites(None)  # every change, whatever its age
+        if rng.random() < 0.3:
+            det.save_snapshot(None)
+        for site, (pos, _, _) in _rows(j).items():
+            assert pos >= rows_before.get(site, (0, 0, 0))[0], f"{site}'s row went back to an earlier position"
+        if rng.random() < 0.25:
+            crashes += 1
+            det = detection.Detection(loaded, j, lambda *a, **k: None, WallClock())
+    assert steps > 20 and crashes >= 3, (steps, crashes)
+    assert j.get_state(detection.DETECTION_STATS_KEY)["resuming"] is False  # said as the start ended
+    feed.batch(steps=20)
+    _drain(det)
+    _drain(reference)
+    assert _state(det) == _state(reference)
+    assert det.fusion.level("BSH") == reference.fusion.level("BSH") >= 1
     j.close()
 
 

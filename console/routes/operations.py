@@ -35,7 +35,9 @@ def _lag(ctx: Ctx) -> list[str]:
     if batches > LAG_MAX_BATCHES:
         out.append(f"lagging: {batches} message-log batches not yet stored in the journal")
     if readings > LAG_MAX_READINGS:
-        out.append(f"lagging: {readings} stored readings not yet judged by detection (warnings come late)")
+        out.append(f"resuming: detection, restarted, is judging again the {readings} readings stored after its saved state; "
+                   "warnings resume when it has caught up" if det.get("resuming") else
+                   f"lagging: {readings} stored readings not yet judged by detection (warnings come late)")
     return out
 
 
