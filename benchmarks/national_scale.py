@@ -388,10 +388,20 @@ def judged(conn: sqlite3.Connection) -> tuple[int, int, float]:
     (once some site has been changed for the snapshot interval: in practice about once a
     minute), its checkpoint stats (every snapshot interval) and ``fusion.emitted_through``
     after every batch in which it announced a level change. The probes raise a site every
-    ``--probe-every`` seconds, so the last moves at least that often while detection keeps up."""
+    ``--probe-every`` seconds, so the last moves at least that often while detection keeps up.
+
+    A restarted detection reads the journal on from its saved floor before it judges anything
+    new, and its stats say so (``resuming``, written as it starts and as it ends): meanwhile
+    the header and ``fusion.emitted_through`` still hold the positions of before the restart,
+    and only the stats' position (the floor) counts."""
     top = conn.execute("SELECT max(id) FROM readings").fetchone()[0] or 0
     pos = 0
-    for key, path in ((STATE_HEADER, "$.position"), (STATS_KEY, "$.position"), (EMITTED_KEY, "$")):
+    row = conn.execute("SELECT json_extract(value, '$.resuming'), json_extract(value, '$.position') FROM state WHERE key = ?",
+                       (STATS_KEY,)).fetchone()
+    keys = ((STATE_HEADER, "$.position"), (STATS_KEY, "$.position"), (EMITTED_KEY, "$"))
+    if row and row[0]:
+        keys = ((STATS_KEY, "$.position"),)
+    for key, path in keys:
         row = conn.execute("SELECT json_extract(value, ?) FROM state WHERE key = ?", (path, key)).fetchone()
         if row and row[0] is not None:
             pos = max(pos, int(row[0]))
