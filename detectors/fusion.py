@@ -95,9 +95,14 @@ from geowarn.core.levels import LEVELS
 from geowarn.core.timefmt import rfc3339
 from geowarn.detectors.clockhealth import CLOCK_FAULTS, CLOCK_TROUBLE_AT, CLOCK_WINDOW
 from geowarn.detectors.contract import Detector
+from geowarn.detectors.inverse_velocity import InverseVelocityDetector
 from geowarn.detectors.nodata import NoDataMonitor
+from geowarn.detectors.noise import noise_for
 from geowarn.detectors.quality import QualityGuard
+from geowarn.detectors.rain import RainDetector, RainThresholds
+from geowarn.detectors.rise import RiseRateDetector
 from geowarn.detectors.slope import SharedWindows, SlopeWindows
+from geowarn.detectors.tangent import TangentAngleDetector
 from geowarn.detectors.threshold import ThresholdDetector
 from geowarn.detectors.velocity import VelocityDetector
 from geowarn.detectors.verdict import Verdict
@@ -209,12 +214,6 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
     "estimated", e.g. a registry built from a feed) never below the kind's physical floor, or
     that floor; their evidence says which.
     """
-    from geowarn.detectors.inverse_velocity import InverseVelocityDetector
-    from geowarn.detectors.noise import noise_for
-    from geowarn.detectors.rain import RainDetector, RainThresholds
-    from geowarn.detectors.rise import RiseRateDetector
-    from geowarn.detectors.tangent import TangentAngleDetector
-
     policy = registry.sites[info.site].policy
     spec = info.spec
     interval = info.interval_s

@@ -729,7 +729,7 @@ class InverseVelocityDetector(StreamingDetector):
 
     def _new_latch(self) -> LevelLatch:
         p = self._p
-        latch = self._latch = LevelLatch(list(p.latch_thresholds), p.hysteresis, p.hold_s)
+        latch = self._latch = LevelLatch(p.latch_thresholds, p.hysteresis, p.hold_s)
         return latch
 
     def _y(self, av: float) -> float:

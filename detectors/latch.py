@@ -35,6 +35,28 @@ def _tables(key: tuple[tuple[tuple[Any, ...], tuple[Any, ...]], ...]) -> _Tables
     return _build(thresholds)
 
 
+#: id -> (thresholds, their tables) for thresholds given as a tuple of (int, float) tuples,
+#: which cannot change: a detector passes its own such tuple to every latch it makes (a restore
+#: makes them again), and finds the tables without spelling out the key (issue 17). Holding the
+#: tuple keeps its id from being reused; at most ``_BY_OBJECT_MAX`` are held.
+_BY_OBJECT: dict[int, tuple[Any, _Tables]] = {}
+_BY_OBJECT_MAX = 4096
+
+
+def _tables_of(thresholds: Sequence[tuple[int, float]]) -> _Tables:
+    try:
+        tables = _tables(tuple((_exact(lvl), _exact(thr)) for lvl, thr in thresholds))
+    except TypeError:  # an unhashable threshold: this latch builds its own tables
+        return _build(tuple((lvl, thr) for lvl, thr in thresholds))
+    if type(thresholds) is tuple and all(
+        type(p) is tuple and len(p) == 2 and type(p[0]) is int and type(p[1]) is float for p in thresholds
+    ):
+        if len(_BY_OBJECT) >= _BY_OBJECT_MAX:
+            _BY_OBJECT.clear()
+        _BY_OBJECT[id(thresholds)] = (thresholds, tables)
+    return tables
+
+
 def _build(thresholds: tuple[tuple[int, float], ...]) -> _Tables:
     levels = [lvl for lvl, _ in thresholds]
     if levels != sorted(set(levels)) or any(not 1 <= lvl <= 4 for lvl in levels):
@@ -67,11 +89,11 @@ class LevelLatch:
     __slots__ = ("_bands", "_below_since", "_lowest", "hold_s", "hysteresis", "level", "thresholds")
 
     def __init__(self, thresholds: Sequence[tuple[int, float]], hysteresis: float = 0.1, hold_s: float = 0.0) -> None:
-        try:
-            key = tuple((_exact(lvl), _exact(thr)) for lvl, thr in thresholds)
-            tables = _tables(key)
-        except TypeError:  # an unhashable threshold: this latch builds its own tables
-            tables = _build(tuple((lvl, thr) for lvl, thr in thresholds))
+        mine = _BY_OBJECT.get(id(thresholds))
+        if mine is not None and mine[0] is thresholds:  # a detector's own thresholds tuple again
+            tables = mine[1]
+        else:
+            tables = _tables_of(thresholds)
         if not 0 <= hysteresis < 1:
             raise ValueError(f"hysteresis must be in [0, 1), got {hysteresis}")
         if hold_s < 0:

@@ -536,7 +536,7 @@ class TangentAngleDetector(StreamingDetector):
         # 0 is among them, their minimum is 0 without a look; no angle is negative).
         self._rb = [0.0] * self.persist
         self._ri = self._rn = self._rz = 0
-        self._latch = LevelLatch(list(self.thresholds_deg), self.hysteresis, self.hold_s)
+        self._latch = LevelLatch(self.thresholds_deg, self.hysteresis, self.hold_s)  # a tuple: its tables are found by identity
         self._steady: float | None = None  # the denominator, once the reference is frozen
         self._last_t: float | None = None
         self._last = _WARMING_VERDICT

@@ -70,15 +70,16 @@ _SLACK = 16
 @functools.lru_cache(maxsize=1024)
 def _ladder(
     levels: tuple[tuple[int, float], ...], unit: str, window_s: float, min_span: float, noise_memory: int, hysteresis: float, hold_s: float, typed: str
-) -> tuple[MappingProxyType[int, tuple[float, str]], float, float]:
+) -> tuple[MappingProxyType[int, tuple[float, str]], float, float, tuple[tuple[int, float], ...]]:
     """What every detector with these parameters derives alike, made once (issue 17): the
-    constant part of each level's reason, ``min_span`` of the window in seconds, and the
-    residual statistics' rate. Read-only. ``typed`` (the levels' repr) tells apart levels that
+    constant part of each level's reason, ``min_span`` of the window in seconds, the residual
+    statistics' rate, and the levels as one shared tuple (its latches find their tables by
+    it, see ``LevelLatch``). Read-only. ``typed`` (the levels' repr) tells apart levels that
     compare equal but print or serialise differently (3 and 3.0, 0.0 and -0.0), so a detector
     always gets what its own parameters make."""
     LevelLatch(list(levels), hysteresis, hold_s)  # validates the levels, hysteresis and hold time
     said = {lvl: (thr, f" {unit}/day (≥ {LEVELS[lvl].colour} {thr:g} {unit}/day over {window_s / 3600:g} h, or held)") for lvl, thr in levels}
-    return MappingProxyType(said), min_span * window_s, 1.0 / noise_memory
+    return MappingProxyType(said), min_span * window_s, 1.0 / noise_memory, levels
 
 
 @functools.lru_cache(maxsize=1024)
@@ -111,6 +112,7 @@ class VelocityDetector(StreamingDetector):
         "_last",
         "_last_t",
         "_latch",
+        "_levels",
         "_ma",
         "_mh",
         "_min_span_s",
@@ -168,7 +170,7 @@ class VelocityDetector(StreamingDetector):
         check_int("persist", persist, 1)
         levels = tuple((lvl, thr) for lvl, thr in thresholds_per_day)
         # Validates the levels, hysteresis and hold time (once per distinct set of parameters).
-        self._said, self._min_span_s, self._lam = _ladder(
+        self._said, self._min_span_s, self._lam, self._levels = _ladder(
             levels, unit, window_s, min_span, noise_memory, hysteresis, hold_s, repr(levels)
         )
         self.thresholds_per_day = thresholds_per_day
@@ -210,7 +212,7 @@ class VelocityDetector(StreamingDetector):
         self._sh = self._mh = 0
         # Residual statistics (with a noise figure): count, mean |r|, mean r², mean r·r_prev, r_prev.
         self._res = [0.0, 0.0, 0.0, 0.0, 0.0]
-        self._latch = LevelLatch(self.thresholds_per_day, self.hysteresis, self.hold_s)
+        self._latch = LevelLatch(self._levels, self.hysteresis, self.hold_s)
         self._last_t: float | None = None
         self._last: Verdict = Verdict(0, "warming up", warming_up=True)
 

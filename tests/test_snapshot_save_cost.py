@@ -130,3 +130,37 @@ def test_a_damaged_string_is_a_clear_value_error(bad: str) -> None:
     # (a zlib.error escaped it before).
     with pytest.raises(ValueError):
         unpack(bad)
+
+
+def test_a_latch_found_by_its_thresholds_tuple_gets_exactly_its_own_thresholds() -> None:
+    from geowarn.detectors.latch import LevelLatch
+
+    mine = ((2, 10.0), (4, 20.0))
+    a, b = LevelLatch(mine, 0.1, 60.0), LevelLatch(mine, 0.1, 60.0)
+    assert a.thresholds == mine and b._bands is a._bands
+    # Equal but not the same: ints where floats were, -0.0 where 0.0 was; a list changed in place.
+    ints = LevelLatch(((2, 10), (4, 20)))
+    assert [type(t) for _, t in ints.thresholds] == [int, int]
+    zeros = LevelLatch(((1, -0.0), (2, 5.0)))
+    assert math.copysign(1.0, zeros.thresholds[0][1]) == -1.0
+    moving = [(2, 10.0), (4, 20.0)]
+    LevelLatch(moving)
+    moving[1] = (4, 30.0)
+    assert LevelLatch(moving).thresholds == ((2, 10.0), (4, 30.0))
+    # And they latch as before: up at once, down after the hold.
+    assert [a.update(t, x) for t, x in ((0, 25.0), (10, 19.0), (30, 17.0), (91, 17.0))] == [4, 4, 4, 2]
+
+
+def test_restored_detectors_latch_on_the_levels_they_were_given() -> None:
+    from geowarn.detectors.slope import SlopeWindows
+    from geowarn.detectors.tangent import TangentAngleDetector
+    from geowarn.detectors.velocity import VelocityDetector
+
+    for levels in ([(2, 10.0), (3, 72.0), (4, 120.0)], [(2, 10), (3, 72), (4, 120)]):
+        v = VelocityDetector(levels, window_s=6 * 3600.0, hold_s=1200.0, windows=SlopeWindows())
+        w = VelocityDetector(levels, window_s=6 * 3600.0, hold_s=1200.0, windows=SlopeWindows())
+        w.restore(v.snapshot())
+        for d in (v, w):
+            assert [(lvl, repr(t)) for lvl, t in d._latch.thresholds] == [(lvl, repr(t)) for lvl, t in levels]
+    t = TangentAngleDetector.for_channel(window_s=6 * 3600.0, interval_s=600.0, windows=SlopeWindows())
+    assert t._latch.thresholds == t.thresholds_deg
