@@ -136,3 +136,17 @@ def test_a_detection_crashed_at_random_ends_as_the_one_never_stopped(tmp_path, s
     assert not problems, problems[:5]
     assert not twice, f"announced twice: {list(twice)[:3]}"
     assert not missing, f"never announced after a restart: {list(missing)[:3]}"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "known defect, cause not pinned down: when detection is more than a batch behind and crashes between "
+    "batches, the restarted one ends with other clock-health and out-of-order counts and announces some "
+    "silence or clock events twice or never. Running fusion's timers only at the journal's head changed "
+    "which events differ, not whether: where a batch ends still matters somewhere else too."))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_detection_crashed_while_more_than_a_batch_behind_ends_as_the_one_never_stopped(tmp_path, seed, monkeypatch):
+    monkeypatch.setattr(detection, "BATCH", 9)  # every round is several batches: detection is behind
+    problems, twice, missing, crashes = _run(tmp_path, seed, crash=0.0, crash_mid=0.3)
+    assert crashes > 5
+    assert not problems and not twice and not missing, (problems[:3], list(twice)[:2], list(missing)[:2])
