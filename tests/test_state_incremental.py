@@ -109,14 +109,20 @@ def _rows(j: Journal) -> dict[str, tuple[int, int, int]]:
     return {site: (pos, spos, len(body)) for site, pos, spos, body in j.site_states()}
 
 
-def test_a_restart_after_partial_saves_and_a_crash_holds_exactly_what_judging_straight_through_holds(loaded, tmp_path):
+def _beside_a_reference(loaded, tmp_path: Path):
+    """A journal with 30 steps of the feed, judged by a detection under test and by a reference
+    that never saves and never stops."""
     j = Journal(tmp_path / "journal.sqlite")
-    reference = _detection(loaded, j)  # never saves, never stops
+    reference = _detection(loaded, j)
     feed = Feed(loaded, j)
     first = _detection(loaded, j)
-
     feed.batch(steps=30)
     _drain(first)
+    return j, reference, feed, first
+
+
+def test_a_restart_after_partial_saves_and_a_crash_holds_exactly_what_judging_straight_through_holds(loaded, tmp_path):
+    j, reference, feed, first = _beside_a_reference(loaded, tmp_path)
     assert first.save_sites(None) == 3  # every site, each in its own row
     assert set(_rows(j)) == {"BSH", "BZM", "XK"}
 
@@ -152,12 +158,7 @@ def test_a_restart_reads_on_from_its_floor_a_batch_per_step_and_a_crash_in_the_m
     # the middle of it: every row saved meanwhile must let the next restart end exactly where
     # judging straight through does, and no row may go back to an earlier position.
     monkeypatch.setattr(detection, "BATCH", 7)
-    j = Journal(tmp_path / "journal.sqlite")
-    reference = _detection(loaded, j)  # never saves, never stops
-    feed = Feed(loaded, j)
-    first = _detection(loaded, j)
-    feed.batch(steps=30)
-    _drain(first)
+    j, reference, feed, first = _beside_a_reference(loaded, tmp_path)
     first.save_sites(None)
     # Rows of different ages: BSH saved late (its row ahead of the floor), the others not.
     feed.batch(steps=10, status=("BSH", "BSH-GNSS1", {"disp_e": -2}))
