@@ -18,9 +18,11 @@ the very same double (always, for nearby epoch seconds), else the times go in wh
 Compressing costs a few microseconds a call whatever the level (setting up a stream and its
 tables), and a snapshot packs dozens of short arrays, most of them noise that never
 compresses; so a short array is offered to zlib only when deflate has something to shorten
-(time differences; a run of zero bytes; two values alike in their top three bytes: sign,
-exponent and first mantissa bits, as readings near one value are), which skips half the calls
-of a site's save (issue 17). Either way ``unpack`` reads it, and it reads every string older code wrote.
+(time differences; a run of six zero bytes, as small integers, round and quantised numbers
+have; two values alike in their top three bytes: sign, exponent and first mantissa bits, as
+readings near one value are), which skips half the calls of a site's save and loses a byte
+or two in rare cases (issue 17). An array packed again soon after (a channel packs some twice)
+is compressed once (see ``_ZIPPED``). Either way ``unpack`` reads it, and it reads every string older code wrote.
 
 >>> import base64, struct
 >>> pack([0.25, -1.5]) == "rr" + base64.b64encode(struct.pack("<2d", 0.25, -1.5)).decode()
@@ -46,6 +48,11 @@ _LITTLE = sys.byteorder == "little"
 #: Arrays longer than this are always offered to zlib (their exponent bytes alone may pay).
 _SHORT = 16
 _ZEROS = bytes(6)
+#: Recently compressed arrays (raw doubles -> what follows the kind): a channel's snapshot packs
+#: some arrays twice (the tangent and forecast references learn alike; a long and a short view
+#: are alike until the window fills) and a fresh detector's empty ones again and again.
+_ZIPPED: dict[bytes, str] = {}
+_ZIPPED_MAX = 512
 
 
 def _doubles(xs: Sequence[float] | np.ndarray) -> bytes:
@@ -66,9 +73,17 @@ def _encode(kind: str, raw: bytes) -> str:
         return kind + _RAW
     n = len(raw) >> 3
     if n > _SHORT or (kind == _DIFF and n > 2) or _ZEROS in raw or len({q >> 40 for q in struct.unpack(f"<{n}Q", raw)}) < n:
-        packed = zlib.compress(raw, 9)
-        if len(packed) < len(raw):
-            return kind + _ZIP + binascii.b2a_base64(packed, newline=False).decode("ascii")
+        body = _ZIPPED.get(raw)
+        if body is None:
+            packed = zlib.compress(raw, 9)
+            if len(packed) < len(raw):
+                body = _ZIP + binascii.b2a_base64(packed, newline=False).decode("ascii")
+            else:
+                body = _RAW + binascii.b2a_base64(raw, newline=False).decode("ascii")
+            if len(_ZIPPED) >= _ZIPPED_MAX:
+                _ZIPPED.clear()
+            _ZIPPED[raw] = body
+        return kind + body
     return kind + _RAW + binascii.b2a_base64(raw, newline=False).decode("ascii")
 
 

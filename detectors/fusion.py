@@ -909,10 +909,11 @@ class SiteFusion:
             if st is not None:
                 sites[f"{site}|{int(exercise)}"] = self._site_json(st)
         devices = self._site_devices.get(site, [])
+        # The site's own held readings, then sorted (not the whole fleet's heap for each site).
         held = [[info.site, int(exercise), info.device, info.channel, t, value, arrived]
-                for t, _, info, value, exercise, arrived in sorted(self._held) if info.site == site]
-        health = {d: self._health[d].to_json() for d in devices if d in self._health}
-        faults = [[s, d, c, code, since] for (s, d, c), (code, since) in self._faults.items() if s == site]
+                for t, _, info, value, exercise, arrived in sorted([e for e in self._held if e[2].site == site])] if self._held else []
+        health = {d: self._health[d].to_json() for d in devices if d in self._health} if self._health else {}
+        faults = [[s, d, c, code, since] for (s, d, c), (code, since) in self._faults.items() if s == site] if self._faults else []
         return {"sites": sites, "nodata": self.nodata.snapshot_of(devices), "held": held, "health": health, "faults": faults}
 
     def globals_state(self) -> dict[str, Any]:

@@ -509,23 +509,21 @@ def _interleave(a: Sequence[float], b: Sequence[float]) -> array[float]:
 
 @functools.lru_cache(maxsize=64)
 def _fresh_fit_state(window_s: float) -> dict[str, Any]:
-    """The snapshot of an empty fit of ``window_s`` (shared: handed out only as a ``_copy``)."""
+    """The snapshot of an empty fit of ``window_s`` (shared: handed out only as a copy, ``_fresh_fit_copy``)."""
     return SlidingSlope(window_s).snapshot()
 
 
 @functools.lru_cache(maxsize=64)
 def _fresh_latch_state(thresholds: tuple[tuple[int, float], ...], hysteresis: float, hold_s: float) -> dict[str, Any]:
-    """The snapshot of a fresh latch (shared: handed out only as a ``_copy``)."""
+    """The snapshot of a fresh latch (shared: handed out only as a copy; its values are immutable)."""
     return LevelLatch(list(thresholds), hysteresis, hold_s).snapshot()
 
 
-def _copy(x: Any) -> Any:
-    """A copy of a JSON-like value (dicts and lists copied, the rest immutable)."""
-    if isinstance(x, dict):
-        return {k: _copy(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_copy(v) for v in x]
-    return x
+def _fresh_fit_copy(window_s: float) -> dict[str, Any]:
+    """A copy of ``_fresh_fit_state``: strings, and a dict of strings (``SlopeWindows.snapshot``),
+    copied as such, not walked (most forecasts have no fit: this is in every save)."""
+    state = _fresh_fit_state(window_s)
+    return {k: dict(v) if type(v) is dict else v for k, v in state.items()}
 
 
 class InverseVelocityDetector(StreamingDetector):
@@ -995,7 +993,7 @@ class InverseVelocityDetector(StreamingDetector):
         fit, latch = self._fit, self._latch
         state = {
             "reference": self._ref.snapshot(),
-            "fit": _copy(_fresh_fit_state(p.fit_window_s)) if fit is None else fit.snapshot(),
+            "fit": _fresh_fit_copy(p.fit_window_s) if fit is None else fit.snapshot(),
             "onset": self._onset,
             "anchor": None if self._anchor is None else list(self._anchor),
             "trend_t": _NO_TIMES if trend is None else pack_times(trend[th::2]),
@@ -1004,7 +1002,7 @@ class InverseVelocityDetector(StreamingDetector):
             "hist_v": pack(hist[hh + 1 :: 2]),
             "run": [list(r) for r in self._run],
             "recent": list(self._recent),
-            "latch": _copy(_fresh_latch_state(p.latch_thresholds, p.hysteresis, p.hold_s)) if latch is None else latch.snapshot(),
+            "latch": dict(_fresh_latch_state(p.latch_thresholds, p.hysteresis, p.hold_s)) if latch is None else latch.snapshot(),
             "last_t": self._last_t,
             "last": self._last.to_dict(),
         }

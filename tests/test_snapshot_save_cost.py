@@ -56,7 +56,7 @@ def _old_unpack(s: str) -> list[float]:
 
 def _series() -> list[list[float]]:
     """Arrays like those a snapshot packs: noise around 0 and around a level, sums, times
-    (regular, irregular, with a gap), repeats, zeros, and the awkward doubles."""
+    (regular, irregular, with a gap), repeats, zeros, quantised values, and the awkward doubles."""
     rng = random.Random(17)
     out: list[list[float]] = [[], [0.0], [-0.0, 0.0], [math.inf, -math.inf, 1.0], [5e-324, 1.7976931348623157e308, -2.2250738585072014e-308]]
     for n in (1, 2, 3, 5, 8, 9, 14, 16, 17, 40, 73, 300):
@@ -66,6 +66,7 @@ def _series() -> list[list[float]]:
         out.append([1.8e9 + 60.0 * i + (86400.0 if i > n // 2 else 0.0) for i in range(n)])
         out.append(sorted(1.8e9 + rng.random() * 1e5 for _ in range(n)))
         out.append([float(rng.randrange(3)) for _ in range(n)])
+        out.append([round(rng.gauss(0, 2), 1) for _ in range(n)])  # quantised readings (0.1 steps)
         out.append([0.0] * n)
     return out
 
@@ -164,3 +165,40 @@ def test_restored_detectors_latch_on_the_levels_they_were_given() -> None:
             assert [(lvl, repr(t)) for lvl, t in d._latch.thresholds] == [(lvl, repr(t)) for lvl, t in levels]
     t = TangentAngleDetector.for_channel(window_s=6 * 3600.0, interval_s=600.0, windows=SlopeWindows())
     assert t._latch.thresholds == t.thresholds_deg
+
+
+def test_a_sites_saved_state_holds_its_own_held_readings_in_order_and_restores_the_same() -> None:
+    # site_state no longer sorts the whole fleet's held readings for each site: it picks the
+    # site's own and sorts those. Same rows, same order, and the sites' parts put together
+    # restore the same readings in the same order (what a restart reads).
+    import json
+
+    from geowarn.config.registry import parse_registry
+    from geowarn.detectors.fusion import SiteFusion
+
+    sites = [
+        {"site": s, "name": s, "admin": "420527", "lat": 30.0, "lon": 110.0,
+         "devices": [{"device": f"{s}-G{i}", "channels": [{"channel": "e", "kind": "gnss_e"}]} for i in (1, 2)]}
+        for s in ("A", "B", "C")
+    ]  # fmt: skip
+    reg = parse_registry({"sites": sites}, "<test>")
+    f = SiteFusion(reg)
+    t0 = 1.7e9
+    rng = random.Random(9)
+    expected: dict[str, list[list[object]]] = {"A": [], "B": [], "C": []}
+    for k in range(60):
+        s = "ABC"[rng.randrange(3)]
+        dev = f"{s}-G{1 + rng.randrange(2)}"
+        t = t0 + 600.0 + rng.randrange(20) * 5.0  # stamped ahead of its arrival: held
+        v = rng.gauss(0, 2)
+        f.update_all(reg.channel(s, dev, "e"), t, v, arrived=t0 + k)
+        expected[s].append([s, 0, dev, "e", t, v, t0 + k])
+    for s, rows in expected.items():
+        rows.sort(key=lambda r: r[4])  # by time, ties in arrival order (a stable sort)
+        assert f.site_state(s)["held"] == rows
+    g = SiteFusion(reg)
+    g.restore(json.loads(json.dumps(SiteFusion.assemble(f.globals_state(), (f.site_state(s) for s in "ABC")))))
+    for s in "ABC":  # each site's in its order (ties across sites: in the order the parts come)
+        assert [(t, info.device, v) for t, _, info, v, *_ in sorted(g._held) if info.site == s] == [
+            (t, info.device, v) for t, _, info, v, *_ in sorted(f._held) if info.site == s
+        ]
