@@ -43,7 +43,7 @@ from geowarn.ingest.mqtt import Inbound, MqttLink
 from geowarn.ingest.store import Store, stored_position
 from geowarn.service.sdnotify import Notifier
 from geowarn.service.worker import START_SILENCE_S as WORKER_START_SILENCE_S
-from geowarn.service.worker import WorkerProcess, describe_error, is_write_error
+from geowarn.service.worker import STORE_NICENESS, WorkerProcess, describe_error, is_write_error
 from geowarn.core.logfields import kv
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ class App:
                 batch=s.forward_batch,
                 now=self.clock.now,
             )
-        self.store = WorkerProcess("store", Store.in_worker, loaded, str(self.journal_path), str(self.log_path))
+        self.store = WorkerProcess("store", Store.in_worker, loaded, str(self.journal_path), str(self.log_path), niceness=STORE_NICENESS)
         self.detection = detection_process(
             loaded, self.journal_path, event_time=event_time_start is not None, start_t=event_time_start or 0.0
         )

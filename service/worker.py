@@ -42,6 +42,11 @@ Publish = Callable[[str, bytes, bool], None]
 
 #: Scheduling priority of worker processes relative to the daemon (higher = yields more).
 WORKER_NICENESS = 10
+#: The store worker's: ahead of detection, behind the ack path. Decoding into the journal costs
+#: a fifth of judging a reading, and detection, the console and /metrics all read the journal:
+#: on a saturated machine (a backlog after an outage) readings become queryable first and are
+#: judged after, instead of both crawling at an equal share of the CPU.
+STORE_NICENESS = 5
 #: While a worker builds its job (resuming its state: long at a national fleet) it says so
 #: this often; the daemon waits as long as it does, instead of giving up after a fixed time.
 START_HEARTBEAT_S = 5.0
@@ -234,6 +239,7 @@ def _worker_main(
     parent: int,
     log_level: int,
     health: Connection,
+    niceness: int = WORKER_NICENESS,
 ) -> None:
     """The worker process: lock, build the job, step until told to stop (or orphaned), checkpoint.
 
@@ -248,7 +254,7 @@ def _worker_main(
     os.umask(0o077)
     # The ack path comes first: when the CPUs are saturated (a backlog after an outage), the
     # workers lag a little behind the message log rather than the broker's queue growing.
-    os.nice(WORKER_NICENESS)
+    os.nice(niceness)
     configure_logging(log_level)  # the daemon checked GEOWARN_LOG_FORMAT before spawning us
     s = loaded.settings
     # An orphan of a killed daemon finishes its batch and exits when it sees its parent gone.
@@ -425,8 +431,10 @@ class Degraded:
 class WorkerProcess:
     """Starts and stops one worker process (spawned: paho threads and fork do not mix)."""
 
-    def __init__(self, name: str, factory: JobFactory, loaded: Loaded, *args: Any, subscriptions: list[str] | None = None) -> None:
+    def __init__(self, name: str, factory: JobFactory, loaded: Loaded, *args: Any, subscriptions: list[str] | None = None,
+                 niceness: int = WORKER_NICENESS) -> None:
         self.name = name
+        self.niceness = niceness
         self._subscriptions = list(subscriptions or [])
         self._factory = factory
         self._loaded = loaded
@@ -446,7 +454,7 @@ class WorkerProcess:
         self.process = ctx.Process(
             target=_worker_main,
             args=(self.name, self._factory, self._loaded, self._args, self._subscriptions, self._stop_r, self._ready_w, os.getpid(), logging.getLogger().getEffectiveLevel(),
-                  self._health_w),
+                  self._health_w, self.niceness),
             name=f"geowarn-{self.name}",
             daemon=True,
         )
