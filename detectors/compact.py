@@ -108,8 +108,8 @@ def pack_times(ts: Sequence[float] | np.ndarray) -> str:
     return _encode(_RAW, raw)
 
 
-def unpack(s: str) -> list[float]:
-    """The floats ``pack`` or ``pack_times`` encoded, as a list."""
+def _decode(s: str) -> tuple[str, bytes]:
+    """(kind, the doubles' bytes) of a packed string; ValueError for anything else."""
     kind, how = s[:1], s[1:2]
     if kind not in (_RAW, _DIFF) or how not in (_RAW, _ZIP):
         raise ValueError(f"not a packed float array (prefix {s[:2]!r})")
@@ -124,5 +124,29 @@ def unpack(s: str) -> list[float]:
             raise ValueError(f"packed float array does not decompress: {exc}") from None
     if len(data) % 8:
         raise ValueError(f"packed float array of {len(data)} bytes, not a whole number of doubles")
+    return kind, data
+
+
+def unpack(s: str) -> list[float]:
+    """The floats ``pack`` or ``pack_times`` encoded, as a list."""
+    kind, data = _decode(s)
     xs = _floats(data)
     return list(accumulate(xs)) if kind == _DIFF else list(xs)
+
+
+def unpack_into(out: array[float], s: str) -> None:
+    """Append the floats ``pack`` or ``pack_times`` encoded to the ``array("d")`` ``out`` (as
+    ``out.fromlist(unpack(s))``, without making a float object of each: a restart restores
+    every channel's windows). ``out`` is unchanged when ``s`` is not a packed array.
+
+    >>> a = array("d", [1.0])
+    >>> unpack_into(a, pack([2.0, 3.5])); unpack_into(a, pack_times([10.0, 70.0, 130.0])); a.tolist()
+    [1.0, 2.0, 3.5, 10.0, 70.0, 130.0]
+    """
+    kind, data = _decode(s)
+    if kind == _DIFF:
+        out.fromlist(list(accumulate(_floats(data))))
+    elif _LITTLE:
+        out.frombytes(data)
+    else:
+        out.fromlist(list(_floats(data)))

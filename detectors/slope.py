@@ -22,7 +22,7 @@ from array import array
 from math import sqrt
 from typing import Any
 
-from geowarn.detectors.compact import pack, pack_times, unpack
+from geowarn.detectors.compact import pack, pack_times, unpack, unpack_into
 from geowarn.detectors.verdict import Verdict
 
 DAY = 86400.0
@@ -265,8 +265,8 @@ class SlopeWindows:
         ts, vs = self.ts, self.vs
         del ts[:]
         del vs[:]
-        ts.fromlist(unpack(state["t"]))
-        vs.fromlist(unpack(state["v"]))
+        unpack_into(ts, state["t"])
+        unpack_into(vs, state["v"])
         self.base = 0
         self.last_t = ts[-1] if ts else None
         views = state["views"]

@@ -202,3 +202,17 @@ def test_a_sites_saved_state_holds_its_own_held_readings_in_order_and_restores_t
         assert [(t, info.device, v) for t, _, info, v, *_ in sorted(g._held) if info.site == s] == [
             (t, info.device, v) for t, _, info, v, *_ in sorted(f._held) if info.site == s
         ]
+
+
+def test_windows_restore_into_their_arrays_the_doubles_of_old_and_new_strings() -> None:
+    from geowarn.detectors.compact import unpack_into
+
+    for xs in _series():
+        for s in (pack(xs), pack_times(xs), _old_encode("r", np.asarray(xs, dtype=np.float64)), _old_pack_times(xs)):
+            a = array("d", [7.0])
+            unpack_into(a, s)
+            assert a.tobytes() == struct.pack(f"<{len(xs) + 1}d", 7.0, *_old_unpack(s)), xs[:4]
+    a = array("d", [7.0])
+    with pytest.raises(ValueError):
+        unpack_into(a, "rrAAAAAAAAAAAA==")
+    assert a.tolist() == [7.0]  # a damaged string adds nothing
