@@ -108,6 +108,9 @@ def pack_times(ts: Sequence[float] | np.ndarray) -> str:
     return _encode(_RAW, raw)
 
 
+_EMPTY = frozenset((_RAW + _RAW, _DIFF + _RAW))  # what pack and pack_times write for no floats
+
+
 def _decode(s: str) -> tuple[str, bytes]:
     """(kind, the doubles' bytes) of a packed string; ValueError for anything else."""
     kind, how = s[:1], s[1:2]
@@ -129,6 +132,8 @@ def _decode(s: str) -> tuple[str, bytes]:
 
 def unpack(s: str) -> list[float]:
     """The floats ``pack`` or ``pack_times`` encoded, as a list."""
+    if s in _EMPTY:  # most forecasts' trend and history
+        return []
     kind, data = _decode(s)
     xs = _floats(data)
     return list(accumulate(xs)) if kind == _DIFF else list(xs)
