@@ -657,10 +657,11 @@ class DetectionJob:
         return [f"{prefix}/{kind}" for kind in cls.REQUESTS] + ([REPLY_TOPIC] if cn else [])
 
     def step(self) -> int:
-        if self.detection.resuming is not None:
-            # Requests wait in the inbox until the start has judged what the journal held: an
-            # ack must find the warnings the stop left, and the chain's clock running.
-            return self.detection.step()
+        # Requests are answered while detection is still resuming too: the chain was restored
+        # with every warning announced before the stop (those the replay announces anew are
+        # new to everyone), and a request left waiting through a national fleet's replay
+        # would outlive the control gate's window. An ack that comes meanwhile is recorded
+        # before the escalations that fell due during the stop and the replay go out.
         return self.detection.step() + self._requests()
 
     def _requests(self) -> int:
