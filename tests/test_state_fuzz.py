@@ -140,10 +140,13 @@ def test_a_detection_crashed_at_random_ends_as_the_one_never_stopped(tmp_path, s
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
-    "known defect, cause not pinned down: when detection is more than a batch behind and crashes between "
-    "batches, the restarted one ends with other clock-health and out-of-order counts and announces some "
-    "silence or clock events twice or never. Running fusion's timers only at the journal's head changed "
-    "which events differ, not whether: where a batch ends still matters somewhere else too."))
+    "known defect: fusion's timers (held readings, silence) run at the wall clock's now after each batch, "
+    "also while detection is more than a batch behind, and at a restart wherever its start happens to end; "
+    "which readings a timer has seen when it fires then depends on where batches end, which a restart "
+    "changes: clock-health and out-of-order counts differ, events are announced twice or never. Running "
+    "fusion's timers only at the journal's head (tried) removes the doubles but not the misses. The fix: "
+    "run them at the readings' arrival times, before the first reading that arrived at or after a deadline, "
+    "silently in a replay, and at the wall clock only at the head."))
 @pytest.mark.parametrize("seed", [0, 1])
 def test_a_detection_crashed_while_more_than_a_batch_behind_ends_as_the_one_never_stopped(tmp_path, seed, monkeypatch):
     monkeypatch.setattr(detection, "BATCH", 9)  # every round is several batches: detection is behind
