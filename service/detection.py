@@ -254,11 +254,16 @@ class Detection:
         the journal stood at the start; then the start ends (``_started``)."""
         assert self.resuming is not None
         silent_until, catch_up_to = self.resuming
+        if not self.event_time:
+            # The response chain's timers run meanwhile: its warnings are all restored, and an
+            # escalation due must not wait a national fleet's replay. Fusion's wait for the
+            # end (they judge what has not come, and the replay is not done).
+            self.judge.at(self.clock.now(), fusion_timers=False)
         if self.position < silent_until and (n := self._consume(emit=False, upto=silent_until)):
             return n
         # Judged and announced until the journal runs out (statuses after the last reading
         # too), or one batch past where it stood at the start: a stream that goes on arriving
-        # faster than it is judged must not keep the chain's clock from ever starting.
+        # faster than it is judged must not keep the start from ever ending.
         at_start_head = self.position >= catch_up_to
         if self._consume() and not at_start_head:
             return 1
@@ -660,8 +665,7 @@ class DetectionJob:
         # Requests are answered while detection is still resuming too: the chain was restored
         # with every warning announced before the stop (those the replay announces anew are
         # new to everyone), and a request left waiting through a national fleet's replay
-        # would outlive the control gate's window. An ack that comes meanwhile is recorded
-        # before the escalations that fell due during the stop and the replay go out.
+        # would outlive the control gate's window.
         return self.detection.step() + self._requests()
 
     def _requests(self) -> int:

@@ -115,14 +115,15 @@ class Judge:
             self.announce(change)
         return ticked
 
-    def at(self, t: float) -> list[LevelChange]:
+    def at(self, t: float, *, fusion_timers: bool = True) -> list[LevelChange]:
         """Run every timer due up to ``t``, each at its own time, then (event time) move the
         clock to ``t``. Returns the changes fusion's timers announced (held readings judged,
-        devices silent)."""
+        devices silent). ``fusion_timers`` False: the response chain's and the others' only
+        (a restarted detection still replaying: ``Detection._resume_step``)."""
         fusion, chain, timers = self.fusion, self.chain, self.timers
         ticked: list[LevelChange] = []
         while True:
-            f_due = fusion.next_deadline()
+            f_due = fusion.next_deadline() if fusion_timers else None
             c_due = chain.next_deadline() if chain is not None else None
             x_due = timers.next_deadline() if timers is not None else None
             first = min((d for d in (f_due, c_due, x_due) if d is not None), default=None)

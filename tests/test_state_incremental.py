@@ -199,6 +199,47 @@ def test_a_restart_reads_on_from_its_floor_a_batch_per_step_and_a_crash_in_the_m
     j.close()
 
 
+def test_an_escalation_due_while_a_restart_replays_goes_out_before_the_replay_ends(loaded, tmp_path, monkeypatch):
+    # The response chain's warnings are restored before detection replays: its timers run
+    # while it does, so an escalation due meanwhile does not wait a national fleet's replay.
+    from geowarn.alerts.chain import ReplayFiles, ResponseChain
+    from geowarn.core.clock import ManualClock
+
+    monkeypatch.setattr(detection, "BATCH", 7)
+    j = Journal(tmp_path / "journal.sqlite")
+    out = tmp_path / "chain"
+    out.mkdir()
+    chain = ResponseChain(loaded.registry, loaded.roster, ReplayFiles(out))
+    feed = Feed(loaded, j)
+    clock = ManualClock(feed.t0 / 1000)
+
+    def sent(kind: str) -> int:
+        return sum(1 for line in (out / "notifications.jsonl").read_text().splitlines() if json.loads(line)["kind"] == kind)
+
+    det = detection.Detection(loaded, j, lambda *a, **k: None, clock, chain)
+    while not sent("warning") and feed.step < 50:
+        feed.batch(steps=1)
+        clock.set((feed.t0 + feed.step * 600_000 + 5_000) / 1000)
+        while det.step():
+            pass
+    assert sent("warning") and not sent("escalation"), "a warning, not yet escalated"
+    due = chain.next_deadline()
+    assert due is not None and due > clock.now()
+    det.save_sites(None)
+    feed.batch(steps=20)  # judged, not saved: the restart replays them (the clock stands still)
+    while det.step():
+        pass
+    del det  # a crash
+    clock.set(due + 60.0)
+    again = detection.Detection(loaded, j, lambda *a, **k: None, clock, chain)
+    assert again.resuming is not None
+    again.step()
+    assert again.resuming is not None, "the replay takes more than a step here"
+    assert sent("escalation"), "the escalation due went out while detection replayed"
+    again.resume()
+    j.close()
+
+
 def test_a_save_writes_only_the_sites_that_changed_and_no_value_grows_with_the_fleet(loaded, tmp_path):
     j = Journal(tmp_path / "journal.sqlite")
     feed = Feed(loaded, j)
