@@ -734,7 +734,14 @@ def run_size(devices: int, args: argparse.Namespace) -> Result:
             except RuntimeError as exc:
                 raise Aborted(f"start after the clean stop: {str(exc).splitlines()[0]}") from None
             f["restart_after_stop_s"] = round(time.monotonic() - t0, 1)
-            print(f"[{devices}] SIGTERM took {f.get('stop_s')} s, start: online after {f['restart_after_stop_s']} s", flush=True)
+            try:
+                t_online = time.time()
+                f["caught_up_after_stop_s"] = round(wait(lambda: caught_up(mon, t_online), args.drain_max_s, "detection after the clean stop", mon, 1.0)
+                                                    + f["restart_after_stop_s"], 1)
+            except Aborted as exc:
+                res.problems.append(str(exc))
+            print(f"[{devices}] SIGTERM took {f.get('stop_s')} s, start: online after {f['restart_after_stop_s']} s, "
+                  f"detection caught up after {f.get('caught_up_after_stop_s')} s", flush=True)
 
         time.sleep(5.0)  # anything a restart would announce again
         stored2 = daemon.count("readings")
@@ -800,7 +807,7 @@ def logged_raises(path: Path) -> dict[tuple[str, int], int]:
 HEADER = (
     "| devices (channels) | start to online | RSS main / store / detection (total): after start → after steady | sustained msg/s (published / stored) "
     "| detection lag, steady: max (final) | burst: msg/s published / stored, detection lag max | burst recovery: probes (journal) | p99 publish→level: steady / burst (p50) "
-    "| restart after SIGKILL (caught up) | SIGTERM stop + start | readings lost |"
+    "| restart after SIGKILL (caught up) | SIGTERM stop + start (caught up) | readings lost |"
 )
 SEP = "|" + "---:|" * 11
 
@@ -828,7 +835,7 @@ def row(r: Result) -> str:
         (f"{v(f.get('latency_steady_p99_s'), ' s', 2)} / {v(f.get('latency_burst_p99_s'), ' s', 2)} "
          f"({v(f.get('latency_steady_p50_s'), ' s', 2)} / {v(f.get('latency_burst_p50_s'), ' s', 2)})"),
         f"{v(f.get('restart_after_kill_s'), ' s')} ({v(f.get('caught_up_after_kill_s'), ' s')})",
-        f"{v(f.get('stop_s'), ' s')} + {v(f.get('restart_after_stop_s'), ' s')}",
+        f"{v(f.get('stop_s'), ' s')} + {v(f.get('restart_after_stop_s'), ' s')} ({v(f.get('caught_up_after_stop_s'), ' s')})",
         v(f.get("readings_lost_after_restarts", f.get("readings_lost"))),
     ]
     return "| " + " | ".join(cells) + " |"

@@ -42,13 +42,14 @@ def test_quick_run_reports_a_consistent_row(tmp_path: Path) -> None:
     assert res["problems"] == []
     assert f["devices"] == 500 and f["channels"] == 2000 and f["sites"] == 100
 
-    for key in ("start_s", "restart_after_kill_s", "caught_up_after_kill_s", "stop_s", "restart_after_stop_s", "drain_s",
+    for key in ("start_s", "restart_after_kill_s", "caught_up_after_kill_s", "stop_s", "restart_after_stop_s", "caught_up_after_stop_s", "drain_s",
                 "steady_published_msg_s", "steady_stored_msg_s", "burst_published_msg_s", "burst_stored_msg_s",
                 "steady_lag_s_max", "steady_lag_s_final", "burst_lag_s_max", "burst_recovery_s", "burst_store_caught_up_s",
                 "recovery_bound_s", "restart_replay_readings"):
         assert finite(f[key]) and f[key] >= 0, (key, f[key])
     assert 0 < f["start_s"] < 60 and 0 < f["restart_after_kill_s"] < 60 and 0 < f["restart_after_stop_s"] < 60
     assert f["caught_up_after_kill_s"] >= f["restart_after_kill_s"]
+    assert f["caught_up_after_stop_s"] >= f["restart_after_stop_s"]
 
     # Each process of the tree measured, twice, and the total is their sum (an MB or more each).
     for when in ("rss_start", "rss_steady"):
