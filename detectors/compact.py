@@ -48,9 +48,10 @@ _LITTLE = sys.byteorder == "little"
 #: Arrays longer than this are always offered to zlib (their exponent bytes alone may pay).
 _SHORT = 16
 _ZEROS = bytes(6)
-#: Recently compressed arrays (raw doubles -> what follows the kind): a channel's snapshot packs
-#: some arrays twice (the tangent and forecast references learn alike; a long and a short view
-#: are alike until the window fills) and a fresh detector's empty ones again and again.
+#: Recently compressed short arrays (raw doubles -> what follows the kind; at most 512 of up to
+#: 16 doubles, ~150 KB): a channel's snapshot packs some arrays twice (the tangent and forecast
+#: references learn alike; a long and a short view are alike until the window fills) and a
+#: fresh detector's empty ones again and again.
 _ZIPPED: dict[bytes, str] = {}
 _ZIPPED_MAX = 512
 
@@ -80,9 +81,10 @@ def _encode(kind: str, raw: bytes) -> str:
                 body = _ZIP + binascii.b2a_base64(packed, newline=False).decode("ascii")
             else:
                 body = _RAW + binascii.b2a_base64(raw, newline=False).decode("ascii")
-            if len(_ZIPPED) >= _ZIPPED_MAX:
-                _ZIPPED.clear()
-            _ZIPPED[raw] = body
+            if n <= _SHORT:  # long arrays (whole windows) seldom repeat: not kept
+                if len(_ZIPPED) >= _ZIPPED_MAX:
+                    _ZIPPED.clear()
+                _ZIPPED[raw] = body
         return kind + body
     return kind + _RAW + binascii.b2a_base64(raw, newline=False).decode("ascii")
 
