@@ -162,7 +162,7 @@ class Detection:
         self._released: list[LevelChange] = []
         #: While the start reads on from the saved floor (``_resume_step``): (the position up
         #: to which changes were announced before, so judged silently; the journal's newest
-        #: at the start, judged and announced before the chain's clock starts). None: running.
+        #: at the start, judged and announced before fusion's timers start). None: running.
         self.resuming: tuple[int, int] | None = None
         self._resume_started = (0.0, 0)
         self._persisted: dict[str, int] = {}
@@ -236,7 +236,8 @@ class Detection:
 
     def _started(self, persisted: dict[str, int]) -> None:
         """The end of the start: the journal is judged up to where it stood at the start."""
-        # The chain's clock starts: its timers and zero reports run from now. Timers due now
+        # The chain's clock starts (if the replay's steps have not ticked it already): its
+        # timers and zero reports run from now. Timers due now
         # (devices silent while detection was down, held readings come due) are announced, not
         # dropped; the levels they moved are saved with the rest, and their sites at once (no
         # position says they were announced: a crash would announce them again).
