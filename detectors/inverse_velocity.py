@@ -140,7 +140,6 @@ from operator import attrgetter
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from geowarn.core.levels import LEVELS
 from geowarn.detectors.base import StreamingDetector, check_channel, check_int, check_latch, check_slope, check_window
@@ -167,6 +166,10 @@ HORIZONS_S: tuple[tuple[int, float], ...] = ((2, 7 * DAY), (3, 2 * DAY), (4, 12 
 @functools.lru_cache(maxsize=256)
 def _t90(dof: int) -> float:
     """Student's t quantile for a two-sided 90 % interval (scipy.stats)."""
+    # Imported here, when a forecast first needs it: scipy costs every process that loads the
+    # detectors (the daemon's main process, for the registry and the console) ~60 MB of RSS.
+    from scipy import stats
+
     return float(stats.t.ppf(0.95, dof))
 
 

@@ -8,6 +8,9 @@ and detection takes what is left. Read from the running processes, not from the 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import psutil
 
 from daemonproc import Daemon
@@ -32,3 +35,13 @@ def test_the_store_worker_runs_ahead_of_detection_and_both_behind_the_ack_path(t
         assert base < store.nice() < detection.nice()
     finally:
         d.terminate()
+
+
+def test_the_daemons_processes_load_no_scipy_until_a_forecast_needs_it():
+    # scipy (~60 MB of RSS a process) serves one figure, the forecast's 90 % interval. The
+    # daemon's main process and its workers load the detectors for the registry and the
+    # console; each paid for scipy while a module imported it at load time.
+    code = ("import sys, geowarn.service.daemon, geowarn.service.detection, geowarn.detectors.fusion, "
+            "geowarn.console.api; print(sorted(m for m in sys.modules if m == 'scipy' or m.startswith('scipy.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout[:300]
