@@ -144,9 +144,14 @@ class Retention:
         sent by the forwarder (when forwarding), and below the newest reading."""
         j = self.journal
         stats = j.get_state(DETECTION_STATS_KEY) or {}
-        # Detection saves this position with each snapshot (after the snapshot itself): a
-        # restart replays from the snapshot, so nothing above it may go. No snapshot yet: none.
-        bound = int(stats.get("position", 0) or 0) if isinstance(stats, dict) else 0
+        # Detection saves its position with each snapshot (after the snapshot itself), and the
+        # floor a restart would read on from (older while sites wait to be saved, and while a
+        # restart is still replaying): nothing above either may go. No snapshot yet: none.
+        bound = 0
+        if isinstance(stats, dict):
+            bound = int(stats.get("position", 0) or 0)
+            if isinstance(stats.get("floor"), int):
+                bound = min(bound, stats["floor"])
         if self.policy.forwarding:
             bound = min(bound, int(j.get_state(FORWARDER_POSITION_KEY, 0) or 0))
         return min(bound, j.last_id() - 1)

@@ -240,6 +240,49 @@ def test_an_escalation_due_while_a_restart_replays_goes_out_before_the_replay_en
     j.close()
 
 
+def test_retention_keeps_what_a_restart_interrupted_in_its_replay_still_needs(loaded, tmp_path, monkeypatch):
+    # Found by a review of the resume in steps: retention deleted readings up to detection's
+    # last checkpointed position, which, while a restart replays, is how far the replay has
+    # got, not the floor the next restart reads on from. A feed three days old, detection down
+    # since, a one-day retention, the restart killed in the middle of its replay.
+    from geowarn.ingest.retention import Policy, Retention
+
+    day = 86_400_000
+    monkeypatch.setattr(detection, "BATCH", 50)
+    j, jr = Journal(tmp_path / "journal.sqlite"), Journal(tmp_path / "reference.sqlite")
+    t0 = int(time.time() * 1000) - 3 * day
+    feeds = (Feed(loaded, j, t0), Feed(loaded, jr, t0))
+    det, ref = _detection(loaded, j), _detection(loaded, jr)
+    for f in feeds:
+        f.batch(steps=5)
+    _drain(det)
+    det.save_snapshot()
+    for f in feeds:
+        f.batch(steps=60)  # judged, never saved: the worker died
+    _drain(det)
+    del det
+    det = detection.Detection(loaded, j, lambda *a, **k: None, WallClock())
+    det.save_snapshot()
+    for _ in range(20):
+        det.step()
+    det.save_snapshot(0.0)  # a checkpoint in the middle of the replay
+    floor = j.get_state(detection.STATE_KEY)["floor"]
+    assert det.resuming is not None and det.position > floor
+    retention = Retention(j, Policy(deadletter_keep_ms=day, deadletter_keep_bytes=10**9, status_keep_ms=day, status_keep_bytes=10**9,
+                                    readings_keep_ms=day, readings_horizon_ms=0))
+    assert retention.readings_bound() <= floor
+    retention.run(int(time.time() * 1000), 100_000, 10)
+    del det  # killed in the middle of its replay
+    det = _detection(loaded, j)
+    for f in feeds:
+        f.batch(steps=3)
+    _drain(det)
+    _drain(ref)
+    assert _state(det) == _state(ref)
+    j.close()
+    jr.close()
+
+
 def test_a_save_writes_only_the_sites_that_changed_and_no_value_grows_with_the_fleet(loaded, tmp_path):
     j = Journal(tmp_path / "journal.sqlite")
     feed = Feed(loaded, j)
