@@ -50,7 +50,10 @@ def _run(tmp: Path, seed: int, *, rounds: int = 25, crash: float = 0.4, crash_mi
     rng = random.Random(seed)
     loaded = load_all(None, sites_path=example_path("sites.example.toml"), roster_path=example_path("roster.example.toml"), find_file=False)
     loaded.settings = loaded.settings.model_copy(update={"data_dir": tmp / "data"})  # its alerts.jsonl, not the cwd's
-    j = Journal(tmp / "journal.sqlite")
+    # The reference judges a journal of its own with the same rows: a detection writes to its
+    # journal (the positions it announced through, site levels), and the one under test must
+    # restart from what it wrote itself, never from what the reference did.
+    j, jr = Journal(tmp / "journal.sqlite"), Journal(tmp / "reference.sqlite")
     clk_ref, clk = ManualClock(T0 / 1000), ManualClock(T0 / 1000)
     ids = {(c.site, c.device, c.channel): i for c, i in j.series_ids(loaded.registry).items()}
     keys = sorted(ids)
@@ -63,9 +66,13 @@ def _run(tmp: Path, seed: int, *, rounds: int = 25, crash: float = 0.4, crash_mi
         def log_change(change, event):
             said[who].append((change.site, round(change.t, 3), change.level, change.previous, change.kind, change.exercise, change.reason[:60]))
 
-        d = detection.Detection(loaded, j, lambda *a, **k: None, clock)
-        d.judge.announced = log_change
-        return d
+        # Hooked before it is built: what a start announces counts too.
+        plain = detection.Detection._log_change
+        detection.Detection._log_change = staticmethod(log_change)  # type: ignore[method-assign]
+        try:
+            return detection.Detection(loaded, jr if who == "ref" else j, lambda *a, **k: None, clock)
+        finally:
+            detection.Detection._log_change = plain  # type: ignore[method-assign]
 
     ref = detection_of(clk_ref, "ref")
     det = detection_of(clk, "test")
@@ -94,6 +101,7 @@ def _run(tmp: Path, seed: int, *, rounds: int = 25, crash: float = 0.4, crash_mi
             step += rng.randint(3, 12)  # a silence
         now = (T0 + step * 600_000 + 5_000) / 1000
         j.append(readings, statuses=statuses)
+        jr.append(readings, statuses=statuses)
         clk_ref.set(max(clk_ref.now(), now))
         clk.set(max(clk.now(), now))
         while ref.step():
@@ -125,6 +133,7 @@ def _run(tmp: Path, seed: int, *, rounds: int = 25, crash: float = 0.4, crash_mi
     problems = _diff(_norm(det), _norm(ref))
     test, reference = Counter(said["test"]), Counter(said["ref"])
     j.close()
+    jr.close()
     return problems, test - reference, reference - test, crashes
 
 
