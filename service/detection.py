@@ -270,8 +270,8 @@ class Detection:
             if self.position < silent_until and (n := self._consume(emit=False, upto=silent_until)):
                 return n
             # Judged and announced until the journal runs out (statuses after the last reading
-            # too), or one batch past where it stood at the start: a stream that goes on arriving
-            # faster than it is judged must not keep the start from ever ending.
+            # too), or one more batch once past where it stood at the start: a stream that goes
+            # on arriving faster than it is judged must not keep the start from ever ending.
             at_start_head = self.position >= catch_up_to
             if self._consume() and not at_start_head:
                 return 1
