@@ -67,7 +67,7 @@ def _run(tmp: Path, seed: int, *, rounds: int = 25, crash: float = 0.4, crash_mi
             said[who].append((change.site, round(change.t, 3), change.level, change.previous, change.kind, change.exercise, change.reason[:60]))
 
         # Hooked before it is built: what a start announces counts too.
-        plain = detection.Detection._log_change
+        plain = detection.Detection.__dict__["_log_change"]  # the staticmethod itself, not its function
         detection.Detection._log_change = staticmethod(log_change)  # type: ignore[method-assign]
         try:
             return detection.Detection(loaded, jr if who == "ref" else j, lambda *a, **k: None, clock)
