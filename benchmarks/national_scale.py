@@ -398,7 +398,7 @@ def judged(conn: sqlite3.Connection) -> tuple[int, int, float]:
     pos = 0
     row = conn.execute("SELECT json_extract(value, '$.resuming'), json_extract(value, '$.position') FROM state WHERE key = ?",
                        (STATS_KEY,)).fetchone()
-    keys = ((STATE_HEADER, "$.position"), (STATS_KEY, "$.position"), (EMITTED_KEY, "$"))
+    keys: tuple[tuple[str, str], ...] = ((STATE_HEADER, "$.position"), (STATS_KEY, "$.position"), (EMITTED_KEY, "$"))
     if row and row[0]:
         keys = ((STATS_KEY, "$.position"),)
     for key, path in keys:
@@ -489,6 +489,23 @@ def caught_up(mon: Monitor, since: float) -> bool:
     """Whether a sample taken after ``since`` shows detection with nothing left to judge."""
     last = mon.last()
     return last is not None and last.t > since and last.lag_readings == 0
+
+
+def timed_start(daemon: Daemon, mon: Monitor, args: argparse.Namespace, res: Result, after: str) -> tuple[float, float | None]:
+    """Start the daemon again: seconds to ``online``, and to detection caught up (it replays from
+    its saved floor after the daemon is online; None: not within --drain-max-s, a problem)."""
+    t0 = time.monotonic()
+    try:
+        daemon.start(timeout=args.start_timeout)
+    except RuntimeError as exc:
+        raise Aborted(f"start after {after}: {str(exc).splitlines()[0]}") from None
+    online = round(time.monotonic() - t0, 1)
+    t_online = time.time()
+    try:
+        return online, round(wait(lambda: caught_up(mon, t_online), args.drain_max_s, f"detection after {after}", mon, 1.0) + online, 1)
+    except Aborted as exc:
+        res.problems.append(str(exc))
+        return online, None
 
 
 def stored_rate(samples: list[Sample]) -> float | None:
@@ -707,18 +724,7 @@ def run_size(devices: int, args: argparse.Namespace) -> Result:
             if isinstance(doc.get("position"), int) and isinstance(doc.get("floor"), int):
                 f["restart_replay_readings"] = doc["position"] - doc["floor"]
             daemon.kill()
-            t0 = time.monotonic()
-            try:
-                daemon.start(timeout=args.start_timeout)
-            except RuntimeError as exc:
-                raise Aborted(f"start after SIGKILL: {str(exc).splitlines()[0]}") from None
-            f["restart_after_kill_s"] = round(time.monotonic() - t0, 1)
-            try:
-                t_online = time.time()
-                f["caught_up_after_kill_s"] = round(wait(lambda: caught_up(mon, t_online), args.drain_max_s, "detection after SIGKILL", mon, 1.0)
-                                                    + f["restart_after_kill_s"], 1)
-            except Aborted as exc:
-                res.problems.append(str(exc))
+            f["restart_after_kill_s"], f["caught_up_after_kill_s"] = timed_start(daemon, mon, args, res, "SIGKILL")
             f["rss_restart"] = roles(daemon)
             print(f"[{devices}] SIGKILL, start: online after {f['restart_after_kill_s']} s", flush=True)
 
@@ -728,18 +734,7 @@ def run_size(devices: int, args: argparse.Namespace) -> Result:
             except Exception as exc:  # noqa: BLE001  (reported)
                 res.problems.append(f"clean stop: {str(exc).splitlines()[0]}")
                 daemon.close()
-            t0 = time.monotonic()
-            try:
-                daemon.start(timeout=args.start_timeout)
-            except RuntimeError as exc:
-                raise Aborted(f"start after the clean stop: {str(exc).splitlines()[0]}") from None
-            f["restart_after_stop_s"] = round(time.monotonic() - t0, 1)
-            try:
-                t_online = time.time()
-                f["caught_up_after_stop_s"] = round(wait(lambda: caught_up(mon, t_online), args.drain_max_s, "detection after the clean stop", mon, 1.0)
-                                                    + f["restart_after_stop_s"], 1)
-            except Aborted as exc:
-                res.problems.append(str(exc))
+            f["restart_after_stop_s"], f["caught_up_after_stop_s"] = timed_start(daemon, mon, args, res, "the clean stop")
             print(f"[{devices}] SIGTERM took {f.get('stop_s')} s, start: online after {f['restart_after_stop_s']} s, "
                   f"detection caught up after {f.get('caught_up_after_stop_s')} s", flush=True)
 
