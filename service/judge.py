@@ -97,9 +97,11 @@ class Judge:
         if isinstance(self.clock, EventClock):
             self.clock.observe(t)
 
-    def start(self, *, silence_from_now: bool = True) -> list[LevelChange]:
+    def start(self, *, silence_from_now: bool = True, fusion_timers: bool = True) -> list[LevelChange]:
         """Start the chain's clock (its zero reports are watched from now) and announce the
         no-data timers already due (devices silent while nobody judged); returns those.
+        ``fusion_timers`` False: readings stored are still to be judged; fusion's timers run
+        once they have been (``Detection.step``).
 
         ``silence_from_now``: a daemon starting counts a device it never hears from as silent
         from now; a replay (False) from its first real reading, so a drill feed never declares
@@ -108,7 +110,7 @@ class Judge:
         now = self.clock.now()
         if self.chain is not None:
             self.chain.tick(now)
-        if not silence_from_now:
+        if not (silence_from_now and fusion_timers):
             return []
         ticked = self.fusion.tick(now)
         for change in ticked:

@@ -148,17 +148,29 @@ def test_a_detection_crashed_at_random_ends_as_the_one_never_stopped(tmp_path, s
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "known defect: fusion's timers (held readings, silence) run at the wall clock's now after each batch, "
-    "also while detection is more than a batch behind, and at a restart wherever its start happens to end; "
-    "which readings a timer has seen when it fires then depends on where batches end, which a restart "
-    "changes: clock-health and out-of-order counts differ, events are announced twice or never. Running "
-    "fusion's timers only at the journal's head (tried) removes the doubles but not the misses. The fix: "
-    "run them at the readings' arrival times, before the first reading that arrived at or after a deadline, "
-    "silently in a replay, and at the wall clock only at the head."))
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_a_detection_crashed_while_more_than_a_batch_behind_ends_as_the_one_never_stopped(tmp_path, seed, monkeypatch):
-    monkeypatch.setattr(detection, "BATCH", 9)  # every round is several batches: detection is behind
+    # Batches of 9 readings: every round is several batches, as when detection is behind a
+    # burst, and the crashes fall between them. Fusion's timers (silence, held readings) run
+    # by the clock only once every stored reading has been judged: while behind, which
+    # readings a timer had seen would depend on where batches end, which a restart changes.
+    monkeypatch.setattr(detection, "BATCH", 9)
+    problems, twice, missing, crashes = _run(tmp_path, seed, crash=0.0, crash_mid=0.3)
+    assert crashes > 5
+    assert not problems, problems[:5]
+    assert not twice, f"announced twice: {list(twice)[:3]}"
+    assert not missing, f"never announced after a restart: {list(missing)[:3]}"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "known defect, left: a detection that crashes at the journal's head before its timers ran, and "
+    "restarts after the clock has moved on and more readings have come, runs those timers after the "
+    "new readings, where the one never stopped ran them before: clock-health and out-of-order counts "
+    "differ (seen with 6 of 40 seeds). The fix: fusion's timers at the readings' arrival times."))
+@pytest.mark.parametrize("seed", [9, 22])
+def test_a_detection_crashed_at_the_head_before_its_timers_ran_ends_as_the_one_never_stopped(tmp_path, seed, monkeypatch):
+    monkeypatch.setattr(detection, "BATCH", 9)
     problems, twice, missing, crashes = _run(tmp_path, seed, crash=0.0, crash_mid=0.3)
     assert crashes > 5
     assert not problems and not twice and not missing, (problems[:3], list(twice)[:2], list(missing)[:2])
