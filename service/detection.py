@@ -383,6 +383,9 @@ class Detection:
                         changed.update(c.site for c in ticked if not c.exercise and c.kind is None)
                         clock = clock or any(c.kind in CLOCK_KINDS for c in ticked)
                 else:
+                    # Judged before a restart: its timers' effects on fusion are rebuilt as they
+                    # were (a silence declared then is not declared again at the start).
+                    judge.replay_fusion_timers(t)
                     self.clock.observe(t)  # type: ignore[attr-defined]
             if skip and site in skip and _id <= skip[site][0]:
                 # A restart reading on from the floor: this site's saved row has the reading, but

@@ -117,6 +117,15 @@ class Judge:
             self.announce(change)
         return ticked
 
+    def replay_fusion_timers(self, t: float) -> None:
+        """Fusion's timers due by ``t``, each at its own time, announcing nothing: what ``at``
+        did to fusion's state while the readings up to ``t`` were judged before, for a restart
+        replaying them silently in event time (the chain keeps its own state)."""
+        fusion = self.fusion
+        while (due := fusion.next_deadline()) is not None and due <= t:
+            self._move(due)
+            fusion.tick(self.clock.now())
+
     def at(self, t: float, *, fusion_timers: bool = True) -> list[LevelChange]:
         """Run every timer due up to ``t``, each at its own time, then (event time) move the
         clock to ``t``. Returns the changes fusion's timers announced (held readings judged,

@@ -496,3 +496,52 @@ def test_the_one_value_levels_of_before_move_into_rows_and_a_damaged_one_does_no
     assert j.site_levels() == JournalReader(path).site_levels() == rows
     assert j.get_state("fusion.site_levels") is None
     j.close()
+
+
+def test_in_event_time_a_restart_rebuilds_what_the_timers_did_and_announces_no_silence_again(loaded, tmp_path, monkeypatch):
+    # Found by a review (older than the resume in steps): in event time (the demo, a recorded
+    # feed into a daemon) the timers run inside a batch, covered only by the position its
+    # announcements were made through; a restart's silent replay moved the clock without them,
+    # so a silence announced before the kill was announced again at the start.
+    from collections import Counter
+
+    from geowarn.core.clock import EventClock
+
+    t0, step = 1_700_000_000_000, 600_000
+    j = Journal(tmp_path / "journal.sqlite")
+    ids = {(c.site, c.device, c.channel): i for c, i in j.series_ids(loaded.registry).items()}
+    said: list[tuple[str, str, float | None]] = []
+    monkeypatch.setattr(detection.Detection, "_log_change",
+                        staticmethod(lambda c, e: said.append((str(c.kind), str(c.evidence.get("device")), c.evidence.get("last_seen")))))
+
+    def start():
+        det = detection.Detection(loaded, j, lambda *a, **k: None, EventClock(t0 / 1000))
+        det.save_snapshot(None)  # what the worker does once it is built
+        det.resume()
+        return det
+
+    def feed(steps: int, k0: int, silent: str | None = None) -> None:
+        j.append([(sid, t0 + k * step, 0.1 * (k % 3), 0, t0 + k * step + 5000)
+                  for k in range(k0, k0 + steps) for (site, _, _), sid in ids.items() if site != silent])
+
+    det = start()
+    feed(6, 0)  # every device reports for an hour
+    _drain_steps(det)
+    det.save_snapshot(None)  # everything saved: the floor is here
+    feed(8, 6, silent="BZM")  # BZM silent for 80 minutes: announced, in event time
+    _drain_steps(det)
+    silences = Counter((device, last) for kind, device, last in said if kind == "nodata")
+    assert silences and all(device.startswith("BZM-") for device, _ in silences)
+    del det  # killed before its next checkpoint
+    det = start()
+    feed(2, 14)  # BZM back
+    _drain_steps(det)
+    again = Counter((device, last) for kind, device, last in said if kind == "nodata")
+    assert again == silences, "a silence announced before the kill was announced again"
+    assert sum(1 for kind, device, _ in said if kind == "nodata_end" and device.startswith("BZM-")) == len(silences)
+    j.close()
+
+
+def _drain_steps(det) -> None:
+    while det.step():
+        pass
