@@ -94,15 +94,15 @@ def _state(det) -> str:
     return json.dumps(snap, sort_keys=True)
 
 
-def _saved(loaded, tmp_path: Path) -> tuple[Journal, detection.Detection]:
-    """A journal with 30 steps of the feed judged and every site saved."""
+def _saved(loaded, tmp_path: Path, steps: int = 30) -> tuple[Journal, detection.Detection, Feed]:
+    """A journal with ``steps`` steps of the feed judged and every site saved."""
     j = Journal(tmp_path / "journal.sqlite")
     feed = Feed(loaded, j)
     det = _detection(loaded, j)
-    feed.batch(steps=30)
+    feed.batch(steps=steps)
     _drain(det)
     det.save_snapshot()
-    return j, det
+    return j, det, feed
 
 
 def _rows(j: Journal) -> dict[str, tuple[int, int, int]]:
@@ -284,12 +284,7 @@ def test_retention_keeps_what_a_restart_interrupted_in_its_replay_still_needs(lo
 
 
 def test_a_save_writes_only_the_sites_that_changed_and_no_value_grows_with_the_fleet(loaded, tmp_path):
-    j = Journal(tmp_path / "journal.sqlite")
-    feed = Feed(loaded, j)
-    det = _detection(loaded, j)
-    feed.batch(steps=200)
-    _drain(det)
-    det.save_snapshot()
+    j, det, feed = _saved(loaded, tmp_path, steps=200)
     before = _rows(j)
     biggest = max(n for _, _, n in before.values())
     assert biggest < 200_000, before  # one site's share, not the fleet's
@@ -397,7 +392,7 @@ def test_a_step_back_guard_restored_mid_hold_judges_as_the_one_never_stopped():
 
 
 def test_a_damaged_site_row_starts_that_site_afresh_and_the_others_exactly(loaded, tmp_path, caplog):
-    j, det = _saved(loaded, tmp_path)
+    j, det, _ = _saved(loaded, tmp_path)
     expected = json.loads(_state(det))
     j.conn.execute("UPDATE site_state SET body = ? WHERE site = 'XK'", ('{"sites": [1, 2',))
     j.conn.execute("UPDATE site_state SET body = ? WHERE site = 'BZM'", ('[]',))
@@ -410,7 +405,7 @@ def test_a_damaged_site_row_starts_that_site_afresh_and_the_others_exactly(loade
 
 
 def test_a_damaged_header_rebuilds_from_the_journal_instead_of_failing(loaded, tmp_path, caplog):
-    j, det = _saved(loaded, tmp_path)
+    j, det, _ = _saved(loaded, tmp_path)
     j.set_state(detection.STATE_KEY, {"floor": "x"})
     again = _detection(loaded, j)
     assert again.position == j.last_id()
