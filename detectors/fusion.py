@@ -77,10 +77,15 @@ devices that ever had a bad time stamp take any memory.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import heapq
+import json
 import math
+import zlib
 from collections.abc import Collection, Iterable
-from typing import Any
+from types import MappingProxyType
+from typing import Any, cast
 
 from geowarn.config.registry import (
     DISPLACEMENT_LIKE,
@@ -298,23 +303,32 @@ _UNREADABLE = (KeyError, TypeError, ValueError, IndexError, AttributeError)
 class _Channel:
     """A channel's detectors and what fusion keeps of their verdicts.
 
-    A channel restored from saved state keeps its guard's and detectors' saved parts
-    (``saved``) and builds them on its first reading (``SiteFusion._unpack``): a restart then
-    reads the fleet's rows without building a million detector banks first, and a channel
-    saved and not heard since costs its saved part, not its live objects."""
+    A channel is in one of three forms. *Live*: its guard and detectors are built (``guard``
+    set). *Saved*: restored from an old row, it keeps its guard's and detectors' saved parts
+    as parsed JSON (``saved``) and builds them on its first reading (``SiteFusion._unpack``).
+    *Parked*: ``text`` holds its levels, verdicts, guard and detectors as compressed JSON (the
+    ``z`` of its saved row, ``SiteFusion.site_row``), and nothing else of them is in memory; a
+    reading, or its site's fusion needing its verdicts, unparks it (``SiteFusion._wake``).
+    Only ``level``, ``suspect``, ``held`` and ``touched`` stay live in every form: a quiet
+    channel of the national fleet costs its compressed text (~1–2 KB) instead of its live
+    objects (~6–8 KB)."""
 
-    __slots__ = ("info", "guard", "detectors", "levels", "verdicts", "level", "suspect", "held", "saved")
+    __slots__ = ("info", "guard", "detectors", "levels", "verdicts", "level", "suspect", "held", "saved", "text", "touched")
 
     def __init__(self, info: ChannelInfo, guard: QualityGuard | None, detectors: list[tuple[str, Detector]], saved: dict[str, Any] | None = None) -> None:
         self.info = info
-        self.guard = guard  # None while ``saved`` holds the bank's saved parts
+        self.guard = guard  # None while ``saved`` or ``text`` holds the bank
         self.detectors = detectors
         self.saved = saved
+        self.text: bytes | None = None  # parked: zlib of the JSON body (see the class docstring)
         self.levels: dict[str, int] = {}
         self.verdicts: dict[str, Verdict] = {}
         self.level = 0
         self.suspect = 0
         self.held = 0  # readings of this channel waiting in SiteFusion._held
+        #: When it was last judged a reading (its arrival, or its time in event time): parking
+        #: (``SiteFusion.park_after_s``) goes by it, so a replay parks as the live run did.
+        self.touched = -math.inf
 
     def forecast(self) -> dict[str, Any] | None:
         v = self.verdicts.get("forecast")
@@ -326,6 +340,23 @@ class _Channel:
             if best is None or self.levels.get(name, 0) > self.levels.get(best[0], 0):
                 best = (name, v)
         return best
+
+
+#: What unpacking a parked channel's text raises on a damaged row (besides _UNREADABLE).
+_UNPARKABLE = (zlib.error, binascii.Error, UnicodeDecodeError) + _UNREADABLE
+
+#: A parked channel's detectors, levels and verdicts: shared and read-only, so that a path
+#: which forgot to unpark fails loudly instead of writing into every parked channel at once.
+_NO_DETECTORS = cast("list[tuple[str, Detector]]", ())
+_NO_LEVELS = cast("dict[str, int]", MappingProxyType({}))
+_NO_VERDICTS = cast("dict[str, Verdict]", MappingProxyType({}))
+
+_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False, ensure_ascii=False).encode
+
+
+def _park(ch: _Channel, text: bytes) -> None:
+    ch.text, ch.guard, ch.detectors, ch.saved = text, None, _NO_DETECTORS, None
+    ch.levels, ch.verdicts = _NO_LEVELS, _NO_VERDICTS
 
 
 class _Health:
@@ -409,6 +440,10 @@ class SiteFusion:
         #: Saved parts a restored channel could not restore and started afresh instead: (site,
         #: device, channel, part, error), for the service to report (this room does no I/O).
         self.unreadable: list[tuple[str, str, str, str, str]] = []
+        #: Park a channel (``_Channel``) not judged a reading for this long, by the readings'
+        #: own arrival (event) times, when its site's row is written (``site_row``); None: never.
+        self.park_after_s: float | None = None
+        self._newest = -math.inf  # the latest ``touched`` of any channel
 
     @property
     def quality(self) -> dict[str, int]:
@@ -454,9 +489,29 @@ class SiteFusion:
             ch = st.channels[key] = _Channel(info, guard, detectors_for(info, self.registry))
         return ch
 
+    def _wake(self, ch: _Channel) -> None:
+        """Unpark a channel: its levels and verdicts back, its bank's saved parts kept to be
+        built on its next reading (``_unpack``). A stage the registry no longer gives it is
+        dropped with its level and verdict (a row written before the registry changed); a text
+        that cannot be read starts the channel afresh, reported in ``unreadable``."""
+        info, text = ch.info, ch.text
+        assert text is not None
+        try:
+            body = json.loads(zlib.decompress(text))
+            names = detector_names(info, self.registry)
+            saved = {"guard": body["guard"], "detectors": {n: d for n, d in body["detectors"].items() if n in names}}
+            levels = {n: int(v) for n, v in body["levels"].items() if n in names}
+            verdicts = {n: Verdict.from_dict(v) for n, v in body["verdicts"].items() if n in names}
+        except _UNPARKABLE as exc:
+            self.unreadable.append((info.site, info.device, info.channel, "parked", f"{type(exc).__name__}: {exc}"[:200]))
+            saved, levels, verdicts = None, {}, {}
+        ch.text, ch.saved, ch.levels, ch.verdicts = None, saved, levels, verdicts
+
     def _unpack(self, ch: _Channel) -> QualityGuard:
         """Build a restored channel's guard and detectors from its saved parts (see ``_Channel``);
         a detector the registry no longer gives it is dropped with its level and verdict."""
+        if ch.text is not None:
+            self._wake(ch)
         info, saved = ch.info, ch.saved or {}
         guard = QualityGuard.for_kind(info.kind, interval_s=info.interval_s, low=info.low, high=info.high)
         detectors = detectors_for(info, self.registry)
@@ -518,6 +573,9 @@ class SiteFusion:
             self._seen(info, t, t if arrived is None else max(t, arrived), out)
         st = self._site(info.site, exercise)
         ch = self._channel(st, info)
+        ch.touched = when = t if arrived is None or t > arrived else arrived
+        if when > self._newest:
+            self._newest = when
         if self._faults and (info.site, info.device, info.channel) in self._faults:
             # Stored, never judged: a faulty sensor's numbers enter no window (see the docstring).
             ch.suspect += 1
@@ -686,6 +744,9 @@ class SiteFusion:
             faulty = [c for c in chans if (site, c.info.device, c.info.channel) in self._faults]
             if faulty:
                 chans = [c for c in chans if c not in faulty]
+        for c in chans:
+            if c.text is not None:  # its forecast and verdicts are asked for below
+                self._wake(c)
         raw = max((c.level for c in chans), default=0)
         lead_ch = max(chans, key=lambda c: c.level) if chans else None
         level = raw
@@ -871,27 +932,40 @@ class SiteFusion:
 
     # -- persistence -------------------------------------------------------------------------
 
-    @staticmethod
-    def _site_json(st: _Site) -> dict[str, Any]:
-        return {
-            "level": st.level,
-            "confirmed": st.confirmed,
-            "quality": dict(st.quality),
-            "channels": {
-                key: {
-                    "level": ch.level,
-                    "suspect": ch.suspect,
-                    "levels": dict(ch.levels),
-                    "verdicts": {n: v.to_dict() for n, v in ch.verdicts.items()},
-                    **(
-                        {"guard": ch.guard.snapshot(), "detectors": {n: d.snapshot() for n, d in ch.detectors}}
-                        if ch.guard is not None
-                        else {"guard": ch.saved["guard"], "detectors": ch.saved["detectors"]}  # type: ignore[index]
-                    ),
-                }
-                for key, ch in st.channels.items()
-            },
-        }
+    def _body(self, ch: _Channel) -> dict[str, Any]:
+        """A channel's levels, verdicts, guard and detectors, as saved (live or saved form)."""
+        if ch.guard is not None:
+            guard, dets = ch.guard.snapshot(), {n: d.snapshot() for n, d in ch.detectors}
+        elif ch.saved is not None:
+            guard, dets = ch.saved["guard"], ch.saved["detectors"]
+        else:  # never built, or started afresh after an unreadable part: a fresh bank
+            ch.guard = self._unpack(ch)
+            guard, dets = ch.guard.snapshot(), {n: d.snapshot() for n, d in ch.detectors}
+        return {"levels": dict(ch.levels), "verdicts": {n: v.to_dict() for n, v in ch.verdicts.items()}, "guard": guard, "detectors": dets}
+
+    def _site_json(self, st: _Site, packed: bool) -> dict[str, Any]:
+        channels: dict[str, Any] = {}
+        for key, ch in st.channels.items():
+            entry: dict[str, Any] = {"level": ch.level, "suspect": ch.suspect}
+            text = ch.text
+            if packed:
+                if text is None:
+                    text = zlib.compress(_JSON(self._body(ch)).encode(), 1)
+                    after = self.park_after_s
+                    if after is not None and ch.touched <= self._newest - after:
+                        _park(ch, text)
+                entry["z"] = base64.b64encode(text).decode("ascii")
+            else:
+                if text is not None:
+                    try:
+                        entry.update(json.loads(zlib.decompress(text)))
+                        channels[key] = entry
+                        continue
+                    except _UNPARKABLE:
+                        self._wake(ch)  # reported; the channel starts afresh
+                entry.update(self._body(ch))
+            channels[key] = entry
+        return {"level": st.level, "confirmed": st.confirmed, "quality": dict(st.quality), "channels": channels}
 
     def snapshot(self) -> dict[str, Any]:
         """Everything needed to continue exactly here after a restart (JSON-serialisable).
@@ -899,15 +973,16 @@ class SiteFusion:
         ``site_state`` put together by ``assemble``, which is what a restart reads."""
         return self.assemble(self.globals_state(), (self.site_state(site) for site in self.registry.sites))
 
-    def site_state(self, site: str) -> dict[str, Any]:
+    def site_state(self, site: str, packed: bool = False) -> dict[str, Any]:
         """One site's part of ``snapshot()`` (its real and drill state, its devices' silence
         timers and clock health, its held readings and faulty sensors): saved site by site,
-        and put together again by ``assemble``."""
+        and put together again by ``assemble``. ``packed``: each channel's levels, verdicts,
+        guard and detectors as ``z``, their JSON compressed (what ``site_row`` saves)."""
         sites = {}
         for exercise in (False, True):
             st = self._sites.get((site, exercise))
             if st is not None:
-                sites[f"{site}|{int(exercise)}"] = self._site_json(st)
+                sites[f"{site}|{int(exercise)}"] = self._site_json(st, packed)
         devices = self._site_devices.get(site, [])
         # The site's own held readings, then sorted (not the whole fleet's heap for each site).
         held = [[info.site, int(exercise), info.device, info.channel, t, value, arrived]
@@ -915,6 +990,23 @@ class SiteFusion:
         health = {d: self._health[d].to_json() for d in devices if d in self._health} if self._health else {}
         faults = [[s, d, c, code, since] for (s, d, c), (code, since) in self._faults.items() if s == site] if self._faults else []
         return {"sites": sites, "nodata": self.nodata.snapshot_of(devices), "held": held, "health": health, "faults": faults}
+
+    def site_row(self, site: str) -> str:
+        """The JSON text of a site's saved row: ``site_state(site, packed=True)``. Writing it
+        parks the site's channels idle for ``park_after_s`` (their compressed text is made for
+        the row anyway); a parked channel's text goes into the row as it is, so a save of a
+        site of which one device spoke packs that device's channels only."""
+        return _JSON(self.site_state(site, packed=True))
+
+    @staticmethod
+    def unpacked(part: dict[str, Any]) -> dict[str, Any]:
+        """A saved site part (``site_row``) with its channels' ``z`` opened, as ``site_state``
+        gives it: for diagnosis and tests (a restart restores the packed form directly)."""
+        for sd in part.get("sites", {}).values():
+            for key, cd in sd.get("channels", {}).items():
+                if isinstance(cd, dict) and "z" in cd:
+                    sd["channels"][key] = {"level": cd["level"], "suspect": cd["suspect"], **json.loads(zlib.decompress(base64.b64decode(cd["z"])))}
+        return part
 
     def globals_state(self) -> dict[str, Any]:
         """What ``site_state`` leaves out: the silence timers' start and old uncounted quality."""
@@ -967,6 +1059,14 @@ class SiteFusion:
                 device, _, channel = key.partition("/")
                 info = self.registry.channel(site, device, channel)
                 if info is None:
+                    continue
+                if "z" in cd:  # parked as saved (``site_row``): not even parsed until needed
+                    ch = st.channels[f"{device}/{channel}"] = _Channel(info, None, _NO_DETECTORS)
+                    ch.level, ch.suspect = int(cd["level"]), int(cd["suspect"])
+                    try:
+                        _park(ch, base64.b64decode(cd["z"], validate=True))
+                    except (binascii.Error, TypeError, ValueError) as exc:
+                        self.unreadable.append((site, device, channel, "parked", f"{type(exc).__name__}: {exc}"[:200]))
                     continue
                 # Built on its first reading (``_unpack``): a restart does not build every bank.
                 names = detector_names(info, self.registry)  # the stages it still has: the others are dropped

@@ -142,6 +142,7 @@ class Detection:
         self.judging_s = float(saved.get("seconds", 0.0))
         #: Sites are saved once changed for this long (the journal has what came since).
         self.save_after_s = float(s.snapshot_interval_s)
+        self.fusion.park_after_s = float(s.park_after_s)
         #: While a restart reads on from the floor: site -> (position, status position) of its
         #: row; its readings and statuses up to there are in the row already.
         self._skip: dict[str, tuple[int, int]] = {}
@@ -521,9 +522,7 @@ class Detection:
                 # statuses are skipped, its held readings come due in the same order as before.
                 # This keeps it so.)
                 continue
-            # (check_circular off: a site's state is plain data, and the check is 7 % of the dump.)
-            rows.append((site, self.position, self.status_position,
-                         json.dumps(self.fusion.site_state(site), separators=(",", ":"), check_circular=False)))
+            rows.append((site, self.position, self.status_position, self.fusion.site_row(site)))
             if budget_s is not None and time.perf_counter() - start >= budget_s:
                 break
         if not rows and not self._stale_rows:
@@ -831,7 +830,7 @@ def saved_state(reader: Any) -> dict[str, Any] | None:
     header, rows = reader.site_states(STATE_KEY)
     if header is None:
         return None
-    state = SiteFusion.assemble(header.get("globals", {}), [json.loads(body) for _, _, _, body in rows])
+    state = SiteFusion.assemble(header.get("globals", {}), [SiteFusion.unpacked(json.loads(body)) for _, _, _, body in rows])
     return {**header, "sites": {site: [pos, spos] for site, pos, spos, _ in rows}, "state": state}
 
 

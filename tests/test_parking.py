@@ -1,0 +1,203 @@
+"""Parked channels (issue 17 item 1): a channel not heard from keeps its detectors as the
+compressed text of its saved row, and that changes nothing but memory.
+
+The reference is a fusion that never parks, fed the same readings: every event and the final
+state must be the same when every channel is parked after every message, and when the state
+is saved in rows and restored in the middle.
+"""
+
+from __future__ import annotations
+
+import base64
+import gc
+import json
+import random
+import tracemalloc
+import zlib
+from typing import Any
+
+import pytest
+
+from geowarn.config.registry import parse_registry
+from geowarn.detectors import compact
+from geowarn.detectors.fusion import SiteFusion
+from geowarn.simulators.engine import Simulation
+from geowarn.simulators.scenario import load_scenario
+
+
+def _readings(name: str, days: float | None = None) -> tuple[Any, list[tuple[Any, float, float, float | None, bool]]]:
+    """A bundled scenario's readings as fusion takes them: (info, t, value, arrived, drill).
+    Arrivals are late by up to a minute, now and then early by two to ten minutes (a clock
+    ahead: fusion holds those); one reading in twenty is also judged as a drill's."""
+    sc = load_scenario(name)
+    reg = sc.registry()
+    sim = Simulation(sc, reg, duration_s=None if days is None else days * 86400.0)
+    rng = random.Random(name)
+    out = []
+    for m in sim.emit_until(sim.t_end) + sim.flush():
+        for ch, t, v in m.rows:
+            info = reg.channel(m.site, m.device_code, ch)
+            if info is None:  # a channel the faults scenario sends unregistered: the store's business
+                continue
+            t = float(t)
+            arrived = t - rng.uniform(120.0, 600.0) if rng.random() < 0.02 else t + rng.uniform(0.0, 60.0)
+            out.append((info, t, float(v), arrived, rng.random() < 0.05))
+    return reg, out
+
+
+def _events(f: SiteFusion, rows: list[Any], park: int = 0, start: int = 0, stop: int | None = None) -> list[Any]:
+    """Feed ``rows``; with ``park``, write the site's row after every ``park``-th reading (which
+    parks every channel of the site if ``park_after_s`` is 0)."""
+    out = []
+    for i, (info, t, v, arrived, drill) in enumerate(rows[start:stop]):
+        out += f.update_all(info, t, v, False, arrived)
+        if drill:
+            out += f.update_all(info, t, v, True, arrived)
+        out += f.tick(arrived)
+        if park and i % park == 0:
+            f.site_row(info.site)
+    return out
+
+
+def _norm(f: SiteFusion) -> dict[str, Any]:
+    snap = f.snapshot()
+    snap["nodata"].pop("start")
+    return snap
+
+
+@pytest.mark.parametrize("name,days,every", [("failure", None, 16), ("faults", None, 1), ("storm", 2.0, 1), ("cn_failure", 6.0, 1)])
+def test_parking_channels_again_and_again_changes_no_event_and_no_state(name: str, days: float | None, every: int) -> None:
+    reg, rows = _readings(name, days)
+    ref, parked = SiteFusion(reg), SiteFusion(reg)
+    parked.park_after_s = 0.0
+    wakes = []
+    wake = parked._wake
+    parked._wake = lambda ch: (wakes.append(ch.info), wake(ch))[1]  # type: ignore[method-assign]
+    expected = _events(ref, rows)
+    got = _events(parked, rows, park=every)
+    assert len(wakes) > len(rows) / every / 2, "channels were parked and unparked again and again"
+    assert len(expected) > 3, "the scenario must make events for the comparison to mean anything"
+    assert got == expected
+    assert _norm(parked) == _norm(ref)
+    assert parked.unreadable == []
+    # And it did park: every channel is parked after its site's row was written.
+    for site in reg.sites:
+        parked.site_row(site)
+    chans = [ch for st in parked._sites.values() for ch in st.channels.values()]
+    assert chans and all(ch.text is not None and ch.guard is None for ch in chans)
+    if name == "failure":
+        assert max(e.level for e in expected) == 4  # the slope fails: red, with its forecast
+
+
+def test_rows_written_with_parked_channels_restore_mid_stream_and_continue_exactly() -> None:
+    reg, rows = _readings("failure")
+    ref = SiteFusion(reg)
+    half = len(rows) * 3 // 4  # the slope is accelerating: forecasts and latches are live
+    expected_after = _events(ref, rows, stop=half)
+    expected_after = _events(ref, rows, start=half)
+    a = SiteFusion(reg)
+    a.park_after_s = 600.0  # some channels parked, some live, when the rows are written
+    _events(a, rows, stop=half)
+    texts = [a.site_row(site) for site in reg.sites]
+    parts = [json.loads(x) for x in texts]
+    zs = [cd for p in parts for sd in p["sites"].values() for cd in sd["channels"].values()]
+    assert zs and all(set(cd) == {"level", "suspect", "z"} for cd in zs)
+    b = SiteFusion(reg)
+    b.restore(SiteFusion.assemble(a.globals_state(), parts))
+    assert all(ch.text is not None for st in b._sites.values() for ch in st.channels.values())
+    assert _events(b, rows, start=half) == expected_after
+    assert _events(a, rows, start=half) == expected_after
+    assert _norm(b) == _norm(ref) == _norm(a)
+    # unpacked() opens the rows into what site_state gives (the diagnosis path, saved_state).
+    c = SiteFusion(reg)
+    _events(c, rows, stop=half)
+    assert [SiteFusion.unpacked(json.loads(c.site_row(s))) for s in reg.sites] == [c.site_state(s) for s in reg.sites]
+
+
+def _two_channel_registry(velocity: bool) -> Any:
+    ch = {"channel": "d", "kind": "displacement", "interval_s": 600}
+    if not velocity:
+        ch["velocity_per_day"] = {}
+    site = {"site": "S", "name": "s", "admin": "420527", "lat": 30.0, "lon": 110.0,
+            "devices": [{"device": "X1", "channels": [ch]}, {"device": "X2", "channels": [dict(ch)]}]}
+    return parse_registry({"sites": [site]}, "<test>")
+
+
+def test_a_damaged_parked_text_starts_that_channel_afresh_and_is_reported() -> None:
+    reg = _two_channel_registry(True)
+    f = SiteFusion(reg)
+    f.park_after_s = 0.0
+    for i in range(300):
+        for dev in ("X1", "X2"):
+            f.update_all(reg.channel("S", dev, "d"), 1.7e9 + 600 * i, 0.5 * i, False, 1.7e9 + 600 * i)
+    part = json.loads(f.site_row("S"))
+    chans = part["sites"]["S|0"]["channels"]
+    chans["X1/d"]["z"] = base64.b64encode(zlib.compress(b'{"levels": {')).decode()  # truncated JSON
+    chans["X2/d"]["z"] = base64.b64encode(b"not zlib at all").decode()
+    g = SiteFusion(reg)
+    g.restore(SiteFusion.assemble(f.globals_state(), [part]))
+    g.update_all(reg.channel("S", "X1", "d"), 1.7e9 + 600 * 300, 150.0, False, 1.7e9 + 600 * 300)
+    g.update_all(reg.channel("S", "X2", "d"), 1.7e9 + 600 * 300, 150.0, False, 1.7e9 + 600 * 300)
+    assert [(u[1], u[3]) for u in g.unreadable] == [("X1", "parked"), ("X2", "parked")]
+    assert all("Error" in u[4] for u in g.unreadable)
+    fresh = SiteFusion(reg)
+    fresh.update_all(reg.channel("S", "X1", "d"), 1.7e9 + 600 * 300, 150.0, False, 1.7e9 + 600 * 300)
+    assert g.site_state("S")["sites"]["S|0"]["channels"]["X1/d"]["detectors"] == fresh.site_state("S")["sites"]["S|0"]["channels"]["X1/d"]["detectors"]
+    # A row that is not even base64: reported at the restore, the channel fresh as well.
+    part["sites"]["S|0"]["channels"]["X1/d"]["z"] = "%%%"
+    h = SiteFusion(reg)
+    h.restore(SiteFusion.assemble(f.globals_state(), [part]))
+    assert h.unreadable and h.unreadable[0][1:4] == ("X1", "d", "parked")
+
+
+def test_a_parked_channel_restored_under_a_registry_without_its_velocity_drops_it() -> None:
+    reg = _two_channel_registry(True)
+    f = SiteFusion(reg)
+    f.park_after_s = 0.0
+    for i in range(400):  # 20 mm/day: velocity at a level, and verdicts for every stage
+        f.update_all(reg.channel("S", "X1", "d"), 1.7e9 + 600 * i, 20.0 * i / 144, False, 1.7e9 + 600 * i)
+    row = json.loads(f.site_row("S"))
+    assert "velocity" in SiteFusion.unpacked(json.loads(json.dumps(row)))["sites"]["S|0"]["channels"]["X1/d"]["detectors"]
+    reg2 = _two_channel_registry(False)
+    g = SiteFusion(reg2)
+    g.restore(SiteFusion.assemble(f.globals_state(), [row]))
+    g.update_all(reg2.channel("S", "X1", "d"), 1.7e9 + 600 * 400, 20.0 * 400 / 144, False, 1.7e9 + 600 * 400)
+    cd = g.site_state("S")["sites"]["S|0"]["channels"]["X1/d"]
+    assert "velocity" not in cd["detectors"] and "velocity" not in cd["levels"] and "velocity" not in cd["verdicts"]
+    assert g.unreadable == []
+
+
+def test_a_parked_channel_costs_a_fraction_of_a_live_one() -> None:
+    """Live bytes of a week of ten-minute GNSS and battery readings, live against parked
+    (tracemalloc: the objects themselves, not the process's RSS)."""
+    from geowarn.simulators.scenario import Template, sites_toml, synthetic_sites
+    import tomllib
+
+    reg = parse_registry(tomllib.loads(sites_toml(synthetic_sites(Template(devices_per_site=5, admin="420527"), 10))), "<fleet>")
+    infos = [info for chans in reg.channels.values() for info in chans.values()]
+    rng = random.Random(1)
+
+    def fed(steps: int) -> SiteFusion:
+        f = SiteFusion(reg)
+        for k in range(steps):
+            t = 1.7e9 + 600 * k
+            for info in infos:
+                v = 12.6 + rng.gauss(0, 0.01) if info.channel == "battery" else rng.gauss(0, 0.5)
+                f.update_all(info, t + rng.random(), round(v, 2), False, t + 1.0)
+        return f
+
+    fed(20)  # the shared parameter tables and caches, which no channel pays for
+    gc.collect()
+    tracemalloc.start()
+    f = fed(1008)
+    gc.collect()
+    live = tracemalloc.get_traced_memory()[0] / len(infos)
+    f.park_after_s = 0.0
+    for site in reg.sites:
+        f.site_row(site)
+    compact._ZIPPED.clear()  # the packer's bounded cache (at most ~150 KB for the whole fleet)
+    gc.collect()
+    parked = tracemalloc.get_traced_memory()[0] / len(infos)
+    tracemalloc.stop()
+    assert live > 4000  # a sanity bound: the detectors' windows are full after a week
+    assert parked < live / 3, (live, parked)
