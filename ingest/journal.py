@@ -172,7 +172,6 @@ class Journal:
         self.path = Path(path)
         # readonly: ``geowarn export`` and the demo read a journal a daemon may be writing.
         self.conn = open_readonly(self.path, JOURNAL_SCHEMA) if readonly else open_db(self.path, JOURNAL_SCHEMA, sync=sync)
-        self._series: dict[tuple[str, str, str], int] = {}
 
     def close(self) -> None:
         self.conn.close()
@@ -180,16 +179,19 @@ class Journal:
     # -- series ----------------------------------------------------------------------------
 
     def series_ids(self, registry: Registry) -> dict[ChannelInfo, int]:
-        """The series id of every channel of the registry, creating those not seen before."""
+        """The series id of every channel of the registry, creating those not seen before.
+
+        The series table is read once, not one query per channel: at 250,000 devices that is a
+        million channels, and the store worker's start waited on them."""
         out: dict[ChannelInfo, int] = {}
         self.conn.execute("BEGIN IMMEDIATE")
         try:
+            known = {(site, device, channel): (sid, kind, admin)
+                     for sid, site, device, channel, kind, admin in self.conn.execute("SELECT id, site, device, channel, kind, admin FROM series")}
             for chans in registry.channels.values():
                 for info in chans.values():
                     key = (info.site, info.device, info.channel)
-                    row = self.conn.execute(
-                        "SELECT id, kind, admin FROM series WHERE site=? AND device=? AND channel=?", key
-                    ).fetchone()
+                    row = known.get(key)
                     if row is None:
                         cur = self.conn.execute(
                             "INSERT INTO series (site, device, channel, kind, admin) VALUES (?, ?, ?, ?, ?)",
@@ -203,11 +205,11 @@ class Journal:
                             # readings are forwarded with the new tags.
                             self.conn.execute("UPDATE series SET kind=?, admin=? WHERE id=?", (info.kind, info.admin, sid))
                     out[info] = sid
-                    self._series[key] = sid
             self.conn.execute("COMMIT")
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
+        del known
         return out
 
     # -- the write path --------------------------------------------------------------------
