@@ -313,7 +313,7 @@ class _Channel:
     channel of the national fleet costs its compressed text (~1–2 KB) instead of its live
     objects (~6–8 KB)."""
 
-    __slots__ = ("info", "guard", "detectors", "levels", "verdicts", "level", "suspect", "held", "saved", "text", "touched")
+    __slots__ = ("detectors", "guard", "held", "info", "level", "levels", "saved", "suspect", "text", "touched", "verdicts")
 
     def __init__(self, info: ChannelInfo, guard: QualityGuard | None, detectors: list[tuple[str, Detector]], saved: dict[str, Any] | None = None) -> None:
         self.info = info
@@ -343,7 +343,45 @@ class _Channel:
 
 
 #: What unpacking a parked channel's text raises on a damaged row (besides _UNREADABLE).
-_UNPARKABLE = (zlib.error, binascii.Error, UnicodeDecodeError) + _UNREADABLE
+_UNPARKABLE = (zlib.error, binascii.Error, UnicodeDecodeError, RecursionError, OverflowError) + _UNREADABLE
+
+
+#: The most a parked channel's text may inflate to: a minute-sampled channel's body is ~100 KB;
+#: a hand-made row that inflates to gigabytes is refused like any damaged one.
+_MAX_BODY = 64 * 2**20
+
+
+def _inflate(text: bytes) -> bytes:
+    d = zlib.decompressobj()
+    out = d.decompress(text, _MAX_BODY)
+    if d.unconsumed_tail:
+        raise ValueError(f"inflates past {_MAX_BODY} bytes")
+    if not d.eof:
+        raise ValueError("truncated")
+    return out
+
+
+def _level(v: Any) -> int:
+    lv = int(v)
+    if not 0 <= lv <= 4:
+        raise ValueError(f"level must be 0-4, got {lv}")
+    return lv
+
+
+def _opened(body: Any, names: Collection[str]) -> tuple[dict[str, Any], dict[str, int], dict[str, Verdict]]:
+    """A parked text's body checked: (saved bank, levels, verdicts) of the stages in ``names``."""
+    saved = {"guard": body["guard"], "detectors": {n: d for n, d in body["detectors"].items() if n in names}}
+    levels = {n: _level(v) for n, v in body["levels"].items() if n in names}
+    verdicts = {n: Verdict.from_dict(v) for n, v in body["verdicts"].items() if n in names}
+    fv = verdicts.get("forecast")
+    fc = None if fv is None else fv.evidence.get("forecast")
+    if fc is not None:
+        if not isinstance(fc, dict):
+            raise TypeError("forecast evidence is not a mapping")
+        for k in ("failure_time", "r2", "uncertainty_s"):
+            if fc.get(k) is not None and (isinstance(fc[k], bool) or not isinstance(fc[k], (int, float))):
+                raise TypeError(f"forecast {k} is not a number")
+    return saved, levels, verdicts
 
 #: A parked channel's detectors, levels and verdicts: shared and read-only, so that a path
 #: which forgot to unpark fails loudly instead of writing into every parked channel at once.
@@ -363,7 +401,7 @@ class _Health:
     """One device's recent time stamps: per kind of fault a bit per reading (1: that fault),
     newest in the lowest bit, ``CLOCK_WINDOW`` bits."""
 
-    __slots__ = ("site", "masks", "seen", "trouble", "counts", "last_event")
+    __slots__ = ("counts", "last_event", "masks", "seen", "site", "trouble")
 
     def __init__(self, site: str) -> None:
         self.site = site
@@ -396,7 +434,7 @@ class _Health:
 
 
 class _Site:
-    __slots__ = ("level", "channels", "held", "confirmed", "quality")
+    __slots__ = ("channels", "confirmed", "held", "level", "quality")
 
     def __init__(self) -> None:
         self.level = 0
@@ -489,7 +527,7 @@ class SiteFusion:
             ch = st.channels[key] = _Channel(info, guard, detectors_for(info, self.registry))
         return ch
 
-    def _wake(self, ch: _Channel) -> None:
+    def _wake(self, ch: _Channel, bank: bool = True) -> None:
         """Unpark a channel: its levels and verdicts back, its bank's saved parts kept to be
         built on its next reading (``_unpack``). A stage the registry no longer gives it is
         dropped with its level and verdict (a row written before the registry changed); a text
@@ -497,14 +535,14 @@ class SiteFusion:
         info, text = ch.info, ch.text
         assert text is not None
         try:
-            body = json.loads(zlib.decompress(text))
-            names = detector_names(info, self.registry)
-            saved = {"guard": body["guard"], "detectors": {n: d for n, d in body["detectors"].items() if n in names}}
-            levels = {n: int(v) for n, v in body["levels"].items() if n in names}
-            verdicts = {n: Verdict.from_dict(v) for n, v in body["verdicts"].items() if n in names}
+            saved, levels, verdicts = _opened(json.loads(_inflate(text)), detector_names(info, self.registry))
         except _UNPARKABLE as exc:
             self.unreadable.append((info.site, info.device, info.channel, "parked", f"{type(exc).__name__}: {exc}"[:200]))
-            saved, levels, verdicts = None, {}, {}
+            ch.text, ch.saved, ch.levels, ch.verdicts = None, None, {}, {}
+            return
+        if not bank:  # levels and verdicts only (the site's fusion): the text still holds them all
+            ch.levels, ch.verdicts = levels, verdicts
+            return
         ch.text, ch.saved, ch.levels, ch.verdicts = None, saved, levels, verdicts
 
     def _unpack(self, ch: _Channel) -> QualityGuard:
@@ -574,8 +612,7 @@ class SiteFusion:
         st = self._site(info.site, exercise)
         ch = self._channel(st, info)
         ch.touched = when = t if arrived is None or t > arrived else arrived
-        if when > self._newest:
-            self._newest = when
+        self._newest = max(self._newest, when)
         if self._faults and (info.site, info.device, info.channel) in self._faults:
             # Stored, never judged: a faulty sensor's numbers enter no window (see the docstring).
             ch.suspect += 1
@@ -745,8 +782,8 @@ class SiteFusion:
             if faulty:
                 chans = [c for c in chans if c not in faulty]
         for c in chans:
-            if c.text is not None:  # its forecast and verdicts are asked for below
-                self._wake(c)
+            if c.text is not None and c.verdicts is _NO_VERDICTS:  # its forecast and verdicts are asked for below
+                self._wake(c, bank=False)
         raw = max((c.level for c in chans), default=0)
         lead_ch = max(chans, key=lambda c: c.level) if chans else None
         level = raw
@@ -949,6 +986,10 @@ class SiteFusion:
             entry: dict[str, Any] = {"level": ch.level, "suspect": ch.suspect}
             text = ch.text
             if packed:
+                if text is not None and ch.verdicts is not _NO_VERDICTS:
+                    after = self.park_after_s
+                    if after is not None and ch.touched <= self._newest - after:
+                        _park(ch, text)  # opened for the site's fusion only: parked again
                 if text is None:
                     text = zlib.compress(_JSON(self._body(ch)).encode(), 1)
                     after = self.park_after_s
@@ -958,7 +999,8 @@ class SiteFusion:
             else:
                 if text is not None:
                     try:
-                        entry.update(json.loads(zlib.decompress(text)))
+                        saved, levels, verdicts = _opened(json.loads(_inflate(text)), detector_names(ch.info, self.registry))
+                        entry.update({"levels": levels, "verdicts": {n: v.to_dict() for n, v in verdicts.items()}, **saved})
                         channels[key] = entry
                         continue
                     except _UNPARKABLE:
@@ -1005,7 +1047,11 @@ class SiteFusion:
         for sd in part.get("sites", {}).values():
             for key, cd in sd.get("channels", {}).items():
                 if isinstance(cd, dict) and "z" in cd:
-                    sd["channels"][key] = {"level": cd["level"], "suspect": cd["suspect"], **json.loads(zlib.decompress(base64.b64decode(cd["z"])))}
+                    try:
+                        body = json.loads(_inflate(base64.b64decode(cd["z"], validate=True)))
+                    except _UNPARKABLE as exc:
+                        body = {"unreadable": f"{type(exc).__name__}: {exc}"[:200]}
+                    sd["channels"][key] = {"level": cd["level"], "suspect": cd["suspect"], **body}
         return part
 
     def globals_state(self) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import zlib
 from typing import Any
 
 import pytest
-
 from geowarn.config.registry import parse_registry
 from geowarn.detectors import compact
 from geowarn.detectors.fusion import SiteFusion
@@ -72,7 +71,7 @@ def test_parking_channels_again_and_again_changes_no_event_and_no_state(name: st
     parked.park_after_s = 0.0
     wakes = []
     wake = parked._wake
-    parked._wake = lambda ch: (wakes.append(ch.info), wake(ch))[1]  # type: ignore[method-assign]
+    parked._wake = lambda ch, bank=True: (wakes.append(ch.info), wake(ch, bank))[1]  # type: ignore[method-assign]
     expected = _events(ref, rows)
     got = _events(parked, rows, park=every)
     assert len(wakes) > len(rows) / every / 2, "channels were parked and unparked again and again"
@@ -132,6 +131,7 @@ def test_a_damaged_parked_text_starts_that_channel_afresh_and_is_reported() -> N
             f.update_all(reg.channel("S", dev, "d"), 1.7e9 + 600 * i, 0.5 * i, False, 1.7e9 + 600 * i)
     part = json.loads(f.site_row("S"))
     chans = part["sites"]["S|0"]["channels"]
+    good = chans["X1/d"]["z"]
     chans["X1/d"]["z"] = base64.b64encode(zlib.compress(b'{"levels": {')).decode()  # truncated JSON
     chans["X2/d"]["z"] = base64.b64encode(b"not zlib at all").decode()
     g = SiteFusion(reg)
@@ -143,6 +143,13 @@ def test_a_damaged_parked_text_starts_that_channel_afresh_and_is_reported() -> N
     fresh = SiteFusion(reg)
     fresh.update_all(reg.channel("S", "X1", "d"), 1.7e9 + 600 * 300, 150.0, False, 1.7e9 + 600 * 300)
     assert g.site_state("S")["sites"]["S|0"]["channels"]["X1/d"]["detectors"] == fresh.site_state("S")["sites"]["S|0"]["channels"]["X1/d"]["detectors"]
+    # A text that would inflate to more than a channel's body ever is (a hand-made row): refused.
+    chans["X1/d"]["z"] = good
+    chans["X2/d"]["z"] = base64.b64encode(zlib.compress(b" " * (80 << 20), 9)).decode()
+    bomb = SiteFusion(reg)
+    bomb.restore(SiteFusion.assemble(f.globals_state(), [part]))
+    bomb.update_all(reg.channel("S", "X2", "d"), 1.7e9 + 600 * 300, 150.0, False, 1.7e9 + 600 * 300)
+    assert [(u[1], u[3]) for u in bomb.unreadable] == [("X2", "parked")] and "inflates past" in bomb.unreadable[0][4]
     # A row that is not even base64: reported at the restore, the channel fresh as well.
     part["sites"]["S|0"]["channels"]["X1/d"]["z"] = "%%%"
     h = SiteFusion(reg)
@@ -170,8 +177,9 @@ def test_a_parked_channel_restored_under_a_registry_without_its_velocity_drops_i
 def test_a_parked_channel_costs_a_fraction_of_a_live_one() -> None:
     """Live bytes of a week of ten-minute GNSS and battery readings, live against parked
     (tracemalloc: the objects themselves, not the process's RSS)."""
-    from geowarn.simulators.scenario import Template, sites_toml, synthetic_sites
     import tomllib
+
+    from geowarn.simulators.scenario import Template, sites_toml, synthetic_sites
 
     reg = parse_registry(tomllib.loads(sites_toml(synthetic_sites(Template(devices_per_site=5, admin="420527"), 10))), "<fleet>")
     infos = [info for chans in reg.channels.values() for info in chans.values()]
