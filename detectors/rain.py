@@ -401,7 +401,7 @@ class RainSums(_RainMethod):
     def _reset_state(self) -> None:
         latches = getattr(self, "_latches", None)
         if latches is None:
-            self._latches = [LevelLatch(list(lv), self.hysteresis, self.hold_s) for _, lv in self.windows]
+            self._latches = [LevelLatch(lv, self.hysteresis, self.hold_s) for _, lv in self.windows]
         else:
             for la in latches:  # a reset (the combined detector's, a restore): as new, not rebuilt
                 la._reset()
@@ -655,7 +655,7 @@ class IntensityDuration(_RainMethod):
     def _reset_state(self) -> None:
         latch = getattr(self, "_latch", None)
         if latch is None:
-            self._latch = LevelLatch(list(self.levels), self.hysteresis, self.hold_s)
+            self._latch = LevelLatch(self.levels, self.hysteresis, self.hold_s)
         else:
             latch._reset()  # a reset (the combined detector's, a restore): as new, not rebuilt
         self._start: float | None = None  # None: no open event
@@ -817,7 +817,7 @@ class AntecedentRain(_RainMethod):
     def _reset_state(self) -> None:
         latch = getattr(self, "_latch", None)
         if latch is None:
-            self._latch = LevelLatch(list(self.thresholds), self.hysteresis, self.hold_s)
+            self._latch = LevelLatch(self.thresholds, self.hysteresis, self.hold_s)
         else:
             latch._reset()  # a reset (the combined detector's, a restore): as new, not rebuilt
         self._day: int | None = None
