@@ -48,6 +48,7 @@ from geowarn.detectors import compact
 from geowarn.detectors.fusion import SiteFusion
 from geowarn.ingest.journal import Journal, JournalReader
 from geowarn.service import detection
+from test_state_fuzz import _norm as _norm_detection
 
 T0 = 1.7e9
 
@@ -344,14 +345,7 @@ def _detections(tmp: Path, seed: int, rounds: int, event_time: bool = False) -> 
             pass
         d.step()
 
-    def norm(d: detection.Detection) -> dict[str, Any]:
-        snap = d.fusion.snapshot()
-        snap["nodata"].pop("start")
-        snap["held"] = sorted(snap["held"], key=lambda h: (h[4], h[0], h[2], h[3], h[5], h[1]))
-        snap["faults"] = sorted(snap["faults"])
-        return snap
-
-    a, b = norm(det), norm(ref)
+    a, b = _norm_detection(det), _norm_detection(ref)
     problems = [] if a == b else [k for k in sorted(set(a["sites"]) | set(b["sites"])) if a["sites"].get(k) != b["sites"].get(k)] or ["(outside sites)"]
     test, reference = Counter(said["test"]), Counter(said["ref"])
     ref_parked = sum(ch.text is not None for st in ref.fusion._sites.values() for ch in st.channels.values())
