@@ -246,7 +246,7 @@ def detectors_for(info: ChannelInfo, registry: Registry) -> list[tuple[str, Dete
             out.append(
                 (
                     "velocity",
-                    VelocityDetector(
+                    VelocityDetector.alike(
                         levels,
                         window_s=window,
                         hysteresis=policy.hysteresis,

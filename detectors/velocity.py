@@ -91,6 +91,12 @@ def _noise_parts(noise: NoiseFigure | None, typed: str) -> tuple[float, tuple[tu
     return noise.sigma * DAY, tuple(noise.evidence().items())
 
 
+#: One never-fed detector of each parameter set ``VelocityDetector.alike`` was asked for: key
+#: -> (its noise figure, the detector), at most ``_ALIKE_MAX`` of them.
+_ALIKE: dict[tuple[type, str], tuple[NoiseFigure | None, VelocityDetector]] = {}
+_ALIKE_MAX = 256
+
+
 class VelocityDetector(StreamingDetector):
     """Level of |velocity| (unit/day) over a sliding window, with hysteresis and hold time.
 
@@ -191,6 +197,65 @@ class VelocityDetector(StreamingDetector):
         self._ts = self._windows.ts  # the same list for the windows' lifetime
         self._smooth = self._windows.view(window_s)
         self._reset()
+
+    @classmethod
+    def alike(
+        cls,
+        thresholds_per_day: list[tuple[int, float]],
+        *,
+        window_s: float,
+        hysteresis: float,
+        hold_s: float,
+        unit: str,
+        persist: int,
+        windows: SlopeWindows,
+        noise: NoiseFigure | None,
+        persist_s: float,
+    ) -> VelocityDetector:
+        """``cls(thresholds_per_day, window_s=..., ..., windows=windows)`` without checking the
+        parameters again when a detector with the very same ones was built before: site fusion
+        builds one for every channel of a kind and policy, and again for every parked channel
+        it wakes (a GNSS component's ~6 µs, most of it checks and derived values it already
+        has). The first of each parameter set is built in full and kept, never fed; the others
+        take its parameters and derived values (immutable, shared already) and a fresh state.
+        The key is the parameters' repr, typed as ``_ladder``'s (3 and 3.0, 0.0 and -0.0 apart),
+        and the noise figure by identity (``noise_for`` hands out one per kind and figure)."""
+        key = (cls, repr((thresholds_per_day, window_s, hysteresis, hold_s, unit, persist, persist_s)))
+        hit = _ALIKE.get(key)
+        if hit is None or hit[0] is not noise:
+            proto = cls(
+                list(thresholds_per_day), window_s=window_s, hysteresis=hysteresis, hold_s=hold_s, unit=unit, persist=persist,
+                windows=SlopeWindows(), noise=noise, persist_s=persist_s,
+            )  # fmt: skip
+            if len(_ALIKE) >= _ALIKE_MAX:
+                _ALIKE.clear()
+            _ALIKE[key] = hit = (noise, proto)
+        return hit[1]._alike(thresholds_per_day, windows)
+
+    def _alike(self, thresholds_per_day: list[tuple[int, float]], windows: SlopeWindows) -> VelocityDetector:
+        """A fresh detector with this one's parameters (``thresholds_per_day``: equal to its
+        own, the caller's object kept as ``__init__`` keeps it) over the shared ``windows``."""
+        d = object.__new__(type(self))
+        d._said, d._min_span_s, d._lam, d._levels = self._said, self._min_span_s, self._lam, self._levels
+        d.thresholds_per_day = thresholds_per_day
+        d.window_s = self.window_s
+        d.hysteresis = self.hysteresis
+        d.hold_s = self.hold_s
+        d.min_points = self.min_points
+        d.min_span = self.min_span
+        d.z = self.z
+        d.persist = self.persist
+        d.unit = self.unit
+        d.noise = self.noise
+        d.persist_s = self.persist_s
+        d.noise_memory = self.noise_memory
+        d._sig, d._noise_ev = self._sig, self._noise_ev
+        d._own = False
+        d._windows = windows
+        d._ts = windows.ts
+        d._smooth = windows.view(self.window_s)
+        d._reset()
+        return d
 
     def _reset(self) -> None:
         if self._own:
