@@ -143,7 +143,7 @@ import numpy as np
 
 from geowarn.core.levels import LEVELS
 from geowarn.detectors.base import StreamingDetector, check_channel, check_int, check_latch, check_slope, check_window
-from geowarn.detectors.compact import pack, pack_times, unpack
+from geowarn.detectors.compact import pack, pack_times, unpack, unpack_into
 from geowarn.detectors.latch import LevelLatch
 from geowarn.detectors.noise import NoiseFigure
 from geowarn.detectors.tangent import ReferenceRate, SlidingSlope, SlopeWindows, white_noise_velocity_se
@@ -508,6 +508,23 @@ def _interleave(a: Sequence[float], b: Sequence[float]) -> array[float]:
     out[0::2] = a[:n]
     out[1::2] = b[:n]
     return array("d", out)
+
+
+def _unpacked_pairs(ts: Any, vs: Any) -> array[float]:
+    """``_interleave(unpack(ts), unpack(vs))`` of two packed strings, read straight into arrays
+    (no float object of each value): the lag history, every time a parked channel is woken. A
+    part that is not a string goes the old way, to fail as it did."""
+    if type(ts) is not str or type(vs) is not str:
+        return _interleave(unpack(ts), unpack(vs))
+    a = array("d")
+    unpack_into(a, ts)
+    b = array("d")
+    unpack_into(b, vs)
+    n = min(len(a), len(b))
+    out = array("d", bytes(16 * n))
+    out[0::2] = a if len(a) == n else a[:n]
+    out[1::2] = b if len(b) == n else b[:n]
+    return out
 
 
 @functools.lru_cache(maxsize=64)
@@ -1026,9 +1043,9 @@ class InverseVelocityDetector(StreamingDetector):
         self._anchor = None if anchor is None else (float(anchor[0]), float(anchor[1]))
         # A snapshot from before α was read since the onset has no trend; most have an empty one.
         if "trend_t" in state and (state["trend_t"] != _NO_TIMES or state["trend_v"] != _NO_VALUES):
-            trend = _interleave(unpack(state["trend_t"]), unpack(state["trend_v"]))
+            trend = _unpacked_pairs(state["trend_t"], state["trend_v"])
             self._trend = trend if trend else None
-        self._hist = _interleave(unpack(state["hist_t"]), unpack(state["hist_v"]))
+        self._hist = _unpacked_pairs(state["hist_t"], state["hist_v"])
         self._run = tuple((float(a), float(b), float(c)) for a, b, c in state["run"])
         recent = tuple(None if r is None else float(r) for r in state["recent"])[-p.persist :]
         self._recent = p.quiet if recent == p.quiet else recent

@@ -59,6 +59,8 @@ _new = tuple.__new__  # a Verdict without the level check: levels here come from
 #: The verdict on a slope within z standard errors of zero, nothing latched: a stable
 #: point's usual reading. One shared value rather than new evidence for every such reading.
 _STILL = Verdict(0, "", {"significant": False}, False)
+#: A fresh detector's verdict (immutable, with an empty evidence dict nobody writes to: shared).
+_WARMING = Verdict(0, "warming up", warming_up=True)
 
 DAY = 86400.0
 
@@ -279,7 +281,7 @@ class VelocityDetector(StreamingDetector):
         self._res = [0.0, 0.0, 0.0, 0.0, 0.0]
         self._latch = LevelLatch(self._levels, self.hysteresis, self.hold_s)
         self._last_t: float | None = None
-        self._last: Verdict = Verdict(0, "warming up", warming_up=True)
+        self._last: Verdict = _WARMING
 
     def fit(self) -> tuple[float, float] | None:
         """(velocity, its standard error), both per day; None until three points span time."""
@@ -455,11 +457,22 @@ class VelocityDetector(StreamingDetector):
         return state
 
     def restore(self, state: dict[str, Any]) -> None:
-        self._reset()
+        # As ``_reset()`` and then the saved parts, but without building a latch and a
+        # verdict to throw away (a woken parked channel is restored into a fresh detector):
+        # every piece of state ``_reset`` makes is set below, the latch restored whole.
         if self._own:
+            self._windows.clear()
             self._windows.restore(state["smooth"])
-        self._rn, self._ri, self._rz = ring_restore(self._rb, state["recent"])
-        sa, ma = self._sa, self._ma
+        rb: list[float] = [0.0] * self.persist
+        sa: list[float] = []
+        ma: list[float] = []
+        self._rb, self._sa, self._ma = rb, sa, ma
+        self._ri = self._rn = self._rz = 0
+        self._sh = self._mh = 0
+        self._res = [0.0, 0.0, 0.0, 0.0, 0.0]
+        self._last_t = None
+        self._last = _WARMING
+        self._rn, self._ri, self._rz = ring_restore(rb, state["recent"])
         for a, b in state.get("since", []):
             t, s = float(a), float(b)
             sa.append(t)

@@ -43,7 +43,13 @@ class Verdict(_Fields):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Verdict:
-        return cls(int(d["level"]), str(d["reason"]), dict(d["evidence"]), bool(d["warming_up"]))
+        level, reason, evidence, warming_up = int(d["level"]), str(d["reason"]), dict(d["evidence"]), bool(d["warming_up"])
+        if cls is not Verdict:
+            return cls(level, reason, evidence, warming_up)
+        # ``Verdict(...)``'s check without its call (a woken channel reads six verdicts).
+        if not 0 <= level <= 4:
+            raise ValueError(f"level must be 0-4, got {level}")
+        return _new(cls, (level, reason, evidence, warming_up))
 
 
 _new = tuple.__new__
