@@ -369,7 +369,8 @@ def _level(v: Any) -> int:
 
 
 def _opened(body: Any, names: Collection[str]) -> tuple[dict[str, Any], dict[str, int], dict[str, Verdict]]:
-    """A parked text's body checked: (saved bank, levels, verdicts) of the stages in ``names``."""
+    """A channel's saved body (a parked text's, or a channel of a row from before ``z``),
+    checked: (saved bank, levels, verdicts) of the stages in ``names``."""
     saved = {"guard": body["guard"], "detectors": {n: d for n, d in body["detectors"].items() if n in names}}
     levels = {n: _level(v) for n, v in body["levels"].items() if n in names}
     verdicts = {n: Verdict.from_dict(v) for n, v in body["verdicts"].items() if n in names}
@@ -611,7 +612,7 @@ class SiteFusion:
             self._seen(info, t, t if arrived is None else max(t, arrived), out)
         st = self._site(info.site, exercise)
         ch = self._channel(st, info)
-        ch.touched = when = t if arrived is None or t > arrived else arrived
+        ch.touched = when = t if arrived is None else arrived  # the daemon's clock, not the device's
         self._newest = max(self._newest, when)
         if self._faults and (info.site, info.device, info.channel) in self._faults:
             # Stored, never judged: a faulty sensor's numbers enter no window (see the docstring).
@@ -976,25 +977,22 @@ class SiteFusion:
         elif ch.saved is not None:
             guard, dets = ch.saved["guard"], ch.saved["detectors"]
         else:  # never built, or started afresh after an unreadable part: a fresh bank
-            ch.guard = self._unpack(ch)
+            self._unpack(ch)
+            assert ch.guard is not None
             guard, dets = ch.guard.snapshot(), {n: d.snapshot() for n, d in ch.detectors}
         return {"levels": dict(ch.levels), "verdicts": {n: v.to_dict() for n, v in ch.verdicts.items()}, "guard": guard, "detectors": dets}
 
     def _site_json(self, st: _Site, packed: bool) -> dict[str, Any]:
         channels: dict[str, Any] = {}
+        after = self.park_after_s
         for key, ch in st.channels.items():
             entry: dict[str, Any] = {"level": ch.level, "suspect": ch.suspect}
             text = ch.text
             if packed:
-                if text is not None and ch.verdicts is not _NO_VERDICTS:
-                    after = self.park_after_s
-                    if after is not None and ch.touched <= self._newest - after:
-                        _park(ch, text)  # opened for the site's fusion only: parked again
                 if text is None:
                     text = zlib.compress(_JSON(self._body(ch)).encode(), 1)
-                    after = self.park_after_s
-                    if after is not None and ch.touched <= self._newest - after:
-                        _park(ch, text)
+                if after is not None and ch.touched <= self._newest - after:
+                    _park(ch, text)  # (also one whose verdicts the site's fusion opened)
                 entry["z"] = base64.b64encode(text).decode("ascii")
             else:
                 if text is not None:
@@ -1115,13 +1113,13 @@ class SiteFusion:
                         self.unreadable.append((site, device, channel, "parked", f"{type(exc).__name__}: {exc}"[:200]))
                     continue
                 # Built on its first reading (``_unpack``): a restart does not build every bank.
-                names = detector_names(info, self.registry)  # the stages it still has: the others are dropped
-                saved = {"guard": cd["guard"], "detectors": {n: d for n, d in cd["detectors"].items() if n in names}}
-                ch = st.channels[f"{device}/{channel}"] = _Channel(info, None, [], saved)
-                ch.level = int(cd["level"])
-                ch.suspect = int(cd["suspect"])
-                ch.levels = {n: int(v) for n, v in cd["levels"].items() if n in names}
-                ch.verdicts = {n: Verdict.from_dict(v) for n, v in cd["verdicts"].items() if n in names}
+                # The stages it still has (the others are dropped), checked as a parked text is.
+                ch = st.channels[f"{device}/{channel}"] = _Channel(info, None, [])
+                ch.level, ch.suspect = int(cd["level"]), int(cd["suspect"])
+                try:
+                    ch.saved, ch.levels, ch.verdicts = _opened(cd, detector_names(info, self.registry))
+                except _UNPARKABLE as exc:
+                    self.unreadable.append((site, device, channel, "saved", f"{type(exc).__name__}: {exc}"[:200]))
         if "nodata" in state:
             self.nodata.restore(state["nodata"])
         self._held, self._seq = [], 0

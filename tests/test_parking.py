@@ -209,3 +209,30 @@ def test_a_parked_channel_costs_a_fraction_of_a_live_one() -> None:
     tracemalloc.stop()
     assert live > 4000  # a sanity bound: the detectors' windows are full after a week
     assert parked < live / 3, (live, parked)
+
+
+def test_a_row_from_before_parking_with_a_damaged_channel_starts_that_channel_afresh_and_is_reported() -> None:
+    """Rows written before ``z`` hold each channel's body in the open; they go through the same
+    checks as a parked text (a level 9 made the site's fusion raise KeyError before)."""
+    reg = _two_channel_registry(True)
+    f = SiteFusion(reg)
+    for i in range(400):
+        for dev in ("X1", "X2"):
+            f.update_all(reg.channel("S", dev, "d"), 1.7e9 + 600 * i, 20.0 * i / 144, False, 1.7e9 + 600 * i)
+    old = f.site_state("S")  # the open form, as rows were written before
+    chans = old["sites"]["S|0"]["channels"]
+    assert chans["X1/d"]["levels"]
+    chans["X1/d"]["levels"] = {name: 9 for name in chans["X1/d"]["levels"]}
+    g, ref = SiteFusion(reg), SiteFusion(reg)
+    g.restore(SiteFusion.assemble(f.globals_state(), [json.loads(json.dumps(old))]))
+    ref.restore(SiteFusion.assemble(f.globals_state(), [json.loads(json.dumps(f.site_state("S")))]))
+    assert [(u[1], u[3]) for u in g.unreadable] == [("X1", "saved")]
+    t = 1.7e9 + 600 * 400
+    for dev in ("X1", "X2"):
+        g.update_all(reg.channel("S", dev, "d"), t, 20.0 * 400 / 144, False, t)
+        ref.update_all(reg.channel("S", dev, "d"), t, 20.0 * 400 / 144, False, t)
+    x2 = g.site_state("S")["sites"]["S|0"]["channels"]["X2/d"]
+    assert x2 == ref.site_state("S")["sites"]["S|0"]["channels"]["X2/d"]  # the other channel goes on exactly
+    fresh = SiteFusion(reg)
+    fresh.update_all(reg.channel("S", "X1", "d"), t, 20.0 * 400 / 144, False, t)
+    assert g.site_state("S")["sites"]["S|0"]["channels"]["X1/d"]["detectors"] == fresh.site_state("S")["sites"]["S|0"]["channels"]["X1/d"]["detectors"]
