@@ -209,7 +209,6 @@ class Journal:
         except BaseException:
             self.conn.execute("ROLLBACK")
             raise
-        del known
         return out
 
     # -- the write path --------------------------------------------------------------------
