@@ -236,3 +236,34 @@ def test_a_row_from_before_parking_with_a_damaged_channel_starts_that_channel_af
     fresh = SiteFusion(reg)
     fresh.update_all(reg.channel("S", "X1", "d"), t, 20.0 * 400 / 144, False, t)
     assert g.site_state("S")["sites"]["S|0"]["channels"]["X1/d"]["detectors"] == fresh.site_state("S")["sites"]["S|0"]["channels"]["X1/d"]["detectors"]
+
+
+REAL = ["three_gorges_baishuihe_bazimen", "lamosano_italy", "cubatao_brazil_rain_landslides"]
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_parking_changes_nothing_on_real_monitoring_data(name: str) -> None:
+    """Data GeoWarn did not generate (../shared/data: Three Gorges GPS, Lamosano displacement,
+    Cubatão rain), parked after every reading, against a fusion that never parks."""
+    import itertools
+    import statistics
+
+    from test_accuracy import acc
+
+    if not (acc.DATA / name).is_dir():
+        pytest.skip(f"real data absent: {acc.DATA / name} (../shared/data next to the repository)")
+    ds = getattr(acc.vd, f"load_{name}")(acc.vd.locate(name))
+    rows = sorted(acc.series_rows(ds.series), key=lambda r: r.t)
+    times = sorted({r.t for r in rows})
+    reg = acc.stated_registry(rows, statistics.median(b - a for a, b in itertools.pairwise(times)), name)
+    ref, parked = SiteFusion(reg), SiteFusion(reg)
+    parked.park_after_s = 0.0
+    expected, got = [], []
+    for r in rows:
+        info = reg.channel(r.site, r.device, r.channel)
+        expected += ref.update_all(info, r.t, r.value) + ref.tick(r.t)
+        got += parked.update_all(info, r.t, r.value) + parked.tick(r.t)
+        parked.site_row(r.site)
+    assert len(expected) >= 3 and max(e.level for e in expected) >= 2  # the data raise warnings: the comparison means something
+    assert got == expected
+    assert _norm(parked) == _norm(ref) and parked.unreadable == []
