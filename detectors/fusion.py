@@ -83,7 +83,7 @@ import heapq
 import json
 import math
 import zlib
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from types import MappingProxyType
 from typing import Any, cast
 
@@ -309,9 +309,11 @@ class _Channel:
     *Parked*: ``text`` holds its levels, verdicts, guard and detectors as compressed JSON (the
     ``z`` of its saved row, ``SiteFusion.site_row``), and nothing else of them is in memory; a
     reading, or its site's fusion needing its verdicts, unparks it (``SiteFusion._wake``).
+    *Spilled*: parked, and its text written in its site's saved row: ``text`` is ``_SPILLED``,
+    and the text is read back from the row when the channel is needed (``SiteFusion._fill``).
     Only ``level``, ``suspect``, ``held`` and ``touched`` stay live in every form: a quiet
-    channel of the national fleet costs its compressed text (~1–2 KB) instead of its live
-    objects (~6–8 KB)."""
+    channel of the national fleet costs its compressed text (~1–2 KB) parked, and its
+    ``_Channel`` alone (~150 bytes) spilled, instead of its live objects (~6–8 KB)."""
 
     __slots__ = ("detectors", "guard", "held", "info", "level", "levels", "saved", "suspect", "text", "touched", "verdicts")
 
@@ -391,6 +393,10 @@ _NO_LEVELS = cast("dict[str, int]", MappingProxyType({}))
 _NO_VERDICTS = cast("dict[str, Verdict]", MappingProxyType({}))
 
 _JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False, ensure_ascii=False).encode
+
+
+#: The ``text`` of a spilled channel (``_Channel``): compared by identity only.
+_SPILLED = b"(in the site's saved row)"
 
 
 def _park(ch: _Channel, text: bytes) -> None:
@@ -483,6 +489,10 @@ class SiteFusion:
         #: own arrival (event) times, when its site's row is written (``site_row``); None: never.
         self.park_after_s: float | None = None
         self._newest = -math.inf  # the latest ``touched`` of any channel
+        #: A site's saved row as last written (its ``site_row`` text), or None: set by the
+        #: service that saves the rows, it lets parked channels be spilled (``spill``): their
+        #: text is then kept in the row only, and read back from it when needed (``_fill``).
+        self.row_source: Callable[[str], str | None] | None = None
 
     @property
     def quality(self) -> dict[str, int]:
@@ -533,6 +543,10 @@ class SiteFusion:
         built on its next reading (``_unpack``). A stage the registry no longer gives it is
         dropped with its level and verdict (a row written before the registry changed); a text
         that cannot be read starts the channel afresh, reported in ``unreadable``."""
+        if ch.text is _SPILLED:
+            self._fill(ch.info.site)
+            if ch.text is None:  # its row could not give it back: started afresh, reported
+                return
         info, text = ch.info, ch.text
         assert text is not None
         try:
@@ -545,6 +559,55 @@ class SiteFusion:
             ch.levels, ch.verdicts = levels, verdicts
             return
         ch.text, ch.saved, ch.levels, ch.verdicts = None, saved, levels, verdicts
+
+    def _spilled(self, site: str) -> list[tuple[bool, str, _Channel]]:
+        return [(ex, key, ch) for ex in (False, True) if (st := self._sites.get((site, ex))) is not None
+                for key, ch in st.channels.items() if ch.text is _SPILLED]
+
+    def _fill(self, site: str) -> list[_Channel]:
+        """Read the texts of a site's spilled channels back from its saved row (all of them at
+        once: a site's channels are wanted together, by its fusion and its next save); returns
+        the channels filled. A channel the row cannot give back (no row, a damaged one) starts
+        afresh, reported in ``unreadable`` as a damaged parked text is."""
+        spilled = self._spilled(site)
+        if not spilled:
+            return []
+        sites: Any = None
+        row_error = ""
+        try:
+            body = None if self.row_source is None else self.row_source(site)
+            if body is None:
+                raise ValueError("the site has no saved row")
+            sites = json.loads(body)["sites"]
+        except (RecursionError, *_UNREADABLE) as exc:
+            row_error = f"{type(exc).__name__}: {exc}"[:200]
+        filled = []
+        for ex, key, ch in spilled:
+            error = row_error
+            if not error:
+                try:
+                    ch.text = base64.b64decode(sites[f"{site}|{int(ex)}"]["channels"][key]["z"], validate=True)
+                    filled.append(ch)
+                    continue
+                except _UNPARKABLE as exc:
+                    error = f"{type(exc).__name__}: {exc}"[:200]
+            info = ch.info
+            self.unreadable.append((info.site, info.device, info.channel, "spilled", error))
+            ch.text, ch.saved, ch.levels, ch.verdicts = None, None, {}, {}
+        return filled
+
+    def spill(self, sites: Iterable[str]) -> None:
+        """The parked channels of these sites, whose rows (``site_row``) were just written, keep
+        their text in the row only (see ``_Channel``). Nothing without a ``row_source``."""
+        if self.row_source is None:
+            return
+        for site in sites:
+            for ex in (False, True):
+                st = self._sites.get((site, ex))
+                if st is not None:
+                    for ch in st.channels.values():
+                        if ch.text is not None and ch.text is not _SPILLED:
+                            _park(ch, _SPILLED)
 
     def _unpack(self, ch: _Channel) -> QualityGuard:
         """Build a restored channel's guard and detectors from its saved parts (see ``_Channel``);
@@ -985,6 +1048,8 @@ class SiteFusion:
     def _site_json(self, st: _Site, packed: bool) -> dict[str, Any]:
         channels: dict[str, Any] = {}
         after = self.park_after_s
+        if any(ch.text is _SPILLED for ch in st.channels.values()):
+            self._fill(next(iter(st.channels.values())).info.site)
         for key, ch in st.channels.items():
             entry: dict[str, Any] = {"level": ch.level, "suspect": ch.suspect}
             text = ch.text
@@ -1019,10 +1084,15 @@ class SiteFusion:
         and put together again by ``assemble``. ``packed``: each channel's levels, verdicts,
         guard and detectors as ``z``, their JSON compressed (what ``site_row`` saves)."""
         sites = {}
+        # Read back from the row for a look (not ``packed``, which writes it), they go back.
+        refill = [] if packed else [ch for _, _, ch in self._spilled(site)]
         for exercise in (False, True):
             st = self._sites.get((site, exercise))
             if st is not None:
                 sites[f"{site}|{int(exercise)}"] = self._site_json(st, packed)
+        for ch in refill:
+            if ch.text is not None:  # (None: it could not be read back)
+                _park(ch, _SPILLED)
         devices = self._site_devices.get(site, [])
         # The site's own held readings, then sorted (not the whole fleet's heap for each site).
         held = [[info.site, int(exercise), info.device, info.channel, t, value, arrived]
@@ -1080,9 +1150,13 @@ class SiteFusion:
         nodata = {"start": globals_.get("nodata_start"), "last": last, "silent": sorted(silent)}
         return {"sites": sites, "quality": quality, "nodata": nodata, "held": held, "health": health, "faults": faults}
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], spilled: bool = False) -> None:
         """Continue from a snapshot. Sites, channels and detectors no longer in the registry
-        are dropped; new ones start fresh (the registry may have changed between runs)."""
+        are dropped; new ones start fresh (the registry may have changed between runs).
+        ``spilled``: the state is the sites' saved rows as ``row_source`` gives them, so their
+        parked channels are restored spilled (their ``z`` is not read here, and may be left
+        out of ``state``)."""
+        assert not spilled or self.row_source is not None
         self._sites.clear()
         per_site: dict[str, int] = {}
         for skey, sd in state.get("sites", {}).items():
@@ -1107,6 +1181,9 @@ class SiteFusion:
                 if "z" in cd:  # parked as saved (``site_row``): not even parsed until needed
                     ch = st.channels[f"{device}/{channel}"] = _Channel(info, None, _NO_DETECTORS)
                     ch.level, ch.suspect = int(cd["level"]), int(cd["suspect"])
+                    if spilled:
+                        _park(ch, _SPILLED)
+                        continue
                     try:
                         _park(ch, base64.b64decode(cd["z"], validate=True))
                     except (binascii.Error, TypeError, ValueError) as exc:

@@ -461,6 +461,12 @@ class Journal:
         for site, pos, spos, body in self.conn.execute("SELECT site, position, status_position, body FROM site_state"):
             yield str(site), int(pos), int(spos), str(body)
 
+    def site_state_body(self, site: str) -> str | None:
+        """One site's saved row's JSON body, or None (detection reads its spilled channels back
+        from it: ``SiteFusion.row_source``)."""
+        row = self.conn.execute("SELECT body FROM site_state WHERE site=?", (site,)).fetchone()
+        return None if row is None else str(row[0])
+
     # -- sites' fused levels (for the console and a restart without saved state) -------------
 
     def site_levels(self) -> dict[str, int]:

@@ -143,6 +143,9 @@ class Detection:
         #: Sites are saved once changed for this long (the journal has what came since).
         self.save_after_s = float(s.snapshot_interval_s)
         self.fusion.park_after_s = float(s.park_after_s)
+        # Parked channels keep their text in their site's row only (issue 17: a national
+        # fleet's quiet channels in hundreds of bytes each, not the 1-2 KB of their text).
+        self.fusion.row_source = journal.site_state_body
         #: While a restart reads on from the floor: site -> (position, status position) of its
         #: row; its readings and statuses up to there are in the row already.
         self._skip: dict[str, tuple[int, int]] = {}
@@ -311,9 +314,17 @@ class Detection:
                 log.error("a site's saved detector state is unreadable; the site starts afresh from the journal",
                           extra=kv(site=site, error=str(exc)[:200]))
                 continue
+            # Restored spilled (``SiteFusion.restore``): the channels' texts stay in the row, not
+            # held here for every site at once (a national fleet's would be gigabytes).
+            for sd in part["sites"].values():
+                chans = sd.get("channels") if isinstance(sd, dict) else None
+                if isinstance(chans, dict):
+                    for cd in chans.values():
+                        if isinstance(cd, dict) and "z" in cd:
+                            cd["z"] = ""
             parts.append(part)
             skip[site] = (pos, spos)
-        self.fusion.restore(self.fusion.assemble(header.get("globals", {}), parts))
+        self.fusion.restore(self.fusion.assemble(header.get("globals", {}), parts), spilled=True)
         self.position, self.status_position = int(header["floor"]), int(header["status_floor"])
         self._skip = {site: p for site, p in skip.items() if p[0] > self.position or p[1] > self.status_position}
         self._skip_upto = (max((p[0] for p in self._skip.values()), default=0), max((p[1] for p in self._skip.values()), default=0))
@@ -538,6 +549,7 @@ class Detection:
                 self._legacy = False
         self.journal.save_site_states(rows, self._stale_rows, state)
         self._stale_rows = []
+        self.fusion.spill(site for site, *_ in rows)  # their rows now hold their parked texts
         return len(rows)
 
     def _header(self) -> dict[str, Any]:

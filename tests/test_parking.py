@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from geowarn.config.registry import parse_registry
-from geowarn.detectors import compact
+from geowarn.detectors import compact, fusion
 from geowarn.detectors.fusion import SiteFusion
 from geowarn.simulators.engine import Simulation
 from geowarn.simulators.scenario import load_scenario
@@ -46,7 +46,7 @@ def _readings(name: str, days: float | None = None) -> tuple[Any, list[tuple[Any
 
 def _events(f: SiteFusion, rows: list[Any], park: int = 0, start: int = 0, stop: int | None = None) -> list[Any]:
     """Feed ``rows``; with ``park``, write the site's row after every ``park``-th reading (which
-    parks every channel of the site if ``park_after_s`` is 0)."""
+    parks every channel of the site if ``park_after_s`` is 0; spills them with a ``_Rows``)."""
     out = []
     for i, (info, t, v, arrived, drill) in enumerate(rows[start:stop]):
         out += f.update_all(info, t, v, False, arrived)
@@ -54,8 +54,32 @@ def _events(f: SiteFusion, rows: list[Any], park: int = 0, start: int = 0, stop:
             out += f.update_all(info, t, v, True, arrived)
         out += f.tick(arrived)
         if park and i % park == 0:
-            f.site_row(info.site)
+            _save(f, info.site)
     return out
+
+
+class _Rows(dict[str, str]):
+    """The sites' saved rows, as the journal's ``site_state`` table keeps them for detection
+    (service/detection.py): what a spilling fusion reads its parked channels back from."""
+
+    def attach(self, f: SiteFusion) -> SiteFusion:
+        f.row_source = self.get
+        return f
+
+
+def _save(f: SiteFusion, site: str) -> str:
+    """Write a site's row, as detection's save does: into the rows a spilling fusion reads
+    back from (then spilled), else only made."""
+    text = f.site_row(site)
+    rows = getattr(f.row_source, "__self__", None)
+    if isinstance(rows, _Rows):
+        rows[site] = text
+        f.spill([site])
+    return text
+
+
+def _spilled(f: SiteFusion) -> list[Any]:
+    return [ch for st in f._sites.values() for ch in st.channels.values() if ch.text is fusion._SPILLED]
 
 
 def _norm(f: SiteFusion) -> dict[str, Any]:
@@ -64,11 +88,14 @@ def _norm(f: SiteFusion) -> dict[str, Any]:
     return snap
 
 
+@pytest.mark.parametrize("spill", [False, True], ids=["parked", "spilled"])
 @pytest.mark.parametrize("name,days,every", [("failure", None, 16), ("faults", None, 1), ("storm", 2.0, 1), ("cn_failure", 6.0, 1)])
-def test_parking_channels_again_and_again_changes_no_event_and_no_state(name: str, days: float | None, every: int) -> None:
+def test_parking_channels_again_and_again_changes_no_event_and_no_state(name: str, days: float | None, every: int, spill: bool) -> None:
     reg, rows = _readings(name, days)
     ref, parked = SiteFusion(reg), SiteFusion(reg)
     parked.park_after_s = 0.0
+    if spill:
+        _Rows().attach(parked)
     wakes = []
     wake = parked._wake
     parked._wake = lambda ch, bank=True: (wakes.append(ch.info), wake(ch, bank))[1]  # type: ignore[method-assign]
@@ -81,9 +108,13 @@ def test_parking_channels_again_and_again_changes_no_event_and_no_state(name: st
     assert parked.unreadable == []
     # And it did park: every channel is parked after its site's row was written.
     for site in reg.sites:
-        parked.site_row(site)
+        _save(parked, site)
     chans = [ch for st in parked._sites.values() for ch in st.channels.values()]
     assert chans and all(ch.text is not None and ch.guard is None for ch in chans)
+    # Spilled, their texts are in the rows only, and a look at the state leaves them so.
+    assert len(_spilled(parked)) == (len(chans) if spill else 0)
+    assert _norm(parked) == _norm(ref)
+    assert len(_spilled(parked)) == (len(chans) if spill else 0)
     if name == "failure":
         assert max(e.level for e in expected) == 4  # the slope fails: red, with its forecast
 
@@ -111,6 +142,67 @@ def test_rows_written_with_parked_channels_restore_mid_stream_and_continue_exact
     c = SiteFusion(reg)
     _events(c, rows, stop=half)
     assert [SiteFusion.unpacked(json.loads(c.site_row(s))) for s in reg.sites] == [c.site_state(s) for s in reg.sites]
+
+
+def test_spilled_rows_restore_mid_stream_without_their_texts_and_continue_exactly() -> None:
+    """A restart restores spilled channels from the rows with their ``z`` left out (detection
+    drops them as it reads each row, or a national fleet's texts would all be in memory at
+    once) and reads each back from its row when needed."""
+    reg, rows = _readings("failure")
+    ref = SiteFusion(reg)
+    half = len(rows) * 3 // 4
+    _events(ref, rows, stop=half)
+    expected_after = _events(ref, rows, start=half)
+    saved = _Rows()
+    a = saved.attach(SiteFusion(reg))
+    a.park_after_s = 600.0
+    _events(a, rows, stop=half, park=7)
+    for site in reg.sites:
+        _save(a, site)
+    parts = [json.loads(saved[site]) for site in reg.sites]
+    for p in parts:
+        for sd in p["sites"].values():
+            for cd in sd["channels"].values():
+                cd["z"] = ""
+    b = saved.attach(SiteFusion(reg))
+    b.restore(SiteFusion.assemble(a.globals_state(), parts), spilled=True)
+    assert len(_spilled(b)) == sum(len(st.channels) for st in b._sites.values()) > 10
+    b.park_after_s = 600.0
+    assert _events(b, rows, start=half, park=5) == expected_after
+    assert _norm(b) == _norm(ref) and b.unreadable == []
+
+
+def test_a_spilled_channel_whose_row_is_gone_or_damaged_starts_afresh_and_is_reported() -> None:
+    reg = _two_channel_registry(True)
+    saved = _Rows()
+    f = saved.attach(SiteFusion(reg))
+    f.park_after_s = 0.0
+    t0 = 1.7e9
+    for i in range(300):
+        for dev in ("X1", "X2"):
+            f.update_all(reg.channel("S", dev, "d"), t0 + 600 * i, 20.0 * i / 144, False, t0 + 600 * i)
+    _save(f, "S")
+    assert len(_spilled(f)) == 2
+    level = f.level("S")
+    assert level >= 1  # the velocity stands at a level: a channel afresh shows
+    t = t0 + 600 * 300
+    for damage, why in [(None, "no saved row"), ("{not json", "JSONDecodeError"), ('{"sites": {}}', "KeyError"),
+                        (json.dumps({"sites": {"S|0": {"channels": {"X1/d": {"z": "%%%"}, "X2/d": {"z": "%%%"}}}}}), "Error")]:
+        g = saved.attach(SiteFusion(reg))
+        g.restore(SiteFusion.assemble(f.globals_state(), [json.loads(saved["S"])]), spilled=True)
+        g.row_source = {"S": damage}.get if damage is not None else {}.get
+        g.update_all(reg.channel("S", "X1", "d"), t, 20.0 * 300 / 144, False, t)  # no exception: reported
+        assert [(u[1], u[3]) for u in g.unreadable] == [("X1", "spilled"), ("X2", "spilled")], damage
+        assert all(why in u[4] for u in g.unreadable), (why, g.unreadable)
+        fresh = SiteFusion(reg)
+        fresh.update_all(reg.channel("S", "X1", "d"), t, 20.0 * 300 / 144, False, t)
+        got = g.site_state("S")["sites"]["S|0"]["channels"]
+        assert got["X1/d"]["detectors"] == fresh.site_state("S")["sites"]["S|0"]["channels"]["X1/d"]["detectors"]
+    # The row as saved gives both back: no report, and the level goes on from where it was.
+    h = saved.attach(SiteFusion(reg))
+    h.restore(SiteFusion.assemble(f.globals_state(), [json.loads(saved["S"])]), spilled=True)
+    h.update_all(reg.channel("S", "X1", "d"), t, 20.0 * 300 / 144, False, t)
+    assert h.unreadable == [] and h.level("S") == level and not _spilled(h)
 
 
 def _two_channel_registry(velocity: bool) -> Any:
@@ -206,9 +298,20 @@ def test_a_parked_channel_costs_a_fraction_of_a_live_one() -> None:
     compact._ZIPPED.clear()  # the packer's bounded cache (at most ~150 KB for the whole fleet)
     gc.collect()
     parked = tracemalloc.get_traced_memory()[0] / len(infos)
+    saved = _Rows()
+    saved.attach(f)
+    for site in reg.sites:
+        _save(f, site)
+    rows_bytes = sum(len(v) for v in saved.values()) / len(infos)
+    gc.collect()
+    spilled = tracemalloc.get_traced_memory()[0] / len(infos) - rows_bytes  # (the rows are the journal's, on disk)
     tracemalloc.stop()
     assert live > 4000  # a sanity bound: the detectors' windows are full after a week
     assert parked < live / 3, (live, parked)
+    assert len(_spilled(f)) == len(infos)
+    # Issue 17: hundreds of bytes a quiet channel (~420 here: the channel, its key, its
+    # device's share of the silence timers and of its site), against ~2,400 parked.
+    assert spilled < min(600, parked / 4), (live, parked, spilled)
 
 
 def test_a_row_from_before_parking_with_a_damaged_channel_starts_that_channel_afresh_and_is_reported() -> None:
