@@ -18,7 +18,7 @@ import math
 import pickle
 import re
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -482,6 +482,27 @@ class Site(_Strict):
         return v
 
 
+#: Where ``_model_state`` puts a device's channels and a site's devices.
+_DEVICE_CHANNELS = list(Device.model_fields).index("channels")
+_SITE_DEVICES = list(Site.model_fields).index("devices")
+
+
+def _share_keys(cls: type[BaseModel]) -> None:
+    """Give ``cls``'s instances their shared keys now, the fields in their order (``_Compact``).
+    CPython sets a class's shared keys aside for the first names set on an instance, but every
+    instance made meanwhile shrinks the room left (3.11: one slot per instance), and pydantic
+    makes many before ``_Compact`` makes its first: after about 30 validated devices there would
+    be no room and every compact device would get a dict of its own again. Done at import, no
+    instance has been made yet."""
+    m = cls.__new__(cls)
+    for name in cls.model_fields:
+        object.__setattr__(m, name, None)
+
+
+_share_keys(Device)
+_share_keys(Site)
+
+
 class _ChannelFacts:
     """What every ``ChannelInfo`` of one channel spec in one county says besides its site and
     device: made once per (county, spec) and shared by all of them. A fleet has a few specs and
@@ -601,10 +622,10 @@ class Registry:
         # validated sites only, in one pickle of their own: the channel specs and policies they
         # share go once, the lookups are rebuilt there rather than unpickled, and the worker
         # unpickles them without the collector walking the growing heap (issue 17: 933 bytes
-        # and 16 s per 50k devices before, to every worker).
-        with _no_gc():
-            sites = pickle.dumps(list(self.sites.values()), protocol=pickle.HIGHEST_PROTOCOL)
-        return (_unpickle_registry, (sites, self.source))
+        # and 16 s per 50k devices before, to every worker). The sites go as their fields'
+        # values (``_model_state``), not as pydantic pickles: those would read every model's
+        # ``__dict__``, which makes CPython build a dict for each compact model (``_Compact``).
+        return (_unpickle_registry, (_pickle_sites(self.sites.values()), self.source))
 
     def channel(self, site: str, device: str, channel: str) -> ChannelInfo | None:
         chans = self.channels.get((site, device))
@@ -638,7 +659,83 @@ class Registry:
 
 def _unpickle_registry(sites: bytes, source: str) -> Registry:
     with _no_gc():
-        return Registry(pickle.loads(sites), source)
+        return Registry(_Compact().sites(pickle.loads(sites)), source)
+
+
+def _pickle_sites(sites: Iterable[Site]) -> bytes:
+    with _no_gc():
+        return pickle.dumps([_site_state(s) for s in sites], protocol=pickle.HIGHEST_PROTOCOL)
+
+
+_ModelState = tuple[type[BaseModel], tuple[Any, ...], set[str], "dict[str, Any] | None", "dict[str, Any] | None"]
+
+
+def _model_state(m: BaseModel, **replace: Any) -> _ModelState:
+    """What makes ``m`` again (``_Compact.make``): its class, its fields' values in the fields'
+    order, and pydantic's own slots. Read field by field, never through ``m.__dict__``."""
+    cls = type(m)
+    values = tuple([replace[n] if n in replace else getattr(m, n) for n in cls.model_fields])
+    return (cls, values, m.__pydantic_fields_set__, m.__pydantic_extra__, m.__pydantic_private__)
+
+
+def _site_state(s: Site) -> _ModelState:
+    return _model_state(s, devices=[_model_state(d) for d in s.devices])
+
+
+class _Compact:
+    """Makes validated sites again, the same values in less memory (issue 17: a device was
+    ≈ 760 bytes of pydantic models in every process).
+
+    A pydantic model keeps its fields in a dict of its own, keys and all: nine fields are a
+    ≈ 360-byte dict per device. Made by setting its fields one by one in their declared order
+    (``object.__setattr__``, what ``copy`` does for a slotted object), a model's fields live in
+    CPython's key-sharing instance values instead: the field names once per class, eight bytes
+    a value per instance. Also shared: a device's channel list with every device whose channels
+    are the same spec objects, equal strings (a device model's name, a county code, repeated
+    once per device in the TOML text), and the fields-set sets. The models are frozen, so a
+    reader sees the same values, equality, dumps and reprs as from pydantic's own validation;
+    only ``is`` between two devices' channel lists tells.
+
+    A model's ``__dict__`` read once (pydantic's ``==``, ``model_dump``, its pickling) makes
+    CPython build the dict after all, for that model only: the registry's own paths avoid it
+    (``Registry.__reduce__`` sends ``_model_state``s)."""
+
+    def __init__(self) -> None:
+        self.strings: dict[str, str] = {}
+        self.lists: dict[tuple[int, ...], list[Any]] = {}
+        self.fields_sets: dict[frozenset[str], set[str]] = {}
+
+    def make(self, state: _ModelState) -> Any:
+        cls, values, fields_set, extra, private = state
+        m = cls.__new__(cls)
+        strings = self.strings
+        for name, v in zip(cls.model_fields, values):
+            if type(v) is str:
+                v = strings.setdefault(v, v)
+            object.__setattr__(m, name, v)
+        object.__setattr__(m, "__pydantic_fields_set__", self.fields_sets.setdefault(frozenset(fields_set), fields_set))
+        object.__setattr__(m, "__pydantic_extra__", extra)
+        object.__setattr__(m, "__pydantic_private__", private)
+        return m
+
+    def device(self, state: _ModelState) -> Any:
+        cls, values, fields_set, extra, private = state
+        i = _DEVICE_CHANNELS
+        chans = values[i]
+        # The channel specs are shared objects (_Shared), kept alive by the lists: their ids
+        # name a list of them for as long as this table lives.
+        shared = self.lists.setdefault(tuple(map(id, chans)), chans)
+        if shared is not chans:
+            values = values[:i] + (shared,) + values[i + 1:]
+        return self.make((cls, values, fields_set, extra, private))
+
+    def sites(self, states: Iterable[_ModelState]) -> list[Site]:
+        out: list[Site] = []
+        i = _SITE_DEVICES
+        for cls, values, fields_set, extra, private in states:
+            devices = [self.device(d) for d in values[i]]
+            out.append(self.make((cls, values[:i] + (devices,) + values[i + 1:], fields_set, extra, private)))
+        return out
 
 
 @contextmanager
@@ -817,7 +914,7 @@ def _parse_registry(data: dict[str, Any], source: str) -> Registry:
                 seen_channels.setdefault(c.channel, k)
     if problems:
         raise ConfigError(problems)
-    return Registry(sites, source)
+    return Registry(_Compact().sites([_site_state(s) for s in sites]), source)
 
 
 def load_registry(path: str | Path) -> Registry:
@@ -834,7 +931,6 @@ def load_registry(path: str | Path) -> Registry:
     specs = [info.spec for chans in loaded.channels.values() for info in chans.values()]
     if len({id(x) for x in specs}) > len(specs) // 2:
         return loaded
-    with _no_gc():
-        sites = pickle.dumps(list(loaded.sites.values()), protocol=pickle.HIGHEST_PROTOCOL)
+    sites = _pickle_sites(loaded.sites.values())
     del loaded, specs
     return _unpickle_registry(sites, str(path))
