@@ -588,6 +588,41 @@ class ChannelInfo:
         return self._facts.spec
 
 
+class _ChannelTables:
+    """Makes a device's {channel: ChannelInfo} dicts, those of devices with the same channels
+    sharing their keys (issue 17: the dict was 184 bytes per device, its keys and hashes alone
+    120; now ≈ 110).
+
+    Such a dict is the attribute dict of a throwaway object: CPython keeps the attribute names
+    of a class's instances once, in the class, and each instance's dict holds only its values.
+    One class per distinct list of channel names (a device model, typically), set in that order:
+    the dict is a plain ``dict`` in every way, in the same order, only smaller."""
+
+    #: Past this many distinct channel lists (a registry of devices each with channels of its
+    #: own) the dicts are plain ones: a class per device would cost more than it saves.
+    MAX_CLASSES = 256
+
+    def __init__(self) -> None:
+        self.classes: dict[tuple[str, ...], type] = {}
+
+    def table(self, names: list[str], infos: list[ChannelInfo]) -> dict[str, ChannelInfo]:
+        layout = tuple(names)
+        cls = self.classes.get(layout)
+        if cls is None:
+            # CPython shares at most 30 names, and a name twice would not be a plain dict's order.
+            if len(self.classes) >= self.MAX_CLASSES or len(layout) > 30 or len(set(layout)) != len(layout):
+                return dict(zip(names, infos))
+            cls = self.classes[layout] = type("_Channels", (), {})
+            first = cls()  # the names go into the class's shared keys in this order, once
+            for name in layout:
+                object.__setattr__(first, name, None)
+        holder = cls()
+        for name, info in zip(names, infos):
+            object.__setattr__(holder, name, info)
+        table: dict[str, ChannelInfo] = holder.__dict__  # outlives its holder: it is the registry's
+        return table
+
+
 class Registry:
     """The loaded, validated registry with the lookups ingest and detectors need."""
 
@@ -603,6 +638,7 @@ class Registry:
         # Keyed by the spec's id: the specs stay alive in the sites as long as the registry.
         facts: dict[tuple[str, int], _ChannelFacts] = {}
         admins: dict[str, str] = {}
+        tables = _ChannelTables()
         of = ChannelInfo._of
         for s in sites:
             code = s.site
@@ -610,13 +646,13 @@ class Registry:
             for d in s.devices:
                 self.device_site[d.device] = code
                 key = (code, d.device)
-                infos: dict[str, ChannelInfo] = {}
+                infos: list[ChannelInfo] = []
                 for c in d.channels:
                     f = facts.get((admin, id(c)))
                     if f is None:
                         f = facts[(admin, id(c))] = _ChannelFacts(admin, c)
-                    infos[c.channel] = of(key, f)
-                self.channels[key] = infos
+                    infos.append(of(key, f))
+                self.channels[key] = tables.table([c.channel for c in d.channels], infos)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A registry crosses to a worker process (spawned: its arguments are pickled) as its
@@ -951,4 +987,7 @@ def load_registry(path: str | Path) -> Registry:
         return loaded
     sites = _pickle_sites(loaded.sites.values())
     del loaded, specs
-    return _unpickle_registry(sites, str(path))
+    registry = _unpickle_registry(sites, str(path))
+    del sites  # a few MB, in the heap: once more
+    _release_freed_memory()
+    return registry
