@@ -1,11 +1,14 @@
 """The site registry's load time and memory per device, and what each worker process receives.
 
     python3 benchmarks/registry_memory.py [--sizes 10000,50000,100000,250000]
-                                          [--tree LABEL=PATH ...] [--markdown FILE] [--json FILE]
+                                          [--tree LABEL=PATH ... | --baseline-path PATH]
+                                          [--shape simulate|national] [--runs N] [--what load,trace,...]
+                                          [--markdown FILE] [--json FILE]
 
 For each size a registry file of synthetic devices in the shape ``geowarn simulate --stations N``
 writes (``simulators.scenario.synthetic_sites`` and ``sites_toml``: sites of 5 devices, 4
-channels each) is written once, and each tree under test (``--tree``, repeatable; default: this
+channels each; ``--shape national``: the file ``benchmarks/national_scale.py`` runs the daemon
+on, its ``registry_text``, which adds ``--probes`` one-device probe sites) is written once, and each tree under test (``--tree``, repeatable; default: this
 checkout) is measured on that same file, each figure in a fresh process so that one
 measurement's garbage is not the next one's memory:
 
@@ -24,9 +27,11 @@ measurement's garbage is not the next one's memory:
   given nothing. A daemon has two such workers (store, detection) besides its main process.
 
 Compare trees side by side with a second checkout of an older commit, e.g.
-``git worktree add /tmp/regbase REV`` then ``--tree before=/tmp/regbase --tree after=.``: each
-tree is imported as ``geowarn`` from a folder holding only a ``geowarn`` link to it, so the
-installed package does not matter. Results are in ``BENCHMARKS.md``.
+``git worktree add /tmp/regbase REV`` then ``--tree before=/tmp/regbase --tree after=.``
+(``--baseline-path /tmp/regbase`` says the same): each tree is imported as ``geowarn`` from a
+folder holding only a ``geowarn`` link to it, so the installed package does not matter.
+``--runs N`` measures every figure N times, each in a fresh process, the trees taking turns,
+and reports the medians. Results are in ``BENCHMARKS.md``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -185,27 +191,57 @@ def _write_registry(n: int, scratch: Path) -> Path:
 
 def _commit(tree: Path) -> str:
     out = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"], check=False, capture_output=True, text=True).stdout.strip()
-    return (out.stdout.strip() or "?") + (" (with uncommitted changes)" if dirty else "")
+    # Only the registry's own module counts: other files' work in progress does not load it.
+    dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no", "--", "config/registry.py"],
+                           check=False, capture_output=True, text=True).stdout.strip()
+    return (out.stdout.strip() or "?") + (" (config/registry.py changed since)" if dirty else "")
 
 
 def _fmt_row(label: str, n: int, r: dict[str, Any]) -> str:
-    def per(key: str) -> float:
-        return float(r[key]) / n
+    def per(key: str) -> str:
+        return f"{float(r[key]) / n:,.0f} B" if key in r else "–"
 
-    return (f"| {label} | {n:,} | {r['load_s']:.2f} s | {r['toml_s']:.2f} + {r['build_s']:.2f} s | {per('rss_kept_b'):,.0f} B | {per('rss_peak_b'):,.0f} B "
-            f"| {per('traced_kept_b'):,.0f} B | {per('traced_peak_b'):,.0f} B | {per('pickled_b'):,.0f} B, {r['pickle_s']:.2f} s "
-            f"| {r['worker_start_s']:.2f} s | {per('worker_rss_b'):,.0f} B |")
+    def sec(key: str) -> str:
+        return f"{r[key]:.2f} s" if key in r else "–"
+
+    return (f"| {label} | {n:,} | {sec('load_s')} | {sec('toml_s')} + {sec('build_s')} | {per('rss_kept_b')} | {per('rss_peak_b')} "
+            f"| {per('traced_kept_b')} | {per('traced_peak_b')} | {per('pickled_b')}, {sec('pickle_s')} "
+            f"| {sec('worker_start_s')} | {per('worker_rss_b')} |")
 
 
 HEADER = ("| tree | devices | load_registry | TOML parse + validate/build | RSS kept / device | RSS peak / device | traced kept / device | traced peak / device "
           "| pickled to a worker / device, time | worker gets it in | worker RSS / device |\n|---|---:|---:|---|---:|---:|---:|---:|---|---:|---:|")
 
 
+def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the runs (a figure every run has)."""
+    keys = [k for k in runs[0] if all(k in r for r in runs) and isinstance(runs[0][k], (int, float))]
+    return {k: statistics.median(r[k] for r in runs) for k in keys}
+
+
+def _write_registry_national(n: int, probes: int, scratch: Path) -> Path:
+    """The registry ``benchmarks/national_scale.py`` runs the daemon on (its ``registry_text``):
+    ``n`` synthetic devices and ``probes`` one-device probe sites."""
+    path = scratch / f"sites_national_{n}_{probes}.toml"
+    if not path.exists():
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import national_scale
+
+        path.write_text(national_scale.registry_text(n, probes), encoding="utf-8")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="2000,10000", help="devices per registry, comma-separated (default: a quick 2000,10000)")
     ap.add_argument("--tree", action="append", default=[], metavar="LABEL=PATH", help="a checkout to measure (repeatable; default: this one)")
+    ap.add_argument("--baseline-path", type=Path, default=None, metavar="PATH",
+                    help="a checkout of the tree before a change: measured as 'before' beside this one as 'after' (as --tree before=PATH --tree after=.)")
+    ap.add_argument("--shape", choices=("simulate", "national"), default="simulate",
+                    help="registry files as `geowarn simulate` writes them (default) or as benchmarks/national_scale.py's registry_text")
+    ap.add_argument("--probes", type=int, default=2, help="probe sites of --shape national (default 2)")
+    ap.add_argument("--runs", type=int, default=1, help="fresh-process runs per figure; medians are reported (default 1)")
+    ap.add_argument("--what", default="load,split,trace,worker", help="which measurements, comma-separated (default: all of load,split,trace,worker)")
     ap.add_argument("--scratch", type=Path, default=None, help="where the registry files go (default: a temporary folder, removed)")
     ap.add_argument("--markdown", type=Path, default=None, help="also write the table here")
     ap.add_argument("--json", type=Path, default=None, help="also write every figure here")
@@ -216,7 +252,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     trees: list[tuple[str, Path]] = []
-    for spec in args.tree or [f"this={ROOT}"]:
+    specs = list(args.tree)
+    if args.baseline_path is not None:
+        specs = [f"before={args.baseline_path}"] + (specs or [f"after={ROOT}"])
+    whats = [w for w in args.what.split(",") if w]
+    if not whats or any(w not in CHILDREN for w in whats) or args.runs < 1:
+        ap.error(f"--what: some of {', '.join(CHILDREN)}; --runs: 1 or more")
+    for spec in specs or [f"this={ROOT}"]:
         label, sep, path = spec.partition("=")
         if not sep or not Path(path, "config", "registry.py").is_file():
             ap.error(f"--tree {spec!r}: give LABEL=PATH of a GeoWarn checkout")
@@ -230,19 +272,28 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[str] = []
         results: list[dict[str, Any]] = []
         for n in sizes:
-            path = _write_registry(n, scratch)
+            path = _write_registry_national(n, args.probes, scratch) if args.shape == "national" else _write_registry(n, scratch)
+            devices = n + (args.probes if args.shape == "national" else 0)
+            runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in trees}
+            for _ in range(args.runs):
+                for label, tree in trees:  # the trees take turns: a busy spell hits both
+                    imp = _import_dir(tree, scratch, label)
+                    got_all: dict[str, Any] = {}
+                    for what in whats:
+                        got = _run_child(what, path, imp)
+                        if got["devices"] != devices:
+                            raise SystemExit(f"{label}: the registry of {devices} devices loaded {got['devices']}")
+                        got_all.update(got)
+                    runs[label].append(got_all)
             for label, tree in trees:
-                imp = _import_dir(tree, scratch, label)
-                r: dict[str, Any] = {"tree": label, "commit": _commit(tree), "size": n, "file_b": path.stat().st_size}
-                for what in ("load", "split", "trace", "worker"):
-                    got = _run_child(what, path, imp)
-                    if got["devices"] != n:
-                        raise SystemExit(f"{label}: the registry of {n} devices loaded {got['devices']}")
-                    r.update(got)
+                r: dict[str, Any] = {"tree": label, "commit": _commit(tree), "size": devices, "file_b": path.stat().st_size, "runs": len(runs[label])}
+                r.update(_medians(runs[label]))
+                r["every_run"] = runs[label]
                 results.append(r)
-                rows.append(_fmt_row(label, n, r))
+                rows.append(_fmt_row(label, devices, r))
                 print(rows[-1], flush=True)
-    head = (f"Machine: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {time.strftime('%Y-%m-%d', time.gmtime())}. "
+    head = (f"Machine: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {time.strftime('%Y-%m-%d', time.gmtime())}; "
+            f"{args.shape} registries; medians of {args.runs} run(s). "
             + "; ".join(f"{label}: {_commit(tree)}" for label, tree in trees))
     table = head + "\n\n" + HEADER + "\n" + "\n".join(rows) + "\n"
     print("\n" + table)
