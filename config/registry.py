@@ -8,7 +8,12 @@ only read: the ingest hot path looks devices and channels up in plain dicts buil
 At national scale (250,000 devices, issue 17) the registry is kept compact: the frozen parts
 that repeat (a channel spec shared by every device of a model, a site policy) are validated
 once and shared, and a registry crosses to a worker process as its sites alone, the lookups
-rebuilt there (``Registry.__reduce__``). ``benchmarks/registry_memory.py`` measures it.
+rebuilt there (``Registry.__reduce__``). Every process holds a whole registry, so each byte per
+device counts three times: the loaded sites and devices are made again with their fields in
+key-sharing instance values (``_Compact``), a ``ChannelInfo`` holds only its key and facts its
+spec shares, and a device's channel dict shares its keys with its model's (``_ChannelTables``):
+the same values to every reader, about half the memory. ``benchmarks/registry_memory.py``
+measures it.
 """
 
 from __future__ import annotations
