@@ -309,13 +309,13 @@ class _Channel:
     *Parked*: ``text`` holds its levels, verdicts, guard and detectors as compressed JSON (the
     ``z`` of its saved row, ``SiteFusion.site_row``), and nothing else of them is in memory; a
     reading, or its site's fusion needing its verdicts, unparks it (``SiteFusion._wake``).
-    *Spilled*: parked, and its text written in its site's saved row: ``text`` is ``_SPILLED``,
-    and the text is read back from the row when the channel is needed (``SiteFusion._fill``).
+    *Spilled*: parked, and its text saved (the journal's ``channel_state``): ``text`` is
+    ``_SPILLED``, and the text is read back when the channel is needed (``SiteFusion._fetch``).
     Only ``level``, ``suspect``, ``held`` and ``touched`` stay live in every form: a quiet
     channel of the national fleet costs its compressed text (~1–2 KB) parked, and its
     ``_Channel`` alone (~150 bytes) spilled, instead of its live objects (~6–8 KB)."""
 
-    __slots__ = ("detectors", "guard", "held", "info", "level", "levels", "saved", "suspect", "text", "touched", "verdicts")
+    __slots__ = ("detectors", "gap", "guard", "held", "info", "level", "levels", "saved", "suspect", "text", "touched", "verdicts")
 
     def __init__(self, info: ChannelInfo, guard: QualityGuard | None, detectors: list[tuple[str, Detector]], saved: dict[str, Any] | None = None) -> None:
         self.info = info
@@ -331,6 +331,7 @@ class _Channel:
         #: When it was last judged a reading (its arrival, or its time in event time): parking
         #: (``SiteFusion.park_after_s``) goes by it, so a replay parks as the live run did.
         self.touched = -math.inf
+        self.gap = math.inf  # from its reading before to its last (inf: one reading so far)
 
     def forecast(self) -> dict[str, Any] | None:
         v = self.verdicts.get("forecast")
@@ -396,7 +397,7 @@ _JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False, ensure_asc
 
 
 #: The ``text`` of a spilled channel (``_Channel``): compared by identity only.
-_SPILLED = b"(in the site's saved row)"
+_SPILLED = b"(saved)"
 
 
 def _park(ch: _Channel, text: bytes) -> None:
@@ -489,10 +490,10 @@ class SiteFusion:
         #: own arrival (event) times, when its site's row is written (``site_row``); None: never.
         self.park_after_s: float | None = None
         self._newest = -math.inf  # the latest ``touched`` of any channel
-        #: A site's saved row as last written (its ``site_row`` text), or None: set by the
-        #: service that saves the rows, it lets parked channels be spilled (``spill``): their
-        #: text is then kept in the row only, and read back from it when needed (``_fill``).
-        self.row_source: Callable[[str], str | None] | None = None
+        #: A channel's packed text as last saved, by (site, key) (``site_rows``), or None: set
+        #: by the service that saves them, it lets parked channels be spilled (``spill``): their
+        #: text is then kept saved only, and read back when needed (``_fetch``).
+        self.text_source: Callable[[str, str], bytes | None] | None = None
 
     @property
     def quality(self) -> dict[str, int]:
@@ -543,70 +544,57 @@ class SiteFusion:
         built on its next reading (``_unpack``). A stage the registry no longer gives it is
         dropped with its level and verdict (a row written before the registry changed); a text
         that cannot be read starts the channel afresh, reported in ``unreadable``."""
-        if ch.text is _SPILLED:
-            self._fill(ch.info.site)
-            if ch.text is None:  # its row could not give it back: started afresh, reported
-                return
         info, text = ch.info, ch.text
         assert text is not None
+        if text is _SPILLED:
+            text = self._fetch(ch)
+            if text is None:  # it could not be read back: started afresh, reported
+                return
         try:
             saved, levels, verdicts = _opened(json.loads(_inflate(text)), detector_names(info, self.registry))
         except _UNPARKABLE as exc:
             self.unreadable.append((info.site, info.device, info.channel, "parked", f"{type(exc).__name__}: {exc}"[:200]))
             ch.text, ch.saved, ch.levels, ch.verdicts = None, None, {}, {}
             return
-        if not bank:  # levels and verdicts only (the site's fusion): the text still holds them all
+        if not bank:  # levels and verdicts only (the site's fusion): the text (kept, or saved) holds them all
             ch.levels, ch.verdicts = levels, verdicts
             return
         ch.text, ch.saved, ch.levels, ch.verdicts = None, saved, levels, verdicts
 
-    def _spilled(self, site: str) -> list[tuple[bool, str, _Channel]]:
-        return [(ex, key, ch) for ex in (False, True) if (st := self._sites.get((site, ex))) is not None
-                for key, ch in st.channels.items() if ch.text is _SPILLED]
+    def _text_key(self, ch: _Channel) -> str:
+        """A channel's key among its site's saved texts: ``"<0|1>:<device>/<channel>"``."""
+        key = f"{ch.info.device}/{ch.info.channel}"
+        st = self._sites.get((ch.info.site, False))
+        return f"{0 if st is not None and st.channels.get(key) is ch else 1}:{key}"
 
-    def _fill(self, site: str) -> list[_Channel]:
-        """Read the texts of a site's spilled channels back from its saved row (all of them at
-        once: a site's channels are wanted together, by its fusion and its next save); returns
-        the channels filled. A channel the row cannot give back (no row, a damaged one) starts
+    def _fetch(self, ch: _Channel) -> bytes | None:
+        """A spilled channel's text read back (it stays spilled), or None: then it could not be
+        (none saved, or ``text_source`` failing on a damaged file) and the channel starts
         afresh, reported in ``unreadable`` as a damaged parked text is."""
-        spilled = self._spilled(site)
-        if not spilled:
-            return []
-        sites: Any = None
-        row_error = ""
+        info = ch.info
         try:
-            body = None if self.row_source is None else self.row_source(site)
-            if body is None:
-                raise ValueError("the site has no saved row")
-            sites = json.loads(body)["sites"]
-        except (RecursionError, *_UNREADABLE) as exc:
-            row_error = f"{type(exc).__name__}: {exc}"[:200]
-        filled = []
-        for ex, key, ch in spilled:
-            error = row_error
-            if not error:
-                try:
-                    ch.text = base64.b64decode(sites[f"{site}|{int(ex)}"]["channels"][key]["z"], validate=True)
-                    filled.append(ch)
-                    continue
-                except _UNPARKABLE as exc:
-                    error = f"{type(exc).__name__}: {exc}"[:200]
-            info = ch.info
-            self.unreadable.append((info.site, info.device, info.channel, "spilled", error))
-            ch.text, ch.saved, ch.levels, ch.verdicts = None, None, {}, {}
-        return filled
+            if self.text_source is None:
+                raise ValueError("no saved texts to read it back from")
+            text = self.text_source(info.site, self._text_key(ch))
+            if text is None:
+                raise ValueError("its saved text is gone")
+            return text
+        except _UNPARKABLE as exc:
+            self.unreadable.append((info.site, info.device, info.channel, "spilled", f"{type(exc).__name__}: {exc}"[:200]))
+        ch.text, ch.saved, ch.levels, ch.verdicts = None, None, {}, {}
+        return None
 
     def spill(self, sites: Iterable[str]) -> None:
-        """The parked channels of these sites, whose rows (``site_row``) were just written, keep
-        their text in the row only (see ``_Channel``). Nothing without a ``row_source``."""
-        if self.row_source is None:
+        """The parked channels of these sites, whose texts (``site_rows``) were just saved, keep
+        them saved only (see ``_Channel``). Nothing without a ``text_source``."""
+        if self.text_source is None:
             return
         for site in sites:
             for ex in (False, True):
                 st = self._sites.get((site, ex))
                 if st is not None:
                     for ch in st.channels.values():
-                        if ch.text is not None and ch.text is not _SPILLED:
+                        if ch.text is not None:  # (spilled already: the levels its fusion opened go)
                             _park(ch, _SPILLED)
 
     def _unpack(self, ch: _Channel) -> QualityGuard:
@@ -675,7 +663,8 @@ class SiteFusion:
             self._seen(info, t, t if arrived is None else max(t, arrived), out)
         st = self._site(info.site, exercise)
         ch = self._channel(st, info)
-        ch.touched = when = t if arrived is None else arrived  # the daemon's clock, not the device's
+        when = t if arrived is None else arrived  # the daemon's clock, not the device's
+        ch.gap, ch.touched = when - ch.touched, when
         self._newest = max(self._newest, when)
         if self._faults and (info.site, info.device, info.channel) in self._faults:
             # Stored, never judged: a faulty sensor's numbers enter no window (see the docstring).
@@ -1045,21 +1034,35 @@ class SiteFusion:
             guard, dets = ch.guard.snapshot(), {n: d.snapshot() for n, d in ch.detectors}
         return {"levels": dict(ch.levels), "verdicts": {n: v.to_dict() for n, v in ch.verdicts.items()}, "guard": guard, "detectors": dets}
 
-    def _site_json(self, st: _Site, packed: bool) -> dict[str, Any]:
+    def _site_json(self, st: _Site, packed: bool, ex: int = 0, texts: list[tuple[str, bytes]] | None = None) -> dict[str, Any]:
+        """``texts`` (``site_rows``): the packed channels' texts go there, by key (``ex``: the
+        drill state's), not into the entries (``"t": 1`` says so); spilled ones are there already."""
         channels: dict[str, Any] = {}
         after = self.park_after_s
-        if any(ch.text is _SPILLED for ch in st.channels.values()):
-            self._fill(next(iter(st.channels.values())).info.site)
         for key, ch in st.channels.items():
             entry: dict[str, Any] = {"level": ch.level, "suspect": ch.suspect}
             text = ch.text
             if packed:
+                if text is _SPILLED:
+                    if texts is not None:
+                        entry["t"] = 1
+                        channels[key] = entry
+                        continue
+                    text = self._fetch(ch)  # into the row's own ``z`` (a fresh bank if it is gone)
                 if text is None:
                     text = zlib.compress(_JSON(self._body(ch)).encode(), 1)
-                if after is not None and ch.touched <= self._newest - after:
+                # Idle, or reporting at least that far apart: a ten-minute channel saved 20 s
+                # after its reading is parked then, not left live until its site's next change.
+                if after is not None and (ch.touched <= self._newest - after or ch.gap >= after):
                     _park(ch, text)  # (also one whose verdicts the site's fusion opened)
-                entry["z"] = base64.b64encode(text).decode("ascii")
+                if texts is not None:
+                    texts.append((f"{ex}:{key}", text))
+                    entry["t"] = 1
+                else:
+                    entry["z"] = base64.b64encode(text).decode("ascii")
             else:
+                if text is _SPILLED:
+                    text = self._fetch(ch)  # (looked at, not kept: it stays spilled)
                 if text is not None:
                     try:
                         saved, levels, verdicts = _opened(json.loads(_inflate(text)), detector_names(ch.info, self.registry))
@@ -1078,21 +1081,17 @@ class SiteFusion:
         ``site_state`` put together by ``assemble``, which is what a restart reads."""
         return self.assemble(self.globals_state(), (self.site_state(site) for site in self.registry.sites))
 
-    def site_state(self, site: str, packed: bool = False) -> dict[str, Any]:
+    def site_state(self, site: str, packed: bool = False, texts: list[tuple[str, bytes]] | None = None) -> dict[str, Any]:
         """One site's part of ``snapshot()`` (its real and drill state, its devices' silence
         timers and clock health, its held readings and faulty sensors): saved site by site,
         and put together again by ``assemble``. ``packed``: each channel's levels, verdicts,
-        guard and detectors as ``z``, their JSON compressed (what ``site_row`` saves)."""
+        guard and detectors as ``z``, their JSON compressed (what ``site_row`` saves), or in
+        ``texts`` (what ``site_rows`` saves)."""
         sites = {}
-        # Read back from the row for a look (not ``packed``, which writes it), they go back.
-        refill = [] if packed else [ch for _, _, ch in self._spilled(site)]
         for exercise in (False, True):
             st = self._sites.get((site, exercise))
             if st is not None:
-                sites[f"{site}|{int(exercise)}"] = self._site_json(st, packed)
-        for ch in refill:
-            if ch.text is not None:  # (None: it could not be read back)
-                _park(ch, _SPILLED)
+                sites[f"{site}|{int(exercise)}"] = self._site_json(st, packed, int(exercise), texts)
         devices = self._site_devices.get(site, [])
         # The site's own held readings, then sorted (not the whole fleet's heap for each site).
         held = [[info.site, int(exercise), info.device, info.channel, t, value, arrived]
@@ -1108,15 +1107,27 @@ class SiteFusion:
         site of which one device spoke packs that device's channels only."""
         return _JSON(self.site_state(site, packed=True))
 
+    def site_rows(self, site: str) -> tuple[str, list[tuple[str, bytes]]]:
+        """A site's saved row as ``site_row``, but with its channels' packed texts apart, by
+        key (the journal's ``channel_state``): only those packed or parked since they were last
+        saved; a spilled channel's saved text stands (``"t": 1`` in the row says where it is).
+        Once they are saved, ``spill`` lets the parked ones go from memory."""
+        texts: list[tuple[str, bytes]] = []
+        return _JSON(self.site_state(site, packed=True, texts=texts)), texts
+
     @staticmethod
-    def unpacked(part: dict[str, Any]) -> dict[str, Any]:
-        """A saved site part (``site_row``) with its channels' ``z`` opened, as ``site_state``
-        gives it: for diagnosis and tests (a restart restores the packed form directly)."""
-        for sd in part.get("sites", {}).values():
+    def unpacked(part: dict[str, Any], texts: Callable[[str], bytes | None] | None = None) -> dict[str, Any]:
+        """A saved site part (``site_row``, or ``site_rows`` with ``texts``: key -> its saved
+        text) with its channels' ``z`` opened, as ``site_state`` gives it: for diagnosis and
+        tests (a restart restores the packed form directly)."""
+        for skey, sd in part.get("sites", {}).items():
             for key, cd in sd.get("channels", {}).items():
-                if isinstance(cd, dict) and "z" in cd:
+                if isinstance(cd, dict) and ("z" in cd or "t" in cd):
                     try:
-                        body = json.loads(_inflate(base64.b64decode(cd["z"], validate=True)))
+                        text = base64.b64decode(cd["z"], validate=True) if "z" in cd else None if texts is None else texts(f"{skey.rpartition('|')[2]}:{key}")
+                        if text is None:
+                            raise ValueError("its saved text is gone")
+                        body = json.loads(_inflate(text))
                     except _UNPARKABLE as exc:
                         body = {"unreadable": f"{type(exc).__name__}: {exc}"[:200]}
                     sd["channels"][key] = {"level": cd["level"], "suspect": cd["suspect"], **body}
@@ -1150,13 +1161,11 @@ class SiteFusion:
         nodata = {"start": globals_.get("nodata_start"), "last": last, "silent": sorted(silent)}
         return {"sites": sites, "quality": quality, "nodata": nodata, "held": held, "health": health, "faults": faults}
 
-    def restore(self, state: dict[str, Any], spilled: bool = False) -> None:
+    def restore(self, state: dict[str, Any]) -> None:
         """Continue from a snapshot. Sites, channels and detectors no longer in the registry
-        are dropped; new ones start fresh (the registry may have changed between runs).
-        ``spilled``: the state is the sites' saved rows as ``row_source`` gives them, so their
-        parked channels are restored spilled (their ``z`` is not read here, and may be left
-        out of ``state``)."""
-        assert not spilled or self.row_source is not None
+        are dropped; new ones start fresh (the registry may have changed between runs). A
+        channel whose text was saved apart (``site_rows``) is restored spilled, read back from
+        ``text_source`` when it is needed."""
         self._sites.clear()
         per_site: dict[str, int] = {}
         for skey, sd in state.get("sites", {}).items():
@@ -1178,11 +1187,13 @@ class SiteFusion:
                 info = self.registry.channel(site, device, channel)
                 if info is None:
                     continue
-                if "z" in cd:  # parked as saved (``site_row``): not even parsed until needed
+                if "z" in cd or "t" in cd:  # parked as saved (``site_row``): not even parsed until needed
                     ch = st.channels[f"{device}/{channel}"] = _Channel(info, None, _NO_DETECTORS)
                     ch.level, ch.suspect = int(cd["level"]), int(cd["suspect"])
-                    if spilled:
+                    if "z" not in cd:  # spilled (``site_rows``): (a restore without them starts it afresh)
                         _park(ch, _SPILLED)
+                        if self.text_source is None:
+                            self._fetch(ch)
                         continue
                     try:
                         _park(ch, base64.b64decode(cd["z"], validate=True))

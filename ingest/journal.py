@@ -117,11 +117,25 @@ INSERT OR IGNORE INTO site_level (site, level)
 DELETE FROM state WHERE key = 'fusion.site_levels';
 """
 
+#: Each channel's saved detectors (issue 17), apart from its site's row: a channel's packed
+#: text (zlib of its JSON body: ``SiteFusion.site_rows``) written when it changed, and read
+#: back alone when it is needed again, so that a quiet channel keeps nothing of it in memory
+#: and a site's save writes the channels that spoke, not every channel of the site again.
+#: ``key``: ``"<0|1>:<device>/<channel>"`` (1: the site's drill state).
+MIGRATION_6 = """
+CREATE TABLE IF NOT EXISTS channel_state (
+    site TEXT NOT NULL,
+    key  TEXT NOT NULL,
+    z    BLOB NOT NULL,
+    PRIMARY KEY (site, key)
+) WITHOUT ROWID;
+"""
+
 #: The journal's file in the data directory.
 JOURNAL_FILE = "journal.sqlite"
 #: Migration 1 is the schema from before versions were kept (idempotent, so a file of that
 #: time migrates by being stamped). Append new migrations; never edit a released one.
-JOURNAL_SCHEMA = Schema("journal", (SCHEMA, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5))
+JOURNAL_SCHEMA = Schema("journal", (SCHEMA, MIGRATION_2, MIGRATION_3, MIGRATION_4, MIGRATION_5, MIGRATION_6))
 
 #: State keys written by the detection worker (service/detection.py) and read by the console
 #: and metrics, which may not import the service: one spelling, kept by the file's owner.
@@ -434,10 +448,13 @@ class Journal:
 
     # -- detection's state, per site ---------------------------------------------------------
 
-    def save_site_states(self, rows: Iterable[tuple[str, int, int, str]], delete: Iterable[str] = (), state: Mapping[str, Any] | None = None) -> None:
-        """Write site rows (site, position, status position, JSON body), delete others and set
-        state keys, in one transaction: what was saved before stays whole until this commits."""
+    def save_site_states(self, rows: Iterable[tuple[str, int, int, str]], delete: Iterable[str] = (), state: Mapping[str, Any] | None = None,
+                         channels: Iterable[tuple[str, str, bytes]] = ()) -> None:
+        """Write site rows (site, position, status position, JSON body) and channel rows (site,
+        key, packed text: ``MIGRATION_6``), delete other sites' rows (and their channels') and
+        set state keys, in one transaction: what was saved before stays whole until this commits."""
         conn = self.conn
+        delete = list(delete)
         conn.execute("BEGIN")
         try:
             conn.executemany(
@@ -445,7 +462,9 @@ class Journal:
                 "position=excluded.position, status_position=excluded.status_position, body=excluded.body",
                 rows,
             )
+            conn.executemany("INSERT INTO channel_state (site, key, z) VALUES (?, ?, ?) ON CONFLICT(site, key) DO UPDATE SET z=excluded.z", channels)
             conn.executemany("DELETE FROM site_state WHERE site=?", ((s,) for s in delete))
+            conn.executemany("DELETE FROM channel_state WHERE site=?", ((s,) for s in delete))
             for key, value in (state or {}).items():
                 if value is None:
                     conn.execute("DELETE FROM state WHERE key=?", (key,))
@@ -461,11 +480,11 @@ class Journal:
         for site, pos, spos, body in self.conn.execute("SELECT site, position, status_position, body FROM site_state"):
             yield str(site), int(pos), int(spos), str(body)
 
-    def site_state_body(self, site: str) -> str | None:
-        """One site's saved row's JSON body, or None (detection reads its spilled channels back
-        from it: ``SiteFusion.row_source``)."""
-        row = self.conn.execute("SELECT body FROM site_state WHERE site=?", (site,)).fetchone()
-        return None if row is None else str(row[0])
+    def channel_text(self, site: str, key: str) -> bytes | None:
+        """A channel's saved packed text (``save_site_states``' channels), or None: what detection
+        reads a spilled channel back from (``SiteFusion.text_source``)."""
+        row = self.conn.execute("SELECT z FROM channel_state WHERE site=? AND key=?", (site, key)).fetchone()
+        return None if row is None else bytes(row[0])
 
     # -- sites' fused levels (for the console and a restart without saved state) -------------
 
@@ -687,19 +706,21 @@ class JournalReader:
             row = None if conn is None else conn.execute("SELECT value FROM state WHERE key=?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
 
-    def site_states(self, header_key: str) -> tuple[Any, list[tuple[str, int, int, str]]]:
-        """Detection's per-site state rows with their header (state ``header_key``), read in
-        one transaction so that they belong together."""
+    def site_states(self, header_key: str) -> tuple[Any, list[tuple[str, int, int, str]], dict[tuple[str, str], bytes]]:
+        """Detection's per-site state rows with their header (state ``header_key``) and their
+        channels' texts ((site, key) -> text), read in one transaction so that they belong together."""
         with self._read() as conn:
             if conn is None:
-                return None, []
+                return None, [], {}
             conn.execute("BEGIN")
             try:
                 row = conn.execute("SELECT value FROM state WHERE key=?", (header_key,)).fetchone()
                 rows = conn.execute("SELECT site, position, status_position, body FROM site_state").fetchall()
+                texts = conn.execute("SELECT site, key, z FROM channel_state").fetchall() if user_version(conn) >= 6 else []
             finally:
                 conn.execute("COMMIT")
-        return (None if row is None else json.loads(row[0])), [(str(a), int(b), int(c), str(d)) for a, b, c, d in rows]
+        return ((None if row is None else json.loads(row[0])), [(str(a), int(b), int(c), str(d)) for a, b, c, d in rows],
+                {(str(a), str(b)): bytes(z) for a, b, z in texts})
 
     def site_levels(self) -> dict[str, int]:
         """Each site's fused level as the detection worker last saved it (a file the store

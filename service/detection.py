@@ -48,6 +48,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -143,9 +144,10 @@ class Detection:
         #: Sites are saved once changed for this long (the journal has what came since).
         self.save_after_s = float(s.snapshot_interval_s)
         self.fusion.park_after_s = float(s.park_after_s)
-        # Parked channels keep their text in their site's row only (issue 17: a national
-        # fleet's quiet channels in hundreds of bytes each, not the 1-2 KB of their text).
-        self.fusion.row_source = journal.site_state_body
+        # Channels' texts are saved apart from their sites' rows, and parked ones kept saved
+        # only (issue 17: a national fleet's quiet channels in hundreds of bytes each, not the
+        # 1-2 KB of their text; a site's save writes the channels that spoke, not all again).
+        self.fusion.text_source = journal.channel_text
         #: While a restart reads on from the floor: site -> (position, status position) of its
         #: row; its readings and statuses up to there are in the row already.
         self._skip: dict[str, tuple[int, int]] = {}
@@ -314,17 +316,9 @@ class Detection:
                 log.error("a site's saved detector state is unreadable; the site starts afresh from the journal",
                           extra=kv(site=site, error=str(exc)[:200]))
                 continue
-            # Restored spilled (``SiteFusion.restore``): the channels' texts stay in the row, not
-            # held here for every site at once (a national fleet's would be gigabytes).
-            for sd in part["sites"].values():
-                chans = sd.get("channels") if isinstance(sd, dict) else None
-                if isinstance(chans, dict):
-                    for cd in chans.values():
-                        if isinstance(cd, dict) and "z" in cd:
-                            cd["z"] = ""
             parts.append(part)
             skip[site] = (pos, spos)
-        self.fusion.restore(self.fusion.assemble(header.get("globals", {}), parts), spilled=True)
+        self.fusion.restore(self.fusion.assemble(header.get("globals", {}), parts))
         self.position, self.status_position = int(header["floor"]), int(header["status_floor"])
         self._skip = {site: p for site, p in skip.items() if p[0] > self.position or p[1] > self.status_position}
         self._skip_upto = (max((p[0] for p in self._skip.values()), default=0), max((p[1] for p in self._skip.values()), default=0))
@@ -521,6 +515,7 @@ class Detection:
         now = time.monotonic()
         start = time.perf_counter()
         rows: list[tuple[str, int, int, str]] = []
+        texts: list[tuple[str, str, bytes]] = []
         skip = self._skip
         for site in (dirty if only is None else [x for x in only if x in dirty]):
             mark = dirty[site]
@@ -533,7 +528,9 @@ class Detection:
                 # statuses are skipped, its held readings come due in the same order as before.
                 # This keeps it so.)
                 continue
-            rows.append((site, self.position, self.status_position, self.fusion.site_row(site)))
+            row, packed = self.fusion.site_rows(site)
+            rows.append((site, self.position, self.status_position, row))
+            texts.extend((site, key, text) for key, text in packed)
             if budget_s is not None and time.perf_counter() - start >= budget_s:
                 break
         if not rows and not self._stale_rows:
@@ -547,9 +544,9 @@ class Detection:
             if self._legacy:  # the one value of before goes once every site is in a row of its own
                 state[SNAPSHOT_KEY] = None
                 self._legacy = False
-        self.journal.save_site_states(rows, self._stale_rows, state)
+        self.journal.save_site_states(rows, self._stale_rows, state, texts)
         self._stale_rows = []
-        self.fusion.spill(site for site, *_ in rows)  # their rows now hold their parked texts
+        self.fusion.spill(site for site, *_ in rows)  # their parked channels' texts are saved now
         return len(rows)
 
     def _header(self) -> dict[str, Any]:
@@ -839,11 +836,15 @@ def saved_state(reader: Any) -> dict[str, Any] | None:
     """The detection state a restart would start from, put together from the site rows of a
     journal (``JournalReader``): the header's fields and ``state``, a ``SiteFusion.snapshot()``
     (for tests and diagnosis; None before the first save)."""
-    header, rows = reader.site_states(STATE_KEY)
+    header, rows, texts = reader.site_states(STATE_KEY)
     if header is None:
         return None
-    state = SiteFusion.assemble(header.get("globals", {}), [SiteFusion.unpacked(json.loads(body)) for _, _, _, body in rows])
+    state = SiteFusion.assemble(header.get("globals", {}), [SiteFusion.unpacked(json.loads(body), partial(_text_of, texts, site)) for site, _, _, body in rows])
     return {**header, "sites": {site: [pos, spos] for site, pos, spos, _ in rows}, "state": state}
+
+
+def _text_of(texts: dict[tuple[str, str], bytes], site: str, key: str) -> bytes | None:
+    return texts.get((site, key))
 
 
 def _target_of(kind: str, doc: Any) -> str:

@@ -59,22 +59,32 @@ def _events(f: SiteFusion, rows: list[Any], park: int = 0, start: int = 0, stop:
 
 
 class _Rows(dict[str, str]):
-    """The sites' saved rows, as the journal's ``site_state`` table keeps them for detection
-    (service/detection.py): what a spilling fusion reads its parked channels back from."""
+    """The sites' saved rows and their channels' texts, as the journal's ``site_state`` and
+    ``channel_state`` tables keep them for detection (service/detection.py): what a spilling
+    fusion reads its parked channels back from."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts: dict[tuple[str, str], bytes] = {}
+
+    def text(self, site: str, key: str) -> bytes | None:
+        return self.texts.get((site, key))
 
     def attach(self, f: SiteFusion) -> SiteFusion:
-        f.row_source = self.get
+        f.text_source = self.text
         return f
 
 
 def _save(f: SiteFusion, site: str) -> str:
-    """Write a site's row, as detection's save does: into the rows a spilling fusion reads
-    back from (then spilled), else only made."""
-    text = f.site_row(site)
-    rows = getattr(f.row_source, "__self__", None)
-    if isinstance(rows, _Rows):
-        rows[site] = text
-        f.spill([site])
+    """Write a site's row, as detection's save does: its channels' texts apart, into the rows
+    a spilling fusion reads back from (then spilled), else only made."""
+    rows = getattr(f.text_source, "__self__", None)
+    if not isinstance(rows, _Rows):
+        return f.site_row(site)
+    text, texts = f.site_rows(site)
+    rows[site] = text
+    rows.texts.update(((site, key), t) for key, t in texts)
+    f.spill([site])
     return text
 
 
@@ -145,9 +155,8 @@ def test_rows_written_with_parked_channels_restore_mid_stream_and_continue_exact
 
 
 def test_spilled_rows_restore_mid_stream_without_their_texts_and_continue_exactly() -> None:
-    """A restart restores spilled channels from the rows with their ``z`` left out (detection
-    drops them as it reads each row, or a national fleet's texts would all be in memory at
-    once) and reads each back from its row when needed."""
+    """A restart restores spilled channels from the rows, which hold no texts (a national
+    fleet's would all be in memory at once), and reads each text back when it is needed."""
     reg, rows = _readings("failure")
     ref = SiteFusion(reg)
     half = len(rows) * 3 // 4
@@ -160,19 +169,16 @@ def test_spilled_rows_restore_mid_stream_without_their_texts_and_continue_exactl
     for site in reg.sites:
         _save(a, site)
     parts = [json.loads(saved[site]) for site in reg.sites]
-    for p in parts:
-        for sd in p["sites"].values():
-            for cd in sd["channels"].values():
-                cd["z"] = ""
+    assert all(set(cd) == {"level", "suspect", "t"} for p in parts for sd in p["sites"].values() for cd in sd["channels"].values())
     b = saved.attach(SiteFusion(reg))
-    b.restore(SiteFusion.assemble(a.globals_state(), parts), spilled=True)
+    b.restore(SiteFusion.assemble(a.globals_state(), parts))
     assert len(_spilled(b)) == sum(len(st.channels) for st in b._sites.values()) > 10
     b.park_after_s = 600.0
     assert _events(b, rows, start=half, park=5) == expected_after
     assert _norm(b) == _norm(ref) and b.unreadable == []
 
 
-def test_a_spilled_channel_whose_row_is_gone_or_damaged_starts_afresh_and_is_reported() -> None:
+def test_a_spilled_channel_whose_text_is_gone_or_damaged_starts_afresh_and_is_reported() -> None:
     reg = _two_channel_registry(True)
     saved = _Rows()
     f = saved.attach(SiteFusion(reg))
@@ -182,27 +188,40 @@ def test_a_spilled_channel_whose_row_is_gone_or_damaged_starts_afresh_and_is_rep
         for dev in ("X1", "X2"):
             f.update_all(reg.channel("S", dev, "d"), t0 + 600 * i, 20.0 * i / 144, False, t0 + 600 * i)
     _save(f, "S")
-    assert len(_spilled(f)) == 2
+    assert len(_spilled(f)) == 2 and set(saved.texts) == {("S", "0:X1/d"), ("S", "0:X2/d")}
     level = f.level("S")
     assert level >= 1  # the velocity stands at a level: a channel afresh shows
     t = t0 + 600 * 300
-    for damage, why in [(None, "no saved row"), ("{not json", "JSONDecodeError"), ('{"sites": {}}', "KeyError"),
-                        (json.dumps({"sites": {"S|0": {"channels": {"X1/d": {"z": "%%%"}, "X2/d": {"z": "%%%"}}}}}), "Error")]:
-        g = saved.attach(SiteFusion(reg))
-        g.restore(SiteFusion.assemble(f.globals_state(), [json.loads(saved["S"])]), spilled=True)
-        g.row_source = {"S": damage}.get if damage is not None else {}.get
+    good = saved.texts[("S", "0:X2/d")]
+
+    def source(damage: bytes | None) -> Any:
+        def text(site: str, key: str) -> bytes | None:
+            if key == "0:X1/d" and damage == b"raise":
+                raise ValueError("a damaged page")  # what the journal's read may raise
+            return damage if key == "0:X1/d" else good
+        return text
+
+    for damage, why in [(None, "gone"), (b"not zlib", "error"), (zlib.compress(b'{"levels": {'), "JSONDecodeError"), (b"raise", "damaged page")]:
+        g = SiteFusion(reg)
+        g.text_source = source(damage)
+        g.restore(SiteFusion.assemble(f.globals_state(), [json.loads(saved["S"])]))
         g.update_all(reg.channel("S", "X1", "d"), t, 20.0 * 300 / 144, False, t)  # no exception: reported
-        assert [(u[1], u[3]) for u in g.unreadable] == [("X1", "spilled"), ("X2", "spilled")], damage
-        assert all(why in u[4] for u in g.unreadable), (why, g.unreadable)
+        assert [(u[1], u[3]) for u in g.unreadable] in ([("X1", "spilled")], [("X1", "parked")]), damage
+        assert why in g.unreadable[0][4], (why, g.unreadable)
         fresh = SiteFusion(reg)
         fresh.update_all(reg.channel("S", "X1", "d"), t, 20.0 * 300 / 144, False, t)
         got = g.site_state("S")["sites"]["S|0"]["channels"]
         assert got["X1/d"]["detectors"] == fresh.site_state("S")["sites"]["S|0"]["channels"]["X1/d"]["detectors"]
-    # The row as saved gives both back: no report, and the level goes on from where it was.
+        assert got["X2/d"] == f.site_state("S")["sites"]["S|0"]["channels"]["X2/d"]  # the other one as saved
+    # The texts as saved give both back: no report, and the level goes on from where it was.
     h = saved.attach(SiteFusion(reg))
-    h.restore(SiteFusion.assemble(f.globals_state(), [json.loads(saved["S"])]), spilled=True)
+    h.restore(SiteFusion.assemble(f.globals_state(), [json.loads(saved["S"])]))
     h.update_all(reg.channel("S", "X1", "d"), t, 20.0 * 300 / 144, False, t)
-    assert h.unreadable == [] and h.level("S") == level and not _spilled(h)
+    assert h.unreadable == [] and h.level("S") == level and len(_spilled(h)) == 1
+    # Rows with their texts apart, restored without them (no text_source): afresh, reported.
+    k = SiteFusion(reg)
+    k.restore(SiteFusion.assemble(f.globals_state(), [json.loads(saved["S"])]))
+    assert sorted((u[1], u[3]) for u in k.unreadable) == [("X1", "spilled"), ("X2", "spilled")]
 
 
 def _two_channel_registry(velocity: bool) -> Any:
@@ -302,9 +321,9 @@ def test_a_parked_channel_costs_a_fraction_of_a_live_one() -> None:
     saved.attach(f)
     for site in reg.sites:
         _save(f, site)
-    rows_bytes = sum(len(v) for v in saved.values()) / len(infos)
+    f.text_source = saved = None  # type: ignore[assignment]  # the rows and texts are the journal's, on disk
     gc.collect()
-    spilled = tracemalloc.get_traced_memory()[0] / len(infos) - rows_bytes  # (the rows are the journal's, on disk)
+    spilled = tracemalloc.get_traced_memory()[0] / len(infos)
     tracemalloc.stop()
     assert live > 4000  # a sanity bound: the detectors' windows are full after a week
     assert parked < live / 3, (live, parked)

@@ -169,9 +169,11 @@ def test_an_old_journal_opens_keeps_its_data_and_takes_writes(tmp_path):
     journal = Journal(path)
     try:
         # Stamped as migration 1 (the schema of its time) and migrated on to the newest.
-        assert _version(path) == len(JOURNAL_SCHEMA.migrations) == 5
-        # Detection's per-site state (migration 4) starts empty: the old file's state is read as it was.
+        assert _version(path) == len(JOURNAL_SCHEMA.migrations) == 6
+        # Detection's per-site state (migration 4) and its channels' texts (6) start empty: the
+        # old file's state is read as it was.
         assert list(journal.site_states()) == []
+        assert journal.channel_text("S1", "0:D1/disp") is None
         # A status of the old file does not know where it stood among the readings (migration
         # 3): detection orders it by arrival time, as before.
         assert [row[6] for row in journal.statuses_after(0, 10)] == [None] * len(journal.statuses_after(0, 10))
