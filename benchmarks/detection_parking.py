@@ -69,6 +69,7 @@ def _child(devices: int, hours: float, park: float | None, memory: bool, warm_h:
     journal = Journal(f"{tmp.name}/journal.sqlite", sync=SYNC)
     if spill:
         f.text_source = journal.channel_text
+        f.eager = True  # at the journal's head: parked as judged (service/detection.py's step)
     if memory:
         import tracemalloc
 
@@ -103,6 +104,7 @@ def _child(devices: int, hours: float, park: float | None, memory: bool, warm_h:
             for info in devs[key]:
                 v = 12.6 + rng.gauss(0.0, 0.01) if info.channel == "battery" else rng.gauss(0.0, 0.5)
                 f.update_all(info, t, round(v, 2), False, t + 0.5)
+            f.park_judged()  # a message, a batch
             if timed:
                 judge += time.process_time() - a
                 readings += len(devs[key])

@@ -494,6 +494,13 @@ class SiteFusion:
         #: by the service that saves them, it lets parked channels be spilled (``spill``): their
         #: text is then kept saved only, and read back when needed (``_fetch``).
         self.text_source: Callable[[str, str], bytes | None] | None = None
+        #: Park a channel whose readings come ``park_after_s`` apart or more right after its
+        #: reading (``park_judged``), not at its site's next save: what a service at the head of
+        #: its stream sets (a ten-minute channel then holds its text, not its live objects,
+        #: until its site is saved); a replay or a backlog leaves it off, its channels' next
+        #: readings being moments away.
+        self.eager = False
+        self._judged: list[_Channel] = []
 
     @property
     def quality(self) -> dict[str, int]:
@@ -584,6 +591,17 @@ class SiteFusion:
         ch.text, ch.saved, ch.levels, ch.verdicts = None, None, {}, {}
         return None
 
+    def park_judged(self) -> int:
+        """Park the channels ``eager`` marked as their readings were judged (see ``eager``);
+        returns how many. Their texts are saved with their sites' rows (``site_rows``)."""
+        n = 0
+        for ch in self._judged:
+            if ch.text is None:
+                _park(ch, zlib.compress(_JSON(self._body(ch)).encode(), 1))
+                n += 1
+        self._judged = []
+        return n
+
     def spill(self, sites: Iterable[str]) -> None:
         """The parked channels of these sites, whose texts (``site_rows``) were just saved, keep
         them saved only (see ``_Channel``). Nothing without a ``text_source``."""
@@ -665,6 +683,8 @@ class SiteFusion:
         ch = self._channel(st, info)
         when = t if arrived is None else arrived  # the daemon's clock, not the device's
         ch.gap, ch.touched = when - ch.touched, when
+        if self.eager and self.park_after_s is not None and ch.gap >= self.park_after_s:
+            self._judged.append(ch)
         self._newest = max(self._newest, when)
         if self._faults and (info.site, info.device, info.channel) in self._faults:
             # Stored, never judged: a faulty sensor's numbers enter no window (see the docstring).

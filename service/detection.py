@@ -478,7 +478,11 @@ class Detection:
         if self.resuming is not None:
             return self._resume_step()
         t0 = time.perf_counter()
+        # At the journal's head, a channel reporting minutes apart is parked as soon as it is
+        # judged (SiteFusion.eager); not while a backlog is read.
+        self.fusion.eager = not self._behind
         n = self._consume()
+        self.fusion.park_judged()
         if n:
             self.judged += n
             self.judging_s += time.perf_counter() - t0

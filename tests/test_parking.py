@@ -53,6 +53,7 @@ def _events(f: SiteFusion, rows: list[Any], park: int = 0, start: int = 0, stop:
         if drill:
             out += f.update_all(info, t, v, True, arrived)
         out += f.tick(arrived)
+        f.park_judged()  # (with ``eager``, as detection after each batch at the head)
         if park and i % park == 0:
             _save(f, info.site)
     return out
@@ -106,6 +107,7 @@ def test_parking_channels_again_and_again_changes_no_event_and_no_state(name: st
     parked.park_after_s = 0.0
     if spill:
         _Rows().attach(parked)
+        parked.eager = every > 1  # parked as judged too, between the saves
     wakes = []
     wake = parked._wake
     parked._wake = lambda ch, bank=True: (wakes.append(ch.info), wake(ch, bank))[1]  # type: ignore[method-assign]
@@ -164,7 +166,7 @@ def test_spilled_rows_restore_mid_stream_without_their_texts_and_continue_exactl
     expected_after = _events(ref, rows, start=half)
     saved = _Rows()
     a = saved.attach(SiteFusion(reg))
-    a.park_after_s = 600.0
+    a.park_after_s, a.eager = 600.0, True  # ten-minute channels parked as judged, the rest at the saves
     _events(a, rows, stop=half, park=7)
     for site in reg.sites:
         _save(a, site)
@@ -173,7 +175,7 @@ def test_spilled_rows_restore_mid_stream_without_their_texts_and_continue_exactl
     b = saved.attach(SiteFusion(reg))
     b.restore(SiteFusion.assemble(a.globals_state(), parts))
     assert len(_spilled(b)) == sum(len(st.channels) for st in b._sites.values()) > 10
-    b.park_after_s = 600.0
+    b.park_after_s, b.eager = 600.0, True
     assert _events(b, rows, start=half, park=5) == expected_after
     assert _norm(b) == _norm(ref) and b.unreadable == []
 
