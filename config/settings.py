@@ -109,10 +109,12 @@ class Settings(BaseSettings):
     # How often detector state is snapshotted (and at every clean stop); after a crash the
     # journal readings stored since the snapshot are replayed into the detectors.
     snapshot_interval_s: float = Field(default=60.0, gt=0)
-    # A channel not judged a reading for this long (by the readings' arrival times) is parked
-    # when its site is next saved: its detectors kept as their compressed saved text (~1-2 KB
-    # instead of ~6-8 KB of live objects) until its next reading unpacks them. 0: at every save;
-    # inf: never, once judged (a burst that wakes the whole fleet pays ~0.15 ms a channel).
+    # A channel whose readings come this far apart (by their arrival times) is parked once
+    # judged, and one not judged a reading for this long when its site is next saved: its
+    # detectors kept as their compressed saved text, in the journal only once saved (a few
+    # hundred bytes of memory instead of ~6-8 KB of live objects), until its next reading
+    # unpacks them. 0: at every save; inf: never, once judged (a burst that wakes the whole
+    # fleet pays ~0.15 ms a channel).
     park_after_s: float = Field(default=30.0, ge=0)
     # A worker told to stop with a backlog goes on with it this long, then leaves the rest to
     # the next start (the daemon gives a worker 60 s to stop: the checkpoint needs the rest).
