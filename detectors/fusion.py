@@ -311,7 +311,7 @@ class _Channel:
     reading, or its site's fusion needing its verdicts, unparks it (``SiteFusion._wake``).
     *Spilled*: parked, and its text saved (the journal's ``channel_state``): ``text`` is
     ``_SPILLED``, and the text is read back when the channel is needed (``SiteFusion._fetch``).
-    Only ``level``, ``suspect``, ``held`` and ``touched`` stay live in every form: a quiet
+    Only ``level``, ``suspect``, ``held``, ``touched`` and ``gap`` stay live in every form: a quiet
     channel of the national fleet costs its compressed text (~1–2 KB) parked, and its
     ``_Channel`` alone (~150 bytes) spilled, instead of its live objects (~6–8 KB)."""
 
