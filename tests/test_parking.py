@@ -391,3 +391,56 @@ def test_parking_changes_nothing_on_real_monitoring_data(name: str) -> None:
     assert len(expected) >= 3 and max(e.level for e in expected) >= 2  # the data raise warnings: the comparison means something
     assert got == expected
     assert _norm(parked) == _norm(ref) and parked.unreadable == []
+
+
+def test_detection_saves_texts_apart_and_a_damaged_one_is_one_channel_afresh(tmp_path: Any, caplog: Any) -> None:
+    """The daemon's detection over a real journal file: site rows hold no texts, the channels'
+    are in ``channel_state``, parked ones are spilled, and one damaged on disk is that channel
+    started afresh (logged) at the next start, and named by ``saved_state``, the rest as saved."""
+    import logging
+    import sqlite3
+
+    from geowarn.config.settings import example_path, load_all
+    from geowarn.core.clock import ManualClock
+    from geowarn.core.logfields import fields_of
+    from geowarn.ingest.journal import Journal, JournalReader
+    from geowarn.service import detection
+
+    ts = 1_700_000_000_000
+    loaded = load_all(None, sites_path=example_path("sites.example.toml"), roster_path=example_path("roster.example.toml"), find_file=False)
+    loaded.settings = loaded.settings.model_copy(update={"data_dir": tmp_path / "data"})
+    path = tmp_path / "journal.sqlite"
+    j = Journal(path)
+    ids = {(c.site, c.device, c.channel): i for c, i in j.series_ids(loaded.registry).items()}
+    j.append([(sid, ts + 600_000 * k, float(k), 0, ts + 600_000 * k + 5_000) for k in range(1, 20) for sid in ids.values()])
+    det = detection.Detection(loaded, j, lambda *a, **k: None, ManualClock(ts / 1000 + 20 * 600))
+    det.resume()
+    while det.step():
+        pass
+    det.save_snapshot(None)
+    chans = [ch for st in det.fusion._sites.values() for ch in st.channels.values()]
+    assert len(chans) == len(ids) and all(ch.text is fusion._SPILLED for ch in chans)  # ten-minute channels: parked as judged
+    bodies = [json.loads(body) for _, _, _, body in j.site_states()]
+    entries = [cd for b in bodies for sd in b["sites"].values() for cd in sd["channels"].values()]
+    assert entries and all(set(cd) == {"level", "suspect", "t"} for cd in entries)
+    with sqlite3.connect(path) as conn:
+        keys = conn.execute("SELECT site, key FROM channel_state").fetchall()
+        assert sorted(keys) == sorted((s, f"0:{d}/{c}") for s, d, c in ids)
+        victim = min(keys)
+        conn.execute("UPDATE channel_state SET z=? WHERE site=? AND key=?", (b"damaged on disk", *victim))
+    j.close()
+    saved = detection.saved_state(JournalReader(path))
+    assert saved is not None
+    site_chans = saved["state"]["sites"][f"{victim[0]}|0"]["channels"]
+    assert "unreadable" in site_chans[victim[1][2:]] and sum("unreadable" in cd for cd in site_chans.values()) == 1
+    # The next start: the damaged channel afresh and logged, the others as they were.
+    j2 = Journal(path)
+    det2 = detection.Detection(loaded, j2, lambda *a, **k: None, ManualClock(ts / 1000 + 21 * 600))
+    det2.resume()
+    j2.append([(sid, ts + 600_000 * 20, 20.0, 0, ts + 600_000 * 20 + 5_000) for sid in ids.values()])
+    with caplog.at_level(logging.ERROR):
+        while det2.step():
+            pass
+    bad = [fields_of(r) for r in caplog.records if "could not be restored" in r.getMessage()]
+    assert len(bad) == 1 and bad[0]["part"] == "parked" and (bad[0]["site"], f"0:{bad[0]['device']}/{bad[0]['channel']}") == victim, bad
+    j2.close()
