@@ -47,7 +47,7 @@ import gc
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -300,31 +300,33 @@ class Detection:
 
     def _restore_sites(self, header: dict[str, Any]) -> None:
         """The fusion state from the site rows, read on from the header's floor."""
-        parts = []
         skip: dict[str, tuple[int, int]] = {}
-        for site, pos, spos, body in self.journal.site_states():
-            if site not in self.registry.sites:
-                self._stale_rows.append(site)
-                continue
-            try:
-                part = json.loads(body)
-                if not (isinstance(part, dict) and _PART_KEYS <= part.keys() and isinstance(part["sites"], dict)):
-                    raise ValueError("not a site's saved state")
-            except ValueError as exc:
-                # A damaged row (the disk, a hand edit) must not keep detection from starting:
-                # the site starts afresh from the floor, the others exactly where they were.
-                log.error("a site's saved detector state is unreadable; the site starts afresh from the journal",
-                          extra=kv(site=site, error=str(exc)[:200]))
-                continue
-            parts.append(part)
-            skip[site] = (pos, spos)
-        self.fusion.restore(self.fusion.assemble(header.get("globals", {}), parts))
+
+        def parts() -> Iterator[dict[str, Any]]:  # a row at a time, parsed and restored, not all at once
+            for site, pos, spos, body in self.journal.site_states():
+                if site not in self.registry.sites:
+                    self._stale_rows.append(site)
+                    continue
+                try:
+                    part = json.loads(body)
+                    if not (isinstance(part, dict) and _PART_KEYS <= part.keys() and isinstance(part["sites"], dict)):
+                        raise ValueError("not a site's saved state")
+                except ValueError as exc:
+                    # A damaged row (the disk, a hand edit) must not keep detection from starting:
+                    # the site starts afresh from the floor, the others exactly where they were.
+                    log.error("a site's saved detector state is unreadable; the site starts afresh from the journal",
+                              extra=kv(site=site, error=str(exc)[:200]))
+                    continue
+                skip[site] = (pos, spos)
+                yield part
+
+        self.fusion.restore_parts(header.get("globals", {}), parts())
         self.position, self.status_position = int(header["floor"]), int(header["status_floor"])
         self._skip = {site: p for site, p in skip.items() if p[0] > self.position or p[1] > self.status_position}
         self._skip_upto = (max((p[0] for p in self._skip.values()), default=0), max((p[1] for p in self._skip.values()), default=0))
         self._mark()
         if self._skip:
-            log.info("detection state restored", extra=kv(sites=len(parts), replay_from=self.position, replay_sites_until=self._skip_upto[0]))
+            log.info("detection state restored", extra=kv(sites=len(skip), replay_from=self.position, replay_sites_until=self._skip_upto[0]))
 
     def _mark(self) -> None:
         """What a site changed from now on is saved against: the positions judged so far."""

@@ -172,12 +172,27 @@ def test_spilled_rows_restore_mid_stream_without_their_texts_and_continue_exactl
         _save(a, site)
     parts = [json.loads(saved[site]) for site in reg.sites]
     assert all(set(cd) == {"level", "suspect", "t"} for p in parts for sd in p["sites"].values() for cd in sd["channels"].values())
+    at_half, texts_at_half, globals_at_half = dict(saved), dict(saved.texts), a.globals_state()
     b = saved.attach(SiteFusion(reg))
     b.restore(SiteFusion.assemble(a.globals_state(), parts))
     assert len(_spilled(b)) == sum(len(st.channels) for st in b._sites.values()) > 10
     b.park_after_s, b.eager = 600.0, True
     assert _events(b, rows, start=half, park=5) == expected_after
     assert _norm(b) == _norm(ref) and b.unreadable == []
+    # A row at a time (what detection's start does: restore_parts), the same as all at once.
+    for how in ("parts", "assembled"):
+        again = _Rows()
+        again.update(at_half)
+        again.texts.update(texts_at_half)
+        c = again.attach(SiteFusion(reg))
+        if how == "parts":
+            c.restore_parts(globals_at_half, (json.loads(again[site]) for site in reg.sites))
+        else:
+            c.restore(SiteFusion.assemble(globals_at_half, [json.loads(again[site]) for site in reg.sites]))
+        assert len(_spilled(c)) == sum(len(st.channels) for st in c._sites.values()) > 10, how
+        c.park_after_s = 600.0
+        assert _events(c, rows, start=half) == expected_after, how
+        assert _norm(c) == _norm(ref) and c.unreadable == [], how
 
 
 def test_a_spilled_channel_whose_text_is_gone_or_damaged_starts_afresh_and_is_reported() -> None:
