@@ -28,7 +28,9 @@ raises); a damaged page of channel_state (sqlite3.DatabaseError out of the readi
 with a damaged channel entry (detection cannot start); a damaged text lifting the warning its
 channel stood at (its level drops to 0 at its next reading, "all channels back to normal"); a
 channel judged by its timer parked by the next step's ``park_judged`` after its site was saved, so
-its text stays in memory until the site next changes.
+its text stays in memory until the site next changes. Older than this session and not caused by
+parking (seen by the crash harness): an event-time detection crashed after a step's save
+announces at its restart a device's silence ending that never began.
 
 Seen, not pinned: a device removed from the registry leaves its channel_state rows for good (only
 a removed site's go); a text of another channel of the same kind is taken without a word (texts
@@ -108,7 +110,8 @@ def _texts_in_memory(det: Any) -> tuple[int, int]:
 
 
 def _run(tmp: Path, seed: int, rounds: int, *, event_time: bool = False, parks: tuple[float | None, ...] = (0.0, 30.0, 600.0, math.inf),
-         spill_crash: float = 0.08, resume_crash: float = 0.3, phases: dict[int, Any] | None = None) -> dict[str, Any]:
+         spill_crash: float = 0.08, resume_crash: float = 0.3, phases: dict[int, Any] | None = None,
+         crash_filter: Any = None) -> dict[str, Any]:
     """A detection parking with a setting drawn anew at each (re)start, crashed at random
     (between steps, right after a save committed but before its spill, in the middle of a
     restart's reading on), against one that never parks and never crashes. ``phases``: round ->
@@ -150,7 +153,7 @@ def _run(tmp: Path, seed: int, rounds: int, *, event_time: bool = False, parks: 
 
             def spill(sites: Any) -> None:
                 sites = list(sites)
-                if sites and rng.random() < crash_p["spill"]:
+                if sites and rng.random() < crash_p["spill"] and (crash_filter is None or crash_filter()):
                     stats["spill_crashes"] += 1
                     raise _Crash  # save_site_states has committed: the texts are saved, still in memory
                 real(sites)
@@ -687,3 +690,20 @@ def test_a_channel_judged_by_its_timer_is_not_left_parked_in_memory_after_a_full
     assert ch.held == 0
     assert ch.text is None or ch.text is SPILLED, "the extensometer keeps its packed text in memory after a full save"
     assert resident == 0, f"{resident} channel(s) keep their packed text in memory after a full save"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "DEFECT (older than this session, not caused by parking: the same run with park_after_s None on both sides, "
+    "and the code of 1af0564~1 under the same crashes, do it too): with an event clock and batches of 9, a "
+    "detection crashed right after a step's save committed announces, while its restart reads on, 'BSH-EXT1: "
+    "data again after 0.1 h of silence' (nodata_end, and the same for BSH-GNSS1) with no 'no data' before it; "
+    "the detection never stopped announces neither (its devices were never silent then: 0.1 h is below the "
+    "0.5 h silence). The restarted silence timers (NoDataMonitor restored from the rows, moved by "
+    "judge.replay_fusion_timers in event time) hold a device silent that never was. Mechanism not pinned further; "
+    "seed-dependent reproduction."))
+def test_an_event_time_detection_crashed_after_a_steps_save_announces_no_silence_end_the_other_does_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(detection, "BATCH", 9)
+    out = _run(tmp_path, 100, rounds=24, event_time=True, parks=(None,), resume_crash=0.0)
+    assert out["stats"]["spill_crashes"] > 3
+    assert not out["problems"] and not out["missing"]
+    assert not out["twice"], f"announced by the restarted one only: {list(out['twice'])[:2]}"
