@@ -486,6 +486,8 @@ class SiteFusion:
         #: Saved parts a restored channel could not restore and started afresh instead: (site,
         #: device, channel, part, error), for the service to report (this room does no I/O).
         self.unreadable: list[tuple[str, str, str, str, str]] = []
+        #: Sites whose saved entry the last restore could not read: they start afresh.
+        self.failed: set[str] = set()
         #: Park a channel (``_Channel``) not judged a reading for this long, by the readings'
         #: own arrival (event) times, when its site's row is written (``site_row``); None: never.
         self.park_after_s: float | None = None
@@ -712,7 +714,10 @@ class SiteFusion:
                 changed = changed or ch.levels.get(name) != v.level
                 ch.levels[name] = v.level
             ch.verdicts[name] = v
-        new_ch = max(ch.levels.values(), default=0)
+        # No level yet from its detectors (a channel started afresh: its saved state damaged, its
+        # stages gone with a registry change): it keeps the level it had until they judge, so a
+        # damaged disk page does not lift a warning ("all channels back to normal").
+        new_ch = max(ch.levels.values()) if ch.levels else ch.level
         # While a channel is held above its site for want of confirmation, every reading of
         # the site asks again: a forecast that turns clean (or comes within the window), on
         # this channel or another, confirms without any level changing.
@@ -1187,6 +1192,7 @@ class SiteFusion:
         channel whose text was saved apart (``site_rows``) is restored spilled, read back from
         ``text_source`` when it is needed."""
         self._sites.clear()
+        self.failed.clear()
         per_site: dict[str, int] = {}
         self._restore_sites(state.get("sites", {}), per_site)
         self._restore_rest(state, per_site)
@@ -1196,6 +1202,7 @@ class SiteFusion:
         dropped: a restart of a national fleet does not hold every site's parsed row at once
         (issue 17: hundreds of megabytes at 250,000 devices, kept by the allocator after)."""
         self._sites.clear()
+        self.failed.clear()
         per_site: dict[str, int] = {}
 
         def rest_of(part: dict[str, Any]) -> dict[str, Any]:
@@ -1207,52 +1214,68 @@ class SiteFusion:
     def _restore_sites(self, sites: dict[str, Any], per_site: dict[str, int]) -> None:
         for skey, sd in sites.items():
             site, _, ex = skey.rpartition("|")
-            if site not in self.registry.sites:
+            if site not in self.registry.sites or site in self.failed:
                 continue
-            st = self._site(site, ex == "1")
-            st.level = int(sd["level"])
-            # A snapshot from before confirmations were kept: a level at or above the
-            # confirmation level was confirmed, or the site would not have reached it.
-            policy = self.registry.sites[site].policy
-            st.confirmed = int(sd.get("confirmed", st.level if st.level >= policy.confirm_from_level else 0))
-            st.held = True  # not in the snapshot: the first reading works it out again
-            st.quality = {str(f): int(n) for f, n in sd.get("quality", {}).items()}
-            for flag, n in st.quality.items():
-                per_site[flag] = per_site.get(flag, 0) + n
-            for key, cd in sd["channels"].items():
-                device, _, channel = key.partition("/")
-                info = self.registry.channel(site, device, channel)
-                if info is None:
-                    continue
-                if "z" in cd or "t" in cd:  # parked as saved (``site_row``): not even parsed until needed
-                    ch = st.channels[f"{device}/{channel}"] = _Channel(info, None, _NO_DETECTORS)
-                    ch.level, ch.suspect = int(cd["level"]), int(cd["suspect"])
-                    if "z" not in cd:  # spilled (``site_rows``): (a restore without them starts it afresh)
-                        _park(ch, _SPILLED)
-                        if self.text_source is None:
-                            self._fetch(ch)
-                        continue
-                    try:
-                        _park(ch, base64.b64decode(cd["z"], validate=True))
-                    except (binascii.Error, TypeError, ValueError) as exc:
-                        self.unreadable.append((site, device, channel, "parked", f"{type(exc).__name__}: {exc}"[:200]))
-                    continue
-                # Built on its first reading (``_unpack``): a restart does not build every bank.
-                # The stages it still has (the others are dropped), checked as a parked text is.
-                ch = st.channels[f"{device}/{channel}"] = _Channel(info, None, [])
+            try:
+                self._restore_site(site, ex == "1", sd, per_site)
+            except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+                # A damaged entry (the disk, a hand edit) must not keep detection from starting:
+                # the site's state starts afresh, and the service reads its readings again
+                # (``failed``) rather than taking its row's position for them.
+                for exercise in (False, True):  # (its real and drill state go together)
+                    st = self._sites.pop((site, exercise), None)
+                    for flag, n in (st.quality if st is not None else {}).items():
+                        per_site[flag] -= n
+                self.failed.add(site)
+                self.unreadable.append((site, "-", "-", "row", f"{type(exc).__name__}: {exc}"[:200]))
+
+    def _restore_site(self, site: str, exercise: bool, sd: Any, per_site: dict[str, int]) -> None:
+        st = self._site(site, exercise)
+        st.level = int(sd["level"])
+        # A snapshot from before confirmations were kept: a level at or above the
+        # confirmation level was confirmed, or the site would not have reached it.
+        policy = self.registry.sites[site].policy
+        st.confirmed = int(sd.get("confirmed", st.level if st.level >= policy.confirm_from_level else 0))
+        st.held = True  # not in the snapshot: the first reading works it out again
+        quality = {str(f): int(n) for f, n in sd.get("quality", {}).items()}
+        for key, cd in sd["channels"].items():
+            device, _, channel = key.partition("/")
+            info = self.registry.channel(site, device, channel)
+            if info is None:
+                continue
+            if "z" in cd or "t" in cd:  # parked as saved (``site_row``): not even parsed until needed
+                ch = st.channels[f"{device}/{channel}"] = _Channel(info, None, _NO_DETECTORS)
                 ch.level, ch.suspect = int(cd["level"]), int(cd["suspect"])
+                if "z" not in cd:  # spilled (``site_rows``): (a restore without them starts it afresh)
+                    _park(ch, _SPILLED)
+                    if self.text_source is None:
+                        self._fetch(ch)
+                    continue
                 try:
-                    ch.saved, ch.levels, ch.verdicts = _opened(cd, detector_names(info, self.registry))
-                except _UNPARKABLE as exc:
-                    self.unreadable.append((site, device, channel, "saved", f"{type(exc).__name__}: {exc}"[:200]))
+                    _park(ch, base64.b64decode(cd["z"], validate=True))
+                except (binascii.Error, TypeError, ValueError) as exc:
+                    self.unreadable.append((site, device, channel, "parked", f"{type(exc).__name__}: {exc}"[:200]))
+                continue
+            # Built on its first reading (``_unpack``): a restart does not build every bank.
+            # The stages it still has (the others are dropped), checked as a parked text is.
+            ch = st.channels[f"{device}/{channel}"] = _Channel(info, None, [])
+            ch.level, ch.suspect = int(cd["level"]), int(cd["suspect"])
+            try:
+                ch.saved, ch.levels, ch.verdicts = _opened(cd, detector_names(info, self.registry))
+            except _UNPARKABLE as exc:
+                self.unreadable.append((site, device, channel, "saved", f"{type(exc).__name__}: {exc}"[:200]))
+        st.quality = quality  # (counted once the whole entry has been read)
+        for flag, n in quality.items():
+            per_site[flag] = per_site.get(flag, 0) + n
 
     def _restore_rest(self, state: dict[str, Any], per_site: dict[str, int]) -> None:
         if "nodata" in state:
             self.nodata.restore(state["nodata"])
         self._held, self._seq = [], 0
+        failed = self.failed  # (their readings are judged again, held ones too)
         for site, ex, device, channel, t, value, arrived in state.get("held", []):
             info = self.registry.channel(site, device, channel)
-            if info is None:
+            if info is None or site in failed:
                 continue
             self._seq += 1
             self._held.append((float(t), self._seq, info, float(value), bool(ex), float(arrived)))
@@ -1262,9 +1285,10 @@ class SiteFusion:
         # The total less what the sites carry: all of it from a snapshot of before per-site counts.
         self._quality_base = {f: int(n) - per_site.get(f, 0) for f, n in state.get("quality", {}).items() if int(n) - per_site.get(f, 0)}
         self.dirty.clear()  # as saved
-        self._health = {d: _Health.from_json(h) for d, h in state.get("health", {}).items() if d in self.registry.device_site}
+        self._health = {d: _Health.from_json(h) for d, h in state.get("health", {}).items()
+                        if d in self.registry.device_site and self.registry.device_site[d] not in failed}
         self._faults = {
             (str(s), str(d), str(c)): (float(code), float(since))
             for s, d, c, code, since in state.get("faults", [])
-            if self.registry.channel(str(s), str(d), str(c)) is not None
+            if self.registry.channel(str(s), str(d), str(c)) is not None and str(s) not in failed
         }

@@ -483,8 +483,17 @@ class Journal:
     def channel_text(self, site: str, key: str) -> bytes | None:
         """A channel's saved packed text (``save_site_states``' channels), or None: what detection
         reads a spilled channel back from (``SiteFusion.text_source``)."""
-        row = self.conn.execute("SELECT z FROM channel_state WHERE site=? AND key=?", (site, key)).fetchone()
-        return None if row is None else bytes(row[0])
+        try:
+            row = self.conn.execute("SELECT z FROM channel_state WHERE site=? AND key=?", (site, key)).fetchone()
+        except sqlite3.OperationalError:
+            raise  # locked, I/O: the file's or the machine's trouble, not this channel's
+        except sqlite3.DatabaseError as exc:  # a damaged page: that channel's text is lost
+            raise ValueError(f"its saved text cannot be read: {exc}") from exc
+        if row is None:
+            return None
+        if not isinstance(row[0], bytes):  # a hand edit: an INTEGER 2**62 would make bytes() allocate it
+            raise ValueError(f"its saved text is {type(row[0]).__name__}, not a blob")
+        return row[0]
 
     # -- sites' fused levels (for the console and a restart without saved state) -------------
 
@@ -720,7 +729,7 @@ class JournalReader:
             finally:
                 conn.execute("COMMIT")
         return ((None if row is None else json.loads(row[0])), [(str(a), int(b), int(c), str(d)) for a, b, c, d in rows],
-                {(str(a), str(b)): bytes(z) for a, b, z in texts})
+                {(str(a), str(b)): z for a, b, z in texts if isinstance(z, bytes)})  # (others: named unreadable)
 
     def site_levels(self) -> dict[str, int]:
         """Each site's fused level as the detection worker last saved it (a file the store

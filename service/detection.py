@@ -321,6 +321,10 @@ class Detection:
                 yield part
 
         self.fusion.restore_parts(header.get("globals", {}), parts())
+        for site in self.fusion.failed:  # an entry of its row unreadable: afresh, from the floor
+            log.error("a site's saved detector state is unreadable; the site starts afresh from the journal",
+                      extra=kv(site=site, error=next((u[4] for u in self.fusion.unreadable if u[0] == site and u[3] == "row"), "")))
+            skip.pop(site, None)
         self.position, self.status_position = int(header["floor"]), int(header["status_floor"])
         self._skip = {site: p for site, p in skip.items() if p[0] > self.position or p[1] > self.status_position}
         self._skip_upto = (max((p[0] for p in self._skip.values()), default=0), max((p[1] for p in self._skip.values()), default=0))
@@ -484,7 +488,6 @@ class Detection:
         # judged (SiteFusion.eager); not while a backlog is read.
         self.fusion.eager = not self._behind
         n = self._consume()
-        self.fusion.park_judged()
         if n:
             self.judged += n
             self.judging_s += time.perf_counter() - t0
@@ -500,6 +503,7 @@ class Detection:
         # changes: announced twice, or never (tests/test_state_fuzz.py). The chain's timers
         # run regardless: an escalation never waits behind a backlog.
         ticked = self.judge.at(self.clock.now(), fusion_timers=not self._behind)
+        self.fusion.park_judged()  # (after the timers: a held reading they judged too)
         self._loose.update(c.site for c in ticked)
         self._counted(ticked, True)  # a held reading judged by its timer may move its site's level
         if self._loose:
