@@ -218,7 +218,7 @@ def test_a_duty_officer_reads_drill_zone_past_forecast_robust_charts_and_the_nex
     that: past); with a failure still to come the forecast counts down instead."""
     import re
 
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
@@ -315,7 +315,9 @@ def test_a_duty_officer_reads_drill_zone_past_forecast_robust_charts_and_the_nex
             assert forecast.get_attribute("data-forecast") == "pending"
             before = forecast.text
             assert re.search(r"^forecast failure time .* \(in \d+ h \d+ min\)$", before), before
-            WebDriverWait(driver, 150, poll_frequency=1).until(lambda d: d.find_element(By.CSS_SELECTOR, ".warning-panel .forecast-line").text != before)
+            # The page redraws the line as it ticks: a line found just before a redraw is stale.
+            WebDriverWait(driver, 150, poll_frequency=1, ignored_exceptions=(StaleElementReferenceException,)).until(
+                lambda d: d.find_element(By.CSS_SELECTOR, ".warning-panel .forecast-line").text != before)
         wait('.chart[data-chart="rain"][data-y0]', 30, "the charts")
         wait('#timeline li.tl-entry[data-rule="raise"]', 20, "the timeline")
         assert zoned_everywhere("the site page") >= 4
