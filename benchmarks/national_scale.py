@@ -549,6 +549,8 @@ def run_size(devices: int, args: argparse.Namespace) -> Result:
         env["GEOWARN_SNAPSHOT_INTERVAL_S"] = str(args.snapshot_interval_s)
     if args.park_after_s is not None:
         env["GEOWARN_PARK_AFTER_S"] = str(args.park_after_s)
+    if args.live_channels_max is not None:
+        env["GEOWARN_LIVE_CHANNELS_MAX"] = str(args.live_channels_max)
     daemon = Daemon(work / "data", broker.url, extra_env=env, client_id="geowarn-national")
     daemon.log_path = work / "daemon.log"
     mon = fleet = prober = alerts = None
@@ -861,6 +863,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--snapshot-interval-s", type=float, default=None, help="GEOWARN_SNAPSHOT_INTERVAL_S (default: the daemon's, 60 s)")
     ap.add_argument("--park-after-s", type=float, default=None,
                     help="GEOWARN_PARK_AFTER_S (default: the daemon's, 30 s; 1e12: never park, as before issue 17's parking)")
+    ap.add_argument("--live-channels-max", type=int, default=None,
+                    help="GEOWARN_LIVE_CHANNELS_MAX (default: the daemon's, a quarter of the memory at 8 KB a channel)")
     ap.add_argument("--max-rss-gb", type=float, default=16.0)
     ap.add_argument("--no-restarts", action="store_true", help="no SIGKILL and clean-stop restarts (a large fleet's start and steady state only)")
     ap.add_argument("--seed", type=int, default=17)

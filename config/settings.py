@@ -116,6 +116,11 @@ class Settings(BaseSettings):
     # unpacks them. 0: at every save; inf: never, once judged (a burst that wakes the whole
     # fleet pays ~0.15 ms a channel).
     park_after_s: float = Field(default=30.0, ge=0)
+    # The most channels detection keeps live (their detectors built, ~7 KB each) at once: past
+    # it the least recently judged are parked whatever their rhythm, so a storm in which every
+    # device reports each minute slows detection (each reading wakes its channel, ~0.3 ms)
+    # instead of exhausting memory. 0: a quarter of the machine's memory at 8 KB a channel.
+    live_channels_max: int = Field(default=0, ge=0)
     # A worker told to stop with a backlog goes on with it this long, then leaves the rest to
     # the next start (the daemon gives a worker 60 s to stop: the checkpoint needs the rest).
     stop_drain_s: float = Field(default=30.0, gt=0, le=50)

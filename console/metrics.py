@@ -315,6 +315,7 @@ class GeoWarnCollector(Collector):
         behind = GaugeMetricFamily("geowarn_detection_lag_readings", "journal readings after detection's last checkpoint")
         unsaved = GaugeMetricFamily("geowarn_detection_unsaved_sites", "sites whose detector state changed since it was last saved (as of the last checkpoint)")
         replay = GaugeMetricFamily("geowarn_detection_restart_replay_readings", "journal readings a restart now would judge again to rebuild detector state not yet saved")
+        live = GaugeMetricFamily("geowarn_detection_live_channels", "channels whose detectors are built in memory (at most GEOWARN_LIVE_CHANNELS_MAX; the rest parked), as of the last checkpoint")
         resuming = GaugeMetricFamily("geowarn_detection_resuming", "1 while detection, just started, reads the journal on from its saved state (no warnings until it is done)")
         fleet = self._fleet()
         total = fleet.total
@@ -333,6 +334,8 @@ class GeoWarnCollector(Collector):
             if "unsaved_sites" in det:
                 unsaved.add_metric([], float(det["unsaved_sites"]))
                 replay.add_metric([], float(max(0, n_stored - int(det.get("floor", 0)))))
+            if "live_channels" in det:
+                live.add_metric([], float(det["live_channels"]))
             resuming.add_metric([], 1.0 if det.get("resuming") else 0.0)
         last_batch = MessageLogReader(self.data_dir / MESSAGES_FILE).last_id()
         lag = GaugeMetricFamily("geowarn_store_lag_batches", "message-log batches (of up to 2000 messages) not yet decoded into the journal")
@@ -340,7 +343,7 @@ class GeoWarnCollector(Collector):
         devices.add_metric([], float(total))
         online.add_metric([], float(n_online))
         ratio.add_metric([], n_online / total if total else 0.0)
-        yield from (stored, dead, lag, devices, online, ratio, judged, judging, behind, unsaved, replay, resuming)
+        yield from (stored, dead, lag, devices, online, ratio, judged, judging, behind, unsaved, replay, live, resuming)
 
     def _online(self, journal: JournalReader, fleet: _Fleet) -> int:
         """Registry devices with a channel whose newest reading (by event time) arrived within

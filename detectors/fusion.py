@@ -83,6 +83,7 @@ import heapq
 import json
 import math
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable
 from types import MappingProxyType
 from typing import Any, cast
@@ -503,6 +504,13 @@ class SiteFusion:
         #: readings being moments away.
         self.eager = False
         self._judged: list[_Channel] = []
+        #: The most channels kept live (built) at once, or None: no limit. Past it, the least
+        #: recently judged are parked (``park_over_budget``), whatever their rhythm: a storm
+        #: that has every device of a national fleet report each minute makes detection
+        #: slower (a reading of a parked channel wakes it), never run out of memory.
+        self.live_max: int | None = None
+        #: The live channels, least recently judged first (a channel's reading moves it last).
+        self._live: OrderedDict[_Channel, None] = OrderedDict()
 
     @property
     def quality(self) -> dict[str, int]:
@@ -546,6 +554,7 @@ class SiteFusion:
         if ch is None:
             guard = QualityGuard.for_kind(info.kind, interval_s=info.interval_s, low=info.low, high=info.high)
             ch = st.channels[key] = _Channel(info, guard, detectors_for(info, self.registry))
+            self._live[ch] = None
         return ch
 
     def _wake(self, ch: _Channel, bank: bool = True) -> None:
@@ -597,12 +606,43 @@ class SiteFusion:
         """Park the channels ``eager`` marked as their readings were judged (see ``eager``);
         returns how many. Their texts are saved with their sites' rows (``site_rows``)."""
         n = 0
+        live = self._live
         for ch in self._judged:
             if ch.text is None:
                 _park(ch, zlib.compress(_JSON(self._body(ch)).encode(), 1))
+                live.pop(ch, None)
                 n += 1
         self._judged = []
         return n
+
+    @property
+    def live(self) -> int:
+        """How many channels are live (their detectors built)."""
+        return len(self._live)
+
+    def park_over_budget(self) -> set[str]:
+        """Past ``live_max`` live channels, park the least recently judged until a tenth of
+        the budget is free (so this is not paid again at the next reading); returns their
+        sites, marked changed: their texts go with the sites' next rows (``site_rows``), and
+        are spilled once saved. Between batches, as ``park_judged``."""
+        cap, live = self.live_max, self._live
+        if cap is None or len(live) <= cap:
+            return set()
+        sites: set[str] = set()
+        target = cap - cap // 10
+        while len(live) > target:
+            ch, _ = live.popitem(last=False)
+            if ch.text is not None or ch.guard is None:
+                continue  # parked or reset meanwhile (a damaged text): nothing built to park
+            site = ch.info.site
+            key = f"{ch.info.device}/{ch.info.channel}"
+            if not any((st := self._sites.get((site, ex))) is not None and st.channels.get(key) is ch for ex in (False, True)):
+                continue  # a site restored afresh since: the channel is gone with it
+            _park(ch, zlib.compress(_JSON(self._body(ch)).encode(), 1))
+            if site not in self.dirty:
+                self.dirty[site] = self.dirty_mark
+            sites.add(site)
+        return sites
 
     def spill(self, sites: Iterable[str]) -> None:
         """The parked channels of these sites, whose texts (``site_rows``) were just saved, keep
@@ -641,6 +681,7 @@ class SiteFusion:
             self.unreadable.append((info.site, info.device, info.channel, name, f"{type(exc).__name__}: {exc}"[:200]))
             detectors, ch.levels, ch.verdicts = detectors_for(info, self.registry), {}, {}
         ch.guard, ch.detectors, ch.saved = guard, detectors, None
+        self._live[ch] = None
         return guard
 
     # -- readings ----------------------------------------------------------------------------
@@ -693,7 +734,11 @@ class SiteFusion:
             ch.suspect += 1
             st.quality["sensor_fault"] = st.quality.get("sensor_fault", 0) + 1
             return
-        g = (ch.guard or self._unpack(ch)).update(t, value)
+        if ch.guard is None:
+            g = self._unpack(ch).update(t, value)  # (live from here on, the last to be parked)
+        else:
+            self._live.move_to_end(ch)
+            g = ch.guard.update(t, value)
         if g.evidence.get("suspect"):
             ch.suspect += 1
             flag = str(g.evidence.get("flag", "suspect"))
@@ -1080,6 +1125,7 @@ class SiteFusion:
                 # after its reading is parked then, not left live until its site's next change.
                 if after is not None and (ch.touched <= self._newest - after or ch.gap >= after):
                     _park(ch, text)  # (also one whose verdicts the site's fusion opened)
+                    self._live.pop(ch, None)
                 if texts is not None:
                     texts.append((f"{ex}:{key}", text))
                     entry["t"] = 1
@@ -1192,6 +1238,7 @@ class SiteFusion:
         channel whose text was saved apart (``site_rows``) is restored spilled, read back from
         ``text_source`` when it is needed."""
         self._sites.clear()
+        self._live.clear()
         self.failed.clear()
         per_site: dict[str, int] = {}
         self._restore_sites(state.get("sites", {}), per_site)
@@ -1202,6 +1249,7 @@ class SiteFusion:
         dropped: a restart of a national fleet does not hold every site's parsed row at once
         (issue 17: hundreds of megabytes at 250,000 devices, kept by the allocator after)."""
         self._sites.clear()
+        self._live.clear()
         self.failed.clear()
         per_site: dict[str, int] = {}
 

@@ -46,6 +46,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable, Iterator
 from functools import partial
@@ -76,6 +77,9 @@ SNAPSHOT_KEY = "fusion.snapshot.v2"
 STATE_KEY = "fusion.state.v3"
 #: Time a step may spend saving sites changed for ``snapshot_interval_s`` or longer.
 SAVE_BUDGET_S = 0.02
+#: Saving the sites of channels parked for the live budget, per step: in a storm it follows
+#: the wakes, so their texts do not pile up in memory waiting for the age-ordered saves.
+EVICTED_BUDGET_S = 0.1
 #: Time a step may spend saving the sites of changes a timer announced (see ``step``).
 LOOSE_BUDGET_S = 0.5
 #: Time a checkpoint may spend saving the sites changed since their last save: periodic
@@ -144,6 +148,10 @@ class Detection:
         #: Sites are saved once changed for this long (the journal has what came since).
         self.save_after_s = float(s.snapshot_interval_s)
         self.fusion.park_after_s = float(s.park_after_s)
+        self.fusion.live_max = live_budget(s.live_channels_max)
+        #: Sites of channels parked for the budget (``SiteFusion.park_over_budget``), to be
+        #: saved soon: their texts are in memory until then.
+        self._evicted: set[str] = set()
         # Channels' texts are saved apart from their sites' rows, and parked ones kept saved
         # only (issue 17: a national fleet's quiet channels in hundreds of bytes each, not the
         # 1-2 KB of their text; a site's save writes the channels that spoke, not all again).
@@ -277,12 +285,14 @@ class Detection:
         gc.disable()
         try:
             if self.position < silent_until and (n := self._consume(emit=False, upto=silent_until)):
+                self.fusion.park_over_budget()
                 return n
             # Judged and announced until the journal runs out (statuses after the last reading
             # too), or one more batch once past where it stood at the start: a stream that goes
             # on arriving faster than it is judged must not keep the start from ever ending.
             at_start_head = self.position >= catch_up_to
             if self._consume() and not at_start_head:
+                self.fusion.park_over_budget()  # (in memory until the sites' first saves, after the start)
                 return 1
         finally:
             if collecting:
@@ -504,6 +514,7 @@ class Detection:
         # run regardless: an escalation never waits behind a backlog.
         ticked = self.judge.at(self.clock.now(), fusion_timers=not self._behind)
         self.fusion.park_judged()  # (after the timers: a held reading they judged too)
+        self._evicted |= self.fusion.park_over_budget()
         self._loose.update(c.site for c in ticked)
         self._counted(ticked, True)  # a held reading judged by its timer may move its site's level
         if self._loose:
@@ -511,6 +522,9 @@ class Detection:
             # it was, so its site is saved now (a crash before would announce it again).
             self.save_sites(LOOSE_BUDGET_S, only=self._loose)
             self._loose = set()
+        if self._evicted:  # saved soon, so their texts are spilled: parked for memory's sake
+            self.save_sites(EVICTED_BUDGET_S, only=self._evicted)
+            self._evicted = {site for site in self._evicted if site in self.fusion.dirty}
         self.save_sites(SAVE_BUDGET_S, older_than_s=self.save_after_s)
         return n
 
@@ -581,6 +595,7 @@ class Detection:
         would judge again, and whether a start is still reading on from its saved floor."""
         self.journal.set_state(DETECTION_STATS_KEY, {"readings": self.judged, "seconds": self.judging_s, "position": self.position,
                                                      "unsaved_sites": len(self.fusion.dirty), "floor": floor,
+                                                     "live_channels": self.fusion.live,
                                                      "resuming": self.resuming is not None})
 
     def save_clock_health(self) -> None:
@@ -840,6 +855,31 @@ class DetectionJob:
         self.journal.close()
         if self._tokens is not None:
             self._tokens.close()
+
+
+def live_budget(configured: int, memory: int | None = None) -> int:
+    """The live channels' budget (``SiteFusion.live_max``): ``GEOWARN_LIVE_CHANNELS_MAX``, or
+    for 0 a quarter of the memory this process may use (the machine's, or its cgroup's limit
+    if lower) at 8 KB a live channel, at least 10,000."""
+    if configured:
+        return configured
+    if memory is None:
+        memory = _memory_limit()
+    return max(10_000, memory // 4 // 8192)
+
+
+def _memory_limit() -> int:
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        memory = 4 << 30  # (not a POSIX system that says: assume a small machine)
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()  # cgroup v2; "max": none
+        if limit.isdigit():
+            memory = min(memory, int(limit))
+    except OSError:
+        pass
+    return memory
 
 
 def saved_state(reader: Any) -> dict[str, Any] | None:
