@@ -47,3 +47,23 @@ def test_the_journal_keeps_nothing_per_channel(tmp_path):
     tracemalloc.stop()
     j.close()
     assert kept < 20 * 600, kept  # under 20 bytes a channel: the connection, no map of the series
+
+
+def test_a_restart_reads_the_series_without_holding_them_all_twice(tmp_path):
+    """A restart finds every series in the table. Read into a map of their own first, a
+    national fleet's million rows took the store worker from ~500 to ~950 MB for good
+    (BENCHMARKS.md, "National scale", row G: freed, but not given back to the system); read a
+    row at a time, what is allocated beyond the result is a fraction of it."""
+    reg = _registry("420527", "crack", extra=True)
+    j = Journal(tmp_path / "j.sqlite")
+    first = {(c.site, c.device, c.channel): sid for c, sid in j.series_ids(reg).items()}
+    gc.collect()
+    tracemalloc.start()
+    try:
+        again = j.series_ids(reg)
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    j.close()
+    assert {(c.site, c.device, c.channel): sid for c, sid in again.items()} == first
+    assert peak - current < current // 4, (peak, current)
