@@ -285,18 +285,17 @@ class Detection:
         gc.disable()
         try:
             if self.position < silent_until and (n := self._consume(emit=False, upto=silent_until)):
-                self.fusion.park_over_budget()
                 return n
             # Judged and announced until the journal runs out (statuses after the last reading
             # too), or one more batch once past where it stood at the start: a stream that goes
             # on arriving faster than it is judged must not keep the start from ever ending.
             at_start_head = self.position >= catch_up_to
             if self._consume() and not at_start_head:
-                self.fusion.park_over_budget()  # (in memory until the sites' first saves, after the start)
                 return 1
         finally:
             if collecting:
                 gc.enable()
+            self._evicted |= self.fusion.park_over_budget()  # (saved once started: see step)
         took, floor = time.monotonic() - self._resume_started[0], self._resume_started[1]
         self.resuming = None
         self._started(self._persisted)

@@ -144,6 +144,7 @@ def test_detection_keeps_its_budget_over_a_real_journal(tmp_path: Any, monkeypat
         return det, j, sizes, loaded
 
     free, jf, _, _ = run(100_000, "free")
+    ids = {(c.site, c.device, c.channel): i for c, i in jf.series_ids(free.registry).items()}
     channels = sum(len(st.channels) for st in free.fusion._sites.values())
     assert free.fusion.live == channels > 8
     cap = channels // 3
@@ -158,12 +159,20 @@ def test_detection_keeps_its_budget_over_a_real_journal(tmp_path: Any, monkeypat
     assert j.get_state(DETECTION_STATS_KEY)["live_channels"] == det.fusion.live <= cap
     with sqlite3.connect(tmp_path / "budget.sqlite") as conn:
         assert conn.execute("SELECT count(*) FROM channel_state").fetchone()[0] >= channels - cap
-    j.close()
+    # A restart reads on from the rows through readings stored since (the start's replay
+    # keeps the budget too), and ends in the same state as detection without a budget.
+    more = [(sid, ts + 10_000 * k, float(k) * 5.0, 0, ts + 10_000 * k + 2_000) for k in range(120, 160) for sid in ids.values()]
+    jf.append(more)
+    while free.step():
+        pass
     jf.close()
-    # A restart continues from the rows: the same state as the fusion without a budget.
+    j.append(more)  # stored, and the detection stops before judging them
+    j.close()
     j2 = Journal(tmp_path / "budget.sqlite")
-    det2 = detection.Detection(loaded, j2, lambda *a, **k: None, ManualClock(ts / 1000 + 122 * 10))
+    det2 = detection.Detection(loaded, j2, lambda *a, **k: None, ManualClock(ts / 1000 + 161 * 10))
     det2.resume()
-    assert det2.fusion.live <= cap
+    assert det2.fusion.live <= cap and det2._evicted
     assert _norm(det2.fusion) == _norm(free.fusion)
+    det2.step()  # saved once started, and spilled
+    assert not det2._evicted and len(_spilled(det2.fusion)) >= channels - cap
     j2.close()
