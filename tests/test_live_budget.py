@@ -15,28 +15,24 @@ from typing import Any
 
 import pytest
 from geowarn.detectors.fusion import SiteFusion
-from test_parking import _norm, _readings, _Rows, _save, _spilled
+from test_parking import _events, _norm, _readings, _Rows, _save, _spilled
 
 
 def _fed(f: SiteFusion, rows: list[Any], saved: _Rows | None, start: int = 0, stop: int | None = None,
          every: int = 1, sizes: list[int] | None = None) -> list[Any]:
-    """Feed ``rows`` a reading at a time (``every`` readings a batch); after each batch park
-    over the budget and save the sites that parked (detection's ``step``), recording how many
-    channels were live then in ``sizes``."""
-    out = []
-    for i, (info, t, v, arrived, drill) in enumerate(rows[start:stop]):
-        out += f.update_all(info, t, v, False, arrived)
-        if drill:
-            out += f.update_all(info, t, v, True, arrived)
-        out += f.tick(arrived)
+    """Feed ``rows`` (``every`` readings a batch); after each batch park over the budget and
+    save the sites that parked (detection's ``step``), recording how many channels were live
+    then in ``sizes``."""
+
+    def batch_done(i: int) -> None:
         if i % every == every - 1:
-            f.park_judged()
             for site in sorted(f.park_over_budget()):
                 if saved is not None:
                     _save(f, site)
             if sizes is not None:
                 sizes.append(f.live)
-    return out
+
+    return _events(f, rows, start=start, stop=stop, after=batch_done)
 
 
 @pytest.mark.parametrize("spill", [False, True], ids=["parked", "spilled"])

@@ -14,6 +14,7 @@ import json
 import random
 import tracemalloc
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -44,9 +45,11 @@ def _readings(name: str, days: float | None = None) -> tuple[Any, list[tuple[Any
     return reg, out
 
 
-def _events(f: SiteFusion, rows: list[Any], park: int = 0, start: int = 0, stop: int | None = None) -> list[Any]:
+def _events(f: SiteFusion, rows: list[Any], park: int = 0, start: int = 0, stop: int | None = None,
+            after: Callable[[int], None] | None = None) -> list[Any]:
     """Feed ``rows``; with ``park``, write the site's row after every ``park``-th reading (which
-    parks every channel of the site if ``park_after_s`` is 0; spills them with a ``_Rows``)."""
+    parks every channel of the site if ``park_after_s`` is 0; spills them with a ``_Rows``);
+    ``after(i)``: called after the ``i``-th reading's (tests/test_live_budget.py)."""
     out = []
     for i, (info, t, v, arrived, drill) in enumerate(rows[start:stop]):
         out += f.update_all(info, t, v, False, arrived)
@@ -56,6 +59,8 @@ def _events(f: SiteFusion, rows: list[Any], park: int = 0, start: int = 0, stop:
         f.park_judged()  # (with ``eager``, as detection after each batch at the head)
         if park and i % park == 0:
             _save(f, info.site)
+        if after is not None:
+            after(i)
     return out
 
 
