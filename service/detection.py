@@ -236,6 +236,7 @@ class Detection:
                     continue
                 for t_ms, value in self.journal.recent(sid, latest - int(horizon_s * 1000) - 1):
                     self.fusion.update_all(info, t_ms / 1000.0, value)
+                self._evicted |= self.fusion.park_over_budget()  # (a national fleet's channels do not fit at once)
             self.position = self.journal.last_id()
             self._mark()
             self.fusion.dirty.update((site, self.fusion.dirty_mark) for site in self.registry.sites)
@@ -259,6 +260,8 @@ class Detection:
         # dropped; the levels they moved are saved with the rest, and their sites at once (no
         # position says they were announced: a crash would announce them again).
         ticked = self.judge.start(fusion_timers=not self._behind)  # (behind: at the head, by step)
+        # Held readings come due while detection was down built their channels again.
+        self._evicted |= self.fusion.park_over_budget()
         self._save_levels(self.registry.sites, drop=[s for s in persisted if s not in self.registry.sites])
         self.save_sites(None, only={c.site for c in ticked})
 
@@ -868,17 +871,41 @@ def live_budget(configured: int, memory: int | None = None) -> int:
 
 
 def _memory_limit() -> int:
+    """The memory this process may use: the machine's, or the lowest limit of its memory
+    cgroup or any cgroup above it (cgroup v2 ``memory.max``, v1 ``memory.limit_in_bytes``;
+    a systemd unit's ``MemoryMax=``, a container's limit)."""
     try:
         memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         memory = 4 << 30  # (not a POSIX system that says: assume a small machine)
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()  # cgroup v2; "max": none
-        if limit.isdigit():
-            memory = min(memory, int(limit))
-    except OSError:
-        pass
+    for limit in _cgroup_limit_files():
+        try:
+            text = Path(limit).read_text().strip()  # "max" (v2) or a huge number (v1): none
+        except OSError:
+            continue
+        if text.isdigit():
+            memory = min(memory, int(text))
     return memory
+
+
+def _cgroup_limit_files() -> list[str]:
+    """The memory limit files of this process's cgroups, from its own up to the root."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        lines = []
+    out = ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]  # (a container's own root)
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            base, name = "/sys/fs/cgroup", "memory.max"  # v2
+        elif "memory" in controllers.split(","):
+            base, name = "/sys/fs/cgroup/memory", "memory.limit_in_bytes"  # v1
+        else:
+            continue
+        parts = [p for p in path.split("/") if p and p != ".."]
+        out += [f"{base}/{'/'.join(parts[:n])}/{name}" for n in range(len(parts), 0, -1)]
+    return out
 
 
 def saved_state(reader: Any) -> dict[str, Any] | None:

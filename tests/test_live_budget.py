@@ -172,3 +172,36 @@ def test_detection_keeps_its_budget_over_a_real_journal(tmp_path: Any, monkeypat
     det2.step()  # saved once started, and spilled
     assert not det2._evicted and len(_spilled(det2.fusion)) >= channels - cap
     j2.close()
+
+
+@pytest.mark.parametrize("v", [1, 2])
+def test_the_automatic_budget_follows_the_lowest_limit_of_the_process_cgroups(tmp_path: Any, monkeypatch: Any, v: int) -> None:
+    """A systemd unit's ``MemoryMax=`` or a container's limit, on a parent of the process's
+    cgroup (v2) or on its memory cgroup (v1): the files redirected into a temporary folder."""
+    from pathlib import Path
+
+    from geowarn.service import detection
+
+    unit = "system.slice/geowarn.service"
+    if v == 2:
+        (tmp_path / "proc").mkdir()
+        (tmp_path / "proc" / "cgroup").write_text(f"0::/{unit}\n")
+        (tmp_path / "cg" / unit).mkdir(parents=True)
+        (tmp_path / "cg" / "memory.max").write_text("max\n")
+        (tmp_path / "cg" / "system.slice" / "memory.max").write_text(f"{3 << 30}\n")
+        (tmp_path / "cg" / unit / "memory.max").write_text("max\n")
+    else:
+        (tmp_path / "proc").mkdir()
+        (tmp_path / "proc" / "cgroup").write_text(f"5:devices:/\n4:memory:/{unit}\n0::/\n")
+        (tmp_path / "cg" / "memory" / unit).mkdir(parents=True)
+        (tmp_path / "cg" / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+        (tmp_path / "cg" / "memory" / unit / "memory.limit_in_bytes").write_text(f"{3 << 30}\n")
+    real = Path
+
+    def redirected(p: Any, *rest: Any) -> Path:
+        text = str(p).replace("/proc/self", str(tmp_path / "proc")).replace("/sys/fs/cgroup", str(tmp_path / "cg"))
+        return real(text, *rest)
+
+    monkeypatch.setattr(detection, "Path", redirected)
+    assert detection._memory_limit() == 3 << 30
+    assert detection.live_budget(0) == (3 << 30) // 4 // 8192

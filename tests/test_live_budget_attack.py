@@ -20,10 +20,10 @@ read on with one and the other way round) and parking by rhythm mostly off, anno
 changes once each and ends in the reference's state, its saved rows the live state, the budget
 held after every running step (90 more seeds tried by hand: the same).
 
-What breaks (``xfail(strict=True)``, reason starting "DEFECT"): the memory bound, not the
-events: a start without saved state builds every channel at once; the step that ends a restart
-leaves the channels of held readings released by the start's timers live past the budget until
-the next step; the automatic budget ignores cgroup v1 and nested cgroup v2 memory limits.
+What broke, and is mended (the memory bound, not the events): a start without saved state
+built every channel at once; the step that ends a restart left the channels of held readings
+released by the start's timers live past the budget until the next step; the automatic budget
+ignored cgroup v1 and nested cgroup v2 memory limits.
 """
 
 from __future__ import annotations
@@ -217,9 +217,8 @@ def _budgeted_run(tmp: Path, seed: int, budgets: tuple[int | None, ...], monkeyp
                 self.fusion.live_max = None
 
         def step(self) -> int:
-            ending_start = self.resuming is not None
             n = super().step()
-            if self.under_test and not ending_start:  # (the step that ends the start: see the xfail below)
+            if self.under_test:
                 f = self.fusion
                 _live_is_exact(f)
                 if f.live_max is not None:
@@ -300,11 +299,6 @@ def test_a_start_without_saved_state_is_back_within_the_budget_after_its_first_s
     j.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: a start without saved state (no fusion.state.v3 header: a first start over a journal, or an "
-    "unreadable header) rebuilds every channel from the journal's recent readings in Detection._resume's "
-    "else branch without park_over_budget: all the fleet's channels are live at once (here all 20 with "
-    "GEOWARN_LIVE_CHANNELS_MAX=2) until the first step; at 250,000 devices the GBs the budget exists to avoid"))
 def test_a_start_without_saved_state_keeps_the_budget_while_it_rebuilds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from geowarn.core.clock import ManualClock
 
@@ -328,11 +322,6 @@ def test_a_start_without_saved_state_keeps_the_budget_while_it_rebuilds(tmp_path
         j.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: live_budget(0) reads only /sys/fs/cgroup/memory.max at the cgroup root: a cgroup v1 limit "
-    "(memory/memory.limit_in_bytes: this machine runs cgroup v1) or a nested cgroup v2 limit (a systemd service's "
-    "MemoryMax=, /sys/fs/cgroup/<its path>/memory.max per /proc/self/cgroup) is ignored, so the budget is "
-    "drawn from the host's memory: 512 MiB allowed, ~25 GB on this host, 771,367 channels (~6 GB) budgeted"))
 def test_the_automatic_budget_follows_a_cgroup_v1_memory_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The file system the budget reads, as a container under cgroup v1 with a 512 MiB limit shows
     it (the sysfs paths redirected into a temporary directory: our code unchanged)."""
@@ -347,12 +336,6 @@ def test_the_automatic_budget_follows_a_cgroup_v1_memory_limit(tmp_path: Path, m
     assert detection._memory_limit() <= 512 << 20
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT (small, transient): the start's last replay step parks over the budget in its finally, then "
-    "_started runs judge.start, whose fusion timers release the held readings come due while detection was "
-    "down: their channels are built after the park, so the step that ends the start leaves more than the "
-    "budget live (here 6 with GEOWARN_LIVE_CHANNELS_MAX=1) until the next step; the crash harness saw it "
-    "only there (tests/test_live_budget.py asserts the budget after every step)"))
 def test_the_step_that_ends_the_start_leaves_no_more_than_the_budget_live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from geowarn.config.settings import example_path, load_all
     from geowarn.core.clock import ManualClock
