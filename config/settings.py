@@ -119,7 +119,8 @@ class Settings(BaseSettings):
     # The most channels detection keeps live (their detectors built, ~7 KB each) at once: past
     # it the least recently judged are parked whatever their rhythm, so a storm in which every
     # device reports each minute slows detection (each reading wakes its channel, ~0.3 ms)
-    # instead of exhausting memory. 0: a quarter of the machine's memory at 8 KB a channel.
+    # instead of exhausting memory. 0: a quarter of the memory (the machine's, or the lowest
+    # limit of its cgroups) at 8 KB a channel, at least 10,000.
     live_channels_max: int = Field(default=0, ge=0)
     # A worker told to stop with a backlog goes on with it this long, then leaves the rest to
     # the next start (the daemon gives a worker 60 s to stop: the checkpoint needs the rest).
