@@ -77,9 +77,10 @@ SNAPSHOT_KEY = "fusion.snapshot.v2"
 STATE_KEY = "fusion.state.v3"
 #: Time a step may spend saving sites changed for ``snapshot_interval_s`` or longer.
 SAVE_BUDGET_S = 0.02
-#: Saving the sites of channels parked for the live budget, per step: in a storm it follows
-#: the wakes, so their texts do not pile up in memory waiting for the age-ordered saves.
-EVICTED_BUDGET_S = 0.1
+#: Saving the sites of channels parked in memory (for the live budget; restored from old rows),
+#: per step: in a storm it follows the wakes, so their texts do not pile up in memory waiting
+#: for the age-ordered saves.
+SPILL_SOON_BUDGET_S = 0.1
 #: Time a step may spend saving the sites of changes a timer announced (see ``step``).
 LOOSE_BUDGET_S = 0.5
 #: Time a checkpoint may spend saving the sites changed since their last save: periodic
@@ -149,9 +150,10 @@ class Detection:
         self.save_after_s = float(s.snapshot_interval_s)
         self.fusion.park_after_s = float(s.park_after_s)
         self.fusion.live_max = live_budget(s.live_channels_max)
-        #: Sites of channels parked for the budget (``SiteFusion.park_over_budget``), to be
-        #: saved soon: their texts are in memory until then.
-        self._evicted: set[str] = set()
+        #: Sites whose parked channels hold their texts in memory (parked for the budget,
+        #: ``SiteFusion.park_over_budget``; restored from rows of before ``channel_state``), to
+        #: be saved soon, so that the texts are spilled.
+        self._spill_soon: set[str] = set()
         # Channels' texts are saved apart from their sites' rows, and parked ones kept saved
         # only (issue 17: a national fleet's quiet channels in hundreds of bytes each, not the
         # 1-2 KB of their text; a site's save writes the channels that spoke, not all again).
@@ -236,7 +238,7 @@ class Detection:
                     continue
                 for t_ms, value in self.journal.recent(sid, latest - int(horizon_s * 1000) - 1):
                     self.fusion.update_all(info, t_ms / 1000.0, value)
-                self._evicted |= self.fusion.park_over_budget()  # (a national fleet's channels do not fit at once)
+                self._spill_soon |= self.fusion.park_over_budget()  # (a national fleet's channels do not fit at once)
             self.position = self.journal.last_id()
             self._mark()
             self.fusion.dirty.update((site, self.fusion.dirty_mark) for site in self.registry.sites)
@@ -261,7 +263,7 @@ class Detection:
         # position says they were announced: a crash would announce them again).
         ticked = self.judge.start(fusion_timers=not self._behind)  # (behind: at the head, by step)
         # Held readings come due while detection was down built their channels again.
-        self._evicted |= self.fusion.park_over_budget()
+        self._spill_soon |= self.fusion.park_over_budget()
         self._save_levels(self.registry.sites, drop=[s for s in persisted if s not in self.registry.sites])
         self.save_sites(None, only={c.site for c in ticked})
 
@@ -298,7 +300,7 @@ class Detection:
         finally:
             if collecting:
                 gc.enable()
-            self._evicted |= self.fusion.park_over_budget()  # (saved once started: see step)
+            self._spill_soon |= self.fusion.park_over_budget()  # (saved once started: see step)
         took, floor = time.monotonic() - self._resume_started[0], self._resume_started[1]
         self.resuming = None
         self._started(self._persisted)
@@ -313,6 +315,7 @@ class Detection:
     def _restore_sites(self, header: dict[str, Any]) -> None:
         """The fusion state from the site rows, read on from the header's floor."""
         skip: dict[str, tuple[int, int]] = {}
+        inline: set[str] = set()
 
         def parts() -> Iterator[dict[str, Any]]:  # a row at a time, parsed and restored, not all at once
             for site, pos, spos, body in self.journal.site_states():
@@ -330,6 +333,8 @@ class Detection:
                               extra=kv(site=site, error=str(exc)[:200]))
                     continue
                 skip[site] = (pos, spos)
+                if '"z":' in body:  # texts inline (a row of before ``channel_state``): parked in memory
+                    inline.add(site)
                 yield part
 
         self.fusion.restore_parts(header.get("globals", {}), parts())
@@ -341,6 +346,12 @@ class Detection:
         self._skip = {site: p for site, p in skip.items() if p[0] > self.position or p[1] > self.status_position}
         self._skip_upto = (max((p[0] for p in self._skip.values()), default=0), max((p[1] for p in self._skip.values()), default=0))
         self._mark()
+        # Their texts go to ``channel_state`` with the sites' next saves, soon: after an upgrade
+        # a national fleet's would otherwise stay in memory (1-2 KB a channel) until each site
+        # next changes.
+        for site in inline - self.fusion.failed:
+            self.fusion.dirty.setdefault(site, self.fusion.dirty_mark)
+            self._spill_soon.add(site)
         if self._skip:
             log.info("detection state restored", extra=kv(sites=len(skip), replay_from=self.position, replay_sites_until=self._skip_upto[0]))
 
@@ -516,7 +527,7 @@ class Detection:
         # run regardless: an escalation never waits behind a backlog.
         ticked = self.judge.at(self.clock.now(), fusion_timers=not self._behind)
         self.fusion.park_judged()  # (after the timers: a held reading they judged too)
-        self._evicted |= self.fusion.park_over_budget()
+        self._spill_soon |= self.fusion.park_over_budget()
         self._loose.update(c.site for c in ticked)
         self._counted(ticked, True)  # a held reading judged by its timer may move its site's level
         if self._loose:
@@ -524,9 +535,9 @@ class Detection:
             # it was, so its site is saved now (a crash before would announce it again).
             self.save_sites(LOOSE_BUDGET_S, only=self._loose)
             self._loose = set()
-        if self._evicted:  # saved soon, so their texts are spilled: parked for memory's sake
-            self.save_sites(EVICTED_BUDGET_S, only=self._evicted)
-            self._evicted = {site for site in self._evicted if site in self.fusion.dirty}
+        if self._spill_soon:  # saved soon, so their texts are spilled: parked for memory's sake
+            self.save_sites(SPILL_SOON_BUDGET_S, only=self._spill_soon)
+            self._spill_soon = {site for site in self._spill_soon if site in self.fusion.dirty}
         self.save_sites(SAVE_BUDGET_S, older_than_s=self.save_after_s)
         return n
 

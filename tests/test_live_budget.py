@@ -167,10 +167,10 @@ def test_detection_keeps_its_budget_over_a_real_journal(tmp_path: Any, monkeypat
     j2 = Journal(tmp_path / "budget.sqlite")
     det2 = detection.Detection(loaded, j2, lambda *a, **k: None, ManualClock(ts / 1000 + 161 * 10))
     det2.resume()
-    assert det2.fusion.live <= cap and det2._evicted
+    assert det2.fusion.live <= cap and det2._spill_soon
     assert _norm(det2.fusion) == _norm(free.fusion)
     det2.step()  # saved once started, and spilled
-    assert not det2._evicted and len(_spilled(det2.fusion)) >= channels - cap
+    assert not det2._spill_soon and len(_spilled(det2.fusion)) >= channels - cap
     j2.close()
 
 

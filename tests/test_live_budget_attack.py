@@ -225,7 +225,7 @@ def _budgeted_run(tmp: Path, seed: int, budgets: tuple[int | None, ...], monkeyp
                     if f.live > f.live_max:
                         seen["live_over_budget_after_step"] += 1
                     seen["steps"] += 1
-                    seen["evicted_pending"] += bool(self._evicted)
+                    seen["evicted_pending"] += bool(self._spill_soon)
             return n
 
     monkeypatch.setattr(detection, "Detection", Budgeted)
