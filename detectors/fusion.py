@@ -489,6 +489,9 @@ class SiteFusion:
         self.unreadable: list[tuple[str, str, str, str, str]] = []
         #: Sites whose saved entry the last restore could not read: they start afresh.
         self.failed: set[str] = set()
+        #: The saved texts (``site_rows``' keys, by site) of channels the last restore dropped,
+        #: the registry no longer having them: the service deletes them with the sites' next rows.
+        self.dropped: list[tuple[str, str]] = []
         #: Park a channel (``_Channel``) not judged a reading for this long, by the readings'
         #: own arrival (event) times, when its site's row is written (``site_row``); None: never.
         self.park_after_s: float | None = None
@@ -1240,6 +1243,7 @@ class SiteFusion:
         self._sites.clear()
         self._live.clear()
         self.failed.clear()
+        self.dropped.clear()
         per_site: dict[str, int] = {}
         self._restore_sites(state.get("sites", {}), per_site)
         self._restore_rest(state, per_site)
@@ -1251,6 +1255,7 @@ class SiteFusion:
         self._sites.clear()
         self._live.clear()
         self.failed.clear()
+        self.dropped.clear()
         per_site: dict[str, int] = {}
 
         def rest_of(part: dict[str, Any]) -> dict[str, Any]:
@@ -1290,6 +1295,8 @@ class SiteFusion:
             device, _, channel = key.partition("/")
             info = self.registry.channel(site, device, channel)
             if info is None:
+                if isinstance(cd, dict) and "t" in cd:  # its text, saved apart, is for the service to drop
+                    self.dropped.append((site, f"{int(exercise)}:{key}"))
                 continue
             if "z" in cd or "t" in cd:  # parked as saved (``site_row``): not even parsed until needed
                 ch = st.channels[f"{device}/{channel}"] = _Channel(info, None, _NO_DETECTORS)

@@ -453,10 +453,11 @@ class Journal:
     # -- detection's state, per site ---------------------------------------------------------
 
     def save_site_states(self, rows: Iterable[tuple[str, int, int, str]], delete: Iterable[str] = (), state: Mapping[str, Any] | None = None,
-                         channels: Iterable[tuple[str, str, bytes]] = ()) -> None:
+                         channels: Iterable[tuple[str, str, bytes]] = (), drop_channels: Iterable[tuple[str, str]] = ()) -> None:
         """Write site rows (site, position, status position, JSON body) and channel rows (site,
         key, packed text: ``MIGRATION_6``), delete other sites' rows (and their channels') and
-        set state keys, in one transaction: what was saved before stays whole until this commits."""
+        channel rows (site, key) no row refers to any more, and set state keys, in one
+        transaction: what was saved before stays whole until this commits."""
         conn = self.conn
         delete = list(delete)
         conn.execute("BEGIN")
@@ -469,6 +470,7 @@ class Journal:
             conn.executemany("INSERT INTO channel_state (site, key, z) VALUES (?, ?, ?) ON CONFLICT(site, key) DO UPDATE SET z=excluded.z", channels)
             conn.executemany("DELETE FROM site_state WHERE site=?", ((s,) for s in delete))
             conn.executemany("DELETE FROM channel_state WHERE site=?", ((s,) for s in delete))
+            conn.executemany("DELETE FROM channel_state WHERE site=? AND key=?", drop_channels)
             for key, value in (state or {}).items():
                 if value is None:
                     conn.execute("DELETE FROM state WHERE key=?", (key,))

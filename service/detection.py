@@ -154,6 +154,8 @@ class Detection:
         #: ``SiteFusion.park_over_budget``; restored from rows of before ``channel_state``), to
         #: be saved soon, so that the texts are spilled.
         self._spill_soon: set[str] = set()
+        #: Saved texts of channels no longer in the registry, by site: deleted with its next row.
+        self._dropped: dict[str, list[str]] = {}
         # Channels' texts are saved apart from their sites' rows, and parked ones kept saved
         # only (issue 17: a national fleet's quiet channels in hundreds of bytes each, not the
         # 1-2 KB of their text; a site's save writes the channels that spoke, not all again).
@@ -349,7 +351,11 @@ class Detection:
         # Their texts go to ``channel_state`` with the sites' next saves, soon: after an upgrade
         # a national fleet's would otherwise stay in memory (1-2 KB a channel) until each site
         # next changes.
-        for site in inline - self.fusion.failed:
+        # The texts of channels no longer in the registry go with their sites' next rows, soon.
+        for site, key in self.fusion.dropped:
+            self._dropped.setdefault(site, []).append(key)
+        self.fusion.dropped = []
+        for site in (inline | self._dropped.keys()) - self.fusion.failed:
             self.fusion.dirty.setdefault(site, self.fusion.dirty_mark)
             self._spill_soon.add(site)
         if self._skip:
@@ -581,7 +587,9 @@ class Detection:
             if self._legacy:  # the one value of before goes once every site is in a row of its own
                 state[SNAPSHOT_KEY] = None
                 self._legacy = False
-        self.journal.save_site_states(rows, self._stale_rows, state, texts)
+        dropped = self._dropped
+        gone = [(site, key) for site, *_ in rows for key in dropped.pop(site, ())] if dropped else []
+        self.journal.save_site_states(rows, self._stale_rows, state, texts, gone)
         self._stale_rows = []
         self.fusion.spill(site for site, *_ in rows)  # their parked channels' texts are saved now
         return len(rows)

@@ -464,3 +464,54 @@ def test_detection_saves_texts_apart_and_a_damaged_one_is_one_channel_afresh(tmp
     bad = [fields_of(r) for r in caplog.records if "could not be restored" in r.getMessage()]
     assert len(bad) == 1 and bad[0]["part"] == "parked" and (bad[0]["site"], f"0:{bad[0]['device']}/{bad[0]['channel']}") == victim, bad
     j2.close()
+
+
+def test_a_device_gone_from_the_registry_has_its_saved_texts_deleted_with_its_sites_row(tmp_path: Any) -> None:
+    """Its channels' texts in ``channel_state`` went on for good (only a removed site's were
+    deleted): the next start drops them with the site's next row, and leaves the others."""
+    import sqlite3
+    import tomllib
+
+    from geowarn.config.settings import example_path, load_all
+    from geowarn.core.clock import ManualClock
+    from geowarn.ingest.journal import Journal
+    from geowarn.service import detection
+    from geowarn.simulators.scenario import Template, sites_toml, synthetic_sites
+
+    ts = 1_700_000_000_000
+    fleet = tomllib.loads(sites_toml(synthetic_sites(Template(devices_per_site=3, admin="420527"), 9)))
+
+    def loaded_with(sites: dict[str, Any], name: str) -> Any:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(sites_toml(sites))
+        ld = load_all(None, sites_path=path, roster_path=example_path("roster.example.toml"), find_file=False)
+        ld.settings = ld.settings.model_copy(update={"data_dir": tmp_path / "data"})
+        return ld
+
+    loaded = loaded_with(fleet, "all")
+    path = tmp_path / "journal.sqlite"
+    j = Journal(path)
+    ids = {(c.site, c.device, c.channel): i for c, i in j.series_ids(loaded.registry).items()}
+    j.append([(sid, ts + 600_000 * k, float(k), 0, ts + 600_000 * k + 5_000) for k in range(1, 6) for sid in ids.values()])
+    det = detection.Detection(loaded, j, lambda *a, **k: None, ManualClock(ts / 1000 + 6 * 600))
+    det.resume()
+    while det.step():
+        pass
+    det.save_snapshot(None)
+    j.close()
+
+    def keys() -> set[tuple[str, str]]:
+        with sqlite3.connect(path) as conn:
+            return set(conn.execute("SELECT site, key FROM channel_state WHERE key LIKE '0:%'").fetchall())
+
+    before = keys()
+    assert before == {(s, f"0:{d}/{c}") for s, d, c in ids}
+    gone = fleet["sites"][1]["devices"].pop()["device"]  # (a device of the second site out of the registry)
+    j2 = Journal(path)
+    det2 = detection.Detection(loaded_with(fleet, "fewer"), j2, lambda *a, **k: None, ManualClock(ts / 1000 + 7 * 600))
+    det2.resume()
+    det2.step()  # no new reading: the site's row is saved all the same
+    after = keys()
+    j2.close()
+    assert after == {(s, k) for s, k in before if not k.startswith(f"0:{gone}/")}
+    assert len(before) - len(after) == sum(1 for s, d, _ in ids if d == gone) > 0

@@ -35,11 +35,12 @@ not caused by parking (seen by the crash harness): a detection crashed after a s
 restart a device's silence ending that never began (event time), or a raise naming a sensor
 fault the one never stopped applied only after it.
 
-Seen, not pinned: a device removed from the registry leaves its channel_state rows for good (only
-a removed site's go); a text of another channel of the same kind is taken without a word (texts
-carry no identity). Rows restored from an old journal (inline ``z``) kept their texts in memory
-until their site next changed and was saved; they are now saved by the first steps (and the
-migration test checks it).
+Seen, not pinned: a text of another channel of the same kind is taken without a word (texts
+carry no identity). A device removed from the registry left its channel_state rows for good
+(only a removed site's went); they now go with the site's next row (tests/test_parking.py).
+Rows restored from an old journal (inline ``z``) kept their texts in memory until their site
+next changed and was saved; they are now saved by the first steps (the migration test checks
+it).
 """
 
 from __future__ import annotations
