@@ -213,6 +213,9 @@ class Detection:
                 self._restore_sites(header)
             elif snap is not None:  # the one-value state of before: restored, then saved per site and deleted
                 self.fusion.restore(snap["state"])
+                for site in self.fusion.failed:  # (no floor of its own to read on from: afresh from here)
+                    log.error("a site's saved detector state is unreadable; the site starts afresh",
+                              extra=kv(site=site, error=next((u[4] for u in self.fusion.unreadable if u[0] == site and u[3] == "row"), "")))
                 self.position = int(snap["position"])
                 if "status_position" in snap:
                     self.status_position = int(snap["status_position"])

@@ -347,6 +347,33 @@ def test_the_one_value_state_of_before_is_read_once_then_kept_per_site(loaded, t
     j.close()
 
 
+def test_a_damaged_site_of_the_one_value_state_of_before_starts_afresh_and_is_logged(loaded, tmp_path, caplog):
+    import logging
+
+    from geowarn.core.logfields import fields_of
+
+    j = Journal(tmp_path / "journal.sqlite")
+    feed = Feed(loaded, j, int(time.time() * 1000) - 41 * 600_000)
+    old = _detection(loaded, j)
+    feed.batch(steps=40)
+    _drain(old)
+    state = old.fusion.snapshot()
+    entry = next(iter(state["sites"]["BZM|0"]["channels"].values()))
+    entry["level"] = "not a level"  # a damaged value in one site's entry
+    j.set_state(detection.SNAPSHOT_KEY, {"position": old.position, "status_position": old.status_position, "state": state})
+    expected = _state(old)
+    del old
+    with caplog.at_level(logging.ERROR):
+        det = _detection(loaded, j)
+    bad = [fields_of(r) for r in caplog.records if "unreadable" in r.getMessage()]
+    assert [b["site"] for b in bad] == ["BZM"] and bad[0]["error"], bad
+    got, want = json.loads(_state(det)), json.loads(expected)
+    for site in ("BSH", "XK"):  # the others exactly as they were
+        assert got["sites"][f"{site}|0"] == want["sites"][f"{site}|0"]
+    assert got["sites"].get("BZM|0") != want["sites"]["BZM|0"]  # (afresh)
+    j.close()
+
+
 def test_rows_of_sites_no_longer_in_the_registry_are_dropped(loaded, tmp_path):
     j = Journal(tmp_path / "journal.sqlite")
     feed = Feed(loaded, j)
