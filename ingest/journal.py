@@ -486,6 +486,10 @@ class Journal:
         for site, pos, spos, body in self.conn.execute("SELECT site, position, status_position, body FROM site_state"):
             yield str(site), int(pos), int(spos), str(body)
 
+    def channel_keys(self, site: str) -> set[str]:
+        """The keys of a site's saved channel texts (``save_site_states``' channels)."""
+        return {str(k) for (k,) in self.conn.execute("SELECT key FROM channel_state WHERE site=?", (site,))}
+
     def channel_text(self, site: str, key: str) -> bytes | None:
         """A channel's saved packed text (``save_site_states``' channels), or None: what detection
         reads a spilled channel back from (``SiteFusion.text_source``)."""

@@ -48,6 +48,7 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
@@ -153,9 +154,12 @@ class Detection:
         #: Sites whose parked channels hold their texts in memory (parked for the budget,
         #: ``SiteFusion.park_over_budget``; restored from rows of before ``channel_state``), to
         #: be saved soon, so that the texts are spilled.
-        self._spill_soon: set[str] = set()
+        self._spill_soon: OrderedDict[str, None] = OrderedDict()
         #: Saved texts of channels no longer in the registry, by site: deleted with its next row.
         self._dropped: dict[str, list[str]] = {}
+        #: Sites started afresh (their rows unreadable): their next row replaces all their
+        #: saved texts (the channels not heard from since have none any more).
+        self._afresh: set[str] = set()
         # Channels' texts are saved apart from their sites' rows, and parked ones kept saved
         # only (issue 17: a national fleet's quiet channels in hundreds of bytes each, not the
         # 1-2 KB of their text; a site's save writes the channels that spoke, not all again).
@@ -243,7 +247,7 @@ class Detection:
                     continue
                 for t_ms, value in self.journal.recent(sid, latest - int(horizon_s * 1000) - 1):
                     self.fusion.update_all(info, t_ms / 1000.0, value)
-                self._spill_soon |= self.fusion.park_over_budget()  # (a national fleet's channels do not fit at once)
+                self._soon(self.fusion.park_over_budget())  # (a national fleet's channels do not fit at once)
             self.position = self.journal.last_id()
             self._mark()
             self.fusion.dirty.update((site, self.fusion.dirty_mark) for site in self.registry.sites)
@@ -268,7 +272,7 @@ class Detection:
         # position says they were announced: a crash would announce them again).
         ticked = self.judge.start(fusion_timers=not self._behind)  # (behind: at the head, by step)
         # Held readings come due while detection was down built their channels again.
-        self._spill_soon |= self.fusion.park_over_budget()
+        self._soon(self.fusion.park_over_budget())
         self._save_levels(self.registry.sites, drop=[s for s in persisted if s not in self.registry.sites])
         self.save_sites(None, only={c.site for c in ticked})
 
@@ -305,7 +309,7 @@ class Detection:
         finally:
             if collecting:
                 gc.enable()
-            self._spill_soon |= self.fusion.park_over_budget()  # (saved once started: see step)
+            self._soon(self.fusion.park_over_budget())  # (saved once started: see step)
         took, floor = time.monotonic() - self._resume_started[0], self._resume_started[1]
         self.resuming = None
         self._started(self._persisted)
@@ -336,9 +340,10 @@ class Detection:
                     # the site starts afresh from the floor, the others exactly where they were.
                     log.error("a site's saved detector state is unreadable; the site starts afresh from the journal",
                               extra=kv(site=site, error=str(exc)[:200]))
+                    self._afresh.add(site)
                     continue
                 skip[site] = (pos, spos)
-                if '"z":' in body:  # texts inline (a row of before ``channel_state``): parked in memory
+                if '"z":' in body or '"guard":' in body:  # texts inline, or the parts parsed (rows of before): in memory
                     inline.add(site)
                 yield part
 
@@ -347,6 +352,7 @@ class Detection:
             log.error("a site's saved detector state is unreadable; the site starts afresh from the journal",
                       extra=kv(site=site, error=next((u[4] for u in self.fusion.unreadable if u[0] == site and u[3] == "row"), "")))
             skip.pop(site, None)
+            self._afresh.add(site)
         self.position, self.status_position = int(header["floor"]), int(header["status_floor"])
         self._skip = {site: p for site, p in skip.items() if p[0] > self.position or p[1] > self.status_position}
         self._skip_upto = (max((p[0] for p in self._skip.values()), default=0), max((p[1] for p in self._skip.values()), default=0))
@@ -360,7 +366,7 @@ class Detection:
         self.fusion.dropped = []
         for site in (inline | self._dropped.keys()) - self.fusion.failed:
             self.fusion.dirty.setdefault(site, self.fusion.dirty_mark)
-            self._spill_soon.add(site)
+            self._spill_soon[site] = None
         if self._skip:
             log.info("detection state restored", extra=kv(sites=len(skip), replay_from=self.position, replay_sites_until=self._skip_upto[0]))
 
@@ -536,21 +542,28 @@ class Detection:
         # run regardless: an escalation never waits behind a backlog.
         ticked = self.judge.at(self.clock.now(), fusion_timers=not self._behind)
         self.fusion.park_judged()  # (after the timers: a held reading they judged too)
-        self._spill_soon |= self.fusion.park_over_budget()
+        self._soon(self.fusion.park_over_budget())
         self._loose.update(c.site for c in ticked)
         self._counted(ticked, True)  # a held reading judged by its timer may move its site's level
         if self._loose:
             # Announced by a timer or a status on its own, not by a reading: no position says
             # it was, so its site is saved now (a crash before would announce it again).
             self.save_sites(LOOSE_BUDGET_S, only=self._loose)
-            self._loose = set()
+            # Those the budget left for the next step stay (a crash would announce them again).
+            self._loose = {site for site in self._loose if site in self.fusion.dirty}
         if self._spill_soon:  # saved soon, so their texts are spilled: parked for memory's sake
             self.save_sites(SPILL_SOON_BUDGET_S, only=self._spill_soon)
-            self._spill_soon = {site for site in self._spill_soon if site in self.fusion.dirty}
+            soon, dirty = self._spill_soon, self.fusion.dirty
+            while soon and next(iter(soon)) not in dirty:  # saved (oldest first): what this step did, no more
+                soon.popitem(last=False)
         self.save_sites(SAVE_BUDGET_S, older_than_s=self.save_after_s)
         return n
 
-    def save_sites(self, budget_s: float | None, older_than_s: float = 0.0, only: set[str] | None = None) -> int:
+    def _soon(self, sites: Iterable[str]) -> None:
+        for site in sites:
+            self._spill_soon[site] = None
+
+    def save_sites(self, budget_s: float | None, older_than_s: float = 0.0, only: Iterable[str] | None = None) -> int:
         """Save the sites changed ``older_than_s`` ago or more (or those of ``only`` that
         changed), oldest change first, until ``budget_s`` of work (None: all of them), with the
         header, in one transaction; returns how many. Between batches only: the rows reflect
@@ -563,7 +576,7 @@ class Detection:
         rows: list[tuple[str, int, int, str]] = []
         texts: list[tuple[str, str, bytes]] = []
         skip = self._skip
-        for site in (dirty if only is None else [x for x in only if x in dirty]):
+        for site in (dirty if only is None else (x for x in only if x in dirty)):  # (only as far as the budget goes)
             mark = dirty[site]
             if only is None and mark is not None and now - mark[2] < older_than_s:
                 break  # oldest first: the rest changed later still
@@ -592,6 +605,12 @@ class Detection:
                 self._legacy = False
         dropped = self._dropped
         gone = [(site, key) for site, *_ in rows for key in dropped.pop(site, ())] if dropped else []
+        if self._afresh:
+            for site, *_ in rows:
+                if site in self._afresh:
+                    self._afresh.discard(site)
+                    written = {key for s, key, _ in texts if s == site}
+                    gone += [(site, key) for key in self.journal.channel_keys(site) - written]
         self.journal.save_site_states(rows, self._stale_rows, state, texts, gone)
         self._stale_rows = []
         self.fusion.spill(site for site, *_ in rows)  # their parked channels' texts are saved now
