@@ -413,6 +413,24 @@ def test_parking_changes_nothing_on_real_monitoring_data(name: str) -> None:
     assert _norm(parked) == _norm(ref) and parked.unreadable == []
 
 
+def _judged_journal(path: Any, loaded: Any, ts: int, rounds: int) -> tuple[Any, Any, dict[tuple[str, str, str], int]]:
+    """A real journal with ``rounds`` ten-minute readings of every channel of ``loaded``'s
+    registry, judged by the daemon's detection and saved in full: (journal, detection, ids)."""
+    from geowarn.core.clock import ManualClock
+    from geowarn.ingest.journal import Journal
+    from geowarn.service import detection
+
+    j = Journal(path)
+    ids = {(c.site, c.device, c.channel): i for c, i in j.series_ids(loaded.registry).items()}
+    j.append([(sid, ts + 600_000 * k, float(k), 0, ts + 600_000 * k + 5_000) for k in range(1, rounds + 1) for sid in ids.values()])
+    det = detection.Detection(loaded, j, lambda *a, **k: None, ManualClock(ts / 1000 + (rounds + 1) * 600))
+    det.resume()
+    while det.step():
+        pass
+    det.save_snapshot(None)
+    return j, det, ids
+
+
 def test_detection_saves_texts_apart_and_a_damaged_one_is_one_channel_afresh(tmp_path: Any, caplog: Any) -> None:
     """The daemon's detection over a real journal file: site rows hold no texts, the channels'
     are in ``channel_state``, parked ones are spilled, and one damaged on disk is that channel
@@ -430,14 +448,7 @@ def test_detection_saves_texts_apart_and_a_damaged_one_is_one_channel_afresh(tmp
     loaded = load_all(None, sites_path=example_path("sites.example.toml"), roster_path=example_path("roster.example.toml"), find_file=False)
     loaded.settings = loaded.settings.model_copy(update={"data_dir": tmp_path / "data"})
     path = tmp_path / "journal.sqlite"
-    j = Journal(path)
-    ids = {(c.site, c.device, c.channel): i for c, i in j.series_ids(loaded.registry).items()}
-    j.append([(sid, ts + 600_000 * k, float(k), 0, ts + 600_000 * k + 5_000) for k in range(1, 20) for sid in ids.values()])
-    det = detection.Detection(loaded, j, lambda *a, **k: None, ManualClock(ts / 1000 + 20 * 600))
-    det.resume()
-    while det.step():
-        pass
-    det.save_snapshot(None)
+    j, det, ids = _judged_journal(path, loaded, ts, rounds=19)
     chans = [ch for st in det.fusion._sites.values() for ch in st.channels.values()]
     assert len(chans) == len(ids) and all(ch.text is fusion._SPILLED for ch in chans)  # ten-minute channels: parked as judged
     bodies = [json.loads(body) for _, _, _, body in j.site_states()]
@@ -490,14 +501,7 @@ def test_a_device_gone_from_the_registry_has_its_saved_texts_deleted_with_its_si
 
     loaded = loaded_with(fleet, "all")
     path = tmp_path / "journal.sqlite"
-    j = Journal(path)
-    ids = {(c.site, c.device, c.channel): i for c, i in j.series_ids(loaded.registry).items()}
-    j.append([(sid, ts + 600_000 * k, float(k), 0, ts + 600_000 * k + 5_000) for k in range(1, 6) for sid in ids.values()])
-    det = detection.Detection(loaded, j, lambda *a, **k: None, ManualClock(ts / 1000 + 6 * 600))
-    det.resume()
-    while det.step():
-        pass
-    det.save_snapshot(None)
+    j, _, ids = _judged_journal(path, loaded, ts, rounds=5)
     j.close()
 
     def keys() -> set[tuple[str, str]]:

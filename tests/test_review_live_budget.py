@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import sqlite3
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -64,21 +63,27 @@ def test_live_counts_exactly_the_built_channels_through_parks_saves_snapshots_an
             assert f.live <= f.live_max
 
 
+def _one_device_sites(tmp_path: Path, n_sites: int) -> Any:
+    """The settings and a registry of ``n_sites`` one-device sites (the national template)."""
+    from geowarn.config.settings import example_path, load_all
+    from geowarn.simulators.scenario import Template, sites_toml, synthetic_sites
+
+    spath = tmp_path / "sites.toml"
+    spath.write_text(sites_toml(synthetic_sites(Template(devices_per_site=1, admin="420527"), n_sites)))
+    loaded = load_all(None, sites_path=spath, roster_path=example_path("roster.example.toml"), find_file=False)
+    loaded.settings = loaded.settings.model_copy(update={"data_dir": tmp_path / "data"})
+    return loaded
+
+
 def _fleet_detection(tmp_path: Path, n_sites: int) -> tuple[Any, Path, Any]:
     """A journal with one reading for each of ``n_sites`` one-device sites, judged and saved;
     then every site's row rewritten as rows were before ``channel_state`` (texts inline, ``z``)."""
-    from geowarn.config.settings import example_path, load_all
     from geowarn.core.clock import ManualClock
     from geowarn.ingest.journal import Journal
     from geowarn.service import detection
-    from geowarn.simulators.scenario import Template, sites_toml, synthetic_sites
 
     ts = 1_700_000_000_000
-    fleet = tomllib.loads(sites_toml(synthetic_sites(Template(devices_per_site=1, admin="420527"), n_sites)))
-    spath = tmp_path / "sites.toml"
-    spath.write_text(sites_toml(fleet))
-    loaded = load_all(None, sites_path=spath, roster_path=example_path("roster.example.toml"), find_file=False)
-    loaded.settings = loaded.settings.model_copy(update={"data_dir": tmp_path / "data"})
+    loaded = _one_device_sites(tmp_path, n_sites)
     path = tmp_path / "journal.sqlite"
     j = Journal(path)
     ids = j.series_ids(loaded.registry)
@@ -166,17 +171,12 @@ def test_a_device_gone_while_its_site_row_is_inline_leaves_no_text_and_the_rest_
 def test_a_site_restarted_afresh_leaves_no_text_its_new_row_does_not_refer_to(tmp_path: Path) -> None:
     import json
 
-    from geowarn.config.settings import example_path, load_all
     from geowarn.core.clock import ManualClock
     from geowarn.ingest.journal import Journal
     from geowarn.service import detection
-    from geowarn.simulators.scenario import Template, sites_toml, synthetic_sites
 
     ts = 1_700_000_000_000
-    spath = tmp_path / "sites.toml"
-    spath.write_text(sites_toml(synthetic_sites(Template(devices_per_site=1, admin="420527"), 3)))
-    loaded = load_all(None, sites_path=spath, roster_path=example_path("roster.example.toml"), find_file=False)
-    loaded.settings = loaded.settings.model_copy(update={"data_dir": tmp_path / "data"})
+    loaded = _one_device_sites(tmp_path, 3)
     path = tmp_path / "journal.sqlite"
     j = Journal(path)
     ids = {(c.site, c.device, c.channel): i for c, i in j.series_ids(loaded.registry).items()}
@@ -220,17 +220,12 @@ def test_a_site_restarted_afresh_leaves_no_text_its_new_row_does_not_refer_to(tm
     5,
 ])
 def test_silences_announced_by_a_timer_are_not_announced_again_after_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, steps: int) -> None:
-    from geowarn.config.settings import example_path, load_all
     from geowarn.core.clock import ManualClock
     from geowarn.ingest.journal import Journal
     from geowarn.service import detection
-    from geowarn.simulators.scenario import Template, sites_toml, synthetic_sites
 
     ts = 1_700_000_000_000
-    spath = tmp_path / "sites.toml"
-    spath.write_text(sites_toml(synthetic_sites(Template(devices_per_site=1, admin="420527"), 4)))
-    loaded = load_all(None, sites_path=spath, roster_path=example_path("roster.example.toml"), find_file=False)
-    loaded.settings = loaded.settings.model_copy(update={"data_dir": tmp_path / "data"})
+    loaded = _one_device_sites(tmp_path, 4)
     path = tmp_path / "journal.sqlite"
     j = Journal(path)
     ids = j.series_ids(loaded.registry)
