@@ -489,9 +489,10 @@ class SiteFusion:
         self.unreadable: list[tuple[str, str, str, str, str]] = []
         #: Sites whose saved entry the last restore could not read: they start afresh.
         self.failed: set[str] = set()
-        #: The saved texts (``site_rows``' keys, by site) of channels the last restore dropped,
-        #: the registry no longer having them: the service deletes them with the sites' next rows.
-        self.dropped: list[tuple[str, str]] = []
+        #: Sites of which the last restore dropped a channel with a text saved apart (the
+        #: registry no longer has it): the service deletes such texts with the sites' next rows
+        #: (``text_keys``).
+        self.dropped: set[str] = set()
         #: Park a channel (``_Channel``) not judged a reading for this long, by the readings'
         #: own arrival (event) times, when its site's row is written (``site_row``); None: never.
         self.park_after_s: float | None = None
@@ -1240,10 +1241,7 @@ class SiteFusion:
         are dropped; new ones start fresh (the registry may have changed between runs). A
         channel whose text was saved apart (``site_rows``) is restored spilled, read back from
         ``text_source`` when it is needed."""
-        self._sites.clear()
-        self._live.clear()
-        self.failed.clear()
-        self.dropped.clear()
+        self._cleared()
         per_site: dict[str, int] = {}
         self._restore_sites(state.get("sites", {}), per_site)
         self._restore_rest(state, per_site)
@@ -1252,10 +1250,7 @@ class SiteFusion:
         """``restore(assemble(globals_, parts))``, each part's sites restored as it comes and
         dropped: a restart of a national fleet does not hold every site's parsed row at once
         (issue 17: hundreds of megabytes at 250,000 devices, kept by the allocator after)."""
-        self._sites.clear()
-        self._live.clear()
-        self.failed.clear()
-        self.dropped.clear()
+        self._cleared()
         per_site: dict[str, int] = {}
 
         def rest_of(part: dict[str, Any]) -> dict[str, Any]:
@@ -1263,6 +1258,17 @@ class SiteFusion:
             return {**part, "sites": {k: {"quality": sd.get("quality", {})} for k, sd in part["sites"].items() if isinstance(sd, dict)}}
 
         self._restore_rest(self.assemble(globals_, (rest_of(p) for p in parts)), per_site)
+
+    def _cleared(self) -> None:
+        """Before a restore: no site, and nothing said of the last restore."""
+        self._sites.clear()
+        self._live.clear()
+        self.failed.clear()
+        self.dropped.clear()
+
+    def text_keys(self, site: str) -> set[str]:
+        """The keys of a site's channels as its saved row names their texts (``site_rows``)."""
+        return {f"{int(ex)}:{key}" for ex in (False, True) if (st := self._sites.get((site, ex))) is not None for key in st.channels}
 
     def _restore_sites(self, sites: dict[str, Any], per_site: dict[str, int]) -> None:
         for skey, sd in sites.items():
@@ -1296,7 +1302,7 @@ class SiteFusion:
             info = self.registry.channel(site, device, channel)
             if info is None:
                 if isinstance(cd, dict) and "t" in cd:  # its text, saved apart, is for the service to drop
-                    self.dropped.append((site, f"{int(exercise)}:{key}"))
+                    self.dropped.add(site)
                 continue
             if "z" in cd or "t" in cd:  # parked as saved (``site_row``): not even parsed until needed
                 ch = st.channels[f"{device}/{channel}"] = _Channel(info, None, _NO_DETECTORS)

@@ -155,11 +155,10 @@ class Detection:
         #: ``SiteFusion.park_over_budget``; restored from rows of before ``channel_state``), to
         #: be saved soon, so that the texts are spilled.
         self._spill_soon: OrderedDict[str, None] = OrderedDict()
-        #: Saved texts of channels no longer in the registry, by site: deleted with its next row.
-        self._dropped: dict[str, list[str]] = {}
-        #: Sites started afresh (their rows unreadable): their next row replaces all their
-        #: saved texts (the channels not heard from since have none any more).
-        self._afresh: set[str] = set()
+        #: Sites whose saved texts may include some their row no longer names (a channel gone
+        #: from the registry; the site started afresh, its row unreadable): those go with the
+        #: site's next row.
+        self._tidy: set[str] = set()
         # Channels' texts are saved apart from their sites' rows, and parked ones kept saved
         # only (issue 17: a national fleet's quiet channels in hundreds of bytes each, not the
         # 1-2 KB of their text; a site's save writes the channels that spoke, not all again).
@@ -217,9 +216,7 @@ class Detection:
                 self._restore_sites(header)
             elif snap is not None:  # the one-value state of before: restored, then saved per site and deleted
                 self.fusion.restore(snap["state"])
-                for site in self.fusion.failed:  # (no floor of its own to read on from: afresh from here)
-                    log.error("a site's saved detector state is unreadable; the site starts afresh",
-                              extra=kv(site=site, error=next((u[4] for u in self.fusion.unreadable if u[0] == site and u[3] == "row"), "")))
+                self._log_failed("the site starts afresh")  # (no floor of its own to read on from: from here)
                 self.position = int(snap["position"])
                 if "status_position" in snap:
                     self.status_position = int(snap["status_position"])
@@ -340,7 +337,7 @@ class Detection:
                     # the site starts afresh from the floor, the others exactly where they were.
                     log.error("a site's saved detector state is unreadable; the site starts afresh from the journal",
                               extra=kv(site=site, error=str(exc)[:200]))
-                    self._afresh.add(site)
+                    self._tidy.add(site)
                     continue
                 skip[site] = (pos, spos)
                 if '"z":' in body or '"guard":' in body:  # texts inline, or the parts parsed (rows of before): in memory
@@ -348,27 +345,28 @@ class Detection:
                 yield part
 
         self.fusion.restore_parts(header.get("globals", {}), parts())
-        for site in self.fusion.failed:  # an entry of its row unreadable: afresh, from the floor
-            log.error("a site's saved detector state is unreadable; the site starts afresh from the journal",
-                      extra=kv(site=site, error=next((u[4] for u in self.fusion.unreadable if u[0] == site and u[3] == "row"), "")))
+        self._log_failed("the site starts afresh from the journal")  # an entry of its row unreadable: from the floor
+        for site in self.fusion.failed:
             skip.pop(site, None)
-            self._afresh.add(site)
+        self._tidy |= self.fusion.failed | self.fusion.dropped
         self.position, self.status_position = int(header["floor"]), int(header["status_floor"])
         self._skip = {site: p for site, p in skip.items() if p[0] > self.position or p[1] > self.status_position}
         self._skip_upto = (max((p[0] for p in self._skip.values()), default=0), max((p[1] for p in self._skip.values()), default=0))
         self._mark()
-        # Their texts go to ``channel_state`` with the sites' next saves, soon: after an upgrade
-        # a national fleet's would otherwise stay in memory (1-2 KB a channel) until each site
-        # next changes.
-        # The texts of channels no longer in the registry go with their sites' next rows, soon.
-        for site, key in self.fusion.dropped:
-            self._dropped.setdefault(site, []).append(key)
-        self.fusion.dropped = []
-        for site in (inline | self._dropped.keys()) - self.fusion.failed:
+        # Rows of before hold their texts in memory: saved soon, the texts go to ``channel_state``
+        # (after an upgrade a national fleet's would otherwise stay, 1-2 KB a channel, until each
+        # site next changes). The texts of channels gone from the registry go soon too.
+        for site in (inline | self.fusion.dropped) - self.fusion.failed:
             self.fusion.dirty.setdefault(site, self.fusion.dirty_mark)
             self._spill_soon[site] = None
         if self._skip:
             log.info("detection state restored", extra=kv(sites=len(skip), replay_from=self.position, replay_sites_until=self._skip_upto[0]))
+
+    def _log_failed(self, what: str) -> None:
+        """Log the sites the restore could not read an entry of (``SiteFusion.failed``)."""
+        for site in self.fusion.failed:
+            error = next((u[4] for u in self.fusion.unreadable if u[0] == site and u[3] == "row"), "")
+            log.error(f"a site's saved detector state is unreadable; {what}", extra=kv(site=site, error=error))
 
     def _mark(self) -> None:
         """What a site changed from now on is saved against: the positions judged so far."""
@@ -603,14 +601,12 @@ class Detection:
             if self._legacy:  # the one value of before goes once every site is in a row of its own
                 state[SNAPSHOT_KEY] = None
                 self._legacy = False
-        dropped = self._dropped
-        gone = [(site, key) for site, *_ in rows for key in dropped.pop(site, ())] if dropped else []
-        if self._afresh:
+        gone: list[tuple[str, str]] = []
+        if self._tidy:
             for site, *_ in rows:
-                if site in self._afresh:
-                    self._afresh.discard(site)
-                    written = {key for s, key, _ in texts if s == site}
-                    gone += [(site, key) for key in self.journal.channel_keys(site) - written]
+                if site in self._tidy:
+                    self._tidy.discard(site)
+                    gone += [(site, key) for key in self.journal.channel_keys(site) - self.fusion.text_keys(site)]
         self.journal.save_site_states(rows, self._stale_rows, state, texts, gone)
         self._stale_rows = []
         self.fusion.spill(site for site, *_ in rows)  # their parked channels' texts are saved now
