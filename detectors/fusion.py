@@ -610,14 +610,17 @@ class SiteFusion:
         """Park the channels ``eager`` marked as their readings were judged (see ``eager``);
         returns how many. Their texts are saved with their sites' rows (``site_rows``)."""
         n = 0
-        live = self._live
         for ch in self._judged:
             if ch.text is None:
-                _park(ch, zlib.compress(_JSON(self._body(ch)).encode(), 1))
-                live.pop(ch, None)
+                self._park_live(ch, zlib.compress(_JSON(self._body(ch)).encode(), 1))
                 n += 1
         self._judged = []
         return n
+
+    def _park_live(self, ch: _Channel, text: bytes) -> None:
+        """Park a channel, and count it live no more."""
+        _park(ch, text)
+        self._live.pop(ch, None)
 
     @property
     def live(self) -> int:
@@ -1128,8 +1131,7 @@ class SiteFusion:
                 # Idle, or reporting at least that far apart: a ten-minute channel saved 20 s
                 # after its reading is parked then, not left live until its site's next change.
                 if after is not None and (ch.touched <= self._newest - after or ch.gap >= after):
-                    _park(ch, text)  # (also one whose verdicts the site's fusion opened)
-                    self._live.pop(ch, None)
+                    self._park_live(ch, text)  # (also one whose verdicts the site's fusion opened)
                 if texts is not None:
                     texts.append((f"{ex}:{key}", text))
                     entry["t"] = 1
