@@ -385,10 +385,11 @@ def test_a_row_from_before_parking_with_a_damaged_channel_starts_that_channel_af
 REAL = ["three_gorges_baishuihe_bazimen", "lamosano_italy", "cubatao_brazil_rain_landslides"]
 
 
-@pytest.mark.parametrize("name", REAL)
-def test_parking_changes_nothing_on_real_monitoring_data(name: str) -> None:
+@pytest.mark.parametrize("name,how", [(name, "parked") for name in REAL] + [(name, "budget") for name in REAL[:2]])  # (Cubatão: one channel)
+def test_parking_changes_nothing_on_real_monitoring_data(name: str, how: str) -> None:
     """Data GeoWarn did not generate (../shared/data: Three Gorges GPS, Lamosano displacement,
-    Cubatão rain), parked after every reading, against a fusion that never parks."""
+    Cubatão rain), parked after every reading (or, ``budget``, spilled past a live budget of
+    one channel: tests/test_live_budget.py), against a fusion that never parks."""
     import itertools
     import statistics
 
@@ -401,13 +402,24 @@ def test_parking_changes_nothing_on_real_monitoring_data(name: str) -> None:
     times = sorted({r.t for r in rows})
     reg = acc.stated_registry(rows, statistics.median(b - a for a, b in itertools.pairwise(times)), name)
     ref, parked = SiteFusion(reg), SiteFusion(reg)
-    parked.park_after_s = 0.0
+    if how == "parked":
+        parked.park_after_s = 0.0
+    else:
+        _Rows().attach(parked)
+        parked.live_max = 1
     expected, got = [], []
     for r in rows:
         info = reg.channel(r.site, r.device, r.channel)
         expected += ref.update_all(info, r.t, r.value) + ref.tick(r.t)
         got += parked.update_all(info, r.t, r.value) + parked.tick(r.t)
-        parked.site_row(r.site)
+        if how == "parked":
+            parked.site_row(r.site)
+        else:
+            for site in parked.park_over_budget():
+                _save(parked, site)
+            assert parked.live <= 1
+    if how == "budget":  # parked past the budget again and again: the comparison means something
+        assert len(_spilled(parked)) >= len({(r.site, r.device, r.channel) for r in rows}) - 1 >= 1
     assert len(expected) >= 3 and max(e.level for e in expected) >= 2  # the data raise warnings: the comparison means something
     assert got == expected
     assert _norm(parked) == _norm(ref) and parked.unreadable == []
