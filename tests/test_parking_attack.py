@@ -256,6 +256,36 @@ def test_under_a_changed_registry_packed_rows_continue_as_plain_rows() -> None:
 TS = 1_700_000_000_000
 
 
+def _a_round(rng: random.Random, step: int, keys: Any, ids: Any, value: dict[Any, float], devices: Any,
+             late: bool = False) -> tuple[int, list[Any], list[Any]]:
+    """One round of the attack's feed (also tests/test_spill_attack.py's): 1-6 ten-minute steps
+    of readings, some missing, some stamped ahead of their arrival (held) and, with ``late``,
+    some stamped up to an hour before (a backlog); spikes, drills, sensor-fault statuses; now
+    and then a silence after. Returns (step, readings, statuses)."""
+    readings: list[Any] = []
+    statuses: list[Any] = []
+    for _ in range(rng.randint(1, 6)):
+        step += 1
+        t = TS + step * 600_000
+        for k in keys:
+            if rng.random() < 0.15:
+                continue
+            v = value[k] + (0.05 * math.exp(step / 18.0) if k[0] == "BSH" and k[2] in ("disp", "disp_e") else rng.gauss(0.0, 0.5))
+            value[k] = v
+            drill = 1 if rng.random() < 0.1 else 0
+            r = rng.random()
+            stamped = t + rng.randint(10, 900) * 1000 if r < 0.08 else t - rng.randint(60, 3600) * 1000 if late and r < 0.11 else t
+            readings.append((ids[k], stamped, v + (80.0 if rng.random() < 0.02 else 0.0) + 50 * drill, drill, t + 5_000))
+        if rng.random() < 0.3:
+            s, dv = rng.choice(devices)
+            chans = [c for (a, b, c) in keys if a == s and b == dv]
+            statuses.append((s, dv, t, t + 5_000, json.dumps({"sensor_state": {rng.choice(chans): rng.choice([-2, 0, 0])}}), rng.randint(0, len(readings))))
+    if rng.random() < 0.15:
+        step += rng.randint(3, 12)  # a silence
+    return step, readings, statuses
+
+
+
 def _detections(tmp: Path, seed: int, rounds: int, event_time: bool = False) -> tuple[list[str], Counter, Counter, int, int, set[int]]:
     """A detection parking at every save (park_after_s 0, sites saved after every step), crashed
     at random, against one that never parks (``park_after_s`` None) and never stops, each on a
@@ -298,24 +328,7 @@ def _detections(tmp: Path, seed: int, rounds: int, event_time: bool = False) -> 
     det.save_snapshot(None)
     step = crashes = 0
     for _ in range(rounds):
-        readings, statuses = [], []
-        for _ in range(rng.randint(1, 6)):
-            step += 1
-            t = TS + step * 600_000
-            for k in keys:
-                if rng.random() < 0.15:
-                    continue
-                v = value[k] + (0.05 * math.exp(step / 18.0) if k[0] == "BSH" and k[2] in ("disp", "disp_e") else rng.gauss(0.0, 0.5))
-                value[k] = v
-                drill = 1 if rng.random() < 0.1 else 0
-                stamped = t + rng.randint(10, 900) * 1000 if rng.random() < 0.08 else t
-                readings.append((ids[k], stamped, v + (80.0 if rng.random() < 0.02 else 0.0) + 50 * drill, drill, t + 5_000))
-            if rng.random() < 0.3:
-                s, dv = rng.choice(devices)
-                chans = [c for (a, b, c) in keys if a == s and b == dv]
-                statuses.append((s, dv, t, t + 5_000, json.dumps({"sensor_state": {rng.choice(chans): rng.choice([-2, 0, 0])}}), rng.randint(0, len(readings))))
-        if rng.random() < 0.15:
-            step += rng.randint(3, 12)  # a silence
+        step, readings, statuses = _a_round(rng, step, keys, ids, value, devices)
         now = (TS + step * 600_000 + 5_000) / 1000
         j.append(readings, statuses=statuses)
         jr.append(readings, statuses=statuses)

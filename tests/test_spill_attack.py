@@ -65,6 +65,7 @@ from geowarn.core.logfields import fields_of
 from geowarn.detectors import fusion as fusion_mod
 from geowarn.ingest.journal import Journal, JournalReader
 from geowarn.service import detection
+from test_parking_attack import _a_round
 from test_state_fuzz import _diff, _norm
 
 TS = 1_700_000_000_000
@@ -217,26 +218,8 @@ def _run(tmp: Path, seed: int, rounds: int, *, event_time: bool = False, parks: 
             det = full_save(settle(rebuild()))
             ref.save_snapshot(None)
             stats["phases"] += 1
-        readings, statuses = [], []
-        for _ in range(rng.randint(1, 6)):
-            step += 1
-            t = TS + step * 600_000
-            for k in keys:
-                if rng.random() < 0.15:
-                    continue
-                v = value[k] + (0.05 * math.exp(step / 18.0) if k[0] == "BSH" and k[2] in ("disp", "disp_e") else rng.gauss(0.0, 0.5))
-                value[k] = v
-                drill = 1 if rng.random() < 0.1 else 0
-                r = rng.random()
-                # Stamped ahead of its arrival (held), or late: a backlog stamped up to an hour before.
-                stamped = t + rng.randint(10, 900) * 1000 if r < 0.08 else t - rng.randint(60, 3600) * 1000 if r < 0.11 else t
-                readings.append((ids[k], stamped, v + (80.0 if rng.random() < 0.02 else 0.0) + 50 * drill, drill, t + 5_000))
-            if rng.random() < 0.3:
-                s, dv = rng.choice(devices)
-                chans = [c for (a, b, c) in keys if a == s and b == dv]
-                statuses.append((s, dv, t, t + 5_000, json.dumps({"sensor_state": {rng.choice(chans): rng.choice([-2, 0, 0])}}), rng.randint(0, len(readings))))
-        if rng.random() < 0.15:
-            step += rng.randint(3, 12)  # a silence
+        # Readings stamped ahead of their arrival (held), and late: a backlog stamped up to an hour before.
+        step, readings, statuses = _a_round(rng, step, keys, ids, value, devices, late=True)
         now = (TS + step * 600_000 + 5_000) / 1000
         j.append(readings, statuses=statuses)
         jr.append(readings, statuses=statuses)
